@@ -1,0 +1,321 @@
+"""Operations: the smallest changes a transaction is made of.
+
+Every operation names a document (``collection``, ``key`` in plain form), carries its own
+``stamp`` (unique and totally ordered, see :mod:`tidesync.core.stamp`) and the ``base`` of the
+document: the *incarnation* the writer saw, which is the stamp of the delete that preceded
+the document's re-creation, or :data:`~tidesync.core.stamp.ZERO` for the first incarnation.
+
+Operations on a field inside containers also carry ``epochs``: for each container on the way
+to (and, for list/set/dict/counter operations, including) the target, the epoch the writer saw.
+A container's epoch is the stamp of the assignment that made it (``ZERO`` for one made when
+its document was created). The merge rules use bases and epochs to tell *concurrent* from
+*later*: an operation made against an older incarnation or epoch than the current one was
+made without seeing the delete, clear or re-assignment, and is discarded (delete wins, clear
+wins, parent assignment wins), whatever its stamp.
+
+Paths are tuples of field names, through embedded objects (``("site", "city")``).
+All values are in plain form (:mod:`tidesync.core.values`).
+
+Each operation has a compact wire form, a list whose first item is a one-letter code; see
+:func:`op_to_wire` and :func:`op_from_wire`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, TypeAlias
+
+from .stamp import Stamp, is_stamp
+from .values import Plain
+
+__all__ = [
+    "Op",
+    "CreateDoc",
+    "DeleteDoc",
+    "SetValue",
+    "Unset",
+    "SetContainer",
+    "ListInsert",
+    "ListSet",
+    "ListErase",
+    "SetAdd",
+    "SetRemove",
+    "DictPut",
+    "DictDel",
+    "CounterAdd",
+    "ContainerKind",
+    "op_to_wire",
+    "op_from_wire",
+    "Path",
+]
+
+Path: TypeAlias = tuple[str, ...]
+ContainerKind = Literal["object", "list", "set", "dict", "counter"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Base:
+    collection: str
+    key: Plain
+    stamp: Stamp
+    base: Stamp
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDoc(_Base):
+    """Create (or, concurrently with another create, co-create) the document ``key``.
+
+    ``fields`` holds the initial top-level values (plain form), ``_id`` included. A field named
+    in ``kinds`` (by dotted path, e.g. ``"tags"`` or ``"site.tags"``) is a container of that kind
+    (``object``, ``list``, ``set``, ``dict``, ``counter``) made at epoch ``ZERO``, its initial
+    contents merging with those of a concurrent creation of the same document (Device Sync's
+    CR-06); every other field is a last-writer-wins register stamped with this op's stamp.
+    Fields named in ``defaults`` were filled in from a schema default and lose to any explicit
+    write (CR-05).
+    """
+
+    fields: dict[str, Plain]
+    kinds: dict[str, str]
+    defaults: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteDoc(_Base):
+    """Delete the document; a tombstone keeps the stamp."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetValue(_Base):
+    """Set the field at ``path`` to a scalar, mixed or link value (last writer wins).
+
+    ``epochs`` has one entry per embedded object on the way (``len(path) - 1``).
+    ``default`` marks a value filled in from a schema default: it loses to any explicit write.
+    """
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    value: Plain
+    default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Unset(_Base):
+    """Remove the field at ``path`` (last writer wins against sets of the same field)."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SetContainer(_Base):
+    """Assign a new, empty container to the field at ``path``; its epoch is this op's stamp.
+
+    For a counter, ``value`` is the assigned integer (or None). Contents of a list, set,
+    dictionary or embedded object follow as separate operations carrying this stamp as epoch.
+    ``epochs`` has ``len(path) - 1`` entries. ``epoch`` is normally the op's own stamp; a
+    container made when its document was created has epoch ``ZERO`` (so concurrent creations
+    of one document merge their contents) and then also loses to any later assignment.
+    """
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    kind: ContainerKind
+    epoch: Stamp
+    value: Plain = None
+    default: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ListInsert(_Base):
+    """Insert ``value`` as element ``elem`` right after element ``after`` (None: at the head).
+
+    ``elem`` is a unique element id (its order among siblings is by id, larger first, as in
+    RGA). ``epochs`` has ``len(path)`` entries, the last being the list's own epoch.
+    """
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    elem: str
+    after: str | None
+    value: Plain
+
+
+@dataclass(frozen=True, slots=True)
+class ListSet(_Base):
+    """Replace the value of element ``elem`` (last writer wins; an erase wins over it)."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    elem: str
+    value: Plain
+
+
+@dataclass(frozen=True, slots=True)
+class ListErase(_Base):
+    """Erase element ``elem``."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    elem: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetAdd(_Base):
+    """Add ``value`` to the set at ``path`` (per member, the later of add and remove wins)."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    value: Plain
+
+
+@dataclass(frozen=True, slots=True)
+class SetRemove(_Base):
+    """Remove ``value`` from the set at ``path``."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    value: Plain
+
+
+@dataclass(frozen=True, slots=True)
+class DictPut(_Base):
+    """Set ``dkey`` of the dictionary at ``path`` (per key, last writer wins)."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    dkey: str
+    value: Plain
+
+
+@dataclass(frozen=True, slots=True)
+class DictDel(_Base):
+    """Remove ``dkey`` from the dictionary at ``path`` (an update, not a delete: LWW per key)."""
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    dkey: str
+
+
+@dataclass(frozen=True, slots=True)
+class CounterAdd(_Base):
+    """Add ``amount`` to the counter at ``path``; increments from every replica add up.
+
+    ``epochs`` has ``len(path) - 1`` entries. An assignment to the counter with a later stamp
+    replaces the total; increments with later stamps add on top of it.
+    """
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    amount: int
+
+
+Op: TypeAlias = (
+    CreateDoc | DeleteDoc | SetValue | Unset | SetContainer | ListInsert | ListSet | ListErase
+    | SetAdd | SetRemove | DictPut | DictDel | CounterAdd
+)
+
+# code -> (class, names of the fields after the common four)
+_WIRE: dict[str, tuple[type[Any], tuple[str, ...]]] = {
+    "C": (CreateDoc, ("fields", "kinds", "defaults")),
+    "D": (DeleteDoc, ()),
+    "S": (SetValue, ("path", "epochs", "value", "default")),
+    "U": (Unset, ("path", "epochs")),
+    "K": (SetContainer, ("path", "epochs", "kind", "epoch", "value", "default")),
+    "I": (ListInsert, ("path", "epochs", "elem", "after", "value")),
+    "L": (ListSet, ("path", "epochs", "elem", "value")),
+    "E": (ListErase, ("path", "epochs", "elem")),
+    "A": (SetAdd, ("path", "epochs", "value")),
+    "R": (SetRemove, ("path", "epochs", "value")),
+    "P": (DictPut, ("path", "epochs", "dkey", "value")),
+    "X": (DictDel, ("path", "epochs", "dkey")),
+    "N": (CounterAdd, ("path", "epochs", "amount")),
+}
+_CODE = {cls: (code, names) for code, (cls, names) in _WIRE.items()}
+_KINDS = ("object", "list", "set", "dict", "counter")
+
+
+def op_to_wire(op: Op) -> list[Any]:
+    """The compact list form of an operation (for msgpack or JSON)."""
+    code, names = _CODE[type(op)]
+    out: list[Any] = [code, op.collection, op.key, op.stamp, op.base]
+    for name in names:
+        v = getattr(op, name)
+        out.append(list(v) if isinstance(v, tuple) else v)
+    return out
+
+
+def op_from_wire(data: Any) -> Op:
+    """Parse and validate the list form of an operation.
+
+    Raises:
+        ValueError: the data is not a well-formed operation (the message says what is wrong).
+    """
+    if not isinstance(data, (list, tuple)) or not data or not isinstance(data[0], str):
+        raise ValueError("an operation is a list starting with its code")
+    entry = _WIRE.get(data[0])
+    if entry is None:
+        raise ValueError(f"unknown operation code {data[0]!r}")
+    cls, names = entry
+    if len(data) != 5 + len(names):
+        raise ValueError(f"operation {data[0]!r} has {len(data)} items, expected {5 + len(names)}")
+    collection, key, stamp, base = data[1:5]
+    if not isinstance(collection, str) or not collection:
+        raise ValueError("operation collection must be a non-empty str")
+    if not is_stamp(stamp):
+        raise ValueError(f"malformed stamp {stamp!r}")
+    if not (base == "" or is_stamp(base)):
+        raise ValueError(f"malformed base {base!r}")
+    kwargs: dict[str, Any] = {}
+    for name, v in zip(names, data[5:]):
+        if name == "path":
+            if not isinstance(v, (list, tuple)) or not v or not all(isinstance(p, str) and p for p in v):
+                raise ValueError("path must be a non-empty list of field names")
+            v = tuple(v)
+        elif name == "epochs":
+            if not isinstance(v, (list, tuple)) or not all(e == "" or is_stamp(e) for e in v):
+                raise ValueError("epochs must be a list of stamps")
+            v = tuple(v)
+        elif name in ("elem",):
+            if not isinstance(v, str) or not v:
+                raise ValueError("element id must be a non-empty str")
+        elif name == "after":
+            if v is not None and not isinstance(v, str):
+                raise ValueError("after must be an element id or null")
+        elif name == "dkey":
+            if not isinstance(v, str):
+                raise ValueError("dictionary key must be a str")
+        elif name == "kind":
+            if v not in _KINDS:
+                raise ValueError(f"unknown container kind {v!r}")
+        elif name == "epoch":
+            if not (v == "" or is_stamp(v)):
+                raise ValueError(f"malformed epoch {v!r}")
+        elif name in ("fields", "kinds"):
+            if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
+                raise ValueError(f"{name} must be a map with str keys")
+            if name == "kinds" and not all(k in _KINDS for k in v.values()):
+                raise ValueError("unknown container kind in kinds")
+        elif name == "defaults":
+            if not isinstance(v, (list, tuple)) or not all(isinstance(k, str) for k in v):
+                raise ValueError("defaults must be a list of field names")
+            v = tuple(v)
+        elif name == "default":
+            if not isinstance(v, bool):
+                raise ValueError("default must be a bool")
+        elif name == "amount":
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ValueError("counter amount must be an int")
+        kwargs[name] = v
+    op = cls(collection, key, stamp, base, **kwargs)
+    expected = _expected_epochs(op)
+    if expected is not None and len(op.epochs) != expected:
+        raise ValueError(f"operation {data[0]!r} on path {op.path} needs {expected} epochs")
+    return op  # type: ignore[no-any-return]
+
+
+def _expected_epochs(op: Op) -> int | None:
+    if isinstance(op, (SetValue, Unset, SetContainer, CounterAdd)):
+        return len(op.path) - 1
+    if isinstance(op, (ListInsert, ListSet, ListErase, SetAdd, SetRemove, DictPut, DictDel)):
+        return len(op.path)
+    return None

@@ -1,0 +1,60 @@
+"""Stamps: the total order every write is placed in.
+
+A stamp is (wall-clock milliseconds, counter, replica id), written as one fixed-width
+lowercase hex string so that comparing two stamps as strings compares them as tuples. That
+keeps stamps cheap to store in SQLite and JSON, and comparable inside SQL.
+
+Layout (34 characters): 12 hex digits of milliseconds since the Unix epoch, 6 hex digits of
+logical counter, 16 hex digits of replica id.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, NewType
+
+__all__ = ["Stamp", "ReplicaId", "ZERO", "make_stamp", "parse_stamp", "StampParts",
+           "is_stamp", "is_replica_id", "STAMP_LENGTH"]
+
+Stamp = NewType("Stamp", str)
+ReplicaId = NewType("ReplicaId", str)
+
+STAMP_LENGTH = 34
+WALL_DIGITS = 12
+COUNTER_DIGITS = 6
+MAX_WALL = 16**WALL_DIGITS - 1
+MAX_COUNTER = 16**COUNTER_DIGITS - 1
+
+#: The stamp below every real stamp: "nothing seen yet".
+ZERO = Stamp("")
+
+_STAMP_RE = re.compile(r"\A[0-9a-f]{34}\Z")
+_REPLICA_RE = re.compile(r"\A[0-9a-f]{16}\Z")
+
+
+class StampParts(NamedTuple):
+    wall_ms: int
+    counter: int
+    replica: ReplicaId
+
+
+def make_stamp(wall_ms: int, counter: int, replica: ReplicaId) -> Stamp:
+    """Build a stamp from its parts."""
+    if not 0 <= wall_ms <= MAX_WALL or not 0 <= counter <= MAX_COUNTER:
+        raise ValueError(f"stamp parts out of range: {wall_ms}, {counter}")
+    return Stamp(f"{wall_ms:012x}{counter:06x}{replica}")
+
+
+def parse_stamp(stamp: Stamp) -> StampParts:
+    """Split a stamp into (wall_ms, counter, replica)."""
+    return StampParts(int(stamp[:12], 16), int(stamp[12:18], 16), ReplicaId(stamp[18:]))
+
+
+def is_stamp(value: object) -> bool:
+    """True when ``value`` is a well-formed stamp string."""
+    return isinstance(value, str) and _STAMP_RE.match(value) is not None
+
+
+def is_replica_id(value: object) -> bool:
+    """True when ``value`` is a well-formed replica id (16 lowercase hex digits)."""
+    return isinstance(value, str) and _REPLICA_RE.match(value) is not None

@@ -1,0 +1,173 @@
+"""Transactions and their descriptors.
+
+A :class:`Transaction` is what one ``with db.write():`` block becomes, on any replica: a
+globally unique id (the stamp of its first operation, which embeds the origin replica's id),
+its origin replica, the user who made it, its stamp, its parents (the ids of the transactions
+the origin had integrated last, so the log forms a DAG as in Git), its operations and the
+before-images of every top-level field it changed (so it can be reverted).
+
+A :class:`Descriptor` is the small summary that travels ahead of the transaction's data: id,
+origin, user, stamp, parents, the (collection, key) pairs it touches, its operation count and
+encoded size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .operations import Op, op_from_wire, op_to_wire
+from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
+from .values import Plain, canonical_json
+
+__all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref"]
+
+#: Marker in a before-image for a field that did not exist before the transaction.
+MISSING_FIELD: dict[str, int] = {"$missing": 1}
+
+
+def doc_ref(collection: str, key: Plain) -> tuple[str, str]:
+    """A hashable reference to a document: (collection, canonical JSON of its key)."""
+    return (collection, canonical_json(key))
+
+
+@dataclass(frozen=True, slots=True)
+class BeforeImage:
+    """What a transaction changed in one document, as it was before.
+
+    ``fields`` is None when the document did not exist (or was deleted) before; otherwise it
+    maps each changed top-level field to its previous plain value, or :data:`MISSING_FIELD`.
+    ``deleted`` is True when the transaction deleted the document, in which case ``fields``
+    holds the whole document as it was.
+    """
+
+    collection: str
+    key: Plain
+    fields: dict[str, Plain] | None
+    deleted: bool = False
+
+    def to_wire(self) -> list[Any]:
+        return [self.collection, self.key, self.fields, self.deleted]
+
+    @classmethod
+    def from_wire(cls, data: Any) -> BeforeImage:
+        if not isinstance(data, (list, tuple)) or len(data) != 4:
+            raise ValueError("a before-image is [collection, key, fields, deleted]")
+        collection, key, fields, deleted = data
+        if not isinstance(collection, str) or (fields is not None and not isinstance(fields, dict)):
+            raise ValueError("malformed before-image")
+        return cls(collection, key, fields, bool(deleted))
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """The summary of a transaction that travels ahead of its data."""
+
+    id: Stamp
+    origin: ReplicaId
+    user: str | None
+    stamp: Stamp
+    parents: tuple[Stamp, ...]
+    touches: tuple[tuple[str, Plain], ...]
+    op_count: int
+    size: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "origin": self.origin, "user": self.user, "stamp": self.stamp,
+            "parents": list(self.parents), "touches": [list(t) for t in self.touches],
+            "ops": self.op_count, "size": self.size,
+        }
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Descriptor:
+        """Parse a descriptor; raises ValueError when malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("a descriptor is a map")
+        try:
+            d = cls(
+                id=data["id"], origin=data["origin"], user=data.get("user"), stamp=data["stamp"],
+                parents=tuple(data["parents"]),
+                touches=tuple((t[0], t[1]) for t in data["touches"]),
+                op_count=int(data["ops"]), size=int(data["size"]),
+            )
+        except (KeyError, TypeError, IndexError) as exc:
+            raise ValueError(f"malformed descriptor: {exc}") from exc
+        if not is_stamp(d.id) or not is_stamp(d.stamp) or not is_replica_id(d.origin):
+            raise ValueError("malformed descriptor ids")
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    """One write transaction, as recorded in every replica's log."""
+
+    id: Stamp
+    origin: ReplicaId
+    stamp: Stamp
+    parents: tuple[Stamp, ...]
+    ops: tuple[Op, ...]
+    before: tuple[BeforeImage, ...] = ()
+    user: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def touches(self) -> tuple[tuple[str, Plain], ...]:
+        """The distinct (collection, key) pairs this transaction changes, in first-touch order."""
+        seen: dict[tuple[str, str], tuple[str, Plain]] = {}
+        for op in self.ops:
+            ref = doc_ref(op.collection, op.key)
+            if ref not in seen:
+                seen[ref] = (op.collection, op.key)
+        return tuple(seen.values())
+
+    def descriptor(self, size: int = 0) -> Descriptor:
+        """This transaction's descriptor; ``size`` is its encoded size in bytes when known."""
+        return Descriptor(self.id, self.origin, self.user, self.stamp, self.parents,
+                          self.touches(), len(self.ops), size)
+
+    def to_wire(self) -> dict[str, Any]:
+        """The transaction as a msgpack/JSON-ready map."""
+        out: dict[str, Any] = {
+            "id": self.id, "origin": self.origin, "stamp": self.stamp,
+            "parents": list(self.parents), "ops": [op_to_wire(op) for op in self.ops],
+            "before": [b.to_wire() for b in self.before],
+        }
+        if self.user is not None:
+            out["user"] = self.user
+        if self.meta:
+            out["meta"] = self.meta
+        return out
+
+    @classmethod
+    def from_wire(cls, data: Any) -> Transaction:
+        """Parse and validate a transaction.
+
+        Raises:
+            ValueError: anything malformed, with a message saying what.
+        """
+        if not isinstance(data, dict):
+            raise ValueError("a transaction is a map")
+        try:
+            tid, origin, stamp = data["id"], data["origin"], data["stamp"]
+            parents, ops, before = data["parents"], data["ops"], data.get("before", [])
+        except KeyError as exc:
+            raise ValueError(f"transaction lacks {exc.args[0]!r}") from None
+        if not is_stamp(tid) or not is_stamp(stamp):
+            raise ValueError("transaction id and stamp must be stamps")
+        if not is_replica_id(origin):
+            raise ValueError("transaction origin must be a replica id")
+        if not isinstance(parents, list) or not all(is_stamp(p) for p in parents):
+            raise ValueError("transaction parents must be a list of ids")
+        if not isinstance(ops, list) or not isinstance(before, list):
+            raise ValueError("transaction ops and before must be lists")
+        user = data.get("user")
+        if user is not None and not isinstance(user, str):
+            raise ValueError("transaction user must be a str")
+        meta = data.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise ValueError("transaction meta must be a map")
+        return cls(
+            id=tid, origin=origin, stamp=stamp, parents=tuple(parents),
+            ops=tuple(op_from_wire(o) for o in ops),
+            before=tuple(BeforeImage.from_wire(b) for b in before), user=user, meta=meta,
+        )

@@ -1,0 +1,157 @@
+"""The value model and its one portable encoding, the *plain form*.
+
+Every value tidesync stores or sends is first turned into its plain form: a JSON-compatible
+tree (``None``, ``bool``, ``int``, ``float``, ``str``, ``list``, ``dict``) in which the types
+JSON lacks are tagged objects, as in MongoDB Extended JSON:
+
+=================  =========================================  ==============================
+Python             plain form                                 note
+=================  =========================================  ==============================
+Decimal            ``{"$decimal": "12.50"}``                  exact text
+bytes              ``{"$binary": "<base64>"}``
+datetime (aware)   ``{"$date": <int microseconds since epoch, UTC>}``  orders as an int
+ObjectId           ``{"$oid": "<24 hex digits>"}``            orders as its bytes do
+UUID               ``{"$uuid": "<8-4-4-4-12 hex>"}``
+float nan/inf      ``{"$float": "nan" | "inf" | "-inf"}``     JSON has no such numbers
+=================  =========================================  ==============================
+
+The plain form is the same in the SQLite store (as JSON text), in the log and on the wire (as
+msgpack), so one encoder serves all three and a replica without a schema (the server) can
+store, compare and query values it did not declare. Embedded documents are plain objects
+whose keys never start with ``$`` (reserved for tags) and never contain ``.`` (path
+separator); the same rule holds for dictionary keys, as in Realm.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from decimal import Decimal
+from typing import Any, TypeAlias
+from uuid import UUID
+
+from .objectid import ObjectId
+
+__all__ = [
+    "Plain",
+    "to_plain",
+    "from_plain",
+    "canonical_json",
+    "datetime_to_micros",
+    "micros_to_datetime",
+    "TAGS",
+    "check_key",
+]
+
+Plain: TypeAlias = Any  # None | bool | int | float | str | list[Plain] | dict[str, Plain]
+
+TAGS = ("$decimal", "$binary", "$date", "$oid", "$uuid", "$float")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def datetime_to_micros(value: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def micros_to_datetime(micros: int) -> datetime:
+    """The aware UTC datetime ``micros`` microseconds after the Unix epoch."""
+    from datetime import timedelta
+
+    return _EPOCH + timedelta(microseconds=micros)
+
+
+def check_key(key: object) -> str:
+    """Check a dictionary or embedded-document key; return it.
+
+    Raises:
+        ValueError: the key is not a str, starts with ``$`` or contains ``.``.
+    """
+    if not isinstance(key, str):
+        raise ValueError(f"keys must be str, not {type(key).__name__}")
+    if key.startswith("$") or "." in key:
+        raise ValueError(f"key {key!r} may not start with '$' or contain '.'")
+    return key
+
+
+def to_plain(value: Any) -> Plain:
+    """Encode a Python value into its plain form.
+
+    Sets become sorted lists (by canonical JSON) so equal sets encode equally. Model
+    instances are handled by the model layer before they reach here.
+
+    Raises:
+        ValueError: the value (or something inside it) has no plain form.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        if not INT64_MIN <= value <= INT64_MAX:
+            raise ValueError(f"int {value} does not fit in 64 bits")
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return {"$float": "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")}
+    if isinstance(value, Decimal):
+        return {"$decimal": str(value)}
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$binary": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError("naive datetime: give a timezone-aware datetime (e.g. tzinfo=timezone.utc)")
+        return {"$date": datetime_to_micros(value)}
+    if isinstance(value, ObjectId):
+        return {"$oid": str(value)}
+    if isinstance(value, UUID):
+        return {"$uuid": str(value)}
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((to_plain(v) for v in value), key=canonical_json)
+    if isinstance(value, Mapping):
+        return {check_key(k): to_plain(v) for k, v in value.items()}
+    raise ValueError(f"tidesync cannot store a value of type {type(value).__name__}")
+
+
+def from_plain(plain: Plain) -> Any:
+    """Decode a plain-form value into Python values (lists stay lists, objects become dicts)."""
+    if isinstance(plain, dict):
+        if len(plain) == 1:
+            ((tag, inner),) = plain.items()
+            if tag.startswith("$"):
+                return _decode_tag(tag, inner)
+        return {k: from_plain(v) for k, v in plain.items()}
+    if isinstance(plain, list):
+        return [from_plain(v) for v in plain]
+    return plain
+
+
+def _decode_tag(tag: str, inner: Any) -> Any:
+    try:
+        if tag == "$date":
+            return micros_to_datetime(int(inner))
+        if tag == "$oid":
+            return ObjectId(inner)
+        if tag == "$decimal":
+            return Decimal(inner)
+        if tag == "$uuid":
+            return UUID(inner)
+        if tag == "$binary":
+            return base64.b64decode(inner)
+        if tag == "$float":
+            return float(inner)
+    except (ValueError, TypeError, ArithmeticError) as exc:
+        raise ValueError(f"malformed {tag} value: {inner!r}") from exc
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def canonical_json(plain: Plain) -> str:
+    """One string per plain value: equal values give equal strings (set members, dedup keys)."""
+    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)

@@ -1,6 +1,68 @@
-"""tidesync: offline-first sync for Python."""
+"""tidesync: offline-first sync for Python.
 
-from .errors import *  # noqa: F401,F403
+An embedded database on every device, a sync server, and automatic merging of what was
+changed while peers were apart. Start with :func:`open`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from .core.merge import Policies
+from .core.models import Counter, EmbeddedModel, Mixed, Model, field
+from .core.objectid import ObjectId
+from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
+from .store.database import Change, Database, HistoryEntry, IntegrateResult, RevertResult
+from .store.listeners import ChangeSet, ListenerToken, ObjectChange
+from .store.results import Results
 
-__all__ = [*_errors_all]
+__version__ = "0.1.0"
+
+__all__ = [
+    "open",
+    "Database",
+    "Model",
+    "EmbeddedModel",
+    "field",
+    "Counter",
+    "Mixed",
+    "ObjectId",
+    "Results",
+    "ChangeSet",
+    "ObjectChange",
+    "ListenerToken",
+    "HistoryEntry",
+    "Change",
+    "RevertResult",
+    "IntegrateResult",
+    "Policies",
+    *_errors_all,
+]
+
+
+def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  # noqa: A001
+         encryption_key: bytes | None = None, sync: Any = None, policies: Policies | None = None) -> Database:
+    """Open (or create) a tidesync database file.
+
+    Args:
+        path: the file. Sidecar files ``-wal`` and ``-shm`` appear beside it.
+        schema: the model classes stored in it (embedded and linked models are found from them).
+        encryption_key: 64 bytes to encrypt the file with SQLCipher (``tidesync[encryption]``).
+        sync: a ``SyncConfig`` to keep the database in sync with a server.
+        policies: per-field conflict policies (default: last writer wins).
+
+    Returns:
+        The database; use it as a context manager or call ``close()``.
+    """
+    db = Database(path, schema, encryption_key=encryption_key, policies=policies)
+    if sync is not None:
+        try:
+            from .client.session import attach_sync
+        except ImportError as exc:  # pragma: no cover - the client ships with the core
+            db.close()
+            raise exc
+        attach_sync(db, sync)
+    return db

@@ -1,0 +1,100 @@
+"""Server configuration.
+
+With no config file, ``tidesync serve`` runs in *development mode*: app id ``default``,
+anonymous login on, every user may read and write all data, partition key ``_partition``.
+It says so when it starts. A TOML file (``--config``) sets the same fields; see
+docs/server.md.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..core.merge import Policies
+from ..errors import UsageError
+
+__all__ = ["ServerConfig", "load_config"]
+
+
+@dataclass
+class ServerConfig:
+    """Everything a tidesync server needs to know.
+
+    Attributes:
+        app_id: the app's id; clients name it in ``tidesync.App(app_id, ...)``.
+        data_dir: where the server keeps its files (SQLite by default).
+        host, port: where to listen (127.0.0.1 by default; port 0 picks a free one).
+        partition_key: the field that names a document's partition (partition-based sync).
+        anonymous: whether anonymous login is allowed.
+        access_token_ttl, refresh_token_ttl: token lifetimes in seconds.
+        secret: the key that signs tokens; made once and kept in ``data_dir/secret.key``.
+        policies: per-field conflict policies.
+        max_message_size: the largest sync message accepted, in bytes.
+        log_keep: how many log entries to keep when compacting (None: keep all).
+        development_mode: True when no config file was given.
+    """
+
+    app_id: str = "default"
+    data_dir: Path = field(default_factory=lambda: Path("data"))
+    host: str = "127.0.0.1"
+    port: int = 8765
+    partition_key: str = "_partition"
+    anonymous: bool = True
+    access_token_ttl: int = 30 * 60
+    refresh_token_ttl: int = 60 * 24 * 3600
+    secret: bytes | None = None
+    policies: Policies | None = None
+    max_message_size: int = 16 * 1024 * 1024
+    log_keep: int | None = None
+    development_mode: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+
+    def ensure_dirs(self) -> None:
+        """Create ``data_dir`` and the token-signing secret if missing."""
+        self.data_dir = Path(self.data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.secret is None:
+            path = self.data_dir / "secret.key"
+            if path.exists():
+                self.secret = bytes.fromhex(path.read_text().strip())
+            else:
+                self.secret = secrets.token_bytes(32)
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as f:
+                    f.write(self.secret.hex())
+
+
+def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> ServerConfig:
+    """Read a TOML config file (or none: development mode) and apply command-line overrides."""
+    cfg = ServerConfig()
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise UsageError(f"cannot read config {path}: {exc}") from exc
+        cfg.development_mode = False
+        app = data.get("app", {})
+        cfg.app_id = str(app.get("id", cfg.app_id))
+        sync = data.get("sync", {})
+        cfg.partition_key = str(sync.get("partition_key", cfg.partition_key))
+        cfg.max_message_size = int(sync.get("max_message_size", cfg.max_message_size))
+        auth = data.get("auth", {})
+        cfg.anonymous = bool(auth.get("anonymous", {}).get("enabled", True))
+        cfg.access_token_ttl = int(auth.get("access_token_ttl", cfg.access_token_ttl))
+        cfg.refresh_token_ttl = int(auth.get("refresh_token_ttl", cfg.refresh_token_ttl))
+        conflicts = data.get("conflicts", {})
+        if conflicts:
+            cfg.policies = Policies.from_config(conflicts) if hasattr(Policies, "from_config") else None
+        server = data.get("server", {})
+        if "data_dir" in server:
+            cfg.data_dir = Path(server["data_dir"])
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(cfg, key, Path(value) if key == "data_dir" else value)
+    return cfg

@@ -1,0 +1,829 @@
+"""The local database: typed objects in a SQLite file, write transactions, history and revert.
+
+A :class:`Database` is safe to share between threads: one lock serializes its use, and a write
+transaction holds it from ``with db.write():`` to the end of the block (other threads' reads
+wait for the commit, so they only ever see committed state). Several processes can open the
+same file; SQLite's locking serializes their writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, overload
+
+import msgpack
+
+from ..core import merge
+from ..core.clock import HybridClock
+from ..core.models import (
+    MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
+    value_to_plain,
+)
+from ..core.operations import CreateDoc, DeleteDoc
+from ..core.schema import FieldType, ObjectSchema, Schema
+from ..core.stamp import ReplicaId, Stamp
+from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
+from ..core.values import Plain, canonical_json, from_plain, to_plain
+from ..errors import (
+    DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, RevertError,
+    SchemaMismatchError, UsageError, ValidationError,
+)
+from .engine import Engine
+from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
+from .tables import FORMAT_VERSION, MIGRATIONS
+from .writer import LoadedDoc, WriteTransaction
+
+__all__ = ["Database", "HistoryEntry", "Change", "RevertResult", "IntegrateResult"]
+
+M = TypeVar("M", bound=_ModelBase)
+Ref = tuple[str, str]
+
+_CACHE_LIMIT = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a transaction did to one document."""
+
+    collection: str
+    id: Any
+    kind: Literal["create", "update", "delete"]
+    fields: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryEntry:
+    """One transaction of the log, as ``db.history()`` lists it."""
+
+    id: str
+    seq: int
+    stamp: str
+    origin: str
+    user: str | None
+    parents: tuple[str, ...]
+    changes: tuple[Change, ...]
+    reverts: str | None = None
+
+    @property
+    def time(self) -> float:
+        """Seconds since the epoch at which the transaction was stamped (from its stamp)."""
+        return int(self.stamp[:12], 16) / 1000.0
+
+
+@dataclass(frozen=True, slots=True)
+class RevertResult:
+    """What ``db.revert()`` restored and what it left alone (with the reason)."""
+
+    transaction: str | None
+    restored: tuple[tuple[str, Any, str], ...]
+    skipped: tuple[tuple[str, Any, str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class IntegrateResult:
+    """What integrating a batch of transactions did."""
+
+    applied: int
+    duplicates: int
+    conflicts: int
+    last_seq: int
+
+
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+class Database:
+    """A tidesync database file. Open it with :func:`tidesync.open`."""
+
+    def __init__(self, path: str | os.PathLike[str], schema: Sequence[type[_ModelBase]] = (), *,
+                 encryption_key: bytes | None = None, policies: merge.Policies | None = None,
+                 user: str | None = None) -> None:
+        self.path = os.fspath(path)
+        self._models: dict[str, type[_ModelBase]] = {}
+        for cls in schema:
+            if not isinstance(cls, type) or not issubclass(cls, _ModelBase) or cls.__ts_embedded__:
+                raise UsageError(f"schema must list Model classes, got {cls!r}")
+        self.schema: Schema = schema_for_models(list(schema))
+        given = {cls.__name__: cls for cls in schema}
+        for name in self.schema.objects:
+            self._models[name] = given.get(name) or model_registry()[name]
+        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._txn: WriteTransaction | None = None
+        self._txn_thread: int | None = None
+        self._closed = False
+        self._policies = policies
+        self._user = user
+        self._cache: dict[Ref, dict[str, Plain] | None] = {}
+        self._generation = 0
+        self._seen_data_version = -1
+        self._checked_at = 0.0
+        self._listeners: Any = None
+        self._sync: Any = None
+        try:
+            self._init_file()
+        except BaseException:
+            self._engine.close()
+            raise
+        self.replica_id: ReplicaId = ReplicaId(self._setting("replica_id") or "")
+        self._clock = HybridClock(self.replica_id, _wall_ms, Stamp(self._setting("clock") or ""))
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _setting(self, key: str) -> str | None:
+        rows = self._engine.query("SELECT value FROM settings WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def _set_setting(self, key: str, value: str) -> None:
+        self._engine.execute("INSERT INTO settings (key, value) VALUES (?, ?) ON CONFLICT(key) "
+                             "DO UPDATE SET value = excluded.value", (key, value))
+
+    def _init_file(self) -> None:
+        with self._engine.atomic():
+            for stmt in MIGRATIONS[0]:
+                self._engine.execute(stmt)
+            version = self._setting("format_version")
+            if version is None:
+                self._set_setting("format_version", str(FORMAT_VERSION))
+                self._set_setting("replica_id", secrets.token_hex(8))
+            elif int(version) > FORMAT_VERSION:
+                raise SchemaMismatchError(f"{self.path} was written by a newer tidesync (format {version})",
+                                          advice="upgrade tidesync to open it")
+            stored = self._setting("schema")
+            self._evolve_schema(Schema.of(ObjectSchema.from_json(o) for o in json.loads(stored)) if stored else Schema())
+            self._set_setting("schema", _dumps([o.to_json() for o in self._merged_schema.objects.values()]))
+            self._create_indexes()
+
+    def _evolve_schema(self, stored: Schema) -> None:
+        """Check that the file's schema can become this one; keep what this client does not know."""
+        merged: dict[str, ObjectSchema] = dict(stored.objects)
+        for obj in self.schema:
+            old = stored.get(obj.name)
+            if old is None:
+                merged[obj.name] = obj
+                continue
+            if old.embedded != obj.embedded:
+                raise SchemaMismatchError(
+                    f"{obj.name} was {'embedded' if old.embedded else 'a collection'} in {self.path}",
+                    advice="rename the class, or migrate the data into a new file")
+            fields = dict(old.fields)
+            for name, f in obj.fields.items():
+                prev = old.fields.get(name)
+                if prev is None:
+                    if not obj.embedded and not f.type.nullable and f.type.kind not in ("list", "set", "dict", "counter") \
+                            and default_of(self._models_or_registry(obj.name), name) is MISSING \
+                            and self._engine.query("SELECT 1 FROM documents WHERE collection = ? AND live = 1 LIMIT 1",
+                                                   (obj.name,)):
+                        raise SchemaMismatchError(
+                            f"{obj.name}.{name} is new and required, but {self.path} already holds {obj.name} "
+                            "objects without it", advice=f"give {obj.name}.{name} a default or make it optional")
+                elif prev.type.to_json() != f.type.to_json() and not (
+                        prev.type.kind == f.type.kind and f.type.nullable and not prev.type.nullable):
+                    raise SchemaMismatchError(
+                        f"{obj.name}.{name} changed type from {prev.type.describe()} to {f.type.describe()}",
+                        advice=f"add a new field with a new name and copy the values over, "
+                               f"or delete {self.path} to start afresh")
+                fields[name] = f
+            merged[obj.name] = ObjectSchema(obj.name, fields, obj.embedded)
+        self._merged_schema = Schema(merged)
+
+    def _models_or_registry(self, name: str) -> type[_ModelBase]:
+        return self._models.get(name) or model_registry()[name]
+
+    def _create_indexes(self) -> None:
+        from ..query import index_expression
+
+        for obj in self.schema:
+            if obj.embedded:
+                continue
+            for f in obj.fields.values():
+                if f.indexed and not f.primary_key:
+                    expr = index_expression(obj.name, f.name, self.schema)
+                    name = Engine.quote_identifier(f"ix_{obj.name}_{f.name}")
+                    coll = obj.name.replace("'", "''")
+                    self._engine.execute(
+                        f"CREATE INDEX IF NOT EXISTS {name} ON documents (collection, {expr}) "
+                        f"WHERE collection = '{coll}' AND live = 1")
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the file; stop listeners and sync. Managed objects become unusable."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._sync is not None:
+            self._sync.close()
+        if self._listeners is not None:
+            self._listeners.close()
+        with self._lock:
+            self._engine.close()
+
+    def __enter__(self) -> Database:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def is_closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseClosedError(f"the database {self.path} is closed")
+
+    # -- write transactions ----------------------------------------------------------------
+
+    def write(self) -> Any:
+        """A write transaction: ``with db.write(): ...``.
+
+        Everything inside commits atomically when the block ends, durably (the call returns
+        after the file is synced). An exception inside rolls everything back and propagates.
+        Write transactions do not nest.
+        """
+        return self._write_block(None)
+
+    @contextmanager
+    def _write_block(self, meta: dict[str, Any] | None) -> Iterator[None]:
+        self._check_open()
+        with self._lock:
+            if self._txn is not None:
+                raise UsageError("already in a write transaction; write transactions do not nest")
+            with self._engine.atomic():
+                last = self._setting("clock")
+                if last:
+                    self._clock.observe(Stamp(last))
+                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies)
+                self._txn, self._txn_thread = txn, threading.get_ident()
+                try:
+                    yield
+                    seq = self._commit_local(txn, meta)
+                finally:
+                    self._txn = self._txn_thread = None
+                    self._cache.clear()
+            self._generation += 1
+        if seq is not None:
+            self._after_commit()
+
+    @property
+    def in_write(self) -> bool:
+        """True inside ``db.write()`` on this thread."""
+        return self._txn is not None and self._txn_thread == threading.get_ident()
+
+    def _writable(self, binding: ObjectBinding) -> tuple[WriteTransaction, LoadedDoc]:
+        txn = self._current_txn()
+        d = txn.doc(binding.collection, binding.key, binding.ref)
+        if not d.state.live:
+            raise InvalidatedObjectError(f"this {binding.collection} object was deleted")
+        return txn, d
+
+    def _current_txn(self) -> WriteTransaction:
+        self._check_open()
+        txn = self._txn
+        if txn is None or self._txn_thread != threading.get_ident():
+            raise NotInWriteTransaction("cannot change objects outside a write transaction")
+        return txn
+
+    def _load_doc(self, collection: str, key: Plain, ref: Ref) -> LoadedDoc:
+        rows = self._engine.query("SELECT body, meta, epoch, live FROM documents WHERE collection = ? AND pk = ?",
+                                  (collection, ref[1]))
+        if not rows:
+            return LoadedDoc(collection, key, ref, merge.new_state(), False, False, None)
+        body_text, meta_text, epoch, live = rows[0]
+        body = json.loads(body_text)
+        state = merge.DocState(epoch=epoch, live=bool(live), body=body, meta=json.loads(meta_text))
+        return LoadedDoc(collection, key, ref, state, True, bool(live), json.loads(body_text) if live else None)
+
+    def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
+        if not txn.ops:
+            return None
+        first = txn.ops[0].stamp
+        heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
+        t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
+                        before=tuple(txn.before_images()), user=self._user, meta=meta or {})
+        seq = self._append_log(t)
+        self._write_docs(txn.docs.values(), seq)
+        self._record_conflicts(t.id, txn.conflicts)
+        self._set_setting("clock", self._clock.last)
+        return seq
+
+    def _append_log(self, t: Transaction) -> int:
+        data = msgpack.packb(t.to_wire(), use_bin_type=True)
+        cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data) VALUES (?, ?, ?, ?)",
+                                   (t.id, t.origin, t.stamp, data))
+        seq = int(cur.lastrowid or 0)
+        desc = t.descriptor(len(data))
+        self._engine.execute(
+            "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
+            (t.id, t.origin, t.user, t.stamp, msgpack.packb(desc.to_wire(), use_bin_type=True), seq))
+        if t.parents:
+            self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in t.parents])
+        self._engine.execute("INSERT OR IGNORE INTO heads (id) VALUES (?)", (t.id,))
+        return seq
+
+    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int) -> None:
+        rows = []
+        for d in docs:
+            if not d.dirty:
+                continue
+            s = d.state
+            rows.append((d.collection, d.ref[1], _dumps(s.body), _dumps(s.meta), s.epoch, 1 if s.live else 0, seq))
+        if rows:
+            self._engine.executemany(
+                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
+                "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq", rows)
+
+    def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
+        if not conflicts:
+            return
+        self._engine.executemany(
+            "INSERT INTO conflicts (txn, collection, pk, path, rule, winner, winner_stamp, loser, loser_stamp) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            [(txn_id, c.collection, canonical_json(c.key), ".".join(c.path), c.rule, _dumps(c.winner),
+              c.winner_stamp, _dumps(c.loser), c.loser_stamp) for c in conflicts])
+
+    def _after_commit(self) -> None:
+        if self._listeners is not None:
+            self._listeners.notify()
+        if self._sync is not None:
+            self._sync.local_commit()
+
+    # -- creating, reading, deleting -------------------------------------------------------
+
+    def _model(self, cls: type[M]) -> ObjectSchema:
+        self._check_open()
+        if not isinstance(cls, type) or cls.__name__ not in self._models or self._models[cls.__name__] is not cls:
+            raise UsageError(f"{getattr(cls, '__name__', cls)!r} is not in this database's schema; "
+                             "pass it in tidesync.open(..., schema=[...])")
+        obj = self.schema[cls.__name__]
+        if obj.embedded:
+            raise UsageError(f"{cls.__name__} is embedded: create it inside its parent object")
+        return obj
+
+    def create(self, cls: type[M], values: Mapping[str, Any] | None = None, /, *,
+               update: Literal["modified", "all"] | None = None, **kwargs: Any) -> M:
+        """Create an object and return it, managed. Must be called inside ``db.write()``.
+
+        Args:
+            cls: the model class.
+            values: field values as a mapping (merged with ``kwargs``).
+            update: ``None`` (an existing object with the same ``_id`` is an error),
+                ``"modified"`` (upsert: write only the fields whose value differs) or
+                ``"all"`` (upsert: write every given field).
+        """
+        obj = self._model(cls)
+        txn = self._current_txn()
+        given = {**(values or {}), **kwargs}
+        unknown = set(given) - set(obj.fields)
+        if unknown:
+            raise ValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields are {sorted(obj.fields)}")
+        coerced: dict[str, Any] = {}
+        defaults: list[str] = []
+        for name, f in obj.fields.items():
+            if name in given:
+                coerced[name] = coerce(cls.__name__, f, given[name])
+            elif update is None or "_id" == name:
+                v = default_of(cls, name)
+                if v is MISSING:
+                    raise ValidationError(f"{cls.__name__}.{name} is required (type {f.type.describe()})")
+                coerced[name] = coerce(cls.__name__, f, v)
+                defaults.append(name)
+        key = value_to_plain(obj.fields["_id"].type, coerced["_id"])
+        ref = (obj.name, canonical_json(key))
+        d = txn.doc(obj.name, key, ref)
+        if d.state.live:
+            if update is None:
+                raise ValidationError(f"a {cls.__name__} with _id {coerced['_id']!r} already exists",
+                                      advice="pass update='modified' to update it instead")
+            existing = d.state.body
+            for name, value in coerced.items():
+                if name == "_id":
+                    continue
+                f = obj.fields[name]
+                value = self._adopt_field(f.type, value)
+                if update == "modified" and existing.get(name, MISSING_FIELD) == value_to_plain(f.type, value):
+                    continue
+                txn.assign(d, (name,), f.type, value)
+            return self._managed(cls, obj, key, ref)
+        if update is not None:
+            for name, f in obj.fields.items():
+                if name not in coerced:
+                    v = default_of(cls, name)
+                    if v is MISSING:
+                        raise ValidationError(f"{cls.__name__}.{name} is required (type {f.type.describe()})")
+                    coerced[name] = coerce(cls.__name__, f, v)
+                    defaults.append(name)
+        plain = {name: value_to_plain(obj.fields[name].type, self._adopt_field(obj.fields[name].type, v))
+                 for name, v in coerced.items()}
+        txn.create(obj, key, plain, defaults)
+        return self._managed(cls, obj, key, ref)
+
+    def _adopt_field(self, t: FieldType, value: Any) -> Any:
+        if value is None:
+            return None
+        if t.kind == "link":
+            return self._adopt(value)
+        if t.kind in ("list", "set") and t.element is not None and t.element.kind == "link":
+            return type(value)(self._adopt(v) for v in value)
+        return value
+
+    def _adopt(self, value: Any) -> Any:
+        """A link target: a managed object of this database, or an unmanaged one to create."""
+        if not isinstance(value, _ModelBase):
+            raise ValidationError(f"a link needs a model object, got {type(value).__name__}")
+        binding = value._ts_binding
+        if binding is not None:
+            if getattr(binding, "db", None) is not self:
+                raise ValidationError("cannot link to an object of another database")
+            return value
+        cls = type(value)
+        return self.create(cls, {k: v for k, v in value._ts_values.items()}, update="modified")
+
+    def _managed(self, cls: type[M], obj: ObjectSchema, key: Plain, ref: Ref) -> M:
+        return make_managed(self, cls, ObjectBinding(self, obj.name, key, ref, (), obj))  # type: ignore[no-any-return]
+
+    def get(self, cls: type[M], pk: Any) -> M | None:
+        """The object of ``cls`` with primary key ``pk``, or None."""
+        obj = self._model(cls)
+        try:
+            key = value_to_plain(obj.fields["_id"].type, coerce(cls.__name__, obj.fields["_id"], pk))
+        except ValidationError:
+            raise
+        ref = (obj.name, canonical_json(key))
+        if self._body_of(ref) is None:
+            return None
+        return self._managed(cls, obj, key, ref)
+
+    def delete(self, target: Any) -> None:
+        """Delete an object, or every object of a query result or an iterable of objects."""
+        txn = self._current_txn()
+        items = [target] if isinstance(target, _ModelBase) else list(target)
+        for item in items:
+            binding = item._ts_binding if isinstance(item, _ModelBase) else None
+            if not isinstance(binding, ObjectBinding) or binding.path or binding.db is not self:
+                raise UsageError("db.delete() takes managed objects of this database (or results)")
+            d = txn.doc(binding.collection, binding.key, binding.ref)
+            if d.state.live:
+                txn.delete(d)
+
+    def objects(self, cls: type[M]) -> Results[M]:
+        """All live objects of ``cls``, as lazy, live results."""
+        from .results import Results
+
+        self._model(cls)
+        return Results(self, cls)
+
+    # -- reading state ---------------------------------------------------------------------
+
+    def _refresh(self) -> None:
+        """Drop cached bodies when another connection (thread or process) committed."""
+        now = time.monotonic()
+        if now - self._checked_at < 0.002:
+            return
+        self._checked_at = now
+        dv = self._engine.data_version()
+        if dv != self._seen_data_version:
+            if self._seen_data_version != -1:
+                self._generation += 1
+            self._seen_data_version = dv
+            self._cache.clear()
+
+    def _body_of(self, ref: Ref) -> dict[str, Plain] | None:
+        """The live body of a document (the write transaction's view inside ``write()``)."""
+        with self._lock:
+            self._check_open()
+            txn = self._txn
+            if txn is not None and self._txn_thread == threading.get_ident():
+                d = txn.docs.get(ref)
+                if d is not None:
+                    return d.state.body if d.state.live else None
+            else:
+                self._refresh()
+            if ref in self._cache:
+                return self._cache[ref]
+            rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1", ref)
+            body = json.loads(rows[0][0]) if rows else None
+            if len(self._cache) > _CACHE_LIMIT:
+                self._cache.clear()
+            if txn is None:
+                self._cache[ref] = body
+            return body
+
+    def _body_of_checked(self, binding: ObjectBinding) -> dict[str, Plain]:
+        body = self._body_of(binding.ref)
+        if body is None:
+            raise InvalidatedObjectError(f"this {binding.collection} object was deleted")
+        return body
+
+    def _prime(self, ref: Ref, body: dict[str, Plain]) -> None:
+        if self._txn is None:
+            if len(self._cache) > _CACHE_LIMIT:
+                self._cache.clear()
+            self._cache[ref] = body
+
+    def _to_python(self, binding: ObjectBinding, path: tuple[str, ...], t: FieldType, plain: Plain) -> Any:
+        k = t.kind
+        if k == "list":
+            return ManagedList(binding, path, t, binding.schema.name)
+        if k == "set":
+            return ManagedSet(binding, path, t, binding.schema.name)
+        if k == "dict":
+            return ManagedDict(binding, path, t, binding.schema.name)
+        if plain is None:
+            return Counter(0) if k == "counter" and not t.nullable else None
+        if k == "counter":
+            return bind_counter(binding, path, int(plain) if isinstance(plain, int) else 0)
+        if k == "object":
+            target = self.schema[t.target or ""]
+            cls = self._models_or_registry(target.name)
+            return make_managed(self, cls, ObjectBinding(self, binding.collection, binding.key, binding.ref, path, target))
+        if k == "link":
+            return self._resolve_link(t.target or "", plain)
+        return self._decode_scalar(t, plain)
+
+    def _decode_scalar(self, t: FieldType, plain: Plain) -> Any:
+        value = from_plain(plain)
+        if t.kind == "float" and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    def _decode_element(self, t: FieldType, plain: Plain) -> Any:
+        if plain is None:
+            return None
+        if t.kind == "link":
+            return self._resolve_link(t.target or "", plain)
+        if t.kind == "object":
+            cls = self._models_or_registry(t.target or "")
+            s = schema_of(cls)
+            return cls(**{n: self._decode_element(f.type, plain.get(n)) for n, f in s.fields.items()
+                          if isinstance(plain, dict) and n in plain})
+        return self._decode_scalar(t, plain)
+
+    def _resolve_link(self, target: str, plain: Plain) -> Any:
+        cls = self._models.get(target)
+        if cls is None:
+            return None
+        ref = (target, canonical_json(plain))
+        if self._body_of(ref) is None:
+            return None  # unresolved: the target was deleted or has not arrived yet
+        return make_managed(self, cls, ObjectBinding(self, target, plain, ref, (), self.schema[target]))
+
+    def _listener_hub(self) -> Any:
+        from .listeners import ListenerHub
+
+        with self._lock:
+            self._check_open()
+            if self._listeners is None:
+                self._listeners = ListenerHub(self)
+            return self._listeners
+
+    # -- replication -----------------------------------------------------------------------
+
+    def export_transactions(self, since: int = 0, limit: int | None = None) -> list[Transaction]:
+        """The transactions integrated here after local sequence number ``since``, oldest first."""
+        self._check_open()
+        with self._lock:
+            rows = self._engine.query("SELECT data FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
+                                      (since, -1 if limit is None else limit))
+        return [Transaction.from_wire(msgpack.unpackb(r[0], raw=False)) for r in rows]
+
+    @property
+    def last_seq(self) -> int:
+        """The local change sequence number of the newest transaction here (0 when none)."""
+        with self._lock:
+            self._check_open()
+            rows = self._engine.query("SELECT max(seq) FROM log")
+        return int(rows[0][0] or 0)
+
+    def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
+                  peer_seq: int | None = None) -> IntegrateResult:
+        """Merge transactions from another replica (idempotent: known ones are skipped).
+
+        All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
+        recording that this replica holds ``peer``'s log up to ``peer_seq`` moves in the same
+        transaction, so a crash can never separate the data from the checkpoint.
+
+        Raises:
+            MergeError: a transaction is malformed (nothing is applied).
+        """
+        txns: list[Transaction] = []
+        for t in transactions:
+            if isinstance(t, Transaction):
+                txns.append(t)
+            else:
+                try:
+                    txns.append(Transaction.from_wire(t))
+                except ValueError as exc:
+                    raise MergeError(f"malformed transaction: {exc}") from exc
+        self._check_open()
+        with self._lock:
+            if self._txn is not None:
+                raise UsageError("cannot integrate inside a write transaction")
+            with self._engine.atomic():
+                result = self._integrate_locked(txns, peer, peer_seq)
+            self._cache.clear()
+            self._generation += 1
+        if result.applied:
+            if self._listeners is not None:
+                self._listeners.notify()
+        return result
+
+    def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None) -> IntegrateResult:
+        last = self._setting("clock")
+        if last:
+            self._clock.observe(Stamp(last))
+        known: set[str] = set()
+        ids = [t.id for t in txns]
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            known.update(r[0] for r in self._engine.query(
+                f"SELECT id FROM log WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+        docs: dict[Ref, LoadedDoc] = {}
+        applied = dups = nconf = 0
+        last_seq = 0
+        for t in txns:
+            if t.id in known:
+                dups += 1
+                continue
+            known.add(t.id)
+            conflicts: list[merge.Conflict] = []
+            touched: list[LoadedDoc] = []
+            try:
+                for op in t.ops:
+                    ref = (op.collection, canonical_json(op.key))
+                    d = docs.get(ref)
+                    if d is None:
+                        d = self._load_doc(op.collection, op.key, ref)
+                        docs[ref] = d
+                    d.state, c = merge.integrate(d.state, op, self._policies)
+                    d.dirty = True
+                    touched.append(d)
+                    if c:
+                        conflicts.extend(c)
+                    self._clock.observe(op.stamp)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
+            last_seq = self._append_log(t)
+            for d in touched:
+                d.seq = last_seq
+            self._record_conflicts(t.id, conflicts)
+            nconf += len(conflicts)
+            applied += 1
+        for d in docs.values():
+            if d.dirty:
+                self._write_docs([d], d.seq)
+        if peer is not None and peer_seq is not None:
+            self._engine.execute(
+                "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
+                "DO UPDATE SET received = max(received, excluded.received)", (peer, peer_seq))
+        self._set_setting("clock", self._clock.last)
+        return IntegrateResult(applied, dups, nconf, last_seq)
+
+    # -- history and revert ----------------------------------------------------------------
+
+    def history(self, limit: int = 50, *, collection: str | None = None) -> list[HistoryEntry]:
+        """The newest ``limit`` transactions, newest first."""
+        self._check_open()
+        with self._lock:
+            rows = self._engine.query("SELECT seq, data FROM log ORDER BY seq DESC LIMIT ?", (limit,))
+        out = []
+        for seq, data in rows:
+            t = Transaction.from_wire(msgpack.unpackb(data, raw=False))
+            changes = _changes_of(t)
+            if collection is not None and not any(c.collection == collection for c in changes):
+                continue
+            out.append(HistoryEntry(t.id, seq, t.stamp, t.origin, t.user, t.parents, changes,
+                                    t.meta.get("reverts")))
+        return out
+
+    def revert(self, txn_id: str) -> RevertResult:
+        """Write a new transaction restoring what ``txn_id`` changed, where nothing changed it since.
+
+        Returns what was restored and, for everything else, why not (overwritten by a later
+        transaction, or the document was deleted or re-created since).
+
+        Raises:
+            RevertError: no transaction with that id is in the log.
+        """
+        self._check_open()
+        with self._lock:
+            rows = self._engine.query("SELECT seq, data FROM log WHERE id = ?", (txn_id,))
+            if not rows:
+                raise RevertError(f"no transaction {txn_id!r} in this database", advice="see db.history() for ids")
+            seq, data = rows[0]
+            target = Transaction.from_wire(msgpack.unpackb(data, raw=False))
+            touched_refs = {(c, canonical_json(k)) for c, k in target.touches()}
+            later_fields: dict[Ref, set[str]] = {}
+            later_whole: set[Ref] = set()
+            for (ldata,) in self._engine.query("SELECT data FROM log WHERE seq > ? ORDER BY seq", (seq,)):
+                lt = Transaction.from_wire(msgpack.unpackb(ldata, raw=False))
+                for op in lt.ops:
+                    ref = (op.collection, canonical_json(op.key))
+                    if ref not in touched_refs:
+                        continue
+                    if isinstance(op, (CreateDoc, DeleteDoc)):
+                        later_whole.add(ref)
+                    else:
+                        later_fields.setdefault(ref, set()).add(op.path[0])
+            befores = {(b.collection, canonical_json(b.key)): b for b in target.before}
+            created = {(op.collection, canonical_json(op.key)) for op in target.ops if isinstance(op, CreateDoc)}
+            restored: list[tuple[str, Any, str]] = []
+            skipped: list[tuple[str, Any, str, str]] = []
+            with self._write_block({"reverts": txn_id}):
+                txn = self._current_txn()
+                for collection, key in target.touches():
+                    ref = (collection, canonical_json(key))
+                    pyk = from_plain(key)
+                    b = befores.get(ref)
+                    d = txn.doc(collection, key, ref)
+                    if b is None:
+                        if ref not in created:
+                            continue
+                        if ref in later_whole or ref in later_fields:
+                            skipped.append((collection, pyk, "*", "changed by a later transaction"))
+                        elif d.state.live:
+                            txn.delete(d)
+                            restored.append((collection, pyk, "*"))
+                        continue
+                    if b.deleted:
+                        if ref in later_whole or d.state.live:
+                            skipped.append((collection, pyk, "*", "re-created or changed since"))
+                            continue
+                        obj = self._merged_schema.get(collection)
+                        assert b.fields is not None
+                        self._create_plain(txn, obj, collection, key, b.fields)
+                        restored.append((collection, pyk, "*"))
+                        continue
+                    if ref in later_whole or not d.state.live:
+                        skipped.append((collection, pyk, "*", "deleted or re-created since"))
+                        continue
+                    assert b.fields is not None
+                    for name, old in b.fields.items():
+                        if name in later_fields.get(ref, set()):
+                            skipped.append((collection, pyk, name, "overwritten by a later transaction"))
+                            continue
+                        self._assign_plain(txn, d, collection, name, old)
+                        restored.append((collection, pyk, name))
+            rev = self.history(1)[0].id if restored else None
+        return RevertResult(rev, tuple(restored), tuple(skipped))
+
+    def _assign_plain(self, txn: WriteTransaction, d: LoadedDoc, collection: str, name: str, plain: Plain) -> None:
+        obj = self._merged_schema.get(collection)
+        f = obj.fields.get(name) if obj is not None else None
+        if plain == MISSING_FIELD:
+            txn.unset(d, (name,))
+            return
+        if f is None:
+            txn.assign_plain(d, (name,), None, plain)
+        else:
+            txn.assign_plain(d, (name,), f.type, plain)
+
+    def _create_plain(self, txn: WriteTransaction, obj: ObjectSchema | None, collection: str, key: Plain,
+                      fields: dict[str, Plain]) -> None:
+        schema_obj = obj or ObjectSchema(collection, {})
+        txn.create(schema_obj, key, dict(fields), ())
+
+    # -- schema --------------------------------------------------------------------------
+
+    @property
+    def stored_schema(self) -> Schema:
+        """The file's schema: this client's models plus anything earlier clients declared."""
+        return self._merged_schema
+
+
+def _changes_of(t: Transaction) -> tuple[Change, ...]:
+    out: dict[Ref, tuple[str, Any, str, list[str]]] = {}
+    for op in t.ops:
+        ref = (op.collection, canonical_json(op.key))
+        entry = out.get(ref)
+        if entry is None:
+            entry = (op.collection, from_plain(op.key), "update", [])
+            out[ref] = entry
+        coll, key, kind, fields = entry
+        if isinstance(op, CreateDoc):
+            out[ref] = (coll, key, "create", fields + [f for f in op.fields if f not in fields])
+        elif isinstance(op, DeleteDoc):
+            out[ref] = (coll, key, "delete", fields)
+        else:
+            if op.path[0] not in fields:
+                fields.append(op.path[0])
+    return tuple(Change(c, k, kind, tuple(f)) for c, k, kind, f in out.values())  # type: ignore[arg-type]
+
+
+_ = (BeforeImage, to_plain, overload)

@@ -1,0 +1,201 @@
+"""Results: lazy, live query results over one collection.
+
+A :class:`Results` object holds a query, not objects: ``len()``, iteration, indexing and
+``first()`` run SQL against the file each time, so results always reflect the latest commit.
+Filters compile to SQL that SQLite runs (and that uses indexes); rows are never all loaded
+into Python to be filtered. Iteration walks a snapshot of matching row ids taken when it
+starts, reading bodies in pages, so memory stays flat on large results.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from ..core.models import _ModelBase
+from ..query import Query, compile_order, compile_sql, parse_query
+
+if TYPE_CHECKING:
+    from .database import Database
+    from .listeners import ChangeSet, ListenerToken
+
+__all__ = ["Results"]
+
+M = TypeVar("M", bound=_ModelBase)
+
+_PAGE = 1000
+
+
+class Results(Generic[M]):
+    """Live results of a query on one model. Made by ``db.objects(Model)``."""
+
+    def __init__(self, db: Database, cls: type[M], queries: tuple[Query, ...] = (),
+                 sort: tuple[tuple[str, bool], ...] = (), limit: int | None = None) -> None:
+        self._db = db
+        self._cls = cls
+        self._queries = queries
+        self._sort = sort
+        self._limit = limit
+
+    @property
+    def model(self) -> type[M]:
+        return self._cls
+
+    # -- building ----------------------------------------------------------------------------
+
+    def filter(self, query: str | Mapping[str, Any], *args: Any) -> Results[M]:
+        """Narrow the results with a Realm Query Language string (``$0``-style args) or a
+        MongoDB filter document. Filters combine with AND.
+
+        Raises:
+            QueryError: the query does not parse or names an unknown field.
+        """
+        q = parse_query(query, args)
+        compile_sql(q, self._cls.__name__, self._db.schema)  # validate now, not on first use
+        return Results(self._db, self._cls, self._queries + (q,), self._sort, self._limit)
+
+    def sort(self, key: str, reverse: bool = False) -> Results[M]:
+        """Sort by a field (a key path through embedded objects works too); chain for more keys."""
+        compile_order(self._cls.__name__, [(key, reverse)], self._db.schema)
+        return Results(self._db, self._cls, self._queries, self._sort + ((key, reverse),), self._limit)
+
+    def limit(self, n: int) -> Results[M]:
+        """At most ``n`` objects."""
+        if n < 0:
+            raise ValueError("limit must be >= 0")
+        return Results(self._db, self._cls, self._queries, self._sort, n)
+
+    # -- SQL -------------------------------------------------------------------------------
+
+    def _where(self) -> tuple[str, list[Any]]:
+        sql = "documents.collection = ? AND documents.live = 1"
+        params: list[Any] = [self._cls.__name__]
+        for q in self._queries:
+            frag, p = compile_sql(q, self._cls.__name__, self._db.schema)
+            sql += f" AND ({frag})"
+            params.extend(p)
+        return sql, params
+
+    def _order(self) -> str:
+        if self._sort:
+            return " ORDER BY " + compile_order(self._cls.__name__, list(self._sort), self._db.schema) + ", documents.rowid"
+        return " ORDER BY documents.rowid"
+
+    def _limit_sql(self, offset: int = 0, count: int | None = None) -> str:
+        n = self._limit
+        if count is not None:
+            n = count if n is None else max(0, min(count, n - offset))
+        if n is None and not offset:
+            return ""
+        return f" LIMIT {-1 if n is None else int(n)} OFFSET {int(offset)}"
+
+    def _select(self, columns: str, offset: int = 0, count: int | None = None) -> list[tuple[Any, ...]]:
+        where, params = self._where()
+        sql = f"SELECT {columns} FROM documents WHERE {where}{self._order()}{self._limit_sql(offset, count)}"
+        with self._db._lock:
+            self._db._check_open()
+            self._db._refresh()
+            return self._db._engine.query(sql, params)
+
+    def _snapshot_keys(self) -> list[tuple[str, int]]:
+        """(pk, seq) of every match, in order: what listeners diff."""
+        return [(r[0], r[1]) for r in self._select("documents.pk, documents.seq")]
+
+    def _make(self, pk_text: str, body: dict[str, Any]) -> M:
+        ref = (self._cls.__name__, pk_text)
+        self._db._prime(ref, body)
+        return self._db._managed(self._cls, self._db.schema[self._cls.__name__], json.loads(pk_text), ref)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        where, params = self._where()
+        inner = f"SELECT 1 FROM documents WHERE {where}{self._limit_sql()}"
+        with self._db._lock:
+            self._db._check_open()
+            self._db._refresh()
+            return int(self._db._engine.query(f"SELECT count(*) FROM ({inner})", params)[0][0])
+
+    def __bool__(self) -> bool:
+        return bool(self._select("1", 0, 1))
+
+    def __iter__(self) -> Iterator[M]:
+        rowids = [r[0] for r in self._select("documents.rowid")]
+        for i in range(0, len(rowids), _PAGE):
+            chunk = rowids[i:i + _PAGE]
+            with self._db._lock:
+                self._db._check_open()
+                rows = self._db._engine.query(
+                    f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
+                    chunk)
+            by_id = {r[0]: (r[1], r[2]) for r in rows}
+            for rid in chunk:
+                hit = by_id.get(rid)
+                if hit is not None:
+                    yield self._make(hit[0], json.loads(hit[1]))
+
+    @overload
+    def __getitem__(self, index: int) -> M: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[M]: ...
+    def __getitem__(self, index: int | slice) -> M | list[M]:
+        if isinstance(index, slice):
+            return list(self)[index]
+        if index < 0:
+            index += len(self)
+            if index < 0:
+                raise IndexError("results index out of range")
+        rows = self._select("documents.pk, documents.body", index, 1)
+        if not rows:
+            raise IndexError("results index out of range")
+        return self._make(rows[0][0], json.loads(rows[0][1]))
+
+    def first(self) -> M | None:
+        """The first object, or None when there is none."""
+        rows = self._select("documents.pk, documents.body", 0, 1)
+        return self._make(rows[0][0], json.loads(rows[0][1])) if rows else None
+
+    def index(self, obj: M) -> int:
+        """The position of ``obj`` in the results."""
+        ref = getattr(obj, "_ts_ref", None)
+        for i, (pk, _) in enumerate(self._snapshot_keys()):
+            if ref == (self._cls.__name__, pk):
+                return i
+        raise ValueError("object is not in the results")
+
+    def __contains__(self, obj: object) -> bool:
+        try:
+            self.index(obj)  # type: ignore[arg-type]
+            return True
+        except ValueError:
+            return False
+
+    def __repr__(self) -> str:
+        return f"<Results of {self._cls.__name__}: {len(self)}>"
+
+    # -- change listeners ------------------------------------------------------------------
+
+    def add_listener(self, callback: Callable[[Results[M], ChangeSet], None], *,
+                     key_paths: Sequence[str] | None = None) -> ListenerToken:
+        """Call ``callback(results, changes)`` after every commit that changes these results.
+
+        ``changes`` has ``insertions``, ``deletions`` (by old index) and ``modifications`` (by
+        new index), as Realm reports them. With ``key_paths``, a modification counts only if one
+        of those fields changed. Callbacks run on the database's notifier thread; see
+        docs/listeners.md. Returns a token: ``token.remove()`` stops the calls.
+        """
+        return self._db._listener_hub().add_results(self, callback, key_paths)
+
+    def changes(self, *, key_paths: Sequence[str] | None = None, max_queue: int = 100) -> AsyncIterator[ChangeSet]:
+        """An async iterator of change sets: ``async for changes in results.changes(): ...``."""
+        return self._db._listener_hub().results_changes(self, key_paths, max_queue)
+
+    def subscribe(self, name: str | None = None, *, wait_for: str = "first_time", timeout: float | None = None) -> Results[M]:
+        """Subscribe to these results with flexible sync (see the flexible-sync docs)."""
+        subs = getattr(self._db, "subscriptions", None)
+        if subs is None:
+            from ..errors import UsageError
+
+            raise UsageError("results.subscribe() needs a database opened with flexible sync")
+        return subs._subscribe_results(self, name, wait_for, timeout)  # type: ignore[no-any-return]

@@ -1,0 +1,76 @@
+"""The layout of tidesync's own tables in a database file, and their migrations.
+
+=============  =================================================================================
+table          what it holds
+=============  =================================================================================
+settings       key/value: file format version, replica id, schema (JSON), last clock stamp
+documents      one row per document ever seen: collection, canonical-JSON primary key, the
+               materialized body (JSON, plain form; what queries read), merge metadata (JSON),
+               incarnation epoch, live flag (0 = tombstone), seq of the last change
+log            one row per integrated transaction, in local change-sequence order (``seq``):
+               id, origin, stamp, the transaction itself (msgpack of its wire form)
+descriptors    one row per known transaction, held or only announced (``seq`` NULL)
+heads          the transaction ids no later local transaction names as parent (the DAG heads)
+checkpoints    per peer: ``received`` (the peer's seq integrated here), ``acked`` (our seq the
+               peer acknowledged)
+conflicts      every resolved conflict: losing and winning values and stamps
+=============  =================================================================================
+"""
+
+from __future__ import annotations
+
+__all__ = ["FORMAT_VERSION", "MIGRATIONS"]
+
+FORMAT_VERSION = 1
+
+MIGRATIONS: list[list[str]] = [
+    # version 1
+    [
+        "CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        """CREATE TABLE IF NOT EXISTS documents (
+            collection TEXT NOT NULL,
+            pk TEXT NOT NULL,
+            body TEXT NOT NULL,
+            meta TEXT NOT NULL,
+            epoch TEXT NOT NULL,
+            live INTEGER NOT NULL,
+            seq INTEGER NOT NULL
+        )""",
+        "CREATE UNIQUE INDEX IF NOT EXISTS documents_key ON documents (collection, pk)",
+        "CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq)",
+        """CREATE TABLE IF NOT EXISTS log (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            id TEXT NOT NULL UNIQUE,
+            origin TEXT NOT NULL,
+            stamp TEXT NOT NULL,
+            data BLOB NOT NULL
+        )""",
+        """CREATE TABLE IF NOT EXISTS descriptors (
+            id TEXT PRIMARY KEY,
+            origin TEXT NOT NULL,
+            user TEXT,
+            stamp TEXT NOT NULL,
+            data BLOB NOT NULL,
+            seq INTEGER
+        )""",
+        "CREATE TABLE IF NOT EXISTS heads (id TEXT PRIMARY KEY)",
+        """CREATE TABLE IF NOT EXISTS checkpoints (
+            peer TEXT PRIMARY KEY,
+            received INTEGER NOT NULL DEFAULT 0,
+            acked INTEGER NOT NULL DEFAULT 0,
+            data TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS conflicts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            txn TEXT NOT NULL,
+            collection TEXT NOT NULL,
+            pk TEXT NOT NULL,
+            path TEXT NOT NULL,
+            rule TEXT NOT NULL,
+            winner TEXT,
+            winner_stamp TEXT,
+            loser TEXT,
+            loser_stamp TEXT
+        )""",
+    ],
+]

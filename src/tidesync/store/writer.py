@@ -1,0 +1,273 @@
+"""The local writer: turns what the app does inside ``db.write()`` into stamped operations.
+
+Every local change goes through the same merge code as a change from another replica
+(:func:`tidesync.core.merge.integrate`), so a device's own state is, by construction, what
+any replica that integrates the same transactions will hold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..core import merge
+from ..core.clock import HybridClock
+from ..core.models import value_to_plain
+from ..core.operations import (
+    CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListSet, Op,
+    SetAdd, SetContainer, SetRemove, SetValue, Unset,
+)
+from ..core.schema import FieldType, ObjectSchema, Schema
+from ..core.transaction import MISSING_FIELD, BeforeImage
+from ..core.values import Plain, canonical_json
+
+__all__ = ["WriteTransaction", "LoadedDoc", "container_kinds"]
+
+Ref = tuple[str, str]
+
+
+@dataclass(slots=True)
+class LoadedDoc:
+    """A document as the write transaction holds it: its state and what it was at the start."""
+
+    collection: str
+    key: Plain
+    ref: Ref
+    state: merge.DocState
+    existed_row: bool
+    live_before: bool
+    body_before: dict[str, Plain] | None
+    before_fields: dict[str, Plain] = field(default_factory=dict)
+    deleted_here: bool = False
+    dirty: bool = False
+    seq: int = 0
+
+
+def container_kinds(schema: Schema, obj: ObjectSchema, plain: dict[str, Plain], prefix: str = "") -> dict[str, str]:
+    """The ``kinds`` map of a CreateDoc: dotted path -> container kind, for non-register fields."""
+    kinds: dict[str, str] = {}
+    for name, f in obj.fields.items():
+        k = f.type.kind
+        path = f"{prefix}{name}"
+        if k in ("list", "set", "dict", "counter"):
+            if name in plain and plain[name] is not None:
+                kinds[path] = k
+        elif k == "object":
+            sub = plain.get(name)
+            if isinstance(sub, dict):
+                kinds[path] = "object"
+                target = schema.get(f.type.target or "")
+                if target is not None:
+                    kinds.update(container_kinds(schema, target, sub, path + "."))
+    return kinds
+
+
+class WriteTransaction:
+    """The changes of one ``with db.write():`` block, before they commit."""
+
+    def __init__(self, clock: HybridClock, schema: Schema, loader: Any, policies: merge.Policies | None) -> None:
+        self.clock = clock
+        self.schema = schema
+        self._loader = loader  # callable(collection, key_plain, ref) -> LoadedDoc
+        self.policies = policies
+        self.docs: dict[Ref, LoadedDoc] = {}
+        self.ops: list[Op] = []
+        self.conflicts: list[merge.Conflict] = []
+
+    # -- documents -------------------------------------------------------------------------
+
+    def doc(self, collection: str, key: Plain, ref: Ref | None = None) -> LoadedDoc:
+        """The loaded document (from the file on first touch)."""
+        ref = ref or (collection, canonical_json(key))
+        d = self.docs.get(ref)
+        if d is None:
+            d = self._loader(collection, key, ref)
+            self.docs[ref] = d
+        return d
+
+    def _apply(self, d: LoadedDoc, op: Op) -> None:
+        d.state, conflicts = merge.integrate(d.state, op, self.policies)
+        d.dirty = True
+        if conflicts:
+            self.conflicts.extend(conflicts)
+        self.ops.append(op)
+
+    def _remember_before(self, d: LoadedDoc, name: str) -> None:
+        if d.live_before and name not in d.before_fields and d.body_before is not None:
+            d.before_fields[name] = d.body_before.get(name, MISSING_FIELD)
+
+    # -- whole documents -------------------------------------------------------------------
+
+    def create(self, obj: ObjectSchema, key: Plain, plain: dict[str, Plain], defaults: Iterable[str]) -> LoadedDoc:
+        """Create a document from the plain values of all its fields."""
+        d = self.doc(obj.name, key)
+        stamp = self.clock.now()
+        op = CreateDoc(obj.name, key, stamp, d.state.epoch, plain,
+                       container_kinds(self.schema, obj, plain), tuple(defaults))
+        self._apply(d, op)
+        return d
+
+    def delete(self, d: LoadedDoc) -> None:
+        """Delete a document (a tombstone remains)."""
+        if d.live_before and d.body_before is not None:
+            d.deleted_here = True
+        self._apply(d, DeleteDoc(d.collection, d.key, self.clock.now(), d.state.epoch))
+
+    # -- fields ----------------------------------------------------------------------------
+
+    def assign(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType, value: Any) -> None:
+        """Assign a (coerced) Python value to the field at ``path``."""
+        self._remember_before(d, path[0])
+        self._assign(d, path, ftype, value)
+
+    def _assign(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType, value: Any) -> None:
+        coll, key = d.collection, d.key
+        parents = merge.epochs(d.state, path[:-1])
+        if value is None or ftype.kind not in ("object", "list", "set", "dict", "counter"):
+            plain = value_to_plain(ftype, value)
+            self._apply(d, SetValue(coll, key, self.clock.now(), d.state.epoch, path, parents, plain))
+            return
+        stamp = self.clock.now()
+        counter_value = int(value) if ftype.kind == "counter" else None
+        self._apply(d, SetContainer(coll, key, stamp, d.state.epoch, path, parents,
+                                    ftype.kind, stamp, counter_value))  # type: ignore[arg-type]
+        if ftype.kind == "object":
+            target = self.schema[ftype.target or ""]
+            for name, f in target.fields.items():
+                self._assign(d, path + (name,), f.type, getattr(value, name))
+        elif ftype.kind == "list":
+            assert ftype.element is not None
+            after: str | None = None
+            for v in value:
+                after = self.list_insert_after(d, path, ftype.element, after, v)
+        elif ftype.kind == "set":
+            assert ftype.element is not None
+            for v in value:
+                self.set_add(d, path, ftype.element, v)
+        elif ftype.kind == "dict":
+            assert ftype.element is not None
+            for k, v in value.items():
+                self.dict_put(d, path, ftype.element, k, v)
+
+    def assign_plain(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType | None, plain: Plain) -> None:
+        """Assign a value given in plain form (used by revert); ``ftype`` None: a register."""
+        self._remember_before(d, path[0])
+        self._assign_plain(d, path, ftype, plain)
+
+    def _assign_plain(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType | None, plain: Plain) -> None:
+        coll, key = d.collection, d.key
+        parents = merge.epochs(d.state, path[:-1])
+        kind = ftype.kind if ftype is not None else "mixed"
+        if plain is None or kind not in ("object", "list", "set", "dict", "counter"):
+            self._apply(d, SetValue(coll, key, self.clock.now(), d.state.epoch, path, parents, plain))
+            return
+        stamp = self.clock.now()
+        self._apply(d, SetContainer(coll, key, stamp, d.state.epoch, path, parents, kind, stamp,  # type: ignore[arg-type]
+                                    plain if kind == "counter" else None))
+        assert ftype is not None
+        if kind == "object" and isinstance(plain, dict):
+            target = self.schema.get(ftype.target or "")
+            for name, sub in plain.items():
+                f = target.fields.get(name) if target is not None else None
+                self._assign_plain(d, path + (name,), f.type if f is not None else None, sub)
+        elif kind == "list" and isinstance(plain, list):
+            after: str | None = None
+            for v in plain:
+                s = self.clock.now()
+                elem = merge.new_element_id(s)
+                self._apply(d, ListInsert(coll, key, s, d.state.epoch, path, merge.epochs(d.state, path), elem, after, v))
+                after = elem
+        elif kind == "set" and isinstance(plain, list):
+            for v in plain:
+                self._apply(d, SetAdd(coll, key, self.clock.now(), d.state.epoch, path, merge.epochs(d.state, path), v))
+        elif kind == "dict" and isinstance(plain, dict):
+            for k, v in plain.items():
+                self._apply(d, DictPut(coll, key, self.clock.now(), d.state.epoch, path, merge.epochs(d.state, path), k, v))
+
+    def unset(self, d: LoadedDoc, path: tuple[str, ...]) -> None:
+        """Remove a field."""
+        self._remember_before(d, path[0])
+        self._apply(d, Unset(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                             merge.epochs(d.state, path[:-1])))
+
+    # -- collections -----------------------------------------------------------------------
+
+    def list_insert_after(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, after: str | None, value: Any) -> str:
+        """Insert after element id ``after`` (None: at the head); return the new element id."""
+        self._remember_before(d, path[0])
+        stamp = self.clock.now()
+        elem = merge.new_element_id(stamp)
+        self._apply(d, ListInsert(d.collection, d.key, stamp, d.state.epoch, path, merge.epochs(d.state, path),
+                                  elem, after, value_to_plain(etype, value)))
+        return elem
+
+    def list_insert(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, index: int, value: Any) -> None:
+        """Insert at ``index`` of the visible list (Python ``list.insert`` semantics)."""
+        ids = merge.list_element_ids(d.state, path)
+        n = len(ids)
+        if index < 0:
+            index = max(0, n + index)
+        index = min(index, n)
+        self.list_insert_after(d, path, etype, ids[index - 1] if index > 0 else None, value)
+
+    def list_set(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, index: int, value: Any) -> None:
+        ids = merge.list_element_ids(d.state, path)
+        elem = ids[index]  # IndexError as Python's list
+        self._remember_before(d, path[0])
+        self._apply(d, ListSet(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                               merge.epochs(d.state, path), elem, value_to_plain(etype, value)))
+
+    def list_erase(self, d: LoadedDoc, path: tuple[str, ...], index: int) -> None:
+        ids = merge.list_element_ids(d.state, path)
+        elem = ids[index]
+        self._remember_before(d, path[0])
+        self._apply(d, ListErase(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                                 merge.epochs(d.state, path), elem))
+
+    def clear(self, d: LoadedDoc, path: tuple[str, ...], kind: str) -> None:
+        """Empty a list, set or dict (a new epoch: concurrent additions are discarded)."""
+        self._remember_before(d, path[0])
+        stamp = self.clock.now()
+        self._apply(d, SetContainer(d.collection, d.key, stamp, d.state.epoch, path,
+                                    merge.epochs(d.state, path[:-1]), kind, stamp))  # type: ignore[arg-type]
+
+    def set_add(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, value: Any) -> None:
+        self._remember_before(d, path[0])
+        self._apply(d, SetAdd(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                              merge.epochs(d.state, path), value_to_plain(etype, value)))
+
+    def set_remove(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, value: Any) -> None:
+        self._remember_before(d, path[0])
+        self._apply(d, SetRemove(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                                 merge.epochs(d.state, path), value_to_plain(etype, value)))
+
+    def dict_put(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, key: str, value: Any) -> None:
+        self._remember_before(d, path[0])
+        self._apply(d, DictPut(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                               merge.epochs(d.state, path), key, value_to_plain(etype, value)))
+
+    def dict_del(self, d: LoadedDoc, path: tuple[str, ...], key: str) -> None:
+        self._remember_before(d, path[0])
+        self._apply(d, DictDel(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                               merge.epochs(d.state, path), key))
+
+    def counter_add(self, d: LoadedDoc, path: tuple[str, ...], amount: int) -> None:
+        self._remember_before(d, path[0])
+        self._apply(d, CounterAdd(d.collection, d.key, self.clock.now(), d.state.epoch, path,
+                                  merge.epochs(d.state, path[:-1]), amount))
+
+    # -- results ---------------------------------------------------------------------------
+
+    def before_images(self) -> list[BeforeImage]:
+        """What the touched documents were before (only documents that existed)."""
+        out: list[BeforeImage] = []
+        for d in self.docs.values():
+            if not d.live_before:
+                continue
+            if d.deleted_here and d.body_before is not None:
+                out.append(BeforeImage(d.collection, d.key, dict(d.body_before), True))
+            elif d.before_fields:
+                out.append(BeforeImage(d.collection, d.key, dict(d.before_fields)))
+        return out
+

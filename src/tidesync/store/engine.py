@@ -1,0 +1,490 @@
+"""The one door to SQLite: a connection, its settings, transactions, tracing and error translation.
+
+Rules of this module (the rest of ``tidesync.store`` relies on them):
+
+* Every statement goes through :meth:`Engine.execute`, :meth:`Engine.executemany` or
+  :meth:`Engine.query`, so the tracer sees all SQL and no ``sqlite3``/``sqlcipher3`` exception
+  escapes: each becomes a :class:`~tidesync.errors.StorageError` (or a subclass), chained with
+  ``from``. Rows fetched later from a returned :class:`Cursor` are translated the same way.
+* Transactions are only opened by :meth:`Engine.atomic`: ``BEGIN IMMEDIATE`` at the outermost
+  level, ``SAVEPOINT`` when nested. The connection runs with ``isolation_level=None``, so the
+  driver never opens or commits a transaction behind our back.
+* One Engine per thread. The driver's same-thread check stays on; using an Engine from another
+  thread raises :class:`~tidesync.errors.UsageError`. Threads and processes that write the same
+  file serialize on SQLite's write lock, waiting up to :data:`BUSY_TIMEOUT` seconds.
+
+Durability: the file runs in WAL mode with ``synchronous=FULL`` (and ``fullfsync`` where the OS
+has it), so a transaction is on stable storage when ``COMMIT`` (and so ``atomic()``) returns.
+``synchronous=NORMAL``, the usual WAL pairing, can lose the last commits on power loss, which
+would break "nothing acknowledged is lost".
+
+Encryption: with ``encryption_key`` the file is opened with SQLCipher; the 64-byte key is turned
+into SQLCipher's 32-byte raw key with HKDF-SHA256 (:func:`derive_sqlcipher_key`). See
+``docs/encryption.md`` for the reasons and for what is and is not encrypted.
+"""
+
+from __future__ import annotations
+
+import hmac
+import importlib
+import math
+import os
+import sqlite3
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType, TracebackType
+from typing import Any, cast
+
+from ..errors import (
+    CorruptFileError,
+    DatabaseClosedError,
+    EncryptionError,
+    MissingExtraError,
+    StorageError,
+    UsageError,
+)
+
+__all__ = [
+    "BUSY_TIMEOUT",
+    "CACHE_SIZE_KIB",
+    "KEY_SIZE",
+    "Cursor",
+    "Engine",
+    "Params",
+    "Row",
+    "Tracer",
+    "derive_sqlcipher_key",
+]
+
+Params = Sequence[Any]
+"""Positional parameters for ``?`` placeholders."""
+
+Row = tuple[Any, ...]
+
+Tracer = Callable[[str, Params | None], None]
+"""Called with ``(sql, params)`` before each statement runs; ``params`` is None for statements
+the engine issues itself (pragmas, BEGIN/COMMIT/SAVEPOINT)."""
+
+KEY_SIZE = 64
+"""Length in bytes of an encryption key (the same as Realm's)."""
+
+BUSY_TIMEOUT = 10.0
+"""Seconds a statement waits for another connection's write lock before failing."""
+
+CACHE_SIZE_KIB = 8192
+"""Page cache per connection, in KiB (SQLite's default is 2 MiB)."""
+
+_HKDF_INFO = b"tidesync/sqlcipher-raw-key/v1"
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_REDACTED_KEY_PRAGMA = "PRAGMA key = <redacted>"
+
+# Primary SQLite result codes (the low byte of the extended code the driver reports).
+_SQLITE_BUSY = 5
+_SQLITE_LOCKED = 6
+_SQLITE_READONLY = 8
+_SQLITE_INTERRUPT = 9
+_SQLITE_IOERR = 10
+_SQLITE_CORRUPT = 11
+_SQLITE_FULL = 13
+_SQLITE_CANTOPEN = 14
+_SQLITE_TOOBIG = 18
+_SQLITE_CONSTRAINT = 19
+_SQLITE_NOTADB = 26
+
+# result code -> (error class, tidesync code, advice); unlisted codes become a plain StorageError.
+_ERROR_TABLE: dict[int, tuple[type[StorageError], str | None, str | None]] = {
+    _SQLITE_BUSY: (StorageError, "busy",
+                   "another connection held the write lock too long; retry, and keep write transactions short"),
+    _SQLITE_LOCKED: (StorageError, "locked",
+                     "a statement on this connection still uses the table; finish reading its rows first"),
+    _SQLITE_READONLY: (StorageError, "readonly",
+                       "the database was opened read-only, or the file or its folder is not writable"),
+    _SQLITE_INTERRUPT: (StorageError, "interrupted", None),
+    _SQLITE_IOERR: (StorageError, "io", "check the disk and the file's permissions"),
+    _SQLITE_CORRUPT: (CorruptFileError, None, "restore the file from a backup or sync it again from the server"),
+    _SQLITE_FULL: (StorageError, "disk_full", "free some disk space and retry"),
+    _SQLITE_CANTOPEN: (StorageError, "cant_open", "check that the path exists and its folder is writable"),
+    _SQLITE_TOOBIG: (StorageError, "too_big", None),
+    _SQLITE_CONSTRAINT: (StorageError, "constraint", None),
+    _SQLITE_NOTADB: (CorruptFileError, None, "restore the file from a backup or sync it again from the server"),
+}
+
+
+def derive_sqlcipher_key(key: bytes) -> bytes:
+    """Turn a 64-byte tidesync key into the 32-byte raw key SQLCipher encrypts with.
+
+    HKDF-SHA256 (RFC 5869) with an empty salt and a fixed ``info`` label. To open a tidesync
+    file with the ``sqlcipher`` shell: ``PRAGMA key = "x'<derive_sqlcipher_key(key).hex()>'";``
+    then ``PRAGMA cipher_compatibility = 4;``.
+
+    Raises:
+        UsageError: ``key`` is not exactly :data:`KEY_SIZE` bytes.
+    """
+    if not isinstance(key, (bytes, bytearray)):
+        raise UsageError(f"encryption_key must be {KEY_SIZE} bytes, not {type(key).__name__}",
+                         advice=f"pass {KEY_SIZE} random bytes, e.g. secrets.token_bytes({KEY_SIZE})")
+    if len(key) != KEY_SIZE:
+        raise UsageError(f"encryption_key must be exactly {KEY_SIZE} bytes, got {len(key)}",
+                         advice=f"pass {KEY_SIZE} random bytes, e.g. secrets.token_bytes({KEY_SIZE})")
+    return _hkdf_sha256(bytes(key), salt=b"", info=_HKDF_INFO, length=32)
+
+
+def _hkdf_sha256(ikm: bytes, *, salt: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-SHA256 extract-then-expand (RFC 5869); the stdlib has HMAC but no HKDF."""
+    prk = hmac.digest(salt or bytes(32), ikm, "sha256")
+    okm, block = b"", b""
+    for counter in range(1, -(-length // 32) + 1):
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        okm += block
+    return okm[:length]
+
+
+def _load_sqlcipher() -> ModuleType:
+    try:
+        return importlib.import_module("sqlcipher3.dbapi2")
+    except ImportError as exc:
+        raise MissingExtraError(
+            "an encryption_key needs SQLCipher, and the sqlcipher3 package is not installed",
+            advice="pip install tidesync[encryption]",
+        ) from exc
+
+
+class Cursor:
+    """The result of :meth:`Engine.execute`; fetching translates driver errors like execute does."""
+
+    __slots__ = ("_cursor", "_engine", "_sql")
+
+    def __init__(self, cursor: sqlite3.Cursor, engine: Engine, sql: str) -> None:
+        self._cursor = cursor
+        self._engine = engine
+        self._sql = sql
+
+    @property
+    def lastrowid(self) -> int | None:
+        """Rowid of the last row inserted by this cursor."""
+        return self._cursor.lastrowid
+
+    @property
+    def rowcount(self) -> int:
+        """Rows changed by an INSERT/UPDATE/DELETE (-1 for other statements)."""
+        return self._cursor.rowcount
+
+    @property
+    def description(self) -> Any:
+        """Column names of a SELECT, as in DB-API (the first item of each 7-tuple)."""
+        return self._cursor.description
+
+    def fetchone(self) -> Row | None:
+        with self._engine._translated(self._sql):
+            return cast("Row | None", self._cursor.fetchone())
+
+    def fetchmany(self, size: int | None = None) -> list[Row]:
+        with self._engine._translated(self._sql):
+            rows = self._cursor.fetchmany() if size is None else self._cursor.fetchmany(size)
+            return cast("list[Row]", rows)
+
+    def fetchall(self) -> list[Row]:
+        with self._engine._translated(self._sql):
+            return cast("list[Row]", self._cursor.fetchall())
+
+    def __iter__(self) -> Iterator[Row]:
+        while (row := self.fetchone()) is not None:
+            yield row
+
+    def close(self) -> None:
+        with self._engine._translated(self._sql):
+            self._cursor.close()
+
+
+class Engine:
+    """One SQLite (or SQLCipher) connection with tidesync's settings; use it from one thread.
+
+    Args:
+        path: the database file; created if missing (unless ``readonly``).
+        encryption_key: 64 bytes to open or create an encrypted file (needs
+            ``tidesync[encryption]``); None for a plain file.
+        readonly: open the file read-only (it must exist).
+        tracer: called as ``tracer(sql, params)`` before every statement, including the
+            engine's own pragmas and transaction statements (the key is never shown).
+
+    Raises:
+        UsageError: the key is not 64 bytes.
+        MissingExtraError: a key was given and sqlcipher3 is not installed.
+        EncryptionError: wrong key, no key for an encrypted file, or a key for a plain file.
+        CorruptFileError: the file is not a SQLite database.
+        StorageError: the file cannot be opened (missing folder, permissions, ...).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None,
+                 readonly: bool = False, tracer: Tracer | None = None) -> None:
+        self.path = os.fspath(path)
+        self.readonly = readonly
+        self.encrypted = encryption_key is not None
+        self._tracer = tracer
+        self._owner = threading.get_ident()
+        self._savepoints = 0
+        raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
+        self._driver: ModuleType = sqlite3 if raw_key is None else _load_sqlcipher()
+        self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning)
+        self._conn: sqlite3.Connection | None = None
+        with self._translated("connect"):
+            if readonly:
+                target, uri = Path(self.path).absolute().as_uri() + "?mode=ro", True
+            else:
+                target, uri = self.path, False
+            # sqlcipher3's Connection is not a sqlite3.Connection subclass but has the same API.
+            self._conn = cast(sqlite3.Connection, self._driver.connect(
+                target, isolation_level=None, timeout=BUSY_TIMEOUT, uri=uri))
+        try:
+            if raw_key is not None:
+                self._unlock(raw_key)
+            self._check_readable()
+            self._configure()
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def __repr__(self) -> str:
+        state = "closed" if self._conn is None else "open"
+        flags = "".join([", encrypted" if self.encrypted else "", ", readonly" if self.readonly else ""])
+        return f"<Engine {self.path!r} {state}{flags}>"
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _unlock(self, raw_key: bytes) -> None:
+        # The key must be the first statement on the connection. It is traced redacted.
+        self._run(f"PRAGMA key = \"x'{raw_key.hex()}'\"", trace_as=_REDACTED_KEY_PRAGMA)
+        # SQLCipher logs every failed page decryption to stderr; a wrong key already becomes an
+        # EncryptionError, so the log would only be noise. This setting is process-wide.
+        self._run("PRAGMA cipher_log_level = NONE").fetchall()
+        # Pin the SQLCipher 4 format so a later SQLCipher with new defaults still opens our files.
+        self._run("PRAGMA cipher_compatibility = 4").fetchall()
+
+    def _check_readable(self) -> None:
+        """Read page 1 and sqlite_master now, so a bad key or file fails here, typed."""
+        try:
+            self._run("SELECT count(*) FROM sqlite_master").fetchall()
+        except CorruptFileError as exc:
+            if exc.__cause__ is not None and _primary_code(exc.__cause__) == _SQLITE_NOTADB:
+                raise _diagnose_unreadable(self.path, keyed=self.encrypted) from exc.__cause__
+            raise
+
+    def _configure(self) -> None:
+        if not self.readonly:
+            # WAL is a property of the file; setting it needs write access.
+            self._run("PRAGMA journal_mode = WAL").fetchall()
+        self._run("PRAGMA synchronous = FULL")
+        self._run("PRAGMA fullfsync = ON")  # macOS: flush the drive's cache too; no-op elsewhere
+        self._run("PRAGMA foreign_keys = ON")
+        self._run(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
+        self._run("PRAGMA temp_store = MEMORY")
+        if self.encrypted:
+            self._run("PRAGMA mmap_size = 0")
+
+    # -- the door --------------------------------------------------------------------------
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        """The DB-API connection (sqlite3, or sqlcipher3 with the same API).
+
+        Using it directly bypasses the tracer and error translation: prefer the methods here.
+        """
+        return self._open_connection()
+
+    def execute(self, sql: str, params: Params = ()) -> Cursor:
+        """Run one statement and return its cursor.
+
+        Raises:
+            StorageError: (or a subclass) the driver refused the statement.
+            DatabaseClosedError: the engine was closed.
+            UsageError: called from a thread other than the one that opened the engine.
+        """
+        return Cursor(self._run(sql, params), self, sql)
+
+    def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Cursor:
+        """Run one statement once per parameter set; the tracer sees each set as it is used."""
+        if self._tracer is not None:
+            seq_of_params = self._traced_params(sql, seq_of_params)
+        conn = self._open_connection()
+        with self._translated(sql):
+            return Cursor(conn.executemany(sql, seq_of_params), self, sql)
+
+    def query(self, sql: str, params: Params = ()) -> list[Row]:
+        """Run one statement and return all its rows."""
+        cursor = self._run(sql, params)
+        with self._translated(sql):
+            return cast("list[Row]", cursor.fetchall())
+
+    @contextmanager
+    def atomic(self, *, immediate: bool = True) -> Iterator[None]:
+        """Run the block in a transaction: committed on exit, rolled back if it raises.
+
+        The outermost ``atomic()`` begins a transaction; an ``atomic()`` inside another one makes
+        a savepoint, so an exception caught inside the outer block undoes only the inner one.
+
+        Args:
+            immediate: take the write lock at BEGIN (``BEGIN IMMEDIATE``), waiting up to
+                :data:`BUSY_TIMEOUT` for other writers. With False (``BEGIN DEFERRED``) the lock
+                is taken at the first write, which can fail with a ``busy`` StorageError if
+                another connection committed in between: use False only for read transactions.
+                Ignored when nested.
+        """
+        conn = self._open_connection()
+        if not conn.in_transaction:
+            self._run("BEGIN IMMEDIATE" if immediate else "BEGIN DEFERRED")
+            try:
+                yield
+            except BaseException:
+                self._rollback("ROLLBACK")
+                raise
+            try:
+                self._run("COMMIT")
+            except BaseException:
+                self._rollback("ROLLBACK")
+                raise
+            return
+        self._savepoints += 1
+        name = f"tidesync_sp{self._savepoints}"
+        try:
+            self._run(f"SAVEPOINT {name}")
+            try:
+                yield
+            except BaseException:
+                self._rollback(f"ROLLBACK TO {name}")
+                self._rollback(f"RELEASE {name}")
+                raise
+            self._run(f"RELEASE {name}")
+        finally:
+            self._savepoints -= 1
+
+    def in_transaction(self) -> bool:
+        """True inside ``atomic()`` (or any open transaction on this connection)."""
+        return self._open_connection().in_transaction
+
+    def data_version(self) -> int:
+        """A number that changes when another connection (thread or process) commits to the file.
+
+        Commits made through this engine do not change it; compare two readings to learn whether
+        someone else wrote in between.
+        """
+        return int(self.query("PRAGMA data_version")[0][0])
+
+    def close(self) -> None:
+        """Close the connection (an open transaction is rolled back). Closing twice is fine."""
+        if self._conn is None:
+            return
+        self._check_thread()
+        conn, self._conn = self._conn, None
+        with self._translated("close"):
+            conn.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    @staticmethod
+    def quote_identifier(name: str) -> str:
+        """Quote a table, column or index name for SQL: ``a"b`` becomes ``"a""b"``."""
+        if "\x00" in name:
+            raise UsageError(f"an identifier cannot contain a NUL character: {name!r}")
+        return '"' + name.replace('"', '""') + '"'
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _open_connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise DatabaseClosedError(f"the database {self.path!r} is closed")
+        self._check_thread()
+        return self._conn
+
+    def _check_thread(self) -> None:
+        if threading.get_ident() != self._owner:
+            raise UsageError(
+                f"this Engine for {self.path!r} belongs to another thread",
+                advice="open one Engine per thread; they share the file safely")
+
+    def _run(self, sql: str, params: Params | None = None, *, trace_as: str | None = None) -> sqlite3.Cursor:
+        conn = self._open_connection()
+        if self._tracer is not None:
+            self._tracer(trace_as or sql, params)
+        with self._translated(trace_as or sql):
+            return conn.execute(sql, () if params is None else params)
+
+    def _traced_params(self, sql: str, seq_of_params: Iterable[Params]) -> Iterator[Params]:
+        assert self._tracer is not None
+        for params in seq_of_params:
+            self._tracer(sql, params)
+            yield params
+
+    def _rollback(self, sql: str) -> None:
+        # SQLite may already have rolled the transaction back by itself (disk full, I/O error):
+        # a second ROLLBACK would fail and hide the error that caused it.
+        if self._conn is not None and self._conn.in_transaction:
+            self._run(sql)
+
+    @contextmanager
+    def _translated(self, sql: str) -> Iterator[None]:
+        try:
+            yield
+        except self._driver_errors as exc:
+            raise _translate(exc, sql) from exc
+
+
+def _primary_code(exc: BaseException) -> int:
+    """The primary SQLite result code of a driver exception, or -1 when it carries none."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    return code & 0xFF if isinstance(code, int) else -1
+
+
+def _translate(exc: Exception, sql: str) -> StorageError:
+    """The tidesync error for a driver exception raised while running ``sql``."""
+    cls, tidesync_code, advice = _ERROR_TABLE.get(_primary_code(exc), (StorageError, None, None))
+    shown = sql if len(sql) <= 200 else sql[:197] + "..."
+    return cls(f"{exc} (in: {shown})", advice=advice, code=tidesync_code)
+
+
+def _diagnose_unreadable(path: str, *, keyed: bool) -> StorageError:
+    """Say why SQLite called ``path`` "not a database", from its first page."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4096)
+            size = os.fstat(f.fileno()).st_size
+    except OSError:
+        head, size = b"", 0
+    if head.startswith(_SQLITE_MAGIC):
+        if keyed:
+            return EncryptionError(
+                f"{path} is not encrypted, but an encryption key was given",
+                advice="open it without encryption_key (an existing plain file cannot be keyed in place)")
+        return CorruptFileError(f"{path} has a SQLite header but cannot be read",
+                                advice="restore the file from a backup or sync it again from the server")
+    if _looks_encrypted(head, size):
+        if keyed:
+            return EncryptionError(
+                f"{path} cannot be decrypted with this key (wrong key, or not a tidesync database)",
+                advice="pass the same 64-byte key the file was created with")
+        return EncryptionError(f"{path} is encrypted (or is not a database) and no encryption key was given",
+                               advice="pass encryption_key= with the file's 64-byte key")
+    return CorruptFileError(f"{path} is not a tidesync database",
+                            advice="check the path; the file was not written by tidesync or SQLite")
+
+
+def _looks_encrypted(head: bytes, size: int) -> bool:
+    """An SQLCipher file is whole pages of bytes that look random; text or other formats do not."""
+    if size < 512 or size % 512 or len(head) < 512:
+        return False
+    counts = Counter(head)
+    entropy = -sum(n / len(head) * math.log2(n / len(head)) for n in counts.values())
+    # Uniform bytes give ~7.95 bits/byte over 4 KiB (~7.6 over 512 bytes); text stays under 5.
+    return entropy > 7.0

@@ -109,7 +109,7 @@ class Database:
 
     def __init__(self, path: str | os.PathLike[str], schema: Sequence[type[_ModelBase]] = (), *,
                  encryption_key: bytes | None = None, policies: merge.Policies | None = None,
-                 user: str | None = None) -> None:
+                 user: str | None = None, partition_key: str | None = None) -> None:
         self.path = os.fspath(path)
         self._models: dict[str, type[_ModelBase]] = {}
         for cls in schema:
@@ -126,6 +126,7 @@ class Database:
         self._closed = False
         self._policies = policies
         self._user = user
+        self.partition_key = partition_key
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._generation = 0
         self._seen_data_version = -1
@@ -342,12 +343,17 @@ class Database:
             if not d.dirty:
                 continue
             s = d.state
-            rows.append((d.collection, d.ref[1], _dumps(s.body), _dumps(s.meta), s.epoch, 1 if s.live else 0, seq))
+            pkey = self.partition_key
+            scope = _dumps(s.body.get(pkey)) if pkey is not None and s.live else None
+            rows.append((d.collection, d.ref[1], _dumps(s.body), _dumps(s.meta), s.epoch, 1 if s.live else 0,
+                         seq, scope))
         if rows:
             self._engine.executemany(
-                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
-                "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq", rows)
+                "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
+                "scope = coalesce(excluded.scope, documents.scope)", rows)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:
@@ -798,6 +804,17 @@ class Database:
                       fields: dict[str, Plain]) -> None:
         schema_obj = obj or ObjectSchema(collection, {})
         txn.create(schema_obj, key, dict(fields), ())
+
+    def conflicts(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest resolved conflicts: what lost, what won, their stamps and the rule."""
+        self._check_open()
+        with self._lock:
+            rows = self._engine.query(
+                "SELECT id, txn, collection, pk, path, rule, winner, winner_stamp, loser, loser_stamp "
+                "FROM conflicts ORDER BY id DESC LIMIT ?", (limit,))
+        return [{"id": r[0], "transaction": r[1], "collection": r[2], "key": json.loads(r[3]), "path": r[4],
+                 "rule": r[5], "winner": json.loads(r[6]) if r[6] else None, "winner_stamp": r[7],
+                 "loser": json.loads(r[8]) if r[8] else None, "loser_stamp": r[9]} for r in rows]
 
     # -- schema --------------------------------------------------------------------------
 

@@ -200,7 +200,11 @@ class Cursor:
 
 
 class Engine:
-    """One SQLite (or SQLCipher) connection with tidesync's settings; use it from one thread.
+    """One SQLite (or SQLCipher) connection with tidesync's settings.
+
+    By default it belongs to the thread that opened it. With ``check_same_thread=False`` any
+    thread may use it, and the caller must serialize that use with a lock of its own (the
+    :class:`~tidesync.store.database.Database` does).
 
     Args:
         path: the database file; created if missing (unless ``readonly``).
@@ -209,6 +213,7 @@ class Engine:
         readonly: open the file read-only (it must exist).
         tracer: called as ``tracer(sql, params)`` before every statement, including the
             engine's own pragmas and transaction statements (the key is never shown).
+        check_same_thread: False lets other threads use the connection (serialize them yourself).
 
     Raises:
         UsageError: the key is not 64 bytes.
@@ -219,8 +224,10 @@ class Engine:
     """
 
     def __init__(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None,
-                 readonly: bool = False, tracer: Tracer | None = None) -> None:
+                 readonly: bool = False, tracer: Tracer | None = None,
+                 check_same_thread: bool = True) -> None:
         self.path = os.fspath(path)
+        self._check_same_thread = check_same_thread
         self.readonly = readonly
         self.encrypted = encryption_key is not None
         self._tracer = tracer
@@ -237,7 +244,8 @@ class Engine:
                 target, uri = self.path, False
             # sqlcipher3's Connection is not a sqlite3.Connection subclass but has the same API.
             self._conn = cast(sqlite3.Connection, self._driver.connect(
-                target, isolation_level=None, timeout=BUSY_TIMEOUT, uri=uri))
+                target, isolation_level=None, timeout=BUSY_TIMEOUT, uri=uri,
+                check_same_thread=check_same_thread))
         try:
             if raw_key is not None:
                 self._unlock(raw_key)
@@ -409,7 +417,7 @@ class Engine:
         return self._conn
 
     def _check_thread(self) -> None:
-        if threading.get_ident() != self._owner:
+        if self._check_same_thread and threading.get_ident() != self._owner:
             raise UsageError(
                 f"this Engine for {self.path!r} belongs to another thread",
                 advice="open one Engine per thread; they share the file safely")

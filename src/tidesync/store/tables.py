@@ -6,7 +6,9 @@ table          what it holds
 settings       key/value: file format version, replica id, schema (JSON), last clock stamp
 documents      one row per document ever seen: collection, canonical-JSON primary key, the
                materialized body (JSON, plain form; what queries read), merge metadata (JSON),
-               incarnation epoch, live flag (0 = tombstone), seq of the last change
+               incarnation epoch, live flag (0 = tombstone), seq of the last change, and
+               ``scope``: the canonical JSON of the document's partition value (kept in the
+               tombstone, so a delete still reaches the partition's devices)
 log            one row per integrated transaction, in local change-sequence order (``seq``):
                id, origin, stamp, the transaction itself (msgpack of its wire form)
 descriptors    one row per known transaction, held or only announced (``seq`` NULL)
@@ -34,10 +36,12 @@ MIGRATIONS: list[list[str]] = [
             meta TEXT NOT NULL,
             epoch TEXT NOT NULL,
             live INTEGER NOT NULL,
-            seq INTEGER NOT NULL
+            seq INTEGER NOT NULL,
+            scope TEXT
         )""",
         "CREATE UNIQUE INDEX IF NOT EXISTS documents_key ON documents (collection, pk)",
         "CREATE INDEX IF NOT EXISTS documents_seq ON documents (seq)",
+        "CREATE INDEX IF NOT EXISTS documents_scope ON documents (scope, collection)",
         """CREATE TABLE IF NOT EXISTS log (
             seq INTEGER PRIMARY KEY AUTOINCREMENT,
             id TEXT NOT NULL UNIQUE,

@@ -1,0 +1,103 @@
+"""The ``tidesync`` command.
+
+::
+
+    tidesync serve [--host 127.0.0.1] [--port 8765] [--data DIR] [--app-id ID] [--config FILE]
+                   [--tls-cert FILE --tls-key FILE]
+    tidesync conflicts [--data DIR] [--limit N]      resolved conflicts recorded by a server
+    tidesync history FILE [--limit N]                 a database file's transactions, newest first
+    tidesync revert FILE TXN_ID                       revert one transaction of a database file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from ..errors import TidesyncError
+
+__all__ = ["main", "build_parser"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tidesync", description="Offline-first sync for Python.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the sync server", description="Run the sync server (Starlette under uvicorn).")
+    s.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=None, help="port (default 8765; 0 picks a free one)")
+    s.add_argument("--data", default=None, help="data directory (default ./data)")
+    s.add_argument("--app-id", default=None, help="app id (default 'default')")
+    s.add_argument("--config", default=None, help="tidesync.toml; without it the server runs in development mode")
+    s.add_argument("--tls-cert", default=None, help="TLS certificate (PEM)")
+    s.add_argument("--tls-key", default=None, help="TLS private key (PEM)")
+
+    c = sub.add_parser("conflicts", help="list resolved conflicts recorded by a server",
+                       description="List the conflicts a server resolved: losing and winning values and stamps.")
+    c.add_argument("--data", default="data", help="the server's data directory")
+    c.add_argument("--limit", type=int, default=50)
+    c.add_argument("--json", action="store_true", help="print JSON")
+
+    h = sub.add_parser("history", help="list a database file's transactions",
+                       description="List the transactions of a tidesync database file, newest first.")
+    h.add_argument("file")
+    h.add_argument("--limit", type=int, default=20)
+
+    r = sub.add_parser("revert", help="revert one transaction of a database file",
+                       description="Write a transaction that restores what TXN_ID changed (where nothing changed it since).")
+    r.add_argument("file")
+    r.add_argument("txn_id")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            from ..server import load_config, serve_forever
+
+            cfg = load_config(args.config, host=args.host, port=args.port, data_dir=args.data,
+                              app_id=args.app_id, tls_cert=args.tls_cert, tls_key=args.tls_key)
+            serve_forever(cfg)
+            return 0
+        if args.command == "conflicts":
+            from pathlib import Path
+
+            from ..store.database import Database
+
+            path = Path(args.data) / "sync.db"
+            if not path.exists():
+                print(f"no server data in {args.data}", file=sys.stderr)
+                return 1
+            with Database(path) as db:
+                rows = db.conflicts(args.limit)
+            if args.json:
+                print(json.dumps(rows, indent=2, default=str))
+            else:
+                for row in rows:
+                    print(f"{row['collection']} {row['key']!r} {row['path']}: {row['rule']} kept "
+                          f"{row['winner']!r} ({row['winner_stamp']}) over {row['loser']!r} ({row['loser_stamp']})")
+                if not rows:
+                    print("no conflicts recorded")
+            return 0
+        if args.command in ("history", "revert"):
+            from ..store.database import Database
+
+            with Database(args.file) as db:
+                if args.command == "history":
+                    for e in db.history(args.limit):
+                        changes = ", ".join(f"{c.kind} {c.collection} {c.id!r} {list(c.fields)}" for c in e.changes)
+                        print(f"{e.id}  seq {e.seq}  origin {e.origin}  {changes}")
+                else:
+                    res = db.revert(args.txn_id)
+                    for coll, key, name in res.restored:
+                        print(f"restored {coll} {key!r} {name}")
+                    for coll, key, name, why in res.skipped:
+                        print(f"left {coll} {key!r} {name}: {why}")
+            return 0
+    except TidesyncError as exc:
+        print(f"tidesync: {exc}", file=sys.stderr)
+        return 2
+    return 1

@@ -1,0 +1,106 @@
+"""Running the server: in the foreground (``tidesync serve``) or in-process on a free port.
+
+In-process use (tests, notebooks, an app that embeds a server)::
+
+    from tidesync.server import ServerConfig, start_server
+    server = start_server(ServerConfig(data_dir=tmp_path, port=0))
+    ... tidesync.App("default", base_url=server.url) ...
+    server.stop()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+
+from ..errors import TidesyncError
+from .app import create_app
+from .config import ServerConfig
+
+__all__ = ["start_server", "RunningServer", "serve_forever"]
+
+
+def _uvicorn_config(app: Any, config: ServerConfig, sock_port: int) -> uvicorn.Config:
+    return uvicorn.Config(
+        app, host=config.host, port=sock_port, log_level="warning", lifespan="on",
+        ws="websockets-sansio" if _has_sansio() else "websockets",
+        ws_max_size=config.max_message_size + 1024, ws_ping_interval=None,
+        ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
+    )
+
+
+def _has_sansio() -> bool:
+    try:
+        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@dataclass
+class RunningServer:
+    """A server running in a background thread of this process."""
+
+    config: ServerConfig
+    url: str
+    _server: uvicorn.Server
+    _thread: threading.Thread
+    app: Any = field(default=None)
+
+    def stop(self, timeout: float = 10) -> None:
+        """Stop accepting, close every session, wait for the thread to end."""
+        self._server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> RunningServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_server(config: ServerConfig | None = None, *, timeout: float = 20) -> RunningServer:
+    """Start a server in a background thread; return once it accepts connections.
+
+    With ``config.port == 0`` a free port is picked; ``RunningServer.url`` says which.
+    """
+    config = config or ServerConfig(port=0)
+    if config.host not in ("127.0.0.1", "localhost", "::1") and not config.tls_cert:
+        pass  # binding elsewhere is the operator's explicit choice
+    port = config.port
+    if port == 0:
+        with socket.socket() as s:
+            s.bind((config.host, 0))
+            port = s.getsockname()[1]
+    config.port = port
+    app = create_app(config)
+    server = uvicorn.Server(_uvicorn_config(app, config, port))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="tidesync-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise TidesyncError(f"the server did not start on {config.host}:{port}")
+        time.sleep(0.01)
+    scheme = "https" if config.tls_cert else "http"
+    return RunningServer(config, f"{scheme}://{config.host}:{port}", server, thread, app)
+
+
+def serve_forever(config: ServerConfig) -> None:
+    """Run the server in the foreground until interrupted (``tidesync serve``)."""
+    config.ensure_dirs()
+    app = create_app(config)
+    scheme = "https" if config.tls_cert else "http"
+    if config.development_mode:
+        print("tidesync: DEVELOPMENT MODE (no config file): app id 'default', anonymous login on, "
+              "every user may read and write all data, partition key '_partition'", flush=True)
+    print(f"tidesync: serving app '{config.app_id}' at {scheme}://{config.host}:{config.port} "
+          f"(data in {config.data_dir})", flush=True)
+    uvicorn.Server(_uvicorn_config(app, config, config.port)).run()

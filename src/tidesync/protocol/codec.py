@@ -1,0 +1,198 @@
+"""Messages to bytes and back: the msgpack envelope, size limits and compression.
+
+Every message travels as one binary WebSocket message (the *payload*), a msgpack array::
+
+    [version, type, flags, body]
+
+``version`` (uint)
+    The protocol version, :data:`PROTOCOL_VERSION`. A receiver that does not speak it answers
+    ``Error(version_mismatch)`` and closes.
+``type`` (str)
+    The message's tag (``"hello"``, ``"changes"``...; see :mod:`tidesync.protocol.messages`).
+``flags`` (uint)
+    Bit 0 (:data:`FLAG_ZLIB`): ``body`` is a bin holding the zlib stream (RFC 1950) of the
+    msgpack-encoded body map. Every other bit must be 0.
+``body`` (map or bin)
+    The message's fields, a map of plain values (str keys; no bin, no ext, finite floats,
+    ints within signed 64 bits) or, with :data:`FLAG_ZLIB`, that map compressed.
+
+The envelope shape and the ``error`` body are frozen for all versions: a decoder accepts an
+``error`` message whatever its version, so that a peer always learns why it was refused.
+
+:func:`decode` never trusts its input: it caps the payload size, the decompressed size (a
+zip bomb cannot expand past the cap), string, array and map lengths (msgpack is told to refuse
+lengths larger than the payload itself), and nesting depth; it refuses ext types and bin
+values in bodies. Every failure raises :class:`~tidesync.errors.ProtocolError` whose ``code`` is
+an :class:`~tidesync.protocol.codes.ErrorCode` value (or its subclass
+:class:`~tidesync.errors.VersionMismatchError`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+import msgpack
+
+from ..errors import ProtocolError, UsageError, VersionMismatchError
+from .codes import ErrorCode
+from .messages import MESSAGE_TYPES, Error, Message, check_plain
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "FLAG_ZLIB",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_COMPRESS_THRESHOLD",
+    "encode",
+    "decode",
+    "encoded_size",
+]
+
+#: The protocol version this module speaks.
+PROTOCOL_VERSION = 1
+#: Envelope flag: the body is zlib-compressed.
+FLAG_ZLIB = 1
+#: Default cap on a payload, and separately on a decompressed body (16 MiB).
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Default size of an encoded body from which it is compressed (4 KiB).
+DEFAULT_COMPRESS_THRESHOLD = 4 * 1024
+
+_FIXARRAY_4 = b"\x94"
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack ext type {code} is not allowed")
+
+
+def _unpack(data: bytes, what: str) -> Any:
+    n = len(data)
+    try:
+        return msgpack.unpackb(
+            data, raw=False, strict_map_key=True, use_list=True, ext_hook=_reject_ext,
+            max_str_len=n, max_bin_len=n, max_array_len=n, max_map_len=n // 2, max_ext_len=0,
+        )
+    except msgpack.ExtraData:
+        raise ProtocolError(f"{what} has trailing bytes", code=ErrorCode.MALFORMED_MESSAGE) from None
+    except Exception as exc:  # msgpack raises ValueError, FormatError, StackError, UnicodeDecodeError...
+        raise ProtocolError(f"{what} is not valid msgpack: {exc}",
+                            code=ErrorCode.MALFORMED_MESSAGE) from exc
+
+
+def _inflate(data: bytes, max_size: int) -> bytes:
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(data, max_size + 1)
+    except zlib.error as exc:
+        raise ProtocolError(f"compressed body is not valid zlib data: {exc}",
+                            code=ErrorCode.BAD_COMPRESSION) from exc
+    if len(out) > max_size or inflater.unconsumed_tail:
+        raise ProtocolError(f"decompressed body exceeds {max_size} bytes",
+                            code=ErrorCode.MESSAGE_TOO_LARGE)
+    if not inflater.eof or inflater.unused_data:
+        raise ProtocolError("compressed body is truncated or has trailing bytes",
+                            code=ErrorCode.BAD_COMPRESSION)
+    return out
+
+
+def encoded_size(wire: Any) -> int:
+    """The msgpack-encoded size in bytes of a wire form (e.g. ``txn.to_wire()``).
+
+    Replica implementations use it to honour ``max_bytes`` and to report sizes.
+    """
+    packed: bytes = msgpack.packb(wire, use_bin_type=True)
+    return len(packed)
+
+
+def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+           max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
+    """Encode a message as one payload.
+
+    Args:
+        message: the message.
+        compress_threshold: compress a body whose encoding is at least this many bytes (when
+            that makes it smaller); None never compresses.
+        max_size: the largest payload allowed.
+
+    Returns:
+        The payload, to send as one binary WebSocket message.
+
+    Raises:
+        UsageError: (code ``message_too_large``) the payload would exceed ``max_size``; send
+            smaller batches. (code ``usage``) the message holds something msgpack cannot
+            encode, a bug in the caller.
+    """
+    try:
+        body: bytes = msgpack.packb(message.to_body(), use_bin_type=True)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise UsageError(f"cannot encode {type(message).__name__}: {exc}") from exc
+    flags = 0
+    if compress_threshold is not None and len(body) >= compress_threshold:
+        packed = zlib.compress(body, 6)
+        if len(packed) < len(body):
+            body, flags = msgpack.packb(packed, use_bin_type=True), FLAG_ZLIB
+    header: bytes = (msgpack.packb(PROTOCOL_VERSION) + msgpack.packb(message.TAG)
+                     + msgpack.packb(flags))
+    payload = _FIXARRAY_4 + header + body
+    if len(payload) > max_size:
+        raise UsageError(f"a {message.TAG} message of {len(payload)} bytes exceeds the "
+                         f"{max_size}-byte limit", code=ErrorCode.MESSAGE_TOO_LARGE)
+    return payload
+
+
+def decode(payload: bytes | bytearray | memoryview, *,
+           max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
+    """Decode and validate one payload.
+
+    Args:
+        payload: one binary WebSocket message, as received.
+        max_size: the largest payload, and separately the largest decompressed body, accepted.
+
+    Returns:
+        The message, fully validated.
+
+    Raises:
+        VersionMismatchError: the envelope carries another protocol version (``peer_version``
+            holds it). An ``error`` message of any version is decoded instead.
+        ProtocolError: anything else wrong; ``code`` is an ``ErrorCode`` value.
+    """
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise ProtocolError(f"a payload is bytes, not {type(payload).__name__}",
+                            code=ErrorCode.MALFORMED_MESSAGE)
+    data = bytes(payload)
+    if len(data) > max_size:
+        raise ProtocolError(f"payload of {len(data)} bytes exceeds the {max_size}-byte limit",
+                            code=ErrorCode.MESSAGE_TOO_LARGE)
+    envelope = _unpack(data, "payload")
+    if not isinstance(envelope, list) or not envelope or type(envelope[0]) is not int:
+        raise ProtocolError("a payload is [version, type, flags, body]",
+                            code=ErrorCode.MALFORMED_MESSAGE)
+    version = envelope[0]
+    is_error = len(envelope) == 4 and envelope[1] == Error.TAG
+    if version != PROTOCOL_VERSION and not is_error:
+        exc = VersionMismatchError(
+            f"the peer speaks protocol version {version}, this side speaks {PROTOCOL_VERSION}")
+        exc.peer_version = version  # type: ignore[attr-defined]
+        raise exc
+    if len(envelope) != 4:
+        raise ProtocolError("a payload is [version, type, flags, body]",
+                            code=ErrorCode.MALFORMED_MESSAGE)
+    _, tag, flags, body = envelope
+    if not isinstance(tag, str):
+        raise ProtocolError("the message type must be a str", code=ErrorCode.MALFORMED_MESSAGE)
+    cls = MESSAGE_TYPES.get(tag)
+    if cls is None:
+        raise ProtocolError(f"unknown message type {tag!r:.40}", code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
+    if type(flags) is not int or flags & ~FLAG_ZLIB:
+        raise ProtocolError(f"unknown envelope flags {flags!r:.20}", code=ErrorCode.MALFORMED_MESSAGE)
+    if flags & FLAG_ZLIB:
+        if not isinstance(body, bytes):
+            raise ProtocolError("a compressed body must be bin", code=ErrorCode.MALFORMED_MESSAGE)
+        body = _unpack(_inflate(body, max_size), "decompressed body")
+    if not isinstance(body, dict):
+        raise ProtocolError(f"a {tag} body must be a map", code=ErrorCode.MALFORMED_MESSAGE)
+    try:
+        check_plain(body, f"{tag} body")
+        return cls.from_body(body)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        raise ProtocolError(f"malformed {tag} message: {exc}",
+                            code=ErrorCode.MALFORMED_MESSAGE) from exc

@@ -1,0 +1,331 @@
+"""The sans-I/O connection: payloads in, events and payloads out.
+
+A :class:`Link` sits above WebSocket framing: the transport delivers whole binary messages
+(*payloads*) and the Link turns them into validated messages, enforces the state machine of
+:mod:`tidesync.protocol.states`, answers heartbeats and reports what happened as events. It
+performs no I/O and reads no clock; a *driver* owns the socket and the timers::
+
+    link = Link(Role.INITIATOR)
+    link.send(hello)
+    while True:
+        for payload in link.data_to_send():
+            transport.send(payload)              # driver I/O
+        if link.finished:
+            break                                # close the transport
+        payload = transport.receive(timeout=...) # driver I/O
+        if payload is None:
+            link.connection_lost()
+        elif payload is TIMEOUT:
+            link.tick(now_ms())                  # heartbeats and deadlines
+        else:
+            link.receive(payload)
+        for event in link.events_received():
+            ...                                  # hand messages to the Replicator
+
+Blame is explicit. Anything wrong with the peer's input (malformed, oversized, wrong version,
+not allowed in the current state) never raises: the Link queues an ``Error`` for the peer,
+moves to ERROR, stores the exception on :attr:`Link.error` and reports :class:`~.events.Failed`.
+Local misuse (sending a message the state does not allow) raises
+:class:`~tidesync.errors.UsageError`; sending once the connection has ended raises
+:class:`~tidesync.errors.ConnectionClosedError`.
+"""
+
+from __future__ import annotations
+
+from ..errors import ConnectionClosedError, ProtocolError, SyncError, UsageError
+from .codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_MESSAGE_SIZE, decode, encode
+from .codes import ErrorAction, ErrorCode, action_of, code_of, exception_for
+from .events import Closed, Connected, Event, Failed, MessageReceived
+from .messages import Close, Error, Hello, Message, Ping, Pong, Welcome
+from .states import ACTIVE, CLOSED, ConnectionState, Role, State
+
+__all__ = ["Link", "DEFAULT_HEARTBEAT_INTERVAL_MS", "DEFAULT_HEARTBEAT_TIMEOUT_MS",
+           "DEFAULT_HANDSHAKE_TIMEOUT_MS"]
+
+#: Send a Ping after this long without hearing from the peer.
+DEFAULT_HEARTBEAT_INTERVAL_MS = 20_000
+#: Fail the connection after this long without hearing from the peer.
+DEFAULT_HEARTBEAT_TIMEOUT_MS = 60_000
+#: Fail the connection if the handshake has not completed after this long.
+DEFAULT_HANDSHAKE_TIMEOUT_MS = 30_000
+
+
+class Link:
+    """One connection between two replicas, seen from one side.
+
+    Args:
+        role: ``Role.INITIATOR`` (opened the connection, sends ``Hello``) or
+            ``Role.ACCEPTOR``.
+        max_message_size: the largest payload sent or accepted, and the largest decompressed
+            body accepted.
+        compress_threshold: compress bodies from this many encoded bytes; None never compresses.
+        heartbeat_interval_ms: send a ``Ping`` after this long without hearing from the peer;
+            None disables heartbeats (and the heartbeat timeout).
+        heartbeat_timeout_ms: fail with ``heartbeat_timeout`` after this long without hearing
+            from the peer (any message counts, not only ``Pong``).
+        handshake_timeout_ms: fail with ``handshake_timeout`` if the handshake has not
+            completed this long after the first :meth:`tick`; None: no limit.
+
+    Attributes:
+        role: this side's role.
+        error: why the connection failed, once it has (None otherwise).
+        hello: the ``Hello`` of this connection, once sent or received.
+        welcome: the ``Welcome`` of this connection, once sent or received.
+        rtt_ms: the round-trip time of the last answered ``Ping``, or None (an upper bound:
+            the ``Pong`` is timed at the first tick after it arrived).
+    """
+
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
+        heartbeat_interval_ms: int | None = DEFAULT_HEARTBEAT_INTERVAL_MS,
+        heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS,
+        handshake_timeout_ms: int | None = DEFAULT_HANDSHAKE_TIMEOUT_MS,
+    ) -> None:
+        if not isinstance(role, Role):
+            raise UsageError(f"role must be a Role, not {role!r}")
+        if heartbeat_interval_ms is not None and not 0 < heartbeat_interval_ms < heartbeat_timeout_ms:
+            raise UsageError("need 0 < heartbeat_interval_ms < heartbeat_timeout_ms")
+        self.role = role
+        self.max_message_size = max_message_size
+        self.compress_threshold = compress_threshold
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.heartbeat_timeout_ms = heartbeat_timeout_ms
+        self.handshake_timeout_ms = handshake_timeout_ms
+        self.error: SyncError | None = None
+        self.hello: Hello | None = None
+        self.welcome: Welcome | None = None
+        self.rtt_ms: int | None = None
+        self._conn = ConnectionState()
+        self._events: list[Event] = []
+        self._out: list[bytes] = []
+        self._transport_lost = False
+        # Heartbeat bookkeeping; times come only from tick().
+        self._now: int | None = None
+        self._started_at: int | None = None
+        self._last_heard: int | None = None
+        self._heard = False
+        self._ping_nonce = 0
+        self._ping_sent_at: int | None = None
+        self._pong_received = False
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def our_state(self) -> State:
+        """This side's machine state."""
+        return self._conn.states[self.role]
+
+    @property
+    def their_state(self) -> State:
+        """The peer's machine state, as far as this side knows."""
+        return self._conn.states[self.role.peer]
+
+    @property
+    def state(self) -> State:
+        """Same as :attr:`our_state`."""
+        return self.our_state
+
+    @property
+    def finished(self) -> bool:
+        """True when nothing more will be sent or received: both sides closed, or the
+        connection failed. Flush :meth:`data_to_send` (the last payload may be an ``Error``
+        or ``Close`` for the peer), then close the transport."""
+        return self._conn.finished
+
+    def can_send(self, message: Message | type[Message]) -> bool:
+        """Whether :meth:`send` would accept a message of this type now."""
+        cls = message if isinstance(message, type) else type(message)
+        return self._conn.can_send(self.role, cls)
+
+    # ------------------------------------------------------------------ outputs
+
+    def events_received(self) -> list[Event]:
+        """Return (and forget) the events produced since the last call, in order."""
+        events, self._events = self._events, []
+        return events
+
+    def data_to_send(self) -> list[bytes]:
+        """Return (and forget) the payloads to send, in order, each as one binary message."""
+        out, self._out = self._out, []
+        return out
+
+    # ------------------------------------------------------------------ inputs
+
+    def send(self, message: Message) -> None:
+        """Queue a message for the peer.
+
+        Raises:
+            ConnectionClosedError: the connection has ended (this side sent ``Close``, or it
+                failed); nothing more can be sent.
+            UsageError: the message is not allowed in the current state (a bug in the
+                caller), or is larger than ``max_message_size`` (code ``message_too_large``).
+        """
+        if self._conn.finished or self.our_state is CLOSED:
+            raise ConnectionClosedError(
+                f"cannot send {message.TAG}: the connection has "
+                f"{'failed' if self._conn.failed else 'closed'}")
+        if not self._conn.can_send(self.role, type(message)):
+            raise UsageError(
+                f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
+                code="invalid_state")
+        payload = encode(message, compress_threshold=self.compress_threshold,
+                         max_size=self.max_message_size)
+        self._conn.process_message(self.role, type(message))
+        self._out.append(payload)
+        self._after_message(message, remote=False)
+
+    def fail(self, error: BaseException) -> None:
+        """Fail the connection because of ``error`` found on this side.
+
+        Queues an ``Error`` for the peer (its code from ``error.code`` when that is an
+        :class:`~tidesync.protocol.codes.ErrorCode` value, else ``internal``), moves to ERROR
+        and reports :class:`~.events.Failed`. Does nothing if the connection already ended.
+        """
+        if self._conn.finished:
+            return
+        code = code_of(error)
+        if isinstance(error, SyncError):
+            sync_error, text = error, error.message
+        else:
+            # Details of a local bug stay local; the peer only learns that it happened.
+            sync_error = SyncError(f"internal error: {error!r}", code=ErrorCode.INTERNAL,
+                                   action=action_of(ErrorCode.INTERNAL))
+            text = "internal error"
+        try:
+            action = ErrorAction(sync_error.action)
+        except ValueError:
+            action = action_of(code)
+        if not self._transport_lost and self._conn.can_send(self.role, Error):
+            payload = encode(Error(code.value, text[:1000], action),
+                             compress_threshold=None, max_size=self.max_message_size)
+            self._out.append(payload)
+        self._conn.process_error(self.role)
+        self.error = sync_error
+        self._events.append(Failed(sync_error, remote=False))
+
+    def receive(self, payload: bytes) -> None:
+        """Feed one payload received from the peer. Never raises because of its content.
+
+        After the connection has ended, payloads are ignored.
+        """
+        if self._conn.finished:
+            return
+        self._heard = True
+        try:
+            message = decode(payload, max_size=self.max_message_size)
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        except Exception as exc:  # a bug in a validator must not reach the driver
+            self.fail(ProtocolError(f"cannot decode payload: {exc!r}",
+                                    code=ErrorCode.MALFORMED_MESSAGE))
+            return
+        peer = self.role.peer
+        try:
+            self._conn.process_message(peer, type(message))
+        except ProtocolError as exc:
+            self.fail(exc)
+            return
+        if isinstance(message, Ping):
+            if self._conn.can_send(self.role, Pong):
+                self.send(Pong(message.nonce))
+            return
+        if isinstance(message, Pong):
+            if message.nonce == self._ping_nonce and self._ping_sent_at is not None:
+                self._pong_received = True  # timed at the next tick, like everything heard
+            return
+        self._events.append(MessageReceived(message))
+        self._after_message(message, remote=True)
+
+    def connection_lost(self) -> None:
+        """The transport closed. Unless both sides had sent ``Close``, the connection failed
+        (``connection_lost``, action retry). Unsent payloads are dropped."""
+        self._out.clear()
+        if self._transport_lost:
+            return
+        self._transport_lost = True
+        if self._conn.finished:
+            return
+        self._conn.process_connection_lost()
+        self.error = ConnectionClosedError("the connection was lost before it was closed",
+                                           code="connection_lost")
+        self._events.append(Failed(self.error, remote=False))
+
+    def tick(self, now_ms: int) -> None:
+        """Advance the Link's notion of time: send a ``Ping`` when the peer has been quiet for
+        ``heartbeat_interval_ms``, fail the connection when it has been quiet for
+        ``heartbeat_timeout_ms`` or the handshake took longer than ``handshake_timeout_ms``.
+
+        Call it periodically, at the latest at :meth:`next_deadline`. Time is only known to
+        the Link through these calls, so a message received between two ticks counts as heard
+        at the second.
+        """
+        self._now = now_ms
+        if self._started_at is None:
+            self._started_at = now_ms
+        if self._last_heard is None or self._heard:
+            self._last_heard, self._heard = now_ms, False
+        if self._pong_received and self._ping_sent_at is not None:
+            self.rtt_ms = now_ms - self._ping_sent_at
+            self._ping_sent_at, self._pong_received = None, False
+        if self._conn.finished or self._transport_lost:
+            return
+        handshaking = not (self.our_state is ACTIVE or self.our_state is CLOSED)
+        if handshaking:
+            if (self.handshake_timeout_ms is not None
+                    and now_ms - self._started_at >= self.handshake_timeout_ms):
+                self.fail(ConnectionClosedError(
+                    f"no handshake within {self.handshake_timeout_ms} ms",
+                    code=ErrorCode.HANDSHAKE_TIMEOUT, action="retry"))
+            return
+        if self.heartbeat_interval_ms is None:
+            return
+        quiet = now_ms - self._last_heard
+        if quiet >= self.heartbeat_timeout_ms:
+            self.fail(ConnectionClosedError(
+                f"nothing heard from the peer for {quiet} ms",
+                code=ErrorCode.HEARTBEAT_TIMEOUT, action="retry"))
+        elif (quiet >= self.heartbeat_interval_ms and self._ping_sent_at is None
+              and self._conn.can_send(self.role, Ping)):
+            self._ping_nonce += 1
+            self._ping_sent_at = now_ms
+            self.send(Ping(self._ping_nonce))
+
+    def next_deadline(self) -> int | None:
+        """When :meth:`tick` should be called next (ms, on the driver's clock), or None."""
+        if self._conn.finished or self._now is None or self._last_heard is None:
+            return None
+        handshaking = not (self.our_state is ACTIVE or self.our_state is CLOSED)
+        if handshaking:
+            if self.handshake_timeout_ms is None or self._started_at is None:
+                return None
+            return self._started_at + self.handshake_timeout_ms
+        if self.heartbeat_interval_ms is None:
+            return None
+        if self._ping_sent_at is None:
+            return self._last_heard + self.heartbeat_interval_ms
+        return self._last_heard + self.heartbeat_timeout_ms
+
+    # ------------------------------------------------------------------ internals
+
+    def _after_message(self, message: Message, *, remote: bool) -> None:
+        if isinstance(message, Hello):
+            self.hello = message
+        elif isinstance(message, Welcome):
+            self.welcome = message
+            assert self.hello is not None  # the state machine guarantees it
+            self._events.append(Connected(self.hello, message))
+        elif isinstance(message, Error):
+            assert message.action is not None
+            error = exception_for(message.code, message.message, message.action.value)
+            self.error = error
+            self._events.append(Failed(error, remote=remote))
+        elif isinstance(message, Close):
+            if remote and self._conn.can_send(self.role, Close):
+                self.send(Close(message.reason))
+            elif self._conn.finished:
+                self._events.append(Closed(message.reason))

@@ -1,0 +1,832 @@
+"""The messages two replicas exchange, as small frozen dataclasses.
+
+Each message validates its fields in its constructor (raising :class:`ValueError` with a
+message saying what is wrong), so a message that exists is well formed whether it was built
+locally or decoded from a peer. Each has a wire ``TAG`` and converts to and from its *body*, a
+map of plain values (:mod:`tidesync.core.values`); :mod:`tidesync.protocol.codec` puts the body
+in the envelope. Receivers ignore body keys they do not know; optional keys may be left out.
+
+Sequence numbers (``seq``) are positions in the *sender's* local log: every replica numbers
+the transactions it integrates 1, 2, 3... whatever their origin; 0 means "nothing". Ranges are
+half-open: a :class:`Changes` with ``from_seq=10, to_seq=20`` covers the sender's entries 11..20.
+
+The messages, in the order a session meets them:
+
+================== ====================== ==================================================
+tag                class                  meaning
+================== ====================== ==================================================
+``hello``          :class:`Hello`         initiator -> acceptor: who I am, my token, my scope,
+                                          how much of your log I hold
+``welcome``        :class:`Welcome`       acceptor -> initiator: who I am, how much of your log
+                                          I hold, my scope
+``descriptors``    :class:`Descriptors`   summaries of transactions whose data follows later
+``changes``        :class:`Changes`       a batch of the sender's log, with progress
+``snapshot``       :class:`Snapshot`      one page of document states (bootstrap after the
+                                          sender compacted its log)
+``ack``            :class:`Ack`           the receiver has durably integrated up to ``seq``
+``compensating_write`` :class:`CompensatingWrite` the sender undid writes of the receiver's
+``subscribe``      :class:`Subscribe`     (flexible sync) a new subscription set
+``subscription_state`` :class:`SubscriptionState` (flexible sync) a set's state changed
+``ping``/``pong``  :class:`Ping`/:class:`Pong` heartbeat
+``error``          :class:`Error`         the connection failed; what to do about it
+``close``          :class:`Close`         the sender will send nothing more
+================== ====================== ==================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, TypeAlias
+
+from ..core.stamp import ReplicaId, Stamp, is_replica_id, is_stamp
+from ..core.transaction import Descriptor, Transaction
+from ..core.values import Plain
+from .codes import ErrorAction, ErrorCode, action_of
+
+__all__ = [
+    "MAX_SEQ",
+    "Scope",
+    "check_scope",
+    "check_plain",
+    "Progress",
+    "Hello",
+    "Welcome",
+    "Changes",
+    "Descriptors",
+    "Ack",
+    "SnapshotDoc",
+    "Snapshot",
+    "CompensatedWrite",
+    "CompensatingWrite",
+    "SubscriptionQuery",
+    "SubscriptionStatus",
+    "Subscribe",
+    "SubscriptionState",
+    "Error",
+    "Ping",
+    "Pong",
+    "Close",
+    "Message",
+    "MESSAGE_TYPES",
+]
+
+#: The largest sequence number, nonce or counter a message may carry (signed 64-bit).
+MAX_SEQ = 2**63 - 1
+#: Deepest nesting of lists and maps a plain value may have.
+MAX_DEPTH = 64
+
+#: What a replica wants to receive: ``{}`` (everything), ``{"partition": {"key": field,
+#: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync, reserved).
+Scope: TypeAlias = dict[str, Any]
+
+
+# ------------------------------------------------------------------------ field checks
+
+
+def _int(name: str, value: object, *, lo: int = 0, hi: int = MAX_SEQ) -> int:
+    if type(value) is not int or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi}], not {value!r}")
+    return value
+
+
+def _opt_int(name: str, value: object) -> int | None:
+    return None if value is None else _int(name, value)
+
+
+def _str(name: str, value: object, *, empty: bool = True, max_len: int = 1 << 20) -> str:
+    if not isinstance(value, str) or (not empty and not value) or len(value) > max_len:
+        raise ValueError(f"{name} must be a {'' if empty else 'non-empty '}str, not {value!r:.80}")
+    return value
+
+
+def _opt_str(name: str, value: object) -> str | None:
+    return None if value is None else _str(name, value)
+
+
+def _bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, not {value!r:.80}")
+    return value
+
+
+def _replica(name: str, value: object) -> ReplicaId:
+    if not is_replica_id(value):
+        raise ValueError(f"{name} must be a replica id (16 lowercase hex digits), not {value!r:.80}")
+    return ReplicaId(str(value))
+
+
+def _map(name: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a map, not {type(value).__name__}")
+    check_plain(value, name)
+    return value
+
+
+def _list(name: str, value: object) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{name} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _get(body: Mapping[str, Any], key: str) -> Any:
+    try:
+        return body[key]
+    except KeyError:
+        raise ValueError(f"missing field {key!r}") from None
+
+
+def check_plain(value: object, where: str = "value") -> None:
+    """Check that ``value`` is a plain-form tree: None, bool, int (signed 64-bit), finite float,
+    str, and lists and str-keyed maps of those, at most :data:`MAX_DEPTH` deep.
+
+    Raises:
+        ValueError: naming the first offending item.
+    """
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if item is None or isinstance(item, (bool, str)):
+            continue
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                raise ValueError(f"{where}: a non-finite float must be written {{'$float': ...}}")
+            continue
+        if isinstance(item, int):
+            if not -(2**63) <= item <= 2**63 - 1:
+                raise ValueError(f"{where}: int out of the 64-bit range")
+            continue
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"{where}: nested more than {MAX_DEPTH} deep")
+        if isinstance(item, (list, tuple)):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, dict):
+            for k, v in item.items():
+                if not isinstance(k, str):
+                    raise ValueError(f"{where}: map keys must be str, not {type(k).__name__}")
+                stack.append((v, depth + 1))
+        else:
+            raise ValueError(f"{where}: {type(item).__name__} is not a plain value")
+
+
+def check_scope(scope: object) -> Scope:
+    """Validate a scope and return it.
+
+    A scope is ``{}`` (everything), ``{"partition": {"key": <field name>, "value": <plain>}}``
+    or ``{"subscriptions": [<plain>, ...]}``; nothing else, so that a peer never silently syncs
+    more than it was asked for because it did not understand the request.
+
+    Raises:
+        ValueError: the scope is malformed.
+    """
+    scope = _map("scope", scope)
+    if len(scope) > 1 or (scope and next(iter(scope)) not in ("partition", "subscriptions")):
+        raise ValueError(f"scope must be {{}}, {{'partition': ...}} or {{'subscriptions': ...}}, not {scope!r:.200}")
+    if "partition" in scope:
+        part = scope["partition"]
+        if not isinstance(part, dict) or set(part) != {"key", "value"}:
+            raise ValueError("scope partition must be {'key': field, 'value': value}")
+        _str("scope partition key", part["key"], empty=False)
+    if "subscriptions" in scope:
+        _list("scope subscriptions", scope["subscriptions"])
+    return scope
+
+
+# ------------------------------------------------------------------------ shared parts
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """How far a transfer has got, as seen by the sender.
+
+    Attributes:
+        sent: items (transactions or documents) sent on this connection, this message included.
+        total: estimate of ``sent`` plus what remains to send (an upper bound for transactions:
+            entries filtered out on the way are counted until they are skipped).
+        sent_bytes: approximate encoded size of what was sent.
+        total_bytes: estimate of ``sent_bytes`` plus what remains.
+    """
+
+    sent: int = 0
+    total: int = 0
+    sent_bytes: int = 0
+    total_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("sent", "total", "sent_bytes", "total_bytes"):
+            _int(f"progress {name}", getattr(self, name))
+
+    def to_wire(self) -> dict[str, int]:
+        return {"sent": self.sent, "total": self.total,
+                "sent_bytes": self.sent_bytes, "total_bytes": self.total_bytes}
+
+    @classmethod
+    def from_wire(cls, data: object) -> Progress:
+        if not isinstance(data, dict):
+            raise ValueError("progress must be a map")
+        return cls(data.get("sent", 0), data.get("total", 0),
+                   data.get("sent_bytes", 0), data.get("total_bytes", 0))
+
+
+def _entries_to_wire(entries: tuple[tuple[int, Any], ...]) -> list[list[Any]]:
+    return [[seq, item.to_wire()] for seq, item in entries]
+
+
+def _check_entries(name: str, entries: object, after: int, upto: int, kind: type[Any]) -> None:
+    if not isinstance(entries, tuple):
+        raise ValueError(f"{name} must be a tuple")
+    last = after
+    for entry in entries:
+        if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[1], kind):
+            raise ValueError(f"{name} must hold (seq, {kind.__name__}) pairs")
+        seq = _int(f"{name} seq", entry[0])
+        if not last < seq <= upto:
+            raise ValueError(f"{name} seq {seq} out of order or outside ({after}, {upto}]")
+        last = seq
+
+
+def _entries_from_wire(name: str, data: object, parse: Any) -> tuple[tuple[int, Any], ...]:
+    out = []
+    for entry in _list(name, data):
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise ValueError(f"each of {name} is [seq, item]")
+        out.append((entry[0], parse(entry[1])))
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------ handshake
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Initiator -> acceptor, the first message of every connection.
+
+    Attributes:
+        replica_id: the initiator's replica id.
+        token: an access token for the acceptor's driver to check, or None.
+        scope: what the initiator wants to receive (see :func:`check_scope`).
+        acceptor_id: the replica the initiator believes it is talking to (remembered from a
+            previous session), or None on first contact.
+        checkpoint: the last seq of ``acceptor_id``'s log the initiator has durably
+            integrated; the acceptor streams from there if ``acceptor_id`` is its own id,
+            from 0 otherwise. Must be 0 when ``acceptor_id`` is None.
+        client_info: free-form str -> str facts for logs (app name and version, platform).
+    """
+
+    TAG: ClassVar[str] = "hello"
+
+    replica_id: ReplicaId
+    token: str | None = None
+    scope: Scope = field(default_factory=dict)
+    acceptor_id: ReplicaId | None = None
+    checkpoint: int = 0
+    client_info: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _replica("replica_id", self.replica_id)
+        _opt_str("token", self.token)
+        check_scope(self.scope)
+        if self.acceptor_id is not None:
+            _replica("acceptor_id", self.acceptor_id)
+        _int("checkpoint", self.checkpoint)
+        if self.acceptor_id is None and self.checkpoint:
+            raise ValueError("a checkpoint needs the acceptor_id it refers to")
+        if not isinstance(self.client_info, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.client_info.items()):
+            raise ValueError("client_info must map str to str")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"replica_id": self.replica_id, "token": self.token, "scope": self.scope,
+                "acceptor_id": self.acceptor_id, "checkpoint": self.checkpoint,
+                "client_info": self.client_info}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Hello:
+        return cls(_get(body, "replica_id"), body.get("token"), body.get("scope", {}),
+                   body.get("acceptor_id"), body.get("checkpoint", 0), body.get("client_info", {}))
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Acceptor -> initiator: the handshake succeeded.
+
+    Attributes:
+        replica_id: the acceptor's replica id.
+        checkpoint: the last seq of the initiator's log the acceptor has durably integrated;
+            the initiator streams from there.
+        scope: what the acceptor wants to receive (``{}``: everything, the usual server answer).
+        session: free-form facts about the session for the initiator (session id, user id...).
+    """
+
+    TAG: ClassVar[str] = "welcome"
+
+    replica_id: ReplicaId
+    checkpoint: int = 0
+    scope: Scope = field(default_factory=dict)
+    session: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _replica("replica_id", self.replica_id)
+        _int("checkpoint", self.checkpoint)
+        check_scope(self.scope)
+        _map("session", self.session)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"replica_id": self.replica_id, "checkpoint": self.checkpoint,
+                "scope": self.scope, "session": self.session}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Welcome:
+        return cls(_get(body, "replica_id"), body.get("checkpoint", 0), body.get("scope", {}),
+                   body.get("session", {}))
+
+
+# ------------------------------------------------------------------------ replication
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """A batch of the sender's log: its entries in ``(from_seq, to_seq]`` the receiver wants.
+
+    The receiver integrates the batch atomically, records ``to_seq`` as its checkpoint for the
+    sender, then answers :class:`Ack`. A batch may carry no entries and still advance
+    ``to_seq`` (everything in the range was filtered out, or was the receiver's own).
+
+    Attributes:
+        from_seq: where the batch starts (exclusive); equals the previous batch's ``to_seq``
+            on this connection, or the receiver's checkpoint for the first batch.
+        to_seq: where it ends (inclusive): the sender scanned its log up to here.
+        head: the sender's latest seq when it sent the batch; ``to_seq == head`` means the
+            sender had nothing more to send.
+        entries: ``(seq, transaction)`` pairs in increasing seq order, within the range.
+        progress: the sender's counters for this connection.
+    """
+
+    TAG: ClassVar[str] = "changes"
+
+    from_seq: int
+    to_seq: int
+    head: int
+    entries: tuple[tuple[int, Transaction], ...] = ()
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        _int("from_seq", self.from_seq)
+        _int("to_seq", self.to_seq)
+        _int("head", self.head)
+        if not self.from_seq <= self.to_seq <= self.head:
+            raise ValueError(f"need from_seq <= to_seq <= head, got {self.from_seq}, {self.to_seq}, {self.head}")
+        _check_entries("entries", self.entries, self.from_seq, self.to_seq, Transaction)
+        if not isinstance(self.progress, Progress):
+            raise ValueError("progress must be a Progress")
+
+    @property
+    def transactions(self) -> list[Transaction]:
+        """The batch's transactions, in order."""
+        return [txn for _, txn in self.entries]
+
+    def to_body(self) -> dict[str, Any]:
+        return {"from_seq": self.from_seq, "to_seq": self.to_seq, "head": self.head,
+                "entries": _entries_to_wire(self.entries), "progress": self.progress.to_wire()}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Changes:
+        return cls(_get(body, "from_seq"), _get(body, "to_seq"), _get(body, "head"),
+                   _entries_from_wire("entries", body.get("entries", []), Transaction.from_wire),
+                   Progress.from_wire(body.get("progress", {})))
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptors:
+    """Summaries of transactions the sender will send later, so the receiver knows of them
+    before it holds them. Every transaction's descriptor is sent before the transaction.
+
+    Attributes:
+        entries: ``(seq, descriptor)`` pairs in increasing seq order (sender's log positions).
+    """
+
+    TAG: ClassVar[str] = "descriptors"
+
+    entries: tuple[tuple[int, Descriptor], ...]
+
+    def __post_init__(self) -> None:
+        _check_entries("entries", self.entries, 0, MAX_SEQ, Descriptor)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"entries": _entries_to_wire(self.entries)}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Descriptors:
+        return cls(_entries_from_wire("entries", _get(body, "entries"), Descriptor.from_wire))
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The receiver has durably integrated the sender's log up to ``seq``.
+
+    Attributes:
+        seq: the receiver's checkpoint for the sender, after integrating a batch.
+        snapshot_page: set when acknowledging a :class:`Snapshot` page rather than a
+            :class:`Changes` batch; ``seq`` is then the checkpoint (unchanged until the final
+            page is integrated).
+    """
+
+    TAG: ClassVar[str] = "ack"
+
+    seq: int
+    snapshot_page: int | None = None
+
+    def __post_init__(self) -> None:
+        _int("seq", self.seq)
+        _opt_int("snapshot_page", self.snapshot_page)
+
+    def to_body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"seq": self.seq}
+        if self.snapshot_page is not None:
+            body["snapshot_page"] = self.snapshot_page
+        return body
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Ack:
+        return cls(_get(body, "seq"), body.get("snapshot_page"))
+
+
+def _check_doc_state(name: str, state: object) -> dict[str, Any]:
+    state = _map(name, state)
+    for key, kind in (("epoch", str), ("live", bool), ("body", dict), ("meta", dict)):
+        if not isinstance(state.get(key), kind):
+            raise ValueError(f"{name} needs {key!r} of type {kind.__name__}")
+    if not (state["epoch"] == "" or is_stamp(state["epoch"])):
+        raise ValueError(f"{name} epoch must be a stamp or ''")
+    return state
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotDoc:
+    """One document's full merge state: ``{"epoch", "live", "body", "meta"}`` (plain form)."""
+
+    collection: str
+    key: Plain
+    state: dict[str, Any]
+
+    def __post_init__(self) -> None:
+        _str("collection", self.collection, empty=False)
+        check_plain(self.key, "key")
+        _check_doc_state("state", self.state)
+
+    def to_wire(self) -> list[Any]:
+        return [self.collection, self.key, self.state]
+
+    @classmethod
+    def from_wire(cls, data: object) -> SnapshotDoc:
+        if not isinstance(data, list) or len(data) != 3:
+            raise ValueError("a snapshot document is [collection, key, state]")
+        return cls(data[0], data[1], data[2])
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One page of a state-based bootstrap, sent instead of :class:`Changes` when the sender
+    no longer holds the log after the receiver's checkpoint (it was compacted).
+
+    Pages are numbered from 0. The receiver joins each page's documents into its own (a merge,
+    never an overwrite: its unsynced work is kept), acknowledges each page with
+    ``Ack(snapshot_page=page)``, and, once the page with ``done`` is integrated, takes
+    ``as_of_seq`` as its checkpoint; the sender then continues with :class:`Changes` from
+    ``as_of_seq``.
+
+    Attributes:
+        page: this page's number.
+        docs: the documents of this page.
+        as_of_seq: a seq of the sender's log that every page so far reflects; only the value on
+            the ``done`` page is used.
+        done: True on the last page.
+        progress: documents sent so far and an estimate of the total.
+    """
+
+    TAG: ClassVar[str] = "snapshot"
+
+    page: int
+    docs: tuple[SnapshotDoc, ...]
+    as_of_seq: int
+    done: bool
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        _int("page", self.page)
+        if not isinstance(self.docs, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.docs):
+            raise ValueError("docs must be a tuple of SnapshotDoc")
+        _int("as_of_seq", self.as_of_seq)
+        _bool("done", self.done)
+        if not isinstance(self.progress, Progress):
+            raise ValueError("progress must be a Progress")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"page": self.page, "docs": [d.to_wire() for d in self.docs],
+                "as_of_seq": self.as_of_seq, "done": self.done, "progress": self.progress.to_wire()}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Snapshot:
+        docs = tuple(SnapshotDoc.from_wire(d) for d in _list("docs", _get(body, "docs")))
+        return cls(_get(body, "page"), docs, _get(body, "as_of_seq"), _get(body, "done"),
+                   Progress.from_wire(body.get("progress", {})))
+
+
+# ------------------------------------------------------------------------ authority
+
+
+@dataclass(frozen=True, slots=True)
+class CompensatedWrite:
+    """One write the sender refused, and why.
+
+    The correction itself travels as ordinary transactions (a compensating transaction in the
+    sender's log, later than the refused one), so that it merges like any other change;
+    ``state`` is the sender's authoritative document state at the time, for display.
+
+    Attributes:
+        txn_id: the refused transaction.
+        collection, key: the document.
+        operation: what was refused: ``"create"``, ``"update"`` or ``"delete"``.
+        code: the rule that refused it (e.g. ``"write_filter"``, ``"schema"``).
+        message: a human-readable reason.
+        state: the document's authoritative state (``{"epoch","live","body","meta"}``), or None.
+    """
+
+    txn_id: Stamp
+    collection: str
+    key: Plain
+    operation: str
+    code: str
+    message: str
+    state: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not is_stamp(self.txn_id):
+            raise ValueError("txn_id must be a transaction id")
+        _str("collection", self.collection, empty=False)
+        check_plain(self.key, "key")
+        if self.operation not in ("create", "update", "delete"):
+            raise ValueError("operation must be create, update or delete")
+        _str("code", self.code, empty=False)
+        _str("message", self.message)
+        if self.state is not None:
+            _check_doc_state("state", self.state)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"txn_id": self.txn_id, "collection": self.collection, "key": self.key,
+                "operation": self.operation, "code": self.code, "message": self.message,
+                "state": self.state}
+
+    @classmethod
+    def from_wire(cls, data: object) -> CompensatedWrite:
+        if not isinstance(data, dict):
+            raise ValueError("a compensated write is a map")
+        return cls(_get(data, "txn_id"), _get(data, "collection"), _get(data, "key"),
+                   _get(data, "operation"), _get(data, "code"), data.get("message", ""),
+                   data.get("state"))
+
+
+@dataclass(frozen=True, slots=True)
+class CompensatingWrite:
+    """The sender (normally the server) refused writes of the receiver's; see
+    :class:`CompensatedWrite`."""
+
+    TAG: ClassVar[str] = "compensating_write"
+
+    writes: tuple[CompensatedWrite, ...]
+
+    def __post_init__(self) -> None:
+        if (not isinstance(self.writes, tuple) or not self.writes
+                or not all(isinstance(w, CompensatedWrite) for w in self.writes)):
+            raise ValueError("writes must be a non-empty tuple of CompensatedWrite")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"writes": [w.to_wire() for w in self.writes]}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> CompensatingWrite:
+        return cls(tuple(CompensatedWrite.from_wire(w) for w in _list("writes", _get(body, "writes"))))
+
+
+# ------------------------------------------------------------------------ flexible sync (reserved)
+
+
+class SubscriptionStatus(StrEnum):
+    """The life of a subscription set (Device Sync's states)."""
+
+    PENDING = "pending"
+    BOOTSTRAPPING = "bootstrapping"
+    COMPLETE = "complete"
+    ERROR = "error"
+    SUPERSEDED = "superseded"
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionQuery:
+    """One named query of a subscription set: RQL text or a MongoDB filter document."""
+
+    name: str
+    collection: str
+    query: str | dict[str, Any]
+
+    def __post_init__(self) -> None:
+        _str("name", self.name)
+        _str("collection", self.collection, empty=False)
+        if not isinstance(self.query, str):
+            _map("query", self.query)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"name": self.name, "collection": self.collection, "query": self.query}
+
+    @classmethod
+    def from_wire(cls, data: object) -> SubscriptionQuery:
+        if not isinstance(data, dict):
+            raise ValueError("a subscription query is a map")
+        return cls(data.get("name", ""), _get(data, "collection"), _get(data, "query"))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """(Flexible sync; reserved.) Replace the sender's subscription set with version ``version``."""
+
+    TAG: ClassVar[str] = "subscribe"
+
+    set_id: int
+    version: int
+    queries: tuple[SubscriptionQuery, ...] = ()
+
+    def __post_init__(self) -> None:
+        _int("set_id", self.set_id)
+        _int("version", self.version)
+        if not isinstance(self.queries, tuple) or not all(isinstance(q, SubscriptionQuery) for q in self.queries):
+            raise ValueError("queries must be a tuple of SubscriptionQuery")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"set_id": self.set_id, "version": self.version,
+                "queries": [q.to_wire() for q in self.queries]}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Subscribe:
+        return cls(_get(body, "set_id"), _get(body, "version"),
+                   tuple(SubscriptionQuery.from_wire(q) for q in _list("queries", body.get("queries", []))))
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionState:
+    """(Flexible sync; reserved.) Subscription set ``set_id`` at ``version`` reached ``state``."""
+
+    TAG: ClassVar[str] = "subscription_state"
+
+    set_id: int
+    version: int
+    state: SubscriptionStatus
+    message: str | None = None
+
+    def __post_init__(self) -> None:
+        _int("set_id", self.set_id)
+        _int("version", self.version)
+        if not isinstance(self.state, SubscriptionStatus):
+            raise ValueError("state must be a SubscriptionStatus")
+        _opt_str("message", self.message)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"set_id": self.set_id, "version": self.version, "state": self.state.value,
+                "message": self.message}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> SubscriptionState:
+        state = _get(body, "state")
+        try:
+            status = SubscriptionStatus(state)
+        except ValueError:
+            raise ValueError(f"unknown subscription state {state!r:.40}") from None
+        return cls(_get(body, "set_id"), _get(body, "version"), status, body.get("message"))
+
+
+# ------------------------------------------------------------------------ connection control
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """The connection failed; the sender sends nothing more and will close.
+
+    Its shape is frozen across protocol versions (see :mod:`tidesync.protocol.codec`), so that
+    a peer of any version can tell why it was refused.
+
+    Attributes:
+        code: an :class:`~tidesync.protocol.codes.ErrorCode` value; a receiver must accept codes
+            it does not know (from newer peers) and go by ``action``.
+        message: a human-readable explanation (never secrets).
+        action: what the receiver should do: retry, reauthenticate or stop.
+        retry_after_ms: when ``action`` is retry, the earliest sensible reconnection delay.
+    """
+
+    TAG: ClassVar[str] = "error"
+
+    code: str
+    message: str = ""
+    action: ErrorAction | None = None
+    retry_after_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        _str("code", self.code, empty=False, max_len=100)
+        _str("message", self.message, max_len=10_000)
+        if self.action is None:
+            object.__setattr__(self, "action", action_of(self.code))
+        elif not isinstance(self.action, ErrorAction):
+            raise ValueError("action must be an ErrorAction")
+        _opt_int("retry_after_ms", self.retry_after_ms)
+
+    @property
+    def error_code(self) -> ErrorCode | None:
+        """The code as an :class:`ErrorCode`, or None when this version does not know it."""
+        try:
+            return ErrorCode(self.code)
+        except ValueError:
+            return None
+
+    def to_body(self) -> dict[str, Any]:
+        assert self.action is not None
+        return {"code": self.code, "message": self.message, "action": self.action.value,
+                "retry_after_ms": self.retry_after_ms}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Error:
+        action = body.get("action")
+        try:
+            parsed = None if action is None else ErrorAction(action)
+        except ValueError:
+            raise ValueError(f"unknown error action {action!r:.40}") from None
+        return cls(_get(body, "code"), body.get("message", ""), parsed, body.get("retry_after_ms"))
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Heartbeat request; the receiver answers :class:`Pong` with the same ``nonce``."""
+
+    TAG: ClassVar[str] = "ping"
+
+    nonce: int
+
+    def __post_init__(self) -> None:
+        _int("nonce", self.nonce)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Ping:
+        return cls(_get(body, "nonce"))
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    """Heartbeat answer, echoing the :class:`Ping`'s ``nonce``."""
+
+    TAG: ClassVar[str] = "pong"
+
+    nonce: int
+
+    def __post_init__(self) -> None:
+        _int("nonce", self.nonce)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"nonce": self.nonce}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Pong:
+        return cls(_get(body, "nonce"))
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    """The sender will send nothing more; the receiver answers with its own ``Close``."""
+
+    TAG: ClassVar[str] = "close"
+
+    reason: str = ""
+
+    def __post_init__(self) -> None:
+        _str("reason", self.reason, max_len=10_000)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"reason": self.reason}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> Close:
+        return cls(body.get("reason", ""))
+
+
+Message: TypeAlias = (
+    Hello | Welcome | Changes | Descriptors | Ack | Snapshot | CompensatingWrite | Subscribe
+    | SubscriptionState | Error | Ping | Pong | Close
+)
+
+#: Every message class by its wire tag.
+MESSAGE_TYPES: dict[str, type[Message]] = {
+    cls.TAG: cls
+    for cls in (Hello, Welcome, Changes, Descriptors, Ack, Snapshot, CompensatingWrite,
+                Subscribe, SubscriptionState, Error, Ping, Pong, Close)
+}

@@ -1,0 +1,303 @@
+"""The Link: handshake, blame (peer input never raises; local misuse does), heartbeats, close."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from tidesync.errors import (
+    AuthError,
+    ConnectionClosedError,
+    ProtocolError,
+    SyncError,
+    UsageError,
+    VersionMismatchError,
+)
+from tidesync.protocol import (
+    PROTOCOL_VERSION,
+    Ack,
+    Changes,
+    Close,
+    Closed,
+    Connected,
+    Error,
+    ErrorAction,
+    Failed,
+    Hello,
+    Link,
+    MessageReceived,
+    Ping,
+    Pong,
+    Role,
+    State,
+    Welcome,
+    decode,
+    encode,
+)
+
+A = "000000000000000a"
+B = "000000000000000b"
+
+
+def transfer(src: Link, dst: Link) -> list[Any]:
+    """Deliver everything src wants to send to dst; return dst's new events."""
+    for payload in src.data_to_send():
+        dst.receive(payload)
+    return dst.events_received()
+
+
+def connected(**options: Any) -> tuple[Link, Link]:
+    i, a = Link(Role.INITIATOR, **options), Link(Role.ACCEPTOR, **options)
+    i.send(Hello(A))
+    assert transfer(i, a) == [MessageReceived(Hello(A))]
+    a.send(Welcome(B))
+    assert a.events_received() == [Connected(Hello(A), Welcome(B))]
+    assert transfer(a, i) == [MessageReceived(Welcome(B)), Connected(Hello(A), Welcome(B))]
+    assert i.state is a.state is State.ACTIVE
+    return i, a
+
+
+def sent(link: Link) -> list[Any]:
+    return [decode(p) for p in link.data_to_send()]
+
+
+def test_handshake_and_data_both_ways() -> None:
+    i, a = connected()
+    i.send(Ack(3))
+    a.send(Ack(4))
+    assert transfer(i, a) == [MessageReceived(Ack(3))]
+    assert transfer(a, i) == [MessageReceived(Ack(4))]
+    assert i.hello == a.hello == Hello(A) and i.welcome == a.welcome == Welcome(B)
+
+
+# ---------------------------------------------------------------- peer input never raises
+
+
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"\xc1garbage", "malformed_message"),
+    (msgpack.packb([PROTOCOL_VERSION, "nope", 0, {}]), "unknown_message_type"),
+    (msgpack.packb([PROTOCOL_VERSION, "ack", 0, {"seq": "x"}]), "malformed_message"),
+    (b"\x00" * 2000, "message_too_large"),
+])
+def test_bad_payload_fails_the_link_without_raising(payload: bytes, code: str) -> None:
+    i, a = connected(max_message_size=1000)
+    a.receive(payload)
+    assert a.state is State.ERROR and a.finished
+    assert isinstance(a.error, ProtocolError) and a.error.code == code
+    [event] = a.events_received()
+    assert event == Failed(a.error, remote=False)
+    [error] = sent(a)
+    assert isinstance(error, Error) and error.code == code and error.action is ErrorAction.STOP
+    # the peer learns why, and its link fails too, blaming the remote side
+    i.receive(encode(error))
+    events = i.events_received()
+    assert events[0] == MessageReceived(error)
+    assert isinstance(events[1], Failed) and events[1].remote
+    assert isinstance(i.error, ProtocolError) and i.error.code == code
+    # later input is ignored
+    a.receive(encode(Ack(1)))
+    assert a.events_received() == [] and a.data_to_send() == []
+
+
+def test_out_of_order_message_is_a_peer_error() -> None:
+    a = Link(Role.ACCEPTOR)
+    a.receive(encode(Changes(0, 0, 0)))
+    assert isinstance(a.error, ProtocolError) and a.error.code == "unexpected_message"
+    assert sent(a)[0].code == "unexpected_message"
+
+
+def test_acceptor_refuses_a_welcome_and_initiator_a_hello() -> None:
+    a = Link(Role.ACCEPTOR)
+    a.receive(encode(Welcome(B)))
+    assert a.error is not None and a.error.code == "unexpected_message"
+    i = Link(Role.INITIATOR)
+    i.send(Hello(A))
+    i.receive(encode(Hello(B)))
+    assert i.error is not None and i.error.code == "unexpected_message"
+
+
+def test_version_mismatch_is_reported_to_the_peer() -> None:
+    a = Link(Role.ACCEPTOR)
+    a.receive(msgpack.packb([PROTOCOL_VERSION + 1, "hello", 0, {"replica_id": A}]))
+    assert isinstance(a.error, VersionMismatchError)
+    [payload] = a.data_to_send()
+    assert msgpack.unpackb(payload)[0] == PROTOCOL_VERSION
+    assert decode(payload) == Error("version_mismatch", a.error.message, ErrorAction.STOP)
+
+
+def test_received_error_becomes_the_most_specific_exception() -> None:
+    i = Link(Role.INITIATOR)
+    i.send(Hello(A, "expired-token"))
+    i.receive(encode(Error("token_expired", "log in again")))
+    assert isinstance(i.error, AuthError) and i.error.action == "reauthenticate"
+    assert i.error.code == "token_expired"
+    assert i.state is State.ERROR
+
+
+def test_acceptor_may_refuse_the_hello() -> None:
+    i, a = Link(Role.INITIATOR), Link(Role.ACCEPTOR)
+    i.send(Hello(A, "bad"))
+    transfer(i, a)
+    a.send(Error("auth_failed", "unknown token"))
+    assert a.finished and isinstance(a.events_received()[0], Failed)
+    events = transfer(a, i)
+    assert isinstance(events[-1], Failed) and events[-1].remote
+    assert isinstance(i.error, AuthError)
+
+
+# ---------------------------------------------------------------- local misuse raises
+
+
+def test_sending_in_the_wrong_state_is_a_usage_error() -> None:
+    i = Link(Role.INITIATOR)
+    with pytest.raises(UsageError):
+        i.send(Ack(1))
+    with pytest.raises(UsageError):
+        i.send(Welcome(B))
+    a = Link(Role.ACCEPTOR)
+    with pytest.raises(UsageError):
+        a.send(Hello(A))
+    assert i.state is a.state is State.IDLE  # nothing changed
+
+
+def test_sending_after_the_end_raises_connection_closed() -> None:
+    i, a = connected()
+    i.send(Close())
+    with pytest.raises(ConnectionClosedError):
+        i.send(Ack(1))
+    a.receive(b"\xc1")
+    with pytest.raises(ConnectionClosedError):
+        a.send(Ack(1))
+
+
+def test_oversized_send_is_a_usage_error_and_changes_nothing() -> None:
+    i = Link(Role.INITIATOR, max_message_size=200, compress_threshold=None)
+    with pytest.raises(UsageError) as info:
+        i.send(Hello(A, "x" * 500))
+    assert info.value.code == "message_too_large"
+    assert i.state is State.IDLE and i.data_to_send() == []
+
+
+def test_fail_reports_local_errors() -> None:
+    i, a = connected()
+    i.fail(ProtocolError("gap", code="sequence_gap", action="retry"))
+    assert sent(i) == [Error("sequence_gap", "gap", ErrorAction.RETRY)]
+    assert i.events_received() == [Failed(i.error, remote=False)]  # type: ignore[arg-type]
+    i.fail(ProtocolError("again"))  # idempotent once failed
+    assert i.data_to_send() == []
+
+
+def test_fail_with_a_foreign_exception_does_not_leak_details() -> None:
+    i, _ = connected()
+    i.fail(KeyError("secret-internal-detail"))
+    [error] = sent(i)
+    assert error.code == "internal" and "secret" not in error.message
+    assert isinstance(i.error, SyncError) and "secret" in str(i.error)
+
+
+# ---------------------------------------------------------------- heartbeats
+
+
+def test_ping_is_answered_and_not_reported() -> None:
+    i, a = connected()
+    i.send(Ping(42))
+    assert transfer(i, a) == []
+    assert sent(a) == [Pong(42)]
+
+
+def test_idle_link_pings_then_times_out() -> None:
+    i, a = connected(heartbeat_interval_ms=1000, heartbeat_timeout_ms=3000)
+    i.tick(0)
+    assert i.next_deadline() == 1000
+    i.tick(999)
+    assert i.data_to_send() == []
+    i.tick(1000)
+    assert sent(i) == [Ping(1)]
+    assert i.next_deadline() == 3000
+    i.tick(2000)
+    assert i.data_to_send() == []  # one ping outstanding at a time
+    i.tick(3000)
+    assert isinstance(i.error, ConnectionClosedError) and i.error.code == "heartbeat_timeout"
+    assert i.error.action == "retry"
+    assert sent(i)[0].code == "heartbeat_timeout"
+
+
+def test_pong_answers_the_ping_and_measures_rtt() -> None:
+    i, a = connected(heartbeat_interval_ms=1000, heartbeat_timeout_ms=3000)
+    i.tick(0)
+    i.tick(1000)
+    transfer(i, a)
+    i.tick(1040)
+    transfer(a, i)
+    i.tick(1100)
+    assert i.rtt_ms == 1100 - 1000  # known at the tick after the pong
+    assert i.error is None
+    i.tick(2099)
+    assert i.data_to_send() == []
+    i.tick(2100)
+    assert sent(i) == [Ping(2)]
+
+
+def test_any_message_counts_as_a_sign_of_life() -> None:
+    i, a = connected(heartbeat_interval_ms=1000, heartbeat_timeout_ms=3000)
+    i.tick(0)
+    for t in range(500, 10_000, 500):
+        a.send(Ack(t))
+        transfer(a, i)
+        i.tick(t)
+    assert i.error is None and i.data_to_send() == []
+
+
+def test_handshake_timeout() -> None:
+    i = Link(Role.INITIATOR, handshake_timeout_ms=5000)
+    i.send(Hello(A))
+    i.data_to_send()
+    i.tick(100)
+    assert i.next_deadline() == 5100
+    i.tick(5099)
+    assert i.error is None
+    i.tick(5100)
+    assert i.error is not None and i.error.code == "handshake_timeout"
+
+
+def test_heartbeat_options_are_checked() -> None:
+    with pytest.raises(UsageError):
+        Link(Role.INITIATOR, heartbeat_interval_ms=5000, heartbeat_timeout_ms=5000)
+
+
+# ---------------------------------------------------------------- closing
+
+
+def test_close_is_answered_and_both_sides_report_closed() -> None:
+    i, a = connected()
+    i.send(Close("bye"))
+    assert i.state is State.CLOSED and not i.finished
+    events = transfer(i, a)
+    assert events == [MessageReceived(Close("bye")), Closed("bye")]
+    assert a.finished and a.error is None
+    assert transfer(a, i) == [MessageReceived(Close("bye")), Closed("bye")]
+    assert i.finished and i.error is None
+    i.connection_lost()
+    assert i.events_received() == [] and i.error is None
+
+
+def test_peer_may_finish_sending_after_our_close() -> None:
+    i, a = connected()
+    i.send(Close())
+    a.send(Ack(9))  # sent before a saw the Close
+    assert transfer(a, i) == [MessageReceived(Ack(9))]
+
+
+def test_lost_connection_is_a_failure_and_drops_unsent_data() -> None:
+    i, _ = connected()
+    i.send(Ack(1))
+    i.connection_lost()
+    assert i.data_to_send() == []
+    [event] = i.events_received()
+    assert isinstance(event, Failed) and not event.remote
+    assert isinstance(i.error, ConnectionClosedError) and i.error.code == "connection_lost"
+    assert i.state is State.ERROR
+    i.connection_lost()  # idempotent
+    assert i.events_received() == []

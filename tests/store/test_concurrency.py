@@ -91,6 +91,7 @@ def test_sigkill_mid_write_leaves_whole_transactions_only(tmp_path):
     time.sleep(0.05)  # somewhere inside the next write
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
+    proc.stdout.close()
     with tidesync.open(path, schema=[WorkOrder]) as db:
         assert db._engine.query("PRAGMA integrity_check")[0][0] == "ok"
         n = len(db.objects(WorkOrder))

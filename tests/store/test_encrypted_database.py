@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import pytest
 
@@ -18,9 +18,9 @@ def test_encrypted_database_round_trip_and_no_plaintext_on_disk(tmp_path):
         with db.write():
             db.create(Technician, _id="t1", name="PLAINTEXT-MARKER-4711")
         for suffix in ("", "-wal"):
-            f = str(path) + suffix
-            if os.path.exists(f):
-                assert b"PLAINTEXT-MARKER-4711" not in open(f, "rb").read()
+            f = Path(str(path) + suffix)
+            if f.exists():
+                assert b"PLAINTEXT-MARKER-4711" not in f.read_bytes()
     with tidesync.open(path, schema=[Technician], encryption_key=KEY) as db:
         assert db.get(Technician, "t1").name == "PLAINTEXT-MARKER-4711"
     assert b"PLAINTEXT-MARKER-4711" not in path.read_bytes()

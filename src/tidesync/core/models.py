@@ -303,7 +303,8 @@ class _ModelBase:
         if not isinstance(other, _ModelBase) or type(other) is not type(self):
             return NotImplemented
         if self._ts_binding is not None and other._ts_binding is not None and not self.__ts_embedded__:
-            return self._ts_binding is other._ts_binding and self._ts_ref == other._ts_ref
+            return (getattr(self._ts_binding, "db", None) is getattr(other._ts_binding, "db", None)
+                    and self._ts_ref == other._ts_ref)
         if self._ts_binding is None and other._ts_binding is None:
             return self._ts_values == other._ts_values
         return self.to_dict() == other.to_dict()

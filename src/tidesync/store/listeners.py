@@ -266,11 +266,7 @@ class ListenerHub:
             return None
         body = self._read_body(entry.obj)
         if body is None:
-            entry.body = None
-            with self._lock:
-                entry.removed = True
-                if entry in self._entries:
-                    self._entries.remove(entry)
+            entry.body = None  # the last call: later rounds skip this entry
             return ObjectChange(True)
         names = sorted(set(entry.body) | set(body))
         changed = tuple(n for n in names if entry.body.get(n) != body.get(n))

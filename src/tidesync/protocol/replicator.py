@@ -188,6 +188,8 @@ class Replicator:
         self._announced_to = 0
         self._announced: deque[int] = deque()  # seqs announced, not yet sent as data
         self._reading_descriptors = False
+        self._descriptors_after = 0
+        self._descriptors_stuck_at: int | None = None
         # outgoing snapshot
         self._snapshotting = False
         self._snap_cursor: object | None = None
@@ -339,12 +341,14 @@ class Replicator:
                                             self.snapshot_limit, self.batch_bytes))
             return actions
         caught_up = self._head is not None and self._read_to >= self._head
+        start = max(self._announced_to, self._read_to)
         if (self.descriptor_lookahead and not self._reading_descriptors
                 and len(self._announced) < self.descriptor_lookahead
-                and (self._head is None or max(self._announced_to, self._read_to) < self._head)):
+                and (self._head is None or start < self._head)
+                and start != self._descriptors_stuck_at):
             self._reading_descriptors = True
-            actions.append(ReadDescriptors(max(self._announced_to, self._read_to),
-                                           self.descriptor_lookahead - len(self._announced),
+            self._descriptors_after = start
+            actions.append(ReadDescriptors(start, self.descriptor_lookahead - len(self._announced),
                                            self._peer_scope, self.peer))
         if (not self._reading and len(self._inflight) < self.window
                 and (not caught_up or not self._first_sent)):
@@ -372,8 +376,10 @@ class Replicator:
             self._read_to = self._sent_to = self._announced_to = 0
             self._announced.clear()
             return self._pump()
-        if batch.scanned_to < self._read_to:
-            raise UsageError(f"read_log scanned to {batch.scanned_to}, before {self._read_to}")
+        if batch.scanned_to < self._read_to or (
+                batch.scanned_to == self._read_to and batch.more and not batch.entries):
+            raise UsageError(f"read_log after {self._read_to} made no progress (scanned to "
+                             f"{batch.scanned_to}, head {batch.head}): a Replica bug")
         if self._head is None or batch.head > self._head:
             self._head = batch.head
         actions: list[Action] = []
@@ -411,6 +417,10 @@ class Replicator:
             return []
         if self._head is None or batch.head > self._head:
             self._head = batch.head
+        if batch.scanned_to <= self._descriptors_after:
+            # Nothing readable from there (e.g. compacted: the data stream will snapshot);
+            # do not ask again from the same place.
+            self._descriptors_stuck_at = self._descriptors_after
         fresh = tuple((seq, d) for seq, d in batch.entries if seq > self._announced_to)
         actions: list[Action] = []
         if fresh:

@@ -43,7 +43,7 @@ class ServerState:
         self.users = UserStore(config.data_dir / "auth.db")
         self.tokens = TokenIssuer(config, self.users)
         self.backend = Database(config.data_dir / "sync.db", (), policies=config.policies,
-                                partition_key=config.partition_key)
+                                partition_key=config.partition_key, bootstrap_with_snapshot=True)
         self.sessions: set[Any] = set()
         self.storage_lock = asyncio.Lock()
 

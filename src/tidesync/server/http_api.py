@@ -105,6 +105,14 @@ def routes_for(state: ServerState) -> list[Any]:
             return JSONResponse({"conflicts": await state.list_conflicts(limit)})
         return await guarded(request, handle)
 
+    async def sync_head(request: Request) -> JSONResponse:
+        async def handle(request: Request) -> JSONResponse:
+            state.tokens.verify(_bearer(request))
+            import asyncio
+
+            return JSONResponse({"head": await asyncio.to_thread(state.backend.head_seq)})
+        return await guarded(request, handle)
+
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"ok": True, "app_id": state.config.app_id,
                              "development_mode": state.config.development_mode,
@@ -115,6 +123,7 @@ def routes_for(state: ServerState) -> list[Any]:
         Route("/api/{app_id}/auth/refresh", refresh, methods=["POST"]),
         Route("/api/{app_id}/auth/logout", logout, methods=["POST"]),
         Route("/api/{app_id}/conflicts", conflicts, methods=["GET"]),
+        Route("/api/{app_id}/sync/head", sync_head, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
     ]
 

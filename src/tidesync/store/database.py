@@ -32,11 +32,13 @@ from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
 from ..core.values import Plain, canonical_json, from_plain, to_plain
 from ..errors import (
-    DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, RevertError,
+    DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, UsageError, ValidationError,
 )
 from .engine import Engine
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
+from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
+from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, MIGRATIONS
 from .writer import LoadedDoc, WriteTransaction
 
@@ -87,13 +89,11 @@ class RevertResult:
 
 
 @dataclass(frozen=True, slots=True)
-class IntegrateResult:
-    """What integrating a batch of transactions did."""
+class IntegrateResult(ProtocolIntegrateResult):
+    """What integrating a batch of transactions did (``conflicts`` resolved, ``last_seq`` reached)."""
 
-    applied: int
-    duplicates: int
-    conflicts: int
-    last_seq: int
+    conflicts: int = 0
+    last_seq: int = 0
 
 
 def _wall_ms() -> int:
@@ -104,12 +104,17 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-class Database:
-    """A tidesync database file. Open it with :func:`tidesync.open`."""
+class Database(ReplicaStore):
+    """A tidesync database file. Open it with :func:`tidesync.open`.
+
+    It is also a replica (:class:`tidesync.protocol.replica.Replica`): the sync session, the
+    server and a direct device-to-device link all read and write it through that interface.
+    """
 
     def __init__(self, path: str | os.PathLike[str], schema: Sequence[type[_ModelBase]] = (), *,
                  encryption_key: bytes | None = None, policies: merge.Policies | None = None,
-                 user: str | None = None, partition_key: str | None = None) -> None:
+                 user: str | None = None, partition_key: str | None = None,
+                 bootstrap_with_snapshot: bool = False) -> None:
         self.path = os.fspath(path)
         self._models: dict[str, type[_ModelBase]] = {}
         for cls in schema:
@@ -127,12 +132,15 @@ class Database:
         self._policies = policies
         self._user = user
         self.partition_key = partition_key
+        self.bootstrap_with_snapshot = bootstrap_with_snapshot
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._generation = 0
         self._seen_data_version = -1
         self._checked_at = 0.0
         self._listeners: Any = None
         self._sync: Any = None
+        self._on_remote_commit: Any = None
+        self._partition: tuple[str, Plain] | None = None
         try:
             self._init_file()
         except BaseException:
@@ -240,6 +248,22 @@ class Database:
         self.close()
 
     @property
+    def sync_session(self) -> Any:
+        """The background sync session (None when the database was opened without ``sync=``)."""
+        return self._sync
+
+    def _set_partition(self, key: str, value: Plain) -> None:
+        """Sync one partition: fill ``key`` in on create, refuse other partitions' writes."""
+        self._partition = (key, value)
+        self.partition_key = key
+
+    def _set_setting_atomic(self, key: str, value: str) -> None:
+        with self._lock:
+            self._check_open()
+            with self._engine.atomic():
+                self._set_setting(key, value)
+
+    @property
     def is_closed(self) -> bool:
         return self._closed
 
@@ -322,10 +346,10 @@ class Database:
         self._set_setting("clock", self._clock.last)
         return seq
 
-    def _append_log(self, t: Transaction) -> int:
+    def _append_log(self, t: Transaction, via: str | None = None) -> int:
         data = msgpack.packb(t.to_wire(), use_bin_type=True)
-        cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data) VALUES (?, ?, ?, ?)",
-                                   (t.id, t.origin, t.stamp, data))
+        cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
+                                   (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
         desc = t.descriptor(len(data))
         self._engine.execute(
@@ -437,6 +461,16 @@ class Database:
                     defaults.append(name)
         plain = {name: value_to_plain(obj.fields[name].type, self._adopt_field(obj.fields[name].type, v))
                  for name, v in coerced.items()}
+        if self._partition is not None:
+            pkey, pvalue = self._partition
+            if pkey in given and plain.get(pkey) != pvalue:
+                raise PartitionError(
+                    f"{cls.__name__} {coerced['_id']!r} is in partition {from_plain(plain.get(pkey))!r}, "
+                    f"but this database syncs partition {from_plain(pvalue)!r}",
+                    advice="open a database synced to that partition to write there")
+            plain[pkey] = pvalue
+            if pkey in defaults:
+                defaults.remove(pkey)
         txn.create(obj, key, plain, defaults)
         return self._managed(cls, obj, key, ref)
 
@@ -643,12 +677,19 @@ class Database:
                 raise UsageError("cannot integrate inside a write transaction")
             with self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
-            self._cache.clear()
-            self._generation += 1
-        if result.applied:
+            self._after_remote(result.applied > 0)
+        return result
+
+    def _after_remote(self, changed: bool) -> None:
+        """After integrating from a peer: refresh caches, wake listeners and other peers."""
+        self._cache.clear()
+        self._generation += 1
+        if changed:
             if self._listeners is not None:
                 self._listeners.notify()
-        return result
+            hook = self._on_remote_commit
+            if hook is not None:
+                hook()
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None) -> IntegrateResult:
         last = self._setting("clock")
@@ -685,7 +726,7 @@ class Database:
                     self._clock.observe(op.stamp)
             except (ValueError, TypeError, KeyError) as exc:
                 raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
-            last_seq = self._append_log(t)
+            last_seq = self._append_log(t, peer)
             for d in touched:
                 d.seq = last_seq
             self._record_conflicts(t.id, conflicts)
@@ -697,9 +738,9 @@ class Database:
         if peer is not None and peer_seq is not None:
             self._engine.execute(
                 "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
-                "DO UPDATE SET received = max(received, excluded.received)", (peer, peer_seq))
+                "DO UPDATE SET received = excluded.received", (peer, peer_seq))
         self._set_setting("clock", self._clock.last)
-        return IntegrateResult(applied, dups, nconf, last_seq)
+        return IntegrateResult(applied, dups, (), nconf, last_seq)
 
     # -- history and revert ----------------------------------------------------------------
 

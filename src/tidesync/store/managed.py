@@ -69,6 +69,15 @@ class ObjectBinding:
         if f.primary_key:
             raise ValidationError(f"{self.schema.name}._id cannot change once the object is created")
         txn, d = self.db._writable(self)
+        part = self.db._partition
+        if part is not None and not self.path and name == part[0]:
+            from ..core.models import value_to_plain
+            from ..errors import PartitionError
+
+            if value_to_plain(f.type, value) != part[1]:
+                raise PartitionError(f"{self.schema.name}.{name} is the partition key; this database syncs "
+                                     f"partition {part[1]!r} only", advice="create the object in a database "
+                                     "synced to the other partition instead")
         if f.type.kind == "link" and value is not None:
             value = self.db._adopt(value)
         elif f.type.kind == "list" and f.type.element is not None and f.type.element.kind == "link":

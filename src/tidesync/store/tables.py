@@ -10,7 +10,8 @@ documents      one row per document ever seen: collection, canonical-JSON primar
                ``scope``: the canonical JSON of the document's partition value (kept in the
                tombstone, so a delete still reaches the partition's devices)
 log            one row per integrated transaction, in local change-sequence order (``seq``):
-               id, origin, stamp, the transaction itself (msgpack of its wire form)
+               id, origin, stamp, the transaction itself (msgpack of its wire form), and
+               ``via``: the peer it was received from (NULL for local writes)
 descriptors    one row per known transaction, held or only announced (``seq`` NULL)
 heads          the transaction ids no later local transaction names as parent (the DAG heads)
 checkpoints    per peer: ``received`` (the peer's seq integrated here), ``acked`` (our seq the
@@ -47,7 +48,8 @@ MIGRATIONS: list[list[str]] = [
             id TEXT NOT NULL UNIQUE,
             origin TEXT NOT NULL,
             stamp TEXT NOT NULL,
-            data BLOB NOT NULL
+            data BLOB NOT NULL,
+            via TEXT
         )""",
         """CREATE TABLE IF NOT EXISTS descriptors (
             id TEXT PRIMARY KEY,

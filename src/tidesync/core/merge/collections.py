@@ -19,23 +19,23 @@ import bisect
 from typing import Any
 
 from ..stamp import Stamp
-from ..values import Plain, canonical_json
+from ..values import Plain
 from .conflicts import Context
 from .policies import decide
-from .state import Node, clone
+from .state import Node, clone, member_key
 
 __all__ = ["set_add", "set_remove", "merge_set", "dict_write", "merge_dict"]
 
 
 def _sbody_index(sbody: list[Plain], cj: str) -> int:
-    return bisect.bisect_left(sbody, cj, key=canonical_json)
+    return bisect.bisect_left(sbody, cj, key=member_key)
 
 
 def set_add(ctx: Context, node: Node, sbody: list[Plain], path: tuple[str, ...], value: Plain, stamp: Stamp,
             cj: str | None = None) -> None:
     """Integrate the add of ``value`` (stamped ``stamp``) to the set ``node``."""
     if cj is None:
-        cj = canonical_json(value)
+        cj = member_key(value)
     a = node.get("a")
     if a is not None:
         cur = a.get(cj)
@@ -63,7 +63,7 @@ def set_remove(ctx: Context, node: Node, sbody: list[Plain], path: tuple[str, ..
                cj: str | None = None) -> None:
     """Integrate the removal of ``value`` (stamped ``stamp``) from the set ``node``."""
     if cj is None:
-        cj = canonical_json(value)
+        cj = member_key(value)
     a = node.get("a")
     if a is not None:
         cur = a.get(cj)
@@ -87,7 +87,7 @@ def merge_set(ctx: Context, na: Node, sa: list[Plain], nb: Node, sb: list[Plain]
     ab = nb.get("a")
     if ab:
         for value in sb:
-            cj = canonical_json(value)
+            cj = member_key(value)
             set_add(ctx, na, sa, path, clone(value), ab[cj], cj)
     for cj, stamp in (nb.get("d") or {}).items():
         set_remove(ctx, na, sa, path, None, stamp, cj)

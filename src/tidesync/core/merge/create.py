@@ -24,13 +24,13 @@ from typing import Any
 from ...errors import MergeError
 from ..operations import CreateDoc
 from ..stamp import ZERO, Stamp
-from ..values import Plain, canonical_json
+from ..values import Plain
 from .collections import dict_write, set_add
 from .conflicts import Context
 from .counters import settle
 from .registers import INSTALLED, SAME, VALUE, child_node, slot_write
 from .sequence import list_insert
-from .state import CONTAINER_KINDS, CREATE_KEY, DocState, Node, new_element_id, write_key
+from .state import CONTAINER_KINDS, CREATE_KEY, DocState, Node, member_key, new_element_id, write_key
 
 __all__ = ["validate_create", "fast_create", "expand", "is_compact", "create_general", "compact_kind",
            "create_counter"]
@@ -106,28 +106,67 @@ def validate_create(op: CreateDoc) -> None:
             raise MergeError(f"CreateDoc field {dotted!r} is a {kind} but holds {type(value).__name__}")
 
 
-def fast_create(state: DocState, op: CreateDoc) -> None:
-    """Create the document in ``state``, which must be empty (no meta, not live).
+def fast_create(op: CreateDoc) -> tuple[dict[str, Plain], dict[str, Any]]:
+    """The body and compact meta of a document that ``op`` creates from nothing.
 
-    The op must have passed :func:`validate_create`; ``state.epoch`` must already be the op's base.
+    Validates the op as it goes.
+
+    Raises:
+        MergeError: as :func:`validate_create`.
     """
     fields = op.fields
-    if "_id" in fields:
-        body = fields.copy()
-    else:
+    kid = fields.get("_id", _MISSING)
+    if kid is _MISSING:
         body = {"_id": op.key}
         body.update(fields)
+    else:
+        if kid != op.key:
+            raise MergeError(f"CreateDoc _id {kid!r} differs from the operation's key {op.key!r}")
+        body = fields.copy()
     meta: dict[str, Any] = {"*": op.stamp}
     kinds = op.kinds
     if kinds:
-        meta["*k"] = dict(kinds)
-        for dotted in sorted(kinds, key=lambda p: p.count(".")):
-            _copy_container(body, dotted, kinds)
+        nested = False
+        for dotted, kind in kinds.items():
+            if "." in dotted:
+                nested = True
+                continue
+            value = body.get(dotted)
+            if value is not None:
+                body[dotted] = _own(kind, value, dotted)
+        if nested:
+            validate_create(op)
+            for dotted in sorted(kinds, key=lambda p: p.count(".")):
+                if "." in dotted:
+                    _copy_container(body, dotted, kinds)
+        # Shared with the op, never changed: expand() replaces the whole compact meta.
+        meta["*k"] = kinds
     if op.defaults:
         meta["*d"] = list(op.defaults)
-    state.body = body
-    state.meta = meta
-    state.live = True
+    return body, meta
+
+
+def _own(kind: str, value: Any, dotted: str) -> Any:
+    """A copy of a created container's value that merges may change in place (checked)."""
+    t = type(value)
+    if kind == "list":
+        if t is list:
+            return value.copy()
+    elif kind == "set":
+        if t is list:
+            seen: dict[str, Plain] = {}
+            for v in value:
+                seen.setdefault(member_key(v), v)
+            return [seen[k] for k in sorted(seen)]
+    elif kind == "object" or kind == "dict":
+        if t is dict:
+            return value.copy()
+    elif kind == "counter":
+        if t is int or t is float:
+            return value
+    else:
+        raise MergeError(f"unknown container kind {kind!r} for {dotted!r}")
+    raise MergeError(f"CreateDoc field {dotted!r} is a {kind} but holds {t.__name__}")
 
 
 def _copy_container(body: dict[str, Plain], dotted: str, kinds: dict[str, str]) -> None:
@@ -142,18 +181,8 @@ def _copy_container(body: dict[str, Plain], dotted: str, kinds: dict[str, str]) 
         return
     name = parts[-1]
     value: Any = holder.get(name)
-    kind = _kind_of(kinds, dotted, value)
-    if kind is None or kind == "counter":
-        return
-    if kind == "set":
-        seen: dict[str, Plain] = {}
-        for v in value:
-            seen.setdefault(canonical_json(v), v)
-        holder[name] = [seen[k] for k in sorted(seen)]
-    elif kind == "list":
-        holder[name] = list(value)
-    else:
-        holder[name] = dict(value)
+    if value is not None:
+        holder[name] = _own(kinds[dotted], value, dotted)
 
 
 def compact_kind(meta: dict[str, Any], path: tuple[str, ...], body: dict[str, Plain]) -> str | None:
@@ -213,7 +242,7 @@ def _expand_object(node: Node, obody: dict[str, Plain], prefix: str, stamp: Stam
         elif kind == "set":
             child = {"k": "set", "e": ZERO}
             if value:
-                child["a"] = {canonical_json(v): stamp for v in value}
+                child["a"] = {member_key(v): stamp for v in value}
         elif kind == "dict":
             child = {"k": "dict", "e": ZERO}
             if value:

@@ -73,9 +73,13 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
     Raises:
         MergeError: the operation is malformed (the state is then unchanged).
     """
+    cls = type(op)
+    if cls is CreateDoc and state is None:
+        # The hot path: a document created in bulk, never seen before.
+        body, meta = fast_create(op)  # type: ignore[arg-type]
+        return DocState(op.base, True, body, meta), []
     if state is None:
         state = new_state()
-    cls = type(op)
     if cls is DeleteDoc:
         if op.stamp > state.epoch:
             state.epoch = op.stamp
@@ -83,11 +87,10 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
             state.body = {}
             state.meta = {}
         return state, []
-    if cls is CreateDoc:
-        assert isinstance(op, CreateDoc)
-        validate_create(op)
-    else:
+    if cls is not CreateDoc:
         _validate(op)
+    elif state.meta or state.live or op.base < state.epoch:
+        validate_create(op)  # type: ignore[arg-type]
     base = op.base
     if base != state.epoch:
         if base < state.epoch:
@@ -98,10 +101,12 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
         state.live = False
         state.body = {}
         state.meta = {}
-    if cls is CreateDoc and not state.meta and not state.live:
+    if cls is CreateDoc:
         assert isinstance(op, CreateDoc)
-        fast_create(state, op)
-        return state, []
+        if not state.meta and not state.live:
+            state.body, state.meta = fast_create(op)
+            state.live = True
+            return state, []
     ctx = Context(op, policies)
     if "*" in state.meta:
         expand(state)

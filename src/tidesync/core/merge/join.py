@@ -95,13 +95,15 @@ def merge_object(ctx: Context, na: Node, ba: dict[str, Any], nb: Node, bb: dict[
             if b_wins:
                 _take(ctx, na, ba, name, kb, child_b, bb, p, union)
                 touched.add(name)
-            elif union and child_b is not None and child_b["k"] in UNION_KINDS:
+            elif union and child_b is not None and child_b["k"] in UNION_KINDS and len(child_b) > 2:
                 node, body = _union_target(na, ba, name, child_b["k"])
                 _merge_node(ctx, na, ba, name, node, child_b, bb, p, body)
     ub: dict[str, dict[str, list[Any]]] | None = nb.get("u")
     if ub:
         for name, kinds in ub.items():
             for kind, (node_b, body_b) in kinds.items():
+                if len(node_b) <= 2:
+                    continue
                 node, body = _union_target(na, ba, name, kind)
                 _merge_node(ctx, na, ba, name, node, node_b, {name: body_b}, path + (name,), body)
     nbn: dict[str, dict[str, int]] | None = nb.get("n")

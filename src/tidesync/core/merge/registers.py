@@ -136,7 +136,8 @@ def displace(node: Node, nbody: dict[str, Any], field: str, union: bool) -> None
     if not c:
         del node["c"]
     cbody = nbody.pop(field, None)
-    if union and child["k"] in UNION_KINDS:
+    # An empty container adds nothing to a union: keeping it would make meta depend on order.
+    if union and child["k"] in UNION_KINDS and len(child) > 2:
         child["e"] = ZERO
         u = node.get("u")
         if u is None:

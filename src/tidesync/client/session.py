@@ -1,0 +1,505 @@
+"""The client's sync session: a background thread that keeps a database in sync with a server.
+
+The session is a thin driver (STYLE.md rule 1): it owns the WebSocket (``websockets``' sync
+client), a reader thread, timers and reconnection. Every decision is made by the sans-I/O
+:class:`~tidesync.protocol.link.Link` and :class:`~tidesync.protocol.replicator.Replicator`;
+the session executes their actions against the database, which is a
+:class:`~tidesync.protocol.replica.Replica`.
+
+Threads: ``tidesync-sync`` runs the session; ``tidesync-sync-reader`` blocks on the socket.
+Nothing here blocks the app: local writes commit to the file and return; the session notices
+(``local_commit``) and uploads in the background. Downloads are integrated one batch per local
+transaction, and the database's change listeners fire for them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import random
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..core.values import to_plain
+from ..errors import (
+    AuthError, CompensatingWriteError, ConnectionClosedError, SyncError, TimeoutError, UsageError,
+)
+from ..protocol.actions import (
+    DOWNLOAD, Announce, DownloadComplete, Fail, Notify, RecordAck, ReportProgress, Send, UploadComplete,
+)
+from ..protocol.events import Closed, Connected, Failed, MessageReceived
+from ..protocol.link import Link
+from ..protocol.messages import CompensatingWrite
+from ..protocol.replicator import Replicator, perform
+from ..protocol.states import Role
+from .app import User
+
+if TYPE_CHECKING:
+    from ..store.database import Database
+
+__all__ = ["SyncConfig", "SyncSession", "Progress", "attach_sync"]
+
+log = logging.getLogger("tidesync.sync")
+
+ConnectionState = Literal["disconnected", "connecting", "connected"]
+SessionState = Literal["active", "paused", "inactive"]
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Transfer progress in one direction, as Realm reports it.
+
+    ``transferred`` and ``transferable`` count transactions (documents during a snapshot
+    bootstrap); ``estimate`` is transferred / transferable, 1.0 when there is nothing to do.
+    """
+
+    direction: Literal["upload", "download"]
+    transferred: int
+    transferable: int
+    transferred_bytes: int = 0
+    transferable_bytes: int = 0
+
+    @property
+    def estimate(self) -> float:
+        if self.transferable <= 0:
+            return 1.0
+        return min(1.0, self.transferred / self.transferable)
+
+
+@dataclass
+class SyncConfig:
+    """How a database syncs.
+
+    Args:
+        user: the logged-in user (``app.log_in(...)``).
+        partition: the partition value to sync (partition-based sync). Every document carries
+            it in ``partition_key``; tidesync fills it in when a write omits it, and refuses a
+            write of another partition with ``PartitionError`` before anything is uploaded.
+        partition_key: the partition field (``_partition``, the server's default).
+        flexible: flexible (query subscription) sync instead of a partition.
+        error_handler: called as ``error_handler(session, error)`` on the session thread for
+            every sync error (compensating writes included).
+        min_backoff, max_backoff: reconnection delay bounds in seconds (full jitter between).
+        batch_limit: transactions per upload batch.
+    """
+
+    user: User
+    partition: Any = None
+    partition_key: str = "_partition"
+    flexible: bool = False
+    error_handler: Callable[[SyncSession, SyncError], None] | None = None
+    min_backoff: float = 0.25
+    max_backoff: float = 30.0
+    batch_limit: int = 500
+    batch_bytes: int = 1 << 20
+    heartbeat_interval_ms: int = 20_000
+    initial_subscriptions: Callable[[Any], None] | None = None
+    rerun_initial_subscriptions: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def scope(self) -> dict[str, Any]:
+        if self.flexible:
+            return {"subscriptions": []}
+        if self.partition is None:
+            return {}
+        return {"partition": {"key": self.partition_key, "value": to_plain(self.partition)}}
+
+
+class _Token:
+    def __init__(self, registry: list[Any], item: Any) -> None:
+        self._registry, self._item = registry, item
+
+    def remove(self) -> None:
+        if self._item in self._registry:
+            self._registry.remove(self._item)
+
+
+class SyncSession:
+    """The background sync of one database. Reach it as ``db.sync_session``."""
+
+    def __init__(self, db: Database, config: SyncConfig, *, rng: random.Random | None = None) -> None:
+        self._db = db
+        self.config = config
+        self._rng = rng or random.Random()
+        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._cond = threading.Condition()
+        self.connection_state: ConnectionState = "disconnected"
+        self.state: SessionState = "active"
+        self._stop = False
+        self._wake = threading.Event()
+        self._server_id: str | None = db._setting("sync_server_id")
+        self._acked = self._checkpoint_acked()
+        self._received = self._checkpoint_received()
+        self._download_complete = False
+        self._last_error: SyncError | None = None
+        self._progress_callbacks: list[tuple[str, Callable[[Progress], None]]] = []
+        self._connection_callbacks: list[Callable[[str, str], None]] = []
+        self._last_progress: dict[str, Progress] = {}
+        self._ws: Any = None
+        self._thread = threading.Thread(target=self._run, name="tidesync-sync", daemon=True)
+        self._thread.start()
+
+    # -- public API ------------------------------------------------------------------------
+
+    def pause(self) -> None:
+        """Disconnect and stay disconnected until :meth:`resume`. Local work goes on."""
+        with self._cond:
+            if self.state == "inactive":
+                return
+            self.state = "paused"
+        self._inbox.put(("pause", None))
+        self._wake.set()
+
+    def resume(self) -> None:
+        """Reconnect after :meth:`pause` (or after a fatal error made the session inactive)."""
+        with self._cond:
+            if self._stop:
+                return
+            self.state = "active"
+        self._wake.set()
+
+    def wait_for_upload_completion(self, timeout: float | None = None) -> None:
+        """Block until every local change made before the call is acknowledged by the server.
+
+        Raises:
+            tidesync.TimeoutError: not done within ``timeout`` seconds.
+        """
+        target = self._local_head()
+        self._wait(lambda: self._acked >= target, timeout, "upload")
+
+    def wait_for_download_completion(self, timeout: float | None = None) -> None:
+        """Block until every change the server held when the call was made is integrated here.
+
+        Asks the server for its current log position (HTTP), then waits until this database has
+        integrated the server's log up to it.
+
+        Raises:
+            tidesync.TimeoutError: not done within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        head = None
+        while head is None:
+            try:
+                head = self._server_head()
+            except (ConnectionClosedError, AuthError):
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError("download did not complete: the server cannot be reached") from None
+                time.sleep(0.1)
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        self._wait(lambda: self._received >= head and self.connection_state == "connected", remaining, "download")
+
+    def add_progress_notifier(self, callback: Callable[[Progress], None],
+                              direction: Literal["upload", "download"] = "download") -> _Token:
+        """Call ``callback(progress)`` on the session thread whenever progress is reported."""
+        item = (direction, callback)
+        self._progress_callbacks.append(item)
+        return _Token(self._progress_callbacks, item)
+
+    def add_connection_callback(self, callback: Callable[[str, str], None]) -> _Token:
+        """Call ``callback(old_state, new_state)`` when the connection state changes."""
+        self._connection_callbacks.append(callback)
+        return _Token(self._connection_callbacks, callback)
+
+    @property
+    def last_error(self) -> SyncError | None:
+        """The last sync error reported (None when none)."""
+        return self._last_error
+
+    def close(self) -> None:
+        """Stop syncing (the database's ``close()`` does this)."""
+        self._stop = True
+        self.state = "inactive"
+        self._inbox.put(("stop", None))
+        self._wake.set()
+        ws = self._ws
+        if ws is not None:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001 - closing a socket that may already be gone
+                pass
+        if self._thread is not threading.current_thread():
+            self._thread.join(10)
+
+    # -- called by the database --------------------------------------------------------------
+
+    def local_commit(self) -> None:
+        self._inbox.put(("commit", None))
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _wait(self, condition: Callable[[], bool], timeout: float | None, what: str) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while not condition():
+                if self._stop:
+                    raise ConnectionClosedError("the sync session was closed")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"{what} did not complete within {timeout} s "
+                                       f"(connection {self.connection_state}, session {self.state})")
+                self._cond.wait(remaining if remaining is None else min(remaining, 0.5))
+
+    def _local_head(self) -> int:
+        with self._db._lock:
+            rows = self._db._engine.query("SELECT max(seq) FROM log WHERE via IS NULL")
+        return int(rows[0][0] or 0)
+
+    def _checkpoint_acked(self) -> int:
+        return self._db.checkpoint(self._server_id).acked if self._server_id else 0  # type: ignore[arg-type]
+
+    def _checkpoint_received(self) -> int:
+        return self._db.checkpoint(self._server_id).received if self._server_id else 0  # type: ignore[arg-type]
+
+    def _server_head(self) -> int:
+        app = self.config.user.app
+        url = f"{app.base_url}/api/{app.app_id}/sync/head"
+        req = urllib.request.Request(url, headers={"Authorization": f"Bearer {self.config.user.access_token}"})
+        try:
+            with urllib.request.urlopen(req, timeout=app.timeout, context=app.ssl_context()) as resp:
+                data = json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 401:
+                self._refresh_token()
+            raise ConnectionClosedError(f"server answered {exc.code}") from None
+        except (OSError, ValueError) as exc:
+            raise ConnectionClosedError(f"cannot reach the server: {exc}") from exc
+        return int(data["head"])
+
+    def _set_connection(self, new: ConnectionState) -> None:
+        old = self.connection_state
+        if old == new:
+            return
+        with self._cond:
+            self.connection_state = new
+            self._cond.notify_all()
+        for cb in list(self._connection_callbacks):
+            try:
+                cb(old, new)
+            except Exception:
+                log.exception("a connection callback raised")
+
+    def _report(self, error: SyncError) -> None:
+        self._last_error = error
+        handler = self.config.error_handler
+        if handler is not None:
+            try:
+                handler(self, error)
+            except Exception:
+                log.exception("the sync error handler raised")
+        else:
+            log.warning("sync error: %s", error)
+
+    def _refresh_token(self) -> bool:
+        try:
+            self.config.user.refresh_access_token()
+            return True
+        except AuthError as exc:
+            self._report(exc)
+            return False
+        except ConnectionClosedError:
+            return False
+
+    # -- the session thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop:
+            if self.state != "active":
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            try:
+                connected = self._connect_and_sync()
+                attempt = 0 if connected else attempt + 1
+            except Exception as exc:  # noqa: BLE001 - the loop must survive anything
+                log.debug("sync connection ended: %r", exc)
+                attempt += 1
+            finally:
+                self._ws = None
+                self._set_connection("disconnected")
+            if self._stop:
+                break
+            if self.state == "active":
+                delay = self._rng.uniform(0, min(self.config.max_backoff,
+                                                 self.config.min_backoff * (2 ** min(attempt, 16))))
+                self._wake.wait(delay)
+                self._wake.clear()
+
+    def _connect_and_sync(self) -> bool:
+        """One connection, from connect to close. Returns True if the handshake completed."""
+        from websockets.exceptions import WebSocketException
+        from websockets.sync.client import connect
+
+        app = self.config.user.app
+        self._set_connection("connecting")
+        try:
+            ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
+                         max_size=None, compression=None, ping_interval=None)
+        except (OSError, WebSocketException, TimeoutError) as exc:
+            raise ConnectionClosedError(f"cannot connect to {app.sync_url}: {exc}") from exc
+        self._ws = ws
+        inbox = self._inbox
+
+        def reader() -> None:
+            try:
+                for payload in ws:
+                    if isinstance(payload, str):
+                        payload = payload.encode()
+                    inbox.put(("data", payload))
+            except Exception:  # noqa: BLE001 - any socket end is a lost connection
+                pass
+            inbox.put(("lost", ws))
+
+        threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
+        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
+        replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=self.config.scope(),
+                                token=self.config.user.access_token, info={"sdk": "tidesync-python"},
+                                expected_peer=self._server_id,  # type: ignore[arg-type]
+                                batch_limit=self.config.batch_limit, batch_bytes=self.config.batch_bytes)
+        handshake_done = False
+        try:
+            self._execute(replicator.start(), link, replicator)
+            self._flush(link, ws)
+            while not self._stop:
+                try:
+                    kind, item = inbox.get(timeout=1.0)
+                except queue.Empty:
+                    link.tick(int(time.monotonic() * 1000))
+                    self._flush(link, ws)
+                    if link.finished:
+                        return handshake_done
+                    continue
+                if kind == "stop" or kind == "pause":
+                    if link.state.name == "ACTIVE":
+                        from ..protocol.messages import Close
+
+                        try:
+                            link.send(Close("client closing"))
+                            self._flush(link, ws)
+                        except SyncError:
+                            pass
+                    return handshake_done
+                if kind == "lost":
+                    if item is ws:
+                        link.connection_lost()
+                elif kind == "commit":
+                    self._execute(replicator.local_commit(self._db.head_seq()), link, replicator)
+                elif kind == "data":
+                    link.receive(item)
+                for event in link.events_received():
+                    if isinstance(event, MessageReceived):
+                        self._execute(replicator.handle(event.message), link, replicator)
+                    elif isinstance(event, Connected):
+                        handshake_done = True
+                        self._server_id = event.welcome.replica_id
+                        self._db._set_setting_atomic("sync_server_id", self._server_id)
+                        self._acked = self._checkpoint_acked()
+                        self._set_connection("connected")
+                    elif isinstance(event, Failed):
+                        replicator.stop()
+                        self._on_failure(event.error)
+                    elif isinstance(event, Closed):
+                        replicator.stop()
+                self._flush(link, ws)
+                if link.finished:
+                    return handshake_done
+            return handshake_done
+        finally:
+            try:
+                ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _on_failure(self, error: SyncError) -> None:
+        if isinstance(error, AuthError) or error.action == "reauthenticate":
+            if not self._refresh_token():
+                self._report(error)
+                self.state = "inactive"
+            return
+        if error.code == "connection_lost":
+            return
+        self._report(error)
+        if error.action == "stop":
+            self.state = "inactive"
+
+    def _flush(self, link: Link, ws: Any) -> None:
+        for payload in link.data_to_send():
+            try:
+                ws.send(payload)
+            except Exception:  # noqa: BLE001 - the reader reports the loss
+                link.connection_lost()
+                return
+
+    def _execute(self, actions: list[Any], link: Link, replicator: Replicator) -> None:
+        todo = list(actions)
+        while todo:
+            action = todo.pop(0)
+            if isinstance(action, Send):
+                if link.can_send(action.message):
+                    link.send(action.message)
+            elif isinstance(action, Fail):
+                link.fail(action.error)
+            elif isinstance(action, ReportProgress):
+                self._progress(action)
+            elif isinstance(action, UploadComplete):
+                with self._cond:
+                    self._acked = max(self._acked, action.seq)
+                    self._cond.notify_all()
+            elif isinstance(action, DownloadComplete):
+                with self._cond:
+                    self._download_complete = True
+                    self._cond.notify_all()
+            elif isinstance(action, Notify):
+                self._notify(action.message)
+            elif isinstance(action, Announce):
+                pass  # descriptors are recorded by the store when data arrives
+            else:
+                follow = perform(action, self._db, replicator)
+                if isinstance(action, RecordAck):
+                    with self._cond:
+                        self._acked = max(self._acked, action.seq) if action.peer == self._server_id else self._acked
+                        self._cond.notify_all()
+                elif type(action).__name__ in ("Integrate", "IntegrateSnapshot"):
+                    with self._cond:
+                        self._received = self._checkpoint_received()
+                        self._cond.notify_all()
+                todo[0:0] = follow
+
+    def _progress(self, action: ReportProgress) -> None:
+        direction = "download" if action.direction == DOWNLOAD else "upload"
+        p = Progress(direction, action.transferred, action.transferable,  # type: ignore[arg-type]
+                     getattr(action, "transferred_bytes", 0), getattr(action, "transferable_bytes", 0))
+        self._last_progress[direction] = p
+        for d, cb in list(self._progress_callbacks):
+            if d == direction:
+                try:
+                    cb(p)
+                except Exception:
+                    log.exception("a progress notifier raised")
+
+    def _notify(self, message: Any) -> None:
+        if isinstance(message, CompensatingWrite):
+            # The correction itself arrives as an ordinary (later) transaction of the server's.
+            writes = [{"collection": w.collection, "id": w.key, "operation": w.operation, "reason": w.message,
+                       "code": w.code} for w in message.writes]
+            self._report(CompensatingWriteError(
+                "the server undid writes of this device: " + "; ".join(
+                    f"{w['operation']} {w['collection']} {w['id']!r}: {w['reason']}" for w in writes),
+                writes=writes))
+
+
+def attach_sync(db: Database, config: SyncConfig) -> SyncSession:
+    """Start syncing ``db`` as ``config`` says; the session is ``db.sync_session``."""
+    if not isinstance(config, SyncConfig):
+        raise UsageError("sync= takes a tidesync.SyncConfig")
+    if config.partition is not None and not config.flexible:
+        db._set_partition(config.partition_key, to_plain(config.partition))
+    db._user = config.user.id
+    session = SyncSession(db, config)
+    db._sync = session
+    return session

@@ -1,0 +1,197 @@
+"""Key paths resolved against a schema: what each step of a path is, for the compilers.
+
+:func:`resolve` turns the names of a :class:`~tidesync.query.ast.Path` into
+:class:`Step` records saying what kind of value each step reaches (from the schema), so a
+compiler knows where a path can fan out over a list, where it follows a link, and how a
+leaf value is stored (e.g. a ``datetime`` is ``{"$date": micros}``). Without a schema, or
+past a ``mixed`` field, steps are *unknown* and compilers decide at run time.
+
+It also checks that a test fits the field: a ``datetime`` field compared with a string, or
+``BEGINSWITH`` on an ``int`` field, is a :class:`~tidesync.errors.QueryError`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from ..core.schema import FieldType, ObjectSchema, Schema
+from ..errors import QueryError
+from .ast import Between, Compare, Count, Exists, In, StringOp, bound_plain
+from .semantics import family
+
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "LIST_KINDS", "TAGGED_KINDS", "KIND_FAMILIES"]
+
+LIST_KINDS: Final = frozenset({"list", "set"})
+
+TAGGED_KINDS: Final = {"datetime": "$date", "objectid": "$oid", "uuid": "$uuid",
+                       "bytes": "$binary", "decimal": "$decimal"}
+"""Scalar kinds stored as a one-key tagged object, and their tag."""
+
+KIND_FAMILIES: Final[dict[str, frozenset[str]]] = {
+    "bool": frozenset({"bool"}),
+    "int": frozenset({"number"}),
+    "counter": frozenset({"number"}),
+    "float": frozenset({"number"}),
+    "decimal": frozenset({"number"}),
+    "str": frozenset({"string"}),
+    "bytes": frozenset({"binary"}),
+    "datetime": frozenset({"date"}),
+    "objectid": frozenset({"oid"}),
+    "uuid": frozenset({"uuid"}),
+    # a link holds its target's primary key: ObjectId, UUID, str or int
+    "link": frozenset({"oid", "uuid", "string", "number"}),
+}
+"""Which value families a field of each scalar kind can be compared with (null always)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a resolved key path.
+
+    Attributes:
+        name: the key looked up.
+        kind: the schema kind of the value reached (``str``, ``object``, ``list``, ``link``,
+            ``dict``, ``mixed``, ...), or ``None`` when unknown (no schema, or past a
+            ``mixed`` field).
+        item_kind: the kind of each value the step yields after fanning out: the element
+            kind of a list or set, else ``kind``.
+        target: the linked collection, for a link or a list/set of links.
+    """
+
+    name: str
+    kind: str | None
+    item_kind: str | None = None
+    target: str | None = None
+
+    @property
+    def may_fan_out(self) -> bool:
+        """Whether the value here can be a list (known list or set, mixed, or unknown)."""
+        return self.kind is None or self.kind == "mixed" or self.kind in LIST_KINDS
+
+    @property
+    def is_link(self) -> bool:
+        """Whether the value(s) here are links to follow for further steps."""
+        return self.target is not None
+
+
+def _step(name: str, t: FieldType) -> Step:
+    if t.kind in LIST_KINDS:
+        assert t.element is not None
+        e = t.element
+        target = e.target if e.kind == "link" else None
+        return Step(name, t.kind, None if e.kind == "mixed" else e.kind, target)
+    if t.kind == "mixed":
+        return Step(name, "mixed", None)
+    return Step(name, t.kind, t.kind, t.target if t.kind == "link" else None)
+
+
+def resolve(collection: str | None, schema: Schema | None, names: Sequence[str]) -> tuple[Step, ...]:
+    """Resolve the field names of a key path from ``collection``.
+
+    Returns one :class:`Step` per name; all steps are unknown without a schema.
+
+    Raises:
+        QueryError: the collection is not in the schema, a name is not a field, or the path
+            continues past a scalar field.
+    """
+    if schema is None or collection is None:
+        return tuple(Step(n, None) for n in names)
+    current: ObjectSchema | None = schema.get(collection)
+    if current is None:
+        raise QueryError(f"unknown collection {collection!r}",
+                         advice="query one of: " + ", ".join(sorted(o.name for o in schema)))
+    steps: list[Step] = []
+    dict_element: FieldType | None = None
+    unknown = False
+    where = collection
+    for name in names:
+        if unknown:
+            steps.append(Step(name, None))
+            continue
+        if dict_element is not None:
+            t, dict_element = dict_element, None
+        else:
+            if current is None:
+                raise QueryError(f"cannot follow {name!r} past {where}: it is not an embedded object, "
+                                 f"dictionary or link")
+            f = current.field(name)
+            if f is None:
+                known = ", ".join(sorted(current.fields))
+                raise QueryError(f"{current.name} has no field {name!r}", advice=f"its fields are: {known}")
+            t = f.type
+        step = _step(name, t)
+        steps.append(step)
+        where = f"{where}.{name} ({t.describe()})"
+        current = None
+        if t.kind == "mixed":
+            unknown = True
+        elif t.kind == "dict":
+            assert t.element is not None
+            dict_element = t.element
+        elif t.kind in ("object", "link"):
+            current = _target(schema, t.target)
+        elif t.kind in LIST_KINDS:
+            assert t.element is not None
+            if t.element.kind in ("object", "link"):
+                current = _target(schema, t.element.target)
+            elif t.element.kind == "mixed":
+                unknown = True
+    return tuple(steps)
+
+
+def _target(schema: Schema, name: str | None) -> ObjectSchema:
+    obj = schema.get(name) if name is not None else None
+    if obj is None:
+        raise QueryError(f"the schema has no object type {name!r} (named by a link or embedded field)")
+    return obj
+
+
+def check_family(path_text: str, kind: str | None, fam: str) -> None:
+    """Check that a value of family ``fam`` can be compared with a field of ``kind``.
+
+    Raises:
+        QueryError: e.g. a ``datetime`` field compared with a string.
+    """
+    if fam == "null" or kind is None or kind == "mixed":
+        return
+    allowed = KIND_FAMILIES.get(kind)
+    if allowed is None:
+        raise QueryError(f"{path_text} is a {kind} field: compare its elements or fields, or its "
+                         f"@count, instead")
+    if fam not in allowed:
+        raise QueryError(f"cannot compare {path_text} ({kind}) with a {fam} value")
+
+
+def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence[Step]) -> None:
+    """Check that a leaf test fits the field its path resolved to (no-op for unknown kinds).
+
+    Raises:
+        QueryError: e.g. ``due == 'x'`` on a datetime field, ``BEGINSWITH`` on an int field,
+            ``@count`` on a bool field, or an unbound ``$n``.
+    """
+    if isinstance(node, Exists):
+        return
+    last = steps[-1]
+    left = node.left
+    path_text = str(left)
+    if isinstance(left, Count):
+        if last.kind not in (None, "mixed", "list", "set", "dict", "str"):
+            raise QueryError(f"{path_text}: {left.path} is a {last.kind} field; @count needs a list, "
+                             f"set, dictionary or string")
+        return
+    kind = last.item_kind
+    if isinstance(node, StringOp):
+        bound_plain(node.right)
+        if kind not in (None, "str"):
+            raise QueryError(f"{node.op.upper()} needs a string field; {path_text} is {kind}")
+        return
+    if isinstance(node, Compare):
+        operands = [bound_plain(node.right)]
+    elif isinstance(node, In):
+        operands = list(bound_plain(node.values))
+    else:
+        operands = [bound_plain(node.low), bound_plain(node.high)]
+    for plain in operands:
+        check_family(path_text, kind, family(plain))

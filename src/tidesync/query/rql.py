@@ -1,0 +1,538 @@
+"""Realm Query Language text → query nodes (and nodes → text, for display and round trips).
+
+Grammar (keywords are case-insensitive)::
+
+    query      := or EOF
+    or         := and (("OR" | "||") and)*
+    and        := not (("AND" | "&&") not)*
+    not        := ("NOT" | "!") not | primary
+    primary    := "(" or ")" | "TRUEPREDICATE" | "FALSEPREDICATE"
+                | [ "ANY" | "SOME" | "ALL" | "NONE" ] comparison
+    comparison := operand op ["[c]"] operand
+                | keypath "IN" ( "{" [value ("," value)*] "}" | $n )
+                | value "IN" keypath                   (the list field holds the value)
+                | keypath "BETWEEN" "{" value "," value "}"
+    op         := "==" | "=" | "!=" | "<>" | "<" | "<=" | "=<" | ">" | ">=" | "=>"
+                | "BEGINSWITH" | "ENDSWITH" | "CONTAINS" | "LIKE"
+    operand    := keypath | value
+    keypath    := name ("." name)* ["." ("@count" | "@size")]
+    value      := int | float | 'string' | "string" | true | false | nil | null
+                | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
+
+Strings take the escapes ``\\\\ \\' \\" \\/ \\b \\f \\n \\r \\t \\uXXXX``. ``$n`` refers to
+the n-th argument (any Python value tidesync stores: datetime, Decimal, ObjectId, UUID,
+bytes, ..., or a list after IN). Errors are :class:`~tidesync.errors.QueryError` with the
+position of the offending token, shown with a caret.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+from uuid import UUID
+
+from ..core.objectid import ObjectId
+from ..core.values import from_plain
+from ..errors import QueryError
+from .ast import (And, Between, Compare, CompareOp, Count, Exists, FalsePredicate, In, Node, Not,
+                  Or, Param, Path, Quantified, QuantifierName, Size, StringOp, StringOpName,
+                  TruePredicate, Value, bind_value)
+
+__all__ = ["parse_rql", "to_rql", "KEYWORDS"]
+
+KEYWORDS: Final = frozenset({
+    "and", "or", "not", "any", "some", "all", "none", "in", "between", "beginswith", "endswith",
+    "contains", "like", "truepredicate", "falsepredicate", "true", "false", "nil", "null",
+})
+
+_OPERATORS: Final = ("==", "!=", "<>", "<=", ">=", "=<", "=>", "&&", "||", "=", "<", ">", "!")
+_COMPARE: Final[dict[str, CompareOp]] = {"==": "==", "=": "==", "!=": "!=", "<>": "!=", "<": "<",
+                                         "<=": "<=", "=<": "<=", ">": ">", ">=": ">=", "=>": ">="}
+_FLIP: Final[dict[CompareOp, CompareOp]] = {"==": "==", "!=": "!=", "<": ">", "<=": ">=", ">": "<",
+                                            ">=": "<="}
+_STRING_OPS: Final[dict[str, StringOpName]] = {"beginswith": "beginswith", "endswith": "endswith",
+                                               "contains": "contains", "like": "like"}
+_QUANTIFIERS: Final[dict[str, QuantifierName]] = {"any": "any", "some": "any", "all": "all", "none": "none"}
+_NUMBER: Final = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+_ESCAPES: Final = {"\\": "\\", "'": "'", '"': '"', "/": "/", "b": "\b", "f": "\f", "n": "\n",
+                   "r": "\r", "t": "\t"}
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    kind: str  # name, number, string, arg, op, punct, at, modifier, oid, uuid, end
+    text: str
+    pos: int
+    value: Any = None
+
+    @property
+    def keyword(self) -> str | None:
+        return self.text.lower() if self.kind == "name" and self.text.lower() in KEYWORDS else None
+
+    def describe(self) -> str:
+        return "the end of the query" if self.kind == "end" else repr(self.text)
+
+
+def _is_name_start(ch: str) -> bool:
+    return ch == "_" or ch.isalpha()
+
+
+def _is_name_char(ch: str) -> bool:
+    return ch == "_" or ch.isalnum()
+
+
+class _Lexer:
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def error(self, message: str, pos: int) -> QueryError:
+        return QueryError(message, position=pos, query=self.text)
+
+    def tokens(self) -> list[_Token]:
+        text, pos, out = self.text, 0, []
+        while True:
+            while pos < len(text) and text[pos].isspace():
+                pos += 1
+            if pos >= len(text):
+                out.append(_Token("end", "", pos))
+                return out
+            token = self.token(pos)
+            out.append(token)
+            pos = token.pos + len(token.text)
+
+    def token(self, pos: int) -> _Token:
+        text = self.text
+        ch = text[pos]
+        if ch in "'\"":
+            return self.string(pos)
+        if ch == "$":
+            m = re.compile(r"\$(\d+)").match(text, pos)
+            if not m:
+                raise self.error("expected an argument number after '$' (e.g. $0)", pos)
+            return _Token("arg", m.group(0), pos, int(m.group(1)))
+        if ch == "@":
+            m = re.compile(r"@\w+").match(text, pos)
+            word = m.group(0) if m else "@"
+            if word.lower() not in ("@count", "@size"):
+                raise self.error(f"unsupported {word}: expected @count or @size", pos)
+            return _Token("at", word, pos)
+        if ch == "[":
+            m = re.compile(r"\[\s*(\w*)\s*\]").match(text, pos)
+            if not m or m.group(1).lower() != "c":
+                what = f"[{m.group(1)}]" if m else "'['"
+                raise self.error(f"unsupported modifier {what}: only [c] (case-insensitive) is supported", pos)
+            return _Token("modifier", m.group(0), pos)
+        if ch.isdigit() or (ch in "-." and pos + 1 < len(text) and (text[pos + 1].isdigit() or text[pos + 1] == ".")):
+            m = _NUMBER.match(text, pos)
+            if not m:
+                raise self.error("malformed number", pos)
+            word = m.group(0)
+            end = m.end()
+            if end < len(text) and _is_name_char(text[end]):
+                raise self.error(f"malformed number {word + text[end]!r}…", pos)
+            is_float = any(c in word for c in ".eE")
+            return _Token("number", word, pos, float(word) if is_float else int(word))
+        if _is_name_start(ch):
+            end = pos + 1
+            while end < len(text) and _is_name_char(text[end]):
+                end += 1
+            word = text[pos:end]
+            after = end
+            while after < len(text) and text[after].isspace():
+                after += 1
+            if word.lower() in ("oid", "uuid") and after < len(text) and text[after] == "(":
+                return self.constructor(word.lower(), pos, after)
+            return _Token("name", word, pos)
+        for op in _OPERATORS:
+            if text.startswith(op, pos):
+                return _Token("op", op, pos)
+        if ch in "(){},.":
+            return _Token("punct", ch, pos)
+        raise self.error(f"unexpected character {ch!r}", pos)
+
+    def string(self, pos: int) -> _Token:
+        text, quote = self.text, self.text[pos]
+        i, chars = pos + 1, list[str]()
+        while True:
+            if i >= len(text):
+                raise self.error("unterminated string: expected a closing " + quote, pos)
+            ch = text[i]
+            if ch == quote:
+                return _Token("string", text[pos:i + 1], pos, "".join(chars))
+            if ch == "\\":
+                if i + 1 >= len(text):
+                    raise self.error("unterminated string: expected a closing " + quote, pos)
+                esc = text[i + 1]
+                if esc in _ESCAPES:
+                    chars.append(_ESCAPES[esc])
+                    i += 2
+                    continue
+                if esc == "u":
+                    digits = text[i + 2:i + 6]
+                    if len(digits) == 4 and all(c in "0123456789abcdefABCDEF" for c in digits):
+                        chars.append(chr(int(digits, 16)))
+                        i += 6
+                        continue
+                    raise self.error("expected 4 hex digits after \\u", i)
+                raise self.error(f"unknown escape \\{esc} in string", i)
+            chars.append(ch)
+            i += 1
+
+    def constructor(self, word: str, pos: int, paren: int) -> _Token:
+        close = self.text.find(")", paren)
+        if close < 0:
+            raise self.error(f"expected ')' to close {word}(", paren)
+        inner = self.text[paren + 1:close].strip()
+        if len(inner) >= 2 and inner[0] == inner[-1] and inner[0] in "'\"":
+            inner = inner[1:-1]
+        try:
+            value: Any = ObjectId(inner) if word == "oid" else UUID(inner)
+        except (ValueError, TypeError):
+            expected = "24 hex digits" if word == "oid" else "a UUID like 123e4567-e89b-12d3-a456-426614174000"
+            raise self.error(f"malformed {word}(...): expected {expected}", paren + 1) from None
+        return _Token(word, self.text[pos:close + 1], pos, value)
+
+
+_N = TypeVar("_N")
+
+
+class _Parser:
+    def __init__(self, text: str, args: Sequence[Any] | None) -> None:
+        self.text = text
+        self.args = args
+        self.tokens = _Lexer(text).tokens()
+        self.i = 0
+
+    # -- helpers -------------------------------------------------------------------------
+
+    @property
+    def peek(self) -> _Token:
+        return self.tokens[self.i]
+
+    def next(self) -> _Token:
+        token = self.tokens[self.i]
+        if token.kind != "end":
+            self.i += 1
+        return token
+
+    def error(self, message: str, token: _Token | None = None) -> QueryError:
+        token = token or self.peek
+        return QueryError(message, position=token.pos, query=self.text)
+
+    def expected(self, what: str, after: str | None = None) -> QueryError:
+        where = f" after {after}" if after else ""
+        return self.error(f"expected {what}{where}, found {self.peek.describe()}")
+
+    def at_punct(self, ch: str) -> bool:
+        return self.peek.kind == "punct" and self.peek.text == ch
+
+    def expect_punct(self, ch: str, after: str | None = None) -> _Token:
+        if not self.at_punct(ch):
+            raise self.expected(repr(ch), after)
+        return self.next()
+
+    def build(self, token: _Token, make: Callable[[], _N]) -> _N:
+        """Construct a node; a validation error points at ``token``."""
+        try:
+            return make()
+        except QueryError as exc:
+            if exc.position is not None:
+                raise
+            raise QueryError(exc.message, position=token.pos, query=self.text, advice=exc.advice) from None
+
+    # -- grammar -------------------------------------------------------------------------
+
+    def parse(self) -> Node:
+        if self.peek.kind == "end":
+            raise self.error("empty query: expected a condition such as `status == 'open'` or TRUEPREDICATE")
+        node = self.or_expr()
+        if self.peek.kind != "end":
+            raise self.expected("AND, OR or the end of the query")
+        return node
+
+    def or_expr(self) -> Node:
+        items = [self.and_expr()]
+        while self.peek.keyword == "or" or (self.peek.kind == "op" and self.peek.text == "||"):
+            self.next()
+            items.append(self.and_expr())
+        return items[0] if len(items) == 1 else Or(tuple(items))
+
+    def and_expr(self) -> Node:
+        items = [self.not_expr()]
+        while self.peek.keyword == "and" or (self.peek.kind == "op" and self.peek.text == "&&"):
+            self.next()
+            items.append(self.not_expr())
+        return items[0] if len(items) == 1 else And(tuple(items))
+
+    def not_expr(self) -> Node:
+        if self.peek.keyword == "not" or (self.peek.kind == "op" and self.peek.text == "!"):
+            self.next()
+            return Not(self.not_expr())
+        return self.primary()
+
+    def primary(self) -> Node:
+        token = self.peek
+        if self.at_punct("("):
+            self.next()
+            node = self.or_expr()
+            if not self.at_punct(")"):
+                raise self.expected("')' to close the '(' at position " + str(token.pos))
+            self.next()
+            return node
+        if token.keyword == "truepredicate":
+            self.next()
+            return TruePredicate()
+        if token.keyword == "falsepredicate":
+            self.next()
+            return FalsePredicate()
+        if token.keyword in _QUANTIFIERS:
+            self.next()
+            quantifier = _QUANTIFIERS[token.keyword]
+            predicate = self.comparison()
+            if not isinstance(predicate, (Compare, In, Between, StringOp)):
+                raise self.error(f"{token.text.upper()} needs a comparison on a key path", token)
+            return self.build(token, lambda: Quantified(quantifier, predicate))
+        return self.comparison()
+
+    def comparison(self) -> Compare | In | Between | StringOp:
+        start = self.peek
+        left = self.operand("a key path or a value")
+        op_token = self.peek
+        word = op_token.keyword
+        if word == "in":
+            self.next()
+            return self.in_rest(start, left, op_token)
+        if word == "between":
+            self.next()
+            if not isinstance(left, (Path, Count)):
+                raise self.error("BETWEEN needs a key path on its left", start)
+            return self.between_rest(left, op_token)
+        if word in _STRING_OPS:
+            self.next()
+            ci = self.modifier()
+            right = self.operand("a string after " + op_token.text.upper())
+            if not isinstance(left, Path) or isinstance(right, (Path, Count)):
+                raise self.error(f"{op_token.text.upper()} needs a key path on its left and a string "
+                                 f"on its right", start)
+            string_op, subject, needle = _STRING_OPS[word], left, right
+            return self.build(op_token, lambda: StringOp(string_op, subject, needle, ci))
+        if op_token.kind == "op" and op_token.text in _COMPARE:
+            self.next()
+            op = _COMPARE[op_token.text]
+            ci = self.modifier()
+            right = self.operand(f"a value after {op_token.text!r}")
+            if isinstance(left, (Path, Count)) and isinstance(right, (Path, Count)):
+                raise self.error("comparing two key paths is not supported: compare a key path with a value",
+                                 start)
+            if not isinstance(left, (Path, Count)):
+                if not isinstance(right, (Path, Count)):
+                    raise self.error("a comparison needs a key path on one side", start)
+                left, right, op = right, left, _FLIP[op]
+            assert isinstance(left, (Path, Count)) and isinstance(right, (Value, Param))
+            lhs, rhs, cop = left, right, op
+            return self.build(op_token, lambda: Compare(cop, lhs, rhs, ci))
+        raise self.expected("a comparison operator (==, !=, <, <=, >, >=, BEGINSWITH, ENDSWITH, "
+                            "CONTAINS, LIKE, IN or BETWEEN)", f"{start.text!r}")
+
+    def modifier(self) -> bool:
+        if self.peek.kind == "modifier":
+            self.next()
+            return True
+        return False
+
+    def in_rest(self, start: _Token, left: Path | Count | Value | Param, op_token: _Token) -> Compare | In:
+        if not isinstance(left, (Path, Count)):
+            # `'x' IN tags`: the list field holds the value
+            right = self.operand("a list key path after IN")
+            if not isinstance(right, Path):
+                raise self.error("IN needs a key path on one side", start)
+            value = left
+            return self.build(op_token, lambda: Compare("==", right, value))
+        if self.peek.kind == "arg":
+            token = self.next()
+            values: Value | Param = self.arg(token, want_list=True)
+        else:
+            brace = self.expect_punct("{", "IN")
+            items: list[Any] = []
+            if not self.at_punct("}"):
+                while True:
+                    item = self.value("a value in the IN list")
+                    if isinstance(item, Param):
+                        raise self.error("an argument inside an IN list must be a value; use `IN $n` "
+                                         "with a list argument instead", self.tokens[self.i - 1])
+                    items.append(item.plain)
+                    if self.at_punct(","):
+                        self.next()
+                        continue
+                    break
+            self.expect_punct("}", "the IN list")
+            values = self.build(brace, lambda: Value(items))
+        return self.build(op_token, lambda: In(left, values))
+
+    def between_rest(self, left: Path | Count, op_token: _Token) -> Between:
+        self.expect_punct("{", "BETWEEN")
+        low = self.value("the lower bound of BETWEEN")
+        self.expect_punct(",", "the lower bound of BETWEEN")
+        high = self.value("the upper bound of BETWEEN")
+        self.expect_punct("}", "the upper bound of BETWEEN")
+        return self.build(op_token, lambda: Between(left, low, high))
+
+    def operand(self, what: str) -> Path | Count | Value | Param:
+        token = self.peek
+        if token.kind == "name" and token.keyword is None:
+            return self.keypath()
+        return self.value(what)
+
+    def keypath(self) -> Path | Count:
+        first = self.next()
+        names = [first.text]
+        while self.at_punct("."):
+            self.next()
+            token = self.peek
+            if token.kind == "at":
+                self.next()
+                path = self.build(first, lambda: Path(tuple(names)))
+                return Count(path) if token.text.lower() == "@count" else Size(path)
+            if token.kind != "name":
+                raise self.expected("a field name, @count or @size", "'.'")
+            if token.keyword is not None:
+                raise self.error(f"{token.text!r} is a keyword and cannot be a field name here", token)
+            names.append(self.next().text)
+        return self.build(first, lambda: Path(tuple(names)))
+
+    def value(self, what: str) -> Value | Param:
+        token = self.peek
+        if token.kind == "arg":
+            self.next()
+            return self.arg(token, want_list=False)
+        if token.kind in ("number", "string"):
+            self.next()
+            return self.build(token, lambda: Value(token.value))
+        if token.kind in ("oid", "uuid"):
+            self.next()
+            return self.build(token, lambda: Value.of(token.value))
+        word = token.keyword
+        if word in ("true", "false"):
+            self.next()
+            return Value(word == "true")
+        if word in ("nil", "null"):
+            self.next()
+            return Value(None)
+        raise self.expected(what + " (a number, 'string', true, false, nil, oid(...), uuid(...) or $n)")
+
+    def arg(self, token: _Token, *, want_list: bool) -> Value | Param:
+        param = Param(token.value, token.pos)
+        if self.args is None:
+            return param
+        return self.build(token, lambda: bind_value(param, self.args or (), want_list=want_list))
+
+
+def parse_rql(text: str, args: Sequence[Any] | None = ()) -> Node:
+    """Parse a Realm Query Language string.
+
+    Args:
+        text: the query, e.g. ``"status == $0 AND priority >= 2"``.
+        args: the ``$n`` arguments, bound while parsing (errors point at the ``$n``). Pass
+            ``None`` to keep :class:`~tidesync.query.ast.Param` nodes and bind later.
+
+    Raises:
+        QueryError: the text does not parse, or an argument is missing or does not fit;
+            the message shows the query with a caret at the failing position.
+    """
+    if not isinstance(text, str):
+        raise QueryError(f"a query is a str, not {type(text).__name__}")
+    return _Parser(text, args).parse()
+
+
+# -- formatting --------------------------------------------------------------------------
+
+
+def _format_name(name: str) -> str:
+    if not (_is_name_start(name[0]) and all(_is_name_char(c) for c in name)) or name.lower() in KEYWORDS:
+        raise QueryError(f"field name {name!r} cannot be written in RQL")
+    return name
+
+
+class _Formatter:
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def path(self, left: Path | Count) -> str:
+        if isinstance(left, Count):
+            return f"{self.path(left.path)}.{'@size' if isinstance(left, Size) else '@count'}"
+        return ".".join(_format_name(n) for n in left.names)
+
+    def operand(self, operand: Value | Param) -> str:
+        if isinstance(operand, Param):
+            return f"${operand.index}"
+        return self.literal(operand.plain)
+
+    def literal(self, plain: Any) -> str:
+        if plain is None:
+            return "nil"
+        if plain is True:
+            return "true"
+        if plain is False:
+            return "false"
+        if isinstance(plain, (int, float)):
+            return repr(plain)
+        if isinstance(plain, str):
+            return json.dumps(plain, ensure_ascii=False)
+        if isinstance(plain, dict) and "$oid" in plain:
+            return f"oid({plain['$oid']})"
+        if isinstance(plain, dict) and "$uuid" in plain:
+            return f"uuid({plain['$uuid']})"
+        # no RQL literal (datetime, decimal, bytes, inf/nan): pass it as an argument
+        self.args.append(from_plain(plain))
+        return f"${len(self.args) - 1}"
+
+    def node(self, node: Node, nested: bool = False) -> str:
+        if isinstance(node, TruePredicate):
+            return "TRUEPREDICATE"
+        if isinstance(node, FalsePredicate):
+            return "FALSEPREDICATE"
+        if isinstance(node, (And, Or)):
+            if not node.items:
+                return "TRUEPREDICATE" if isinstance(node, And) else "FALSEPREDICATE"
+            joiner = " AND " if isinstance(node, And) else " OR "
+            text = joiner.join(self.node(i, nested=True) for i in node.items)
+            return f"({text})" if nested else text
+        if isinstance(node, Not):
+            return f"NOT ({self.node(node.item)})"
+        if isinstance(node, Quantified):
+            return f"{node.quantifier.upper()} {self.node(node.predicate)}"
+        if isinstance(node, Compare):
+            ci = "[c]" if node.case_insensitive else ""
+            return f"{self.path(node.left)} {node.op}{ci} {self.operand(node.right)}"
+        if isinstance(node, StringOp):
+            ci = "[c]" if node.case_insensitive else ""
+            return f"{self.path(node.left)} {node.op.upper()}{ci} {self.operand(node.right)}"
+        if isinstance(node, In):
+            if isinstance(node.values, Param):
+                return f"{self.path(node.left)} IN ${node.values.index}"
+            return f"{self.path(node.left)} IN {{{', '.join(self.literal(v) for v in node.values.plain)}}}"
+        if isinstance(node, Between):
+            return f"{self.path(node.left)} BETWEEN {{{self.operand(node.low)}, {self.operand(node.high)}}}"
+        assert isinstance(node, Exists)
+        raise QueryError(f"$exists ({node.path}) has no RQL form; compare with nil instead "
+                         f"(which also matches null)")
+
+
+def to_rql(node: Node) -> tuple[str, list[Any]]:
+    """Write a node as RQL text plus the arguments it needs.
+
+    Values without an RQL literal (datetime, Decimal, bytes, inf/nan) become ``$n``
+    arguments, so ``parse_rql(*to_rql(node)) == node`` for bound nodes without
+    :class:`~tidesync.query.ast.Param`. (Unbound params keep their numbers and must not be
+    mixed with values that need arguments.)
+
+    Raises:
+        QueryError: the node uses :class:`~tidesync.query.ast.Exists` or a field name that
+            is not an RQL identifier.
+    """
+    formatter = _Formatter()
+    text = formatter.node(node)
+    return text, formatter.args

@@ -1,0 +1,237 @@
+"""What a query test means on one stored value: the reference semantics every compiler keeps.
+
+A query compares *plain-form* values (:mod:`tidesync.core.values`). This module is the
+single definition of those comparisons, written in Python. :mod:`.to_predicate` calls it
+directly; :mod:`.to_sql` emits SQL that gives the same answers (and uses it to fold
+constants, e.g. "does this test hold on a missing value?"); the property test
+``tests/query/test_compilers_agree.py`` checks the two agree.
+
+Rules:
+
+* Every plain value has a **family**: ``null`` (JSON null, or the field is missing),
+  ``bool``, ``number`` (JSON int/float, ``$float`` and finite ``$decimal``), ``string``,
+  ``date``, ``oid``, ``uuid``, ``binary``; anything else (lists, embedded objects,
+  non-finite decimals) is ``other``. Values of different families are never equal and never
+  ordered; a comparison across families is simply false (``!=`` is then true).
+* Numbers compare by value across int, float and decimal. A decimal compares as the nearest
+  float (SQLite's ``CAST(... AS REAL)``), so decimals beyond 15-17 significant digits lose
+  precision. ``nan`` equals ``nan`` and is never ordered; ``-inf``/``inf`` order as expected.
+* Strings order by code point. Case-insensitive tests fold **ASCII letters only** (SQLite's
+  ``lower()`` without ICU): ``'É'`` and ``'é'`` stay different.
+* ``!=`` is exactly ``not ==``. Ordered tests (``< <= > >=``) hold only within a family
+  that has an order (number, string, date, oid, uuid); ``null``, ``bool`` and ``binary``
+  support ``==``/``!=`` only (the node constructors reject the rest).
+* ``LIKE`` patterns: ``*`` matches any run of characters (also empty), ``?`` exactly one;
+  every other character matches itself.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+
+from ..core.values import Plain
+
+__all__ = [
+    "MISSING",
+    "Family",
+    "family",
+    "number_key",
+    "ORDERED_FAMILIES",
+    "compare",
+    "compare_numbers",
+    "string_test",
+    "size_of",
+    "fold_ascii",
+    "like_regex",
+]
+
+Family = str
+"""One of ``null bool number string date oid uuid binary other``."""
+
+ORDERED_FAMILIES: Final = frozenset({"number", "string", "date", "oid", "uuid"})
+
+_TAG_FAMILY: Final = {"$date": "date", "$oid": "oid", "$uuid": "uuid", "$binary": "binary",
+                      "$float": "number", "$decimal": "number"}
+
+
+class _Missing:
+    """The value of a key path that leads nowhere (an absent key, or a step past a scalar)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Final = _Missing()
+"""Sentinel for "this key path has no value". Every test treats it like JSON null, except
+``$exists`` (null exists, MISSING does not)."""
+
+
+def _tag(value: Plain) -> tuple[str, Any] | None:
+    if isinstance(value, dict) and len(value) == 1:
+        ((key, inner),) = value.items()
+        if key in _TAG_FAMILY:
+            return key, inner
+    return None
+
+
+def _finite_decimal(text: Any) -> bool:
+    # A finite decimal's text has only digits, sign, point and exponent; NaN/Infinity have
+    # the letters N or I, which is also what the SQL guard looks for (GLOB '*[IN]*').
+    if not isinstance(text, str) or "N" in text or "I" in text:
+        return False
+    try:
+        Decimal(text)
+    except InvalidOperation:
+        return False
+    return True
+
+
+def family(value: Any) -> Family:
+    """The family of a plain value (``MISSING`` counts as ``null``)."""
+    if value is None or value is MISSING:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    tag = _tag(value)
+    if tag is not None:
+        if tag[0] == "$decimal" and not _finite_decimal(tag[1]):
+            return "other"
+        return _TAG_FAMILY[tag[0]]
+    return "other"
+
+
+def number_key(value: Plain) -> int | float:
+    """The numeric value of a ``number``-family plain value.
+
+    Decimals become floats (as SQLite's ``CAST(text AS REAL)`` does).
+    """
+    if isinstance(value, bool):
+        raise TypeError("a bool is not a number here")
+    if isinstance(value, (int, float)):
+        return value
+    tag = _tag(value)
+    if tag is not None and tag[0] in ("$float", "$decimal"):
+        return float(tag[1])
+    raise TypeError(f"not a number: {value!r}")
+
+
+def _ordered_key(value: Plain, fam: Family) -> Any:
+    if fam == "number":
+        return number_key(value)
+    if fam in ("string", "bool"):
+        return value
+    tag = _tag(value)
+    assert tag is not None
+    return tag[1]
+
+
+def compare_numbers(left: int | float, op: str, right: int | float) -> bool:
+    """``left op right`` with tidesync's NaN rule: nan == nan; nan is never ordered."""
+    left_nan = isinstance(left, float) and math.isnan(left)
+    right_nan = isinstance(right, float) and math.isnan(right)
+    if op == "!=":
+        return not compare_numbers(left, "==", right)
+    if left_nan or right_nan:
+        return op == "==" and left_nan and right_nan
+    return _apply(left, op, right)
+
+
+def _apply(left: Any, op: str, right: Any) -> bool:
+    if op == "==":
+        return bool(left == right)
+    if op == "<":
+        return bool(left < right)
+    if op == "<=":
+        return bool(left <= right)
+    if op == ">":
+        return bool(left > right)
+    if op == ">=":
+        return bool(left >= right)
+    raise ValueError(f"unknown comparison {op!r}")
+
+
+_ASCII_FOLD: Final = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def fold_ascii(text: str) -> str:
+    """Lower-case ASCII letters only, exactly as SQLite's built-in ``lower()``."""
+    return text.translate(_ASCII_FOLD)
+
+
+def compare(stored: Any, op: str, arg: Plain, case_insensitive: bool = False) -> bool:
+    """Does the stored value ``stored`` (plain, or ``MISSING``) satisfy ``stored op arg``?"""
+    if op == "!=":
+        return not compare(stored, "==", arg, case_insensitive)
+    arg_family = family(arg)
+    stored_family = family(stored)
+    if arg_family != stored_family:
+        return False
+    if arg_family == "null":
+        return op == "=="
+    if arg_family == "number":
+        return compare_numbers(number_key(stored), op, number_key(arg))
+    if op != "==" and arg_family not in ORDERED_FAMILIES:
+        return False
+    left, right = _ordered_key(stored, arg_family), _ordered_key(arg, arg_family)
+    if case_insensitive and arg_family == "string":
+        left, right = fold_ascii(left), fold_ascii(right)
+    return _apply(left, op, right)
+
+
+def like_regex(pattern: str) -> re.Pattern[str]:
+    """The regular expression equivalent of a Realm ``LIKE`` pattern (``*`` and ``?``)."""
+    parts = [".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _starts(s: str, a: str) -> bool:
+    return s.startswith(a)
+
+
+def _ends(s: str, a: str) -> bool:
+    return s.endswith(a)
+
+
+def _contains(s: str, a: str) -> bool:
+    return a in s
+
+
+def _like(s: str, a: str) -> bool:
+    return like_regex(a).fullmatch(s) is not None
+
+
+_STRING_TESTS: Final[dict[str, Callable[[str, str], bool]]] = {
+    "beginswith": _starts, "endswith": _ends, "contains": _contains, "like": _like}
+
+
+def string_test(stored: Any, op: str, arg: str, case_insensitive: bool = False) -> bool:
+    """BEGINSWITH / ENDSWITH / CONTAINS / LIKE on a stored value; false unless it is a str."""
+    if not isinstance(stored, str):
+        return False
+    if case_insensitive:
+        stored, arg = fold_ascii(stored), fold_ascii(arg)
+    return _STRING_TESTS[op](stored, arg)
+
+
+def size_of(value: Any) -> int | None:
+    """``@count``/``@size``: elements of a list, keys of an embedded object or dictionary,
+    characters of a string; ``None`` (matches no size test) for anything else."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, list):
+        return len(value)
+    if isinstance(value, dict):
+        if any(isinstance(k, str) and k.startswith("$") for k in value):
+            return None
+        return len(value)
+    return None

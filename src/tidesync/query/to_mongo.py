@@ -1,0 +1,173 @@
+"""Query → MongoDB filter document, for the MongoDB backend.
+
+Best effort: what MongoDB can say with the same meaning is translated; what it cannot is a
+:class:`~tidesync.errors.QueryError` (never a silently different filter):
+
+* Key paths through links cannot be followed in a filter.
+* Where the key path can fan out over a list *before* its last step (known from the
+  schema), ``!=``, ``BETWEEN``, ``ALL`` and ``@count`` other than ``== n`` are refused,
+  because MongoDB would pair up conditions across different elements.
+
+Known differences that remain:
+
+* ``[c]`` becomes a regex with the ``i`` option, which folds all of Unicode (tidesync's SQL
+  folds ASCII only).
+* ``@count == n`` becomes ``$size``, which counts array elements only (tidesync also
+  counts string characters and dictionary keys).
+* MongoDB stores datetimes to the millisecond.
+* Without a schema, a dotted path is assumed not to cross a list before its last step.
+
+Values are passed through ``encode`` (by default
+:func:`tidesync.core.values.from_plain`, giving datetime, Decimal, UUID, bytes and
+tidesync's ObjectId); the MongoDB backend passes an encoder producing BSON types
+(``bson.ObjectId``, ``Decimal128``, ``Binary``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any, Final
+
+from ..core.schema import Schema
+from ..core.values import Plain, from_plain
+from ..errors import QueryError
+from .ast import (And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or,
+                  Quantified, Query, StringOp, TruePredicate, bound_plain)
+from .paths import Step, check_leaf, resolve
+
+__all__ = ["to_mongo"]
+
+_OPS: Final = {"==": "$eq", "!=": "$ne", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
+_NOT_ARRAY: Final = {"$not": {"$type": "array"}}
+
+
+def _like(pattern: str) -> str:
+    return "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+
+
+class _Translator:
+    def __init__(self, collection: str | None, schema: Schema | None, encode: Callable[[Plain], Any]) -> None:
+        self.collection = collection
+        self.schema = schema
+        self.encode = encode
+
+    def node(self, node: Node) -> dict[str, Any]:
+        if isinstance(node, TruePredicate):
+            return {}
+        if isinstance(node, FalsePredicate):
+            return {"_id": {"$exists": False}}
+        if isinstance(node, And):
+            return {"$and": [self.node(i) for i in node.items]} if node.items else {}
+        if isinstance(node, Or):
+            return {"$or": [self.node(i) for i in node.items]} if node.items else {"_id": {"$exists": False}}
+        if isinstance(node, Not):
+            return {"$nor": [self.node(node.item)]}
+        if isinstance(node, Quantified):
+            return self.quantified(node)
+        if isinstance(node, Exists):
+            path, _ = self.path(node, node.path.names)
+            return {path: {"$exists": True}}
+        return self.leaf(node)
+
+    def path(self, node: Compare | In | Between | StringOp | Exists, names: tuple[str, ...]) -> tuple[str, tuple[Step, ...]]:
+        steps = resolve(self.collection, self.schema, names)
+        check_leaf(node, steps)
+        if any(s.is_link for s in steps[:-1]):
+            raise QueryError(f"{'.'.join(names)} follows a link, which a MongoDB filter cannot do")
+        return ".".join(names), steps
+
+    def refuse_inner_fan_out(self, steps: tuple[Step, ...], what: str) -> None:
+        if any(s.kind in ("list", "set") for s in steps[:-1]):
+            raise QueryError(f"{what} on a key path through a list cannot be translated to a MongoDB filter")
+
+    def element_ops(self, node: Compare | In | Between | StringOp) -> dict[str, Any]:
+        """The operator document testing one value, e.g. ``{"$gte": 1, "$lte": 5}``."""
+        if isinstance(node, Compare):
+            value = bound_plain(node.right)
+            if node.case_insensitive:
+                regex = {"$regex": r"\A" + re.escape(value) + r"\z", "$options": "i"}
+                return regex if node.op == "==" else {"$not": regex}
+            return {_OPS[node.op]: self.encode(value)}
+        if isinstance(node, In):
+            return {"$in": [self.encode(v) for v in bound_plain(node.values)]}
+        if isinstance(node, Between):
+            return {"$gte": self.encode(bound_plain(node.low)), "$lte": self.encode(bound_plain(node.high))}
+        needle = bound_plain(node.right)
+        body = _like(needle) if node.op == "like" else re.escape(needle)
+        if node.op in ("beginswith", "like"):
+            body = r"\A" + body
+        if node.op in ("endswith", "like"):
+            body = body + r"\z"
+        options = ("i" if node.case_insensitive else "") + ("s" if node.op == "like" else "")
+        return {"$regex": body, "$options": options} if options else {"$regex": body}
+
+    def leaf(self, node: Compare | In | Between | StringOp) -> dict[str, Any]:
+        if isinstance(node.left, Count):
+            return self.count(node)
+        path, steps = self.path(node, node.left.names)
+        ops = self.element_ops(node)
+        per_element = isinstance(node, Between) or (isinstance(node, Compare) and node.op == "!=")
+        if not per_element:
+            # MongoDB already matches a list if any element matches: the same as tidesync.
+            return {path: ops}
+        self.refuse_inner_fan_out(steps, "!=" if isinstance(node, Compare) else "BETWEEN")
+        if not steps[-1].may_fan_out:
+            return {path: ops}
+        # Both conditions must hold on one element: $elemMatch for lists, plain otherwise.
+        return {"$or": [{path: {**_NOT_ARRAY, **ops}}, {path: {"$elemMatch": ops}}]}
+
+    def count(self, node: Compare | In | Between) -> dict[str, Any]:
+        assert isinstance(node.left, Count)
+        path, steps = self.path(node, node.left.path.names)
+        if isinstance(node, Compare) and node.op == "==":
+            size = bound_plain(node.right)
+            if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+                return {path: {"$size": size}}
+        self.refuse_inner_fan_out(steps, "@count")
+        field = f"${path}"
+
+        def test(op: str, n: Any) -> dict[str, Any]:
+            return {"$expr": {"$and": [{"$isArray": field}, {op: [{"$size": field}, self.encode(n)]}]}}
+
+        if isinstance(node, Compare):
+            if node.op == "!=":
+                return {"$nor": [test("$eq", bound_plain(node.right))]}
+            return test(_OPS[node.op], bound_plain(node.right))
+        if isinstance(node, In):
+            return {"$or": [test("$eq", n) for n in bound_plain(node.values)]}
+        return {"$and": [test("$gte", bound_plain(node.low)), test("$lte", bound_plain(node.high))]}
+
+    def quantified(self, node: Quantified) -> dict[str, Any]:
+        pred = node.predicate
+        inner = self.leaf(pred)
+        if node.quantifier == "any":
+            return inner
+        if node.quantifier == "none":
+            return {"$nor": [inner]}
+        if isinstance(pred.left, Count):
+            raise QueryError("ALL with @count cannot be translated to a MongoDB filter")
+        path, steps = self.path(pred, pred.left.names)
+        self.refuse_inner_fan_out(steps, "ALL")
+        ops = self.element_ops(pred)
+        # every element passes = no element fails; a non-list value must pass itself
+        return {"$or": [{path: {"$type": "array", "$not": {"$elemMatch": {"$not": ops}}}},
+                        {"$and": [{path: _NOT_ARRAY}, {path: ops}]}]}
+
+
+def to_mongo(query: Query | Node, collection: str | None = None, schema: Schema | None = None, *,
+             encode: Callable[[Plain], Any] = from_plain) -> dict[str, Any]:
+    """Translate a bound query into a MongoDB filter document.
+
+    Args:
+        query: a bound :class:`Query` or node.
+        collection: the queried collection (with ``schema``).
+        schema: lets the translation know where lists are, and check field names.
+        encode: turns a plain-form value into what the MongoDB driver should see.
+
+    Raises:
+        QueryError: the query cannot be expressed as a MongoDB filter with the same meaning
+            (see the module docstring), or has an unbound ``$n``.
+    """
+    node = query.node if isinstance(query, Query) else query
+    return _Translator(collection, schema, encode).node(node)

@@ -1,0 +1,188 @@
+"""Query → Python callable over a plain-form document body.
+
+The server matches each integrated change against the subscriptions of connected sessions
+with these predicates. They follow exactly the semantics documented in
+:mod:`tidesync.query.ast` and :mod:`tidesync.query.semantics`, and agree with the SQL that
+:func:`~tidesync.query.compile_sql` emits (``tests/query/test_compilers_agree.py``).
+
+Usage::
+
+    match = to_predicate(query, "Task", schema, resolve_link=backend.get_body)
+    if match(body): ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeAlias
+
+from ..core.schema import Schema
+from ..core.values import Plain
+from ..errors import QueryError
+from .ast import (And, bound_plain as _value, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
+                  Quantified, Query, StringOp, TruePredicate, Value)
+from .paths import Step, check_leaf, resolve
+from .semantics import MISSING, compare, family, size_of, string_test
+
+__all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
+
+LinkResolver: TypeAlias = Callable[[str, Plain], "Mapping[str, Any] | None"]
+"""``resolve_link(collection, primary_key_plain)`` → the linked document's body, or
+``None`` when it does not exist (or is deleted)."""
+
+Predicate: TypeAlias = Callable[[Mapping[str, Any]], bool]
+_Test: TypeAlias = Callable[[Any], bool]
+
+
+def leaf_test(node: Compare | In | Between | StringOp | Exists) -> Callable[[Any], bool]:
+    """The test a leaf node applies to one value its path leads to (``MISSING`` included).
+
+    For :class:`Count` comparisons the test receives the un-fanned value and takes its size.
+
+    Raises:
+        QueryError: the node still holds an unbound :class:`Param`.
+    """
+    if isinstance(node, Exists):
+        return lambda v: v is not MISSING
+    if isinstance(node, StringOp):
+        arg = _value(node.right)
+        op, ci = node.op, node.case_insensitive
+        return lambda v: string_test(v, op, arg, ci)
+    test: _Test
+    if isinstance(node, Compare):
+        arg = _value(node.right)
+        cop, ci = node.op, node.case_insensitive
+
+        def test(v: Any) -> bool:
+            return compare(v, cop, arg, ci)
+    elif isinstance(node, In):
+        options = _value(node.values)
+        assert isinstance(options, list)
+
+        def test(v: Any) -> bool:
+            return any(compare(v, "==", o) for o in options)
+    else:
+        low, high = _value(node.low), _value(node.high)
+
+        def test(v: Any) -> bool:
+            return compare(v, ">=", low) and compare(v, "<=", high)
+    if isinstance(node.left, Count):
+        value_test = test
+        return lambda v: value_test(size_of(v))
+    return test
+
+
+def _child(current: Any, name: str) -> Any:
+    if isinstance(current, Mapping):
+        return current.get(name, MISSING)
+    return MISSING
+
+
+class _Evaluator:
+    def __init__(self, collection: str | None, schema: Schema | None,
+                 resolve_link: LinkResolver | None) -> None:
+        self.collection = collection
+        self.schema = schema
+        self.resolve_link = resolve_link
+
+    def steps(self, names: tuple[str, ...]) -> tuple[Step, ...]:
+        steps = resolve(self.collection, self.schema, names)
+        if self.resolve_link is None and any(s.is_link for s in steps[:-1]):
+            raise QueryError(f"{'.'.join(names)} follows a link: pass resolve_link= to to_predicate")
+        return steps
+
+    def values(self, current: Any, steps: tuple[Step, ...], i: int, fan_leaf: bool) -> Iterator[Any]:
+        step = steps[i]
+        last = i == len(steps) - 1
+        value = _child(current, step.name)
+        fan = step.may_fan_out and (fan_leaf or not last)
+        if not fan:
+            items: list[Any] = [value]
+        elif isinstance(value, list):
+            items = value
+        elif step.kind is not None and step.kind != "mixed":
+            # a known list that is null or missing: one missing value (as SQL sees it)
+            items = [MISSING]
+        else:
+            items = [value]
+        for item in items:
+            if last:
+                yield item
+            elif step.is_link:
+                yield from self.values(self.follow(step, item), steps, i + 1, fan_leaf)
+            else:
+                yield from self.values(item, steps, i + 1, fan_leaf)
+
+    def follow(self, step: Step, pk: Any) -> Any:
+        # Only what a primary key can be: str, int, ObjectId or UUID (the SQL hop compares
+        # canonical JSON text, so nothing else can ever match there either).
+        if self.resolve_link is None or not (
+                isinstance(pk, str) or (isinstance(pk, int) and not isinstance(pk, bool))
+                or family(pk) in ("oid", "uuid")):
+            return MISSING
+        assert step.target is not None
+        body = self.resolve_link(step.target, pk)
+        return MISSING if body is None else body
+
+    def leaf(self, node: Compare | In | Between | StringOp | Exists) -> Predicate:
+        path = node.path if isinstance(node, Exists) else node.left
+        names = path.path.names if isinstance(path, Count) else path.names
+        fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
+        steps = self.steps(names)
+        check_leaf(node, steps)
+        test = leaf_test(node)
+        values = self.values
+        return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
+
+    def compile(self, node: Node) -> Predicate:
+        if isinstance(node, TruePredicate):
+            return lambda body: True
+        if isinstance(node, FalsePredicate):
+            return lambda body: False
+        if isinstance(node, And):
+            parts = [self.compile(i) for i in node.items]
+            return lambda body: all(p(body) for p in parts)
+        if isinstance(node, Or):
+            parts = [self.compile(i) for i in node.items]
+            return lambda body: any(p(body) for p in parts)
+        if isinstance(node, Not):
+            inner = self.compile(node.item)
+            return lambda body: not inner(body)
+        if isinstance(node, Quantified):
+            return self.quantified(node)
+        return self.leaf(node)
+
+    def quantified(self, node: Quantified) -> Predicate:
+        pred = node.predicate
+        names = pred.left.path.names if isinstance(pred.left, Count) else pred.left.names
+        fan_leaf = not isinstance(pred.left, Count)
+        steps = self.steps(names)
+        check_leaf(pred, steps)
+        test = leaf_test(pred)
+        values = self.values
+        if node.quantifier == "any":
+            return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
+        if node.quantifier == "all":
+            return lambda body: all(test(v) for v in values(body, steps, 0, fan_leaf))
+        return lambda body: not any(test(v) for v in values(body, steps, 0, fan_leaf))
+
+
+def to_predicate(query: Query | Node, collection: str | None = None, schema: Schema | None = None,
+                 resolve_link: LinkResolver | None = None) -> Predicate:
+    """Compile a query into ``match(body) -> bool`` over plain-form document bodies.
+
+    Args:
+        query: a bound :class:`Query` or node.
+        collection: the queried collection (needed with ``schema``).
+        schema: when given, field names are checked, typed fields compared by their kind,
+            and links followed.
+        resolve_link: ``(collection, pk_plain) -> body | None``; needed when a key path
+            follows a link (``technician.name == 'Ann'``). Return ``None`` for a missing or
+            deleted document.
+
+    Raises:
+        QueryError: an unknown field, a comparison that does not fit the field's type, an
+            unbound ``$n``, or a link path without ``resolve_link``.
+    """
+    node = query.node if isinstance(query, Query) else query
+    return _Evaluator(collection, schema, resolve_link).compile(node)

@@ -1,0 +1,481 @@
+"""Query → SQL over tidesync's SQLite ``documents`` table.
+
+The store runs::
+
+    SELECT ... FROM documents
+    WHERE collection = ? AND live = 1 AND (<fragment>)
+    ORDER BY <compile_order(...)>
+
+with ``fragment, params = compile_sql(query, collection, schema)``; the fragment's ``?``
+placeholders take ``params`` in order, after the store's own. ``documents.body`` is the
+document's plain form as JSON text (written with :func:`tidesync.core.values.canonical_json`
+or at least ``ensure_ascii=False``), ``documents.pk`` the canonical JSON of its primary key.
+
+How it stays fast and safe:
+
+* A field is always read with one expression, ``json_extract(documents.body, '$.<path>')``,
+  or its typed sub-path (``'$.due."$date"'``, ``'$.owner."$oid"'``, ``'$.id."$uuid"'``,
+  ``CAST(json_extract(documents.body, '$.price."$decimal"') AS REAL)``).
+  :func:`index_expression` returns the same expression (with a bare ``body``, as
+  ``CREATE INDEX`` requires; SQLite matches the two), so
+  ``CREATE INDEX ... ON documents(collection, <expr>) WHERE live = 1`` is used by equality
+  and range tests on that field.
+* Values always travel as parameters. JSON paths are written into the SQL text, but their
+  names were validated by :class:`~tidesync.query.ast.Path` (no ``"``, ``.``, leading ``$``
+  or control characters), are quoted when not plain identifiers, and ``'`` is doubled.
+  String operators use ``substr``/``instr``/``GLOB`` with ``[`` escaped, so text in an
+  argument is never a wildcard.
+* Without a schema (or on ``mixed`` fields) the argument's type picks the sub-path and a
+  ``json_type`` guard keeps families apart (a string is never ``> 5``). With a schema, each
+  field's type picks it and guards are dropped where the type makes them redundant.
+* Lists fan out with ``json_each`` (ANY); ``ALL``/``NONE`` are ``NOT EXISTS``; links are an
+  ``EXISTS`` subquery on ``documents`` (aliased ``q_lN``) matching ``pk`` against
+  ``documents.body -> '$.<link>'`` (SQLite's ``->`` returns the canonical JSON of the stored
+  key, as long as the body was written with ``ensure_ascii=False``).
+
+Caveats: case-insensitive tests fold ASCII letters only (SQLite's ``lower()``); decimals
+compare as the nearest double (``CAST(... AS REAL)``), so two decimals that differ beyond
+~15 significant digits compare equal; string functions stop at an embedded NUL character.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, TypeAlias
+
+from ..core.schema import Schema
+from ..errors import QueryError
+from .ast import (And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Path,
+                  Quantified, Query, StringOp, TruePredicate, bound_plain)
+from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve
+from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
+from .to_predicate import leaf_test
+
+__all__ = ["compile_sql", "compile_order", "index_expression"]
+
+_BODY: Final = "documents.body"
+_IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_MARK: Final = re.compile("\x00(\\d+)\x00")
+_SQL_OP: Final = {"==": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+_FAMILY_TAG: Final = {"date": "$date", "oid": "$oid", "uuid": "$uuid", "binary": "$binary"}
+
+
+def _text(value: str) -> str:
+    """A SQL string literal."""
+    return "'" + value.replace("'", "''") + "'"
+
+
+def _key(name: str) -> str:
+    return "." + (name if _IDENTIFIER.match(name) else f'"{name}"')
+
+
+@dataclass(frozen=True, slots=True)
+class _JPath:
+    """A JSON path: a static text (``$.a."b c"``) or a SQL expression (``q_j1.fullkey``)
+    followed by static text."""
+
+    prefix: str | None = None
+    suffix: str = ""
+
+    def child(self, name: str) -> _JPath:
+        return _JPath(self.prefix, self.suffix + _key(name))
+
+    def tag(self, tag: str) -> _JPath:
+        return _JPath(self.prefix, f'{self.suffix}."{tag}"')
+
+    def sql(self) -> str:
+        if self.prefix is None:
+            return _text("$" + self.suffix)
+        if not self.suffix:
+            return self.prefix
+        return f"{self.prefix} || {_text(self.suffix)}"
+
+
+def _extract(base: str, path: _JPath) -> str:
+    return f"json_extract({base}, {path.sql()})"
+
+
+def _comparable(base: str, path: _JPath, kind: str | None) -> str:
+    """The one expression a field of ``kind`` is compared, indexed and sorted by."""
+    if kind == "decimal":
+        return f"CAST({_extract(base, path.tag('$decimal'))} AS REAL)"
+    tag = TAGGED_KINDS.get(kind or "")
+    return _extract(base, path.tag(tag) if tag else path)
+
+
+_Leaf: TypeAlias = Callable[[str, _JPath, "str | None"], str]
+
+
+class _Compiler:
+    def __init__(self, collection: str | None, schema: Schema | None) -> None:
+        self.collection = collection
+        self.schema = schema
+        self.params: list[Any] = []
+        self.aliases = 0
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def param(self, value: Any) -> str:
+        # A marker, turned into "?" in text order by finish(): fragments are built inside
+        # out, so parameters cannot simply be appended as they are met.
+        self.params.append(value)
+        return f"\x00{len(self.params) - 1}\x00"
+
+    def finish(self, sql: str) -> tuple[str, list[Any]]:
+        ordered: list[Any] = []
+
+        def take(m: re.Match[str]) -> str:
+            ordered.append(self.params[int(m.group(1))])
+            return "?"
+
+        return _MARK.sub(take, sql), ordered
+
+    def alias(self, letter: str) -> str:
+        self.aliases += 1
+        return f"q_{letter}{self.aliases}"
+
+    # -- predicates --------------------------------------------------------------------
+
+    def node(self, node: Node) -> str:
+        if isinstance(node, TruePredicate):
+            return "1"
+        if isinstance(node, FalsePredicate):
+            return "0"
+        if isinstance(node, And):
+            return "(" + " AND ".join(self.node(i) for i in node.items) + ")" if node.items else "1"
+        if isinstance(node, Or):
+            return "(" + " OR ".join(self.node(i) for i in node.items) + ")" if node.items else "0"
+        if isinstance(node, Not):
+            return f"NOT coalesce({self.node(node.item)}, 0)"
+        if isinstance(node, Quantified):
+            pred = node.predicate
+            leaf = self.leaf(pred)
+            on_missing = leaf_test(pred)(MISSING)
+            if node.quantifier == "any":
+                return self.path_test(pred, leaf, on_missing)
+            if node.quantifier == "none":
+                return f"NOT coalesce({self.path_test(pred, leaf, on_missing)}, 0)"
+
+            def negated(base: str, path: _JPath, kind: str | None) -> str:
+                return f"NOT coalesce({leaf(base, path, kind)}, 0)"
+
+            return f"NOT coalesce({self.path_test(pred, negated, not on_missing)}, 0)"
+        return self.path_test(node, self.leaf(node), leaf_test(node)(MISSING))
+
+    def path_test(self, node: Compare | In | Between | StringOp | Exists, leaf: _Leaf, on_missing: bool) -> str:
+        target = node.path if isinstance(node, Exists) else node.left
+        names = target.path.names if isinstance(target, Count) else target.names
+        steps = resolve(self.collection, self.schema, names)
+        check_leaf(node, steps)
+        fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
+        return self.walk(_BODY, _JPath(), steps, 0, leaf, fan_leaf, on_missing)
+
+    def walk(self, base: str, path: _JPath, steps: Sequence[Step], i: int, leaf: _Leaf, fan_leaf: bool,
+             on_missing: bool) -> str:
+        """SQL for "the leaf test holds for some value steps[i:] lead to from (base, path)".
+
+        ``on_missing`` is the leaf test's result on a missing value, which is what every
+        remaining step yields from a null or missing list or link.
+        """
+        step = steps[i]
+        last = i == len(steps) - 1
+        child = path.child(step.name)
+        fan = step.may_fan_out and (fan_leaf or not last)
+
+        def after(at_base: str, at: _JPath, kind: str | None) -> str:
+            if last:
+                return leaf(at_base, at, None if kind == "mixed" else kind)
+            if step.is_link:
+                assert step.target is not None
+                return self.hop(at_base, at, step.target, steps, i + 1, leaf, fan_leaf, on_missing)
+            return self.walk(at_base, at, steps, i + 1, leaf, fan_leaf, on_missing)
+
+        if not fan:
+            return after(base, child, step.kind)
+        j = self.alias("j")
+        json_type = f"json_type({base}, {child.sql()})"
+        each = (f"EXISTS (SELECT 1 FROM json_each({base}, {child.sql()}) AS {j} "
+                f"WHERE {after(base, _JPath(f'{j}.fullkey'), step.item_kind)})")
+        if step.kind in LIST_KINDS:
+            # The schema says: an array, or null / missing (which yields one missing value).
+            fanned = f"({json_type} = 'array' AND {each})"
+            return f"({fanned} OR {json_type} IS NOT 'array')" if on_missing else fanned
+        return (f"(({json_type} = 'array' AND {each}) OR "
+                f"({json_type} IS NOT 'array' AND {after(base, child, step.kind)}))")
+
+    def hop(self, base: str, path: _JPath, target: str, steps: Sequence[Step], i: int, leaf: _Leaf,
+            fan_leaf: bool, on_missing: bool) -> str:
+        link = self.alias("l")
+        rest = self.walk(f"{link}.body", _JPath(), steps, i, leaf, fan_leaf, on_missing)
+        match = (f"{link}.collection = {self.param(target)} AND {link}.live = 1 "
+                 f"AND {link}.pk = ({base} -> {path.sql()})")
+        if on_missing:
+            # No linked document (null, missing or dangling link) counts as missing: true.
+            return f"NOT EXISTS (SELECT 1 FROM documents AS {link} WHERE {match} AND NOT coalesce({rest}, 0))"
+        return f"EXISTS (SELECT 1 FROM documents AS {link} WHERE {match} AND {rest})"
+
+    # -- leaf tests ----------------------------------------------------------------------
+
+    def leaf(self, node: Compare | In | Between | StringOp | Exists) -> _Leaf:
+        if isinstance(node, Exists):
+            return lambda base, path, kind: f"json_type({base}, {path.sql()}) IS NOT NULL"
+        if isinstance(node, StringOp):
+            op, arg, ci = node.op, bound_plain(node.right), node.case_insensitive
+            return lambda base, path, kind: self.string_test(base, path, kind, op, arg, ci)
+        if isinstance(node.left, Count):
+            return self.count_leaf(node)
+        if isinstance(node, Compare):
+            cop, value, ci = node.op, bound_plain(node.right), node.case_insensitive
+            return lambda base, path, kind: self.value_test(base, path, kind, cop, value, ci)
+        if isinstance(node, In):
+            options = bound_plain(node.values)
+            return lambda base, path, kind: self.in_test(base, path, kind, options)
+        low, high = bound_plain(node.low), bound_plain(node.high)
+        return lambda base, path, kind: (f"({self.value_test(base, path, kind, '>=', low, False)} AND "
+                                         f"{self.value_test(base, path, kind, '<=', high, False)})")
+
+    def value_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: Any, ci: bool) -> str:
+        if op == "!=":
+            return f"NOT coalesce({self.value_test(base, path, kind, '==', arg, ci)}, 0)"
+        fam = family(arg)
+        value = _extract(base, path)
+        json_type = f"json_type({base}, {path.sql()})"
+        if fam == "null":
+            if kind in TAGGED_KINDS:
+                return f"{_comparable(base, path, kind)} IS NULL"
+            return f"{value} IS NULL"
+        sql_op = _SQL_OP[op]
+        if fam == "bool":
+            test = f"{value} = {self.param(1 if arg else 0)}"
+            return test if kind == "bool" else f"({test} AND {json_type} IN ('true', 'false'))"
+        if fam == "string":
+            if ci:
+                test = f"lower({value}) {sql_op} {self.param(fold_ascii(arg))}"
+            else:
+                test = f"{value} {sql_op} {self.param(arg)}"
+            return test if kind == "str" else f"({test} AND {json_type} = 'text')"
+        if fam in _FAMILY_TAG:
+            tag = _FAMILY_TAG[fam]
+            return f"{_extract(base, path.tag(tag))} {sql_op} {self.param(arg[tag])}"
+        return self.number_test(base, path, kind, op, number_key(arg))
+
+    def number_test(self, base: str, path: _JPath, kind: str | None, op: str, number: int | float) -> str:
+        sql_op = _SQL_OP[op]
+        finite = not isinstance(number, float) or math.isfinite(number)
+        # A finite stored number compares with a non-finite argument the same way whatever
+        # its value, so that case folds to "is a finite number".
+        finite_holds = compare_numbers(0, op, number)
+        value = _extract(base, path)
+        is_number = f"json_type({base}, {path.sql()}) IN ('integer', 'real')"
+        parts: list[str] = []
+        if kind in (None, "int", "counter", "float", "link"):
+            if finite:
+                test = f"{value} {sql_op} {self.param(number)}"
+                # JSON text (strings, tagged values) sorts after every number in SQLite and
+                # true/false read as 1/0: guard unless the schema rules those out.
+                guard = kind in (None, "link") or (kind == "float" and op in (">", ">="))
+                parts.append(f"({test} AND {is_number})" if guard else test)
+            elif finite_holds:
+                parts.append(f"{value} IS NOT NULL" if kind in ("int", "counter") else is_number)
+        if kind in (None, "float"):
+            specials = [s for s in ("inf", "-inf", "nan") if compare_numbers(float(s), op, number)]
+            if specials:
+                listed = ", ".join(_text(s) for s in specials)
+                parts.append(f"{_extract(base, path.tag('$float'))} IN ({listed})")
+        if kind in (None, "decimal"):
+            text = _extract(base, path.tag("$decimal"))
+            finite_decimal = f"NOT ({text} GLOB '*[IN]*')"
+            if finite:
+                parts.append(f"({_comparable(base, path, 'decimal')} {sql_op} {self.param(number)} "
+                             f"AND {finite_decimal})")
+            elif finite_holds:
+                parts.append(f"({text} IS NOT NULL AND {finite_decimal})")
+        if not parts:
+            return "0"
+        return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+
+    def in_test(self, base: str, path: _JPath, kind: str | None, options: list[Any]) -> str:
+        if not options:
+            return "0"
+        families = {family(o) for o in options} - {"null"}
+        simple = {"str": "string", "int": "number", "counter": "number", "bool": "bool",
+                  "datetime": "date", "objectid": "oid", "uuid": "uuid"}
+        if kind in simple and families <= {simple[kind]} and all(
+                not isinstance(o, dict) or "$float" not in o for o in options):
+            # One typed field, one family: a plain IN the planner can serve from an index.
+            expr = _comparable(base, path, kind)
+            values = [o for o in options if o is not None]
+            tag = TAGGED_KINDS.get(kind or "")
+            if tag:
+                values = [o[tag] for o in values]
+            elif kind == "bool":
+                values = [1 if o else 0 for o in values]
+            else:
+                values = [number_key(o) if kind in ("int", "counter") else o for o in values]
+            parts = []
+            if values:
+                parts.append(f"{expr} IN ({', '.join(self.param(v) for v in values)})")
+            if len(values) < len(options):
+                parts.append(f"{expr} IS NULL")
+            return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
+        return "(" + " OR ".join(self.value_test(base, path, kind, "==", o, False) for o in options) + ")"
+
+    def string_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: str, ci: bool) -> str:
+        value = _extract(base, path)
+        subject = f"lower({value})" if ci else value
+        needle = fold_ascii(arg) if ci else arg
+        test: str | None
+        if op == "like":
+            # GLOB is case-sensitive and knows only * ? [ ; "[" is escaped as "[[]" so that
+            # only Realm's two wildcards act.
+            test = f"{subject} GLOB {self.param(needle.replace('[', '[[]'))}"
+        elif not needle:
+            test = None
+        elif op == "beginswith":
+            test = f"substr({subject}, 1, {len(needle)}) = {self.param(needle)}"
+        elif op == "endswith":
+            test = f"substr({subject}, {-len(needle)}) = {self.param(needle)}"
+        else:
+            test = f"instr({subject}, {self.param(needle)}) > 0"
+        is_text = f"json_type({base}, {path.sql()}) = 'text'"
+        if test is None:
+            return f"{value} IS NOT NULL" if kind == "str" else is_text
+        return test if kind == "str" else f"({test} AND {is_text})"
+
+    def count_leaf(self, node: Compare | In | Between) -> _Leaf:
+        def leaf(base: str, path: _JPath, kind: str | None) -> str:
+            size = self.size(base, path, kind)
+            if isinstance(node, Compare):
+                return self.size_test(size, node.op, bound_plain(node.right))
+            if isinstance(node, In):
+                options = bound_plain(node.values)
+                return "(" + " OR ".join(self.size_test(size, "==", o) for o in options) + ")" if options else "0"
+            return (f"({self.size_test(size, '>=', bound_plain(node.low))} AND "
+                    f"{self.size_test(size, '<=', bound_plain(node.high))})")
+        return leaf
+
+    def size_test(self, size: str, op: str, arg: Any) -> str:
+        if op == "!=":
+            return f"NOT coalesce({self.size_test(size, '==', arg)}, 0)"
+        number = number_key(arg)
+        if isinstance(number, float) and not math.isfinite(number):
+            return f"{size} IS NOT NULL" if compare_numbers(0, op, number) else "0"
+        return f"{size} {_SQL_OP[op]} {self.param(number)}"
+
+    def size(self, base: str, path: _JPath, kind: str | None) -> str:
+        json_type = f"json_type({base}, {path.sql()})"
+        array = f"json_array_length({base}, {path.sql()})"
+        text = f"length({_extract(base, path)})"
+        members = f"(SELECT count(*) FROM json_each({base}, {path.sql()}))"
+        if kind in LIST_KINDS:
+            return f"CASE WHEN {json_type} = 'array' THEN {array} END"
+        if kind == "str":
+            return text
+        if kind == "dict":
+            return f"CASE WHEN {json_type} = 'object' THEN {members} END"
+        # unknown: a tagged value ({"$date": ...}) is a scalar, not an object with one key
+        k = self.alias("k")
+        tagged = f"EXISTS (SELECT 1 FROM json_each({base}, {path.sql()}) AS {k} WHERE {k}.key GLOB '[$]*')"
+        return (f"CASE {json_type} WHEN 'array' THEN {array} WHEN 'text' THEN {text} "
+                f"WHEN 'object' THEN CASE WHEN {tagged} THEN NULL ELSE {members} END END")
+
+    # -- ordering and indexes ------------------------------------------------------------
+
+    def scalar(self, base: str, path: _JPath, steps: Sequence[Step], i: int, purpose: str,
+               inline: bool) -> str:
+        """The comparable expression of a path that does not fan out (sorting, indexing)."""
+        step = steps[i]
+        child = path.child(step.name)
+        last = i == len(steps) - 1
+        where = ".".join(s.name for s in steps[:i + 1])
+        if step.kind in LIST_KINDS:
+            raise QueryError(f"cannot {purpose} {where}: it is a {step.kind}")
+        if last:
+            kind = step.kind
+            if kind in ("object", "dict"):
+                raise QueryError(f"cannot {purpose} {where}: it is an {'embedded object' if kind == 'object' else kind}")
+            if kind == "link" and self.schema is not None and step.target is not None:
+                pk = self.schema[step.target].primary_key
+                pk_field = self.schema[step.target].field(pk) if pk else None
+                kind = pk_field.type.kind if pk_field is not None else None
+            return _comparable(base, child, None if kind == "mixed" else kind)
+        if step.is_link:
+            if not inline:
+                raise QueryError(f"cannot {purpose} {where}.…: it follows a link")
+            assert step.target is not None
+            link = self.alias("l")
+            rest = self.scalar(f"{link}.body", _JPath(), steps, i + 1, purpose, inline)
+            return (f"(SELECT {rest} FROM documents AS {link} WHERE {link}.collection = {_text(step.target)} "
+                    f"AND {link}.live = 1 AND {link}.pk = ({base} -> {child.sql()}))")
+        return self.scalar(base, child, steps, i + 1, purpose, inline)
+
+
+def _names(field_path: str | Sequence[str] | Path) -> tuple[str, ...]:
+    if isinstance(field_path, Path):
+        return field_path.names
+    if isinstance(field_path, str):
+        return Path.parse(field_path).names
+    return Path(tuple(field_path)).names
+
+
+def compile_sql(query: Query | Node, collection: str, schema: Schema | None = None) -> tuple[str, list[Any]]:
+    """Compile a bound query into a WHERE fragment over ``documents`` and its parameters.
+
+    Put the fragment in parentheses after the store's own conditions:
+    ``WHERE collection = ? AND live = 1 AND (<fragment>)``, parameters after the store's.
+
+    Args:
+        query: a bound :class:`Query` (or node).
+        collection: the queried collection; with ``schema``, fields are resolved from it.
+        schema: field types pick the comparable sub-paths, allow links to be followed and
+            let unknown fields and ill-typed comparisons fail here.
+
+    Raises:
+        QueryError: unknown field, comparison that does not fit the field, unbound ``$n``.
+    """
+    node = query.node if isinstance(query, Query) else query
+    compiler = _Compiler(collection, schema)
+    return compiler.finish(compiler.node(node))
+
+
+def compile_order(collection: str, sort_keys: Sequence[tuple[str, bool]], schema: Schema | None = None) -> str:
+    """The ORDER BY terms (without ``ORDER BY``) for ``(key_path, descending)`` pairs.
+
+    Typed fields sort by their comparable sub-path (datetimes by micros, decimals as REAL);
+    a to-one link can be followed (``technician.name``). Nulls and missing values sort
+    first ascending. Without a schema, mixed types sort as SQLite orders them (numbers <
+    text, where tagged values and lists count as text). Add a tie-breaker (e.g.
+    ``documents.rowid``) for a stable order. Returns ``""`` for no keys.
+
+    Raises:
+        QueryError: unknown field, or a key path through a list.
+    """
+    compiler = _Compiler(collection, schema)
+    terms = []
+    for key, descending in sort_keys:
+        steps = resolve(collection, schema, _names(key))
+        expr = compiler.scalar(_BODY, _JPath(), steps, 0, "sort by", inline=True)
+        terms.append(f"{expr} {'DESC' if descending else 'ASC'}")
+    return ", ".join(terms)
+
+
+def index_expression(collection: str, field_path: str | Sequence[str] | Path, schema: Schema | None) -> str:
+    """The expression :func:`compile_sql` reads ``field_path`` with, for ``CREATE INDEX``.
+
+    It names the column as a bare ``body`` (``CREATE INDEX`` rejects ``documents.body``;
+    SQLite still matches it with the queries' ``documents.body``). Create the index as::
+
+        CREATE INDEX ix_Task_status ON documents(collection, <expr>) WHERE live = 1
+
+    Equality, IN and range tests on the field then use it (see the EXPLAIN QUERY PLAN test
+    in ``tests/query/test_index_use.py``).
+
+    Raises:
+        QueryError: unknown field, or a path through a list or link (not indexable), or to an
+            embedded object or dictionary.
+    """
+    steps = resolve(collection, schema, _names(field_path))
+    return _Compiler(collection, schema).scalar("body", _JPath(), steps, 0, "index", inline=False)

@@ -1,0 +1,238 @@
+"""The server's ``/api/<app_id>/sync`` WebSocket: one :class:`ServerSession` per connection.
+
+A thin asyncio driver around the same sans-I/O :class:`~tidesync.protocol.link.Link` and
+:class:`~tidesync.protocol.replicator.Replicator` a device runs. Authority lives here, between
+events and actions, never inside the protocol:
+
+* the ``Hello``'s token is verified before the ``Hello`` reaches the replicator;
+* the requested scope is checked (partition sync needs a partition of the configured key);
+* every :class:`~tidesync.protocol.actions.Integrate` is checked before it reaches storage:
+  a transaction that writes outside the session's partition is refused and answered with a
+  ``CompensatingWrite`` (the rest of the batch is integrated);
+* after each integration the other sessions are woken (fan-out).
+
+Storage calls run in a worker thread (``asyncio.to_thread``) so a slow disk never stalls the
+event loop; the backend serializes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ..core.operations import CreateDoc
+from ..core.transaction import Transaction
+from ..core.values import canonical_json
+from ..errors import AuthError, PermissionDeniedError, SyncError
+from ..protocol.actions import Announce, Fail, Integrate, Notify, ReportProgress, Send
+from ..protocol.codes import ErrorCode
+from ..protocol.events import Closed, Connected, Failed, MessageReceived
+from ..protocol.link import Link
+from ..protocol.messages import CompensatedWrite, CompensatingWrite, Hello
+from ..protocol.replica import IntegrateResult
+from ..protocol.replicator import Replicator, perform
+from ..protocol.states import Role
+
+if TYPE_CHECKING:
+    from .app import ServerState
+
+__all__ = ["sync_endpoint", "ServerSession"]
+
+log = logging.getLogger("tidesync.server.sync")
+
+
+async def sync_endpoint(state: ServerState, websocket: WebSocket) -> None:
+    if websocket.path_params.get("app_id") != state.config.app_id:
+        await websocket.close(code=4404)
+        return
+    await websocket.accept()
+    session = ServerSession(state, websocket)
+    state.sessions.add(session)
+    try:
+        await session.run()
+    finally:
+        state.sessions.discard(session)
+
+
+class ServerSession:
+    """One client connection."""
+
+    def __init__(self, state: ServerState, websocket: WebSocket) -> None:
+        self.state = state
+        self.ws = websocket
+        self.link = Link(Role.ACCEPTOR, max_message_size=state.config.max_message_size)
+        self.replicator = Replicator(state.backend.replica_id, Role.ACCEPTOR,
+                                     info={"server": "tidesync", "app_id": state.config.app_id})
+        self.user: Any = None
+        self.partition: Any = None
+        self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._closing = False
+
+    def local_commit(self) -> None:
+        """The server's log grew: stream the new entries (called on the event loop)."""
+        self._inbox.put_nowait(("commit", None))
+
+    async def shutdown(self) -> None:
+        self._closing = True
+        self._inbox.put_nowait(("stop", None))
+
+    async def run(self) -> None:
+        reader = asyncio.create_task(self._read())
+        self.replicator.start()
+        try:
+            while True:
+                try:
+                    kind, item = await asyncio.wait_for(self._inbox.get(), timeout=1.0)
+                except TimeoutError:
+                    self.link.tick(int(time.monotonic() * 1000))
+                    await self._flush()
+                    if self.link.finished:
+                        break
+                    continue
+                if kind == "stop":
+                    break
+                if kind == "lost":
+                    self.link.connection_lost()
+                elif kind == "data":
+                    self.link.receive(item)
+                elif kind == "commit":
+                    if self.replicator.active:
+                        await self._execute(self.replicator.local_commit(
+                            await asyncio.to_thread(self.state.backend.head_seq)))
+                for event in self.link.events_received():
+                    await self._on_event(event)
+                await self._flush()
+                if self.link.finished:
+                    break
+        finally:
+            self.replicator.stop()
+            reader.cancel()
+            try:
+                await self.ws.close()
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                msg = await self.ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                data = msg.get("bytes")
+                if data is None:
+                    text = msg.get("text")
+                    data = text.encode() if isinstance(text, str) else b""
+                self._inbox.put_nowait(("data", data))
+        except (WebSocketDisconnect, RuntimeError):
+            pass
+        finally:
+            self._inbox.put_nowait(("lost", None))
+
+    async def _flush(self) -> None:
+        for payload in self.link.data_to_send():
+            try:
+                await self.ws.send_bytes(payload)
+            except Exception:  # noqa: BLE001 - the reader reports the loss
+                self.link.connection_lost()
+                return
+
+    async def _on_event(self, event: Any) -> None:
+        if isinstance(event, MessageReceived):
+            message = event.message
+            if isinstance(message, Hello):
+                error = self._admit(message)
+                if error is not None:
+                    self.link.fail(error)
+                    return
+            await self._execute(self.replicator.handle(message))
+        elif isinstance(event, Connected):
+            log.debug("session for user %s connected", getattr(self.user, "id", None))
+        elif isinstance(event, (Failed, Closed)):
+            self.replicator.stop()
+
+    def _admit(self, hello: Hello) -> SyncError | None:
+        """Authenticate the Hello and check its scope. Returns the error to fail with, if any."""
+        try:
+            self.user = self.state.tokens.verify(hello.token)
+        except AuthError as exc:
+            code = ErrorCode.TOKEN_EXPIRED if exc.code == "expired_token" else ErrorCode.AUTH_FAILED
+            return AuthError(exc.message, code=code)
+        scope = hello.scope
+        part = scope.get("partition")
+        if part is not None:
+            if part["key"] != self.state.config.partition_key:
+                return PermissionDeniedError(
+                    f"this server partitions by {self.state.config.partition_key!r}, not {part['key']!r}",
+                    code=ErrorCode.BAD_SCOPE)
+            self.partition = part["value"]
+        elif scope.get("subscriptions") is not None:
+            return PermissionDeniedError("flexible sync is not enabled on this server", code=ErrorCode.BAD_SCOPE)
+        elif not self.state.config.development_mode:
+            return PermissionDeniedError("a partition is required", code=ErrorCode.BAD_SCOPE)
+        return None
+
+    async def _execute(self, actions: list[Any]) -> None:
+        todo = list(actions)
+        while todo:
+            action = todo.pop(0)
+            if isinstance(action, Send):
+                if self.link.can_send(action.message):
+                    self.link.send(action.message)
+            elif isinstance(action, Fail):
+                self.link.fail(action.error)
+            elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
+                    "UploadComplete", "DownloadComplete"):
+                pass
+            elif isinstance(action, Integrate):
+                todo[0:0] = await self._integrate(action)
+            else:
+                todo[0:0] = await asyncio.to_thread(perform, action, self.state.backend, self.replicator)
+
+    async def _integrate(self, action: Integrate) -> list[Any]:
+        allowed, refused = await asyncio.to_thread(self._check_partition, action.txns)
+        result: IntegrateResult = await asyncio.to_thread(
+            self.state.backend.integrate, allowed, peer=action.peer, peer_seq=action.peer_seq)
+        if refused:
+            self.link.send(CompensatingWrite(tuple(refused)))
+        follow = self.replicator.integrated(result)
+        if result.applied:
+            self.state.notify_commit(self)
+        return follow
+
+    def _check_partition(self, txns: tuple[Transaction, ...]) -> tuple[list[Transaction], list[CompensatedWrite]]:
+        """Split a batch into what may be integrated and what writes outside the partition."""
+        if self.partition is None:
+            return list(txns), []
+        want = canonical_json(self.partition)
+        key = self.state.config.partition_key
+        backend = self.state.backend
+        allowed: list[Transaction] = []
+        refused: list[CompensatedWrite] = []
+        for t in txns:
+            bad: CompensatedWrite | None = None
+            for op in t.ops:
+                if isinstance(op, CreateDoc):
+                    value = op.fields.get(key)
+                    if canonical_json(value) != want:
+                        bad = CompensatedWrite(t.id, op.collection, op.key, "create", "partition",
+                                               f"document is in partition {value!r}, not {self.partition!r}")
+                        break
+                else:
+                    scope = backend.document_scope(op.collection, op.key)
+                    if scope is not None and scope != want:
+                        bad = CompensatedWrite(t.id, op.collection, op.key, "update", "partition",
+                                               "document belongs to another partition")
+                        break
+                    if getattr(op, "path", (None,))[0] == key:
+                        bad = CompensatedWrite(t.id, op.collection, op.key, "update", "partition",
+                                               "the partition key cannot change")
+                        break
+            if bad is None:
+                allowed.append(t)
+            else:
+                refused.append(bad)
+        return allowed, refused

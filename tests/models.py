@@ -48,3 +48,11 @@ class Gadget(tidesync.Model):
     amount: Decimal | None = None
     when: datetime | None = None
     name: str = ""
+
+
+class Ticket(tidesync.Model):
+    """A model that declares the partition field, as Device Sync apps often did."""
+
+    _id: str = tidesync.field(primary_key=True)
+    _partition: str | None = None
+    text: str = ""

@@ -10,6 +10,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from .client.app import App, Credentials, User
+from .client.session import Progress, SyncConfig, SyncSession
 from .core.merge import Policies
 from .core.models import Counter, EmbeddedModel, Mixed, Model, field
 from .core.objectid import ObjectId
@@ -39,6 +41,12 @@ __all__ = [
     "RevertResult",
     "IntegrateResult",
     "Policies",
+    "App",
+    "Credentials",
+    "User",
+    "SyncConfig",
+    "SyncSession",
+    "Progress",
     *_errors_all,
 ]
 
@@ -59,10 +67,11 @@ def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  #
     """
     db = Database(path, schema, encryption_key=encryption_key, policies=policies)
     if sync is not None:
+        from .client.session import attach_sync
+
         try:
-            from .client.session import attach_sync
-        except ImportError as exc:  # pragma: no cover - the client ships with the core
+            attach_sync(db, sync)
+        except BaseException:
             db.close()
-            raise exc
-        attach_sync(db, sync)
+            raise
     return db

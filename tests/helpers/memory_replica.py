@@ -1,15 +1,18 @@
 """An in-memory :class:`~tidesync.protocol.replica.Replica` for protocol tests.
 
-``MemoryReplica`` keeps a log, per-peer checkpoints, a descriptor table of what it announced,
-and documents merged by a small but real state-based CRDT (:class:`ToyDoc`): per top-level
-field last writer wins by stamp, delete wins, and the set of transaction ids that touched the
-document. Applying a transaction and joining states commute, so two replicas that saw the
-same transactions, by log or by snapshot, hold equal documents: the property the protocol must
-deliver. It counts how often each transaction was applied, so tests can show nothing was
-applied twice.
+``MemoryReplica`` keeps a log, per-peer checkpoints and documents. Documents are merged by
+one of two *doc models*:
 
-It is deliberately independent of ``tidesync.core.merge`` (protocol tests must not depend on
-the merge rules); the SQLite store and the server backends are the real implementations.
+* ``"toy"`` (default), :class:`ToyDoc`: a small but real state-based CRDT (per top-level field
+  last writer wins by stamp, delete wins, plus the set of transaction ids that touched the
+  document). Protocol tests use it so that they do not depend on the merge rules.
+* ``"core"``: the real merge core, :mod:`tidesync.core.merge` (``integrate`` per operation,
+  ``join`` for snapshots), for end-to-end checks of protocol and merge together.
+
+Either way, replicas that saw the same transactions, by log or by snapshot, hold equal
+documents: the property the protocol must deliver. The replica counts how often each
+transaction was applied, so tests can show nothing was applied twice. The SQLite store and
+the server backends are the real implementations of the Replica protocol.
 """
 
 from __future__ import annotations
@@ -105,6 +108,90 @@ class ToyDoc:
         return doc
 
 
+class ToyModel:
+    """Documents as :class:`ToyDoc`."""
+
+    name = "toy"
+
+    def new(self, collection: str, key: Plain) -> ToyDoc:
+        return ToyDoc(collection, key)
+
+    def apply(self, doc: ToyDoc, op: Op, txn_id: Stamp) -> ToyDoc:
+        doc.apply(op, txn_id)
+        return doc
+
+    def join(self, doc: ToyDoc, state: dict[str, Any], collection: str, key: Plain) -> tuple[ToyDoc, bool]:
+        return doc, doc.join(ToyDoc.from_state(collection, key, state))
+
+    def from_state(self, collection: str, key: Plain, state: dict[str, Any]) -> ToyDoc:
+        return ToyDoc.from_state(collection, key, state)
+
+    def to_state(self, doc: ToyDoc) -> dict[str, Any]:
+        return doc.to_state()
+
+    def txns(self, state: dict[str, Any]) -> list[str]:
+        return list(state["meta"]["txns"])
+
+    def live(self, doc: ToyDoc) -> bool:
+        return not doc.deleted
+
+    def body(self, doc: ToyDoc) -> dict[str, Plain]:
+        return doc.body
+
+    def comparable(self, doc: ToyDoc) -> Any:
+        return doc.to_state()
+
+
+class CoreModel:
+    """Documents as :class:`tidesync.core.merge.DocState`, merged by the real merge core."""
+
+    name = "core"
+
+    def new(self, collection: str, key: Plain) -> Any:
+        return None
+
+    def apply(self, doc: Any, op: Op, txn_id: Stamp) -> Any:
+        from tidesync.core import merge
+
+        state, _ = merge.integrate(doc, op)
+        return state
+
+    def join(self, doc: Any, state: dict[str, Any], collection: str, key: Plain) -> tuple[Any, bool]:
+        from tidesync.core import merge
+
+        incoming = self.from_state(collection, key, state)
+        if doc is None:
+            return incoming, True
+        joined = merge.join(doc, incoming, collection=collection)
+        return joined, merge.canonical_state(joined) != merge.canonical_state(doc)
+
+    def from_state(self, collection: str, key: Plain, state: dict[str, Any]) -> Any:
+        from tidesync.core import merge
+
+        return merge.DocState(state["epoch"], state["live"], state["body"], state["meta"]).copy()
+
+    def to_state(self, doc: Any) -> dict[str, Any]:
+        copy = doc.copy()
+        return {"epoch": copy.epoch, "live": copy.live, "body": copy.body, "meta": copy.meta}
+
+    def txns(self, state: dict[str, Any]) -> list[str]:
+        return []
+
+    def live(self, doc: Any) -> bool:
+        return bool(doc is not None and doc.live)
+
+    def body(self, doc: Any) -> dict[str, Plain]:
+        return dict(doc.body) if doc is not None else {}
+
+    def comparable(self, doc: Any) -> Any:
+        from tidesync.core import merge
+
+        return merge.canonical_state(doc) if doc is not None else None
+
+
+MODELS = {"toy": ToyModel, "core": CoreModel}
+
+
 class MemoryReplica:
     """An in-memory replica. Not thread-safe; every method is atomic by construction.
 
@@ -112,17 +199,22 @@ class MemoryReplica:
         rid: the replica id.
         wall_ms: the wall clock for stamps (injected; defaults to a constant, so stamps
             advance by their counter).
+        model: ``"toy"`` or ``"core"`` (see the module docstring).
     """
 
-    def __init__(self, rid: ReplicaId, *, wall_ms: Callable[[], int] | None = None) -> None:
+    def __init__(self, rid: ReplicaId, *, wall_ms: Callable[[], int] | None = None,
+                 model: str = "toy") -> None:
         self._replica_id = rid
+        self.model: Any = MODELS[model]()
         self.clock = HybridClock(rid, wall_ms or (lambda: 1_700_000_000_000))
         self.seq = 0
         self.log: dict[int, Transaction] = {}
         self.sizes: dict[int, int] = {}
         self.ids: dict[str, int] = {}
         self.applied: Counter[str] = Counter()
-        self.docs: dict[DocKey, ToyDoc] = {}
+        self.docs: dict[DocKey, Any] = {}
+        self.doc_names: dict[DocKey, tuple[str, Plain]] = {}
+        self.created_fields: dict[DocKey, dict[str, Plain]] = {}
         self.checkpoints: dict[ReplicaId, Checkpoint] = {}
         self.floor = 0
         self.snapshot_marks: list[tuple[int, ReplicaId]] = []
@@ -199,15 +291,15 @@ class MemoryReplica:
 
     def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int,
                       max_bytes: int) -> SnapshotPage:
-        keys = sorted(k for k, d in self.docs.items() if self._doc_in_scope(d, scope))
+        keys = sorted(k for k in self.docs if self._doc_in_scope(k, scope))
         if cursor is not None:
             assert isinstance(cursor, tuple)
             keys = [k for k in keys if k > cursor]
         page: list[SnapshotDoc] = []
         nbytes = 0
         for k in keys:
-            doc = self.docs[k]
-            item = SnapshotDoc(doc.collection, doc.key, doc.to_state())
+            collection, key = self.doc_names[k]
+            item = SnapshotDoc(collection, key, self.model.to_state(self.docs[k]))
             size = encoded_size(item.to_wire())
             if len(page) >= limit or (page and nbytes + size > max_bytes):
                 break
@@ -221,17 +313,15 @@ class MemoryReplica:
                            as_of_seq: int | None) -> SnapshotResult:
         changed = unchanged = 0
         for item in docs:
-            incoming = ToyDoc.from_state(item.collection, item.key, item.state)
             ref = (item.collection, canonical_json(item.key))
-            current = self.docs.get(ref)
-            if current is None:
-                self.docs[ref] = incoming
-                changed += 1
-            elif current.join(incoming):
-                changed += 1
+            self.doc_names.setdefault(ref, (item.collection, item.key))
+            if ref in self.docs:
+                self.docs[ref], did = self.model.join(self.docs[ref], item.state, item.collection, item.key)
             else:
-                unchanged += 1
-            for txn_id in incoming.txns:
+                self.docs[ref], did = self.model.from_state(item.collection, item.key, item.state), True
+            changed += did
+            unchanged += not did
+            for txn_id in self.model.txns(item.state):
                 self.ids.setdefault(txn_id, 0)  # known now, though not in our log
         if changed:
             # Our log does not hold what the snapshot brought: peers other than `peer` that
@@ -251,18 +341,29 @@ class MemoryReplica:
         """Commit a local transaction that creates the document or sets its fields."""
         ref = (collection, canonical_json(key))
         ops: list[Op] = []
-        if ref not in self.docs or self.docs[ref].deleted:
-            base = self.docs[ref].deleted if ref in self.docs else ZERO
+        doc = self.docs.get(ref)
+        if doc is None or not self.model.live(doc):
+            base = self._epoch(ref)
             ops.append(CreateDoc(collection, key, self.clock.now(), base,
                                  {"_id": key, **fields}, {}))
         else:
+            base = self._epoch(ref)
             for name, value in fields.items():
-                ops.append(SetValue(collection, key, self.clock.now(), ZERO, (name,), (), value))
+                ops.append(SetValue(collection, key, self.clock.now(), base, (name,), (), value))
         return self._commit(ops)
 
     def delete(self, collection: str, key: Plain) -> tuple[int, Transaction]:
         """Commit a local transaction that deletes the document."""
-        return self._commit([DeleteDoc(collection, key, self.clock.now(), ZERO)])
+        ref = (collection, canonical_json(key))
+        return self._commit([DeleteDoc(collection, key, self.clock.now(), self._epoch(ref))])
+
+    def _epoch(self, ref: DocKey) -> Stamp:
+        doc = self.docs.get(ref)
+        if doc is None:
+            return ZERO
+        if isinstance(doc, ToyDoc):
+            return doc.deleted if not self.model.live(doc) else ZERO
+        return Stamp(doc.epoch)
 
     def _commit(self, ops: list[Op]) -> tuple[int, Transaction]:
         first = ops[0].stamp
@@ -284,13 +385,13 @@ class MemoryReplica:
         """Ids of the transactions in this replica's log."""
         return {txn.id for txn in self.log.values()}
 
-    def state(self) -> dict[DocKey, dict[str, Any]]:
+    def state(self) -> dict[DocKey, Any]:
         """Every document's merge state: equal on replicas that saw the same transactions."""
-        return {k: d.to_state() for k, d in sorted(self.docs.items())}
+        return {k: self.model.comparable(d) for k, d in sorted(self.docs.items())}
 
     def bodies(self) -> dict[DocKey, dict[str, Plain]]:
         """Live documents' bodies."""
-        return {k: d.body for k, d in sorted(self.docs.items()) if not d.deleted}
+        return {k: self.model.body(d) for k, d in sorted(self.docs.items()) if self.model.live(d)}
 
     # ------------------------------------------------------------------ internals
 
@@ -305,8 +406,13 @@ class MemoryReplica:
         self.applied[txn.id] += 1
         for op in txn.ops:
             ref = (op.collection, canonical_json(op.key))
-            doc = self.docs.setdefault(ref, ToyDoc(op.collection, op.key))
-            doc.apply(op, txn.id)
+            self.doc_names.setdefault(ref, (op.collection, op.key))
+            if isinstance(op, CreateDoc):
+                self.created_fields.setdefault(ref, dict(op.fields))
+            doc = self.docs.get(ref)
+            if doc is None:
+                doc = self.model.new(op.collection, op.key)
+            self.docs[ref] = self.model.apply(doc, op, txn.id)
         self.heads = (txn.id,)
         return self.seq
 
@@ -319,18 +425,20 @@ class MemoryReplica:
             return True
         return any(mark > after and source != peer for mark, source in self.snapshot_marks)
 
-    def _doc_in_scope(self, doc: ToyDoc, scope: Scope) -> bool:
+    def _doc_in_scope(self, ref: DocKey, scope: Scope) -> bool:
         part = scope.get("partition")
         if part is None:
             return True
-        entry = doc.fields.get(part["key"])
-        return entry is not None and entry[1] == part["value"]
+        # A partition field is fixed at creation (as in Device Sync); a document known only
+        # from a snapshot is placed by its body.
+        fields = self.created_fields.get(ref)
+        if fields is None:
+            doc = self.docs.get(ref)
+            fields = self.model.body(doc) if doc is not None else {}
+        return part["key"] in fields and fields[part["key"]] == part["value"]
 
     def _in_scope(self, txn: Transaction, scope: Scope) -> bool:
         if "partition" not in scope:
             return True
-        for op in txn.ops:
-            doc = self.docs.get((op.collection, canonical_json(op.key)))
-            if doc is not None and self._doc_in_scope(doc, scope):
-                return True
-        return False
+        return any(self._doc_in_scope((op.collection, canonical_json(op.key)), scope)
+                   for op in txn.ops)

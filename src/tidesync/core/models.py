@@ -199,8 +199,8 @@ class _ModelBase:
         for name, hint in raw.items():
             if name.startswith("__") or _is_classvar(hint):
                 continue
-            if name.startswith("_") and name != "_id":
-                raise SchemaError(f"{cls.__name__}.{name}: field names may not start with '_' (except _id)")
+            if name.startswith("_ts_"):
+                raise SchemaError(f"{cls.__name__}.{name}: names starting with '_ts_' are tidesync's own")
             default = cls.__dict__.get(name, MISSING)
             spec = default if isinstance(default, FieldSpec) else FieldSpec(default=default)
             if isinstance(spec.default, (list, dict, set)):

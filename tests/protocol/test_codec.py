@@ -58,6 +58,7 @@ def test_every_message_round_trips(message: Message) -> None:
     assert decode(encode(message)) == message
 
 
+@settings(max_examples=50)
 @given(messages)
 def test_round_trip_with_compression_forced(message: Message) -> None:
     payload = encode(message, compress_threshold=0)
@@ -248,6 +249,7 @@ def test_arbitrary_bytes_never_escape_as_anything_but_protocol_errors(data: byte
         pass
 
 
+@settings(max_examples=60)
 @given(messages, st.data())
 def test_corrupted_payloads_decode_or_raise_protocol_error(message: Message, data: st.DataObject) -> None:
     payload = bytearray(encode(message, compress_threshold=data.draw(st.sampled_from([0, None]))))

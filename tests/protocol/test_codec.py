@@ -32,8 +32,11 @@ from tidesync.protocol import (
 from .strategies import messages, transactions
 
 RID = "00000000000000aa"
-settings.register_profile("protocol", deadline=None, suppress_health_check=[HealthCheck.too_slow])
-settings.load_profile("protocol")
+
+def fast(max_examples: int = 100) -> settings:
+    """Hypothesis settings for these tests (no deadline: CI machines are busy)."""
+    return settings(max_examples=max_examples, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow])
 
 
 def envelope(*items: Any) -> bytes:
@@ -53,25 +56,26 @@ def code_of(payload: bytes, **kwargs: Any) -> str:
 # ---------------------------------------------------------------- round trips
 
 
+@fast()
 @given(messages)
 def test_every_message_round_trips(message: Message) -> None:
     assert decode(encode(message)) == message
 
 
-@settings(max_examples=50)
+@fast(50)
 @given(messages)
 def test_round_trip_with_compression_forced(message: Message) -> None:
     payload = encode(message, compress_threshold=0)
     assert decode(payload) == message
 
 
-@settings(max_examples=50)
+@fast(50)
 @given(messages)
 def test_encoding_is_deterministic(message: Message) -> None:
     assert encode(message) == encode(decode(encode(message)))
 
 
-@settings(max_examples=25)
+@fast(25)
 @given(st.lists(transactions(), min_size=1, max_size=3))
 def test_changes_round_trip_preserves_transactions(txns: list[Any]) -> None:
     entries = tuple((i + 1, t) for i, t in enumerate(txns))
@@ -241,6 +245,7 @@ def test_error_defaults_its_action_from_the_code() -> None:
     assert decode(raw("error", {"code": "from_the_future"})).action is ErrorAction.RETRY  # type: ignore[union-attr]
 
 
+@fast()
 @given(st.binary(max_size=300))
 def test_arbitrary_bytes_never_escape_as_anything_but_protocol_errors(data: bytes) -> None:
     try:
@@ -249,7 +254,7 @@ def test_arbitrary_bytes_never_escape_as_anything_but_protocol_errors(data: byte
         pass
 
 
-@settings(max_examples=60)
+@fast(60)
 @given(messages, st.data())
 def test_corrupted_payloads_decode_or_raise_protocol_error(message: Message, data: st.DataObject) -> None:
     payload = bytearray(encode(message, compress_threshold=data.draw(st.sampled_from([0, None]))))

@@ -350,7 +350,7 @@ class SyncSession:
                 for payload in ws:
                     if isinstance(payload, str):
                         payload = payload.encode()
-                    inbox.put(("data", payload))
+                    inbox.put(("data", (ws, payload)))
             except Exception:  # noqa: BLE001 - any socket end is a lost connection
                 pass
             inbox.put(("lost", ws))
@@ -390,7 +390,10 @@ class SyncSession:
                 elif kind == "commit":
                     self._execute(replicator.local_commit(self._db.head_seq()), link, replicator)
                 elif kind == "data":
-                    link.receive(item)
+                    source, payload = item
+                    if source is not ws:
+                        continue  # left over from an earlier connection
+                    link.receive(payload)
                 for event in link.events_received():
                     if isinstance(event, MessageReceived):
                         self._execute(replicator.handle(event.message), link, replicator)
@@ -399,6 +402,7 @@ class SyncSession:
                         self._server_id = event.welcome.replica_id
                         self._db._set_setting_atomic("sync_server_id", self._server_id)
                         self._acked = self._checkpoint_acked()
+                        self._adopt_policies(event.welcome.session.get("policies"))
                         self._set_connection("connected")
                     elif isinstance(event, Failed):
                         replicator.stop()
@@ -414,6 +418,25 @@ class SyncSession:
                 ws.close()
             except Exception:  # noqa: BLE001
                 pass
+
+    def _adopt_policies(self, text: Any) -> None:
+        """Use the server's named conflict policies when the app set none of its own, so this
+        replica merges exactly as the server does."""
+        if not isinstance(text, str) or self._db._policies is not None:
+            return
+        try:
+            named = json.loads(text)
+        except ValueError:
+            return
+        if not named:
+            return
+        from ..core.merge import Policies
+
+        rules = {tuple(k.split(".", 1)): v for k, v in named.items() if isinstance(k, str) and "." in k}
+        try:
+            self._db._policies = Policies(rules)  # type: ignore[arg-type]
+        except ValueError:
+            log.warning("the server sent conflict policies this client does not know: %r", named)
 
     def _on_failure(self, error: SyncError) -> None:
         if isinstance(error, AuthError) or error.action == "reauthenticate":

@@ -57,11 +57,12 @@ class ServerState:
     async def list_conflicts(self, limit: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.backend.conflicts, limit)
 
-    def notify_commit(self, origin_session: Any) -> None:
-        """Wake every other sync session: the server's log grew."""
+    def notify_commit(self, origin_session: Any = None) -> None:
+        """Wake every sync session: the server's log grew. The session that uploaded is woken
+        too, so its client's checkpoint moves past its own (filtered-out) transactions and its
+        download can complete."""
         for s in list(self.sessions):
-            if s is not origin_session:
-                s.local_commit()
+            s.local_commit()
 
     def close(self) -> None:
         self.backend.close()

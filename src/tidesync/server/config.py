@@ -18,7 +18,7 @@ from typing import Any
 from ..core.merge import Policies
 from ..errors import UsageError
 
-__all__ = ["ServerConfig", "load_config"]
+__all__ = ["ServerConfig", "load_config", "policies_from_config", "named_policies"]
 
 
 @dataclass
@@ -90,7 +90,7 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         cfg.refresh_token_ttl = int(auth.get("refresh_token_ttl", cfg.refresh_token_ttl))
         conflicts = data.get("conflicts", {})
         if conflicts:
-            cfg.policies = Policies.from_config(conflicts) if hasattr(Policies, "from_config") else None
+            cfg.policies = policies_from_config(conflicts)
         server = data.get("server", {})
         if "data_dir" in server:
             cfg.data_dir = Path(server["data_dir"])
@@ -98,3 +98,44 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         if value is not None:
             setattr(cfg, key, Path(value) if key == "data_dir" else value)
     return cfg
+
+
+def policies_from_config(table: dict[str, Any]) -> Policies:
+    """Build conflict policies from the ``[conflicts]`` table of tidesync.toml.
+
+    Keys are ``"Collection.field"`` (or ``"Collection.*"``); values are ``"lww"``, ``"max"``,
+    ``"min"``, ``"union"`` or ``"package.module:function"`` naming a Python function
+    ``f(field, a, b) -> a or b`` (see docs/merge-rules.md for what it must guarantee).
+
+    Raises:
+        UsageError: a key or value is malformed, or the function cannot be imported.
+    """
+    import importlib
+
+    rules: dict[tuple[str, str], Any] = {}
+    for key, value in table.items():
+        if "." not in key:
+            raise UsageError(f"conflict policy key {key!r} must be 'Collection.field' or 'Collection.*'")
+        collection, fname = key.split(".", 1)
+        if not isinstance(value, str):
+            raise UsageError(f"conflict policy for {key} must be a string")
+        if ":" in value:
+            module_name, func_name = value.split(":", 1)
+            try:
+                policy: Any = getattr(importlib.import_module(module_name), func_name)
+            except (ImportError, AttributeError) as exc:
+                raise UsageError(f"cannot import conflict policy {value!r} for {key}: {exc}") from exc
+        else:
+            policy = value
+        rules[(collection, fname)] = policy
+    try:
+        return Policies(rules)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def named_policies(policies: Policies | None) -> dict[str, str]:
+    """The named (non-function) rules of ``policies`` as ``{"Collection.field": name}``."""
+    if policies is None:
+        return {}
+    return {f"{c}.{f}": p for (c, f), p in policies._rules.items() if isinstance(p, str)}

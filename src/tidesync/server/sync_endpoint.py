@@ -18,6 +18,7 @@ event loop; the backend serializes them.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -65,8 +66,11 @@ class ServerSession:
         self.state = state
         self.ws = websocket
         self.link = Link(Role.ACCEPTOR, max_message_size=state.config.max_message_size)
+        from .config import named_policies
+
         self.replicator = Replicator(state.backend.replica_id, Role.ACCEPTOR,
-                                     info={"server": "tidesync", "app_id": state.config.app_id})
+                                     info={"server": "tidesync", "app_id": state.config.app_id,
+                                           "policies": json.dumps(named_policies(state.config.policies))})
         self.user: Any = None
         self.partition: Any = None
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()

@@ -26,7 +26,7 @@ from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
     value_to_plain,
 )
-from ..core.operations import CreateDoc, DeleteDoc
+from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
@@ -718,7 +718,10 @@ class Database(ReplicaStore):
                     if d is None:
                         d = self._load_doc(op.collection, op.key, ref)
                         docs[ref] = d
+                    overwritten = _register_write(d.state, op)
                     d.state, c = merge.integrate(d.state, op, self._policies)
+                    if overwritten is not None:
+                        c = c + self._concurrent_overwrite(t, op, d.state, *overwritten)
                     d.dirty = True
                     touched.append(d)
                     if c:
@@ -741,6 +744,47 @@ class Database(ReplicaStore):
                 "DO UPDATE SET received = excluded.received", (peer, peer_seq))
         self._set_setting("clock", self._clock.last)
         return IntegrateResult(applied, dups, (), nconf, last_seq)
+
+    def _concurrent_overwrite(self, t: Transaction, op: Any, state: merge.DocState, old_stamp: str,
+                              old_value: Plain) -> list[merge.Conflict]:
+        """A conflict record when ``op`` (of ``t``) replaced a value its writer had not seen.
+
+        The merge core records a conflict when the losing write arrives last; when the
+        winner arrives last it cannot tell a later edit from a concurrent one. Here the log can:
+        the overwritten write was concurrent unless its transaction is an ancestor of ``t``.
+        """
+        name = op.path[0]
+        new_value = state.body.get(name)
+        if not state.live or new_value == old_value or new_value != (op.value if isinstance(op, SetValue) else None):
+            return []
+        if self._is_ancestor(old_stamp, t):
+            return []
+        return [merge.Conflict(op.collection, op.key, (name,), "lww", new_value, op.stamp, old_value, old_stamp)]
+
+    def _is_ancestor(self, stamp: str, t: Transaction, budget: int = 2000) -> bool:
+        """Is the write stamped ``stamp`` in the causal past of transaction ``t``?"""
+        origin = stamp[18:]
+        if origin == t.origin:
+            return True  # a replica's own writes are causally ordered
+        rows = self._engine.query("SELECT id FROM log WHERE origin = ? AND id <= ? ORDER BY id DESC LIMIT 1",
+                                  (origin, stamp))
+        if not rows:
+            return False
+        target = rows[0][0]
+        todo = list(t.parents)
+        seen: set[str] = set()
+        while todo and budget > 0:
+            tid = todo.pop()
+            if tid in seen or tid < target:
+                continue
+            seen.add(tid)
+            budget -= 1
+            if tid[18:] == origin and tid >= target:
+                return True
+            found = self._engine.query("SELECT data FROM descriptors WHERE id = ?", (tid,))
+            if found:
+                todo.extend(msgpack.unpackb(found[0][0], raw=False).get("parents", []))
+        return budget <= 0  # out of budget: assume it was seen rather than report a false conflict
 
     # -- history and revert ----------------------------------------------------------------
 
@@ -863,6 +907,26 @@ class Database(ReplicaStore):
     def stored_schema(self) -> Schema:
         """The file's schema: this client's models plus anything earlier clients declared."""
         return self._merged_schema
+
+
+def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:
+    """For a top-level field write that would replace another replica's value: (its stamp, value)."""
+    if not isinstance(op, (SetValue, Unset)) or len(op.path) != 1 or not state.live:
+        return None
+    name = op.path[0]
+    meta = state.meta
+    if "*" in meta:
+        if name in (meta.get("*k") or {}) or name not in state.body:
+            return None
+        old = meta["*"]
+    else:
+        key = (meta.get("r") or {}).get(name)
+        if not key or key[0] != "1" or name in (meta.get("c") or {}):
+            return None
+        old = key[1:]
+    if old[18:] == op.stamp[18:] or old >= op.stamp:
+        return None
+    return old, state.body.get(name)
 
 
 def _changes_of(t: Transaction) -> tuple[Change, ...]:

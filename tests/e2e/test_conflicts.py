@@ -1,0 +1,156 @@
+"""Conflicts resolve by the merge rules end to end; policies; resolved conflicts are listed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.request
+
+import pytest
+
+import tidesync
+from tests.helpers.servers import ROOT, running_server, synced_db
+from tests.models import WorkOrder
+
+pytestmark = pytest.mark.slow
+T = 20
+
+
+def _sync_all(*dbs):
+    # One after the other, so the server receives the earlier-stamped write first and the
+    # conflict is detected from the later arrival of the winner (the harder case).
+    for db in dbs:
+        db.sync_session.resume()
+        db.sync_session.wait_for_upload_completion(timeout=T)
+    for db in dbs:
+        db.sync_session.wait_for_download_completion(timeout=T)
+
+
+def _offline_pair(server, tmp_path):
+    a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
+    b = synced_db(tmp_path / "b.db", server.url, [WorkOrder])
+    with a.write():
+        wo = a.create(WorkOrder, title="start", tags=["a"], labels={"x"}, notes={"k": "v"}, priority=1)
+    _sync_all(a, b)
+    a.sync_session.pause()
+    b.sync_session.pause()
+    return a, b, wo._id
+
+
+def test_concurrent_offline_edits_merge_by_the_rules(tmp_path):
+    with running_server(tmp_path / "s") as server:
+        a, b, pk = _offline_pair(server, tmp_path)
+        try:
+            wa, wb = a.get(WorkOrder, pk), b.get(WorkOrder, pk)
+            with a.write():
+                wa.title = "title from a"           # earlier stamp
+                wa.status = "done"                   # a different field: both survive
+                wa.tags.append("from-a")
+                wa.labels.add("a-label")
+                wa.notes["k"] = "a"
+                wa.visits.increment(2)
+            with b.write():
+                wb.title = "title from b"           # later stamp: wins
+                wb.tags.append("from-b")
+                wb.labels.discard("x")
+                wb.notes["other"] = "b"
+                wb.visits.increment(3)
+            _sync_all(a, b)
+            for db in (a, b):
+                w = db.get(WorkOrder, pk)
+                assert w.title == "title from b"
+                assert w.status == "done"
+                assert sorted(w.tags) == ["a", "from-a", "from-b"] and w.tags[0] == "a"
+                assert set(w.labels) == {"a-label"}
+                assert dict(w.notes) == {"k": "a", "other": "b"}
+                assert w.visits == 5
+            assert list(a.get(WorkOrder, pk).tags) == list(b.get(WorkOrder, pk).tags)
+            conflicts = server.app.state.tidesync.backend.conflicts()
+            assert any(c["path"] == "title" and c["winner"] == "title from b" and c["loser"] == "title from a"
+                       for c in conflicts), conflicts
+        finally:
+            a.close()
+            b.close()
+
+
+def test_delete_wins_over_a_concurrent_update(tmp_path):
+    with running_server(tmp_path / "s") as server:
+        a, b, pk = _offline_pair(server, tmp_path)
+        try:
+            with a.write():
+                a.delete(a.get(WorkOrder, pk))
+            with b.write():
+                b.get(WorkOrder, pk).title = "edited later, while it was being deleted"
+            _sync_all(a, b)
+            assert a.get(WorkOrder, pk) is None and b.get(WorkOrder, pk) is None
+        finally:
+            a.close()
+            b.close()
+
+
+def test_concurrent_creates_of_one_id_merge(tmp_path):
+    with running_server(tmp_path / "s") as server:
+        a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
+        b = synced_db(tmp_path / "b.db", server.url, [WorkOrder])
+        try:
+            a.sync_session.pause()
+            b.sync_session.pause()
+            pk = tidesync.ObjectId()
+            with a.write():
+                a.create(WorkOrder, _id=pk, title="a", tags=["ta"])
+            with b.write():
+                b.create(WorkOrder, _id=pk, title="b", priority=7, tags=["tb"])
+            _sync_all(a, b)
+            for db in (a, b):
+                w = db.get(WorkOrder, pk)
+                assert w.title == "b" and w.priority == 7 and sorted(w.tags) == ["ta", "tb"]
+        finally:
+            a.close()
+            b.close()
+
+
+def test_server_policy_max_applies_everywhere(tmp_path):
+    policies = tidesync.Policies({("WorkOrder", "priority"): "max"})
+    with running_server(tmp_path / "s", policies=policies) as server:
+        a, b, pk = _offline_pair(server, tmp_path)
+        try:
+            with a.write():
+                a.get(WorkOrder, pk).priority = 9   # earlier, but larger
+            with b.write():
+                b.get(WorkOrder, pk).priority = 3   # later, smaller
+            _sync_all(a, b)
+            assert a.get(WorkOrder, pk).priority == 9 == b.get(WorkOrder, pk).priority
+            assert server.app.state.tidesync.backend.conflicts()[0]["rule"] in ("max", "policy:max")
+        finally:
+            a.close()
+            b.close()
+
+
+def test_conflicts_are_listed_by_the_api_and_the_cli(tmp_path):
+    with running_server(tmp_path / "s") as server:
+        a, b, pk = _offline_pair(server, tmp_path)
+        try:
+            with a.write():
+                a.get(WorkOrder, pk).title = "one"
+            with b.write():
+                b.get(WorkOrder, pk).title = "two"
+            _sync_all(a, b)
+            token = a.sync_session.config.user.access_token
+            req = urllib.request.Request(f"{server.url}/api/default/conflicts",
+                                         headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                listed = json.loads(resp.read())["conflicts"]
+            assert listed[0]["winner"] == "two" and listed[0]["loser"] == "one"
+            assert listed[0]["winner_stamp"] > listed[0]["loser_stamp"]
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(f"{server.url}/api/default/conflicts", timeout=10)
+            assert info.value.code == 401
+            info.value.close()
+        finally:
+            a.close()
+            b.close()
+    out = subprocess.run([sys.executable, "-m", "tidesync", "conflicts", "--data", str(tmp_path / "s"), "--json"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
+    rows = json.loads(out.stdout)
+    assert rows[0]["path"] == "title" and rows[0]["winner"] == "two"

@@ -345,3 +345,26 @@ def test_snapshot_pages_must_be_in_order() -> None:
     r, _ = active_acceptor()
     [fail] = r.handle(Snapshot(1, (), 4, True))
     assert isinstance(fail, Fail) and fail.error.code == "sequence_gap"
+
+
+# ---------------------------------------------------------------- regressions
+
+
+def test_descriptor_lookahead_does_not_spin_on_a_compacted_range() -> None:
+    """Found by test_simulation (seed 1): read_descriptors on a compacted range returns no
+    progress; the replicator asked again from the same place, forever."""
+    r, actions = active_acceptor(descriptor_lookahead=4)
+    assert of(actions, ReadDescriptors) == [ReadDescriptors(0, 4, SCOPE, PEER)]
+    assert r.descriptors_read(DescriptorBatch((), 0, 30)) == []  # stuck: do not ask again
+    assert of(r.local_commit(31), ReadDescriptors) == []
+    # the data stream snapshots, then continues; lookahead resumes from the new position
+    r.log_read(LogBatch((), 0, 31, snapshot_required=True))
+    r.snapshot_read(SnapshotPage((doc(1),), None, 31))
+    r.handle(Ack(31, snapshot_page=0))
+    assert of(r.local_commit(35), ReadDescriptors) == [ReadDescriptors(31, 4, SCOPE, PEER)]
+
+
+def test_a_replica_read_that_makes_no_progress_is_a_local_bug() -> None:
+    r, _ = active_acceptor()
+    with pytest.raises(UsageError):
+        r.log_read(LogBatch((), 0, 10))

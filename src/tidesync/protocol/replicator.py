@@ -564,12 +564,14 @@ class Replicator:
         """The result of an :class:`~.actions.IntegrateSnapshot` (in issue order)."""
         if not self._in_pending or self._in_pending[0][0] != "snapshot":
             raise UsageError("snapshot_integrated() without a pending IntegrateSnapshot")
-        _, page, as_of, _, done = self._in_pending.popleft()
+        _, page, as_of, progress, done = self._in_pending.popleft()
         if done:
             self._in_durable = as_of
+        report = ReportProgress(DOWNLOAD, progress.sent, max(progress.total, progress.sent),
+                                progress.sent_bytes, max(progress.total_bytes, progress.sent_bytes))
         if self.closed:
-            return []
-        return [Send(Ack(self._in_durable, snapshot_page=page))]
+            return [report]
+        return [Send(Ack(self._in_durable, snapshot_page=page)), report]
 
 
 def perform(action: Action, replica: Replica, replicator: Replicator) -> list[Action]:

@@ -510,6 +510,12 @@ class Database(ReplicaStore):
             return None
         return self._managed(cls, obj, key, ref)
 
+    def get_raw(self, collection: str, pk: Any) -> dict[str, Any] | None:
+        """A live document as plain Python values, without a model (e.g. on the server)."""
+        self._check_open()
+        body = self._body_of((collection, canonical_json(to_plain(pk))))
+        return from_plain(body) if body is not None else None
+
     def delete(self, target: Any) -> None:
         """Delete an object, or every object of a query result or an iterable of objects."""
         txn = self._current_txn()

@@ -19,6 +19,7 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 types: $(STAMP)
 	$(BIN)/mypy

@@ -51,14 +51,16 @@ def run_demo(url: str, folder: Path) -> None:
         _show("phone", b)
         a.sync_session.pause()
         b.sync_session.pause()
+        on_a, on_b = a.get(WorkOrder, wo._id), b.get(WorkOrder, wo._id)
+        assert on_a is not None and on_b is not None
         with a.write():
-            a.get(WorkOrder, wo._id).status = "in progress"
-            a.get(WorkOrder, wo._id).tags.append("tablet")
-            a.get(WorkOrder, wo._id).visits.increment(1)
+            on_a.status = "in progress"
+            on_a.tags.append("tablet")
+            on_a.visits.increment(1)
         with b.write():
-            b.get(WorkOrder, wo._id).priority = 3
-            b.get(WorkOrder, wo._id).tags.append("phone")
-            b.get(WorkOrder, wo._id).visits.increment(1)
+            on_b.priority = 3
+            on_b.tags.append("phone")
+            on_b.visits.increment(1)
         print("2. both went offline and edited the same work order:")
         _show("tablet", a)
         _show("phone ", b)

@@ -359,11 +359,11 @@ def _field_type(owner: str, name: str, hint: Any, *, element: bool = False) -> F
     nullable = False
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) != 1:
+        members = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(members) != 1:
             raise SchemaError(f"{owner}.{name}: unions other than `X | None` are not supported; use tidesync.Mixed")
         nullable = True
-        hint = args[0]
+        hint = members[0]
         origin = typing.get_origin(hint)
     if hint is Any:
         return FieldType("mixed", nullable=True)
@@ -376,7 +376,7 @@ def _field_type(owner: str, name: str, hint: Any, *, element: bool = False) -> F
     if origin in (list, set, dict):
         if element:
             raise SchemaError(f"{owner}.{name}: collections inside collections are not supported; use Mixed")
-        args = typing.get_args(hint)
+        args: tuple[Any, ...] = typing.get_args(hint)
         if origin is dict:
             if len(args) != 2 or args[0] is not str:
                 raise SchemaError(f"{owner}.{name}: dictionaries must be dict[str, T]")
@@ -404,7 +404,7 @@ def _field_type(owner: str, name: str, hint: Any, *, element: bool = False) -> F
 
 def schema_of(cls: type[_ModelBase]) -> ObjectSchema:
     """The :class:`ObjectSchema` of a model class (computed once, on first use)."""
-    cached = cls.__dict__.get("__ts_schema__")
+    cached: ObjectSchema | None = cls.__dict__.get("__ts_schema__")
     if cached is not None:
         return cached
     hints = _resolve_hints(cls)

@@ -51,7 +51,8 @@ def routes_for(state: ServerState) -> list[Any]:
         if request.path_params.get("app_id") != state.config.app_id:
             return error_response(404, "app_not_found", f"no app {request.path_params.get('app_id')!r} here")
         try:
-            return await handler(request)
+            response: JSONResponse = await handler(request)
+            return response
         except _HttpError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except AuthError as exc:

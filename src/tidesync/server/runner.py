@@ -81,7 +81,6 @@ def start_server(config: ServerConfig | None = None, *, timeout: float = 20) -> 
     config.port = port
     app = create_app(config)
     server = uvicorn.Server(_uvicorn_config(app, config, port))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     thread = threading.Thread(target=lambda: asyncio.run(server.serve()), name="tidesync-server", daemon=True)
     thread.start()
     deadline = time.monotonic() + timeout

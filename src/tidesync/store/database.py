@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 import msgpack
 
@@ -41,6 +41,9 @@ from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, MIGRATIONS
 from .writer import LoadedDoc, WriteTransaction
+
+if TYPE_CHECKING:
+    from .results import Results
 
 __all__ = ["Database", "HistoryEntry", "Change", "RevertResult", "IntegrateResult"]
 
@@ -765,7 +768,7 @@ class Database(ReplicaStore):
             return []
         if self._is_ancestor(old_stamp, t):
             return []
-        return [merge.Conflict(op.collection, op.key, (name,), "lww", new_value, op.stamp, old_value, old_stamp)]
+        return [merge.Conflict(op.collection, op.key, (name,), "lww", new_value, op.stamp, old_value, Stamp(old_stamp))]
 
     def _is_ancestor(self, stamp: str, t: Transaction, budget: int = 2000) -> bool:
         """Is the write stamped ``stamp`` in the causal past of transaction ``t``?"""

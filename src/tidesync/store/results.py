@@ -185,11 +185,13 @@ class Results(Generic[M]):
         of those fields changed. Callbacks run on the database's notifier thread; see
         docs/listeners.md. Returns a token: ``token.remove()`` stops the calls.
         """
-        return self._db._listener_hub().add_results(self, callback, key_paths)
+        token: ListenerToken = self._db._listener_hub().add_results(self, callback, key_paths)
+        return token
 
     def changes(self, *, key_paths: Sequence[str] | None = None, max_queue: int = 100) -> AsyncIterator[ChangeSet]:
         """An async iterator of change sets: ``async for changes in results.changes(): ...``."""
-        return self._db._listener_hub().results_changes(self, key_paths, max_queue)
+        changes: AsyncIterator[ChangeSet] = self._db._listener_hub().results_changes(self, key_paths, max_queue)
+        return changes
 
     def subscribe(self, name: str | None = None, *, wait_for: str = "first_time", timeout: float | None = None) -> Results[M]:
         """Subscribe to these results with flexible sync (see the flexible-sync docs)."""

@@ -132,7 +132,8 @@ class RecordAck:
 
 @dataclass(frozen=True, slots=True)
 class ReportProgress:
-    """Progress of one direction on this connection (counts of transactions and bytes).
+    """Progress of one direction on this connection (counts of transactions and bytes; while
+    a snapshot is being received, of its documents).
 
     ``transferred`` counts what the receiving side has integrated (for uploads: acknowledged);
     ``transferable`` is ``transferred`` plus the sender's estimate of what remains.

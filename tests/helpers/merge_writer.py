@@ -290,8 +290,15 @@ class SimReplica:
             self._emit(SetContainer(COLLECTION, key, stamp, s.epoch, ("site", "lines"), epochs(s, ("site",)),
                                     "list", stamp), out)
             self._list_insert(key, ("site", "lines"), out)
-        elif container_kind(s, ("site", "lines")) == "list":
+        elif r < 0.88 and container_kind(s, ("site", "lines")) == "list":
             self._list_insert(key, ("site", "lines"), out)
+        elif container_kind(s, ("site", "geo")) == "object" and rng.random() < 0.7:
+            self._emit(SetValue(COLLECTION, key, self._now(), s.epoch, ("site", "geo", rng.choice(["lat", "lon"])),
+                                epochs(s, ("site", "geo")), rng.randint(0, 90)), out)
+        else:
+            stamp = self._now()
+            self._emit(SetContainer(COLLECTION, key, stamp, s.epoch, ("site", "geo"), epochs(s, ("site",)),
+                                    "object", stamp), out)
 
     def _policy_field(self, key: Plain, out: list[Op]) -> None:
         rng = self.rng

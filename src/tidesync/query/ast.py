@@ -13,14 +13,17 @@ Meaning of a key path (the rule every compiler keeps):
 * A step whose value is a **list** (or set) *fans out*: the rest of the path applies to each
   element, and a test holds if it holds for **any** element. This is Realm's implicit ANY
   (``tags == 'x'``) and MongoDB's array matching (``{"tags": "x"}``). Each step fans out
-  at most once (a list inside a list is one element). A missing or null list behaves as a
-  single null value, as in MongoDB.
+  at most once (a list inside a list is one element). Where the schema says a field is a
+  list or set, a null or missing one is empty (as in Realm); where the type is not known
+  (no schema, ``mixed``), a null or missing value is just that, so ``tags == nil`` holds
+  (as in MongoDB).
 * A step through a **link** (known from the schema) continues in the linked document; a
   null, missing or dangling link continues as *missing*.
 * :class:`Quantified` makes the quantifier explicit over every fan-out of its predicate's
   path: ``ANY`` (the default), ``ALL`` (vacuously true on an empty list), ``NONE``.
 * :class:`Count` (``@count``/``@size``) and :class:`Exists` look at the value the path ends
-  at without fanning it out.
+  at without fanning it out; a null or missing list, set or dictionary known from the
+  schema counts 0.
 
 Values are compared as :mod:`tidesync.query.semantics` describes.
 """

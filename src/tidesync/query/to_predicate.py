@@ -34,10 +34,12 @@ Predicate: TypeAlias = Callable[[Mapping[str, Any]], bool]
 _Test: TypeAlias = Callable[[Any], bool]
 
 
-def leaf_test(node: Compare | In | Between | StringOp | Exists) -> Callable[[Any], bool]:
+def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None = None) -> Callable[[Any], bool]:
     """The test a leaf node applies to one value its path leads to (``MISSING`` included).
 
-    For :class:`Count` comparisons the test receives the un-fanned value and takes its size.
+    For :class:`Count` comparisons the test receives the un-fanned value and takes its size;
+    ``kind`` is the schema kind of that value, and a null or missing list, set or
+    dictionary has size 0.
 
     Raises:
         QueryError: the node still holds an unbound :class:`Param`.
@@ -68,6 +70,8 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists) -> Callable[[Any
             return compare(v, ">=", low) and compare(v, "<=", high)
     if isinstance(node.left, Count):
         value_test = test
+        if kind in ("list", "set", "dict"):
+            return lambda v: value_test(size_of(v) if isinstance(v, (list, dict)) else 0)
         return lambda v: value_test(size_of(v))
     return test
 
@@ -101,8 +105,7 @@ class _Evaluator:
         elif isinstance(value, list):
             items = value
         elif step.kind is not None and step.kind != "mixed":
-            # a known list that is null or missing: one missing value (as SQL sees it)
-            items = [MISSING]
+            items = []  # the schema says list: a null or missing list has no elements
         else:
             items = [value]
         for item in items:
@@ -130,7 +133,7 @@ class _Evaluator:
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
         check_leaf(node, steps)
-        test = leaf_test(node)
+        test = leaf_test(node, steps[-1].kind)
         values = self.values
         return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
 
@@ -158,7 +161,7 @@ class _Evaluator:
         fan_leaf = not isinstance(pred.left, Count)
         steps = self.steps(names)
         check_leaf(pred, steps)
-        test = leaf_test(pred)
+        test = leaf_test(pred, steps[-1].kind)
         values = self.values
         if node.quantifier == "any":
             return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))

@@ -151,26 +151,29 @@ class _Compiler:
         if isinstance(node, Not):
             return f"NOT coalesce({self.node(node.item)}, 0)"
         if isinstance(node, Quantified):
-            pred = node.predicate
-            leaf = self.leaf(pred)
-            on_missing = leaf_test(pred)(MISSING)
             if node.quantifier == "any":
-                return self.path_test(pred, leaf, on_missing)
+                return self.path_test(node.predicate)
             if node.quantifier == "none":
-                return f"NOT coalesce({self.path_test(pred, leaf, on_missing)}, 0)"
+                return f"NOT coalesce({self.path_test(node.predicate)}, 0)"
+            return f"NOT coalesce({self.path_test(node.predicate, negate=True)}, 0)"
+        return self.path_test(node)
 
-            def negated(base: str, path: _JPath, kind: str | None) -> str:
-                return f"NOT coalesce({leaf(base, path, kind)}, 0)"
-
-            return f"NOT coalesce({self.path_test(pred, negated, not on_missing)}, 0)"
-        return self.path_test(node, self.leaf(node), leaf_test(node)(MISSING))
-
-    def path_test(self, node: Compare | In | Between | StringOp | Exists, leaf: _Leaf, on_missing: bool) -> str:
+    def path_test(self, node: Compare | In | Between | StringOp | Exists, negate: bool = False) -> str:
+        """SQL for "the leaf test (or its negation) holds for some value the path leads to"."""
         target = node.path if isinstance(node, Exists) else node.left
         names = target.path.names if isinstance(target, Count) else target.names
         steps = resolve(self.collection, self.schema, names)
         check_leaf(node, steps)
         fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
+        leaf = self.leaf(node)
+        on_missing = leaf_test(node, steps[-1].kind)(MISSING)
+        if negate:
+            positive = leaf
+
+            def leaf(base: str, path: _JPath, kind: str | None) -> str:
+                return f"NOT coalesce({positive(base, path, kind)}, 0)"
+
+            on_missing = not on_missing
         return self.walk(_BODY, _JPath(), steps, 0, leaf, fan_leaf, on_missing)
 
     def walk(self, base: str, path: _JPath, steps: Sequence[Step], i: int, leaf: _Leaf, fan_leaf: bool,
@@ -178,7 +181,7 @@ class _Compiler:
         """SQL for "the leaf test holds for some value steps[i:] lead to from (base, path)".
 
         ``on_missing`` is the leaf test's result on a missing value, which is what every
-        remaining step yields from a null or missing list or link.
+        remaining step yields from a null, missing or dangling link.
         """
         step = steps[i]
         last = i == len(steps) - 1
@@ -200,9 +203,8 @@ class _Compiler:
         each = (f"EXISTS (SELECT 1 FROM json_each({base}, {child.sql()}) AS {j} "
                 f"WHERE {after(base, _JPath(f'{j}.fullkey'), step.item_kind)})")
         if step.kind in LIST_KINDS:
-            # The schema says: an array, or null / missing (which yields one missing value).
-            fanned = f"({json_type} = 'array' AND {each})"
-            return f"({fanned} OR {json_type} IS NOT 'array')" if on_missing else fanned
+            # The schema says it is a list: a null or missing one has no elements.
+            return f"({json_type} = 'array' AND {each})"
         return (f"(({json_type} = 'array' AND {each}) OR "
                 f"({json_type} IS NOT 'array' AND {after(base, child, step.kind)}))")
 
@@ -342,7 +344,7 @@ class _Compiler:
             test = f"instr({subject}, {self.param(needle)}) > 0"
         is_text = f"json_type({base}, {path.sql()}) = 'text'"
         if test is None:
-            return f"{value} IS NOT NULL" if kind == "str" else is_text
+            return is_text
         return test if kind == "str" else f"({test} AND {is_text})"
 
     def count_leaf(self, node: Compare | In | Between) -> _Leaf:
@@ -370,12 +372,12 @@ class _Compiler:
         array = f"json_array_length({base}, {path.sql()})"
         text = f"length({_extract(base, path)})"
         members = f"(SELECT count(*) FROM json_each({base}, {path.sql()}))"
-        if kind in LIST_KINDS:
-            return f"CASE WHEN {json_type} = 'array' THEN {array} END"
+        if kind in LIST_KINDS:  # a null or missing list is empty
+            return f"CASE WHEN {json_type} = 'array' THEN {array} ELSE 0 END"
         if kind == "str":
             return text
         if kind == "dict":
-            return f"CASE WHEN {json_type} = 'object' THEN {members} END"
+            return f"CASE WHEN {json_type} = 'object' THEN {members} ELSE 0 END"
         # unknown: a tagged value ({"$date": ...}) is a scalar, not an object with one key
         k = self.alias("k")
         tagged = f"EXISTS (SELECT 1 FROM json_each({base}, {path.sql()}) AS {k} WHERE {k}.key GLOB '[$]*')"

@@ -1,0 +1,597 @@
+"""Sync benchmarks (issue 3): bootstrap, upload, propagation and fan-out against a real server.
+
+::
+
+    python -m bench sync                    # every sync case, full size; updates bench/RESULTS.md
+    python -m bench sync --quick            # small sizes, a smoke run (never writes RESULTS.md)
+    python -m bench sync --only fanout      # some cases (never writes RESULTS.md)
+    python -m bench.sync_bench ...          # the same, without the bench/__main__ front door
+
+Every case starts its own server process (``python -m tidesync serve`` on 127.0.0.1, through
+``tests.helpers.servers.ServerProcess``) and runs in its own bench process
+(``python -m bench.sync_bench --case NAME JSON-ARGS``), whose figures come back as one JSON
+line. Many lightweight clients (propagation's 100 others, fan-out's 1,000) run in one more
+process, :mod:`bench.sync_clients`. Every loop is bounded in count and in time.
+
+Files live on the real disk (``tempfile.gettempdir()``) unless ``--storage tmpfs`` puts them in
+``/dev/shm``; propagation runs on both by default, because an fsync here costs milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import queue
+import resource
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:
+    sys.path.insert(0, str(ROOT / "src"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import tidesync  # noqa: E402
+from tidesync import field  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+WORK = HERE / ".work"
+BEGIN, END = "<!-- bench:sync:begin -->", "<!-- bench:sync:end -->"
+CASES = ("bootstrap", "upload", "propagation", "fanout")
+
+FULL: dict[str, Any] = {
+    "bootstrap": {"n": 100_000, "runs": 2},
+    "upload": {"n": 10_000, "shapes": [[1, 10_000], [100, 100], [1_000, 10]]},
+    "propagation": {"samples": 1_000, "others": 100, "gap": 0.005},
+    "fanout": {"clients": 1_000, "writes": 10, "gap": 1.0},
+}
+QUICK: dict[str, Any] = {
+    "bootstrap": {"n": 10_000, "runs": 1},
+    "upload": {"n": 2_000, "shapes": [[1, 2_000], [100, 20]]},
+    "propagation": {"samples": 100, "others": 10, "gap": 0.005},
+    "fanout": {"clients": 100, "writes": 3, "gap": 0.5},
+}
+TARGETS = {
+    "bootstrap_docs_per_s": 50_000, "bootstrap_vs_raw": 4.0, "upload_docs_per_s": 20_000,
+    "propagation_p50_ms": 5.0, "propagation_p99_ms": 25.0, "fanout_p99_ms": 500.0,
+    "fanout_kb_per_connection": 100.0,
+}
+CASE_TIMEOUT = 420.0
+
+
+class SyncDoc(tidesync.Model):
+    """About 200 bytes of JSON (the local benchmarks' document plus its partition)."""
+
+    _id: str = field(primary_key=True)
+    _partition: str = "p"
+    category: str = ""
+    title: str = ""
+    status: str = "open"
+    priority: int = 0
+    score: float = 0.0
+    note: str = ""
+
+
+def make_doc(i: int, partition: str = "p") -> dict[str, Any]:
+    from bench.data import make_doc as local_doc
+
+    return {**local_doc(i), "_partition": partition}
+
+
+def log(msg: str) -> None:
+    sys.stderr.write(f"[sync-bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+def pct(values: list[float], p: float) -> float:
+    """The p-th percentile (nearest rank) of ``values``."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, int(round(p / 100 * len(s) + 0.5)) - 1))
+    return s[k]
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+
+
+def raise_nofile(n: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+
+
+def rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (all threads)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_server(data_dir: Path) -> Any:
+    from tests.helpers.servers import ServerProcess
+
+    return ServerProcess(data_dir).start()
+
+
+class FleetProcess:
+    """``python -m bench.sync_clients``: N lightweight clients in one asyncio process."""
+
+    def __init__(self, url: str, n: int, partition: str, timeout: float) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.sync_clients", url, str(n), partition, "50"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        self.ready = self.read(timeout)
+        if self.ready.get("event") != "ready":
+            raise RuntimeError(f"the client fleet did not start: {self.ready}")
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    def read(self, timeout: float) -> dict[str, Any]:
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise RuntimeError(f"the client fleet said nothing for {timeout} s") from None
+        if line is None:
+            raise RuntimeError(f"the client fleet exited ({self.proc.poll()})")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def ask(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        return self.read(timeout)
+
+    def close(self) -> None:
+        try:
+            if self.proc.poll() is None:
+                self.ask({"cmd": "quit"}, 40)
+        except (RuntimeError, OSError, ValueError):
+            pass
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait(10)
+
+
+def login(url: str, work: Path) -> tidesync.User:
+    app = tidesync.App("default", base_url=url, storage_dir=work / f"users-{time.monotonic_ns()}")
+    return app.log_in(tidesync.Credentials.anonymous())
+
+
+def open_synced(path: Path, user: tidesync.User, partition: str, **config: Any) -> tidesync.Database:
+    return tidesync.open(path, schema=[SyncDoc],
+                         sync=tidesync.SyncConfig(user=user, partition=partition, **config))
+
+
+# -- bootstrap ----------------------------------------------------------------------------------
+
+
+def seed_server(data_dir: Path, n: int, per_txn: int = 1_000) -> float:
+    """Write ``n`` documents of partition ``p`` into a server's data dir before it starts, as
+    transactions integrated from a device (what many uploads would have left there)."""
+    import secrets
+
+    from tidesync.core.clock import HybridClock
+    from tidesync.core.operations import CreateDoc
+    from tidesync.core.stamp import ZERO, ReplicaId
+    from tidesync.core.transaction import Transaction
+    from tidesync.store.database import Database
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    db = Database(data_dir / "sync.db", (), partition_key="_partition")
+    rid = ReplicaId(secrets.token_hex(8))
+    clock = HybridClock(rid, lambda: time.time_ns() // 1_000_000)
+    heads: tuple[str, ...] = ()
+    txns = []
+    for start in range(0, n, per_txn):
+        ops = tuple(CreateDoc("SyncDoc", f"item-{i:07d}", clock.now(), ZERO, make_doc(i), {})
+                    for i in range(start, min(n, start + per_txn)))
+        txn = Transaction(ops[0].stamp, rid, ops[0].stamp, heads, ops)  # type: ignore[arg-type]
+        heads = (txn.id,)
+        txns.append(txn)
+        if len(txns) == 10:
+            db.integrate(txns, peer=rid, peer_seq=start)
+            txns = []
+    if txns:
+        db.integrate(txns, peer=rid, peer_seq=n)
+    db.close()
+    return time.perf_counter() - t0
+
+
+def raw_sqlite_insert(path: Path, docs: list[dict[str, Any]]) -> float:
+    """The baseline: stdlib sqlite3 with tidesync's settings (WAL, synchronous=FULL), compact
+    JSON made from the same dicts, one executemany in one transaction."""
+    encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{path}{suffix}"):
+            os.remove(f"{path}{suffix}")
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL").fetchall()
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE docs (id TEXT PRIMARY KEY, body TEXT)")
+    gc.collect()
+    t0 = time.perf_counter()
+    rows = [(d["_id"], encode(d)) for d in docs]
+    conn.execute("BEGIN")
+    conn.executemany("INSERT INTO docs (id, body) VALUES (?, ?)", rows)
+    conn.execute("COMMIT")
+    seconds = time.perf_counter() - t0
+    conn.close()
+    return seconds
+
+
+def case_bootstrap(args: dict[str, Any], work: Path) -> dict[str, Any]:
+    n, runs = int(args["n"]), int(args["runs"])
+    seed_s = seed_server(work / "server", n)
+    log(f"bootstrap: seeded {n} documents in {seed_s:.1f} s")
+    docs = [make_doc(i) for i in range(n)]
+    raw = [raw_sqlite_insert(work / f"raw{r}.db", docs) for r in range(runs)]
+    del docs
+    server = start_server(work / "server")
+    out: dict[str, Any] = {"n": n, "seed_s": seed_s, "raw_s": raw, "runs": []}
+    try:
+        user = login(server.url, work)
+        for r in range(runs):
+            gc.collect()
+            s_cpu, c_cpu = cpu_s(server.proc.pid), time.process_time()
+            t0 = time.perf_counter()
+            db = open_synced(work / f"client{r}.db", user, "p")
+            try:
+                db.sync_session.wait_for_download_completion(timeout=max(60.0, n / 1_000))
+                seconds = time.perf_counter() - t0
+                count = len(db.objects(SyncDoc))
+            finally:
+                db.close()
+            run = {"seconds": seconds, "docs_per_s": n / seconds, "count": count,
+                   "server_cpu_s": cpu_s(server.proc.pid) - s_cpu, "client_cpu_s": time.process_time() - c_cpu}
+            out["runs"].append(run)
+            log(f"bootstrap run {r}: {seconds:.2f} s, {n / seconds:,.0f} docs/s, {count} docs")
+    finally:
+        server.stop()
+    best = min(out["runs"], key=lambda x: x["seconds"])
+    out["seconds"] = best["seconds"]
+    out["docs_per_s"] = n / best["seconds"]
+    out["raw_best_s"] = min(raw)
+    out["vs_raw"] = best["seconds"] / min(raw)
+    return out
+
+
+# -- upload -------------------------------------------------------------------------------------
+
+
+def case_upload(args: dict[str, Any], work: Path) -> dict[str, Any]:
+    n = int(args["n"])
+    server = start_server(work / "server")
+    out: dict[str, Any] = {"n": n, "shapes": []}
+    try:
+        user = login(server.url, work)
+        for k, (txns, per_txn) in enumerate(args["shapes"]):
+            assert txns * per_txn == n, "a shape must write n documents"
+            partition = f"u{k}"
+            db = open_synced(work / f"upload{k}.db", user, partition)
+            try:
+                db.sync_session.wait_for_download_completion(timeout=30)
+                db.sync_session.pause()
+                t_local = time.perf_counter()
+                i = 0
+                for _ in range(txns):
+                    with db.write():
+                        for _ in range(per_txn):
+                            db.create(SyncDoc, make_doc(i, partition))
+                            i += 1
+                local_s = time.perf_counter() - t_local
+                gc.collect()
+                s_cpu, c_cpu = cpu_s(server.proc.pid), time.process_time()
+                t0 = time.perf_counter()
+                db.sync_session.resume()
+                db.sync_session.wait_for_upload_completion(timeout=max(60.0, n / 200))
+                seconds = time.perf_counter() - t0
+            finally:
+                db.close()
+            shape = {"txns": txns, "docs_per_txn": per_txn, "seconds": seconds, "docs_per_s": n / seconds,
+                     "local_write_s": local_s, "server_cpu_s": cpu_s(server.proc.pid) - s_cpu,
+                     "client_cpu_s": time.process_time() - c_cpu}
+            out["shapes"].append(shape)
+            log(f"upload {txns} x {per_txn}: {seconds:.2f} s, {n / seconds:,.0f} docs/s")
+    finally:
+        server.stop()
+    return out
+
+
+# -- propagation --------------------------------------------------------------------------------
+
+
+def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
+    samples, others, gap = int(args["samples"]), int(args["others"]), float(args["gap"])
+    server = start_server(work / "server")
+    fleet = None
+    a = b = None
+    out: dict[str, Any] = {"samples": samples, "others": others, "storage": str(work)}
+    try:
+        fleet = FleetProcess(server.url, others, "p", timeout=120)
+        out["others_connected"] = fleet.ready["connected"]
+        user = login(server.url, work)
+        a = open_synced(work / "a.db", user, "p")
+        b = open_synced(work / "b.db", login(server.url, work), "p")
+        with a.write():
+            a.create(SyncDoc, make_doc(0))
+        a.sync_session.wait_for_upload_completion(timeout=30)
+        b.sync_session.wait_for_download_completion(timeout=30)
+        obj_a, obj_b = a.get(SyncDoc, "item-0000000"), b.get(SyncDoc, "item-0000000")
+        assert obj_a is not None and obj_b is not None
+        fired = threading.Event()
+        target = [-1]
+        seen_at = [0.0]
+
+        def on_change(obj: Any, change: Any) -> None:
+            if not change.deleted and obj.priority == target[0] and not fired.is_set():
+                seen_at[0] = time.perf_counter()
+                fired.set()
+
+        token = obj_b.add_listener(on_change)
+        lat: list[float] = []
+        commit: list[float] = []
+        lost = 0
+        s_cpu = cpu_s(server.proc.pid)
+        deadline = time.monotonic() + 180
+        for i in range(1, samples + 1):
+            if time.monotonic() > deadline:
+                break
+            fired.clear()
+            target[0] = i
+            t_begin = time.perf_counter()
+            with a.write():
+                obj_a.priority = i
+            t0 = time.perf_counter()
+            if fired.wait(5.0):
+                lat.append((seen_at[0] - t0) * 1000)
+                commit.append((t0 - t_begin) * 1000)
+            else:
+                lost += 1
+            time.sleep(gap)
+        token.remove()
+        out.update({
+            "measured": len(lat), "lost": lost, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
+            "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else float("nan"),
+            "mean_ms": statistics.fmean(lat) if lat else float("nan"),
+            "commit_p50_ms": pct(commit, 50), "commit_p99_ms": pct(commit, 99),
+            "server_cpu_s": cpu_s(server.proc.pid) - s_cpu,
+            "others_busy_s": fleet.ask({"cmd": "status"}, 30)["busy_s"],
+        })
+        log(f"propagation ({work}): p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms over {len(lat)}")
+    finally:
+        for db in (a, b):
+            if db is not None:
+                db.close()
+        if fleet is not None:
+            fleet.close()
+        server.stop()
+    return out
+
+
+# -- fan-out ------------------------------------------------------------------------------------
+
+
+def case_fanout(args: dict[str, Any], work: Path) -> dict[str, Any]:
+    clients, writes, gap = int(args["clients"]), int(args["writes"]), float(args["gap"])
+    raise_nofile(clients * 2 + 512)  # inherited by the server and the fleet
+    server = start_server(work / "server")
+    fleet = None
+    a = None
+    out: dict[str, Any] = {"clients": clients, "writes": writes}
+    try:
+        a = open_synced(work / "a.db", login(server.url, work), "p")
+        with a.write():
+            a.create(SyncDoc, make_doc(0))
+        a.sync_session.wait_for_upload_completion(timeout=30)
+        time.sleep(1.0)
+        gc.collect()
+        rss0 = rss_kb(server.proc.pid)
+        t0 = time.perf_counter()
+        fleet = FleetProcess(server.url, clients, "p", timeout=max(120.0, clients * 0.3))
+        out["connect_s"] = time.perf_counter() - t0
+        out["connected"] = fleet.ready["connected"]
+        out["fleet_errors"] = fleet.ready.get("errors", [])
+        time.sleep(3.0)  # idle: every client synced, acknowledgements settled
+        rss1 = rss_kb(server.proc.pid)
+        out.update({"rss_before_kb": rss0, "rss_after_kb": rss1,
+                    "kb_per_connection": (rss1 - rss0) / max(1, out["connected"])})
+        log(f"fan-out: {out['connected']} clients connected in {out['connect_s']:.1f} s; "
+            f"server RSS {rss0} -> {rss1} KB, {out['kb_per_connection']:.1f} KB per connection")
+        lat: list[float] = []
+        per_write = []
+        s_cpu = cpu_s(server.proc.pid)
+        busy0 = fleet.ask({"cmd": "status"}, 30)["busy_s"]
+        for k in range(writes):
+            with a.write():
+                a.create(SyncDoc, make_doc(1_000_000 + k) | {"_id": f"fan-{k}"})
+            t_commit = time.monotonic()
+            got = fleet.ask({"cmd": "collect", "marker": f"fan-{k}", "timeout": 20}, 40)
+            ms = [(t - t_commit) * 1000 for t in got["times"]]
+            lat.extend(ms)
+            per_write.append({"received": len(ms), "missing": got["missing"], "p50_ms": pct(ms, 50),
+                              "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else float("nan")})
+            log(f"fan-out write {k}: {len(ms)} received, p50 {pct(ms, 50):.0f} ms, p99 {pct(ms, 99):.0f} ms, "
+                f"max {per_write[-1]['max_ms']:.0f} ms")
+            time.sleep(gap)
+        status = fleet.ask({"cmd": "status"}, 30)
+        out.update({"samples": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+                    "max_ms": max(lat) if lat else float("nan"), "per_write": per_write,
+                    "server_cpu_s": cpu_s(server.proc.pid) - s_cpu,
+                    "fleet_busy_s": status["busy_s"] - busy0})
+    finally:
+        if a is not None:
+            a.close()
+        if fleet is not None:
+            fleet.close()
+        server.stop()
+    return out
+
+
+RUNNERS = {"bootstrap": case_bootstrap, "upload": case_upload, "propagation": case_propagation,
+           "fanout": case_fanout}
+
+
+def run_case_here(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    root = args.pop("storage_root", None) or tempfile.gettempdir()
+    work = Path(tempfile.mkdtemp(prefix=f"tidesync-sync-{name}-", dir=root))
+    try:
+        t0 = time.perf_counter()
+        result = RUNNERS[name](args, work)
+        result["case_s"] = time.perf_counter() - t0
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_case(name: str, args: dict[str, Any]) -> dict[str, Any]:
+    """Run one case in its own process; its figures come back as the last line of stdout."""
+    cmd = [sys.executable, "-m", "bench.sync_bench", "--case", name, json.dumps(args)]
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=CASE_TIMEOUT, env=_env(), cwd=ROOT)
+    if proc.returncode != 0:
+        raise SystemExit(f"sync bench case {name} failed (exit {proc.returncode})")
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def _ok(ok: bool) -> str:
+    return "met" if ok else "**missed**"
+
+
+def report(results: dict[str, Any], command: str, seconds: float) -> str:
+    t = TARGETS
+    lines = [
+        f"Command: `{command}` ({seconds:.0f} s). Machine: {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, load average before the run {results['loadavg'][0]:.1f} "
+        f"(other work shares these 2 cores; figures move with it). Server: `python -m tidesync serve` "
+        "on 127.0.0.1 in its own process; files on the real disk unless marked tmpfs.",
+        "",
+        "| benchmark | figure | target | |",
+        "| --- | --- | --- | --- |",
+    ]
+    if "bootstrap" in results:
+        r = results["bootstrap"]
+        lines.append(f"| bootstrap: fresh client pulls {r['n']:,} docs (~200 B) | {r['docs_per_s']:,.0f} docs/s "
+                     f"({r['seconds']:.2f} s) | >= {t['bootstrap_docs_per_s']:,} docs/s | "
+                     f"{_ok(r['docs_per_s'] >= t['bootstrap_docs_per_s'])} |")
+        lines.append(f"| bootstrap vs raw sqlite3 insert of the same docs ({r['raw_best_s']:.2f} s) | "
+                     f"{r['vs_raw']:.1f}x | <= {t['bootstrap_vs_raw']:.0f}x | {_ok(r['vs_raw'] <= t['bootstrap_vs_raw'])} |")
+    if "upload" in results:
+        r = results["upload"]
+        for s in r["shapes"]:
+            lines.append(f"| upload: {r['n']:,} docs as {s['txns']:,} txn(s) x {s['docs_per_txn']:,}, until "
+                         f"acknowledged | {s['docs_per_s']:,.0f} docs/s ({s['seconds']:.2f} s) | "
+                         f">= {t['upload_docs_per_s']:,} docs/s | {_ok(s['docs_per_s'] >= t['upload_docs_per_s'])} |")
+    for key in ("propagation", "propagation_tmpfs"):
+        if key in results:
+            r = results[key]
+            where = "tmpfs" if key.endswith("tmpfs") else "disk"
+            lines.append(f"| propagation ({where}): A commits -> B's listener, {r['others']} others connected, "
+                         f"{r['measured']:,} samples | p50 {r['p50_ms']:.1f} ms | <= {t['propagation_p50_ms']:.0f} ms "
+                         f"| {_ok(r['p50_ms'] <= t['propagation_p50_ms'])} |")
+            lines.append(f"| | p99 {r['p99_ms']:.1f} ms (max {r['max_ms']:.1f}) | <= {t['propagation_p99_ms']:.0f} ms "
+                         f"| {_ok(r['p99_ms'] <= t['propagation_p99_ms'] and r['lost'] == 0)} |")
+    if "fanout" in results:
+        r = results["fanout"]
+        lines.append(f"| fan-out: one write reaches {r['connected']:,} connected clients ({r['samples']:,} samples, "
+                     f"{r['writes']} writes) | p99 {r['p99_ms']:.0f} ms (p50 {r['p50_ms']:.0f}, max {r['max_ms']:.0f}) "
+                     f"| <= {t['fanout_p99_ms']:.0f} ms | {_ok(r['p99_ms'] <= t['fanout_p99_ms'])} |")
+        lines.append(f"| fan-out: server memory per idle connection (RSS {r['rss_before_kb']:,} -> "
+                     f"{r['rss_after_kb']:,} KB) | {r['kb_per_connection']:.1f} KB | <= {t['fanout_kb_per_connection']:.0f} KB "
+                     f"| {_ok(r['kb_per_connection'] <= t['fanout_kb_per_connection'])} |")
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> None:
+    block = f"{BEGIN}\n{text}\n{END}"
+    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
+    else:
+        notes = "\n\nWhat the figures mean and what dominates: see the notes under the table.\n"
+        new = old.rstrip("\n") + "\n\n## Sync (issue 3)\n\n" + block + notes
+    RESULTS.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--case"]:
+        name, args = argv[1], json.loads(argv[2])
+        print(json.dumps(run_case_here(name, args)), flush=True)
+        return
+    parser = argparse.ArgumentParser(prog="python -m bench sync", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run; never writes RESULTS.md")
+    parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated cases of {', '.join(CASES)}")
+    parser.add_argument("--storage", choices=["disk", "tmpfs", "both"], default=None,
+                        help="where files live (default: disk; propagation: both)")
+    parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    ns = parser.parse_args(argv)
+    only = tuple(x.strip() for x in ns.only.split(",") if x.strip())
+    unknown = set(only) - set(CASES)
+    if unknown:
+        parser.error(f"unknown case(s) {sorted(unknown)}")
+    sizes = QUICK if ns.quick else FULL
+    results: dict[str, Any] = {"loadavg": os.getloadavg()}
+    t0 = time.perf_counter()
+    for name in only:
+        storages = [ns.storage or ("both" if name == "propagation" else "disk")]
+        if storages == ["both"]:
+            storages = ["disk", "tmpfs"]
+        for storage in storages:
+            args = dict(sizes[name])
+            key = name
+            if storage == "tmpfs":
+                args["storage_root"] = "/dev/shm"
+                key = f"{name}_tmpfs" if len(storages) > 1 or name == "propagation" else name
+            log(f"case {key} ...")
+            results[key] = run_case(name, args)
+    seconds = time.perf_counter() - t0
+    command = "python -m bench sync" + ("" if not argv else " " + " ".join(argv))
+    text = report(results, command, seconds)
+    WORK.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (WORK / f"sync-{stamp}.json").write_text(json.dumps(results, indent=1))
+    print(text)
+    if not ns.quick and not ns.no_write and set(only) == set(CASES) and ns.storage is None:
+        write_results(text)
+        log(f"updated {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -247,7 +247,9 @@ queries = st.one_of(leaves, st.recursive(leaves, lambda inner: st.one_of(
 def check(store: Store, query: Any, schema: Any) -> None:
     try:
         via_sql = store.sql(query, "Task", schema)
-    except QueryError:
+    except QueryError as exc:
+        if "nests too deeply for SQLite" in str(exc):
+            return  # a limit of SQLite's parser, not a difference in meaning
         try:
             store.predicate(query, "Task", schema)
         except QueryError:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import QueryError
-from .ast import (And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
+from .ast import (MAX_DEPTH, And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
                   Path, Quantified, Query, Size, StringOp, TruePredicate, Value, bind, node_from_json,
                   node_to_json)
 from .mongo_filter import parse_mongo
@@ -39,6 +39,7 @@ __all__ = [
     "bind",
     "node_to_json",
     "node_from_json",
+    "MAX_DEPTH",
     "Node",
     "Path",
     "Count",

@@ -43,6 +43,7 @@ __all__ = [
     "CompareOp",
     "StringOpName",
     "QuantifierName",
+    "MAX_DEPTH",
     "COMPARE_OPS",
     "STRING_OPS",
     "QUANTIFIERS",
@@ -77,6 +78,10 @@ __all__ = [
 CompareOp: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">="]
 StringOpName: TypeAlias = Literal["beginswith", "endswith", "contains", "like"]
 QuantifierName: TypeAlias = Literal["any", "all", "none"]
+
+MAX_DEPTH: Final = 64
+"""How deeply parsers let predicates nest (parentheses, NOT, $and/$or/$not): deeper input
+from a peer is a :class:`~tidesync.errors.QueryError`, not a ``RecursionError``."""
 
 COMPARE_OPS: Final = ("==", "!=", "<", "<=", ">", ">=")
 STRING_OPS: Final = ("beginswith", "endswith", "contains", "like")
@@ -610,12 +615,12 @@ def node_to_json(node: Node) -> dict[str, Any]:
     return out
 
 
-def _part_from_json(data: Any) -> Any:
+def _part_from_json(data: Any, depth: int) -> Any:
     if isinstance(data, list):
-        return tuple(_part_from_json(d) for d in data)
+        return tuple(_part_from_json(d, depth) for d in data)
     if isinstance(data, dict):
         if "kind" in data:
-            return node_from_json(data)
+            return _node_from_json(data, depth + 1)
         if len(data) == 1:
             ((key, inner),) = data.items()
             if key == "path":
@@ -638,10 +643,16 @@ def node_from_json(data: Any) -> Node:
     Raises:
         QueryError: the data does not describe a valid node.
     """
+    return _node_from_json(data, 0)
+
+
+def _node_from_json(data: Any, depth: int) -> Node:
+    if depth > MAX_DEPTH:
+        raise QueryError(f"the query nests deeper than {MAX_DEPTH} levels")
     if not isinstance(data, dict) or data.get("kind") not in _KINDS:
         raise QueryError(f"not a serialized query node: {data!r}")
     cls = _KINDS[data["kind"]]
-    kwargs = {f.name: _part_from_json(data[f.name]) for f in fields(cls) if f.name in data}
+    kwargs = {f.name: _part_from_json(data[f.name], depth) for f in fields(cls) if f.name in data}
     try:
         node: Node = cls(**kwargs)
     except TypeError as exc:

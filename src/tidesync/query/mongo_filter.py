@@ -27,8 +27,8 @@ from typing import Any, Final
 
 from ..core.values import TAGS
 from ..errors import QueryError
-from .ast import (And, Compare, CompareOp, Count, Exists, FalsePredicate, In, Node, Not, Or, Path,
-                  TruePredicate, Value)
+from .ast import (MAX_DEPTH, And, Compare, CompareOp, Count, Exists, FalsePredicate, In, Node, Not, Or,
+                  Path, TruePredicate, Value)
 
 __all__ = ["parse_mongo"]
 
@@ -83,7 +83,19 @@ def _conjunction(items: list[Node]) -> Node:
 
 
 class _Parser:
+    def __init__(self) -> None:
+        self.depth = 0
+
     def document(self, doc: Any, where: str = "the filter") -> Node:
+        self.depth += 1
+        try:
+            return self._document(doc, where)
+        finally:
+            self.depth -= 1
+
+    def _document(self, doc: Any, where: str) -> Node:
+        if self.depth > MAX_DEPTH:
+            raise QueryError(f"the filter nests deeper than {MAX_DEPTH} levels")
         if not isinstance(doc, Mapping):
             raise QueryError(f"{where} must be a document (a dict), not {type(doc).__name__}")
         items: list[Node] = []
@@ -161,6 +173,8 @@ def _not(path: Path, op: str, arg: Any) -> Node:
     if not isinstance(arg, Mapping) or not arg or _is_tagged(arg) \
             or not all(isinstance(k, str) and k.startswith("$") for k in arg):
         raise QueryError(f"$not at {str(path)!r} needs an operator document such as {{'$gt': 3}}")
+    if "$not" in arg:
+        raise QueryError(f"$not at {str(path)!r} cannot contain another $not (as in MongoDB)")
     return Not(_Parser().field(path, arg))
 
 

@@ -39,7 +39,7 @@ from ..core.values import from_plain
 from ..errors import QueryError
 from .ast import (And, Between, Compare, CompareOp, Count, Exists, FalsePredicate, In, Node, Not,
                   Or, Param, Path, Quantified, QuantifierName, Size, StringOp, StringOpName,
-                  TruePredicate, Value, bind_value)
+                  TruePredicate, Value, MAX_DEPTH, bind_value)
 
 __all__ = ["parse_rql", "to_rql", "KEYWORDS"]
 
@@ -205,6 +205,7 @@ class _Parser:
         self.args = args
         self.tokens = _Lexer(text).tokens()
         self.i = 0
+        self.depth = 0
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -267,17 +268,27 @@ class _Parser:
             items.append(self.not_expr())
         return items[0] if len(items) == 1 else And(tuple(items))
 
+    def nest(self) -> None:
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise self.error(f"the query nests deeper than {MAX_DEPTH} levels of parentheses and NOT")
+
     def not_expr(self) -> Node:
         if self.peek.keyword == "not" or (self.peek.kind == "op" and self.peek.text == "!"):
             self.next()
-            return Not(self.not_expr())
+            self.nest()
+            node = Not(self.not_expr())
+            self.depth -= 1
+            return node
         return self.primary()
 
     def primary(self) -> Node:
         token = self.peek
         if self.at_punct("("):
             self.next()
+            self.nest()
             node = self.or_expr()
+            self.depth -= 1
             if not self.at_punct(")"):
                 raise self.expected("')' to close the '(' at position " + str(token.pos))
             self.next()

@@ -42,7 +42,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
@@ -60,6 +61,18 @@ _BODY: Final = "documents.body"
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _MARK: Final = re.compile("\x00(\\d+)\x00")
 _SQL_OP: Final = {"==": "=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+# SQLite parses with a fixed stack (100 entries; "parser stack overflow" beyond). What each
+# construct the compiler nests costs there, measured on SQLite 3.40 (tests/query/
+# test_hostile_input.py checks the estimate stays on the safe side):
+_COST_GROUP: Final = 5  # ( a AND b ), ( a OR b )
+_COST_NOT: Final = 5  # NOT coalesce( ..., 0)
+_COST_EXISTS: Final = 8  # EXISTS (SELECT 1 FROM ... WHERE ...)
+_COST_POSITIONS: Final = 10  # EXISTS (SELECT 1 FROM (SELECT ... UNION ALL SELECT ...) AS p WHERE ...)
+_COST_HOP: Final = 15  # EXISTS (SELECT 1 FROM documents AS l WHERE <match> AND ...)
+_COST_LEAF: Final = 14  # a comparison or string test
+_COST_SIZE_LEAF: Final = 24  # @count on a value of unknown type (CASE with subqueries)
+_BUDGET: Final = 96
 _FAMILY_TAG: Final = {"date": "$date", "oid": "$oid", "uuid": "$uuid", "binary": "$binary"}
 
 
@@ -115,6 +128,9 @@ class _Compiler:
         self.schema = schema
         self.params: list[Any] = []
         self.aliases = 0
+        self.depth = 0  # estimated SQLite parser depth where SQL is being emitted
+        self.peak = 0
+        self.leaf_cost = _COST_LEAF
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -124,7 +140,19 @@ class _Compiler:
         self.params.append(value)
         return f"\x00{len(self.params) - 1}\x00"
 
+    @contextmanager
+    def nested(self, cost: int) -> Iterator[None]:
+        self.depth += cost
+        self.peak = max(self.peak, self.depth)
+        try:
+            yield
+        finally:
+            self.depth -= cost
+
     def finish(self, sql: str) -> tuple[str, list[Any]]:
+        if self.peak > _BUDGET:
+            raise QueryError("the query nests too deeply for SQLite to parse",
+                             advice="use shorter key paths through lists and links, or fewer nested NOTs")
         ordered: list[Any] = []
 
         def take(m: re.Match[str]) -> str:
@@ -144,18 +172,21 @@ class _Compiler:
             return "1"
         if isinstance(node, FalsePredicate):
             return "0"
-        if isinstance(node, And):
-            return "(" + " AND ".join(self.node(i) for i in node.items) + ")" if node.items else "1"
-        if isinstance(node, Or):
-            return "(" + " OR ".join(self.node(i) for i in node.items) + ")" if node.items else "0"
+        if isinstance(node, (And, Or)):
+            if not node.items:
+                return "1" if isinstance(node, And) else "0"
+            with self.nested(_COST_GROUP):
+                parts = [self.node(i) for i in node.items]
+            return "(" + (" AND " if isinstance(node, And) else " OR ").join(parts) + ")"
         if isinstance(node, Not):
-            return f"NOT coalesce({self.node(node.item)}, 0)"
+            with self.nested(_COST_NOT):
+                return f"NOT coalesce({self.node(node.item)}, 0)"
         if isinstance(node, Quantified):
             if node.quantifier == "any":
                 return self.path_test(node.predicate)
-            if node.quantifier == "none":
-                return f"NOT coalesce({self.path_test(node.predicate)}, 0)"
-            return f"NOT coalesce({self.path_test(node.predicate, negate=True)}, 0)"
+            with self.nested(_COST_NOT):  # ALL's inner NOT is charged with its leaf
+                inner = self.path_test(node.predicate, negate=node.quantifier == "all")
+            return f"NOT coalesce({inner}, 0)"
         return self.path_test(node)
 
     def path_test(self, node: Compare | In | Between | StringOp | Exists, negate: bool = False) -> str:
@@ -167,6 +198,8 @@ class _Compiler:
         fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
         leaf = self.leaf(node)
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
+        unknown_size = isinstance(target, Count) and steps[-1].kind in (None, "mixed")
+        self.leaf_cost = (_COST_SIZE_LEAF if unknown_size else _COST_LEAF) + (_COST_NOT if negate else 0)
         if negate:
             positive = leaf
 
@@ -190,6 +223,7 @@ class _Compiler:
 
         def after(at_base: str, at: _JPath, kind: str | None) -> str:
             if last:
+                self.peak = max(self.peak, self.depth + self.leaf_cost)
                 return leaf(at_base, at, None if kind == "mixed" else kind)
             if step.is_link:
                 assert step.target is not None
@@ -200,8 +234,20 @@ class _Compiler:
             return after(base, child, step.kind)
         j = self.alias("j")
         json_type = f"json_type({base}, {child.sql()})"
-        each = (f"EXISTS (SELECT 1 FROM json_each({base}, {child.sql()}) AS {j} "
-                f"WHERE {after(base, _JPath(f'{j}.fullkey'), step.item_kind)})")
+        if step.kind in (None, "mixed") and not last:
+            at = self.alias("p")
+            # Type unknown and more steps to come: continue from each element of a list, or
+            # from the value itself. One positions subquery keeps the SQL linear in the path
+            # length (a branch for each case would double it at every step).
+            positions = (f"SELECT {j}.fullkey AS p FROM json_each({base}, {child.sql()}) AS {j} "
+                         f"WHERE {json_type} = 'array' UNION ALL SELECT {child.sql()} "
+                         f"WHERE {json_type} IS NOT 'array'")
+            with self.nested(_COST_POSITIONS):
+                rest = after(base, _JPath(f"{at}.p"), None)
+            return f"EXISTS (SELECT 1 FROM ({positions}) AS {at} WHERE {rest})"
+        with self.nested(_COST_EXISTS + _COST_GROUP):
+            each = (f"EXISTS (SELECT 1 FROM json_each({base}, {child.sql()}) AS {j} "
+                    f"WHERE {after(base, _JPath(f'{j}.fullkey'), step.item_kind)})")
         if step.kind in LIST_KINDS:
             # The schema says it is a list: a null or missing one has no elements.
             return f"({json_type} = 'array' AND {each})"
@@ -211,7 +257,8 @@ class _Compiler:
     def hop(self, base: str, path: _JPath, target: str, steps: Sequence[Step], i: int, leaf: _Leaf,
             fan_leaf: bool, on_missing: bool) -> str:
         link = self.alias("l")
-        rest = self.walk(f"{link}.body", _JPath(), steps, i, leaf, fan_leaf, on_missing)
+        with self.nested(_COST_HOP + (_COST_NOT if on_missing else 0)):
+            rest = self.walk(f"{link}.body", _JPath(), steps, i, leaf, fan_leaf, on_missing)
         match = (f"{link}.collection = {self.param(target)} AND {link}.live = 1 "
                  f"AND {link}.pk = ({base} -> {path.sql()})")
         if on_missing:

@@ -374,6 +374,8 @@ class SyncSession:
                     if link.finished:
                         return handshake_done
                     continue
+                if kind == "pause" and self.state == "active" and not self._stop:
+                    continue  # a pause that a resume() already cancelled
                 if kind == "stop" or kind == "pause":
                     if link.state.name == "ACTIVE":
                         from ..protocol.messages import Close

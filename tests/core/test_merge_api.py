@@ -289,3 +289,13 @@ def test_unset_is_a_write() -> None:
     got = converge(base, [Unset(COLL, 1, stamp(100), ZERO, ("v",), ())],
                    [a.set(50, ("v",), 2)])
     assert "v" not in got.body
+
+
+def test_join_applies_the_policies_of_the_given_collection() -> None:
+    pol = Policies({(COLL, "score"): "max"})
+    base = start({"score": 1}, policies=pol)
+    high, low = Writer("A", base, policies=pol), Writer("B", base, policies=pol)
+    high.set(100, ("score",), 9)
+    low.set(200, ("score",), 4)
+    assert join(high.state, low.state, pol, collection=COLL).body["score"] == 9
+    assert join(low.state, high.state, pol, collection=COLL).body["score"] == 9

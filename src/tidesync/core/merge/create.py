@@ -238,7 +238,7 @@ def _expand_object(node: Node, obody: dict[str, Plain], prefix: str, stamp: Stam
             if value:
                 ids = [new_element_id(stamp, i) for i in range(len(value))]
                 child["o"] = ids
-                child["a"] = [None, *ids[:-1]]
+                child["a"] = dict(zip(ids, [None, *ids[:-1]]))
         elif kind == "set":
             child = {"k": "set", "e": ZERO}
             if value:

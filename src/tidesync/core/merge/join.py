@@ -42,6 +42,11 @@ def join(a: DocState, b: DocState, policies: Policies | None = None, *, collecti
 
     Returns:
         A new state.
+
+    Policies are looked up by collection: a caller with per-collection rules must pass
+    ``collection``, or the join falls back to rules keyed by the empty collection name and
+    the default policy (last writer wins), and may then disagree with :func:`integrate` on
+    fields those rules govern.
     """
     if a.epoch != b.epoch:
         return (a if a.epoch > b.epoch else b).copy()

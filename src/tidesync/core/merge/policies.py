@@ -80,6 +80,11 @@ class Policies:
         p = self._rules.get((collection, "*"))
         return self.default if p is None else p
 
+    @property
+    def trivial(self) -> bool:
+        """True when every field is last-writer-wins (no rule, default ``"lww"``)."""
+        return not self._rules and self.default == "lww"
+
     def __repr__(self) -> str:
         return f"Policies({self._rules!r}, default={self.default!r})"
 

@@ -45,33 +45,41 @@ def visible_ids(node: Node) -> list[str]:
 
 
 def _visible_index(o: list[str], x: dict[str, int] | None, i: int) -> int:
+    """The index in the materialized list of the element at position ``i`` of ``o``."""
     if not x:
         return i
-    return sum(1 for e in o[:i] if e not in x)
+    return i - sum(map(x.__contains__, o[:i]))
+
+
+def _position(o: list[str], elem: str) -> int:
+    # Appends (after the last element) are the common case.
+    if o and o[-1] == elem:
+        return len(o) - 1
+    return o.index(elem)
 
 
 def _place(node: Node, lbody: list[Plain], elem: str, after: str | None, value: Plain) -> None:
     o: list[str] = node["o"]
-    i = 0 if after is None else o.index(after) + 1
     n = len(o)
+    i = 0 if after is None else _position(o, after) + 1
     while i < n and o[i] > elem:
         i += 1
     o.insert(i, elem)
-    node["a"].insert(i, after)
+    node["a"][elem] = after
     x = node.get("x")
     if x is None or elem not in x:
-        lbody.insert(_visible_index(o, x, i), value)
+        lbody.insert(len(lbody) if i == n else _visible_index(o, x, i), value)
 
 
 def list_insert(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, ...], elem: str,
                 after: str | None, value: Plain) -> None:
     """Integrate the insert of ``value`` as element ``elem`` after ``after`` (None: at the head)."""
-    o = node.get("o")
-    if o is None:
-        o = node["o"] = []
-        node["a"] = []
+    anchors = node.get("a")
+    if anchors is None:
+        node["o"] = []
+        anchors = node["a"] = {}
     p = node.get("p")
-    if elem in o or (p is not None and elem in p):
+    if elem in anchors or (p is not None and elem in p):
         return
     x = node.get("x")
     q = node.get("q")
@@ -82,7 +90,7 @@ def list_insert(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, .
             del node["q"]
     if x is not None and elem in x:
         value = None
-    if after is not None and after not in o:
+    if after is not None and after not in anchors:
         if p is None:
             p = node["p"] = {}
         p[elem] = [after, value]
@@ -122,9 +130,10 @@ def list_set(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, ...]
             ctx.record(path + (elem,), "lww", _value_of(node, lbody, elem), old)
         return
     s[elem] = stamp
-    o = node.get("o")
-    if o is not None and elem in o:
-        lbody[_visible_index(o, x, o.index(elem))] = value
+    anchors = node.get("a")
+    if anchors is not None and elem in anchors:
+        o = node["o"]
+        lbody[_visible_index(o, x, _position(o, elem))] = value
         return
     p = node.get("p")
     if p is not None and elem in p:
@@ -137,11 +146,12 @@ def list_set(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, ...]
 
 
 def _value_of(node: Node, lbody: list[Plain], elem: str) -> Plain:
-    o = node.get("o")
-    if o is not None and elem in o:
+    anchors = node.get("a")
+    if anchors is not None and elem in anchors:
         x = node.get("x")
         if x is None or elem not in x:
-            return lbody[_visible_index(o, x, o.index(elem))]
+            o = node["o"]
+            return lbody[_visible_index(o, x, _position(o, elem))]
         return None
     p = node.get("p")
     if p is not None and elem in p:
@@ -157,9 +167,10 @@ def list_erase(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, ..
         x = node["x"] = {}
     elif elem in x:
         return
-    o = node.get("o")
-    if o is not None and elem in o:
-        del lbody[_visible_index(o, x, o.index(elem))]
+    anchors = node.get("a")
+    if anchors is not None and elem in anchors:
+        o = node["o"]
+        del lbody[_visible_index(o, x, _position(o, elem))]
     else:
         p = node.get("p")
         if p is not None and elem in p:
@@ -181,7 +192,7 @@ def merge_list(ctx: Context, na: Node, la: list[Plain], nb: Node, lb: list[Plain
     """Merge list node ``nb`` (materialized ``lb``) into ``na`` (``la``), as if ``na`` had
     integrated every operation ``nb`` integrated."""
     ob: list[str] = nb.get("o") or []
-    ab: list[str | None] = nb.get("a") or []
+    ab: dict[str, str | None] = nb.get("a") or {}
     xb: dict[str, int] = nb.get("x") or {}
     values: dict[str, Plain] = {}
     j = 0
@@ -190,8 +201,8 @@ def merge_list(ctx: Context, na: Node, la: list[Plain], nb: Node, lb: list[Plain
             values[elem] = lb[j]
             j += 1
     # Pre-order lists every anchor before the elements after it.
-    for elem, after in zip(ob, ab):
-        list_insert(ctx, na, la, path, elem, after, clone(values.get(elem)))
+    for elem in ob:
+        list_insert(ctx, na, la, path, elem, ab[elem], clone(values.get(elem)))
     for elem, (after, value) in (nb.get("p") or {}).items():
         list_insert(ctx, na, la, path, elem, after, clone(value))
     for elem in xb:

@@ -24,7 +24,7 @@ want, so that a comparison of two keys is one string comparison:
   increments not yet superseded, and ``u`` the hidden containers of a ``union`` field. An
   embedded object node adds ``"k": "object"`` and ``"e": epoch``.
 * List: ``{"k": "list", "e": epoch, "o": [element ids in order, erased ones included],
-  "a": [anchor of each element, parallel to o], "x": {erased id: 1}, "s": {id: stamp of the
+  "a": {id: anchor id or None}, "x": {erased id: 1}, "s": {id: stamp of the
   winning ListSet}, "p": {id: [anchor, value]} (inserts whose anchor has not arrived),
   "q": {id: value} (ListSet values for elements that have not arrived)}``.
 * Set: ``{"k": "set", "e": epoch, "a": {canonical json: add stamp}, "d": {canonical json:

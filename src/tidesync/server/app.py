@@ -21,13 +21,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
 from ..errors import AuthError
 from ..store.database import Database
 from .auth import TokenIssuer, UserStore
 from .config import ServerConfig
-from .http_api import routes_for
+from .custom_data import CustomData
+from .http_api import error_response, routes_for
+from .providers import Identity, Providers
+from .ratelimit import RateLimiter
+from .schemas import SchemaLearner
 
 __all__ = ["create_app", "ServerState"]
 
@@ -42,17 +49,55 @@ class ServerState:
         self.config = config
         self.users = UserStore(config.data_dir / "auth.db")
         self.tokens = TokenIssuer(config, self.users)
+        self.providers = Providers(config, self.users, self.users.db)
+        self.limiter = RateLimiter(config.auth.rate_limits)
         self.backend = Database(config.data_dir / "sync.db", (), policies=config.policies,
                                 partition_key=config.partition_key, bootstrap_with_snapshot=True)
+        self.custom_data = CustomData(self.backend, config.auth.custom_data)
+        self.schema_learner = SchemaLearner(config.data_dir / "schema.json")
         self.sessions: set[Any] = set()
         self.storage_lock = asyncio.Lock()
 
-    async def login(self, provider: str, body: dict[str, Any]) -> str:
-        if provider == "anonymous":
-            if not self.config.anonymous:
-                raise AuthError("anonymous login is disabled on this server", code="provider_disabled")
-            return self.users.create_user("anonymous")
-        raise AuthError(f"unknown or disabled login provider {provider!r}", code="provider_disabled")
+    # -- users (blocking methods: call them from a worker thread on the event loop) ---------
+
+    def user_for_identity(self, identity: Identity) -> str:
+        """The user an authenticated identity logs in as (made on first login).
+
+        Raises:
+            AuthError: (``user_disabled``) the user is disabled.
+        """
+        if identity.user_id is not None:
+            uid = identity.user_id
+        else:
+            uid = self.users.user_for_identity(identity.provider, identity.subject, identity.data)
+        if not self.users.active(uid):
+            raise AuthError("this user is disabled", code="user_disabled", advice="ask the app's operator")
+        return uid
+
+    def profile(self, uid: str) -> dict[str, Any]:
+        """``{"user_id", "identities", "data", "custom_data"}`` of a user."""
+        rec = self.users.record(uid)
+        return {"user_id": uid, "identities": self.users.identities(uid),
+                "data": rec.data if rec is not None else {}, "custom_data": self.custom_data.for_user(uid)}
+
+    def recheck_sessions(self, uid: str) -> None:
+        """Make the open sync connections of a user check their token again now (after a log
+        out, a disabled key...). Call on the event loop."""
+        for s in list(self.sessions):
+            if getattr(getattr(s, "user", None), "id", None) == uid and hasattr(s, "recheck_auth"):
+                s.recheck_auth()
+
+    async def disable_user(self, uid: str, disabled: bool = True) -> bool:
+        """Disable (or enable) a user; its open sync connections close."""
+        found = await asyncio.to_thread(self.users.set_disabled, uid, disabled)
+        self.recheck_sessions(uid)
+        return found
+
+    async def delete_user(self, uid: str) -> bool:
+        """Delete a user and its identities, sessions and keys; its open sync connections close."""
+        found = await asyncio.to_thread(self.users.delete_user, uid)
+        self.recheck_sessions(uid)
+        return found
 
     async def list_conflicts(self, limit: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.backend.conflicts, limit)
@@ -65,6 +110,8 @@ class ServerState:
             s.local_commit()
 
     def close(self) -> None:
+        if self.providers.email_password is not None:
+            self.providers.email_password.close()
         self.backend.close()
         self.users.close()
 
@@ -86,6 +133,13 @@ def create_app(config: ServerConfig | None = None) -> Starlette:
     async def ws(websocket: Any) -> None:
         await sync_endpoint(state, websocket)
 
-    app = Starlette(routes=[*routes_for(state), WebSocketRoute("/api/{app_id}/sync", ws)], lifespan=lifespan)
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error" if status < 500 else "internal")
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal server error"
+        return error_response(status, code, str(detail))
+
+    app = Starlette(routes=[*routes_for(state), WebSocketRoute("/api/{app_id}/sync", ws)], lifespan=lifespan,
+                    exception_handlers={HTTPException: http_error, Exception: http_error})
     app.state.tidesync = state
     return app

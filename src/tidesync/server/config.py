@@ -16,9 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from ..core.merge import Policies
+from ..core.rules import Rules
 from ..errors import UsageError
 
-__all__ = ["ServerConfig", "load_config", "policies_from_config", "named_policies"]
+__all__ = ["ServerConfig", "load_config", "policies_from_config", "named_policies", "rules_from_config",
+           "schemas_from_config"]
 
 
 @dataclass
@@ -37,6 +39,9 @@ class ServerConfig:
         max_message_size: the largest sync message accepted, in bytes.
         log_keep: how many log entries to keep when compacting (None: keep all).
         development_mode: True when no config file was given.
+        rules: the permission rules (``[rules]``, ``[[default_roles]]``, ``[partitions]``);
+            None: every user may read and write everything.
+        schemas: a JSON Schema per collection (``[schema]``), enforced on every write.
     """
 
     app_id: str = "default"
@@ -54,6 +59,8 @@ class ServerConfig:
     development_mode: bool = True
     tls_cert: str | None = None
     tls_key: str | None = None
+    rules: Rules | None = None
+    schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def ensure_dirs(self) -> None:
         """Create ``data_dir`` and the token-signing secret if missing."""
@@ -94,6 +101,8 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         server = data.get("server", {})
         if "data_dir" in server:
             cfg.data_dir = Path(server["data_dir"])
+        cfg.rules = rules_from_config(data)
+        cfg.schemas = schemas_from_config(data.get("schema", {}), Path(path).parent)
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, Path(value) if key == "data_dir" else value)
@@ -139,3 +148,52 @@ def named_policies(policies: Policies | None) -> dict[str, str]:
     if policies is None:
         return {}
     return {f"{c}.{f}": p for (c, f), p in policies._rules.items() if isinstance(p, str)}
+
+
+def rules_from_config(data: dict[str, Any]) -> Rules | None:
+    """The permission rules of a parsed tidesync.toml: ``[rules.<Collection>]``,
+    ``[[default_roles]]`` and ``[partitions]`` (see docs/config.md). None when it has none of
+    them (every user may then read and write everything).
+
+    Raises:
+        UsageError: a rule is malformed or a filter does not compile.
+    """
+    if not any(k in data for k in ("rules", "default_roles", "partitions")):
+        return None
+    from ..query import parse_query, to_predicate
+
+    try:
+        rules = Rules.from_config(data.get("rules"), data.get("default_roles"), data.get("partitions"))
+        rules.check(lambda doc: to_predicate(parse_query(doc)))
+    except ValueError as exc:
+        raise UsageError(f"invalid rules in the config: {exc}", advice="see docs/config.md") from exc
+    return rules
+
+
+def schemas_from_config(table: Any, base: Path) -> dict[str, dict[str, Any]]:
+    """The ``[schema]`` table: per collection a JSON Schema (inline table) or the path of a
+    ``.json`` file (relative to the config file).
+
+    Raises:
+        UsageError: a schema cannot be read or uses keywords outside the supported subset.
+    """
+    import json
+
+    from .schemas import check_schema
+
+    if not isinstance(table, dict):
+        raise UsageError("[schema] must be a table of [schema.<Collection>] tables")
+    out: dict[str, dict[str, Any]] = {}
+    for coll, value in table.items():
+        if isinstance(value, str):
+            file = Path(value) if Path(value).is_absolute() else base / value
+            try:
+                value = json.loads(file.read_text())
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"cannot read the JSON Schema of {coll} from {file}: {exc}") from exc
+        try:
+            check_schema(value, f"schema.{coll}")
+        except ValueError as exc:
+            raise UsageError(f"invalid schema in the config: {exc}", advice="see docs/config.md") from exc
+        out[str(coll)] = dict(value)
+    return out

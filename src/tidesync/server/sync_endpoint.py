@@ -5,10 +5,15 @@ A thin asyncio driver around the same sans-I/O :class:`~tidesync.protocol.link.L
 events and actions, never inside the protocol:
 
 * the ``Hello``'s token is verified before the ``Hello`` reaches the replicator;
-* the requested scope is checked (partition sync needs a partition of the configured key);
-* every :class:`~tidesync.protocol.actions.Integrate` is checked before it reaches storage:
-  a transaction that writes outside the session's partition is refused and answered with a
-  ``CompensatingWrite`` (the rest of the batch is integrated);
+* the requested scope is checked (partition sync needs a partition of the configured key, and
+  one the user's rules let it read);
+* every :class:`~tidesync.protocol.actions.Integrate` is checked before it reaches storage by
+  the session's :class:`~tidesync.server.enforcement.Enforcer` (partition, rules, JSON
+  Schema): a refused document gets a compensating transaction and a ``CompensatingWrite``
+  (the rest of the batch is integrated);
+* every read for the peer goes through the session's
+  :class:`~tidesync.server.enforcement.SessionReplica`, so what the user may not read never
+  leaves the server;
 * after each integration the other sessions are woken (fan-out).
 
 Storage calls run in a worker thread (``asyncio.to_thread``) so a slow disk never stalls the
@@ -25,18 +30,15 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..core.operations import CreateDoc
-from ..core.transaction import Transaction
-from ..core.values import canonical_json
 from ..errors import AuthError, PermissionDeniedError, SyncError
 from ..protocol.actions import Announce, Fail, Integrate, Notify, ReportProgress, Send
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import CompensatedWrite, CompensatingWrite, Hello
-from ..protocol.replica import IntegrateResult
+from ..protocol.messages import CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
+from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
 
 if TYPE_CHECKING:
     from .app import ServerState
@@ -73,6 +75,9 @@ class ServerSession:
                                            "policies": json.dumps(named_policies(state.config.policies))})
         self.user: Any = None
         self.partition: Any = None
+        # Rules and filters of this session's user (set when the Hello is admitted).
+        self.enforcer = Enforcer(state, None)
+        self.reader = SessionReplica(state.backend, None, self.enforcer)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._closing = False
 
@@ -177,6 +182,15 @@ class ServerSession:
             return PermissionDeniedError("flexible sync is not enabled on this server", code=ErrorCode.BAD_SCOPE)
         elif not self.state.config.development_mode:
             return PermissionDeniedError("a partition is required", code=ErrorCode.BAD_SCOPE)
+        rules = None
+        if self.state.config.rules is not None:
+            rules = self.state.config.rules.for_user(user_context(self.user), query_compiler)
+            if part is not None and not rules.can_read_partition(self.partition):
+                return PermissionDeniedError(
+                    f"user {self.user.id} may not read partition {self.partition!r}",
+                    code=ErrorCode.PERMISSION_DENIED, advice="sync a partition the rules allow this user")
+        self.enforcer = Enforcer(self.state, rules, self.partition, part is not None)
+        self.reader = SessionReplica(self.state.backend, rules, self.enforcer)
         return None
 
     async def _execute(self, actions: list[Any]) -> None:
@@ -194,49 +208,15 @@ class ServerSession:
             elif isinstance(action, Integrate):
                 todo[0:0] = await self._integrate(action)
             else:
-                todo[0:0] = await asyncio.to_thread(perform, action, self.state.backend, self.replicator)
+                todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
 
     async def _integrate(self, action: Integrate) -> list[Any]:
-        allowed, refused = await asyncio.to_thread(self._check_partition, action.txns)
-        result: IntegrateResult = await asyncio.to_thread(
-            self.state.backend.integrate, allowed, peer=action.peer, peer_seq=action.peer_seq)
+        # Rules, partition and schema checks, compensating transaction (server/enforcement.py).
+        result, refused, compensated = await asyncio.to_thread(
+            self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
         if refused:
             self.link.send(CompensatingWrite(tuple(refused)))
         follow = self.replicator.integrated(result)
-        if result.applied:
+        if result.applied or compensated:
             self.state.notify_commit(self)
         return follow
-
-    def _check_partition(self, txns: tuple[Transaction, ...]) -> tuple[list[Transaction], list[CompensatedWrite]]:
-        """Split a batch into what may be integrated and what writes outside the partition."""
-        if self.partition is None:
-            return list(txns), []
-        want = canonical_json(self.partition)
-        key = self.state.config.partition_key
-        backend = self.state.backend
-        allowed: list[Transaction] = []
-        refused: list[CompensatedWrite] = []
-        for t in txns:
-            bad: CompensatedWrite | None = None
-            for op in t.ops:
-                if isinstance(op, CreateDoc):
-                    value = op.fields.get(key)
-                    if canonical_json(value) != want:
-                        bad = CompensatedWrite(t.id, op.collection, op.key, "create", "partition",
-                                               f"document is in partition {value!r}, not {self.partition!r}")
-                        break
-                else:
-                    scope = backend.document_scope(op.collection, op.key)
-                    if scope is not None and scope != want:
-                        bad = CompensatedWrite(t.id, op.collection, op.key, "update", "partition",
-                                               "document belongs to another partition")
-                        break
-                    if getattr(op, "path", (None,))[0] == key:
-                        bad = CompensatedWrite(t.id, op.collection, op.key, "update", "partition",
-                                               "the partition key cannot change")
-                        break
-            if bad is None:
-                allowed.append(t)
-            else:
-                refused.append(bad)
-        return allowed, refused

@@ -103,8 +103,8 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+# Made once: ``json.dumps`` with options builds a new encoder on every call.
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 class Database(ReplicaStore):
@@ -334,7 +334,8 @@ class Database(ReplicaStore):
         body_text, meta_text, epoch, live = rows[0]
         body = json.loads(body_text)
         state = merge.DocState(epoch=epoch, live=bool(live), body=body, meta=json.loads(meta_text))
-        return LoadedDoc(collection, key, ref, state, True, bool(live), json.loads(body_text) if live else None)
+        # The before-image keeps the text: it is decoded again only if it is needed whole.
+        return LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
         if not txn.ops:
@@ -518,6 +519,26 @@ class Database(ReplicaStore):
         self._check_open()
         body = self._body_of((collection, canonical_json(to_plain(pk))))
         return from_plain(body) if body is not None else None
+
+    def document_state(self, collection: str, key: Plain) -> merge.DocState:
+        """The merge state of a document, as stored (never seen: epoch ZERO, not live).
+
+        The server's rule enforcement reads it to judge a write by its effect."""
+        with self._lock:
+            self._check_open()
+            return self._load_doc(collection, key, (collection, canonical_json(key))).state
+
+    def next_stamps(self, n: int, after: Iterable[Stamp] = ()) -> list[Stamp]:
+        """``n`` fresh stamps of this replica's clock, later than every stamp in ``after``
+        (for a transaction built outside ``write()``, e.g. the server's compensating writes)."""
+        with self._lock:
+            self._check_open()
+            last = self._setting("clock")
+            if last:
+                self._clock.observe(Stamp(last))
+            for stamp in after:
+                self._clock.observe(stamp)
+            return [self._clock.now() for _ in range(n)]
 
     def delete(self, target: Any) -> None:
         """Delete an object, or every object of a query result or an iterable of objects."""

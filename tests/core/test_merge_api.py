@@ -299,3 +299,24 @@ def test_join_applies_the_policies_of_the_given_collection() -> None:
     low.set(200, ("score",), 4)
     assert join(high.state, low.state, pol, collection=COLL).body["score"] == 9
     assert join(low.state, high.state, pol, collection=COLL).body["score"] == 9
+
+
+def test_latest_stamp_follows_every_kind_of_write() -> None:
+    from tidesync.core.merge import latest_stamp
+
+    w = Writer("A", start({"l": ["a"], "s": ["x"], "d": {"k": 1}, "n": 2, "o": {"p": 1}},
+                          {"l": "list", "s": "set", "d": "dict", "n": "counter", "o": "object"}))
+    assert latest_stamp(w.state) == stamp(10)
+    steps = [lambda t: w.append(t, ("l",), "b"), lambda t: w.lset(t, ("l",), 0, "A"),
+             lambda t: w.add(t, ("s",), "y"), lambda t: w.remove(t, ("s",), "x"),
+             lambda t: w.put(t, ("d",), "k", 2), lambda t: w.pop(t, ("d",), "k"), lambda t: w.incr(t, ("n",), 1),
+             lambda t: w.set(t, ("o", "p"), 3), lambda t: w.assign(t, ("o",), "object"),
+             lambda t: w.set(t, ("v",), 1), lambda t: w.delete(t)]
+    for i, step in enumerate(steps):
+        op = step(20 + i)
+        assert latest_stamp(w.state) == op.stamp
+    # An erase keeps no stamp (nothing can beat it), so it leaves the latest stamp as it was.
+    w2 = Writer("A", start({"l": ["a"]}, {"l": "list"}))
+    w2.erase(50, ("l",), 0)
+    assert latest_stamp(w2.state) == stamp(10)
+    assert latest_stamp(new_state()) == ZERO

@@ -155,3 +155,22 @@ def test_a_long_history_converges() -> None:
     rng.shuffle(order)
     assert summary(apply_ops(order, policies)) == expected
     assert all(summary(r.docs) == expected for r in sim.replicas)
+
+
+@LAWS
+@given(seed=seeds, n=replica_counts)
+def test_latest_stamp_is_the_latest_stamp_integrated(seed: int, n: int) -> None:
+    from tidesync.core.merge import latest_stamp
+    from tidesync.core.operations import DeleteDoc
+
+    ops = simulate(seed, n, steps=30).ops
+    docs = apply_ops(ops, None)
+    for ref, state in docs.items():
+        mine = [op.stamp for op in ops if canonical_json(op.key) == ref]
+        latest = latest_stamp(state)
+        assert latest <= max(mine)
+        # Everything integrated after the last delete leaves its stamp somewhere in the state.
+        last = [op for op in ops if canonical_json(op.key) == ref and op.base == state.epoch
+                and not isinstance(op, DeleteDoc)]
+        if state.live and last:
+            assert latest >= min(op.stamp for op in last)

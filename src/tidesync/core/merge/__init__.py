@@ -13,7 +13,7 @@ placeholders), :mod:`.sequence` (lists), :mod:`.collections` (sets, dictionaries
 :mod:`.counters`, :mod:`.policies`, :mod:`.conflicts`, :mod:`.join`, :mod:`.canonical`.
 """
 
-from .canonical import canonical_meta, canonical_state
+from .canonical import canonical_meta, canonical_state, latest_stamp
 from .conflicts import Conflict
 from .document import container_kind, epochs, integrate, integrate_all, list_element_ids
 from .join import join
@@ -38,4 +38,5 @@ __all__ = [
     "value_order_key",
     "canonical_meta",
     "canonical_state",
+    "latest_stamp",
 ]

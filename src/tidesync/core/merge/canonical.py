@@ -1,19 +1,25 @@
-"""Canonical forms of a state, for comparing states (tests, audits, snapshots).
+"""Readers of whole states: canonical forms for comparing them, and the latest stamp in them.
 
 Two replicas that integrated the same operations hold equal states, but a state created by
 the fast path keeps compact meta until another operation touches it, and dictionary key
 order in ``body`` follows arrival order. The canonical forms remove both differences.
+
+A replica that takes a state from a snapshot (:func:`~tidesync.core.merge.join`) has not
+seen the operations behind it, so its clock has not observed their stamps; it must call
+``clock.observe(latest_stamp(state))`` before writing, or a new list element could get an id
+below its anchor's.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..stamp import STAMP_LENGTH, ZERO, Stamp, is_stamp
 from ..values import canonical_json
 from .create import expand
-from .state import DocState
+from .state import DocState, Node
 
-__all__ = ["canonical_meta", "canonical_state"]
+__all__ = ["canonical_meta", "canonical_state", "latest_stamp"]
 
 
 def canonical_meta(state: DocState) -> str:
@@ -29,3 +35,54 @@ def canonical_state(state: DocState) -> dict[str, Any]:
     ``{"epoch", "live", "body" (canonical JSON), "meta" (canonical JSON)}``."""
     return {"epoch": state.epoch, "live": state.live, "body": canonical_json(state.body),
             "meta": canonical_meta(state)}
+
+
+def latest_stamp(state: DocState) -> Stamp:
+    """The latest stamp of any write the state holds (``ZERO`` for a new state)."""
+    found: list[str] = [state.epoch]
+    meta = state.meta
+    if "*" in meta:
+        found.append(meta["*"])
+    else:
+        _object(meta, found)
+    best = max(s for s in found if not s or is_stamp(s))
+    return Stamp(best)
+
+
+def _key(key: str) -> str:
+    return key[1:] if key else ""
+
+
+def _elem(elem: str) -> str:
+    return elem[:STAMP_LENGTH]
+
+
+def _object(node: Node, found: list[str]) -> None:
+    found.extend(_key(k) for k in (node.get("r") or {}).values())
+    for child in (node.get("c") or {}).values():
+        _node(child, found)
+    for incs in (node.get("n") or {}).values():
+        found.extend(incs)
+    for kinds in (node.get("u") or {}).values():
+        for child, _ in kinds.values():
+            _node(child, found)
+
+
+def _node(node: Node, found: list[str]) -> None:
+    kind = node["k"]
+    found.append(node.get("e", ZERO))
+    if kind == "object":
+        _object(node, found)
+    elif kind == "list":
+        found.extend(_elem(e) for e in node.get("o") or ())
+        found.extend(_elem(e) for e in node.get("p") or ())
+        found.extend(_elem(e) for e in node.get("x") or ())
+        found.extend(_elem(e) for e in node.get("q") or ())
+        found.extend((node.get("s") or {}).values())
+    elif kind == "set":
+        found.extend((node.get("a") or {}).values())
+        found.extend((node.get("d") or {}).values())
+    elif kind == "dict":
+        found.extend(_key(k) for k in (node.get("r") or {}).values())
+    elif "vk" in node:
+        found.append(_key(node["vk"]))

@@ -428,3 +428,22 @@ def test_unknown_fields_and_ill_typed_comparisons_are_refused_with_a_schema() ->
         compile_sql(parse_query("a == 1"), "Nope", SCHEMA)
     with pytest.raises(QueryError, match="unbound argument"):
         compile_sql(parse_rql("status == $0", None), "Task", SCHEMA)
+
+
+def test_non_finite_decimals_never_compare(store: Store) -> None:
+    # SQLite would CAST 'NaN' and 'Infinity' to 0.0; they must not pass for zero
+    store.put_all("Task", [{"_id": 1, "extra": {"$decimal": "NaN"}}, {"_id": 2, "extra": {"$decimal": "-Infinity"}},
+                           {"_id": 3, "extra": {"$decimal": "0"}}, {"_id": 4, "price": {"$decimal": "sNaN"}}])
+    check(store, "extra == 0", [3])
+    check(store, "extra >= 0", [3])
+    check(store, "extra < 1", [3])
+    check(store, "extra != 0", [1, 2, 4])
+    check(store, "price < 1", [])
+
+
+def test_a_null_list_is_empty_with_a_schema(store: Store) -> None:
+    store.put_all("Task", [{"_id": 1, "tags": None}, {"_id": 2, "tags": ["x"]}, {"_id": 3, "tags": [None]}])
+    assert store.both("tags == nil", schema=SCHEMA) == [3]
+    assert store.both("ALL tags == 'x'", schema=SCHEMA) == [1, 2]
+    assert store.both("tags.@count == 0", schema=SCHEMA) == [1]
+    assert store.both("tags == nil", schema=None) == [1, 3]

@@ -7,11 +7,13 @@ any replica that integrates the same transactions will hold.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..core import merge
+from ..core.merge.state import clone
 from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
@@ -29,7 +31,11 @@ Ref = tuple[str, str]
 
 @dataclass(slots=True)
 class LoadedDoc:
-    """A document as the write transaction holds it: its state and what it was at the start."""
+    """A document as the write transaction holds it: its state and what it was at the start.
+
+    ``before_source`` is the body as it was (None when the document was not live): a dict, or
+    the JSON text it was loaded from, decoded only if :attr:`body_before` is read.
+    """
 
     collection: str
     key: Plain
@@ -37,11 +43,19 @@ class LoadedDoc:
     state: merge.DocState
     existed_row: bool
     live_before: bool
-    body_before: dict[str, Plain] | None
+    before_source: dict[str, Plain] | str | None
     before_fields: dict[str, Plain] = field(default_factory=dict)
     deleted_here: bool = False
     dirty: bool = False
     seq: int = 0
+
+    @property
+    def body_before(self) -> dict[str, Plain] | None:
+        """The body as it was before the transaction (None when the document was not live)."""
+        src = self.before_source
+        if type(src) is str:
+            src = self.before_source = json.loads(src)
+        return src  # type: ignore[return-value]
 
 
 def container_kinds(schema: Schema, obj: ObjectSchema, plain: dict[str, Plain], prefix: str = "") -> dict[str, str]:
@@ -94,8 +108,12 @@ class WriteTransaction:
         self.ops.append(op)
 
     def _remember_before(self, d: LoadedDoc, name: str) -> None:
-        if d.live_before and name not in d.before_fields and d.body_before is not None:
-            d.before_fields[name] = d.body_before.get(name, MISSING_FIELD)
+        if d.live_before and name not in d.before_fields and not d.deleted_here and d.before_source is not None:
+            # Every change to a top-level field passes here before it applies, so until then the
+            # state still holds the field as loaded (copied: merges change containers in place).
+            # After a delete, before_images() takes the whole body_before instead.
+            value = d.state.body.get(name, MISSING_FIELD)
+            d.before_fields[name] = value if value is MISSING_FIELD else clone(value)
 
     # -- whole documents -------------------------------------------------------------------
 
@@ -110,7 +128,7 @@ class WriteTransaction:
 
     def delete(self, d: LoadedDoc) -> None:
         """Delete a document (a tombstone remains)."""
-        if d.live_before and d.body_before is not None:
+        if d.live_before and d.before_source is not None:
             d.deleted_here = True
         self._apply(d, DeleteDoc(d.collection, d.key, self.clock.now(), d.state.epoch))
 
@@ -119,39 +137,13 @@ class WriteTransaction:
     def assign(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType, value: Any) -> None:
         """Assign a (coerced) Python value to the field at ``path``."""
         self._remember_before(d, path[0])
-        self._assign(d, path, ftype, value)
-
-    def _assign(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType, value: Any) -> None:
-        coll, key = d.collection, d.key
-        parents = merge.epochs(d.state, path[:-1])
-        if value is None or ftype.kind not in ("object", "list", "set", "dict", "counter"):
-            plain = value_to_plain(ftype, value)
-            self._apply(d, SetValue(coll, key, self.clock.now(), d.state.epoch, path, parents, plain))
-            return
-        stamp = self.clock.now()
-        counter_value = int(value) if ftype.kind == "counter" else None
-        self._apply(d, SetContainer(coll, key, stamp, d.state.epoch, path, parents,
-                                    ftype.kind, stamp, counter_value))  # type: ignore[arg-type]
-        if ftype.kind == "object":
-            target = self.schema[ftype.target or ""]
-            for name, f in target.fields.items():
-                self._assign(d, path + (name,), f.type, getattr(value, name))
-        elif ftype.kind == "list":
-            assert ftype.element is not None
-            after: str | None = None
-            for v in value:
-                after = self.list_insert_after(d, path, ftype.element, after, v)
-        elif ftype.kind == "set":
-            assert ftype.element is not None
-            for v in value:
-                self.set_add(d, path, ftype.element, v)
-        elif ftype.kind == "dict":
-            assert ftype.element is not None
-            for k, v in value.items():
-                self.dict_put(d, path, ftype.element, k, v)
+        self._assign_plain(d, path, ftype, value_to_plain(ftype, value))
 
     def assign_plain(self, d: LoadedDoc, path: tuple[str, ...], ftype: FieldType | None, plain: Plain) -> None:
-        """Assign a value given in plain form (used by revert); ``ftype`` None: a register."""
+        """Assign a value given in plain form; ``ftype`` None: a register (a field no model declares).
+
+        A container value becomes a new container (a new epoch: concurrent additions to the
+        old one are discarded) followed by its contents, one operation each."""
         self._remember_before(d, path[0])
         self._assign_plain(d, path, ftype, plain)
 

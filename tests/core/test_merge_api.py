@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from tidesync.core.merge import (
     new_state,
     value_order_key,
 )
-from tidesync.core.operations import CreateDoc, DeleteDoc, ListInsert, SetValue, Unset
+from tidesync.core.operations import CreateDoc, DeleteDoc, ListInsert, Op, SetValue, Unset
 from tidesync.core.stamp import ZERO
 from tidesync.errors import MergeError
 
@@ -307,7 +308,7 @@ def test_latest_stamp_follows_every_kind_of_write() -> None:
     w = Writer("A", start({"l": ["a"], "s": ["x"], "d": {"k": 1}, "n": 2, "o": {"p": 1}},
                           {"l": "list", "s": "set", "d": "dict", "n": "counter", "o": "object"}))
     assert latest_stamp(w.state) == stamp(10)
-    steps = [lambda t: w.append(t, ("l",), "b"), lambda t: w.lset(t, ("l",), 0, "A"),
+    steps: list[Callable[[int], Op]] = [lambda t: w.append(t, ("l",), "b"), lambda t: w.lset(t, ("l",), 0, "A"),
              lambda t: w.add(t, ("s",), "y"), lambda t: w.remove(t, ("s",), "x"),
              lambda t: w.put(t, ("d",), "k", 2), lambda t: w.pop(t, ("d",), "k"), lambda t: w.incr(t, ("n",), 1),
              lambda t: w.set(t, ("o", "p"), 3), lambda t: w.assign(t, ("o",), "object"),

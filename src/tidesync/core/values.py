@@ -152,6 +152,12 @@ def _decode_tag(tag: str, inner: Any) -> Any:
     raise ValueError(f"unknown tag {tag!r}")
 
 
+# Made once: ``json.dumps`` with options builds a new encoder on every call.
+_canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
 def canonical_json(plain: Plain) -> str:
     """One string per plain value: equal values give equal strings (set members, dedup keys)."""
-    return json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    if type(plain) is str and '"' not in plain and "\\" not in plain and plain.isprintable():
+        return f'"{plain}"'  # what the encoder gives: nothing in it needs escaping
+    return _canonical_encode(plain)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ..errors import AuthError, PermissionDeniedError, SyncError
+from ..errors import AuthError, MergeError, PermissionDeniedError, ProtocolError, SyncError
 from ..protocol.actions import Announce, Fail, Integrate, Notify, ReportProgress, Send
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
@@ -212,8 +212,15 @@ class ServerSession:
 
     async def _integrate(self, action: Integrate) -> list[Any]:
         # Rules, partition and schema checks, compensating transaction (server/enforcement.py).
-        result, refused, compensated = await asyncio.to_thread(
-            self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+        try:
+            result, refused, compensated = await asyncio.to_thread(
+                self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+        except MergeError as exc:
+            # A well-framed batch holding a transaction the merge core refuses: the peer's
+            # fault. The batch's storage transaction rolled back; tell the peer and close.
+            self.link.fail(ProtocolError(f"cannot integrate the batch: {exc.message}",
+                                         code=ErrorCode.MALFORMED_MESSAGE))
+            return []
         if refused:
             self.link.send(CompensatingWrite(tuple(refused)))
         follow = self.replicator.integrated(result)

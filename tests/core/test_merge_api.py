@@ -321,3 +321,12 @@ def test_latest_stamp_follows_every_kind_of_write() -> None:
     w2.erase(50, ("l",), 0)
     assert latest_stamp(w2.state) == stamp(10)
     assert latest_stamp(new_state()) == ZERO
+
+
+def test_a_malformed_create_after_a_delete_changes_nothing() -> None:
+    s = new_state()
+    s, _ = integrate(s, DeleteDoc(COLL, 1, stamp(5), ZERO))
+    before = canonical_state(s)
+    with pytest.raises(MergeError):
+        integrate(s, CreateDoc(COLL, 1, stamp(20), stamp(9), {"_id": 1, "l": 3}, {"l": "list"}))
+    assert canonical_state(s) == before

@@ -71,7 +71,8 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
         The new state and the conflicts resolved on the way (usually none).
 
     Raises:
-        MergeError: the operation is malformed (the state is then unchanged).
+        MergeError: the operation is malformed (the state is then unchanged), or a policy
+            function broke its contract (the state may then be partly changed: reload it).
     """
     cls = type(op)
     if cls is CreateDoc and state is None:
@@ -87,11 +88,17 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
             state.body = {}
             state.meta = {}
         return state, []
+    base = op.base
     if cls is not CreateDoc:
         _validate(op)
-    elif state.meta or state.live or op.base < state.epoch:
+    elif not state.meta and not state.live and base >= state.epoch:
+        # Nothing to merge with: the fast path (it validates before anything changes).
+        state.body, state.meta = fast_create(op)  # type: ignore[arg-type]
+        state.epoch = base
+        state.live = True
+        return state, []
+    else:
         validate_create(op)  # type: ignore[arg-type]
-    base = op.base
     if base != state.epoch:
         if base < state.epoch:
             ctx = Context(op, policies)
@@ -101,12 +108,11 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
         state.live = False
         state.body = {}
         state.meta = {}
-    if cls is CreateDoc:
-        assert isinstance(op, CreateDoc)
-        if not state.meta and not state.live:
-            state.body, state.meta = fast_create(op)
-            state.live = True
-            return state, []
+    if cls is CreateDoc and not state.meta and not state.live:
+        # A new incarnation starts empty: the fast path applies after the reset.
+        state.body, state.meta = fast_create(op)  # type: ignore[arg-type]
+        state.live = True
+        return state, []
     ctx = Context(op, policies)
     if "*" in state.meta:
         expand(state)

@@ -163,7 +163,7 @@ class _FieldDescriptor:
             raise AttributeError(self.name) from None
 
     def __set__(self, obj: _ModelBase, value: Any) -> None:
-        spec = obj._ts_fields()[self.name]
+        spec = schema_of(obj.__class__).fields[self.name]  # read only: no copy of the fields
         value = coerce(obj.__class__.__name__, spec, value)
         binding = obj._ts_binding
         if binding is not None:
@@ -476,12 +476,19 @@ def _short(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+# kind -> the Python type whose instances the kind takes as they are (the common case, first).
+_EXACT: dict[str, type] = {"str": str, "bool": bool, "float": float, "decimal": Decimal, "objectid": ObjectId,
+                           "uuid": UUID}
+
+
 def _coerce(t: FieldType, value: Any) -> Any:
     if value is None:
         if t.nullable or t.kind == "mixed":
             return None
         raise _Mismatch()
     k = t.kind
+    if type(value) is _EXACT.get(k):
+        return value
     if k == "mixed":
         try:
             to_plain(value)
@@ -575,11 +582,20 @@ def _coerce_elem(t: FieldType, value: Any) -> Any:
         raise _Mismatch(f": element {_short(value)} is not {t.describe()}{exc.detail}") from None
 
 
+# Kinds whose values to_plain encodes by itself.
+_PLAIN_KINDS = frozenset({"bool", "int", "float", "decimal", "str", "bytes", "datetime", "objectid", "uuid", "mixed"})
+
+
 def value_to_plain(t: FieldType, value: Any) -> Plain:
     """The plain form of an already-coerced value of type ``t`` (links become primary keys)."""
     if value is None:
         return None
     k = t.kind
+    if k in _PLAIN_KINDS:
+        tv = type(value)
+        if tv is str or tv is bool:
+            return value  # what to_plain gives, without its checks
+        return to_plain(value)
     if k == "link":
         return to_plain(value._ts_primary_key())
     if k == "object":

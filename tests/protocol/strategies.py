@@ -29,6 +29,8 @@ from tidesync.protocol import (
     SubscriptionQuery,
     SubscriptionState,
     SubscriptionStatus,
+    ViewAck,
+    ViewUpdate,
     Welcome,
 )
 
@@ -118,9 +120,14 @@ messages: st.SearchStrategy[Message] = st.one_of(
         names, st.text(max_size=10), st.none() | doc_states), min_size=1, max_size=2).map(tuple)),
     st.builds(Subscribe, small_seqs, small_seqs, st.lists(st.builds(
         SubscriptionQuery, st.text(max_size=5), names,
-        st.one_of(st.text(max_size=10), st.dictionaries(names, plain, max_size=2))), max_size=2).map(tuple)),
+        st.one_of(st.text(max_size=10), st.dictionaries(names, plain, max_size=2)),
+        st.none() | st.dictionaries(names, plain, max_size=2)), max_size=2).map(tuple)),
     st.builds(SubscriptionState, small_seqs, small_seqs, st.sampled_from(list(SubscriptionStatus)),
               st.none() | st.text(max_size=10)),
+    st.builds(ViewUpdate, small_seqs.map(lambda n: n + 1), small_seqs,
+              st.lists(st.builds(SnapshotDoc, names, keys, doc_states), max_size=2).map(tuple),
+              st.lists(st.tuples(names, keys), max_size=2).map(tuple), progresses),
+    st.builds(ViewAck, seqs),
     st.builds(Error, names, st.text(max_size=20), st.none() | st.sampled_from(list(ErrorAction)),
               st.none() | small_seqs),
     st.builds(Ping, seqs),

@@ -104,7 +104,7 @@ def test_envelope_shape_is_version_type_flags_body() -> None:
 def test_tags_are_unique_and_registered() -> None:
     assert set(MESSAGE_TYPES) == {
         "hello", "welcome", "changes", "descriptors", "ack", "snapshot", "compensating_write",
-        "subscribe", "subscription_state", "error", "ping", "pong", "close"}
+        "subscribe", "subscription_state", "view_update", "view_ack", "error", "ping", "pong", "close"}
 
 
 def test_unknown_body_keys_are_ignored() -> None:

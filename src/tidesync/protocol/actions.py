@@ -175,7 +175,9 @@ class Announce:
 @dataclass(frozen=True, slots=True)
 class Notify:
     """A message for the driver or the app rather than for replication:
-    ``CompensatingWrite``, ``Subscribe``, ``SubscriptionState``."""
+    ``CompensatingWrite``, ``Subscribe``, ``SubscriptionState``, ``ViewUpdate``, ``ViewAck``
+    (flexible sync's views are the drivers' business: the replicator passes them through, in
+    order with the actions of the messages around them)."""
 
     message: Message
 

@@ -27,6 +27,9 @@ tag                class                  meaning
 ``compensating_write`` :class:`CompensatingWrite` the sender undid writes of the receiver's
 ``subscribe``      :class:`Subscribe`     (flexible sync) a new subscription set
 ``subscription_state`` :class:`SubscriptionState` (flexible sync) a set's state changed
+``view_update``    :class:`ViewUpdate`    (flexible sync) documents entering the receiver's
+                                          view (whole) and leaving it (keys)
+``view_ack``       :class:`ViewAck`       (flexible sync) a ViewUpdate is durably applied
 ``ping``/``pong``  :class:`Ping`/:class:`Pong` heartbeat
 ``error``          :class:`Error`         the connection failed; what to do about it
 ``close``          :class:`Close`         the sender will send nothing more
@@ -65,6 +68,8 @@ __all__ = [
     "SubscriptionStatus",
     "Subscribe",
     "SubscriptionState",
+    "ViewUpdate",
+    "ViewAck",
     "Error",
     "Ping",
     "Pong",
@@ -79,7 +84,7 @@ MAX_SEQ = 2**63 - 1
 MAX_DEPTH = 64
 
 #: What a replica wants to receive: ``{}`` (everything), ``{"partition": {"key": field,
-#: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync, reserved).
+#: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync).
 Scope: TypeAlias = dict[str, Any]
 
 
@@ -610,7 +615,7 @@ class CompensatingWrite:
         return cls(tuple(CompensatedWrite.from_wire(w) for w in _list("writes", _get(body, "writes"))))
 
 
-# ------------------------------------------------------------------------ flexible sync (reserved)
+# ------------------------------------------------------------------------ flexible sync
 
 
 class SubscriptionStatus(StrEnum):
@@ -625,31 +630,49 @@ class SubscriptionStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionQuery:
-    """One named query of a subscription set: RQL text or a MongoDB filter document."""
+    """One named query of a subscription set: RQL text or a MongoDB filter document.
+
+    Attributes:
+        name: the subscription's name (``""``: unnamed).
+        collection: the queried collection.
+        query: RQL text (without unbound ``$n``) or a MongoDB filter document.
+        ast: optional: the bound query tree in tidesync's JSON form
+            (:func:`tidesync.query.node_to_json`). When present it is authoritative and
+            ``query`` is its RQL text for logs and error messages (values RQL has no literal
+            for, such as dates, appear there as ``$n``).
+    """
 
     name: str
     collection: str
     query: str | dict[str, Any]
+    ast: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _str("name", self.name)
         _str("collection", self.collection, empty=False)
         if not isinstance(self.query, str):
             _map("query", self.query)
+        if self.ast is not None:
+            _map("ast", self.ast)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"name": self.name, "collection": self.collection, "query": self.query}
+        out: dict[str, Any] = {"name": self.name, "collection": self.collection, "query": self.query}
+        if self.ast is not None:
+            out["ast"] = self.ast
+        return out
 
     @classmethod
     def from_wire(cls, data: object) -> SubscriptionQuery:
         if not isinstance(data, dict):
             raise ValueError("a subscription query is a map")
-        return cls(data.get("name", ""), _get(data, "collection"), _get(data, "query"))
+        return cls(data.get("name", ""), _get(data, "collection"), _get(data, "query"), data.get("ast"))
 
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """(Flexible sync; reserved.) Replace the sender's subscription set with version ``version``."""
+    """(Flexible sync) The sender's subscription set ``set_id`` is now at ``version``, holding
+    ``queries``: the receiver should send what matches (and what the sender's user may read)
+    and take away what no longer does. Versions only grow; a receiver ignores an older one."""
 
     TAG: ClassVar[str] = "subscribe"
 
@@ -675,7 +698,9 @@ class Subscribe:
 
 @dataclass(frozen=True, slots=True)
 class SubscriptionState:
-    """(Flexible sync; reserved.) Subscription set ``set_id`` at ``version`` reached ``state``."""
+    """(Flexible sync) Subscription set ``set_id`` at ``version`` reached ``state``
+    (``message``: why, for ``error``). ``complete`` follows every :class:`ViewUpdate` of that
+    version's bootstrap."""
 
     TAG: ClassVar[str] = "subscription_state"
 
@@ -703,6 +728,89 @@ class SubscriptionState:
         except ValueError:
             raise ValueError(f"unknown subscription state {state!r:.40}") from None
         return cls(_get(body, "set_id"), _get(body, "version"), status, body.get("message"))
+
+
+def _doc_key(item: object) -> tuple[str, Plain]:
+    if not isinstance(item, (list, tuple)) or len(item) != 2:
+        raise ValueError("a document key is [collection, key]")
+    _str("collection", item[0], empty=False)
+    check_plain(item[1], "key")
+    return (item[0], item[1])
+
+
+@dataclass(frozen=True, slots=True)
+class ViewUpdate:
+    """(Flexible sync) Documents entering and leaving the receiver's *view*: the set of
+    documents the sender (the server) has decided the receiver holds.
+
+    ``enter`` carries each entering document whole, as its full merge state, which the
+    receiver *joins* into what it has (a merge: its unsynced work stays). ``leave`` names
+    documents the receiver must drop from its storage **without deleting them**: no delete is
+    logged or uploaded, the document lives on elsewhere. Updates are applied in order with the
+    :class:`Changes` around them, each atomically with ``view_seq``, which the receiver
+    persists and acknowledges with :class:`ViewAck`; it names the last update applied in its
+    next ``Hello`` scope, so that a reconnection sends again exactly what may have been lost.
+
+    Attributes:
+        view_seq: this update's number; increasing (not necessarily by 1) per receiver
+            replica across connections.
+        version: the subscription set version whose bootstrap this update belongs to; 0 when
+            it comes from routing a change (a write moved documents in or out of the view).
+        enter: documents entering the view, whole.
+        leave: ``(collection, key)`` of documents leaving it.
+        progress: for a bootstrap, documents sent so far and the total (``sent``/``total``).
+    """
+
+    TAG: ClassVar[str] = "view_update"
+
+    view_seq: int
+    version: int = 0
+    enter: tuple[SnapshotDoc, ...] = ()
+    leave: tuple[tuple[str, Plain], ...] = ()
+    progress: Progress = field(default_factory=Progress)
+
+    def __post_init__(self) -> None:
+        _int("view_seq", self.view_seq, lo=1)
+        _int("version", self.version)
+        if not isinstance(self.enter, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.enter):
+            raise ValueError("enter must be a tuple of SnapshotDoc")
+        if not isinstance(self.leave, tuple):
+            raise ValueError("leave must be a tuple of (collection, key)")
+        for item in self.leave:
+            _doc_key(item)
+        if not isinstance(self.progress, Progress):
+            raise ValueError("progress must be a Progress")
+
+    def to_body(self) -> dict[str, Any]:
+        return {"view_seq": self.view_seq, "version": self.version,
+                "enter": [d.to_wire() for d in self.enter],
+                "leave": [[c, k] for c, k in self.leave], "progress": self.progress.to_wire()}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ViewUpdate:
+        return cls(_get(body, "view_seq"), body.get("version", 0),
+                   tuple(SnapshotDoc.from_wire(d) for d in _list("enter", body.get("enter", []))),
+                   tuple(_doc_key(k) for k in _list("leave", body.get("leave", []))),
+                   Progress.from_wire(body.get("progress", {})))
+
+
+@dataclass(frozen=True, slots=True)
+class ViewAck:
+    """(Flexible sync) Every :class:`ViewUpdate` up to ``view_seq`` is durably applied."""
+
+    TAG: ClassVar[str] = "view_ack"
+
+    view_seq: int
+
+    def __post_init__(self) -> None:
+        _int("view_seq", self.view_seq)
+
+    def to_body(self) -> dict[str, Any]:
+        return {"view_seq": self.view_seq}
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> ViewAck:
+        return cls(_get(body, "view_seq"))
 
 
 # ------------------------------------------------------------------------ connection control
@@ -821,12 +929,12 @@ class Close:
 
 Message: TypeAlias = (
     Hello | Welcome | Changes | Descriptors | Ack | Snapshot | CompensatingWrite | Subscribe
-    | SubscriptionState | Error | Ping | Pong | Close
+    | SubscriptionState | ViewUpdate | ViewAck | Error | Ping | Pong | Close
 )
 
 #: Every message class by its wire tag.
 MESSAGE_TYPES: dict[str, type[Message]] = {
     cls.TAG: cls
     for cls in (Hello, Welcome, Changes, Descriptors, Ack, Snapshot, CompensatingWrite,
-                Subscribe, SubscriptionState, Error, Ping, Pong, Close)
+                Subscribe, SubscriptionState, ViewUpdate, ViewAck, Error, Ping, Pong, Close)
 }

@@ -83,6 +83,8 @@ from .messages import (
     Snapshot,
     Subscribe,
     SubscriptionState,
+    ViewAck,
+    ViewUpdate,
     Welcome,
     check_scope,
 )
@@ -287,7 +289,7 @@ class Replicator:
             return self._on_hello(message)
         if isinstance(message, Welcome):
             return self._on_welcome(message)
-        if isinstance(message, (CompensatingWrite, Subscribe, SubscriptionState)):
+        if isinstance(message, (CompensatingWrite, Subscribe, SubscriptionState, ViewUpdate, ViewAck)):
             return [Notify(message)]
         if not self.active:
             return [Fail(ProtocolError(f"{message.TAG} before the handshake",

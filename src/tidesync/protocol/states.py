@@ -24,7 +24,7 @@ Event-triggered transitions (the table)::
     INITIATOR: IDLE --Hello--> HELLO_SENT --(Welcome from ACCEPTOR)--> ACTIVE
     ACCEPTOR:  IDLE --(Hello from INITIATOR)--> HELLO_RECEIVED --Welcome--> ACTIVE
     both:      ACTIVE --Changes, Descriptors, Ack, Snapshot, CompensatingWrite, Subscribe,
-                        SubscriptionState, Ping, Pong--> ACTIVE
+                        SubscriptionState, ViewUpdate, ViewAck, Ping, Pong--> ACTIVE
                ACTIVE --Close--> CLOSED        (the party will send nothing more)
                any live state --Error--> ERROR
 
@@ -59,6 +59,8 @@ from .messages import (
     Snapshot,
     Subscribe,
     SubscriptionState,
+    ViewAck,
+    ViewUpdate,
     Welcome,
 )
 
@@ -114,7 +116,7 @@ Trigger: TypeAlias = "MessageType | tuple[MessageType, Role]"
 #: Messages either party may send, any number of times, once the handshake is done.
 SESSION_MESSAGES: tuple[MessageType, ...] = (
     Changes, Descriptors, Ack, Snapshot, CompensatingWrite, Subscribe, SubscriptionState,
-    Ping, Pong,
+    ViewUpdate, ViewAck, Ping, Pong,
 )
 
 _ACTIVE: dict[Trigger, State] = {**{m: ACTIVE for m in SESSION_MESSAGES}, Close: CLOSED, Error: ERROR}

@@ -49,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from ..core import merge
+from ..core.merge.create import expand
 from ..core.operations import (
     CreateDoc, DeleteDoc, DictPut, ListInsert, Op, SetAdd, SetContainer, SetValue, Unset, op_from_wire, op_to_wire,
 )
@@ -91,13 +92,13 @@ def query_compiler(doc: Any) -> Any:
     return to_predicate(parse_query(doc))
 
 
-def user_context(user: Any) -> UserContext:
-    """The ``%%user`` of an authenticated user: id, data, and custom data (from the user
-    object's ``custom_data`` when the auth layer provides it, else ``data["custom_data"]``)."""
+def user_context(user: Any, custom_data: Any = None) -> UserContext:
+    """The ``%%user`` of an authenticated user: id, data (its profile), and custom data
+    (``custom_data``, as ``[auth.custom_data]`` finds it when the session starts)."""
     data = dict(getattr(user, "data", None) or {})
-    custom = getattr(user, "custom_data", None)
+    custom = custom_data
     if custom is None:
-        custom = data.get("custom_data")
+        custom = getattr(user, "custom_data", None) or data.get("custom_data")
     return UserContext(str(user.id), data, dict(custom) if isinstance(custom, dict) else {})
 
 
@@ -564,6 +565,7 @@ class SessionReplica:
         self.backend = backend
         self.rules = rules if rules is not None and not rules.rules.unrestricted else None
         self.enforcer = enforcer
+        self.peer: Any = None  # the peer's replica id, learned from the first read
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.backend, name)
@@ -572,6 +574,7 @@ class SessionReplica:
 
     def read_log(self, after: int, *, limit: int, max_bytes: int, scope: Scope,
                  exclude_origin: Any) -> LogBatch:
+        self.peer = exclude_origin
         batch = self.backend.read_log(after, limit=limit, max_bytes=max_bytes, scope=scope,
                                       exclude_origin=exclude_origin)
         if not batch.entries:
@@ -684,14 +687,39 @@ class SessionReplica:
 
     def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
         page = self.backend.read_snapshot(scope, cursor=cursor, limit=limit, max_bytes=max_bytes)
-        if self.rules is None:
+        extra = self._compensations_for_peer(page.as_of_seq) if page.cursor is None else []
+        if self.rules is None and not extra:
             return page
         docs: list[SnapshotDoc] = []
         for doc in page.docs:
-            shown = self.filter_snapshot_doc(doc)
+            shown = self.filter_snapshot_doc(doc) if self.rules is not None else doc
             if shown is not None:
                 docs.append(shown)
+        docs = _apply_extras(docs, extra)
         return SnapshotPage(tuple(docs), page.cursor, page.as_of_seq, page.nbytes, page.estimate)
+
+    def _compensations_for_peer(self, as_of: int) -> list[Op]:
+        """The device-only operations of compensating transactions addressed to this peer
+        (up to ``as_of``): a snapshot replaces the log they travel in, so the last page
+        carries them instead (a refused create is then a tombstone, say)."""
+        if self.peer is None:
+            return []
+        db = self.backend
+        with db._lock:
+            rows = db._engine.query("SELECT data FROM log WHERE origin = ? AND seq <= ? ORDER BY seq",
+                                    (db.replica_id, as_of))
+        import msgpack
+
+        out: list[Op] = []
+        for (data,) in rows:
+            meta = msgpack.unpackb(data, raw=False).get("meta") or {}
+            comp = meta.get("compensation")
+            if isinstance(comp, dict) and comp.get("for") == self.peer:
+                try:
+                    out.extend(op_from_wire(o) for o in comp.get("extra", ()))
+                except ValueError:
+                    continue
+        return out
 
     def filter_snapshot_doc(self, doc: SnapshotDoc) -> SnapshotDoc | None:
         assert self.rules is not None
@@ -722,6 +750,43 @@ class SessionReplica:
         if self.enforcer is None:
             return self.backend.integrate_snapshot(docs, peer=peer, as_of_seq=as_of_seq)
         return self.enforcer.integrate_snapshot(docs, peer=peer, as_of_seq=as_of_seq)
+
+
+def _apply_extras(docs: list[SnapshotDoc], extra: Sequence[Op]) -> list[SnapshotDoc]:
+    """Snapshot documents that carry device-only compensation operations: a ``DeleteDoc``
+    becomes a tombstone of its stamp, an ``Unset`` an unset write in the document's meta."""
+    if not extra:
+        return docs
+    by_ref = {_ref(d.collection, d.key): i for i, d in enumerate(docs)}
+    out = list(docs)
+    for op in extra:
+        ref = _ref(op.collection, op.key)
+        if isinstance(op, DeleteDoc):
+            tomb = SnapshotDoc(op.collection, op.key, {"epoch": op.stamp, "live": False, "body": {}, "meta": {}})
+            if ref in by_ref:
+                current = out[by_ref[ref]]
+                if current.state["epoch"] >= op.stamp:
+                    continue
+                out[by_ref[ref]] = tomb
+            else:
+                by_ref[ref] = len(out)
+                out.append(tomb)
+        elif isinstance(op, Unset) and ref in by_ref:
+            current = out[by_ref[ref]]
+            st = current.state
+            if not st["live"] or st["epoch"] != op.base:
+                continue
+            state = merge.DocState(st["epoch"], True, dict(st["body"]), json.loads(json.dumps(st["meta"])))
+            expand(state)
+            name = op.path[0]
+            r = state.meta.setdefault("r", {})
+            if r.get(name, "") < "1" + op.stamp:
+                r[name] = "1" + op.stamp
+                state.body.pop(name, None)
+                (state.meta.get("c") or {}).pop(name, None)
+            out[by_ref[ref]] = SnapshotDoc(current.collection, current.key, {
+                "epoch": state.epoch, "live": True, "body": state.body, "meta": state.meta})
+    return out
 
 
 def _meta_fields(meta: dict[str, Any]) -> set[str]:

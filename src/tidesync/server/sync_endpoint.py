@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import AuthError, MergeError, PermissionDeniedError, ProtocolError, SyncError
-from ..protocol.actions import Announce, Fail, Integrate, Notify, RecordAck, ReportProgress, Send
+from ..protocol.actions import Announce, Fail, Integrate, Notify, ReportProgress, Send
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
@@ -61,51 +61,6 @@ async def sync_endpoint(state: ServerState, websocket: WebSocket) -> None:
         state.sessions.discard(session)
 
 
-class _Shared:
-    """What the sessions of one server share for fan-out.
-
-    ``head``: the server's head as of the last integration (a hint: sessions woken by it read
-    the log without first asking the backend for its head).
-
-    Acknowledgements: a peer's ``Ack`` only moves ``checkpoint(peer).acked``, which the server
-    never reads back (a reconnecting peer says in ``Hello`` how much of our log it holds), so
-    instead of one durable write per ``Ack`` -- a thousand fsyncs, each holding the backend,
-    when a write fans out to a thousand clients -- they are gathered and written together.
-    """
-
-    ACK_DELAY = 0.25
-
-    def __init__(self) -> None:
-        self.head = 0
-        self._acks: dict[str, int] = {}
-        self._flushing = False
-
-    def record_ack(self, backend: Any, peer: str, seq: int) -> None:
-        self._acks[peer] = max(seq, self._acks.get(peer, seq))
-        if not self._flushing:
-            self._flushing = True
-            asyncio.get_running_loop().create_task(self._flush_acks(backend))
-
-    async def _flush_acks(self, backend: Any) -> None:
-        try:
-            while self._acks:
-                await asyncio.sleep(self.ACK_DELAY)
-                acks, self._acks = self._acks, {}
-                await asyncio.to_thread(backend.record_acks, acks)
-        except Exception as exc:  # noqa: BLE001 - the server is closing; acks are advisory
-            log.debug("acknowledgements not recorded: %r", exc)
-        finally:
-            self._flushing = False
-
-
-def _shared(state: ServerState) -> _Shared:
-    shared: _Shared | None = getattr(state, "_ts_sync_shared", None)
-    if shared is None:
-        shared = _Shared()
-        state._ts_sync_shared = shared  # type: ignore[attr-defined]
-    return shared
-
-
 class ServerSession:
     """One client connection."""
 
@@ -125,45 +80,10 @@ class ServerSession:
         self.reader = SessionReplica(state.backend, None, self.enforcer)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._closing = False
-        self._auth_checked_at = time.monotonic()
 
     def local_commit(self) -> None:
         """The server's log grew: stream the new entries (called on the event loop)."""
         self._inbox.put_nowait(("commit", None))
-
-    def _tick(self) -> None:
-        # Heartbeats and deadlines: one timer per session instead of a timeout on every get().
-        self._inbox.put_nowait(("tick", None))
-        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
-
-    def recheck_auth(self) -> None:
-        """Check the user's token and account again now (log out, disabled user...)."""
-        self._auth_checked_at = 0.0
-        self._inbox.put_nowait(("recheck", None))
-
-    async def _auth_lapsed(self) -> bool:
-        """Once admitted, a connection lives only as long as its access token and its user:
-        when the token expires the client is told ``token_expired`` (it refreshes and
-        reconnects); a disabled or deleted user or an ended login session (checked every
-        ``auth.session_recheck_interval`` seconds, or at once on :meth:`recheck_auth`) gets
-        ``auth_failed``. Returns True when the connection was failed."""
-        user = self.user
-        if user is None or self.link.finished:
-            return False
-        error = None
-        if time.time() >= getattr(user, "expires", 0.0) > 0:
-            error = AuthError("the access token expired", code=ErrorCode.TOKEN_EXPIRED)
-        elif time.monotonic() - self._auth_checked_at >= self.state.config.auth.session_recheck_interval:
-            self._auth_checked_at = time.monotonic()
-            lapsed = await asyncio.to_thread(self.state.tokens.still_valid, user)
-            if lapsed is not None:
-                code = ErrorCode.TOKEN_EXPIRED if lapsed.code == "expired_token" else ErrorCode.AUTH_FAILED
-                error = AuthError(lapsed.message, code=code)
-        if error is None:
-            return False
-        self.link.fail(error)
-        await self._flush()
-        return True
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -171,14 +91,12 @@ class ServerSession:
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read())
-        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
         self.replicator.start()
         try:
             while True:
-                if await self._auth_lapsed():
-                    break
-                kind, item = await self._inbox.get()
-                if kind == "tick":
+                try:
+                    kind, item = await asyncio.wait_for(self._inbox.get(), timeout=1.0)
+                except TimeoutError:
                     self.link.tick(int(time.monotonic() * 1000))
                     await self._flush()
                     if self.link.finished:
@@ -192,20 +110,14 @@ class ServerSession:
                     self.link.receive(item)
                 elif kind == "commit":
                     if self.replicator.active:
-                        # The head the last integration reached saves a thread hop per session
-                        # on fan-out; read the real head only when that one brings nothing.
-                        actions = self.replicator.local_commit(_shared(self.state).head)
-                        if not actions:
-                            actions = self.replicator.local_commit(
-                                await asyncio.to_thread(self.state.backend.head_seq))
-                        await self._execute(actions)
+                        await self._execute(self.replicator.local_commit(
+                            await asyncio.to_thread(self.state.backend.head_seq)))
                 for event in self.link.events_received():
                     await self._on_event(event)
                 await self._flush()
                 if self.link.finished:
                     break
         finally:
-            self._ticker.cancel()
             self.replicator.stop()
             reader.cancel()
             try:
@@ -297,8 +209,6 @@ class ServerSession:
                 pass
             elif isinstance(action, Integrate):
                 todo[0:0] = await self._integrate(action)
-            elif isinstance(action, RecordAck):
-                _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
             else:
                 todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
 
@@ -317,7 +227,5 @@ class ServerSession:
             self.link.send(CompensatingWrite(tuple(refused)))
         follow = self.replicator.integrated(result)
         if result.applied or compensated:
-            shared = _shared(self.state)
-            shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
             self.state.notify_commit(self)
         return follow

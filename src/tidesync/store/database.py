@@ -51,6 +51,7 @@ M = TypeVar("M", bound=_ModelBase)
 Ref = tuple[str, str]
 
 _CACHE_LIMIT = 20_000
+_MAY_LINK = frozenset({"link", "list", "set"})  # field kinds _adopt_field may have to adopt
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,22 +424,24 @@ class Database(ReplicaStore):
         """
         obj = self._model(cls)
         txn = self._current_txn()
-        given = {**(values or {}), **kwargs}
-        unknown = set(given) - set(obj.fields)
-        if unknown:
-            raise ValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields are {sorted(obj.fields)}")
+        given = {**values, **kwargs} if values else kwargs
+        fields = obj.fields
+        if not given.keys() <= fields.keys():
+            unknown = set(given) - set(fields)
+            raise ValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields are {sorted(fields)}")
+        owner = cls.__name__
         coerced: dict[str, Any] = {}
         defaults: list[str] = []
-        for name, f in obj.fields.items():
+        for name, f in fields.items():
             if name in given:
-                coerced[name] = coerce(cls.__name__, f, given[name])
+                coerced[name] = coerce(owner, f, given[name])
             elif update is None or "_id" == name:
                 v = default_of(cls, name)
                 if v is MISSING:
                     raise ValidationError(f"{cls.__name__}.{name} is required (type {f.type.describe()})")
-                coerced[name] = coerce(cls.__name__, f, v)
+                coerced[name] = coerce(owner, f, v)
                 defaults.append(name)
-        key = value_to_plain(obj.fields["_id"].type, coerced["_id"])
+        key = value_to_plain(fields["_id"].type, coerced["_id"])
         ref = (obj.name, canonical_json(key))
         d = txn.doc(obj.name, key, ref)
         if d.state.live:
@@ -463,8 +466,12 @@ class Database(ReplicaStore):
                         raise ValidationError(f"{cls.__name__}.{name} is required (type {f.type.describe()})")
                     coerced[name] = coerce(cls.__name__, f, v)
                     defaults.append(name)
-        plain = {name: value_to_plain(obj.fields[name].type, self._adopt_field(obj.fields[name].type, v))
-                 for name, v in coerced.items()}
+        plain: dict[str, Plain] = {}
+        for name, v in coerced.items():
+            t = fields[name].type
+            if v is not None and t.kind in _MAY_LINK:
+                v = self._adopt_field(t, v)
+            plain[name] = value_to_plain(t, v)
         if self._partition is not None:
             pkey, pvalue = self._partition
             if pkey in given and plain.get(pkey) != pvalue:
@@ -475,7 +482,7 @@ class Database(ReplicaStore):
             plain[pkey] = pvalue
             if pkey in defaults:
                 defaults.remove(pkey)
-        txn.create(obj, key, plain, defaults)
+        txn.create(obj, key, plain, defaults, ref)
         return self._managed(cls, obj, key, ref)
 
     def _adopt_field(self, t: FieldType, value: Any) -> Any:

@@ -330,9 +330,14 @@ class Engine:
 
     def query(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement and return all its rows."""
-        cursor = self._run(sql, params)
-        with self._translated(sql):
-            return cast("list[Row]", cursor.fetchall())
+        # The hot path of every read: _run and _translated inlined (no context manager).
+        conn = self._open_connection()
+        if self._tracer is not None:
+            self._tracer(sql, params)
+        try:
+            return cast("list[Row]", conn.execute(sql, params).fetchall())
+        except self._driver_errors as exc:
+            raise _translate(exc, sql) from exc
 
     @contextmanager
     def atomic(self, *, immediate: bool = True) -> Iterator[None]:
@@ -426,8 +431,10 @@ class Engine:
         conn = self._open_connection()
         if self._tracer is not None:
             self._tracer(trace_as or sql, params)
-        with self._translated(trace_as or sql):
+        try:
             return conn.execute(sql, () if params is None else params)
+        except self._driver_errors as exc:
+            raise _translate(exc, trace_as or sql) from exc
 
     def _traced_params(self, sql: str, seq_of_params: Iterable[Params]) -> Iterator[Params]:
         assert self._tracer is not None

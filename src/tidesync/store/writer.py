@@ -58,6 +58,9 @@ class LoadedDoc:
         return src  # type: ignore[return-value]
 
 
+_NON_REGISTER = frozenset({"list", "set", "dict", "counter", "object"})
+
+
 def container_kinds(schema: Schema, obj: ObjectSchema, plain: dict[str, Plain], prefix: str = "") -> dict[str, str]:
     """The ``kinds`` map of a CreateDoc: dotted path -> container kind, for non-register fields."""
     kinds: dict[str, str] = {}
@@ -88,6 +91,7 @@ class WriteTransaction:
         self.docs: dict[Ref, LoadedDoc] = {}
         self.ops: list[Op] = []
         self.conflicts: list[merge.Conflict] = []
+        self._flat: dict[int, tuple[ObjectSchema, bool]] = {}  # id(schema) -> (schema, no containers)
 
     # -- documents -------------------------------------------------------------------------
 
@@ -117,12 +121,16 @@ class WriteTransaction:
 
     # -- whole documents -------------------------------------------------------------------
 
-    def create(self, obj: ObjectSchema, key: Plain, plain: dict[str, Plain], defaults: Iterable[str]) -> LoadedDoc:
-        """Create a document from the plain values of all its fields."""
-        d = self.doc(obj.name, key)
+    def create(self, obj: ObjectSchema, key: Plain, plain: dict[str, Plain], defaults: Iterable[str],
+               ref: Ref | None = None) -> LoadedDoc:
+        """Create a document from the plain values of all its fields (``ref``: its ref, if known)."""
+        d = self.doc(obj.name, key, ref)
         stamp = self.clock.now()
-        op = CreateDoc(obj.name, key, stamp, d.state.epoch, plain,
-                       container_kinds(self.schema, obj, plain), tuple(defaults))
+        flat = self._flat.get(id(obj))
+        if flat is None:  # the schema has no container or embedded field: kinds is always empty
+            flat = self._flat[id(obj)] = (obj, not any(f.type.kind in _NON_REGISTER for f in obj.fields.values()))
+        kinds = {} if flat[1] else container_kinds(self.schema, obj, plain)
+        op = CreateDoc(obj.name, key, stamp, d.state.epoch, plain, kinds, tuple(defaults))
         self._apply(d, op)
         return d
 

@@ -40,6 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--limit", type=int, default=50)
     c.add_argument("--json", action="store_true", help="print JSON")
 
+    sc = sub.add_parser("schema", help="show the schema a server learned from the data",
+                        description="Show each collection's fields and the kinds of value the server has seen "
+                                    "(learned from every write), or print it as JSON Schemas for [schema] in "
+                                    "tidesync.toml.")
+    sc.add_argument("--data", default="data", help="the server's data directory")
+    sc.add_argument("--json", action="store_true", help="print the learned schema as JSON")
+    sc.add_argument("--json-schema", action="store_true",
+                    help="print one JSON Schema per collection (bsonType form), to enforce with [schema]")
+
     h = sub.add_parser("history", help="list a database file's transactions",
                        description="List the transactions of a tidesync database file, newest first.")
     h.add_argument("file")
@@ -50,6 +59,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("file")
     r.add_argument("txn_id")
     return p
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..server.schemas import SchemaLearner, learned_to_json_schema
+
+    path = Path(args.data) / "schema.json"
+    if not path.exists():
+        print(f"no learned schema in {args.data} (the server writes schema.json as data flows)", file=sys.stderr)
+        return 1
+    learned = SchemaLearner(path).snapshot()
+    if args.json_schema:
+        print(json.dumps(learned_to_json_schema(learned), indent=2, sort_keys=True))
+    elif args.json:
+        print(json.dumps(learned, indent=2, sort_keys=True))
+    else:
+        for coll, fields in sorted(learned.items()):
+            print(coll)
+            for name, entry in sorted(fields.items()):
+                kinds = " | ".join(entry.get("kinds", []))
+                elements = entry.get("elements")
+                print(f"  {name}: {kinds}" + (f" of {' | '.join(elements)}" if elements else ""))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if not rows:
                     print("no conflicts recorded")
             return 0
+        if args.command == "schema":
+            return _schema(args)
         if args.command in ("history", "revert"):
             from ..store.database import Database
 

@@ -23,6 +23,7 @@ Each operation has a compact wire form, a list whose first item is a one-letter 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any, Literal, TypeAlias
 
 from .stamp import Stamp, is_stamp
@@ -234,13 +235,27 @@ _CODE = {cls: (code, names) for code, (cls, names) in _WIRE.items()}
 _KINDS = ("object", "list", "set", "dict", "counter")
 
 
+def _getter(names: tuple[str, ...]) -> Any:
+    """A function returning the values of ``names`` of an op, as a tuple (None for no names)."""
+    if not names:
+        return None
+    if len(names) == 1:
+        one = attrgetter(names[0])
+        return lambda op: (one(op),)
+    return attrgetter(*names)
+
+
+# class -> (code, getter of the fields after the common four)
+_GETTERS = {cls: (code, _getter(names)) for cls, (code, names) in _CODE.items()}
+
+
 def op_to_wire(op: Op) -> list[Any]:
     """The compact list form of an operation (for msgpack or JSON)."""
-    code, names = _CODE[type(op)]
+    code, get = _GETTERS[type(op)]
     out: list[Any] = [code, op.collection, op.key, op.stamp, op.base]
-    for name in names:
-        v = getattr(op, name)
-        out.append(list(v) if isinstance(v, tuple) else v)
+    if get is not None:
+        for v in get(op):
+            out.append(list(v) if isinstance(v, tuple) else v)
     return out
 
 

@@ -100,6 +100,11 @@ def serve_forever(config: ServerConfig) -> None:
     if config.development_mode:
         print("tidesync: DEVELOPMENT MODE (no config file): app id 'default', anonymous login on, "
               "every user may read and write all data, partition key '_partition'", flush=True)
+    else:
+        if config.rules is None:
+            print("tidesync: no [rules] in the config: every user may read and write all data", flush=True)
+        if config.schemas:
+            print(f"tidesync: enforcing the JSON Schema of {', '.join(sorted(config.schemas))}", flush=True)
     print(f"tidesync: serving app '{config.app_id}' at {scheme}://{config.host}:{config.port} "
           f"(data in {config.data_dir})", flush=True)
     uvicorn.Server(_uvicorn_config(app, config, config.port)).run()

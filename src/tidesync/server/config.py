@@ -23,6 +23,11 @@ __all__ = ["ServerConfig", "load_config", "policies_from_config", "named_policie
            "schemas_from_config"]
 
 
+#: The top-level tables of tidesync.toml (docs/config.md).
+KNOWN_SECTIONS = frozenset({"app", "server", "sync", "auth", "conflicts", "rules", "default_roles", "partitions",
+                            "schema"})
+
+
 @dataclass
 class ServerConfig:
     """Everything a tidesync server needs to know.
@@ -86,6 +91,11 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise UsageError(f"cannot read config {path}: {exc}") from exc
         cfg.development_mode = False
+        unknown = sorted(set(data) - KNOWN_SECTIONS)
+        if unknown:
+            # A misspelt [rules] must not silently leave the data open.
+            raise UsageError(f"unknown section(s) {unknown} in {path}; known: {sorted(KNOWN_SECTIONS)}",
+                             advice="see docs/config.md")
         app = data.get("app", {})
         cfg.app_id = str(app.get("id", cfg.app_id))
         sync = data.get("sync", {})

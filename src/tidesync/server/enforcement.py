@@ -702,8 +702,9 @@ class SessionReplica:
         """The device-only operations of compensating transactions addressed to this peer
         (up to ``as_of``): a snapshot replaces the log they travel in, so the last page
         carries them instead (a refused create is then a tombstone, say)."""
-        if self.peer is None:
-            return []
+        enforcer = self.enforcer
+        if self.peer is None or enforcer is None or not (enforcer.full or enforcer.has_partition):
+            return []  # this session's uploads are never refused: no compensation is for it
         db = self.backend
         with db._lock:
             rows = db._engine.query("SELECT data FROM log WHERE origin = ? AND seq <= ? ORDER BY seq",

@@ -30,6 +30,8 @@ comes from the local file.
         ├── AuthError                 bad credentials or token; log in again
         ├── PermissionDeniedError     the server refused a read or a write
         ├── CompensatingWriteError    the server undid a write of ours (see ``writes``)
+        ├── RateLimitedError          too many attempts; try again after ``retry_after`` s
+        ├── CertificateError          the server's TLS certificate could not be verified
         └── ConnectionClosedError     the connection closed; the session will retry
 """
 
@@ -62,6 +64,8 @@ __all__ = [
     "AuthError",
     "PermissionDeniedError",
     "CompensatingWriteError",
+    "RateLimitedError",
+    "CertificateError",
     "ConnectionClosedError",
 ]
 
@@ -260,6 +264,34 @@ class CompensatingWriteError(SyncError):
     def __init__(self, message: str, *, writes: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.writes = writes or []
+
+
+class RateLimitedError(SyncError):
+    """The server refused an attempt because there were too many (HTTP 429).
+
+    Attributes:
+        retry_after: seconds to wait before trying again (the server's ``Retry-After``).
+    """
+
+    code = "rate_limited"
+    action = "retry"
+
+    def __init__(self, message: str, *, retry_after: float = 0.0, code: str | None = None,
+                 advice: str | None = None) -> None:
+        super().__init__(message, code=code, advice=f"try again in {retry_after:g} s" if advice is None else advice)
+        self.retry_after = retry_after
+
+
+class CertificateError(SyncError):
+    """The server's TLS certificate could not be verified (unknown CA, wrong host, expired).
+
+    Nothing was sent. A sync session stops (it would fail the same way again).
+    """
+
+    code = "tls_certificate"
+    action = "stop"
+    default_advice = ("pass App(ca_file=...) with the CA that signed the server's certificate, "
+                      "or fix the server's certificate")
 
 
 class ConnectionClosedError(SyncError):

@@ -7,6 +7,9 @@
     tidesync conflicts [--data DIR] [--limit N]      resolved conflicts recorded by a server
     tidesync history FILE [--limit N]                 a database file's transactions, newest first
     tidesync revert FILE TXN_ID                       revert one transaction of a database file
+    tidesync users list|disable|enable|delete [USER_ID] [--data DIR]     a server's users
+    tidesync api-keys create NAME|list|disable|enable|delete [KEY_ID] [--data DIR]
+                                                      a server's server API keys
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from ..errors import TidesyncError
+from ..errors import TidesyncError, UsageError
 
 __all__ = ["main", "build_parser"]
 
@@ -58,7 +61,77 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Write a transaction that restores what TXN_ID changed (where nothing changed it since).")
     r.add_argument("file")
     r.add_argument("txn_id")
+
+    u = sub.add_parser("users", help="list, disable, enable or delete a server's users",
+                       description="Manage a server's users in DATA/auth.db (the server may be running: "
+                                   "its open sync connections notice within auth.session_recheck_interval).")
+    u.add_argument("action", choices=["list", "disable", "enable", "delete"])
+    u.add_argument("user_id", nargs="?")
+    u.add_argument("--data", default="data", help="the server's data directory")
+    u.add_argument("--json", action="store_true", help="print JSON (list)")
+
+    k = sub.add_parser("api-keys", help="manage server API keys (for backend services)",
+                       description="Server API keys log in as a service user of their own "
+                                   "(Credentials.api_key). A new key is printed once; only its hash is kept.")
+    k.add_argument("action", choices=["create", "list", "disable", "enable", "delete"])
+    k.add_argument("name_or_id", nargs="?", help="the new key's name (create) or a key id")
+    k.add_argument("--data", default="data", help="the server's data directory")
     return p
+
+
+def _auth_admin(args: argparse.Namespace) -> int:
+    """``tidesync users`` and ``tidesync api-keys``."""
+    from pathlib import Path
+
+    from ..server.providers.api_keys import ApiKeyStore
+    from ..server.users import UserStore
+
+    path = Path(args.data) / "auth.db"
+    if not path.exists():
+        print(f"no server data in {args.data}", file=sys.stderr)
+        return 1
+    users = UserStore(path)
+    try:
+        if args.command == "users":
+            if args.action == "list":
+                records = users.list_users()
+                if args.json:
+                    print(json.dumps([{"id": r.id, "disabled": r.disabled, "identities": users.identities(r.id),
+                                       "data": r.data} for r in records], indent=2))
+                    return 0
+                for r in records:
+                    ids = ", ".join(f"{i['provider']}:{i['id']}" for i in users.identities(r.id))
+                    print(f"{r.id}  {'disabled' if r.disabled else 'active  '}  {ids}")
+                return 0
+            if not args.user_id:
+                raise UsageError(f"tidesync users {args.action} needs a USER_ID")
+            done = users.delete_user(args.user_id) if args.action == "delete" \
+                else users.set_disabled(args.user_id, args.action == "disable")
+            if not done:
+                print(f"no user {args.user_id}", file=sys.stderr)
+                return 1
+            print(f"{args.action}d user {args.user_id}")
+            return 0
+        keys = ApiKeyStore(users.db, users)
+        if args.action == "list":
+            for info in keys.list(None):
+                print(f"{info.id}  {'disabled' if info.disabled else 'enabled '}  {info.name}  (user {info.user_id})")
+            return 0
+        if not args.name_or_id:
+            raise UsageError(f"tidesync api-keys {args.action} needs a {'NAME' if args.action == 'create' else 'KEY_ID'}")
+        if args.action == "create":
+            info, key = keys.create(None, args.name_or_id)
+            print(f"created server API key {info.id} ({info.name}) for user {info.user_id}; the key, shown once:")
+            print(key)
+        elif args.action == "delete":
+            keys.delete(None, args.name_or_id)
+            print(f"deleted server API key {args.name_or_id}")
+        else:
+            keys.set_disabled(None, args.name_or_id, args.action == "disable")
+            print(f"{args.action}d server API key {args.name_or_id}")
+        return 0
+    finally:
+        users.close()
 
 
 def _schema(args: argparse.Namespace) -> int:
@@ -117,6 +190,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "schema":
             return _schema(args)
+        if args.command in ("users", "api-keys"):
+            return _auth_admin(args)
         if args.command in ("history", "revert"):
             from ..store.database import Database
 

@@ -1,49 +1,48 @@
-"""Users and tokens on the server.
+"""Access and refresh tokens on the server.
 
 Access tokens are short-lived signed JWTs (HS256 with the server's secret; 30 minutes by
-default) carrying the user id. Refresh tokens are long random strings, stored only as their
-SHA-256 hash, revocable (log out) and long-lived (60 days by default).
+default) carrying the user id, the login provider and the login session id (``sid``).
+Refresh tokens are long random strings, stored only as their SHA-256 hash, revocable (log
+out) and long-lived (60 days by default); see :mod:`tidesync.server.users`.
+
+An access token is refused everywhere (HTTP and the sync ``Hello``) when it expired, when its
+user was disabled or deleted, or when its login session was revoked (log out, password
+reset, a disabled API key): :meth:`TokenIssuer.verify` checks all of that, every time.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import jwt
 
 from ..errors import AuthError
-from ..store.engine import Engine
 from .config import ServerConfig
+from .users import UserStore
 
 __all__ = ["UserStore", "TokenIssuer", "Tokens", "AuthenticatedUser"]
-
-_SCHEMA = [
-    """CREATE TABLE IF NOT EXISTS users (
-        id TEXT PRIMARY KEY, created REAL NOT NULL, disabled INTEGER NOT NULL DEFAULT 0,
-        data TEXT NOT NULL DEFAULT '{}')""",
-    """CREATE TABLE IF NOT EXISTS identities (
-        provider TEXT NOT NULL, subject TEXT NOT NULL, user_id TEXT NOT NULL,
-        PRIMARY KEY (provider, subject))""",
-    """CREATE TABLE IF NOT EXISTS refresh_tokens (
-        hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, expires REAL NOT NULL,
-        revoked INTEGER NOT NULL DEFAULT 0)""",
-]
 
 
 @dataclass(frozen=True, slots=True)
 class AuthenticatedUser:
-    """Who a valid access token speaks for."""
+    """Who a valid access token speaks for.
+
+    Attributes:
+        id: the user id.
+        provider: how the user logged in (``anonymous``, ``email_password``, ``api_key:<id>``...).
+        data: the user's profile data (what its identity providers said about it).
+        expires: when the access token expires (seconds since the epoch).
+        sid: the login session (refresh token) the access token was made from.
+    """
 
     id: str
     provider: str
     data: dict[str, Any]
+    expires: float = 0.0
+    sid: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,64 +51,6 @@ class Tokens:
     refresh_token: str
     user_id: str
     expires_in: int
-
-
-def _hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-class UserStore:
-    """Users, identities and refresh tokens, in ``data_dir/auth.db``."""
-
-    def __init__(self, path: Path) -> None:
-        self._engine = Engine(path, check_same_thread=False)
-        self._lock = threading.Lock()
-        with self._engine.atomic():
-            for stmt in _SCHEMA:
-                self._engine.execute(stmt)
-
-    def close(self) -> None:
-        with self._lock:
-            self._engine.close()
-
-    def create_user(self, provider: str, subject: str | None = None, data: dict[str, Any] | None = None) -> str:
-        """Make a user (or, for a known identity, return its user id)."""
-        with self._lock, self._engine.atomic():
-            if subject is not None:
-                rows = self._engine.query("SELECT user_id FROM identities WHERE provider = ? AND subject = ?",
-                                          (provider, subject))
-                if rows:
-                    return str(rows[0][0])
-            uid = secrets.token_hex(12)
-            self._engine.execute("INSERT INTO users (id, created, data) VALUES (?, ?, ?)",
-                                 (uid, time.time(), json.dumps(data or {})))
-            self._engine.execute("INSERT INTO identities (provider, subject, user_id) VALUES (?, ?, ?)",
-                                 (provider, subject or uid, uid))
-            return uid
-
-    def user(self, uid: str) -> dict[str, Any] | None:
-        with self._lock:
-            rows = self._engine.query("SELECT id, disabled, data FROM users WHERE id = ?", (uid,))
-        if not rows:
-            return None
-        return {"id": rows[0][0], "disabled": bool(rows[0][1]), "data": json.loads(rows[0][2])}
-
-    def store_refresh(self, token: str, uid: str, ttl: int) -> None:
-        with self._lock, self._engine.atomic():
-            self._engine.execute("INSERT INTO refresh_tokens (hash, user_id, expires) VALUES (?, ?, ?)",
-                                 (_hash(token), uid, time.time() + ttl))
-
-    def check_refresh(self, token: str) -> str:
-        with self._lock:
-            rows = self._engine.query("SELECT user_id, expires, revoked FROM refresh_tokens WHERE hash = ?",
-                                      (_hash(token),))
-        if not rows or rows[0][2] or rows[0][1] < time.time():
-            raise AuthError("the refresh token is unknown, expired or revoked", code="invalid_refresh_token")
-        return str(rows[0][0])
-
-    def revoke_refresh(self, token: str) -> None:
-        with self._lock, self._engine.atomic():
-            self._engine.execute("UPDATE refresh_tokens SET revoked = 1 WHERE hash = ?", (_hash(token),))
 
 
 class TokenIssuer:
@@ -122,14 +63,29 @@ class TokenIssuer:
         self._users = users
 
     def issue(self, uid: str, provider: str) -> Tokens:
+        """A new login session: a refresh token and an access token."""
         refresh = secrets.token_urlsafe(32)
-        self._users.store_refresh(refresh, uid, self._config.refresh_token_ttl)
-        return Tokens(self.access_token(uid, provider), refresh, uid, self._config.access_token_ttl)
+        sid = self._users.store_refresh(refresh, uid, self._config.refresh_token_ttl, provider)
+        return Tokens(self.access_token(uid, provider, sid), refresh, uid, self._config.access_token_ttl)
 
-    def access_token(self, uid: str, provider: str) -> str:
+    def refresh(self, refresh_token: str) -> tuple[str, str]:
+        """A new access token for a valid refresh token of an active user: (token, user id).
+
+        Raises:
+            AuthError: ``invalid_refresh_token`` (unknown, expired, revoked) or
+                ``invalid_token`` (the user was disabled or deleted).
+        """
+        session = self._users.refresh_session(refresh_token)
+        if not self._users.active(session.user_id):
+            raise AuthError("the user no longer exists or is disabled", code="invalid_token")
+        return self.access_token(session.user_id, session.provider, session.sid or None), session.user_id
+
+    def access_token(self, uid: str, provider: str, sid: str | None = None) -> str:
         now = int(time.time())
-        claims = {"sub": uid, "iat": now, "exp": now + self._config.access_token_ttl,
-                  "aud": self._config.app_id, "typ": "access", "prv": provider}
+        claims: dict[str, Any] = {"sub": uid, "iat": now, "exp": now + self._config.access_token_ttl,
+                                  "aud": self._config.app_id, "typ": "access", "prv": provider}
+        if sid:
+            claims["sid"] = sid
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str | None) -> AuthenticatedUser:
@@ -149,7 +105,21 @@ class TokenIssuer:
             raise AuthError(f"invalid access token: {exc}", code="invalid_token") from exc
         if claims.get("typ") != "access":
             raise AuthError("not an access token", code="invalid_token")
-        user = self._users.user(str(claims["sub"]))
-        if user is None or user["disabled"]:
+        user = self._users.record(str(claims["sub"]))
+        if user is None or user.disabled:
             raise AuthError("the user no longer exists or is disabled", code="invalid_token", advice="log in again")
-        return AuthenticatedUser(user["id"], str(claims.get("prv", "")), user["data"])
+        sid = claims.get("sid")
+        if sid is not None and not self._users.session_active(str(sid)):
+            raise AuthError("this login session has ended (logged out)", code="invalid_token", advice="log in again")
+        return AuthenticatedUser(user.id, str(claims.get("prv", "")), user.data, float(claims["exp"]),
+                                 str(sid) if sid is not None else None)
+
+    def still_valid(self, user: AuthenticatedUser) -> AuthError | None:
+        """Whether an earlier verified user may go on (a long sync connection): None, or why not."""
+        if time.time() >= user.expires > 0:
+            return AuthError("the access token expired", code="expired_token", advice="refresh the token")
+        if not self._users.active(user.id):
+            return AuthError("the user no longer exists or is disabled", code="invalid_token", advice="log in again")
+        if user.sid is not None and not self._users.session_active(user.sid):
+            return AuthError("this login session has ended (logged out)", code="invalid_token", advice="log in again")
+        return None

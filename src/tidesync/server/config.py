@@ -18,6 +18,7 @@ from typing import Any
 from ..core.merge import Policies
 from ..core.rules import Rules
 from ..errors import UsageError
+from .auth_config import AuthConfig, auth_config_from_toml
 
 __all__ = ["ServerConfig", "load_config", "policies_from_config", "named_policies", "rules_from_config",
            "schemas_from_config"]
@@ -44,6 +45,8 @@ class ServerConfig:
         max_message_size: the largest sync message accepted, in bytes.
         log_keep: how many log entries to keep when compacting (None: keep all).
         development_mode: True when no config file was given.
+        tls_cert, tls_key: PEM files; with both, the server speaks HTTPS and WSS only.
+        auth: login providers, rate limits, custom user data (``[auth]``, docs/auth.md).
         rules: the permission rules (``[rules]``, ``[[default_roles]]``, ``[partitions]``);
             None: every user may read and write everything.
         schemas: a JSON Schema per collection (``[schema]``), enforced on every write.
@@ -64,6 +67,7 @@ class ServerConfig:
     development_mode: bool = True
     tls_cert: str | None = None
     tls_key: str | None = None
+    auth: AuthConfig = field(default_factory=AuthConfig)
     rules: Rules | None = None
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -105,6 +109,7 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         cfg.anonymous = bool(auth.get("anonymous", {}).get("enabled", True))
         cfg.access_token_ttl = int(auth.get("access_token_ttl", cfg.access_token_ttl))
         cfg.refresh_token_ttl = int(auth.get("refresh_token_ttl", cfg.refresh_token_ttl))
+        cfg.auth = auth_config_from_toml(auth, Path(path).resolve().parent)
         conflicts = data.get("conflicts", {})
         if conflicts:
             cfg.policies = policies_from_config(conflicts)

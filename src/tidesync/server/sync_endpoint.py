@@ -80,10 +80,40 @@ class ServerSession:
         self.reader = SessionReplica(state.backend, None, self.enforcer)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._closing = False
+        self._auth_checked_at = time.monotonic()
 
     def local_commit(self) -> None:
         """The server's log grew: stream the new entries (called on the event loop)."""
         self._inbox.put_nowait(("commit", None))
+
+    def recheck_auth(self) -> None:
+        """Check the user's token and account again now (log out, disabled user...)."""
+        self._auth_checked_at = 0.0
+        self._inbox.put_nowait(("recheck", None))
+
+    async def _auth_lapsed(self) -> bool:
+        """Once admitted, a connection lives only as long as its access token and its user:
+        when the token expires the client is told ``token_expired`` (it refreshes and
+        reconnects); a disabled or deleted user or an ended login session (checked every
+        ``auth.session_recheck_interval`` seconds, or at once on :meth:`recheck_auth`) gets
+        ``auth_failed``. Returns True when the connection was failed."""
+        user = self.user
+        if user is None or self.link.finished:
+            return False
+        error = None
+        if time.time() >= getattr(user, "expires", 0.0) > 0:
+            error = AuthError("the access token expired", code=ErrorCode.TOKEN_EXPIRED)
+        elif time.monotonic() - self._auth_checked_at >= self.state.config.auth.session_recheck_interval:
+            self._auth_checked_at = time.monotonic()
+            lapsed = await asyncio.to_thread(self.state.tokens.still_valid, user)
+            if lapsed is not None:
+                code = ErrorCode.TOKEN_EXPIRED if lapsed.code == "expired_token" else ErrorCode.AUTH_FAILED
+                error = AuthError(lapsed.message, code=code)
+        if error is None:
+            return False
+        self.link.fail(error)
+        await self._flush()
+        return True
 
     async def shutdown(self) -> None:
         self._closing = True
@@ -94,6 +124,8 @@ class ServerSession:
         self.replicator.start()
         try:
             while True:
+                if await self._auth_lapsed():
+                    break
                 try:
                     kind, item = await asyncio.wait_for(self._inbox.get(), timeout=1.0)
                 except TimeoutError:

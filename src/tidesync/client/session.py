@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.values import to_plain
 from ..errors import (
-    AuthError, CompensatingWriteError, ConnectionClosedError, SyncError, TimeoutError, UsageError,
+    AuthError, CertificateError, CompensatingWriteError, ConnectionClosedError, SyncError, TimeoutError, UsageError,
 )
 from ..protocol.actions import (
     DOWNLOAD, Announce, DownloadComplete, Fail, Notify, RecordAck, ReportProgress, Send, UploadComplete,
@@ -316,6 +316,10 @@ class SyncSession:
             try:
                 connected = self._connect_and_sync()
                 attempt = 0 if connected else attempt + 1
+            except CertificateError as exc:  # it would fail the same way again: stop, say why
+                self._report(exc)
+                self.state = "inactive"
+                attempt += 1
             except Exception as exc:  # noqa: BLE001 - the loop must survive anything
                 log.debug("sync connection ended: %r", exc)
                 attempt += 1
@@ -341,6 +345,10 @@ class SyncSession:
             ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
                          max_size=None, compression=None, ping_interval=None)
         except (OSError, WebSocketException, TimeoutError) as exc:
+            from .http import certificate_error, is_certificate_failure
+
+            if is_certificate_failure(exc):
+                raise certificate_error(app.sync_url, exc) from exc
             raise ConnectionClosedError(f"cannot connect to {app.sync_url}: {exc}") from exc
         self._ws = ws
         inbox = self._inbox
@@ -358,7 +366,7 @@ class SyncSession:
         threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
         link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=self.config.scope(),
-                                token=self.config.user.access_token, info={"sdk": "tidesync-python"},
+                                token=self.config.user.fresh_access_token(), info={"sdk": "tidesync-python"},
                                 expected_peer=self._server_id,  # type: ignore[arg-type]
                                 batch_limit=self.config.batch_limit, batch_bytes=self.config.batch_bytes)
         handshake_done = False

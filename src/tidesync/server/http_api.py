@@ -52,8 +52,6 @@ class HttpError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-_HttpError = HttpError  # the name earlier code used
-
 
 async def json_body(request: Request) -> dict[str, Any]:
     """The request's body as a JSON object (at most 64 KiB).

@@ -105,6 +105,12 @@ def serve_forever(config: ServerConfig) -> None:
             print("tidesync: no [rules] in the config: every user may read and write all data", flush=True)
         if config.schemas:
             print(f"tidesync: enforcing the JSON Schema of {', '.join(sorted(config.schemas))}", flush=True)
+    providers = app.state.tidesync.providers
+    print(f"tidesync: login providers: {', '.join(providers.enabled) or 'none'}", flush=True)
+    ep = config.auth.email_password
+    if ep.enabled and ep.sender == "log":
+        print("tidesync: email/password tokens are written to the log (sender = \"log\"): "
+              "set [auth.email_password] sender for real mail", flush=True)
     print(f"tidesync: serving app '{config.app_id}' at {scheme}://{config.host}:{config.port} "
           f"(data in {config.data_dir})", flush=True)
     uvicorn.Server(_uvicorn_config(app, config, config.port)).run()

@@ -12,6 +12,7 @@ Errors, from the server's JSON ``{"error", "code"}``:
 
 from __future__ import annotations
 
+import http.client
 import json
 import ssl
 import urllib.error
@@ -66,7 +67,7 @@ def request_json(method: str, url: str, *, body: dict[str, Any] | None = None, t
         if is_certificate_failure(exc):
             raise certificate_error(url, exc) from None
         raise ConnectionClosedError(f"TLS failed with {url}: {exc}") from exc
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: cut mid-body
         raise ConnectionClosedError(f"cannot reach {url}: {exc}",
                                     advice="check the server is running; local work goes on") from exc
     try:

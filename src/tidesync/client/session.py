@@ -14,6 +14,7 @@ transaction, and the database's change listeners fire for them.
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import queue
@@ -266,7 +267,7 @@ class SyncSession:
             if exc.code == 401:
                 self._refresh_token()
             raise ConnectionClosedError(f"server answered {exc.code}") from None
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, http.client.HTTPException) as exc:  # e.g. IncompleteRead: cut mid-body
             raise ConnectionClosedError(f"cannot reach the server: {exc}") from exc
         return int(data["head"])
 

@@ -459,6 +459,8 @@ def coerce(owner: str, spec: FieldSchema, value: Any) -> Any:
     Raises:
         ValidationError: naming the model, the field and the expected type.
     """
+    if type(value) is _EXACT.get(spec.type.kind):
+        return value  # as _coerce would, without the call and the try
     try:
         return _coerce(spec.type, value)
     except _Mismatch as exc:
@@ -584,6 +586,15 @@ def _coerce_elem(t: FieldType, value: Any) -> Any:
 
 # Kinds whose values to_plain encodes by itself.
 _PLAIN_KINDS = frozenset({"bool", "int", "float", "decimal", "str", "bytes", "datetime", "objectid", "uuid", "mixed"})
+
+_SELF_PLAIN: dict[str, type] = {"str": str, "bool": bool}
+
+
+def self_plain_type(t: FieldType) -> type | None:
+    """The Python type whose values a field of type ``t`` takes unchanged and stores as they are
+    (``coerce`` and ``value_to_plain`` both return such a value itself), or None: a shortcut
+    for bulk writers."""
+    return _SELF_PLAIN.get(t.kind)
 
 
 def value_to_plain(t: FieldType, value: Any) -> Plain:

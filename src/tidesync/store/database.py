@@ -24,10 +24,10 @@ from ..core import merge
 from ..core.clock import HybridClock
 from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
-    value_to_plain,
+    self_plain_type, value_to_plain,
 )
 from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
-from ..core.schema import FieldType, ObjectSchema, Schema
+from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
 from ..core.values import Plain, canonical_json, from_plain, to_plain
@@ -138,6 +138,7 @@ class Database(ReplicaStore):
         self.partition_key = partition_key
         self.bootstrap_with_snapshot = bootstrap_with_snapshot
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
+        self._create_plans: dict[str, dict[str, tuple[FieldSchema, type | None]]] = {}
         self._generation = 0
         self._seen_data_version = -1
         self._checked_at = 0.0
@@ -435,11 +436,15 @@ class Database(ReplicaStore):
             unknown = set(given) - set(fields)
             raise ValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields are {sorted(fields)}")
         owner = cls.__name__
+        plan = self._create_plans.get(obj.name)
+        if plan is None:  # name -> (field, the type whose values are their own coerced plain form)
+            plan = self._create_plans[obj.name] = {name: (f, self_plain_type(f.type)) for name, f in fields.items()}
         coerced: dict[str, Any] = {}
         defaults: list[str] = []
-        for name, f in fields.items():
+        for name, (f, same) in plan.items():
             if name in given:
-                coerced[name] = coerce(owner, f, given[name])
+                v = given[name]
+                coerced[name] = v if type(v) is same else coerce(owner, f, v)
             elif update is None or "_id" == name:
                 v = default_of(cls, name)
                 if v is MISSING:
@@ -473,7 +478,11 @@ class Database(ReplicaStore):
                     defaults.append(name)
         plain: dict[str, Plain] = {}
         for name, v in coerced.items():
-            t = fields[name].type
+            f, same = plan[name]
+            if type(v) is same:
+                plain[name] = v
+                continue
+            t = f.type
             if v is not None and t.kind in _MAY_LINK:
                 v = self._adopt_field(t, v)
             plain[name] = value_to_plain(t, v)

@@ -30,6 +30,7 @@ comes from the local file.
         ├── AuthError                 bad credentials or token; log in again
         ├── PermissionDeniedError     the server refused a read or a write
         ├── CompensatingWriteError    the server undid a write of ours (see ``writes``)
+        ├── SubscriptionError         the server cannot serve a subscription set (flexible sync)
         ├── RateLimitedError          too many attempts; try again after ``retry_after`` s
         ├── CertificateError          the server's TLS certificate could not be verified
         └── ConnectionClosedError     the connection closed; the session will retry
@@ -64,6 +65,7 @@ __all__ = [
     "AuthError",
     "PermissionDeniedError",
     "CompensatingWriteError",
+    "SubscriptionError",
     "RateLimitedError",
     "CertificateError",
     "ConnectionClosedError",
@@ -264,6 +266,16 @@ class CompensatingWriteError(SyncError):
     def __init__(self, message: str, *, writes: list[dict[str, Any]] | None = None) -> None:
         super().__init__(message)
         self.writes = writes or []
+
+
+class SubscriptionError(SyncError):
+    """The server put a flexible-sync subscription set in the error state: a field that is not
+    queryable, an operator it does not run... ``message`` says which. The device keeps its data
+    and the server keeps serving the previous good set."""
+
+    code = "subscription_error"
+    action = "stop"
+    default_advice = "change the subscription (db.subscriptions.update()) so the server can serve it"
 
 
 class RateLimitedError(SyncError):

@@ -82,7 +82,12 @@ class SyncConfig:
             it in ``partition_key``; tidesync fills it in when a write omits it, and refuses a
             write of another partition with ``PartitionError`` before anything is uploaded.
         partition_key: the partition field (``_partition``, the server's default).
-        flexible: flexible (query subscription) sync instead of a partition.
+        flexible: flexible (query subscription) sync instead of a partition: the database
+            syncs what ``db.subscriptions`` asks for (see docs/flexible-sync.md).
+        initial_subscriptions: (flexible) ``f(subs, db)`` (or ``f(subs)``) run in a
+            ``db.subscriptions.update()`` block the first time the file is opened with
+            flexible sync.
+        rerun_initial_subscriptions: (flexible) run ``initial_subscriptions`` on every open.
         error_handler: called as ``error_handler(session, error)`` on the session thread for
             every sync error (compensating writes included).
         min_backoff, max_backoff: reconnection delay bounds in seconds (full jitter between).
@@ -142,6 +147,8 @@ class SyncSession:
         self._connection_callbacks: list[Callable[[str, str], None]] = []
         self._last_progress: dict[str, Progress] = {}
         self._ws: Any = None
+        # Flexible sync: db.subscriptions (client/subscriptions.py), attached before we start.
+        self._flexible: Any = getattr(db, "subscriptions", None) if config.flexible else None
         self._thread = threading.Thread(target=self._run, name="tidesync-sync", daemon=True)
         self._thread.start()
 
@@ -215,6 +222,8 @@ class SyncSession:
         """Stop syncing (the database's ``close()`` does this)."""
         self._stop = True
         self.state = "inactive"
+        if self._flexible is not None:
+            self._flexible._close()
         self._inbox.put(("stop", None))
         self._wake.set()
         ws = self._ws
@@ -366,7 +375,8 @@ class SyncSession:
 
         threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
         link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
-        replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=self.config.scope(),
+        scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
+        replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
                                 token=self.config.user.fresh_access_token(), info={"sdk": "tidesync-python"},
                                 expected_peer=self._server_id,  # type: ignore[arg-type]
                                 batch_limit=self.config.batch_limit, batch_bytes=self.config.batch_bytes)
@@ -395,7 +405,10 @@ class SyncSession:
                         except SyncError:
                             pass
                     return handshake_done
-                if kind == "lost":
+                if kind == "subscriptions":  # flexible sync: a new subscription set version
+                    if handshake_done and self._flexible is not None:
+                        self._execute(self._flexible._outgoing(), link, replicator)
+                elif kind == "lost":
                     if item is ws:
                         link.connection_lost()
                 elif kind == "commit":
@@ -415,6 +428,8 @@ class SyncSession:
                         self._acked = self._checkpoint_acked()
                         self._adopt_policies(event.welcome.session.get("policies"))
                         self._set_connection("connected")
+                        if self._flexible is not None:
+                            self._execute(self._flexible._outgoing(), link, replicator)
                     elif isinstance(event, Failed):
                         replicator.stop()
                         self._on_failure(event.error)
@@ -488,6 +503,8 @@ class SyncSession:
                 with self._cond:
                     self._download_complete = True
                     self._cond.notify_all()
+            elif isinstance(action, Notify) and self._flexible is not None and self._flexible._handles(action.message):
+                todo[0:0] = self._flexible._on_message(action.message, self._server_id)
             elif isinstance(action, Notify):
                 self._notify(action.message)
             elif isinstance(action, Announce):
@@ -534,6 +551,19 @@ def attach_sync(db: Database, config: SyncConfig) -> SyncSession:
     if config.partition is not None and not config.flexible:
         db._set_partition(config.partition_key, to_plain(config.partition))
     db._user = config.user.id
+    if config.flexible:
+        if config.partition is not None:
+            raise UsageError("a database syncs either a partition or subscriptions (flexible=True), not both")
+        from .subscriptions import Subscriptions, run_initial_subscriptions
+
+        def wake() -> None:
+            if db._sync is not None:
+                db._sync._inbox.put(("subscriptions", None))
+
+        subs = Subscriptions(db, on_change=wake)
+        db.subscriptions = subs  # type: ignore[attr-defined]
+        if config.initial_subscriptions is not None:
+            run_initial_subscriptions(subs, config.initial_subscriptions, config.rerun_initial_subscriptions)
     session = SyncSession(db, config)
     db._sync = session
     return session

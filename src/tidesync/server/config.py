@@ -50,6 +50,9 @@ class ServerConfig:
         rules: the permission rules (``[rules]``, ``[[default_roles]]``, ``[partitions]``);
             None: every user may read and write everything.
         schemas: a JSON Schema per collection (``[schema]``), enforced on every write.
+        flexible: flexible sync (``[sync.flexible]``: queryable fields, ...), a
+            :class:`tidesync.server.flexible.FlexibleConfig`; None: on with every field
+            queryable in development mode, off otherwise.
     """
 
     app_id: str = "default"
@@ -70,6 +73,7 @@ class ServerConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     rules: Rules | None = None
     schemas: dict[str, dict[str, Any]] = field(default_factory=dict)
+    flexible: Any = None
 
     def ensure_dirs(self) -> None:
         """Create ``data_dir`` and the token-signing secret if missing."""
@@ -105,6 +109,10 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         sync = data.get("sync", {})
         cfg.partition_key = str(sync.get("partition_key", cfg.partition_key))
         cfg.max_message_size = int(sync.get("max_message_size", cfg.max_message_size))
+        if "flexible" in sync:
+            from .flexible import flexible_config_from_toml
+
+            cfg.flexible = flexible_config_from_toml(sync["flexible"])
         auth = data.get("auth", {})
         cfg.anonymous = bool(auth.get("anonymous", {}).get("enabled", True))
         cfg.access_token_ttl = int(auth.get("access_token_ttl", cfg.access_token_ttl))

@@ -81,6 +81,7 @@ class ServerSession:
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._closing = False
         self._auth_checked_at = time.monotonic()
+        self.flexible: Any = None  # flexible sync (server/flexible.py), set by a flexible Hello
 
     def local_commit(self) -> None:
         """The server's log grew: stream the new entries (called on the event loop)."""
@@ -140,8 +141,11 @@ class ServerSession:
                     self.link.connection_lost()
                 elif kind == "data":
                     self.link.receive(item)
+                elif kind == "flex":  # flexible sync: the next page of a subscription bootstrap
+                    if self.flexible is not None:
+                        await self.flexible.step()
                 elif kind == "commit":
-                    if self.replicator.active:
+                    if self.replicator.active and (self.flexible is None or await self.flexible.wants_log()):
                         await self._execute(self.replicator.local_commit(
                             await asyncio.to_thread(self.state.backend.head_seq)))
                 for event in self.link.events_received():
@@ -151,6 +155,8 @@ class ServerSession:
                     break
         finally:
             self.replicator.stop()
+            if self.flexible is not None:
+                self.flexible.close()
             reader.cancel()
             try:
                 await self.ws.close()
@@ -174,6 +180,8 @@ class ServerSession:
             self._inbox.put_nowait(("lost", None))
 
     async def _flush(self) -> None:
+        if self.flexible is not None:
+            self.flexible.pump()
         for payload in self.link.data_to_send():
             try:
                 await self.ws.send_bytes(payload)
@@ -189,6 +197,8 @@ class ServerSession:
                 if error is not None:
                     self.link.fail(error)
                     return
+                if self.flexible is not None:
+                    await self.flexible.connect()
             await self._execute(self.replicator.handle(message))
         elif isinstance(event, Connected):
             log.debug("session for user %s connected", getattr(self.user, "id", None))
@@ -211,7 +221,11 @@ class ServerSession:
                     code=ErrorCode.BAD_SCOPE)
             self.partition = part["value"]
         elif scope.get("subscriptions") is not None:
-            return PermissionDeniedError("flexible sync is not enabled on this server", code=ErrorCode.BAD_SCOPE)
+            from .flexible import admit_flexible
+
+            error = admit_flexible(self, hello)
+            if error is not None:
+                return error
         elif not self.state.config.development_mode:
             return PermissionDeniedError("a partition is required", code=ErrorCode.BAD_SCOPE)
         rules = None
@@ -225,6 +239,8 @@ class ServerSession:
                     code=ErrorCode.PERMISSION_DENIED, advice="sync a partition the rules allow this user")
         self.enforcer = Enforcer(self.state, rules, self.partition, part is not None)
         self.reader = SessionReplica(self.state.backend, rules, self.enforcer)
+        if self.flexible is not None:
+            self.enforcer, self.reader = self.flexible.wrap(self.enforcer, self.reader)
         return None
 
     async def _execute(self, actions: list[Any]) -> None:
@@ -232,10 +248,14 @@ class ServerSession:
         while todo:
             action = todo.pop(0)
             if isinstance(action, Send):
+                if self.flexible is not None:
+                    self.flexible.pump()  # views first: they precede the changes that rely on them
                 if self.link.can_send(action.message):
                     self.link.send(action.message)
             elif isinstance(action, Fail):
                 self.link.fail(action.error)
+            elif isinstance(action, Notify) and self.flexible is not None:
+                await self.flexible.on_message(action.message)
             elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
                     "UploadComplete", "DownloadComplete"):
                 pass

@@ -290,6 +290,28 @@ class ReplicaStore:
         self._set_setting("snapshot_tick", str(tick))
         return tick
 
+    # -- flexible sync: documents leaving the view ---------------------------------------------
+
+    def evict_documents(self, refs: Sequence[tuple[str, Any]]) -> int:
+        """Remove documents from this file **without deleting them**: no delete is logged,
+        nothing is uploaded, the documents live on at the server and on other devices.
+
+        Flexible sync calls this for documents that left the device's view (they stopped
+        matching its subscriptions, or its user may no longer read them). Change listeners see
+        them go. Transactions already in the log (unsynced local work included) stay there and
+        upload as usual. Returns how many documents were removed.
+        """
+        removed = 0
+        with self._lock:
+            self._check_open()
+            with self._engine.atomic():
+                for collection, key in refs:
+                    cur = self._engine.execute("DELETE FROM documents WHERE collection = ? AND pk = ?",
+                                               (collection, canonical_json(key)))
+                    removed += max(0, cur.rowcount)
+            self._after_remote(removed > 0)
+        return removed
+
     # -- compaction --------------------------------------------------------------------------
 
     def compact_log(self, keep_last: int) -> int:

@@ -17,6 +17,8 @@ heads          the transaction ids no later local transaction names as parent (t
 checkpoints    per peer: ``received`` (the peer's seq integrated here), ``acked`` (our seq the
                peer acknowledged)
 conflicts      every resolved conflict: losing and winning values and stamps
+subscriptions  flexible sync: one row per subscription set version (its queries as JSON, its
+               state and error message); see ``tidesync.client.subscriptions``
 =============  =================================================================================
 """
 
@@ -77,6 +79,13 @@ MIGRATIONS: list[list[str]] = [
             winner_stamp TEXT,
             loser TEXT,
             loser_stamp TEXT
+        )""",
+        """CREATE TABLE IF NOT EXISTS subscriptions (
+            version INTEGER PRIMARY KEY,
+            state TEXT NOT NULL,
+            error TEXT,
+            queries TEXT NOT NULL,
+            created REAL NOT NULL
         )""",
     ],
 ]

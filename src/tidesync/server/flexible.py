@@ -1,0 +1,1296 @@
+"""Flexible sync on the server: query subscriptions, per-device views, routing changes.
+
+A device syncing with ``SyncConfig(flexible=True)`` names its subscription set (queries on
+*queryable fields*) in its ``Hello`` and in ``Subscribe`` messages. For each such session the
+server keeps the device's **view**: the documents it has decided the device holds, which are
+those matching one of the set's queries *and* readable by the user (the rules engineer's
+per-session read filter, :class:`~tidesync.server.enforcement.SessionReplica`). Everything
+else follows from keeping the view right:
+
+* **Subscribing** (:meth:`FlexibleSession.subscribe`): the set is validated (a field that is
+  not queryable, or ``@count``/``@size``, puts it in the ``error`` state and the previous set
+  stays in force); each query is compiled twice from the same AST, to SQL over the backend's
+  ``documents`` table (:func:`tidesync.query.compile_sql`: the bootstrap) and to a predicate
+  (:func:`tidesync.query.to_predicate`: routing). The new view is computed on the backend and
+  compared with the current one: only documents the device does not hold are sent (whole, in
+  pages of ``page_size`` with progress), only those it should no longer hold are removed
+  (``ViewUpdate.leave``, which the device applies without deleting anything). Then
+  ``SubscriptionState(complete)``.
+* **Routing** (:meth:`FlexibleSession.read_log`, the replicator's reads for the peer): each
+  transaction touching a document the device holds, or that may now match its queries, is
+  judged per document: *stays* (the operations go in ``Changes``), *enters* (the whole
+  document goes in a ``ViewUpdate`` before the batch) or *leaves* (a ``ViewUpdate.leave``; its
+  operations are left out). A shared :class:`Router` decodes every new log entry once and,
+  through an index of the sessions' equality conditions and of which session holds which
+  document, finds the few sessions a change concerns, so a change costs work only for them.
+* **Uploads** (:class:`FlexibleEnforcer`): a write to a document that is in none of the
+  writer's subscriptions (neither before nor after the write, and not in its view) is refused
+  with a compensating write (``outside_subscriptions``), unless the config accepts it. After
+  an upload, documents the device itself moved out of its view leave it.
+
+**Persistence and reconnection.** The view is stored per device replica in the backend's
+file (tables ``flexible_peers`` and ``flexible_views``), each row with the ``view_seq`` of the
+``ViewUpdate`` that last changed it, written *before* the update is sent. The device applies
+each update atomically with its ``view_seq`` and names the last one in its next ``Hello``:
+rows changed after it are *uncertain* (the device may or may not have applied them) and are
+settled again (sent whole, or removed) on connection; everything else is known exactly, so a
+reconnection, or a restart of either side in the middle of a bootstrap, sends only what may
+have been lost. The device's checkpoint in the server's log is unchanged by all this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import msgpack
+
+from ..client.subscriptions import query_paths
+from ..core import merge
+from ..core.operations import DeleteDoc
+from ..core.rules import Verdict
+from ..core.stamp import ReplicaId
+from ..core.transaction import Transaction, doc_ref
+from ..core.values import Plain
+from ..errors import PermissionDeniedError, QueryError, SyncError, UsageError
+from ..protocol.codes import ErrorCode
+from ..protocol.messages import (
+    CompensatedWrite, Hello, Message, Progress, Scope, SnapshotDoc, Subscribe, SubscriptionQuery, SubscriptionState,
+    SubscriptionStatus, ViewAck, ViewUpdate,
+)
+from ..protocol.replica import LogBatch
+from ..query import And, In, Node, Query, TruePredicate, compile_sql, node_from_json, parse_query, to_predicate
+from ..query.ast import Compare, Path, Value
+from .enforcement import Enforcer
+
+if TYPE_CHECKING:
+    from ..store.database import Database
+    from .app import ServerState
+
+__all__ = ["FlexibleConfig", "flexible_config_from_toml", "FlexibleSession", "FlexibleEnforcer", "Router",
+           "admit_flexible", "compile_set", "SubscriptionInvalid"]
+
+log = logging.getLogger("tidesync.server.flexible")
+
+Ref = tuple[str, str]
+
+_TABLES = (
+    """CREATE TABLE IF NOT EXISTS flexible_peers (
+        peer TEXT PRIMARY KEY,
+        version INTEGER NOT NULL DEFAULT 0,
+        queries TEXT NOT NULL DEFAULT '[]',
+        view_seq INTEGER NOT NULL DEFAULT 0
+    )""",
+    """CREATE TABLE IF NOT EXISTS flexible_views (
+        peer TEXT NOT NULL,
+        collection TEXT NOT NULL,
+        pk TEXT NOT NULL,
+        present INTEGER NOT NULL,
+        view_seq INTEGER NOT NULL,
+        PRIMARY KEY (peer, collection, pk)
+    ) WITHOUT ROWID""",
+)
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class FlexibleConfig:
+    """``[sync.flexible]`` of tidesync.toml.
+
+    Attributes:
+        enabled: serve flexible sync (partition sync is served as well, on other sessions).
+        queryable_fields: fields any collection may be queried on (``_id`` always may).
+        collections: per collection, more queryable fields (``"site.city"`` style key paths
+            allowed; a listed field also allows the key paths below it).
+        all_fields: every field is queryable (development mode).
+        accept_writes_outside_subscriptions: accept a write to a document outside every
+            subscription of the writer (default: refuse it with a compensating write).
+        page_size: documents per ``ViewUpdate`` page of a bootstrap.
+        window: ``ViewUpdate`` pages sent ahead of the device's ``ViewAck``.
+        advance_interval: seconds a session waits before telling an idle device that the log
+            moved on (changes that concern it are sent at once).
+        max_queries: the most queries one subscription set may hold.
+    """
+
+    enabled: bool = True
+    queryable_fields: tuple[str, ...] = ()
+    collections: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    all_fields: bool = False
+    accept_writes_outside_subscriptions: bool = False
+    page_size: int = 500
+    window: int = 4
+    advance_interval: float = 0.25
+    max_queries: int = 1000
+
+    def queryable(self, collection: str, names: Sequence[str]) -> bool:
+        if self.all_fields or names[0] == "_id":
+            return True
+        allowed = set(self.queryable_fields) | set(self.collections.get(collection, ()))
+        return any(".".join(names[:i]) in allowed for i in range(1, len(names) + 1))
+
+    def describe_queryable(self, collection: str) -> str:
+        names = sorted(set(self.queryable_fields) | set(self.collections.get(collection, ())) | {"_id"})
+        return ", ".join(names)
+
+
+def flexible_config_from_toml(table: Any) -> FlexibleConfig:
+    """Parse ``[sync.flexible]``::
+
+        [sync.flexible]
+        queryable_fields = ["owner_id", "status"]         # every collection
+        writes_outside_subscriptions = "refuse"           # or "accept"
+        [sync.flexible.collections.WorkOrder]
+        queryable_fields = ["priority", "site.city"]
+
+    Raises:
+        UsageError: the table is malformed.
+    """
+    if not isinstance(table, dict):
+        raise UsageError("[sync.flexible] must be a table")
+
+    def names(value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise UsageError(f"{where} must be a list of field names")
+        return tuple(value)
+
+    cfg = FlexibleConfig(enabled=bool(table.get("enabled", True)))
+    cfg.queryable_fields = names(table.get("queryable_fields", []), "sync.flexible.queryable_fields")
+    colls = table.get("collections", {})
+    if not isinstance(colls, dict):
+        raise UsageError("[sync.flexible.collections] must be a table of [sync.flexible.collections.<Name>]")
+    for name, sub in colls.items():
+        if not isinstance(sub, dict):
+            raise UsageError(f"[sync.flexible.collections.{name}] must be a table")
+        cfg.collections[str(name)] = names(sub.get("queryable_fields", []),
+                                           f"sync.flexible.collections.{name}.queryable_fields")
+    outside = table.get("writes_outside_subscriptions", "refuse")
+    if outside not in ("refuse", "accept"):
+        raise UsageError("sync.flexible.writes_outside_subscriptions must be 'refuse' or 'accept'")
+    cfg.accept_writes_outside_subscriptions = outside == "accept"
+    cfg.all_fields = bool(table.get("all_fields_queryable", False))
+    for key in ("page_size", "window", "max_queries"):
+        if key in table:
+            value = table[key]
+            if not isinstance(value, int) or value < 1:
+                raise UsageError(f"sync.flexible.{key} must be a positive integer")
+            setattr(cfg, key, value)
+    return cfg
+
+
+def config_for(state: ServerState) -> FlexibleConfig | None:
+    """The server's flexible-sync config: the configured one, or in development mode (no
+    config file) one where every field is queryable. None: flexible sync is off."""
+    cfg = getattr(state.config, "flexible", None)
+    if isinstance(cfg, FlexibleConfig):
+        return cfg if cfg.enabled else None
+    if state.config.development_mode:
+        return FlexibleConfig(all_fields=True)
+    return None
+
+
+# ----------------------------------------------------------------------------- compiling
+
+
+class SubscriptionInvalid(Exception):
+    """A subscription set the server cannot serve (the message is for the device)."""
+
+
+Predicate = Any
+IndexKey = tuple[str, Any]
+
+
+def _vkey(plain: Any) -> IndexKey | None:
+    """The equality-index key of a plain value, so that values the query language calls
+    equal (1, 1.0, Decimal 1) share a key; None when the value cannot be indexed."""
+    if plain is None:
+        return None
+    if isinstance(plain, bool):
+        return ("b", plain)
+    if isinstance(plain, (int, float)):
+        return ("n", float(plain))
+    if isinstance(plain, str):
+        return ("s", plain)
+    if isinstance(plain, dict) and len(plain) == 1:
+        if "$decimal" in plain:
+            try:
+                d = Decimal(str(plain["$decimal"]))
+            except (InvalidOperation, ValueError):
+                return None
+            return ("n", float(d)) if d.is_finite() else None
+        return ("t", json.dumps(plain, sort_keys=True))
+    return None
+
+
+def _body_keys(value: Any) -> Iterable[IndexKey]:
+    if isinstance(value, list):
+        for item in value:
+            k = _vkey(item)
+            if k is not None:
+                yield k
+    else:
+        k = _vkey(value)
+        if k is not None:
+            yield k
+
+
+def _index_of(node: Node) -> tuple[str, frozenset[IndexKey]] | None:
+    """An equality condition every match must satisfy: (top-level field, the keys it may
+    have). None when the query has none (it is then checked against every change)."""
+    if isinstance(node, Compare) and node.op == "==" and not node.case_insensitive \
+            and isinstance(node.left, Path) and len(node.left.names) == 1 and isinstance(node.right, Value):
+        k = _vkey(node.right.plain)
+        return (node.left.names[0], frozenset([k])) if k is not None else None
+    if isinstance(node, In) and isinstance(node.left, Path) and len(node.left.names) == 1 \
+            and isinstance(node.values, Value) and isinstance(node.values.plain, list):
+        keys = [_vkey(v) for v in node.values.plain]
+        if keys and all(k is not None for k in keys):
+            return (node.left.names[0], frozenset(k for k in keys if k is not None))
+        return None
+    if isinstance(node, And):
+        for item in node.items:
+            found = _index_of(item)
+            if found is not None:
+                return found
+    return None
+
+
+@dataclass
+class CompiledSub:
+    """One subscription query, compiled for the backend (SQL) and for routing (predicate)."""
+
+    name: str
+    collection: str
+    node: Node
+    text: str
+    sql: str
+    params: list[Any]
+    predicate: Predicate
+    index: tuple[str, frozenset[IndexKey]] | None
+
+    def wire(self) -> SubscriptionQuery:
+        from ..query import node_to_json
+
+        return SubscriptionQuery(self.name, self.collection, self.text, node_to_json(self.node))
+
+
+def compile_set(queries: Sequence[SubscriptionQuery], config: FlexibleConfig) -> list[CompiledSub]:
+    """Validate and compile a subscription set.
+
+    Raises:
+        SubscriptionInvalid: with a message naming the subscription and the problem.
+    """
+    if len(queries) > config.max_queries:
+        raise SubscriptionInvalid(f"a subscription set may hold at most {config.max_queries} queries")
+    out: list[CompiledSub] = []
+    for q in queries:
+        label = f"subscription {q.name!r}" if q.name else "an unnamed subscription"
+        where = f"{label} on {q.collection} ({q.query if isinstance(q.query, str) else json.dumps(q.query)})"
+        try:
+            if q.ast is not None:
+                query = Query(node_from_json(q.ast), q.query if isinstance(q.query, str) else None)
+            else:
+                query = parse_query(q.query)
+            if query.params:
+                raise SubscriptionInvalid(f"{where}: the query has unbound arguments "
+                                          f"({', '.join('$' + str(i) for i in sorted(query.params))})")
+            for path, counted in query_paths(query.node):
+                if counted:
+                    raise SubscriptionInvalid(
+                        f"{where}: {path}.@count / @size is not supported in subscriptions "
+                        "(as in Device Sync, aggregates cannot be synced on); query the field itself")
+                if not config.queryable(q.collection, path.names):
+                    raise SubscriptionInvalid(
+                        f"{where}: field {str(path)!r} is not queryable on this server; queryable "
+                        f"fields of {q.collection}: {config.describe_queryable(q.collection)} "
+                        "(see [sync.flexible] in tidesync.toml)")
+            sql, params = compile_sql(query, q.collection, None)
+            predicate = to_predicate(query, q.collection, None)
+        except QueryError as exc:
+            raise SubscriptionInvalid(f"{where}: {exc.message if hasattr(exc, 'message') else exc}") from None
+        text = q.query if isinstance(q.query, str) else json.dumps(q.query, sort_keys=True)
+        out.append(CompiledSub(q.name, q.collection, query.node, text, sql, params, predicate,
+                               _index_of(query.node)))
+    return out
+
+
+# ----------------------------------------------------------------------------- the router
+
+
+class _Routed:
+    """One log entry as the router saw it: decoded once, with the touched documents' states
+    right after the router read it."""
+
+    __slots__ = ("seq", "origin", "via", "txn", "size", "refs", "states", "comp_for")
+
+    def __init__(self, seq: int, origin: str, via: str | None, txn: Transaction, size: int) -> None:
+        self.seq, self.origin, self.via, self.txn, self.size = seq, origin, via, txn, size
+        self.refs: list[Ref] = [doc_ref(op.collection, op.key) for op in txn.ops]
+        self.states: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+        comp = txn.meta.get("compensation") if txn.meta else None
+        self.comp_for: str | None = comp.get("for") if isinstance(comp, dict) else None
+
+
+_ROUTERS: dict[int, Router] = {}
+_ROUTERS_GUARD = threading.Lock()
+
+
+class Router:
+    """Finds, for each new log entry, the flexible sessions it may concern (one per backend).
+
+    It reads and decodes every entry once, with the current state of the documents it
+    touches, and appends its seq to the ``relevant`` queue of every session that holds one of
+    those documents or has a query that may match one: queries with an equality condition on
+    a top-level field (``status == 'open'``, ``owner IN {...}``, also inside an AND) are found
+    through an index on (collection, field, value); others are checked against every change of
+    their collection. Sessions then judge exactly (:meth:`FlexibleSession.read_log`).
+    """
+
+    CACHE = 20_000
+
+    def __init__(self, backend: Database) -> None:
+        self.backend = backend
+        self.lock = threading.RLock()
+        self.sessions: set[FlexibleSession] = set()
+        self.processed_to = backend.head_seq()
+        self.holders: dict[Ref, set[FlexibleSession]] = {}
+        self.eq_index: dict[str, dict[str, dict[IndexKey, set[FlexibleSession]]]] = {}
+        self.scan: dict[str, set[FlexibleSession]] = {}
+        self.cache: OrderedDict[int, _Routed] = OrderedDict()
+        self._task: asyncio.Future[int] | None = None
+        self._dirty = True
+        with backend._lock:
+            with backend._engine.atomic():
+                for stmt in _TABLES:
+                    backend._engine.execute(stmt)
+
+    @classmethod
+    def for_backend(cls, backend: Database) -> Router:
+        with _ROUTERS_GUARD:
+            router = _ROUTERS.get(id(backend))
+            if router is None or router.backend is not backend:
+                router = _ROUTERS[id(backend)] = cls(backend)
+            return router
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def register(self, s: FlexibleSession) -> None:
+        with self.lock:
+            self.sessions.add(s)
+            s.routed_from = self.processed_to
+            for ref in s.held:
+                self.holders.setdefault(ref, set()).add(s)
+            self._index(s)
+
+    def unregister(self, s: FlexibleSession) -> None:
+        with self.lock:
+            self.sessions.discard(s)
+            self._unindex(s)
+            for ref in s.held:
+                hs = self.holders.get(ref)
+                if hs is not None:
+                    hs.discard(s)
+                    if not hs:
+                        del self.holders[ref]
+            if not self.sessions:
+                self.cache.clear()
+
+    def reindex(self, s: FlexibleSession) -> None:
+        with self.lock:
+            if s in self.sessions:
+                self._unindex(s)
+                self._index(s)
+
+    def _index(self, s: FlexibleSession) -> None:
+        for sub in s.subs:
+            if sub.index is None:
+                self.scan.setdefault(sub.collection, set()).add(s)
+                continue
+            fieldname, keys = sub.index
+            by_value = self.eq_index.setdefault(sub.collection, {}).setdefault(fieldname, {})
+            for k in keys:
+                by_value.setdefault(k, set()).add(s)
+        s.indexed = list(s.subs)
+
+    def _unindex(self, s: FlexibleSession) -> None:
+        for sub in s.indexed:
+            if sub.index is None:
+                self.scan.get(sub.collection, set()).discard(s)
+                continue
+            fieldname, keys = sub.index
+            by_value = self.eq_index.get(sub.collection, {}).get(fieldname, {})
+            for k in keys:
+                got = by_value.get(k)
+                if got is not None:
+                    got.discard(s)
+                    if not got:
+                        del by_value[k]
+        s.indexed = []
+
+    def hold(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
+        with self.lock:
+            for ref in refs:
+                s.held.add(ref)
+                self.holders.setdefault(ref, set()).add(s)
+
+    def release(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
+        with self.lock:
+            for ref in refs:
+                s.held.discard(ref)
+                hs = self.holders.get(ref)
+                if hs is not None:
+                    hs.discard(s)
+                    if not hs:
+                        del self.holders[ref]
+
+    # -- catching up with the log ---------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        self._dirty = True
+
+    async def catch_up_async(self) -> None:
+        """:meth:`catch_up` in a worker thread, shared by every session woken by one commit."""
+        while True:
+            task = self._task
+            if task is None:
+                if not self._dirty:
+                    return
+                self._dirty = False
+                task = self._task = asyncio.ensure_future(asyncio.to_thread(self.catch_up))
+            try:
+                await asyncio.shield(task)
+            finally:
+                if self._task is task and task.done():
+                    self._task = None
+
+    def catch_up(self) -> int:
+        """Route every log entry integrated since the last call. Returns the new position."""
+        backend = self.backend
+        with self.lock:
+            head = backend.head_seq()
+            if head <= self.processed_to:
+                return self.processed_to
+            if not self.sessions:
+                self.processed_to = head
+                return head
+            while self.processed_to < head:
+                upto = min(head, self.processed_to + 1000)
+                with backend._lock:
+                    rows = backend._engine.query(
+                        "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
+                        (self.processed_to, upto))
+                routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+                          for seq, origin, via, data in rows]
+                states = read_states(backend, {ref for r in routed for ref in r.refs})
+                for r in routed:
+                    for ref in r.refs:
+                        r.states[ref] = states.get(ref, (False, None))
+                    self._route(r)
+                    self.cache[r.seq] = r
+                while len(self.cache) > self.CACHE:
+                    self.cache.popitem(last=False)
+                if len(rows) < upto - self.processed_to:
+                    # Entries compacted away under us: every session settles its view again.
+                    for s in self.sessions:
+                        s.resync = True
+                self.processed_to = upto
+            return self.processed_to
+
+    def _route(self, r: _Routed) -> None:
+        targets: set[FlexibleSession] = set()
+        seen: set[Ref] = set()
+        for ref in r.refs:
+            if ref in seen:
+                continue
+            seen.add(ref)
+            hs = self.holders.get(ref)
+            if hs:
+                targets |= hs
+            coll = ref[0]
+            scan = self.scan.get(coll)
+            if scan:
+                targets |= scan
+            live, body = r.states[ref]
+            if not live or body is None:
+                continue
+            for fieldname, by_value in self.eq_index.get(coll, {}).items():
+                for k in _body_keys(body.get(fieldname)):
+                    got = by_value.get(k)
+                    if got:
+                        targets |= got
+        if r.comp_for is not None:
+            targets |= {s for s in self.sessions if s.peer == r.comp_for}
+        for s in targets:
+            s.relevant.append(r.seq)
+
+    def routed(self, seq: int) -> _Routed | None:
+        with self.lock:
+            return self.cache.get(seq)
+
+
+def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
+    """(live, body) of documents, in one query per few hundred."""
+    items = list(refs)
+    out: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+    by_coll: dict[str, list[str]] = {}
+    for coll, pk in items:
+        by_coll.setdefault(coll, []).append(pk)
+    with backend._lock:
+        for coll, pks in by_coll.items():
+            for i in range(0, len(pks), 500):
+                chunk = pks[i:i + 500]
+                for pk, body, live in backend._engine.query(
+                        f"SELECT pk, body, live FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))})",
+                        [coll, *chunk]):
+                    out[(coll, pk)] = (bool(live), json.loads(body) if live else None)
+    return out
+
+
+def read_full(backend: Database, refs: Sequence[Ref]) -> dict[Ref, SnapshotDoc]:
+    """The full merge states of live documents (for documents entering a view)."""
+    out: dict[Ref, SnapshotDoc] = {}
+    by_coll: dict[str, list[str]] = {}
+    for coll, pk in refs:
+        by_coll.setdefault(coll, []).append(pk)
+    with backend._lock:
+        for coll, pks in by_coll.items():
+            for i in range(0, len(pks), 500):
+                chunk = pks[i:i + 500]
+                for pk, body, meta, epoch, live in backend._engine.query(
+                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
+                    if live:
+                        out[(coll, pk)] = SnapshotDoc(coll, json.loads(pk), {
+                            "epoch": epoch, "live": True, "body": json.loads(body), "meta": json.loads(meta)})
+    return out
+
+
+# ----------------------------------------------------------------------------- one session
+
+
+STAY, ENTER, LEAVE, SKIP = "stay", "enter", "leave", "skip"
+
+
+class FlexibleSession:
+    """Flexible sync for one connection (see the module docstring). Made by
+    :func:`admit_flexible`; its storage work runs in worker threads, one step at a time."""
+
+    def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
+        self.server = server                      # the ServerSession (sync_endpoint.py)
+        self.state: ServerState = server.state
+        self.backend: Database = server.state.backend
+        self.config = config
+        self.peer = peer
+        self.requested = requested                # the Hello's set: version, view_seq, queries
+        self.router = Router.for_backend(self.backend)
+        self.reader: Any = None                   # the rules' SessionReplica, set by wrap()
+        self.rules: Any = None
+        # the view
+        self.held: set[Ref] = set()
+        self.uncertain: set[Ref] = set()
+        self.left: set[Ref] = set()
+        self.indexed: list[CompiledSub] = []
+        self.subs: list[CompiledSub] = []
+        self.by_coll: dict[str, list[CompiledSub]] = {}
+        self.version = 0                          # the active (served) set version
+        self.view_seq = 0                         # the last view_seq allocated for this peer
+        # routing
+        self.relevant: deque[int] = deque()
+        self.routed_from = 0
+        self.read_to = 0
+        self._first_read = True
+        self.resync = False
+        self._last_advance = 0.0
+        self._advance_scheduled = False
+        # bootstrap work and messages
+        self.enter_todo: deque[Ref] = deque()
+        self.leave_todo: deque[Ref] = deque()
+        self.boot_version: int | None = None
+        self.boot_set_id = 1
+        self.boot_total = 0
+        self.boot_sent = 0
+        self.unacked: deque[int] = deque()
+        self.outbox: deque[Message] = deque()
+        self._step_queued = False
+        self._closed = False
+        self.sent_docs = 0
+        self.sent_leaves = 0
+
+    # -- wiring ---------------------------------------------------------------------------
+
+    def wrap(self, enforcer: Enforcer, reader: Any) -> tuple[Enforcer, Any]:
+        """Wrap the rules engineer's per-session enforcer and read filter."""
+        self.reader = reader
+        self.rules = getattr(reader, "rules", None)
+        flex_enforcer = FlexibleEnforcer(self.state, enforcer.rules, enforcer.partition, enforcer.has_partition,
+                                         flexible=self)
+        return flex_enforcer, _FlexibleReader(self, reader)
+
+    async def connect(self) -> None:
+        """Load the persisted view, settle what may have been lost, start serving the set.
+
+        The session is registered with the router first, so that no change integrated while
+        the view is being computed can slip between the two."""
+        self.router.register(self)
+        await asyncio.to_thread(self._connect_sync)
+        self.schedule()
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self.router.unregister(self)
+
+    # -- matching -------------------------------------------------------------------------
+
+    def _set_subs(self, subs: list[CompiledSub], version: int) -> None:
+        self.subs = subs
+        self.version = version
+        by: dict[str, list[CompiledSub]] = {}
+        for s in subs:
+            by.setdefault(s.collection, []).append(s)
+        self.by_coll = by
+
+    def matches_subs(self, collection: str, body: dict[str, Any]) -> bool:
+        for sub in self.by_coll.get(collection, ()):
+            try:
+                if sub.predicate(body):
+                    return True
+            except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+                log.exception("subscription predicate failed")
+        return False
+
+    def readable(self, collection: str, body: dict[str, Any]) -> bool:
+        if self.rules is None:
+            return True
+        return bool(self.rules.collection(collection).can_read(body))
+
+    def matches(self, collection: str, body: dict[str, Any] | None) -> bool:
+        return body is not None and self.matches_subs(collection, body) and self.readable(collection, body)
+
+    def _shown(self, doc: SnapshotDoc) -> SnapshotDoc | None:
+        if self.rules is None or self.reader is None:
+            return doc
+        shown: SnapshotDoc | None = self.reader.filter_snapshot_doc(doc)
+        return shown
+
+    # -- the desired view -----------------------------------------------------------------
+
+    def desired(self) -> set[Ref]:
+        """Every document the active set asks for and the user may read, computed on the
+        backend with the compiled SQL."""
+        out: set[Ref] = set()
+        backend = self.backend
+        for coll, subs in self.by_coll.items():
+            where = " OR ".join(f"({s.sql})" for s in subs)
+            params: list[Any] = [coll]
+            for s in subs:
+                params.extend(s.params)
+            access = self.rules.collection(coll) if self.rules is not None else None
+            if access is not None and access.role is None:
+                continue
+            need_body = access is not None and not access.read_all
+            cols = "documents.pk, documents.body" if need_body else "documents.pk"
+            with backend._lock:
+                rows = backend._engine.query(
+                    f"SELECT {cols} FROM documents WHERE documents.collection = ? AND documents.live = 1 AND ({where})",
+                    params)
+            if need_body:
+                assert access is not None
+                out.update((coll, r[0]) for r in rows if access.can_read(json.loads(r[1])))
+            else:
+                out.update((coll, r[0]) for r in rows)
+        return out
+
+    # -- persistence ----------------------------------------------------------------------
+
+    def _next_view_seq(self) -> int:
+        self.view_seq += 1
+        return self.view_seq
+
+    def _persist(self, changes: Sequence[tuple[Ref, int, int]], *, set_row: bool = False,
+                 forget: Sequence[Ref] = ()) -> None:
+        """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically."""
+        backend = self.backend
+        with backend._lock:
+            with backend._engine.atomic():
+                if changes:
+                    backend._engine.executemany(
+                        "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
+                        "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
+                        "view_seq = excluded.view_seq",
+                        [(self.peer, c, pk, present, vs) for (c, pk), present, vs in changes])
+                if forget:
+                    backend._engine.executemany(
+                        "DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
+                        [(self.peer, c, pk) for c, pk in forget])
+                queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) \
+                    if set_row else None
+                backend._engine.execute(
+                    "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, ?, coalesce(?, '[]'), ?) "
+                    "ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
+                    "version = CASE WHEN ? THEN excluded.version ELSE flexible_peers.version END, "
+                    "queries = coalesce(?, flexible_peers.queries)",
+                    (self.peer, self.version, queries, self.view_seq, 1 if set_row else 0, queries))
+
+    # -- connecting -----------------------------------------------------------------------
+
+    def _connect_sync(self) -> None:
+        backend = self.backend
+        req = self.requested
+        with backend._lock:
+            row = backend._engine.query("SELECT version, queries, view_seq FROM flexible_peers WHERE peer = ?",
+                                        (self.peer,))
+            rows = backend._engine.query(
+                "SELECT collection, pk, present, view_seq FROM flexible_views WHERE peer = ?", (self.peer,))
+        active_version, active_queries, last_seq = (int(row[0][0]), row[0][1], int(row[0][2])) if row else (0, "[]", 0)
+        self.view_seq = last_seq
+        known = min(int(req.get("view_seq", 0)), last_seq)
+        forget: list[Ref] = []
+        held: list[Ref] = []
+        for coll, pk, present, vs in rows:
+            ref = (coll, pk)
+            if vs <= known:
+                if present:
+                    held.append(ref)
+                else:
+                    forget.append(ref)
+            else:
+                self.uncertain.add(ref)
+                if not present:
+                    self.left.add(ref)
+        self.router.hold(self, held)
+        # The set to serve: the device's latest if it is valid, else the one served before.
+        previous: list[CompiledSub] = []
+        try:
+            previous = compile_set([SubscriptionQuery.from_wire(q) for q in json.loads(active_queries)], self.config)
+        except (SubscriptionInvalid, ValueError) as exc:
+            log.warning("the stored subscription set of %s no longer compiles: %s", self.peer, exc)
+        self._set_subs(previous, active_version)
+        version = int(req.get("version", 0))
+        try:
+            queries = [SubscriptionQuery.from_wire(q) for q in req.get("queries", [])]
+        except ValueError as exc:
+            self.outbox.append(SubscriptionState(_set_id(req), version, SubscriptionStatus.ERROR, str(exc)))
+            queries = None
+        if queries is not None:
+            self._activate(_set_id(req), version, queries, forget=forget)
+        else:
+            self._replan(_set_id(req), self.version, forget)
+
+    # -- subscribing ----------------------------------------------------------------------
+
+    def _activate(self, set_id: int, version: int, queries: Sequence[SubscriptionQuery],
+                  forget: Sequence[Ref] = ()) -> None:
+        try:
+            subs = compile_set(queries, self.config)
+        except SubscriptionInvalid as exc:
+            log.info("subscription set v%d of %s refused: %s", version, self.peer, exc)
+            self.outbox.append(SubscriptionState(set_id, version, SubscriptionStatus.ERROR, str(exc)))
+            self._replan(set_id, self.version, forget)
+            return
+        self._set_subs(subs, version)
+        # Re-index first: a change routed from now on is judged with the new queries, and
+        # one integrated before is in the desired view computed next.
+        self.router.reindex(self)
+        self._replan(set_id, version, forget, set_row=True)
+
+    def _replan(self, set_id: int, version: int, forget: Sequence[Ref] = (), set_row: bool = False) -> None:
+        """Compare the desired view with what the device holds: what to send and to remove."""
+        want = self.desired()
+        enters = sorted(want - self.held)
+        leaves = sorted((self.held | self.uncertain) - want)
+        self.enter_todo = deque(enters)
+        self.leave_todo = deque(leaves)
+        self.boot_version = version
+        self.boot_set_id = set_id
+        self.boot_total = len(enters) + len(leaves)
+        self.boot_sent = 0
+        self._persist([], set_row=set_row, forget=forget)
+        self.outbox.append(SubscriptionState(set_id, version, SubscriptionStatus.BOOTSTRAPPING
+                                             if self.boot_total else SubscriptionStatus.COMPLETE))
+        if not self.boot_total:
+            self.boot_version = None
+
+    def subscribe(self, message: Subscribe) -> None:
+        """A new subscription set version from the device (worker thread)."""
+        if message.version <= self.version:
+            return  # an old version: nothing to do
+        self._activate(message.set_id, message.version, message.queries)
+
+    # -- bootstrap steps ------------------------------------------------------------------
+
+    def has_work(self) -> bool:
+        return bool(self.enter_todo or self.leave_todo or self.boot_version is not None)
+
+    def schedule(self) -> None:
+        """Queue a bootstrap step on the session's loop when there is work and room."""
+        if self._closed or self._step_queued or not self.has_work() or len(self.unacked) >= self.config.window:
+            return
+        self._step_queued = True
+        self.server._inbox.put_nowait(("flex", None))
+
+    async def step(self) -> None:
+        self._step_queued = False
+        if self._closed or not self.has_work() or len(self.unacked) >= self.config.window:
+            return
+        await asyncio.to_thread(self._step_sync)
+        self.schedule()
+
+    def _step_sync(self) -> None:
+        page = self.config.page_size
+        leaves: list[Ref] = []
+        while self.leave_todo and len(leaves) < page * 10:
+            ref = self.leave_todo.popleft()
+            if ref in self.held or ref in self.uncertain:
+                leaves.append(ref)
+        refs: list[Ref] = []
+        while self.enter_todo and len(refs) < page:
+            ref = self.enter_todo.popleft()
+            if ref not in self.held:
+                refs.append(ref)
+        docs = read_full(self.backend, refs) if refs else {}
+        enters: list[SnapshotDoc] = []
+        entered: list[Ref] = []
+        for ref in refs:
+            doc = docs.get(ref)
+            body = doc.state["body"] if doc is not None else None
+            if doc is None or not self.matches(ref[0], body):
+                if ref in self.uncertain:
+                    leaves.append(ref)   # it stopped matching meanwhile: make sure it is gone
+                continue
+            shown = self._shown(doc)
+            if shown is None:
+                if ref in self.uncertain:
+                    leaves.append(ref)
+                continue
+            enters.append(shown)
+            entered.append(ref)
+        self.boot_sent += len(refs) + len(leaves)
+        if enters or leaves:
+            self._send_view(entered, enters, leaves, self.boot_version or 0,
+                            Progress(self.boot_sent, max(self.boot_total, self.boot_sent)))
+        if not self.enter_todo and not self.leave_todo and self.boot_version is not None:
+            self.outbox.append(SubscriptionState(self.boot_set_id, self.boot_version,
+                                                 SubscriptionStatus.COMPLETE))
+            self.boot_version = None
+
+    def _send_view(self, entered: Sequence[Ref], enters: Sequence[SnapshotDoc], leaves: Sequence[Ref],
+                   version: int, progress: Progress | None = None) -> None:
+        """Persist, then queue, one ViewUpdate (worker thread)."""
+        vs = self._next_view_seq()
+        changes = [(ref, 1, vs) for ref in entered] + [(ref, 0, vs) for ref in leaves]
+        self._persist(changes)
+        self.router.hold(self, entered)
+        self.router.release(self, leaves)
+        for ref in entered:
+            self.uncertain.discard(ref)
+            self.left.discard(ref)
+        for ref in leaves:
+            self.uncertain.discard(ref)
+            self.left.add(ref)
+        self.unacked.append(vs)
+        self.sent_docs += len(enters)
+        self.sent_leaves += len(leaves)
+        self.outbox.append(ViewUpdate(vs, version, tuple(enters), tuple((c, json.loads(pk)) for c, pk in leaves),
+                                      progress or Progress()))
+
+    # -- messages -------------------------------------------------------------------------
+
+    async def on_message(self, message: Message) -> None:
+        if isinstance(message, Subscribe):
+            await asyncio.to_thread(self.subscribe, message)
+            self.schedule()
+        elif isinstance(message, ViewAck):
+            while self.unacked and self.unacked[0] <= message.view_seq:
+                self.unacked.popleft()
+            self.schedule()
+
+    def pump(self) -> None:
+        """Send what is queued, in order, when the connection allows it (event loop)."""
+        self.schedule()
+        link = self.server.link
+        while self.outbox:
+            message = self.outbox[0]
+            if not link.can_send(message):
+                return
+            self.outbox.popleft()
+            link.send(message)
+
+    # -- waking ---------------------------------------------------------------------------
+
+    async def wants_log(self) -> bool:
+        """Whether a commit wake should make the replicator read the log now: yes when an
+        entry concerns this device (or it is still catching up); otherwise at most once per
+        ``advance_interval`` (so the device's checkpoint follows the head lazily)."""
+        self.router.mark_dirty()
+        await self.router.catch_up_async()
+        if self.relevant or self.resync or self.read_to < self.routed_from:
+            return True
+        now = time.monotonic()
+        wait = self._last_advance + self.config.advance_interval - now
+        if wait <= 0:
+            self._last_advance = now
+            return True
+        if not self._advance_scheduled:
+            self._advance_scheduled = True
+
+            def wake() -> None:
+                self._advance_scheduled = False
+                if not self._closed:
+                    self.server.local_commit()
+
+            asyncio.get_running_loop().call_later(wait, wake)
+        return False
+
+    # -- routing (the replicator's ReadLog for this peer; worker thread) -------------------
+
+    def read_log(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
+        backend = self.backend
+        head = backend.head_seq()
+        first, self._first_read = self._first_read, False
+        if first and after < head and _needs_snapshot(backend, after, exclude_origin):
+            # First contact (the server bootstraps from states, not history), or the log the
+            # device needs was compacted away: the view computed at connection covers the log
+            # up to ``routed_from``, so the checkpoint jumps there. What the device held before
+            # may be stale: it is sent again whole (read after the jump) or removed.
+            if self.held:
+                self._resync()
+            if after < self.routed_from:
+                self.read_to = self.routed_from
+                return LogBatch((), self.routed_from, max(self.routed_from, head), 0)
+        elif self.resync or (after < head and after < _log_floor(backend)):
+            # Compacted while connected (rare): jump to the head, settle every held document.
+            self.resync = False
+            processed = self.router.catch_up()
+            self._resync()
+            with self.router.lock:
+                self.relevant.clear()
+            self.read_to = max(after, processed)
+            return LogBatch((), self.read_to, max(self.read_to, head), 0)
+        processed = self.router.catch_up()
+        if after < self.routed_from:
+            return self._read_slow(after, min(self.routed_from, processed), limit, max_bytes, exclude_origin)
+        seqs: list[int] = []
+        truncated = False
+        with self.router.lock:
+            while self.relevant and self.relevant[0] <= after:
+                self.relevant.popleft()
+            for seq in self.relevant:
+                if seq > processed:
+                    break
+                if len(seqs) >= limit:
+                    truncated = True
+                    break
+                if not seqs or seq != seqs[-1]:
+                    seqs.append(seq)
+        upto = seqs[-1] if truncated else processed
+        routed: list[_Routed] = []
+        for seq in seqs:
+            r = self.router.routed(seq)
+            if r is None:
+                r = _load_routed(backend, seq)
+            if r is not None:
+                routed.append(r)
+        batch = self._judge(routed, after, upto, limit, max_bytes, exclude_origin)
+        with self.router.lock:
+            while self.relevant and self.relevant[0] <= batch.scanned_to:
+                self.relevant.popleft()
+        self.read_to = batch.scanned_to
+        return batch
+
+    def _resync(self) -> None:
+        self.uncertain |= self.held
+        self.router.release(self, list(self.held))
+        self._replan(self.boot_set_id, self.version)
+
+    def _read_slow(self, after: int, upto: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
+        """Entries the router did not route for this session (it connected later): read and
+        judged here."""
+        backend = self.backend
+        with backend._lock:
+            rows = backend._engine.query(
+                "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (after, upto, max(1, min(limit, 500))))
+        routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+                  for seq, origin, via, data in rows
+                  if not (exclude_origin is not None and (origin == exclude_origin or via == exclude_origin))]
+        last = rows[-1][0] if rows and len(rows) >= max(1, min(limit, 500)) else upto
+        states = read_states(backend, {ref for r in routed for ref in r.refs})
+        for r in routed:
+            for ref in r.refs:
+                r.states[ref] = states.get(ref, (False, None))
+        batch = self._judge(routed, after, last, limit, max_bytes, exclude_origin)
+        self.read_to = batch.scanned_to
+        return batch
+
+    def _judge(self, routed: Sequence[_Routed], after: int, upto: int, limit: int, max_bytes: int,
+               exclude_origin: Any) -> LogBatch:
+        """Decide stays / enters / leaves for a batch and build what the device gets."""
+        decisions: dict[Ref, str] = {}
+        entries: list[tuple[int, Transaction]] = []
+        nbytes = 0
+        scanned = upto
+        for r in routed:
+            if entries and (nbytes >= max_bytes or len(entries) >= limit):
+                scanned = r.seq - 1
+                break
+            if exclude_origin is not None and (r.origin == exclude_origin or r.via == exclude_origin):
+                continue
+            kept = []
+            for op, ref in zip(r.txn.ops, r.refs, strict=True):
+                d = decisions.get(ref)
+                if d is None:
+                    d = decisions[ref] = self._decide(ref, r.states.get(ref, (False, None)))
+                if d == STAY:
+                    kept.append(op)
+            mine = r.comp_for is not None and r.comp_for == self.peer
+            if not kept and not mine:
+                continue
+            txn = r.txn
+            if len(kept) != len(txn.ops):
+                keep_refs = {ref for ref in r.refs if decisions.get(ref) == STAY}
+                before = tuple(b for b in txn.before if doc_ref(b.collection, b.key) in keep_refs)
+                txn = Transaction(txn.id, txn.origin, txn.stamp, txn.parents, tuple(kept), before, txn.user, txn.meta)
+            if self.reader is not None and (self.rules is not None or txn.meta):
+                shown = self.reader.filter_transaction(txn, exclude_origin)
+                if shown is None:
+                    continue
+                txn = shown
+                if mine:
+                    # Operations the compensation adds for this device only: a delete is safe on
+                    # a document it may not hold; anything else only on one it holds.
+                    ops = tuple(op for op in txn.ops if isinstance(op, DeleteDoc)
+                                or doc_ref(op.collection, op.key) in self.held)
+                    if not ops:
+                        continue
+                    if len(ops) != len(txn.ops):
+                        txn = Transaction(txn.id, txn.origin, txn.stamp, txn.parents, ops, txn.before, txn.user,
+                                          txn.meta)
+            if not txn.ops:
+                continue
+            entries.append((r.seq, txn))
+            nbytes += r.size
+        self._apply_decisions(decisions)
+        return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
+
+    def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:
+        if ref in self.uncertain:
+            return SKIP          # settled by the bootstrap work list (sent whole, or removed)
+        live, body = state
+        if ref in self.held:
+            # A deleted document stays in the view (as a tombstone): the device gets the
+            # delete itself, and a re-create if there is one.
+            if not live:
+                return STAY
+            return STAY if self.matches(ref[0], body) else LEAVE
+        if live and self.matches(ref[0], body):
+            return ENTER
+        return SKIP
+
+    def _apply_decisions(self, decisions: dict[Ref, str]) -> None:
+        enter = [ref for ref, d in decisions.items() if d == ENTER]
+        leave = [ref for ref, d in decisions.items() if d == LEAVE]
+        if not enter and not leave:
+            return
+        docs = read_full(self.backend, enter) if enter else {}
+        entered: list[Ref] = []
+        enters: list[SnapshotDoc] = []
+        for ref in enter:
+            doc = docs.get(ref)
+            if doc is None or not self.matches(ref[0], doc.state["body"]):
+                continue         # changed again since the router looked: a later entry decides
+            shown = self._shown(doc)
+            if shown is not None:
+                entered.append(ref)
+                enters.append(shown)
+        if entered or leave:
+            self._send_view(entered, enters, leave, 0)
+
+    # -- uploads (FlexibleEnforcer; worker thread) ------------------------------------------
+
+    def write_allowed(self, collection: str, key: Plain, before: merge.DocState, after: merge.DocState) -> bool:
+        ref = doc_ref(collection, key)
+        if ref in self.held or ref in self.uncertain or ref in self.left:
+            return True
+        if before.live and self.matches_subs(collection, before.body):
+            return True
+        return after.live and self.matches_subs(collection, after.body)
+
+    def after_upload(self, refs: set[Ref], existed: set[Ref], refused: Sequence[CompensatedWrite]) -> None:
+        """The device's own writes may move documents in or out of its view."""
+        if not refs:
+            return
+        refused_refs = {doc_ref(w.collection, w.key) for w in refused}
+        states = read_states(self.backend, refs)
+        silent: list[Ref] = []
+        enter: list[Ref] = []
+        leave: list[Ref] = []
+        for ref in sorted(refs):
+            if ref in self.uncertain:
+                continue
+            live, body = states.get(ref, (False, None))
+            m = live and self.matches(ref[0], body)
+            if ref in self.held:
+                if live and not m:
+                    leave.append(ref)
+            elif m:
+                if ref not in existed and ref not in refused_refs and ref not in self.left:
+                    silent.append(ref)     # the device created it: it has it exactly
+                else:
+                    enter.append(ref)
+            else:
+                leave.append(ref)          # a copy the device may keep outside its view
+        if silent:
+            self._persist([(ref, 1, 0) for ref in silent])
+            self.router.hold(self, silent)
+            for ref in silent:
+                self.left.discard(ref)
+        if enter or leave:
+            docs = read_full(self.backend, enter) if enter else {}
+            shown = [(ref, self._shown(docs[ref])) for ref in enter if ref in docs]
+            entered = [(ref, d) for ref, d in shown if d is not None]
+            self._send_view([ref for ref, _ in entered], [d for _, d in entered if d is not None], leave, 0)
+
+    def existing(self, refs: set[Ref]) -> set[Ref]:
+        """Which of ``refs`` the backend has ever seen (live or tombstone)."""
+        out: set[Ref] = set()
+        by_coll: dict[str, list[str]] = {}
+        for coll, pk in refs:
+            by_coll.setdefault(coll, []).append(pk)
+        with self.backend._lock:
+            for coll, pks in by_coll.items():
+                for i in range(0, len(pks), 500):
+                    chunk = pks[i:i + 500]
+                    out.update((coll, r[0]) for r in self.backend._engine.query(
+                        f"SELECT pk FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))})",
+                        [coll, *chunk]))
+        return out
+
+    def describe(self) -> str:
+        if not self.subs:
+            return "it has no subscriptions"
+        return "its subscriptions: " + "; ".join(
+            f"{s.name or '(unnamed)'}: {s.collection} where {s.text}" for s in self.subs[:5]) + (
+            "; ..." if len(self.subs) > 5 else "")
+
+
+def _set_id(req: dict[str, Any]) -> int:
+    v = req.get("set_id", 1)
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else 1
+
+
+def _needs_snapshot(backend: Database, after: int, exclude_origin: Any) -> bool:
+    with backend._lock:
+        return bool(backend._needs_snapshot(after, exclude_origin))
+
+
+def _log_floor(backend: Database) -> int:
+    with backend._lock:
+        return backend.log_floor()
+
+
+def _load_routed(backend: Database, seq: int) -> _Routed | None:
+    with backend._lock:
+        rows = backend._engine.query("SELECT seq, origin, via, data FROM log WHERE seq = ?", (seq,))
+    if not rows:
+        return None
+    s, origin, via, data = rows[0]
+    r = _Routed(s, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+    states = read_states(backend, set(r.refs))
+    for ref in r.refs:
+        r.states[ref] = states.get(ref, (False, None))
+    return r
+
+
+class _FlexibleReader:
+    """The backend as a flexible session reads it: the log through the view (routing); every
+    other call goes to the rules' per-session reader."""
+
+    def __init__(self, flexible: FlexibleSession, inner: Any) -> None:
+        self._flexible = flexible
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def read_log(self, after: int, *, limit: int, max_bytes: int, scope: Scope, exclude_origin: Any) -> LogBatch:
+        return self._flexible.read_log(after, limit, max_bytes, exclude_origin)
+
+    def read_descriptors(self, after: int, *, limit: int, scope: Scope, exclude_origin: Any) -> Any:
+        from ..protocol.replica import DescriptorBatch
+
+        return DescriptorBatch((), after, after)
+
+
+class FlexibleEnforcer(Enforcer):
+    """The rules engineer's upload checks plus flexible sync's: a write to a document outside
+    every subscription of the writer is refused (code ``outside_subscriptions``) unless the
+    config accepts it; after each upload the writer's view follows its own writes."""
+
+    def __init__(self, state: ServerState, rules: Any, partition: Any = None, has_partition: bool = False, *,
+                 flexible: FlexibleSession) -> None:
+        super().__init__(state, rules, partition, has_partition)
+        self.flexible = flexible
+        self.full = True  # judge every document by its effect (the base class's full path)
+
+    def decide(self, collection: str, key: Plain, before: merge.DocState, after: merge.DocState) -> Verdict | None:
+        verdict = super().decide(collection, key, before, after)
+        flex = self.flexible
+        if verdict is not None or flex.config.accept_writes_outside_subscriptions:
+            return verdict
+        if before.live == after.live and before.epoch == after.epoch and (not after.live or before.body == after.body):
+            return None
+        if flex.write_allowed(collection, key, before, after):
+            return None
+        operation = "create" if not before.live else "delete" if not after.live else "update"
+        return Verdict(operation, "outside_subscriptions",
+                       f"{collection} {key!r} is outside every subscription of this device ({flex.describe()}); "
+                       "as in Device Sync, a device may only write documents its subscriptions match")
+
+    def integrate(self, txns: Sequence[Transaction], peer: str,
+                  peer_seq: int) -> tuple[Any, list[CompensatedWrite], bool]:
+        refs = {doc_ref(op.collection, op.key) for t in txns for op in t.ops}
+        existed = self.flexible.existing(refs) if refs else set()
+        result, refused, compensated = super().integrate(txns, peer, peer_seq)
+        try:
+            self.flexible.after_upload(refs, existed, refused)
+        except Exception:  # noqa: BLE001 - never lose an integration over view bookkeeping
+            log.exception("updating the view of %s after its upload failed", peer)
+        return result, refused, compensated
+
+
+# ----------------------------------------------------------------------------- admission
+
+
+def admit_flexible(server: Any, hello: Hello) -> SyncError | None:
+    """Check a flexible ``Hello`` and set ``server.flexible`` (a :class:`FlexibleSession`).
+    Returns the error to fail the connection with, if any."""
+    config = config_for(server.state)
+    if config is None:
+        return PermissionDeniedError("flexible sync is not enabled on this server",
+                                     code=ErrorCode.BAD_SCOPE, advice="enable [sync.flexible] in tidesync.toml")
+    items = hello.scope.get("subscriptions") or []
+    requested: dict[str, Any] = {}
+    if items:
+        if len(items) != 1 or not isinstance(items[0], dict):
+            return PermissionDeniedError("a flexible scope holds one subscription set",
+                                         code=ErrorCode.BAD_SCOPE)
+        requested = items[0]
+        for key in ("version", "view_seq"):
+            v = requested.get(key, 0)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                return PermissionDeniedError(f"subscription set {key} must be an int >= 0", code=ErrorCode.BAD_SCOPE)
+        if not isinstance(requested.get("queries", []), list):
+            return PermissionDeniedError("subscription set queries must be a list", code=ErrorCode.BAD_SCOPE)
+    server.flexible = FlexibleSession(server, config, hello.replica_id, requested)
+    return None
+

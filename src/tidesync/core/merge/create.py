@@ -221,13 +221,18 @@ def _expand_object(node: Node, obody: dict[str, Plain], prefix: str, stamp: Stam
                    defaults: frozenset[str], top: bool = False) -> None:
     r: dict[str, str] = {}
     c: dict[str, Node] = {}
+    explicit = write_key(stamp)
+    flat = not kinds and not defaults  # every field a register written explicitly (the common case)
     for name, value in obody.items():
         if top and name == "_id":
+            continue
+        if flat:
+            r[name] = explicit
             continue
         dotted = prefix + name
         kind = _kind_of(kinds, dotted, value) if kinds else None
         if kind is None:
-            r[name] = write_key(stamp, _is_default(defaults, dotted))
+            r[name] = write_key(stamp, True) if _is_default(defaults, dotted) else explicit
             continue
         r[name] = CREATE_KEY
         if kind == "object":

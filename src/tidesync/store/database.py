@@ -750,8 +750,11 @@ class Database(ReplicaStore):
         ids = [t.id for t in txns]
         for i in range(0, len(ids), 500):
             chunk = ids[i:i + 500]
+            # Descriptors, not the log: compaction drops log entries but keeps descriptors
+            # (with the seq they were integrated at), so a replay of a compacted transaction
+            # is still a duplicate.
             known.update(r[0] for r in self._engine.query(
-                f"SELECT id FROM log WHERE id IN ({','.join('?' * len(chunk))})", chunk))
+                f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
         docs: dict[Ref, LoadedDoc] = {}
         applied = dups = nconf = 0
         last_seq = 0

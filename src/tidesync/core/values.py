@@ -40,6 +40,7 @@ __all__ = [
     "to_plain",
     "from_plain",
     "canonical_json",
+    "loads_json",
     "datetime_to_micros",
     "micros_to_datetime",
     "TAGS",
@@ -154,6 +155,23 @@ def _decode_tag(tag: str, inner: Any) -> Any:
 
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
 _canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+_scan_once = json.JSONDecoder().scan_once
+
+
+def loads_json(text: str) -> Any:
+    """``json.loads(text)``, faster for text without surrounding whitespace (as tidesync writes
+    it): the same value, or the same error (anything unusual goes to ``json.loads`` itself)."""
+    if type(text) is not str:
+        return json.loads(text)
+    try:
+        value, end = _scan_once(text, 0)
+    except StopIteration:
+        return json.loads(text)
+    if end != len(text):
+        return json.loads(text)
+    return value
 
 
 def canonical_json(plain: Plain) -> str:

@@ -30,7 +30,7 @@ from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
 from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
-from ..core.values import Plain, canonical_json, from_plain, to_plain
+from ..core.values import Plain, canonical_json, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, UsageError, ValidationError,
@@ -334,8 +334,8 @@ class Database(ReplicaStore):
         if not rows:
             return LoadedDoc(collection, key, ref, merge.new_state(), False, False, None)
         body_text, meta_text, epoch, live = rows[0]
-        body = json.loads(body_text)
-        state = merge.DocState(epoch=epoch, live=bool(live), body=body, meta=json.loads(meta_text))
+        body = loads_json(body_text)
+        state = merge.DocState(epoch=epoch, live=bool(live), body=body, meta=loads_json(meta_text))
         # The before-image keeps the text: it is decoded again only if it is needed whole.
         return LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
 
@@ -609,7 +609,7 @@ class Database(ReplicaStore):
             if ref in self._cache:
                 return self._cache[ref]
             rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1", ref)
-            body = json.loads(rows[0][0]) if rows else None
+            body = loads_json(rows[0][0]) if rows else None
             if len(self._cache) > _CACHE_LIMIT:
                 self._cache.clear()
             if txn is None:

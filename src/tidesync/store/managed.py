@@ -11,7 +11,7 @@ from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence,
 from typing import TYPE_CHECKING, Any, overload
 
 from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, coerce, model_registry
-from ..core.schema import FieldType, ObjectSchema
+from ..core.schema import SCALAR_KINDS, FieldType, ObjectSchema
 from ..core.values import Plain, from_plain
 from ..errors import InvalidatedObjectError, ValidationError
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 __all__ = ["ObjectBinding", "ManagedList", "ManagedSet", "ManagedDict", "make_managed"]
 
 Ref = tuple[str, str]
+
+_SCALAR_OR_MIXED = SCALAR_KINDS | {"mixed"}
 
 
 def _at_path(body: dict[str, Plain], path: tuple[str, ...]) -> Any:
@@ -62,7 +64,15 @@ class ObjectBinding:
     def get_field(self, obj: Any, name: str) -> Any:
         f = self.schema.fields[name]
         plain = self.body().get(name)
-        return self.db._to_python(self, self.path + (name,), f.type, plain)
+        t = f.type
+        if t.kind in _SCALAR_OR_MIXED:
+            # What _to_python gives for a JSON scalar (from_plain leaves it as it is), quicker.
+            tp = type(plain)
+            if tp is str or tp is bool or tp is float or plain is None:
+                return plain
+            if tp is int:
+                return float(plain) if t.kind == "float" else plain
+        return self.db._to_python(self, self.path + (name,), t, plain)
 
     def set_field(self, obj: Any, name: str, value: Any) -> None:
         f = self.schema.fields[name]

@@ -9,11 +9,12 @@ starts, reading bodies in pages, so memory stays flat on large results.
 
 from __future__ import annotations
 
-import json
+from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..core.models import _ModelBase
+from ..core.values import loads_json
 from ..query import Query, compile_order, compile_sql, parse_query
 
 if TYPE_CHECKING:
@@ -25,6 +26,13 @@ __all__ = ["Results"]
 M = TypeVar("M", bound=_ModelBase)
 
 _PAGE = 1000
+
+
+def _key_of(pk_text: str) -> Any:
+    """The primary key (plain form) from its canonical JSON text."""
+    if pk_text[:1] == '"' and "\\" not in pk_text:
+        return pk_text[1:-1]  # a JSON string without escapes holds its text as it is
+    return loads_json(pk_text)
 
 
 class Results(Generic[M]):
@@ -105,7 +113,20 @@ class Results(Generic[M]):
     def _make(self, pk_text: str, body: dict[str, Any]) -> M:
         ref = (self._cls.__name__, pk_text)
         self._db._prime(ref, body)
-        return self._db._managed(self._cls, self._db.schema[self._cls.__name__], json.loads(pk_text), ref)
+        return self._db._managed(self._cls, self._db.schema[self._cls.__name__], _key_of(pk_text), ref)
+
+    def _rowids(self) -> array[int]:
+        """The rowids of every match, in order (8 bytes each: no row tuples held)."""
+        where, params = self._where()
+        sql = f"SELECT documents.rowid FROM documents WHERE {where}{self._order()}{self._limit_sql()}"
+        out: array[int] = array("q")
+        with self._db._lock:
+            self._db._check_open()
+            self._db._refresh()
+            cursor = self._db._engine.execute(sql, params)
+            while rows := cursor.fetchmany(10_000):
+                out.extend([r[0] for r in rows])
+        return out
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -121,19 +142,25 @@ class Results(Generic[M]):
         return bool(self._select("1", 0, 1))
 
     def __iter__(self) -> Iterator[M]:
-        rowids = [r[0] for r in self._select("documents.rowid")]
+        rowids = self._rowids()
+        db, cls = self._db, self._cls
+        name = cls.__name__
+        schema = db.schema[name]
         for i in range(0, len(rowids), _PAGE):
-            chunk = rowids[i:i + _PAGE]
-            with self._db._lock:
-                self._db._check_open()
-                rows = self._db._engine.query(
+            chunk = rowids[i:i + _PAGE].tolist()
+            with db._lock:
+                db._check_open()
+                rows = db._engine.query(
                     f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
                     chunk)
             by_id = {r[0]: (r[1], r[2]) for r in rows}
             for rid in chunk:
                 hit = by_id.get(rid)
                 if hit is not None:
-                    yield self._make(hit[0], json.loads(hit[1]))
+                    pk_text = hit[0]
+                    ref = (name, pk_text)
+                    db._prime(ref, loads_json(hit[1]))
+                    yield db._managed(cls, schema, _key_of(pk_text), ref)
 
     @overload
     def __getitem__(self, index: int) -> M: ...
@@ -149,12 +176,12 @@ class Results(Generic[M]):
         rows = self._select("documents.pk, documents.body", index, 1)
         if not rows:
             raise IndexError("results index out of range")
-        return self._make(rows[0][0], json.loads(rows[0][1]))
+        return self._make(rows[0][0], loads_json(rows[0][1]))
 
     def first(self) -> M | None:
         """The first object, or None when there is none."""
         rows = self._select("documents.pk, documents.body", 0, 1)
-        return self._make(rows[0][0], json.loads(rows[0][1])) if rows else None
+        return self._make(rows[0][0], loads_json(rows[0][1])) if rows else None
 
     def index(self, obj: M) -> int:
         """The position of ``obj`` in the results."""

@@ -23,6 +23,7 @@ event loop; the backend serializes them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -31,7 +32,9 @@ from typing import TYPE_CHECKING, Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ..errors import AuthError, MergeError, PermissionDeniedError, ProtocolError, SyncError
-from ..protocol.actions import Announce, Fail, Integrate, Notify, ReportProgress, Send
+from ..protocol.actions import (
+    Announce, Fail, Integrate, Notify, ReadLog, ReadSnapshot, RecordAck, ReportProgress, Send,
+)
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
@@ -61,8 +64,108 @@ async def sync_endpoint(state: ServerState, websocket: WebSocket) -> None:
         state.sessions.discard(session)
 
 
+class _Shared:
+    """What the sessions of one server share for fan-out.
+
+    ``head``: the server's head as of the last integration (a hint: sessions woken by it read
+    the log without first asking the backend for its head).
+
+    Acknowledgements: a peer's ``Ack`` only moves ``checkpoint(peer).acked``, which the server
+    never reads back (a reconnecting peer says in ``Hello`` how much of our log it holds), so
+    instead of one durable write per ``Ack`` -- a thousand fsyncs, each holding the backend,
+    when a write fans out to a thousand clients -- they are gathered and written together.
+    """
+
+    ACK_DELAY = 0.25
+
+    def __init__(self) -> None:
+        self.head = 0
+        self._acks: dict[str, int] = {}
+        self._flushing = False
+        self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
+        self._checking = False
+
+    async def still_valid(self, tokens: Any, user: Any) -> Any:
+        """``tokens.still_valid(user)``, checked together with those of every other session
+        that asks meanwhile, in one worker thread and once per login session. A thousand
+        connections rechecking every few seconds would otherwise make hundreds of thread hops
+        a second, and each makes the event loop wait for the GIL (fan-out latency)."""
+        key = (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
+        entry = self._checks.get(key)
+        if entry is None:
+            loop = asyncio.get_running_loop()
+            entry = self._checks[key] = (user, loop.create_future())
+            if not self._checking:
+                self._checking = True
+                loop.create_task(self._run_checks(tokens))
+        return await asyncio.shield(entry[1])
+
+    async def _run_checks(self, tokens: Any) -> None:
+        try:
+            while self._checks:
+                batch, self._checks = self._checks, {}
+
+                def check_all() -> dict[Any, tuple[Any, BaseException | None]]:
+                    out: dict[Any, tuple[Any, BaseException | None]] = {}
+                    for key, (user, _) in batch.items():
+                        try:
+                            out[key] = (tokens.still_valid(user), None)
+                        except Exception as exc:  # noqa: BLE001 - handed to the session that asked
+                            out[key] = (None, exc)
+                    return out
+
+                try:
+                    results = await asyncio.to_thread(check_all)
+                except BaseException as exc:
+                    for _, fut in batch.values():
+                        if not fut.done():
+                            fut.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+                    raise
+                for key, (_, fut) in batch.items():
+                    value, error = results[key]
+                    if fut.done():
+                        continue
+                    if error is not None:
+                        fut.set_exception(error)
+                    else:
+                        fut.set_result(value)
+        finally:
+            self._checking = False
+
+    def record_ack(self, backend: Any, peer: str, seq: int) -> None:
+        self._acks[peer] = max(seq, self._acks.get(peer, seq))
+        if not self._flushing:
+            self._flushing = True
+            asyncio.get_running_loop().create_task(self._flush_acks(backend))
+
+    async def _flush_acks(self, backend: Any) -> None:
+        try:
+            while self._acks:
+                await asyncio.sleep(self.ACK_DELAY)
+                acks, self._acks = self._acks, {}
+                await asyncio.to_thread(backend.record_acks, acks)
+        except Exception as exc:  # noqa: BLE001 - the server is closing; acks are advisory
+            log.debug("acknowledgements not recorded: %r", exc)
+        finally:
+            self._flushing = False
+
+
+def _shared(state: ServerState) -> _Shared:
+    shared: _Shared | None = getattr(state, "_ts_sync_shared", None)
+    if shared is None:
+        shared = _Shared()
+        shared.head = state.backend.head_seq()
+        state._ts_sync_shared = shared  # type: ignore[attr-defined]
+    return shared
+
+
 class ServerSession:
     """One client connection."""
+
+    #: Reads of at most this many log entries may run on the event loop (see _read_now).
+    INLINE_READ = 64
+    #: Documents per snapshot page once a bootstrap is under way (see _execute).
+    MAX_SNAPSHOT_PAGE = 5000
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
@@ -80,12 +183,18 @@ class ServerSession:
         self.reader = SessionReplica(state.backend, None, self.enforcer)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._closing = False
+        self._snapshot_pages = 0
         self._auth_checked_at = time.monotonic()
         self.flexible: Any = None  # flexible sync (server/flexible.py), set by a flexible Hello
 
     def local_commit(self) -> None:
         """The server's log grew: stream the new entries (called on the event loop)."""
         self._inbox.put_nowait(("commit", None))
+
+    def _tick(self) -> None:
+        # Heartbeats and deadlines: one timer per session instead of a timeout on every get().
+        self._inbox.put_nowait(("tick", None))
+        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
 
     def recheck_auth(self) -> None:
         """Check the user's token and account again now (log out, disabled user...)."""
@@ -106,7 +215,7 @@ class ServerSession:
             error = AuthError("the access token expired", code=ErrorCode.TOKEN_EXPIRED)
         elif time.monotonic() - self._auth_checked_at >= self.state.config.auth.session_recheck_interval:
             self._auth_checked_at = time.monotonic()
-            lapsed = await asyncio.to_thread(self.state.tokens.still_valid, user)
+            lapsed = await _shared(self.state).still_valid(self.state.tokens, user)
             if lapsed is not None:
                 code = ErrorCode.TOKEN_EXPIRED if lapsed.code == "expired_token" else ErrorCode.AUTH_FAILED
                 error = AuthError(lapsed.message, code=code)
@@ -122,14 +231,14 @@ class ServerSession:
 
     async def run(self) -> None:
         reader = asyncio.create_task(self._read())
+        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
         self.replicator.start()
         try:
             while True:
                 if await self._auth_lapsed():
                     break
-                try:
-                    kind, item = await asyncio.wait_for(self._inbox.get(), timeout=1.0)
-                except TimeoutError:
+                kind, item = await self._inbox.get()
+                if kind == "tick":
                     self.link.tick(int(time.monotonic() * 1000))
                     await self._flush()
                     if self.link.finished:
@@ -146,14 +255,20 @@ class ServerSession:
                         await self.flexible.step()
                 elif kind == "commit":
                     if self.replicator.active and (self.flexible is None or await self.flexible.wants_log()):
-                        await self._execute(self.replicator.local_commit(
-                            await asyncio.to_thread(self.state.backend.head_seq)))
+                        # The head the last integration reached saves a thread hop per session
+                        # on fan-out; read the real head only when that one brings nothing.
+                        actions = self.replicator.local_commit(_shared(self.state).head)
+                        if not actions:
+                            actions = self.replicator.local_commit(
+                                await asyncio.to_thread(self.state.backend.head_seq))
+                        await self._execute(actions)
                 for event in self.link.events_received():
                     await self._on_event(event)
                 await self._flush()
                 if self.link.finished:
                     break
         finally:
+            self._ticker.cancel()
             self.replicator.stop()
             if self.flexible is not None:
                 self.flexible.close()
@@ -261,8 +376,37 @@ class ServerSession:
                 pass
             elif isinstance(action, Integrate):
                 todo[0:0] = await self._integrate(action)
+            elif isinstance(action, RecordAck):
+                _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
+            elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
+                todo[0:0] = self.replicator.log_read(batch)
+            elif isinstance(action, ReadSnapshot):
+                # The first pages small (the device shows progress and data soon), then larger
+                # ones, still bounded by batch_bytes: fewer durable commits on the device.
+                self._snapshot_pages += 1
+                if self._snapshot_pages > 4:
+                    grown = action.limit << min(4, self._snapshot_pages - 4)
+                    action = dataclasses.replace(action, limit=min(grown, self.MAX_SNAPSHOT_PAGE))
+                todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
             else:
                 todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
+
+    def _read_now(self, action: ReadLog) -> Any:
+        """A small read of the log's tail, made on the event loop when the backend is free.
+
+        On fan-out every session reads the same few new entries (decoded once: see the log
+        cache in store/replica.py); a thread hop per session would cost more than the read,
+        and a thousand of them queue behind each other for the GIL. Anything larger, or a busy
+        backend, goes to a worker thread as usual. Returns None when not done here.
+        """
+        if _shared(self.state).head - action.after > self.INLINE_READ:
+            return None
+        with self.state.backend.unless_busy() as free:
+            if not free:
+                return None
+            return self.reader.read_log(action.after, limit=min(action.limit, self.INLINE_READ),
+                                        max_bytes=min(action.max_bytes, 256 * 1024), scope=action.scope,
+                                        exclude_origin=action.exclude_origin)
 
     async def _integrate(self, action: Integrate) -> list[Any]:
         # Rules, partition and schema checks, compensating transaction (server/enforcement.py).
@@ -279,5 +423,7 @@ class ServerSession:
             self.link.send(CompensatingWrite(tuple(refused)))
         follow = self.replicator.integrated(result)
         if result.applied or compensated:
+            shared = _shared(self.state)
+            shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
             self.state.notify_commit(self)
         return follow

@@ -22,7 +22,8 @@ also answers a peer with an empty checkpoint with a snapshot: initial sync is st
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -44,12 +45,81 @@ __all__ = ["ReplicaStore"]
 Ref = tuple[str, str]
 
 
+_json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
 def _scope_value(scope: Scope) -> str | None:
     """The canonical JSON of a partition scope's value, or None for an unfiltered scope."""
     part = scope.get("partition") if scope else None
     if part is None:
         return None
     return canonical_json(part["value"])
+
+
+class _LogRow:
+    """One log entry as read from the file; decoded on first use."""
+
+    __slots__ = ("seq", "origin", "via", "size", "_data", "_txn")
+
+    def __init__(self, seq: int, origin: str, via: str | None, data: bytes) -> None:
+        self.seq, self.origin, self.via, self.size = seq, origin, via, len(data)
+        self._data: bytes | None = data
+        self._txn: Transaction | None = None
+
+    def txn(self) -> Transaction:
+        if self._txn is None:
+            assert self._data is not None
+            self._txn = Transaction.from_wire(msgpack.unpackb(self._data, raw=False))
+            self._data = None
+        return self._txn
+
+
+class _LogCache:
+    """Recently read log entries, decoded once for every peer that reads them (the server's
+    fan-out: each session reads the same new entries right after they are integrated).
+
+    A committed log entry never changes (compaction only deletes entries below the floor,
+    which ``read_log`` checks first), so rows stay valid; which documents are inside a scope,
+    the head and the snapshot marks can change with any write, so ``scoped`` (filtering
+    results by (seq, scope)) and ``state`` are dropped whenever the file changed since.
+    """
+
+    MAX_ROWS = 4096
+    MAX_BYTES = 32 << 20
+
+    __slots__ = ("_rows", "_bytes", "scoped", "version", "state")
+
+    def __init__(self) -> None:
+        self._rows: dict[int, _LogRow] = {}
+        self._bytes = 0
+        self.scoped: dict[tuple[int, str], tuple[Transaction | None, int]] = {}
+        self.version: tuple[int, int] | None = None
+        #: (head, snapshot marks) as read at ``version``.
+        self.state: tuple[int, tuple[int, str | None, int]] | None = None
+
+    def rows(self, after: int, limit: int, head: int) -> list[_LogRow] | None:
+        """Entries after..min(after + limit, head), or None unless all of them are cached."""
+        found = []
+        get = self._rows.get
+        for seq in range(after + 1, min(after + limit, head) + 1):
+            row = get(seq)
+            if row is None:
+                return None
+            found.append(row)
+        return found
+
+    def add(self, rows: list[_LogRow]) -> None:
+        size = sum(r.size for r in rows)
+        if len(self._rows) + len(rows) > self.MAX_ROWS or self._bytes + size > self.MAX_BYTES:
+            self._rows.clear()
+            self._bytes = 0
+            self.scoped.clear()
+            if len(rows) > self.MAX_ROWS or size > self.MAX_BYTES:
+                return
+        for r in rows:
+            if r.seq not in self._rows:
+                self._rows[r.seq] = r
+                self._bytes += r.size
 
 
 class ReplicaStore:
@@ -81,26 +151,49 @@ class ReplicaStore:
         """Entries with seq <= this were compacted away (0: nothing was)."""
         return int(self._setting("log_floor") or 0)
 
-    def _needs_snapshot(self, after: int, exclude_origin: ReplicaId | None) -> bool:
-        floor = self.log_floor()
+    def _snapshot_marks(self) -> tuple[int, str | None, int]:
+        """(log floor, peer a snapshot was joined from, log seq from which our log holds it)."""
+        return self.log_floor(), self._setting("snapshot_from"), int(self._setting("snapshot_seq") or 0)
+
+    def _needs_snapshot(self, after: int, exclude_origin: ReplicaId | None,
+                        marks: tuple[int, str | None, int] | None = None) -> bool:
+        floor, joined_from, snapshot_seq = self._snapshot_marks() if marks is None else marks
         if after < floor:
             return True
         if after == 0 and self.bootstrap_with_snapshot:
             return True
-        joined_from = self._setting("snapshot_from")
-        if joined_from and exclude_origin != joined_from and after < int(self._setting("snapshot_seq") or 0):
+        if joined_from and exclude_origin != joined_from and after < snapshot_seq:
             # Part of our state arrived as a snapshot, not as log entries: a third peer that
             # has not seen it must bootstrap from our snapshot in turn.
             return True
         return False
+
+    @contextmanager
+    def unless_busy(self) -> Iterator[bool]:
+        """Hold this replica's lock if it is free right now (yields True), else yield False at
+        once. An event loop can then make a small read itself instead of handing it to a
+        thread, without ever waiting behind a write."""
+        if not self._lock.acquire(blocking=False):
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            self._lock.release()
 
     def read_log(self, after: int, *, limit: int, max_bytes: int, scope: Scope,
                  exclude_origin: ReplicaId | None) -> LogBatch:
         """Log entries after ``after`` for a peer with ``scope`` (see the module docstring)."""
         with self._lock:
             self._check_open()
-            head = self.head_seq()
-            if after < head and self._needs_snapshot(after, exclude_origin):
+            cache = self._log_cache()
+            state = cache.state if cache is not None else None
+            if state is None:
+                state = (self.head_seq(), self._snapshot_marks())
+                if cache is not None:
+                    cache.state = state  # until the file changes
+            head, marks = state
+            if after < head and self._needs_snapshot(after, exclude_origin, marks):
                 return LogBatch((), after, head, 0, snapshot_required=True)
             want = _scope_value(scope)
             entries: list[tuple[int, Transaction]] = []
@@ -108,29 +201,41 @@ class ReplicaStore:
             scanned = after
             cursor = after
             while len(entries) < limit and nbytes < max_bytes and cursor < head:
-                rows = self._engine.query(
-                    "SELECT seq, origin, via, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
-                    (cursor, max(1, min(500, limit - len(entries)))))
+                rows = cache.rows(cursor, max(1, min(500, limit - len(entries))), head) if cache else None
+                if rows is None:
+                    rows = [_LogRow(seq, origin, via, data) for seq, origin, via, data in self._engine.query(
+                        "SELECT seq, origin, via, data FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
+                        (cursor, max(1, min(500, limit - len(entries)))))]
+                    if cache is not None:
+                        cache.add(rows)
                 if not rows:
                     scanned = head
                     break
-                for seq, origin, via, data in rows:
+                for row in rows:
+                    seq = row.seq
                     cursor = seq
                     if nbytes >= max_bytes and entries:
                         break
                     scanned = seq
-                    if exclude_origin is not None and (origin == exclude_origin or via == exclude_origin):
+                    if exclude_origin is not None and (row.origin == exclude_origin or row.via == exclude_origin):
                         continue
-                    txn = Transaction.from_wire(msgpack.unpackb(data, raw=False))
+                    txn = row.txn()
+                    size = row.size
                     if want is not None:
-                        txn_f = self._filter_to_scope(txn, want)
+                        memo = cache.scoped.get((seq, want)) if cache is not None else None
+                        if memo is None:
+                            txn_f = self._filter_to_scope(txn, want)
+                            if txn_f is not None and txn_f is not txn:
+                                size = len(msgpack.packb(txn_f.to_wire(), use_bin_type=True))
+                            memo = (txn_f, size)
+                            if cache is not None:
+                                cache.scoped[(seq, want)] = memo
+                        txn_f, size = memo
                         if txn_f is None:
                             continue
-                        if txn_f is not txn:
-                            txn = txn_f
-                            data = msgpack.packb(txn.to_wire(), use_bin_type=True)
+                        txn = txn_f
                     entries.append((seq, txn))
-                    nbytes += len(data)
+                    nbytes += size
                     if len(entries) >= limit:
                         break
                 else:
@@ -139,6 +244,23 @@ class ReplicaStore:
             if cursor >= head and not entries:
                 scanned = head
             return LogBatch(tuple(entries), scanned, head, nbytes)
+
+    def _log_cache(self) -> _LogCache | None:
+        """The cache of decoded log entries, checked against the file (None inside a write
+        transaction, whose entries are not committed yet). Call with the lock held."""
+        if self._engine.in_transaction():
+            return None
+        cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
+        if cache is None:
+            cache = self.__dict__["_ts_log_cache"] = _LogCache()
+        version = (self._engine.connection.total_changes, self._engine.data_version())
+        if version != cache.version:
+            # Any write may move documents in or out of a scope: filtered results are stale,
+            # and so are the head and the snapshot marks.
+            cache.scoped.clear()
+            cache.state = None
+            cache.version = version
+        return cache
 
     def _filter_to_scope(self, txn: Transaction, want: str) -> Transaction | None:
         refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
@@ -202,6 +324,15 @@ class ReplicaStore:
                     "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                     "DO UPDATE SET acked = excluded.acked", (peer, seq))
 
+    def record_acks(self, acks: dict[ReplicaId, int] | Any) -> None:
+        """:meth:`record_ack` for several peers at once, in one transaction."""
+        with self._lock:
+            self._check_open()
+            with self._engine.atomic():
+                self._engine.executemany(
+                    "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
+                    "DO UPDATE SET acked = excluded.acked", list(acks.items()))
+
     # -- snapshots ---------------------------------------------------------------------------
 
     def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
@@ -240,26 +371,46 @@ class ReplicaStore:
                            as_of_seq: int | None) -> SnapshotResult:
         """Join snapshot documents into the local ones (a merge, never an overwrite)."""
         changed = unchanged = 0
+        policies = getattr(self, "_policies", None)
         with self._lock:
             self._check_open()
             with self._engine.atomic():
-                for doc in docs:
-                    ref = (doc.collection, canonical_json(doc.key))
+                refs = [(doc.collection, canonical_json(doc.key)) for doc in docs]
+                existing = self._states_of(refs)
+                states: list[tuple[str, Ref, merge.DocState]] = []
+                pending: dict[Ref, int] = {}
+                for doc, ref in zip(docs, refs):
                     incoming = merge.DocState(epoch=doc.state["epoch"], live=bool(doc.state["live"]),
                                               body=doc.state["body"], meta=doc.state["meta"])
-                    rows = self._engine.query(
-                        "SELECT body, meta, epoch, live FROM documents WHERE collection = ? AND pk = ?", ref)
-                    if rows:
-                        local = merge.DocState(epoch=rows[0][2], live=bool(rows[0][3]),
-                                               body=json.loads(rows[0][0]), meta=json.loads(rows[0][1]))
-                        joined = merge.join(local, incoming, getattr(self, "_policies", None))
+                    row = existing.get(ref)
+                    if ref in pending:  # the same document twice in one page
+                        joined = merge.join(states[pending[ref]][2], incoming, policies, collection=doc.collection)
+                        states[pending[ref]] = (doc.collection, ref, joined)
+                        continue
+                    if row is not None:
+                        local = merge.DocState(epoch=row[2], live=bool(row[3]),
+                                               body=json.loads(row[0]), meta=json.loads(row[1]))
+                        joined = merge.join(local, incoming, policies, collection=doc.collection)
                         if (joined.epoch, joined.live, joined.body, joined.meta) == (local.epoch, local.live, local.body, local.meta):
                             unchanged += 1
                             continue
+                    elif incoming.live or incoming.epoch != merge.new_state().epoch:
+                        # Nothing here to join with: the join with the empty state is the
+                        # incoming state itself (stored as the peer stores it, compact or not).
+                        joined = incoming
                     else:
-                        joined = merge.join(merge.new_state(), incoming, getattr(self, "_policies", None))
-                    self._store_state(doc.collection, ref, joined)
+                        joined = merge.join(merge.new_state(), incoming, policies, collection=doc.collection)
+                    pending[ref] = len(states)
+                    states.append((doc.collection, ref, joined))
                     changed += 1
+                self._store_states(states)
+                clock = getattr(self, "_clock", None)
+                if clock is not None and states:
+                    # Later local writes must stamp after everything the snapshot holds (a new
+                    # list element's id must sort after the element it follows).
+                    for _, _, st in states:
+                        clock.observe(merge.latest_stamp(st))
+                    self._set_setting("clock", clock.last)
                 if changed:
                     head = self.head_seq()
                     self._set_setting("snapshot_from", peer)
@@ -282,6 +433,40 @@ class ReplicaStore:
             "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
             "scope = coalesce(excluded.scope, documents.scope)",
             (collection, ref[1], body, meta, state.epoch, 1 if state.live else 0, self._snapshot_tick(), scope))
+
+    def _states_of(self, refs: Sequence[Ref]) -> dict[Ref, tuple[str, str, str, int]]:
+        """(body, meta, epoch, live) of those of ``refs`` stored here, in a few queries."""
+        by_collection: dict[str, list[str]] = {}
+        for coll, pk in refs:
+            by_collection.setdefault(coll, []).append(pk)
+        found: dict[Ref, tuple[str, str, str, int]] = {}
+        for coll, pks in by_collection.items():
+            for i in range(0, len(pks), 500):
+                chunk = pks[i:i + 500]
+                for pk, body, meta, epoch, live in self._engine.query(
+                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
+                    found[(coll, pk)] = (body, meta, epoch, live)
+        return found
+
+    def _store_states(self, states: Sequence[tuple[str, Ref, merge.DocState]]) -> None:
+        """:meth:`_store_state` for many documents: one statement, one tick setting write."""
+        if not states:
+            return
+        pkey = getattr(self, "partition_key", None)
+        tick = int(self._setting("snapshot_tick") or 0)
+        rows = []
+        for collection, ref, state in states:
+            tick -= 1
+            scope = canonical_json(state.body.get(pkey)) if pkey is not None and state.live else None
+            rows.append((collection, ref[1], _json_encode(state.body), _json_encode(state.meta), state.epoch,
+                         1 if state.live else 0, tick, scope))
+        self._engine.executemany(
+            "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
+            "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
+            "scope = coalesce(excluded.scope, documents.scope)", rows)
+        self._set_setting("snapshot_tick", str(tick))
 
     def _snapshot_tick(self) -> int:
         # Documents changed by a snapshot get a negative, ever-decreasing change number, so

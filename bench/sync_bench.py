@@ -133,6 +133,27 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+class Spy:
+    """With ``TIDESYNC_BENCH_SPY=DIR`` (and py-spy on PATH), record a py-spy profile of a process
+    (raw collapsed stacks, DIR/NAME.txt) while a measured phase runs. Otherwise does nothing."""
+
+    def __init__(self, name: str, pid: int) -> None:
+        out = os.environ.get("TIDESYNC_BENCH_SPY")
+        exe = shutil.which("py-spy")
+        self.proc = None
+        if out and exe:
+            Path(out).mkdir(parents=True, exist_ok=True)
+            self.proc = subprocess.Popen([exe, "record", "--pid", str(pid), "--format", "raw", "--rate", "250",
+                                          "-o", str(Path(out) / f"{name}.txt")],
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(2)
+            self.proc.wait(30)
+
+
 def start_server(data_dir: Path) -> Any:
     from tests.helpers.servers import ServerProcess
 
@@ -266,6 +287,7 @@ def case_bootstrap(args: dict[str, Any], work: Path) -> dict[str, Any]:
         user = login(server.url, work)
         for r in range(runs):
             gc.collect()
+            spies = [Spy(f"bootstrap-server-{r}", server.proc.pid), Spy(f"bootstrap-client-{r}", os.getpid())]
             s_cpu, c_cpu = cpu_s(server.proc.pid), time.process_time()
             t0 = time.perf_counter()
             db = open_synced(work / f"client{r}.db", user, "p")
@@ -275,6 +297,8 @@ def case_bootstrap(args: dict[str, Any], work: Path) -> dict[str, Any]:
                 count = len(db.objects(SyncDoc))
             finally:
                 db.close()
+                for spy in spies:
+                    spy.stop()
             run = {"seconds": seconds, "docs_per_s": n / seconds, "count": count,
                    "server_cpu_s": cpu_s(server.proc.pid) - s_cpu, "client_cpu_s": time.process_time() - c_cpu}
             out["runs"].append(run)
@@ -314,11 +338,14 @@ def case_upload(args: dict[str, Any], work: Path) -> dict[str, Any]:
                             i += 1
                 local_s = time.perf_counter() - t_local
                 gc.collect()
+                spies = [Spy(f"upload-server-{k}", server.proc.pid), Spy(f"upload-client-{k}", os.getpid())]
                 s_cpu, c_cpu = cpu_s(server.proc.pid), time.process_time()
                 t0 = time.perf_counter()
                 db.sync_session.resume()
                 db.sync_session.wait_for_upload_completion(timeout=max(60.0, n / 200))
                 seconds = time.perf_counter() - t0
+                for spy in spies:
+                    spy.stop()
             finally:
                 db.close()
             shape = {"txns": txns, "docs_per_txn": per_txn, "seconds": seconds, "docs_per_s": n / seconds,
@@ -365,6 +392,7 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
         lat: list[float] = []
         commit: list[float] = []
         lost = 0
+        spy = Spy("propagation-server", server.proc.pid)
         s_cpu = cpu_s(server.proc.pid)
         deadline = time.monotonic() + 180
         for i in range(1, samples + 1):
@@ -382,6 +410,7 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
             else:
                 lost += 1
             time.sleep(gap)
+        spy.stop()
         token.remove()
         out.update({
             "measured": len(lat), "lost": lost, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
@@ -433,6 +462,7 @@ def case_fanout(args: dict[str, Any], work: Path) -> dict[str, Any]:
             f"server RSS {rss0} -> {rss1} KB, {out['kb_per_connection']:.1f} KB per connection")
         lat: list[float] = []
         per_write = []
+        spy = Spy("fanout-server", server.proc.pid)
         s_cpu = cpu_s(server.proc.pid)
         busy0 = fleet.ask({"cmd": "status"}, 30)["busy_s"]
         for k in range(writes):
@@ -447,6 +477,7 @@ def case_fanout(args: dict[str, Any], work: Path) -> dict[str, Any]:
             log(f"fan-out write {k}: {len(ms)} received, p50 {pct(ms, 50):.0f} ms, p99 {pct(ms, 99):.0f} ms, "
                 f"max {per_write[-1]['max_ms']:.0f} ms")
             time.sleep(gap)
+        spy.stop()
         status = fleet.ask({"cmd": "status"}, 30)
         out.update({"samples": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
                     "max_ms": max(lat) if lat else float("nan"), "per_write": per_write,

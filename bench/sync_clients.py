@@ -136,7 +136,8 @@ class LightClient:
                 for out in link.data_to_send():
                     await ws.send(out)
                 async for payload in ws:
-                    self._frame_time = now = time.monotonic()
+                    self._frame_time = time.monotonic()
+                    now = time.thread_time()
                     link.receive(payload if isinstance(payload, bytes) else payload.encode())
                     for event in link.events_received():
                         if isinstance(event, MessageReceived):
@@ -145,7 +146,7 @@ class LightClient:
                             replicator.stop()
                             if isinstance(event, Failed) and self.error is None:
                                 self.error = f"{event.error.code}: {event.error}"
-                    fleet.busy += time.monotonic() - now
+                    fleet.busy += time.thread_time() - now
                     for out in link.data_to_send():
                         await ws.send(out)
                     if link.finished:

@@ -86,6 +86,7 @@ class _Conn:
                     break
                 if direction == "up" and not self.websocket and b"upgrade: websocket" in data.lower():
                     self.websocket = True
+                    self.proxy.websockets += 1
                 keep = self.proxy._truncate_http
                 if direction == "down" and not self.websocket and keep is not None:
                     if self.body_left is None and b"\r\n\r\n" in data:
@@ -135,6 +136,8 @@ class ChaosProxy:
         self.cuts_done = 0
         #: How many connections were accepted (and forwarded) so far.
         self.accepted = 0
+        #: How many of them asked for a WebSocket upgrade.
+        self.websockets = 0
         self._thread = threading.Thread(target=self._accept_loop, name="chaos-proxy", daemon=True)
         self._thread.start()
 

@@ -101,7 +101,8 @@ class ClientProcess:
     def __init__(self, *args: str) -> None:
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
         self.proc = subprocess.Popen([sys.executable, "-m", "tests.helpers.kill_client", *args], cwd=ROOT, env=env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()
 
@@ -124,6 +125,11 @@ class ClientProcess:
             if predicate(line):
                 return line
 
+    def tell(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+
     def sigkill(self) -> None:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
@@ -137,7 +143,7 @@ class ClientProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(T)
-        for pipe in (self.proc.stdout, self.proc.stderr):
+        for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 pipe.close()
         return self.proc.returncode
@@ -235,3 +241,44 @@ def test_sigkill_the_server_mid_batch_then_restart_it(tmp_path):
         if b is not None:
             b.close()
         server.stop()
+
+
+def write_big(db: Any, i: int) -> None:
+    """One transaction of about 100 KB (so a download batch holds only a few), one increment."""
+    with db.write():
+        for j in range(40):
+            db.create(Technician, _id=f"big{i}-{j}", name="y" * 2500)
+        db.get(WorkOrder, COUNTER_ID).visits.increment(i + 1)
+
+
+def test_sigkill_a_client_mid_download_then_restart_it(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        server_file = tmp_path / "server" / "sync.db"
+        follower_file = tmp_path / "follower.db"
+        a = synced_db(tmp_path / "a.db", server.url, [Technician, WorkOrder], partition="kill")
+        follower = ClientProcess("follow", server.url, str(follower_file))
+        try:
+            write_one(a, 0)  # creates the counter
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            follower.wait_for(lambda line: line == "synced")  # it holds the server's log so far
+            for i in range(60):
+                write_big(a, i)
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            follower.tell("resume")
+            follower.wait_for(mid_upload)  # (download progress lines have the same shape)
+        finally:
+            follower.sigkill()
+            a.close()
+        got = len(live_bodies(follower_file))
+        assert 1 < got < len(live_bodies(server_file)), "the kill did not land in the middle of the download"
+
+        catch_up = ClientProcess("catch-up", server.url, str(follower_file))
+        try:
+            catch_up.wait_for(lambda line: line == "downloaded", timeout=60)
+        finally:
+            assert catch_up.close() == 0
+        assert live_bodies(follower_file) == live_bodies(server_file)
+        ids = [t.id for t in log_of(follower_file)]
+        assert len(ids) == len(set(ids)), "the follower integrated a transaction twice"
+        written = log_of(tmp_path / "a.db")
+        assert counter_total(live_bodies(follower_file)) == increments(written)

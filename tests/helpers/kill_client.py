@@ -7,6 +7,11 @@
         progress report, so the parent can kill it mid-upload.
     python -m tests.helpers.kill_client finish URL DB
         Open DB again, wait for upload completion, print ``uploaded``.
+    python -m tests.helpers.kill_client follow URL DB
+        Open DB, download, print ``synced``, pause; on a line ``resume`` on stdin, resume
+        and print ``progress T/U`` on every download progress report, until killed.
+    python -m tests.helpers.kill_client catch-up URL DB
+        Open DB again, wait for download completion, print ``downloaded``.
 
 Every transaction creates one ``Technician`` and increments the shared ``WorkOrder``'s
 ``visits`` counter, so the parent can check counters as well as transaction ids.
@@ -66,6 +71,19 @@ def main(argv: list[str]) -> None:
     elif mode == "finish":
         db.sync_session.wait_for_upload_completion(timeout=60)
         say("uploaded")
+        db.close()
+    elif mode == "follow":
+        db.sync_session.wait_for_download_completion(timeout=60)
+        db.sync_session.pause()
+        say("synced")
+        if sys.stdin.readline().strip() == "resume":
+            db.sync_session.add_progress_notifier(lambda p: say(f"progress {p.transferred}/{p.transferable}"),
+                                                  "download")
+            db.sync_session.resume()
+            sys.stdin.readline()  # until killed
+    elif mode == "catch-up":
+        db.sync_session.wait_for_download_completion(timeout=60)
+        say("downloaded")
         db.close()
     else:
         raise SystemExit(f"unknown mode {mode}")

@@ -284,6 +284,52 @@ def test_hello_with_the_servers_own_replica_id(env):
     assert_refused(env, [encode(env.hello(replica_id=env.backend.replica_id))], "same_replica")
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "open: replica ids are not bound to anything the server can check. Any authenticated client "
+    "can say Hello with another device's replica id (every stamp carries it) and move the server's "
+    "checkpoint for that device with an empty Changes; the device then skips uploading what lies "
+    "below the forged checkpoint, and its wait_for_upload_completion still returns. A copied "
+    "database file (two devices, one replica id) does the same by accident. Needs a protocol "
+    "decision (e.g. a per-replica secret issued in Welcome), see the issue note."))
+def test_hello_claiming_another_devices_replica_id_cannot_move_its_checkpoint(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        backend = server.app.state.tidesync.backend
+        victim = synced_db(tmp_path / "victim.db", server.url, [Technician], partition="p1")
+        try:
+            with victim.write():
+                victim.create(Technician, _id="v0", name="uploaded")
+            victim.sync_session.wait_for_upload_completion(timeout=T)
+            victim.sync_session.pause()
+            for i in range(1, 6):
+                with victim.write():
+                    victim.create(Technician, _id=f"v{i}", name="written offline")
+            # Another user, who learnt the victim's replica id from a stamp, says Hello as it.
+            app = tidesync.App("default", base_url=server.url, storage_dir=tmp_path / "other-users")
+            other = app.log_in(tidesync.Credentials.anonymous())
+            rid = ReplicaId(victim.replica_id)
+            forged = Hello(rid, other.access_token, {"partition": {"key": "_partition", "value": "p1"}},
+                           backend.replica_id, 0)
+            with connect(app.sync_url, max_size=None, compression=None) as ws:
+                ws.send(encode(forged))
+                welcome = decode(ws.recv(timeout=T))
+                if isinstance(welcome, Welcome):
+                    start = welcome.checkpoint
+                    ws.send(encode(Changes(start, start + 3, start + 3)))
+                    try:
+                        while not isinstance(decode(ws.recv(timeout=T)), Ack):
+                            pass
+                    except ConnectionClosed:
+                        pass
+            victim.sync_session.resume()
+            victim.sync_session.wait_for_upload_completion(timeout=T)
+            with backend._lock:
+                keys = {json.loads(pk) for (pk,) in backend._engine.query(
+                    "SELECT pk FROM documents WHERE collection = 'Technician' AND live = 1")}
+            assert {f"v{i}" for i in range(6)} <= keys, "the server lost writes the victim saw acknowledged"
+        finally:
+            victim.close()
+
+
 def test_hello_with_another_partition_key(env):
     assert_refused(env, [encode(env.hello(scope={"partition": {"key": "owner", "value": "p1"}}))], "bad_scope")
 

@@ -290,7 +290,7 @@ def test_hello_with_the_servers_own_replica_id(env):
     "checkpoint for that device with an empty Changes; the device then skips uploading what lies "
     "below the forged checkpoint, and its wait_for_upload_completion still returns. A copied "
     "database file (two devices, one replica id) does the same by accident. Needs a protocol "
-    "decision (e.g. a per-replica secret issued in Welcome), see the issue note."))
+    "decision (e.g. a per-replica secret issued in Welcome)."))
 def test_hello_claiming_another_devices_replica_id_cannot_move_its_checkpoint(tmp_path):
     with running_server(tmp_path / "server") as server:
         backend = server.app.state.tidesync.backend

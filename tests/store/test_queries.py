@@ -96,3 +96,20 @@ def test_indexed_equality_uses_the_index(db):
     where, params = r._where()
     plan = db._engine.query(f"EXPLAIN QUERY PLAN SELECT rowid FROM documents WHERE {where}", params)
     assert any("ix_WorkOrder_title" in str(row) for row in plan), plan
+
+
+def test_queries_inside_a_write_see_its_own_changes_and_a_rollback_forgets_them(db):
+    with db.write():
+        db.create(WorkOrder, title="Inside", status="open", priority=9)
+        assert "Inside" in titles(db.objects(WorkOrder).filter("priority == 9"))
+        db.delete(db.objects(WorkOrder).filter("title == 'Paint wall'"))
+        assert "Paint wall" not in titles(db.objects(WorkOrder))
+        db.objects(WorkOrder).filter("title == 'Fix pump'").first().priority = 0
+        assert titles(db.objects(WorkOrder).filter("priority == 0")) == ["Fix pump"]
+    assert len(db.objects(WorkOrder)) == 3
+    with pytest.raises(RuntimeError):
+        with db.write():
+            db.create(WorkOrder, title="Gone", priority=42)
+            assert len(db.objects(WorkOrder).filter("priority == 42")) == 1
+            raise RuntimeError("roll back")
+    assert len(db.objects(WorkOrder).filter("priority == 42")) == 0

@@ -367,6 +367,16 @@ class Database(ReplicaStore):
         self._engine.execute("INSERT OR IGNORE INTO heads (id) VALUES (?)", (t.id,))
         return seq
 
+    def _flush_pending(self, txn: WriteTransaction) -> None:
+        """Write the open transaction's changed documents into the (uncommitted) SQLite
+        transaction, so queries inside ``db.write()`` see them; the commit rewrites them with
+        their sequence number, and a rollback discards them."""
+        pending = [d for d in txn.docs.values() if d.unflushed]
+        if pending:
+            self._write_docs(pending, 0)
+            for d in pending:
+                d.unflushed = False
+
     def _write_docs(self, docs: Iterable[LoadedDoc], seq: int) -> None:
         rows = []
         pkey = self.partition_key
@@ -584,6 +594,10 @@ class Database(ReplicaStore):
 
     def _refresh(self) -> None:
         """Drop cached bodies when another connection (thread or process) committed."""
+        txn = self._txn
+        if txn is not None and self._txn_thread == threading.get_ident():
+            self._flush_pending(txn)
+            return
         now = time.monotonic()
         if now - self._checked_at < 0.002:
             return

@@ -47,6 +47,7 @@ class LoadedDoc:
     before_fields: dict[str, Plain] = field(default_factory=dict)
     deleted_here: bool = False
     dirty: bool = False
+    unflushed: bool = False
     seq: int = 0
 
     @property
@@ -106,7 +107,7 @@ class WriteTransaction:
 
     def _apply(self, d: LoadedDoc, op: Op) -> None:
         d.state, conflicts = merge.integrate(d.state, op, self.policies)
-        d.dirty = True
+        d.dirty = d.unflushed = True
         if conflicts:
             self.conflicts.extend(conflicts)
         self.ops.append(op)

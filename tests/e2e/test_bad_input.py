@@ -284,13 +284,6 @@ def test_hello_with_the_servers_own_replica_id(env):
     assert_refused(env, [encode(env.hello(replica_id=env.backend.replica_id))], "same_replica")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open: replica ids are not bound to anything the server can check. Any authenticated client "
-    "can say Hello with another device's replica id (every stamp carries it) and move the server's "
-    "checkpoint for that device with an empty Changes; the device then skips uploading what lies "
-    "below the forged checkpoint, and its wait_for_upload_completion still returns. A copied "
-    "database file (two devices, one replica id) does the same by accident. Needs a protocol "
-    "decision (e.g. a per-replica secret issued in Welcome)."))
 def test_hello_claiming_another_devices_replica_id_cannot_move_its_checkpoint(tmp_path):
     with running_server(tmp_path / "server") as server:
         backend = server.app.state.tidesync.backend

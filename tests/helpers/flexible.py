@@ -15,7 +15,8 @@ T = 20
 
 def login(url: str, tmp: Path, name: str) -> tidesync.User:
     app = tidesync.App("default", base_url=url, storage_dir=tmp / f"{name}-users")
-    return app.log_in(tidesync.Credentials.anonymous())
+    # The device's user, persisted beside it: a database file syncs as one user.
+    return app.current_user or app.log_in(tidesync.Credentials.anonymous())
 
 
 class Device:

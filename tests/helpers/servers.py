@@ -78,7 +78,8 @@ class ServerProcess:
 
 def synced_db(path: Path, url: str, schema: list[type[tidesync.Model]], *, partition: Any = "p1",
               storage: Path | None = None, **config: Any) -> tidesync.Database:
-    """Log in anonymously and open a database synced to ``partition``."""
+    """Open a database synced to ``partition`` as the file's user (logged in anonymously the
+    first time and persisted beside the file: a database file syncs as one user)."""
     app = tidesync.App("default", base_url=url, storage_dir=storage or path.with_suffix(".users"))
-    user = app.log_in(tidesync.Credentials.anonymous())
+    user = app.current_user or app.log_in(tidesync.Credentials.anonymous())
     return tidesync.open(path, schema=schema, sync=tidesync.SyncConfig(user=user, partition=partition, **config))

@@ -304,7 +304,9 @@ class SyncSession:
         else:
             log.warning("sync error: %s", error)
 
-    def _refresh_token(self) -> bool:
+    def _refresh_token(self) -> bool | None:
+        """True: refreshed. False: the server refused (log in again). None: it could not be
+        asked (unreachable); the session retries later."""
         try:
             self.config.user.refresh_access_token()
             return True
@@ -312,7 +314,7 @@ class SyncSession:
             self._report(exc)
             return False
         except ConnectionClosedError:
-            return False
+            return None
 
     # -- the session thread ------------------------------------------------------------------
 
@@ -466,10 +468,10 @@ class SyncSession:
 
     def _on_failure(self, error: SyncError) -> None:
         if isinstance(error, AuthError) or error.action == "reauthenticate":
-            if not self._refresh_token():
+            if self._refresh_token() is False:
                 self._report(error)
                 self.state = "inactive"
-            return
+            return  # refreshed, or the server could not be asked: reconnect and try again
         if error.code == "connection_lost":
             return
         self._report(error)

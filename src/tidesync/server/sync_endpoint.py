@@ -327,6 +327,13 @@ class ServerSession:
         except AuthError as exc:
             code = ErrorCode.TOKEN_EXPIRED if exc.code == "expired_token" else ErrorCode.AUTH_FAILED
             return AuthError(exc.message, code=code)
+        owner = self.state.users.claim_replica(hello.replica_id, self.user.id)
+        if owner != self.user.id:
+            # Another user's device (or a copy of its file): it must not move that device's
+            # checkpoints, or the device would skip uploading what it wrote.
+            return PermissionDeniedError(
+                f"replica {hello.replica_id} syncs as another user", code=ErrorCode.PERMISSION_DENIED,
+                advice="open a separate database file for each user (as Device Sync did)")
         scope = hello.scope
         part = scope.get("partition")
         if part is not None:

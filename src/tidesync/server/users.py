@@ -41,6 +41,9 @@ _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS refresh_tokens (
         hash TEXT PRIMARY KEY, user_id TEXT NOT NULL, expires REAL NOT NULL,
         revoked INTEGER NOT NULL DEFAULT 0)""",
+    # Which user a replica (a device's database file) syncs as: claimed by its first Hello.
+    """CREATE TABLE IF NOT EXISTS replica_owners (
+        replica_id TEXT PRIMARY KEY, user_id TEXT NOT NULL, claimed REAL NOT NULL)""",
 ]
 # Columns added after the first release of auth.db; added in place to older files.
 _ADDED_COLUMNS = {"refresh_tokens": [("sid", "TEXT"), ("provider", "TEXT NOT NULL DEFAULT ''"),
@@ -116,6 +119,19 @@ class UserStore:
 
     def close(self) -> None:
         self.db.close()
+
+    # -- replicas ----------------------------------------------------------------------------
+
+    def claim_replica(self, replica_id: str, user_id: str) -> str:
+        """Bind ``replica_id`` to ``user_id`` on first use; return the user it is bound to.
+
+        A replica's checkpoints on the server decide what its device still uploads, so only
+        the user that first synced a replica may speak for it again.
+        """
+        with self.db.transaction() as e:
+            e.execute("INSERT OR IGNORE INTO replica_owners (replica_id, user_id, claimed) VALUES (?, ?, ?)",
+                      (replica_id, user_id, time.time()))
+            return str(e.query("SELECT user_id FROM replica_owners WHERE replica_id = ?", (replica_id,))[0][0])
 
     # -- users and identities ----------------------------------------------------------------
 

@@ -157,7 +157,7 @@ def _decode_tag(tag: str, inner: Any) -> Any:
 _canonical_encode = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
-_scan_once = json.JSONDecoder().scan_once
+_scan_once = json.JSONDecoder().scan_once  # type: ignore[attr-defined]  # not in typeshed
 
 
 def loads_json(text: str) -> Any:

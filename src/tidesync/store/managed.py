@@ -67,7 +67,7 @@ class ObjectBinding:
         t = f.type
         if t.kind in _SCALAR_OR_MIXED:
             # What _to_python gives for a JSON scalar (from_plain leaves it as it is), quicker.
-            tp = type(plain)
+            tp: type[Any] = type(plain)
             if tp is str or tp is bool or tp is float or plain is None:
                 return plain
             if tp is int:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..core import merge
-from ..core.stamp import ReplicaId
+from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json
 from ..protocol.messages import Scope, SnapshotDoc
@@ -388,7 +388,7 @@ class ReplicaStore:
                         states[pending[ref]] = (doc.collection, ref, joined)
                         continue
                     if row is not None:
-                        local = merge.DocState(epoch=row[2], live=bool(row[3]),
+                        local = merge.DocState(epoch=Stamp(row[2]), live=bool(row[3]),
                                                body=json.loads(row[0]), meta=json.loads(row[1]))
                         joined = merge.join(local, incoming, policies, collection=doc.collection)
                         if (joined.epoch, joined.live, joined.body, joined.meta) == (local.epoch, local.live, local.body, local.meta):

@@ -84,6 +84,25 @@ def _raw_update(path: str, ids: list[str], values: list[int]) -> Timer:
     return t
 
 
+def _raw_update_python(path: str, ids: list[str], values: list[int]) -> Timer:
+    """For information: the same update done the way an app holding JSON in raw sqlite3 would do
+    it in Python (read each body, decode, set the field, encode, UPDATE)."""
+    conn = _raw_connect(path)
+    gc.collect()
+    with Timer() as t:
+        conn.execute("BEGIN")
+        rows = []
+        for doc_id, v in zip(ids, values):
+            (body,) = conn.execute("SELECT body FROM docs WHERE id = ?", (doc_id,)).fetchone()
+            doc = json.loads(body)
+            doc["priority"] = v
+            rows.append((_encode(doc), doc_id))
+        conn.executemany("UPDATE docs SET body = ? WHERE id = ?", rows)
+        conn.execute("COMMIT")
+    conn.close()
+    return t
+
+
 def _ts_insert(path: str, model: type[tidesync.Model], docs: list[dict[str, Any]],
                profile: str | None = None) -> Timer:
     _remove(path)
@@ -127,8 +146,9 @@ def case_write(args: dict[str, Any]) -> dict[str, Any]:
     values = [(d["priority"] + 1) % 5 for d in docs]
     raw_path, ts_path = os.path.join(work, "write-raw.db"), os.path.join(work, "write-ts.db")
     out: dict[str, list[float]] = {k: [] for k in (
-        "raw_insert", "raw_insert_sql_only", "ts_insert", "raw_update", "ts_update",
-        "raw_insert_cpu", "raw_insert_sql_only_cpu", "ts_insert_cpu", "raw_update_cpu", "ts_update_cpu")}
+        "raw_insert", "raw_insert_sql_only", "ts_insert", "raw_update", "ts_update", "raw_update_python",
+        "raw_insert_cpu", "raw_insert_sql_only_cpu", "ts_insert_cpu", "raw_update_cpu", "ts_update_cpu",
+        "raw_update_python_cpu")}
 
     def add(name: str, t: Timer) -> None:
         out[name].append(t.wall)
@@ -140,6 +160,7 @@ def case_write(args: dict[str, Any]) -> dict[str, Any]:
             add("raw_insert", a)
             add("raw_insert_sql_only", b)
             add("raw_update", _raw_update(raw_path, ids, values))
+            add("raw_update_python", _raw_update_python(raw_path, ids, [(v + 1) % 5 for v in values]))
 
         def ts() -> None:
             add("ts_insert", _ts_insert(ts_path, model, docs))

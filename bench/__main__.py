@@ -7,6 +7,7 @@
     python -m bench --profile       # also write cProfile reports of insert/update to bench/.work/
     python -m bench --only write,query --no-write
     python -m bench sync ...        # the sync suite (issue 3): see bench/sync_bench.py
+    python -m bench flexible ...    # the flexible-sync suite (issue 5): see bench/flexible_bench.py
 
 Each case runs in its own subprocess (``python -m bench.local CASE ARGS``); its figures come
 back as JSON. The 1,000,000-document file is built once per run in bench/.work/.
@@ -281,6 +282,11 @@ def main(argv: list[str] | None = None) -> None:
         from .sync_bench import main as sync_main
 
         sync_main(argv[1:])
+        return
+    if argv[:1] == ["flexible"]:
+        from .flexible_bench import main as flexible_main
+
+        flexible_main(argv[1:])
         return
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

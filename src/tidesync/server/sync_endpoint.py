@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from ..core.values import canonical_json
 from ..errors import AuthError, MergeError, PermissionDeniedError, ProtocolError, SyncError
 from ..protocol.actions import (
     Announce, Fail, Integrate, Notify, ReadLog, ReadSnapshot, RecordAck, ReportProgress, Send,
@@ -80,6 +81,9 @@ class _Shared:
 
     def __init__(self) -> None:
         self.head = 0
+        #: While sessions are woken for an integration: the canonical partition values its
+        #: entries can concern (None: any).
+        self.touched: set[str] | None = None
         self._acks: dict[str, int] = {}
         self._flushing = False
         self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
@@ -166,6 +170,8 @@ class ServerSession:
     INLINE_READ = 64
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
+    #: Seconds after which a session is woken for entries of other partitions (local_commit).
+    LAZY_COMMIT = 0.2
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
@@ -184,11 +190,27 @@ class ServerSession:
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._closing = False
         self._snapshot_pages = 0
+        self._lazy_commit = False
         self._auth_checked_at = time.monotonic()
         self.flexible: Any = None  # flexible sync (server/flexible.py), set by a flexible Hello
 
     def local_commit(self) -> None:
-        """The server's log grew: stream the new entries (called on the event loop)."""
+        """The server's log grew: stream the new entries (called on the event loop).
+
+        A partition session that the new entries cannot concern (they were written by a
+        session of another partition) is woken a little later, once for any number of such
+        commits: it only has to move its peer's checkpoint past them, and doing that at once
+        for every session on every write makes each write cost O(connections)."""
+        touched = _shared(self.state).touched
+        if (touched is None or self.partition is None or self.flexible is not None
+                or canonical_json(self.partition) in touched):
+            self._inbox.put_nowait(("commit", None))
+        elif not self._lazy_commit:
+            self._lazy_commit = True
+            asyncio.get_running_loop().call_later(self.LAZY_COMMIT, self._commit_later)
+
+    def _commit_later(self) -> None:
+        self._lazy_commit = False
         self._inbox.put_nowait(("commit", None))
 
     def _tick(self) -> None:
@@ -406,7 +428,7 @@ class ServerSession:
         and a thousand of them queue behind each other for the GIL. Anything larger, or a busy
         backend, goes to a worker thread as usual. Returns None when not done here.
         """
-        if _shared(self.state).head - action.after > self.INLINE_READ:
+        if self.flexible is not None or _shared(self.state).head - action.after > self.INLINE_READ:
             return None
         with self.state.backend.unless_busy() as free:
             if not free:
@@ -432,5 +454,12 @@ class ServerSession:
         if result.applied or compensated:
             shared = _shared(self.state)
             shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
-            self.state.notify_commit(self)
+            # What the new entries can concern: this session's partition (the enforcer let
+            # nothing else in), unless a compensating transaction restored other documents.
+            if self.partition is not None and self.flexible is None and not compensated:
+                shared.touched = {canonical_json(self.partition)}
+            try:
+                self.state.notify_commit(self)
+            finally:
+                shared.touched = None
         return follow

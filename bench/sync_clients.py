@@ -8,7 +8,7 @@ and acknowledge exactly like a device; they never write.
 
 Run as a child process, driven by JSON lines::
 
-    python -m bench.sync_clients URL N PARTITION
+    python -m bench.sync_clients URL N PARTITION       (PARTITION "own": one per client)
     stdout  {"event": "ready", "connected": N, ...}      once every client is connected and synced
     stdin   {"cmd": "collect", "marker": "fan-3", "timeout": 10}
     stdout  {"marker": "fan-3", "times": [...], "missing": 0, ...}
@@ -130,7 +130,7 @@ class LightClient:
                                open_timeout=60, close_timeout=2) as ws:
                 self._ws = ws
                 link = Link(Role.INITIATOR)
-                replicator = Replicator(self.replica.replica_id, Role.INITIATOR, scope=fleet.scope,
+                replicator = Replicator(self.replica.replica_id, Role.INITIATOR, scope=fleet.scope_of(self.index),
                                         token=fleet.token, info={"sdk": "bench-light"})
                 self._execute(replicator.start(), link, replicator)
                 for out in link.data_to_send():
@@ -186,13 +186,18 @@ class LightClient:
 class Fleet:
     def __init__(self, url: str, partition: str, token: str) -> None:
         self.sync_url = "ws://" + url.split("://", 1)[1] + "/api/default/sync"
-        self.scope: Scope = {"partition": {"key": "_partition", "value": partition}}
+        self.partition = partition
         self.token = token
         self.clients: list[LightClient] = []
         self.arrivals: dict[str, dict[int, float]] = {}
         self.busy = 0.0  # seconds spent decoding, integrating and acknowledging
         self._waiters: dict[str, asyncio.Event] = {}
         self.ended = 0
+
+    def scope_of(self, index: int) -> Scope:
+        """Every client syncs ``partition``; with ``partition == "own"`` each its own."""
+        value = f"own-{index}" if self.partition == "own" else self.partition
+        return {"partition": {"key": "_partition", "value": value}}
 
     def arrived(self, marker: str, index: int, t: float) -> None:
         got = self.arrivals.setdefault(marker, {})

@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import random
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -170,8 +171,9 @@ class ServerSession:
     INLINE_READ = 64
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
-    #: Seconds after which a session is woken for entries of other partitions (local_commit).
-    LAZY_COMMIT = 0.2
+    #: About how many seconds after which a session is woken for entries of other partitions
+    #: (local_commit).
+    LAZY_COMMIT = 1.0
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
@@ -198,8 +200,8 @@ class ServerSession:
         """The server's log grew: stream the new entries (called on the event loop).
 
         A partition session that the new entries cannot concern (they were written by a
-        session of another partition) is woken a little later, once for any number of such
-        commits: it only has to move its peer's checkpoint past them, and doing that at once
+        session of another partition) is woken about a second later, once for any number of
+        such commits: it only has to move its peer's checkpoint past them, and doing that at once
         for every session on every write makes each write cost O(connections)."""
         touched = _shared(self.state).touched
         if (touched is None or self.partition is None or self.flexible is not None
@@ -207,7 +209,8 @@ class ServerSession:
             self._inbox.put_nowait(("commit", None))
         elif not self._lazy_commit:
             self._lazy_commit = True
-            asyncio.get_running_loop().call_later(self.LAZY_COMMIT, self._commit_later)
+            # Spread over the interval: no burst of every idle session at once.
+            asyncio.get_running_loop().call_later(self.LAZY_COMMIT * (0.5 + random.random()), self._commit_later)
 
     def _commit_later(self) -> None:
         self._lazy_commit = False

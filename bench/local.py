@@ -252,6 +252,20 @@ def case_query(args: dict[str, Any]) -> dict[str, Any]:
         raw_cpu.append(r.cpu)
         sizes.add(len(titles))
         assert sorted(titles) == sorted(raw_titles)
+    # The same queries again, their pages now in SQLite's page cache: what is left is CPU.
+    ts_again: list[float] = []
+    raw_again: list[float] = []
+    for c in cats[:min(len(ts), 100)]:
+        with Timer() as t:
+            [o.title for o in db.objects(Item).filter("category == $0", c)]
+            [o.title for o in db.objects(Item).filter("category == $0", c)]
+        with Timer() as r:
+            [json.loads(b)["title"] for (b,) in conn.execute(
+                "SELECT body FROM docs WHERE json_extract(body, '$.category') = ?", (c,))]
+            [json.loads(b)["title"] for (b,) in conn.execute(
+                "SELECT body FROM docs WHERE json_extract(body, '$.category') = ?", (c,))]
+        ts_again.append(t.wall / 2)
+        raw_again.append(r.wall / 2)
     plan = conn.execute("EXPLAIN QUERY PLAN SELECT body FROM docs WHERE json_extract(body, '$.category') = ?",
                         (c,)).fetchall()
     ts_plan = db._engine.query(  # the SQL tidesync runs, for the report
@@ -259,7 +273,8 @@ def case_query(args: dict[str, Any]) -> dict[str, Any]:
         "documents.live = 1 AND (" + _ts_where(db) + ")", ["Item", category(1)])
     db.close()
     conn.close()
-    return {"ts": ts, "raw": raw, "ts_cpu": ts_cpu, "raw_cpu": raw_cpu, "result_sizes": sorted(sizes), "raw_plan": [r[-1] for r in plan],
+    return {"ts": ts, "raw": raw, "ts_cpu": ts_cpu, "raw_cpu": raw_cpu, "ts_again": ts_again, "raw_again": raw_again,
+            "result_sizes": sorted(sizes), "raw_plan": [r[-1] for r in plan],
             "ts_plan": [r[-1] for r in ts_plan]}
 
 

@@ -87,7 +87,7 @@ class _LogCache:
     MAX_ROWS = 4096
     MAX_BYTES = 32 << 20
 
-    __slots__ = ("_rows", "_bytes", "scoped", "version", "state")
+    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts")
 
     def __init__(self) -> None:
         self._rows: dict[int, _LogRow] = {}
@@ -96,6 +96,8 @@ class _LogCache:
         self.version: tuple[int, int] | None = None
         #: (head, snapshot marks) as read at ``version``.
         self.state: tuple[int, tuple[int, str | None, int]] | None = None
+        #: Documents per scope value (snapshot progress estimates) at ``version``.
+        self.counts: dict[str | None, int] = {}
 
     def rows(self, after: int, limit: int, head: int) -> list[_LogRow] | None:
         """Entries after..min(after + limit, head), or None unless all of them are cached."""
@@ -258,6 +260,7 @@ class ReplicaStore:
             # Any write may move documents in or out of a scope: filtered results are stale,
             # and so are the head and the snapshot marks.
             cache.scoped.clear()
+            cache.counts.clear()
             cache.state = None
             cache.version = version
         return cache
@@ -347,9 +350,14 @@ class ReplicaStore:
             rows = self._engine.query(
                 f"SELECT rowid, collection, pk, body, meta, epoch, live FROM documents WHERE {where} "
                 f"ORDER BY rowid LIMIT ?", [*params, limit])
-            estimate = int(self._engine.query(
-                "SELECT count(*) FROM documents" + (" WHERE scope = ?" if want is not None else ""),
-                [want] if want is not None else [])[0][0])
+            cache = self._log_cache()
+            estimate = cache.counts.get(want) if cache is not None else None
+            if estimate is None:  # a count per page costs as much as the page on a large scope
+                estimate = int(self._engine.query(
+                    "SELECT count(*) FROM documents" + (" WHERE scope = ?" if want is not None else ""),
+                    [want] if want is not None else [])[0][0])
+                if cache is not None:
+                    cache.counts[want] = estimate
         docs: list[SnapshotDoc] = []
         nbytes = 0
         last = after

@@ -575,6 +575,30 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
         lines.append(f"| fan-out: server memory per idle connection (RSS {r['rss_before_kb']:,} -> "
                      f"{r['rss_after_kb']:,} KB) | {r['kb_per_connection']:.1f} KB | <= {t['fanout_kb_per_connection']:.0f} KB "
                      f"| {_ok(r['kb_per_connection'] <= t['fanout_kb_per_connection'])} |")
+    lines += ["", "CPU seconds (user + system, from /proc; they move less with the machine's load than wall time):", ""]
+    if "bootstrap" in results:
+        r = results["bootstrap"]
+        best = min(r["runs"], key=lambda x: x["seconds"])
+        lines.append(f"- bootstrap: client {best['client_cpu_s']:.1f} s ({best['client_cpu_s'] / r['n'] * 1e6:.0f} us/doc), "
+                     f"server {best['server_cpu_s']:.1f} s ({best['server_cpu_s'] / r['n'] * 1e6:.0f} us/doc); "
+                     f"every run: {', '.join(format(x['seconds'], '.2f') + ' s' for x in r['runs'])}; "
+                     f"raw insert runs: {', '.join(format(x, '.2f') + ' s' for x in r['raw_s'])}")
+    if "upload" in results:
+        r = results["upload"]
+        lines.append("- upload: " + "; ".join(
+            f"{s['txns']:,} x {s['docs_per_txn']:,}: server {s['server_cpu_s']:.2f} s ({s['server_cpu_s'] / r['n'] * 1e6:.0f} us/doc), "
+            f"client {s['client_cpu_s']:.2f} s" for s in r["shapes"]))
+    for key in ("propagation", "propagation_tmpfs", "propagation_same"):
+        if key in results:
+            r = results[key]
+            lines.append(f"- {key}: server {r['server_cpu_s'] / max(1, r['measured']) * 1000:.1f} ms per write, "
+                         f"the {r['others']} others {r['others_busy_s']:.1f} s in all; p90 {r['p90_ms']:.1f} ms; "
+                         f"A's own commit p50 {r['commit_p50_ms']:.1f} ms")
+    if "fanout" in results:
+        r = results["fanout"]
+        lines.append(f"- fanout: server {r['server_cpu_s'] / r['writes'] * 1000:.0f} ms per write, the {r['connected']:,} "
+                     f"clients {r['fleet_busy_s'] / r['writes'] * 1000:.0f} ms per write (one process); connecting them "
+                     f"took {r['connect_s']:.1f} s")
     return "\n".join(lines)
 
 

@@ -176,22 +176,25 @@ class ListenerHub:
             t.join(timeout=5)
 
     def _run(self) -> None:
+        # A wake-up can be lost between wait() returning and clear(); the database's commit
+        # generation cannot, so it decides (with data_version for other connections' commits).
+        seen_generation = self._db._generation
         while not self._stop:
-            woke = self._wake.wait(_POLL_SECONDS)
+            self._wake.wait(_POLL_SECONDS)
             if self._stop:
                 return
             self._wake.clear()
-            if not woke:
-                try:
-                    with self._db._lock:
-                        if self._db.is_closed:
-                            return
-                        dv = self._db._engine.data_version()
-                except Exception:  # the database closed under us
-                    return
-                if dv == self._data_version:
-                    continue
-                self._data_version = dv
+            try:
+                with self._db._lock:
+                    if self._db.is_closed:
+                        return
+                    dv = self._db._engine.data_version()
+                    generation = self._db._generation
+            except Exception:  # the database closed under us
+                return
+            if dv == self._data_version and generation == seen_generation:
+                continue
+            self._data_version, seen_generation = dv, generation
             try:
                 self._deliver()
             except Exception:

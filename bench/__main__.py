@@ -218,7 +218,8 @@ def report(r: dict[str, Any], command: str) -> str:
             f"{med / rmed:.2f}x | <= 2 ms median | {_yes(med <= 0.002)} |",
             *([f"| the same query run twice in a row, second run (pages in SQLite's cache; "
                f"{len(q['ts_again'])} queries) | {_ms(_med(q['ts_again']))} | "
-               f"{_ms(sorted(q['ts_again'])[int(len(q['ts_again']) * 0.9)])} | | {_ms(_med(q['raw_again']))} | "
+               f"{_ms(sorted(q['ts_again'])[int(len(q['ts_again']) * 0.9)])} | "
+               f"{_ms(_med(q['ts_again_cpu'])) if q.get('ts_again_cpu') else ''} | {_ms(_med(q['raw_again']))} | "
                f"{_med(q['ts_again']) / _med(q['raw_again']):.2f}x | (info) | |"] if q.get("ts_again") else []),
             "",
             f"Query plans: tidesync `{'; '.join(q['ts_plan'])}`; raw `{'; '.join(q['raw_plan'])}`.",

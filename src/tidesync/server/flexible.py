@@ -28,8 +28,8 @@ else follows from keeping the view right:
   with a compensating write (``outside_subscriptions``), unless the config accepts it. After
   an upload, documents the device itself moved out of its view leave it.
 
-**Persistence and reconnection.** The view is stored per device replica in the backend's
-file (tables ``flexible_peers`` and ``flexible_views``), each row with the ``view_seq`` of the
+**Persistence and reconnection.** The view is stored per device replica in
+``data_dir/flexible.db`` (:class:`ViewStore`), each row with the ``view_seq`` of the
 ``ViewUpdate`` that last changed it, written *before* the update is sent. The device applies
 each update atomically with its ``view_seq`` and names the last one in its next ``Hello``:
 rows changed after it are *uncertain* (the device may or may not have applied them) and are
@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict, deque
@@ -117,9 +118,15 @@ class FlexibleConfig:
             subscription of the writer (default: refuse it with a compensating write).
         page_size: documents per ``ViewUpdate`` page of a bootstrap.
         window: ``ViewUpdate`` pages sent ahead of the device's ``ViewAck``.
-        advance_interval: seconds a session waits before telling an idle device that the log
-            moved on (changes that concern it are sent at once).
+        advance_interval: changes that concern a device are sent at once; an idle device is
+            told that the log moved on once it has been quiet this many seconds...
+        max_advance_interval: ... or after this many seconds under a steady stream of changes.
         max_queries: the most queries one subscription set may hold.
+        indexed_fields: top-level fields to index on the backend (an expression index on the
+            field's value and one on its type): a subscription with an equality condition on
+            one (``owner == $0``, ``status IN {...}``, also inside an AND) is bootstrapped
+            through the index instead of a scan of its collection. In development mode
+            (``all_fields``) every field such a condition uses is indexed on first use.
     """
 
     enabled: bool = True
@@ -129,8 +136,10 @@ class FlexibleConfig:
     accept_writes_outside_subscriptions: bool = False
     page_size: int = 500
     window: int = 4
-    advance_interval: float = 0.25
+    advance_interval: float = 0.2
+    max_advance_interval: float = 10.0
     max_queries: int = 1000
+    indexed_fields: tuple[str, ...] = ()
 
     def queryable(self, collection: str, names: Sequence[str]) -> bool:
         if self.all_fields or names[0] == "_id":
@@ -178,6 +187,10 @@ def flexible_config_from_toml(table: Any) -> FlexibleConfig:
         raise UsageError("sync.flexible.writes_outside_subscriptions must be 'refuse' or 'accept'")
     cfg.accept_writes_outside_subscriptions = outside == "accept"
     cfg.all_fields = bool(table.get("all_fields_queryable", False))
+    cfg.indexed_fields = names(table.get("indexed_fields", []), "sync.flexible.indexed_fields")
+    bad = [f for f in cfg.indexed_fields if not _FIELD.fullmatch(f)]
+    if bad:
+        raise UsageError(f"sync.flexible.indexed_fields must be plain top-level field names, not {bad}")
     for key in ("page_size", "window", "max_queries"):
         if key in table:
             value = table[key]
@@ -246,22 +259,47 @@ def _body_keys(value: Any) -> Iterable[IndexKey]:
 def _index_of(node: Node) -> tuple[str, frozenset[IndexKey]] | None:
     """An equality condition every match must satisfy: (top-level field, the keys it may
     have). None when the query has none (it is then checked against every change)."""
+    found = _equality_of(node)
+    if found is None:
+        return None
+    keys = [_vkey(v) for v in found[1]]
+    if not keys or any(k is None for k in keys):
+        return None
+    return (found[0], frozenset(k for k in keys if k is not None))
+
+
+def _equality_of(node: Node) -> tuple[str, list[Any]] | None:
+    """(top-level field, the plain values it must equal one of), from ``field == v``,
+    ``field IN {...}`` or either inside an AND; None when there is none."""
     if isinstance(node, Compare) and node.op == "==" and not node.case_insensitive \
             and isinstance(node.left, Path) and len(node.left.names) == 1 and isinstance(node.right, Value):
-        k = _vkey(node.right.plain)
-        return (node.left.names[0], frozenset([k])) if k is not None else None
+        return (node.left.names[0], [node.right.plain]) if node.right.plain is not None else None
     if isinstance(node, In) and isinstance(node.left, Path) and len(node.left.names) == 1 \
             and isinstance(node.values, Value) and isinstance(node.values.plain, list):
-        keys = [_vkey(v) for v in node.values.plain]
-        if keys and all(k is not None for k in keys):
-            return (node.left.names[0], frozenset(k for k in keys if k is not None))
-        return None
+        values = list(node.values.plain)
+        return (node.left.names[0], values) if values and None not in values else None
     if isinstance(node, And):
         for item in node.items:
-            found = _index_of(item)
+            found = _equality_of(item)
             if found is not None:
                 return found
     return None
+
+
+_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _prefilter(sub: CompiledSub) -> tuple[str, list[Any]] | None:
+    """For a query with an equality condition on a plain top-level field whose values are
+    strings or booleans: (field, values), to narrow the backend query through an expression
+    index on the field (see :meth:`Router.ensure_index`). Not for numbers: a number also
+    equals a decimal, which is stored as a tagged object the index does not compare."""
+    found = _equality_of(sub.node)
+    if found is None or not _FIELD.fullmatch(found[0]):
+        return None
+    if not all(isinstance(v, (str, bool)) for v in found[1]):
+        return None
+    return found
 
 
 @dataclass
@@ -323,6 +361,58 @@ def compile_set(queries: Sequence[SubscriptionQuery], config: FlexibleConfig) ->
     return out
 
 
+# ----------------------------------------------------------------------------- the view store
+
+
+class ViewStore:
+    """Each device replica's view (``flexible_views``: document, present, view_seq) and set
+    (``flexible_peers``: the version and queries served, the last view_seq), in
+    ``data_dir/flexible.db``.
+
+    Its own file, in WAL mode with ``synchronous=NORMAL``: a view row must be written before
+    its ``ViewUpdate`` is sent, and that happens for every document entering or leaving a
+    view, so it must not wait for a disk flush nor hold the backend. A committed row survives
+    a crash of the server process (the WAL is written before the commit returns); only a power
+    loss can take the last ones, which the device's ``view_seq`` then reveals (it is ahead of
+    the stored one): those documents are settled again on connection.
+    """
+
+    def __init__(self, path: Any) -> None:
+        from ..store.engine import Engine
+
+        self.engine = Engine(path, check_same_thread=False)
+        self.engine.execute("PRAGMA synchronous = NORMAL")
+        self.lock = threading.Lock()
+        with self.lock, self.engine.atomic():
+            for stmt in _TABLES:
+                self.engine.execute(stmt)
+
+    def load(self, peer: str) -> tuple[list[Any], list[Any]]:
+        with self.lock:
+            row = self.engine.query("SELECT version, queries, view_seq FROM flexible_peers WHERE peer = ?", (peer,))
+            rows = self.engine.query(
+                "SELECT collection, pk, present, view_seq FROM flexible_views WHERE peer = ?", (peer,))
+        return row, rows
+
+    def write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
+              version: int | None, queries: str | None) -> None:
+        with self.lock, self.engine.atomic():
+            if changes:
+                self.engine.executemany(
+                    "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
+                    "view_seq = excluded.view_seq",
+                    [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
+            if forget:
+                self.engine.executemany("DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
+                                        [(peer, c, pk) for c, pk in forget])
+            self.engine.execute(
+                "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
+                "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
+                "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)",
+                (peer, version, queries, view_seq, version, queries))
+
+
 # ----------------------------------------------------------------------------- the router
 
 
@@ -357,8 +447,9 @@ class Router:
 
     CACHE = 20_000
 
-    def __init__(self, backend: Database) -> None:
+    def __init__(self, backend: Database, views: ViewStore) -> None:
         self.backend = backend
+        self.views = views
         self.lock = threading.RLock()
         self.sessions: set[FlexibleSession] = set()
         self.processed_to = backend.head_seq()
@@ -369,16 +460,45 @@ class Router:
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
         with backend._lock:
-            with backend._engine.atomic():
-                for stmt in _TABLES:
-                    backend._engine.execute(stmt)
+            self.indexed: set[str] = {r[0][len("flexible_ix_"):] for r in backend._engine.query(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flexible_ix_%'")}
+
+    AUTO_INDEX_LIMIT = 16
+
+    def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
+        """Whether ``fieldname`` has the backend's expression indexes, creating them when the
+        config lists the field (or, in development mode, on first use, up to
+        ``AUTO_INDEX_LIMIT`` fields)."""
+        if fieldname in self.indexed:
+            return True
+        wanted = fieldname in config.indexed_fields or (
+            config.all_fields and len(self.indexed) < self.AUTO_INDEX_LIMIT)
+        if not wanted or not _FIELD.fullmatch(fieldname):
+            return False
+        backend = self.backend
+        t0 = time.perf_counter()
+        with backend._lock, backend._engine.atomic():
+            backend._engine.execute(
+                f"CREATE INDEX IF NOT EXISTS flexible_ix_{fieldname} ON documents "
+                f"(collection, json_extract(body, '$.{fieldname}'))")
+            backend._engine.execute(
+                f"CREATE INDEX IF NOT EXISTS flexible_it_{fieldname} ON documents "
+                f"(collection, json_type(body, '$.{fieldname}'))")
+        self.indexed.add(fieldname)
+        log.info("indexed field %s for flexible sync in %.2f s", fieldname, time.perf_counter() - t0)
+        return True
 
     @classmethod
-    def for_backend(cls, backend: Database) -> Router:
+    def for_state(cls, state: ServerState) -> Router:
+        """The router of a server (one per backend; made on first use)."""
+        backend = state.backend
         with _ROUTERS_GUARD:
             router = _ROUTERS.get(id(backend))
             if router is None or router.backend is not backend:
-                router = _ROUTERS[id(backend)] = cls(backend)
+                from pathlib import Path
+
+                views = ViewStore(Path(state.config.data_dir) / "flexible.db")
+                router = _ROUTERS[id(backend)] = cls(backend, views)
             return router
 
     # -- sessions -------------------------------------------------------------------------
@@ -457,6 +577,10 @@ class Router:
     def mark_dirty(self) -> None:
         self._dirty = True
 
+    def position(self) -> int:
+        """Where routing is, catching up first if a commit was announced since."""
+        return self.catch_up() if self._dirty else self.processed_to
+
     async def catch_up_async(self) -> None:
         """:meth:`catch_up` in a worker thread, shared by every session woken by one commit."""
         while True:
@@ -464,7 +588,6 @@ class Router:
             if task is None:
                 if not self._dirty:
                     return
-                self._dirty = False
                 task = self._task = asyncio.ensure_future(asyncio.to_thread(self.catch_up))
             try:
                 await asyncio.shield(task)
@@ -473,9 +596,15 @@ class Router:
                     self._task = None
 
     def catch_up(self) -> int:
-        """Route every log entry integrated since the last call. Returns the new position."""
+        """Route every log entry integrated since the last call. Returns the new position.
+
+        Locks: the backend's first, then the router's (never the other way round), so that a
+        session reading on the event loop while holding the backend cannot deadlock with one
+        catching up in a worker thread. Log entries and document states are read in one
+        consistent view of the backend."""
         backend = self.backend
-        with self.lock:
+        with backend._lock, self.lock:
+            self._dirty = False
             head = backend.head_seq()
             if head <= self.processed_to:
                 return self.processed_to
@@ -484,10 +613,9 @@ class Router:
                 return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
-                with backend._lock:
-                    rows = backend._engine.query(
-                        "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
-                        (self.processed_to, upto))
+                rows = backend._engine.query(
+                    "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
+                    (self.processed_to, upto))
                 routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
                           for seq, origin, via, data in rows]
                 states = read_states(backend, {ref for r in routed for ref in r.refs})
@@ -591,7 +719,7 @@ class FlexibleSession:
         self.config = config
         self.peer = peer
         self.requested = requested                # the Hello's set: version, view_seq, queries
-        self.router = Router.for_backend(self.backend)
+        self.router = Router.for_state(self.state)
         self.reader: Any = None                   # the rules' SessionReplica, set by wrap()
         self.rules: Any = None
         # the view
@@ -610,7 +738,8 @@ class FlexibleSession:
         self._first_read = True
         self.resync = False
         self._last_advance = 0.0
-        self._advance_scheduled = False
+        self._advance_due: float | None = None
+        self._advance_timer: asyncio.TimerHandle | None = None
         # bootstrap work and messages
         self.enter_todo: deque[Ref] = deque()
         self.leave_todo: deque[Ref] = deque()
@@ -647,6 +776,8 @@ class FlexibleSession:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._advance_timer is not None:
+                self._advance_timer.cancel()
             self.router.unregister(self)
 
     # -- matching -------------------------------------------------------------------------
@@ -690,24 +821,37 @@ class FlexibleSession:
         out: set[Ref] = set()
         backend = self.backend
         for coll, subs in self.by_coll.items():
-            where = " OR ".join(f"({s.sql})" for s in subs)
-            params: list[Any] = [coll]
-            for s in subs:
-                params.extend(s.params)
             access = self.rules.collection(coll) if self.rules is not None else None
             if access is not None and access.role is None:
                 continue
             need_body = access is not None and not access.read_all
             cols = "documents.pk, documents.body" if need_body else "documents.pk"
-            with backend._lock:
-                rows = backend._engine.query(
-                    f"SELECT {cols} FROM documents WHERE documents.collection = ? AND documents.live = 1 AND ({where})",
-                    params)
-            if need_body:
-                assert access is not None
-                out.update((coll, r[0]) for r in rows if access.can_read(json.loads(r[1])))
-            else:
-                out.update((coll, r[0]) for r in rows)
+            queries: list[tuple[str, list[Any]]] = []
+            scan: list[CompiledSub] = []
+            for sub in subs:
+                pre = _prefilter(sub)
+                if pre is None or not self.router.ensure_index(pre[0], self.config):
+                    scan.append(sub)
+                    continue
+                # Through the field's indexes: its scalar values equal to one of the values,
+                # plus documents where it is a list (their elements count), then the exact test.
+                f, values = pre
+                marks = ",".join("?" * len(values))
+                queries.append((f"json_extract(documents.body, '$.{f}') IN ({marks}) AND ({sub.sql})",
+                                [*values, *sub.params]))
+                queries.append((f"json_type(documents.body, '$.{f}') = 'array' AND ({sub.sql})", list(sub.params)))
+            if scan:
+                queries.append((" OR ".join(f"({s.sql})" for s in scan), [p for s in scan for p in s.params]))
+            for where, params in queries:
+                with backend._lock:
+                    rows = backend._engine.query(
+                        f"SELECT {cols} FROM documents WHERE documents.collection = ? AND ({where}) "
+                        "AND documents.live = 1", [coll, *params])
+                if need_body:
+                    assert access is not None
+                    out.update((coll, r[0]) for r in rows if access.can_read(json.loads(r[1])))
+                else:
+                    out.update((coll, r[0]) for r in rows)
         return out
 
     # -- persistence ----------------------------------------------------------------------
@@ -719,38 +863,15 @@ class FlexibleSession:
     def _persist(self, changes: Sequence[tuple[Ref, int, int]], *, set_row: bool = False,
                  forget: Sequence[Ref] = ()) -> None:
         """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically."""
-        backend = self.backend
-        with backend._lock:
-            with backend._engine.atomic():
-                if changes:
-                    backend._engine.executemany(
-                        "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
-                        "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
-                        "view_seq = excluded.view_seq",
-                        [(self.peer, c, pk, present, vs) for (c, pk), present, vs in changes])
-                if forget:
-                    backend._engine.executemany(
-                        "DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
-                        [(self.peer, c, pk) for c, pk in forget])
-                queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) \
-                    if set_row else None
-                backend._engine.execute(
-                    "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, ?, coalesce(?, '[]'), ?) "
-                    "ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
-                    "version = CASE WHEN ? THEN excluded.version ELSE flexible_peers.version END, "
-                    "queries = coalesce(?, flexible_peers.queries)",
-                    (self.peer, self.version, queries, self.view_seq, 1 if set_row else 0, queries))
+        queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) if set_row else None
+        self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
+                                queries)
 
     # -- connecting -----------------------------------------------------------------------
 
     def _connect_sync(self) -> None:
-        backend = self.backend
         req = self.requested
-        with backend._lock:
-            row = backend._engine.query("SELECT version, queries, view_seq FROM flexible_peers WHERE peer = ?",
-                                        (self.peer,))
-            rows = backend._engine.query(
-                "SELECT collection, pk, present, view_seq FROM flexible_views WHERE peer = ?", (self.peer,))
+        row, rows = self.router.views.load(self.peer)
         active_version, active_queries, last_seq = (int(row[0][0]), row[0][1], int(row[0][2])) if row else (0, "[]", 0)
         self.view_seq = last_seq
         known = min(int(req.get("view_seq", 0)), last_seq)
@@ -928,46 +1049,58 @@ class FlexibleSession:
     # -- waking ---------------------------------------------------------------------------
 
     async def wants_log(self) -> bool:
-        """Whether a commit wake should make the replicator read the log now: yes when an
-        entry concerns this device (or it is still catching up); otherwise at most once per
-        ``advance_interval`` (so the device's checkpoint follows the head lazily)."""
+        """Whether a commit wake should make the replicator read the log now.
+
+        Yes when an entry concerns this device (or it is still catching up). Otherwise the
+        device's checkpoint only needs to follow the head eventually (for its
+        ``wait_for_download_completion``): that *advance* is debounced, once the log has been
+        quiet for ``advance_interval`` seconds, and at least every ``max_advance_interval``
+        under a steady stream of changes for other devices, so an idle device costs nothing
+        per change."""
         self.router.mark_dirty()
         await self.router.catch_up_async()
         if self.relevant or self.resync or self.read_to < self.routed_from:
             return True
         now = time.monotonic()
-        wait = self._last_advance + self.config.advance_interval - now
-        if wait <= 0:
+        due = self._advance_due
+        if due is not None and now >= due:
+            self._advance_due = None
             self._last_advance = now
             return True
-        if not self._advance_scheduled:
-            self._advance_scheduled = True
-
-            def wake() -> None:
-                self._advance_scheduled = False
-                if not self._closed:
-                    self.server.local_commit()
-
-            asyncio.get_running_loop().call_later(wait, wake)
+        new_due = min(now + self.config.advance_interval,
+                      max(now, self._last_advance + self.config.max_advance_interval))
+        if due is None or new_due != due:
+            self._advance_due = new_due
+            if self._advance_timer is not None:
+                self._advance_timer.cancel()
+            self._advance_timer = asyncio.get_running_loop().call_at(
+                asyncio.get_running_loop().time() + (new_due - now), self._advance_wake)
         return False
+
+    def _advance_wake(self) -> None:
+        self._advance_timer = None
+        if not self._closed:
+            self.server.local_commit()
 
     # -- routing (the replicator's ReadLog for this peer; worker thread) -------------------
 
     def read_log(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
         backend = self.backend
-        head = backend.head_seq()
-        first, self._first_read = self._first_read, False
-        if first and after < head and _needs_snapshot(backend, after, exclude_origin):
-            # First contact (the server bootstraps from states, not history), or the log the
-            # device needs was compacted away: the view computed at connection covers the log
-            # up to ``routed_from``, so the checkpoint jumps there. What the device held before
-            # may be stale: it is sent again whole (read after the jump) or removed.
-            if self.held:
-                self._resync()
-            if after < self.routed_from:
-                self.read_to = self.routed_from
-                return LogBatch((), self.routed_from, max(self.routed_from, head), 0)
-        elif self.resync or (after < head and after < _log_floor(backend)):
+        if self._first_read:
+            self._first_read = False
+            head = backend.head_seq()
+            if after < head and _needs_snapshot(backend, after, exclude_origin):
+                # First contact (the server bootstraps from states, not history), or the log
+                # the device needs was compacted away: the view computed at connection covers
+                # the log up to ``routed_from``, so the checkpoint jumps there. What the device
+                # held before may be stale: it is sent again whole (read after the jump) or
+                # removed.
+                if self.held:
+                    self._resync()
+                if after < self.routed_from:
+                    self.read_to = self.routed_from
+                    return LogBatch((), self.routed_from, max(self.routed_from, head), 0)
+        elif self.resync:
             # Compacted while connected (rare): jump to the head, settle every held document.
             self.resync = False
             processed = self.router.catch_up()
@@ -975,10 +1108,36 @@ class FlexibleSession:
             with self.router.lock:
                 self.relevant.clear()
             self.read_to = max(after, processed)
-            return LogBatch((), self.read_to, max(self.read_to, head), 0)
-        processed = self.router.catch_up()
+            return LogBatch((), self.read_to, self.read_to, 0)
+        processed = self.router.position()
+        if processed < after:
+            processed = self.router.catch_up()
         if after < self.routed_from:
             return self._read_slow(after, min(self.routed_from, processed), limit, max_bytes, exclude_origin)
+        seqs, truncated = self._relevant_after(after, processed, limit)
+        if not seqs and backend.head_seq() > processed:
+            # Nothing routed for us yet, but the log moved on: route it now (a wake may have
+            # been folded into a catch-up that started before the last commit).
+            processed = self.router.catch_up()
+            seqs, truncated = self._relevant_after(after, processed, limit)
+        upto = seqs[-1] if truncated else processed
+        routed: list[_Routed] = []
+        for seq in seqs:
+            r = self.router.routed(seq)
+            if r is None:
+                r = _load_routed(backend, seq)
+            if r is None:
+                self.resync = True   # compacted away before this session read it
+                continue
+            routed.append(r)
+        batch = self._judge(routed, after, upto, limit, max_bytes, exclude_origin)
+        with self.router.lock:
+            while self.relevant and self.relevant[0] <= batch.scanned_to:
+                self.relevant.popleft()
+        self.read_to = batch.scanned_to
+        return batch
+
+    def _relevant_after(self, after: int, processed: int, limit: int) -> tuple[list[int], bool]:
         seqs: list[int] = []
         truncated = False
         with self.router.lock:
@@ -992,20 +1151,7 @@ class FlexibleSession:
                     break
                 if not seqs or seq != seqs[-1]:
                     seqs.append(seq)
-        upto = seqs[-1] if truncated else processed
-        routed: list[_Routed] = []
-        for seq in seqs:
-            r = self.router.routed(seq)
-            if r is None:
-                r = _load_routed(backend, seq)
-            if r is not None:
-                routed.append(r)
-        batch = self._judge(routed, after, upto, limit, max_bytes, exclude_origin)
-        with self.router.lock:
-            while self.relevant and self.relevant[0] <= batch.scanned_to:
-                self.relevant.popleft()
-        self.read_to = batch.scanned_to
-        return batch
+        return seqs, truncated
 
     def _resync(self) -> None:
         self.uncertain |= self.held
@@ -1036,6 +1182,13 @@ class FlexibleSession:
                exclude_origin: Any) -> LogBatch:
         """Decide stays / enters / leaves for a batch and build what the device gets."""
         decisions: dict[Ref, str] = {}
+        # Each document is judged once per batch, on the newest state the router saw for it
+        # (entries read later carry fresher states): judging on an older one could send
+        # operations that take the document out of the view and keep it, or skip those that
+        # bring it in.
+        latest: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+        for r in routed:
+            latest.update(r.states)
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
@@ -1049,7 +1202,7 @@ class FlexibleSession:
             for op, ref in zip(r.txn.ops, r.refs, strict=True):
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, r.states.get(ref, (False, None)))
+                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)))
                 if d == STAY:
                     kept.append(op)
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1189,13 +1342,9 @@ def _set_id(req: dict[str, Any]) -> int:
 
 
 def _needs_snapshot(backend: Database, after: int, exclude_origin: Any) -> bool:
-    with backend._lock:
-        return bool(backend._needs_snapshot(after, exclude_origin))
-
-
-def _log_floor(backend: Database) -> int:
-    with backend._lock:
-        return backend.log_floor()
+    """Whether the backend would bootstrap this peer from states (first contact, or its log
+    after ``after`` was compacted away) rather than send its log."""
+    return backend.read_log(after, limit=1, max_bytes=1, scope={}, exclude_origin=exclude_origin).snapshot_required
 
 
 def _load_routed(backend: Database, seq: int) -> _Routed | None:

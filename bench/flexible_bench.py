@@ -36,7 +36,6 @@ import asyncio
 import json
 import os
 import platform
-import resource
 import secrets
 import shutil
 import subprocess
@@ -45,7 +44,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from queue import Empty, Queue
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,6 +54,7 @@ for p in (str(ROOT / "src"), str(ROOT)):
 from bench.flexible_clients import (  # noqa: E402
     COLLECTION, FlexClient, Writer, login, sync_url, workload_doc, writer_transactions,
 )
+from bench.sync_bench import LineProcess, _env, cpu_s, raise_nofile, start_server  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -77,22 +76,6 @@ CASE_TIMEOUT = 420.0
 def log(msg: str) -> None:
     sys.stderr.write(f"[flexible-bench {time.strftime('%H:%M:%S')}] {msg}\n")
     sys.stderr.flush()
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-
-
-def cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def raise_nofile(n: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < n:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
 
 
 def seed_server(data_dir: Path, docs: list[dict[str, Any]], per_txn: int = 1_000,
@@ -126,59 +109,16 @@ def seed_server(data_dir: Path, docs: list[dict[str, Any]], per_txn: int = 1_000
     return time.perf_counter() - t0, parents
 
 
-def start_server(data_dir: Path) -> Any:
-    from tests.helpers.servers import ServerProcess
-
-    return ServerProcess(data_dir).start()
 
 
 # -- routing ------------------------------------------------------------------------------------
 
 
-class FleetProcess:
+class FleetProcess(LineProcess):
     """``python -m bench.flexible_clients``: many flexible clients in one asyncio process."""
 
     def __init__(self, url: str, first: int, count: int, workload: dict[str, Any], timeout: float) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.flexible_clients", url, str(first), str(count), json.dumps(workload)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
-        self._lines: Queue[str | None] = Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        self.ready = self.read(timeout)
-        if self.ready.get("event") != "ready":
-            raise RuntimeError(f"the client fleet did not start: {self.ready}")
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    def read(self, timeout: float) -> dict[str, Any]:
-        try:
-            line = self._lines.get(timeout=timeout)
-        except Empty:
-            raise RuntimeError(f"the client fleet said nothing for {timeout} s") from None
-        if line is None:
-            raise RuntimeError(f"the client fleet exited ({self.proc.poll()})")
-        return json.loads(line)  # type: ignore[no-any-return]
-
-    def ask(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(cmd) + "\n")
-        self.proc.stdin.flush()
-        return self.read(timeout)
-
-    def close(self) -> None:
-        try:
-            if self.proc.poll() is None:
-                self.ask({"cmd": "quit"}, 40)
-        except (RuntimeError, OSError, ValueError):
-            pass
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.wait(10)
+        super().__init__("bench.flexible_clients", [url, str(first), str(count), json.dumps(workload)], timeout)
 
 
 def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -162,12 +162,13 @@ def start_server(data_dir: Path) -> Any:
     return ServerProcess(data_dir).start()
 
 
-class FleetProcess:
-    """``python -m bench.sync_clients``: N lightweight clients in one asyncio process."""
+class LineProcess:
+    """A child ``python -m MODULE ARGS`` spoken to in JSON lines (a client fleet): one command
+    per stdin line, one answer per stdout line; the first line must say ``"event": "ready"``."""
 
-    def __init__(self, url: str, n: int, partition: str, timeout: float) -> None:
+    def __init__(self, module: str, args: list[str], timeout: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "bench.sync_clients", url, str(n), partition, "50"],
+            [sys.executable, "-m", module, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT, env=_env())
         self._lines: queue.Queue[str | None] = queue.Queue()
         threading.Thread(target=self._pump, daemon=True).start()
@@ -207,6 +208,13 @@ class FleetProcess:
                 self.proc.kill()
             self.proc.wait(10)
 
+
+
+class FleetProcess(LineProcess):
+    """``python -m bench.sync_clients``: N lightweight clients in one asyncio process."""
+
+    def __init__(self, url: str, n: int, partition: str, timeout: float) -> None:
+        super().__init__("bench.sync_clients", [url, str(n), partition, "50"], timeout)
 
 def login(url: str, work: Path) -> tidesync.User:
     app = tidesync.App("default", base_url=url, storage_dir=work / f"users-{time.monotonic_ns()}")

@@ -176,12 +176,59 @@ def test_constructors_validate() -> None:
         (raw("subscription_state", {"set_id": 1, "version": 1, "state": "maybe"}), "malformed_message"),
         (raw("snapshot", {"page": 0, "docs": [["c", "k", {"live": True}]], "as_of_seq": 1,
                           "done": True}), "malformed_message"),
+        # snapshot and view_update documents are checked once, in the body: still refused
+        (raw("snapshot", {"page": 0, "docs": [["c", "k", {"epoch": "", "live": True, "body": {"x": 2**64 - 1},
+                                                          "meta": {}}]], "as_of_seq": 1, "done": True}),
+         "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["c", "k", {"epoch": "", "live": True, "body": {},
+                                                          "meta": {"x": float("inf")}}]], "as_of_seq": 1,
+                          "done": True}), "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["c", b"k", {"epoch": "", "live": True, "body": {}, "meta": {}}]],
+                          "as_of_seq": 1, "done": True}), "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["", "k", {"epoch": "", "live": True, "body": {}, "meta": {}}]],
+                          "as_of_seq": 1, "done": True}), "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["c", "k", {"epoch": "x", "live": True, "body": {}, "meta": {}}]],
+                          "as_of_seq": 1, "done": True}), "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["c", "k", ["epoch"]]], "as_of_seq": 1, "done": True}),
+         "malformed_message"),
+        (raw("view_update", {"view_seq": 1, "enter": [["c", "k", {"epoch": "", "live": 1, "body": {},
+                                                                  "meta": {}}]]}), "malformed_message"),
         (raw("ack", b"\x00\x01", flags=FLAG_ZLIB), "bad_compression"),
         (raw("ack", {"seq": 1}, flags=FLAG_ZLIB), "malformed_message"),  # flagged but a map
     ],
 )
 def test_malformed_payloads_raise_typed_errors(payload: bytes, code: str) -> None:
     assert code_of(payload) == code
+
+
+@fast(300)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**64), max_value=2**64) | st.floats()
+    | st.text(max_size=3) | st.binary(max_size=2) | st.tuples(st.integers(0, 1)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2) | st.integers(0, 2), inner,
+                                                                 max_size=3),
+    max_leaves=20))
+def test_check_plain_fast_path_agrees_with_the_full_walk(value: Any) -> None:
+    from tidesync.protocol import messages
+
+    try:
+        messages._check_plain_walk(value, "value")
+        ok = True
+    except ValueError:
+        ok = False
+    if messages._plain_fast(value):
+        assert ok, "the fast path accepted a value the full walk refuses"
+
+
+def test_check_plain_depth_limit_is_exact() -> None:
+    from tidesync.protocol.messages import MAX_DEPTH, check_plain
+
+    value: Any = 1
+    for i in range(MAX_DEPTH):
+        value = [value] if i % 2 else {"k": value}
+    check_plain(value)
+    with pytest.raises(ValueError, match="deep"):
+        check_plain([value])
 
 
 def test_deep_nesting_is_refused() -> None:

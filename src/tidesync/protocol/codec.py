@@ -36,7 +36,7 @@ import msgpack
 
 from ..errors import ProtocolError, UsageError, VersionMismatchError
 from .codes import ErrorCode
-from .messages import MESSAGE_TYPES, Error, Message, check_plain
+from .messages import MESSAGE_TYPES, Error, Message, Snapshot, ViewUpdate, check_plain
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -192,6 +192,8 @@ def decode(payload: bytes | bytearray | memoryview, *,
         raise ProtocolError(f"a {tag} body must be a map", code=ErrorCode.MALFORMED_MESSAGE)
     try:
         check_plain(body, f"{tag} body")
+        if issubclass(cls, (Snapshot, ViewUpdate)):  # documents are not walked twice
+            return cls.from_body(body, plain=True)
         return cls.from_body(body)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
         raise ProtocolError(f"malformed {tag} message: {exc}",

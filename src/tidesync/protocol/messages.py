@@ -150,6 +150,12 @@ def check_plain(value: object, where: str = "value") -> None:
     Raises:
         ValueError: naming the first offending item.
     """
+    if not _plain_fast(value):
+        _check_plain_walk(value, where)
+
+
+def _check_plain_walk(value: object, where: str) -> None:
+    """:func:`check_plain`'s exact walk, which names what is wrong."""
     stack: list[tuple[object, int]] = [(value, 0)]
     while stack:
         item, depth = stack.pop()
@@ -174,6 +180,49 @@ def check_plain(value: object, where: str = "value") -> None:
                 stack.append((v, depth + 1))
         else:
             raise ValueError(f"{where}: {type(item).__name__} is not a plain value")
+
+
+_SCALARS = frozenset((str, bool, type(None)))
+_CONTAINERS = frozenset((list, dict))
+
+
+def _plain_fast(value: object) -> bool:
+    """True if ``value`` is certainly plain; False on any doubt (a subclass, a tuple, something
+    wrong): :func:`check_plain` then decides and says why. Exact types, one level at a time."""
+    scalars, containers = _SCALARS, _CONTAINERS
+    lo, hi, isfinite = -(2**63), 2**63 - 1, math.isfinite
+    t = type(value)
+    if t not in containers:
+        return t in scalars or (t is int and lo <= value <= hi) or (t is float and isfinite(value))  # type: ignore[operator, arg-type]
+    level: list[Any] = [value]
+    for _ in range(MAX_DEPTH):
+        deeper: list[Any] = []
+        for container in level:
+            if type(container) is dict:
+                for k in container:
+                    if type(k) is not str:
+                        return False
+                items = container.values()
+            else:
+                items = container
+            for v in items:
+                t = type(v)
+                if t in scalars:
+                    continue
+                if t is int:
+                    if not lo <= v <= hi:
+                        return False
+                elif t is float:
+                    if not isfinite(v):
+                        return False
+                elif t in containers:
+                    deeper.append(v)
+                else:
+                    return False
+        if not deeper:
+            return True
+        level = deeper
+    return False
 
 
 def check_scope(scope: object) -> Scope:
@@ -458,8 +507,11 @@ class Ack:
         return cls(_get(body, "seq"), body.get("snapshot_page"))
 
 
-def _check_doc_state(name: str, state: object) -> dict[str, Any]:
-    state = _map(name, state)
+def _check_doc_state(name: str, state: object, *, plain: bool = False) -> dict[str, Any]:
+    if not plain:
+        state = _map(name, state)
+    elif not isinstance(state, dict):
+        raise ValueError(f"{name} must be a map, not {type(state).__name__}")
     for key, kind in (("epoch", str), ("live", bool), ("body", dict), ("meta", dict)):
         if not isinstance(state.get(key), kind):
             raise ValueError(f"{name} needs {key!r} of type {kind.__name__}")
@@ -485,10 +537,30 @@ class SnapshotDoc:
         return [self.collection, self.key, self.state]
 
     @classmethod
-    def from_wire(cls, data: object) -> SnapshotDoc:
+    def from_wire(cls, data: object, *, plain: bool = False) -> SnapshotDoc:
+        """Parse ``[collection, key, state]``.
+
+        Args:
+            data: the wire form.
+            plain: ``data`` already passed :func:`check_plain` (as a decoded message body
+                does): only its shape is checked, each value is not walked again.
+        """
         if not isinstance(data, list) or len(data) != 3:
             raise ValueError("a snapshot document is [collection, key, state]")
-        return cls(data[0], data[1], data[2])
+        if not plain:
+            return cls(data[0], data[1], data[2])
+        _str("collection", data[0], empty=False)
+        return cls.trusted(data[0], data[1], _check_doc_state("state", data[2], plain=True))
+
+    @classmethod
+    def trusted(cls, collection: str, key: Plain, state: dict[str, Any]) -> SnapshotDoc:
+        """A document whose parts are known to be valid (read back from a replica's own
+        storage, or already checked), made without validating them again."""
+        doc = object.__new__(cls)
+        object.__setattr__(doc, "collection", collection)
+        object.__setattr__(doc, "key", key)
+        object.__setattr__(doc, "state", state)
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -533,8 +605,9 @@ class Snapshot:
                 "as_of_seq": self.as_of_seq, "done": self.done, "progress": self.progress.to_wire()}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Snapshot:
-        docs = tuple(SnapshotDoc.from_wire(d) for d in _list("docs", _get(body, "docs")))
+    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> Snapshot:
+        """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``)."""
+        docs = tuple(SnapshotDoc.from_wire(d, plain=plain) for d in _list("docs", _get(body, "docs")))
         return cls(_get(body, "page"), docs, _get(body, "as_of_seq"), _get(body, "done"),
                    Progress.from_wire(body.get("progress", {})))
 
@@ -787,9 +860,10 @@ class ViewUpdate:
                 "leave": [[c, k] for c, k in self.leave], "progress": self.progress.to_wire()}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> ViewUpdate:
+    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> ViewUpdate:
+        """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``)."""
         return cls(_get(body, "view_seq"), body.get("version", 0),
-                   tuple(SnapshotDoc.from_wire(d) for d in _list("enter", body.get("enter", []))),
+                   tuple(SnapshotDoc.from_wire(d, plain=plain) for d in _list("enter", body.get("enter", []))),
                    tuple(_doc_key(k) for k in _list("leave", body.get("leave", []))),
                    Progress.from_wire(body.get("progress", {})))
 

@@ -86,3 +86,20 @@ def test_the_learned_schema_is_saved_and_shown(tmp_path, capsys):
     check_schema(js["Task"])
     assert validate({"_id": 1, "title": "a", "due": None, "tags": [1]}, js["Task"]) is None
     assert main(["schema", "--data", str(tmp_path / "none")]) == 1
+
+
+def test_creates_of_a_known_shape_teach_nothing_new_but_a_new_type_does(tmp_path):
+    learner = SchemaLearner(tmp_path / "schema.json")
+    assert learner.observe([CreateDoc("Task", 1, S, "", {"_id": 1, "n": 1, "x": "a"}, {})])
+    # the same fields, types and kinds: skipped as a whole (nothing new either way)
+    assert not learner.observe([CreateDoc("Task", i, S, "", {"_id": i, "n": i, "x": "b"}, {}) for i in range(2, 50)])
+    # same field names, another type: learned
+    assert learner.observe([CreateDoc("Task", 60, S, "", {"_id": 60, "n": 1.5, "x": "c"}, {})])
+    # a tagged map's kind depends on its tag, not its type: never skipped by shape
+    assert learner.observe([CreateDoc("Task", 61, S, "", {"_id": 61, "n": {"$date": 1}, "x": "c"}, {})])
+    assert learner.observe([CreateDoc("Task", 62, S, "", {"_id": 62, "n": {"$oid": "0" * 24}, "x": "c"}, {})])
+    # another collection with the same fields: learned
+    assert learner.observe([CreateDoc("Note", 1, S, "", {"_id": 1, "n": 1, "x": "a"}, {})])
+    learned = learner.snapshot()
+    assert learned["Task"]["n"]["kinds"] == ["date", "double", "int", "objectId"]
+    assert learned["Note"]["n"]["kinds"] == ["int"]

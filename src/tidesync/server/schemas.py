@@ -247,6 +247,21 @@ def _op_kinds(op: Op) -> Iterable[tuple[str, str]]:
         yield op.path[0], "counter"
 
 
+_MAX_SHAPES = 10_000
+
+
+def _create_shape(op: Op) -> tuple[Any, ...] | None:
+    """What :func:`_op_kinds` of a ``CreateDoc`` depends on, when that is cheap to tell: its
+    collection, field names, exact value types and declared kinds (None: not a create, or a
+    value whose kind depends on more than its type, such as a tagged map)."""
+    if type(op) is not CreateDoc:
+        return None
+    types = tuple(map(type, op.fields.values()))
+    if dict in types:
+        return None
+    return (op.collection, tuple(op.fields), types, tuple(op.kinds.items()) if op.kinds else ())
+
+
 def _element_kind(op: Op) -> tuple[str, str] | None:
     if isinstance(op, (ListInsert, ListSet, SetAdd, DictPut)) and len(op.path) == 1:
         return op.path[0], kind_of(op.value)
@@ -264,6 +279,8 @@ class SchemaLearner:
         self.path = path
         self._lock = threading.Lock()
         self._schema: dict[str, dict[str, dict[str, list[str]]]] = {}
+        #: Shapes of creates already learned from (see _create_shape).
+        self._shapes: set[tuple[Any, ...]] = set()
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
@@ -275,8 +292,15 @@ class SchemaLearner:
     def observe(self, ops: Iterable[Op]) -> bool:
         """Record what ``ops`` show; returns True when something new was learned (and saved)."""
         new = False
+        shapes = self._shapes
         with self._lock:
             for op in ops:
+                shape = _create_shape(op)
+                if shape is not None:
+                    if shape in shapes:
+                        continue  # a create of the same fields, types and kinds: nothing new
+                    if len(shapes) < _MAX_SHAPES:
+                        shapes.add(shape)
                 coll = self._schema.get(op.collection)
                 for name, kind in _op_kinds(op):
                     if coll is None:

@@ -83,3 +83,49 @@ def test_three_replicas_converge_in_every_order_with_duplicates(tmp_path_factory
     finally:
         for s in sources:
             s.close()
+
+
+def _file_state(db):
+    q = db._engine.query
+    return {
+        "log": q("SELECT seq, id, origin, stamp, data, via FROM log ORDER BY seq"),
+        "descriptors": q("SELECT id, origin, user, stamp, data, seq FROM descriptors ORDER BY id"),
+        "heads": q("SELECT id FROM heads ORDER BY id"),
+        "documents": q("SELECT collection, pk, body, meta, epoch, live, seq, scope FROM documents ORDER BY pk"),
+        "conflicts": q("SELECT txn, collection, pk, path, rule, winner, loser FROM conflicts ORDER BY txn, path"),
+    }
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 10_000))
+def test_integrating_a_batch_writes_the_file_as_one_at_a_time_would(tmp_path_factory, seed):
+    # A batch is integrated with its log entries, descriptors and heads written together:
+    # the file must end up exactly as with one integrate() per transaction, seqs included
+    # (also after a compaction left the AUTOINCREMENT counter above the log's last entry).
+    rng = random.Random(seed)
+    base = tmp_path_factory.mktemp("batch")
+    sources = [tidesync.open(base / f"src{i}.db", schema=[WorkOrder]) for i in range(2)]
+    try:
+        with sources[0].write():
+            sources[0].create(WorkOrder, _id=KEYS[0], title="start", tags=["a"])
+        sources[1].integrate(sources[0].export_transactions())
+        for s in sources:
+            _random_edits(s, rng, 8)
+        txns = [t for s in sources for t in s.export_transactions()]
+        rng.shuffle(txns)
+        states = []
+        for mode in ("one", "batch"):
+            with tidesync.open(base / f"{mode}.db", schema=[WorkOrder]) as dst:
+                dst.integrate(txns[:2])
+                dst.compact_log(0)
+                if mode == "one":
+                    for t in txns:
+                        dst.integrate([t], peer="00000000000000ab", peer_seq=1)
+                else:
+                    dst.integrate(txns, peer="00000000000000ab", peer_seq=1)
+                states.append(_file_state(dst))
+        assert states[0] == states[1]
+        assert states[1]["log"][0][0] == 3  # after the compacted entries 1 and 2
+    finally:
+        for s in sources:
+            s.close()

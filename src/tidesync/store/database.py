@@ -772,6 +772,10 @@ class Database(ReplicaStore):
         docs = self._load_docs([op for t in txns if t.id not in known for op in t.ops])
         applied = dups = nconf = 0
         last_seq = 0
+        # Log entries are written together (seqs assigned here, in order) unless something
+        # must read the log in between (a concurrent-overwrite check).
+        unlogged: list[Transaction] = []
+        next_seq = self._next_log_seq() if len(known) < len(txns) else 0
         for t in txns:
             if t.id in known:
                 dups += 1
@@ -789,6 +793,9 @@ class Database(ReplicaStore):
                     overwritten = _register_write(d.state, op)
                     d.state, c = merge.integrate(d.state, op, self._policies)
                     if overwritten is not None:
+                        if unlogged:
+                            self._append_logs(unlogged, peer, next_seq - len(unlogged))
+                            unlogged.clear()
                         c = c + self._concurrent_overwrite(t, op, d.state, *overwritten)
                     d.dirty = True
                     touched.append(d)
@@ -797,12 +804,16 @@ class Database(ReplicaStore):
                     self._clock.observe(op.stamp)
             except (ValueError, TypeError, KeyError) as exc:
                 raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
-            last_seq = self._append_log(t, peer)
+            unlogged.append(t)
+            last_seq = next_seq
+            next_seq += 1
             for d in touched:
                 d.seq = last_seq
             self._record_conflicts(t.id, conflicts)
             nconf += len(conflicts)
             applied += 1
+        if unlogged:
+            self._append_logs(unlogged, peer, next_seq - len(unlogged))
         by_seq: dict[int, list[LoadedDoc]] = {}
         for d in docs.values():
             if d.dirty:
@@ -815,6 +826,40 @@ class Database(ReplicaStore):
                 "DO UPDATE SET received = excluded.received", (peer, peer_seq))
         self._set_setting("clock", self._clock.last)
         return IntegrateResult(applied, dups, (), nconf, last_seq)
+
+    def _next_log_seq(self) -> int:
+        """The seq the next log entry gets (AUTOINCREMENT: after the largest ever used)."""
+        rows = self._engine.query(
+            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0), "
+            "coalesce((SELECT max(seq) FROM log), 0))")
+        return int(rows[0][0]) + 1
+
+    def _append_logs(self, txns: Sequence[Transaction], via: str | None, first_seq: int) -> None:
+        """:meth:`_append_log` for several transactions, numbered from ``first_seq``: a few
+        statements in all. Heads change as they would one transaction after the other."""
+        log_rows = []
+        desc_rows = []
+        for seq, t in enumerate(txns, first_seq):
+            data = msgpack.packb(t.to_wire(), use_bin_type=True)
+            log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
+            desc_rows.append((t.id, t.origin, t.user, t.stamp,
+                              msgpack.packb(t.descriptor(len(data)).to_wire(), use_bin_type=True), seq))
+        self._engine.executemany("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
+                                 log_rows)
+        self._engine.executemany(
+            "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq", desc_rows)
+        added: dict[str, None] = {}
+        removed: set[str] = set()
+        for t in txns:
+            for p in t.parents:
+                removed.add(p)
+                added.pop(p, None)
+            added[t.id] = None
+            removed.discard(t.id)
+        if removed:
+            self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
+        self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
 
     def _load_docs(self, ops: Sequence[Any]) -> dict[Ref, LoadedDoc]:
         """:meth:`_load_doc` for every document ``ops`` touch, a few hundred per query."""

@@ -193,6 +193,25 @@ def test_constructors_validate() -> None:
          "malformed_message"),
         (raw("view_update", {"view_seq": 1, "enter": [["c", "k", {"epoch": "", "live": 1, "body": {},
                                                                   "meta": {}}]]}), "malformed_message"),
+        # the JSON-text form of snapshot documents: malformed or non-plain JSON is refused
+        *[(raw("snapshot", {"page": 0, "docs": [["c", "k", "", True, body, meta]], "as_of_seq": 1, "done": True}),
+           "malformed_message") for body, meta in [
+            ("{", "{}"), ("[]", "{}"), ("{}", "1"), ({}, "{}"), ("{}", None),
+            ('{"x":NaN}', "{}"), ('{"x":Infinity}', "{}"), ("{}", '{"x":-Infinity}'),
+            ('{"x":1e999}', "{}"), ('{"x":18446744073709551615}', "{}"),
+            ('{"x":' + "[" * 70 + "]" * 70 + "}", "{}"), ('{"x":' + "[" * 5000 + "]" * 5000 + "}", "{}"),
+            ('{"x":1} trailing', "{}")]],
+        (raw("snapshot", {"page": 0, "docs": [["c", "k", "x", True, "{}", "{}"]], "as_of_seq": 1, "done": True}),
+         "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["c", "k", "", 1, "{}", "{}"]], "as_of_seq": 1, "done": True}),
+         "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["", "k", "", True, "{}", "{}"]], "as_of_seq": 1, "done": True}),
+         "malformed_message"),
+        (raw("snapshot", {"page": 0, "docs": [["c", 2**64 - 1, "", True, "{}", "{}"]], "as_of_seq": 1,
+                          "done": True}), "malformed_message"),
+        (raw("hello", {"replica_id": RID, "features": "snapshot_json"}), "malformed_message"),
+        (raw("hello", {"replica_id": RID, "features": [1]}), "malformed_message"),
+        (raw("welcome", {"replica_id": RID, "features": [""]}), "malformed_message"),
         (raw("ack", b"\x00\x01", flags=FLAG_ZLIB), "bad_compression"),
         (raw("ack", {"seq": 1}, flags=FLAG_ZLIB), "malformed_message"),  # flagged but a map
     ],
@@ -229,6 +248,36 @@ def test_check_plain_depth_limit_is_exact() -> None:
     check_plain(value)
     with pytest.raises(ValueError, match="deep"):
         check_plain([value])
+
+
+def test_snapshot_documents_in_json_text_form_round_trip_and_keep_their_text() -> None:
+    from tidesync.protocol import Snapshot, SnapshotDoc
+
+    state = {"epoch": "", "live": True, "body": {"t": "é", "n": 1, "f": 0.5, "l": [1, {"a": None}]},
+             "meta": {"*": "0" * 18 + "a" * 16}}
+    docs = (SnapshotDoc("c", "k1", state),
+            SnapshotDoc.from_json_form("c", {"$oid": "0" * 24}, "", False, "{}", "{}"))
+    message = Snapshot(0, docs, 5, True, Progress(2, 2), json_docs=True)
+    decoded = decode(encode(message))
+    assert decoded == message and decoded.json_docs
+    assert [d.state for d in decoded.docs] == [d.state for d in docs]
+    assert decoded.docs[0].json_form == ("", True, '{"t":"é","n":1,"f":0.5,"l":[1,{"a":null}]}',
+                                         '{"*":"' + "0" * 18 + "a" * 16 + '"}')
+    # a receiver also takes the map form, and both forms in one page
+    mixed = raw("snapshot", {"page": 0, "as_of_seq": 1, "done": True,
+                             "docs": [["c", 1, state], ["c", 2, "", True, '{"n":1}', "{}"]]})
+    assert [d.state["body"] for d in decode(mixed).docs] == [state["body"], {"n": 1}]
+
+
+def test_hello_and_welcome_features_are_optional_and_round_trip() -> None:
+    from tidesync.protocol import Welcome
+
+    assert "features" not in Hello(RID).to_body()  # an older peer sees the body it knows
+    assert decode(raw("hello", {"replica_id": RID})).features == ()
+    hello = Hello(RID, features=("snapshot_json", "later"))
+    assert decode(encode(hello)) == hello
+    welcome = Welcome(RID, features=("snapshot_json",))
+    assert decode(encode(welcome)) == welcome
 
 
 def test_deep_nesting_is_refused() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from typing import Any
 
 import pytest
@@ -45,6 +47,7 @@ from tidesync.protocol import (
     Welcome,
 )
 from tidesync.protocol.actions import DOWNLOAD, UPLOAD
+from tidesync.protocol.messages import FEATURES
 from tidesync.protocol.replicator import Replicator
 
 ME = ReplicaId("00000000000000a1")
@@ -83,13 +86,13 @@ def active_acceptor(peer_checkpoint: int = 0, our_checkpoint: int = 0, **options
 
 def test_initiator_without_expected_peer_says_hello_at_once() -> None:
     r = Replicator(ME, Role.INITIATOR, scope=SCOPE, token="tok", info={"app": "x"})
-    assert r.start() == [Send(Hello(ME, "tok", SCOPE, None, 0, {"app": "x"}))]
+    assert r.start() == [Send(Hello(ME, "tok", SCOPE, None, 0, {"app": "x"}, FEATURES))]
 
 
 def test_initiator_reads_its_checkpoint_for_the_expected_peer() -> None:
     r = Replicator(ME, Role.INITIATOR, expected_peer=PEER)
     assert r.start() == [ReadCheckpoint(PEER)]
-    assert r.checkpoint_read(Checkpoint(17, 5)) == [Send(Hello(ME, None, {}, PEER, 17))]
+    assert r.checkpoint_read(Checkpoint(17, 5)) == [Send(Hello(ME, None, {}, PEER, 17, features=FEATURES))]
     actions = r.handle(Welcome(PEER, checkpoint=9, scope=SCOPE))
     assert r.active and r.peer == PEER
     assert actions == [RecordAck(PEER, 9), ReadLog(9, 500, 1 << 20, SCOPE, PEER)]
@@ -110,7 +113,7 @@ def test_initiator_talking_to_an_unexpected_peer_expects_everything() -> None:
 def test_acceptor_welcomes_and_streams_from_the_hello_checkpoint() -> None:
     r, actions = active_acceptor(peer_checkpoint=7, our_checkpoint=3, info={"session_id": "s1"})
     assert actions == [
-        Send(Welcome(ME, 3, {}, {"session_id": "s1"})),
+        Send(Welcome(ME, 3, {}, {"session_id": "s1"}, FEATURES)),
         RecordAck(PEER, 7),
         ReadLog(7, 500, 1 << 20, SCOPE, PEER),
     ]
@@ -339,6 +342,30 @@ def test_receiving_a_snapshot_acks_pages_and_resumes_after_it() -> None:
     assert sends(r.snapshot_integrated(SnapshotResult(1))) == [Ack(2, snapshot_page=0)]
     assert sends(r.snapshot_integrated(SnapshotResult(1))) == [Ack(38, snapshot_page=1)]
     assert of(r.handle(Changes(38, 41, 41)), Integrate)
+
+
+def test_snapshot_documents_go_as_json_text_only_to_a_peer_that_announced_it() -> None:
+    # an older peer (no features in its Hello) gets the map form it knows
+    r, _ = active_acceptor(snapshot_limit=2)
+    r.log_read(LogBatch((), 0, 30, snapshot_required=True))
+    [old] = sends(r.snapshot_read(SnapshotPage((doc(1),), None, 30, 10, 1)))
+    assert not old.json_docs and old.to_body()["docs"] == [["c", 1, STATE]]
+    # a peer announcing snapshot_json gets [collection, key, epoch, live, body_json, meta_json]
+    r = Replicator(ME, Role.ACCEPTOR, snapshot_limit=2)
+    r.start()
+    r.handle(Hello(PEER, "t", SCOPE, ME, 0, features=("snapshot_json", "some_future_feature")))
+    r.checkpoint_read(Checkpoint())
+    r.log_read(LogBatch((), 0, 30, snapshot_required=True))
+    [new] = sends(r.snapshot_read(SnapshotPage((doc(1),), None, 30, 10, 1)))
+    assert new.json_docs and new == old
+    [wire] = new.to_body()["docs"]
+    assert wire[:4] == ["c", 1, STATE["epoch"], STATE["live"]]
+    assert json.loads(wire[4]) == STATE["body"] and json.loads(wire[5]) == STATE["meta"]
+    # the initiator learns the acceptor's features from its Welcome
+    i = Replicator(ME, Role.INITIATOR)
+    i.start()
+    i.handle(Welcome(PEER, features=("snapshot_json",)))
+    assert i.peer_features == {"snapshot_json"}
 
 
 def test_snapshot_pages_must_be_in_order() -> None:

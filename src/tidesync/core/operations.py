@@ -265,6 +265,10 @@ def op_from_wire(data: Any) -> Op:
     Raises:
         ValueError: the data is not a well-formed operation (the message says what is wrong).
     """
+    if type(data) is list and len(data) == 8 and data[0] == "C":
+        op = _create_from_wire(data)
+        if op is not None:
+            return op
     if not isinstance(data, (list, tuple)) or not data or not isinstance(data[0], str):
         raise ValueError("an operation is a list starting with its code")
     entry = _WIRE.get(data[0])
@@ -326,6 +330,26 @@ def op_from_wire(data: Any) -> Op:
     if expected is not None and len(op.epochs) != expected:
         raise ValueError(f"operation {data[0]!r} on path {op.path} needs {expected} epochs")
     return op  # type: ignore[no-any-return]
+
+
+def _create_from_wire(data: list[Any]) -> CreateDoc | None:
+    """The common case of :func:`op_from_wire`, a well-formed ``CreateDoc`` with exact types,
+    checked in a few steps; None on any doubt (the general path then says what is wrong)."""
+    _, collection, key, stamp, base, fields, kinds, defaults = data
+    if (type(collection) is not str or not collection or not is_stamp(stamp)
+            or not (base == "" or is_stamp(base)) or type(fields) is not dict or type(kinds) is not dict
+            or type(defaults) is not list):
+        return None
+    for k in fields:
+        if type(k) is not str:
+            return None
+    for k, v in kinds.items():
+        if type(k) is not str or v not in _KINDS:
+            return None
+    for k in defaults:
+        if type(k) is not str:
+            return None
+    return CreateDoc(collection, key, stamp, base, fields, kinds, tuple(defaults))
 
 
 def _expected_epochs(op: Op) -> int | None:

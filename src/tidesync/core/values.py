@@ -40,7 +40,9 @@ __all__ = [
     "to_plain",
     "from_plain",
     "canonical_json",
+    "compact_json",
     "loads_json",
+    "loads_json_strict",
     "datetime_to_micros",
     "micros_to_datetime",
     "TAGS",
@@ -172,6 +174,24 @@ def loads_json(text: str) -> Any:
     if end != len(text):
         return json.loads(text)
     return value
+
+
+#: Compact JSON in key order as given, the form a replica stores bodies and meta in.
+compact_json = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a plain value (JSON has no such number; write {{'$float': ...}})")
+
+
+_strict_decoder = json.JSONDecoder(parse_constant=_no_constant)
+
+
+def loads_json_strict(text: str) -> Any:
+    """``json.loads(text)`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (ValueError),
+    for JSON text from a peer. The result may still hold ints beyond 64 bits, numbers that
+    overflow to infinity or deep nesting: check it (``protocol.messages.check_plain``)."""
+    return _strict_decoder.decode(text)
 
 
 def canonical_json(plain: Plain) -> str:

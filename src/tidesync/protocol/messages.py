@@ -42,15 +42,17 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from ..core.stamp import ReplicaId, Stamp, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
-from ..core.values import Plain
+from ..core.values import Plain, compact_json, loads_json, loads_json_strict
 from .codes import ErrorAction, ErrorCode, action_of
 
 __all__ = [
     "MAX_SEQ",
+    "FEATURE_SNAPSHOT_JSON",
+    "FEATURES",
     "Scope",
     "check_scope",
     "check_plain",
@@ -82,6 +84,12 @@ __all__ = [
 MAX_SEQ = 2**63 - 1
 #: Deepest nesting of lists and maps a plain value may have.
 MAX_DEPTH = 64
+
+#: Feature (``Hello``/``Welcome`` ``features``): this side accepts ``snapshot`` documents in
+#: their JSON-text form, ``[collection, key, epoch, live, body_json, meta_json]``.
+FEATURE_SNAPSHOT_JSON = "snapshot_json"
+#: The optional features this implementation announces.
+FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON,)
 
 #: What a replica wants to receive: ``{}`` (everything), ``{"partition": {"key": field,
 #: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync).
@@ -133,6 +141,29 @@ def _map(name: str, value: object) -> dict[str, Any]:
 def _list(name: str, value: object) -> list[Any] | tuple[Any, ...]:
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{name} must be a list, not {type(value).__name__}")
+    return value
+
+
+def _features(value: object) -> tuple[str, ...]:
+    items = _list("features", value)
+    if len(items) > 64 or not all(isinstance(f, str) and 0 < len(f) <= 100 for f in items):
+        raise ValueError("features must be at most 64 non-empty str of at most 100 characters")
+    return tuple(items)
+
+
+def _json_map(name: str, text: object) -> dict[str, Any]:
+    """A JSON text that must hold a plain map: parsed and checked."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be a str of JSON, not {type(text).__name__}")
+    try:
+        value = loads_json_strict(text)
+    except RecursionError:
+        raise ValueError(f"{name}: nested more than {MAX_DEPTH} deep") from None
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be a JSON object, not {type(value).__name__}")
+    check_plain(value, name)
     return value
 
 
@@ -327,6 +358,7 @@ class Hello:
             integrated; the acceptor streams from there if ``acceptor_id`` is its own id,
             from 0 otherwise. Must be 0 when ``acceptor_id`` is None.
         client_info: free-form str -> str facts for logs (app name and version, platform).
+        features: optional protocol features the initiator supports (see :data:`FEATURES`).
     """
 
     TAG: ClassVar[str] = "hello"
@@ -337,6 +369,7 @@ class Hello:
     acceptor_id: ReplicaId | None = None
     checkpoint: int = 0
     client_info: dict[str, str] = field(default_factory=dict)
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _replica("replica_id", self.replica_id)
@@ -350,16 +383,23 @@ class Hello:
         if not isinstance(self.client_info, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) for k, v in self.client_info.items()):
             raise ValueError("client_info must map str to str")
+        if not isinstance(self.features, tuple):
+            raise ValueError("features must be a tuple")
+        _features(self.features)
 
     def to_body(self) -> dict[str, Any]:
-        return {"replica_id": self.replica_id, "token": self.token, "scope": self.scope,
+        body: dict[str, Any] = {"replica_id": self.replica_id, "token": self.token, "scope": self.scope,
                 "acceptor_id": self.acceptor_id, "checkpoint": self.checkpoint,
                 "client_info": self.client_info}
+        if self.features:
+            body["features"] = list(self.features)
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Hello:
         return cls(_get(body, "replica_id"), body.get("token"), body.get("scope", {}),
-                   body.get("acceptor_id"), body.get("checkpoint", 0), body.get("client_info", {}))
+                   body.get("acceptor_id"), body.get("checkpoint", 0), body.get("client_info", {}),
+                   _features(body.get("features", [])))
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,6 +412,7 @@ class Welcome:
             the initiator streams from there.
         scope: what the acceptor wants to receive (``{}``: everything, the usual server answer).
         session: free-form facts about the session for the initiator (session id, user id...).
+        features: optional protocol features the acceptor supports (see :data:`FEATURES`).
     """
 
     TAG: ClassVar[str] = "welcome"
@@ -380,21 +421,28 @@ class Welcome:
     checkpoint: int = 0
     scope: Scope = field(default_factory=dict)
     session: dict[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _replica("replica_id", self.replica_id)
         _int("checkpoint", self.checkpoint)
         check_scope(self.scope)
         _map("session", self.session)
+        if not isinstance(self.features, tuple):
+            raise ValueError("features must be a tuple")
+        _features(self.features)
 
     def to_body(self) -> dict[str, Any]:
-        return {"replica_id": self.replica_id, "checkpoint": self.checkpoint,
+        body: dict[str, Any] = {"replica_id": self.replica_id, "checkpoint": self.checkpoint,
                 "scope": self.scope, "session": self.session}
+        if self.features:
+            body["features"] = list(self.features)
+        return body
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> Welcome:
         return cls(_get(body, "replica_id"), body.get("checkpoint", 0), body.get("scope", {}),
-                   body.get("session", {}))
+                   body.get("session", {}), _features(body.get("features", [])))
 
 
 # ------------------------------------------------------------------------ replication
@@ -522,19 +570,77 @@ def _check_doc_state(name: str, state: object, *, plain: bool = False) -> dict[s
 
 @dataclass(frozen=True, slots=True)
 class SnapshotDoc:
-    """One document's full merge state: ``{"epoch", "live", "body", "meta"}`` (plain form)."""
+    """One document's full merge state: ``{"epoch", "live", "body", "meta"}`` (plain form).
+
+    ``json_form`` is ``(epoch, live, body_json, meta_json)``, body and meta as the compact JSON
+    text a replica stores, when the document was read from storage or received in that form
+    (see :data:`FEATURE_SNAPSHOT_JSON`); a document made with ``json_form`` alone
+    (:meth:`from_json_form`) parses ``state`` from it only when ``state`` is first read.
+    """
 
     collection: str
     key: Plain
     state: dict[str, Any]
+    json_form: tuple[str, bool, str, str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         _str("collection", self.collection, empty=False)
         check_plain(self.key, "key")
         _check_doc_state("state", self.state)
 
+    if not TYPE_CHECKING:
+        def __getattr__(self, name):
+            # Only an unset slot gets here: the state of a document made from its JSON form.
+            if name == "state":
+                form = object.__getattribute__(self, "json_form")
+                if form is not None:
+                    state = {"epoch": form[0], "live": form[1], "body": loads_json(form[2]),
+                             "meta": loads_json(form[3])}
+                    object.__setattr__(self, "state", state)
+                    return state
+            raise AttributeError(name)
+
     def to_wire(self) -> list[Any]:
         return [self.collection, self.key, self.state]
+
+    def to_json_wire(self) -> list[Any]:
+        """The JSON-text wire form, ``[collection, key, epoch, live, body_json, meta_json]``."""
+        form = self.json_form
+        if form is None:
+            state = self.state
+            form = (state["epoch"], state["live"], compact_json(state["body"]), compact_json(state["meta"]))
+        return [self.collection, self.key, *form]
+
+    @classmethod
+    def from_json_form(cls, collection: str, key: Plain, epoch: str, live: bool, body_json: str,
+                       meta_json: str) -> SnapshotDoc:
+        """A document read back from a replica's own storage (trusted, not validated), kept as
+        its JSON text: sending it in the JSON-text form costs no parsing."""
+        doc = object.__new__(cls)
+        object.__setattr__(doc, "collection", collection)
+        object.__setattr__(doc, "key", key)
+        object.__setattr__(doc, "json_form", (epoch, live, body_json, meta_json))
+        return doc
+
+    @classmethod
+    def from_json_wire(cls, data: object, *, plain: bool = False) -> SnapshotDoc:
+        """Parse and validate ``[collection, key, epoch, live, body_json, meta_json]``: body and
+        meta must be JSON objects of plain values (no NaN or Infinity, 64-bit ints, at most
+        :data:`MAX_DEPTH` deep). ``plain``: the list itself already passed :func:`check_plain`."""
+        if not isinstance(data, list) or len(data) != 6:
+            raise ValueError("a snapshot document is [collection, key, epoch, live, body_json, meta_json]")
+        collection, key, epoch, live, body_json, meta_json = data
+        _str("collection", collection, empty=False)
+        if not plain:
+            check_plain(key, "key")
+        if not isinstance(epoch, str) or not (epoch == "" or is_stamp(epoch)):
+            raise ValueError("state epoch must be a stamp or ''")
+        _bool("state live", live)
+        state = {"epoch": epoch, "live": live, "body": _json_map("state body_json", body_json),
+                 "meta": _json_map("state meta_json", meta_json)}
+        doc = cls.trusted(collection, key, state)
+        object.__setattr__(doc, "json_form", (epoch, live, body_json, meta_json))
+        return doc
 
     @classmethod
     def from_wire(cls, data: object, *, plain: bool = False) -> SnapshotDoc:
@@ -560,6 +666,7 @@ class SnapshotDoc:
         object.__setattr__(doc, "collection", collection)
         object.__setattr__(doc, "key", key)
         object.__setattr__(doc, "state", state)
+        object.__setattr__(doc, "json_form", None)
         return doc
 
 
@@ -581,6 +688,8 @@ class Snapshot:
             the ``done`` page is used.
         done: True on the last page.
         progress: documents sent so far and an estimate of the total.
+        json_docs: send the documents in their JSON-text form (only to a peer that announced
+            :data:`FEATURE_SNAPSHOT_JSON`); set on a received page that used it.
     """
 
     TAG: ClassVar[str] = "snapshot"
@@ -590,6 +699,7 @@ class Snapshot:
     as_of_seq: int
     done: bool
     progress: Progress = field(default_factory=Progress)
+    json_docs: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         _int("page", self.page)
@@ -601,15 +711,24 @@ class Snapshot:
             raise ValueError("progress must be a Progress")
 
     def to_body(self) -> dict[str, Any]:
-        return {"page": self.page, "docs": [d.to_wire() for d in self.docs],
+        docs = [d.to_json_wire() for d in self.docs] if self.json_docs else [d.to_wire() for d in self.docs]
+        return {"page": self.page, "docs": docs,
                 "as_of_seq": self.as_of_seq, "done": self.done, "progress": self.progress.to_wire()}
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> Snapshot:
-        """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``)."""
-        docs = tuple(SnapshotDoc.from_wire(d, plain=plain) for d in _list("docs", _get(body, "docs")))
-        return cls(_get(body, "page"), docs, _get(body, "as_of_seq"), _get(body, "done"),
-                   Progress.from_wire(body.get("progress", {})))
+        """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``).
+        Each document may be in either wire form."""
+        docs = []
+        json_docs = False
+        for d in _list("docs", _get(body, "docs")):
+            if isinstance(d, list) and len(d) == 6:
+                docs.append(SnapshotDoc.from_json_wire(d, plain=plain))
+                json_docs = True
+            else:
+                docs.append(SnapshotDoc.from_wire(d, plain=plain))
+        return cls(_get(body, "page"), tuple(docs), _get(body, "as_of_seq"), _get(body, "done"),
+                   Progress.from_wire(body.get("progress", {})), json_docs)
 
 
 # ------------------------------------------------------------------------ authority

@@ -74,6 +74,8 @@ from .messages import (
     Changes,
     Close,
     CompensatingWrite,
+    FEATURE_SNAPSHOT_JSON,
+    FEATURES,
     Descriptors,
     Error,
     Hello,
@@ -163,6 +165,10 @@ class Replicator:
         self.descriptor_lookahead = descriptor_lookahead
         self.snapshot_limit = snapshot_limit
 
+        #: Optional protocol features announced in our Hello/Welcome.
+        self.features: tuple[str, ...] = FEATURES
+        #: Those the peer announced (empty until the handshake, and for older peers).
+        self.peer_features: frozenset[str] = frozenset()
         #: The peer's replica id, once the handshake told it.
         self.peer: ReplicaId | None = None
         #: True between the end of the handshake and the end of the connection.
@@ -233,7 +239,7 @@ class Replicator:
         self._hello_checkpoint = checkpoint
         info = {str(k): str(v) for k, v in self.info.items()}
         return [Send(Hello(self.replica_id, self.token, self.scope, self.expected_peer,
-                           checkpoint if self.expected_peer is not None else 0, info))]
+                           checkpoint if self.expected_peer is not None else 0, info, self.features))]
 
     def checkpoint_read(self, checkpoint: Checkpoint) -> list[Action]:
         """The result of a :class:`~.actions.ReadCheckpoint`."""
@@ -244,7 +250,7 @@ class Replicator:
             self._in_checkpoint = self._in_durable = checkpoint.received
             self._phase = "active"
             self.active = True
-            welcome = Welcome(self.replica_id, checkpoint.received, self.scope, dict(self.info))
+            welcome = Welcome(self.replica_id, checkpoint.received, self.scope, dict(self.info), self.features)
             return [Send(welcome), *self._start_streaming(self._hello_checkpoint)]
         raise UsageError("checkpoint_read() without a pending ReadCheckpoint")
 
@@ -255,6 +261,7 @@ class Replicator:
             return [Fail(ProtocolError("the peer has this replica's id",
                                        code=ErrorCode.SAME_REPLICA))]
         self.peer = hello.replica_id
+        self.peer_features = frozenset(hello.features)
         self._peer_scope = hello.scope
         self._hello_checkpoint = hello.checkpoint if hello.acceptor_id == self.replica_id else 0
         self._phase = "reading_peer_checkpoint"
@@ -267,6 +274,7 @@ class Replicator:
             return [Fail(ProtocolError("the peer has this replica's id",
                                        code=ErrorCode.SAME_REPLICA))]
         self.peer = welcome.replica_id
+        self.peer_features = frozenset(welcome.features)
         self._peer_scope = welcome.scope
         # Our Hello's checkpoint only counted if we were talking to the replica we expected.
         held = self._hello_checkpoint if welcome.replica_id == self.expected_peer else 0
@@ -488,7 +496,8 @@ class Replicator:
         total = max(page.estimate, self._snap_sent_docs)
         message = Snapshot(self._snap_page, page.docs, as_of, done,
                            Progress(self._snap_sent_docs, total, self._snap_sent_bytes,
-                                    self._snap_sent_bytes))
+                                    self._snap_sent_bytes),
+                           json_docs=FEATURE_SNAPSHOT_JSON in self.peer_features)
         self._snap_inflight.append((self._snap_page, done, as_of))
         self._snap_page += 1
         self._snap_cursor = page.cursor

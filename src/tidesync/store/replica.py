@@ -362,9 +362,9 @@ class ReplicaStore:
         nbytes = 0
         last = after
         for rowid, coll, pk, body, meta, epoch, live in rows:
-            # Read back from this file, where only checked plain values are stored.
-            docs.append(SnapshotDoc.trusted(coll, json.loads(pk), {
-                "epoch": epoch, "live": bool(live), "body": json.loads(body), "meta": json.loads(meta)}))
+            # Read back from this file, where only checked plain values are stored; kept as
+            # the stored text (parsed only if something reads the state).
+            docs.append(SnapshotDoc.from_json_form(coll, json.loads(pk), epoch, bool(live), body, meta))
             nbytes += len(body) + len(meta) + len(pk)
             last = rowid
             if nbytes >= max_bytes:
@@ -387,6 +387,7 @@ class ReplicaStore:
                 refs = [(doc.collection, canonical_json(doc.key)) for doc in docs]
                 existing = self._states_of(refs)
                 states: list[tuple[str, Ref, merge.DocState]] = []
+                texts: dict[int, tuple[str, str]] = {}  # states stored exactly as received
                 pending: dict[Ref, int] = {}
                 for doc, ref in zip(docs, refs):
                     incoming = merge.DocState(epoch=doc.state["epoch"], live=bool(doc.state["live"]),
@@ -395,6 +396,7 @@ class ReplicaStore:
                     if ref in pending:  # the same document twice in one page
                         joined = merge.join(states[pending[ref]][2], incoming, policies, collection=doc.collection)
                         states[pending[ref]] = (doc.collection, ref, joined)
+                        texts.pop(pending[ref], None)
                         continue
                     if row is not None:
                         local = merge.DocState(epoch=Stamp(row[2]), live=bool(row[3]),
@@ -405,14 +407,17 @@ class ReplicaStore:
                             continue
                     elif incoming.live or incoming.epoch != merge.new_state().epoch:
                         # Nothing here to join with: the join with the empty state is the
-                        # incoming state itself (stored as the peer stores it, compact or not).
+                        # incoming state itself (stored as the peer stores it, compact or not,
+                        # and as the very JSON text it came in, when it came as text).
                         joined = incoming
+                        if doc.json_form is not None:
+                            texts[len(states)] = (doc.json_form[2], doc.json_form[3])
                     else:
                         joined = merge.join(merge.new_state(), incoming, policies, collection=doc.collection)
                     pending[ref] = len(states)
                     states.append((doc.collection, ref, joined))
                     changed += 1
-                self._store_states(states)
+                self._store_states(states, texts)
                 clock = getattr(self, "_clock", None)
                 if clock is not None and states:
                     # Later local writes must stamp after everything the snapshot holds (a new
@@ -458,18 +463,21 @@ class ReplicaStore:
                     found[(coll, pk)] = (body, meta, epoch, live)
         return found
 
-    def _store_states(self, states: Sequence[tuple[str, Ref, merge.DocState]]) -> None:
-        """:meth:`_store_state` for many documents: one statement, one tick setting write."""
+    def _store_states(self, states: Sequence[tuple[str, Ref, merge.DocState]],
+                      texts: dict[int, tuple[str, str]] | None = None) -> None:
+        """:meth:`_store_state` for many documents: one statement, one tick setting write.
+        ``texts``: by index in ``states``, (body, meta) JSON text to store as it is."""
         if not states:
             return
         pkey = getattr(self, "partition_key", None)
         tick = int(self._setting("snapshot_tick") or 0)
         rows = []
-        for collection, ref, state in states:
+        for i, (collection, ref, state) in enumerate(states):
             tick -= 1
             scope = canonical_json(state.body.get(pkey)) if pkey is not None and state.live else None
-            rows.append((collection, ref[1], _json_encode(state.body), _json_encode(state.meta), state.epoch,
-                         1 if state.live else 0, tick, scope))
+            text = texts.get(i) if texts else None
+            body, meta = text if text is not None else (_json_encode(state.body), _json_encode(state.meta))
+            rows.append((collection, ref[1], body, meta, state.epoch, 1 if state.live else 0, tick, scope))
         self._engine.executemany(
             "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "

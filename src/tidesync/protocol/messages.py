@@ -163,8 +163,29 @@ def _json_map(name: str, text: object) -> dict[str, Any]:
         raise ValueError(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, not {type(value).__name__}")
-    check_plain(value, name)
+    if not _flat_json_ok(value):
+        check_plain(value, name)
     return value
+
+
+def _flat_json_ok(value: dict[str, Any]) -> bool:
+    """True for a parsed JSON object holding only plain scalars (its keys are str: JSON's
+    are); False on anything else, for :func:`check_plain` to decide."""
+    lo, hi, isfinite = -(2**63), 2**63 - 1, math.isfinite
+    for v in value.values():
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is int:
+            if lo <= v <= hi:
+                continue
+            return False
+        if t is float:
+            if isfinite(v):
+                continue
+            return False
+        return False
+    return True
 
 
 def _get(body: Mapping[str, Any], key: str) -> Any:

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..core import merge
-from ..core.stamp import ReplicaId, Stamp
+from ..core.stamp import ZERO, ReplicaId, Stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json
 from ..protocol.messages import Scope, SnapshotDoc
@@ -405,7 +405,7 @@ class ReplicaStore:
                         if (joined.epoch, joined.live, joined.body, joined.meta) == (local.epoch, local.live, local.body, local.meta):
                             unchanged += 1
                             continue
-                    elif incoming.live or incoming.epoch != merge.new_state().epoch:
+                    elif incoming.live or incoming.epoch != ZERO:
                         # Nothing here to join with: the join with the empty state is the
                         # incoming state itself (stored as the peer stores it, compact or not,
                         # and as the very JSON text it came in, when it came as text).
@@ -422,8 +422,8 @@ class ReplicaStore:
                 if clock is not None and states:
                     # Later local writes must stamp after everything the snapshot holds (a new
                     # list element's id must sort after the element it follows).
-                    for _, _, st in states:
-                        clock.observe(merge.latest_stamp(st))
+                    # The latest stamp sorts last as a str (wall clock and counter first).
+                    clock.observe(max(merge.latest_stamp(st) for _, _, st in states))
                     self._set_setting("clock", clock.last)
                 if changed:
                     head = self.head_seq()

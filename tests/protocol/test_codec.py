@@ -269,6 +269,21 @@ def test_snapshot_documents_in_json_text_form_round_trip_and_keep_their_text() -
     assert [d.state["body"] for d in decode(mixed).docs] == [state["body"], {"n": 1}]
 
 
+@pytest.mark.parametrize("meta_json", [
+    '{"*":"' + "0" * 18 + "a" * 16 + '"}',      # a fresh document's compact meta (read directly)
+    '{"*":"' + "Z" * 34 + '"}',                 # same length, not a stamp: parsed as JSON
+    '{"*":"' + "0" * 17 + 'a' * 16 + '"} ',      # trailing space: parsed as JSON
+    '{"*":"' + "0" * 18 + "a" * 16 + '","x":1}',
+])
+def test_snapshot_meta_json_reads_as_json_would(meta_json: str) -> None:
+    import json
+
+    payload = raw("snapshot", {"page": 0, "as_of_seq": 1, "done": True,
+                               "docs": [["c", 1, "", True, "{}", meta_json]]})
+    [doc] = decode(payload).docs
+    assert doc.state["meta"] == json.loads(meta_json)
+
+
 def test_hello_and_welcome_features_are_optional_and_round_trip() -> None:
     from tidesync.protocol import Welcome
 

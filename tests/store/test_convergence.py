@@ -129,3 +129,28 @@ def test_integrating_a_batch_writes_the_file_as_one_at_a_time_would(tmp_path_fac
     finally:
         for s in sources:
             s.close()
+
+
+def test_latest_stamp_of_a_snapshot_page_is_the_latest_of_each_document():
+    from tidesync.core import merge
+    from tidesync.store.replica import _latest_of
+
+    def stamp(wall: int, rid: str = "a") -> str:
+        return f"{wall:012x}000000" + rid * 16
+
+    rng = random.Random(5)
+    for _ in range(200):
+        states = []
+        for _ in range(rng.randint(1, 6)):
+            kind = rng.random()
+            if kind < 0.4:
+                meta = {"*": stamp(rng.randint(1, 99), rng.choice("abc"))}
+            elif kind < 0.5:
+                meta = {"*": rng.choice(["zz" * 20, 7, "", "g" * 34])}  # not stamps: ignored
+            elif kind < 0.8:
+                meta = {"r": {"title": stamp(rng.randint(1, 99))}}
+            else:
+                meta = {}
+            epoch = rng.choice(["", stamp(rng.randint(1, 99))])
+            states.append(("c", ("c", '"k"'), merge.DocState(epoch, True, {}, meta)))
+        assert _latest_of(states) == max(merge.latest_stamp(st) for _, _, st in states)

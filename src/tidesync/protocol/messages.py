@@ -657,8 +657,12 @@ class SnapshotDoc:
         if not isinstance(epoch, str) or not (epoch == "" or is_stamp(epoch)):
             raise ValueError("state epoch must be a stamp or ''")
         _bool("state live", live)
-        state = {"epoch": epoch, "live": live, "body": _json_map("state body_json", body_json),
-                 "meta": _json_map("state meta_json", meta_json)}
+        if (type(meta_json) is str and len(meta_json) == 42 and meta_json.startswith('{"*":"')
+                and meta_json.endswith('"}') and is_stamp(meta_json[6:40])):
+            meta: dict[str, Any] = {"*": meta_json[6:40]}  # a fresh document's compact meta
+        else:
+            meta = _json_map("state meta_json", meta_json)
+        state = {"epoch": epoch, "live": live, "body": _json_map("state body_json", body_json), "meta": meta}
         doc = cls.trusted(collection, key, state)
         object.__setattr__(doc, "json_form", (epoch, live, body_json, meta_json))
         return doc

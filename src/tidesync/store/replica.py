@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..core import merge
-from ..core.stamp import ZERO, ReplicaId, Stamp
+from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json
 from ..protocol.messages import Scope, SnapshotDoc
@@ -122,6 +122,26 @@ class _LogCache:
             if r.seq not in self._rows:
                 self._rows[r.seq] = r
                 self._bytes += r.size
+
+
+def _latest_of(states: Sequence[tuple[str, Ref, merge.DocState]]) -> Stamp:
+    """The latest of ``merge.latest_stamp`` over ``states``: stamps sort as str (wall clock and
+    counter first). A compact meta (``{"*": stamp}``, a fresh document's) is read directly."""
+    candidates: list[str] = []
+    others = []
+    for _, _, st in states:
+        star = st.meta.get("*")
+        if type(star) is str:
+            candidates.append(star)
+            candidates.append(st.epoch)
+        else:
+            others.append(st)
+    best = max(candidates) if candidates else ""
+    if best and not is_stamp(best):  # not a stamp (latest_stamp ignores those): go the long way
+        return max(merge.latest_stamp(st) for _, _, st in states)
+    if others:
+        best = max(best, max(merge.latest_stamp(st) for st in others))
+    return Stamp(best)
 
 
 class ReplicaStore:
@@ -422,8 +442,7 @@ class ReplicaStore:
                 if clock is not None and states:
                     # Later local writes must stamp after everything the snapshot holds (a new
                     # list element's id must sort after the element it follows).
-                    # The latest stamp sorts last as a str (wall clock and counter first).
-                    clock.observe(max(merge.latest_stamp(st) for _, _, st in states))
+                    clock.observe(_latest_of(states))
                     self._set_setting("clock", clock.last)
                 if changed:
                     head = self.head_seq()

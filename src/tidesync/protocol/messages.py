@@ -153,7 +153,7 @@ def _features(value: object) -> tuple[str, ...]:
 
 def _json_map(name: str, text: object) -> dict[str, Any]:
     """A JSON text that must hold a plain map: parsed and checked."""
-    if not isinstance(text, str):
+    if type(text) is not str:
         raise ValueError(f"{name} must be a str of JSON, not {type(text).__name__}")
     try:
         value = loads_json_strict(text)
@@ -651,20 +651,26 @@ class SnapshotDoc:
         if not isinstance(data, list) or len(data) != 6:
             raise ValueError("a snapshot document is [collection, key, epoch, live, body_json, meta_json]")
         collection, key, epoch, live, body_json, meta_json = data
-        _str("collection", collection, empty=False)
+        if type(collection) is not str or not collection:
+            _str("collection", collection, empty=False)
         if not plain:
             check_plain(key, "key")
-        if not isinstance(epoch, str) or not (epoch == "" or is_stamp(epoch)):
+        if not (epoch == "" or is_stamp(epoch)):
             raise ValueError("state epoch must be a stamp or ''")
-        _bool("state live", live)
+        if live is not True and live is not False:
+            raise ValueError(f"state live must be a bool, not {live!r:.80}")
         if (type(meta_json) is str and len(meta_json) == 42 and meta_json.startswith('{"*":"')
                 and meta_json.endswith('"}') and is_stamp(meta_json[6:40])):
             meta: dict[str, Any] = {"*": meta_json[6:40]}  # a fresh document's compact meta
         else:
             meta = _json_map("state meta_json", meta_json)
-        state = {"epoch": epoch, "live": live, "body": _json_map("state body_json", body_json), "meta": meta}
-        doc = cls.trusted(collection, key, state)
-        object.__setattr__(doc, "json_form", (epoch, live, body_json, meta_json))
+        body = _json_map("state body_json", body_json)
+        doc = object.__new__(cls)
+        setattr_ = object.__setattr__
+        setattr_(doc, "collection", collection)
+        setattr_(doc, "key", key)
+        setattr_(doc, "state", {"epoch": epoch, "live": live, "body": body, "meta": meta})
+        setattr_(doc, "json_form", (epoch, live, body_json, meta_json))
         return doc
 
     @classmethod

@@ -93,6 +93,7 @@ def _file_state(db):
         "heads": q("SELECT id FROM heads ORDER BY id"),
         "documents": q("SELECT collection, pk, body, meta, epoch, live, seq, scope FROM documents ORDER BY pk"),
         "conflicts": q("SELECT txn, collection, pk, path, rule, winner, loser FROM conflicts ORDER BY txn, path"),
+        "order": q("SELECT pk FROM documents ORDER BY rowid"),
     }
 
 

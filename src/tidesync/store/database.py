@@ -769,7 +769,10 @@ class Database(ReplicaStore):
             # is still a duplicate.
             known.update(r[0] for r in self._engine.query(
                 f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
-        docs = self._load_docs([op for t in txns if t.id not in known for op in t.ops])
+        try:
+            docs = self._load_docs([op for t in txns if t.id not in known for op in t.ops])
+        except (ValueError, TypeError, KeyError):
+            docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
         last_seq = 0
         # Log entries are written together (seqs assigned here, in order) unless something
@@ -814,12 +817,18 @@ class Database(ReplicaStore):
             applied += 1
         if unlogged:
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
-        by_seq: dict[int, list[LoadedDoc]] = {}
+        # In first-touch order (new documents' rowids as before), one statement per run of
+        # documents with the same seq instead of one per document.
+        run: list[LoadedDoc] = []
         for d in docs.values():
-            if d.dirty:
-                by_seq.setdefault(d.seq, []).append(d)
-        for seq, group in by_seq.items():  # one statement per transaction, not per document
-            self._write_docs(group, seq)
+            if not d.dirty:
+                continue
+            if run and run[0].seq != d.seq:
+                self._write_docs(run, run[0].seq)
+                run = []
+            run.append(d)
+        if run:
+            self._write_docs(run, run[0].seq)
         if peer is not None and peer_seq is not None:
             self._engine.execute(
                 "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "

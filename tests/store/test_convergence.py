@@ -155,3 +155,23 @@ def test_latest_stamp_of_a_snapshot_page_is_the_latest_of_each_document():
             epoch = rng.choice(["", stamp(rng.randint(1, 99))])
             states.append(("c", ("c", '"k"'), merge.DocState(epoch, True, {}, meta)))
         assert _latest_of(states) == max(merge.latest_stamp(st) for _, _, st in states)
+
+
+def test_snapshot_json_text_is_stored_as_received_on_a_device_and_re_encoded_on_a_server(tmp_path):
+    from tidesync.core.stamp import ReplicaId
+    from tidesync.protocol.messages import SnapshotDoc
+    from tidesync.store.database import Database
+
+    docs = [SnapshotDoc.from_json_wire(["WorkOrder", "k1", "", True, '{"_id": "k1", "title": "t"}', "{}"]),
+            SnapshotDoc.from_json_wire(["WorkOrder", "k2", "", True, '{"_id":"k2","title":"u"}', "{}"])]
+    peer = ReplicaId("00000000000000ab")
+    stored = {}
+    for name, serving in (("device", False), ("server", True)):
+        db = Database(tmp_path / f"{name}.db", (), bootstrap_with_snapshot=serving)
+        try:
+            db.integrate_snapshot(docs, peer=peer, as_of_seq=1)
+            stored[name] = db._engine.query("SELECT pk, body FROM documents ORDER BY pk")
+        finally:
+            db.close()
+    assert stored["device"] == [('"k1"', '{"_id": "k1", "title": "t"}'), ('"k2"', '{"_id":"k2","title":"u"}')]
+    assert stored["server"] == [('"k1"', '{"_id":"k1","title":"t"}'), ('"k2"', '{"_id":"k2","title":"u"}')]

@@ -401,6 +401,10 @@ class ReplicaStore:
         """Join snapshot documents into the local ones (a merge, never an overwrite)."""
         changed = unchanged = 0
         policies = getattr(self, "_policies", None)
+        # A device stores its server's JSON text as it came. A replica that serves others (the
+        # server) re-encodes what a peer sent: its text feeds SQL queries made for every user,
+        # and JSON allowed in transit (duplicate keys, spacing) must not reach them.
+        verbatim = not self.bootstrap_with_snapshot
         with self._lock:
             self._check_open()
             with self._engine.atomic():
@@ -430,7 +434,7 @@ class ReplicaStore:
                         # incoming state itself (stored as the peer stores it, compact or not,
                         # and as the very JSON text it came in, when it came as text).
                         joined = incoming
-                        if doc.json_form is not None:
+                        if doc.json_form is not None and verbatim:
                             texts[len(states)] = (doc.json_form[2], doc.json_form[3])
                     else:
                         joined = merge.join(merge.new_state(), incoming, policies, collection=doc.collection)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -29,7 +30,7 @@ from ..core.models import (
 from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
 from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
-from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
+from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
 from ..core.values import Plain, canonical_json, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
@@ -297,7 +298,7 @@ class Database(ReplicaStore):
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))
-                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies)
+                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies, self._load_docs)
                 self._txn, self._txn_thread = txn, threading.get_ident()
                 try:
                     yield
@@ -339,6 +340,22 @@ class Database(ReplicaStore):
         # The before-image keeps the text: it is decoded again only if it is needed whole.
         return LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
 
+    def _load_docs(self, collection: str, keys: Sequence[tuple[Plain, Ref]]) -> dict[Ref, LoadedDoc]:
+        """The documents of ``keys`` that the file holds (as :meth:`_load_doc`), by ref."""
+        out: dict[Ref, LoadedDoc] = {}
+        by_pk = {ref[1]: (key, ref) for key, ref in keys}
+        pks = list(by_pk)
+        for i in range(0, len(pks), 500):
+            chunk = pks[i:i + 500]
+            for pk, body_text, meta_text, epoch, live in self._engine.query(
+                    "SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                    f"AND pk IN ({','.join('?' * len(chunk))})", [collection, *chunk]):
+                key, ref = by_pk[pk]
+                state = merge.DocState(epoch=epoch, live=bool(live), body=loads_json(body_text),
+                                       meta=loads_json(meta_text))
+                out[ref] = LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
+        return out
+
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
         if not txn.ops:
             return None
@@ -346,18 +363,21 @@ class Database(ReplicaStore):
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
-        seq = self._append_log(t)
+        seq = self._append_log(t, touches=tuple(txn.touched.values()))
         self._write_docs(txn.docs.values(), seq)
         self._record_conflicts(t.id, txn.conflicts)
         self._set_setting("clock", self._clock.last)
         return seq
 
-    def _append_log(self, t: Transaction, via: str | None = None) -> int:
+    def _append_log(self, t: Transaction, via: str | None = None,
+                    touches: tuple[tuple[str, Plain], ...] | None = None) -> int:
+        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known)."""
         data = msgpack.packb(t.to_wire(), use_bin_type=True)
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
-        desc = t.descriptor(len(data))
+        desc = t.descriptor(len(data)) if touches is None else Descriptor(
+            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops), len(data))
         self._engine.execute(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
@@ -441,14 +461,85 @@ class Database(ReplicaStore):
         obj = self._model(cls)
         txn = self._current_txn()
         given = {**values, **kwargs} if values else kwargs
+        plan = self._create_plans.get(obj.name) or self._create_plan(obj)
+        coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
+        self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref)
+        return self._managed(cls, obj, key, ref)
+
+    def create_many(self, cls: type[M], items: Iterable[Mapping[str, Any] | M], /, *,
+                    update: Literal["modified", "all"] | None = None) -> int:
+        """Create many objects at once (a data import); return how many items were given.
+
+        The same as ``db.create(cls, item, update=update)`` for each item in order, in the
+        current write transaction (one operation per document, the same validation, errors,
+        listeners and sync), but faster: existing documents are looked up in bulk and no managed
+        objects are returned. Must be called inside ``db.write()``.
+
+        All or nothing: if an item fails (a validation error, a document that already exists
+        when ``update`` is None, an item of another type), the call raises and leaves nothing of
+        its items behind; the write transaction stays usable.
+
+        Args:
+            cls: the model class.
+            items: mappings of field values, or unmanaged objects of ``cls``.
+            update: as for :meth:`create`.
+        """
+        obj = self._model(cls)
+        txn = self._current_txn()
+        plan = self._create_plans.get(obj.name) or self._create_plan(obj)
+        name = obj.name
+        n = 0
+        with self._engine.atomic(), txn.savepoint():
+            it = iter(items)
+            while True:
+                chunk = list(islice(it, 500))
+                if not chunk:
+                    break
+                # Validate the chunk first, to look its documents up in one query; an error is
+                # raised after the items before it are created, as a loop of create() would.
+                prepared = []
+                error: Exception | None = None
+                for item in chunk:
+                    try:
+                        given = self._given_of(cls, item)
+                        prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
+                    except Exception as exc:
+                        error = exc
+                        break
+                txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
+                for given, (coerced, defaults, key, ref) in prepared:
+                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref)
+                n += len(prepared)
+                if error is not None:
+                    raise error
+        return n
+
+    @staticmethod
+    def _given_of(cls: type[_ModelBase], item: Any) -> dict[str, Any]:
+        if isinstance(item, Mapping):
+            return dict(item)
+        if type(item) is cls:
+            if item._ts_binding is not None:
+                raise UsageError(f"create_many takes unmanaged {cls.__name__} objects or mappings, "
+                                 "got a managed object")
+            return dict(item._ts_values)
+        raise UsageError(f"create_many takes mappings or unmanaged {cls.__name__} objects, "
+                         f"got {type(item).__name__}")
+
+    def _create_plan(self, obj: ObjectSchema) -> dict[str, tuple[FieldSchema, type | None]]:
+        """name -> (field, the type whose values are their own coerced plain form)."""
+        plan = self._create_plans[obj.name] = {name: (f, self_plain_type(f.type)) for name, f in obj.fields.items()}
+        return plan
+
+    def _prepare_create(self, cls: type[_ModelBase], obj: ObjectSchema,
+                        plan: dict[str, tuple[FieldSchema, type | None]], given: dict[str, Any],
+                        update: str | None) -> tuple[dict[str, Any], list[str], Plain, Ref]:
+        """Check and coerce the given values of a create (no side effect); the key and ref."""
         fields = obj.fields
         if not given.keys() <= fields.keys():
             unknown = set(given) - set(fields)
             raise ValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields are {sorted(fields)}")
         owner = cls.__name__
-        plan = self._create_plans.get(obj.name)
-        if plan is None:  # name -> (field, the type whose values are their own coerced plain form)
-            plan = self._create_plans[obj.name] = {name: (f, self_plain_type(f.type)) for name, f in fields.items()}
         coerced: dict[str, Any] = {}
         defaults: list[str] = []
         for name, (f, same) in plan.items():
@@ -462,7 +553,13 @@ class Database(ReplicaStore):
                 coerced[name] = coerce(owner, f, v)
                 defaults.append(name)
         key = value_to_plain(fields["_id"].type, coerced["_id"])
-        ref = (obj.name, canonical_json(key))
+        return coerced, defaults, key, (obj.name, canonical_json(key))
+
+    def _finish_create(self, cls: type[_ModelBase], obj: ObjectSchema,
+                       plan: dict[str, tuple[FieldSchema, type | None]], txn: WriteTransaction,
+                       given: dict[str, Any], update: str | None, coerced: dict[str, Any],
+                       defaults: list[str], key: Plain, ref: Ref) -> None:
+        """Write a prepared create into the transaction (an upsert when ``update`` is given)."""
         d = txn.doc(obj.name, key, ref)
         if d.state.live:
             if update is None:
@@ -477,7 +574,7 @@ class Database(ReplicaStore):
                 if update == "modified" and existing.get(name, MISSING_FIELD) == value_to_plain(f.type, value):
                     continue
                 txn.assign(d, (name,), f.type, value)
-            return self._managed(cls, obj, key, ref)
+            return
         if update is not None:
             for name, f in obj.fields.items():
                 if name not in coerced:
@@ -507,7 +604,6 @@ class Database(ReplicaStore):
             if pkey in defaults:
                 defaults.remove(pkey)
         txn.create(obj, key, plain, defaults, ref)
-        return self._managed(cls, obj, key, ref)
 
     def _adopt_field(self, t: FieldType, value: Any) -> Any:
         if value is None:

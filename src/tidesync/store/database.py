@@ -8,6 +8,7 @@ same file; SQLite's locking serializes their writes.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -52,6 +53,7 @@ M = TypeVar("M", bound=_ModelBase)
 Ref = tuple[str, str]
 
 _CACHE_LIMIT = 20_000
+_UNCACHED: Any = object()
 _MAY_LINK = frozenset({"link", "list", "set"})  # field kinds _adopt_field may have to adopt
 
 
@@ -103,6 +105,25 @@ class IntegrateResult(ProtocolIntegrateResult):
 
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a bulk step, then restore it as it was.
+
+    A bulk create or a big commit allocates hundreds of thousands of objects that form no
+    reference cycles (reference counting frees them all), yet each automatic full collection
+    in between scans every one of them: about a third of the CPU time of such a step. Cyclic
+    garbage made meanwhile (by any thread) is collected after it, at the next collection.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
@@ -359,6 +380,10 @@ class Database(ReplicaStore):
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
         if not txn.ops:
             return None
+        with _gc_paused():
+            return self._commit_ops(txn, meta)
+
+    def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
         first = txn.ops[0].stamp
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
@@ -489,7 +514,7 @@ class Database(ReplicaStore):
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
         name = obj.name
         n = 0
-        with self._engine.atomic(), txn.savepoint():
+        with self._engine.atomic(), txn.savepoint(), _gc_paused():
             it = iter(items)
             while True:
                 chunk = list(islice(it, 500))
@@ -506,9 +531,10 @@ class Database(ReplicaStore):
                     except Exception as exc:
                         error = exc
                         break
-                txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
+                absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
                 for given, (coerced, defaults, key, ref) in prepared:
-                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref)
+                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
+                                        ref in absent)
                 n += len(prepared)
                 if error is not None:
                     raise error
@@ -516,6 +542,8 @@ class Database(ReplicaStore):
 
     @staticmethod
     def _given_of(cls: type[_ModelBase], item: Any) -> dict[str, Any]:
+        if type(item) is dict:
+            return item  # read, never changed
         if isinstance(item, Mapping):
             return dict(item)
         if type(item) is cls:
@@ -558,10 +586,13 @@ class Database(ReplicaStore):
     def _finish_create(self, cls: type[_ModelBase], obj: ObjectSchema,
                        plan: dict[str, tuple[FieldSchema, type | None]], txn: WriteTransaction,
                        given: dict[str, Any], update: str | None, coerced: dict[str, Any],
-                       defaults: list[str], key: Plain, ref: Ref) -> None:
-        """Write a prepared create into the transaction (an upsert when ``update`` is given)."""
-        d = txn.doc(obj.name, key, ref)
-        if d.state.live:
+                       defaults: list[str], key: Plain, ref: Ref, absent: bool = False) -> None:
+        """Write a prepared create into the transaction (an upsert when ``update`` is given);
+        ``absent``: the file does not hold the document (it may be in the transaction)."""
+        d = txn.docs.get(ref) if absent else txn.doc(obj.name, key, ref)
+        if d is None:
+            pass  # new: created below without loading
+        elif d.state.live:
             if update is None:
                 raise ValidationError(f"a {cls.__name__} with _id {coerced['_id']!r} already exists",
                                       advice="pass update='modified' to update it instead")
@@ -603,7 +634,10 @@ class Database(ReplicaStore):
             plain[pkey] = pvalue
             if pkey in defaults:
                 defaults.remove(pkey)
-        txn.create(obj, key, plain, defaults, ref)
+        if d is None:
+            txn.create_new(obj, key, plain, defaults, ref)
+        else:
+            txn.create(obj, key, plain, defaults, ref)
 
     def _adopt_field(self, t: FieldType, value: Any) -> Any:
         if value is None:
@@ -708,16 +742,18 @@ class Database(ReplicaStore):
     def _body_of(self, ref: Ref) -> dict[str, Plain] | None:
         """The live body of a document (the write transaction's view inside ``write()``)."""
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             txn = self._txn
             if txn is not None and self._txn_thread == threading.get_ident():
                 d = txn.docs.get(ref)
                 if d is not None:
                     return d.state.body if d.state.live else None
-            else:
+            elif time.monotonic() - self._checked_at >= 0.002:  # _refresh's own test, without the call
                 self._refresh()
-            if ref in self._cache:
-                return self._cache[ref]
+            cached = self._cache.get(ref, _UNCACHED)
+            if cached is not _UNCACHED:
+                return cached  # type: ignore[return-value]
             rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1", ref)
             body = loads_json(rows[0][0]) if rows else None
             if len(self._cache) > _CACHE_LIMIT:

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from ..core.models import _ModelBase
 from ..core.values import loads_json
 from ..query import Query, compile_order, compile_sql, parse_query
+from .database import _CACHE_LIMIT
+from .managed import ObjectBinding
 
 if TYPE_CHECKING:
     from .database import Database
@@ -142,10 +144,15 @@ class Results(Generic[M]):
         return bool(self._select("1", 0, 1))
 
     def __iter__(self) -> Iterator[M]:
+        db = self._db
+        # A result of at most one page is read with one statement; a larger one from a
+        # snapshot of its rowids, a page of bodies at a time (memory stays flat).
+        rows = self._select("documents.rowid, documents.pk, documents.body", 0, _PAGE + 1)
+        if len(rows) <= _PAGE:
+            yield from self._managed_page(rows)
+            return
+        del rows
         rowids = self._rowids()
-        db, cls = self._db, self._cls
-        name = cls.__name__
-        schema = db.schema[name]
         for i in range(0, len(rowids), _PAGE):
             chunk = rowids[i:i + _PAGE].tolist()
             with db._lock:
@@ -153,14 +160,32 @@ class Results(Generic[M]):
                 rows = db._engine.query(
                     f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
                     chunk)
-            by_id = {r[0]: (r[1], r[2]) for r in rows}
-            for rid in chunk:
-                hit = by_id.get(rid)
-                if hit is not None:
-                    pk_text = hit[0]
-                    ref = (name, pk_text)
-                    db._prime(ref, loads_json(hit[1]))
-                    yield db._managed(cls, schema, _key_of(pk_text), ref)
+            by_id = {r[0]: r for r in rows}
+            yield from self._managed_page([hit for rid in chunk if (hit := by_id.get(rid)) is not None])
+
+    def _managed_page(self, rows: Sequence[tuple[Any, ...]]) -> list[M]:
+        """Managed objects of (rowid, pk, body) rows, their bodies cached (decoded under the
+        lock, so a commit cannot clear the cache between the read and the caching)."""
+        db, cls = self._db, self._cls
+        name = cls.__name__
+        schema = db.schema[name]
+        out: list[M] = []
+        append = out.append
+        with db._lock:
+            cache = db._cache if db._txn is None else None
+            if cache is not None and len(cache) + len(rows) > _CACHE_LIMIT:
+                cache.clear()
+            for _, pk_text, body_text in rows:
+                ref = (name, pk_text)
+                body = loads_json(body_text)
+                if cache is not None:
+                    cache[ref] = body
+                obj = cls.__new__(cls)
+                obj._ts_binding = ObjectBinding(db, name, _key_of(pk_text), ref, (), schema)
+                obj._ts_ref = ref
+                obj._ts_values = {}
+                append(obj)
+        return out
 
     @overload
     def __getitem__(self, index: int) -> M: ...

@@ -23,6 +23,7 @@ from ..core.operations import (
     SetAdd, SetContainer, SetRemove, SetValue, Unset,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
+from ..core.stamp import ZERO
 from ..core.transaction import MISSING_FIELD, BeforeImage
 from ..core.values import Plain, canonical_json
 
@@ -118,26 +119,30 @@ class WriteTransaction:
                 self._new_refs.add(ref)
         return d
 
-    def prefetch(self, collection: str, keys: Iterable[tuple[Plain, Ref]]) -> None:
+    def prefetch(self, collection: str, keys: Iterable[tuple[Plain, Ref]]) -> set[Ref]:
         """Load the documents of ``keys`` not loaded yet, with one query per chunk instead of
-        one per document (what :meth:`doc` would load, one by one)."""
+        one per document; return the refs of those the file does not hold (not loaded: pass
+        them to :meth:`create_new`, or :meth:`doc` loads them as new)."""
         missing = [(k, ref) for k, ref in keys if ref not in self.docs]
         if not missing:
-            return
+            return set()
         if self._bulk_loader is None:
             for key, ref in missing:
                 self.doc(collection, key, ref)
-            return
+            return set()
         found: dict[Ref, LoadedDoc] = self._bulk_loader(collection, missing)
         docs = self.docs
         new = self._new_refs if self._journal is not None else None
+        absent: set[Ref] = set()
         for key, ref in missing:
-            if ref in docs:
-                continue
             d = found.get(ref)
-            docs[ref] = d if d is not None else LoadedDoc(collection, key, ref, merge.new_state(), False, False, None)
-            if new is not None:
-                new.add(ref)
+            if d is None:
+                absent.add(ref)
+            elif ref not in docs:
+                docs[ref] = d
+                if new is not None:
+                    new.add(ref)
+        return absent
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -206,6 +211,28 @@ class WriteTransaction:
         op = CreateDoc(obj.name, key, stamp, d.state.epoch, plain, kinds, tuple(defaults))
         self._apply(d, op)
         return d
+
+    def create_new(self, obj: ObjectSchema, key: Plain, plain: dict[str, Plain], defaults: Iterable[str],
+                   ref: Ref) -> None:
+        """:meth:`create` of a document that neither the file (see :meth:`prefetch`) nor this
+        transaction holds: the same operation and state, without loading it first."""
+        if ref in self.docs:
+            self.create(obj, key, plain, defaults, ref)
+            return
+        stamp = self.clock.now()
+        flat = self._flat.get(id(obj))
+        if flat is None:
+            flat = self._flat[id(obj)] = (obj, not any(f.type.kind in _NON_REGISTER for f in obj.fields.values()))
+        kinds = {} if flat[1] else container_kinds(self.schema, obj, plain)
+        op = CreateDoc(obj.name, key, stamp, ZERO, plain, kinds, tuple(defaults))
+        state, conflicts = merge.integrate(None, op, self.policies)
+        self.docs[ref] = LoadedDoc(obj.name, key, ref, state, False, False, None, dirty=True, unflushed=True)
+        if self._journal is not None:
+            self._new_refs.add(ref)
+        if conflicts:
+            self.conflicts.extend(conflicts)
+        self.ops.append(op)
+        self.touched[ref] = (obj.name, key)
 
     def delete(self, d: LoadedDoc) -> None:
         """Delete a document (a tombstone remains)."""

@@ -753,7 +753,7 @@ class Database(ReplicaStore):
                 self._refresh()
             cached = self._cache.get(ref, _UNCACHED)
             if cached is not _UNCACHED:
-                return cached  # type: ignore[return-value]
+                return cached  # type: ignore[no-any-return]
             rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1", ref)
             body = loads_json(rows[0][0]) if rows else None
             if len(self._cache) > _CACHE_LIMIT:

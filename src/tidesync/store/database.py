@@ -32,7 +32,7 @@ from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
 from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
-from ..core.values import Plain, canonical_json, from_plain, loads_json, to_plain
+from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, UsageError, ValidationError,
@@ -127,7 +127,7 @@ def _gc_paused() -> Iterator[None]:
 
 
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = compact_encoder()
 
 
 class Database(ReplicaStore):

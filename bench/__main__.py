@@ -151,6 +151,7 @@ def report(r: dict[str, Any], command: str) -> str:
             continue
         n = w["n"]
         ins_ts, ins_raw, ins_sql = _med(w["ts_insert"]), _med(w["raw_insert"]), _med(w["raw_insert_sql_only"])
+        many = w.get("ts_insert_many") or []
         upd_ts, upd_raw = _med(w["ts_update"]), _med(w["raw_update"])
         ratios_i = [a / b for a, b in zip(w["ts_insert"], w["raw_insert"])]
         ratios_u = [a / b for a, b in zip(w["ts_update"], w["raw_update"])]
@@ -173,6 +174,10 @@ def report(r: dict[str, Any], command: str) -> str:
             f"**{ins_ts / ins_raw:.2f}x** | {cpu_i:.2f}x | <= 2x | {_yes(ins_ts / ins_raw <= 2)} |",
             f"| the same, raw without the JSON encoding (documents pre-encoded) | {_s(ins_ts)} | {_s(ins_sql)} | "
             f"{ins_ts / ins_sql:.2f}x | {cpu_i_sql:.2f}x | (info) | |",
+            *([f"| insert {n:,} with one `db.create_many` (log included) vs the same raw `json` encode + "
+               f"`executemany` INSERT | {_s(_med(many))} ({_med(many) / n * 1e6:.1f} µs/doc) | {_s(ins_raw)} | "
+               f"**{_med(many) / ins_raw:.2f}x** | {_med(w['ts_insert_many_cpu']) / _med(w['raw_insert_cpu']):.2f}x | "
+               f"<= 2x | {_yes(_med(many) / ins_raw <= 2)} |"] if many else []),
             f"| update one field of {n:,} objects vs `executemany` UPDATE ... `json_set` | {_s(upd_ts)} "
             f"({upd_ts / n * 1e6:.1f} µs/obj) | {_s(upd_raw)} | **{upd_ts / upd_raw:.2f}x** | {cpu_u:.2f}x | "
             f"<= 2.5x | {_yes(upd_ts / upd_raw <= 2.5)} |",
@@ -180,7 +185,8 @@ def report(r: dict[str, Any], command: str) -> str:
             f"{_s(upd_ts)} | {_s(upd_py)} | {upd_ts / upd_py:.2f}x | {cpu_u_py:.2f}x | (info) | |",
             "",
             f"Per-round ratios: insert {', '.join(f'{x:.2f}' for x in ratios_i)}; "
-            f"update {', '.join(f'{x:.2f}' for x in ratios_u)}.",
+            + (f"create_many {', '.join(f'{a / b:.2f}' for a, b in zip(many, w['raw_insert']))}; " if many else "")
+            + f"update {', '.join(f'{x:.2f}' for x in ratios_u)}.",
             "",
         ]
     b = r.get("build")

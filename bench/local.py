@@ -104,16 +104,20 @@ def _raw_update_python(path: str, ids: list[str], values: list[int]) -> Timer:
 
 
 def _ts_insert(path: str, model: type[tidesync.Model], docs: list[dict[str, Any]],
-               profile: str | None = None) -> Timer:
+               profile: str | None = None, many: bool = False) -> Timer:
+    """``db.create`` per document, or one ``db.create_many`` (``many``), in one transaction."""
     _remove(path)
     db = tidesync.open(path, schema=[model])
     gc.collect()
     prof = _profiler(profile)
     with Timer() as t:
         with db.write():
-            create = db.create
-            for d in docs:
-                create(model, d)
+            if many:
+                db.create_many(model, docs)
+            else:
+                create = db.create
+                for d in docs:
+                    create(model, d)
     _dump_profile(prof, profile)
     db.close()
     return t
@@ -146,9 +150,9 @@ def case_write(args: dict[str, Any]) -> dict[str, Any]:
     values = [(d["priority"] + 1) % 5 for d in docs]
     raw_path, ts_path = os.path.join(work, "write-raw.db"), os.path.join(work, "write-ts.db")
     out: dict[str, list[float]] = {k: [] for k in (
-        "raw_insert", "raw_insert_sql_only", "ts_insert", "raw_update", "ts_update", "raw_update_python",
-        "raw_insert_cpu", "raw_insert_sql_only_cpu", "ts_insert_cpu", "raw_update_cpu", "ts_update_cpu",
-        "raw_update_python_cpu")}
+        "raw_insert", "raw_insert_sql_only", "ts_insert", "ts_insert_many", "raw_update", "ts_update",
+        "raw_update_python", "raw_insert_cpu", "raw_insert_sql_only_cpu", "ts_insert_cpu", "ts_insert_many_cpu",
+        "raw_update_cpu", "ts_update_cpu", "raw_update_python_cpu")}
 
     def add(name: str, t: Timer) -> None:
         out[name].append(t.wall)
@@ -163,6 +167,7 @@ def case_write(args: dict[str, Any]) -> dict[str, Any]:
             add("raw_update_python", _raw_update_python(raw_path, ids, [(v + 1) % 5 for v in values]))
 
         def ts() -> None:
+            add("ts_insert_many", _ts_insert(ts_path, model, docs, many=True))
             add("ts_insert", _ts_insert(ts_path, model, docs))
             add("ts_update", _ts_update(ts_path, model, ids, values))
 

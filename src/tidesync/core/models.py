@@ -459,8 +459,11 @@ def coerce(owner: str, spec: FieldSchema, value: Any) -> Any:
     Raises:
         ValidationError: naming the model, the field and the expected type.
     """
-    if type(value) is _EXACT.get(spec.type.kind):
+    k = spec.type.kind
+    if type(value) is _EXACT.get(k):
         return value  # as _coerce would, without the call and the try
+    if type(value) is int and k == "int" and INT64_MIN <= value <= INT64_MAX:
+        return value  # likewise
     try:
         return _coerce(spec.type, value)
     except _Mismatch as exc:
@@ -606,6 +609,11 @@ def value_to_plain(t: FieldType, value: Any) -> Plain:
         tv = type(value)
         if tv is str or tv is bool:
             return value  # what to_plain gives, without its checks
+        if tv is int:
+            if INT64_MIN <= value <= INT64_MAX:
+                return value
+        elif tv is float and value - value == 0.0:  # finite (inf - inf and nan - nan are nan)
+            return value
         return to_plain(value)
     if k == "link":
         return to_plain(value._ts_primary_key())

@@ -8,6 +8,7 @@ same file; SQLite's locking serializes their writes.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
@@ -15,6 +16,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from itertools import islice
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -29,8 +31,8 @@ from ..core.models import (
 from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
 from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
-from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
-from ..core.values import Plain, canonical_json, from_plain, loads_json, to_plain
+from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
+from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, UsageError, ValidationError,
@@ -51,6 +53,7 @@ M = TypeVar("M", bound=_ModelBase)
 Ref = tuple[str, str]
 
 _CACHE_LIMIT = 20_000
+_UNCACHED: Any = object()
 _MAY_LINK = frozenset({"link", "list", "set"})  # field kinds _adopt_field may have to adopt
 
 
@@ -104,8 +107,27 @@ def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for a bulk step, then restore it as it was.
+
+    A bulk create or a big commit allocates hundreds of thousands of objects that form no
+    reference cycles (reference counting frees them all), yet each automatic full collection
+    in between scans every one of them: about a third of the CPU time of such a step. Cyclic
+    garbage made meanwhile (by any thread) is collected after it, at the next collection.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = compact_encoder()
 
 
 class Database(ReplicaStore):
@@ -297,7 +319,7 @@ class Database(ReplicaStore):
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))
-                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies)
+                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies, self._load_docs)
                 self._txn, self._txn_thread = txn, threading.get_ident()
                 try:
                     yield
@@ -339,25 +361,48 @@ class Database(ReplicaStore):
         # The before-image keeps the text: it is decoded again only if it is needed whole.
         return LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
 
+    def _load_docs(self, collection: str, keys: Sequence[tuple[Plain, Ref]]) -> dict[Ref, LoadedDoc]:
+        """The documents of ``keys`` that the file holds (as :meth:`_load_doc`), by ref."""
+        out: dict[Ref, LoadedDoc] = {}
+        by_pk = {ref[1]: (key, ref) for key, ref in keys}
+        pks = list(by_pk)
+        for i in range(0, len(pks), 500):
+            chunk = pks[i:i + 500]
+            for pk, body_text, meta_text, epoch, live in self._engine.query(
+                    "SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                    f"AND pk IN ({','.join('?' * len(chunk))})", [collection, *chunk]):
+                key, ref = by_pk[pk]
+                state = merge.DocState(epoch=epoch, live=bool(live), body=loads_json(body_text),
+                                       meta=loads_json(meta_text))
+                out[ref] = LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
+        return out
+
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
         if not txn.ops:
             return None
+        with _gc_paused():
+            return self._commit_ops(txn, meta)
+
+    def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
         first = txn.ops[0].stamp
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
-        seq = self._append_log(t)
+        seq = self._append_log(t, touches=tuple(txn.touched.values()))
         self._write_docs(txn.docs.values(), seq)
         self._record_conflicts(t.id, txn.conflicts)
         self._set_setting("clock", self._clock.last)
         return seq
 
-    def _append_log(self, t: Transaction, via: str | None = None) -> int:
+    def _append_log(self, t: Transaction, via: str | None = None,
+                    touches: tuple[tuple[str, Plain], ...] | None = None) -> int:
+        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known)."""
         data = msgpack.packb(t.to_wire(), use_bin_type=True)
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
-        desc = t.descriptor(len(data))
+        desc = t.descriptor(len(data)) if touches is None else Descriptor(
+            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops), len(data))
         self._engine.execute(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
@@ -441,14 +486,88 @@ class Database(ReplicaStore):
         obj = self._model(cls)
         txn = self._current_txn()
         given = {**values, **kwargs} if values else kwargs
+        plan = self._create_plans.get(obj.name) or self._create_plan(obj)
+        coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
+        self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref)
+        return self._managed(cls, obj, key, ref)
+
+    def create_many(self, cls: type[M], items: Iterable[Mapping[str, Any] | M], /, *,
+                    update: Literal["modified", "all"] | None = None) -> int:
+        """Create many objects at once (a data import); return how many items were given.
+
+        The same as ``db.create(cls, item, update=update)`` for each item in order, in the
+        current write transaction (one operation per document, the same validation, errors,
+        listeners and sync), but faster: existing documents are looked up in bulk and no managed
+        objects are returned. Must be called inside ``db.write()``.
+
+        All or nothing: if an item fails (a validation error, a document that already exists
+        when ``update`` is None, an item of another type), the call raises and leaves nothing of
+        its items behind; the write transaction stays usable.
+
+        Args:
+            cls: the model class.
+            items: mappings of field values, or unmanaged objects of ``cls``.
+            update: as for :meth:`create`.
+        """
+        obj = self._model(cls)
+        txn = self._current_txn()
+        plan = self._create_plans.get(obj.name) or self._create_plan(obj)
+        name = obj.name
+        n = 0
+        with self._engine.atomic(), txn.savepoint(), _gc_paused():
+            it = iter(items)
+            while True:
+                chunk = list(islice(it, 500))
+                if not chunk:
+                    break
+                # Validate the chunk first, to look its documents up in one query; an error is
+                # raised after the items before it are created, as a loop of create() would.
+                prepared = []
+                error: Exception | None = None
+                for item in chunk:
+                    try:
+                        given = self._given_of(cls, item)
+                        prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
+                    except Exception as exc:
+                        error = exc
+                        break
+                absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
+                for given, (coerced, defaults, key, ref) in prepared:
+                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
+                                        ref in absent)
+                n += len(prepared)
+                if error is not None:
+                    raise error
+        return n
+
+    @staticmethod
+    def _given_of(cls: type[_ModelBase], item: Any) -> dict[str, Any]:
+        if type(item) is dict:
+            return item  # read, never changed
+        if isinstance(item, Mapping):
+            return dict(item)
+        if type(item) is cls:
+            if item._ts_binding is not None:
+                raise UsageError(f"create_many takes unmanaged {cls.__name__} objects or mappings, "
+                                 "got a managed object")
+            return dict(item._ts_values)
+        raise UsageError(f"create_many takes mappings or unmanaged {cls.__name__} objects, "
+                         f"got {type(item).__name__}")
+
+    def _create_plan(self, obj: ObjectSchema) -> dict[str, tuple[FieldSchema, type | None]]:
+        """name -> (field, the type whose values are their own coerced plain form)."""
+        plan = self._create_plans[obj.name] = {name: (f, self_plain_type(f.type)) for name, f in obj.fields.items()}
+        return plan
+
+    def _prepare_create(self, cls: type[_ModelBase], obj: ObjectSchema,
+                        plan: dict[str, tuple[FieldSchema, type | None]], given: dict[str, Any],
+                        update: str | None) -> tuple[dict[str, Any], list[str], Plain, Ref]:
+        """Check and coerce the given values of a create (no side effect); the key and ref."""
         fields = obj.fields
         if not given.keys() <= fields.keys():
             unknown = set(given) - set(fields)
             raise ValidationError(f"{cls.__name__} has no field(s) {sorted(unknown)}; its fields are {sorted(fields)}")
         owner = cls.__name__
-        plan = self._create_plans.get(obj.name)
-        if plan is None:  # name -> (field, the type whose values are their own coerced plain form)
-            plan = self._create_plans[obj.name] = {name: (f, self_plain_type(f.type)) for name, f in fields.items()}
         coerced: dict[str, Any] = {}
         defaults: list[str] = []
         for name, (f, same) in plan.items():
@@ -462,9 +581,18 @@ class Database(ReplicaStore):
                 coerced[name] = coerce(owner, f, v)
                 defaults.append(name)
         key = value_to_plain(fields["_id"].type, coerced["_id"])
-        ref = (obj.name, canonical_json(key))
-        d = txn.doc(obj.name, key, ref)
-        if d.state.live:
+        return coerced, defaults, key, (obj.name, canonical_json(key))
+
+    def _finish_create(self, cls: type[_ModelBase], obj: ObjectSchema,
+                       plan: dict[str, tuple[FieldSchema, type | None]], txn: WriteTransaction,
+                       given: dict[str, Any], update: str | None, coerced: dict[str, Any],
+                       defaults: list[str], key: Plain, ref: Ref, absent: bool = False) -> None:
+        """Write a prepared create into the transaction (an upsert when ``update`` is given);
+        ``absent``: the file does not hold the document (it may be in the transaction)."""
+        d = txn.docs.get(ref) if absent else txn.doc(obj.name, key, ref)
+        if d is None:
+            pass  # new: created below without loading
+        elif d.state.live:
             if update is None:
                 raise ValidationError(f"a {cls.__name__} with _id {coerced['_id']!r} already exists",
                                       advice="pass update='modified' to update it instead")
@@ -477,7 +605,7 @@ class Database(ReplicaStore):
                 if update == "modified" and existing.get(name, MISSING_FIELD) == value_to_plain(f.type, value):
                     continue
                 txn.assign(d, (name,), f.type, value)
-            return self._managed(cls, obj, key, ref)
+            return
         if update is not None:
             for name, f in obj.fields.items():
                 if name not in coerced:
@@ -506,8 +634,10 @@ class Database(ReplicaStore):
             plain[pkey] = pvalue
             if pkey in defaults:
                 defaults.remove(pkey)
-        txn.create(obj, key, plain, defaults, ref)
-        return self._managed(cls, obj, key, ref)
+        if d is None:
+            txn.create_new(obj, key, plain, defaults, ref)
+        else:
+            txn.create(obj, key, plain, defaults, ref)
 
     def _adopt_field(self, t: FieldType, value: Any) -> Any:
         if value is None:
@@ -612,16 +742,18 @@ class Database(ReplicaStore):
     def _body_of(self, ref: Ref) -> dict[str, Plain] | None:
         """The live body of a document (the write transaction's view inside ``write()``)."""
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             txn = self._txn
             if txn is not None and self._txn_thread == threading.get_ident():
                 d = txn.docs.get(ref)
                 if d is not None:
                     return d.state.body if d.state.live else None
-            else:
+            elif time.monotonic() - self._checked_at >= 0.002:  # _refresh's own test, without the call
                 self._refresh()
-            if ref in self._cache:
-                return self._cache[ref]
+            cached = self._cache.get(ref, _UNCACHED)
+            if cached is not _UNCACHED:
+                return cached  # type: ignore[no-any-return]
             rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1", ref)
             body = loads_json(rows[0][0]) if rows else None
             if len(self._cache) > _CACHE_LIMIT:
@@ -770,7 +902,7 @@ class Database(ReplicaStore):
             known.update(r[0] for r in self._engine.query(
                 f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
         try:
-            docs = self._load_docs([op for t in txns if t.id not in known for op in t.ops])
+            docs = self._load_docs_of_ops([op for t in txns if t.id not in known for op in t.ops])
         except (ValueError, TypeError, KeyError):
             docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
@@ -870,34 +1002,21 @@ class Database(ReplicaStore):
             self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
         self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
 
-    def _load_docs(self, ops: Sequence[Any]) -> dict[Ref, LoadedDoc]:
+    def _load_docs_of_ops(self, ops: Sequence[Any]) -> dict[Ref, LoadedDoc]:
         """:meth:`_load_doc` for every document ``ops`` touch, a few hundred per query."""
-        keys: dict[Ref, tuple[str, Plain]] = {}
+        by_collection: dict[str, dict[Ref, Plain]] = {}
         for op in ops:
-            ref = (op.collection, canonical_json(op.key))
+            coll = op.collection
+            ref = (coll, canonical_json(op.key))
+            keys = by_collection.setdefault(coll, {})
             if ref not in keys:
-                keys[ref] = (op.collection, op.key)
-        by_collection: dict[str, list[str]] = {}
-        for coll, pk in keys:
-            by_collection.setdefault(coll, []).append(pk)
-        rows: dict[Ref, tuple[str, str, str, int]] = {}
-        for coll, pks in by_collection.items():
-            for i in range(0, len(pks), 500):
-                chunk = pks[i:i + 500]
-                for pk, body_text, meta_text, epoch, live in self._engine.query(
-                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
-                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
-                    rows[(coll, pk)] = (body_text, meta_text, epoch, live)
+                keys[ref] = op.key
         docs: dict[Ref, LoadedDoc] = {}
-        for ref, (coll, key) in keys.items():
-            row = rows.get(ref)
-            if row is None:
-                docs[ref] = LoadedDoc(coll, key, ref, merge.new_state(), False, False, None)
-                continue
-            body_text, meta_text, epoch, live = row
-            state = merge.DocState(epoch=Stamp(epoch), live=bool(live), body=loads_json(body_text),
-                                   meta=loads_json(meta_text))
-            docs[ref] = LoadedDoc(coll, key, ref, state, True, bool(live), body_text if live else None)
+        for coll, keys in by_collection.items():
+            found = self._load_docs(coll, [(key, ref) for ref, key in keys.items()])
+            for ref, key in keys.items():
+                d = found.get(ref)
+                docs[ref] = d if d is not None else LoadedDoc(coll, key, ref, merge.new_state(), False, False, None)
         return docs
 
     def _concurrent_overwrite(self, t: Transaction, op: Any, state: merge.DocState, old_stamp: str,

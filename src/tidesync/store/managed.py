@@ -63,7 +63,8 @@ class ObjectBinding:
 
     def get_field(self, obj: Any, name: str) -> Any:
         f = self.schema.fields[name]
-        plain = self.body().get(name)
+        body = self.db._body_of(self.ref) if not self.path else None
+        plain = (body if body is not None else self.body()).get(name)
         t = f.type
         if t.kind in _SCALAR_OR_MIXED:
             # What _to_python gives for a JSON scalar (from_plain leaves it as it is), quicker.

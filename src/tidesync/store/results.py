@@ -15,7 +15,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..core.models import _ModelBase
 from ..core.values import loads_json
-from ..query import Query, compile_order, compile_sql, parse_query
+from ..errors import QueryError
+from ..query import Query, compile_order, compile_sql, parse_query, parse_rql
+from .database import _CACHE_LIMIT
+from .managed import ObjectBinding
 
 if TYPE_CHECKING:
     from .database import Database
@@ -35,16 +38,46 @@ def _key_of(pk_text: str) -> Any:
     return loads_json(pk_text)
 
 
+# RQL text -> its parse with ``$n`` left unbound: a query run again with other arguments is only
+# bound, not parsed again.
+_PARSED: dict[str, Query] = {}
+_PARSED_LIMIT = 512
+
+
+def _parse(query: str | Mapping[str, Any] | Query, args: Sequence[Any]) -> Query:
+    """``parse_query(query, args)``, parsing RQL text once."""
+    if type(query) is not str:
+        return parse_query(query, args)
+    template = _PARSED.get(query)
+    if template is None:
+        try:
+            template = Query(parse_rql(query, None), query)
+        except QueryError:
+            return parse_query(query, args)  # raises the parser's own error
+        if len(_PARSED) >= _PARSED_LIMIT:
+            _PARSED.clear()
+        _PARSED[query] = template
+    if not template.params:
+        return template
+    try:
+        return template.bind(args)
+    except QueryError:
+        return parse_query(query, args)  # the error as the parser reports it (pointing at the $n)
+
+
 class Results(Generic[M]):
     """Live results of a query on one model. Made by ``db.objects(Model)``."""
 
     def __init__(self, db: Database, cls: type[M], queries: tuple[Query, ...] = (),
-                 sort: tuple[tuple[str, bool], ...] = (), limit: int | None = None) -> None:
+                 sort: tuple[tuple[str, bool], ...] = (), limit: int | None = None,
+                 compiled: tuple[tuple[str, list[Any]], ...] = ()) -> None:
         self._db = db
         self._cls = cls
         self._queries = queries
         self._sort = sort
         self._limit = limit
+        # compile_sql of each query, when known (it depends only on the query and the schema)
+        self._compiled = compiled if len(compiled) == len(queries) else ()
 
     @property
     def model(self) -> type[M]:
@@ -59,28 +92,27 @@ class Results(Generic[M]):
         Raises:
             QueryError: the query does not parse or names an unknown field.
         """
-        q = parse_query(query, args)
-        compile_sql(q, self._cls.__name__, self._db.schema)  # validate now, not on first use
-        return Results(self._db, self._cls, self._queries + (q,), self._sort, self._limit)
+        q = _parse(query, args)
+        sql = compile_sql(q, self._cls.__name__, self._db.schema)  # validate now, not on first use
+        return Results(self._db, self._cls, self._queries + (q,), self._sort, self._limit, self._compiled + (sql,))
 
     def sort(self, key: str, reverse: bool = False) -> Results[M]:
         """Sort by a field (a key path through embedded objects works too); chain for more keys."""
         compile_order(self._cls.__name__, [(key, reverse)], self._db.schema)
-        return Results(self._db, self._cls, self._queries, self._sort + ((key, reverse),), self._limit)
+        return Results(self._db, self._cls, self._queries, self._sort + ((key, reverse),), self._limit, self._compiled)
 
     def limit(self, n: int) -> Results[M]:
         """At most ``n`` objects."""
         if n < 0:
             raise ValueError("limit must be >= 0")
-        return Results(self._db, self._cls, self._queries, self._sort, n)
+        return Results(self._db, self._cls, self._queries, self._sort, n, self._compiled)
 
     # -- SQL -------------------------------------------------------------------------------
 
     def _where(self) -> tuple[str, list[Any]]:
         sql = "documents.collection = ? AND documents.live = 1"
         params: list[Any] = [self._cls.__name__]
-        for q in self._queries:
-            frag, p = compile_sql(q, self._cls.__name__, self._db.schema)
+        for frag, p in self._compiled or [compile_sql(q, self._cls.__name__, self._db.schema) for q in self._queries]:
             sql += f" AND ({frag})"
             params.extend(p)
         return sql, params
@@ -142,10 +174,15 @@ class Results(Generic[M]):
         return bool(self._select("1", 0, 1))
 
     def __iter__(self) -> Iterator[M]:
+        db = self._db
+        # A result of at most one page is read with one statement; a larger one from a
+        # snapshot of its rowids, a page of bodies at a time (memory stays flat).
+        rows = self._select("documents.rowid, documents.pk, documents.body", 0, _PAGE + 1)
+        if len(rows) <= _PAGE:
+            yield from self._managed_page(rows)
+            return
+        del rows
         rowids = self._rowids()
-        db, cls = self._db, self._cls
-        name = cls.__name__
-        schema = db.schema[name]
         for i in range(0, len(rowids), _PAGE):
             chunk = rowids[i:i + _PAGE].tolist()
             with db._lock:
@@ -153,14 +190,32 @@ class Results(Generic[M]):
                 rows = db._engine.query(
                     f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
                     chunk)
-            by_id = {r[0]: (r[1], r[2]) for r in rows}
-            for rid in chunk:
-                hit = by_id.get(rid)
-                if hit is not None:
-                    pk_text = hit[0]
-                    ref = (name, pk_text)
-                    db._prime(ref, loads_json(hit[1]))
-                    yield db._managed(cls, schema, _key_of(pk_text), ref)
+            by_id = {r[0]: r for r in rows}
+            yield from self._managed_page([hit for rid in chunk if (hit := by_id.get(rid)) is not None])
+
+    def _managed_page(self, rows: Sequence[tuple[Any, ...]]) -> list[M]:
+        """Managed objects of (rowid, pk, body) rows, their bodies cached (decoded under the
+        lock, so a commit cannot clear the cache between the read and the caching)."""
+        db, cls = self._db, self._cls
+        name = cls.__name__
+        schema = db.schema[name]
+        out: list[M] = []
+        append = out.append
+        with db._lock:
+            cache = db._cache if db._txn is None else None
+            if cache is not None and len(cache) + len(rows) > _CACHE_LIMIT:
+                cache.clear()
+            for _, pk_text, body_text in rows:
+                ref = (name, pk_text)
+                body = loads_json(body_text)
+                if cache is not None:
+                    cache[ref] = body
+                obj = cls.__new__(cls)
+                obj._ts_binding = ObjectBinding(db, name, _key_of(pk_text), ref, (), schema)
+                obj._ts_ref = ref
+                obj._ts_values = {}
+                append(obj)
+        return out
 
     @overload
     def __getitem__(self, index: int) -> M: ...

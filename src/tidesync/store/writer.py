@@ -8,8 +8,10 @@ any replica that integrates the same transactions will hold.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 from ..core import merge
@@ -21,6 +23,7 @@ from ..core.operations import (
     SetAdd, SetContainer, SetRemove, SetValue, Unset,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
+from ..core.stamp import ZERO
 from ..core.transaction import MISSING_FIELD, BeforeImage
 from ..core.values import Plain, canonical_json
 
@@ -84,15 +87,24 @@ def container_kinds(schema: Schema, obj: ObjectSchema, plain: dict[str, Plain], 
 class WriteTransaction:
     """The changes of one ``with db.write():`` block, before they commit."""
 
-    def __init__(self, clock: HybridClock, schema: Schema, loader: Any, policies: merge.Policies | None) -> None:
+    def __init__(self, clock: HybridClock, schema: Schema, loader: Any, policies: merge.Policies | None,
+                 bulk_loader: Any = None) -> None:
         self.clock = clock
         self.schema = schema
         self._loader = loader  # callable(collection, key_plain, ref) -> LoadedDoc
+        # callable(collection, [(key_plain, ref)]) -> {ref: LoadedDoc} of the documents the file holds
+        self._bulk_loader = bulk_loader
         self.policies = policies
         self.docs: dict[Ref, LoadedDoc] = {}
         self.ops: list[Op] = []
         self.conflicts: list[merge.Conflict] = []
+        #: The documents the operations change, in first-change order (the descriptor's touches).
+        self.touched: dict[Ref, tuple[str, Plain]] = {}
         self._flat: dict[int, tuple[ObjectSchema, bool]] = {}  # id(schema) -> (schema, no containers)
+        # Inside savepoint(): the documents loaded since it began, and a copy of every other
+        # document's state taken before the savepoint first changed it.
+        self._journal: dict[int, tuple[LoadedDoc, merge.DocState, dict[str, Plain], bool, bool, bool]] | None = None
+        self._new_refs: set[Ref] = set()
 
     # -- documents -------------------------------------------------------------------------
 
@@ -103,16 +115,81 @@ class WriteTransaction:
         if d is None:
             d = self._loader(collection, key, ref)
             self.docs[ref] = d
+            if self._journal is not None:
+                self._new_refs.add(ref)
         return d
 
+    def prefetch(self, collection: str, keys: Iterable[tuple[Plain, Ref]]) -> set[Ref]:
+        """Load the documents of ``keys`` not loaded yet, with one query per chunk instead of
+        one per document; return the refs of those the file does not hold (not loaded: pass
+        them to :meth:`create_new`, or :meth:`doc` loads them as new)."""
+        missing = [(k, ref) for k, ref in keys if ref not in self.docs]
+        if not missing:
+            return set()
+        if self._bulk_loader is None:
+            for key, ref in missing:
+                self.doc(collection, key, ref)
+            return set()
+        found: dict[Ref, LoadedDoc] = self._bulk_loader(collection, missing)
+        docs = self.docs
+        new = self._new_refs if self._journal is not None else None
+        absent: set[Ref] = set()
+        for key, ref in missing:
+            d = found.get(ref)
+            if d is None:
+                absent.add(ref)
+            elif ref not in docs:
+                docs[ref] = d
+                if new is not None:
+                    new.add(ref)
+        return absent
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """Undo everything the block did to this transaction if it raises (nested: the outer
+        savepoint does). The caller pairs it with a SQLite savepoint for what was flushed."""
+        if self._journal is not None:
+            yield
+            return
+        n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
+        self._journal, self._new_refs = {}, set()
+        try:
+            yield
+        except BaseException:
+            del self.ops[n_ops:]
+            del self.conflicts[n_conflicts:]
+            self.touched = dict(islice(self.touched.items(), n_touched))
+            for ref in self._new_refs:
+                self.docs.pop(ref, None)
+            for d, state, before, dirty, unflushed, deleted in self._journal.values():
+                d.state, d.before_fields, d.dirty, d.unflushed, d.deleted_here = state, before, dirty, unflushed, deleted
+            for d in self.docs.values():
+                if d.dirty:  # what was flushed inside the savepoint was rolled back with it
+                    d.unflushed = True
+            raise
+        finally:
+            self._journal, self._new_refs = None, set()
+
+    def _keep(self, d: LoadedDoc) -> None:
+        """Inside a savepoint: copy a document's state before its first change there."""
+        journal = self._journal
+        if journal is not None and id(d) not in journal and d.ref not in self._new_refs:
+            journal[id(d)] = (d, d.state.copy(), dict(d.before_fields), d.dirty, d.unflushed, d.deleted_here)
+
     def _apply(self, d: LoadedDoc, op: Op) -> None:
+        if self._journal is not None:
+            self._keep(d)
         d.state, conflicts = merge.integrate(d.state, op, self.policies)
         d.dirty = d.unflushed = True
         if conflicts:
             self.conflicts.extend(conflicts)
         self.ops.append(op)
+        if d.ref not in self.touched:
+            self.touched[d.ref] = (d.collection, d.key)
 
     def _remember_before(self, d: LoadedDoc, name: str) -> None:
+        if self._journal is not None:
+            self._keep(d)
         if d.live_before and name not in d.before_fields and not d.deleted_here and d.before_source is not None:
             # Every change to a top-level field passes here before it applies, so until then the
             # state still holds the field as loaded (copied: merges change containers in place).
@@ -135,8 +212,32 @@ class WriteTransaction:
         self._apply(d, op)
         return d
 
+    def create_new(self, obj: ObjectSchema, key: Plain, plain: dict[str, Plain], defaults: Iterable[str],
+                   ref: Ref) -> None:
+        """:meth:`create` of a document that neither the file (see :meth:`prefetch`) nor this
+        transaction holds: the same operation and state, without loading it first."""
+        if ref in self.docs:
+            self.create(obj, key, plain, defaults, ref)
+            return
+        stamp = self.clock.now()
+        flat = self._flat.get(id(obj))
+        if flat is None:
+            flat = self._flat[id(obj)] = (obj, not any(f.type.kind in _NON_REGISTER for f in obj.fields.values()))
+        kinds = {} if flat[1] else container_kinds(self.schema, obj, plain)
+        op = CreateDoc(obj.name, key, stamp, ZERO, plain, kinds, tuple(defaults))
+        state, conflicts = merge.integrate(None, op, self.policies)
+        self.docs[ref] = LoadedDoc(obj.name, key, ref, state, False, False, None, dirty=True, unflushed=True)
+        if self._journal is not None:
+            self._new_refs.add(ref)
+        if conflicts:
+            self.conflicts.extend(conflicts)
+        self.ops.append(op)
+        self.touched[ref] = (obj.name, key)
+
     def delete(self, d: LoadedDoc) -> None:
         """Delete a document (a tombstone remains)."""
+        if self._journal is not None:
+            self._keep(d)
         if d.live_before and d.before_source is not None:
             d.deleted_here = True
         self._apply(d, DeleteDoc(d.collection, d.key, self.clock.now(), d.state.epoch))

@@ -40,7 +40,7 @@ from ..protocol.actions import (
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import CompensatingWrite, Hello
+from ..protocol.messages import Ack, CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
@@ -190,6 +190,9 @@ class ServerSession:
         self.enforcer = Enforcer(state, None)
         self.reader = SessionReplica(state.backend, None, self.enforcer)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        #: True while run() waits for its inbox: no step of the session is under way, so a
+        #: message can be handled where it arrives (see _receive_now).
+        self._parked = False
         self._closing = False
         self._snapshot_pages = 0
         self._lazy_commit = False
@@ -218,8 +221,24 @@ class ServerSession:
 
     def _tick(self) -> None:
         # Heartbeats and deadlines: one timer per session instead of a timeout on every get().
-        self._inbox.put_nowait(("tick", None))
         self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
+        now = int(time.monotonic() * 1000)
+        deadline = self.link.next_deadline()
+        if self.flexible is None and deadline is not None and now < deadline and not self._auth_due():
+            # Nothing is due (no Ping to send, no timeout, no auth check): the Link only
+            # notes the time, which needs no wake-up of the session's task (a thousand idle
+            # connections made a thousand task switches a second).
+            self.link.tick(now)
+            return
+        self._inbox.put_nowait(("tick", None))
+
+    def _auth_due(self) -> bool:
+        """Whether :meth:`_auth_lapsed` has something to check now."""
+        user = self.user
+        if user is None:
+            return False
+        return (time.time() >= getattr(user, "expires", 0.0) > 0
+                or time.monotonic() - self._auth_checked_at >= self.state.config.auth.session_recheck_interval)
 
     def recheck_auth(self) -> None:
         """Check the user's token and account again now (log out, disabled user...)."""
@@ -262,7 +281,11 @@ class ServerSession:
             while True:
                 if await self._auth_lapsed():
                     break
-                kind, item = await self._inbox.get()
+                self._parked = True
+                try:
+                    kind, item = await self._inbox.get()
+                finally:
+                    self._parked = False
                 if kind == "tick":
                     self.link.tick(int(time.monotonic() * 1000))
                     await self._flush()
@@ -275,6 +298,14 @@ class ServerSession:
                     self.link.connection_lost()
                 elif kind == "data":
                     self.link.receive(item)
+                elif kind == "resume":  # what _receive_now left: payloads, actions, events
+                    payloads, actions, events = item
+                    for payload in payloads:
+                        if not await self._send_payload(payload):
+                            break
+                    await self._execute(actions)
+                    for event in events:
+                        await self._on_event(event)
                 elif kind == "flex":  # flexible sync: the next page of a subscription bootstrap
                     if self.flexible is not None:
                         await self.flexible.step()
@@ -313,20 +344,74 @@ class ServerSession:
                 if data is None:
                     text = msg.get("text")
                     data = text.encode() if isinstance(text, str) else b""
-                self._inbox.put_nowait(("data", data))
+                if not (self._parked and self._inbox.empty() and self._receive_now(data)):
+                    self._inbox.put_nowait(("data", data))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
             self._inbox.put_nowait(("lost", None))
 
+    def _receive_now(self, data: bytes) -> bool:
+        """Handle a payload in the reader task while run() is parked on an empty inbox.
+
+        On fan-out every connection answers each ``Changes`` with an ``Ack``, whose handling
+        needs no I/O (the acknowledgement is recorded later, with the others): doing it here
+        saves a queue hand-off and a task switch per connection and write. Whatever needs an
+        ``await`` (a send, a storage call, any other message) is handed to run() as a
+        ``resume`` item, in order. Returns False (nothing done) when not applicable.
+        """
+        if self.flexible is not None or self.link.finished or not self.replicator.active:
+            return False
+        self.link.receive(data)
+        events = self.link.events_received()
+        actions: list[Any] = []
+        while events and not actions:
+            event = events[0]
+            if not (isinstance(event, MessageReceived) and isinstance(event.message, Ack)):
+                break
+            events.pop(0)
+            actions = self._execute_now(self.replicator.handle(event.message))
+        payloads = self.link.data_to_send()
+        if payloads or actions or events or self.link.finished:
+            self._inbox.put_nowait(("resume", (payloads, actions, events)))
+        return True
+
+    def _execute_now(self, actions: list[Any]) -> list[Any]:
+        """Execute the leading actions that need no ``await``; return the rest, unexecuted."""
+        todo = list(actions)
+        while todo:
+            action = todo[0]
+            if isinstance(action, Send):
+                if self.link.can_send(action.message):
+                    self.link.send(action.message)
+            elif isinstance(action, Fail):
+                self.link.fail(action.error)
+            elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
+                    "UploadComplete", "DownloadComplete"):
+                pass
+            elif isinstance(action, RecordAck):
+                _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
+            elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
+                todo[0:1] = self.replicator.log_read(batch)
+                continue
+            else:
+                return todo
+            todo.pop(0)
+        return todo
+
+    async def _send_payload(self, payload: bytes) -> bool:
+        try:
+            await self.ws.send_bytes(payload)
+        except Exception:  # noqa: BLE001 - the reader reports the loss
+            self.link.connection_lost()
+            return False
+        return True
+
     async def _flush(self) -> None:
         if self.flexible is not None:
             self.flexible.pump()
         for payload in self.link.data_to_send():
-            try:
-                await self.ws.send_bytes(payload)
-            except Exception:  # noqa: BLE001 - the reader reports the loss
-                self.link.connection_lost()
+            if not await self._send_payload(payload):
                 return
 
     async def _on_event(self, event: Any) -> None:

@@ -213,6 +213,8 @@ class ReplicaStore:
                 if not rows:
                     scanned = head
                     break
+                if want is not None and cache is not None:
+                    self._prefilter(rows, want, cache, exclude_origin)
                 for row in rows:
                     seq = row.seq
                     cursor = seq
@@ -265,9 +267,28 @@ class ReplicaStore:
             cache.version = version
         return cache
 
-    def _filter_to_scope(self, txn: Transaction, want: str) -> Transaction | None:
-        refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
+    def _prefilter(self, rows: list[_LogRow], want: str, cache: _LogCache,
+                   exclude_origin: ReplicaId | None) -> None:
+        """Filter the rows not yet filtered to ``want`` with one query for all of them (a peer
+        of another scope reading many entries made one query per entry). Call with the lock."""
+        todo = [(row, row.txn()) for row in rows if (row.seq, want) not in cache.scoped
+                and (exclude_origin is None or (row.origin != exclude_origin and row.via != exclude_origin))]
+        if len(todo) < 2:
+            return
+        refs = {(op.collection, canonical_json(op.key)) for _, txn in todo for op in txn.ops}
         inside = self._refs_in_scope(refs, want)
+        for row, txn in todo:
+            size = row.size
+            txn_f = self._filter_to_scope(txn, want, inside)
+            if txn_f is not None and txn_f is not txn:
+                size = len(msgpack.packb(txn_f.to_wire(), use_bin_type=True))
+            cache.scoped[(row.seq, want)] = (txn_f, size)
+
+    def _filter_to_scope(self, txn: Transaction, want: str, known: set[Ref] | None = None) -> Transaction | None:
+        """``txn`` reduced to its operations on documents of scope ``want`` (None: none are).
+        ``known``: the documents of ``want`` among them, when already looked up."""
+        refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
+        inside = self._refs_in_scope(refs, want) if known is None else refs & known
         if len(inside) == len(refs):
             return txn
         if not inside:

@@ -186,6 +186,7 @@ class ServerSession:
                                            "policies": json.dumps(named_policies(state.config.policies))})
         self.user: Any = None
         self.partition: Any = None
+        self._partition_json = ""  # canonical_json(self.partition), once admitted
         # Rules and filters of this session's user (set when the Hello is admitted).
         self.enforcer = Enforcer(state, None)
         self.reader = SessionReplica(state.backend, None, self.enforcer)
@@ -208,7 +209,7 @@ class ServerSession:
         for every session on every write makes each write cost O(connections)."""
         touched = _shared(self.state).touched
         if (touched is None or self.partition is None or self.flexible is not None
-                or canonical_json(self.partition) in touched):
+                or self._partition_json in touched):
             self._inbox.put_nowait(("commit", None))
         elif not self._lazy_commit:
             self._lazy_commit = True
@@ -452,6 +453,7 @@ class ServerSession:
                     f"this server partitions by {self.state.config.partition_key!r}, not {part['key']!r}",
                     code=ErrorCode.BAD_SCOPE)
             self.partition = part["value"]
+            self._partition_json = canonical_json(self.partition)
         elif scope.get("subscriptions") is not None:
             from .flexible import admit_flexible
 
@@ -545,9 +547,13 @@ class ServerSession:
             # What the new entries can concern: this session's partition (the enforcer let
             # nothing else in), unless a compensating transaction restored other documents.
             if self.partition is not None and self.flexible is None and not compensated:
-                shared.touched = {canonical_json(self.partition)}
+                shared.touched = {self._partition_json}
             try:
                 self.state.notify_commit(self)
             finally:
                 shared.touched = None
+            # Let the sessions just woken stream the new entries before this one answers its
+            # own peer (the Ack, then its own wake-up): the propagation to the others does not
+            # wait for those sends.
+            await asyncio.sleep(0)
         return follow

@@ -1,6 +1,6 @@
 """``read_log`` filtered to a partition: entries of other partitions are skipped, mixed ones
-reduced to the partition's documents, the same whether the entries are filtered one by one or
-together (the log cache filters a whole read with one query)."""
+reduced to the partition's documents (the log cache filters a whole read with one query), and
+the same read is served to every peer whose own entries it does not hold, until the next write."""
 
 from __future__ import annotations
 
@@ -32,15 +32,23 @@ def test_entries_are_filtered_to_the_partition_in_one_read(tmp_path):
         for t in txns:
             server.integrate([t])
         scope = {"partition": {"key": "_partition", "value": "p1"}}
-        for _ in range(2):  # filtered, then from the cache's memo
-            batch = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=None)
+        batches = []
+        for peer in (None, None, "f" * 16):  # filtered, then the same read for any other peer
+            batch = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=peer)
+            batches.append(batch)
             assert batch.scanned_to == batch.head == 5
             assert [seq for seq, _ in batch.entries] == [1, 3, 5]
             assert [[op.key for op in t.ops] for _, t in batch.entries] == [["a"], ["c"], ["a"]]
         other = server.read_log(0, limit=100, max_bytes=1 << 20,
                                 scope={"partition": {"key": "_partition", "value": "p2"}}, exclude_origin=None)
         assert [[op.key for op in t.ops] for _, t in other.entries] == [["b"], ["d"], ["b"]]
+        assert batches[1] is batches[0] and batches[2] is batches[0]  # read once, served to all
+        # The writer's own entries are not sent back to it: not the shared read.
         mine = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=ORIGIN)
         assert mine.entries == () and mine.scanned_to == 5
+        # Any write makes the shared reads stale.
+        server.integrate([Transaction(_stamp(6), ORIGIN, _stamp(6), (), (_create(6, "e", "p1"),))])
+        later = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=None)
+        assert [seq for seq, _ in later.entries] == [1, 3, 5, 6]
     finally:
         server.close()

@@ -39,8 +39,9 @@ from ..protocol.actions import (
 )
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
+from ..protocol.codec import encode
 from ..protocol.link import Link
-from ..protocol.messages import Ack, CompensatingWrite, Hello
+from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
@@ -89,6 +90,26 @@ class _Shared:
         self._flushing = False
         self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
         self._checking = False
+        self._payloads: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
+
+    def payload(self, message: Any, link: Link) -> bytes | None:
+        """The encoding of a ``Changes`` that other sessions already sent, or None (then
+        encoded here and remembered). On fan-out the sessions of one scope read the same batch
+        (store/replica.py's read memo) and, with the same progress figures, send the same bytes.
+        """
+        if not isinstance(message, Changes):
+            return None
+        entries = message.entries
+        key = (message.from_seq, message.to_seq, message.head, message.progress, id(entries),
+               link.compress_threshold, link.max_message_size)
+        hit = self._payloads.get(key)
+        if hit is not None and hit[0] is entries:
+            return hit[1]
+        payload = encode(message, compress_threshold=link.compress_threshold, max_size=link.max_message_size)
+        if len(self._payloads) >= 256:
+            self._payloads.clear()
+        self._payloads[key] = (entries, payload)  # holds entries: its id stays unique meanwhile
+        return payload
 
     async def still_valid(self, tokens: Any, user: Any) -> Any:
         """``tokens.still_valid(user)``, checked together with those of every other session
@@ -384,7 +405,7 @@ class ServerSession:
             action = todo[0]
             if isinstance(action, Send):
                 if self.link.can_send(action.message):
-                    self.link.send(action.message)
+                    self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
             elif isinstance(action, Fail):
                 self.link.fail(action.error)
             elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
@@ -485,7 +506,7 @@ class ServerSession:
                 if self.flexible is not None:
                     self.flexible.pump()  # views first: they precede the changes that rely on them
                 if self.link.can_send(action.message):
-                    self.link.send(action.message)
+                    self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
             elif isinstance(action, Fail):
                 self.link.fail(action.error)
             elif isinstance(action, Notify) and self.flexible is not None:

@@ -87,7 +87,7 @@ class _LogCache:
     MAX_ROWS = 4096
     MAX_BYTES = 32 << 20
 
-    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts")
+    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts", "reads")
 
     def __init__(self) -> None:
         self._rows: dict[int, _LogRow] = {}
@@ -98,6 +98,10 @@ class _LogCache:
         self.state: tuple[int, tuple[int, str | None, int]] | None = None
         #: Documents per scope value (snapshot progress estimates) at ``version``.
         self.counts: dict[str | None, int] = {}
+        #: read_log results at ``version`` by (after, limit, max_bytes, scope value), with the
+        #: origins and vias of the entries they scanned: the same batch serves every peer that
+        #: is none of those (on fan-out, every session but the writer's asks the same read).
+        self.reads: dict[tuple[int, int, int, str | None], tuple[LogBatch, frozenset[str]]] = {}
 
     def rows(self, after: int, limit: int, head: int) -> list[_LogRow] | None:
         """Entries after..min(after + limit, head), or None unless all of them are cached."""
@@ -116,6 +120,7 @@ class _LogCache:
             self._rows.clear()
             self._bytes = 0
             self.scoped.clear()
+            self.reads.clear()
             if len(rows) > self.MAX_ROWS or size > self.MAX_BYTES:
                 return
         for r in rows:
@@ -198,10 +203,16 @@ class ReplicaStore:
             if after < head and self._needs_snapshot(after, exclude_origin, marks):
                 return LogBatch((), after, head, 0, snapshot_required=True)
             want = _scope_value(scope)
+            memo_key = (after, limit, max_bytes, want)
+            earlier = cache.reads.get(memo_key) if cache is not None else None
+            if earlier is not None and (exclude_origin is None or exclude_origin not in earlier[1]):
+                return earlier[0]
             entries: list[tuple[int, Transaction]] = []
             nbytes = 0
             scanned = after
             cursor = after
+            sources: set[str] = set()  # origins and vias of the entries scanned
+            excluded = False
             while len(entries) < limit and nbytes < max_bytes and cursor < head:
                 rows = cache.rows(cursor, max(1, min(500, limit - len(entries))), head) if cache else None
                 if rows is None:
@@ -221,7 +232,11 @@ class ReplicaStore:
                     if nbytes >= max_bytes and entries:
                         break
                     scanned = seq
+                    sources.add(row.origin)
+                    if row.via is not None:
+                        sources.add(row.via)
                     if exclude_origin is not None and (row.origin == exclude_origin or row.via == exclude_origin):
+                        excluded = True
                         continue
                     txn = row.txn()
                     size = row.size
@@ -247,7 +262,11 @@ class ReplicaStore:
                 break
             if cursor >= head and not entries:
                 scanned = head
-            return LogBatch(tuple(entries), scanned, head, nbytes)
+            batch = LogBatch(tuple(entries), scanned, head, nbytes)
+            if cache is not None and not excluded:
+                # What any peer other than these sources would read too.
+                cache.reads[memo_key] = (batch, frozenset(sources))
+            return batch
 
     def _log_cache(self) -> _LogCache | None:
         """The cache of decoded log entries, checked against the file (None inside a write
@@ -263,6 +282,7 @@ class ReplicaStore:
             # and so are the head and the snapshot marks.
             cache.scoped.clear()
             cache.counts.clear()
+            cache.reads.clear()
             cache.state = None
             cache.version = version
         return cache

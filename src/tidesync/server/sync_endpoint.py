@@ -37,9 +37,9 @@ from ..errors import AuthError, MergeError, PermissionDeniedError, ProtocolError
 from ..protocol.actions import (
     Announce, Fail, Integrate, Notify, ReadLog, ReadSnapshot, RecordAck, ReportProgress, Send,
 )
+from ..protocol.codec import encode
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
-from ..protocol.codec import encode
 from ..protocol.link import Link
 from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform

@@ -545,7 +545,9 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
         f"Command: `{command}` ({seconds:.0f} s). Machine: {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, load average before the run {results['loadavg'][0]:.1f} "
         f"(other work shares these 2 cores; figures move with it). Server: `python -m tidesync serve` "
-        "on 127.0.0.1 in its own process; files on the real disk unless marked tmpfs.",
+        "on 127.0.0.1 in its own process; files on the real disk unless marked tmpfs. Durability: the "
+        "default (server `synchronous=FULL`; a device commits a downloaded batch before its fsync, "
+        "wakes its listeners, then flushes the WAL before the Ack: docs/sync.md).",
         "",
         "| benchmark | figure | target | |",
         "| --- | --- | --- | --- |",

@@ -282,3 +282,35 @@ def test_sigkill_a_client_mid_download_then_restart_it(tmp_path):
         assert len(ids) == len(set(ids)), "the follower integrated a transaction twice"
         written = log_of(tmp_path / "a.db")
         assert counter_total(live_bodies(follower_file)) == increments(written)
+
+
+def test_sigkill_a_client_as_its_listener_sees_a_download_then_restart_it(tmp_path):
+    """A device's listeners see a download before its fsync (docs/sync.md, "Durability of
+    downloads"); killed at that moment, it still holds data and checkpoint together (both or
+    neither), downloads whatever it lacks, and holds every transaction once."""
+    with running_server(tmp_path / "server") as server:
+        server_file = tmp_path / "server" / "sync.db"
+        follower_file = tmp_path / "follower.db"
+        a = synced_db(tmp_path / "a.db", server.url, [Technician, WorkOrder], partition="kill")
+        follower = ClientProcess("listen", server.url, str(follower_file))
+        try:
+            write_one(a, 0)  # creates the counter
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            follower.wait_for(lambda line: line == "synced")
+            for i in range(1, 4):
+                write_one(a, i)
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            follower.wait_for(lambda line: line.startswith("seen ") and int(line.split()[1]) > 1)
+        finally:
+            follower.sigkill()  # right as the listener saw a download
+            a.close()
+
+        catch_up = ClientProcess("catch-up", server.url, str(follower_file))
+        try:
+            catch_up.wait_for(lambda line: line == "downloaded", timeout=60)
+        finally:
+            assert catch_up.close() == 0
+        assert live_bodies(follower_file) == live_bodies(server_file)
+        ids = [t.id for t in log_of(follower_file)]
+        assert len(ids) == len(set(ids)), "the follower integrated a transaction twice"
+        assert counter_total(live_bodies(follower_file)) == increments(log_of(tmp_path / "a.db"))

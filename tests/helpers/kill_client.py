@@ -10,6 +10,9 @@
     python -m tests.helpers.kill_client follow URL DB
         Open DB, download, print ``synced``, pause; on a line ``resume`` on stdin, resume
         and print ``progress T/U`` on every download progress report, until killed.
+    python -m tests.helpers.kill_client listen URL DB
+        Open DB, download, listen to the Technician results, print ``synced``; then print
+        ``seen N`` from the listener whenever the results change (N: how many), until killed.
     python -m tests.helpers.kill_client catch-up URL DB
         Open DB again, wait for download completion, print ``downloaded``.
 
@@ -81,6 +84,13 @@ def main(argv: list[str]) -> None:
                                                   "download")
             db.sync_session.resume()
             sys.stdin.readline()  # until killed
+    elif mode == "listen":
+        db.sync_session.wait_for_download_completion(timeout=60)
+        results = db.objects(Technician)
+        token = results.add_listener(lambda res, changes: say(f"seen {len(res)}"))
+        say("synced")
+        sys.stdin.readline()  # until killed
+        token.remove()
     elif mode == "catch-up":
         db.sync_session.wait_for_download_completion(timeout=60)
         say("downloaded")

@@ -72,6 +72,22 @@ def test_handshake_and_data_both_ways() -> None:
     assert i.hello == a.hello == Hello(A) and i.welcome == a.welcome == Welcome(B)
 
 
+
+def test_a_message_encoded_once_is_sent_as_given_to_several_links() -> None:
+    message = Ack(7)
+    payload = encode(message)
+    links = [connected() for _ in range(2)]
+    for i, a in links:
+        a.send(message, encoded=payload)
+        assert a.data_to_send() == [payload]
+        a.send(message, encoded=payload)
+        assert transfer(a, i) == [MessageReceived(Ack(7))]
+    closed = connected()[1]
+    closed.fail(RuntimeError("x"))
+    with pytest.raises(ConnectionClosedError):
+        closed.send(message, encoded=payload)  # the state machine still applies
+
+
 # ---------------------------------------------------------------- peer input never raises
 
 

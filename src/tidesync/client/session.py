@@ -31,7 +31,7 @@ from ..errors import (
     AuthError, CertificateError, CompensatingWriteError, ConnectionClosedError, SyncError, TimeoutError, UsageError,
 )
 from ..protocol.actions import (
-    DOWNLOAD, Announce, DownloadComplete, Fail, Notify, RecordAck, ReportProgress, Send, UploadComplete,
+    DOWNLOAD, Announce, DownloadComplete, Fail, Integrate, Notify, RecordAck, ReportProgress, Send, UploadComplete,
 )
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
@@ -512,7 +512,12 @@ class SyncSession:
             elif isinstance(action, Announce):
                 pass  # descriptors are recorded by the store when data arrives
             else:
-                follow = perform(action, self._db, replicator)
+                if isinstance(action, Integrate):
+                    # Listeners see the download before its fsync; the Ack still waits for it.
+                    follow = replicator.integrated(
+                        self._db._integrate_download(action.txns, action.peer, action.peer_seq))
+                else:
+                    follow = perform(action, self._db, replicator)
                 if isinstance(action, RecordAck):
                     with self._cond:
                         self._acked = max(self._acked, action.seq) if action.peer == self._server_id else self._acked

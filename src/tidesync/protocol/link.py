@@ -155,8 +155,12 @@ class Link:
 
     # ------------------------------------------------------------------ inputs
 
-    def send(self, message: Message) -> None:
+    def send(self, message: Message, *, encoded: bytes | None = None) -> None:
         """Queue a message for the peer.
+
+        ``encoded``: the message's payload when the caller already has it, exactly as
+        :func:`~.codec.encode` makes it with this Link's ``compress_threshold`` and
+        ``max_message_size`` (a server sending one message to many connections encodes it once).
 
         Raises:
             ConnectionClosedError: the connection has ended (this side sent ``Close``, or it
@@ -172,8 +176,8 @@ class Link:
             raise UsageError(
                 f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
                 code="invalid_state")
-        payload = encode(message, compress_threshold=self.compress_threshold,
-                         max_size=self.max_message_size)
+        payload = encoded if encoded is not None else encode(
+            message, compress_threshold=self.compress_threshold, max_size=self.max_message_size)
         self._conn.process_message(self.role, type(message))
         self._out.append(payload)
         self._after_message(message, remote=False)

@@ -88,10 +88,14 @@ class Role(Enum):
     INITIATOR = "initiator"
     ACCEPTOR = "acceptor"
 
+    # Members are singletons: identity hashing is correct, and cheaper than Enum's
+    # (every message sent or received looks roles and states up in the tables).
+    __hash__ = object.__hash__
+
     @property
     def peer(self) -> Role:
         """The other role."""
-        return Role.ACCEPTOR if self is Role.INITIATOR else Role.INITIATOR
+        return _PEER[self]
 
 
 class State(Enum):
@@ -104,8 +108,11 @@ class State(Enum):
     CLOSED = "CLOSED"
     ERROR = "ERROR"
 
+    __hash__ = object.__hash__  # see Role
+
 
 INITIATOR, ACCEPTOR = Role.INITIATOR, Role.ACCEPTOR
+_PEER = {INITIATOR: ACCEPTOR, ACCEPTOR: INITIATOR}
 IDLE, HELLO_SENT, HELLO_RECEIVED = State.IDLE, State.HELLO_SENT, State.HELLO_RECEIVED
 ACTIVE, CLOSED, ERROR = State.ACTIVE, State.CLOSED, State.ERROR
 
@@ -139,6 +146,12 @@ TRANSITIONS: dict[Role, dict[State, dict[Trigger, State]]] = {
     },
 }
 
+#: role -> every (type, other role) trigger that appears in that role's table.
+_CROSS_TRIGGERS: dict[Role, frozenset[Trigger]] = {
+    role: frozenset(t for table in TRANSITIONS[role].values() for t in table if isinstance(t, tuple))
+    for role in TRANSITIONS
+}
+
 
 class ConnectionState:
     """Both parties' machines for one connection.
@@ -152,11 +165,12 @@ class ConnectionState:
 
     def can_send(self, role: Role, message_type: MessageType) -> bool:
         """Whether ``role`` may send a message of this type now."""
-        if message_type not in TRANSITIONS[role][self.states[role]]:
+        states = self.states
+        if message_type not in TRANSITIONS[role][states[role]]:
             return False
-        other = role.peer
+        other = _PEER[role]
         cross = (message_type, role)
-        return not self._is_cross_trigger(other, cross) or cross in TRANSITIONS[other][self.states[other]]
+        return cross not in _CROSS_TRIGGERS[other] or cross in TRANSITIONS[other][states[other]]
 
     def process_message(self, role: Role, message_type: MessageType) -> None:
         """Apply a message sent by ``role``.
@@ -192,16 +206,18 @@ class ConnectionState:
     @property
     def failed(self) -> bool:
         """True once the connection has failed."""
-        return ERROR in self.states.values()
+        states = self.states
+        return states[INITIATOR] is ERROR or states[ACCEPTOR] is ERROR
 
     @property
     def finished(self) -> bool:
         """True once nothing more can be sent either way (both CLOSED, or ERROR)."""
-        return self.failed or all(s is CLOSED for s in self.states.values())
+        a, b = self.states[INITIATOR], self.states[ACCEPTOR]
+        return a is ERROR or b is ERROR or (a is CLOSED and b is CLOSED)
 
     @staticmethod
     def _is_cross_trigger(role: Role, trigger: Trigger) -> bool:
-        return any(trigger in table for table in TRANSITIONS[role].values())
+        return trigger in _CROSS_TRIGGERS[role]
 
     def _settle(self) -> None:
         if self.failed:

@@ -37,10 +37,11 @@ from ..errors import AuthError, MergeError, PermissionDeniedError, ProtocolError
 from ..protocol.actions import (
     Announce, Fail, Integrate, Notify, ReadLog, ReadSnapshot, RecordAck, ReportProgress, Send,
 )
+from ..protocol.codec import encode
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import CompensatingWrite, Hello
+from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
@@ -89,6 +90,26 @@ class _Shared:
         self._flushing = False
         self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
         self._checking = False
+        self._payloads: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
+
+    def payload(self, message: Any, link: Link) -> bytes | None:
+        """The encoding of a ``Changes`` that other sessions already sent, or None (then
+        encoded here and remembered). On fan-out the sessions of one scope read the same batch
+        (store/replica.py's read memo) and, with the same progress figures, send the same bytes.
+        """
+        if not isinstance(message, Changes):
+            return None
+        entries = message.entries
+        key = (message.from_seq, message.to_seq, message.head, message.progress, id(entries),
+               link.compress_threshold, link.max_message_size)
+        hit = self._payloads.get(key)
+        if hit is not None and hit[0] is entries:
+            return hit[1]
+        payload = encode(message, compress_threshold=link.compress_threshold, max_size=link.max_message_size)
+        if len(self._payloads) >= 256:
+            self._payloads.clear()
+        self._payloads[key] = (entries, payload)  # holds entries: its id stays unique meanwhile
+        return payload
 
     async def still_valid(self, tokens: Any, user: Any) -> Any:
         """``tokens.still_valid(user)``, checked together with those of every other session
@@ -186,10 +207,16 @@ class ServerSession:
                                            "policies": json.dumps(named_policies(state.config.policies))})
         self.user: Any = None
         self.partition: Any = None
+        self._partition_json = ""  # canonical_json(self.partition), once admitted
         # Rules and filters of this session's user (set when the Hello is admitted).
         self.enforcer = Enforcer(state, None)
         self.reader = SessionReplica(state.backend, None, self.enforcer)
         self._inbox: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        #: True while run() waits for its inbox: no step of the session is under way, so a
+        #: message can be handled where it arrives (see _receive_now).
+        self._parked = False
+        #: The rest of a send begun by _send_now that had to wait, if any.
+        self._sending: asyncio.Future[None] | None = None
         self._closing = False
         self._snapshot_pages = 0
         self._lazy_commit = False
@@ -205,8 +232,9 @@ class ServerSession:
         for every session on every write makes each write cost O(connections)."""
         touched = _shared(self.state).touched
         if (touched is None or self.partition is None or self.flexible is not None
-                or canonical_json(self.partition) in touched):
-            self._inbox.put_nowait(("commit", None))
+                or self._partition_json in touched):
+            if not self._stream_now():
+                self._inbox.put_nowait(("commit", None))
         elif not self._lazy_commit:
             self._lazy_commit = True
             # Spread over the interval: no burst of every idle session at once.
@@ -214,12 +242,85 @@ class ServerSession:
 
     def _commit_later(self) -> None:
         self._lazy_commit = False
-        self._inbox.put_nowait(("commit", None))
+        if not self._stream_now():
+            self._inbox.put_nowait(("commit", None))
+
+    def _stream_now(self) -> bool:
+        """Stream the new entries from here, without waking the session's task, when run() is
+        parked on an empty inbox: on fan-out every woken session then reads (once for all: the
+        read memo), encodes (once: _Shared.payload) and sends in the notifier's own loop, and
+        the last connection no longer waits for a thousand task switches. Whatever needs an
+        ``await`` goes to run() as a ``resume`` item, in order. Returns False (nothing done)
+        when not applicable."""
+        if (not self._parked or not self._inbox.empty() or self.flexible is not None or self._sending is not None
+                or not self.replicator.active or self.link.finished or self._auth_due()):
+            return False  # (an expired token or a recheck: run() checks it before streaming)
+        actions = self.replicator.local_commit(_shared(self.state).head)
+        if not actions:
+            return False  # run() asks the backend for its real head
+        rest = self._execute_now(actions)
+        payloads = self.link.data_to_send()
+        while payloads and self._sending is None:
+            self._send_now(payloads.pop(0))
+        events = self.link.events_received()
+        if payloads or rest or events or self.link.finished:
+            self._inbox.put_nowait(("resume", (payloads, rest, events)))
+        return True
+
+    def _send_now(self, payload: bytes) -> None:
+        """Send a payload without awaiting when the transport takes it at once (the usual case:
+        the send coroutine then completes on its first step). If it has to wait (the transport
+        is paused for writing), the rest of it runs in a task, ``_sending``, which every later
+        send waits for."""
+        coro = self.ws.send_bytes(payload)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - the reader reports the loss
+            self.link.connection_lost()
+            return
+        self._sending = asyncio.ensure_future(self._finish_send(coro, waiting))
+
+    async def _finish_send(self, coro: Any, waiting: Any) -> None:
+        try:
+            while True:
+                try:
+                    if waiting is None:
+                        await asyncio.sleep(0)
+                    else:
+                        await waiting
+                except BaseException as exc:  # noqa: BLE001 - handed to the send, as a task would
+                    waiting = coro.throw(exc)
+                else:
+                    waiting = coro.send(None)
+        except StopIteration:
+            pass
+        except Exception:  # noqa: BLE001 - the reader reports the loss
+            self.link.connection_lost()
+        finally:
+            self._sending = None
 
     def _tick(self) -> None:
         # Heartbeats and deadlines: one timer per session instead of a timeout on every get().
-        self._inbox.put_nowait(("tick", None))
         self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
+        now = int(time.monotonic() * 1000)
+        deadline = self.link.next_deadline()
+        if self.flexible is None and deadline is not None and now < deadline and not self._auth_due():
+            # Nothing is due (no Ping to send, no timeout, no auth check): the Link only
+            # notes the time, which needs no wake-up of the session's task (a thousand idle
+            # connections made a thousand task switches a second).
+            self.link.tick(now)
+            return
+        self._inbox.put_nowait(("tick", None))
+
+    def _auth_due(self) -> bool:
+        """Whether :meth:`_auth_lapsed` has something to check now."""
+        user = self.user
+        if user is None:
+            return False
+        return (time.time() >= getattr(user, "expires", 0.0) > 0
+                or time.monotonic() - self._auth_checked_at >= self.state.config.auth.session_recheck_interval)
 
     def recheck_auth(self) -> None:
         """Check the user's token and account again now (log out, disabled user...)."""
@@ -262,7 +363,11 @@ class ServerSession:
             while True:
                 if await self._auth_lapsed():
                     break
-                kind, item = await self._inbox.get()
+                self._parked = True
+                try:
+                    kind, item = await self._inbox.get()
+                finally:
+                    self._parked = False
                 if kind == "tick":
                     self.link.tick(int(time.monotonic() * 1000))
                     await self._flush()
@@ -275,6 +380,14 @@ class ServerSession:
                     self.link.connection_lost()
                 elif kind == "data":
                     self.link.receive(item)
+                elif kind == "resume":  # what _receive_now left: payloads, actions, events
+                    payloads, actions, events = item
+                    for payload in payloads:
+                        if not await self._send_payload(payload):
+                            break
+                    await self._execute(actions)
+                    for event in events:
+                        await self._on_event(event)
                 elif kind == "flex":  # flexible sync: the next page of a subscription bootstrap
                     if self.flexible is not None:
                         await self.flexible.step()
@@ -313,20 +426,76 @@ class ServerSession:
                 if data is None:
                     text = msg.get("text")
                     data = text.encode() if isinstance(text, str) else b""
-                self._inbox.put_nowait(("data", data))
+                if not (self._parked and self._inbox.empty() and self._receive_now(data)):
+                    self._inbox.put_nowait(("data", data))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:
             self._inbox.put_nowait(("lost", None))
 
+    def _receive_now(self, data: bytes) -> bool:
+        """Handle a payload in the reader task while run() is parked on an empty inbox.
+
+        On fan-out every connection answers each ``Changes`` with an ``Ack``, whose handling
+        needs no I/O (the acknowledgement is recorded later, with the others): doing it here
+        saves a queue hand-off and a task switch per connection and write. Whatever needs an
+        ``await`` (a send, a storage call, any other message) is handed to run() as a
+        ``resume`` item, in order. Returns False (nothing done) when not applicable.
+        """
+        if self.flexible is not None or self.link.finished or not self.replicator.active:
+            return False
+        self.link.receive(data)
+        events = self.link.events_received()
+        actions: list[Any] = []
+        while events and not actions:
+            event = events[0]
+            if not (isinstance(event, MessageReceived) and isinstance(event.message, Ack)):
+                break
+            events.pop(0)
+            actions = self._execute_now(self.replicator.handle(event.message))
+        payloads = self.link.data_to_send()
+        if payloads or actions or events or self.link.finished:
+            self._inbox.put_nowait(("resume", (payloads, actions, events)))
+        return True
+
+    def _execute_now(self, actions: list[Any]) -> list[Any]:
+        """Execute the leading actions that need no ``await``; return the rest, unexecuted."""
+        todo = list(actions)
+        while todo:
+            action = todo[0]
+            if isinstance(action, Send):
+                if self.link.can_send(action.message):
+                    self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
+            elif isinstance(action, Fail):
+                self.link.fail(action.error)
+            elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
+                    "UploadComplete", "DownloadComplete"):
+                pass
+            elif isinstance(action, RecordAck):
+                _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
+            elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
+                todo[0:1] = self.replicator.log_read(batch)
+                continue
+            else:
+                return todo
+            todo.pop(0)
+        return todo
+
+    async def _send_payload(self, payload: bytes) -> bool:
+        while self._sending is not None:  # a send begun by _send_now comes first
+            await asyncio.wait({self._sending})
+        try:
+            await self.ws.send_bytes(payload)
+        except Exception:  # noqa: BLE001 - the reader reports the loss
+            self.link.connection_lost()
+            return False
+        return True
+
     async def _flush(self) -> None:
         if self.flexible is not None:
             self.flexible.pump()
         for payload in self.link.data_to_send():
-            try:
-                await self.ws.send_bytes(payload)
-            except Exception:  # noqa: BLE001 - the reader reports the loss
-                self.link.connection_lost()
+            if not await self._send_payload(payload):
                 return
 
     async def _on_event(self, event: Any) -> None:
@@ -367,6 +536,7 @@ class ServerSession:
                     f"this server partitions by {self.state.config.partition_key!r}, not {part['key']!r}",
                     code=ErrorCode.BAD_SCOPE)
             self.partition = part["value"]
+            self._partition_json = canonical_json(self.partition)
         elif scope.get("subscriptions") is not None:
             from .flexible import admit_flexible
 
@@ -398,7 +568,7 @@ class ServerSession:
                 if self.flexible is not None:
                     self.flexible.pump()  # views first: they precede the changes that rely on them
                 if self.link.can_send(action.message):
-                    self.link.send(action.message)
+                    self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
             elif isinstance(action, Fail):
                 self.link.fail(action.error)
             elif isinstance(action, Notify) and self.flexible is not None:
@@ -460,9 +630,13 @@ class ServerSession:
             # What the new entries can concern: this session's partition (the enforcer let
             # nothing else in), unless a compensating transaction restored other documents.
             if self.partition is not None and self.flexible is None and not compensated:
-                shared.touched = {canonical_json(self.partition)}
+                shared.touched = {self._partition_json}
             try:
                 self.state.notify_commit(self)
             finally:
                 shared.touched = None
+            # Let the sessions just woken stream the new entries before this one answers its
+            # own peer (the Ack, then its own wake-up): the propagation to the others does not
+            # wait for those sends.
+            await asyncio.sleep(0)
         return follow

@@ -877,6 +877,24 @@ class Database(ReplicaStore):
             self._after_remote(result.applied > 0)
         return result
 
+    def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int) -> IntegrateResult:
+        """:meth:`integrate` for a sync session's download: listeners are woken as soon as the
+        transaction is committed, and the fsync that makes it durable follows, outside the
+        lock (so the notifier can read meanwhile). It returns once the batch is durable, so the
+        ``Ack`` that follows still means "durably integrated". Until then a power loss rolls
+        the batch back together with its checkpoint (one SQLite transaction), and the batch is
+        downloaded again (docs/sync.md, "Durability of downloads")."""
+        self._check_open()
+        with self._lock:
+            if self._txn is not None:
+                raise UsageError("cannot integrate inside a write transaction")
+            with self._engine.unsynced(), self._engine.atomic():
+                result = self._integrate_locked(txns, peer, peer_seq)
+            self._after_remote(result.applied > 0)
+            engine = self._engine
+        engine.sync_wal()
+        return result
+
     def _after_remote(self, changed: bool) -> None:
         """After integrating from a peer: refresh caches, wake listeners and other peers."""
         self._cache.clear()

@@ -16,7 +16,9 @@ Rules of this module (the rest of ``tidesync.store`` relies on them):
 Durability: the file runs in WAL mode with ``synchronous=FULL`` (and ``fullfsync`` where the OS
 has it), so a transaction is on stable storage when ``COMMIT`` (and so ``atomic()``) returns.
 ``synchronous=NORMAL``, the usual WAL pairing, can lose the last commits on power loss, which
-would break "nothing acknowledged is lost".
+would break "nothing acknowledged is lost". (A sync session's download is the one exception:
+:meth:`Engine.unsynced` then :meth:`Engine.sync_wal` before it is acknowledged; docs/sync.md,
+"Durability of downloads".)
 
 Encryption: with ``encryption_key`` the file is opened with SQLCipher; the 64-byte key is turned
 into SQLCipher's 32-byte raw key with HKDF-SHA256 (:func:`derive_sqlcipher_key`). See
@@ -37,6 +39,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType, TracebackType
 from typing import Any, cast
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None  # type: ignore[assignment]
 
 from ..errors import (
     CorruptFileError,
@@ -380,6 +387,35 @@ class Engine:
             self._run(f"RELEASE {name}")
         finally:
             self._savepoints -= 1
+
+    @contextmanager
+    def unsynced(self) -> Iterator[None]:
+        """Transactions committed inside the block are written to the WAL but not fsync'd
+        (``synchronous = NORMAL``): after a power loss they may be rolled back, whole and
+        together, never torn. Call :meth:`sync_wal` before anything relies on them being
+        durable. Use it only outside a transaction."""
+        self._run("PRAGMA synchronous = NORMAL")
+        try:
+            yield
+        finally:
+            self._run("PRAGMA synchronous = FULL")
+
+    def sync_wal(self) -> None:
+        """Flush the WAL file to stable storage: every transaction committed so far, including
+        those of :meth:`unsynced`, is durable when this returns. Needs no lock and no
+        connection (an fsync of the file), so other threads can read meanwhile."""
+        try:
+            fd = os.open(self.path + "-wal", os.O_RDWR)
+        except FileNotFoundError:
+            return  # no WAL: everything was checkpointed, and a checkpoint syncs the file
+        try:
+            full = getattr(fcntl, "F_FULLFSYNC", None) if fcntl is not None else None
+            if full is not None:
+                fcntl.fcntl(fd, full)  # macOS: as PRAGMA fullfsync does
+            else:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def in_transaction(self) -> bool:
         """True inside ``atomic()`` (or any open transaction on this connection)."""

@@ -87,7 +87,7 @@ class _LogCache:
     MAX_ROWS = 4096
     MAX_BYTES = 32 << 20
 
-    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts")
+    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts", "reads")
 
     def __init__(self) -> None:
         self._rows: dict[int, _LogRow] = {}
@@ -98,6 +98,10 @@ class _LogCache:
         self.state: tuple[int, tuple[int, str | None, int]] | None = None
         #: Documents per scope value (snapshot progress estimates) at ``version``.
         self.counts: dict[str | None, int] = {}
+        #: read_log results at ``version`` by (after, limit, max_bytes, scope value), with the
+        #: origins and vias of the entries they scanned: the same batch serves every peer that
+        #: is none of those (on fan-out, every session but the writer's asks the same read).
+        self.reads: dict[tuple[int, int, int, str | None], tuple[LogBatch, frozenset[str]]] = {}
 
     def rows(self, after: int, limit: int, head: int) -> list[_LogRow] | None:
         """Entries after..min(after + limit, head), or None unless all of them are cached."""
@@ -116,6 +120,7 @@ class _LogCache:
             self._rows.clear()
             self._bytes = 0
             self.scoped.clear()
+            self.reads.clear()
             if len(rows) > self.MAX_ROWS or size > self.MAX_BYTES:
                 return
         for r in rows:
@@ -218,10 +223,16 @@ class ReplicaStore:
             if after < head and self._needs_snapshot(after, exclude_origin, marks):
                 return LogBatch((), after, head, 0, snapshot_required=True)
             want = _scope_value(scope)
+            memo_key = (after, limit, max_bytes, want)
+            earlier = cache.reads.get(memo_key) if cache is not None else None
+            if earlier is not None and (exclude_origin is None or exclude_origin not in earlier[1]):
+                return earlier[0]
             entries: list[tuple[int, Transaction]] = []
             nbytes = 0
             scanned = after
             cursor = after
+            sources: set[str] = set()  # origins and vias of the entries scanned
+            excluded = False
             while len(entries) < limit and nbytes < max_bytes and cursor < head:
                 rows = cache.rows(cursor, max(1, min(500, limit - len(entries))), head) if cache else None
                 if rows is None:
@@ -233,13 +244,19 @@ class ReplicaStore:
                 if not rows:
                     scanned = head
                     break
+                if want is not None and cache is not None:
+                    self._prefilter(rows, want, cache, exclude_origin)
                 for row in rows:
                     seq = row.seq
                     cursor = seq
                     if nbytes >= max_bytes and entries:
                         break
                     scanned = seq
+                    sources.add(row.origin)
+                    if row.via is not None:
+                        sources.add(row.via)
                     if exclude_origin is not None and (row.origin == exclude_origin or row.via == exclude_origin):
+                        excluded = True
                         continue
                     txn = row.txn()
                     size = row.size
@@ -265,7 +282,11 @@ class ReplicaStore:
                 break
             if cursor >= head and not entries:
                 scanned = head
-            return LogBatch(tuple(entries), scanned, head, nbytes)
+            batch = LogBatch(tuple(entries), scanned, head, nbytes)
+            if cache is not None and not excluded:
+                # What any peer other than these sources would read too.
+                cache.reads[memo_key] = (batch, frozenset(sources))
+            return batch
 
     def _log_cache(self) -> _LogCache | None:
         """The cache of decoded log entries, checked against the file (None inside a write
@@ -281,13 +302,33 @@ class ReplicaStore:
             # and so are the head and the snapshot marks.
             cache.scoped.clear()
             cache.counts.clear()
+            cache.reads.clear()
             cache.state = None
             cache.version = version
         return cache
 
-    def _filter_to_scope(self, txn: Transaction, want: str) -> Transaction | None:
-        refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
+    def _prefilter(self, rows: list[_LogRow], want: str, cache: _LogCache,
+                   exclude_origin: ReplicaId | None) -> None:
+        """Filter the rows not yet filtered to ``want`` with one query for all of them (a peer
+        of another scope reading many entries made one query per entry). Call with the lock."""
+        todo = [(row, row.txn()) for row in rows if (row.seq, want) not in cache.scoped
+                and (exclude_origin is None or (row.origin != exclude_origin and row.via != exclude_origin))]
+        if len(todo) < 2:
+            return
+        refs = {(op.collection, canonical_json(op.key)) for _, txn in todo for op in txn.ops}
         inside = self._refs_in_scope(refs, want)
+        for row, txn in todo:
+            size = row.size
+            txn_f = self._filter_to_scope(txn, want, inside)
+            if txn_f is not None and txn_f is not txn:
+                size = len(msgpack.packb(txn_f.to_wire(), use_bin_type=True))
+            cache.scoped[(row.seq, want)] = (txn_f, size)
+
+    def _filter_to_scope(self, txn: Transaction, want: str, known: set[Ref] | None = None) -> Transaction | None:
+        """``txn`` reduced to its operations on documents of scope ``want`` (None: none are).
+        ``known``: the documents of ``want`` among them, when already looked up."""
+        refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
+        inside = self._refs_in_scope(refs, want) if known is None else refs & known
         if len(inside) == len(refs):
             return txn
         if not inside:

@@ -1,0 +1,54 @@
+"""``read_log`` filtered to a partition: entries of other partitions are skipped, mixed ones
+reduced to the partition's documents (the log cache filters a whole read with one query), and
+the same read is served to every peer whose own entries it does not hold, until the next write."""
+
+from __future__ import annotations
+
+from tidesync.core.operations import CreateDoc, SetValue
+from tidesync.core.transaction import Transaction
+from tidesync.store.database import Database
+
+ORIGIN = "a1b2c3d4e5f60718"
+
+
+def _stamp(i: int) -> str:
+    return f"{0x18f000000000 + i:012x}000000{ORIGIN}"
+
+
+def _create(i: int, key: str, partition: str) -> CreateDoc:
+    return CreateDoc("Job", key, _stamp(i), "", {"_id": key, "_partition": partition, "n": i}, {})
+
+
+def test_entries_are_filtered_to_the_partition_in_one_read(tmp_path):
+    server = Database(tmp_path / "server.db", (), partition_key="_partition")
+    try:
+        txns = [
+            Transaction(_stamp(1), ORIGIN, _stamp(1), (), (_create(1, "a", "p1"),)),
+            Transaction(_stamp(2), ORIGIN, _stamp(2), (), (_create(2, "b", "p2"),)),
+            Transaction(_stamp(3), ORIGIN, _stamp(3), (), (_create(3, "c", "p1"), _create(3, "d", "p2"))),
+            Transaction(_stamp(4), ORIGIN, _stamp(4), (), (SetValue("Job", "b", _stamp(4), "", ("n",), (), 9),)),
+            Transaction(_stamp(5), ORIGIN, _stamp(5), (), (SetValue("Job", "a", _stamp(5), "", ("n",), (), 7),)),
+        ]
+        for t in txns:
+            server.integrate([t])
+        scope = {"partition": {"key": "_partition", "value": "p1"}}
+        batches = []
+        for peer in (None, None, "f" * 16):  # filtered, then the same read for any other peer
+            batch = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=peer)
+            batches.append(batch)
+            assert batch.scanned_to == batch.head == 5
+            assert [seq for seq, _ in batch.entries] == [1, 3, 5]
+            assert [[op.key for op in t.ops] for _, t in batch.entries] == [["a"], ["c"], ["a"]]
+        other = server.read_log(0, limit=100, max_bytes=1 << 20,
+                                scope={"partition": {"key": "_partition", "value": "p2"}}, exclude_origin=None)
+        assert [[op.key for op in t.ops] for _, t in other.entries] == [["b"], ["d"], ["b"]]
+        assert batches[1] is batches[0] and batches[2] is batches[0]  # read once, served to all
+        # The writer's own entries are not sent back to it: not the shared read.
+        mine = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=ORIGIN)
+        assert mine.entries == () and mine.scanned_to == 5
+        # Any write makes the shared reads stale.
+        server.integrate([Transaction(_stamp(6), ORIGIN, _stamp(6), (), (_create(6, "e", "p1"),))])
+        later = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=None)
+        assert [seq for seq, _ in later.entries] == [1, 3, 5, 6]
+    finally:
+        server.close()

@@ -459,6 +459,14 @@ class Router:
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
+        # Waking: sessions that got entries since the last round; one debounced advance for
+        # every idle session (see announce).
+        self._woken: set[FlexibleSession] = set()
+        self._round_task: asyncio.Task[None] | None = None
+        self._advance_due: float | None = None
+        self._advance_timer: asyncio.TimerHandle | None = None
+        self._last_advance = 0.0
+        self.config = FlexibleConfig()
         with backend._lock:
             self.indexed: set[str] = {r[0][len("flexible_ix_"):] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flexible_ix_%'")}
@@ -505,6 +513,7 @@ class Router:
 
     def register(self, s: FlexibleSession) -> None:
         with self.lock:
+            self.config = s.config
             self.sessions.add(s)
             s.routed_from = self.processed_to
             for ref in s.held:
@@ -515,6 +524,7 @@ class Router:
         with self.lock:
             self.sessions.discard(s)
             self._unindex(s)
+            self._woken.discard(s)
             for ref in s.held:
                 hs = self.holders.get(ref)
                 if hs is not None:
@@ -576,6 +586,73 @@ class Router:
 
     def mark_dirty(self) -> None:
         self._dirty = True
+
+    def announce(self) -> None:
+        """The log grew (event loop): route the new entries once, in a worker thread, then
+        wake only the sessions they concern.
+
+        Every other session only has to move its device's checkpoint past them eventually
+        (for its ``wait_for_download_completion``): that *advance* is debounced for all of
+        them together, once the log has been quiet for ``advance_interval`` seconds, and at
+        least every ``max_advance_interval`` under a steady stream of changes, so an idle
+        device costs nothing per change. Commits announced while a round runs are routed by
+        the next one (one round for any number of them)."""
+        self._dirty = True
+        if self._round_task is None:
+            self._round_task = asyncio.get_running_loop().create_task(self._round())
+
+    async def _round(self) -> None:
+        try:
+            while True:
+                await self.catch_up_async()
+                woken = self._take_woken()
+                if woken is None:
+                    woken = await asyncio.to_thread(self._take_woken, True)
+                assert woken is not None
+                for s in list(self.sessions):
+                    if s.resync or s.read_to < s.routed_from:
+                        woken.add(s)
+                for s in woken:
+                    s.wake()
+                self._arm_advance()
+                if not self._dirty:
+                    return
+        except Exception:  # noqa: BLE001 - never leave the router without rounds
+            log.exception("routing round failed")
+            for s in list(self.sessions):
+                s.wake()       # each session catches up by itself (FlexibleSession.read_log)
+        finally:
+            self._round_task = None
+
+    def _take_woken(self, blocking: bool = False) -> set[FlexibleSession] | None:
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        try:
+            woken, self._woken = self._woken, set()
+        finally:
+            self.lock.release()
+        return woken
+
+    def _arm_advance(self) -> None:
+        now = time.monotonic()
+        due = self._advance_due
+        new_due = min(now + self.config.advance_interval,
+                      max(now, self._last_advance + self.config.max_advance_interval))
+        if due is None or new_due != due:
+            self._advance_due = new_due
+            if self._advance_timer is not None:
+                self._advance_timer.cancel()
+            self._advance_timer = asyncio.get_running_loop().call_later(new_due - now, self._advance)
+
+    def _advance(self) -> None:
+        self._advance_timer = None
+        self._advance_due = None
+        self._last_advance = time.monotonic()
+        processed = self.processed_to
+        for s in list(self.sessions):
+            if s.read_to < processed:
+                s.advance_now = True
+                s.wake()
 
     def position(self) -> int:
         """Where routing is, catching up first if a commit was announced since."""
@@ -659,6 +736,7 @@ class Router:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
             s.relevant.append(r.seq)
+        self._woken |= targets
 
     def routed(self, seq: int) -> _Routed | None:
         with self.lock:
@@ -737,9 +815,8 @@ class FlexibleSession:
         self.read_to = 0
         self._first_read = True
         self.resync = False
-        self._last_advance = 0.0
-        self._advance_due: float | None = None
-        self._advance_timer: asyncio.TimerHandle | None = None
+        self.advance_now = False                  # woken by the router's advance (see Router.announce)
+        self.registered = False
         # bootstrap work and messages
         self.enter_todo: deque[Ref] = deque()
         self.leave_todo: deque[Ref] = deque()
@@ -770,14 +847,14 @@ class FlexibleSession:
         The session is registered with the router first, so that no change integrated while
         the view is being computed can slip between the two."""
         self.router.register(self)
+        self.registered = True
         await asyncio.to_thread(self._connect_sync)
         self.schedule()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._advance_timer is not None:
-                self._advance_timer.cancel()
+            self.registered = False
             self.router.unregister(self)
 
     # -- matching -------------------------------------------------------------------------
@@ -1048,39 +1125,27 @@ class FlexibleSession:
 
     # -- waking ---------------------------------------------------------------------------
 
-    async def wants_log(self) -> bool:
-        """Whether a commit wake should make the replicator read the log now.
+    def wake(self) -> None:
+        """Make the session read the log (event loop; see :meth:`Router.announce`)."""
+        if not self._closed:
+            self.server._inbox.put_nowait(("commit", None))
 
-        Yes when an entry concerns this device (or it is still catching up). Otherwise the
-        device's checkpoint only needs to follow the head eventually (for its
-        ``wait_for_download_completion``): that *advance* is debounced, once the log has been
-        quiet for ``advance_interval`` seconds, and at least every ``max_advance_interval``
-        under a steady stream of changes for other devices, so an idle device costs nothing
-        per change."""
-        self.router.mark_dirty()
-        await self.router.catch_up_async()
+    async def wants_log(self) -> bool:
+        """Whether a commit wake should make the replicator read the log now: an entry
+        concerns this device, it is still catching up, or the router's debounced advance
+        woke it (see :meth:`Router.announce`)."""
+        if not self.registered:
+            # Not connected to the router yet (its Hello is being handled): the read
+            # catches up by itself.
+            return True
+        if self.router._dirty:
+            await self.router.catch_up_async()
         if self.relevant or self.resync or self.read_to < self.routed_from:
             return True
-        now = time.monotonic()
-        due = self._advance_due
-        if due is not None and now >= due:
-            self._advance_due = None
-            self._last_advance = now
+        if self.advance_now:
+            self.advance_now = False
             return True
-        new_due = min(now + self.config.advance_interval,
-                      max(now, self._last_advance + self.config.max_advance_interval))
-        if due is None or new_due != due:
-            self._advance_due = new_due
-            if self._advance_timer is not None:
-                self._advance_timer.cancel()
-            self._advance_timer = asyncio.get_running_loop().call_at(
-                asyncio.get_running_loop().time() + (new_due - now), self._advance_wake)
         return False
-
-    def _advance_wake(self) -> None:
-        self._advance_timer = None
-        if not self._closed:
-            self.server.local_commit()
 
     # -- routing (the replicator's ReadLog for this peer; worker thread) -------------------
 
@@ -1131,9 +1196,45 @@ class FlexibleSession:
                 continue
             routed.append(r)
         batch = self._judge(routed, after, upto, limit, max_bytes, exclude_origin)
+        assert batch is not None
         with self.router.lock:
             while self.relevant and self.relevant[0] <= batch.scanned_to:
                 self.relevant.popleft()
+        self.read_to = batch.scanned_to
+        return batch
+
+    def read_inline(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch | None:
+        """:meth:`read_log` on the event loop, when it needs no storage: the router has routed
+        every entry committed so far and still holds them, and no document enters or leaves
+        the view (those read the backend and write view rows). None: read in a worker thread.
+
+        A thread hop per session and per routing round costs more than such a read, and with
+        hundreds of sessions woken by one commit the hops queue behind each other."""
+        router = self.router
+        if (self._first_read or self.resync or after < self.routed_from or router._dirty
+                or router.processed_to < after or self.rules is not None):
+            return None
+        if not router.lock.acquire(blocking=False):
+            return None      # the router is catching up in a worker thread
+        try:
+            processed = router.processed_to
+            seqs, truncated = self._relevant_after(after, processed, limit)
+            if not seqs:
+                return None
+            routed: list[_Routed] = []
+            for seq in seqs:
+                r = router.cache.get(seq)
+                if r is None:
+                    return None
+                routed.append(r)
+            batch = self._judge(routed, after, seqs[-1] if truncated else processed, limit, max_bytes,
+                                exclude_origin, inline=True)
+            if batch is None:
+                return None
+            while self.relevant and self.relevant[0] <= batch.scanned_to:
+                self.relevant.popleft()
+        finally:
+            router.lock.release()
         self.read_to = batch.scanned_to
         return batch
 
@@ -1175,12 +1276,16 @@ class FlexibleSession:
             for ref in r.refs:
                 r.states[ref] = states.get(ref, (False, None))
         batch = self._judge(routed, after, last, limit, max_bytes, exclude_origin)
+        assert batch is not None
         self.read_to = batch.scanned_to
         return batch
 
     def _judge(self, routed: Sequence[_Routed], after: int, upto: int, limit: int, max_bytes: int,
-               exclude_origin: Any) -> LogBatch:
-        """Decide stays / enters / leaves for a batch and build what the device gets."""
+               exclude_origin: Any, inline: bool = False) -> LogBatch | None:
+        """Decide stays / enters / leaves for a batch and build what the device gets.
+
+        ``inline``: on the event loop; returns None, having changed nothing, when the batch
+        needs storage (a document enters or leaves the view)."""
         decisions: dict[Ref, str] = {}
         # Each document is judged once per batch, on the newest state the router saw for it
         # (entries read later carry fresher states): judging on an older one could send
@@ -1232,7 +1337,11 @@ class FlexibleSession:
                 continue
             entries.append((r.seq, txn))
             nbytes += r.size
-        self._apply_decisions(decisions)
+        if inline:
+            if any(d == ENTER or d == LEAVE for d in decisions.values()):
+                return None
+        else:
+            self._apply_decisions(decisions)
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
     def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:

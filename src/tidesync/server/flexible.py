@@ -462,6 +462,7 @@ class Router:
         # Waking: sessions that got entries since the last round; one debounced advance for
         # every idle session (see announce).
         self._woken: set[FlexibleSession] = set()
+        self.pending: set[FlexibleSession] = set()   # woken by this round, not read yet
         self._round_task: asyncio.Task[None] | None = None
         self._advance_due: float | None = None
         self._advance_timer: asyncio.TimerHandle | None = None
@@ -472,6 +473,10 @@ class Router:
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flexible_ix_%'")}
 
     AUTO_INDEX_LIMIT = 16
+    #: The longest a routing round waits for the sessions it woke to read (see announce),
+    #: and how often it looks.
+    ROUND_WAIT = 1.0
+    ROUND_POLL = 0.005
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -525,6 +530,7 @@ class Router:
             self.sessions.discard(s)
             self._unindex(s)
             self._woken.discard(s)
+            self.pending.discard(s)
             for ref in s.held:
                 hs = self.holders.get(ref)
                 if hs is not None:
@@ -572,6 +578,31 @@ class Router:
                 s.held.add(ref)
                 self.holders.setdefault(ref, set()).add(s)
 
+    def watch(self, s: FlexibleSession, refs: Iterable[Ref]) -> list[Ref]:
+        """Route every change of ``refs`` to ``s`` as if it held them, before it reads their
+        state to let them enter its view: routing matches a change against the sessions'
+        queries on the state it sees, so a change that takes a document out of the queries
+        between that read and :meth:`hold` would otherwise not reach ``s``. Returns the refs
+        to :meth:`unwatch` once they are held or not entered."""
+        out: list[Ref] = []
+        with self.lock:
+            for ref in refs:
+                if ref not in s.held:
+                    self.holders.setdefault(ref, set()).add(s)
+                    out.append(ref)
+        return out
+
+    def unwatch(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
+        with self.lock:
+            for ref in refs:
+                if ref in s.held:
+                    continue
+                hs = self.holders.get(ref)
+                if hs is not None:
+                    hs.discard(s)
+                    if not hs:
+                        del self.holders[ref]
+
     def release(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
         with self.lock:
             for ref in refs:
@@ -595,8 +626,13 @@ class Router:
         (for its ``wait_for_download_completion``): that *advance* is debounced for all of
         them together, once the log has been quiet for ``advance_interval`` seconds, and at
         least every ``max_advance_interval`` under a steady stream of changes, so an idle
-        device costs nothing per change. Commits announced while a round runs are routed by
-        the next one (one round for any number of them)."""
+        device costs nothing per change.
+
+        Commits announced while a round runs are routed by the next one, which starts once
+        the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds): under a
+        stream of uploads each device then gets one larger ``Changes`` per round instead of
+        one per upload batch, and the rounds lengthen as the load grows. A lone commit is
+        routed at once."""
         self._dirty = True
         if self._round_task is None:
             self._round_task = asyncio.get_running_loop().create_task(self._round())
@@ -617,6 +653,11 @@ class Router:
                 self._arm_advance()
                 if not self._dirty:
                     return
+                self.pending = woken
+                deadline = time.monotonic() + self.ROUND_WAIT
+                while self.pending and time.monotonic() < deadline:
+                    await asyncio.sleep(self.ROUND_POLL)
+                self.pending = set()
         except Exception:  # noqa: BLE001 - never leave the router without rounds
             log.exception("routing round failed")
             for s in list(self.sessions):
@@ -720,18 +761,26 @@ class Router:
             hs = self.holders.get(ref)
             if hs:
                 targets |= hs
-            coll = ref[0]
-            scan = self.scan.get(coll)
-            if scan:
-                targets |= scan
             live, body = r.states[ref]
             if not live or body is None:
-                continue
+                continue         # a deleted document matters only to those holding it
+            # Sessions with a query that may match (through the equality index, or checked
+            # against every change), kept only when one of their queries matches the state:
+            # one that does not hold the document would otherwise read the entry for nothing
+            # (and its device get an empty Changes).
+            coll = ref[0]
+            maybe: set[FlexibleSession] = set()
+            scan = self.scan.get(coll)
+            if scan:
+                maybe |= scan
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
                 for k in _body_keys(body.get(fieldname)):
                     got = by_value.get(k)
                     if got:
-                        targets |= got
+                        maybe |= got
+            for s in maybe:
+                if s not in targets and s.matches_subs(coll, body):
+                    targets.add(s)
         if r.comp_for is not None:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
@@ -1055,6 +1104,7 @@ class FlexibleSession:
             ref = self.enter_todo.popleft()
             if ref not in self.held:
                 refs.append(ref)
+        watched = self.router.watch(self, refs)
         docs = read_full(self.backend, refs) if refs else {}
         enters: list[SnapshotDoc] = []
         entered: list[Ref] = []
@@ -1076,6 +1126,7 @@ class FlexibleSession:
         if enters or leaves:
             self._send_view(entered, enters, leaves, self.boot_version or 0,
                             Progress(self.boot_sent, max(self.boot_total, self.boot_sent)))
+        self.router.unwatch(self, watched)
         if not self.enter_todo and not self.leave_todo and self.boot_version is not None:
             self.outbox.append(SubscriptionState(self.boot_set_id, self.boot_version,
                                                  SubscriptionStatus.COMPLETE))
@@ -1145,11 +1196,18 @@ class FlexibleSession:
         if self.advance_now:
             self.advance_now = False
             return True
+        self.router.pending.discard(self)
         return False
 
     # -- routing (the replicator's ReadLog for this peer; worker thread) -------------------
 
     def read_log(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
+        try:
+            return self._read_log(after, limit, max_bytes, exclude_origin)
+        finally:
+            self.router.pending.discard(self)
+
+    def _read_log(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
         backend = self.backend
         if self._first_read:
             self._first_read = False
@@ -1236,6 +1294,7 @@ class FlexibleSession:
         finally:
             router.lock.release()
         self.read_to = batch.scanned_to
+        router.pending.discard(self)
         return batch
 
     def _relevant_after(self, after: int, processed: int, limit: int) -> tuple[list[int], bool]:
@@ -1363,6 +1422,7 @@ class FlexibleSession:
         leave = [ref for ref, d in decisions.items() if d == LEAVE]
         if not enter and not leave:
             return
+        watched = self.router.watch(self, enter)
         docs = read_full(self.backend, enter) if enter else {}
         entered: list[Ref] = []
         enters: list[SnapshotDoc] = []
@@ -1376,6 +1436,7 @@ class FlexibleSession:
                 enters.append(shown)
         if entered or leave:
             self._send_view(entered, enters, leave, 0)
+        self.router.unwatch(self, watched)
 
     # -- uploads (FlexibleEnforcer; worker thread) ------------------------------------------
 
@@ -1392,6 +1453,13 @@ class FlexibleSession:
         if not refs:
             return
         refused_refs = {doc_ref(w.collection, w.key) for w in refused}
+        watched = self.router.watch(self, refs)
+        try:
+            self._after_upload(refs, existed, refused_refs)
+        finally:
+            self.router.unwatch(self, watched)
+
+    def _after_upload(self, refs: set[Ref], existed: set[Ref], refused_refs: set[Ref]) -> None:
         states = read_states(self.backend, refs)
         silent: list[Ref] = []
         enter: list[Ref] = []

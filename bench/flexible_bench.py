@@ -170,7 +170,10 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
                     "bootstrap_bytes": fleet.ready["bytes"], "fleet_errors": fleet.ready["errors"]})
         log(f"routing: {out['connected']} clients connected and bootstrapped {out['view_docs']:,} documents "
             f"in {out['connect_s']:.1f} s")
+        idle0 = cpu_s(server.proc.pid)
         time.sleep(2.0)
+        out["idle_cpu_per_s"] = (cpu_s(server.proc.pid) - idle0) / 2.0
+        log(f"routing: server CPU with {w['clients']} idle clients: {out['idle_cpu_per_s']:.2f} s/s")
         if profile:
             os.kill(server.proc.pid, signal.SIGUSR2)   # profile the measured phase only
         s_cpu = cpu_s(server.proc.pid)
@@ -196,7 +199,8 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
             time.sleep(3.0)
         log(f"routing: {w['changes']:,} changes in {seconds:.2f} s ({out['changes_per_s']:,.0f}/s); "
             f"upload acknowledged after {out['upload_s']:.2f} s; {final['converged']}/{final['clients']} clients "
-            f"exact; wrong {final['wrong_docs']}, missing or stale {final['missing_or_stale']}")
+            f"exact; wrong {final['wrong_docs']}, missing or stale {final['missing_or_stale']}; server CPU "
+            f"{out['server_cpu_s']:.1f} s; messages to the clients {final.get('messages')}")
     finally:
         if fleet is not None:
             fleet.close()

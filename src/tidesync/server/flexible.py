@@ -477,6 +477,10 @@ class Router:
     #: and how often it looks.
     ROUND_WAIT = 1.0
     ROUND_POLL = 0.005
+    #: Under a stream of commits, rounds that woke n sessions are at least
+    #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
+    ROUND_SPACING = 1.0
+    ROUND_COST = 0.001
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -629,10 +633,12 @@ class Router:
         device costs nothing per change.
 
         Commits announced while a round runs are routed by the next one, which starts once
-        the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds): under a
-        stream of uploads each device then gets one larger ``Changes`` per round instead of
-        one per upload batch, and the rounds lengthen as the load grows. A lone commit is
-        routed at once."""
+        the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds), and no
+        sooner than ``n * ROUND_COST`` seconds (at most ``ROUND_SPACING``) after it when it
+        woke n sessions: under a stream of uploads each device then gets one larger
+        ``Changes`` per round instead of one per upload batch, and the cost of routing grows
+        with the number of devices concerned, not with the number of commits. A lone commit
+        is routed at once."""
         self._dirty = True
         if self._round_task is None:
             self._round_task = asyncio.get_running_loop().create_task(self._round())
@@ -654,10 +660,16 @@ class Router:
                 if not self._dirty:
                     return
                 self.pending = woken
-                deadline = time.monotonic() + self.ROUND_WAIT
+                now = time.monotonic()
+                deadline = now + self.ROUND_WAIT
                 while self.pending and time.monotonic() < deadline:
                     await asyncio.sleep(self.ROUND_POLL)
                 self.pending = set()
+                # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
+                # Ack): rounds of many sessions are spaced so that each covers more commits.
+                spacing = min(self.ROUND_SPACING, len(woken) * self.ROUND_COST) - (time.monotonic() - now)
+                if spacing > 0:
+                    await asyncio.sleep(spacing)
         except Exception:  # noqa: BLE001 - never leave the router without rounds
             log.exception("routing round failed")
             for s in list(self.sessions):

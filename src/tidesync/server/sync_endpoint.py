@@ -287,8 +287,12 @@ class ServerSession:
                     if self.replicator.active and (self.flexible is None or await self.flexible.wants_log()):
                         # The head the last integration reached saves a thread hop per session
                         # on fan-out; read the real head only when that one brings nothing.
-                        actions = self.replicator.local_commit(_shared(self.state).head)
-                        if not actions:
+                        head = _shared(self.state).head
+                        if self.flexible is not None:
+                            # What the router has routed is all a flexible read can return.
+                            head = max(head, self.flexible.router.processed_to)
+                        actions = self.replicator.local_commit(head)
+                        if not actions and self.flexible is None:
                             actions = self.replicator.local_commit(
                                 await asyncio.to_thread(self.state.backend.head_seq))
                         await self._execute(actions)

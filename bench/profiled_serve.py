@@ -44,11 +44,16 @@ def _dump(out: str) -> None:
         stats.dump_stats(out)
 
 
+def _clear() -> None:
+    for p in list(_profiles):
+        p.clear()
+
+
 def main() -> Any:
     out, args = sys.argv[1], sys.argv[2:]
     threading.Thread.run = _profiled_run  # type: ignore[method-assign]
     signal.signal(signal.SIGUSR1, lambda *_: _dump(out))
-    signal.signal(signal.SIGUSR2, lambda *_: [p.clear() for p in list(_profiles)])
+    signal.signal(signal.SIGUSR2, lambda *_: _clear())
     from tidesync.cli.main import main as tidesync_main
 
     prof = cProfile.Profile(time.thread_time)

@@ -29,7 +29,7 @@ class Writer:
         self.db = db
         self.rid = ReplicaId(secrets.token_hex(8))
         self.clock = HybridClock(self.rid, lambda: time.time_ns() // 1_000_000)
-        self.parents: tuple[str, ...] = ()
+        self.parents: tuple[Any, ...] = ()
 
     def _commit(self, ops: tuple[Any, ...]) -> int:
         s = ops[0].stamp

@@ -462,7 +462,9 @@ class Router:
         # Waking: sessions that got entries since the last round; one debounced advance for
         # every idle session (see announce).
         self._woken: set[FlexibleSession] = set()
-        self.pending: set[FlexibleSession] = set()   # woken by this round, not read yet
+        self.pending: set[FlexibleSession] = set()   # woken by the last round, not read yet
+        self._pending_until = 0.0
+        self._next_round_at = 0.0
         self._round_task: asyncio.Task[None] | None = None
         self._advance_due: float | None = None
         self._advance_timer: asyncio.TimerHandle | None = None
@@ -479,8 +481,8 @@ class Router:
     ROUND_POLL = 0.005
     #: Under a stream of commits, rounds that woke n sessions are at least
     #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
-    ROUND_SPACING = 1.0
-    ROUND_COST = 0.001
+    ROUND_SPACING = 2.0
+    ROUND_COST = 0.002
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -640,12 +642,21 @@ class Router:
         with the number of devices concerned, not with the number of commits. A lone commit
         is routed at once."""
         self._dirty = True
+        self._arm_advance(slack=0.01)   # the log is not quiet (once per commit, not per session)
         if self._round_task is None:
             self._round_task = asyncio.get_running_loop().create_task(self._round())
 
     async def _round(self) -> None:
         try:
             while True:
+                # After a round that woke many sessions: their reads first, then the spacing.
+                while self.pending and time.monotonic() < self._pending_until:
+                    await asyncio.sleep(self.ROUND_POLL)
+                self.pending = set()
+                wait = self._next_round_at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                started = time.monotonic()
                 await self.catch_up_async()
                 woken = self._take_woken()
                 if woken is None:
@@ -657,19 +668,13 @@ class Router:
                 for s in woken:
                     s.wake()
                 self._arm_advance()
-                if not self._dirty:
-                    return
                 self.pending = woken
-                now = time.monotonic()
-                deadline = now + self.ROUND_WAIT
-                while self.pending and time.monotonic() < deadline:
-                    await asyncio.sleep(self.ROUND_POLL)
-                self.pending = set()
+                self._pending_until = started + self.ROUND_WAIT
                 # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
                 # Ack): rounds of many sessions are spaced so that each covers more commits.
-                spacing = min(self.ROUND_SPACING, len(woken) * self.ROUND_COST) - (time.monotonic() - now)
-                if spacing > 0:
-                    await asyncio.sleep(spacing)
+                self._next_round_at = started + min(self.ROUND_SPACING, len(woken) * self.ROUND_COST)
+                if not self._dirty:
+                    return
         except Exception:  # noqa: BLE001 - never leave the router without rounds
             log.exception("routing round failed")
             for s in list(self.sessions):
@@ -686,12 +691,12 @@ class Router:
             self.lock.release()
         return woken
 
-    def _arm_advance(self) -> None:
+    def _arm_advance(self, slack: float = 0.0) -> None:
         now = time.monotonic()
         due = self._advance_due
         new_due = min(now + self.config.advance_interval,
                       max(now, self._last_advance + self.config.max_advance_interval))
-        if due is None or new_due != due:
+        if due is None or abs(new_due - due) > slack:
             self._advance_due = new_due
             if self._advance_timer is not None:
                 self._advance_timer.cancel()
@@ -706,10 +711,6 @@ class Router:
             if s.read_to < processed:
                 s.advance_now = True
                 s.wake()
-
-    def position(self) -> int:
-        """Where routing is, catching up first if a commit was announced since."""
-        return self.catch_up() if self._dirty else self.processed_to
 
     async def catch_up_async(self) -> None:
         """:meth:`catch_up` in a worker thread, shared by every session woken by one commit."""
@@ -1195,14 +1196,12 @@ class FlexibleSession:
 
     async def wants_log(self) -> bool:
         """Whether a commit wake should make the replicator read the log now: an entry
-        concerns this device, it is still catching up, or the router's debounced advance
-        woke it (see :meth:`Router.announce`)."""
+        routed by the last round concerns this device, it is still catching up, or the
+        router's debounced advance woke it (see :meth:`Router.announce`)."""
         if not self.registered:
             # Not connected to the router yet (its Hello is being handled): the read
             # catches up by itself.
             return True
-        if self.router._dirty:
-            await self.router.catch_up_async()
         if self.relevant or self.resync or self.read_to < self.routed_from:
             return True
         if self.advance_now:
@@ -1244,15 +1243,17 @@ class FlexibleSession:
                 self.relevant.clear()
             self.read_to = max(after, processed)
             return LogBatch((), self.read_to, self.read_to, 0)
-        processed = self.router.position()
+        # Up to what the router has routed: routing new commits is the next round's work
+        # (Router.announce), which is what gathers them into one read per round.
+        processed = self.router.processed_to
         if processed < after:
             processed = self.router.catch_up()
         if after < self.routed_from:
             return self._read_slow(after, min(self.routed_from, processed), limit, max_bytes, exclude_origin)
         seqs, truncated = self._relevant_after(after, processed, limit)
-        if not seqs and backend.head_seq() > processed:
-            # Nothing routed for us yet, but the log moved on: route it now (a wake may have
-            # been folded into a catch-up that started before the last commit).
+        if not seqs and self.router._round_task is None and backend.head_seq() > processed:
+            # Nothing routed for us yet, but the log moved on and no routing round is on its
+            # way (a commit that announced nothing): route it now.
             processed = self.router.catch_up()
             seqs, truncated = self._relevant_after(after, processed, limit)
         upto = seqs[-1] if truncated else processed
@@ -1281,7 +1282,7 @@ class FlexibleSession:
         A thread hop per session and per routing round costs more than such a read, and with
         hundreds of sessions woken by one commit the hops queue behind each other."""
         router = self.router
-        if (self._first_read or self.resync or after < self.routed_from or router._dirty
+        if (self._first_read or self.resync or after < self.routed_from
                 or router.processed_to < after or self.rules is not None):
             return None
         if not router.lock.acquire(blocking=False):

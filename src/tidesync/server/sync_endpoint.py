@@ -288,9 +288,10 @@ class ServerSession:
                         # The head the last integration reached saves a thread hop per session
                         # on fan-out; read the real head only when that one brings nothing.
                         head = _shared(self.state).head
-                        if self.flexible is not None:
-                            # What the router has routed is all a flexible read can return.
-                            head = max(head, self.flexible.router.processed_to)
+                        if self.flexible is not None and self.flexible.registered:
+                            # What the router has routed is all a flexible read returns; later
+                            # commits come with the router's next round.
+                            head = self.flexible.router.processed_to
                         actions = self.replicator.local_commit(head)
                         if not actions and self.flexible is None:
                             actions = self.replicator.local_commit(

@@ -7,6 +7,8 @@ the subscriptions of a device that already holds 100,000 matching documents.
     python -m bench flexible --quick          # small sizes, a smoke run (never writes RESULTS.md)
     python -m bench flexible --only routing   # one case (never writes RESULTS.md)
     python -m bench.flexible_bench ...        # the same, without the bench/__main__ front door
+    python -m bench flexible --quick --only routing --clients 300 --profile /tmp/server.prof
+                                              # other sizes, the server under cProfile (development)
 
 **routing.** A server process (``python -m tidesync serve``, development mode: every field
 queryable) holds ``docs`` documents. ``clients`` lightweight protocol clients
@@ -38,6 +40,7 @@ import os
 import platform
 import secrets
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -121,6 +124,30 @@ class FleetProcess(LineProcess):
         super().__init__("bench.flexible_clients", [url, str(first), str(count), json.dumps(workload)], timeout)
 
 
+def start_profiled_server(data_dir: Path, out: str) -> Any:
+    """The server of :func:`start_server`, under cProfile (bench/profiled_serve.py) writing
+    ``out`` when it stops."""
+    import socket
+
+    from tests.helpers.servers import ServerProcess
+
+    server = ServerProcess(data_dir)
+    server.proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.profiled_serve", out, "serve", "--host", "127.0.0.1", "--port",
+         str(server.port), "--data", str(data_dir)],
+        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=0.2):
+                return server
+        except OSError:
+            if server.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+    raise RuntimeError("the profiled server did not start")
+
+
 def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
     w = {k: args[k] for k in ("clients", "docs", "changes", "seed", "flip")}
     raise_nofile(w["clients"] * 2 + 512)
@@ -131,7 +158,8 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
                                   rid=rid)
     log(f"routing: seeded {w['docs']:,} documents in {seed_s:.1f} s")
     txns = writer_transactions(w, rid, parents)
-    server = start_server(work / "server")
+    profile = args.get("profile")
+    server = start_profiled_server(work / "server", profile) if profile else start_server(work / "server")
     fleet = None
     out: dict[str, Any] = {**w, "seed_s": seed_s}
     try:
@@ -142,7 +170,12 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
                     "bootstrap_bytes": fleet.ready["bytes"], "fleet_errors": fleet.ready["errors"]})
         log(f"routing: {out['connected']} clients connected and bootstrapped {out['view_docs']:,} documents "
             f"in {out['connect_s']:.1f} s")
+        idle0 = cpu_s(server.proc.pid)
         time.sleep(2.0)
+        out["idle_cpu_per_s"] = (cpu_s(server.proc.pid) - idle0) / 2.0
+        log(f"routing: server CPU with {w['clients']} idle clients: {out['idle_cpu_per_s']:.2f} s/s")
+        if profile:
+            os.kill(server.proc.pid, signal.SIGUSR2)   # profile the measured phase only
         s_cpu = cpu_s(server.proc.pid)
         writer = Writer(sync_url(server.url), login(server.url), txns)
 
@@ -161,9 +194,13 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
         out.update({"writer_error": writer.error, "upload_s": writer.uploaded_at - start, "seconds": seconds,
                     "changes_per_s": w["changes"] / seconds if seconds == seconds and seconds > 0 else 0.0,
                     "server_cpu_s": cpu_s(server.proc.pid) - s_cpu, **{f"final_{k}": v for k, v in final.items()}})
+        if profile:
+            os.kill(server.proc.pid, signal.SIGUSR1)
+            time.sleep(3.0)
         log(f"routing: {w['changes']:,} changes in {seconds:.2f} s ({out['changes_per_s']:,.0f}/s); "
             f"upload acknowledged after {out['upload_s']:.2f} s; {final['converged']}/{final['clients']} clients "
-            f"exact; wrong {final['wrong_docs']}, missing or stale {final['missing_or_stale']}")
+            f"exact; wrong {final['wrong_docs']}, missing or stale {final['missing_or_stale']}; server CPU "
+            f"{out['server_cpu_s']:.1f} s; messages to the clients {final.get('messages')}")
     finally:
         if fleet is not None:
             fleet.close()
@@ -328,6 +365,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only", default=",".join(CASES), help=f"comma-separated cases of {', '.join(CASES)}")
     parser.add_argument("--storage", choices=["disk", "tmpfs"], default="disk", help="where the files live")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--clients", type=int, help="routing: connected clients (never writes RESULTS.md)")
+    parser.add_argument("--docs", type=int, help="routing: documents (never writes RESULTS.md)")
+    parser.add_argument("--changes", type=int, help="routing: changes (never writes RESULTS.md)")
+    parser.add_argument("--profile", metavar="FILE", help="routing: run the server under cProfile, stats to FILE "
+                        "(never writes RESULTS.md)")
     ns = parser.parse_args(argv)
     only = tuple(x.strip() for x in ns.only.split(",") if x.strip())
     unknown = set(only) - set(CASES)
@@ -339,6 +381,10 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     for name in only:
         args = dict(sizes[name])
+        if name == "routing":
+            for key in ("clients", "docs", "changes", "profile"):
+                if getattr(ns, key) is not None:
+                    args[key] = getattr(ns, key)
         if ns.storage == "tmpfs":
             args["storage_root"] = "/dev/shm"
         log(f"case {name} ...")
@@ -349,7 +395,8 @@ def main(argv: list[str] | None = None) -> None:
     WORK.mkdir(exist_ok=True)
     (WORK / f"flexible-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=1))
     print(text)
-    if not ns.quick and not ns.no_write and set(only) == set(CASES):
+    custom = any(getattr(ns, k) is not None for k in ("clients", "docs", "changes", "profile"))
+    if not ns.quick and not ns.no_write and not custom and set(only) == set(CASES):
         write_results(text)
         log(f"updated {RESULTS}")
 

@@ -509,6 +509,10 @@ class Fleet:
 
     async def final(self, timeout: float) -> dict[str, Any]:
         self.watching = True
+        before: dict[str, int] = {}
+        for c in self.clients:
+            for tag, n in c.messages_by_type.items():
+                before[tag] = before.get(tag, 0) + n
         for c in self.clients:
             self._check(c)
         try:
@@ -521,6 +525,10 @@ class Fleet:
             docs = c.replica.docs
             wrong += sum(1 for k in docs if k not in exp)
             missing += sum(1 for k, n in exp.items() if k not in docs or docs[k].get("n") != n)
+        messages: dict[str, int] = {}
+        for c in self.clients:
+            for tag, n in c.messages_by_type.items():
+                messages[tag] = messages.get(tag, 0) + n
         times = list(self.converged_at.values())
         return {"converged": len(times), "clients": len(self.clients), "done_at": max(times) if times else 0.0,
                 "wrong_docs": wrong, "missing_or_stale": missing,
@@ -529,6 +537,7 @@ class Fleet:
                 "ops": sum(c.replica.changes for c in self.clients),
                 "bytes": sum(c.bytes_received for c in self.clients),
                 "busy_s": sum(c.busy for c in self.clients),
+                "messages": {tag: n - before.get(tag, 0) for tag, n in sorted(messages.items())},
                 "errors": [c.error for c in self.clients if c.error][:5]}
 
 

@@ -459,11 +459,30 @@ class Router:
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
+        # Waking: sessions that got entries since the last round; one debounced advance for
+        # every idle session (see announce).
+        self._woken: set[FlexibleSession] = set()
+        self.pending: set[FlexibleSession] = set()   # woken by the last round, not read yet
+        self._pending_until = 0.0
+        self._next_round_at = 0.0
+        self._round_task: asyncio.Task[None] | None = None
+        self._advance_due: float | None = None
+        self._advance_timer: asyncio.TimerHandle | None = None
+        self._last_advance = 0.0
+        self.config = FlexibleConfig()
         with backend._lock:
             self.indexed: set[str] = {r[0][len("flexible_ix_"):] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flexible_ix_%'")}
 
     AUTO_INDEX_LIMIT = 16
+    #: The longest a routing round waits for the sessions it woke to read (see announce),
+    #: and how often it looks.
+    ROUND_WAIT = 1.0
+    ROUND_POLL = 0.005
+    #: Under a stream of commits, rounds that woke n sessions are at least
+    #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
+    ROUND_SPACING = 2.0
+    ROUND_COST = 0.002
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -505,6 +524,7 @@ class Router:
 
     def register(self, s: FlexibleSession) -> None:
         with self.lock:
+            self.config = s.config
             self.sessions.add(s)
             s.routed_from = self.processed_to
             for ref in s.held:
@@ -515,6 +535,8 @@ class Router:
         with self.lock:
             self.sessions.discard(s)
             self._unindex(s)
+            self._woken.discard(s)
+            self.pending.discard(s)
             for ref in s.held:
                 hs = self.holders.get(ref)
                 if hs is not None:
@@ -562,6 +584,31 @@ class Router:
                 s.held.add(ref)
                 self.holders.setdefault(ref, set()).add(s)
 
+    def watch(self, s: FlexibleSession, refs: Iterable[Ref]) -> list[Ref]:
+        """Route every change of ``refs`` to ``s`` as if it held them, before it reads their
+        state to let them enter its view: routing matches a change against the sessions'
+        queries on the state it sees, so a change that takes a document out of the queries
+        between that read and :meth:`hold` would otherwise not reach ``s``. Returns the refs
+        to :meth:`unwatch` once they are held or not entered."""
+        out: list[Ref] = []
+        with self.lock:
+            for ref in refs:
+                if ref not in s.held:
+                    self.holders.setdefault(ref, set()).add(s)
+                    out.append(ref)
+        return out
+
+    def unwatch(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
+        with self.lock:
+            for ref in refs:
+                if ref in s.held:
+                    continue
+                hs = self.holders.get(ref)
+                if hs is not None:
+                    hs.discard(s)
+                    if not hs:
+                        del self.holders[ref]
+
     def release(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
         with self.lock:
             for ref in refs:
@@ -577,9 +624,93 @@ class Router:
     def mark_dirty(self) -> None:
         self._dirty = True
 
-    def position(self) -> int:
-        """Where routing is, catching up first if a commit was announced since."""
-        return self.catch_up() if self._dirty else self.processed_to
+    def announce(self) -> None:
+        """The log grew (event loop): route the new entries once, in a worker thread, then
+        wake only the sessions they concern.
+
+        Every other session only has to move its device's checkpoint past them eventually
+        (for its ``wait_for_download_completion``): that *advance* is debounced for all of
+        them together, once the log has been quiet for ``advance_interval`` seconds, and at
+        least every ``max_advance_interval`` under a steady stream of changes, so an idle
+        device costs nothing per change.
+
+        Commits announced while a round runs are routed by the next one, which starts once
+        the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds), and no
+        sooner than ``n * ROUND_COST`` seconds (at most ``ROUND_SPACING``) after it when it
+        woke n sessions: under a stream of uploads each device then gets one larger
+        ``Changes`` per round instead of one per upload batch, and the cost of routing grows
+        with the number of devices concerned, not with the number of commits. A lone commit
+        is routed at once."""
+        self._dirty = True
+        self._arm_advance(slack=0.01)   # the log is not quiet (once per commit, not per session)
+        if self._round_task is None:
+            self._round_task = asyncio.get_running_loop().create_task(self._round())
+
+    async def _round(self) -> None:
+        try:
+            while True:
+                # After a round that woke many sessions: their reads first, then the spacing.
+                while self.pending and time.monotonic() < self._pending_until:
+                    await asyncio.sleep(self.ROUND_POLL)
+                self.pending = set()
+                wait = self._next_round_at - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                started = time.monotonic()
+                await self.catch_up_async()
+                woken = self._take_woken()
+                if woken is None:
+                    woken = await asyncio.to_thread(self._take_woken, True)
+                assert woken is not None
+                for s in list(self.sessions):
+                    if s.resync or s.read_to < s.routed_from:
+                        woken.add(s)
+                for s in woken:
+                    s.wake()
+                self._arm_advance()
+                self.pending = woken
+                self._pending_until = started + self.ROUND_WAIT
+                # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
+                # Ack): rounds of many sessions are spaced so that each covers more commits.
+                self._next_round_at = started + min(self.ROUND_SPACING, len(woken) * self.ROUND_COST)
+                if not self._dirty:
+                    return
+        except Exception:  # noqa: BLE001 - never leave the router without rounds
+            log.exception("routing round failed")
+            for s in list(self.sessions):
+                s.wake()       # each session catches up by itself (FlexibleSession.read_log)
+        finally:
+            self._round_task = None
+
+    def _take_woken(self, blocking: bool = False) -> set[FlexibleSession] | None:
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        try:
+            woken, self._woken = self._woken, set()
+        finally:
+            self.lock.release()
+        return woken
+
+    def _arm_advance(self, slack: float = 0.0) -> None:
+        now = time.monotonic()
+        due = self._advance_due
+        new_due = min(now + self.config.advance_interval,
+                      max(now, self._last_advance + self.config.max_advance_interval))
+        if due is None or abs(new_due - due) > slack:
+            self._advance_due = new_due
+            if self._advance_timer is not None:
+                self._advance_timer.cancel()
+            self._advance_timer = asyncio.get_running_loop().call_later(new_due - now, self._advance)
+
+    def _advance(self) -> None:
+        self._advance_timer = None
+        self._advance_due = None
+        self._last_advance = time.monotonic()
+        processed = self.processed_to
+        for s in list(self.sessions):
+            if s.read_to < processed:
+                s.advance_now = True
+                s.wake()
 
     async def catch_up_async(self) -> None:
         """:meth:`catch_up` in a worker thread, shared by every session woken by one commit."""
@@ -643,22 +774,31 @@ class Router:
             hs = self.holders.get(ref)
             if hs:
                 targets |= hs
-            coll = ref[0]
-            scan = self.scan.get(coll)
-            if scan:
-                targets |= scan
             live, body = r.states[ref]
             if not live or body is None:
-                continue
+                continue         # a deleted document matters only to those holding it
+            # Sessions with a query that may match (through the equality index, or checked
+            # against every change), kept only when one of their queries matches the state:
+            # one that does not hold the document would otherwise read the entry for nothing
+            # (and its device get an empty Changes).
+            coll = ref[0]
+            maybe: set[FlexibleSession] = set()
+            scan = self.scan.get(coll)
+            if scan:
+                maybe |= scan
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
                 for k in _body_keys(body.get(fieldname)):
                     got = by_value.get(k)
                     if got:
-                        targets |= got
+                        maybe |= got
+            for s in maybe:
+                if s not in targets and s.matches_subs(coll, body):
+                    targets.add(s)
         if r.comp_for is not None:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
             s.relevant.append(r.seq)
+        self._woken |= targets
 
     def routed(self, seq: int) -> _Routed | None:
         with self.lock:
@@ -737,9 +877,8 @@ class FlexibleSession:
         self.read_to = 0
         self._first_read = True
         self.resync = False
-        self._last_advance = 0.0
-        self._advance_due: float | None = None
-        self._advance_timer: asyncio.TimerHandle | None = None
+        self.advance_now = False                  # woken by the router's advance (see Router.announce)
+        self.registered = False
         # bootstrap work and messages
         self.enter_todo: deque[Ref] = deque()
         self.leave_todo: deque[Ref] = deque()
@@ -770,14 +909,14 @@ class FlexibleSession:
         The session is registered with the router first, so that no change integrated while
         the view is being computed can slip between the two."""
         self.router.register(self)
+        self.registered = True
         await asyncio.to_thread(self._connect_sync)
         self.schedule()
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            if self._advance_timer is not None:
-                self._advance_timer.cancel()
+            self.registered = False
             self.router.unregister(self)
 
     # -- matching -------------------------------------------------------------------------
@@ -978,6 +1117,7 @@ class FlexibleSession:
             ref = self.enter_todo.popleft()
             if ref not in self.held:
                 refs.append(ref)
+        watched = self.router.watch(self, refs)
         docs = read_full(self.backend, refs) if refs else {}
         enters: list[SnapshotDoc] = []
         entered: list[Ref] = []
@@ -999,6 +1139,7 @@ class FlexibleSession:
         if enters or leaves:
             self._send_view(entered, enters, leaves, self.boot_version or 0,
                             Progress(self.boot_sent, max(self.boot_total, self.boot_sent)))
+        self.router.unwatch(self, watched)
         if not self.enter_todo and not self.leave_todo and self.boot_version is not None:
             self.outbox.append(SubscriptionState(self.boot_set_id, self.boot_version,
                                                  SubscriptionStatus.COMPLETE))
@@ -1048,43 +1189,36 @@ class FlexibleSession:
 
     # -- waking ---------------------------------------------------------------------------
 
-    async def wants_log(self) -> bool:
-        """Whether a commit wake should make the replicator read the log now.
+    def wake(self) -> None:
+        """Make the session read the log (event loop; see :meth:`Router.announce`)."""
+        if not self._closed:
+            self.server._inbox.put_nowait(("commit", None))
 
-        Yes when an entry concerns this device (or it is still catching up). Otherwise the
-        device's checkpoint only needs to follow the head eventually (for its
-        ``wait_for_download_completion``): that *advance* is debounced, once the log has been
-        quiet for ``advance_interval`` seconds, and at least every ``max_advance_interval``
-        under a steady stream of changes for other devices, so an idle device costs nothing
-        per change."""
-        self.router.mark_dirty()
-        await self.router.catch_up_async()
+    async def wants_log(self) -> bool:
+        """Whether a commit wake should make the replicator read the log now: an entry
+        routed by the last round concerns this device, it is still catching up, or the
+        router's debounced advance woke it (see :meth:`Router.announce`)."""
+        if not self.registered:
+            # Not connected to the router yet (its Hello is being handled): the read
+            # catches up by itself.
+            return True
         if self.relevant or self.resync or self.read_to < self.routed_from:
             return True
-        now = time.monotonic()
-        due = self._advance_due
-        if due is not None and now >= due:
-            self._advance_due = None
-            self._last_advance = now
+        if self.advance_now:
+            self.advance_now = False
             return True
-        new_due = min(now + self.config.advance_interval,
-                      max(now, self._last_advance + self.config.max_advance_interval))
-        if due is None or new_due != due:
-            self._advance_due = new_due
-            if self._advance_timer is not None:
-                self._advance_timer.cancel()
-            self._advance_timer = asyncio.get_running_loop().call_at(
-                asyncio.get_running_loop().time() + (new_due - now), self._advance_wake)
+        self.router.pending.discard(self)
         return False
-
-    def _advance_wake(self) -> None:
-        self._advance_timer = None
-        if not self._closed:
-            self.server.local_commit()
 
     # -- routing (the replicator's ReadLog for this peer; worker thread) -------------------
 
     def read_log(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
+        try:
+            return self._read_log(after, limit, max_bytes, exclude_origin)
+        finally:
+            self.router.pending.discard(self)
+
+    def _read_log(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch:
         backend = self.backend
         if self._first_read:
             self._first_read = False
@@ -1109,15 +1243,17 @@ class FlexibleSession:
                 self.relevant.clear()
             self.read_to = max(after, processed)
             return LogBatch((), self.read_to, self.read_to, 0)
-        processed = self.router.position()
+        # Up to what the router has routed: routing new commits is the next round's work
+        # (Router.announce), which is what gathers them into one read per round.
+        processed = self.router.processed_to
         if processed < after:
             processed = self.router.catch_up()
         if after < self.routed_from:
             return self._read_slow(after, min(self.routed_from, processed), limit, max_bytes, exclude_origin)
         seqs, truncated = self._relevant_after(after, processed, limit)
-        if not seqs and backend.head_seq() > processed:
-            # Nothing routed for us yet, but the log moved on: route it now (a wake may have
-            # been folded into a catch-up that started before the last commit).
+        if not seqs and self.router._round_task is None and backend.head_seq() > processed:
+            # Nothing routed for us yet, but the log moved on and no routing round is on its
+            # way (a commit that announced nothing): route it now.
             processed = self.router.catch_up()
             seqs, truncated = self._relevant_after(after, processed, limit)
         upto = seqs[-1] if truncated else processed
@@ -1131,10 +1267,47 @@ class FlexibleSession:
                 continue
             routed.append(r)
         batch = self._judge(routed, after, upto, limit, max_bytes, exclude_origin)
+        assert batch is not None
         with self.router.lock:
             while self.relevant and self.relevant[0] <= batch.scanned_to:
                 self.relevant.popleft()
         self.read_to = batch.scanned_to
+        return batch
+
+    def read_inline(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch | None:
+        """:meth:`read_log` on the event loop, when it needs no storage: the router has routed
+        every entry committed so far and still holds them, and no document enters or leaves
+        the view (those read the backend and write view rows). None: read in a worker thread.
+
+        A thread hop per session and per routing round costs more than such a read, and with
+        hundreds of sessions woken by one commit the hops queue behind each other."""
+        router = self.router
+        if (self._first_read or self.resync or after < self.routed_from
+                or router.processed_to < after or self.rules is not None):
+            return None
+        if not router.lock.acquire(blocking=False):
+            return None      # the router is catching up in a worker thread
+        try:
+            processed = router.processed_to
+            seqs, truncated = self._relevant_after(after, processed, limit)
+            if not seqs:
+                return None
+            routed: list[_Routed] = []
+            for seq in seqs:
+                r = router.cache.get(seq)
+                if r is None:
+                    return None
+                routed.append(r)
+            batch = self._judge(routed, after, seqs[-1] if truncated else processed, limit, max_bytes,
+                                exclude_origin, inline=True)
+            if batch is None:
+                return None
+            while self.relevant and self.relevant[0] <= batch.scanned_to:
+                self.relevant.popleft()
+        finally:
+            router.lock.release()
+        self.read_to = batch.scanned_to
+        router.pending.discard(self)
         return batch
 
     def _relevant_after(self, after: int, processed: int, limit: int) -> tuple[list[int], bool]:
@@ -1175,12 +1348,16 @@ class FlexibleSession:
             for ref in r.refs:
                 r.states[ref] = states.get(ref, (False, None))
         batch = self._judge(routed, after, last, limit, max_bytes, exclude_origin)
+        assert batch is not None
         self.read_to = batch.scanned_to
         return batch
 
     def _judge(self, routed: Sequence[_Routed], after: int, upto: int, limit: int, max_bytes: int,
-               exclude_origin: Any) -> LogBatch:
-        """Decide stays / enters / leaves for a batch and build what the device gets."""
+               exclude_origin: Any, inline: bool = False) -> LogBatch | None:
+        """Decide stays / enters / leaves for a batch and build what the device gets.
+
+        ``inline``: on the event loop; returns None, having changed nothing, when the batch
+        needs storage (a document enters or leaves the view)."""
         decisions: dict[Ref, str] = {}
         # Each document is judged once per batch, on the newest state the router saw for it
         # (entries read later carry fresher states): judging on an older one could send
@@ -1232,7 +1409,11 @@ class FlexibleSession:
                 continue
             entries.append((r.seq, txn))
             nbytes += r.size
-        self._apply_decisions(decisions)
+        if inline:
+            if any(d == ENTER or d == LEAVE for d in decisions.values()):
+                return None
+        else:
+            self._apply_decisions(decisions)
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
     def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:
@@ -1254,6 +1435,7 @@ class FlexibleSession:
         leave = [ref for ref, d in decisions.items() if d == LEAVE]
         if not enter and not leave:
             return
+        watched = self.router.watch(self, enter)
         docs = read_full(self.backend, enter) if enter else {}
         entered: list[Ref] = []
         enters: list[SnapshotDoc] = []
@@ -1267,6 +1449,7 @@ class FlexibleSession:
                 enters.append(shown)
         if entered or leave:
             self._send_view(entered, enters, leave, 0)
+        self.router.unwatch(self, watched)
 
     # -- uploads (FlexibleEnforcer; worker thread) ------------------------------------------
 
@@ -1283,6 +1466,13 @@ class FlexibleSession:
         if not refs:
             return
         refused_refs = {doc_ref(w.collection, w.key) for w in refused}
+        watched = self.router.watch(self, refs)
+        try:
+            self._after_upload(refs, existed, refused_refs)
+        finally:
+            self.router.unwatch(self, watched)
+
+    def _after_upload(self, refs: set[Ref], existed: set[Ref], refused_refs: set[Ref]) -> None:
         states = read_states(self.backend, refs)
         silent: list[Ref] = []
         enter: list[Ref] = []

@@ -229,7 +229,12 @@ class ServerSession:
         A partition session that the new entries cannot concern (they were written by a
         session of another partition) is woken about a second later, once for any number of
         such commits: it only has to move its peer's checkpoint past them, and doing that at once
-        for every session on every write makes each write cost O(connections)."""
+        for every session on every write makes each write cost O(connections). A flexible
+        session leaves it to the router, which wakes only the sessions the entries concern
+        (``Router.announce`` in server/flexible.py)."""
+        if self.flexible is not None and self.flexible.registered:
+            self.flexible.router.announce()   # wakes only the sessions the new entries concern
+            return
         touched = _shared(self.state).touched
         if (touched is None or self.partition is None or self.flexible is not None
                 or self._partition_json in touched):
@@ -395,8 +400,13 @@ class ServerSession:
                     if self.replicator.active and (self.flexible is None or await self.flexible.wants_log()):
                         # The head the last integration reached saves a thread hop per session
                         # on fan-out; read the real head only when that one brings nothing.
-                        actions = self.replicator.local_commit(_shared(self.state).head)
-                        if not actions:
+                        head = _shared(self.state).head
+                        if self.flexible is not None and self.flexible.registered:
+                            # What the router has routed is all a flexible read returns; later
+                            # commits come with the router's next round.
+                            head = self.flexible.router.processed_to
+                        actions = self.replicator.local_commit(head)
+                        if not actions and self.flexible is None:
                             actions = self.replicator.local_commit(
                                 await asyncio.to_thread(self.state.backend.head_seq))
                         await self._execute(actions)
@@ -599,9 +609,13 @@ class ServerSession:
         On fan-out every session reads the same few new entries (decoded once: see the log
         cache in store/replica.py); a thread hop per session would cost more than the read,
         and a thousand of them queue behind each other for the GIL. Anything larger, or a busy
-        backend, goes to a worker thread as usual. Returns None when not done here.
+        backend, goes to a worker thread as usual. A flexible session reads here when the
+        router has already done the work (``FlexibleSession.read_inline``). Returns None when
+        not done here.
         """
-        if self.flexible is not None or _shared(self.state).head - action.after > self.INLINE_READ:
+        if self.flexible is not None:
+            return self.flexible.read_inline(action.after, action.limit, action.max_bytes, action.exclude_origin)
+        if _shared(self.state).head - action.after > self.INLINE_READ:
             return None
         with self.state.backend.unless_busy() as free:
             if not free:

@@ -1,0 +1,106 @@
+"""The flexible-sync router: which sessions a change is routed to (server/flexible.py).
+
+Sessions here are bare :class:`FlexibleSession` objects (no connection): the router only
+reads their queries, the documents they hold and their ``relevant`` queues."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from tidesync.core.clock import HybridClock
+from tidesync.core.operations import CreateDoc, SetValue
+from tidesync.core.stamp import ZERO, ReplicaId
+from tidesync.core.transaction import Transaction
+from tidesync.protocol.messages import SubscriptionQuery
+from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set
+from tidesync.store.database import Database
+
+COLL = "Task"
+
+
+class Writer:
+    """Writes documents into a schema-less backend as a device's uploads would."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.rid = ReplicaId(secrets.token_hex(8))
+        self.clock = HybridClock(self.rid, lambda: time.time_ns() // 1_000_000)
+        self.parents: tuple[Any, ...] = ()
+
+    def _commit(self, ops: tuple[Any, ...]) -> int:
+        s = ops[0].stamp
+        txn = Transaction(s, self.rid, s, self.parents, ops)
+        self.parents = (txn.id,)
+        self.db.integrate([txn])
+        return self.db.head_seq()
+
+    def create(self, key: str, body: dict[str, Any]) -> int:
+        return self._commit((CreateDoc(COLL, key, self.clock.now(), ZERO, {"_id": key, **body}, {}),))
+
+    def set(self, key: str, field: str, value: Any) -> int:
+        return self._commit((SetValue(COLL, key, self.clock.now(), ZERO, (field,), (), value),))
+
+
+def session(router: Router, queries: list[str]) -> FlexibleSession:
+    s = FlexibleSession.__new__(FlexibleSession)
+    s.config = FlexibleConfig(all_fields=True)
+    s.peer = ReplicaId(secrets.token_hex(8))
+    s.held, s.relevant, s.indexed = set(), deque(), []
+    s.rules = None
+    s._closed = False
+    s._set_subs(compile_set([SubscriptionQuery(f"q{i}", COLL, q) for i, q in enumerate(queries)], s.config), 1)
+    router.register(s)
+    return s
+
+
+def test_routes_to_matching_queries_and_holders_only(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        owner = session(router, ['owner == "u1"'])
+        urgent = session(router, ['team == "g1" AND status == "urgent"'])
+        holder = session(router, ['team == "g1" AND status == "urgent"'])
+        router.hold(holder, [(COLL, '"t1"')])
+        created = w.create("t1", {"owner": "u1", "team": "g1", "status": "normal"})
+        router.catch_up()
+        # The team index finds both team sessions; only the query decides, and holding does.
+        assert list(owner.relevant) == [created]
+        assert list(urgent.relevant) == []
+        assert list(holder.relevant) == [created]
+        flipped = w.set("t1", "status", "urgent")
+        router.catch_up()
+        assert list(urgent.relevant) == [flipped]
+        assert list(holder.relevant) == [created, flipped]
+    finally:
+        db.close()
+
+
+def test_watched_documents_are_routed_until_released(tmp_path: Path) -> None:
+    """A session about to let documents enter its view gets every change of them, also one
+    that takes them out of its queries before they are held."""
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        s = session(router, ['status == "urgent"'])
+        w.create("t1", {"status": "urgent"})
+        router.catch_up()
+        s.relevant.clear()
+        watched = router.watch(s, [(COLL, '"t1"')])
+        assert watched == [(COLL, '"t1"')]
+        closed = w.set("t1", "status", "normal")
+        router.catch_up()
+        assert list(s.relevant) == [closed]
+        router.unwatch(s, watched)
+        s.relevant.clear()
+        w.set("t1", "n", 1)
+        router.catch_up()
+        assert list(s.relevant) == []
+        assert router.holders == {}
+    finally:
+        db.close()

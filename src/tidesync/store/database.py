@@ -377,7 +377,8 @@ class Database(ReplicaStore):
             for d in pending:
                 d.unflushed = False
 
-    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int) -> None:
+    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int | None) -> None:
+        """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
         rows = []
         pkey = self.partition_key
         for d in docs:
@@ -391,7 +392,7 @@ class Database(ReplicaStore):
             star = meta.get("*") if len(meta) == 1 else None
             meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
             rows.append((d.collection, d.ref[1], _dumps(s.body), meta_text, s.epoch, 1 if s.live else 0,
-                         seq, scope))
+                         d.seq if seq is None else seq, scope))
         if rows:
             self._engine.executemany(
                 "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
@@ -817,18 +818,9 @@ class Database(ReplicaStore):
             applied += 1
         if unlogged:
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
-        # In first-touch order (new documents' rowids as before), one statement per run of
-        # documents with the same seq instead of one per document.
-        run: list[LoadedDoc] = []
-        for d in docs.values():
-            if not d.dirty:
-                continue
-            if run and run[0].seq != d.seq:
-                self._write_docs(run, run[0].seq)
-                run = []
-            run.append(d)
-        if run:
-            self._write_docs(run, run[0].seq)
+        # One statement for the batch, in first-touch order (new documents' rowids as before),
+        # each document with the seq of the last transaction that touched it.
+        self._write_docs(docs.values(), None)
         if peer is not None and peer_seq is not None:
             self._engine.execute(
                 "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "

@@ -115,3 +115,28 @@ def test_malformed_transaction_is_refused_and_changes_nothing(db):
     with pytest.raises(tidesync.MergeError):
         db.integrate([{"id": "nope"}])
     assert db.last_seq == seq
+
+
+def test_log_entries_read_back_without_validation_equal_validated_ones(db):
+    # Transaction.from_stored (a replica's own log, read for sync) must rebuild exactly what
+    # from_wire builds: every kind of operation, defaults, before-images, parents.
+    with db.write():
+        wo = db.create(WorkOrder, title="a", tags=["x"], notes={"k": "v"})
+        gone = db.create(WorkOrder, title="doomed")
+    with db.write():
+        wo.title = "b"
+        wo.tags.append("y")
+        wo.labels.add("l")
+        wo.notes["k2"] = "v2"
+        wo.visits.increment(2)
+        wo.extra = {"deep": [1, 2.5, None]}
+        db.delete(gone)
+    rows = db._engine.query("SELECT data FROM log ORDER BY seq")
+    assert len(rows) == 2
+    for (data,) in rows:
+        wire = msgpack.unpackb(data, raw=False)
+        validated = Transaction.from_wire(wire)
+        stored = Transaction.from_stored(msgpack.unpackb(data, raw=False))
+        assert stored == validated
+        assert [type(op) for op in stored.ops] == [type(op) for op in validated.ops]
+        assert msgpack.packb(stored.to_wire(), use_bin_type=True) == data

@@ -787,6 +787,7 @@ class Database(ReplicaStore):
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
             touched: list[LoadedDoc] = []
+            latest = ""
             try:
                 for op in t.ops:
                     ref = (op.collection, canonical_json(op.key))
@@ -805,7 +806,11 @@ class Database(ReplicaStore):
                     touched.append(d)
                     if c:
                         conflicts.extend(c)
-                    self._clock.observe(op.stamp)
+                    if op.stamp > latest:
+                        latest = op.stamp
+                # Stamps are fixed-width lowercase hex (checked on the way in): the largest
+                # string is the latest, so one observation per transaction does.
+                self._clock.observe(latest)
             except (ValueError, TypeError, KeyError) as exc:
                 raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
             unlogged.append(t)

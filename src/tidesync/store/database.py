@@ -787,7 +787,7 @@ class Database(ReplicaStore):
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
             touched: list[LoadedDoc] = []
-            latest = ""
+            latest = Stamp("")
             try:
                 for op in t.ops:
                     ref = (op.collection, canonical_json(op.key))

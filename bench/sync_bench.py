@@ -340,7 +340,9 @@ def case_upload(args: dict[str, Any], work: Path) -> dict[str, Any]:
                 db.sync_session.wait_for_download_completion(timeout=30)
                 db.sync_session.pause()
                 t_local = time.perf_counter()
-                i = 0
+                # Every shape writes new documents: the same _ids again would measure a
+                # concurrent create of existing documents (a merge), not an upload.
+                i = k * n
                 for _ in range(txns):
                     with db.write():
                         for _ in range(per_txn):

@@ -115,3 +115,54 @@ def test_malformed_transaction_is_refused_and_changes_nothing(db):
     with pytest.raises(tidesync.MergeError):
         db.integrate([{"id": "nope"}])
     assert db.last_seq == seq
+
+
+def test_log_entries_read_back_without_validation_equal_validated_ones(db):
+    # Transaction.from_stored (a replica's own log, read for sync) must rebuild exactly what
+    # from_wire builds: every kind of operation, defaults, before-images, parents.
+    with db.write():
+        wo = db.create(WorkOrder, title="a", tags=["x"], notes={"k": "v"})
+        gone = db.create(WorkOrder, title="doomed")
+    with db.write():
+        wo.title = "b"
+        wo.tags.append("y")
+        wo.labels.add("l")
+        wo.notes["k2"] = "v2"
+        wo.visits.increment(2)
+        wo.extra = {"deep": [1, 2.5, None]}
+        db.delete(gone)
+    rows = db._engine.query("SELECT data FROM log ORDER BY seq")
+    assert len(rows) == 2
+    for (data,) in rows:
+        wire = msgpack.unpackb(data, raw=False)
+        validated = Transaction.from_wire(wire)
+        stored = Transaction.from_stored(msgpack.unpackb(data, raw=False))
+        assert stored == validated
+        assert [type(op) for op in stored.ops] == [type(op) for op in validated.ops]
+        assert msgpack.packb(stored.to_wire(), use_bin_type=True) == data
+
+
+def test_integrate_moves_the_clock_past_the_latest_stamp_of_every_operation(tmp_path):
+    # The clock is observed once per transaction, with its largest op stamp: a later local
+    # write must still stamp after every op integrated, not just after the first or last one.
+    from tidesync.core.stamp import make_stamp, parse_stamp
+
+    with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[WorkOrder, Technician]) as b:
+        with a.write():
+            wo = a.create(WorkOrder, title="x")
+        with a.write():
+            wo.title = "y"
+            wo.priority = 2
+        wire = a.export_transactions(since=1)[0].to_wire()
+        wall, _, replica = parse_stamp(wire["stamp"])
+        ahead = wall + 3_600_000  # an hour ahead of this machine's clock
+        # The first op carries the latest stamp, the last one an old one.
+        wire["ops"][0][3] = make_stamp(ahead, 7, replica)
+        wire["ops"][-1][3] = make_stamp(wall, 0, replica)
+        b.integrate(a.export_transactions(since=0)[:1])
+        b.integrate([wire])
+        with b.write():
+            b.create(Technician, _id="t", name="later")
+        local = b.export_transactions(since=0)[-1]
+        assert parse_stamp(local.stamp)[:2] > (ahead, 7)

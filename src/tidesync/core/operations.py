@@ -332,6 +332,15 @@ def op_from_wire(data: Any) -> Op:
     return op  # type: ignore[no-any-return]
 
 
+def op_from_stored(data: Any) -> Op:
+    """An operation from a replica's own log, written there by :func:`op_to_wire` (after
+    :func:`op_from_wire` validated it): a create is rebuilt without checking it again; any
+    other operation goes through :func:`op_from_wire`."""
+    if type(data) is list and len(data) == 8 and data[0] == "C":
+        return CreateDoc(data[1], data[2], data[3], data[4], data[5], data[6], tuple(data[7]))
+    return op_from_wire(data)
+
+
 def _create_from_wire(data: list[Any]) -> CreateDoc | None:
     """The common case of :func:`op_from_wire`, a well-formed ``CreateDoc`` with exact types,
     checked in a few steps; None on any doubt (the general path then says what is wrong)."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .operations import Op, op_from_wire, op_to_wire
+from .operations import Op, op_from_stored, op_from_wire, op_to_wire
 from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
@@ -137,6 +137,18 @@ class Transaction:
         if self.meta:
             out["meta"] = self.meta
         return out
+
+    @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> Transaction:
+        """A transaction read back from a replica's own log (written there by :meth:`to_wire`
+        after :meth:`from_wire` validated it, or made locally): rebuilt without validating
+        stamps and operations again. Data from a peer goes through :meth:`from_wire`."""
+        return cls(
+            id=data["id"], origin=data["origin"], stamp=data["stamp"], parents=tuple(data["parents"]),
+            ops=tuple(op_from_stored(o) for o in data["ops"]),
+            before=tuple(BeforeImage.from_wire(b) for b in data.get("before", ())),
+            user=data.get("user"), meta=data.get("meta") or {},
+        )
 
     @classmethod
     def from_wire(cls, data: Any) -> Transaction:

@@ -422,7 +422,8 @@ class Database(ReplicaStore):
             for d in pending:
                 d.unflushed = False
 
-    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int) -> None:
+    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int | None) -> None:
+        """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
         rows = []
         pkey = self.partition_key
         for d in docs:
@@ -436,7 +437,7 @@ class Database(ReplicaStore):
             star = meta.get("*") if len(meta) == 1 else None
             meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
             rows.append((d.collection, d.ref[1], _dumps(s.body), meta_text, s.epoch, 1 if s.live else 0,
-                         seq, scope))
+                         d.seq if seq is None else seq, scope))
         if rows:
             self._engine.executemany(
                 "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
@@ -936,6 +937,7 @@ class Database(ReplicaStore):
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
             touched: list[LoadedDoc] = []
+            latest = Stamp("")
             try:
                 for op in t.ops:
                     ref = (op.collection, canonical_json(op.key))
@@ -954,7 +956,11 @@ class Database(ReplicaStore):
                     touched.append(d)
                     if c:
                         conflicts.extend(c)
-                    self._clock.observe(op.stamp)
+                    if op.stamp > latest:
+                        latest = op.stamp
+                # Stamps are fixed-width lowercase hex (checked on the way in): the largest
+                # string is the latest, so one observation per transaction does.
+                self._clock.observe(latest)
             except (ValueError, TypeError, KeyError) as exc:
                 raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
             unlogged.append(t)
@@ -967,18 +973,9 @@ class Database(ReplicaStore):
             applied += 1
         if unlogged:
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
-        # In first-touch order (new documents' rowids as before), one statement per run of
-        # documents with the same seq instead of one per document.
-        run: list[LoadedDoc] = []
-        for d in docs.values():
-            if not d.dirty:
-                continue
-            if run and run[0].seq != d.seq:
-                self._write_docs(run, run[0].seq)
-                run = []
-            run.append(d)
-        if run:
-            self._write_docs(run, run[0].seq)
+        # One statement for the batch, in first-touch order (new documents' rowids as before),
+        # each document with the seq of the last transaction that touched it.
+        self._write_docs(docs.values(), None)
         if peer is not None and peer_seq is not None:
             self._engine.execute(
                 "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "

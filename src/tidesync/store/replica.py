@@ -69,7 +69,7 @@ class _LogRow:
     def txn(self) -> Transaction:
         if self._txn is None:
             assert self._data is not None
-            self._txn = Transaction.from_wire(msgpack.unpackb(self._data, raw=False))
+            self._txn = Transaction.from_stored(msgpack.unpackb(self._data, raw=False))
             self._data = None
         return self._txn
 

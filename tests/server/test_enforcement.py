@@ -253,3 +253,48 @@ def test_the_learned_schema_records_kinds(h):
     assert learned["owner_id"]["kinds"] == ["string"]
     assert learned["tags"]["kinds"] == ["list"] and learned["visits"]["kinds"] == ["counter"]
     assert to_plain is not None
+
+
+class PartJob(tidesync.Model):
+    _id: str = tidesync.field(primary_key=True)
+    _partition: str
+    title: str = ""
+
+
+def test_a_create_of_an_id_live_in_another_partition_is_refused_without_rules(tmp_path):
+    """A partition session without collection rules takes the cheap check: it must still refuse
+    a create whose _id is live in another partition (it would merge into that document)."""
+    server = Database(tmp_path / "server.db", ())
+    config = ServerConfig(data_dir=tmp_path, development_mode=False)
+    state = SimpleNamespace(backend=server, config=config, schema_learner=SchemaLearner(tmp_path / "schema.json"))
+    a = tidesync.open(tmp_path / "a.db", schema=[PartJob])
+    b = tidesync.open(tmp_path / "b.db", schema=[PartJob])
+    try:
+        ea = Enforcer(state, None, "u0", True)
+        eb = Enforcer(state, None, "u1", True)
+        assert not ea.full and not eb.full  # the cheap path is the one under test
+        with a.write():
+            a.create(PartJob, _id="x", _partition="u0", title="ann's")
+        _, messages, _ = ea.integrate(a.export_transactions(0), a.replica_id, a.last_seq)
+        assert messages == []
+        with b.write():
+            b.create(PartJob, _id="x", _partition="u1", title="bob's")
+            b.create(PartJob, _id="y", _partition="u1", title="bob's own")
+        _, messages, _ = eb.integrate(b.export_transactions(0), b.replica_id, b.last_seq)
+        assert [(m.key, m.operation, m.code) for m in messages] == [("x", "create", "partition")]
+        assert server.get_raw("PartJob", "x") == {"_id": "x", "_partition": "u0", "title": "ann's"}
+        assert server.get_raw("PartJob", "y") == {"_id": "y", "_partition": "u1", "title": "bob's own"}
+        # A tombstone in another partition is not refused by the partition check (as the full check).
+        with a.write():
+            a.delete(a.get(PartJob, "x"))
+        ea.integrate(a.export_transactions(0), a.replica_id, a.last_seq)
+        c = tidesync.open(tmp_path / "c.db", schema=[PartJob])
+        with c.write():
+            c.create(PartJob, _id="x", _partition="u1", title="bob's again")
+        _, messages, _ = eb.integrate(c.export_transactions(0), c.replica_id, c.last_seq)
+        c.close()
+        assert messages == []  # (what it merges to is the merge's business: tests/core)
+    finally:
+        a.close()
+        b.close()
+        server.close()

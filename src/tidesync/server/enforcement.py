@@ -377,6 +377,11 @@ class Enforcer:
         allowed: list[Transaction] = []
         refused: list[Refusal] = []
         scopes: dict[Ref, str | None] = {}
+        # Documents live in another partition: a create there would merge into them (one
+        # namespace per collection), moving or overwriting another partition's document.
+        elsewhere = {ref: scope for ref, scope in self.backend.live_scopes(
+            _ref(op.collection, op.key) for t in txns for op in t.ops if isinstance(op, CreateDoc)).items()
+            if scope != self._want}
         for t in txns:
             by_doc: dict[Ref, list[Op]] = {}
             for op in t.ops:
@@ -393,6 +398,8 @@ class Enforcer:
                         if canonical_json(value) != self._want:
                             verdict = Verdict("create", "partition",
                                               f"document is in partition {value!r}, not {self.partition!r}")
+                        elif ref in elsewhere:
+                            verdict = Verdict("create", "partition", "document belongs to another partition")
                     else:
                         if ref not in scopes:
                             scopes[ref] = self.backend.document_scope(op.collection, op.key)

@@ -22,7 +22,7 @@ also answers a peer with an empty checkpoint with a snapshot: initial sync is st
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -363,6 +363,22 @@ class ReplicaStore:
                         if exclude_origin is None or (origin != exclude_origin and via != exclude_origin))
         scanned = rows[-1][0] if rows else head
         return DescriptorBatch(entries, scanned, head)
+
+    def live_scopes(self, refs: Iterable[Ref]) -> dict[Ref, str | None]:
+        """The scope (canonical JSON of the partition value) of each LIVE document among ``refs``;
+        documents not held, and tombstones, are left out."""
+        items = list(dict.fromkeys(refs))
+        found: dict[Ref, str | None] = {}
+        with self._lock:
+            self._check_open()
+            for i in range(0, len(items), 300):
+                chunk = items[i:i + 300]
+                where = " OR ".join("(collection = ? AND pk = ?)" for _ in chunk)
+                for coll, pk, scope in self._engine.query(
+                        f"SELECT collection, pk, scope FROM documents WHERE live = 1 AND ({where})",
+                        [x for ref in chunk for x in ref]):
+                    found[(coll, pk)] = scope
+        return found
 
     def document_scope(self, collection: str, key: Any) -> str | None:
         """The canonical JSON of a document's partition value (None: unknown document)."""

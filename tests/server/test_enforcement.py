@@ -261,11 +261,12 @@ class PartJob(tidesync.Model):
     title: str = ""
 
 
-def test_a_create_of_an_id_live_in_another_partition_is_refused_without_rules(tmp_path):
+def test_a_create_of_an_id_of_another_partition_is_refused_without_rules(tmp_path):
     """A partition session without collection rules takes the cheap check: it must still refuse
-    a create whose _id is live in another partition (it would merge into that document)."""
-    server = Database(tmp_path / "server.db", ())
+    a create whose _id is held in another partition, live or deleted (it would merge into that
+    document, or lose to its delete on the server while the device keeps it)."""
     config = ServerConfig(data_dir=tmp_path, development_mode=False)
+    server = Database(tmp_path / "server.db", (), partition_key=config.partition_key)  # as server/app.py
     state = SimpleNamespace(backend=server, config=config, schema_learner=SchemaLearner(tmp_path / "schema.json"))
     a = tidesync.open(tmp_path / "a.db", schema=[PartJob])
     b = tidesync.open(tmp_path / "b.db", schema=[PartJob])
@@ -284,7 +285,7 @@ def test_a_create_of_an_id_live_in_another_partition_is_refused_without_rules(tm
         assert [(m.key, m.operation, m.code) for m in messages] == [("x", "create", "partition")]
         assert server.get_raw("PartJob", "x") == {"_id": "x", "_partition": "u0", "title": "ann's"}
         assert server.get_raw("PartJob", "y") == {"_id": "y", "_partition": "u1", "title": "bob's own"}
-        # A tombstone in another partition is not refused by the partition check (as the full check).
+        # Deleted there: still refused (the device never receives that partition's delete).
         with a.write():
             a.delete(a.get(PartJob, "x"))
         ea.integrate(a.export_transactions(0), a.replica_id, a.last_seq)
@@ -293,7 +294,8 @@ def test_a_create_of_an_id_live_in_another_partition_is_refused_without_rules(tm
             c.create(PartJob, _id="x", _partition="u1", title="bob's again")
         _, messages, _ = eb.integrate(c.export_transactions(0), c.replica_id, c.last_seq)
         c.close()
-        assert messages == []  # (what it merges to is the merge's business: tests/core)
+        assert [(m.key, m.operation, m.code) for m in messages] == [("x", "create", "partition")]
+        assert server.get_raw("PartJob", "x") is None
     finally:
         a.close()
         b.close()

@@ -377,11 +377,12 @@ class Enforcer:
         allowed: list[Transaction] = []
         refused: list[Refusal] = []
         scopes: dict[Ref, str | None] = {}
-        # Documents live in another partition: a create there would merge into them (one
-        # namespace per collection), moving or overwriting another partition's document.
-        elsewhere = {ref: scope for ref, scope in self.backend.live_scopes(
+        # Documents of another partition (live or deleted): a create would merge into them (one
+        # namespace per collection), moving another partition's document, or losing to its
+        # delete on the server while the device, which never sees that delete, keeps it.
+        elsewhere = {ref: scope for ref, scope in self.backend.document_scopes(
             _ref(op.collection, op.key) for t in txns for op in t.ops if isinstance(op, CreateDoc)).items()
-            if scope != self._want}
+            if scope is not None and scope != self._want}
         for t in txns:
             by_doc: dict[Ref, list[Op]] = {}
             for op in t.ops:

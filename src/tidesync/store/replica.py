@@ -364,9 +364,9 @@ class ReplicaStore:
         scanned = rows[-1][0] if rows else head
         return DescriptorBatch(entries, scanned, head)
 
-    def live_scopes(self, refs: Iterable[Ref]) -> dict[Ref, str | None]:
-        """The scope (canonical JSON of the partition value) of each LIVE document among ``refs``;
-        documents not held, and tombstones, are left out."""
+    def document_scopes(self, refs: Iterable[Ref]) -> dict[Ref, str | None]:
+        """:meth:`document_scope` of many documents (tombstones keep theirs); documents never
+        seen are left out."""
         items = list(dict.fromkeys(refs))
         found: dict[Ref, str | None] = {}
         with self._lock:
@@ -375,7 +375,7 @@ class ReplicaStore:
                 chunk = items[i:i + 300]
                 where = " OR ".join("(collection = ? AND pk = ?)" for _ in chunk)
                 for coll, pk, scope in self._engine.query(
-                        f"SELECT collection, pk, scope FROM documents WHERE live = 1 AND ({where})",
+                        f"SELECT collection, pk, scope FROM documents WHERE {where}",
                         [x for ref in chunk for x in ref]):
                     found[(coll, pk)] = scope
         return found

@@ -261,11 +261,13 @@ class PartJob(tidesync.Model):
     title: str = ""
 
 
-def test_a_create_of_an_id_of_another_partition_is_refused_without_rules(tmp_path):
-    """A partition session without collection rules takes the cheap check: it must still refuse
-    a create whose _id is held in another partition, live or deleted (it would merge into that
-    document, or lose to its delete on the server while the device keeps it)."""
-    config = ServerConfig(data_dir=tmp_path, development_mode=False)
+@pytest.mark.parametrize("schemas", [{}, {"PartJob": {"properties": {"title": {"type": "string"}}}}],
+                         ids=["cheap-check", "full-check"])
+def test_a_create_of_an_id_of_another_partition_is_refused(tmp_path, schemas):
+    """Both the cheap check (a partition session without collection rules or schemas) and the
+    full one refuse a create whose _id is held in another partition, live or deleted (it would
+    merge into that document, or lose to its delete on the server while the device keeps it)."""
+    config = ServerConfig(data_dir=tmp_path, development_mode=False, schemas=schemas)
     server = Database(tmp_path / "server.db", (), partition_key=config.partition_key)  # as server/app.py
     state = SimpleNamespace(backend=server, config=config, schema_learner=SchemaLearner(tmp_path / "schema.json"))
     a = tidesync.open(tmp_path / "a.db", schema=[PartJob])
@@ -273,7 +275,7 @@ def test_a_create_of_an_id_of_another_partition_is_refused_without_rules(tmp_pat
     try:
         ea = Enforcer(state, None, "u0", True)
         eb = Enforcer(state, None, "u1", True)
-        assert not ea.full and not eb.full  # the cheap path is the one under test
+        assert ea.full == eb.full == bool(schemas)
         with a.write():
             a.create(PartJob, _id="x", _partition="u0", title="ann's")
         _, messages, _ = ea.integrate(a.export_transactions(0), a.replica_id, a.last_seq)
@@ -282,7 +284,7 @@ def test_a_create_of_an_id_of_another_partition_is_refused_without_rules(tmp_pat
             b.create(PartJob, _id="x", _partition="u1", title="bob's")
             b.create(PartJob, _id="y", _partition="u1", title="bob's own")
         _, messages, _ = eb.integrate(b.export_transactions(0), b.replica_id, b.last_seq)
-        assert [(m.key, m.operation, m.code) for m in messages] == [("x", "create", "partition")]
+        assert [(m.key, m.code) for m in messages] == [("x", "partition")]
         assert server.get_raw("PartJob", "x") == {"_id": "x", "_partition": "u0", "title": "ann's"}
         assert server.get_raw("PartJob", "y") == {"_id": "y", "_partition": "u1", "title": "bob's own"}
         # Deleted there: still refused (the device never receives that partition's delete).
@@ -294,7 +296,7 @@ def test_a_create_of_an_id_of_another_partition_is_refused_without_rules(tmp_pat
             c.create(PartJob, _id="x", _partition="u1", title="bob's again")
         _, messages, _ = eb.integrate(c.export_transactions(0), c.replica_id, c.last_seq)
         c.close()
-        assert [(m.key, m.operation, m.code) for m in messages] == [("x", "create", "partition")]
+        assert [(m.key, m.code) for m in messages] == [("x", "partition")]
         assert server.get_raw("PartJob", "x") is None
     finally:
         a.close()

@@ -359,6 +359,9 @@ class Enforcer:
                 except Exception:  # noqa: BLE001 - malformed: the backend's integrate reports it
                     continue
                 verdict = self.decide(coll, key, before, after)
+                if (verdict is None and self.has_partition and not before.live and before.epoch
+                        and any(isinstance(op, CreateDoc) for op in ops)):
+                    verdict = self._tombstone_elsewhere(ref)
                 if verdict is None:
                     states[ref] = after
                     if before.live and not after.live:
@@ -370,6 +373,14 @@ class Enforcer:
             if kept is not None:
                 allowed.append(kept)
         return allowed, refused
+
+    def _tombstone_elsewhere(self, ref: Ref) -> Verdict | None:
+        """A create over another partition's tombstone loses to its delete on the server, while
+        the device, which never receives that delete, would keep its document: refused."""
+        scope = self.backend.document_scopes([ref]).get(ref)
+        if scope is not None and scope != self._want:
+            return Verdict("create", "partition", "document belongs to another partition")
+        return None
 
     def _check_partition_only(self, txns: Sequence[Transaction]) -> tuple[list[Transaction], list[Refusal]]:
         """The cheap check of a partition session without collection rules or schemas."""

@@ -4,6 +4,8 @@ keeps working (reads, writes, partition-filtered sync reads, integration of its 
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -28,8 +30,8 @@ def _create(i: int, key: str, partition: str | None) -> CreateDoc:
     return CreateDoc("Job", key, _stamp(i), "", fields, {})
 
 
-def _txn(i: int, *ops: object) -> Transaction:
-    return Transaction(_stamp(i), ORIGIN, _stamp(i), (), tuple(ops))  # type: ignore[arg-type]
+def _txn(i: int, *ops: CreateDoc | SetValue) -> Transaction:
+    return Transaction(_stamp(i), ORIGIN, _stamp(i), (), tuple(ops))
 
 
 def _indexes(path: object) -> dict[str, str]:
@@ -42,43 +44,31 @@ def _indexes(path: object) -> dict[str, str]:
 
 
 def _make_version_1(path: object) -> None:
-    """A file laid out exactly as format 1 wrote it (its migration only), with two documents."""
+    """A file with two documents, laid out as format 1 left it: the tables are the same, the
+    indexes are format 1's own statements, and the recorded version is 1."""
+    with _open(path) as db:
+        db.integrate([_txn(1, _create(1, "a", "p1")), _txn(2, _create(2, "b", "p2"))])
     con = sqlite3.connect(str(path))
     try:
+        con.execute("DROP INDEX documents_scope")
         for stmt in MIGRATIONS[0]:
-            con.execute(stmt)
-        con.execute("INSERT INTO settings (key, value) VALUES ('format_version', '1')")
-        con.execute("INSERT INTO settings (key, value) VALUES ('replica_id', 'feedfacefeedface')")
+            if stmt.startswith("CREATE INDEX") or stmt.startswith("CREATE UNIQUE INDEX"):
+                con.execute(stmt)
+        con.execute("UPDATE settings SET value = '1' WHERE key = 'format_version'")
+        con.execute("UPDATE settings SET value = 'feedfacefeedface' WHERE key = 'replica_id'")
         con.commit()
     finally:
         con.close()
-    with _open(path, migrate=False) as db:
-        db.integrate([_txn(1, _create(1, "a", "p1")), _txn(2, _create(2, "b", "p2"))])
 
 
-class _open:
-    """Open ``path`` as a server-side store; ``migrate=False`` keeps a format-1 file at format 1
-    (it writes as format 1 did, with its indexes, for building the old file)."""
-
-    def __init__(self, path: object, migrate: bool = True) -> None:
-        self.path = path
-        self.migrate = migrate
-
-    def __enter__(self) -> Database:
-        if not self.migrate:
-            import tidesync.store.database as dbmod
-            saved = dbmod.FORMAT_VERSION
-            dbmod.FORMAT_VERSION = 1
-            try:
-                self.db = Database(self.path, (), partition_key="_partition")  # type: ignore[arg-type]
-            finally:
-                dbmod.FORMAT_VERSION = saved
-        else:
-            self.db = Database(self.path, (), partition_key="_partition")  # type: ignore[arg-type]
-        return self.db
-
-    def __exit__(self, *exc: object) -> None:
-        self.db.close()
+@contextmanager
+def _open(path: object) -> Iterator[Database]:
+    """``path`` opened as a server-side store (schema-less, partitioned by ``_partition``)."""
+    db = Database(path, (), partition_key="_partition")
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def test_new_file_has_the_current_format_and_no_seq_index(tmp_path):

@@ -188,15 +188,23 @@ class Database(ReplicaStore):
 
     def _init_file(self) -> None:
         with self._engine.atomic():
+            # Tables (all CREATE ... IF NOT EXISTS) on every open: version 1 gained tables after
+            # its first files were written. Indexes only through the migrations below.
             for stmt in MIGRATIONS[0]:
-                self._engine.execute(stmt)
+                if stmt.startswith("CREATE TABLE"):
+                    self._engine.execute(stmt)
             version = self._setting("format_version")
-            if version is None:
-                self._set_setting("format_version", str(FORMAT_VERSION))
-                self._set_setting("replica_id", secrets.token_hex(8))
-            elif int(version) > FORMAT_VERSION:
+            if version is not None and int(version) > FORMAT_VERSION:
                 raise SchemaMismatchError(f"{self.path} was written by a newer tidesync (format {version})",
                                           advice="upgrade tidesync to open it")
+            done = 0 if version is None else int(version)
+            for migration in MIGRATIONS[done:FORMAT_VERSION]:
+                for stmt in migration:
+                    self._engine.execute(stmt)
+            if version is None:
+                self._set_setting("replica_id", secrets.token_hex(8))
+            if done < FORMAT_VERSION:
+                self._set_setting("format_version", str(FORMAT_VERSION))
             stored = self._setting("schema")
             self._evolve_schema(Schema.of(ObjectSchema.from_json(o) for o in json.loads(stored)) if stored else Schema())
             self._set_setting("schema", _dumps([o.to_json() for o in self._merged_schema.objects.values()]))

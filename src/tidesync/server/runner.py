@@ -29,18 +29,43 @@ __all__ = ["start_server", "RunningServer", "serve_forever"]
 def _uvicorn_config(app: Any, config: ServerConfig, sock_port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=config.host, port=sock_port, log_level="warning", lifespan="on",
-        ws="websockets-sansio" if _has_sansio() else "websockets",
+        ws=_ws_protocol(),
         ws_max_size=config.max_message_size + 1024, ws_ping_interval=None,
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     )
 
 
-def _has_sansio() -> bool:
+def _ws_protocol() -> Any:
+    """uvicorn's sans-I/O WebSocket protocol (where this uvicorn has it), made to pause reading
+    only once the app falls behind.
+
+    uvicorn pauses reading after every message it queues for the app and resumes once the app
+    took it: two ``epoll_ctl`` calls and their bookkeeping for each message, which on fan-out
+    is every client's ``Ack`` of every write. Here a small message (at most ``SMALL`` bytes)
+    that finds nothing else queued leaves reading on; anything larger, or a second message
+    the app has not taken yet, pauses it as before (so at most one small message is held
+    beyond uvicorn's own bound)."""
     try:
-        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
-        return False
-    return True
+        return "websockets"
+
+    class SyncWebSocketProtocol(WebSocketsSansIOProtocol):
+        SMALL = 64 * 1024
+
+        def send_receive_event_to_app(self) -> None:
+            paused = self.read_paused
+            size = sum(len(f) for f in self.frames)
+            self.read_paused = True  # keeps uvicorn from pausing: decided below
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = paused
+            if not paused and (size > self.SMALL or self.queue.qsize() > 1):
+                self.read_paused = True
+                self.transport.pause_reading()
+
+    return SyncWebSocketProtocol
 
 
 @dataclass

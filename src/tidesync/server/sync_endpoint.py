@@ -632,7 +632,9 @@ class ServerSession:
             if self.partition is not None and self.flexible is None and not compensated:
                 shared.touched = {self._partition_json}
             try:
-                self.state.notify_commit(self)
+                # One check for another process's writes for all the reads the wake-up makes.
+                with self.state.backend.read_round():
+                    self.state.notify_commit(self)
             finally:
                 shared.touched = None
             # Let the sessions just woken stream the new entries before this one answers its

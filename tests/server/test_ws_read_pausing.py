@@ -1,4 +1,5 @@
-"""The server's WebSocket protocol (server/runner.py, ``_ws_protocol``) pauses reading only
+"""The server's WebSocket protocol (server/runner.py, ``_ws_protocol``): the app may take a binary
+message where it arrives (never ahead of a queued one); reading is paused only
 once the app falls behind: a small message finding nothing queued leaves reading on; a large
 one, or a second one the app has not taken, pauses it as uvicorn does; taking the queue's
 last message resumes it (uvicorn's own ``receive``)."""
@@ -74,5 +75,37 @@ def test_a_backlog_or_a_large_message_pauses_reading_until_the_queue_is_taken():
         assert not transport.reading
         assert len((await proto.receive())["bytes"]) == proto.SMALL + 1
         assert transport.reading
+
+    asyncio.run(main())
+
+
+def test_the_app_may_take_a_message_where_it_arrives_but_never_ahead_of_a_queued_one():
+    async def main() -> None:
+        proto, transport = _protocol()
+        taken: list[bytes] = []
+        willing = [True]
+
+        def direct(data: bytes) -> bool:
+            if willing[0]:
+                taken.append(data)
+            return willing[0]
+
+        proto._set_direct(direct)
+        _arrive(proto, b"a")
+        assert taken == [b"a"] and proto.queue.empty() and transport.reading
+        willing[0] = False
+        _arrive(proto, b"b")  # declined: queued as usual
+        willing[0] = True
+        _arrive(proto, b"c")  # b is still queued: c must follow it, not overtake it
+        assert taken == [b"a"]
+        assert (await proto.receive())["bytes"] == b"b"
+        assert (await proto.receive())["bytes"] == b"c"
+        proto.curr_msg_data_type = "text"
+        proto.frames = [b"t"]
+        proto.send_receive_event_to_app()  # text is never taken directly
+        assert taken == [b"a"] and (await proto.receive())["text"] == "t"
+        proto._set_direct(None)
+        _arrive(proto, b"d")
+        assert taken == [b"a"] and (await proto.receive())["bytes"] == b"d"
 
     asyncio.run(main())

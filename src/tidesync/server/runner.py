@@ -14,6 +14,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +45,11 @@ def _ws_protocol() -> Any:
     is every client's ``Ack`` of every write. Here a small message (at most ``SMALL`` bytes)
     that finds nothing else queued leaves reading on; anything larger, or a second message
     the app has not taken yet, pauses it as before (so at most one small message is held
-    beyond uvicorn's own bound)."""
+    beyond uvicorn's own bound).
+
+    And the app may take a binary message where it arrives, before it is queued (the
+    ``tidesync.receive_hook`` scope extension; server/sync_endpoint.py uses it for the
+    ``Ack`` of an idle session), saving the hand-over to the task reading the queue."""
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
@@ -52,8 +57,26 @@ def _ws_protocol() -> Any:
 
     class SyncWebSocketProtocol(WebSocketsSansIOProtocol):
         SMALL = 64 * 1024
+        #: Set by the app through the ASGI scope's ``tidesync.receive_hook`` extension: called
+        #: with a binary message when nothing is queued before it; True if it took the message
+        #: (then it is not queued: no task switch to hand it over).
+        direct: Callable[[bytes], bool] | None = None
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                scope["extensions"]["tidesync.receive_hook"] = self._set_direct
+
+        def _set_direct(self, direct: Callable[[bytes], bool] | None) -> None:
+            self.direct = direct
 
         def send_receive_event_to_app(self) -> None:
+            direct = self.direct
+            if (direct is not None and self.curr_msg_data_type == "bytes" and not self.close_sent
+                    and len(self.frames) == 1 and self.queue.empty() and direct(self.frames[0])):
+                self.frames = []
+                return
             paused = self.read_paused
             size = sum(len(f) for f in self.frames)
             self.read_paused = True  # keeps uvicorn from pausing: decided below

@@ -355,7 +355,22 @@ class ServerSession:
         self._closing = True
         self._inbox.put_nowait(("stop", None))
 
+    def _receive_direct(self, data: bytes) -> bool:
+        """The WebSocket layer's hook (server/runner.py): a message arriving while nothing is
+        queued before it, handled at once when run() is parked (see _receive_now)."""
+        if not (self._parked and self._inbox.empty()):
+            return False
+        try:
+            return self._receive_now(data)
+        except Exception:  # noqa: BLE001 - as an error in the reader task: the connection ends
+            log.exception("sync session: cannot handle a message")
+            self._inbox.put_nowait(("lost", None))
+            return True
+
     async def run(self) -> None:
+        hook = self.ws.scope.get("extensions", {}).get("tidesync.receive_hook")
+        if hook is not None:
+            hook(self._receive_direct)
         reader = asyncio.create_task(self._read())
         self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
         self.replicator.start()
@@ -406,6 +421,8 @@ class ServerSession:
                 if self.link.finished:
                     break
         finally:
+            if hook is not None:
+                hook(None)
             self._ticker.cancel()
             self.replicator.stop()
             if self.flexible is not None:

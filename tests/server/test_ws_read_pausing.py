@@ -109,3 +109,31 @@ def test_the_app_may_take_a_message_where_it_arrives_but_never_ahead_of_a_queued
         assert taken == [b"a"] and (await proto.receive())["bytes"] == b"d"
 
     asyncio.run(main())
+
+
+def test_an_immediate_send_only_when_nothing_could_make_it_wait():
+    proto, transport = _protocol()
+    written: list[bytes] = []
+    transport.write = written.append
+
+    class _Conn:
+        def __init__(self) -> None:
+            self.out: list[bytes] = []
+
+        def send_binary(self, data: bytes) -> None:
+            self.out.append(b"frame:" + data)
+
+        def data_to_send(self) -> list[bytes]:
+            out, self.out = self.out, []
+            return out
+
+    proto.conn = _Conn()
+    proto.writable = asyncio.Event()
+    proto.disconnected = False
+    proto.handshake_complete = True
+    proto.initial_response = None
+    assert not proto._send_now(b"x")  # the transport asked to wait: websocket.send waits
+    proto.writable.set()
+    assert proto._send_now(b"y") and written == [b"frame:y"]
+    proto.close_sent = True
+    assert not proto._send_now(b"z") and written == [b"frame:y"]

@@ -49,9 +49,11 @@ def _ws_protocol() -> Any:
 
     And the app may take a binary message where it arrives, before it is queued (the
     ``tidesync.receive_hook`` scope extension; server/sync_endpoint.py uses it for the
-    ``Ack`` of an idle session), saving the hand-over to the task reading the queue."""
+    ``Ack`` of an idle session), saving the hand-over to the task reading the queue; and send
+    one at once when nothing could make that wait (``tidesync.send_now``)."""
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+        from websockets.exceptions import InvalidState
     except ImportError:
         return "websockets"
 
@@ -67,9 +69,24 @@ def _ws_protocol() -> Any:
             scope = getattr(self, "scope", None)
             if scope is not None:
                 scope["extensions"]["tidesync.receive_hook"] = self._set_direct
+                scope["extensions"]["tidesync.send_now"] = self._send_now
 
         def _set_direct(self, direct: Callable[[bytes], bool] | None) -> None:
             self.direct = direct
+
+        def _send_now(self, data: bytes) -> bool:
+            """Send a binary message at once, as ``websocket.send`` would, when nothing could
+            make that wait or fail (the transport takes it, the connection is open): no
+            coroutine and no ASGI message on the way. False: use ``websocket.send``."""
+            if (not self.writable.is_set() or self.disconnected or not self.handshake_complete
+                    or self.close_sent or self.initial_response is not None):
+                return False
+            try:
+                self.conn.send_binary(data)
+            except InvalidState:
+                return False  # websocket.send reports it
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            return True
 
         def send_receive_event_to_app(self) -> None:
             direct = self.direct

@@ -217,6 +217,8 @@ class ServerSession:
         self._parked = False
         #: The rest of a send begun by _send_now that had to wait, if any.
         self._sending: asyncio.Future[None] | None = None
+        #: The WebSocket layer's immediate send (server/runner.py), if it has one.
+        self._direct_send: Any = (getattr(websocket, "scope", None) or {}).get("extensions", {}).get("tidesync.send_now")
         self._closing = False
         self._snapshot_pages = 0
         self._lazy_commit = False
@@ -272,6 +274,13 @@ class ServerSession:
         the send coroutine then completes on its first step). If it has to wait (the transport
         is paused for writing), the rest of it runs in a task, ``_sending``, which every later
         send waits for."""
+        direct = self._direct_send
+        try:
+            if direct is not None and direct(payload):
+                return
+        except Exception:  # noqa: BLE001 - the reader reports the loss
+            self.link.connection_lost()
+            return
         coro = self.ws.send_bytes(payload)
         try:
             waiting = coro.send(None)
@@ -368,7 +377,7 @@ class ServerSession:
             return True
 
     async def run(self) -> None:
-        hook = self.ws.scope.get("extensions", {}).get("tidesync.receive_hook")
+        hook = (getattr(self.ws, "scope", None) or {}).get("extensions", {}).get("tidesync.receive_hook")
         if hook is not None:
             hook(self._receive_direct)
         reader = asyncio.create_task(self._read())
@@ -502,7 +511,8 @@ class ServerSession:
         while self._sending is not None:  # a send begun by _send_now comes first
             await asyncio.wait({self._sending})
         try:
-            await self.ws.send_bytes(payload)
+            if self._direct_send is None or not self._direct_send(payload):
+                await self.ws.send_bytes(payload)
         except Exception:  # noqa: BLE001 - the reader reports the loss
             self.link.connection_lost()
             return False

@@ -117,3 +117,15 @@ def test_a_read_round_on_another_thread_changes_nothing_here(tmp_path):
     finally:
         other.close()
         server.close()
+
+
+def test_a_read_round_on_a_closed_replica_lets_the_reads_report_it(tmp_path):
+    import pytest
+
+    from tidesync.errors import DatabaseClosedError
+
+    server = Database(tmp_path / "server.db", (), partition_key="_partition")
+    server.close()
+    with server.read_round():
+        with pytest.raises(DatabaseClosedError):
+            server.read_log(0, limit=10, max_bytes=1 << 20, scope={}, exclude_origin=None)

@@ -299,18 +299,18 @@ class ReplicaStore:
         connection are still seen at once (``total_changes``); a write by another process that
         lands inside the round is seen by the next read after it, as if it had landed just
         after the round. Never waits: when the replica is busy, the reads check as usual."""
-        if not self._lock.acquire(blocking=False):
-            yield
-            return
-        try:
-            self._check_open()
-            cache = self._log_cache()
-            if cache is None or cache.round_thread is not None:
-                cache = None  # inside a write, or a round is open already
-            else:
-                cache.round_thread = threading.get_ident()
-        finally:
-            self._lock.release()
+        cache: _LogCache | None = None
+        if self._lock.acquire(blocking=False):
+            try:
+                self._check_open()
+                found = self._log_cache()
+                if found is not None and found.round_thread is None:  # not inside a write or a round
+                    found.round_thread = threading.get_ident()
+                    cache = found
+            except Exception:  # noqa: BLE001 - closed: the reads themselves report it
+                cache = None
+            finally:
+                self._lock.release()
         try:
             yield
         finally:

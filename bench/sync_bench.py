@@ -10,8 +10,9 @@
 Every case starts its own server process (``python -m tidesync serve`` on 127.0.0.1, through
 ``tests.helpers.servers.ServerProcess``) and runs in its own bench process
 (``python -m bench.sync_bench --case NAME JSON-ARGS``), whose figures come back as one JSON
-line. Many lightweight clients (propagation's 100 others, fan-out's 1,000) run in one more
-process, :mod:`bench.sync_clients`. Every loop is bounded in count and in time.
+line. Many lightweight clients (propagation's 100 others, fan-out's 1,000) run in more
+processes, :mod:`bench.sync_clients` (propagation: one; fan-out: ``procs`` of them, 4 at full
+size, so that one client loop's own queueing is not counted as the server's latency). Every loop is bounded in count and in time.
 
 Files live on the real disk (``tempfile.gettempdir()``) unless ``--storage tmpfs`` puts them in
 ``/dev/shm``; propagation runs on both by default, because an fsync here costs milliseconds.
@@ -27,6 +28,7 @@ import platform
 import queue
 import resource
 import shutil
+import signal
 import sqlite3
 import statistics
 import subprocess
@@ -57,14 +59,14 @@ FULL: dict[str, Any] = {
     "upload": {"n": 10_000, "shapes": [[1, 10_000], [100, 100], [1_000, 10]]},
     "propagation": {"samples": 1_000, "others": 100, "gap": 0.005, "others_in": "own"},
     "propagation_same": {"samples": 200, "others": 100, "gap": 0.005, "others_in": "same"},
-    "fanout": {"clients": 1_000, "writes": 10, "gap": 1.0},
+    "fanout": {"clients": 1_000, "writes": 10, "gap": 1.0, "procs": 4},
 }
 QUICK: dict[str, Any] = {
     "bootstrap": {"n": 10_000, "runs": 1},
     "upload": {"n": 2_000, "shapes": [[1, 2_000], [100, 20]]},
     "propagation": {"samples": 100, "others": 10, "gap": 0.005, "others_in": "own"},
     "propagation_same": {"samples": 50, "others": 10, "gap": 0.005, "others_in": "same"},
-    "fanout": {"clients": 100, "writes": 3, "gap": 0.5},
+    "fanout": {"clients": 100, "writes": 3, "gap": 0.5, "procs": 2},
 }
 TARGETS = {
     "bootstrap_docs_per_s": 50_000, "bootstrap_vs_raw": 4.0, "upload_docs_per_s": 20_000,
@@ -156,10 +158,37 @@ class Spy:
             self.proc.wait(30)
 
 
-def start_server(data_dir: Path) -> Any:
+def start_server(data_dir: Path, name: str = "server") -> Any:
+    """A server process on 127.0.0.1; under cProfile (bench/profile_server.py) when
+    ``TIDESYNC_BENCH_PROFILE=DIR`` is set, its statistics in DIR/NAME.prof at its stop."""
     from tests.helpers.servers import ServerProcess
 
-    return ServerProcess(data_dir).start()
+    out = os.environ.get("TIDESYNC_BENCH_PROFILE")
+    if not out:
+        return ServerProcess(data_dir).start()
+    Path(out).mkdir(parents=True, exist_ok=True)
+
+    class Profiled(ServerProcess):
+        def start(self, timeout: float = 30) -> Any:
+            import socket
+
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "bench.profile_server", str(Path(out).resolve() / f"{name}.prof"),
+                 "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data", str(self.data_dir)],
+                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                        return self
+                except OSError:
+                    if self.proc.poll() is not None:
+                        raise RuntimeError("the server process exited at start") from None
+                    time.sleep(0.05)
+            raise RuntimeError("the server process did not start")
+
+    return Profiled(data_dir).start()
 
 
 class LineProcess:
@@ -191,10 +220,13 @@ class LineProcess:
             raise RuntimeError(f"the client fleet exited ({self.proc.poll()})")
         return json.loads(line)  # type: ignore[no-any-return]
 
-    def ask(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def send(self, cmd: dict[str, Any]) -> None:
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(cmd) + "\n")
         self.proc.stdin.flush()
+
+    def ask(self, cmd: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.send(cmd)
         return self.read(timeout)
 
     def close(self) -> None:
@@ -291,7 +323,7 @@ def case_bootstrap(args: dict[str, Any], work: Path) -> dict[str, Any]:
     docs = [make_doc(i) for i in range(n)]
     raw = [raw_sqlite_insert(work / f"raw{r}.db", docs) for r in range(runs)]
     del docs
-    server = start_server(work / "server")
+    server = start_server(work / "server", "bootstrap")
     out: dict[str, Any] = {"n": n, "seed_s": seed_s, "raw_s": raw, "runs": []}
     try:
         user = login(server.url, work)
@@ -328,7 +360,7 @@ def case_bootstrap(args: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def case_upload(args: dict[str, Any], work: Path) -> dict[str, Any]:
     n = int(args["n"])
-    server = start_server(work / "server")
+    server = start_server(work / "server", "upload")
     out: dict[str, Any] = {"n": n, "shapes": []}
     try:
         user = login(server.url, work)
@@ -376,7 +408,7 @@ def case_upload(args: dict[str, Any], work: Path) -> dict[str, Any]:
 def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
     samples, others, gap = int(args["samples"]), int(args["others"]), float(args["gap"])
     others_in = args.get("others_in", "own")
-    server = start_server(work / "server")
+    server = start_server(work / "server", f"propagation-{others_in}-{Path(work).parent.name}")
     fleet = None
     a = b = None
     out: dict[str, Any] = {"samples": samples, "others": others, "others_in": others_in, "storage": str(work)}
@@ -453,11 +485,12 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
 
 def case_fanout(args: dict[str, Any], work: Path) -> dict[str, Any]:
     clients, writes, gap = int(args["clients"]), int(args["writes"]), float(args["gap"])
-    raise_nofile(clients * 2 + 512)  # inherited by the server and the fleet
-    server = start_server(work / "server")
-    fleet = None
+    procs = max(1, min(int(args.get("procs", 1)), clients))
+    raise_nofile(clients * 2 + 512)  # inherited by the server and the fleets
+    server = start_server(work / "server", "fanout")
+    fleets: list[FleetProcess] = []
     a = None
-    out: dict[str, Any] = {"clients": clients, "writes": writes}
+    out: dict[str, Any] = {"clients": clients, "writes": writes, "procs": procs}
     try:
         a = open_synced(work / "a.db", login(server.url, work), "p")
         with a.write():
@@ -467,44 +500,56 @@ def case_fanout(args: dict[str, Any], work: Path) -> dict[str, Any]:
         gc.collect()
         rss0 = rss_kb(server.proc.pid)
         t0 = time.perf_counter()
-        fleet = FleetProcess(server.url, clients, "p", timeout=max(120.0, clients * 0.3))
+        # The clients in several processes, started one after the other (each connects its
+        # share, then says it is ready): one asyncio loop decoding and acknowledging for all
+        # of them would queue the last ones behind the others and add that to the p99.
+        for k in range(procs):
+            share = clients // procs + (1 if k < clients % procs else 0)
+            fleets.append(FleetProcess(server.url, share, "p", timeout=max(120.0, share * 0.3)))
         out["connect_s"] = time.perf_counter() - t0
-        out["connected"] = fleet.ready["connected"]
-        out["fleet_errors"] = fleet.ready.get("errors", [])
+        out["connected"] = sum(f.ready["connected"] for f in fleets)
+        out["fleet_errors"] = [e for f in fleets for e in f.ready.get("errors", [])][:5]
         time.sleep(3.0)  # idle: every client synced, acknowledgements settled
         rss1 = rss_kb(server.proc.pid)
         out.update({"rss_before_kb": rss0, "rss_after_kb": rss1,
                     "kb_per_connection": (rss1 - rss0) / max(1, out["connected"])})
-        log(f"fan-out: {out['connected']} clients connected in {out['connect_s']:.1f} s; "
+        log(f"fan-out: {out['connected']} clients in {procs} processes connected in {out['connect_s']:.1f} s; "
             f"server RSS {rss0} -> {rss1} KB, {out['kb_per_connection']:.1f} KB per connection")
         lat: list[float] = []
         per_write = []
         spy = Spy("fanout-server", server.proc.pid)
+        if os.environ.get("TIDESYNC_BENCH_PROFILE"):
+            os.kill(server.proc.pid, signal.SIGUSR1)  # bench/profile_server.py: profile from here
         s_cpu = cpu_s(server.proc.pid)
-        busy0 = fleet.ask({"cmd": "status"}, 30)["busy_s"]
+        busy0 = sum(f.ask({"cmd": "status"}, 30)["busy_s"] for f in fleets)
+        f_cpu = sum(cpu_s(f.proc.pid) for f in fleets)
         for k in range(writes):
             with a.write():
                 a.create(SyncDoc, make_doc(1_000_000 + k) | {"_id": f"fan-{k}"})
             t_commit = time.monotonic()
-            got = fleet.ask({"cmd": "collect", "marker": f"fan-{k}", "timeout": 20}, 40)
-            ms = [(t - t_commit) * 1000 for t in got["times"]]
+            for f in fleets:
+                f.send({"cmd": "collect", "marker": f"fan-{k}", "timeout": 20})
+            got = [f.read(40) for f in fleets]
+            ms = [(t - t_commit) * 1000 for g in got for t in g["times"]]
+            missing = sum(g["missing"] for g in got)
             lat.extend(ms)
-            per_write.append({"received": len(ms), "missing": got["missing"], "p50_ms": pct(ms, 50),
+            per_write.append({"received": len(ms), "missing": missing, "p50_ms": pct(ms, 50),
                               "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else float("nan")})
             log(f"fan-out write {k}: {len(ms)} received, p50 {pct(ms, 50):.0f} ms, p99 {pct(ms, 99):.0f} ms, "
                 f"max {per_write[-1]['max_ms']:.0f} ms")
             time.sleep(gap)
         spy.stop()
-        status = fleet.ask({"cmd": "status"}, 30)
-        out.update({"samples": len(lat), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
+        server_cpu = cpu_s(server.proc.pid) - s_cpu
+        fleets_cpu = sum(cpu_s(f.proc.pid) for f in fleets) - f_cpu
+        busy = sum(f.ask({"cmd": "status"}, 30)["busy_s"] for f in fleets)
+        out.update({"samples": len(lat), "missing": sum(w["missing"] for w in per_write), "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99),
                     "max_ms": max(lat) if lat else float("nan"), "per_write": per_write,
-                    "server_cpu_s": cpu_s(server.proc.pid) - s_cpu,
-                    "fleet_busy_s": status["busy_s"] - busy0})
+                    "server_cpu_s": server_cpu, "fleet_busy_s": busy - busy0, "fleet_cpu_s": fleets_cpu})
     finally:
         if a is not None:
             a.close()
-        if fleet is not None:
-            fleet.close()
+        for f in fleets:
+            f.close()
         server.stop()
     return out
 
@@ -581,9 +626,13 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
                          f"| {_ok(r['p99_ms'] <= t['propagation_p99_ms'] and r['lost'] == 0)} |")
     if "fanout" in results:
         r = results["fanout"]
-        lines.append(f"| fan-out: one write reaches {r['connected']:,} connected clients ({r['samples']:,} samples, "
-                     f"{r['writes']} writes) | p99 {r['p99_ms']:.0f} ms (p50 {r['p50_ms']:.0f}, max {r['max_ms']:.0f}) "
-                     f"| <= {t['fanout_p99_ms']:.0f} ms | {_ok(r['p99_ms'] <= t['fanout_p99_ms'])} |")
+        procs = r.get("procs", 1)
+        missing = r.get("missing", 0)
+        lines.append(f"| fan-out: one write reaches {r['connected']:,} connected clients in {procs} client "
+                     f"process{'es' if procs != 1 else ''} ({r['samples']:,} samples, {r['writes']} writes"
+                     f"{f', {missing} never received' if missing else ''}) | p99 {r['p99_ms']:.0f} ms "
+                     f"(p50 {r['p50_ms']:.0f}, max {r['max_ms']:.0f}) "
+                     f"| <= {t['fanout_p99_ms']:.0f} ms | {_ok(r['p99_ms'] <= t['fanout_p99_ms'] and not missing)} |")
         lines.append(f"| fan-out: server memory per idle connection (RSS {r['rss_before_kb']:,} -> "
                      f"{r['rss_after_kb']:,} KB) | {r['kb_per_connection']:.1f} KB | <= {t['fanout_kb_per_connection']:.0f} KB "
                      f"| {_ok(r['kb_per_connection'] <= t['fanout_kb_per_connection'])} |")
@@ -608,9 +657,12 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
                          f"A's own commit p50 {r['commit_p50_ms']:.1f} ms")
     if "fanout" in results:
         r = results["fanout"]
+        procs = r.get("procs", 1)
         lines.append(f"- fanout: server {r['server_cpu_s'] / r['writes'] * 1000:.0f} ms per write, the {r['connected']:,} "
-                     f"clients {r['fleet_busy_s'] / r['writes'] * 1000:.0f} ms per write (one process); connecting them "
-                     f"took {r['connect_s']:.1f} s")
+                     f"clients {r['fleet_busy_s'] / r['writes'] * 1000:.0f} ms per write handling messages "
+                     f"({procs} process{'es' if procs != 1 else ''}, "
+                     f"{r.get('fleet_cpu_s', float('nan')) / r['writes'] * 1000:.0f} ms CPU per write in all); "
+                     f"connecting them took {r['connect_s']:.1f} s")
     return "\n".join(lines)
 
 
@@ -659,12 +711,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--storage", choices=["disk", "tmpfs", "both"], default=None,
                         help="where files live (default: disk; propagation: both)")
     parser.add_argument("--no-write", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--set", action="append", default=[], metavar="CASE.KEY=VALUE",
+                        help="change one size, e.g. fanout.clients=300 or fanout.procs=1 (repeatable; "
+                             "never writes RESULTS.md)")
     ns = parser.parse_args(argv)
     only = tuple(x.strip() for x in ns.only.split(",") if x.strip())
     unknown = set(only) - set(CASES)
     if unknown:
         parser.error(f"unknown case(s) {sorted(unknown)}")
-    sizes = QUICK if ns.quick else FULL
+    sizes = json.loads(json.dumps(QUICK if ns.quick else FULL))
+    for item in ns.set:
+        target, _, value = item.partition("=")
+        case, _, key = target.partition(".")
+        if case not in sizes or not key or not value:
+            parser.error(f"--set {item!r}: expected CASE.KEY=VALUE with CASE one of {sorted(sizes)}")
+        sizes[case][key] = json.loads(value)
     results: dict[str, Any] = {"loadavg": os.getloadavg()}
     t0 = time.perf_counter()
     for key, name, args in plan(only, sizes, ns.storage):
@@ -677,7 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     (WORK / f"sync-{stamp}.json").write_text(json.dumps(results, indent=1))
     print(text)
-    if not ns.quick and not ns.no_write and set(only) == set(CASES) and ns.storage is None:
+    if not ns.quick and not ns.no_write and not ns.set and set(only) == set(CASES) and ns.storage is None:
         write_results(text)
         log(f"updated {RESULTS}")
 

@@ -52,3 +52,80 @@ def test_entries_are_filtered_to_the_partition_in_one_read(tmp_path):
         assert [seq for seq, _ in later.entries] == [1, 3, 5, 6]
     finally:
         server.close()
+
+
+def test_a_read_round_checks_for_other_writers_once(tmp_path):
+    """Inside ``read_round`` (the server waking its sessions) the file is checked for other
+    connections' writes once, at the start; writes through the replica itself are seen at
+    once, and another connection's write is seen by the first read after the round."""
+    server = Database(tmp_path / "server.db", (), partition_key="_partition")
+    other = Database(tmp_path / "server.db", (), partition_key="_partition")  # e.g. `tidesync revert`
+    scope = {"partition": {"key": "_partition", "value": "p1"}}
+
+    def seqs() -> list[int]:
+        batch = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=None)
+        return [seq for seq, _ in batch.entries]
+
+    try:
+        server.integrate([Transaction(_stamp(1), ORIGIN, _stamp(1), (), (_create(1, "a", "p1"),))])
+        assert seqs() == [1]
+        with server.read_round():
+            assert seqs() == [1]
+            server.integrate([Transaction(_stamp(2), ORIGIN, _stamp(2), (), (_create(2, "b", "p1"),))])
+            assert seqs() == [1, 2]  # its own write: at once
+            other.integrate([Transaction(_stamp(3), ORIGIN, _stamp(3), (), (_create(3, "c", "p1"),))])
+            assert seqs() == [1, 2]  # another connection's: not looked for again inside the round
+        assert seqs() == [1, 2, 3]  # but by the first read after it
+        other.integrate([Transaction(_stamp(4), ORIGIN, _stamp(4), (), (_create(4, "d", "p1"),))])
+        assert seqs() == [1, 2, 3, 4]  # outside a round: every read checks
+        with server.read_round():  # a round opened while another is open changes nothing
+            with server.read_round():
+                assert seqs() == [1, 2, 3, 4]
+            other.integrate([Transaction(_stamp(5), ORIGIN, _stamp(5), (), (_create(5, "e", "p1"),))])
+            assert seqs() == [1, 2, 3, 4]
+        assert seqs() == [1, 2, 3, 4, 5]
+    finally:
+        other.close()
+        server.close()
+
+
+def test_a_read_round_on_another_thread_changes_nothing_here(tmp_path):
+    import threading
+
+    server = Database(tmp_path / "server.db", (), partition_key="_partition")
+    other = Database(tmp_path / "server.db", (), partition_key="_partition")
+    scope = {"partition": {"key": "_partition", "value": "p1"}}
+    try:
+        server.integrate([Transaction(_stamp(1), ORIGIN, _stamp(1), (), (_create(1, "a", "p1"),))])
+        inside, done = threading.Event(), threading.Event()
+
+        def hold_round() -> None:
+            with server.read_round():
+                inside.set()
+                done.wait(10)
+
+        t = threading.Thread(target=hold_round)
+        t.start()
+        try:
+            assert inside.wait(10)
+            other.integrate([Transaction(_stamp(2), ORIGIN, _stamp(2), (), (_create(2, "b", "p1"),))])
+            batch = server.read_log(0, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=None)
+            assert [seq for seq, _ in batch.entries] == [1, 2]
+        finally:
+            done.set()
+            t.join(10)
+    finally:
+        other.close()
+        server.close()
+
+
+def test_a_read_round_on_a_closed_replica_lets_the_reads_report_it(tmp_path):
+    import pytest
+
+    from tidesync.errors import DatabaseClosedError
+
+    server = Database(tmp_path / "server.db", (), partition_key="_partition")
+    server.close()
+    with server.read_round():
+        with pytest.raises(DatabaseClosedError):
+            server.read_log(0, limit=10, max_bytes=1 << 20, scope={}, exclude_origin=None)

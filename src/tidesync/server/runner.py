@@ -14,6 +14,7 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,18 +30,82 @@ __all__ = ["start_server", "RunningServer", "serve_forever"]
 def _uvicorn_config(app: Any, config: ServerConfig, sock_port: int) -> uvicorn.Config:
     return uvicorn.Config(
         app, host=config.host, port=sock_port, log_level="warning", lifespan="on",
-        ws="websockets-sansio" if _has_sansio() else "websockets",
+        ws=_ws_protocol(),
         ws_max_size=config.max_message_size + 1024, ws_ping_interval=None,
         ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     )
 
 
-def _has_sansio() -> bool:
+def _ws_protocol() -> Any:
+    """uvicorn's sans-I/O WebSocket protocol (where this uvicorn has it), made to pause reading
+    only once the app falls behind.
+
+    uvicorn pauses reading after every message it queues for the app and resumes once the app
+    took it: two ``epoll_ctl`` calls and their bookkeeping for each message, which on fan-out
+    is every client's ``Ack`` of every write. Here a small message (at most ``SMALL`` bytes)
+    that finds nothing else queued leaves reading on; anything larger, or a second message
+    the app has not taken yet, pauses it as before (so at most one small message is held
+    beyond uvicorn's own bound).
+
+    And the app may take a binary message where it arrives, before it is queued (the
+    ``tidesync.receive_hook`` scope extension; server/sync_endpoint.py uses it for the
+    ``Ack`` of an idle session), saving the hand-over to the task reading the queue; and send
+    one at once when nothing could make that wait (``tidesync.send_now``)."""
     try:
-        from uvicorn.protocols.websockets import websockets_sansio_impl  # noqa: F401
+        from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+        from websockets.exceptions import InvalidState
     except ImportError:
-        return False
-    return True
+        return "websockets"
+
+    class SyncWebSocketProtocol(WebSocketsSansIOProtocol):
+        SMALL = 64 * 1024
+        #: Set by the app through the ASGI scope's ``tidesync.receive_hook`` extension: called
+        #: with a binary message when nothing is queued before it; True if it took the message
+        #: (then it is not queued: no task switch to hand it over).
+        direct: Callable[[bytes], bool] | None = None
+
+        def handle_connect(self, event: Any) -> None:
+            super().handle_connect(event)
+            scope = getattr(self, "scope", None)
+            if scope is not None:
+                scope["extensions"]["tidesync.receive_hook"] = self._set_direct
+                scope["extensions"]["tidesync.send_now"] = self._send_now
+
+        def _set_direct(self, direct: Callable[[bytes], bool] | None) -> None:
+            self.direct = direct
+
+        def _send_now(self, data: bytes) -> bool:
+            """Send a binary message at once, as ``websocket.send`` would, when nothing could
+            make that wait or fail (the transport takes it, the connection is open): no
+            coroutine and no ASGI message on the way. False: use ``websocket.send``."""
+            if (not self.writable.is_set() or self.disconnected or not self.handshake_complete
+                    or self.close_sent or self.initial_response is not None):
+                return False
+            try:
+                self.conn.send_binary(data)
+            except InvalidState:
+                return False  # websocket.send reports it
+            self.transport.write(b"".join(self.conn.data_to_send()))
+            return True
+
+        def send_receive_event_to_app(self) -> None:
+            direct = self.direct
+            if (direct is not None and self.curr_msg_data_type == "bytes" and not self.close_sent
+                    and len(self.frames) == 1 and self.queue.empty() and direct(self.frames[0])):
+                self.frames = []
+                return
+            paused = self.read_paused
+            size = sum(len(f) for f in self.frames)
+            self.read_paused = True  # keeps uvicorn from pausing: decided below
+            try:
+                super().send_receive_event_to_app()
+            finally:
+                self.read_paused = paused
+            if not paused and (size > self.SMALL or self.queue.qsize() > 1):
+                self.read_paused = True
+                self.transport.pause_reading()
+
+    return SyncWebSocketProtocol
 
 
 @dataclass

@@ -217,6 +217,8 @@ class ServerSession:
         self._parked = False
         #: The rest of a send begun by _send_now that had to wait, if any.
         self._sending: asyncio.Future[None] | None = None
+        #: The WebSocket layer's immediate send (server/runner.py), if it has one.
+        self._direct_send: Any = (getattr(websocket, "scope", None) or {}).get("extensions", {}).get("tidesync.send_now")
         self._closing = False
         self._snapshot_pages = 0
         self._lazy_commit = False
@@ -277,6 +279,13 @@ class ServerSession:
         the send coroutine then completes on its first step). If it has to wait (the transport
         is paused for writing), the rest of it runs in a task, ``_sending``, which every later
         send waits for."""
+        direct = self._direct_send
+        try:
+            if direct is not None and direct(payload):
+                return
+        except Exception:  # noqa: BLE001 - the reader reports the loss
+            self.link.connection_lost()
+            return
         coro = self.ws.send_bytes(payload)
         try:
             waiting = coro.send(None)
@@ -360,7 +369,22 @@ class ServerSession:
         self._closing = True
         self._inbox.put_nowait(("stop", None))
 
+    def _receive_direct(self, data: bytes) -> bool:
+        """The WebSocket layer's hook (server/runner.py): a message arriving while nothing is
+        queued before it, handled at once when run() is parked (see _receive_now)."""
+        if not (self._parked and self._inbox.empty()):
+            return False
+        try:
+            return self._receive_now(data)
+        except Exception:  # noqa: BLE001 - as an error in the reader task: the connection ends
+            log.exception("sync session: cannot handle a message")
+            self._inbox.put_nowait(("lost", None))
+            return True
+
     async def run(self) -> None:
+        hook = (getattr(self.ws, "scope", None) or {}).get("extensions", {}).get("tidesync.receive_hook")
+        if hook is not None:
+            hook(self._receive_direct)
         reader = asyncio.create_task(self._read())
         self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
         self.replicator.start()
@@ -416,6 +440,8 @@ class ServerSession:
                 if self.link.finished:
                     break
         finally:
+            if hook is not None:
+                hook(None)
             self._ticker.cancel()
             self.replicator.stop()
             if self.flexible is not None:
@@ -495,7 +521,8 @@ class ServerSession:
         while self._sending is not None:  # a send begun by _send_now comes first
             await asyncio.wait({self._sending})
         try:
-            await self.ws.send_bytes(payload)
+            if self._direct_send is None or not self._direct_send(payload):
+                await self.ws.send_bytes(payload)
         except Exception:  # noqa: BLE001 - the reader reports the loss
             self.link.connection_lost()
             return False
@@ -646,7 +673,9 @@ class ServerSession:
             if self.partition is not None and self.flexible is None and not compensated:
                 shared.touched = {self._partition_json}
             try:
-                self.state.notify_commit(self)
+                # One check for another process's writes for all the reads the wake-up makes.
+                with self.state.backend.read_round():
+                    self.state.notify_commit(self)
             finally:
                 shared.touched = None
             # Let the sessions just woken stream the new entries before this one answers its

@@ -22,6 +22,7 @@ also answers a peer with an empty checkpoint with a snapshot: initial sync is st
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -87,7 +88,7 @@ class _LogCache:
     MAX_ROWS = 4096
     MAX_BYTES = 32 << 20
 
-    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts", "reads")
+    __slots__ = ("_rows", "_bytes", "scoped", "version", "state", "counts", "reads", "round_thread")
 
     def __init__(self) -> None:
         self._rows: dict[int, _LogRow] = {}
@@ -102,6 +103,8 @@ class _LogCache:
         #: origins and vias of the entries they scanned: the same batch serves every peer that
         #: is none of those (on fan-out, every session but the writer's asks the same read).
         self.reads: dict[tuple[int, int, int, str | None], tuple[LogBatch, frozenset[str]]] = {}
+        #: The thread inside ReplicaStore.read_round, if any.
+        self.round_thread: int | None = None
 
     def rows(self, after: int, limit: int, head: int) -> list[_LogRow] | None:
         """Entries after..min(after + limit, head), or None unless all of them are cached."""
@@ -288,6 +291,32 @@ class ReplicaStore:
                 cache.reads[memo_key] = (batch, frozenset(sources))
             return batch
 
+    @contextmanager
+    def read_round(self) -> Iterator[None]:
+        """Log reads made inside, on this thread (the server's event loop waking its sessions
+        after a commit, without waiting for anything), check whether another process wrote the
+        file once, as the round begins, instead of once per read. Writes through this
+        connection are still seen at once (``total_changes``); a write by another process that
+        lands inside the round is seen by the next read after it, as if it had landed just
+        after the round. Never waits: when the replica is busy, the reads check as usual."""
+        cache: _LogCache | None = None
+        if self._lock.acquire(blocking=False):
+            try:
+                self._check_open()
+                found = self._log_cache()
+                if found is not None and found.round_thread is None:  # not inside a write or a round
+                    found.round_thread = threading.get_ident()
+                    cache = found
+            except Exception:  # noqa: BLE001 - closed: the reads themselves report it
+                cache = None
+            finally:
+                self._lock.release()
+        try:
+            yield
+        finally:
+            if cache is not None:
+                cache.round_thread = None
+
     def _log_cache(self) -> _LogCache | None:
         """The cache of decoded log entries, checked against the file (None inside a write
         transaction, whose entries are not committed yet). Call with the lock held."""
@@ -296,7 +325,10 @@ class ReplicaStore:
         cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
         if cache is None:
             cache = self.__dict__["_ts_log_cache"] = _LogCache()
-        version = (self._engine.connection.total_changes, self._engine.data_version())
+        if cache.round_thread is not None and cache.version is not None and cache.round_thread == threading.get_ident():
+            version = (self._engine.connection.total_changes, cache.version[1])  # see read_round
+        else:
+            version = (self._engine.connection.total_changes, self._engine.data_version())
         if version != cache.version:
             # Any write may move documents in or out of a scope: filtered results are stale,
             # and so are the head and the snapshot marks.

@@ -311,7 +311,8 @@ class ServerSession:
         self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
         now = int(time.monotonic() * 1000)
         deadline = self.link.next_deadline()
-        if self.flexible is None and deadline is not None and now < deadline and not self._auth_due():
+        if ((self.flexible is None or self.flexible.idle())
+                and deadline is not None and now < deadline and not self._auth_due()):
             # Nothing is due (no Ping to send, no timeout, no auth check): the Link only
             # notes the time, which needs no wake-up of the session's task (a thousand idle
             # connections made a thousand task switches a second).

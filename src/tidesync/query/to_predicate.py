@@ -95,7 +95,7 @@ def _single_step(step: Step, fan_leaf: bool, test: _Test) -> Predicate:
     only_lists = step.kind is not None and step.kind != "mixed"
 
     def predicate(body: Mapping[str, Any]) -> bool:
-        value = body.get(name, MISSING) if isinstance(body, Mapping) else MISSING
+        value = body.get(name, MISSING) if type(body) is dict or isinstance(body, Mapping) else MISSING
         if fan:
             if isinstance(value, list):
                 return any(test(v) for v in value)

@@ -84,3 +84,35 @@ def test_unbound_params_and_bad_fields_are_refused_when_compiling() -> None:
         to_predicate(parse_query("nope == 1"), "Task", SCHEMA)
     with pytest.raises(QueryError, match="null can only"):
         parse_query("due > $0", [None])
+
+
+class _Text(str):
+    pass
+
+
+ODD_VALUES: list[Any] = ["x", "X", "", _Text("x"), None, True, False, 0, 1.5, ["x"], ["y", "x"], [], [["x"]],
+                         {"x": 1}, {"$date": 5}, {"$decimal": "1"}]
+
+
+@pytest.mark.parametrize("op", ["==", "!=", "==[c]", ">", "<="])
+@pytest.mark.parametrize(("schema", "field", "fans"), [(None, "status", "any"), (SCHEMA, "status", "no"),
+                                                       (SCHEMA, "tags", "lists"), (SCHEMA, "extra", "any")])
+def test_one_key_string_comparisons_agree_with_compare(op: str, schema: Any, field: str, fans: str) -> None:
+    """The shortcut for a top-level key compared with a string gives what compare() gives
+    on every value the key may hold, fanning out over a list as the general path does (a
+    field of unknown or mixed kind: a list fans out; a list field: only a list has values)."""
+    from tidesync.query.semantics import MISSING, compare
+
+    ci = op.endswith("[c]")
+    bare = op.removesuffix("[c]")
+    for value in [*ODD_VALUES, MISSING]:
+        body: dict[str, Any] = {"_id": 1} if value is MISSING else {"_id": 1, field: value}
+        got = to_predicate(parse_query(f"{field} {op} $0", ["x"]), "Task", schema)(body)
+        if fans == "no":
+            items = [value]
+        elif isinstance(value, list):
+            items = value
+        else:
+            items = [value] if fans == "any" else []
+        expected = any(compare(v, bare, "x", ci) for v in items)
+        assert got is expected, (field, op, value)

@@ -54,9 +54,20 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
     if isinstance(node, Compare):
         arg = _value(node.right)
         cop, ci = node.op, node.case_insensitive
-
-        def test(v: Any) -> bool:
-            return compare(v, cop, arg, ci)
+        if isinstance(arg, str) and not ci and cop in ("==", "!="):
+            # What compare() concludes for a string argument, without its dispatch: only a
+            # string stored value is of the same family, and strings compare as they are.
+            # The server runs this per routed change and subscription.
+            text: str = arg
+            if cop == "==":
+                def test(v: Any) -> bool:
+                    return isinstance(v, str) and v == text
+            else:
+                def test(v: Any) -> bool:
+                    return not (isinstance(v, str) and v == text)
+        else:
+            def test(v: Any) -> bool:
+                return compare(v, cop, arg, ci)
     elif isinstance(node, In):
         options = _value(node.values)
         assert isinstance(options, list)
@@ -74,6 +85,25 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
             return lambda v: value_test(size_of(v) if isinstance(v, (list, dict)) else 0)
         return lambda v: value_test(size_of(v))
     return test
+
+
+def _single_step(step: Step, fan_leaf: bool, test: _Test) -> Predicate:
+    """``any(test(v) for v in values(body, (step,), 0, fan_leaf))`` for a one-key path,
+    without the generators (a top-level field is what most subscriptions test)."""
+    name = step.name
+    fan = step.may_fan_out and fan_leaf
+    only_lists = step.kind is not None and step.kind != "mixed"
+
+    def predicate(body: Mapping[str, Any]) -> bool:
+        value = body.get(name, MISSING) if type(body) is dict or isinstance(body, Mapping) else MISSING
+        if fan:
+            if isinstance(value, list):
+                return any(test(v) for v in value)
+            if only_lists:
+                return False   # the schema says list: a null or missing list has no elements
+        return True if test(value) else False
+
+    return predicate
 
 
 def _child(current: Any, name: str) -> Any:
@@ -134,6 +164,8 @@ class _Evaluator:
         steps = self.steps(names)
         check_leaf(node, steps)
         test = leaf_test(node, steps[-1].kind)
+        if len(steps) == 1:
+            return _single_step(steps[0], fan_leaf, test)
         values = self.values
         return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
 
@@ -144,6 +176,9 @@ class _Evaluator:
             return lambda body: False
         if isinstance(node, And):
             parts = [self.compile(i) for i in node.items]
+            if len(parts) == 2:
+                first, second = parts
+                return lambda body: first(body) and second(body)
             return lambda body: all(p(body) for p in parts)
         if isinstance(node, Or):
             parts = [self.compile(i) for i in node.items]

@@ -1091,6 +1091,11 @@ class FlexibleSession:
     def has_work(self) -> bool:
         return bool(self.enter_todo or self.leave_todo or self.boot_version is not None)
 
+    def idle(self) -> bool:
+        """Whether :meth:`pump` has nothing to do: no view message queued, no bootstrap
+        step pending (the session's 1 s timer then need not wake its task)."""
+        return not self.outbox and not self.has_work()
+
     def schedule(self) -> None:
         """Queue a bootstrap step on the session's loop when there is work and room."""
         if self._closed or self._step_queued or not self.has_work() or len(self.unacked) >= self.config.window:

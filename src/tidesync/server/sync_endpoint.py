@@ -90,7 +90,38 @@ class _Shared:
         self._flushing = False
         self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
         self._checking = False
+        #: Sessions ticked by the shared 1 s timer (heartbeats and deadlines).
+        self._ticked: set[ServerSession] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+        self._tick_loop: asyncio.AbstractEventLoop | None = None
         self._payloads: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
+
+    def start_ticks(self, session: ServerSession) -> None:
+        """Tick ``session`` every second until :meth:`stop_ticks`. One timer for all of
+        them: a thousand per-session timers kept the event loop's timer heap large, and
+        reordering it cost more than the ticks themselves."""
+        loop = asyncio.get_running_loop()
+        if self._tick_loop is not loop:
+            # The server runs on another loop than before (tests): what ticked on the old one
+            # is gone with it.
+            self._tick_loop, self._ticker, self._ticked = loop, None, set()
+        self._ticked.add(session)
+        if self._ticker is None:
+            self._ticker = loop.call_later(1.0, self._tick_all)
+
+    def stop_ticks(self, session: ServerSession) -> None:
+        self._ticked.discard(session)
+        if not self._ticked and self._ticker is not None:
+            self._ticker.cancel()
+            self._ticker = None
+
+    def _tick_all(self) -> None:
+        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick_all)
+        for session in list(self._ticked):
+            try:
+                session._tick()
+            except Exception:  # noqa: BLE001 - one session's failure must not stop the others' ticks
+                log.exception("session tick failed")
 
     def payload(self, message: Any, link: Link) -> bytes | None:
         """The encoding of a ``Changes`` that other sessions already sent, or None (then
@@ -316,11 +347,12 @@ class ServerSession:
             self._sending = None
 
     def _tick(self) -> None:
-        # Heartbeats and deadlines: one timer per session instead of a timeout on every get().
-        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
+        # Heartbeats and deadlines (_Shared.start_ticks): a timer instead of a timeout on
+        # every get().
         now = int(time.monotonic() * 1000)
         deadline = self.link.next_deadline()
-        if self.flexible is None and deadline is not None and now < deadline and not self._auth_due():
+        if ((self.flexible is None or self.flexible.idle())
+                and deadline is not None and now < deadline and not self._auth_due()):
             # Nothing is due (no Ping to send, no timeout, no auth check): the Link only
             # notes the time, which needs no wake-up of the session's task (a thousand idle
             # connections made a thousand task switches a second).
@@ -386,7 +418,7 @@ class ServerSession:
         if hook is not None:
             hook(self._receive_direct)
         reader = asyncio.create_task(self._read())
-        self._ticker = asyncio.get_running_loop().call_later(1.0, self._tick)
+        _shared(self.state).start_ticks(self)
         self.replicator.start()
         try:
             while True:
@@ -442,7 +474,7 @@ class ServerSession:
         finally:
             if hook is not None:
                 hook(None)
-            self._ticker.cancel()
+            _shared(self.state).stop_ticks(self)
             self.replicator.stop()
             if self.flexible is not None:
                 self.flexible.close()

@@ -284,6 +284,42 @@ def test_snapshot_meta_json_reads_as_json_would(meta_json: str) -> None:
     assert doc.state["meta"] == json.loads(meta_json)
 
 
+_FRESH_META = '{"*":"' + "0" * 18 + "a" * 16 + '"}'
+_GOOD_JSON_DOC = ["c", "good", "", True, '{"n":1}', _FRESH_META]
+
+
+@pytest.mark.parametrize("bad", [
+    ["c", "k", "", True, body, _FRESH_META] for body in [
+        "{", "[]", "1", "null", {}, None, '{"x":NaN}', '{"x":Infinity}', '{"x":1e999}',
+        '{"x":18446744073709551615}', '{"x":' + "[" * 70 + "]" * 70 + "}",
+        '{"x":' + "[" * 5000 + "]" * 5000 + "}", '{"x":1} trailing']
+] + [
+    ["c", "k", "x", True, "{}", _FRESH_META], ["c", "k", "", 1, "{}", _FRESH_META],
+    ["", "k", "", True, "{}", _FRESH_META], [1, "k", "", True, "{}", _FRESH_META],
+    ["c", "k", "", True, "{}", '{"*":"' + "Z" * 34 + '"'], ["c", "k", "", True, "{}", b"x" * 42],
+    ["c", "k", "", True, "{}"], ["c", "k", {"epoch": "x", "live": True, "body": {}, "meta": {}}], "doc",
+])
+def test_a_bad_json_text_snapshot_document_anywhere_in_a_page_is_refused(bad: Any) -> None:
+    # The receiver checks a page's common documents inline (the first one decides that the
+    # page is in the JSON-text form): a bad one is refused wherever it stands.
+    for docs in ([bad], [_GOOD_JSON_DOC, bad], [_GOOD_JSON_DOC, _GOOD_JSON_DOC, bad, _GOOD_JSON_DOC]):
+        payload = raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})
+        assert code_of(payload) == "malformed_message", docs
+
+
+def test_a_page_of_json_text_documents_decodes_as_each_document_alone_would() -> None:
+    from tidesync.protocol import SnapshotDoc
+
+    state = {"epoch": "", "live": True, "body": {"n": 1}, "meta": {"*": "0" * 18 + "a" * 16}}
+    docs = [_GOOD_JSON_DOC, ["c", 2, "0" * 18 + "b" * 16, False, "{}", "{}"],
+            ["c", 3, "", True, '{"l":[1,{"a":null}],"s":"\u00e9"}', _FRESH_META], ["c", 4, state],
+            ["c", 5, "", True, '{ "n" : 1 }', '{"*":"' + "0" * 18 + 'a' * 16 + '"} ']]
+    decoded = decode(raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True}))
+    alone = [SnapshotDoc.from_json_wire(d) if len(d) == 6 else SnapshotDoc.from_wire(d) for d in docs]
+    assert list(decoded.docs) == alone
+    assert [d.json_form for d in decoded.docs] == [d.json_form for d in alone]
+
+
 def test_hello_and_welcome_features_are_optional_and_round_trip() -> None:
     from tidesync.protocol import Welcome
 

@@ -177,3 +177,51 @@ def test_snapshot_json_text_is_stored_as_received_on_a_device_and_re_encoded_on_
             db.close()
     assert stored["device"] == [('"k1"', '{"_id": "k1", "title": "t"}'), ('"k2"', '{"_id":"k2","title":"u"}')]
     assert stored["server"] == [('"k1"', '{"_id":"k1","title":"t"}'), ('"k2"', '{"_id":"k2","title":"u"}')]
+
+
+def test_a_device_joins_json_text_documents_as_it_joins_their_map_form(tmp_path):
+    # Documents a device does not hold are stored from their received text without a merge
+    # state; the rows, the change numbers and the clock must be what the merge path gives.
+    from tidesync.core.stamp import ReplicaId
+    from tidesync.core.values import compact_json
+    from tidesync.protocol.messages import SnapshotDoc
+    from tidesync.store.database import Database
+
+    def stamp(wall: int, rid: str) -> str:
+        return f"{wall:012x}000000" + rid * 16
+
+    rng = random.Random(11)
+    pages = []
+    for _ in range(4):
+        page = []
+        for _ in range(30):
+            key = f"k{rng.randint(0, 40)}"  # repeats: within a page and across pages
+            wall = rng.randint(1, 999)
+            kind = rng.random()
+            if kind < 0.6:
+                state = {"epoch": "", "live": True, "body": {"_id": key, "title": f"t{wall}"},
+                         "meta": {"*": stamp(wall, rng.choice("ab"))}}
+            elif kind < 0.8:
+                state = {"epoch": stamp(wall, "c"), "live": False, "body": {}, "meta": {}}
+            else:
+                state = {"epoch": "", "live": True, "body": {"_id": key, "title": "r"},
+                         "meta": {"r": {"title": "@" + stamp(wall, "d")}}}
+            page.append(("WorkOrder", key, state))
+        pages.append(page)
+    peer = ReplicaId("00000000000000ab")
+    stored = []
+    for as_text in (False, True):
+        db = Database(tmp_path / f"device{as_text}.db", ())
+        try:
+            for page in pages:
+                docs = [SnapshotDoc.from_json_wire([c, k, s["epoch"], s["live"], compact_json(s["body"]),
+                                                    compact_json(s["meta"])]) if as_text
+                        else SnapshotDoc(c, k, s) for c, k, s in page]
+                db.integrate_snapshot(docs, peer=peer, as_of_seq=1)
+            stored.append((db._engine.query("SELECT * FROM documents ORDER BY collection, pk"),
+                           [(k, v[:18] if k == "clock" else v)  # the replica id differs
+                            for k, v in db._engine.query("SELECT * FROM settings ORDER BY 1") if k != "replica_id"]))
+        finally:
+            db.close()
+    assert stored[0] == stored[1]
+    assert len(stored[0][0]) > 20

@@ -166,3 +166,15 @@ def test_integrate_moves_the_clock_past_the_latest_stamp_of_every_operation(tmp_
             b.create(Technician, _id="t", name="later")
         local = b.export_transactions(since=0)[-1]
         assert parse_stamp(local.stamp)[:2] > (ahead, 7)
+
+
+def test_export_transactions_reads_the_log_as_from_wire_would(db):
+    # export_transactions, history and revert read the replica's own log with from_stored.
+    with db.write():
+        wo = db.create(WorkOrder, title="a", tags=["x"])
+    with db.write():
+        wo.title = "b"
+        wo.tags.append("y")
+    rows = db._engine.query("SELECT data FROM log ORDER BY seq")
+    assert db.export_transactions() == [Transaction.from_wire(msgpack.unpackb(d, raw=False)) for (d,) in rows]
+    assert [h.id for h in db.history()] == [t.id for t in reversed(db.export_transactions())]

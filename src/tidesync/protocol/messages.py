@@ -752,14 +752,56 @@ class Snapshot:
         Each document may be in either wire form."""
         docs = []
         json_docs = False
-        for d in _list("docs", _get(body, "docs")):
-            if isinstance(d, list) and len(d) == 6:
-                docs.append(SnapshotDoc.from_json_wire(d, plain=plain))
-                json_docs = True
-            else:
-                docs.append(SnapshotDoc.from_wire(d, plain=plain))
+        items = _list("docs", _get(body, "docs"))
+        if plain and items and type(items[0]) is list and len(items[0]) == 6:
+            docs, json_docs = _json_docs_from_wire(items), True
+        else:
+            for d in items:
+                if isinstance(d, list) and len(d) == 6:
+                    docs.append(SnapshotDoc.from_json_wire(d, plain=plain))
+                    json_docs = True
+                else:
+                    docs.append(SnapshotDoc.from_wire(d, plain=plain))
         return cls(_get(body, "page"), tuple(docs), _get(body, "as_of_seq"), _get(body, "done"),
                    Progress.from_wire(body.get("progress", {})), json_docs)
+
+
+def _json_docs_from_wire(items: list[Any] | tuple[Any, ...]) -> list[SnapshotDoc]:
+    """:meth:`SnapshotDoc.from_json_wire` (``plain=True``) for each of ``items`` in one loop:
+    the common case (a stamp or '' for the epoch, a flat body, a fresh document's compact meta)
+    is checked inline; anything else goes through ``from_json_wire``, which decides and names
+    what is wrong (and a document in the map form goes through ``from_wire``). The same
+    documents, or the same error."""
+    docs: list[SnapshotDoc] = []
+    append, new, setattr_ = docs.append, object.__new__, object.__setattr__
+    stamp, flat_ok, loads = is_stamp, _flat_json_ok, loads_json_strict
+    for d in items:
+        if type(d) is list and len(d) == 6:
+            collection, key, epoch, live, body_json, meta_json = d
+            if (type(collection) is str and collection and type(epoch) is str
+                    and (epoch == "" or stamp(epoch))
+                    and (live is True or live is False) and type(body_json) is str
+                    and type(meta_json) is str and len(meta_json) == 42
+                    and meta_json.startswith('{"*":"') and meta_json.endswith('"}')
+                    and stamp(meta_json[6:40])):
+                try:
+                    body = loads(body_json)
+                except (ValueError, RecursionError):
+                    body = None
+                if type(body) is dict and flat_ok(body):
+                    doc = new(SnapshotDoc)
+                    setattr_(doc, "collection", collection)
+                    setattr_(doc, "key", key)
+                    setattr_(doc, "state", {"epoch": epoch, "live": live, "body": body,
+                                            "meta": {"*": meta_json[6:40]}})
+                    setattr_(doc, "json_form", (epoch, live, body_json, meta_json))
+                    append(doc)
+                    continue
+        if isinstance(d, list) and len(d) == 6:
+            append(SnapshotDoc.from_json_wire(d, plain=True))
+        else:
+            append(SnapshotDoc.from_wire(d, plain=True))
+    return docs
 
 
 # ------------------------------------------------------------------------ authority

@@ -847,7 +847,7 @@ class Database(ReplicaStore):
         with self._lock:
             rows = self._engine.query("SELECT data FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
                                       (since, -1 if limit is None else limit))
-        return [Transaction.from_wire(msgpack.unpackb(r[0], raw=False)) for r in rows]
+        return [Transaction.from_stored(msgpack.unpackb(r[0], raw=False)) for r in rows]
 
     @property
     def last_seq(self) -> int:
@@ -1092,7 +1092,7 @@ class Database(ReplicaStore):
             rows = self._engine.query("SELECT seq, data FROM log ORDER BY seq DESC LIMIT ?", (limit,))
         out = []
         for seq, data in rows:
-            t = Transaction.from_wire(msgpack.unpackb(data, raw=False))
+            t = Transaction.from_stored(msgpack.unpackb(data, raw=False))
             changes = _changes_of(t)
             if collection is not None and not any(c.collection == collection for c in changes):
                 continue
@@ -1115,12 +1115,12 @@ class Database(ReplicaStore):
             if not rows:
                 raise RevertError(f"no transaction {txn_id!r} in this database", advice="see db.history() for ids")
             seq, data = rows[0]
-            target = Transaction.from_wire(msgpack.unpackb(data, raw=False))
+            target = Transaction.from_stored(msgpack.unpackb(data, raw=False))
             touched_refs = {(c, canonical_json(k)) for c, k in target.touches()}
             later_fields: dict[Ref, set[str]] = {}
             later_whole: set[Ref] = set()
             for (ldata,) in self._engine.query("SELECT data FROM log WHERE seq > ? ORDER BY seq", (seq,)):
-                lt = Transaction.from_wire(msgpack.unpackb(ldata, raw=False))
+                lt = Transaction.from_stored(msgpack.unpackb(ldata, raw=False))
                 for op in lt.ops:
                     ref = (op.collection, canonical_json(op.key))
                     if ref not in touched_refs:

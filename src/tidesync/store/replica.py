@@ -502,14 +502,41 @@ class ReplicaStore:
                 states: list[tuple[str, Ref, merge.DocState]] = []
                 texts: dict[int, tuple[str, str]] = {}  # states stored exactly as received
                 pending: dict[Ref, int] = {}
+                # Documents not held here, received as text, stored as such: rows as received
+                # (no merge state made), by position in ``order`` with the joined ``states``.
+                rows: dict[int, tuple[SnapshotDoc, Ref]] = {}
+                order: list[int] = []  # >= 0: an index in ``states``; < 0: -1 - a key of ``rows``
+                stamps: list[str] = []  # the latest stamps of ``rows``' documents (compact meta)
                 for doc, ref in zip(docs, refs):
+                    form = doc.json_form
+                    if (form is not None and verbatim and ref not in existing and ref not in pending
+                            and (form[1] or form[0] != ZERO)):
+                        meta = doc.state["meta"]
+                        star = meta.get("*") if len(meta) == 1 else None
+                        if type(star) is str:
+                            pending[ref] = -1 - len(order)
+                            rows[len(order)] = (doc, ref)
+                            order.append(-1 - len(order))
+                            stamps.append(star)
+                            stamps.append(form[0])
+                            changed += 1
+                            continue
                     incoming = merge.DocState(epoch=doc.state["epoch"], live=bool(doc.state["live"]),
                                               body=doc.state["body"], meta=doc.state["meta"])
                     row = existing.get(ref)
                     if ref in pending:  # the same document twice in one page
-                        joined = merge.join(states[pending[ref]][2], incoming, policies, collection=doc.collection)
-                        states[pending[ref]] = (doc.collection, ref, joined)
-                        texts.pop(pending[ref], None)
+                        at = pending[ref]
+                        if at < 0:  # first seen as a row: now a state to join into
+                            first, _ = rows.pop(-1 - at)
+                            at = len(states)
+                            states.append((first.collection, ref, merge.DocState(
+                                epoch=first.state["epoch"], live=bool(first.state["live"]),
+                                body=first.state["body"], meta=first.state["meta"])))
+                            order[order.index(pending[ref])] = at
+                            pending[ref] = at
+                        joined = merge.join(states[at][2], incoming, policies, collection=doc.collection)
+                        states[at] = (doc.collection, ref, joined)
+                        texts.pop(at, None)
                         continue
                     if row is not None:
                         local = merge.DocState(epoch=Stamp(row[2]), live=bool(row[3]),
@@ -528,14 +555,23 @@ class ReplicaStore:
                     else:
                         joined = merge.join(merge.new_state(), incoming, policies, collection=doc.collection)
                     pending[ref] = len(states)
+                    order.append(len(states))
                     states.append((doc.collection, ref, joined))
                     changed += 1
-                self._store_states(states, texts)
+                self._store_states(states, texts, rows, order)
                 clock = getattr(self, "_clock", None)
-                if clock is not None and states:
+                if clock is not None and (states or rows):
                     # Later local writes must stamp after everything the snapshot holds (a new
                     # list element's id must sort after the element it follows).
-                    clock.observe(_latest_of(states))
+                    latest = _latest_of(states) if states else ZERO
+                    if rows:
+                        best = max(stamps)
+                        # Not a stamp (latest_stamp ignores those): go the long way.
+                        latest = max(latest, Stamp(best) if is_stamp(best) else max(
+                            merge.latest_stamp(merge.DocState(epoch=d.state["epoch"], live=d.state["live"],
+                                                              body=d.state["body"], meta=d.state["meta"]))
+                            for d, _ in rows.values()))
+                    clock.observe(latest)
                     self._set_setting("clock", clock.last)
                 if changed:
                     head = self.head_seq()
@@ -576,16 +612,27 @@ class ReplicaStore:
         return found
 
     def _store_states(self, states: Sequence[tuple[str, Ref, merge.DocState]],
-                      texts: dict[int, tuple[str, str]] | None = None) -> None:
+                      texts: dict[int, tuple[str, str]] | None = None,
+                      received: dict[int, tuple[SnapshotDoc, Ref]] | None = None,
+                      order: Sequence[int] | None = None) -> None:
         """:meth:`_store_state` for many documents: one statement, one tick setting write.
-        ``texts``: by index in ``states``, (body, meta) JSON text to store as it is."""
-        if not states:
+        ``texts``: by index in ``states``, (body, meta) JSON text to store as it is.
+        ``received``: documents stored as received in their JSON-text form, placed by
+        ``order`` (``i >= 0``: ``states[i]``, ``i < 0``: ``received[-1 - i]``)."""
+        if not states and not received:
             return
         pkey = getattr(self, "partition_key", None)
         tick = int(self._setting("snapshot_tick") or 0)
         rows = []
-        for i, (collection, ref, state) in enumerate(states):
+        for i in (order if order is not None else range(len(states))):
             tick -= 1
+            if i < 0:
+                doc, ref = received[-1 - i]  # type: ignore[index]
+                epoch, live, body, meta = doc.json_form  # type: ignore[misc]
+                scope = canonical_json(doc.state["body"].get(pkey)) if pkey is not None and live else None
+                rows.append((doc.collection, ref[1], body, meta, epoch, 1 if live else 0, tick, scope))
+                continue
+            collection, ref, state = states[i]
             scope = canonical_json(state.body.get(pkey)) if pkey is not None and state.live else None
             text = texts.get(i) if texts else None
             body, meta = text if text is not None else (_json_encode(state.body), _json_encode(state.meta))

@@ -137,3 +137,12 @@ def test_an_immediate_send_only_when_nothing_could_make_it_wait():
     assert proto._send_now(b"y") and written == [b"frame:y"]
     proto.close_sent = True
     assert not proto._send_now(b"z") and written == [b"frame:y"]
+
+
+def test_unknown_uvicorn_internals_turn_the_immediate_send_off():
+    cls = _ws_protocol()
+    if isinstance(cls, str):
+        pytest.skip("this uvicorn has no sans-I/O WebSocket protocol")
+    proto = object.__new__(cls)  # none of the attributes the fast path relies on
+    assert proto._send_now(b"x") is False  # websocket.send is used instead, nothing raised
+    assert cls.plain_send is True

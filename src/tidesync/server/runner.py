@@ -26,6 +26,12 @@ from .config import ServerConfig
 
 __all__ = ["start_server", "RunningServer", "serve_forever"]
 
+#: The attributes of uvicorn's sans-I/O WebSocket protocol that _ws_protocol() relies on, to
+#: receive and to send.
+_UVICORN_RECEIVING = ("frames", "curr_msg_data_type", "queue", "read_paused", "transport", "close_sent")
+_UVICORN_SENDING = ("conn", "writable", "disconnected", "handshake_complete", "close_sent",
+                    "initial_response", "transport")
+
 
 def _uvicorn_config(app: Any, config: ServerConfig, sock_port: int) -> uvicorn.Config:
     return uvicorn.Config(
@@ -63,6 +69,10 @@ def _ws_protocol() -> Any:
         #: with a binary message when nothing is queued before it; True if it took the message
         #: (then it is not queued: no task switch to hand it over).
         direct: Callable[[bytes], bool] | None = None
+        #: True when uvicorn's internals differ from what this class expects (None: not checked
+        #: yet), to receive and to send.
+        plain: bool | None = None
+        plain_send: bool | None = None
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
@@ -78,8 +88,10 @@ def _ws_protocol() -> Any:
             """Send a binary message at once, as ``websocket.send`` would, when nothing could
             make that wait or fail (the transport takes it, the connection is open): no
             coroutine and no ASGI message on the way. False: use ``websocket.send``."""
-            if (not self.writable.is_set() or self.disconnected or not self.handshake_complete
-                    or self.close_sent or self.initial_response is not None):
+            if self.plain_send is None:
+                type(self).plain_send = not all(hasattr(self, a) for a in _UVICORN_SENDING)
+            if (self.plain_send or not self.writable.is_set() or self.disconnected
+                    or not self.handshake_complete or self.close_sent or self.initial_response is not None):
                 return False
             try:
                 self.conn.send_binary(data)
@@ -89,6 +101,16 @@ def _ws_protocol() -> Any:
             return True
 
         def send_receive_event_to_app(self) -> None:
+            if self.plain is None:
+                # Written for uvicorn's internals as of 0.54: where they differ, uvicorn's own
+                # behaviour for good (a slower server, not a broken one).
+                type(self).plain = not all(hasattr(self, a) for a in _UVICORN_RECEIVING)
+            if self.plain:
+                super().send_receive_event_to_app()
+                return
+            self._send_receive_event_to_app()
+
+        def _send_receive_event_to_app(self) -> None:
             direct = self.direct
             if (direct is not None and self.curr_msg_data_type == "bytes" and not self.close_sent
                     and len(self.frames) == 1 and self.queue.empty() and direct(self.frames[0])):

@@ -131,6 +131,9 @@ _dumps = compact_encoder()
 
 # Plain values the update fast path writes with ``json_set`` (anything else: the general path).
 _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
+# Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
+# container kind at create, the create's defaults], the field's old value as JSON.
+_FAST_READ: dict[str, str] = {}
 
 
 class Database(ReplicaStore):
@@ -369,18 +372,21 @@ class Database(ReplicaStore):
             return False
         p = txn.pending.get(ref)
         if p is None or name not in p.keys:
-            q = f'"{name}"'
-            rows = self._engine.query(
-                f"SELECT epoch, live, meta ->> '$.\"*\"', meta ->> '$.r.{q}', meta -> '$.\"*k\".{q}', "
-                f"meta -> '$.\"*d\"', body -> '$.{q}' FROM documents WHERE collection = ? AND pk = ?",
-                (collection, ref[1]))
+            sql = _FAST_READ.get(name)
+            if sql is None:
+                q = f'"{name}"'
+                sql = _FAST_READ[name] = (
+                    f"SELECT epoch, live, json_extract(meta, '$.\"*\"', '$.r.{q}', '$.\"*k\".{q}', '$.\"*d\"'), "
+                    f"body -> '$.{q}' FROM documents WHERE collection = ? AND pk = ?")
+            rows = self._engine.query(sql, (collection, ref[1]))
             if not rows or not rows[0][1]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
-            epoch, _, star, rkey, kind, dflt, old = rows[0]
+            epoch, _, meta_text, old = rows[0]
+            star, rkey, kind, dflt = loads_json(meta_text)
             if type(star) is not str or kind is not None:
                 return False
             if rkey is None:
-                rkey = ("0" if dflt is not None and name in loads_json(dflt) else "1") + star
+                rkey = ("0" if dflt and name in dflt else "1") + star
             plain = value_to_plain(ftype, value)
             if type(plain) not in _FAST_PLAIN:
                 return False

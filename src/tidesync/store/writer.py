@@ -161,7 +161,7 @@ class WriteTransaction:
                 if not merge.overlay_write(d.state, name, key, plain):
                     raise AssertionError(f"fast-path write of {name!r} does not apply to {d.ref!r}")
         src = d.before_source
-        body = json.loads(src) if type(src) is str else dict(src or {})
+        body: dict[str, Plain] = json.loads(src) if isinstance(src, str) else dict(src or {})
         for name in p.fields:
             old = p.before_fields[name]
             if old is MISSING_FIELD:

@@ -181,3 +181,39 @@ def test_a_peer_integrating_the_log_holds_the_same_state(tmp_path, mode):
             sb = b.document_state("WorkOrder", tidesync.core.values.to_plain(w._id))
             assert canonical_state(sa) == canonical_state(sb)
         assert a.get(WorkOrder, wos[0]._id).title == b.get(WorkOrder, wos[0]._id).title == "x"
+
+
+def test_rows_read_ahead_stay_exact(tmp_path, mode):
+    import random
+
+    with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as db:
+        with db.write():
+            wos = [db.create(WorkOrder, _id=tidesync.ObjectId(f"{i:024x}"), title=f"w{i}", priority=0)
+                   for i in range(300)]
+        gone = {i for i in range(0, 300, 7)}
+        with db.write():
+            for i in gone:
+                db.delete(db.get(WorkOrder, wos[i]._id))
+        with db.write():
+            for i, w in enumerate(wos[:100]):             # in key order: rows are read ahead
+                if i in gone:
+                    with pytest.raises(InvalidatedObjectError):
+                        w.priority = 1
+                else:
+                    w.priority = 1
+            db.delete(wos[150])                           # read ahead above, deleted here
+            with pytest.raises(InvalidatedObjectError):
+                wos[150].priority = 1
+            wos[151].tags.append("x")                     # read ahead, then changed by the general path
+            wos[151].priority = 1
+            order = list(range(152, 300))
+            random.Random(3).shuffle(order)
+            for i in order:                               # random order
+                if i not in gone:
+                    wos[i].priority = 2
+        seen = {w["_id"]: w["priority"] for w in (db.get_raw("WorkOrder", wos[i]._id) for i in range(300)
+                                                 if i not in gone and i != 150) if w}
+        assert all(seen[wos[i]._id] == 1 for i in range(100) if i not in gone)
+        assert seen[wos[151]._id] == 1
+        assert all(seen[wos[i]._id] == 2 for i in range(152, 300) if i not in gone)
+        assert all(seen[wos[i]._id] == 0 for i in range(100, 150) if i not in gone)

@@ -133,7 +133,8 @@ _dumps = compact_encoder()
 _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
 # Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
 # container kind at create, the create's defaults], the field's old value as JSON.
-_FAST_READ: dict[str, str] = {}
+_FAST_READ: dict[tuple[str, str, bool], str] = {}
+_READ_AHEAD = 512
 
 
 class Database(ReplicaStore):
@@ -372,16 +373,10 @@ class Database(ReplicaStore):
             return False
         p = txn.pending.get(ref)
         if p is None or name not in p.keys:
-            sql = _FAST_READ.get(name)
-            if sql is None:
-                q = f'"{name}"'
-                sql = _FAST_READ[name] = (
-                    f"SELECT epoch, live, json_extract(meta, '$.\"*\"', '$.r.{q}', '$.\"*k\".{q}', '$.\"*d\"'), "
-                    f"body -> '$.{q}' FROM documents WHERE collection = ? AND pk = ?")
-            rows = self._engine.query(sql, (collection, ref[1]))
-            if not rows or not rows[0][1]:
+            row = self._fast_row(txn, collection, ref[1], name)
+            if row is None or not row[1]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
-            epoch, _, meta_text, old = rows[0]
+            epoch, _, meta_text, old = row
             star, rkey, kind, dflt = loads_json(meta_text)
             if type(star) is not str or kind is not None:
                 return False
@@ -399,6 +394,42 @@ class Database(ReplicaStore):
             if type(plain) not in _FAST_PLAIN:
                 return False
         return txn.pending_write(p, name, plain)
+
+    def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
+        """The row facts the fast path needs for field ``name`` of a document: ``(epoch, live,
+        meta facts as JSON, old value as JSON)``, or None when the file does not hold it.
+
+        Rows are read ahead in key order (assignments in a loop over results usually come in
+        that order): the batch grows while its rows get used, and shrinks back to one row
+        when they do not. A row read ahead stays valid for the whole write transaction: only
+        this transaction writes the file meanwhile, and a document it changes otherwise (or
+        this field of it) never reads its facts here again."""
+        ahead = txn.read_ahead.get((collection, name))
+        if ahead is None:
+            ahead = txn.read_ahead[(collection, name)] = [{}, 1, 0]
+        cached: dict[str, tuple[Any, ...]] = ahead[0]
+        row = cached.pop(pk, None)
+        if row is not None:
+            ahead[2] += 1
+            return row
+        size, used = ahead[1], ahead[2]
+        # Grow while at least half of the last batch was used, else start over from one row.
+        size = min(_READ_AHEAD, size * 4) if used * 2 >= size else 1
+        ahead[1], ahead[2] = size, 1  # the row asked for is used
+        key = (collection, name, size > 1)
+        sql = _FAST_READ.get(key)
+        if sql is None:
+            q = f'"{name}"'
+            sql = _FAST_READ[key] = (
+                f"SELECT pk, epoch, live, json_extract(meta, '$.\"*\"', '$.r.{q}', '$.\"*k\".{q}', '$.\"*d\"'), "
+                f"body -> '$.{q}' FROM documents WHERE collection = ? AND pk "
+                + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
+        rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
+        cached.clear()
+        for r in rows:
+            cached[r[0]] = r[1:]
+        row = cached.pop(pk, None)
+        return row
 
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
         """Write the fast-path fields of ``pending`` into their rows, with ``seq``: one

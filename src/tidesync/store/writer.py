@@ -122,6 +122,8 @@ class WriteTransaction:
         #: Documents changed by the update fast path only (never also in ``docs``).
         self.pending: dict[Ref, PendingDoc] = {}
         self._popped: dict[Ref, PendingDoc] = {}  # pending documents loaded inside savepoint()
+        #: The update fast path's rows read ahead: (collection, field) -> [{pk: row}, batch size, used].
+        self.read_ahead: dict[tuple[str, str], list[Any]] = {}
         self.ops: list[Op] = []
         self.conflicts: list[merge.Conflict] = []
         #: The documents the operations change, in first-change order (the descriptor's touches).

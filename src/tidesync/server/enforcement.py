@@ -564,6 +564,14 @@ def strip_meta_fields(meta: dict[str, Any], hidden: Iterable[str]) -> dict[str, 
                 out["*d"] = kept_d
             else:
                 out.pop("*d")
+        # The overlay of fields written since the create names fields too.
+        over = out.get("r")
+        if over and any(f in over for f in hidden):
+            kept_r = {f: v for f, v in over.items() if f not in hidden}
+            if kept_r:
+                out["r"] = kept_r
+            else:
+                out.pop("r")
         return out
     for key in ("r", "c", "n", "u"):
         m = out.get(key)
@@ -811,7 +819,8 @@ def _apply_extras(docs: list[SnapshotDoc], extra: Sequence[Op]) -> list[Snapshot
 
 def _meta_fields(meta: dict[str, Any]) -> set[str]:
     if "*" in meta:
-        return {p.split(".", 1)[0] for p in (meta.get("*k") or {})} | {p.split(".", 1)[0] for p in (meta.get("*d") or ())}
+        return ({p.split(".", 1)[0] for p in (meta.get("*k") or {})}
+                | {p.split(".", 1)[0] for p in (meta.get("*d") or ())} | set(meta.get("r") or ()))
     out: set[str] = set()
     for key in ("r", "c", "n", "u"):
         out.update(meta.get(key) or ())

@@ -42,7 +42,7 @@ from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_c
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, MIGRATIONS
-from .writer import LoadedDoc, WriteTransaction
+from .writer import LoadedDoc, PendingDoc, WriteTransaction
 
 if TYPE_CHECKING:
     from .results import Results
@@ -128,6 +128,13 @@ def _gc_paused() -> Iterator[None]:
 
 # Made once: ``json.dumps`` with options builds a new encoder on every call.
 _dumps = compact_encoder()
+
+# Plain values the update fast path writes with ``json_set`` (anything else: the general path).
+_FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
+# Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
+# container kind at create, the create's defaults], the field's old value as JSON.
+_FAST_READ: dict[tuple[str, str, bool], str] = {}
+_READ_AHEAD = 512
 
 
 class Database(ReplicaStore):
@@ -351,6 +358,106 @@ class Database(ReplicaStore):
             raise InvalidatedObjectError(f"this {binding.collection} object was deleted")
         return txn, d
 
+    def _fast_assign(self, binding: ObjectBinding, name: str, ftype: FieldType, value: Any) -> bool:
+        """The update fast path of ``obj.name = value`` (a top-level scalar field, LWW): record
+        the write as pending, without loading the document, if its row allows it; False when
+        the general path must do it. Raises as the general path would (a deleted object, a
+        value that does not fit)."""
+        txn = self._current_txn()
+        ref = binding.ref
+        if ref in txn.docs or txn._journal is not None or not name.isidentifier():
+            return False
+        collection = binding.collection
+        policies = self._policies
+        if policies is not None and policies.lookup(collection, (name,)) != "lww":
+            return False
+        p = txn.pending.get(ref)
+        if p is None or name not in p.keys:
+            row = self._fast_row(txn, collection, ref[1], name)
+            if row is None or not row[1]:
+                raise InvalidatedObjectError(f"this {collection} object was deleted")
+            epoch, _, meta_text, old = row
+            star, rkey, kind, dflt = loads_json(meta_text)
+            if type(star) is not str or kind is not None:
+                return False
+            if rkey is None:
+                rkey = ("0" if dflt and name in dflt else "1") + star
+            plain = value_to_plain(ftype, value)
+            if type(plain) not in _FAST_PLAIN:
+                return False
+            if p is None:
+                p = PendingDoc(collection, binding.key, ref, epoch)
+            p.keys[name] = rkey
+            p.before_fields[name] = MISSING_FIELD if old is None else loads_json(old)
+        else:
+            plain = value_to_plain(ftype, value)
+            if type(plain) not in _FAST_PLAIN:
+                return False
+        return txn.pending_write(p, name, plain)
+
+    def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
+        """The row facts the fast path needs for field ``name`` of a document: ``(epoch, live,
+        meta facts as JSON, old value as JSON)``, or None when the file does not hold it.
+
+        Rows are read ahead in key order (assignments in a loop over results usually come in
+        that order): the batch grows while its rows get used, and shrinks back to one row
+        when they do not. A row read ahead stays valid for the whole write transaction: only
+        this transaction writes the file meanwhile, and a document it changes otherwise (or
+        this field of it) never reads its facts here again."""
+        ahead = txn.read_ahead.get((collection, name))
+        if ahead is None:
+            ahead = txn.read_ahead[(collection, name)] = [{}, 1, 0]
+        cached: dict[str, tuple[Any, ...]] = ahead[0]
+        row = cached.pop(pk, None)
+        if row is not None:
+            ahead[2] += 1
+            return row
+        size, used = ahead[1], ahead[2]
+        # Grow while at least half of the last batch was used, else start over from one row.
+        size = min(_READ_AHEAD, size * 4) if used * 2 >= size else 1
+        ahead[1], ahead[2] = size, 1  # the row asked for is used
+        key = (collection, name, size > 1)
+        sql = _FAST_READ.get(key)
+        if sql is None:
+            q = f'"{name}"'
+            sql = _FAST_READ[key] = (
+                f"SELECT pk, epoch, live, json_extract(meta, '$.\"*\"', '$.r.{q}', '$.\"*k\".{q}', '$.\"*d\"'), "
+                f"body -> '$.{q}' FROM documents WHERE collection = ? AND pk "
+                + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
+        rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
+        cached.clear()
+        for r in rows:
+            cached[r[0]] = r[1:]
+        row = cached.pop(pk, None)
+        return row
+
+    def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
+        """Write the fast-path fields of ``pending`` into their rows, with ``seq``: one
+        ``executemany`` of ``json_set`` per set of field names (only ``seq`` for rows that hold
+        them already)."""
+        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        seq_only: list[tuple[Any, ...]] = []
+        for p in pending:
+            if p.flushed:
+                seq_only.append((seq, p.collection, p.ref[1]))
+                continue
+            names = tuple(p.fields)
+            row: list[Any] = []
+            for n in names:
+                row.append(_dumps(p.fields[n]))
+            for n in names:
+                row.append(p.keys[n])
+            row += (seq, p.collection, p.ref[1])
+            groups.setdefault(names, []).append(tuple(row))
+        for names, rows in groups.items():
+            body = ", ".join(f"""'$."{n}"', json(?)""" for n in names)
+            meta = ", ".join(f"""'$.r."{n}"', ?""" for n in names)
+            self._engine.executemany(
+                f"UPDATE documents SET body = json_set(body, {body}), meta = json_set(meta, {meta}), seq = ? "
+                "WHERE collection = ? AND pk = ?", rows)
+        if seq_only:
+            self._engine.executemany("UPDATE documents SET seq = ? WHERE collection = ? AND pk = ?", seq_only)
+
     def _current_txn(self) -> WriteTransaction:
         self._check_open()
         txn = self._txn
@@ -398,6 +505,8 @@ class Database(ReplicaStore):
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
         seq = self._append_log(t, touches=tuple(txn.touched.values()))
         self._write_docs(txn.docs.values(), seq)
+        if txn.pending:
+            self._write_pending(list(txn.pending.values()), seq)
         self._record_conflicts(t.id, txn.conflicts)
         self._set_setting("clock", self._clock.last)
         return seq
@@ -429,6 +538,12 @@ class Database(ReplicaStore):
             self._write_docs(pending, 0)
             for d in pending:
                 d.unflushed = False
+        if txn.pending:
+            fast = [p for p in txn.pending.values() if not p.flushed]
+            if fast:
+                self._write_pending(fast, 0)
+                for p in fast:
+                    p.flushed = True
 
     def _write_docs(self, docs: Iterable[LoadedDoc], seq: int | None) -> None:
         """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
@@ -696,6 +811,9 @@ class Database(ReplicaStore):
         The server's rule enforcement reads it to judge a write by its effect."""
         with self._lock:
             self._check_open()
+            txn = self._txn
+            if txn is not None and self._txn_thread == threading.get_ident():
+                self._flush_pending(txn)
             return self._load_doc(collection, key, (collection, canonical_json(key))).state
 
     def next_stamps(self, n: int, after: Iterable[Stamp] = ()) -> list[Stamp]:
@@ -758,6 +876,9 @@ class Database(ReplicaStore):
                 d = txn.docs.get(ref)
                 if d is not None:
                     return d.state.body if d.state.live else None
+                p = txn.pending.get(ref)
+                if p is not None and not p.flushed:
+                    self._flush_pending(txn)
             elif time.monotonic() - self._checked_at >= 0.002:  # _refresh's own test, without the call
                 self._refresh()
             cached = self._cache.get(ref, _UNCACHED)
@@ -1215,7 +1336,13 @@ def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:
     if "*" in meta:
         if name in (meta.get("*k") or {}) or name not in state.body:
             return None
-        old = meta["*"]
+        key = (meta.get("r") or {}).get(name)
+        if key is None:
+            old = meta["*"]
+        elif key[:1] != "1":
+            return None
+        else:
+            old = key[1:]
     else:
         key = (meta.get("r") or {}).get(name)
         if not key or key[0] != "1" or name in (meta.get("c") or {}):

@@ -79,8 +79,11 @@ class ObjectBinding:
         f = self.schema.fields[name]
         if f.primary_key:
             raise ValidationError(f"{self.schema.name}._id cannot change once the object is created")
-        txn, d = self.db._writable(self)
         part = self.db._partition
+        if (not self.path and f.type.kind in SCALAR_KINDS and (part is None or name != part[0])
+                and self.db._fast_assign(self, name, f.type, value)):
+            return
+        txn, d = self.db._writable(self)
         if part is not None and not self.path and name == part[0]:
             from ..core.models import value_to_plain
             from ..errors import PartitionError

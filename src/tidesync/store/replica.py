@@ -134,12 +134,13 @@ class _LogCache:
 
 def _latest_of(states: Sequence[tuple[str, Ref, merge.DocState]]) -> Stamp:
     """The latest of ``merge.latest_stamp`` over ``states``: stamps sort as str (wall clock and
-    counter first). A compact meta (``{"*": stamp}``, a fresh document's) is read directly."""
+    counter first). A compact meta (``{"*": stamp}``, a fresh document's) is read directly
+    (one with an overlay of later writes, ``"r"``, goes through ``latest_stamp``)."""
     candidates: list[str] = []
     others = []
     for _, _, st in states:
         star = st.meta.get("*")
-        if type(star) is str:
+        if type(star) is str and "r" not in st.meta:
             candidates.append(star)
             candidates.append(st.epoch)
         else:

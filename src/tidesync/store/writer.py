@@ -27,7 +27,7 @@ from ..core.stamp import ZERO
 from ..core.transaction import MISSING_FIELD, BeforeImage
 from ..core.values import Plain, canonical_json
 
-__all__ = ["WriteTransaction", "LoadedDoc", "container_kinds"]
+__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "container_kinds"]
 
 Ref = tuple[str, str]
 
@@ -60,6 +60,29 @@ class LoadedDoc:
         if type(src) is str:
             src = self.before_source = json.loads(src)
         return src  # type: ignore[return-value]
+
+
+@dataclass(slots=True)
+class PendingDoc:
+    """Top-level register fields of a document assigned without loading it (the update fast
+    path): written into its row with ``json_set`` when the transaction flushes or commits.
+
+    The row was read when the first field was assigned: the document was live, its meta
+    compact (``{"*": stamp, ...}``), the fields plain registers of it.
+    """
+
+    collection: str
+    key: Plain
+    ref: Ref
+    epoch: str
+    #: The fields' values before the transaction (``MISSING_FIELD`` when absent).
+    before_fields: dict[str, Plain] = field(default_factory=dict)
+    #: The fields' current write keys (the row's, then this transaction's).
+    keys: dict[str, str] = field(default_factory=dict)
+    #: The fields written here: name -> plain value.
+    fields: dict[str, Plain] = field(default_factory=dict)
+    #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
+    flushed: bool = False
 
 
 _NON_REGISTER = frozenset({"list", "set", "dict", "counter", "object"})
@@ -96,6 +119,11 @@ class WriteTransaction:
         self._bulk_loader = bulk_loader
         self.policies = policies
         self.docs: dict[Ref, LoadedDoc] = {}
+        #: Documents changed by the update fast path only (never also in ``docs``).
+        self.pending: dict[Ref, PendingDoc] = {}
+        self._popped: dict[Ref, PendingDoc] = {}  # pending documents loaded inside savepoint()
+        #: The update fast path's rows read ahead: (collection, field) -> [{pk: row}, batch size, used].
+        self.read_ahead: dict[tuple[str, str], list[Any]] = {}
         self.ops: list[Op] = []
         self.conflicts: list[merge.Conflict] = []
         #: The documents the operations change, in first-change order (the descriptor's touches).
@@ -114,15 +142,67 @@ class WriteTransaction:
         d = self.docs.get(ref)
         if d is None:
             d = self._loader(collection, key, ref)
+            p = self.pending.pop(ref, None) if self.pending else None
+            if p is not None:
+                self._take_pending(d, p)
+                if self._journal is not None:
+                    self._popped[ref] = p
             self.docs[ref] = d
             if self._journal is not None:
                 self._new_refs.add(ref)
         return d
 
+    def _take_pending(self, d: LoadedDoc, p: PendingDoc) -> None:
+        """Turn a just-loaded document with fast-path writes into a fully loaded one: the
+        writes applied to its state (unless the row holds them), its before-image restored."""
+        if not p.flushed:
+            for name, plain in p.fields.items():
+                key = p.keys[name]
+                if merge.compact_key(d.state.meta, name) == key:
+                    continue  # flushed earlier: the row holds this write already
+                if not merge.overlay_write(d.state, name, key, plain):
+                    raise AssertionError(f"fast-path write of {name!r} does not apply to {d.ref!r}")
+        src = d.before_source
+        body: dict[str, Plain] = json.loads(src) if isinstance(src, str) else dict(src or {})
+        for name in p.fields:
+            old = p.before_fields[name]
+            if old is MISSING_FIELD:
+                body.pop(name, None)
+            else:
+                body[name] = clone(old)
+        d.before_source = body
+        d.before_fields = {n: clone(p.before_fields[n]) for n in p.fields}
+        d.dirty = True
+        d.unflushed = not p.flushed
+
+    def pending_write(self, p: PendingDoc, name: str, plain: Plain) -> bool:
+        """The update fast path: assign ``plain`` to the top-level register ``name`` of the
+        pending document ``p`` (whose row has told its key, epoch and old value). False, with
+        nothing changed, when the new write would not win (then take the general path)."""
+        stamp = self.clock.now()
+        key = "1" + stamp
+        if key <= p.keys[name]:
+            return False
+        ref = p.ref
+        if ref not in self.pending:
+            self.pending[ref] = p
+        p.keys[name] = key
+        p.fields[name] = plain
+        p.flushed = False
+        self.ops.append(SetValue(p.collection, p.key, stamp, p.epoch, (name,), (), plain))  # type: ignore[arg-type]
+        if ref not in self.touched:
+            self.touched[ref] = (p.collection, p.key)
+        return True
+
     def prefetch(self, collection: str, keys: Iterable[tuple[Plain, Ref]]) -> set[Ref]:
         """Load the documents of ``keys`` not loaded yet, with one query per chunk instead of
         one per document; return the refs of those the file does not hold (not loaded: pass
         them to :meth:`create_new`, or :meth:`doc` loads them as new)."""
+        if self.pending:
+            keys = list(keys)
+            for k, ref in keys:
+                if ref in self.pending:
+                    self.doc(collection, k, ref)
         missing = [(k, ref) for k, ref in keys if ref not in self.docs]
         if not missing:
             return set()
@@ -152,10 +232,11 @@ class WriteTransaction:
             yield
             return
         n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
-        self._journal, self._new_refs = {}, set()
+        self._journal, self._new_refs, self._popped = {}, set(), {}
         try:
             yield
         except BaseException:
+            self.pending.update(self._popped)
             del self.ops[n_ops:]
             del self.conflicts[n_conflicts:]
             self.touched = dict(islice(self.touched.items(), n_touched))
@@ -168,7 +249,7 @@ class WriteTransaction:
                     d.unflushed = True
             raise
         finally:
-            self._journal, self._new_refs = None, set()
+            self._journal, self._new_refs, self._popped = None, set(), {}
 
     def _keep(self, d: LoadedDoc) -> None:
         """Inside a savepoint: copy a document's state before its first change there."""
@@ -363,6 +444,8 @@ class WriteTransaction:
 
     def before_images(self) -> list[BeforeImage]:
         """What the touched documents were before (only documents that existed)."""
+        if self.pending:
+            return self._before_images_in_touch_order()
         out: list[BeforeImage] = []
         for d in self.docs.values():
             if not d.live_before:
@@ -371,5 +454,24 @@ class WriteTransaction:
                 out.append(BeforeImage(d.collection, d.key, dict(d.body_before), True))
             elif d.before_fields:
                 out.append(BeforeImage(d.collection, d.key, dict(d.before_fields)))
+        return out
+
+    def _before_images_in_touch_order(self) -> list[BeforeImage]:
+        """:meth:`before_images` with fast-path documents: in first-change order, as the
+        general path gives them."""
+        pending = self.pending
+        self.pending = {}
+        try:
+            images = self.before_images()
+        finally:
+            self.pending = pending
+        by_ref: dict[Ref, BeforeImage] = {}
+        for img in images:
+            by_ref[(img.collection, canonical_json(img.key))] = img
+        for p in pending.values():
+            if p.fields:
+                by_ref[p.ref] = BeforeImage(p.collection, p.key, {n: p.before_fields[n] for n in p.fields})
+        out = [by_ref.pop(ref) for ref in self.touched if ref in by_ref]
+        out.extend(by_ref.values())
         return out
 

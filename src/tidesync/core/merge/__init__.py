@@ -15,6 +15,7 @@ placeholders), :mod:`.sequence` (lists), :mod:`.collections` (sets, dictionaries
 
 from .canonical import canonical_meta, canonical_state, latest_stamp
 from .conflicts import Conflict
+from .create import compact_key, overlay_write
 from .document import container_kind, epochs, integrate, integrate_all, list_element_ids
 from .join import join
 from .policies import POLICY_NAMES, Policies, Policy, PolicyFunction, value_order_key
@@ -39,4 +40,6 @@ __all__ = [
     "canonical_meta",
     "canonical_state",
     "latest_stamp",
+    "compact_key",
+    "overlay_write",
 ]

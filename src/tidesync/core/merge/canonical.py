@@ -43,6 +43,7 @@ def latest_stamp(state: DocState) -> Stamp:
     meta = state.meta
     if "*" in meta:
         found.append(meta["*"])
+        found.extend(_key(k) for k in (meta.get("r") or {}).values())
     else:
         _object(meta, found)
     best = max(s for s in found if not s or is_stamp(s))

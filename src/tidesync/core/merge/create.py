@@ -33,7 +33,7 @@ from .sequence import list_insert
 from .state import CONTAINER_KINDS, CREATE_KEY, DocState, Node, member_key, new_element_id, write_key
 
 __all__ = ["validate_create", "fast_create", "expand", "is_compact", "create_general", "compact_kind",
-           "create_counter"]
+           "create_counter", "compact_key", "overlay_write"]
 
 _MISSING: Any = object()
 
@@ -205,7 +205,11 @@ def compact_kind(meta: dict[str, Any], path: tuple[str, ...], body: dict[str, Pl
 
 
 def expand(state: DocState) -> None:
-    """Write out the meta implied by the compact form (a no-op on expanded meta)."""
+    """Write out the meta implied by the compact form (a no-op on expanded meta).
+
+    The compact form's overlay ``"r"`` (the keys of top-level register fields written since
+    the create, see :func:`overlay_write`) replaces the implied keys of those fields.
+    """
     meta = state.meta
     if "*" not in meta:
         return
@@ -214,7 +218,50 @@ def expand(state: DocState) -> None:
     defaults = frozenset(meta.get("*d") or ())
     root: Node = {}
     _expand_object(root, state.body, "", stamp, kinds, defaults, top=True)
+    overlay = meta.get("r")
+    if overlay:
+        root.setdefault("r", {}).update(overlay)
     state.meta = root
+
+
+def compact_key(meta: dict[str, Any], name: str) -> str | None:
+    """The key of the top-level field ``name`` in a compact meta, or None when the field is
+    not a plain register there (a container at create, or ``meta`` is not compact)."""
+    star = meta.get("*")
+    if star is None or name == "_id":
+        return None
+    kinds = meta.get("*k")
+    if kinds and name in kinds:
+        return None
+    overlay = meta.get("r")
+    if overlay is not None:
+        key = overlay.get(name)
+        if key is not None:
+            return key  # type: ignore[no-any-return]
+    return write_key(star, _is_default(meta.get("*d") or (), name))
+
+
+def overlay_write(state: DocState, name: str, key: str, value: Plain) -> bool:
+    """Write a register value into the top-level field ``name`` of a compact state without
+    expanding it: the field's key goes to the overlay ``meta["r"]``. The caller checks that
+    the write is a plain LWW register write of the document's current incarnation.
+
+    Returns False, changing nothing, when the state is not compact and live, the field is not a
+    register of the compact form, or ``key`` does not beat the field's current key (then the
+    general path, :func:`~tidesync.core.merge.integrate`, applies).
+    """
+    if not state.live or type(value) is dict or type(value) is list:
+        return False
+    meta = state.meta
+    cur = compact_key(meta, name)
+    if cur is None or key <= cur:
+        return False
+    state.body[name] = value
+    overlay = meta.get("r")
+    if overlay is None:
+        overlay = meta["r"] = {}
+    overlay[name] = key
+    return True
 
 
 def _expand_object(node: Node, obody: dict[str, Plain], prefix: str, stamp: Stamp, kinds: dict[str, str],

@@ -33,8 +33,9 @@ want, so that a comparison of two keys is one string comparison:
 * Counter: ``{"k": "counter", "v": assigned value}`` plus ``"vk"``, the key of the assigned
   value, for a counter made by ``CreateDoc``.
 * A document that only a single ``CreateDoc`` has touched keeps a compact root:
-  ``{"*": create stamp, "*k": kinds, "*d": defaults}`` (see :mod:`.create`); the first other
-  operation expands it.
+  ``{"*": create stamp, "*k": kinds, "*d": defaults}`` (see :mod:`.create`), plus
+  ``"r": {field: key}`` for top-level register fields a store wrote since without expanding
+  (:func:`~tidesync.core.merge.create.overlay_write`); the first other operation expands it.
 """
 
 from __future__ import annotations

@@ -105,9 +105,25 @@ class ServerState:
     def notify_commit(self, origin_session: Any = None) -> None:
         """Wake every sync session: the server's log grew. The session that uploaded is woken
         too, so its client's checkpoint moves past its own (filtered-out) transactions and its
-        download can complete."""
+        download can complete.
+
+        Order matters for propagation latency, since a woken session may read, encode and send
+        right here: first the sessions the new entries concern (``concerned()``), then those
+        that only schedule a later wake-up, and the uploading session last (its peer receives
+        nothing new, only its checkpoint moves)."""
+        later: list[Any] = []
         for s in list(self.sessions):
+            if s is origin_session:
+                continue
+            concerned = getattr(s, "concerned", None)
+            if concerned is None or concerned():
+                s.local_commit()
+            else:
+                later.append(s)
+        for s in later:
             s.local_commit()
+        if origin_session is not None and origin_session in self.sessions:
+            origin_session.local_commit()
 
     def close(self) -> None:
         if self.providers.email_password is not None:

@@ -268,15 +268,22 @@ class ServerSession:
         if self.flexible is not None and self.flexible.registered:
             self.flexible.router.announce()   # wakes only the sessions the new entries concern
             return
-        touched = _shared(self.state).touched
-        if (touched is None or self.partition is None or self.flexible is not None
-                or self._partition_json in touched):
+        if self.concerned():
             if not self._stream_now():
                 self._inbox.put_nowait(("commit", None))
         elif not self._lazy_commit:
             self._lazy_commit = True
             # Spread over the interval: no burst of every idle session at once.
             asyncio.get_running_loop().call_later(self.LAZY_COMMIT * (0.5 + random.random()), self._commit_later)
+
+    def concerned(self) -> bool:
+        """Whether the entries of the integration being announced (``_Shared.touched``) can
+        concern this session's peer; if not, :meth:`local_commit` only schedules a later
+        wake-up. (A flexible session's router decides for itself: True.)"""
+        if self.flexible is not None or self.partition is None:
+            return True
+        touched = _shared(self.state).touched
+        return touched is None or self._partition_json in touched
 
     def _commit_later(self) -> None:
         self._lazy_commit = False

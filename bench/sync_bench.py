@@ -439,6 +439,8 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
         lost = 0
         lost_detail: list[dict[str, Any]] = []
         spy = Spy("propagation-server", server.proc.pid)
+        if os.environ.get("TIDESYNC_BENCH_PROFILE"):
+            os.kill(server.proc.pid, signal.SIGUSR1)  # bench/profile_server.py: profile from here
         s_cpu = cpu_s(server.proc.pid)
         deadline = time.monotonic() + float(args.get("max_seconds", 100))
         for i in range(1, samples + 1):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Set
 from typing import Any
 
 from starlette.applications import Starlette
@@ -102,12 +102,27 @@ class ServerState:
     async def list_conflicts(self, limit: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self.backend.conflicts, limit)
 
-    def notify_commit(self, origin_session: Any = None) -> None:
+    def notify_commit(self, origin_session: Any = None, first: Iterable[Any] = (),
+                      skip: Set[Any] = frozenset()) -> None:
         """Wake every sync session: the server's log grew. The session that uploaded is woken
         too, so its client's checkpoint moves past its own (filtered-out) transactions and its
-        download can complete."""
-        for s in list(self.sessions):
+        download can complete.
+
+        Order matters for propagation latency, since a woken session may read, encode and send
+        right here: ``first`` (the sessions the new entries concern) first, the uploading
+        session last. Sessions in ``skip`` are left out: the caller knows a wake-up is already
+        scheduled for them and the new entries do not concern them (so with a thousand idle
+        connections of other partitions a write does not loop over all of them)."""
+        sessions = self.sessions
+        rest = sessions.difference(skip, first) if (skip or first) else set(sessions)
+        rest.discard(origin_session)
+        for s in list(first):
+            if s is not origin_session and s in sessions:
+                s.local_commit()
+        for s in rest:
             s.local_commit()
+        if origin_session is not None and origin_session in sessions:
+            origin_session.local_commit()
 
     def close(self) -> None:
         if self.providers.email_password is not None:

@@ -95,6 +95,12 @@ class _Shared:
         self._ticker: asyncio.TimerHandle | None = None
         self._tick_loop: asyncio.AbstractEventLoop | None = None
         self._payloads: dict[tuple[Any, ...], tuple[Any, bytes]] = {}
+        #: Admitted partition sessions by canonical partition value (woken first when a
+        #: write concerns their partition).
+        self.partitions: dict[str, set[ServerSession]] = {}
+        #: Sessions with a later wake-up scheduled (ServerSession.local_commit): a write of
+        #: another partition need not visit them.
+        self.lazy: set[ServerSession] = set()
 
     def start_ticks(self, session: ServerSession) -> None:
         """Tick ``session`` every second until :meth:`stop_ticks`. One timer for all of
@@ -268,18 +274,27 @@ class ServerSession:
         if self.flexible is not None and self.flexible.registered:
             self.flexible.router.announce()   # wakes only the sessions the new entries concern
             return
-        touched = _shared(self.state).touched
-        if (touched is None or self.partition is None or self.flexible is not None
-                or self._partition_json in touched):
+        if self.concerned():
             if not self._stream_now():
                 self._inbox.put_nowait(("commit", None))
         elif not self._lazy_commit:
             self._lazy_commit = True
+            _shared(self.state).lazy.add(self)
             # Spread over the interval: no burst of every idle session at once.
             asyncio.get_running_loop().call_later(self.LAZY_COMMIT * (0.5 + random.random()), self._commit_later)
 
+    def concerned(self) -> bool:
+        """Whether the entries of the integration being announced (``_Shared.touched``) can
+        concern this session's peer; if not, :meth:`local_commit` only schedules a later
+        wake-up. (A flexible session's router decides for itself: True.)"""
+        if self.flexible is not None or self.partition is None:
+            return True
+        touched = _shared(self.state).touched
+        return touched is None or self._partition_json in touched
+
     def _commit_later(self) -> None:
         self._lazy_commit = False
+        _shared(self.state).lazy.discard(self)
         if not self._stream_now():
             self._inbox.put_nowait(("commit", None))
 
@@ -474,7 +489,14 @@ class ServerSession:
         finally:
             if hook is not None:
                 hook(None)
-            _shared(self.state).stop_ticks(self)
+            shared = _shared(self.state)
+            shared.stop_ticks(self)
+            shared.lazy.discard(self)
+            group = shared.partitions.get(self._partition_json)
+            if group is not None:
+                group.discard(self)
+                if not group:
+                    del shared.partitions[self._partition_json]
             self.replicator.stop()
             if self.flexible is not None:
                 self.flexible.close()
@@ -627,6 +649,8 @@ class ServerSession:
         self.reader = SessionReplica(self.state.backend, rules, self.enforcer)
         if self.flexible is not None:
             self.enforcer, self.reader = self.flexible.wrap(self.enforcer, self.reader)
+        elif self.partition is not None:
+            _shared(self.state).partitions.setdefault(self._partition_json, set()).add(self)
         return None
 
     async def _execute(self, actions: list[Any]) -> None:
@@ -702,12 +726,18 @@ class ServerSession:
             shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
             # What the new entries can concern: this session's partition (the enforcer let
             # nothing else in), unless a compensating transaction restored other documents.
+            first: set[ServerSession] = set()
+            skip: set[ServerSession] = set()
             if self.partition is not None and self.flexible is None and not compensated:
                 shared.touched = {self._partition_json}
+                # This partition's sessions first; those of other partitions with a later
+                # wake-up already scheduled need no visit (see local_commit).
+                first = shared.partitions.get(self._partition_json, first)
+                skip = shared.lazy
             try:
                 # One check for another process's writes for all the reads the wake-up makes.
                 with self.state.backend.read_round():
-                    self.state.notify_commit(self)
+                    self.state.notify_commit(self, first, skip)
             finally:
                 shared.touched = None
             # Let the sessions just woken stream the new entries before this one answers its

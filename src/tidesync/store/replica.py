@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -60,12 +60,20 @@ def _scope_value(scope: Scope) -> str | None:
 class _LogRow:
     """One log entry as read from the file; decoded on first use."""
 
-    __slots__ = ("seq", "origin", "via", "size", "_data", "_txn")
+    __slots__ = ("seq", "origin", "via", "size", "_data", "_txn", "_refs")
 
     def __init__(self, seq: int, origin: str, via: str | None, data: bytes) -> None:
         self.seq, self.origin, self.via, self.size = seq, origin, via, len(data)
         self._data: bytes | None = data
         self._txn: Transaction | None = None
+        self._refs: frozenset[Ref] | None = None
+
+    def refs(self) -> frozenset[Ref]:
+        """The documents the entry's operations touch (filtering it to a scope), computed
+        once: on fan-out every session of another scope filters the same entries."""
+        if self._refs is None:
+            self._refs = frozenset((op.collection, canonical_json(op.key)) for op in self.txn().ops)
+        return self._refs
 
     def txn(self) -> Transaction:
         if self._txn is None:
@@ -267,7 +275,7 @@ class ReplicaStore:
                     if want is not None:
                         memo = cache.scoped.get((seq, want)) if cache is not None else None
                         if memo is None:
-                            txn_f = self._filter_to_scope(txn, want)
+                            txn_f = self._filter_to_scope(txn, want, refs=row.refs())
                             if txn_f is not None and txn_f is not txn:
                                 size = len(msgpack.packb(txn_f.to_wire(), use_bin_type=True))
                             memo = (txn_f, size)
@@ -344,23 +352,27 @@ class ReplicaStore:
                    exclude_origin: ReplicaId | None) -> None:
         """Filter the rows not yet filtered to ``want`` with one query for all of them (a peer
         of another scope reading many entries made one query per entry). Call with the lock."""
-        todo = [(row, row.txn()) for row in rows if (row.seq, want) not in cache.scoped
+        todo = [row for row in rows if (row.seq, want) not in cache.scoped
                 and (exclude_origin is None or (row.origin != exclude_origin and row.via != exclude_origin))]
         if len(todo) < 2:
             return
-        refs = {(op.collection, canonical_json(op.key)) for _, txn in todo for op in txn.ops}
+        refs: set[Ref] = set().union(*(row.refs() for row in todo))
         inside = self._refs_in_scope(refs, want)
-        for row, txn in todo:
+        for row in todo:
             size = row.size
-            txn_f = self._filter_to_scope(txn, want, inside)
+            txn = row.txn()
+            txn_f = self._filter_to_scope(txn, want, inside, row.refs())
             if txn_f is not None and txn_f is not txn:
                 size = len(msgpack.packb(txn_f.to_wire(), use_bin_type=True))
             cache.scoped[(row.seq, want)] = (txn_f, size)
 
-    def _filter_to_scope(self, txn: Transaction, want: str, known: set[Ref] | None = None) -> Transaction | None:
+    def _filter_to_scope(self, txn: Transaction, want: str, known: set[Ref] | None = None,
+                         refs: Set[Ref] | None = None) -> Transaction | None:
         """``txn`` reduced to its operations on documents of scope ``want`` (None: none are).
-        ``known``: the documents of ``want`` among them, when already looked up."""
-        refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
+        ``known``: the documents of ``want`` among them, when already looked up; ``refs``: the
+        documents ``txn`` touches, when already known (``_LogRow.refs``)."""
+        if refs is None:
+            refs = {(op.collection, canonical_json(op.key)) for op in txn.ops}
         inside = self._refs_in_scope(refs, want) if known is None else refs & known
         if len(inside) == len(refs):
             return txn
@@ -370,7 +382,7 @@ class ReplicaStore:
         before = tuple(b for b in txn.before if (b.collection, canonical_json(b.key)) in inside)
         return Transaction(txn.id, txn.origin, txn.stamp, txn.parents, ops, before, txn.user, txn.meta)
 
-    def _refs_in_scope(self, refs: set[Ref], want: str) -> set[Ref]:
+    def _refs_in_scope(self, refs: Set[Ref], want: str) -> set[Ref]:
         inside: set[Ref] = set()
         items = list(refs)
         for i in range(0, len(items), 300):

@@ -365,3 +365,15 @@ def test_writer_that_waits_past_the_busy_timeout_gets_a_busy_error(engine: Engin
         with impatient.atomic():  # the lock is free again
             impatient.execute("INSERT INTO items (name) VALUES ('after')")
     assert names(engine) == ["held", "after"]
+
+
+def test_an_sqlite_older_than_3_38_is_refused_with_a_clear_error(tmp_path, monkeypatch):
+    import sqlite3
+
+    import tidesync
+    from tidesync.errors import StorageError
+
+    monkeypatch.setattr(sqlite3, "sqlite_version_info", (3, 37, 2))
+    with pytest.raises(StorageError, match=r"needs SQLite 3\.38\.0 or later.*uses SQLite 3\.37\.2"):
+        tidesync.open(tmp_path / "old.db")
+    assert not (tmp_path / "old.db").exists()  # nothing created

@@ -54,7 +54,11 @@ from ..errors import (
     UsageError,
 )
 
+#: The oldest SQLite tidesync runs on: the ``->`` and ``->>`` JSON operators arrived in 3.38.
+MIN_SQLITE = (3, 38, 0)
+
 __all__ = [
+    "MIN_SQLITE",
     "BUSY_TIMEOUT",
     "CACHE_SIZE_KIB",
     "KEY_SIZE",
@@ -243,6 +247,13 @@ class Engine:
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
         self._driver: ModuleType = sqlite3 if raw_key is None else _load_sqlcipher()
         self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning)
+        linked = tuple(getattr(self._driver, "sqlite_version_info", MIN_SQLITE))
+        if linked < MIN_SQLITE:
+            raise StorageError(
+                f"tidesync needs SQLite {'.'.join(map(str, MIN_SQLITE))} or later (its JSON operators); "
+                f"this Python's {self._driver.__name__} uses SQLite {'.'.join(map(str, linked))}",
+                advice="use a Python linked with a newer SQLite (python.org builds of 3.11 and later, "
+                       "and current Linux distributions, are)")
         self._conn: sqlite3.Connection | None = None
         with self._translated("connect"):
             if readonly:

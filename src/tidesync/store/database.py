@@ -478,18 +478,12 @@ class Database(ReplicaStore):
 
     def _load_docs(self, collection: str, keys: Sequence[tuple[Plain, Ref]]) -> dict[Ref, LoadedDoc]:
         """The documents of ``keys`` that the file holds (as :meth:`_load_doc`), by ref."""
+        key_of = {ref: key for key, ref in keys}
         out: dict[Ref, LoadedDoc] = {}
-        by_pk = {ref[1]: (key, ref) for key, ref in keys}
-        pks = list(by_pk)
-        for i in range(0, len(pks), 500):
-            chunk = pks[i:i + 500]
-            for pk, body_text, meta_text, epoch, live in self._engine.query(
-                    "SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
-                    f"AND pk IN ({','.join('?' * len(chunk))})", [collection, *chunk]):
-                key, ref = by_pk[pk]
-                state = merge.DocState(epoch=epoch, live=bool(live), body=loads_json(body_text),
-                                       meta=loads_json(meta_text))
-                out[ref] = LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
+        for ref, (body_text, meta_text, epoch, live) in self._states_of(list(key_of)).items():
+            state = merge.DocState(epoch=Stamp(epoch), live=bool(live), body=loads_json(body_text),
+                                   meta=loads_json(meta_text))
+            out[ref] = LoadedDoc(collection, key_of[ref], ref, state, True, bool(live), body_text if live else None)
         return out
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:

@@ -383,16 +383,19 @@ class ReplicaStore:
         return Transaction(txn.id, txn.origin, txn.stamp, txn.parents, ops, before, txn.user, txn.meta)
 
     def _refs_in_scope(self, refs: Set[Ref], want: str) -> set[Ref]:
-        inside: set[Ref] = set()
-        items = list(refs)
+        return {(coll, pk) for coll, pk in self._rows_of_refs("collection, pk", refs, "scope = ?", (want,))}
+
+    def _rows_of_refs(self, columns: str, refs: Iterable[Ref], where: str = "",
+                      params: Sequence[Any] = ()) -> Iterator[tuple[Any, ...]]:
+        """``SELECT columns FROM documents`` for the documents ``refs`` (and ``where``, with
+        ``params``, when given), 300 documents per query. Call with the lock."""
+        items = list(dict.fromkeys(refs))
+        prefix = f"{where} AND " if where else ""
         for i in range(0, len(items), 300):
             chunk = items[i:i + 300]
-            where = " OR ".join("(collection = ? AND pk = ?)" for _ in chunk)
-            params: list[Any] = [x for ref in chunk for x in ref]
-            for coll, pk in self._engine.query(
-                    f"SELECT collection, pk FROM documents WHERE scope = ? AND ({where})", [want, *params]):
-                inside.add((coll, pk))
-        return inside
+            match = " OR ".join("(collection = ? AND pk = ?)" for _ in chunk)
+            yield from self._engine.query(f"SELECT {columns} FROM documents WHERE {prefix}({match})",
+                                          [*params, *(x for ref in chunk for x in ref)])
 
     def read_descriptors(self, after: int, *, limit: int, scope: Scope,
                          exclude_origin: ReplicaId | None) -> DescriptorBatch:
@@ -412,18 +415,9 @@ class ReplicaStore:
     def document_scopes(self, refs: Iterable[Ref]) -> dict[Ref, str | None]:
         """:meth:`document_scope` of many documents (tombstones keep theirs); documents never
         seen are left out."""
-        items = list(dict.fromkeys(refs))
-        found: dict[Ref, str | None] = {}
         with self._lock:
             self._check_open()
-            for i in range(0, len(items), 300):
-                chunk = items[i:i + 300]
-                where = " OR ".join("(collection = ? AND pk = ?)" for _ in chunk)
-                for coll, pk, scope in self._engine.query(
-                        f"SELECT collection, pk, scope FROM documents WHERE {where}",
-                        [x for ref in chunk for x in ref]):
-                    found[(coll, pk)] = scope
-        return found
+            return {(coll, pk): scope for coll, pk, scope in self._rows_of_refs("collection, pk, scope", refs)}
 
     def document_scope(self, collection: str, key: Any) -> str | None:
         """The canonical JSON of a document's partition value (None: unknown document)."""

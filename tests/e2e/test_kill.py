@@ -251,6 +251,20 @@ def write_big(db: Any, i: int) -> None:
         db.get(WorkOrder, COUNTER_ID).visits.increment(i + 1)
 
 
+def catch_up_after_the_kill(server: Any, follower_file: Path, server_file: Path, writer_file: Path) -> None:
+    """Restart the killed follower on its file: it downloads what it lacks and then holds the
+    server's documents, every transaction once, and every increment the writer made."""
+    catch_up = ClientProcess("catch-up", server.url, str(follower_file))
+    try:
+        catch_up.wait_for(lambda line: line == "downloaded", timeout=60)
+    finally:
+        assert catch_up.close() == 0
+    assert live_bodies(follower_file) == live_bodies(server_file)
+    ids = [t.id for t in log_of(follower_file)]
+    assert len(ids) == len(set(ids)), "the follower integrated a transaction twice"
+    assert counter_total(live_bodies(follower_file)) == increments(log_of(writer_file))
+
+
 def test_sigkill_a_client_mid_download_then_restart_it(tmp_path):
     with running_server(tmp_path / "server") as server:
         server_file = tmp_path / "server" / "sync.db"
@@ -271,17 +285,7 @@ def test_sigkill_a_client_mid_download_then_restart_it(tmp_path):
             a.close()
         got = len(live_bodies(follower_file))
         assert 1 < got < len(live_bodies(server_file)), "the kill did not land in the middle of the download"
-
-        catch_up = ClientProcess("catch-up", server.url, str(follower_file))
-        try:
-            catch_up.wait_for(lambda line: line == "downloaded", timeout=60)
-        finally:
-            assert catch_up.close() == 0
-        assert live_bodies(follower_file) == live_bodies(server_file)
-        ids = [t.id for t in log_of(follower_file)]
-        assert len(ids) == len(set(ids)), "the follower integrated a transaction twice"
-        written = log_of(tmp_path / "a.db")
-        assert counter_total(live_bodies(follower_file)) == increments(written)
+        catch_up_after_the_kill(server, follower_file, server_file, tmp_path / "a.db")
 
 
 def test_sigkill_a_client_as_its_listener_sees_a_download_then_restart_it(tmp_path):
@@ -305,12 +309,4 @@ def test_sigkill_a_client_as_its_listener_sees_a_download_then_restart_it(tmp_pa
             follower.sigkill()  # right as the listener saw a download
             a.close()
 
-        catch_up = ClientProcess("catch-up", server.url, str(follower_file))
-        try:
-            catch_up.wait_for(lambda line: line == "downloaded", timeout=60)
-        finally:
-            assert catch_up.close() == 0
-        assert live_bodies(follower_file) == live_bodies(server_file)
-        ids = [t.id for t in log_of(follower_file)]
-        assert len(ids) == len(set(ids)), "the follower integrated a transaction twice"
-        assert counter_total(live_bodies(follower_file)) == increments(log_of(tmp_path / "a.db"))
+        catch_up_after_the_kill(server, follower_file, server_file, tmp_path / "a.db")

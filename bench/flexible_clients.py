@@ -35,6 +35,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
+from bench.sync_clients import CheckpointBook
 from tidesync.core.clock import HybridClock
 from tidesync.core.operations import CreateDoc, DeleteDoc, SetValue
 from tidesync.core.stamp import ZERO, ReplicaId
@@ -46,7 +47,7 @@ from tidesync.protocol.messages import (
     Scope, SnapshotDoc, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewUpdate,
 )
 from tidesync.protocol.replica import (
-    Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
+    DescriptorBatch, IntegrateResult, LogBatch, SnapshotResult,
 )
 from tidesync.protocol.replicator import Replicator, perform
 from tidesync.protocol.states import Role
@@ -123,12 +124,12 @@ def writer_transactions(w: dict[str, Any], rid: ReplicaId, parents: tuple[str, .
 # -- an in-memory flexible replica ------------------------------------------------------------------
 
 
-class ViewReplica:
+class ViewReplica(CheckpointBook):
     """Receives only: checkpoints, documents (their latest fields) and the view's number."""
 
     def __init__(self, rid: ReplicaId) -> None:
+        super().__init__()
         self.replica_id = rid
-        self.checkpoints: dict[ReplicaId, Checkpoint] = {}
         self.docs: dict[Any, dict[str, Any]] = {}
         self.view_seq = 0
         self.changes = 0          # operations applied from Changes
@@ -161,27 +162,15 @@ class ViewReplica:
                 elif isinstance(op, DeleteDoc):
                     docs.pop(op.key, None)
                     self.changes += 1
-        old = self.checkpoints.get(peer, Checkpoint())
-        self.checkpoints[peer] = Checkpoint(peer_seq, old.acked)
+        self.record_received(peer, peer_seq)
         return IntegrateResult(len(txns))
-
-    def checkpoint(self, peer: ReplicaId) -> Checkpoint:
-        return self.checkpoints.get(peer, Checkpoint())
-
-    def record_ack(self, peer: ReplicaId, seq: int) -> None:
-        old = self.checkpoints.get(peer, Checkpoint())
-        self.checkpoints[peer] = Checkpoint(old.received, seq)
-
-    def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
-        return SnapshotPage((), None, 0)
 
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,
                            as_of_seq: int | None) -> SnapshotResult:
         for d in docs:
             self.docs[d.key] = dict(d.state.get("body", {}))
         if as_of_seq is not None:
-            old = self.checkpoints.get(peer, Checkpoint())
-            self.checkpoints[peer] = Checkpoint(as_of_seq, old.acked)
+            self.record_received(peer, as_of_seq)
         return SnapshotResult(len(docs))
 
     def apply_view(self, update: ViewUpdate) -> None:
@@ -334,13 +323,13 @@ class FlexClient:
                 pass
 
 
-class _WriterReplica:
+class _WriterReplica(CheckpointBook):
     """Holds a prepared log; only sends."""
 
     def __init__(self, rid: ReplicaId, txns: list[Transaction]) -> None:
+        super().__init__()
         self.replica_id = rid
         self.txns = txns
-        self.checkpoints: dict[ReplicaId, Checkpoint] = {}
         self.first_read: float | None = None
 
     def head_seq(self) -> int:
@@ -359,25 +348,13 @@ class _WriterReplica:
         return DescriptorBatch((), after, len(self.txns))
 
     def integrate(self, txns: Sequence[Transaction], *, peer: ReplicaId, peer_seq: int) -> IntegrateResult:
-        old = self.checkpoints.get(peer, Checkpoint())
-        self.checkpoints[peer] = Checkpoint(peer_seq, old.acked)
+        self.record_received(peer, peer_seq)
         return IntegrateResult(0)
-
-    def checkpoint(self, peer: ReplicaId) -> Checkpoint:
-        return self.checkpoints.get(peer, Checkpoint())
-
-    def record_ack(self, peer: ReplicaId, seq: int) -> None:
-        old = self.checkpoints.get(peer, Checkpoint())
-        self.checkpoints[peer] = Checkpoint(old.received, seq)
-
-    def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
-        return SnapshotPage((), None, 0)
 
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,
                            as_of_seq: int | None) -> SnapshotResult:
         if as_of_seq is not None:
-            old = self.checkpoints.get(peer, Checkpoint())
-            self.checkpoints[peer] = Checkpoint(as_of_seq, old.acked)
+            self.record_received(peer, as_of_seq)
         return SnapshotResult(0)
 
 

@@ -50,13 +50,33 @@ from tidesync.protocol.states import Role
 MARKER_PREFIX = "fan-"
 
 
-class MiniReplica:
+class CheckpointBook:
+    """The checkpoints of an in-memory bench replica, and its (empty) snapshot: what every
+    replica of the client fleets shares."""
+
+    def __init__(self) -> None:
+        self.checkpoints: dict[ReplicaId, Checkpoint] = {}
+
+    def checkpoint(self, peer: ReplicaId) -> Checkpoint:
+        return self.checkpoints.get(peer, Checkpoint())
+
+    def record_ack(self, peer: ReplicaId, seq: int) -> None:
+        self.checkpoints[peer] = Checkpoint(self.checkpoint(peer).received, seq)
+
+    def record_received(self, peer: ReplicaId, seq: int) -> None:
+        self.checkpoints[peer] = Checkpoint(seq, self.checkpoint(peer).acked)
+
+    def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
+        return SnapshotPage((), None, 0)
+
+
+class MiniReplica(CheckpointBook):
     """An in-memory replica that only receives: checkpoints, the documents' latest fields, and
     a hook called for every marker document integrated."""
 
     def __init__(self, rid: ReplicaId, on_marker: Callable[[str], None]) -> None:
+        super().__init__()
         self.replica_id = rid
-        self.checkpoints: dict[ReplicaId, Checkpoint] = {}
         self.docs: dict[Any, dict[str, Any]] = {}
         self.txns = 0
         self._on_marker = on_marker
@@ -81,27 +101,15 @@ class MiniReplica:
                     self.docs[key] = dict(op.fields)
                     if isinstance(key, str) and key.startswith(MARKER_PREFIX):
                         self._on_marker(key)
-        old = self.checkpoints.get(peer, Checkpoint())
-        self.checkpoints[peer] = Checkpoint(peer_seq, old.acked)
+        self.record_received(peer, peer_seq)
         return IntegrateResult(len(txns))
-
-    def checkpoint(self, peer: ReplicaId) -> Checkpoint:
-        return self.checkpoints.get(peer, Checkpoint())
-
-    def record_ack(self, peer: ReplicaId, seq: int) -> None:
-        old = self.checkpoints.get(peer, Checkpoint())
-        self.checkpoints[peer] = Checkpoint(old.received, seq)
-
-    def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
-        return SnapshotPage((), None, 0)
 
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,
                            as_of_seq: int | None) -> SnapshotResult:
         for d in docs:
             self.docs[d.key] = d.state.get("body", {})
         if as_of_seq is not None:
-            old = self.checkpoints.get(peer, Checkpoint())
-            self.checkpoints[peer] = Checkpoint(as_of_seq, old.acked)
+            self.record_received(peer, as_of_seq)
         return SnapshotResult(len(docs))
 
 

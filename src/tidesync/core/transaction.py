@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .operations import Op, op_from_stored, op_from_wire, op_to_wire
+from .operations import CreateDoc, Op, op_from_stored, op_from_wire, op_to_wire
 from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
@@ -110,15 +110,34 @@ class Transaction:
     before: tuple[BeforeImage, ...] = ()
     user: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Derived once, on first use (never compared): each op's document ref, and the received
+    # wire map when :meth:`to_wire` would rebuild exactly that map.
+    _refs: tuple[tuple[str, str], ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def refs(self) -> tuple[tuple[str, str], ...]:
+        """The document ref (:func:`doc_ref`) of each operation, in operation order; computed
+        once per transaction."""
+        refs = self._refs
+        if refs is None:
+            refs = tuple([(op.collection, canonical_json(op.key)) for op in self.ops])
+            object.__setattr__(self, "_refs", refs)
+        return refs
 
     def touches(self) -> tuple[tuple[str, Plain], ...]:
         """The distinct (collection, key) pairs this transaction changes, in first-touch order."""
         seen: dict[tuple[str, str], tuple[str, Plain]] = {}
-        for op in self.ops:
-            ref = doc_ref(op.collection, op.key)
+        for op, ref in zip(self.ops, self.refs()):
             if ref not in seen:
                 seen[ref] = (op.collection, op.key)
         return tuple(seen.values())
+
+    def wire(self) -> dict[str, Any]:
+        """:meth:`to_wire`'s map, shared: the map this transaction was parsed from when it is
+        exactly what :meth:`to_wire` would build (a peer's upload of plain creates), else a
+        new one. Read it, never change it."""
+        wire = self._wire
+        return wire if wire is not None else self.to_wire()
 
     def descriptor(self, size: int = 0) -> Descriptor:
         """This transaction's descriptor; ``size`` is its encoded size in bytes when known."""
@@ -178,8 +197,24 @@ class Transaction:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("transaction meta must be a map")
-        return cls(
-            id=tid, origin=origin, stamp=stamp, parents=tuple(parents),
-            ops=tuple(op_from_wire(o) for o in ops),
+        parsed = tuple([op_from_wire(o) for o in ops])
+        t = cls(
+            id=tid, origin=origin, stamp=stamp, parents=tuple(parents), ops=parsed,
             before=tuple(BeforeImage.from_wire(b) for b in before), user=user, meta=meta,
         )
+        if not before and type(data) is dict and tuple(data) == _WIRE_KEYS[user is not None, bool(meta)] \
+                and type(parents) is list and type(ops) is list and type(before) is list \
+                and all(type(op) is CreateDoc for op in parsed) and all(type(o) is list for o in ops):
+            # A create parsed from [code, collection, key, stamp, base, fields, kinds, defaults]
+            # keeps every item as given (defaults a list again in to_wire): to_wire() would
+            # build this very map.
+            object.__setattr__(t, "_wire", data)
+        return t
+
+
+_WIRE_KEYS = {
+    (False, False): ("id", "origin", "stamp", "parents", "ops", "before"),
+    (True, False): ("id", "origin", "stamp", "parents", "ops", "before", "user"),
+    (False, True): ("id", "origin", "stamp", "parents", "ops", "before", "meta"),
+    (True, True): ("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"),
+}

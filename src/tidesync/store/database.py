@@ -24,6 +24,7 @@ import msgpack
 
 from ..core import merge
 from ..core.clock import HybridClock
+from ..core.merge.create import fast_create
 from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
     self_plain_type, value_to_plain,
@@ -135,6 +136,28 @@ _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
 # container kind at create, the create's defaults], the field's old value as JSON.
 _FAST_READ: dict[tuple[str, str, bool], str] = {}
 _READ_AHEAD = 512
+
+
+#: In a batch's loaded documents: one the file does not hold.
+_ABSENT: Any = object()
+
+
+class _Fresh:
+    """A document a batch creates that the file did not hold, kept as its new row's parts
+    (the state ``merge.integrate`` would give it, without the objects) until a later
+    operation of the batch touches it again (:meth:`loaded`)."""
+
+    __slots__ = ("collection", "key", "ref", "epoch", "body", "meta", "seq")
+
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, body: dict[str, Plain],
+                 meta: dict[str, Any]) -> None:
+        self.collection, self.key, self.ref, self.epoch, self.body, self.meta = collection, key, ref, epoch, body, meta
+        self.seq = 0
+
+    def loaded(self) -> LoadedDoc:
+        """The same document as the general path holds it (new, changed by this batch)."""
+        return LoadedDoc(self.collection, self.key, self.ref, merge.DocState(Stamp(self.epoch), True, self.body, self.meta),
+                         False, False, None, dirty=True, seq=self.seq)
 
 
 class Database(ReplicaStore):
@@ -539,11 +562,24 @@ class Database(ReplicaStore):
                 for p in fast:
                     p.flushed = True
 
-    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int | None) -> None:
+    def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None) -> None:
         """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
         rows = []
         pkey = self.partition_key
         for d in docs:
+            if isinstance(d, _Fresh):
+                body = d.body
+                if pkey is None:
+                    scope = None
+                else:
+                    value = body.get(pkey)
+                    scope = (f'"{value}"' if type(value) is str and value.isalnum() else _dumps(value))
+                meta = d.meta
+                star = meta.get("*") if len(meta) == 1 else None
+                meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
+                rows.append((d.collection, d.ref[1], _dumps(body), meta_text, d.epoch, 1,
+                             d.seq if seq is None else seq, scope))
+                continue
             if not d.dirty:
                 continue
             s = d.state
@@ -1044,7 +1080,7 @@ class Database(ReplicaStore):
             known.update(r[0] for r in self._engine.query(
                 f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
         try:
-            docs = self._load_docs_of_ops([op for t in txns if t.id not in known for op in t.ops])
+            docs = self._load_docs_of_txns([t for t in txns if t.id not in known])
         except (ValueError, TypeError, KeyError):
             docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
@@ -1059,15 +1095,26 @@ class Database(ReplicaStore):
                 continue
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
-            touched: list[LoadedDoc] = []
+            touched: list[LoadedDoc | _Fresh] = []
             latest = Stamp("")
             try:
-                for op in t.ops:
-                    ref = (op.collection, canonical_json(op.key))
+                for op, ref in zip(t.ops, t.refs()):
                     d = docs.get(ref)
-                    if d is None:
-                        d = self._load_doc(op.collection, op.key, ref)
+                    if d is None or d is _ABSENT:
+                        if d is _ABSENT and type(op) is CreateDoc:
+                            # A new document: its row comes straight from the op, as the
+                            # merge's create of a document never seen would make it.
+                            body, meta = fast_create(op)
+                            fresh = docs[ref] = _Fresh(op.collection, op.key, ref, op.base, body, meta)
+                            touched.append(fresh)
+                            if op.stamp > latest:
+                                latest = op.stamp
+                            continue
+                        d = (LoadedDoc(op.collection, op.key, ref, merge.new_state(), False, False, None)
+                             if d is _ABSENT else self._load_doc(op.collection, op.key, ref))
                         docs[ref] = d
+                    elif type(d) is _Fresh:
+                        d = docs[ref] = d.loaded()
                     overwritten = _register_write(d.state, op)
                     d.state, c = merge.integrate(d.state, op, self._policies)
                     if overwritten is not None:
@@ -1119,7 +1166,7 @@ class Database(ReplicaStore):
         log_rows = []
         desc_rows = []
         for seq, t in enumerate(txns, first_seq):
-            data = msgpack.packb(t.to_wire(), use_bin_type=True)
+            data = msgpack.packb(t.wire(), use_bin_type=True)
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
             desc_rows.append((t.id, t.origin, t.user, t.stamp,
                               msgpack.packb(t.descriptor(len(data)).to_wire(), use_bin_type=True), seq))
@@ -1140,21 +1187,23 @@ class Database(ReplicaStore):
             self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
         self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
 
-    def _load_docs_of_ops(self, ops: Sequence[Any]) -> dict[Ref, LoadedDoc]:
-        """:meth:`_load_doc` for every document ``ops`` touch, a few hundred per query."""
+    def _load_docs_of_txns(self, txns: Sequence[Transaction]) -> dict[Ref, Any]:
+        """:meth:`_load_doc` for every document ``txns`` touch, a few hundred per query; a
+        document the file does not hold is :data:`_ABSENT` (its place kept: rows are written
+        in this order)."""
         by_collection: dict[str, dict[Ref, Plain]] = {}
-        for op in ops:
-            coll = op.collection
-            ref = (coll, canonical_json(op.key))
-            keys = by_collection.setdefault(coll, {})
-            if ref not in keys:
-                keys[ref] = op.key
-        docs: dict[Ref, LoadedDoc] = {}
+        for t in txns:
+            for op, ref in zip(t.ops, t.refs()):
+                keys = by_collection.get(ref[0])
+                if keys is None:
+                    keys = by_collection[ref[0]] = {}
+                if ref not in keys:
+                    keys[ref] = op.key
+        docs: dict[Ref, Any] = {}
         for coll, keys in by_collection.items():
             found = self._load_docs(coll, [(key, ref) for ref, key in keys.items()])
-            for ref, key in keys.items():
-                d = found.get(ref)
-                docs[ref] = d if d is not None else LoadedDoc(coll, key, ref, merge.new_state(), False, False, None)
+            for ref in keys:
+                docs[ref] = found.get(ref, _ABSENT)
         return docs
 
     def _concurrent_overwrite(self, t: Transaction, op: Any, state: merge.DocState, old_stamp: str,

@@ -159,3 +159,44 @@ def test_an_upload_through_a_device_is_stored_as_its_wire_form(tmp_path):
     finally:
         dev.close()
         srv.close()
+
+
+@pytest.mark.parametrize("partition", ["u0", 7, {"team": "a"}])
+def test_partition_check_of_plain_creates(tmp_path, partition):
+    """The partition session's quick pass over transactions of plain creates lets through
+    exactly the creates in the session's partition, of documents no other partition holds;
+    anything else goes through the per-document check (same refusals as before)."""
+    from types import SimpleNamespace
+
+    from tidesync.server.config import ServerConfig
+    from tidesync.server.enforcement import Enforcer
+    from tidesync.server.schemas import SchemaLearner
+
+    config = ServerConfig(data_dir=tmp_path, development_mode=False)
+    server = Database(tmp_path / "server.db", (), partition_key=config.partition_key)
+    state = SimpleNamespace(backend=server, config=config, schema_learner=SchemaLearner(tmp_path / "schema.json"))
+    try:
+        pkey = config.partition_key
+        other = Enforcer(state, None, "elsewhere", True)
+        taken = CreateDoc("Doc", "taken", _stamp(1), "", {"_id": "taken", pkey: "elsewhere"}, {})
+        other.integrate([_txn(1, [taken])], "00000000000000bb", 1)
+        enf = Enforcer(state, None, partition, True)
+
+        def create(n: int, key: str, value) -> CreateDoc:
+            fields = {"_id": key} if value is ... else {"_id": key, pkey: value}
+            return CreateDoc("Doc", key, _stamp(n), "", fields, {})
+
+        good = _txn(10, [create(10, "a", partition), create(11, "b", partition)])
+        mixed = _txn(20, [create(20, "c", partition), create(21, "d", "u9"), create(22, "taken", partition),
+                          create(23, "e", ...), create(24, "f", 7.0 if partition == 7 else partition)])
+        _, messages, compensated = enf.integrate([good, mixed], "00000000000000aa", 2)
+        refused = sorted(m.key for m in messages)
+        expected = ["d", "e", "taken"] + (["f"] if partition == 7 else [])
+        assert refused == sorted(expected)
+        assert compensated
+        assert sorted(server.get_raw("Doc", k)["_id"] for k in ("a", "b", "c") if server.get_raw("Doc", k)) == \
+            ["a", "b", "c"]
+        assert server.get_raw("Doc", "d") is None
+        assert server.get_raw("Doc", "taken")[pkey] == "elsewhere"
+    finally:
+        server.close()

@@ -200,3 +200,17 @@ def test_partition_check_of_plain_creates(tmp_path, partition):
         assert server.get_raw("Doc", "taken")[pkey] == "elsewhere"
     finally:
         server.close()
+
+
+def test_a_create_parsed_or_read_back_is_a_plain_frozen_create():
+    from dataclasses import FrozenInstanceError
+
+    from tidesync.core.operations import op_from_stored, op_from_wire
+
+    op = CreateDoc("Doc", {"k": [1]}, _stamp(1), "", {"_id": {"k": [1]}, "x": 1}, {"x": "counter"}, ("x",))
+    for parsed in (op_from_wire(op_to_wire(op)), op_from_stored(op_to_wire(op))):
+        assert type(parsed) is CreateDoc
+        assert parsed == op and hash(parsed.stamp) == hash(op.stamp)
+        assert repr(parsed) == repr(op)
+        with pytest.raises(FrozenInstanceError):
+            parsed.key = "other"  # type: ignore[misc]

@@ -86,6 +86,40 @@ def test_changes_round_trip_preserves_transactions(txns: list[Any]) -> None:
     assert [t.to_wire() for t in decoded.transactions] == [t.to_wire() for t in txns]
 
 
+@fast(25)
+@given(st.lists(transactions(), min_size=1, max_size=20), st.integers(0, 2**40), st.booleans())
+def test_changes_of_log_entries_splice_their_stored_bytes_into_the_same_payload(
+        txns: list[Any], start: int, forced: bool) -> None:
+    """Entries read from a log carry their stored msgpack (``Transaction.packed``); the
+    payload made by splicing it in is byte for byte the one encoding them would give."""
+    from tidesync.core.transaction import Transaction
+
+    stored = [Transaction.from_stored(t.to_wire(), msgpack.packb(t.to_wire(), use_bin_type=True)) for t in txns]
+    entries = tuple((start + i + 1, t) for i, t in enumerate(stored))
+    plain = tuple((start + i + 1, t) for i, t in enumerate(txns))
+    head = start + len(txns) + 5
+    threshold = 0 if forced else None
+    for n in (1, len(entries)):
+        spliced = Changes(start, start + n, head, entries[:n], Progress(n, 9, 100, 200))
+        rebuilt = Changes(start, start + n, head, plain[:n], Progress(n, 9, 100, 200))
+        assert encode(spliced, compress_threshold=threshold) == encode(rebuilt, compress_threshold=threshold)
+        assert decode(encode(spliced)) == rebuilt
+
+
+def test_a_spliced_changes_body_counts_its_entries_in_every_msgpack_array_size() -> None:
+    from tidesync.core.operations import DeleteDoc
+    from tidesync.core.transaction import Transaction
+
+    for n in (15, 16, 65_535, 65_536):
+        ops = (DeleteDoc("Doc", "k", "0" * 16 + "01" + RID, ""),)
+        t = Transaction(ops[0].stamp, RID, ops[0].stamp, (), ops)
+        stored = Transaction.from_stored(t.to_wire(), msgpack.packb(t.to_wire(), use_bin_type=True))
+        spliced = Changes(0, n, n, tuple((i + 1, stored) for i in range(n)))
+        rebuilt = Changes(0, n, n, tuple((i + 1, t) for i in range(n)))
+        assert encode(spliced, compress_threshold=None, max_size=1 << 30) == \
+            encode(rebuilt, compress_threshold=None, max_size=1 << 30)
+
+
 def test_large_bodies_are_compressed_and_small_ones_not() -> None:
     small = encode(Ping(1))
     assert msgpack.unpackb(small)[2] == 0

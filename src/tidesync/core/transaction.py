@@ -114,6 +114,7 @@ class Transaction:
     # wire map when :meth:`to_wire` would rebuild exactly that map.
     _refs: tuple[tuple[str, str], ...] | None = field(default=None, init=False, repr=False, compare=False)
     _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     def refs(self) -> tuple[tuple[str, str], ...]:
         """The document ref (:func:`doc_ref`) of each operation, in operation order; computed
@@ -157,17 +158,28 @@ class Transaction:
             out["meta"] = self.meta
         return out
 
+    def packed(self) -> bytes | None:
+        """The msgpack encoding of :meth:`to_wire` this transaction was read from (a log
+        entry, see :meth:`from_stored`), which an encoder may send as it is; None if unknown."""
+        return self._packed
+
     @classmethod
-    def from_stored(cls, data: dict[str, Any]) -> Transaction:
+    def from_stored(cls, data: dict[str, Any], packed: bytes | None = None) -> Transaction:
         """A transaction read back from a replica's own log (written there by :meth:`to_wire`
         after :meth:`from_wire` validated it, or made locally): rebuilt without validating
-        stamps and operations again. Data from a peer goes through :meth:`from_wire`."""
-        return cls(
+        stamps and operations again. Data from a peer goes through :meth:`from_wire`.
+
+        ``packed``: the bytes ``data`` was unpacked from (msgpack of :meth:`to_wire`, as the
+        log stores it), kept for :meth:`packed`."""
+        t = cls(
             id=data["id"], origin=data["origin"], stamp=data["stamp"], parents=tuple(data["parents"]),
             ops=tuple(op_from_stored(o) for o in data["ops"]),
             before=tuple(BeforeImage.from_wire(b) for b in data.get("before", ())),
             user=data.get("user"), meta=data.get("meta") or {},
         )
+        if packed is not None:
+            object.__setattr__(t, "_packed", packed)
+        return t
 
     @classmethod
     def from_wire(cls, data: Any) -> Transaction:

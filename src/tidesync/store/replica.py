@@ -78,7 +78,7 @@ class _LogRow:
     def txn(self) -> Transaction:
         if self._txn is None:
             assert self._data is not None
-            self._txn = Transaction.from_stored(msgpack.unpackb(self._data, raw=False))
+            self._txn = Transaction.from_stored(msgpack.unpackb(self._data, raw=False), self._data)
             self._data = None
         return self._txn
 

@@ -29,7 +29,6 @@ an :class:`~tidesync.protocol.codes.ErrorCode` value (or its subclass
 
 from __future__ import annotations
 
-import gc
 import zlib
 from typing import Any
 
@@ -190,22 +189,6 @@ def decode(payload: bytes | bytearray | memoryview, *,
         raise ProtocolError(f"a payload is bytes, not {type(payload).__name__}",
                             code=ErrorCode.MALFORMED_MESSAGE)
     data = bytes(payload)
-    if len(data) >= _GC_PAUSE_SIZE and gc.isenabled():
-        # A large batch decodes into many objects that form no cycles; the cyclic collector
-        # would scan them (and the whole heap) several times meanwhile, for nothing.
-        gc.disable()
-        try:
-            return _decode(data, max_size)
-        finally:
-            gc.enable()
-    return _decode(data, max_size)
-
-
-#: Payloads from this size are decoded with the cyclic garbage collector paused.
-_GC_PAUSE_SIZE = 64 * 1024
-
-
-def _decode(data: bytes, max_size: int) -> Message:
     if len(data) > max_size:
         raise ProtocolError(f"payload of {len(data)} bytes exceeds the {max_size}-byte limit",
                             code=ErrorCode.MESSAGE_TOO_LARGE)

@@ -43,6 +43,7 @@ from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
 from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform
+from ..store.database import _gc_paused
 from ..protocol.states import Role
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
 
@@ -220,6 +221,17 @@ def _shared(state: ServerState) -> _Shared:
         shared.head = state.backend.head_seq()
         state._ts_sync_shared = shared  # type: ignore[attr-defined]
     return shared
+
+
+def _receive(link: Link, payload: bytes) -> None:
+    """``link.receive(payload)``; a large one (an upload batch) is decoded with the cyclic GC
+    paused: its many new objects form no cycles, and collections meanwhile would scan them and
+    the server's whole heap several times, for nothing."""
+    if len(payload) < 64 * 1024:
+        link.receive(payload)
+        return
+    with _gc_paused():
+        link.receive(payload)
 
 
 class ServerSession:
@@ -455,7 +467,7 @@ class ServerSession:
                 if kind == "lost":
                     self.link.connection_lost()
                 elif kind == "data":
-                    self.link.receive(item)
+                    _receive(self.link, item)
                 elif kind == "resume":  # what _receive_now left: payloads, actions, events
                     payloads, actions, events = item
                     for payload in payloads:
@@ -534,7 +546,7 @@ class ServerSession:
         """
         if self.flexible is not None or self.link.finished or not self.replicator.active:
             return False
-        self.link.receive(data)
+        _receive(self.link, data)
         events = self.link.events_received()
         actions: list[Any] = []
         while events and not actions:

@@ -43,8 +43,8 @@ from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
 from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
 from ..protocol.replicator import Replicator, perform
-from ..store.database import _gc_paused
 from ..protocol.states import Role
+from ..store.database import _gc_paused
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
 
 if TYPE_CHECKING:

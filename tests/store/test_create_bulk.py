@@ -72,12 +72,25 @@ def _scenario(db):
         db.create_many(BulkNote, [{"_id": "gone", "title": "back"}, BulkNote(_id="obj", title="unmanaged")]
                        + _items(3, 6000))
         db.create_many(BulkNested, [{"_id": "x", "tags": ["a"]}])
+        # db.create, one by one: the same lean path
+        for i, item in enumerate(_items(300, 7000)):
+            made = db.create(BulkNote, item)
+            if i % 50 == 0:
+                assert made.title == item["title"]
+                made.priority = 9
+        with pytest.raises(tidesync.ValidationError, match="already exists"):
+            db.create(BulkNote, _id="n07001", title="again")
+        db.create(BulkNote, _id="n00011", title="deleted above, created again")
+        db.create(BulkNote, {"_id": "kw", "title": "values"}, priority=2)
+        db.create(BulkNote, _id="late", title="t", score=1)
         assert db.get(BulkNote, "n04999").title == "note 4999"
     with db.write():
         db.get(BulkNote, "n00020").title = "a later write"
     entries = db.history(10)
+    sql = "SELECT collection, pk, body, meta, epoch, live, seq FROM documents ORDER BY collection, pk"
+    before_revert = db._engine.query(sql)
     revert = db.revert(entries[1].id)
-    rows = db._engine.query("SELECT collection, pk, body, meta, epoch, live, seq FROM documents ORDER BY collection, pk")
+    rows = before_revert + db._engine.query(sql)
     log = [(seq, msgpack.unpackb(data, raw=False), data) for seq, data in
            db._engine.query("SELECT seq, data FROM log ORDER BY seq")]
     desc = sorted((seq, msgpack.unpackb(data, raw=False)) for seq, data in
@@ -99,7 +112,7 @@ def _run(path, bulk, monkeypatch):
 def test_bulk_path_gives_the_general_paths_file_log_history_and_revert(tmp_path, monkeypatch):
     rows_g, log_g, desc_g, hist_g, rev_g = _run(tmp_path / "general.db", False, monkeypatch)
     rows_b, log_b, desc_b, hist_b, rev_b = _run(tmp_path / "bulk.db", True, monkeypatch)
-    assert len(rows_b) == len(rows_g) == 5008
+    assert len(rows_b) == len(rows_g) == 2 * 5310
     assert _norm(rows_b) == _norm(rows_g)
     assert _norm([(seq, wire) for seq, wire, _ in log_b]) == _norm([(seq, wire) for seq, wire, _ in log_g])
     assert _norm(desc_b) == _norm(desc_g)
@@ -112,9 +125,9 @@ def test_bulk_path_gives_the_general_paths_file_log_history_and_revert(tmp_path,
         assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
         assert wire["id"] == stamps[0]
     big = log_b[2][1]
-    assert len(big["ops"]) == 5012 and big["before"] == [["BulkNote", "old", {"priority": 0}, False]]
-    # every row the big write left carries its log seq
-    assert {r[6] for r in rows_b if r[1].startswith('"n0')} >= {log_b[2][0]}
+    assert len(big["ops"]) == 5012 + 300 + 6 + 3 and big["before"] == [["BulkNote", "old", {"priority": 0}, False]]
+    # the rows the big write left carry its log seq
+    assert {r[6] for r in rows_b[:5310] if r[1].startswith('"n0')} == {log_b[2][0], log_b[3][0]}
 
 
 def test_a_duplicate_across_chunks_or_of_a_pending_document_raises_and_leaves_nothing(tmp_path):
@@ -175,6 +188,6 @@ def test_pack_transaction_is_msgpack_of_the_whole_map():
         middle = ops[n_before:n_before + n_bulk]
         packed = msgpack.packb(middle, use_bin_type=True)
         items = packed[1:] if len(middle) < 16 else packed[3:] if len(middle) < 65536 else packed[5:]
-        bulk = BulkCreates(n_before, n_bulk, middle[0][3], items, [])
+        bulk = BulkCreates(n_before, n_bulk, middle[0][3], [items[:7], items[7:]], [])
         rest = {**wire, "ops": ops[:n_before] + ops[n_before + n_bulk:]}
         assert pack_transaction(rest, [bulk]) == msgpack.packb(wire, use_bin_type=True)

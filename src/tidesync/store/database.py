@@ -619,6 +619,14 @@ class Database(ReplicaStore):
         obj = self._model(cls)
         txn = self._current_txn()
         given = {**values, **kwargs} if values else kwargs
+        if update is None:
+            build = self._bulk_builders.get(obj.name, _UNCACHED)
+            if build is _UNCACHED:
+                build = self._bulk_builder(cls, obj)
+            if build is not None:
+                made = self._create_one(txn, obj, build, given)
+                if made is not None:
+                    return self._managed(cls, obj, made[0], made[1])
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
         coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
         self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref)
@@ -706,6 +714,50 @@ class Database(ReplicaStore):
         self._bulk_builders[obj.name] = builder
         return builder
 
+    def _create_one(self, txn: WriteTransaction, obj: ObjectSchema, build: Any,
+                    given: dict[str, Any]) -> tuple[Plain, Ref] | None:
+        """``create`` (no ``update``) as :meth:`_create_bulk` does it, for one document: its row
+        inserted now (the unique key refuses an existing one), its operation packed. None, with
+        nothing changed, when the general path must do it."""
+        try:
+            plain, dflt = build(given)
+        except Exception:  # noqa: BLE001 - the general path does it again, and raises
+            return None
+        scope = None
+        if self._partition is not None:
+            pkey, pvalue = self._partition
+            if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+                return None
+            plain[pkey] = pvalue
+            if dflt and pkey in dflt:
+                dflt.remove(pkey)
+            scope = _dumps(pvalue)
+        name = obj.name
+        key = plain["_id"]
+        ref = (name, canonical_json(key))
+        if ref in txn.docs or ref in txn.pending:
+            return None
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        stamp = self._clock.now()
+        if dflt:
+            meta_text = _dumps({"*": stamp, "*d": dflt})
+        else:
+            meta_text = f'{{"*":"{stamp}"}}'
+        try:
+            self._engine.execute(
+                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
+        except StorageError as exc:
+            if exc.code == "constraint":  # it exists: the general path raises or merges
+                return None
+            raise
+        txn.add_created(ref, key, name, stamp,
+                        msgpack.packb(["C", name, key, stamp, "", plain, {}, dflt or []], use_bin_type=True))
+        if self._cache:
+            self._cache.clear()
+        return key, ref
+
     def _create_bulk(self, txn: WriteTransaction, obj: ObjectSchema, build: Any, items: list[Any]) -> bool:
         """Create the documents of ``items`` (no ``update``; none may exist) in bulk: rows
         inserted now, operations packed for the log (:class:`BulkCreates`), no per-document
@@ -762,7 +814,7 @@ class Database(ReplicaStore):
                 return False
             raise
         packed = array_items(msgpack.packb(wire, use_bin_type=True))
-        txn.add_bulk(BulkCreates(0, len(rows), stamps[0], packed, refs), keys, name)
+        txn.add_bulk(BulkCreates(0, len(rows), stamps[0], [packed], refs), keys, name)
         self._cache.clear()
         return True
 

@@ -100,7 +100,7 @@ class BulkCreates:
     #: The stamp of the first of them.
     first: str
     #: The msgpack of the operations' wire forms, one after the other (no array header).
-    packed: bytes
+    packed: list[bytes]
     refs: list[Ref]
 
 
@@ -129,7 +129,7 @@ def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
     for b in bulk:
         if b.at > prev:
             parts.append(array_items(packb(ops[prev:b.at], use_bin_type=True)))
-        parts.append(b.packed)
+        parts.extend(b.packed)
         prev = b.at
     if prev < len(ops):
         parts.append(array_items(packb(ops[prev:], use_bin_type=True)))
@@ -224,6 +224,19 @@ class WriteTransaction:
         touched = self.touched
         for ref, key in zip(b.refs, keys):
             touched[ref] = (collection, key)
+
+    def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, packed: bytes) -> None:
+        """Record one document created as in bulk (``db.create``'s lean path)."""
+        bulk = self.bulk
+        if bulk and bulk[-1].at == len(self.ops) and self._journal is None:
+            b = bulk[-1]  # nothing else happened since: the same run of creates
+            b.count += 1
+            b.packed.append(packed)
+            b.refs.append(ref)
+        else:
+            bulk.append(BulkCreates(len(self.ops), 1, stamp, [packed], [ref]))
+        self.bulk_refs.add(ref)
+        self.touched[ref] = (collection, key)
 
     def _created_here(self, d: LoadedDoc) -> LoadedDoc:
         """A document created in bulk in this transaction, loaded from its row: it did not

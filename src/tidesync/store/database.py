@@ -683,24 +683,23 @@ class Database(ReplicaStore):
         name = obj.name
         for start in range(0, len(items), 500):
             chunk = items[start:start + 500]
-            if True:
-                # Validate the chunk first, to look its documents up in one query; an error is
-                # raised after the items before it are created, as a loop of create() would.
-                prepared = []
-                error: Exception | None = None
-                for item in chunk:
-                    try:
-                        given = self._given_of(cls, item)
-                        prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
-                    except Exception as exc:
-                        error = exc
-                        break
-                absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
-                for given, (coerced, defaults, key, ref) in prepared:
-                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
-                                        ref in absent)
-                if error is not None:
-                    raise error
+            # Validate the chunk first, to look its documents up in one query; an error is
+            # raised after the items before it are created, as a loop of create() would.
+            prepared = []
+            error: Exception | None = None
+            for item in chunk:
+                try:
+                    given = self._given_of(cls, item)
+                    prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
+                except Exception as exc:
+                    error = exc
+                    break
+            absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
+            for given, (coerced, defaults, key, ref) in prepared:
+                self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
+                                    ref in absent)
+            if error is not None:
+                raise error
 
     def _bulk_builder(self, cls: type[_ModelBase], obj: ObjectSchema) -> Any:
         """``create_many``'s bulk path for ``cls`` (made once per model), or None when its

@@ -771,7 +771,7 @@ class Database(ReplicaStore):
         scope = None
         if partition is not None:
             pkey, pvalue = partition
-            for item, (plain, dflt) in zip(items, built):
+            for plain, dflt in built:
                 if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
                     return False  # the general path raises PartitionError
                 plain[pkey] = pvalue
@@ -782,27 +782,16 @@ class Database(ReplicaStore):
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
         stamps = self._clock.now_many(len(built))
+        keys = [plain["_id"] for plain, _ in built]
+        pks = [canonical_json(key) for key in keys]
+        refs = [(name, pk) for pk in pks]
         docs = txn.docs
-        keys: list[Plain] = []
-        refs: list[Ref] = []
-        rows: list[tuple[Any, ...]] = []
-        wire: list[list[Any]] = []
+        if docs and any(ref in docs for ref in refs):
+            return False
         dumps = _dumps
-        for (plain, dflt), stamp in zip(built, stamps):
-            key = plain["_id"]
-            pk = canonical_json(key)
-            ref = (name, pk)
-            if docs and ref in docs:
-                return False
-            keys.append(key)
-            refs.append(ref)
-            if dflt:
-                meta_text = dumps({"*": stamp, "*d": dflt})
-                wire.append(["C", name, key, stamp, "", plain, {}, dflt])
-            else:
-                meta_text = f'{{"*":"{stamp}"}}'
-                wire.append(["C", name, key, stamp, "", plain, {}, []])
-            rows.append((name, pk, dumps(plain), meta_text, "", 1, seq, scope))
+        rows = [(name, pk, dumps(plain), dumps({"*": stamp, "*d": dflt}) if dflt else f'{{"*":"{stamp}"}}', "", 1,
+                 seq, scope) for pk, (plain, dflt), stamp in zip(pks, built, stamps)]
+        wire = [["C", name, key, stamp, "", plain, {}, dflt or []] for key, (plain, dflt), stamp in zip(keys, built, stamps)]
         try:
             with self._engine.atomic():
                 self._engine.executemany(

@@ -11,7 +11,7 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, repeat
 from typing import Any
 
 import msgpack
@@ -221,9 +221,7 @@ class WriteTransaction:
         b.at = len(self.ops)
         self.bulk.append(b)
         self.bulk_refs.update(b.refs)
-        touched = self.touched
-        for ref, key in zip(b.refs, keys):
-            touched[ref] = (collection, key)
+        self.touched.update(zip(b.refs, zip(repeat(collection), keys)))
 
     def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, packed: bytes) -> None:
         """Record one document created as in bulk (``db.create``'s lean path)."""

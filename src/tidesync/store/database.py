@@ -618,15 +618,17 @@ class Database(ReplicaStore):
         """
         obj = self._model(cls)
         txn = self._current_txn()
-        given = {**values, **kwargs} if values else kwargs
         if update is None:
             build = self._bulk_builders.get(obj.name, _UNCACHED)
             if build is _UNCACHED:
                 build = self._bulk_builder(cls, obj)
             if build is not None:
-                made = self._create_one(txn, obj, build, given)
+                # The builder only reads the given values: no copy of a dict given alone.
+                made = self._create_one(txn, obj, build, values if type(values) is dict and not kwargs else
+                                        {**values, **kwargs} if values else kwargs)
                 if made is not None:
                     return self._managed(cls, obj, made[0], made[1])
+        given = {**values, **kwargs} if values else kwargs
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
         coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
         self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref)

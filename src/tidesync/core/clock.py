@@ -45,6 +45,30 @@ class HybridClock:
             self._last_wall, self._last_counter = self._last_wall + 1, 0
         return make_stamp(self._last_wall, self._last_counter, self.replica)
 
+    def now_many(self, n: int) -> list[Stamp]:
+        """Return ``n`` new stamps in increasing order: what ``n`` calls of :meth:`now` in a
+        row could return (one wall-clock reading, then consecutive counters), made at once."""
+        if n <= 0:
+            return []
+        first = self.now()
+        wall, counter = self._last_wall, self._last_counter
+        out = [first]
+        need = n - 1
+        replica = self.replica
+        while need:
+            take = min(need, MAX_COUNTER - counter)
+            if take == 0:  # the counter is exhausted: borrow the next millisecond, as now() does
+                wall, counter = wall + 1, 0
+                out.append(make_stamp(wall, 0, replica))
+                need -= 1
+                continue
+            prefix = f"{wall:012x}"
+            out.extend([Stamp(f"{prefix}{c:06x}{replica}") for c in range(counter + 1, counter + 1 + take)])
+            counter += take
+            need -= take
+        self._last_wall, self._last_counter = wall, counter
+        return out
+
     def observe(self, stamp: Stamp) -> None:
         """Take note of a stamp seen elsewhere so later stamps sort after it."""
         if not stamp:

@@ -36,14 +36,14 @@ from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transacti
 from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
-    SchemaMismatchError, UsageError, ValidationError,
+    SchemaMismatchError, StorageError, UsageError, ValidationError,
 )
 from .engine import Engine
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, MIGRATIONS
-from .writer import LoadedDoc, PendingDoc, WriteTransaction
+from .writer import BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
 
 if TYPE_CHECKING:
     from .results import Results
@@ -56,6 +56,9 @@ Ref = tuple[str, str]
 _CACHE_LIMIT = 20_000
 _UNCACHED: Any = object()
 _MAY_LINK = frozenset({"link", "list", "set"})  # field kinds _adopt_field may have to adopt
+# Field kinds that keep a model out of create_many's bulk path (containers, embedded objects, links).
+_NOT_BULK_KINDS = frozenset({"list", "set", "dict", "counter", "object", "link"})
+_BULK_CHUNK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +194,7 @@ class Database(ReplicaStore):
         self.bootstrap_with_snapshot = bootstrap_with_snapshot
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._create_plans: dict[str, dict[str, tuple[FieldSchema, type | None]]] = {}
+        self._bulk_builders: dict[str, Any] = {}
         self._generation = 0
         self._seen_data_version = -1
         self._checked_at = 0.0
@@ -388,7 +392,7 @@ class Database(ReplicaStore):
         value that does not fit)."""
         txn = self._current_txn()
         ref = binding.ref
-        if ref in txn.docs or txn._journal is not None or not name.isidentifier():
+        if ref in txn.docs or txn._journal is not None or not name.isidentifier() or ref in txn.bulk_refs:
             return False
         collection = binding.collection
         policies = self._policies
@@ -510,17 +514,24 @@ class Database(ReplicaStore):
         return out
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
-        if not txn.ops:
+        if not txn.has_ops:
             return None
         with _gc_paused():
             return self._commit_ops(txn, meta)
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
-        first = txn.ops[0].stamp
+        first = Stamp(txn.first_stamp)
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
+        # With bulk creates, ``t`` lacks their operations: the log entry gets them packed.
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
-        seq = self._append_log(t, touches=tuple(txn.touched.values()))
+        if txn.bulk:
+            seq = self._append_log(t, touches=tuple(txn.touched.values()),
+                                   data=pack_transaction(t.to_wire(), txn.bulk), op_count=txn.op_count)
+            if seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
+                self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
+        else:
+            seq = self._append_log(t, touches=tuple(txn.touched.values()))
         self._write_docs(txn.docs.values(), seq)
         if txn.pending:
             self._write_pending(list(txn.pending.values()), seq)
@@ -529,14 +540,18 @@ class Database(ReplicaStore):
         return seq
 
     def _append_log(self, t: Transaction, via: str | None = None,
-                    touches: tuple[tuple[str, Plain], ...] | None = None) -> int:
-        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known)."""
-        data = msgpack.packb(t.to_wire(), use_bin_type=True)
+                    touches: tuple[tuple[str, Plain], ...] | None = None, data: bytes | None = None,
+                    op_count: int | None = None) -> int:
+        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known;
+        ``data`` and ``op_count``: its packed form and operation count, if known)."""
+        if data is None:
+            data = msgpack.packb(t.to_wire(), use_bin_type=True)
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
         desc = t.descriptor(len(data)) if touches is None else Descriptor(
-            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops), len(data))
+            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops) if op_count is None else op_count,
+            len(data))
         self._engine.execute(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
@@ -639,6 +654,16 @@ class Database(ReplicaStore):
         """
         obj = self._model(cls)
         txn = self._current_txn()
+        if update is None:
+            build = self._bulk_builders.get(obj.name, _UNCACHED)
+            if build is _UNCACHED:
+                build = self._bulk_builder(cls, obj)
+            if build is not None:
+                # The builder only reads the given values: no copy of a dict given alone.
+                made = self._create_one(txn, obj, build, values if type(values) is dict and not kwargs else
+                                        {**values, **kwargs} if values else kwargs)
+                if made is not None:
+                    return self._managed(cls, obj, made[0], made[1])
         given = {**values, **kwargs} if values else kwargs
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
         coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
@@ -666,33 +691,158 @@ class Database(ReplicaStore):
         obj = self._model(cls)
         txn = self._current_txn()
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
-        name = obj.name
+        bulk = self._bulk_builder(cls, obj) if update is None else None
         n = 0
+        if bulk is not None:
+            self._flush_pending(txn)  # the file's unique key then sees every document of the write
         with self._engine.atomic(), txn.savepoint(), _gc_paused():
             it = iter(items)
+            if bulk is not None:
+                while True:
+                    chunk = list(islice(it, _BULK_CHUNK))
+                    if not chunk:
+                        break
+                    if not self._create_bulk(txn, obj, bulk, chunk):
+                        self._create_chunk(cls, obj, plan, txn, chunk, update)
+                    n += len(chunk)
+                return n
             while True:
                 chunk = list(islice(it, 500))
                 if not chunk:
                     break
-                # Validate the chunk first, to look its documents up in one query; an error is
-                # raised after the items before it are created, as a loop of create() would.
-                prepared = []
-                error: Exception | None = None
-                for item in chunk:
-                    try:
-                        given = self._given_of(cls, item)
-                        prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
-                    except Exception as exc:
-                        error = exc
-                        break
-                absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
-                for given, (coerced, defaults, key, ref) in prepared:
-                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
-                                        ref in absent)
-                n += len(prepared)
-                if error is not None:
-                    raise error
+                self._create_chunk(cls, obj, plan, txn, chunk, update)
+                n += len(chunk)
         return n
+
+    def _create_chunk(self, cls: type[_ModelBase], obj: ObjectSchema, plan: dict[str, tuple[FieldSchema, type | None]],
+                      txn: WriteTransaction, items: list[Any], update: str | None) -> None:
+        """``create_many``'s general path: a loop of :meth:`create` over ``items``, the
+        documents looked up 500 per query."""
+        name = obj.name
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            # Validate the chunk first, to look its documents up in one query; an error is
+            # raised after the items before it are created, as a loop of create() would.
+            prepared = []
+            error: Exception | None = None
+            for item in chunk:
+                try:
+                    given = self._given_of(cls, item)
+                    prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
+                except Exception as exc:
+                    error = exc
+                    break
+            absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
+            for given, (coerced, defaults, key, ref) in prepared:
+                self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
+                                    ref in absent)
+            if error is not None:
+                raise error
+
+    def _bulk_builder(self, cls: type[_ModelBase], obj: ObjectSchema) -> Any:
+        """``create_many``'s bulk path for ``cls`` (made once per model), or None when its
+        fields allow no bulk path: a function from a given item to ``(plain values in field
+        order, defaults filled in or None)``, raising :class:`_NotBulk` for anything but the
+        common case (the general path then does the item, and says what is wrong)."""
+        cached = self._bulk_builders.get(obj.name, _UNCACHED)
+        if cached is not _UNCACHED:
+            return cached
+        builder = _make_bulk_builder(cls, obj)
+        self._bulk_builders[obj.name] = builder
+        return builder
+
+    def _create_one(self, txn: WriteTransaction, obj: ObjectSchema, build: Any,
+                    given: dict[str, Any]) -> tuple[Plain, Ref] | None:
+        """``create`` (no ``update``) as :meth:`_create_bulk` does it, for one document: its row
+        inserted now (the unique key refuses an existing one), its operation packed. None, with
+        nothing changed, when the general path must do it."""
+        try:
+            plain, dflt = build(given)
+        except Exception:  # noqa: BLE001 - the general path does it again, and raises
+            return None
+        scope = None
+        if self._partition is not None:
+            pkey, pvalue = self._partition
+            if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+                return None
+            plain[pkey] = pvalue
+            if dflt and pkey in dflt:
+                dflt.remove(pkey)
+            scope = _dumps(pvalue)
+        name = obj.name
+        key = plain["_id"]
+        ref = (name, canonical_json(key))
+        if ref in txn.docs or ref in txn.pending:
+            return None
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        stamp = self._clock.now()
+        if dflt:
+            meta_text = _dumps({"*": stamp, "*d": dflt})
+        else:
+            meta_text = f'{{"*":"{stamp}"}}'
+        try:
+            self._engine.execute(
+                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
+        except StorageError as exc:
+            if exc.code == "constraint":  # it exists: the general path raises or merges
+                return None
+            raise
+        txn.add_created(ref, key, name, stamp,
+                        msgpack.packb(["C", name, key, stamp, "", plain, {}, dflt or []], use_bin_type=True))
+        if self._cache:
+            self._cache.clear()
+        return key, ref
+
+    def _create_bulk(self, txn: WriteTransaction, obj: ObjectSchema, build: Any, items: list[Any]) -> bool:
+        """Create the documents of ``items`` (no ``update``; none may exist) in bulk: rows
+        inserted now, operations packed for the log (:class:`BulkCreates`), no per-document
+        merge state. False, with nothing changed, when an item needs the general path: it is
+        not a plain valid item, or a document exists (in the file or in this write)."""
+        name = obj.name
+        try:
+            built = [build(item) for item in items]
+        except Exception:  # noqa: BLE001 - the general path does the chunk again, and raises
+            return False
+        partition = self._partition
+        scope = None
+        if partition is not None:
+            pkey, pvalue = partition
+            for plain, dflt in built:
+                if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+                    return False  # the general path raises PartitionError
+                plain[pkey] = pvalue
+                if dflt and pkey in dflt:
+                    dflt.remove(pkey)
+            scope = _dumps(partition[1])
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        seq = txn.bulk_seq
+        stamps = self._clock.now_many(len(built))
+        keys = [plain["_id"] for plain, _ in built]
+        pks = [canonical_json(key) for key in keys]
+        refs = [(name, pk) for pk in pks]
+        docs = txn.docs
+        if docs and any(ref in docs for ref in refs):
+            return False
+        dumps = _dumps
+        rows = [(name, pk, dumps(plain), dumps({"*": stamp, "*d": dflt}) if dflt else f'{{"*":"{stamp}"}}', "", 1,
+                 seq, scope) for pk, (plain, dflt), stamp in zip(pks, built, stamps)]
+        wire = [["C", name, key, stamp, "", plain, {}, dflt or []] for key, (plain, dflt), stamp in zip(keys, built, stamps)]
+        try:
+            with self._engine.atomic():
+                self._engine.executemany(
+                    "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except StorageError as exc:
+            if exc.code == "constraint":  # a document exists: the general path raises or merges
+                return False
+            raise
+        packed = array_items(msgpack.packb(wire, use_bin_type=True))
+        txn.add_bulk(BulkCreates(0, len(rows), stamps[0], [packed], refs), keys, name)
+        self._cache.clear()
+        return True
 
     @staticmethod
     def _given_of(cls: type[_ModelBase], item: Any) -> dict[str, Any]:
@@ -1394,6 +1544,60 @@ def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:
     if old[18:] == op.stamp[18:] or old >= op.stamp:
         return None
     return old, state.body.get(name)
+
+
+class _NotBulk(Exception):
+    """An item that ``create_many``'s bulk path leaves to the general path."""
+
+
+def _make_bulk_builder(cls: type[_ModelBase], obj: ObjectSchema) -> Any:
+    """The bulk path's item builder for a model whose fields are all registers (None for any
+    other): generated code checking each field's value in a line or two (the exact type, an
+    int in 64 bits, a finite float) and handing anything else to ``coerce`` and
+    ``value_to_plain``, as ``create`` does. It returns ``(plain body in field order, the names
+    filled in from defaults or None)``; an item ``create`` would refuse raises."""
+    fields = obj.fields
+    if "_id" not in fields or any(f.type.kind in _NOT_BULK_KINDS for f in fields.values()):
+        return None
+    names = list(fields)
+    owner = cls.__name__
+    specs = [(n, fields[n]) for n in names]
+    absent: Any = object()
+
+    def given(item: Any) -> dict[str, Any]:
+        return Database._given_of(cls, item)
+
+    def slow(i: int, v: Any, d: list[str] | None) -> tuple[Plain, list[str] | None]:
+        name, f = specs[i]
+        if v is absent:
+            v = default_of(cls, name)
+            if v is MISSING:
+                raise _NotBulk(name)
+            d = [name] if d is None else d + [name]
+        return value_to_plain(f.type, coerce(owner, f, v)), d
+
+    lines = ["def build(item):",
+             "    if type(item) is not dict:",
+             "        item = given(item)",
+             "    if not item.keys() <= names:",
+             "        raise NotBulk()",
+             "    d = None"]
+    for i, name in enumerate(names):
+        kind = fields[name].type.kind
+        if kind in ("str", "bool"):
+            cond = f"type(v{i}) is not {kind}"
+        elif kind == "int":
+            cond = f"type(v{i}) is not int or not {-(1 << 63)} <= v{i} <= {(1 << 63) - 1}"
+        elif kind == "float":
+            cond = f"type(v{i}) is not float or v{i} - v{i} != 0.0"
+        else:
+            cond = "True"
+        lines += [f"    v{i} = item.get({name!r}, absent)", f"    if {cond}:", f"        v{i}, d = slow({i}, v{i}, d)"]
+    lines.append("    return {" + ", ".join(f"{name!r}: v{i}" for i, name in enumerate(names)) + "}, d")
+    scope: dict[str, Any] = {"given": given, "names": frozenset(names), "NotBulk": _NotBulk, "absent": absent,
+                             "slow": slow}
+    exec("\n".join(lines), scope)  # noqa: S102 - code made from the schema's field names, shown above
+    return scope["build"]
 
 
 def _changes_of(t: Transaction) -> tuple[Change, ...]:

@@ -11,8 +11,10 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, repeat
 from typing import Any
+
+import msgpack
 
 from ..core import merge
 from ..core.merge.state import clone
@@ -27,7 +29,7 @@ from ..core.stamp import ZERO
 from ..core.transaction import MISSING_FIELD, BeforeImage
 from ..core.values import Plain, canonical_json
 
-__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "container_kinds"]
+__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "BulkCreates", "container_kinds", "pack_transaction"]
 
 Ref = tuple[str, str]
 
@@ -85,6 +87,65 @@ class PendingDoc:
     flushed: bool = False
 
 
+@dataclass(slots=True)
+class BulkCreates:
+    """Documents that ``db.create_many`` created in one step: their rows are in the (uncommitted)
+    file already, with the sequence number the commit's log entry will get; the transaction
+    keeps only their ``CreateDoc`` operations, packed for the log.
+    """
+
+    #: ``len(ops)`` when they were made: they come before ``ops[at:]`` in the transaction.
+    at: int
+    count: int
+    #: The stamp of the first of them.
+    first: str
+    #: The msgpack of the operations' wire forms, one after the other (no array header).
+    packed: list[bytes]
+    refs: list[Ref]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def array_items(packed: bytes) -> bytes:
+    """The items of a msgpack array without its header."""
+    b = packed[0]
+    return packed[1:] if 0x90 <= b <= 0x9F else packed[3:] if b == 0xDC else packed[5:]
+
+
+def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
+    """``msgpack.packb(wire)`` where ``wire["ops"]`` lacks the operations of ``bulk``: the same
+    bytes as packing the map with them in their places (an array is its header followed by
+    its items, each packed on its own)."""
+    packb = msgpack.packb
+    ops = wire["ops"]
+    parts: list[bytes] = []
+    prev = 0
+    for b in bulk:
+        if b.at > prev:
+            parts.append(array_items(packb(ops[prev:b.at], use_bin_type=True)))
+        parts.extend(b.packed)
+        prev = b.at
+    if prev < len(ops):
+        parts.append(array_items(packb(ops[prev:], use_bin_type=True)))
+    total = len(ops) + sum(b.count for b in bulk)
+    assert len(wire) < 16
+    out = [bytes((0x80 | len(wire),))]
+    for k, v in wire.items():
+        out.append(packb(k, use_bin_type=True))
+        if k == "ops":
+            out.append(_array_header(total))
+            out.extend(parts)
+        else:
+            out.append(packb(v, use_bin_type=True))
+    return b"".join(out)
+
+
 _NON_REGISTER = frozenset({"list", "set", "dict", "counter", "object"})
 
 
@@ -133,6 +194,54 @@ class WriteTransaction:
         # document's state taken before the savepoint first changed it.
         self._journal: dict[int, tuple[LoadedDoc, merge.DocState, dict[str, Plain], bool, bool, bool]] | None = None
         self._new_refs: set[Ref] = set()
+        #: Documents created by ``db.create_many`` in bulk (see :class:`BulkCreates`), in order.
+        self.bulk: list[BulkCreates] = []
+        self.bulk_refs: set[Ref] = set()
+        #: The log seq the bulk rows were written with (the commit's entry must get it).
+        self.bulk_seq = 0
+
+    @property
+    def has_ops(self) -> bool:
+        """True when the transaction changed anything (it then commits a log entry)."""
+        return bool(self.ops or self.bulk)
+
+    @property
+    def first_stamp(self) -> str:
+        """The stamp of the transaction's first operation (its id)."""
+        if self.bulk and self.bulk[0].at == 0:
+            return self.bulk[0].first
+        return self.ops[0].stamp
+
+    @property
+    def op_count(self) -> int:
+        return len(self.ops) + sum(b.count for b in self.bulk)
+
+    def add_bulk(self, b: BulkCreates, keys: list[Plain], collection: str) -> None:
+        """Record documents created in bulk (``keys``: their plain keys, as ``b.refs``)."""
+        b.at = len(self.ops)
+        self.bulk.append(b)
+        self.bulk_refs.update(b.refs)
+        self.touched.update(zip(b.refs, zip(repeat(collection), keys)))
+
+    def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, packed: bytes) -> None:
+        """Record one document created as in bulk (``db.create``'s lean path)."""
+        bulk = self.bulk
+        if bulk and bulk[-1].at == len(self.ops) and self._journal is None:
+            b = bulk[-1]  # nothing else happened since: the same run of creates
+            b.count += 1
+            b.packed.append(packed)
+            b.refs.append(ref)
+        else:
+            bulk.append(BulkCreates(len(self.ops), 1, stamp, [packed], [ref]))
+        self.bulk_refs.add(ref)
+        self.touched[ref] = (collection, key)
+
+    def _created_here(self, d: LoadedDoc) -> LoadedDoc:
+        """A document created in bulk in this transaction, loaded from its row: it did not
+        exist before the transaction (no before-image)."""
+        d.live_before = False
+        d.before_source = None
+        return d
 
     # -- documents -------------------------------------------------------------------------
 
@@ -142,6 +251,8 @@ class WriteTransaction:
         d = self.docs.get(ref)
         if d is None:
             d = self._loader(collection, key, ref)
+            if self.bulk_refs and ref in self.bulk_refs:
+                self._created_here(d)
             p = self.pending.pop(ref, None) if self.pending else None
             if p is not None:
                 self._take_pending(d, p)
@@ -219,6 +330,8 @@ class WriteTransaction:
             if d is None:
                 absent.add(ref)
             elif ref not in docs:
+                if ref in self.bulk_refs:
+                    self._created_here(d)
                 docs[ref] = d
                 if new is not None:
                     new.add(ref)
@@ -232,10 +345,14 @@ class WriteTransaction:
             yield
             return
         n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
+        n_bulk = len(self.bulk)
         self._journal, self._new_refs, self._popped = {}, set(), {}
         try:
             yield
         except BaseException:
+            for b in self.bulk[n_bulk:]:
+                self.bulk_refs.difference_update(b.refs)
+            del self.bulk[n_bulk:]
             self.pending.update(self._popped)
             del self.ops[n_ops:]
             del self.conflicts[n_conflicts:]
@@ -247,6 +364,8 @@ class WriteTransaction:
             for d in self.docs.values():
                 if d.dirty:  # what was flushed inside the savepoint was rolled back with it
                     d.unflushed = True
+            for p in self.pending.values():
+                p.flushed = False
             raise
         finally:
             self._journal, self._new_refs, self._popped = None, set(), {}

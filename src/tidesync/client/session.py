@@ -6,7 +6,9 @@ client), a reader thread, timers and reconnection. Every decision is made by the
 the session executes their actions against the database, which is a
 :class:`~tidesync.protocol.replica.Replica`.
 
-Threads: ``tidesync-sync`` runs the session; ``tidesync-sync-reader`` blocks on the socket.
+Threads: ``tidesync-sync`` runs the session; ``websockets``' own socket thread puts each
+received message straight into the session's inbox (with an older ``websockets``, a
+``tidesync-sync-reader`` thread takes them from ``websockets``' queue instead).
 Nothing here blocks the app: local writes commit to the file and return; the session notices
 (``local_commit``) and uploads in the background. Downloads are integrated one batch per local
 transaction, and the database's change listeners fire for them.
@@ -352,10 +354,13 @@ class SyncSession:
         from websockets.sync.client import connect
 
         app = self.config.user.app
+        inbox = self._inbox
+        direct = _direct_connection(inbox)
         self._set_connection("connecting")
         try:
+            kwargs: dict[str, Any] = {} if direct is None else {"create_connection": direct}
             ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
-                         max_size=None, compression=None, ping_interval=None)
+                         max_size=None, compression=None, ping_interval=None, **kwargs)
         except (OSError, WebSocketException, TimeoutError) as exc:
             from .http import certificate_error, is_certificate_failure
 
@@ -363,7 +368,6 @@ class SyncSession:
                 raise certificate_error(app.sync_url, exc) from exc
             raise ConnectionClosedError(f"cannot connect to {app.sync_url}: {exc}") from exc
         self._ws = ws
-        inbox = self._inbox
 
         def reader() -> None:
             try:
@@ -375,7 +379,8 @@ class SyncSession:
                 pass
             inbox.put(("lost", ws))
 
-        threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
+        if direct is None:
+            threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
         link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
         scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
@@ -549,6 +554,59 @@ class SyncSession:
                 "the server undid writes of this device: " + "; ".join(
                     f"{w['operation']} {w['collection']} {w['id']!r}: {w['reason']}" for w in writes),
                 writes=writes))
+
+
+def _direct_connection(inbox: queue.SimpleQueue[tuple[str, Any]]) -> Any:
+    """A ``websockets`` client connection class whose socket thread puts each received
+    message straight into the session's inbox (and ``("lost", ws)`` when the socket ends),
+    instead of handing it to a reader thread through ``websockets``' own queue: one thread
+    wake-up less per message. None when this ``websockets`` lacks the hooks (then a reader
+    thread does it)."""
+    try:
+        from websockets.frames import Frame, Opcode
+        from websockets.sync.client import ClientConnection
+    except ImportError:  # pragma: no cover - websockets < 13 is not supported anyway
+        return None
+    if not callable(getattr(ClientConnection, "process_event", None)) or \
+            not callable(getattr(ClientConnection, "recv_events", None)):
+        return None  # pragma: no cover
+    data_opcodes = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+    class _DirectConnection(ClientConnection):
+        _fragments: list[bytes] | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # The session holds the connection without a ``with`` block (it closes it in its
+            # own ``finally``); websockets >= 17.1 would warn at the first send otherwise.
+            self.pending_legacy_warning = False
+
+        def process_event(self, event: Any) -> None:
+            # On the socket thread, in the order frames arrive. The first event is the
+            # handshake response (self.response still None): websockets handles it.
+            if self.response is None or not isinstance(event, Frame) or event.opcode not in data_opcodes:
+                super().process_event(event)
+                return
+            if event.opcode is not Opcode.CONT:
+                if event.fin:
+                    inbox.put(("data", (self, bytes(event.data))))
+                    return
+                self._fragments = [bytes(event.data)]
+                return
+            if self._fragments is None:
+                return  # a continuation without a start: the protocol layer rejects it first
+            self._fragments.append(bytes(event.data))
+            if event.fin:
+                payload, self._fragments = b"".join(self._fragments), None
+                inbox.put(("data", (self, payload)))
+
+        def recv_events(self) -> None:
+            try:
+                super().recv_events()
+            finally:
+                inbox.put(("lost", self))
+
+    return _DirectConnection
 
 
 def attach_sync(db: Database, config: SyncConfig) -> SyncSession:

@@ -1,0 +1,87 @@
+"""The device's hand-offs on the propagation path: WebSocket messages go from ``websockets``'
+socket thread straight into the session's inbox (no reader thread), whole and in order."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+
+import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.uri import parse_uri
+
+from tests.helpers.servers import running_server, synced_db
+from tests.models import WorkOrder
+from tidesync.client.session import _direct_connection
+
+T = 20
+
+
+@pytest.fixture
+def conn_and_inbox():
+    inbox: queue.SimpleQueue = queue.SimpleQueue()
+    cls = _direct_connection(inbox)
+    assert cls is not None
+    ours, theirs = socket.socketpair()
+    conn = cls(ours, ClientProtocol(parse_uri("ws://127.0.0.1/x")), ping_interval=None)
+    conn.response = object()  # past the handshake: frames are messages now
+    yield conn, inbox, theirs
+    theirs.close()
+    ours.close()
+
+
+def test_whole_messages_go_to_the_inbox_in_order(conn_and_inbox):
+    conn, inbox, _ = conn_and_inbox
+    conn.process_event(Frame(Opcode.BINARY, b"one"))
+    conn.process_event(Frame(Opcode.TEXT, b"tw", fin=False))
+    conn.process_event(Frame(Opcode.PING, b"not a message"))  # control frames may interleave
+    conn.process_event(Frame(Opcode.CONT, b"o", fin=False))
+    conn.process_event(Frame(Opcode.CONT, b"", fin=True))
+    conn.process_event(Frame(Opcode.BINARY, b"three"))
+    got = [inbox.get_nowait() for _ in range(3)]
+    assert got == [("data", (conn, b"one")), ("data", (conn, b"two")), ("data", (conn, b"three"))]
+    assert inbox.empty()
+
+
+def test_the_end_of_the_socket_is_reported_once(conn_and_inbox):
+    conn, inbox, theirs = conn_and_inbox
+    theirs.shutdown(socket.SHUT_RDWR)  # the peer goes away: the socket thread ends
+    assert inbox.get(timeout=T) == ("lost", conn)
+    conn.recv_events_thread.join(T)
+    assert inbox.empty()
+
+
+@pytest.mark.slow
+def test_a_session_runs_without_a_reader_thread_and_listeners_fire(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
+        b = synced_db(tmp_path / "b.db", server.url, [WorkOrder])
+        try:
+            seen: queue.SimpleQueue = queue.SimpleQueue()
+            b.objects(WorkOrder).add_listener(lambda r, c: c.insertions and seen.put(len(r)))
+            for i in range(5):
+                with a.write():
+                    a.create(WorkOrder, title=f"w{i}")
+                assert seen.get(timeout=T) >= 1
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            b.sync_session.wait_for_download_completion(timeout=T)
+            assert sorted(w.title for w in b.objects(WorkOrder)) == [f"w{i}" for i in range(5)]
+            assert b.sync_session.connection_state == "connected"
+            names = {t.name for t in threading.enumerate()}
+            assert "tidesync-sync-reader" not in names
+            # A dropped connection is noticed without the reader thread: the session reconnects.
+            b.sync_session._ws.close()
+            deadline = time.monotonic() + T
+            while time.monotonic() < deadline and b.sync_session.connection_state == "connected":
+                time.sleep(0.01)
+            with a.write():
+                a.create(WorkOrder, title="after")
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            b.sync_session.wait_for_download_completion(timeout=T)
+            assert "after" in {w.title for w in b.objects(WorkOrder)}
+        finally:
+            a.close()
+            b.close()

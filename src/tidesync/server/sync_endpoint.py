@@ -213,6 +213,15 @@ class _Shared:
             self._flushing = False
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Started:
+    """An :class:`Integrate` whose storage call already runs in a worker thread (begun by the
+    WebSocket layer's receive hook, see ``ServerSession._receive_now``)."""
+
+    action: Integrate
+    future: asyncio.Future[Any]
+
+
 def _shared(state: ServerState) -> _Shared:
     shared: _Shared | None = getattr(state, "_ts_sync_shared", None)
     if shared is None:
@@ -543,10 +552,29 @@ class ServerSession:
                 break
             events.pop(0)
             actions = self._execute_now(self.replicator.handle(event.message))
+        if not actions and events and not self._auth_due():
+            event = events[0]
+            if isinstance(event, MessageReceived) and isinstance(event.message, Changes):
+                # An upload: its integration starts here, in a worker thread, while run() is
+                # being woken for the rest (run() would only have handed it to the thread).
+                events.pop(0)
+                actions = self._start_integration(self.replicator.handle(event.message))
         payloads = self.link.data_to_send()
         if payloads or actions or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, actions, events)))
         return True
+
+    def _start_integration(self, actions: list[Any]) -> list[Any]:
+        """``actions`` with a leading :class:`Integrate` already running in a worker thread
+        (:class:`_Started`; :meth:`_integrate` awaits it). Anything else is left as it is."""
+        if not actions or not isinstance(actions[0], Integrate):
+            return actions
+        action = actions[0]
+        future = asyncio.get_running_loop().run_in_executor(
+            None, self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+        # Retrieved by _integrate; if the session ends before that, not an unretrieved error.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return [_Started(action, future), *actions[1:]]
 
     def _execute_now(self, actions: list[Any]) -> list[Any]:
         """Execute the leading actions that need no ``await``; return the rest, unexecuted."""
@@ -671,6 +699,8 @@ class ServerSession:
                 pass
             elif isinstance(action, Integrate):
                 todo[0:0] = await self._integrate(action)
+            elif isinstance(action, _Started):
+                todo[0:0] = await self._integrate(action.action, action.future)
             elif isinstance(action, RecordAck):
                 _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
             elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
@@ -707,11 +737,14 @@ class ServerSession:
                                         max_bytes=min(action.max_bytes, 256 * 1024), scope=action.scope,
                                         exclude_origin=action.exclude_origin)
 
-    async def _integrate(self, action: Integrate) -> list[Any]:
+    async def _integrate(self, action: Integrate, started: asyncio.Future[Any] | None = None) -> list[Any]:
         # Rules, partition and schema checks, compensating transaction (server/enforcement.py).
         try:
-            result, refused, compensated = await asyncio.to_thread(
-                self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+            if started is None:
+                result, refused, compensated = await asyncio.to_thread(
+                    self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+            else:
+                result, refused, compensated = await started
         except MergeError as exc:
             # A well-framed batch holding a transaction the merge core refuses: the peer's
             # fault. The batch's storage transaction rolled back; tell the peer and close.

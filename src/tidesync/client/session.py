@@ -528,8 +528,12 @@ class SyncSession:
                         self._acked = max(self._acked, action.seq) if action.peer == self._server_id else self._acked
                         self._cond.notify_all()
                 elif type(action).__name__ in ("Integrate", "IntegrateSnapshot"):
+                    # An Integrate set the server's checkpoint to its peer_seq in its own
+                    # transaction: no need to read it back (a snapshot page's is read).
+                    received = (action.peer_seq if isinstance(action, Integrate) and action.peer == self._server_id
+                                else self._checkpoint_received())
                     with self._cond:
-                        self._received = self._checkpoint_received()
+                        self._received = received
                         self._cond.notify_all()
                 todo[0:0] = follow
 

@@ -1025,8 +1025,11 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             with self._engine.unsynced(), self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
-            self._after_remote(result.applied > 0)
+            self._cache.clear()
+            self._generation += 1
             engine = self._engine
+        # Woken once the lock is free: the notifier reads at once instead of waking to wait for it.
+        self._wake_after_remote(result.applied > 0)
         engine.sync_wal()
         return result
 
@@ -1034,6 +1037,9 @@ class Database(ReplicaStore):
         """After integrating from a peer: refresh caches, wake listeners and other peers."""
         self._cache.clear()
         self._generation += 1
+        self._wake_after_remote(changed)
+
+    def _wake_after_remote(self, changed: bool) -> None:
         if changed:
             if self._listeners is not None:
                 self._listeners.notify()

@@ -1,5 +1,7 @@
-"""The device's hand-offs on the propagation path: WebSocket messages go from ``websockets``'
-socket thread straight into the session's inbox (no reader thread), whole and in order."""
+"""The device's hand-offs on the propagation path. The session thread reads the socket itself
+(client/_wsconn.py): messages reach it whole and in order, and its inbox wakes it while it
+waits on the socket. Behind a proxy ``websockets``' client is used, whose socket thread puts
+messages straight into the inbox (no reader thread)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from websockets.uri import parse_uri
 
 from tests.helpers.servers import running_server, synced_db
 from tests.models import WorkOrder
+from tidesync.client._wsconn import SocketConnection, WakeInbox, direct_socket_usable
 from tidesync.client.session import _direct_connection
 
 T = 20
@@ -55,7 +58,10 @@ def test_the_end_of_the_socket_is_reported_once(conn_and_inbox):
 
 
 @pytest.mark.slow
-def test_a_session_runs_without_a_reader_thread_and_listeners_fire(tmp_path):
+@pytest.mark.parametrize("own_socket", [True, False])
+def test_a_session_runs_without_a_reader_thread_and_listeners_fire(tmp_path, monkeypatch, own_socket):
+    if not own_socket:  # as behind a proxy: websockets' threaded client
+        monkeypatch.setattr("tidesync.client.session.direct_socket_usable", lambda url: False)
     with running_server(tmp_path / "server") as server:
         a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
         b = synced_db(tmp_path / "b.db", server.url, [WorkOrder])
@@ -72,6 +78,9 @@ def test_a_session_runs_without_a_reader_thread_and_listeners_fire(tmp_path):
             assert b.sync_session.connection_state == "connected"
             names = {t.name for t in threading.enumerate()}
             assert "tidesync-sync-reader" not in names
+            if own_socket:
+                assert not [n for n in names if "recv_events" in n]  # nor websockets' socket thread
+            assert isinstance(b.sync_session._ws, SocketConnection) == own_socket
             # A dropped connection is noticed without the reader thread: the session reconnects.
             b.sync_session._ws.close()
             deadline = time.monotonic() + T
@@ -85,3 +94,44 @@ def test_a_session_runs_without_a_reader_thread_and_listeners_fire(tmp_path):
         finally:
             a.close()
             b.close()
+
+
+def test_frames_become_whole_messages_in_order():
+    conn = SocketConnection.__new__(SocketConnection)  # only the frame assembly, no socket
+    conn._fragments = None
+    out: list[bytes] = []
+    for frame in (Frame(Opcode.BINARY, b"one"), Frame(Opcode.TEXT, b"tw", fin=False), Frame(Opcode.PING, b"x"),
+                  Frame(Opcode.CONT, b"o", fin=False), Frame(Opcode.CONT, b"", fin=True),
+                  Frame(Opcode.BINARY, b"three")):
+        conn._take(frame, out)
+    assert out == [b"one", b"two", b"three"]
+
+
+def test_the_inbox_wakes_a_select_on_it():
+    import selectors
+
+    inbox = WakeInbox()
+    sel = selectors.DefaultSelector()
+    sel.register(inbox.wake_fd, selectors.EVENT_READ)
+    try:
+        assert sel.select(0) == []
+        threading.Timer(0.05, inbox.put, (("commit", None),)).start()
+        assert sel.select(T)  # woken by the put from another thread
+        inbox.drain_wake()
+        assert sel.select(0) == []
+        assert inbox.get_nowait() == ("commit", None)
+        for i in range(100_000):  # a full pipe never blocks a put
+            inbox.put(("commit", i))
+        assert inbox.get(timeout=1) == ("commit", 0)
+    finally:
+        sel.close()
+
+
+def test_a_proxy_makes_the_session_use_websockets_client(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY",
+                 "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    assert direct_socket_usable("wss://sync.example/api/x/sync")
+    monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
+    assert not direct_socket_usable("wss://sync.example/api/x/sync")
+    assert not direct_socket_usable("not a url")

@@ -6,9 +6,11 @@ client), a reader thread, timers and reconnection. Every decision is made by the
 the session executes their actions against the database, which is a
 :class:`~tidesync.protocol.replica.Replica`.
 
-Threads: ``tidesync-sync`` runs the session; ``websockets``' own socket thread puts each
-received message straight into the session's inbox (with an older ``websockets``, a
-``tidesync-sync-reader`` thread takes them from ``websockets``' queue instead).
+Threads: ``tidesync-sync`` runs the session and reads the socket itself (it waits on the
+socket and on its inbox at once: client/_wsconn.py), so a download is handled on the thread
+that received it. Behind a proxy the session uses ``websockets``' threaded client, whose socket
+thread puts each received message straight into the session's inbox (with an older
+``websockets``, a ``tidesync-sync-reader`` thread takes them from ``websockets``' queue).
 Nothing here blocks the app: local writes commit to the file and return; the session notices
 (``local_commit``) and uploads in the background. Downloads are integrated one batch per local
 transaction, and the database's change listeners fire for them.
@@ -17,10 +19,12 @@ transaction, and the database's change listeners fire for them.
 from __future__ import annotations
 
 import http.client
+import collections
 import json
 import logging
 import queue
 import random
+import selectors
 import threading
 import time
 import urllib.request
@@ -40,6 +44,7 @@ from ..protocol.link import Link
 from ..protocol.messages import CompensatingWrite
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
+from ._wsconn import SocketConnection, WakeInbox, direct_socket_usable, wait_readable
 from .app import User
 
 if TYPE_CHECKING:
@@ -134,7 +139,7 @@ class SyncSession:
         self._db = db
         self.config = config
         self._rng = rng or random.Random()
-        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._inbox = WakeInbox()
         self._cond = threading.Condition()
         self.connection_state: ConnectionState = "disconnected"
         self.state: SessionState = "active"
@@ -355,12 +360,16 @@ class SyncSession:
 
         app = self.config.user.app
         inbox = self._inbox
-        direct = _direct_connection(inbox)
+        own_socket = direct_socket_usable(app.sync_url)
+        direct = None if own_socket else _direct_connection(inbox)
         self._set_connection("connecting")
         try:
-            kwargs: dict[str, Any] = {} if direct is None else {"create_connection": direct}
-            ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
-                         max_size=None, compression=None, ping_interval=None, **kwargs)
+            if own_socket:
+                ws: Any = SocketConnection(app.sync_url, ssl_context=app.ssl_context(), open_timeout=10)
+            else:
+                kwargs: dict[str, Any] = {} if direct is None else {"create_connection": direct}
+                ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
+                             max_size=None, compression=None, ping_interval=None, **kwargs)
         except (OSError, WebSocketException, TimeoutError) as exc:
             from .http import certificate_error, is_certificate_failure
 
@@ -379,8 +388,9 @@ class SyncSession:
                 pass
             inbox.put(("lost", ws))
 
-        if direct is None:
+        if not own_socket and direct is None:
             threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
+        next_item = self._socket_reader(ws, inbox) if own_socket else (lambda: inbox.get(timeout=1.0))
         link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
         scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
@@ -393,7 +403,7 @@ class SyncSession:
             self._flush(link, ws)
             while not self._stop:
                 try:
-                    kind, item = inbox.get(timeout=1.0)
+                    kind, item = next_item()
                 except queue.Empty:
                     link.tick(int(time.monotonic() * 1000))
                     self._flush(link, ws)
@@ -448,9 +458,48 @@ class SyncSession:
             return handshake_done
         finally:
             try:
-                ws.close()
+                ws.release() if own_socket else ws.close()
             except Exception:  # noqa: BLE001
                 pass
+            if own_socket:
+                next_item.close()  # type: ignore[attr-defined]
+
+    def _socket_reader(self, ws: SocketConnection, inbox: WakeInbox) -> Callable[[], tuple[str, Any]]:
+        """``next_item()``: the next inbox item or message from the socket, waiting for either
+        (this thread reads the socket itself); raises ``queue.Empty`` after a second without
+        any. ``next_item.close()`` releases the selector."""
+        selector = selectors.DefaultSelector()
+        selector.register(ws, selectors.EVENT_READ, "socket")
+        selector.register(inbox.wake_fd, selectors.EVENT_READ, "wake")
+        ready: collections.deque[tuple[str, Any]] = collections.deque(("data", (ws, m)) for m in ws.early_messages())
+        reading = [True]
+
+        def next_item() -> tuple[str, Any]:
+            deadline = time.monotonic() + 1.0
+            while True:
+                if ready:
+                    return ready.popleft()
+                try:
+                    return inbox.get_nowait()
+                except queue.Empty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise queue.Empty
+                for what in wait_readable(selector, remaining):
+                    if what == "wake":
+                        inbox.drain_wake()
+                    elif reading[0]:
+                        messages = ws.receive()
+                        if messages is None:
+                            reading[0] = False
+                            selector.unregister(ws)
+                            ready.append(("lost", ws))
+                        else:
+                            ready.extend(("data", (ws, m)) for m in messages)
+
+        next_item.close = selector.close  # type: ignore[attr-defined]
+        return next_item
 
     def _adopt_policies(self, text: Any) -> None:
         """Use the server's named conflict policies when the app set none of its own, so this
@@ -560,7 +609,7 @@ class SyncSession:
                 writes=writes))
 
 
-def _direct_connection(inbox: queue.SimpleQueue[tuple[str, Any]]) -> Any:
+def _direct_connection(inbox: WakeInbox) -> Any:
     """A ``websockets`` client connection class whose socket thread puts each received
     message straight into the session's inbox (and ``("lost", ws)`` when the socket ends),
     instead of handing it to a reader thread through ``websockets``' own queue: one thread

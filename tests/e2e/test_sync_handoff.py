@@ -134,3 +134,40 @@ def test_a_proxy_makes_the_session_use_websockets_client(monkeypatch):
     monkeypatch.setenv("https_proxy", "http://proxy.example:3128")
     assert not direct_socket_usable("wss://sync.example/api/x/sync")
     assert not direct_socket_usable("not a url")
+
+
+@pytest.mark.slow
+def test_an_upload_wakes_the_other_sessions_before_its_own_session_resumes(tmp_path, monkeypatch):
+    """The server starts an upload's integration where the message arrives (the receive hook)
+    and wakes the other sessions from the event loop's callback as soon as it is committed,
+    while the uploading session's own Integrate is still pending; everything still arrives."""
+    from tidesync.server.app import ServerState
+
+    pending_at_wake: list[int] = []
+    notify = ServerState.notify_commit
+
+    def spy(self, origin_session=None, first=(), skip=frozenset()):
+        if origin_session is not None:
+            pending_at_wake.append(len(origin_session.replicator._in_pending))
+        return notify(self, origin_session, first, skip)
+
+    monkeypatch.setattr(ServerState, "notify_commit", spy)
+    with running_server(tmp_path / "server") as server:
+        a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
+        b = synced_db(tmp_path / "b.db", server.url, [WorkOrder])
+        try:
+            seen: queue.SimpleQueue = queue.SimpleQueue()
+            b.objects(WorkOrder).add_listener(lambda r, c: c.insertions and seen.put(len(r)))
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            for i in range(10):
+                with a.write():
+                    a.create(WorkOrder, title=f"w{i}")
+                assert seen.get(timeout=T) >= 1
+                time.sleep(0.02)  # the uploader's session is idle again when the next one comes
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            b.sync_session.wait_for_download_completion(timeout=T)
+            assert sorted(w.title for w in b.objects(WorkOrder)) == [f"w{i}" for i in range(10)]
+        finally:
+            a.close()
+            b.close()
+    assert 1 in pending_at_wake  # woken before the uploader's run() took the integration's result

@@ -18,8 +18,8 @@ transaction, and the database's change listeners fire for them.
 
 from __future__ import annotations
 
-import http.client
 import collections
+import http.client
 import json
 import logging
 import queue
@@ -458,7 +458,10 @@ class SyncSession:
             return handshake_done
         finally:
             try:
-                ws.release() if own_socket else ws.close()
+                if own_socket:
+                    ws.release()
+                else:
+                    ws.close()
             except Exception:  # noqa: BLE001
                 pass
             if own_socket:

@@ -350,6 +350,7 @@ class Database(ReplicaStore):
             self._generation += 1
             if seq is not None:
                 self._seed_log_cache(changes_before, self._logged)
+            self._logged = []
         if seq is not None:
             self._after_commit()
 
@@ -1009,6 +1010,7 @@ class Database(ReplicaStore):
             with self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
             self._seed_log_cache(changes_before, self._logged)
+            self._logged = []
             self._after_remote(result.applied > 0)
         return result
 
@@ -1025,6 +1027,7 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             with self._engine.unsynced(), self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
+            self._logged = []  # not put in the log cache: a device sends no downloaded entry on
             self._cache.clear()
             self._generation += 1
             engine = self._engine

@@ -202,6 +202,9 @@ class Database(ReplicaStore):
         self._sync: Any = None
         self._on_remote_commit: Any = None
         self._partition: tuple[str, Plain] | None = None
+        #: Log rows (seq, origin, via, data) appended since the current write began
+        #: (see ReplicaStore._seed_log_cache).
+        self._logged: list[tuple[int, str, str | None, bytes]] = []
         try:
             self._init_file()
         except BaseException:
@@ -357,6 +360,8 @@ class Database(ReplicaStore):
         with self._lock:
             if self._txn is not None:
                 raise UsageError("already in a write transaction; write transactions do not nest")
+            self._logged = []
+            changes_before = self._engine.total_changes()
             with self._engine.atomic():
                 last = self._setting("clock")
                 if last:
@@ -370,6 +375,9 @@ class Database(ReplicaStore):
                     self._txn = self._txn_thread = None
                     self._cache.clear()
             self._generation += 1
+            if seq is not None:
+                self._seed_log_cache(changes_before, self._logged)
+            self._logged = []
         if seq is not None:
             self._after_commit()
 
@@ -549,6 +557,7 @@ class Database(ReplicaStore):
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
+        self._logged.append((seq, t.origin, via, data))
         desc = t.descriptor(len(data)) if touches is None else Descriptor(
             t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops) if op_count is None else op_count,
             len(data))
@@ -1182,8 +1191,12 @@ class Database(ReplicaStore):
         with self._lock:
             if self._txn is not None:
                 raise UsageError("cannot integrate inside a write transaction")
+            self._logged = []
+            changes_before = self._engine.total_changes()
             with self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
+            self._seed_log_cache(changes_before, self._logged)
+            self._logged = []
             self._after_remote(result.applied > 0)
         return result
 
@@ -1200,8 +1213,12 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             with self._engine.unsynced(), self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
-            self._after_remote(result.applied > 0)
+            self._logged = []  # not put in the log cache: a device sends no downloaded entry on
+            self._cache.clear()
+            self._generation += 1
             engine = self._engine
+        # Woken once the lock is free: the notifier reads at once instead of waking to wait for it.
+        self._wake_after_remote(result.applied > 0)
         engine.sync_wal()
         return result
 
@@ -1209,6 +1226,9 @@ class Database(ReplicaStore):
         """After integrating from a peer: refresh caches, wake listeners and other peers."""
         self._cache.clear()
         self._generation += 1
+        self._wake_after_remote(changed)
+
+    def _wake_after_remote(self, changed: bool) -> None:
         if changed:
             if self._listeners is not None:
                 self._listeners.notify()
@@ -1318,6 +1338,7 @@ class Database(ReplicaStore):
         for seq, t in enumerate(txns, first_seq):
             data = msgpack.packb(t.wire(), use_bin_type=True)
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
+            self._logged.append((seq, t.origin, via, data))
             desc_rows.append((t.id, t.origin, t.user, t.stamp,
                               msgpack.packb(t.descriptor(len(data)).to_wire(), use_bin_type=True), seq))
         self._engine.executemany("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",

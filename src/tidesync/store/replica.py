@@ -348,6 +348,31 @@ class ReplicaStore:
             cache.version = version
         return cache
 
+    def _seed_log_cache(self, changes_before: int, rows: Sequence[tuple[int, str, str | None, bytes]]) -> None:
+        """After a commit through this connection that appended ``rows`` (seq, origin, via,
+        data) to the log: put them in the log cache, so that the reads that follow at once
+        (the uploading session's, or every woken session's on the server) find them decoded
+        on first use instead of reading them back. When the cache was current just before
+        the write (``changes_before``: ``total_changes`` then) and nobody else wrote since, its
+        head moves to the last of them and it stays current (the write changed no snapshot
+        mark); otherwise the next read checks the file as usual. Call with the lock held,
+        after the commit."""
+        cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
+        if cache is None or not rows or self._engine.in_transaction():
+            return
+        cache.add([_LogRow(seq, origin, via, data) for seq, origin, via, data in rows])
+        state = cache.state
+        if state is None or cache.version is None or cache.version[0] != changes_before:
+            return
+        data_version = self._engine.data_version()
+        if data_version != cache.version[1]:
+            return  # another connection wrote meanwhile: the next read refreshes everything
+        cache.scoped.clear()
+        cache.counts.clear()
+        cache.reads.clear()
+        cache.state = (max(state[0], max(r[0] for r in rows)), state[1])
+        cache.version = (self._engine.total_changes(), data_version)
+
     def _prefilter(self, rows: list[_LogRow], want: str, cache: _LogCache,
                    exclude_origin: ReplicaId | None) -> None:
         """Filter the rows not yet filtered to ``want`` with one query for all of them (a peer

@@ -1,0 +1,29 @@
+"""HybridClock.now_many: the same stamps as repeated now() while the wall clock stands still."""
+
+from __future__ import annotations
+
+from hypothesis import given, strategies as st
+
+from tidesync.core.clock import HybridClock
+from tidesync.core.stamp import MAX_COUNTER, ReplicaId, make_stamp
+
+R = ReplicaId("00000000000000ab")
+
+
+@given(n=st.integers(0, 40), start=st.integers(0, MAX_COUNTER), wall=st.integers(1, 10**12),
+       behind=st.booleans())
+def test_now_many_equals_repeated_now(n: int, start: int, wall: int, behind: bool) -> None:
+    last = make_stamp(wall + 5 if behind else wall - 1, start, R)  # wall clock behind: counter runs
+    a = HybridClock(R, lambda: wall, last)
+    b = HybridClock(R, lambda: wall, last)
+    many = a.now_many(n)
+    assert many == [b.now() for _ in range(n)]
+    assert a.last == b.last
+    assert many == sorted(set(many))
+    assert a.now() == b.now()
+
+
+def test_now_many_borrows_the_next_millisecond_when_the_counter_runs_out() -> None:
+    a = HybridClock(R, lambda: 7, make_stamp(9, MAX_COUNTER - 2, R))
+    b = HybridClock(R, lambda: 7, make_stamp(9, MAX_COUNTER - 2, R))
+    assert a.now_many(6) == [b.now() for _ in range(6)]

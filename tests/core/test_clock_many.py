@@ -27,3 +27,14 @@ def test_now_many_borrows_the_next_millisecond_when_the_counter_runs_out() -> No
     a = HybridClock(R, lambda: 7, make_stamp(9, MAX_COUNTER - 2, R))
     b = HybridClock(R, lambda: 7, make_stamp(9, MAX_COUNTER - 2, R))
     assert a.now_many(6) == [b.now() for _ in range(6)]
+
+
+def test_top_level_set_equals_the_constructor() -> None:
+    from tidesync.core.operations import SetValue, op_to_wire, top_level_set
+
+    s = make_stamp(5, 1, R)
+    for value in (None, 1, 2.5, "x", True):
+        a = top_level_set("Note", "k1", s, s, "priority", value)
+        b = SetValue("Note", "k1", s, s, ("priority",), (), value)
+        assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
+        assert op_to_wire(a) == op_to_wire(b)

@@ -125,11 +125,14 @@ class Transaction:
         return Descriptor(self.id, self.origin, self.user, self.stamp, self.parents,
                           self.touches(), len(self.ops), size)
 
-    def to_wire(self) -> dict[str, Any]:
-        """The transaction as a msgpack/JSON-ready map."""
+    def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
+        """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some
+        operations already made, by their index in ``ops``)."""
+        ops = [op_to_wire(op) for op in self.ops] if not known else [
+            op_to_wire(op) if (w := known.get(i)) is None else w for i, op in enumerate(self.ops)]
         out: dict[str, Any] = {
             "id": self.id, "origin": self.origin, "stamp": self.stamp,
-            "parents": list(self.parents), "ops": [op_to_wire(op) for op in self.ops],
+            "parents": list(self.parents), "ops": ops,
             "before": [b.to_wire() for b in self.before],
         }
         if self.user is not None:

@@ -483,7 +483,12 @@ class Database(ReplicaStore):
                     flags.append(direct)
                     row.append(v if direct else dumps(v))
                 gkey = (names, tuple(flags))
-            row += (_overlay_meta(p.meta, p.keys), seq, p.collection, p.ref[1])
+            meta = p.meta
+            if len(fields) == 1 and len(meta) == 42 and meta[:6] == '{"*":"':
+                meta = f'{meta[:-1]},"r":{{"{name}":"{p.keys[name]}"}}}}'  # as _overlay_meta
+            else:
+                meta = _overlay_meta(meta, p.keys)
+            row += (meta, seq, p.collection, p.ref[1])
             rows = groups.get(gkey)
             if rows is None:
                 rows = groups[gkey] = []
@@ -525,10 +530,10 @@ class Database(ReplicaStore):
         return out
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
-        txn.stamp_pending()
-        if not txn.ops:
+        if not txn.ops and not txn.unstamped:
             return None
         with _gc_paused():
+            txn.stamp_pending()
             return self._commit_ops(txn, meta)
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
@@ -536,7 +541,7 @@ class Database(ReplicaStore):
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
-        seq = self._append_log(t, touches=tuple(txn.touched.values()))
+        seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
         self._write_docs(txn.docs.values(), seq)
         if txn.pending:
             self._write_pending(list(txn.pending.values()), seq)
@@ -545,9 +550,11 @@ class Database(ReplicaStore):
         return seq
 
     def _append_log(self, t: Transaction, via: str | None = None,
-                    touches: tuple[tuple[str, Plain], ...] | None = None) -> int:
-        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known)."""
-        data = msgpack.packb(t.to_wire(), use_bin_type=True)
+                    touches: tuple[tuple[str, Plain], ...] | None = None,
+                    known: dict[int, list[Any]] | None = None) -> int:
+        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known;
+        ``known``: the wire form of some of its operations, by index)."""
+        data = msgpack.packb(t.to_wire(known), use_bin_type=True)
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)

@@ -20,7 +20,7 @@ from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
     CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListSet, Op,
-    SetAdd, SetContainer, SetRemove, SetValue, Unset,
+    SetAdd, SetContainer, SetRemove, SetValue, Unset, top_level_set,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..core.stamp import ZERO, Stamp
@@ -134,6 +134,8 @@ class WriteTransaction:
         self.unstamped: list[tuple[PendingDoc, str, Plain]] = []
         #: The latest stamp among the current write keys of the fields in ``unstamped``.
         self.unstamped_max = ""
+        #: The wire form of the fast path's operations, made with them: index in ops -> list.
+        self.op_wire: dict[int, list[Any]] = {}
         self._popped: dict[Ref, PendingDoc] = {}  # pending documents loaded inside savepoint()
         #: The update fast path's rows read ahead: (collection, field) -> [{pk: row}, batch size, used].
         self.read_ahead: dict[tuple[str, str], list[Any]] = {}
@@ -205,10 +207,15 @@ class WriteTransaction:
             self.unstamped_max = ""
         ops = self.ops
         touched = self.touched
+        wire = self.op_wire
+        i = len(ops)
         for (p, name, plain), stamp in zip(buf, self.clock.now_many(len(buf))):
             p.keys[name] = "1" + stamp
             p.fields[name] = plain
-            ops.append(SetValue(p.collection, p.key, stamp, p.epoch, (name,), (), plain))  # type: ignore[arg-type]
+            coll, key = p.collection, p.key
+            ops.append(top_level_set(coll, key, stamp, p.epoch, name, plain))  # type: ignore[arg-type]
+            wire[i] = ["S", coll, key, stamp, p.epoch, [name], [], plain, False]  # op_to_wire's form
+            i += 1
             ref = p.ref
             if ref not in touched:
                 touched[ref] = (p.collection, p.key)
@@ -258,6 +265,8 @@ class WriteTransaction:
         except BaseException:
             self.pending.update(self._popped)
             del self.ops[n_ops:]
+            for i in [i for i in self.op_wire if i >= n_ops]:
+                del self.op_wire[i]
             del self.conflicts[n_conflicts:]
             self.touched = dict(islice(self.touched.items(), n_touched))
             for ref in self._new_refs:

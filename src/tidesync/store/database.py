@@ -397,9 +397,9 @@ class Database(ReplicaStore):
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             row = self._fast_row(txn, collection, ref[1], name)
-            if row is None or not row[1]:
+            if row is None or not row[2]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
-            epoch, _, meta, old = row
+            _, epoch, _, meta, old = row
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
             else:
@@ -419,8 +419,8 @@ class Database(ReplicaStore):
         return True
 
     def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
-        """The row facts the fast path needs for field ``name`` of a document: ``(epoch, live,
-        meta, old value as JSON)``, or None when the file does not hold it.
+        """The row facts the fast path needs for field ``name`` of a document: ``(pk, epoch,
+        live, meta, old value as JSON)``, or None when the file does not hold it.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -448,9 +448,8 @@ class Database(ReplicaStore):
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.clear()
         for r in rows:
-            cached[r[0]] = r[1:]
-        row = cached.pop(pk, None)
-        return row
+            cached[r[0]] = r
+        return cached.pop(pk, None)
 
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
         """Write the fast-path fields of ``pending`` into their rows, with ``seq``: one

@@ -62,29 +62,32 @@ class LoadedDoc:
         return src  # type: ignore[return-value]
 
 
-@dataclass(slots=True)
 class PendingDoc:
     """Top-level register fields of a document assigned without loading it (the update fast
     path): written into its row when the transaction flushes or commits.
 
     The row was read when the first field was assigned: the document was live, its meta
-    compact (``{"*": stamp, ...}``), the fields plain registers of it.
+    compact (``{"*": stamp, ...}``), the fields plain registers of it. (A plain class: one
+    is made per document assigned, and a dataclass's ``__init__`` with factories costs more.)
     """
 
-    collection: str
-    key: Plain
-    ref: Ref
-    epoch: str
-    #: The row's meta as it was before the transaction (JSON text).
-    meta: str
-    #: The fields' values before the transaction as JSON text (None when absent).
-    before_json: dict[str, str | None] = field(default_factory=dict)
-    #: The fields' write keys of this transaction (given when its assignments are stamped).
-    keys: dict[str, str] = field(default_factory=dict)
-    #: The fields written here and stamped: name -> plain value.
-    fields: dict[str, Plain] = field(default_factory=dict)
-    #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
-    flushed: bool = False
+    __slots__ = ("collection", "key", "ref", "epoch", "meta", "before_json", "keys", "fields", "flushed")
+
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str) -> None:
+        self.collection = collection
+        self.key = key
+        self.ref = ref
+        self.epoch = epoch
+        #: The row's meta as it was before the transaction (JSON text).
+        self.meta = meta
+        #: The fields' values before the transaction as JSON text (None when absent).
+        self.before_json: dict[str, str | None] = {}
+        #: The fields' write keys of this transaction (given when its assignments are stamped).
+        self.keys: dict[str, str] = {}
+        #: The fields written here and stamped: name -> plain value.
+        self.fields: dict[str, Plain] = {}
+        #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
+        self.flushed = False
 
     def before_value(self, name: str) -> Plain:
         """Field ``name`` before the transaction (``MISSING_FIELD`` when absent)."""

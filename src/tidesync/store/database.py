@@ -399,7 +399,7 @@ class Database(ReplicaStore):
             row = self._fast_row(txn, collection, ref[1], name)
             if row is None or not row[2]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
-            _, epoch, _, meta, old = row
+            _, epoch, _, meta, old, rowid = row
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
             else:
@@ -410,7 +410,7 @@ class Database(ReplicaStore):
                 if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
                     top = k[1:]
             if p is None:
-                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta)
+                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid)
             p.before_json[name] = old
             if top > txn.unstamped_max:
                 txn.unstamped_max = top
@@ -420,7 +420,7 @@ class Database(ReplicaStore):
 
     def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
         """The row facts the fast path needs for field ``name`` of a document: ``(pk, epoch,
-        live, meta, old value as JSON)``, or None when the file does not hold it.
+        live, meta, old value as JSON, rowid)``, or None when the file does not hold it.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -443,7 +443,7 @@ class Database(ReplicaStore):
         sql = _FAST_READ.get(key)
         if sql is None:
             sql = _FAST_READ[key] = (
-                f"""SELECT pk, epoch, live, meta, body -> '$."{name}"' FROM documents WHERE collection = ? AND pk """
+                f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.clear()
@@ -454,6 +454,9 @@ class Database(ReplicaStore):
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
         """Write the fast-path fields of ``pending`` into their rows, with ``seq``: one
         ``executemany`` per set of field names (only ``seq`` for rows that hold them already).
+        Rows are found by the rowid read with their facts: the write transaction holds the
+        database's lock, and nothing in it removes a row (documents are never deleted, only
+        tombstoned; a pending document changed any other way leaves the fast path first).
         The body gets ``json_set`` of the fields (str, int and null bound as they are, other
         values as JSON text); the meta, small, is written whole: the row's meta with the
         fields' write keys in its overlay ``"r"``, as ``json_set`` of each would give."""
@@ -462,7 +465,7 @@ class Database(ReplicaStore):
         dumps = _dumps
         for p in pending:
             if p.flushed:
-                seq_only.append((seq, p.collection, p.ref[1]))
+                seq_only.append((seq, p.rowid))
                 continue
             fields = p.fields
             if len(fields) == 1:
@@ -487,7 +490,7 @@ class Database(ReplicaStore):
                 meta = f'{meta[:-1]},"r":{{"{name}":"{p.keys[name]}"}}}}'  # as _overlay_meta
             else:
                 meta = _overlay_meta(meta, p.keys)
-            row += (meta, seq, p.collection, p.ref[1])
+            row += (meta, seq, p.rowid)
             rows = groups.get(gkey)
             if rows is None:
                 rows = groups[gkey] = []
@@ -495,10 +498,9 @@ class Database(ReplicaStore):
         for (names, direct_of), rows in groups.items():
             body = ", ".join(f"""'$."{n}"', {'?' if d else 'json(?)'}""" for n, d in zip(names, direct_of))
             self._engine.executemany(
-                f"UPDATE documents SET body = json_set(body, {body}), meta = ?, seq = ? "
-                "WHERE collection = ? AND pk = ?", rows)
+                f"UPDATE documents SET body = json_set(body, {body}), meta = ?, seq = ? WHERE rowid = ?", rows)
         if seq_only:
-            self._engine.executemany("UPDATE documents SET seq = ? WHERE collection = ? AND pk = ?", seq_only)
+            self._engine.executemany("UPDATE documents SET seq = ? WHERE rowid = ?", seq_only)
 
     def _current_txn(self) -> WriteTransaction:
         self._check_open()

@@ -71,13 +71,15 @@ class PendingDoc:
     is made per document assigned, and a dataclass's ``__init__`` with factories costs more.)
     """
 
-    __slots__ = ("collection", "key", "ref", "epoch", "meta", "before_json", "keys", "fields", "flushed")
+    __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed")
 
-    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str) -> None:
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int) -> None:
         self.collection = collection
         self.key = key
         self.ref = ref
         self.epoch = epoch
+        #: The row's rowid in ``documents``.
+        self.rowid = rowid
         #: The row's meta as it was before the transaction (JSON text).
         self.meta = meta
         #: The fields' values before the transaction as JSON text (None when absent).

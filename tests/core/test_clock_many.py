@@ -38,3 +38,16 @@ def test_top_level_set_equals_the_constructor() -> None:
         b = SetValue("Note", "k1", s, s, ("priority",), (), value)
         assert a == b and hash(a) == hash(b) and repr(a) == repr(b)
         assert op_to_wire(a) == op_to_wire(b)
+
+
+def test_to_wire_with_known_operations_is_the_same() -> None:
+    from tidesync.core.operations import DeleteDoc, op_to_wire, top_level_set
+    from tidesync.core.transaction import Transaction
+
+    s = [make_stamp(5, i, R) for i in range(4)]
+    ops = (top_level_set("N", "a", s[0], s[0], "f", 1), DeleteDoc("N", "b", s[1], s[0]),
+           top_level_set("N", "c", s[2], s[0], "g", "x"))
+    t = Transaction(id=s[0], origin=R, stamp=s[0], parents=(), ops=ops)
+    plain = t.to_wire()
+    assert t.to_wire({0: op_to_wire(ops[0]), 2: op_to_wire(ops[2])}) == plain
+    assert t.to_wire({i: op_to_wire(op) for i, op in enumerate(ops)}) == plain

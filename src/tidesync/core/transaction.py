@@ -127,9 +127,13 @@ class Transaction:
 
     def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
         """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some
-        operations already made, by their index in ``ops``)."""
-        ops = [op_to_wire(op) for op in self.ops] if not known else [
-            op_to_wire(op) if (w := known.get(i)) is None else w for i, op in enumerate(self.ops)]
+        operations already made, by their index in ``ops``, inserted in increasing index)."""
+        if not known:
+            ops = [op_to_wire(op) for op in self.ops]
+        elif len(known) == len(self.ops):
+            ops = list(known.values())  # every one known: in index order
+        else:
+            ops = [op_to_wire(op) if (w := known.get(i)) is None else w for i, op in enumerate(self.ops)]
         out: dict[str, Any] = {
             "id": self.id, "origin": self.origin, "stamp": self.stamp,
             "parents": list(self.parents), "ops": ops,

@@ -415,7 +415,7 @@ class Database(ReplicaStore):
             if top > txn.unstamped_max:
                 txn.unstamped_max = top
         p.flushed = False
-        txn.unstamped.append((p, name, plain))
+        txn.unstamped += (p, name, plain)  # flat: no tuple kept per assignment for the collector
         return True
 
     def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:

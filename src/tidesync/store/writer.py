@@ -136,7 +136,7 @@ class WriteTransaction:
         #: The fast path's assignments not stamped yet, in order: (document, field, plain value).
         #: :meth:`stamp_pending` turns them into operations before anything else reads or
         #: extends ``ops`` (every other change, a flush, a savepoint, the commit).
-        self.unstamped: list[tuple[PendingDoc, str, Plain]] = []
+        self.unstamped: list[Any] = []  # flat: document, field, value, document, ...
         #: The latest stamp among the current write keys of the fields in ``unstamped``.
         self.unstamped_max = ""
         #: The wire form of the fast path's operations, made with them: index in ops -> list.
@@ -214,11 +214,12 @@ class WriteTransaction:
         touched = self.touched
         wire = self.op_wire
         i = len(ops)
-        for (p, name, plain), stamp in zip(buf, self.clock.now_many(len(buf))):
+        it = iter(buf)
+        for p, name, plain, stamp in zip(it, it, it, self.clock.now_many(len(buf) // 3)):
             p.keys[name] = "1" + stamp
             p.fields[name] = plain
             coll, key = p.collection, p.key
-            ops.append(top_level_set(coll, key, stamp, p.epoch, name, plain))  # type: ignore[arg-type]
+            ops.append(top_level_set(coll, key, stamp, p.epoch, name, plain))
             wire[i] = ["S", coll, key, stamp, p.epoch, [name], [], plain, False]  # op_to_wire's form
             i += 1
             ref = p.ref

@@ -251,6 +251,16 @@ def test_stamps_follow_the_order_of_the_changes_and_are_the_write_keys(tmp_path)
         for (pk, name), key in last.items():
             assert meta[pk]["r"][name] == key
         assert [w.priority for w in wos] == [2, 5, 1, 3]
+        with db.write():                            # fast path only: before-images in change order
+            wos[3].priority = 9
+            wos[0].priority = 9
+            wos[3].status = "x"
+            wos[1].status = "x"
+        (data,) = db._engine.query("SELECT data FROM log ORDER BY seq DESC LIMIT 1")[0]
+        before = msgpack.unpackb(data, raw=False)["before"]
+        order = [op[2] for op in msgpack.unpackb(data, raw=False)["ops"]]
+        assert [b[1] for b in before] == [order[0], order[1], order[3]]
+        assert [b[2] for b in before] == [{"priority": 3, "status": "open"}, {"priority": 2}, {"status": "open"}]
 
 
 def test_a_row_key_ahead_of_the_clock_still_loses_to_a_fast_write(tmp_path):

@@ -500,6 +500,19 @@ class WriteTransaction:
         """:meth:`before_images` with fast-path documents: in first-change order, as the
         general path gives them."""
         pending = self.pending
+        # Every old value of the fast path decoded with one call of the JSON decoder.
+        texts = [t for p in pending.values() for n in p.fields if (t := p.before_json[n]) is not None]
+        values = iter(json.loads("[" + ",".join(texts) + "]"))
+        fast: list[BeforeImage] = []
+        for p in pending.values():
+            if p.fields:
+                before = p.before_json
+                fast.append(BeforeImage(p.collection, p.key, {
+                    n: MISSING_FIELD if before[n] is None else next(values) for n in p.fields}))
+        if not self.docs:
+            # Only fast-path documents: each entered ``pending`` at its first assignment, and
+            # ``touched`` when that assignment was stamped, in the same order.
+            return fast
         self.pending = {}
         try:
             images = self.before_images()
@@ -508,14 +521,8 @@ class WriteTransaction:
         by_ref: dict[Ref, BeforeImage] = {}
         for img in images:
             by_ref[(img.collection, canonical_json(img.key))] = img
-        # Every old value of the fast path decoded with one call of the JSON decoder.
-        texts = [t for p in pending.values() for n in p.fields if (t := p.before_json[n]) is not None]
-        values = iter(json.loads("[" + ",".join(texts) + "]"))
-        for p in pending.values():
-            if p.fields:
-                before = p.before_json
-                by_ref[p.ref] = BeforeImage(p.collection, p.key, {
-                    n: MISSING_FIELD if before[n] is None else next(values) for n in p.fields})
+        for p, img in zip([p for p in pending.values() if p.fields], fast):
+            by_ref[p.ref] = img
         out = [by_ref.pop(ref) for ref in self.touched if ref in by_ref]
         out.extend(by_ref.values())
         return out

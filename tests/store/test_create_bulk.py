@@ -191,3 +191,22 @@ def test_pack_transaction_is_msgpack_of_the_whole_map():
         bulk = BulkCreates(n_before, n_bulk, middle[0][3], [items[:7], items[7:]], [])
         rest = {**wire, "ops": ops[:n_before] + ops[n_before + n_bulk:]}
         assert pack_transaction(rest, [bulk]) == msgpack.packb(wire, use_bin_type=True)
+
+
+def test_fast_assignments_before_lean_creates_keep_log_order_and_stamp_order(tmp_path):
+    """An assignment buffered by the update fast path, then lean creates (one and in bulk),
+    then another assignment: the log lists them in that order, with increasing stamps."""
+    with tidesync.open(tmp_path / "a.db", schema=[BulkNote]) as db:
+        with db.write():
+            a = db.create(BulkNote, _id="a", title="t")
+        with db.write():
+            a.priority = 2
+            db.create(BulkNote, _id="b", title="u")
+            db.create_many(BulkNote, [{"_id": "c", "title": "v"}, {"_id": "d", "title": "w"}])
+            a.priority = 5
+        t = db.export_transactions()[-1]
+    assert [(type(op).__name__, op.key) for op in t.ops] == [
+        ("SetValue", "a"), ("CreateDoc", "b"), ("CreateDoc", "c"), ("CreateDoc", "d"), ("SetValue", "a")]
+    stamps = [op.stamp for op in t.ops]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
+    assert t.id == stamps[0]

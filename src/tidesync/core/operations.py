@@ -35,6 +35,7 @@ __all__ = [
     "CreateDoc",
     "DeleteDoc",
     "SetValue",
+    "top_level_set",
     "Unset",
     "SetContainer",
     "ListInsert",
@@ -233,6 +234,34 @@ _WIRE: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "N": (CounterAdd, ("path", "epochs", "amount")),
 }
 _CODE = {cls: (code, names) for code, (cls, names) in _WIRE.items()}
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...]:
+    found = []
+    for name in names:
+        owner = next(c for c in cls.__mro__ if name in c.__dict__)
+        found.append(owner.__dict__[name].__set__)
+    return tuple(found)
+
+
+_SV_SET = _slot_setters(SetValue, ("collection", "key", "stamp", "base", "path", "epochs", "value", "default"))
+
+
+def top_level_set(collection: str, key: Plain, stamp: Stamp, base: Stamp, name: str, value: Plain) -> SetValue:
+    """``SetValue(collection, key, stamp, base, (name,), (), value)``, equal to it, made
+    without the frozen dataclass's ``__init__`` (one ``object.__setattr__`` call per field):
+    for writers that make many at once. The values are taken as given, unchecked, as the
+    constructor takes them."""
+    op: SetValue = object.__new__(SetValue)
+    s = _SV_SET
+    s[0](op, collection)
+    s[1](op, key)
+    s[2](op, stamp)
+    s[3](op, base)
+    s[4](op, (name,))
+    s[5](op, ())
+    s[6](op, value)
+    s[7](op, False)
+    return op
 _KINDS = ("object", "list", "set", "dict", "counter")
 
 

@@ -145,11 +145,18 @@ class Transaction:
         return Descriptor(self.id, self.origin, self.user, self.stamp, self.parents,
                           self.touches(), len(self.ops), size)
 
-    def to_wire(self) -> dict[str, Any]:
-        """The transaction as a msgpack/JSON-ready map."""
+    def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
+        """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some
+        operations already made, by their index in ``ops``, inserted in increasing index)."""
+        if not known:
+            ops = [op_to_wire(op) for op in self.ops]
+        elif len(known) == len(self.ops):
+            ops = list(known.values())  # every one known: in index order
+        else:
+            ops = [op_to_wire(op) if (w := known.get(i)) is None else w for i, op in enumerate(self.ops)]
         out: dict[str, Any] = {
             "id": self.id, "origin": self.origin, "stamp": self.stamp,
-            "parents": list(self.parents), "ops": [op_to_wire(op) for op in self.ops],
+            "parents": list(self.parents), "ops": ops,
             "before": [b.to_wire() for b in self.before],
         }
         if self.user is not None:

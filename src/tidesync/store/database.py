@@ -107,6 +107,18 @@ class IntegrateResult(ProtocolIntegrateResult):
     last_seq: int = 0
 
 
+def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
+    """The compact meta text ``meta`` with the write keys ``keys`` (ASCII identifier field
+    names) set in its overlay ``"r"``: the text ``json_set(meta, '$.r."f"', key)`` of each
+    gives."""
+    if len(meta) == 42 and meta.startswith('{"*":"'):
+        return meta[:-1] + ',"r":{' + ",".join([f'"{n}":"{k}"' for n, k in keys.items()]) + "}}"
+    m = loads_json(meta)
+    r = m.get("r")
+    m["r"] = {**r, **keys} if isinstance(r, dict) else dict(keys)
+    return _dumps(m)
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -189,6 +201,7 @@ class Database(ReplicaStore):
         self._txn_thread: int | None = None
         self._closed = False
         self._policies = policies
+        self._fast_fields: dict[tuple[str, str], bool] = {}  # (collection, field) -> fast path allowed
         self._user = user
         self.partition_key = partition_key
         self.bootstrap_with_snapshot = bootstrap_with_snapshot
@@ -397,42 +410,52 @@ class Database(ReplicaStore):
         """The update fast path of ``obj.name = value`` (a top-level scalar field, LWW): record
         the write as pending, without loading the document, if its row allows it; False when
         the general path must do it. Raises as the general path would (a deleted object, a
-        value that does not fit)."""
-        txn = self._current_txn()
+        value that does not fit). The write is stamped later, with the transaction's other
+        fast-path writes (:meth:`WriteTransaction.stamp_pending`)."""
+        txn = self._txn
+        if txn is None or self._txn_thread != threading.get_ident() or self._closed:
+            txn = self._current_txn()  # raises
         ref = binding.ref
-        if ref in txn.docs or txn._journal is not None or not name.isidentifier() or ref in txn.bulk_refs:
+        if txn._journal is not None or ref in txn.docs or ref in txn.bulk_refs:
             return False
         collection = binding.collection
-        policies = self._policies
-        if policies is not None and policies.lookup(collection, (name,)) != "lww":
+        ok = self._fast_fields.get((collection, name))
+        if ok is None:
+            policies = self._policies
+            ok = self._fast_fields[(collection, name)] = name.isidentifier() and name.isascii() and (
+                policies is None or policies.lookup(collection, (name,)) == "lww")
+        if not ok:
+            return False
+        plain = value_to_plain(ftype, value)
+        if type(plain) not in _FAST_PLAIN:
             return False
         p = txn.pending.get(ref)
-        if p is None or name not in p.keys:
+        if p is None or name not in p.before_json:
             row = self._fast_row(txn, collection, ref[1], name)
-            if row is None or not row[1]:
+            if row is None or not row[2]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
-            epoch, _, meta_text, old = row
-            star, rkey, kind, dflt = loads_json(meta_text)
-            if type(star) is not str or kind is not None:
-                return False
-            if rkey is None:
-                rkey = ("0" if dflt and name in dflt else "1") + star
-            plain = value_to_plain(ftype, value)
-            if type(plain) not in _FAST_PLAIN:
-                return False
+            _, epoch, _, meta, old, rowid = row
+            if len(meta) == 42 and meta.startswith('{"*":"'):
+                top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
+            else:
+                m = loads_json(meta)
+                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
+                if type(top) is not str or (kinds and name in kinds):
+                    return False
+                if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
+                    top = k[1:]
             if p is None:
-                p = PendingDoc(collection, binding.key, ref, epoch)
-            p.keys[name] = rkey
-            p.before_fields[name] = MISSING_FIELD if old is None else loads_json(old)
-        else:
-            plain = value_to_plain(ftype, value)
-            if type(plain) not in _FAST_PLAIN:
-                return False
-        return txn.pending_write(p, name, plain)
+                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid)
+            p.before_json[name] = old
+            if top > txn.unstamped_max:
+                txn.unstamped_max = top
+        p.flushed = False
+        txn.unstamped += (p, name, plain)  # flat: no tuple kept per assignment for the collector
+        return True
 
     def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
-        """The row facts the fast path needs for field ``name`` of a document: ``(epoch, live,
-        meta facts as JSON, old value as JSON)``, or None when the file does not hold it.
+        """The row facts the fast path needs for field ``name`` of a document: ``(pk, epoch,
+        live, meta, old value as JSON, rowid)``, or None when the file does not hold it.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -454,44 +477,65 @@ class Database(ReplicaStore):
         key = (collection, name, size > 1)
         sql = _FAST_READ.get(key)
         if sql is None:
-            q = f'"{name}"'
             sql = _FAST_READ[key] = (
-                f"SELECT pk, epoch, live, json_extract(meta, '$.\"*\"', '$.r.{q}', '$.\"*k\".{q}', '$.\"*d\"'), "
-                f"body -> '$.{q}' FROM documents WHERE collection = ? AND pk "
+                f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.clear()
         for r in rows:
-            cached[r[0]] = r[1:]
-        row = cached.pop(pk, None)
-        return row
+            cached[r[0]] = r
+        return cached.pop(pk, None)
 
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
         """Write the fast-path fields of ``pending`` into their rows, with ``seq``: one
-        ``executemany`` of ``json_set`` per set of field names (only ``seq`` for rows that hold
-        them already)."""
-        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        ``executemany`` per set of field names (only ``seq`` for rows that hold them already).
+        Rows are found by the rowid read with their facts: the write transaction holds the
+        database's lock, and nothing in it removes a row (documents are never deleted, only
+        tombstoned; a pending document changed any other way leaves the fast path first).
+        The body gets ``json_set`` of the fields (str, int and null bound as they are, other
+        values as JSON text); the meta, small, is written whole: the row's meta with the
+        fields' write keys in its overlay ``"r"``, as ``json_set`` of each would give."""
+        groups: dict[tuple[tuple[str, ...], tuple[bool, ...]], list[tuple[Any, ...]]] = {}
         seq_only: list[tuple[Any, ...]] = []
+        dumps = _dumps
         for p in pending:
             if p.flushed:
-                seq_only.append((seq, p.collection, p.ref[1]))
+                seq_only.append((seq, p.rowid))
                 continue
-            names = tuple(p.fields)
-            row: list[Any] = []
-            for n in names:
-                row.append(_dumps(p.fields[n]))
-            for n in names:
-                row.append(p.keys[n])
-            row += (seq, p.collection, p.ref[1])
-            groups.setdefault(names, []).append(tuple(row))
-        for names, rows in groups.items():
-            body = ", ".join(f"""'$."{n}"', json(?)""" for n in names)
-            meta = ", ".join(f"""'$.r."{n}"', ?""" for n in names)
+            fields = p.fields
+            if len(fields) == 1:
+                (name, v), = fields.items()
+                t = type(v)
+                direct = t is str or t is int or v is None
+                row: list[Any] = [v if direct else dumps(v)]
+                gkey: tuple[tuple[str, ...], tuple[bool, ...]] = ((name,), (direct,))
+            else:
+                names = tuple(fields)
+                flags: list[bool] = []
+                row = []
+                for n in names:
+                    v = fields[n]
+                    t = type(v)
+                    direct = t is str or t is int or v is None
+                    flags.append(direct)
+                    row.append(v if direct else dumps(v))
+                gkey = (names, tuple(flags))
+            meta = p.meta
+            if len(fields) == 1 and len(meta) == 42 and meta[:6] == '{"*":"':
+                meta = f'{meta[:-1]},"r":{{"{name}":"{p.keys[name]}"}}}}'  # as _overlay_meta
+            else:
+                meta = _overlay_meta(meta, p.keys)
+            row += (meta, seq, p.rowid)
+            rows = groups.get(gkey)
+            if rows is None:
+                rows = groups[gkey] = []
+            rows.append(tuple(row))
+        for (names, direct_of), rows in groups.items():
+            body = ", ".join(f"""'$."{n}"', {'?' if d else 'json(?)'}""" for n, d in zip(names, direct_of))
             self._engine.executemany(
-                f"UPDATE documents SET body = json_set(body, {body}), meta = json_set(meta, {meta}), seq = ? "
-                "WHERE collection = ? AND pk = ?", rows)
+                f"UPDATE documents SET body = json_set(body, {body}), meta = ?, seq = ? WHERE rowid = ?", rows)
         if seq_only:
-            self._engine.executemany("UPDATE documents SET seq = ? WHERE collection = ? AND pk = ?", seq_only)
+            self._engine.executemany("UPDATE documents SET seq = ? WHERE rowid = ?", seq_only)
 
     def _current_txn(self) -> WriteTransaction:
         self._check_open()
@@ -522,9 +566,10 @@ class Database(ReplicaStore):
         return out
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
-        if not txn.has_ops:
+        if not txn.has_ops and not txn.unstamped:
             return None
         with _gc_paused():
+            txn.stamp_pending()
             return self._commit_ops(txn, meta)
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
@@ -535,11 +580,11 @@ class Database(ReplicaStore):
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
         if txn.bulk:
             seq = self._append_log(t, touches=tuple(txn.touched.values()),
-                                   data=pack_transaction(t.to_wire(), txn.bulk), op_count=txn.op_count)
+                                   data=pack_transaction(t.to_wire(txn.op_wire), txn.bulk), op_count=txn.op_count)
             if seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
                 self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
         else:
-            seq = self._append_log(t, touches=tuple(txn.touched.values()))
+            seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
         self._write_docs(txn.docs.values(), seq)
         if txn.pending:
             self._write_pending(list(txn.pending.values()), seq)
@@ -549,11 +594,12 @@ class Database(ReplicaStore):
 
     def _append_log(self, t: Transaction, via: str | None = None,
                     touches: tuple[tuple[str, Plain], ...] | None = None, data: bytes | None = None,
-                    op_count: int | None = None) -> int:
+                    op_count: int | None = None, known: dict[int, list[Any]] | None = None) -> int:
         """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known;
-        ``data`` and ``op_count``: its packed form and operation count, if known)."""
+        ``data`` and ``op_count``: its packed form and operation count, if known; ``known``:
+        the wire form of some of its operations, by index)."""
         if data is None:
-            data = msgpack.packb(t.to_wire(), use_bin_type=True)
+            data = msgpack.packb(t.to_wire(known), use_bin_type=True)
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
@@ -574,6 +620,7 @@ class Database(ReplicaStore):
         """Write the open transaction's changed documents into the (uncommitted) SQLite
         transaction, so queries inside ``db.write()`` see them; the commit rewrites them with
         their sequence number, and a rollback discards them."""
+        txn.stamp_pending()
         pending = [d for d in txn.docs.values() if d.unflushed]
         if pending:
             self._write_docs(pending, 0)
@@ -785,6 +832,8 @@ class Database(ReplicaStore):
             return None
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
+        if txn.unstamped:  # earlier assignments take earlier stamps, and come first in the log
+            txn.stamp_pending()
         stamp = self._clock.now()
         if dflt:
             meta_text = _dumps({"*": stamp, "*d": dflt})
@@ -828,6 +877,8 @@ class Database(ReplicaStore):
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
+        if txn.unstamped:  # earlier assignments take earlier stamps, and come first in the log
+            txn.stamp_pending()
         stamps = self._clock.now_many(len(built))
         keys = [plain["_id"] for plain, _ in built]
         pks = [canonical_json(key) for key in keys]

@@ -39,12 +39,12 @@ tag                class                  meaning
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from ..core.stamp import ReplicaId, Stamp, is_replica_id, is_stamp
+from ..core.stamp import ReplicaId, Stamp, are_compact_metas, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import Plain, compact_json, loads_json, loads_json_strict
 from .codes import ErrorAction, ErrorCode, action_of
@@ -63,6 +63,7 @@ __all__ = [
     "Descriptors",
     "Ack",
     "SnapshotDoc",
+    "DocColumns",
     "Snapshot",
     "CompensatedWrite",
     "CompensatingWrite",
@@ -726,7 +727,7 @@ class Snapshot:
     TAG: ClassVar[str] = "snapshot"
 
     page: int
-    docs: tuple[SnapshotDoc, ...]
+    docs: tuple[SnapshotDoc, ...] | DocColumns
     as_of_seq: int
     done: bool
     progress: Progress = field(default_factory=Progress)
@@ -734,7 +735,8 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         _int("page", self.page)
-        if not isinstance(self.docs, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.docs):
+        if type(self.docs) is not DocColumns and (
+                not isinstance(self.docs, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.docs)):
             raise ValueError("docs must be a tuple of SnapshotDoc")
         _int("as_of_seq", self.as_of_seq)
         _bool("done", self.done)
@@ -742,7 +744,12 @@ class Snapshot:
             raise ValueError("progress must be a Progress")
 
     def to_body(self) -> dict[str, Any]:
-        docs = [d.to_json_wire() for d in self.docs] if self.json_docs else [d.to_wire() for d in self.docs]
+        if type(self.docs) is DocColumns and self.json_docs:
+            docs = self.docs.json_wire()
+        elif self.json_docs:
+            docs = [d.to_json_wire() for d in self.docs]
+        else:
+            docs = [d.to_wire() for d in self.docs]
         return {"page": self.page, "docs": docs,
                 "as_of_seq": self.as_of_seq, "done": self.done, "progress": self.progress.to_wire()}
 
@@ -750,10 +757,14 @@ class Snapshot:
     def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> Snapshot:
         """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``).
         Each document may be in either wire form."""
-        docs = []
+        docs: list[SnapshotDoc] = []
         json_docs = False
         items = _list("docs", _get(body, "docs"))
         if plain and items and type(items[0]) is list and len(items[0]) == 6:
+            columns = DocColumns.from_json_wire(items)
+            if columns is not None:
+                return cls(_get(body, "page"), columns, _get(body, "as_of_seq"), _get(body, "done"),
+                           Progress.from_wire(body.get("progress", {})), True)
             docs, json_docs = _json_docs_from_wire(items), True
         else:
             for d in items:
@@ -764,6 +775,110 @@ class Snapshot:
                     docs.append(SnapshotDoc.from_wire(d, plain=plain))
         return cls(_get(body, "page"), tuple(docs), _get(body, "as_of_seq"), _get(body, "done"),
                    Progress.from_wire(body.get("progress", {})), json_docs)
+
+
+_NONE_TYPE = type(None)
+_FLAT_TYPES = frozenset((str, bool, _NONE_TYPE, int, float))
+
+
+class DocColumns(Sequence[SnapshotDoc]):
+    """The documents of a snapshot page as columns, every one in the common form: a fresh
+    document's compact meta (``{"*": stamp}``) and a flat body (plain scalars), both as the
+    JSON text received (:data:`FEATURE_SNAPSHOT_JSON`) and checked as strictly as
+    :meth:`SnapshotDoc.from_json_wire` checks each one.
+
+    A receiver stores such a page column by column (``store/replica.py``), without one object
+    per document; read as a sequence it gives the same :class:`SnapshotDoc` values, made on
+    first use. Built by :meth:`from_json_wire`, which declines (None) any page it cannot
+    check as a whole, for the per-document path to decide and name what is wrong.
+    """
+
+    __slots__ = ("collections", "keys", "epochs", "lives", "bodies", "metas", "parsed", "_docs")
+
+    def __init__(self, collections: Sequence[str], keys: Sequence[Plain], epochs: Sequence[str],
+                 lives: Sequence[bool], bodies: Sequence[str], metas: Sequence[str],
+                 parsed: Sequence[dict[str, Any]]) -> None:
+        #: Per document: collection, key, epoch, live, body JSON text, meta JSON text and the
+        #: parsed body (``metas[i][6:40]`` is the meta's one stamp).
+        self.collections, self.keys, self.epochs, self.lives = collections, keys, epochs, lives
+        self.bodies, self.metas, self.parsed = bodies, metas, parsed
+        self._docs: tuple[SnapshotDoc, ...] | None = None
+
+    @classmethod
+    def from_json_wire(cls, items: Sequence[Any]) -> DocColumns | None:
+        """The page's documents (``[collection, key, epoch, live, body_json, meta_json]``
+        each, already through :func:`check_plain`) as columns, when every one is in the
+        common form and valid; None otherwise (nothing is raised here)."""
+        if not items or set(map(type, items)) != {list} or set(map(len, items)) != {6}:
+            return None
+        collections, keys, epochs, lives, bodies, metas = zip(*items)
+        try:
+            # A value of another type than str never equals a str, so a set keeps one of them.
+            kinds = set(collections)
+            stamps = set(epochs)
+        except TypeError:  # an unhashable (list, map) collection or epoch
+            return None
+        if not all(type(c) is str and c for c in kinds) or not all(
+                type(e) is str and (e == "" or is_stamp(e)) for e in stamps):
+            return None
+        if set(map(type, lives)) != {bool} or not are_compact_metas(metas) or set(map(type, bodies)) != {str}:
+            return None
+        try:
+            parsed = list(map(loads_json_strict, bodies))
+        except (ValueError, RecursionError):
+            return None
+        if set(map(type, parsed)) != {dict}:
+            return None
+        values = [v for body in parsed for v in body.values()]
+        found = set(map(type, values))
+        if not found <= _FLAT_TYPES:
+            return None
+        if int in found:
+            ints = [v for v in values if type(v) is int]
+            if min(ints) < -(2**63) or max(ints) > 2**63 - 1:
+                return None
+        if float in found and not all(map(math.isfinite, [v for v in values if type(v) is float])):
+            return None
+        return cls(collections, keys, epochs, lives, bodies, metas, parsed)
+
+    def json_wire(self) -> list[list[Any]]:
+        """The documents in the JSON-text wire form, as received."""
+        return [list(d) for d in zip(self.collections, self.keys, self.epochs, self.lives, self.bodies, self.metas)]
+
+    def _all(self) -> tuple[SnapshotDoc, ...]:
+        docs = self._docs
+        if docs is None:
+            out: list[SnapshotDoc] = []
+            new, setattr_ = object.__new__, object.__setattr__
+            for collection, key, epoch, live, body_json, meta_json, body in zip(
+                    self.collections, self.keys, self.epochs, self.lives, self.bodies, self.metas, self.parsed):
+                doc = new(SnapshotDoc)
+                setattr_(doc, "collection", collection)
+                setattr_(doc, "key", key)
+                setattr_(doc, "state", {"epoch": epoch, "live": live, "body": body, "meta": {"*": meta_json[6:40]}})
+                setattr_(doc, "json_form", (epoch, live, body_json, meta_json))
+                out.append(doc)
+            docs = self._docs = tuple(out)
+        return docs
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[SnapshotDoc]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (DocColumns, tuple)):
+            return self._all() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DocColumns({len(self)} documents)"
 
 
 def _json_docs_from_wire(items: list[Any] | tuple[Any, ...]) -> list[SnapshotDoc]:

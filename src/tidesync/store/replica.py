@@ -33,7 +33,7 @@ from ..core import merge
 from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json
-from ..protocol.messages import Scope, SnapshotDoc
+from ..protocol.messages import DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
     Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
 )
@@ -504,6 +504,10 @@ class ReplicaStore:
         with self._lock:
             self._check_open()
             with self._engine.atomic():
+                stored = self._store_columns(docs, peer) if type(docs) is DocColumns and verbatim else None
+                if stored is not None:
+                    changed = stored
+                    docs = ()  # stored: nothing left for the per-document join below
                 refs = [(doc.collection, canonical_json(doc.key)) for doc in docs]
                 existing = self._states_of(refs)
                 states: list[tuple[str, Ref, merge.DocState]] = []
@@ -590,6 +594,62 @@ class ReplicaStore:
                         "DO UPDATE SET received = excluded.received", (peer, as_of_seq))
             self._after_remote(changed > 0)
         return SnapshotResult(changed, unchanged)
+
+    def _store_columns(self, docs: DocColumns, peer: ReplicaId) -> int | None:
+        """Store a page of documents none of which is held here, in their received text, column
+        by column: the rows, change numbers and clock the per-document path of
+        :meth:`integrate_snapshot` would give them, without an object per document. Returns how
+        many were stored, or None (nothing done) when one of them is held here, or appears twice,
+        or is an empty tombstone: the per-document path joins those."""
+        n = len(docs)
+        collections, keys, lives = docs.collections, docs.keys, docs.lives
+        if set(map(type, keys)) == {str}:
+            joined = "".join(keys)
+            if '"' in joined or "\\" in joined or not joined.isprintable():
+                pks = list(map(canonical_json, keys))
+            else:  # canonical_json's own result for such a str
+                pks = list(map('"{}"'.format, keys))
+        else:
+            pks = list(map(canonical_json, keys))
+        kinds = set(collections)
+        if len(set(zip(collections, pks)) if len(kinds) > 1 else set(pks)) != n:
+            return None  # the same document twice in the page
+        if False in lives and ZERO in docs.epochs and any(
+                not live and epoch == ZERO for live, epoch in zip(lives, docs.epochs)):
+            return None  # a tombstone never created: joined with the empty state
+        query = self._engine.query
+        for kind in kinds:
+            mine = pks if len(kinds) == 1 else [pk for c, pk in zip(collections, pks) if c == kind]
+            for i in range(0, len(mine), 500):
+                chunk = mine[i:i + 500]
+                if query(f"SELECT 1 FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))}) "
+                         "LIMIT 1", [kind, *chunk]):
+                    return None
+        pkey = getattr(self, "partition_key", None)
+        scopes: Iterable[str | None]
+        if pkey is None:
+            scopes = [None] * n
+        else:
+            values = [body.get(pkey) for body in docs.parsed]
+            if False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1:
+                scopes = [canonical_json(values[0])] * n
+            else:
+                scopes = [canonical_json(v) if live else None for v, live in zip(values, lives)]
+        tick = int(self._setting("snapshot_tick") or 0)
+        self._engine.executemany(
+            "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
+            "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
+            "scope = coalesce(excluded.scope, documents.scope)",
+            zip(collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
+                range(tick - 1, tick - 1 - n, -1), scopes))
+        self._set_setting("snapshot_tick", str(tick - n))
+        clock = getattr(self, "_clock", None)
+        if clock is not None:
+            # The latest of the meta stamps (each checked) and the epochs ('' or a stamp).
+            clock.observe(Stamp(max(max(docs.metas)[6:40], max(docs.epochs))))
+            self._set_setting("clock", clock.last)
+        return n
 
     def _store_state(self, collection: str, ref: Ref, state: merge.DocState) -> None:
         pkey = getattr(self, "partition_key", None)

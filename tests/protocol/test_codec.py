@@ -472,3 +472,27 @@ def test_a_page_of_common_json_text_documents_is_checked_as_columns_with_the_sam
     docs = [common(1)[:4] + ['{"x":1.8446744073709552e19}', meta(1)],
             common(2)[:4] + ['{"x":18446744073709551616}', meta(2)]]
     assert code_of(raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})) == "malformed_message"
+
+
+@pytest.mark.parametrize("bodies", [
+    ['{"a":"', '"}', '{"c":1},{"d":1}'],       # a string swallowing a separator, made up for
+    ['{"a":"', '"}', '{"c":1}', '{"d":1}'],    # a string swallowing a separator
+    ['{"a":1},{"b":2}', '{"c":3}'], ['{"a":1}', ""], ['{"a":1}', " "], ['{"a":1} {"b":1}'],
+    ['{"a":1}', '{"b":NaN}'], ['{"a":"]"}'], ['{"a":"["}', '{"b":1}'], ['{"a":1}', '{"b":"x"} '],
+    ['{"a":1}', '{"b":"\\u005d,\\u005b"}'], ['{"a":"', '"}'],
+])
+def test_page_bodies_parsed_together_give_what_each_alone_gives(bodies: list[str]) -> None:
+    from tidesync.core.values import loads_json_strict
+    from tidesync.protocol.messages import _parse_all
+
+    try:
+        alone: Any = [loads_json_strict(b) for b in bodies]
+    except ValueError:
+        alone = None
+    assert _parse_all(bodies) == alone
+    docs = [["c", i, "", True, b, _FRESH_META] for i, b in enumerate(bodies)]
+    payload = raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})
+    if alone is None or not all(type(v) is dict for v in alone):
+        assert code_of(payload) == "malformed_message"
+    else:
+        assert [d.state["body"] for d in decode(payload).docs] == alone

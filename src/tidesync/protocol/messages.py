@@ -806,22 +806,27 @@ def _parse_all(texts: Sequence[str]) -> list[Any] | None:
 
 
 class DocColumns(Sequence[SnapshotDoc]):
-    """The documents of a snapshot page as columns, every one in the common form: a fresh
-    document's compact meta (``{"*": stamp}``) and a flat body (plain scalars), both as the
-    JSON text received (:data:`FEATURE_SNAPSHOT_JSON`) and checked as strictly as
-    :meth:`SnapshotDoc.from_json_wire` checks each one.
+    """The documents of a snapshot page as columns, body and meta as JSON text.
 
-    A receiver stores such a page column by column (``store/replica.py``), without one object
-    per document; read as a sequence it gives the same :class:`SnapshotDoc` values, made on
-    first use. Built by :meth:`from_json_wire`, which declines (None) any page it cannot
-    check as a whole, for the per-document path to decide and name what is wrong.
+    Two kinds, told apart by ``parsed``:
+
+    * received (``parsed`` holds the bodies): every document in the common form, a fresh
+      document's compact meta (``{"*": stamp}``) and a flat body (plain scalars), checked as
+      strictly as :meth:`SnapshotDoc.from_json_wire` checks each one. A receiver stores such a
+      page column by column (``store/replica.py``), without one object per document. Built by
+      :meth:`from_json_wire`, which declines (None) any page it cannot check as a whole, for
+      the per-document path to decide and name what is wrong.
+    * read from a replica's own storage (``parsed`` is None: trusted, any form), to be sent
+      in the JSON-text form without one object per document.
+
+    Read as a sequence it gives the same :class:`SnapshotDoc` values, made on first use.
     """
 
     __slots__ = ("collections", "keys", "epochs", "lives", "bodies", "metas", "parsed", "_docs")
 
     def __init__(self, collections: Sequence[str], keys: Sequence[Plain], epochs: Sequence[str],
                  lives: Sequence[bool], bodies: Sequence[str], metas: Sequence[str],
-                 parsed: Sequence[dict[str, Any]]) -> None:
+                 parsed: Sequence[dict[str, Any]] | None = None) -> None:
         #: Per document: collection, key, epoch, live, body JSON text, meta JSON text and the
         #: parsed body (``metas[i][6:40]`` is the meta's one stamp).
         self.collections, self.keys, self.epochs, self.lives = collections, keys, epochs, lives
@@ -870,11 +875,14 @@ class DocColumns(Sequence[SnapshotDoc]):
 
     def _all(self) -> tuple[SnapshotDoc, ...]:
         docs = self._docs
+        if docs is None and self.parsed is None:
+            docs = self._docs = tuple(map(SnapshotDoc.from_json_form, self.collections, self.keys, self.epochs,
+                                          self.lives, self.bodies, self.metas))
         if docs is None:
             out: list[SnapshotDoc] = []
             new, setattr_ = object.__new__, object.__setattr__
             for collection, key, epoch, live, body_json, meta_json, body in zip(
-                    self.collections, self.keys, self.epochs, self.lives, self.bodies, self.metas, self.parsed):
+                    self.collections, self.keys, self.epochs, self.lives, self.bodies, self.metas, self.parsed or ()):
                 doc = new(SnapshotDoc)
                 setattr_(doc, "collection", collection)
                 setattr_(doc, "key", key)

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
+from itertools import accumulate
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -32,14 +34,14 @@ import msgpack
 from ..core import merge
 from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
-from ..core.values import canonical_json
+from ..core.values import canonical_json, loads_json
 from ..protocol.messages import DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
     Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
 )
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .engine import Engine, Row
 
 __all__ = ["ReplicaStore"]
 
@@ -455,17 +457,14 @@ class ReplicaStore:
     # -- snapshots ---------------------------------------------------------------------------
 
     def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
-        """One page of document states in ``scope`` (tombstones included), by rowid."""
+        """One page of document states in ``scope`` (tombstones included), by rowid; in a
+        partition scope by collection, then rowid (what its index gives without a sort)."""
         want = _scope_value(scope)
-        after = int(cursor) if isinstance(cursor, int) else 0
         with self._lock:
             self._check_open()
             as_of = self.head_seq()
-            where = "rowid > ?" + (" AND scope = ?" if want is not None else "")
-            params: list[Any] = [after] + ([want] if want is not None else [])
-            rows = self._engine.query(
-                f"SELECT rowid, collection, pk, body, meta, epoch, live FROM documents WHERE {where} "
-                f"ORDER BY rowid LIMIT ?", [*params, limit])
+            # One row more than the page: whether more follow, without another query.
+            rows = self._snapshot_rows(want, cursor, limit + 1)
             cache = self._log_cache()
             estimate = cache.counts.get(want) if cache is not None else None
             if estimate is None:  # a count per page costs as much as the page on a large scope
@@ -474,23 +473,53 @@ class ReplicaStore:
                     [want] if want is not None else [])[0][0])
                 if cache is not None:
                     cache.counts[want] = estimate
-        docs: list[SnapshotDoc] = []
-        nbytes = 0
-        last = after
-        for rowid, coll, pk, body, meta, epoch, live in rows:
-            # Read back from this file, where only checked plain values are stored; kept as
-            # the stored text (parsed only if something reads the state).
-            docs.append(SnapshotDoc.from_json_form(coll, json.loads(pk), epoch, bool(live), body, meta))
-            nbytes += len(body) + len(meta) + len(pk)
-            last = rowid
-            if nbytes >= max_bytes:
+        if not rows:
+            return SnapshotPage((), None, as_of, 0, estimate)
+        rowids, collections, pks, bodies, metas, epochs, lives = zip(*rows)
+        # Up to ``limit`` documents, and up to the first one that reaches ``max_bytes``.
+        sizes = list(accumulate(map(len, bodies)))
+        sizes = [a + b + c for a, b, c in zip(sizes, accumulate(map(len, metas)), accumulate(map(len, pks)))]
+        take = min(limit, bisect_left(sizes, max_bytes) + 1, len(rows))
+        more = len(rows) > take
+        if take < len(rows):
+            rowids, collections, pks, bodies, metas, epochs, lives = (
+                c[:take] for c in (rowids, collections, pks, bodies, metas, epochs, lives))
+        # Read back from this file, where only checked plain values are stored (each key its
+        # canonical JSON): kept as the stored text, parsed only if something reads the state.
+        keys = loads_json("[" + ",".join(pks) + "]")
+        docs = DocColumns(collections, keys, epochs, list(map(bool, lives)), bodies, metas)
+        last = rowids[-1] if want is None else (collections[-1], rowids[-1])
+        return SnapshotPage(docs, last if more else None, as_of, sizes[take - 1], estimate)
+
+    def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int) -> list[Row]:
+        """Up to ``limit`` rows ``(rowid, collection, pk, body, meta, epoch, live)`` after
+        ``cursor``: by rowid (the table's own order) for everything; in a partition scope by
+        collection, then rowid, which the ``(scope, collection)`` index gives in order (by rowid
+        alone, every page would read and sort the whole scope)."""
+        columns = "rowid, collection, pk, body, meta, epoch, live"
+        query = self._engine.query
+        if want is None:
+            after = cursor if isinstance(cursor, int) else 0
+            return query(f"SELECT {columns} FROM documents WHERE rowid > ? ORDER BY rowid LIMIT ?", [after, limit])
+        if isinstance(cursor, tuple):
+            collection, after = cursor
+        else:
+            first = query("SELECT collection FROM documents WHERE scope = ? ORDER BY collection LIMIT 1", [want])
+            if not first:
+                return []
+            collection, after = first[0][0], 0
+        rows: list[Row] = []
+        while len(rows) < limit:
+            rows += query(f"SELECT {columns} FROM documents WHERE scope = ? AND collection = ? AND rowid > ? "
+                          f"ORDER BY rowid LIMIT ?", [want, collection, after, limit - len(rows)])
+            if len(rows) >= limit:
                 break
-        more = len(docs) == limit or (nbytes >= max_bytes and len(docs) < len(rows))
-        if len(docs) == limit:
-            with self._lock:
-                more = bool(self._engine.query(
-                    f"SELECT 1 FROM documents WHERE {where} LIMIT 1", [last] + params[1:]))
-        return SnapshotPage(tuple(docs), last if more else None, as_of, nbytes, estimate)
+            later = query("SELECT collection FROM documents WHERE scope = ? AND collection > ? "
+                          "ORDER BY collection LIMIT 1", [want, collection])
+            if not later:
+                break
+            collection, after = later[0][0], 0
+        return rows
 
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,
                            as_of_seq: int | None) -> SnapshotResult:
@@ -602,7 +631,9 @@ class ReplicaStore:
         many were stored, or None (nothing done) when one of them is held here, or appears twice,
         or is an empty tombstone: the per-document path joins those."""
         n = len(docs)
-        collections, keys, lives = docs.collections, docs.keys, docs.lives
+        collections, keys, lives, parsed = docs.collections, docs.keys, docs.lives, docs.parsed
+        if parsed is None:
+            return None  # read from storage, not received: any form
         if set(map(type, keys)) == {str}:
             joined = "".join(keys)
             if '"' in joined or "\\" in joined or not joined.isprintable():
@@ -630,7 +661,7 @@ class ReplicaStore:
         if pkey is None:
             scopes = [None] * n
         else:
-            values = [body.get(pkey) for body in docs.parsed]
+            values = [body.get(pkey) for body in parsed]
             if False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1:
                 scopes = [canonical_json(values[0])] * n
             else:

@@ -443,12 +443,18 @@ def test_a_page_of_common_json_text_documents_is_checked_as_columns_with_the_sam
         lambda d: d[:5] + [meta(1).upper()],  # "*" is no stamp: not a fresh document's meta
         lambda d: d[:5] + ['{"r":{"n":"' + "0" * 18 + 'a' * 16 + '"}}'], lambda d: d[:5] + ["{}"],
     ]
+    also_common = [  # flat, checked the long way (what the text alone cannot rule out)
+        lambda d: d[:4] + ['{"s":"{x}","t":"a]"}', d[5]], lambda d: d[:4] + ['{"n":1000000000000000000}', d[5]],
+        lambda d: d[:4] + ['{"n":-9223372036854775808,"f":1e100,"g":1.5E+300,"h":-2e-310}', d[5]],
+    ]
     bad = [  # refused wherever they stand
         lambda d: d[:4] + ['{"x":18446744073709551616}', d[5]], lambda d: d[:4] + ['{"x":1e999}', d[5]],
         lambda d: d[:4] + ['{"x":NaN}', d[5]], lambda d: d[:4] + ["[1]", d[5]], lambda d: d[:3] + [1, *d[4:]],
         lambda d: [True, *d[1:]], lambda d: [["c"], *d[1:]], lambda d: d[:2] + [["x"], *d[3:]],
         lambda d: d[:2] + ["0" * 33 + "g", *d[3:]], lambda d: d[:5] + [meta(1)[:-2] + "x}"],
-        lambda d: d[:4] + [b"{}", d[5]], lambda d: d[:5],
+        lambda d: d[:4] + [b"{}", d[5]], lambda d: d[:5], lambda d: [d[0], float("nan"), *d[2:]],
+        lambda d: [d[0], 2**64 - 1, *d[2:]], lambda d: [d[0], [1.5, float("inf")], *d[2:]],
+        lambda d: d[:4] + ['{"n":9223372036854775808}', d[5]], lambda d: d[:4] + ['{"n":-1e309}', d[5]],
     ]
     rng = random.Random(3)
     for round_ in range(300):
@@ -457,17 +463,24 @@ def test_a_page_of_common_json_text_documents_is_checked_as_columns_with_the_sam
         if kind:
             at = rng.randrange(len(docs))
             docs[at] = rng.choice(uncommon if kind == 1 else bad)(docs[at])
+        elif round_ % 2:
+            at = rng.randrange(len(docs))
+            docs[at] = rng.choice(also_common)(docs[at])
         payload = raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})
         if kind == 2:
             assert code_of(payload) == "malformed_message", docs
             continue
         decoded = decode(payload)
         alone = [SnapshotDoc.from_json_wire(d) for d in docs]
-        assert (type(decoded.docs) is DocColumns) == (kind == 0)
+        assert (type(decoded.docs) is DocColumns) == (kind == 0), docs
         assert list(decoded.docs) == alone and len(decoded.docs) == len(alone)
         assert [d.json_form for d in decoded.docs] == [d.json_form for d in alone]
         assert decoded == Snapshot(0, tuple(alone), 1, True, json_docs=True)
         assert decode(encode(decoded)) == decoded  # sent on as received
+    # Not plain beside the documents: refused as before.
+    payload = raw("snapshot", {"page": 0, "docs": [common(1)], "as_of_seq": 1, "done": True,
+                               "progress": {"sent": float("nan")}})
+    assert code_of(payload) == "malformed_message"
     # An int out of range beside a float equal to it is still seen.
     docs = [common(1)[:4] + ['{"x":1.8446744073709552e19}', meta(1)],
             common(2)[:4] + ['{"x":18446744073709551616}', meta(2)]]

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from ..core.stamp import ReplicaId, Stamp, are_compact_metas, is_replica_id, is_stamp
+from ..core.stamp import ReplicaId, Stamp, are_compact_metas, big_number_search, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import Plain, compact_json, loads_json, loads_json_strict
 from .codes import ErrorAction, ErrorCode, action_of
@@ -754,16 +754,32 @@ class Snapshot:
                 "as_of_seq": self.as_of_seq, "done": self.done, "progress": self.progress.to_wire()}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> Snapshot:
+    def from_received(cls, body: Mapping[str, Any]) -> Snapshot:
+        """:meth:`from_body` of a body not yet through :func:`check_plain` (``codec.decode``):
+        a page of common JSON-text documents is checked column by column (:class:`DocColumns`,
+        which checks each of its values' types itself), anything else by :func:`check_plain`
+        first. The same message, or a ValueError."""
+        items = body.get("docs")
+        if type(items) is list and items and type(items[0]) is list and len(items[0]) == 6:
+            check_plain({k: v for k, v in body.items() if k != "docs"}, f"{cls.TAG} body")
+            columns = DocColumns.from_json_wire(items, plain=False)
+            if columns is not None:
+                return cls(_get(body, "page"), columns, _get(body, "as_of_seq"), _get(body, "done"),
+                           Progress.from_wire(body.get("progress", {})), True)
+        check_plain(body, f"{cls.TAG} body")
+        return cls.from_body(body, plain=True, columns=False)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False, columns: bool = True) -> Snapshot:
         """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``).
-        Each document may be in either wire form."""
+        Each document may be in either wire form. ``columns``: try :class:`DocColumns` first."""
         docs: list[SnapshotDoc] = []
         json_docs = False
         items = _list("docs", _get(body, "docs"))
-        if plain and items and type(items[0]) is list and len(items[0]) == 6:
-            columns = DocColumns.from_json_wire(items)
-            if columns is not None:
-                return cls(_get(body, "page"), columns, _get(body, "as_of_seq"), _get(body, "done"),
+        if plain and columns and items and type(items[0]) is list and len(items[0]) == 6:
+            page = DocColumns.from_json_wire(items)
+            if page is not None:
+                return cls(_get(body, "page"), page, _get(body, "as_of_seq"), _get(body, "done"),
                            Progress.from_wire(body.get("progress", {})), True)
             docs, json_docs = _json_docs_from_wire(items), True
         else:
@@ -778,6 +794,8 @@ class Snapshot:
 
 
 _NONE_TYPE = type(None)
+#: Finds what may be a number beyond a 64-bit int or a finite float in JSON text.
+_NO_BIG_NUMBER = big_number_search
 _FLAT_TYPES = frozenset((str, bool, _NONE_TYPE, int, float))
 
 
@@ -834,13 +852,16 @@ class DocColumns(Sequence[SnapshotDoc]):
         self._docs: tuple[SnapshotDoc, ...] | None = None
 
     @classmethod
-    def from_json_wire(cls, items: Sequence[Any]) -> DocColumns | None:
+    def from_json_wire(cls, items: Sequence[Any], *, plain: bool = True) -> DocColumns | None:
         """The page's documents (``[collection, key, epoch, live, body_json, meta_json]``
-        each, already through :func:`check_plain`) as columns, when every one is in the
-        common form and valid; None otherwise (nothing is raised here)."""
+        each) as columns, when every one is in the common form and valid; None otherwise
+        (nothing is raised here). ``plain``: ``items`` already passed :func:`check_plain`;
+        if not, the keys are checked here (every other value's exact type is)."""
         if not items or set(map(type, items)) != {list} or set(map(len, items)) != {6}:
             return None
         collections, keys, epochs, lives, bodies, metas = zip(*items)
+        if not plain and not _plain_fast(list(keys)):
+            return None
         try:
             # A value of another type than str never equals a str, so a set keeps one of them.
             kinds = set(collections)
@@ -857,6 +878,12 @@ class DocColumns(Sequence[SnapshotDoc]):
             return None
         if set(map(type, parsed)) != {dict}:
             return None
+        joined = "".join(bodies)
+        if joined.count("{") == len(bodies) and "[" not in joined and _NO_BIG_NUMBER(joined) is None:
+            # No nesting (each body's own "{" is the only one; strings holding one go the long
+            # way), so only JSON scalars: str, bool, None, and numbers without 19 digits in a
+            # row or a 3-digit exponent, which are 64-bit ints or finite floats.
+            return cls(collections, keys, epochs, lives, bodies, metas, parsed)
         values = [v for body in parsed for v in body.values()]
         found = set(map(type, values))
         if not found <= _FLAT_TYPES:

@@ -26,7 +26,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
-from itertools import accumulate
+from itertools import accumulate, repeat
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -661,7 +661,7 @@ class ReplicaStore:
         if pkey is None:
             scopes = [None] * n
         else:
-            values = [body.get(pkey) for body in parsed]
+            values = list(map(dict.get, parsed, repeat(pkey, n)))
             if False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1:
                 scopes = [canonical_json(values[0])] * n
             else:

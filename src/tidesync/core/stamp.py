@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, NewType
 
 __all__ = ["Stamp", "ReplicaId", "ZERO", "make_stamp", "parse_stamp", "StampParts",
-           "is_stamp", "is_replica_id", "are_compact_metas", "big_number_search", "STAMP_LENGTH"]
+           "is_stamp", "is_replica_id", "are_compact_metas", "STAMP_LENGTH"]
 
 Stamp = NewType("Stamp", str)
 ReplicaId = NewType("ReplicaId", str)
@@ -32,7 +32,6 @@ ZERO = Stamp("")
 _STAMP_RE = re.compile(r"\A[0-9a-f]{34}\Z")
 _REPLICA_RE = re.compile(r"\A[0-9a-f]{16}\Z")
 #: Any number of ``{"*":"<stamp>"}``, 42 characters each.
-_BIG_NUMBER_RE = re.compile(r"[0-9]{19}|[eE][+-]?[0-9]{3}")
 _COMPACT_METAS_RE = re.compile(r'(?:\{"\*":"[0-9a-f]{34}"\})*')
 
 
@@ -64,13 +63,6 @@ def are_compact_metas(texts: Sequence[object]) -> bool:
     document's compact meta), checked in one pass for all of them."""
     return (set(map(type, texts)) <= {str} and set(map(len, texts)) <= {42}  # type: ignore[arg-type]
             and _COMPACT_METAS_RE.fullmatch("".join(texts)) is not None)  # type: ignore[arg-type]
-
-
-def big_number_search(text: str) -> object | None:
-    """Something in JSON ``text`` that may be a number outside the signed 64-bit ints or
-    beyond a float (19 digits in a row, or a 3-digit exponent), or None when there is
-    nothing of the kind (strings included: a conservative check)."""
-    return _BIG_NUMBER_RE.search(text)
 
 
 def is_replica_id(value: object) -> bool:

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from ..core.stamp import ReplicaId, Stamp, are_compact_metas, big_number_search, is_replica_id, is_stamp
+from ..core.stamp import ReplicaId, Stamp, are_compact_metas, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import Plain, compact_json, loads_json, loads_json_strict
 from .codes import ErrorAction, ErrorCode, action_of
@@ -794,8 +794,6 @@ class Snapshot:
 
 
 _NONE_TYPE = type(None)
-#: Finds what may be a number beyond a 64-bit int or a finite float in JSON text.
-_NO_BIG_NUMBER = big_number_search
 _FLAT_TYPES = frozenset((str, bool, _NONE_TYPE, int, float))
 
 
@@ -878,12 +876,6 @@ class DocColumns(Sequence[SnapshotDoc]):
             return None
         if set(map(type, parsed)) != {dict}:
             return None
-        joined = "".join(bodies)
-        if joined.count("{") == len(bodies) and "[" not in joined and _NO_BIG_NUMBER(joined) is None:
-            # No nesting (each body's own "{" is the only one; strings holding one go the long
-            # way), so only JSON scalars: str, bool, None, and numbers without 19 digits in a
-            # row or a 3-digit exponent, which are 64-bit ints or finite floats.
-            return cls(collections, keys, epochs, lives, bodies, metas, parsed)
         values = [v for body in parsed for v in body.values()]
         found = set(map(type, values))
         if not found <= _FLAT_TYPES:

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from ..core.stamp import ReplicaId, Stamp, are_compact_metas, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
-from ..core.values import Plain, compact_json, loads_json, loads_json_strict
+from ..core.values import Plain, compact_json, loads_json, loads_json_scalars_checked, loads_json_strict
 from .codes import ErrorAction, ErrorCode, action_of
 
 __all__ = [
@@ -798,7 +798,8 @@ _FLAT_TYPES = frozenset((str, bool, _NONE_TYPE, int, float))
 
 
 def _parse_all(texts: Sequence[str]) -> list[Any] | None:
-    """``[loads_json_strict(t) for t in texts]``, or None if one of them fails.
+    """``[loads_json_strict(t) for t in texts]`` that also refuses ints beyond 64 bits and
+    numbers beyond a float, or None if one of them fails.
 
     Texts without a bracket are parsed in one call, each wrapped in a list: ``[[t1],[t2],...]``.
     The only brackets are then those added here, and a string cannot swallow them without
@@ -808,7 +809,7 @@ def _parse_all(texts: Sequence[str]) -> list[Any] | None:
     joined = "".join(texts)
     if "[" not in joined and "]" not in joined:
         try:
-            groups = loads_json_strict("[[" + "],[".join(texts) + "]]")
+            groups = loads_json_scalars_checked("[[" + "],[".join(texts) + "]]")
         except (ValueError, RecursionError):
             return None
         if (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}
@@ -819,7 +820,6 @@ def _parse_all(texts: Sequence[str]) -> list[Any] | None:
         return list(map(loads_json_strict, texts))
     except (ValueError, RecursionError):
         return None
-
 
 class DocColumns(Sequence[SnapshotDoc]):
     """The documents of a snapshot page as columns, body and meta as JSON text.
@@ -876,6 +876,11 @@ class DocColumns(Sequence[SnapshotDoc]):
             return None
         if set(map(type, parsed)) != {dict}:
             return None
+        joined = "".join(bodies)
+        if joined.count("{") == len(bodies) and "[" not in joined:
+            # Each body's own "{" is its only one (a string holding one goes the long way), no
+            # array: only scalars, and _parse_all checked the numbers.
+            return cls(collections, keys, epochs, lives, bodies, metas, parsed)
         values = [v for body in parsed for v in body.values()]
         found = set(map(type, values))
         if not found <= _FLAT_TYPES:

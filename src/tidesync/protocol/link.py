@@ -211,8 +211,13 @@ class Link:
         self.error = sync_error
         self._events.append(Failed(sync_error, remote=False))
 
-    def receive(self, payload: bytes) -> None:
+    def receive(self, payload: bytes, *, decoded: Message | Exception | None = None) -> None:
         """Feed one payload received from the peer. Never raises because of its content.
+
+        ``decoded``: the outcome of ``codec.decode(payload, max_size=self.max_message_size)``
+        obtained beforehand (a driver may decode on the thread that read the payload, while
+        another handles the previous one): the message, or the exception it raised. None:
+        decoded here.
 
         After the connection has ended, payloads are ignored.
         """
@@ -220,7 +225,12 @@ class Link:
             return
         self._heard = True
         try:
-            message = decode(payload, max_size=self.max_message_size)
+            if decoded is None:
+                message = decode(payload, max_size=self.max_message_size)
+            elif isinstance(decoded, Exception):
+                raise decoded
+            else:
+                message = decoded
         except ProtocolError as exc:
             self.fail(exc)
             return

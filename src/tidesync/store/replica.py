@@ -487,6 +487,8 @@ class ReplicaStore:
         # Read back from this file, where only checked plain values are stored (each key its
         # canonical JSON): kept as the stored text, parsed only if something reads the state.
         keys = loads_json("[" + ",".join(pks) + "]")
+        if len(keys) != take:  # only if a stored key were not one JSON value: one at a time
+            keys = list(map(loads_json, pks))
         docs = DocColumns(collections, keys, epochs, list(map(bool, lives)), bodies, metas)
         last = rowids[-1] if want is None else (collections[-1], rowids[-1])
         return SnapshotPage(docs, last if more else None, as_of, sizes[take - 1], estimate)

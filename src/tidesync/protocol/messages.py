@@ -858,7 +858,7 @@ class DocColumns(Sequence[SnapshotDoc]):
         if not items or set(map(type, items)) != {list} or set(map(len, items)) != {6}:
             return None
         collections, keys, epochs, lives, bodies, metas = zip(*items)
-        if not plain and not _plain_fast(list(keys)):
+        if not plain and set(map(type, keys)) != {str} and not _plain_fast(list(keys)):
             return None
         try:
             # A value of another type than str never equals a str, so a set keeps one of them.

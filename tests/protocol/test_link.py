@@ -117,27 +117,6 @@ def test_bad_payload_fails_the_link_without_raising(payload: bytes, code: str) -
     assert a.events_received() == [] and a.data_to_send() == []
 
 
-@pytest.mark.parametrize("payload", [
-    b"\xc1garbage", msgpack.packb([PROTOCOL_VERSION, "nope", 0, {}]), b"\x00" * 2000,
-    encode(Ack(3)), encode(Ping(5)), encode(Hello(A)),
-])
-def test_a_payload_decoded_beforehand_is_taken_as_decoding_it_here(payload: bytes) -> None:
-    # A driver may decode on the thread that read the payload (client/session.py) and hand
-    # the outcome, the message or the exception, to receive(decoded=...).
-    outcomes = []
-    for beforehand in (False, True):
-        i, a = connected(max_message_size=1000)
-        decoded: Any = None
-        if beforehand:
-            try:
-                decoded = decode(payload, max_size=a.max_message_size)
-            except Exception as exc:  # noqa: BLE001 - handed over as the session does
-                decoded = exc
-        a.receive(payload, decoded=decoded)
-        outcomes.append((a.state, repr(a.events_received()), a.data_to_send(), repr(a.error)))
-    assert outcomes[0] == outcomes[1]
-
-
 def test_out_of_order_message_is_a_peer_error() -> None:
     a = Link(Role.ACCEPTOR)
     a.receive(encode(Changes(0, 0, 0)))

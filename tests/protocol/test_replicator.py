@@ -328,23 +328,6 @@ def test_compacted_log_is_streamed_as_a_snapshot_then_the_log_continues() -> Non
     assert sends(r.log_read(LogBatch((), 31, 31)))[0].from_seq == 30
 
 
-@pytest.mark.parametrize("snapshot_window", [None, 1, 3])
-def test_snapshot_pages_follow_their_own_window(snapshot_window: int | None) -> None:
-    r, _ = active_acceptor(window=2, snapshot_limit=1, snapshot_window=snapshot_window)
-    allowed = 2 if snapshot_window is None else snapshot_window
-    actions = r.log_read(LogBatch((), 0, 30, snapshot_required=True))
-    unacked = 0
-    for n in range(1, 5):  # read pages until the window is full
-        assert of(actions, ReadSnapshot) == [ReadSnapshot(SCOPE, f"k{n}" if n > 1 else None, 1, 1 << 20)]
-        actions = r.snapshot_read(SnapshotPage((doc(n),), f"k{n + 1}", 30, 10, 9))
-        unacked += 1
-        if unacked == allowed:
-            break
-    assert unacked == allowed and of(actions, ReadSnapshot) == []
-    actions = r.handle(Ack(0, snapshot_page=0))  # one acknowledged: one more read
-    assert len(of(actions, ReadSnapshot)) == 1
-
-
 def test_receiving_a_snapshot() -> None:
     r, _ = active_acceptor(our_checkpoint=2)
     assert r.handle(Snapshot(0, (doc(1),), 40, False)) == [IntegrateSnapshot((doc(1),), PEER, None)]

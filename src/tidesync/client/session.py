@@ -33,10 +33,9 @@ from ..errors import (
 from ..protocol.actions import (
     DOWNLOAD, Announce, DownloadComplete, Fail, Integrate, Notify, RecordAck, ReportProgress, Send, UploadComplete,
 )
-from ..protocol.codec import decode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import CompensatingWrite, Message
+from ..protocol.messages import CompensatingWrite
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from .app import User
@@ -365,22 +364,19 @@ class SyncSession:
             raise ConnectionClosedError(f"cannot connect to {app.sync_url}: {exc}") from exc
         self._ws = ws
         inbox = self._inbox
-        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
-        max_size = link.max_message_size
 
         def reader() -> None:
             try:
                 for payload in ws:
                     if isinstance(payload, str):
                         payload = payload.encode()
-                    # Decoded here, while the session thread handles the previous message (a
-                    # bootstrap decodes the next snapshot page as the last one is stored).
-                    inbox.put(("data", (ws, payload, _decoded(payload, max_size))))
+                    inbox.put(("data", (ws, payload)))
             except Exception:  # noqa: BLE001 - any socket end is a lost connection
                 pass
             inbox.put(("lost", ws))
 
         threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
+        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
         scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
                                 token=self.config.user.fresh_access_token(), info={"sdk": "tidesync-python"},
@@ -420,10 +416,10 @@ class SyncSession:
                 elif kind == "commit":
                     self._execute(replicator.local_commit(self._db.head_seq()), link, replicator)
                 elif kind == "data":
-                    source, payload, decoded = item
+                    source, payload = item
                     if source is not ws:
                         continue  # left over from an earlier connection
-                    link.receive(payload, decoded=decoded)
+                    link.receive(payload)
                 for event in link.events_received():
                     if isinstance(event, MessageReceived):
                         self._execute(replicator.handle(event.message), link, replicator)
@@ -553,14 +549,6 @@ class SyncSession:
                 "the server undid writes of this device: " + "; ".join(
                     f"{w['operation']} {w['collection']} {w['id']!r}: {w['reason']}" for w in writes),
                 writes=writes))
-
-
-def _decoded(payload: bytes, max_size: int) -> Message | Exception:
-    """``decode(payload)``, or the exception it raised: for ``Link.receive(decoded=...)``."""
-    try:
-        return decode(payload, max_size=max_size)
-    except Exception as exc:  # noqa: BLE001 - the Link reports it as it would its own
-        return exc
 
 
 def attach_sync(db: Database, config: SyncConfig) -> SyncSession:

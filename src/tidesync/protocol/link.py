@@ -211,13 +211,8 @@ class Link:
         self.error = sync_error
         self._events.append(Failed(sync_error, remote=False))
 
-    def receive(self, payload: bytes, *, decoded: Message | Exception | None = None) -> None:
+    def receive(self, payload: bytes) -> None:
         """Feed one payload received from the peer. Never raises because of its content.
-
-        ``decoded``: the outcome of ``codec.decode(payload, max_size=self.max_message_size)``
-        obtained beforehand (a driver may decode on the thread that read the payload, while
-        another handles the previous one): the message, or the exception it raised. None:
-        decoded here.
 
         After the connection has ended, payloads are ignored.
         """
@@ -225,12 +220,7 @@ class Link:
             return
         self._heard = True
         try:
-            if decoded is None:
-                message = decode(payload, max_size=self.max_message_size)
-            elif isinstance(decoded, Exception):
-                raise decoded
-            else:
-                message = decoded
+            message = decode(payload, max_size=self.max_message_size)
         except ProtocolError as exc:
             self.fail(exc)
             return

@@ -229,9 +229,6 @@ class ServerSession:
     INLINE_READ = 64
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
-    #: Snapshot pages unacknowledged: a device acknowledges a page once it is stored, and a
-    #: third page lets it decode the next (client/session.py's reader) while it stores one.
-    SNAPSHOT_WINDOW = 3
     #: About how many seconds after which a session is woken for entries of other partitions
     #: (local_commit).
     LAZY_COMMIT = 1.0
@@ -244,8 +241,7 @@ class ServerSession:
 
         self.replicator = Replicator(state.backend.replica_id, Role.ACCEPTOR,
                                      info={"server": "tidesync", "app_id": state.config.app_id,
-                                           "policies": json.dumps(named_policies(state.config.policies))},
-                                     snapshot_window=self.SNAPSHOT_WINDOW)
+                                           "policies": json.dumps(named_policies(state.config.policies))})
         self.user: Any = None
         self.partition: Any = None
         self._partition_json = ""  # canonical_json(self.partition), once admitted

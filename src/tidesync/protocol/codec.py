@@ -221,6 +221,8 @@ def decode(payload: bytes | bytearray | memoryview, *,
     if not isinstance(body, dict):
         raise ProtocolError(f"a {tag} body must be a map", code=ErrorCode.MALFORMED_MESSAGE)
     try:
+        if cls is Snapshot:
+            return Snapshot.from_received(body)
         check_plain(body, f"{tag} body")
         if issubclass(cls, (Snapshot, ViewUpdate)):  # documents are not walked twice
             return cls.from_body(body, plain=True)

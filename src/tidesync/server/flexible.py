@@ -454,8 +454,11 @@ class Router:
         self.sessions: set[FlexibleSession] = set()
         self.processed_to = backend.head_seq()
         self.holders: dict[Ref, set[FlexibleSession]] = {}
-        self.eq_index: dict[str, dict[str, dict[IndexKey, set[FlexibleSession]]]] = {}
-        self.scan: dict[str, set[FlexibleSession]] = {}
+        # Per collection: (field -> value key -> session -> its queries with that condition),
+        # and session -> its queries without one. Only those queries are tested against a
+        # change (the others of the session cannot match it).
+        self.eq_index: dict[str, dict[str, dict[IndexKey, dict[FlexibleSession, list[CompiledSub]]]]] = {}
+        self.scan: dict[str, dict[FlexibleSession, list[CompiledSub]]] = {}
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
@@ -555,25 +558,29 @@ class Router:
     def _index(self, s: FlexibleSession) -> None:
         for sub in s.subs:
             if sub.index is None:
-                self.scan.setdefault(sub.collection, set()).add(s)
+                self.scan.setdefault(sub.collection, {}).setdefault(s, []).append(sub)
                 continue
             fieldname, keys = sub.index
             by_value = self.eq_index.setdefault(sub.collection, {}).setdefault(fieldname, {})
             for k in keys:
-                by_value.setdefault(k, set()).add(s)
+                by_value.setdefault(k, {}).setdefault(s, []).append(sub)
         s.indexed = list(s.subs)
 
     def _unindex(self, s: FlexibleSession) -> None:
         for sub in s.indexed:
             if sub.index is None:
-                self.scan.get(sub.collection, set()).discard(s)
+                scan = self.scan.get(sub.collection)
+                if scan is not None:
+                    scan.pop(s, None)
+                    if not scan:
+                        del self.scan[sub.collection]
                 continue
             fieldname, keys = sub.index
             by_value = self.eq_index.get(sub.collection, {}).get(fieldname, {})
             for k in keys:
                 got = by_value.get(k)
                 if got is not None:
-                    got.discard(s)
+                    got.pop(s, None)
                     if not got:
                         del by_value[k]
         s.indexed = []
@@ -732,36 +739,43 @@ class Router:
         Locks: the backend's first, then the router's (never the other way round), so that a
         session reading on the event loop while holding the backend cannot deadlock with one
         catching up in a worker thread. Log entries and document states are read in one
-        consistent view of the backend."""
+        consistent view of the backend (its lock is held throughout); the router's lock only
+        while they are routed, so that sessions reading on the event loop
+        (:meth:`FlexibleSession.read_inline`, which never waits for it) are not sent to a
+        worker thread while entries are decoded."""
         backend = self.backend
-        with backend._lock, self.lock:
-            self._dirty = False
-            head = backend.head_seq()
-            if head <= self.processed_to:
-                return self.processed_to
-            if not self.sessions:
-                self.processed_to = head
-                return head
+        with backend._lock:
+            with self.lock:
+                self._dirty = False
+                head = backend.head_seq()
+                if head <= self.processed_to:
+                    return self.processed_to
+                if not self.sessions:
+                    self.processed_to = head
+                    return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
                 rows = backend._engine.query(
                     "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
                     (self.processed_to, upto))
-                routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
-                          for seq, origin, via, data in rows]
+                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)),
+                                  len(data)) for seq, origin, via, data in rows]
                 states = read_states(backend, {ref for r in routed for ref in r.refs})
                 for r in routed:
                     for ref in r.refs:
                         r.states[ref] = states.get(ref, (False, None))
-                    self._route(r)
-                    self.cache[r.seq] = r
-                while len(self.cache) > self.CACHE:
-                    self.cache.popitem(last=False)
-                if len(rows) < upto - self.processed_to:
-                    # Entries compacted away under us: every session settles its view again.
-                    for s in self.sessions:
-                        s.resync = True
-                self.processed_to = upto
+                with self.lock:
+                    cache = self.cache
+                    for r in routed:
+                        self._route(r)
+                        cache[r.seq] = r
+                    while len(cache) > self.CACHE:
+                        cache.popitem(last=False)
+                    if len(rows) < upto - self.processed_to:
+                        # Entries compacted away under us: every session settles its view again.
+                        for s in self.sessions:
+                            s.resync = True
+                    self.processed_to = upto
             return self.processed_to
 
     def _route(self, r: _Routed) -> None:
@@ -782,18 +796,14 @@ class Router:
             # one that does not hold the document would otherwise read the entry for nothing
             # (and its device get an empty Changes).
             coll = ref[0]
-            maybe: set[FlexibleSession] = set()
             scan = self.scan.get(coll)
             if scan:
-                maybe |= scan
+                _add_matching(targets, scan, body)
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
                 for k in _body_keys(body.get(fieldname)):
                     got = by_value.get(k)
                     if got:
-                        maybe |= got
-            for s in maybe:
-                if s not in targets and s.matches_subs(coll, body):
-                    targets.add(s)
+                        _add_matching(targets, got, body)
         if r.comp_for is not None:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
@@ -803,6 +813,21 @@ class Router:
     def routed(self, seq: int) -> _Routed | None:
         with self.lock:
             return self.cache.get(seq)
+
+
+def _add_matching(targets: set[FlexibleSession], candidates: dict[FlexibleSession, list[CompiledSub]],
+                  body: dict[str, Any]) -> None:
+    """Add to ``targets`` the candidate sessions one of whose listed queries matches ``body``."""
+    for s, subs in candidates.items():
+        if s in targets:
+            continue
+        for sub in subs:
+            try:
+                if sub.predicate(body):
+                    targets.add(s)
+                    break
+            except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+                log.exception("subscription predicate failed")
 
 
 def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
@@ -1195,11 +1220,20 @@ class FlexibleSession:
     # -- waking ---------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make the session read the log (event loop; see :meth:`Router.announce`)."""
-        if not self._closed:
-            self.server._inbox.put_nowait(("commit", None))
+        """Make the session read the log (event loop; see :meth:`Router.announce`): at once,
+        from here, when its task is idle and the read needs no storage (the router's round
+        then reads, encodes and sends for every session it woke without a task switch each),
+        else through its task."""
+        if self._closed:
+            return
+        try:
+            if self.server._stream_now():
+                return
+        except Exception:  # noqa: BLE001 - the session's task reads again
+            log.exception("streaming to %s failed", self.peer)
+        self.server._inbox.put_nowait(("commit", None))
 
-    async def wants_log(self) -> bool:
+    def wants_log(self) -> bool:
         """Whether a commit wake should make the replicator read the log now: an entry
         routed by the last round concerns this device, it is still catching up, or the
         router's debounced advance woke it (see :meth:`Router.announce`)."""
@@ -1344,7 +1378,7 @@ class FlexibleSession:
             rows = backend._engine.query(
                 "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after, upto, max(1, min(limit, 500))))
-        routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
                   for seq, origin, via, data in rows
                   if not (exclude_origin is not None and (origin == exclude_origin or via == exclude_origin))]
         last = rows[-1][0] if rows and len(rows) >= max(1, min(limit, 500)) else upto
@@ -1548,7 +1582,7 @@ def _load_routed(backend: Database, seq: int) -> _Routed | None:
     if not rows:
         return None
     s, origin, via, data = rows[0]
-    r = _Routed(s, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+    r = _Routed(s, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
     states = read_states(backend, set(r.refs))
     for ref in r.refs:
         r.states[ref] = states.get(ref, (False, None))

@@ -304,13 +304,26 @@ class ServerSession:
         read memo), encodes (once: _Shared.payload) and sends in the notifier's own loop, and
         the last connection no longer waits for a thousand task switches. Whatever needs an
         ``await`` goes to run() as a ``resume`` item, in order. Returns False (nothing done)
-        when not applicable."""
-        if (not self._parked or not self._inbox.empty() or self.flexible is not None or self._sending is not None
+        when not applicable.
+
+        A flexible session streams from here when the router's round wakes it
+        (``FlexibleSession.wake``) and no view message waits to go before the changes."""
+        if (not self._parked or not self._inbox.empty() or self._sending is not None
                 or not self.replicator.active or self.link.finished or self._auth_due()):
             return False  # (an expired token or a recheck: run() checks it before streaming)
-        actions = self.replicator.local_commit(_shared(self.state).head)
-        if not actions:
-            return False  # run() asks the backend for its real head
+        flexible = self.flexible
+        if flexible is not None:
+            if not flexible.registered or flexible.outbox:
+                return False
+            if not flexible.wants_log():
+                return True       # nothing for its device: as run() would, nothing to do
+            actions = self.replicator.local_commit(flexible.router.processed_to)
+            if not actions:
+                return True
+        else:
+            actions = self.replicator.local_commit(_shared(self.state).head)
+            if not actions:
+                return False  # run() asks the backend for its real head
         rest = self._execute_now(actions)
         payloads = self.link.data_to_send()
         while payloads and self._sending is None:
@@ -318,6 +331,8 @@ class ServerSession:
         events = self.link.events_received()
         if payloads or rest or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, rest, events)))
+        if flexible is not None:
+            flexible.schedule()   # as run()'s _flush would: a bootstrap step, if one is due
         return True
 
     def _send_now(self, payload: bytes) -> None:
@@ -468,7 +483,7 @@ class ServerSession:
                     if self.flexible is not None:
                         await self.flexible.step()
                 elif kind == "commit":
-                    if self.replicator.active and (self.flexible is None or await self.flexible.wants_log()):
+                    if self.replicator.active and (self.flexible is None or self.flexible.wants_log()):
                         # The head the last integration reached saves a thread hop per session
                         # on fan-out; read the real head only when that one brings nothing.
                         head = _shared(self.state).head
@@ -530,9 +545,11 @@ class ServerSession:
         needs no I/O (the acknowledgement is recorded later, with the others): doing it here
         saves a queue hand-off and a task switch per connection and write. Whatever needs an
         ``await`` (a send, a storage call, any other message) is handed to run() as a
-        ``resume`` item, in order. Returns False (nothing done) when not applicable.
+        ``resume`` item, in order. Returns False (nothing done) when not applicable (for a
+        flexible session, also while a view message waits to go before any changes).
         """
-        if self.flexible is not None or self.link.finished or not self.replicator.active:
+        if self.link.finished or not self.replicator.active or (
+                self.flexible is not None and (not self.flexible.registered or self.flexible.outbox)):
             return False
         self.link.receive(data)
         events = self.link.events_received()

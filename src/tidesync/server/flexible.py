@@ -468,6 +468,8 @@ class Router:
         self.pending: set[FlexibleSession] = set()   # woken by the last round, not read yet
         self._pending_until = 0.0
         self._next_round_at = 0.0
+        self._round_began: float | None = None
+        self._last_began = 0.0
         self._round_task: asyncio.Task[None] | None = None
         self._advance_due: float | None = None
         self._advance_timer: asyncio.TimerHandle | None = None
@@ -486,6 +488,9 @@ class Router:
     #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
     ROUND_SPACING = 2.0
     ROUND_COST = 0.002
+    #: ... and at least ROUND_LOAD times as long as the last round took (at most
+    #: ROUND_SPACING): routing then takes at most about a third of the time under load.
+    ROUND_LOAD = 3.0
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -643,8 +648,8 @@ class Router:
 
         Commits announced while a round runs are routed by the next one, which starts once
         the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds), and no
-        sooner than ``n * ROUND_COST`` seconds (at most ``ROUND_SPACING``) after it when it
-        woke n sessions: under a stream of uploads each device then gets one larger
+        sooner than ``n * ROUND_COST`` seconds, nor ``ROUND_LOAD`` times as long as this one
+        took (both at most ``ROUND_SPACING``), after it when it woke n sessions: under a stream of uploads each device then gets one larger
         ``Changes`` per round instead of one per upload batch, and the cost of routing grows
         with the number of devices concerned, not with the number of commits. A lone commit
         is routed at once."""
@@ -660,10 +665,18 @@ class Router:
                 while self.pending and time.monotonic() < self._pending_until:
                     await asyncio.sleep(self.ROUND_POLL)
                 self.pending = set()
+                if self._round_began is not None:
+                    # What the last round took (routing, then its sessions' reads and sends),
+                    # measured: on a loaded server rounds are spaced further apart, so that
+                    # routing leaves time to the uploads that feed it.
+                    took = time.monotonic() - self._round_began
+                    self._round_began = None
+                    self._next_round_at = max(self._next_round_at, self._last_began + min(
+                        self.ROUND_SPACING, took * self.ROUND_LOAD))
                 wait = self._next_round_at - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                started = time.monotonic()
+                started = self._round_began = self._last_began = time.monotonic()
                 await self.catch_up_async()
                 woken = self._take_woken()
                 if woken is None:
@@ -681,6 +694,7 @@ class Router:
                 # Ack): rounds of many sessions are spaced so that each covers more commits.
                 self._next_round_at = started + min(self.ROUND_SPACING, len(woken) * self.ROUND_COST)
                 if not self._dirty:
+                    self._round_began = None   # measured only while rounds follow each other
                     return
         except Exception:  # noqa: BLE001 - never leave the router without rounds
             log.exception("routing round failed")
@@ -1202,9 +1216,13 @@ class FlexibleSession:
             await asyncio.to_thread(self.subscribe, message)
             self.schedule()
         elif isinstance(message, ViewAck):
-            while self.unacked and self.unacked[0] <= message.view_seq:
-                self.unacked.popleft()
-            self.schedule()
+            self.view_acked(message)
+
+    def view_acked(self, message: ViewAck) -> None:
+        """The device applied the view updates up to ``message.view_seq`` (event loop)."""
+        while self.unacked and self.unacked[0] <= message.view_seq:
+            self.unacked.popleft()
+        self.schedule()
 
     def pump(self) -> None:
         """Send what is queued, in order, when the connection allows it (event loop)."""

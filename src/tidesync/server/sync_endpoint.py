@@ -41,7 +41,7 @@ from ..protocol.codec import encode
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
+from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, ViewAck
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
@@ -541,8 +541,8 @@ class ServerSession:
     def _receive_now(self, data: bytes) -> bool:
         """Handle a payload in the reader task while run() is parked on an empty inbox.
 
-        On fan-out every connection answers each ``Changes`` with an ``Ack``, whose handling
-        needs no I/O (the acknowledgement is recorded later, with the others): doing it here
+        On fan-out every connection answers each ``Changes`` with an ``Ack`` (and a flexible
+        one each ``ViewUpdate`` with a ``ViewAck``), whose handling needs no I/O (the acknowledgement is recorded later, with the others): doing it here
         saves a queue hand-off and a task switch per connection and write. Whatever needs an
         ``await`` (a send, a storage call, any other message) is handed to run() as a
         ``resume`` item, in order. Returns False (nothing done) when not applicable (for a
@@ -556,10 +556,17 @@ class ServerSession:
         actions: list[Any] = []
         while events and not actions:
             event = events[0]
-            if not (isinstance(event, MessageReceived) and isinstance(event.message, Ack)):
+            if not isinstance(event, MessageReceived):
                 break
-            events.pop(0)
-            actions = self._execute_now(self.replicator.handle(event.message))
+            message = event.message
+            if isinstance(message, Ack):
+                events.pop(0)
+                actions = self._execute_now(self.replicator.handle(message))
+            elif isinstance(message, ViewAck) and self.flexible is not None:
+                events.pop(0)
+                self.flexible.view_acked(message)
+            else:
+                break
         payloads = self.link.data_to_send()
         if payloads or actions or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, actions, events)))

@@ -90,6 +90,9 @@ class _Shared:
         self._flushing = False
         self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
         self._checking = False
+        #: Sessions whose periodic account recheck is due, checked together by the ticker.
+        self._rechecks: set[ServerSession] = set()
+        self._rechecking = False
         #: Sessions ticked by the shared 1 s timer (heartbeats and deadlines).
         self._ticked: set[ServerSession] = set()
         self._ticker: asyncio.TimerHandle | None = None
@@ -153,7 +156,7 @@ class _Shared:
         that asks meanwhile, in one worker thread and once per login session. A thousand
         connections rechecking every few seconds would otherwise make hundreds of thread hops
         a second, and each makes the event loop wait for the GIL (fan-out latency)."""
-        key = (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
+        key = _user_key(user)
         entry = self._checks.get(key)
         if entry is None:
             loop = asyncio.get_running_loop()
@@ -162,6 +165,42 @@ class _Shared:
                 self._checking = True
                 loop.create_task(self._run_checks(tokens))
         return await asyncio.shield(entry[1])
+
+    def recheck_soon(self, session: ServerSession) -> None:
+        """Recheck ``session``'s user (its periodic ``auth.session_recheck_interval`` check)
+        without waking its task: with the others due, in one worker thread and once per
+        login session. Only a session whose check fails is woken, to check again itself and
+        close (:meth:`ServerSession.recheck_auth`). A thousand idle connections otherwise
+        woke two hundred tasks a second for nothing."""
+        self._rechecks.add(session)
+        if not self._rechecking:
+            self._rechecking = True
+            asyncio.get_running_loop().create_task(self._run_rechecks(session.state.tokens))
+
+    async def _run_rechecks(self, tokens: Any) -> None:
+        try:
+            while self._rechecks:
+                batch, self._rechecks = self._rechecks, set()
+                users = {_user_key(s.user): s.user for s in batch if s.user is not None}
+
+                def check_all() -> dict[Any, bool]:
+                    lapsed: dict[Any, bool] = {}
+                    for key, user in users.items():
+                        try:
+                            lapsed[key] = tokens.still_valid(user) is not None
+                        except Exception:  # noqa: BLE001 - the session checks again and reports it
+                            lapsed[key] = True
+                    return lapsed
+
+                try:
+                    lapsed = await asyncio.to_thread(check_all)
+                except Exception:  # noqa: BLE001 - every session checks again itself
+                    lapsed = {key: True for key in users}
+                for session in batch:
+                    if session.user is not None and lapsed.get(_user_key(session.user), True):
+                        session.recheck_auth()
+        finally:
+            self._rechecking = False
 
     async def _run_checks(self, tokens: Any) -> None:
         try:
@@ -211,6 +250,11 @@ class _Shared:
             log.debug("acknowledgements not recorded: %r", exc)
         finally:
             self._flushing = False
+
+
+def _user_key(user: Any) -> tuple[Any, Any, Any]:
+    """What identifies a login session for its checks."""
+    return (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
 
 
 def _shared(state: ServerState) -> _Shared:
@@ -382,12 +426,20 @@ class ServerSession:
         now = int(time.monotonic() * 1000)
         deadline = self.link.next_deadline()
         if ((self.flexible is None or self.flexible.idle())
-                and deadline is not None and now < deadline and not self._auth_due()):
+                and deadline is not None and now < deadline):
             # Nothing is due (no Ping to send, no timeout, no auth check): the Link only
             # notes the time, which needs no wake-up of the session's task (a thousand idle
-            # connections made a thousand task switches a second).
-            self.link.tick(now)
-            return
+            # connections made a thousand task switches a second). The periodic recheck of
+            # the account is made for all sessions together (_Shared.recheck_soon).
+            user = self.user
+            if user is None or not self._auth_due():
+                self.link.tick(now)
+                return
+            if not time.time() >= getattr(user, "expires", 0.0) > 0 and self._parked and not self.link.finished:
+                self._auth_checked_at = time.monotonic()
+                _shared(self.state).recheck_soon(self)
+                self.link.tick(now)
+                return
         self._inbox.put_nowait(("tick", None))
 
     def _auth_due(self) -> bool:

@@ -891,6 +891,9 @@ class FlexibleSession:
     """Flexible sync for one connection (see the module docstring). Made by
     :func:`admit_flexible`; its storage work runs in worker threads, one step at a time."""
 
+    #: The longest :meth:`read_inline` waits for the router's lock (seconds).
+    INLINE_LOCK_WAIT = 0.002
+
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
         self.state: ServerState = server.state
@@ -1342,8 +1345,10 @@ class FlexibleSession:
         if (self._first_read or self.resync or after < self.routed_from
                 or router.processed_to < after or self.rules is not None):
             return None
-        if not router.lock.acquire(blocking=False):
-            return None      # the router is catching up in a worker thread
+        # Worker threads hold the router's lock only briefly (a session's bookkeeping, or the
+        # routing of a batch): waiting a moment costs less than a worker-thread read.
+        if not router.lock.acquire(timeout=self.INLINE_LOCK_WAIT):
+            return None      # the router is busy routing in a worker thread
         try:
             processed = router.processed_to
             seqs, truncated = self._relevant_after(after, processed, limit)

@@ -86,6 +86,40 @@ def test_changes_round_trip_preserves_transactions(txns: list[Any]) -> None:
     assert [t.to_wire() for t in decoded.transactions] == [t.to_wire() for t in txns]
 
 
+@fast(25)
+@given(st.lists(transactions(), min_size=1, max_size=20), st.integers(0, 2**40), st.booleans())
+def test_changes_of_log_entries_splice_their_stored_bytes_into_the_same_payload(
+        txns: list[Any], start: int, forced: bool) -> None:
+    """Entries read from a log carry their stored msgpack (``Transaction.packed``); the
+    payload made by splicing it in is byte for byte the one encoding them would give."""
+    from tidesync.core.transaction import Transaction
+
+    stored = [Transaction.from_stored(t.to_wire(), msgpack.packb(t.to_wire(), use_bin_type=True)) for t in txns]
+    entries = tuple((start + i + 1, t) for i, t in enumerate(stored))
+    plain = tuple((start + i + 1, t) for i, t in enumerate(txns))
+    head = start + len(txns) + 5
+    threshold = 0 if forced else None
+    for n in (1, len(entries)):
+        spliced = Changes(start, start + n, head, entries[:n], Progress(n, 9, 100, 200))
+        rebuilt = Changes(start, start + n, head, plain[:n], Progress(n, 9, 100, 200))
+        assert encode(spliced, compress_threshold=threshold) == encode(rebuilt, compress_threshold=threshold)
+        assert decode(encode(spliced)) == rebuilt
+
+
+def test_a_spliced_changes_body_counts_its_entries_in_every_msgpack_array_size() -> None:
+    from tidesync.core.operations import DeleteDoc
+    from tidesync.core.transaction import Transaction
+
+    for n in (15, 16, 65_535, 65_536):
+        ops = (DeleteDoc("Doc", "k", "0" * 16 + "01" + RID, ""),)
+        t = Transaction(ops[0].stamp, RID, ops[0].stamp, (), ops)
+        stored = Transaction.from_stored(t.to_wire(), msgpack.packb(t.to_wire(), use_bin_type=True))
+        spliced = Changes(0, n, n, tuple((i + 1, stored) for i in range(n)))
+        rebuilt = Changes(0, n, n, tuple((i + 1, t) for i in range(n)))
+        assert encode(spliced, compress_threshold=None, max_size=1 << 30) == \
+            encode(rebuilt, compress_threshold=None, max_size=1 << 30)
+
+
 def test_large_bodies_are_compressed_and_small_ones_not() -> None:
     small = encode(Ping(1))
     assert msgpack.unpackb(small)[2] == 0
@@ -417,3 +451,95 @@ def test_corrupted_payloads_decode_or_raise_protocol_error(message: Message, dat
 
 def test_default_limit_is_16_mib() -> None:
     assert DEFAULT_MAX_MESSAGE_SIZE == 16 * 1024 * 1024
+
+
+def test_a_page_of_common_json_text_documents_is_checked_as_columns_with_the_same_result() -> None:
+    # A page whose documents are all in the common form (compact fresh meta, flat body) is
+    # checked column by column (DocColumns); any other page goes document by document. Either
+    # way: the same documents, or malformed_message.
+    import json
+    import random
+
+    from tidesync.protocol import DocColumns, Snapshot, SnapshotDoc
+
+    def meta(i: int) -> str:
+        return '{"*":"' + f"{i:018x}" + "a" * 16 + '"}'
+
+    def common(i: int) -> list[Any]:
+        body = {"_id": f"k{i}", "n": i, "f": i / 4, "b": i % 2 == 0, "z": None, "s": "é\"\\"}
+        key = [f"k{i}", i, {"$oid": f"{i:024x}"}, [1, "x"]][i % 4]  # any plain key
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False) if i % 7 else json.dumps(body)
+        return ["c" if i % 3 else "d", key, "" if i % 4 else "0" * 18 + "b" * 16, i % 5 != 0,
+                text, meta(i)]
+
+    uncommon = [  # valid, not in the common form
+        lambda d: d[:4] + ['{"l":[1,2]}', d[5]], lambda d: d[:4] + ['{"m":{}}', d[5]],
+        lambda d: d[:5] + [meta(1).upper()],  # "*" is no stamp: not a fresh document's meta
+        lambda d: d[:5] + ['{"r":{"n":"' + "0" * 18 + 'a' * 16 + '"}}'], lambda d: d[:5] + ["{}"],
+    ]
+    also_common = [  # flat, checked the long way (what the text alone cannot rule out)
+        lambda d: d[:4] + ['{"s":"{x}","t":"a]"}', d[5]], lambda d: d[:4] + ['{"n":1000000000000000000}', d[5]],
+        lambda d: d[:4] + ['{"n":-9223372036854775808,"f":1e100,"g":1.5E+300,"h":-2e-310}', d[5]],
+    ]
+    bad = [  # refused wherever they stand
+        lambda d: d[:4] + ['{"x":18446744073709551616}', d[5]], lambda d: d[:4] + ['{"x":1e999}', d[5]],
+        lambda d: d[:4] + ['{"x":NaN}', d[5]], lambda d: d[:4] + ["[1]", d[5]], lambda d: d[:3] + [1, *d[4:]],
+        lambda d: [True, *d[1:]], lambda d: [["c"], *d[1:]], lambda d: d[:2] + [["x"], *d[3:]],
+        lambda d: d[:2] + ["0" * 33 + "g", *d[3:]], lambda d: d[:5] + [meta(1)[:-2] + "x}"],
+        lambda d: d[:4] + [b"{}", d[5]], lambda d: d[:5], lambda d: [d[0], float("nan"), *d[2:]],
+        lambda d: [d[0], 2**64 - 1, *d[2:]], lambda d: [d[0], [1.5, float("inf")], *d[2:]],
+        lambda d: d[:4] + ['{"n":9223372036854775808}', d[5]], lambda d: d[:4] + ['{"n":-1e309}', d[5]],
+    ]
+    rng = random.Random(3)
+    for round_ in range(300):
+        docs = [common(rng.randint(0, 50)) for _ in range(rng.randint(1, 8))]
+        kind = round_ % 3
+        if kind:
+            at = rng.randrange(len(docs))
+            docs[at] = rng.choice(uncommon if kind == 1 else bad)(docs[at])
+        elif round_ % 2:
+            at = rng.randrange(len(docs))
+            docs[at] = rng.choice(also_common)(docs[at])
+        payload = raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})
+        if kind == 2:
+            assert code_of(payload) == "malformed_message", docs
+            continue
+        decoded = decode(payload)
+        alone = [SnapshotDoc.from_json_wire(d) for d in docs]
+        assert (type(decoded.docs) is DocColumns) == (kind == 0), docs
+        assert list(decoded.docs) == alone and len(decoded.docs) == len(alone)
+        assert [d.json_form for d in decoded.docs] == [d.json_form for d in alone]
+        assert decoded == Snapshot(0, tuple(alone), 1, True, json_docs=True)
+        assert decode(encode(decoded)) == decoded  # sent on as received
+    # Not plain beside the documents: refused as before.
+    payload = raw("snapshot", {"page": 0, "docs": [common(1)], "as_of_seq": 1, "done": True,
+                               "progress": {"sent": float("nan")}})
+    assert code_of(payload) == "malformed_message"
+    # An int out of range beside a float equal to it is still seen.
+    docs = [common(1)[:4] + ['{"x":1.8446744073709552e19}', meta(1)],
+            common(2)[:4] + ['{"x":18446744073709551616}', meta(2)]]
+    assert code_of(raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})) == "malformed_message"
+
+
+@pytest.mark.parametrize("bodies", [
+    ['{"a":"', '"}', '{"c":1},{"d":1}'],       # a string swallowing a separator, made up for
+    ['{"a":"', '"}', '{"c":1}', '{"d":1}'],    # a string swallowing a separator
+    ['{"a":1},{"b":2}', '{"c":3}'], ['{"a":1}', ""], ['{"a":1}', " "], ['{"a":1} {"b":1}'],
+    ['{"a":1}', '{"b":NaN}'], ['{"a":"]"}'], ['{"a":"["}', '{"b":1}'], ['{"a":1}', '{"b":"x"} '],
+    ['{"a":1}', '{"b":"\\u005d,\\u005b"}'], ['{"a":"', '"}'],
+])
+def test_page_bodies_parsed_together_give_what_each_alone_gives(bodies: list[str]) -> None:
+    from tidesync.core.values import loads_json_strict
+    from tidesync.protocol.messages import _parse_all
+
+    try:
+        alone: Any = [loads_json_strict(b) for b in bodies]
+    except ValueError:
+        alone = None
+    assert _parse_all(bodies) == alone
+    docs = [["c", i, "", True, b, _FRESH_META] for i, b in enumerate(bodies)]
+    payload = raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})
+    if alone is None or not all(type(v) is dict for v in alone):
+        assert code_of(payload) == "malformed_message"
+    else:
+        assert [d.state["body"] for d in decode(payload).docs] == alone

@@ -225,3 +225,62 @@ def test_a_device_joins_json_text_documents_as_it_joins_their_map_form(tmp_path)
             db.close()
     assert stored[0] == stored[1]
     assert len(stored[0][0]) > 20
+
+
+def test_a_device_stores_a_page_of_columns_as_the_per_document_path_would(tmp_path):
+    # A page decoded as columns (DocColumns: every document in the common form) is stored
+    # column by column when the device holds none of its documents; the rows, change numbers,
+    # clock and snapshot settings must be those of the per-document path, and a page that
+    # repeats or holds a document falls back to it.
+    import json
+
+    from tidesync.core.stamp import ReplicaId
+    from tidesync.protocol.messages import DocColumns, Snapshot
+    from tidesync.store.database import Database
+
+    def stamp(wall: int, rid: str) -> str:
+        return f"{wall:012x}000000" + rid * 16
+
+    rng = random.Random(17)
+    pages = []
+    used: list[object] = []
+    for p in range(16):
+        page = []
+        for i in range(rng.randint(1, 25)):
+            key: object = rng.choice([f"k{p}-{i}", f"k{p}-{i}", f'q"{p}-{i}', p * 100 + i])
+            if used and rng.random() < (0.2 if p % 4 == 3 else 0.002):  # held, or twice in the page
+                key = rng.choice(used)
+            used.append(key)
+            part = rng.choice(["p", "p", "p", "q", 1, None, -0.0, 0.0]) if p % 2 else "p"
+            body = {"_id": str(key), "title": f"t{rng.randint(0, 9)}", "_partition": part}
+            if part is None and rng.random() < 0.5:
+                del body["_partition"]
+            epoch = rng.choice(["", "", stamp(rng.randint(1, 999), "c")])
+            live = rng.random() < 0.9
+            if not live and p % 5 != 4:  # else maybe a tombstone never created (joined)
+                epoch = stamp(rng.randint(1, 999), "c")
+            page.append([rng.choice(["WorkOrder", "WorkOrder", "Other"]), key, epoch, live,
+                         json.dumps(body, separators=(",", ":")),
+                         '{"*":"' + stamp(rng.randint(1, 999), rng.choice("ab")) + '"}'])
+        pages.append(page)
+    pages.append([["WorkOrder", "t1", "", False, "{}", '{"*":"' + stamp(5, "a") + '"}']])  # never created
+    peer = ReplicaId("00000000000000ab")
+    stored = []
+    columns_seen = 0
+    for as_columns in (False, True):
+        db = Database(tmp_path / f"device{as_columns}.db", (), partition_key="_partition")
+        try:
+            for i, page in enumerate(pages):
+                decoded = Snapshot.from_body({"page": 0, "docs": page, "as_of_seq": i, "done": True}, plain=True)
+                assert type(decoded.docs) is DocColumns
+                docs = decoded.docs if as_columns else tuple(decoded.docs)
+                columns_seen += as_columns
+                db.integrate_snapshot(docs, peer=peer, as_of_seq=i if i % 3 else None)
+            stored.append((db._engine.query("SELECT * FROM documents ORDER BY collection, pk"),
+                           [(k, v[:18] if k == "clock" else v)  # the replica id differs
+                            for k, v in db._engine.query("SELECT * FROM settings ORDER BY 1") if k != "replica_id"],
+                           db._engine.query("SELECT * FROM checkpoints")))
+        finally:
+            db.close()
+    assert stored[0] == stored[1]
+    assert columns_seen == len(pages) and len(stored[0][0]) > 40

@@ -129,3 +129,45 @@ def test_a_read_round_on_a_closed_replica_lets_the_reads_report_it(tmp_path):
     with server.read_round():
         with pytest.raises(DatabaseClosedError):
             server.read_log(0, limit=10, max_bytes=1 << 20, scope={}, exclude_origin=None)
+
+
+def test_a_commit_seeds_the_log_cache_and_reads_stay_exact(tmp_path):
+    """After an integration (or a local commit) through the replica, the entries it wrote
+    and the new head come from the log cache: the read that follows does not read the log
+    back, and returns what a fresh replica on the same file reads. Another connection's
+    write in between is still seen."""
+    server = Database(tmp_path / "server.db", (), partition_key="_partition")
+    other: Database | None = None
+    seen: list[str] = []
+    try:
+        scope = {"partition": {"key": "_partition", "value": "p1"}}
+
+        def read(db: Database, after: int = 0) -> list[tuple[int, list[object]]]:
+            batch = db.read_log(after, limit=100, max_bytes=1 << 20, scope=scope, exclude_origin=None)
+            return [(seq, [op.key for op in t.ops]) for seq, t in batch.entries] + [("head", batch.head)]
+
+        server.integrate([Transaction(_stamp(1), ORIGIN, _stamp(1), (), (_create(1, "a", "p1"),))])
+        assert read(server) == [(1, ["a"]), ("head", 1)]  # the cache is current from here
+        server._engine._tracer = lambda sql, params: seen.append(sql)
+        for i in range(2, 5):
+            server.integrate([Transaction(_stamp(i), ORIGIN, _stamp(i), (), (_create(i, f"k{i}", "p1"),))])
+            seen.clear()
+            got = read(server, i - 1)
+            assert not [q for q in seen if "FROM log" in q or "sqlite_sequence" in q or "settings" in q], seen
+            assert got == [(i, [f"k{i}"]), ("head", i)]
+        server._engine._tracer = None
+        fresh = Database(tmp_path / "server.db", (), partition_key="_partition")
+        try:
+            assert read(fresh) == read(server)
+        finally:
+            fresh.close()
+        # Another connection writes: the next write through the replica cannot vouch for the
+        # cache's head, and the read sees both entries.
+        other = Database(tmp_path / "server.db", (), partition_key="_partition")
+        other.integrate([Transaction(_stamp(5), ORIGIN, _stamp(5), (), (_create(5, "x", "p1"),))])
+        server.integrate([Transaction(_stamp(6), ORIGIN, _stamp(6), (), (_create(6, "y", "p1"),))])
+        assert read(server, 4) == [(5, ["x"]), (6, ["y"]), ("head", 6)]
+    finally:
+        if other is not None:
+            other.close()
+        server.close()

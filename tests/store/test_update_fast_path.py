@@ -12,6 +12,7 @@ import pytest
 
 import tidesync
 from tidesync.core.merge import canonical_state
+from tidesync.core.values import canonical_json
 from tidesync.errors import InvalidatedObjectError, ValidationError
 from tidesync.store.database import Database
 from tests.models import Technician, WorkOrder
@@ -217,3 +218,65 @@ def test_rows_read_ahead_stay_exact(tmp_path, mode):
         assert seen[wos[151]._id] == 1
         assert all(seen[wos[i]._id] == 2 for i in range(152, 300) if i not in gone)
         assert all(seen[wos[i]._id] == 0 for i in range(100, 150) if i not in gone)
+
+
+def test_stamps_follow_the_order_of_the_changes_and_are_the_write_keys(tmp_path):
+    """Fast-path writes are stamped at the next other change (or the commit): every
+    operation of the log still carries a later stamp than the one before it, and each field's
+    write key is the stamp of its last write."""
+    with tidesync.open(tmp_path / "o.db", schema=[WorkOrder, Technician]) as db:
+        with db.write():
+            wos = [db.create(WorkOrder, title=f"w{i}", priority=1) for i in range(4)]
+        with db.write():
+            wos[0].priority = 2                     # fast
+            wos[1].priority = 2                     # fast
+            wos[2].tags.append("x")                 # general: stamps the two above first
+            wos[0].status = "done"                  # fast again
+            wos[3].priority = 3
+            assert wos[3].priority == 3             # a read: stamped and flushed
+            wos[1].priority = 5                     # the same field again, later
+        (data,) = db._engine.query("SELECT data FROM log ORDER BY seq DESC LIMIT 1")[0]
+        ops = msgpack.unpackb(data, raw=False)["ops"]
+        assert [(op[0], op[5]) for op in ops] == [
+            ("S", ["priority"]), ("S", ["priority"]), ("I", ["tags"]), ("S", ["status"]),
+            ("S", ["priority"]), ("S", ["priority"])]
+        stamps = [op[3] for op in ops]
+        assert stamps == sorted(set(stamps))
+        meta = {pk: json.loads(m) for pk, m in db._engine.query(
+            "SELECT pk, meta FROM documents WHERE collection = 'WorkOrder'")}
+        last: dict[tuple[str, str], str] = {}
+        for op in ops:
+            if op[0] == "S":
+                last[(canonical_json(op[2]), op[5][0])] = "1" + op[3]
+        for (pk, name), key in last.items():
+            assert meta[pk]["r"][name] == key
+        assert [w.priority for w in wos] == [2, 5, 1, 3]
+        with db.write():                            # fast path only: before-images in change order
+            wos[3].priority = 9
+            wos[0].priority = 9
+            wos[3].status = "x"
+            wos[1].status = "x"
+        (data,) = db._engine.query("SELECT data FROM log ORDER BY seq DESC LIMIT 1")[0]
+        before = msgpack.unpackb(data, raw=False)["before"]
+        order = [op[2] for op in msgpack.unpackb(data, raw=False)["ops"]]
+        assert [b[1] for b in before] == [order[0], order[1], order[3]]
+        assert [b[2] for b in before] == [{"priority": 3, "status": "open"}, {"priority": 2}, {"status": "open"}]
+
+
+def test_a_row_key_ahead_of_the_clock_still_loses_to_a_fast_write(tmp_path):
+    """A field whose write key is later than anything the clock has seen (a stamp the clock
+    never observed) is still overwritten: the stamp of the fast write comes after it."""
+    with tidesync.open(tmp_path / "k.db", schema=[WorkOrder, Technician]) as db:
+        with db.write():
+            wo = db.create(WorkOrder, title="a", priority=1)
+        ahead = "ffff00000000000000" + db.replica_id
+        db._engine.execute("UPDATE documents SET meta = ? WHERE collection = 'WorkOrder'",
+                           (json.dumps({"*": ahead}, separators=(",", ":")),))
+        with db.write():
+            wo.priority = 2
+        assert wo.priority == 2
+        (meta,) = db._engine.query("SELECT meta FROM documents WHERE collection = 'WorkOrder'")[0]
+        assert json.loads(meta)["r"]["priority"] > "1" + ahead
+        d = db._load_doc("WorkOrder", None, ("WorkOrder", db._engine.query(
+            "SELECT pk FROM documents WHERE collection = 'WorkOrder'")[0][0]))
+        assert d.state.body["priority"] == 2

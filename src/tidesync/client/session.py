@@ -6,7 +6,11 @@ client), a reader thread, timers and reconnection. Every decision is made by the
 the session executes their actions against the database, which is a
 :class:`~tidesync.protocol.replica.Replica`.
 
-Threads: ``tidesync-sync`` runs the session; ``tidesync-sync-reader`` blocks on the socket.
+Threads: ``tidesync-sync`` runs the session and reads the socket itself (it waits on the
+socket and on its inbox at once: client/_wsconn.py), so a download is handled on the thread
+that received it. Behind a proxy the session uses ``websockets``' threaded client, whose socket
+thread puts each received message straight into the session's inbox (with an older
+``websockets``, a ``tidesync-sync-reader`` thread takes them from ``websockets``' queue).
 Nothing here blocks the app: local writes commit to the file and return; the session notices
 (``local_commit``) and uploads in the background. Downloads are integrated one batch per local
 transaction, and the database's change listeners fire for them.
@@ -14,11 +18,13 @@ transaction, and the database's change listeners fire for them.
 
 from __future__ import annotations
 
+import collections
 import http.client
 import json
 import logging
 import queue
 import random
+import selectors
 import threading
 import time
 import urllib.request
@@ -38,6 +44,7 @@ from ..protocol.link import Link
 from ..protocol.messages import CompensatingWrite
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
+from ._wsconn import SocketConnection, WakeInbox, direct_socket_usable, wait_readable
 from .app import User
 
 if TYPE_CHECKING:
@@ -132,7 +139,7 @@ class SyncSession:
         self._db = db
         self.config = config
         self._rng = rng or random.Random()
-        self._inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._inbox = WakeInbox()
         self._cond = threading.Condition()
         self.connection_state: ConnectionState = "disconnected"
         self.state: SessionState = "active"
@@ -352,10 +359,17 @@ class SyncSession:
         from websockets.sync.client import connect
 
         app = self.config.user.app
+        inbox = self._inbox
+        own_socket = direct_socket_usable(app.sync_url)
+        direct = None if own_socket else _direct_connection(inbox)
         self._set_connection("connecting")
         try:
-            ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
-                         max_size=None, compression=None, ping_interval=None)
+            if own_socket:
+                ws: Any = SocketConnection(app.sync_url, ssl_context=app.ssl_context(), open_timeout=10)
+            else:
+                kwargs: dict[str, Any] = {} if direct is None else {"create_connection": direct}
+                ws = connect(app.sync_url, ssl=app.ssl_context(), open_timeout=10, close_timeout=2,
+                             max_size=None, compression=None, ping_interval=None, **kwargs)
         except (OSError, WebSocketException, TimeoutError) as exc:
             from .http import certificate_error, is_certificate_failure
 
@@ -363,7 +377,6 @@ class SyncSession:
                 raise certificate_error(app.sync_url, exc) from exc
             raise ConnectionClosedError(f"cannot connect to {app.sync_url}: {exc}") from exc
         self._ws = ws
-        inbox = self._inbox
 
         def reader() -> None:
             try:
@@ -375,7 +388,9 @@ class SyncSession:
                 pass
             inbox.put(("lost", ws))
 
-        threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
+        if not own_socket and direct is None:
+            threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
+        next_item = self._socket_reader(ws, inbox) if own_socket else (lambda: inbox.get(timeout=1.0))
         link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
         scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
@@ -388,7 +403,7 @@ class SyncSession:
             self._flush(link, ws)
             while not self._stop:
                 try:
-                    kind, item = inbox.get(timeout=1.0)
+                    kind, item = next_item()
                 except queue.Empty:
                     link.tick(int(time.monotonic() * 1000))
                     self._flush(link, ws)
@@ -443,9 +458,51 @@ class SyncSession:
             return handshake_done
         finally:
             try:
-                ws.close()
+                if own_socket:
+                    ws.release()
+                else:
+                    ws.close()
             except Exception:  # noqa: BLE001
                 pass
+            if own_socket:
+                next_item.close()  # type: ignore[attr-defined]
+
+    def _socket_reader(self, ws: SocketConnection, inbox: WakeInbox) -> Callable[[], tuple[str, Any]]:
+        """``next_item()``: the next inbox item or message from the socket, waiting for either
+        (this thread reads the socket itself); raises ``queue.Empty`` after a second without
+        any. ``next_item.close()`` releases the selector."""
+        selector = selectors.DefaultSelector()
+        selector.register(ws, selectors.EVENT_READ, "socket")
+        selector.register(inbox.wake_fd, selectors.EVENT_READ, "wake")
+        ready: collections.deque[tuple[str, Any]] = collections.deque(("data", (ws, m)) for m in ws.early_messages())
+        reading = [True]
+
+        def next_item() -> tuple[str, Any]:
+            deadline = time.monotonic() + 1.0
+            while True:
+                if ready:
+                    return ready.popleft()
+                try:
+                    return inbox.get_nowait()
+                except queue.Empty:
+                    pass
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise queue.Empty
+                for what in wait_readable(selector, remaining):
+                    if what == "wake":
+                        inbox.drain_wake()
+                    elif reading[0]:
+                        messages = ws.receive()
+                        if messages is None:
+                            reading[0] = False
+                            selector.unregister(ws)
+                            ready.append(("lost", ws))
+                        else:
+                            ready.extend(("data", (ws, m)) for m in messages)
+
+        next_item.close = selector.close  # type: ignore[attr-defined]
+        return next_item
 
     def _adopt_policies(self, text: Any) -> None:
         """Use the server's named conflict policies when the app set none of its own, so this
@@ -523,8 +580,12 @@ class SyncSession:
                         self._acked = max(self._acked, action.seq) if action.peer == self._server_id else self._acked
                         self._cond.notify_all()
                 elif type(action).__name__ in ("Integrate", "IntegrateSnapshot"):
+                    # An Integrate set the server's checkpoint to its peer_seq in its own
+                    # transaction: no need to read it back (a snapshot page's is read).
+                    received = (action.peer_seq if isinstance(action, Integrate) and action.peer == self._server_id
+                                else self._checkpoint_received())
                     with self._cond:
-                        self._received = self._checkpoint_received()
+                        self._received = received
                         self._cond.notify_all()
                 todo[0:0] = follow
 
@@ -549,6 +610,59 @@ class SyncSession:
                 "the server undid writes of this device: " + "; ".join(
                     f"{w['operation']} {w['collection']} {w['id']!r}: {w['reason']}" for w in writes),
                 writes=writes))
+
+
+def _direct_connection(inbox: WakeInbox) -> Any:
+    """A ``websockets`` client connection class whose socket thread puts each received
+    message straight into the session's inbox (and ``("lost", ws)`` when the socket ends),
+    instead of handing it to a reader thread through ``websockets``' own queue: one thread
+    wake-up less per message. None when this ``websockets`` lacks the hooks (then a reader
+    thread does it)."""
+    try:
+        from websockets.frames import Frame, Opcode
+        from websockets.sync.client import ClientConnection
+    except ImportError:  # pragma: no cover - websockets < 13 is not supported anyway
+        return None
+    if not callable(getattr(ClientConnection, "process_event", None)) or \
+            not callable(getattr(ClientConnection, "recv_events", None)):
+        return None  # pragma: no cover
+    data_opcodes = (Opcode.TEXT, Opcode.BINARY, Opcode.CONT)
+
+    class _DirectConnection(ClientConnection):
+        _fragments: list[bytes] | None = None
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            # The session holds the connection without a ``with`` block (it closes it in its
+            # own ``finally``); websockets >= 17.1 would warn at the first send otherwise.
+            self.pending_legacy_warning = False
+
+        def process_event(self, event: Any) -> None:
+            # On the socket thread, in the order frames arrive. The first event is the
+            # handshake response (self.response still None): websockets handles it.
+            if self.response is None or not isinstance(event, Frame) or event.opcode not in data_opcodes:
+                super().process_event(event)
+                return
+            if event.opcode is not Opcode.CONT:
+                if event.fin:
+                    inbox.put(("data", (self, bytes(event.data))))
+                    return
+                self._fragments = [bytes(event.data)]
+                return
+            if self._fragments is None:
+                return  # a continuation without a start: the protocol layer rejects it first
+            self._fragments.append(bytes(event.data))
+            if event.fin:
+                payload, self._fragments = b"".join(self._fragments), None
+                inbox.put(("data", (self, payload)))
+
+        def recv_events(self) -> None:
+            try:
+                super().recv_events()
+            finally:
+                inbox.put(("lost", self))
+
+    return _DirectConnection
 
 
 def attach_sync(db: Database, config: SyncConfig) -> SyncSession:

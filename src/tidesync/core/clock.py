@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .stamp import MAX_COUNTER, ReplicaId, Stamp, make_stamp, parse_stamp
+from .stamp import MAX_COUNTER, MAX_WALL, ReplicaId, Stamp, make_stamp, parse_stamp
 
 __all__ = ["HybridClock"]
 
@@ -44,6 +44,31 @@ class HybridClock:
             # The counter is exhausted within one millisecond: borrow the next millisecond.
             self._last_wall, self._last_counter = self._last_wall + 1, 0
         return make_stamp(self._last_wall, self._last_counter, self.replica)
+
+    def now_many(self, n: int) -> list[Stamp]:
+        """Return ``n`` new stamps in increasing order: what ``n`` calls of :meth:`now` give
+        while the wall clock stands still (one wall-clock read, then the counter)."""
+        if n <= 0:
+            return []
+        first = self.now()
+        if n == 1:
+            return [first]
+        wall, counter, replica = self._last_wall, self._last_counter, self.replica
+        out = [first]
+        while len(out) < n:
+            # The counter runs up to MAX_COUNTER within a millisecond, then borrows the next.
+            take = min(n - len(out), MAX_COUNTER - counter)
+            if take <= 0:
+                wall, counter = wall + 1, 0
+                out.append(make_stamp(wall, 0, replica))
+                continue
+            if wall > MAX_WALL:
+                raise ValueError(f"stamp parts out of range: {wall}, {counter}")
+            head = f"{wall:012x}"
+            out.extend([Stamp(f"{head}{c:06x}{replica}") for c in range(counter + 1, counter + 1 + take)])
+            counter += take
+        self._last_wall, self._last_counter = wall, counter
+        return out
 
     def observe(self, stamp: Stamp) -> None:
         """Take note of a stamp seen elsewhere so later stamps sort after it."""

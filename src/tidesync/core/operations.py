@@ -22,6 +22,7 @@ Each operation has a compact wire form, a list whose first item is a one-letter 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, TypeAlias
@@ -34,6 +35,7 @@ __all__ = [
     "CreateDoc",
     "DeleteDoc",
     "SetValue",
+    "top_level_set",
     "Unset",
     "SetContainer",
     "ListInsert",
@@ -232,6 +234,34 @@ _WIRE: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "N": (CounterAdd, ("path", "epochs", "amount")),
 }
 _CODE = {cls: (code, names) for code, (cls, names) in _WIRE.items()}
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Any, ...]:
+    found = []
+    for name in names:
+        owner = next(c for c in cls.__mro__ if name in c.__dict__)
+        found.append(owner.__dict__[name].__set__)
+    return tuple(found)
+
+
+_SV_SET = _slot_setters(SetValue, ("collection", "key", "stamp", "base", "path", "epochs", "value", "default"))
+
+
+def top_level_set(collection: str, key: Plain, stamp: Stamp, base: Stamp, name: str, value: Plain) -> SetValue:
+    """``SetValue(collection, key, stamp, base, (name,), (), value)``, equal to it, made
+    without the frozen dataclass's ``__init__`` (one ``object.__setattr__`` call per field):
+    for writers that make many at once. The values are taken as given, unchecked, as the
+    constructor takes them."""
+    op: SetValue = object.__new__(SetValue)
+    s = _SV_SET
+    s[0](op, collection)
+    s[1](op, key)
+    s[2](op, stamp)
+    s[3](op, base)
+    s[4](op, (name,))
+    s[5](op, ())
+    s[6](op, value)
+    s[7](op, False)
+    return op
 _KINDS = ("object", "list", "set", "dict", "counter")
 
 
@@ -332,12 +362,39 @@ def op_from_wire(data: Any) -> Op:
     return op  # type: ignore[no-any-return]
 
 
+def _create_maker() -> Callable[..., CreateDoc]:
+    """``CreateDoc(...)`` for the hot paths (a create parsed from the wire or read back from a
+    log): the same object, its slots filled directly. A frozen dataclass's ``__init__`` sets
+    each field through ``object.__setattr__``, about twice the cost of the whole object here."""
+    new = object.__new__
+    setters = [getattr(CreateDoc, name).__set__
+               for name in ("collection", "key", "stamp", "base", "fields", "kinds", "defaults")]
+    s_coll, s_key, s_stamp, s_base, s_fields, s_kinds, s_defaults = setters
+
+    def make(collection: str, key: Plain, stamp: Stamp, base: Stamp, fields: dict[str, Plain],
+             kinds: dict[str, str], defaults: tuple[str, ...]) -> CreateDoc:
+        op: CreateDoc = new(CreateDoc)
+        s_coll(op, collection)
+        s_key(op, key)
+        s_stamp(op, stamp)
+        s_base(op, base)
+        s_fields(op, fields)
+        s_kinds(op, kinds)
+        s_defaults(op, defaults)
+        return op
+
+    return make
+
+
+_new_create = _create_maker()
+
+
 def op_from_stored(data: Any) -> Op:
     """An operation from a replica's own log, written there by :func:`op_to_wire` (after
     :func:`op_from_wire` validated it): a create is rebuilt without checking it again; any
     other operation goes through :func:`op_from_wire`."""
     if type(data) is list and len(data) == 8 and data[0] == "C":
-        return CreateDoc(data[1], data[2], data[3], data[4], data[5], data[6], tuple(data[7]))
+        return _new_create(data[1], data[2], data[3], data[4], data[5], data[6], tuple(data[7]))
     return op_from_wire(data)
 
 
@@ -358,7 +415,7 @@ def _create_from_wire(data: list[Any]) -> CreateDoc | None:
     for k in defaults:
         if type(k) is not str:
             return None
-    return CreateDoc(collection, key, stamp, base, fields, kinds, tuple(defaults))
+    return _new_create(collection, key, stamp, base, fields, kinds, tuple(defaults))
 
 
 def _expected_epochs(op: Op) -> int | None:

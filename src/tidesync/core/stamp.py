@@ -11,10 +11,11 @@ logical counter, 16 hex digits of replica id.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import NamedTuple, NewType
 
 __all__ = ["Stamp", "ReplicaId", "ZERO", "make_stamp", "parse_stamp", "StampParts",
-           "is_stamp", "is_replica_id", "STAMP_LENGTH"]
+           "is_stamp", "is_replica_id", "are_compact_metas", "STAMP_LENGTH"]
 
 Stamp = NewType("Stamp", str)
 ReplicaId = NewType("ReplicaId", str)
@@ -30,6 +31,8 @@ ZERO = Stamp("")
 
 _STAMP_RE = re.compile(r"\A[0-9a-f]{34}\Z")
 _REPLICA_RE = re.compile(r"\A[0-9a-f]{16}\Z")
+#: Any number of ``{"*":"<stamp>"}``, 42 characters each.
+_COMPACT_METAS_RE = re.compile(r'(?:\{"\*":"[0-9a-f]{34}"\})*')
 
 
 class StampParts(NamedTuple):
@@ -53,6 +56,13 @@ def parse_stamp(stamp: Stamp) -> StampParts:
 def is_stamp(value: object) -> bool:
     """True when ``value`` is a well-formed stamp string."""
     return isinstance(value, str) and _STAMP_RE.match(value) is not None
+
+
+def are_compact_metas(texts: Sequence[object]) -> bool:
+    """True when every one of ``texts`` is the JSON text ``{"*":"<stamp>"}`` exactly (a fresh
+    document's compact meta), checked in one pass for all of them."""
+    return (set(map(type, texts)) <= {str} and set(map(len, texts)) <= {42}  # type: ignore[arg-type]
+            and _COMPACT_METAS_RE.fullmatch("".join(texts)) is not None)  # type: ignore[arg-type]
 
 
 def is_replica_id(value: object) -> bool:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .operations import Op, op_from_stored, op_from_wire, op_to_wire
+from .operations import CreateDoc, Op, op_from_stored, op_from_wire, op_to_wire
 from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
@@ -110,26 +110,53 @@ class Transaction:
     before: tuple[BeforeImage, ...] = ()
     user: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # Derived once, on first use (never compared): each op's document ref, and the received
+    # wire map when :meth:`to_wire` would rebuild exactly that map.
+    _refs: tuple[tuple[str, str], ...] | None = field(default=None, init=False, repr=False, compare=False)
+    _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
+    _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
+
+    def refs(self) -> tuple[tuple[str, str], ...]:
+        """The document ref (:func:`doc_ref`) of each operation, in operation order; computed
+        once per transaction."""
+        refs = self._refs
+        if refs is None:
+            refs = tuple([(op.collection, canonical_json(op.key)) for op in self.ops])
+            object.__setattr__(self, "_refs", refs)
+        return refs
 
     def touches(self) -> tuple[tuple[str, Plain], ...]:
         """The distinct (collection, key) pairs this transaction changes, in first-touch order."""
         seen: dict[tuple[str, str], tuple[str, Plain]] = {}
-        for op in self.ops:
-            ref = doc_ref(op.collection, op.key)
+        for op, ref in zip(self.ops, self.refs()):
             if ref not in seen:
                 seen[ref] = (op.collection, op.key)
         return tuple(seen.values())
+
+    def wire(self) -> dict[str, Any]:
+        """:meth:`to_wire`'s map, shared: the map this transaction was parsed from when it is
+        exactly what :meth:`to_wire` would build (a peer's upload of plain creates), else a
+        new one. Read it, never change it."""
+        wire = self._wire
+        return wire if wire is not None else self.to_wire()
 
     def descriptor(self, size: int = 0) -> Descriptor:
         """This transaction's descriptor; ``size`` is its encoded size in bytes when known."""
         return Descriptor(self.id, self.origin, self.user, self.stamp, self.parents,
                           self.touches(), len(self.ops), size)
 
-    def to_wire(self) -> dict[str, Any]:
-        """The transaction as a msgpack/JSON-ready map."""
+    def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
+        """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some
+        operations already made, by their index in ``ops``, inserted in increasing index)."""
+        if not known:
+            ops = [op_to_wire(op) for op in self.ops]
+        elif len(known) == len(self.ops):
+            ops = list(known.values())  # every one known: in index order
+        else:
+            ops = [op_to_wire(op) if (w := known.get(i)) is None else w for i, op in enumerate(self.ops)]
         out: dict[str, Any] = {
             "id": self.id, "origin": self.origin, "stamp": self.stamp,
-            "parents": list(self.parents), "ops": [op_to_wire(op) for op in self.ops],
+            "parents": list(self.parents), "ops": ops,
             "before": [b.to_wire() for b in self.before],
         }
         if self.user is not None:
@@ -138,17 +165,28 @@ class Transaction:
             out["meta"] = self.meta
         return out
 
+    def packed(self) -> bytes | None:
+        """The msgpack encoding of :meth:`to_wire` this transaction was read from (a log
+        entry, see :meth:`from_stored`), which an encoder may send as it is; None if unknown."""
+        return self._packed
+
     @classmethod
-    def from_stored(cls, data: dict[str, Any]) -> Transaction:
+    def from_stored(cls, data: dict[str, Any], packed: bytes | None = None) -> Transaction:
         """A transaction read back from a replica's own log (written there by :meth:`to_wire`
         after :meth:`from_wire` validated it, or made locally): rebuilt without validating
-        stamps and operations again. Data from a peer goes through :meth:`from_wire`."""
-        return cls(
+        stamps and operations again. Data from a peer goes through :meth:`from_wire`.
+
+        ``packed``: the bytes ``data`` was unpacked from (msgpack of :meth:`to_wire`, as the
+        log stores it), kept for :meth:`packed`."""
+        t = cls(
             id=data["id"], origin=data["origin"], stamp=data["stamp"], parents=tuple(data["parents"]),
             ops=tuple(op_from_stored(o) for o in data["ops"]),
             before=tuple(BeforeImage.from_wire(b) for b in data.get("before", ())),
             user=data.get("user"), meta=data.get("meta") or {},
         )
+        if packed is not None:
+            object.__setattr__(t, "_packed", packed)
+        return t
 
     @classmethod
     def from_wire(cls, data: Any) -> Transaction:
@@ -178,8 +216,24 @@ class Transaction:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("transaction meta must be a map")
-        return cls(
-            id=tid, origin=origin, stamp=stamp, parents=tuple(parents),
-            ops=tuple(op_from_wire(o) for o in ops),
+        parsed = tuple([op_from_wire(o) for o in ops])
+        t = cls(
+            id=tid, origin=origin, stamp=stamp, parents=tuple(parents), ops=parsed,
             before=tuple(BeforeImage.from_wire(b) for b in before), user=user, meta=meta,
         )
+        if not before and type(data) is dict and tuple(data) == _WIRE_KEYS[user is not None, bool(meta)] \
+                and type(parents) is list and type(ops) is list and type(before) is list \
+                and all(type(op) is CreateDoc for op in parsed) and all(type(o) is list for o in ops):
+            # A create parsed from [code, collection, key, stamp, base, fields, kinds, defaults]
+            # keeps every item as given (defaults a list again in to_wire): to_wire() would
+            # build this very map.
+            object.__setattr__(t, "_wire", data)
+        return t
+
+
+_WIRE_KEYS = {
+    (False, False): ("id", "origin", "stamp", "parents", "ops", "before"),
+    (True, False): ("id", "origin", "stamp", "parents", "ops", "before", "user"),
+    (False, True): ("id", "origin", "stamp", "parents", "ops", "before", "meta"),
+    (True, True): ("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"),
+}

@@ -45,6 +45,7 @@ __all__ = [
     "compact_encoder",
     "loads_json",
     "loads_json_strict",
+    "loads_json_scalars_checked",
     "datetime_to_micros",
     "micros_to_datetime",
     "TAGS",
@@ -227,6 +228,37 @@ def loads_json_strict(text: str) -> Any:
             if end == len(text):
                 return value
     return _strict_decoder.decode(text)
+
+
+def _int64(text: str) -> int:
+    value = int(text)
+    if -(2**63) <= value <= 2**63 - 1:
+        return value
+    raise ValueError("an int out of the 64-bit range")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    raise ValueError("a number beyond a float")
+
+
+_checked_scan_once = json.JSONDecoder(parse_constant=_no_constant, parse_int=_int64,  # type: ignore[attr-defined]
+                                      parse_float=_finite).scan_once
+
+
+def loads_json_scalars_checked(text: str) -> Any:
+    """:func:`loads_json_strict` of text without surrounding whitespace (else ValueError) that
+    also refuses ints beyond 64 bits and numbers beyond a float (ValueError): only the nesting
+    depth is left to check (``protocol.messages.check_plain``)."""
+    try:
+        value, end = _checked_scan_once(text, 0)
+    except StopIteration:
+        raise ValueError("not a JSON value") from None
+    if end != len(text):
+        raise ValueError("not one JSON value")
+    return value
 
 
 def canonical_json(plain: Plain) -> str:

@@ -15,6 +15,7 @@ each action, in order, and nothing else:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TypeAlias
@@ -117,7 +118,7 @@ class IntegrateSnapshot:
     """Call ``replica.integrate_snapshot(docs, peer=peer, as_of_seq=as_of_seq)``; feed the
     result to ``snapshot_integrated``, in issue order (interleaved with ``Integrate``)."""
 
-    docs: tuple[SnapshotDoc, ...]
+    docs: Sequence[SnapshotDoc]
     peer: ReplicaId
     as_of_seq: int | None
 

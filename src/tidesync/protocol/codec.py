@@ -36,7 +36,7 @@ import msgpack
 
 from ..errors import ProtocolError, UsageError, VersionMismatchError
 from .codes import ErrorCode
-from .messages import MESSAGE_TYPES, Error, Message, Snapshot, ViewUpdate, check_plain
+from .messages import MESSAGE_TYPES, Changes, Error, Message, Snapshot, ViewUpdate, check_plain
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -107,6 +107,30 @@ def encoded_size(wire: Any) -> int:
     return len(packed)
 
 
+_CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entries", "progress")]
+
+
+def _changes_body(message: Changes) -> bytes:
+    """``packb(message.to_body())`` when every entry's transaction carries its packed form
+    (log entries, ``Transaction.packed``): those bytes are spliced in as they are, not decoded
+    objects encoded again. The same bytes, key for key."""
+    k_from, k_to, k_head, k_entries, k_progress = _CHANGES_KEYS
+    entries = message.entries
+    n = len(entries)
+    header = (bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 0x10000
+              else b"\xdd" + n.to_bytes(4, "big"))
+    pack = msgpack.packb
+    parts = [b"\x85", k_from, pack(message.from_seq), k_to, pack(message.to_seq), k_head, pack(message.head),
+             k_entries, header]
+    for seq, txn in entries:
+        parts.append(b"\x92")
+        parts.append(pack(seq))
+        parts.append(txn.packed())  # not None: checked by the caller
+    parts.append(k_progress)
+    parts.append(pack(message.progress.to_wire(), use_bin_type=True))
+    return b"".join(parts)
+
+
 def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
            max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> bytes:
     """Encode a message as one payload.
@@ -126,7 +150,9 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
             encode, a bug in the caller.
     """
     try:
-        body: bytes = msgpack.packb(message.to_body(), use_bin_type=True)
+        body: bytes = (_changes_body(message) if type(message) is Changes and message.entries
+                       and all(t.packed() is not None for _, t in message.entries)
+                       else msgpack.packb(message.to_body(), use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"cannot encode {type(message).__name__}: {exc}") from exc
     flags = 0
@@ -195,6 +221,8 @@ def decode(payload: bytes | bytearray | memoryview, *,
     if not isinstance(body, dict):
         raise ProtocolError(f"a {tag} body must be a map", code=ErrorCode.MALFORMED_MESSAGE)
     try:
+        if cls is Snapshot:
+            return Snapshot.from_received(body)
         check_plain(body, f"{tag} body")
         if issubclass(cls, (Snapshot, ViewUpdate)):  # documents are not walked twice
             return cls.from_body(body, plain=True)

@@ -39,14 +39,14 @@ tag                class                  meaning
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
-from ..core.stamp import ReplicaId, Stamp, is_replica_id, is_stamp
+from ..core.stamp import ReplicaId, Stamp, are_compact_metas, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
-from ..core.values import Plain, compact_json, loads_json, loads_json_strict
+from ..core.values import Plain, compact_json, loads_json, loads_json_scalars_checked, loads_json_strict
 from .codes import ErrorAction, ErrorCode, action_of
 
 __all__ = [
@@ -63,6 +63,7 @@ __all__ = [
     "Descriptors",
     "Ack",
     "SnapshotDoc",
+    "DocColumns",
     "Snapshot",
     "CompensatedWrite",
     "CompensatingWrite",
@@ -726,7 +727,7 @@ class Snapshot:
     TAG: ClassVar[str] = "snapshot"
 
     page: int
-    docs: tuple[SnapshotDoc, ...]
+    docs: tuple[SnapshotDoc, ...] | DocColumns
     as_of_seq: int
     done: bool
     progress: Progress = field(default_factory=Progress)
@@ -734,7 +735,8 @@ class Snapshot:
 
     def __post_init__(self) -> None:
         _int("page", self.page)
-        if not isinstance(self.docs, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.docs):
+        if type(self.docs) is not DocColumns and (
+                not isinstance(self.docs, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.docs)):
             raise ValueError("docs must be a tuple of SnapshotDoc")
         _int("as_of_seq", self.as_of_seq)
         _bool("done", self.done)
@@ -742,18 +744,43 @@ class Snapshot:
             raise ValueError("progress must be a Progress")
 
     def to_body(self) -> dict[str, Any]:
-        docs = [d.to_json_wire() for d in self.docs] if self.json_docs else [d.to_wire() for d in self.docs]
+        if type(self.docs) is DocColumns and self.json_docs:
+            docs = self.docs.json_wire()
+        elif self.json_docs:
+            docs = [d.to_json_wire() for d in self.docs]
+        else:
+            docs = [d.to_wire() for d in self.docs]
         return {"page": self.page, "docs": docs,
                 "as_of_seq": self.as_of_seq, "done": self.done, "progress": self.progress.to_wire()}
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> Snapshot:
+    def from_received(cls, body: Mapping[str, Any]) -> Snapshot:
+        """:meth:`from_body` of a body not yet through :func:`check_plain` (``codec.decode``):
+        a page of common JSON-text documents is checked column by column (:class:`DocColumns`,
+        which checks each of its values' types itself), anything else by :func:`check_plain`
+        first. The same message, or a ValueError."""
+        items = body.get("docs")
+        if type(items) is list and items and type(items[0]) is list and len(items[0]) == 6:
+            check_plain({k: v for k, v in body.items() if k != "docs"}, f"{cls.TAG} body")
+            columns = DocColumns.from_json_wire(items, plain=False)
+            if columns is not None:
+                return cls(_get(body, "page"), columns, _get(body, "as_of_seq"), _get(body, "done"),
+                           Progress.from_wire(body.get("progress", {})), True)
+        check_plain(body, f"{cls.TAG} body")
+        return cls.from_body(body, plain=True, columns=False)
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False, columns: bool = True) -> Snapshot:
         """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``).
-        Each document may be in either wire form."""
-        docs = []
+        Each document may be in either wire form. ``columns``: try :class:`DocColumns` first."""
+        docs: list[SnapshotDoc] = []
         json_docs = False
         items = _list("docs", _get(body, "docs"))
-        if plain and items and type(items[0]) is list and len(items[0]) == 6:
+        if plain and columns and items and type(items[0]) is list and len(items[0]) == 6:
+            page = DocColumns.from_json_wire(items)
+            if page is not None:
+                return cls(_get(body, "page"), page, _get(body, "as_of_seq"), _get(body, "done"),
+                           Progress.from_wire(body.get("progress", {})), True)
             docs, json_docs = _json_docs_from_wire(items), True
         else:
             for d in items:
@@ -764,6 +791,149 @@ class Snapshot:
                     docs.append(SnapshotDoc.from_wire(d, plain=plain))
         return cls(_get(body, "page"), tuple(docs), _get(body, "as_of_seq"), _get(body, "done"),
                    Progress.from_wire(body.get("progress", {})), json_docs)
+
+
+_NONE_TYPE = type(None)
+_FLAT_TYPES = frozenset((str, bool, _NONE_TYPE, int, float))
+
+
+def _parse_all(texts: Sequence[str]) -> list[Any] | None:
+    """``[loads_json_strict(t) for t in texts]`` that also refuses ints beyond 64 bits and
+    numbers beyond a float, or None if one of them fails.
+
+    Texts without a bracket are parsed in one call, each wrapped in a list: ``[[t1],[t2],...]``.
+    The only brackets are then those added here, and a string cannot swallow them without
+    merging two of the lists (fewer than ``len(texts)``), so exactly ``len(texts)`` lists of one
+    value each means each text is exactly that one value. (One call shares the decoder's key
+    memo across the texts: about half the cost of a call per text.)"""
+    joined = "".join(texts)
+    if "[" not in joined and "]" not in joined:
+        try:
+            groups = loads_json_scalars_checked("[[" + "],[".join(texts) + "]]")
+        except (ValueError, RecursionError):
+            return None
+        if (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}
+                and set(map(len, groups)) == {1}):
+            return list(map(list.pop, groups))
+        return None
+    try:
+        return list(map(loads_json_strict, texts))
+    except (ValueError, RecursionError):
+        return None
+
+class DocColumns(Sequence[SnapshotDoc]):
+    """The documents of a snapshot page as columns, body and meta as JSON text.
+
+    Two kinds, told apart by ``parsed``:
+
+    * received (``parsed`` holds the bodies): every document in the common form, a fresh
+      document's compact meta (``{"*": stamp}``) and a flat body (plain scalars), checked as
+      strictly as :meth:`SnapshotDoc.from_json_wire` checks each one. A receiver stores such a
+      page column by column (``store/replica.py``), without one object per document. Built by
+      :meth:`from_json_wire`, which declines (None) any page it cannot check as a whole, for
+      the per-document path to decide and name what is wrong.
+    * read from a replica's own storage (``parsed`` is None: trusted, any form), to be sent
+      in the JSON-text form without one object per document.
+
+    Read as a sequence it gives the same :class:`SnapshotDoc` values, made on first use.
+    """
+
+    __slots__ = ("collections", "keys", "epochs", "lives", "bodies", "metas", "parsed", "_docs")
+
+    def __init__(self, collections: Sequence[str], keys: Sequence[Plain], epochs: Sequence[str],
+                 lives: Sequence[bool], bodies: Sequence[str], metas: Sequence[str],
+                 parsed: Sequence[dict[str, Any]] | None = None) -> None:
+        #: Per document: collection, key, epoch, live, body JSON text, meta JSON text and the
+        #: parsed body (``metas[i][6:40]`` is the meta's one stamp).
+        self.collections, self.keys, self.epochs, self.lives = collections, keys, epochs, lives
+        self.bodies, self.metas, self.parsed = bodies, metas, parsed
+        self._docs: tuple[SnapshotDoc, ...] | None = None
+
+    @classmethod
+    def from_json_wire(cls, items: Sequence[Any], *, plain: bool = True) -> DocColumns | None:
+        """The page's documents (``[collection, key, epoch, live, body_json, meta_json]``
+        each) as columns, when every one is in the common form and valid; None otherwise
+        (nothing is raised here). ``plain``: ``items`` already passed :func:`check_plain`;
+        if not, the keys are checked here (every other value's exact type is)."""
+        if not items or set(map(type, items)) != {list} or set(map(len, items)) != {6}:
+            return None
+        collections, keys, epochs, lives, bodies, metas = zip(*items)
+        if not plain and set(map(type, keys)) != {str} and not _plain_fast(list(keys)):
+            return None
+        try:
+            # A value of another type than str never equals a str, so a set keeps one of them.
+            kinds = set(collections)
+            stamps = set(epochs)
+        except TypeError:  # an unhashable (list, map) collection or epoch
+            return None
+        if not all(type(c) is str and c for c in kinds) or not all(
+                type(e) is str and (e == "" or is_stamp(e)) for e in stamps):
+            return None
+        if set(map(type, lives)) != {bool} or not are_compact_metas(metas) or set(map(type, bodies)) != {str}:
+            return None
+        parsed = _parse_all(bodies)
+        if parsed is None:
+            return None
+        if set(map(type, parsed)) != {dict}:
+            return None
+        joined = "".join(bodies)
+        if joined.count("{") == len(bodies) and "[" not in joined:
+            # Each body's own "{" is its only one (a string holding one goes the long way), no
+            # array: only scalars, and _parse_all checked the numbers.
+            return cls(collections, keys, epochs, lives, bodies, metas, parsed)
+        values = [v for body in parsed for v in body.values()]
+        found = set(map(type, values))
+        if not found <= _FLAT_TYPES:
+            return None
+        if int in found:
+            ints = [v for v in values if type(v) is int]
+            if min(ints) < -(2**63) or max(ints) > 2**63 - 1:
+                return None
+        if float in found and not all(map(math.isfinite, [v for v in values if type(v) is float])):
+            return None
+        return cls(collections, keys, epochs, lives, bodies, metas, parsed)
+
+    def json_wire(self) -> list[list[Any]]:
+        """The documents in the JSON-text wire form, as received."""
+        return [list(d) for d in zip(self.collections, self.keys, self.epochs, self.lives, self.bodies, self.metas)]
+
+    def _all(self) -> tuple[SnapshotDoc, ...]:
+        docs = self._docs
+        if docs is None and self.parsed is None:
+            docs = self._docs = tuple(map(SnapshotDoc.from_json_form, self.collections, self.keys, self.epochs,
+                                          self.lives, self.bodies, self.metas))
+        if docs is None:
+            out: list[SnapshotDoc] = []
+            new, setattr_ = object.__new__, object.__setattr__
+            for collection, key, epoch, live, body_json, meta_json, body in zip(
+                    self.collections, self.keys, self.epochs, self.lives, self.bodies, self.metas, self.parsed or ()):
+                doc = new(SnapshotDoc)
+                setattr_(doc, "collection", collection)
+                setattr_(doc, "key", key)
+                setattr_(doc, "state", {"epoch": epoch, "live": live, "body": body, "meta": {"*": meta_json[6:40]}})
+                setattr_(doc, "json_form", (epoch, live, body_json, meta_json))
+                out.append(doc)
+            docs = self._docs = tuple(out)
+        return docs
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._all()[index]
+
+    def __iter__(self) -> Iterator[SnapshotDoc]:
+        return iter(self._all())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, (DocColumns, tuple)):
+            return self._all() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"DocColumns({len(self)} documents)"
 
 
 def _json_docs_from_wire(items: list[Any] | tuple[Any, ...]) -> list[SnapshotDoc]:

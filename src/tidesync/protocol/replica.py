@@ -32,7 +32,7 @@ from typing import Protocol, runtime_checkable
 
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import Descriptor, Transaction
-from .messages import Scope, SnapshotDoc
+from .messages import DocColumns, Scope, SnapshotDoc
 
 __all__ = [
     "Replica",
@@ -124,7 +124,7 @@ class SnapshotPage:
         estimate: an estimate of the number of documents in scope, for progress (0 if unknown).
     """
 
-    docs: tuple[SnapshotDoc, ...]
+    docs: tuple[SnapshotDoc, ...] | DocColumns
     cursor: object | None
     as_of_seq: int
     nbytes: int = 0

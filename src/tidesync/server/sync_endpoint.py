@@ -44,6 +44,7 @@ from ..protocol.link import Link
 from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, ViewAck
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
+from ..store.database import _gc_paused
 from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
 
 if TYPE_CHECKING:
@@ -252,6 +253,18 @@ class _Shared:
             self._flushing = False
 
 
+@dataclasses.dataclass(slots=True)
+class _Started:
+    """An :class:`Integrate` whose storage call already runs in a worker thread (begun by the
+    WebSocket layer's receive hook, see ``ServerSession._receive_now``)."""
+
+    action: Integrate
+    future: asyncio.Future[Any] | None = None
+    #: The other sessions were woken as soon as the integration ended (see _announce_early).
+    announced: bool = False
+    error: BaseException | None = None
+
+
 def _user_key(user: Any) -> tuple[Any, Any, Any]:
     """What identifies a login session for its checks."""
     return (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
@@ -264,6 +277,17 @@ def _shared(state: ServerState) -> _Shared:
         shared.head = state.backend.head_seq()
         state._ts_sync_shared = shared  # type: ignore[attr-defined]
     return shared
+
+
+def _receive(link: Link, payload: bytes) -> None:
+    """``link.receive(payload)``; a large one (an upload batch) is decoded with the cyclic GC
+    paused: its many new objects form no cycles, and collections meanwhile would scan them and
+    the server's whole heap several times, for nothing."""
+    if len(payload) < 64 * 1024:
+        link.receive(payload)
+        return
+    with _gc_paused():
+        link.receive(payload)
 
 
 class ServerSession:
@@ -522,7 +546,7 @@ class ServerSession:
                 if kind == "lost":
                     self.link.connection_lost()
                 elif kind == "data":
-                    self.link.receive(item)
+                    _receive(self.link, item)
                 elif kind == "resume":  # what _receive_now left: payloads, actions, events
                     payloads, actions, events = item
                     for payload in payloads:
@@ -594,8 +618,8 @@ class ServerSession:
         """Handle a payload in the reader task while run() is parked on an empty inbox.
 
         On fan-out every connection answers each ``Changes`` with an ``Ack`` (and a flexible
-        one each ``ViewUpdate`` with a ``ViewAck``), whose handling needs no I/O (the acknowledgement is recorded later, with the others): doing it here
-        saves a queue hand-off and a task switch per connection and write. Whatever needs an
+        one each ``ViewUpdate`` with a ``ViewAck``), whose handling needs no I/O (the
+        acknowledgement is recorded later, with the others): doing it here saves a queue hand-off and a task switch per connection and write. Whatever needs an
         ``await`` (a send, a storage call, any other message) is handed to run() as a
         ``resume`` item, in order. Returns False (nothing done) when not applicable (for a
         flexible session, also while a view message waits to go before any changes).
@@ -603,7 +627,7 @@ class ServerSession:
         if self.link.finished or not self.replicator.active or (
                 self.flexible is not None and (not self.flexible.registered or self.flexible.outbox)):
             return False
-        self.link.receive(data)
+        _receive(self.link, data)
         events = self.link.events_received()
         actions: list[Any] = []
         while events and not actions:
@@ -619,10 +643,54 @@ class ServerSession:
                 self.flexible.view_acked(message)
             else:
                 break
+        if not actions and events and self.flexible is None and not self._auth_due():
+            event = events[0]
+            if isinstance(event, MessageReceived) and isinstance(event.message, Changes):
+                # An upload: its integration starts here, in a worker thread, while run() is
+                # being woken for the rest (run() would only have handed it to the thread).
+                events.pop(0)
+                actions = self._start_integration(self.replicator.handle(event.message))
         payloads = self.link.data_to_send()
         if payloads or actions or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, actions, events)))
         return True
+
+    def _start_integration(self, actions: list[Any]) -> list[Any]:
+        """``actions`` with a leading :class:`Integrate` already running in a worker thread
+        (:class:`_Started`; :meth:`_integrate` awaits it). Anything else is left as it is."""
+        if not actions or not isinstance(actions[0], Integrate):
+            return actions
+        action = actions[0]
+        loop = asyncio.get_running_loop()
+        started = _Started(action)
+
+        def integrate() -> Any:
+            out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
+            # Scheduled before the future's own completion callback (FIFO): the sessions are
+            # woken in the first loop iteration after the commit, not when run() resumes.
+            try:
+                loop.call_soon_threadsafe(self._announce_early, started, out)
+            except RuntimeError:  # the loop is closing: nobody to wake
+                pass
+            return out
+
+        started.future = future = loop.run_in_executor(None, integrate)
+        # Retrieved by _integrate; if the session ends before that, not an unretrieved error.
+        future.add_done_callback(lambda f: f.cancelled() or f.exception())
+        return [started, *actions[1:]]
+
+    def _announce_early(self, started: _Started, out: Any) -> None:
+        """Wake the other sessions for an integration that just ended in a worker thread,
+        from the event loop's callback, one loop iteration before run() resumes. A batch with
+        refused writes (a CompensatingWrite to send first) is left to :meth:`_integrate`."""
+        result, refused, _ = out
+        if refused:
+            return
+        started.announced = True
+        try:
+            self._announce(result, False)
+        except BaseException as exc:  # noqa: BLE001 - raised again in _integrate, as before
+            started.error = exc
 
     def _execute_now(self, actions: list[Any]) -> list[Any]:
         """Execute the leading actions that need no ``await``; return the rest, unexecuted."""
@@ -747,6 +815,8 @@ class ServerSession:
                 pass
             elif isinstance(action, Integrate):
                 todo[0:0] = await self._integrate(action)
+            elif isinstance(action, _Started):
+                todo[0:0] = await self._integrate(action.action, action)
             elif isinstance(action, RecordAck):
                 _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
             elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
@@ -783,11 +853,14 @@ class ServerSession:
                                         max_bytes=min(action.max_bytes, 256 * 1024), scope=action.scope,
                                         exclude_origin=action.exclude_origin)
 
-    async def _integrate(self, action: Integrate) -> list[Any]:
+    async def _integrate(self, action: Integrate, started: _Started | None = None) -> list[Any]:
         # Rules, partition and schema checks, compensating transaction (server/enforcement.py).
         try:
-            result, refused, compensated = await asyncio.to_thread(
-                self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+            if started is None or started.future is None:
+                result, refused, compensated = await asyncio.to_thread(
+                    self.enforcer.integrate, action.txns, action.peer, action.peer_seq)
+            else:
+                result, refused, compensated = await started.future
         except MergeError as exc:
             # A well-framed batch holding a transaction the merge core refuses: the peer's
             # fault. The batch's storage transaction rolled back; tell the peer and close.
@@ -798,26 +871,36 @@ class ServerSession:
             self.link.send(CompensatingWrite(tuple(refused)))
         follow = self.replicator.integrated(result)
         if result.applied or compensated:
-            shared = _shared(self.state)
-            shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
-            # What the new entries can concern: this session's partition (the enforcer let
-            # nothing else in), unless a compensating transaction restored other documents.
-            first: set[ServerSession] = set()
-            skip: set[ServerSession] = set()
-            if self.partition is not None and self.flexible is None and not compensated:
-                shared.touched = {self._partition_json}
-                # This partition's sessions first; those of other partitions with a later
-                # wake-up already scheduled need no visit (see local_commit).
-                first = shared.partitions.get(self._partition_json, first)
-                skip = shared.lazy
-            try:
-                # One check for another process's writes for all the reads the wake-up makes.
-                with self.state.backend.read_round():
-                    self.state.notify_commit(self, first, skip)
-            finally:
-                shared.touched = None
+            if started is not None and started.announced:
+                if started.error is not None:
+                    raise started.error
+            else:
+                self._announce(result, compensated)
             # Let the sessions just woken stream the new entries before this one answers its
             # own peer (the Ack, then its own wake-up): the propagation to the others does not
             # wait for those sends.
             await asyncio.sleep(0)
         return follow
+
+    def _announce(self, result: Any, compensated: bool) -> None:
+        """Wake the sessions after an integration of this session's upload (fan-out)."""
+        if not (result.applied or compensated):
+            return
+        shared = _shared(self.state)
+        shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
+        # What the new entries can concern: this session's partition (the enforcer let
+        # nothing else in), unless a compensating transaction restored other documents.
+        first: set[ServerSession] = set()
+        skip: set[ServerSession] = set()
+        if self.partition is not None and self.flexible is None and not compensated:
+            shared.touched = {self._partition_json}
+            # This partition's sessions first; those of other partitions with a later
+            # wake-up already scheduled need no visit (see local_commit).
+            first = shared.partitions.get(self._partition_json, first)
+            skip = shared.lazy
+        try:
+            # One check for another process's writes for all the reads the wake-up makes.
+            with self.state.backend.read_round():
+                self.state.notify_commit(self, first, skip)
+        finally:
+            shared.touched = None

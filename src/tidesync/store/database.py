@@ -24,6 +24,7 @@ import msgpack
 
 from ..core import merge
 from ..core.clock import HybridClock
+from ..core.merge.create import fast_create
 from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
     self_plain_type, value_to_plain,
@@ -35,14 +36,14 @@ from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transacti
 from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
-    SchemaMismatchError, UsageError, ValidationError,
+    SchemaMismatchError, StorageError, UsageError, ValidationError,
 )
 from .engine import Engine
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, MIGRATIONS
-from .writer import LoadedDoc, PendingDoc, WriteTransaction
+from .writer import BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
 
 if TYPE_CHECKING:
     from .results import Results
@@ -55,6 +56,9 @@ Ref = tuple[str, str]
 _CACHE_LIMIT = 20_000
 _UNCACHED: Any = object()
 _MAY_LINK = frozenset({"link", "list", "set"})  # field kinds _adopt_field may have to adopt
+# Field kinds that keep a model out of create_many's bulk path (containers, embedded objects, links).
+_NOT_BULK_KINDS = frozenset({"list", "set", "dict", "counter", "object", "link"})
+_BULK_CHUNK = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +107,18 @@ class IntegrateResult(ProtocolIntegrateResult):
     last_seq: int = 0
 
 
+def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
+    """The compact meta text ``meta`` with the write keys ``keys`` (ASCII identifier field
+    names) set in its overlay ``"r"``: the text ``json_set(meta, '$.r."f"', key)`` of each
+    gives."""
+    if len(meta) == 42 and meta.startswith('{"*":"'):
+        return meta[:-1] + ',"r":{' + ",".join([f'"{n}":"{k}"' for n, k in keys.items()]) + "}}"
+    m = loads_json(meta)
+    r = m.get("r")
+    m["r"] = {**r, **keys} if isinstance(r, dict) else dict(keys)
+    return _dumps(m)
+
+
 def _wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -137,6 +153,28 @@ _FAST_READ: dict[tuple[str, str, bool], str] = {}
 _READ_AHEAD = 512
 
 
+#: In a batch's loaded documents: one the file does not hold.
+_ABSENT: Any = object()
+
+
+class _Fresh:
+    """A document a batch creates that the file did not hold, kept as its new row's parts
+    (the state ``merge.integrate`` would give it, without the objects) until a later
+    operation of the batch touches it again (:meth:`loaded`)."""
+
+    __slots__ = ("collection", "key", "ref", "epoch", "body", "meta", "seq")
+
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, body: dict[str, Plain],
+                 meta: dict[str, Any]) -> None:
+        self.collection, self.key, self.ref, self.epoch, self.body, self.meta = collection, key, ref, epoch, body, meta
+        self.seq = 0
+
+    def loaded(self) -> LoadedDoc:
+        """The same document as the general path holds it (new, changed by this batch)."""
+        return LoadedDoc(self.collection, self.key, self.ref, merge.DocState(Stamp(self.epoch), True, self.body, self.meta),
+                         False, False, None, dirty=True, seq=self.seq)
+
+
 class Database(ReplicaStore):
     """A tidesync database file. Open it with :func:`tidesync.open`.
 
@@ -163,11 +201,13 @@ class Database(ReplicaStore):
         self._txn_thread: int | None = None
         self._closed = False
         self._policies = policies
+        self._fast_fields: dict[tuple[str, str], bool] = {}  # (collection, field) -> fast path allowed
         self._user = user
         self.partition_key = partition_key
         self.bootstrap_with_snapshot = bootstrap_with_snapshot
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._create_plans: dict[str, dict[str, tuple[FieldSchema, type | None]]] = {}
+        self._bulk_builders: dict[str, Any] = {}
         self._generation = 0
         self._seen_data_version = -1
         self._checked_at = 0.0
@@ -175,6 +215,9 @@ class Database(ReplicaStore):
         self._sync: Any = None
         self._on_remote_commit: Any = None
         self._partition: tuple[str, Plain] | None = None
+        #: Log rows (seq, origin, via, data) appended since the current write began
+        #: (see ReplicaStore._seed_log_cache).
+        self._logged: list[tuple[int, str, str | None, bytes]] = []
         try:
             self._init_file()
         except BaseException:
@@ -330,6 +373,8 @@ class Database(ReplicaStore):
         with self._lock:
             if self._txn is not None:
                 raise UsageError("already in a write transaction; write transactions do not nest")
+            self._logged = []
+            changes_before = self._engine.total_changes()
             with self._engine.atomic():
                 last = self._setting("clock")
                 if last:
@@ -343,6 +388,9 @@ class Database(ReplicaStore):
                     self._txn = self._txn_thread = None
                     self._cache.clear()
             self._generation += 1
+            if seq is not None:
+                self._seed_log_cache(changes_before, self._logged)
+            self._logged = []
         if seq is not None:
             self._after_commit()
 
@@ -362,42 +410,52 @@ class Database(ReplicaStore):
         """The update fast path of ``obj.name = value`` (a top-level scalar field, LWW): record
         the write as pending, without loading the document, if its row allows it; False when
         the general path must do it. Raises as the general path would (a deleted object, a
-        value that does not fit)."""
-        txn = self._current_txn()
+        value that does not fit). The write is stamped later, with the transaction's other
+        fast-path writes (:meth:`WriteTransaction.stamp_pending`)."""
+        txn = self._txn
+        if txn is None or self._txn_thread != threading.get_ident() or self._closed:
+            txn = self._current_txn()  # raises
         ref = binding.ref
-        if ref in txn.docs or txn._journal is not None or not name.isidentifier():
+        if txn._journal is not None or ref in txn.docs or ref in txn.bulk_refs:
             return False
         collection = binding.collection
-        policies = self._policies
-        if policies is not None and policies.lookup(collection, (name,)) != "lww":
+        ok = self._fast_fields.get((collection, name))
+        if ok is None:
+            policies = self._policies
+            ok = self._fast_fields[(collection, name)] = name.isidentifier() and name.isascii() and (
+                policies is None or policies.lookup(collection, (name,)) == "lww")
+        if not ok:
+            return False
+        plain = value_to_plain(ftype, value)
+        if type(plain) not in _FAST_PLAIN:
             return False
         p = txn.pending.get(ref)
-        if p is None or name not in p.keys:
+        if p is None or name not in p.before_json:
             row = self._fast_row(txn, collection, ref[1], name)
-            if row is None or not row[1]:
+            if row is None or not row[2]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
-            epoch, _, meta_text, old = row
-            star, rkey, kind, dflt = loads_json(meta_text)
-            if type(star) is not str or kind is not None:
-                return False
-            if rkey is None:
-                rkey = ("0" if dflt and name in dflt else "1") + star
-            plain = value_to_plain(ftype, value)
-            if type(plain) not in _FAST_PLAIN:
-                return False
+            _, epoch, _, meta, old, rowid = row
+            if len(meta) == 42 and meta.startswith('{"*":"'):
+                top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
+            else:
+                m = loads_json(meta)
+                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
+                if type(top) is not str or (kinds and name in kinds):
+                    return False
+                if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
+                    top = k[1:]
             if p is None:
-                p = PendingDoc(collection, binding.key, ref, epoch)
-            p.keys[name] = rkey
-            p.before_fields[name] = MISSING_FIELD if old is None else loads_json(old)
-        else:
-            plain = value_to_plain(ftype, value)
-            if type(plain) not in _FAST_PLAIN:
-                return False
-        return txn.pending_write(p, name, plain)
+                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid)
+            p.before_json[name] = old
+            if top > txn.unstamped_max:
+                txn.unstamped_max = top
+        p.flushed = False
+        txn.unstamped += (p, name, plain)  # flat: no tuple kept per assignment for the collector
+        return True
 
     def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
-        """The row facts the fast path needs for field ``name`` of a document: ``(epoch, live,
-        meta facts as JSON, old value as JSON)``, or None when the file does not hold it.
+        """The row facts the fast path needs for field ``name`` of a document: ``(pk, epoch,
+        live, meta, old value as JSON, rowid)``, or None when the file does not hold it.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -419,44 +477,65 @@ class Database(ReplicaStore):
         key = (collection, name, size > 1)
         sql = _FAST_READ.get(key)
         if sql is None:
-            q = f'"{name}"'
             sql = _FAST_READ[key] = (
-                f"SELECT pk, epoch, live, json_extract(meta, '$.\"*\"', '$.r.{q}', '$.\"*k\".{q}', '$.\"*d\"'), "
-                f"body -> '$.{q}' FROM documents WHERE collection = ? AND pk "
+                f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.clear()
         for r in rows:
-            cached[r[0]] = r[1:]
-        row = cached.pop(pk, None)
-        return row
+            cached[r[0]] = r
+        return cached.pop(pk, None)
 
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
         """Write the fast-path fields of ``pending`` into their rows, with ``seq``: one
-        ``executemany`` of ``json_set`` per set of field names (only ``seq`` for rows that hold
-        them already)."""
-        groups: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+        ``executemany`` per set of field names (only ``seq`` for rows that hold them already).
+        Rows are found by the rowid read with their facts: the write transaction holds the
+        database's lock, and nothing in it removes a row (documents are never deleted, only
+        tombstoned; a pending document changed any other way leaves the fast path first).
+        The body gets ``json_set`` of the fields (str, int and null bound as they are, other
+        values as JSON text); the meta, small, is written whole: the row's meta with the
+        fields' write keys in its overlay ``"r"``, as ``json_set`` of each would give."""
+        groups: dict[tuple[tuple[str, ...], tuple[bool, ...]], list[tuple[Any, ...]]] = {}
         seq_only: list[tuple[Any, ...]] = []
+        dumps = _dumps
         for p in pending:
             if p.flushed:
-                seq_only.append((seq, p.collection, p.ref[1]))
+                seq_only.append((seq, p.rowid))
                 continue
-            names = tuple(p.fields)
-            row: list[Any] = []
-            for n in names:
-                row.append(_dumps(p.fields[n]))
-            for n in names:
-                row.append(p.keys[n])
-            row += (seq, p.collection, p.ref[1])
-            groups.setdefault(names, []).append(tuple(row))
-        for names, rows in groups.items():
-            body = ", ".join(f"""'$."{n}"', json(?)""" for n in names)
-            meta = ", ".join(f"""'$.r."{n}"', ?""" for n in names)
+            fields = p.fields
+            if len(fields) == 1:
+                (name, v), = fields.items()
+                t = type(v)
+                direct = t is str or t is int or v is None
+                row: list[Any] = [v if direct else dumps(v)]
+                gkey: tuple[tuple[str, ...], tuple[bool, ...]] = ((name,), (direct,))
+            else:
+                names = tuple(fields)
+                flags: list[bool] = []
+                row = []
+                for n in names:
+                    v = fields[n]
+                    t = type(v)
+                    direct = t is str or t is int or v is None
+                    flags.append(direct)
+                    row.append(v if direct else dumps(v))
+                gkey = (names, tuple(flags))
+            meta = p.meta
+            if len(fields) == 1 and len(meta) == 42 and meta[:6] == '{"*":"':
+                meta = f'{meta[:-1]},"r":{{"{name}":"{p.keys[name]}"}}}}'  # as _overlay_meta
+            else:
+                meta = _overlay_meta(meta, p.keys)
+            row += (meta, seq, p.rowid)
+            rows = groups.get(gkey)
+            if rows is None:
+                rows = groups[gkey] = []
+            rows.append(tuple(row))
+        for (names, direct_of), rows in groups.items():
+            body = ", ".join(f"""'$."{n}"', {'?' if d else 'json(?)'}""" for n, d in zip(names, direct_of))
             self._engine.executemany(
-                f"UPDATE documents SET body = json_set(body, {body}), meta = json_set(meta, {meta}), seq = ? "
-                "WHERE collection = ? AND pk = ?", rows)
+                f"UPDATE documents SET body = json_set(body, {body}), meta = ?, seq = ? WHERE rowid = ?", rows)
         if seq_only:
-            self._engine.executemany("UPDATE documents SET seq = ? WHERE collection = ? AND pk = ?", seq_only)
+            self._engine.executemany("UPDATE documents SET seq = ? WHERE rowid = ?", seq_only)
 
     def _current_txn(self) -> WriteTransaction:
         self._check_open()
@@ -487,17 +566,25 @@ class Database(ReplicaStore):
         return out
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
-        if not txn.ops:
+        if not txn.has_ops and not txn.unstamped:
             return None
         with _gc_paused():
+            txn.stamp_pending()
             return self._commit_ops(txn, meta)
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
-        first = txn.ops[0].stamp
+        first = Stamp(txn.first_stamp)
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
+        # With bulk creates, ``t`` lacks their operations: the log entry gets them packed.
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
                         before=tuple(txn.before_images()), user=self._user, meta=meta or {})
-        seq = self._append_log(t, touches=tuple(txn.touched.values()))
+        if txn.bulk:
+            seq = self._append_log(t, touches=tuple(txn.touched.values()),
+                                   data=pack_transaction(t.to_wire(txn.op_wire), txn.bulk), op_count=txn.op_count)
+            if seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
+                self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
+        else:
+            seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
         self._write_docs(txn.docs.values(), seq)
         if txn.pending:
             self._write_pending(list(txn.pending.values()), seq)
@@ -506,14 +593,20 @@ class Database(ReplicaStore):
         return seq
 
     def _append_log(self, t: Transaction, via: str | None = None,
-                    touches: tuple[tuple[str, Plain], ...] | None = None) -> int:
-        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known)."""
-        data = msgpack.packb(t.to_wire(), use_bin_type=True)
+                    touches: tuple[tuple[str, Plain], ...] | None = None, data: bytes | None = None,
+                    op_count: int | None = None, known: dict[int, list[Any]] | None = None) -> int:
+        """Append ``t`` to the log, with its descriptor (``touches``: its touches, if known;
+        ``data`` and ``op_count``: its packed form and operation count, if known; ``known``:
+        the wire form of some of its operations, by index)."""
+        if data is None:
+            data = msgpack.packb(t.to_wire(known), use_bin_type=True)
         cur = self._engine.execute("INSERT INTO log (id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?)",
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
+        self._logged.append((seq, t.origin, via, data))
         desc = t.descriptor(len(data)) if touches is None else Descriptor(
-            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops), len(data))
+            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops) if op_count is None else op_count,
+            len(data))
         self._engine.execute(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
@@ -527,6 +620,7 @@ class Database(ReplicaStore):
         """Write the open transaction's changed documents into the (uncommitted) SQLite
         transaction, so queries inside ``db.write()`` see them; the commit rewrites them with
         their sequence number, and a rollback discards them."""
+        txn.stamp_pending()
         pending = [d for d in txn.docs.values() if d.unflushed]
         if pending:
             self._write_docs(pending, 0)
@@ -539,11 +633,24 @@ class Database(ReplicaStore):
                 for p in fast:
                     p.flushed = True
 
-    def _write_docs(self, docs: Iterable[LoadedDoc], seq: int | None) -> None:
+    def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None) -> None:
         """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
         rows = []
         pkey = self.partition_key
         for d in docs:
+            if isinstance(d, _Fresh):
+                body = d.body
+                if pkey is None:
+                    scope = None
+                else:
+                    value = body.get(pkey)
+                    scope = (f'"{value}"' if type(value) is str and value.isalnum() else _dumps(value))
+                meta = d.meta
+                star = meta.get("*") if len(meta) == 1 else None
+                meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
+                rows.append((d.collection, d.ref[1], _dumps(body), meta_text, d.epoch, 1,
+                             d.seq if seq is None else seq, scope))
+                continue
             if not d.dirty:
                 continue
             s = d.state
@@ -603,6 +710,16 @@ class Database(ReplicaStore):
         """
         obj = self._model(cls)
         txn = self._current_txn()
+        if update is None:
+            build = self._bulk_builders.get(obj.name, _UNCACHED)
+            if build is _UNCACHED:
+                build = self._bulk_builder(cls, obj)
+            if build is not None:
+                # The builder only reads the given values: no copy of a dict given alone.
+                made = self._create_one(txn, obj, build, values if type(values) is dict and not kwargs else
+                                        {**values, **kwargs} if values else kwargs)
+                if made is not None:
+                    return self._managed(cls, obj, made[0], made[1])
         given = {**values, **kwargs} if values else kwargs
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
         coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
@@ -630,33 +747,162 @@ class Database(ReplicaStore):
         obj = self._model(cls)
         txn = self._current_txn()
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
-        name = obj.name
+        bulk = self._bulk_builder(cls, obj) if update is None else None
         n = 0
+        if bulk is not None:
+            self._flush_pending(txn)  # the file's unique key then sees every document of the write
         with self._engine.atomic(), txn.savepoint(), _gc_paused():
             it = iter(items)
+            if bulk is not None:
+                while True:
+                    chunk = list(islice(it, _BULK_CHUNK))
+                    if not chunk:
+                        break
+                    if not self._create_bulk(txn, obj, bulk, chunk):
+                        self._create_chunk(cls, obj, plan, txn, chunk, update)
+                    n += len(chunk)
+                return n
             while True:
                 chunk = list(islice(it, 500))
                 if not chunk:
                     break
-                # Validate the chunk first, to look its documents up in one query; an error is
-                # raised after the items before it are created, as a loop of create() would.
-                prepared = []
-                error: Exception | None = None
-                for item in chunk:
-                    try:
-                        given = self._given_of(cls, item)
-                        prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
-                    except Exception as exc:
-                        error = exc
-                        break
-                absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
-                for given, (coerced, defaults, key, ref) in prepared:
-                    self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
-                                        ref in absent)
-                n += len(prepared)
-                if error is not None:
-                    raise error
+                self._create_chunk(cls, obj, plan, txn, chunk, update)
+                n += len(chunk)
         return n
+
+    def _create_chunk(self, cls: type[_ModelBase], obj: ObjectSchema, plan: dict[str, tuple[FieldSchema, type | None]],
+                      txn: WriteTransaction, items: list[Any], update: str | None) -> None:
+        """``create_many``'s general path: a loop of :meth:`create` over ``items``, the
+        documents looked up 500 per query."""
+        name = obj.name
+        for start in range(0, len(items), 500):
+            chunk = items[start:start + 500]
+            # Validate the chunk first, to look its documents up in one query; an error is
+            # raised after the items before it are created, as a loop of create() would.
+            prepared = []
+            error: Exception | None = None
+            for item in chunk:
+                try:
+                    given = self._given_of(cls, item)
+                    prepared.append((given, self._prepare_create(cls, obj, plan, given, update)))
+                except Exception as exc:
+                    error = exc
+                    break
+            absent = txn.prefetch(name, [(p[2], p[3]) for _, p in prepared])
+            for given, (coerced, defaults, key, ref) in prepared:
+                self._finish_create(cls, obj, plan, txn, given, update, coerced, defaults, key, ref,
+                                    ref in absent)
+            if error is not None:
+                raise error
+
+    def _bulk_builder(self, cls: type[_ModelBase], obj: ObjectSchema) -> Any:
+        """``create_many``'s bulk path for ``cls`` (made once per model), or None when its
+        fields allow no bulk path: a function from a given item to ``(plain values in field
+        order, defaults filled in or None)``, raising :class:`_NotBulk` for anything but the
+        common case (the general path then does the item, and says what is wrong)."""
+        cached = self._bulk_builders.get(obj.name, _UNCACHED)
+        if cached is not _UNCACHED:
+            return cached
+        builder = _make_bulk_builder(cls, obj)
+        self._bulk_builders[obj.name] = builder
+        return builder
+
+    def _create_one(self, txn: WriteTransaction, obj: ObjectSchema, build: Any,
+                    given: dict[str, Any]) -> tuple[Plain, Ref] | None:
+        """``create`` (no ``update``) as :meth:`_create_bulk` does it, for one document: its row
+        inserted now (the unique key refuses an existing one), its operation packed. None, with
+        nothing changed, when the general path must do it."""
+        try:
+            plain, dflt = build(given)
+        except Exception:  # noqa: BLE001 - the general path does it again, and raises
+            return None
+        scope = None
+        if self._partition is not None:
+            pkey, pvalue = self._partition
+            if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+                return None
+            plain[pkey] = pvalue
+            if dflt and pkey in dflt:
+                dflt.remove(pkey)
+            scope = _dumps(pvalue)
+        name = obj.name
+        key = plain["_id"]
+        ref = (name, canonical_json(key))
+        if ref in txn.docs or ref in txn.pending:
+            return None
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        if txn.unstamped:  # earlier assignments take earlier stamps, and come first in the log
+            txn.stamp_pending()
+        stamp = self._clock.now()
+        if dflt:
+            meta_text = _dumps({"*": stamp, "*d": dflt})
+        else:
+            meta_text = f'{{"*":"{stamp}"}}'
+        try:
+            self._engine.execute(
+                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
+        except StorageError as exc:
+            if exc.code == "constraint":  # it exists: the general path raises or merges
+                return None
+            raise
+        txn.add_created(ref, key, name, stamp,
+                        msgpack.packb(["C", name, key, stamp, "", plain, {}, dflt or []], use_bin_type=True))
+        if self._cache:
+            self._cache.clear()
+        return key, ref
+
+    def _create_bulk(self, txn: WriteTransaction, obj: ObjectSchema, build: Any, items: list[Any]) -> bool:
+        """Create the documents of ``items`` (no ``update``; none may exist) in bulk: rows
+        inserted now, operations packed for the log (:class:`BulkCreates`), no per-document
+        merge state. False, with nothing changed, when an item needs the general path: it is
+        not a plain valid item, or a document exists (in the file or in this write)."""
+        name = obj.name
+        try:
+            built = [build(item) for item in items]
+        except Exception:  # noqa: BLE001 - the general path does the chunk again, and raises
+            return False
+        partition = self._partition
+        scope = None
+        if partition is not None:
+            pkey, pvalue = partition
+            for plain, dflt in built:
+                if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+                    return False  # the general path raises PartitionError
+                plain[pkey] = pvalue
+                if dflt and pkey in dflt:
+                    dflt.remove(pkey)
+            scope = _dumps(partition[1])
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        seq = txn.bulk_seq
+        if txn.unstamped:  # earlier assignments take earlier stamps, and come first in the log
+            txn.stamp_pending()
+        stamps = self._clock.now_many(len(built))
+        keys = [plain["_id"] for plain, _ in built]
+        pks = [canonical_json(key) for key in keys]
+        refs = [(name, pk) for pk in pks]
+        docs = txn.docs
+        if docs and any(ref in docs for ref in refs):
+            return False
+        dumps = _dumps
+        rows = [(name, pk, dumps(plain), dumps({"*": stamp, "*d": dflt}) if dflt else f'{{"*":"{stamp}"}}', "", 1,
+                 seq, scope) for pk, (plain, dflt), stamp in zip(pks, built, stamps)]
+        wire = [["C", name, key, stamp, "", plain, {}, dflt or []] for key, (plain, dflt), stamp in zip(keys, built, stamps)]
+        try:
+            with self._engine.atomic():
+                self._engine.executemany(
+                    "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        except StorageError as exc:
+            if exc.code == "constraint":  # a document exists: the general path raises or merges
+                return False
+            raise
+        packed = array_items(msgpack.packb(wire, use_bin_type=True))
+        txn.add_bulk(BulkCreates(0, len(rows), stamps[0], [packed], refs), keys, name)
+        self._cache.clear()
+        return True
 
     @staticmethod
     def _given_of(cls: type[_ModelBase], item: Any) -> dict[str, Any]:
@@ -996,8 +1242,12 @@ class Database(ReplicaStore):
         with self._lock:
             if self._txn is not None:
                 raise UsageError("cannot integrate inside a write transaction")
+            self._logged = []
+            changes_before = self._engine.total_changes()
             with self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
+            self._seed_log_cache(changes_before, self._logged)
+            self._logged = []
             self._after_remote(result.applied > 0)
         return result
 
@@ -1014,8 +1264,12 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             with self._engine.unsynced(), self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
-            self._after_remote(result.applied > 0)
+            self._logged = []  # not put in the log cache: a device sends no downloaded entry on
+            self._cache.clear()
+            self._generation += 1
             engine = self._engine
+        # Woken once the lock is free: the notifier reads at once instead of waking to wait for it.
+        self._wake_after_remote(result.applied > 0)
         engine.sync_wal()
         return result
 
@@ -1023,6 +1277,9 @@ class Database(ReplicaStore):
         """After integrating from a peer: refresh caches, wake listeners and other peers."""
         self._cache.clear()
         self._generation += 1
+        self._wake_after_remote(changed)
+
+    def _wake_after_remote(self, changed: bool) -> None:
         if changed:
             if self._listeners is not None:
                 self._listeners.notify()
@@ -1044,7 +1301,7 @@ class Database(ReplicaStore):
             known.update(r[0] for r in self._engine.query(
                 f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
         try:
-            docs = self._load_docs_of_ops([op for t in txns if t.id not in known for op in t.ops])
+            docs = self._load_docs_of_txns([t for t in txns if t.id not in known])
         except (ValueError, TypeError, KeyError):
             docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
@@ -1059,15 +1316,26 @@ class Database(ReplicaStore):
                 continue
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
-            touched: list[LoadedDoc] = []
+            touched: list[LoadedDoc | _Fresh] = []
             latest = Stamp("")
             try:
-                for op in t.ops:
-                    ref = (op.collection, canonical_json(op.key))
+                for op, ref in zip(t.ops, t.refs()):
                     d = docs.get(ref)
-                    if d is None:
-                        d = self._load_doc(op.collection, op.key, ref)
+                    if d is None or d is _ABSENT:
+                        if d is _ABSENT and type(op) is CreateDoc:
+                            # A new document: its row comes straight from the op, as the
+                            # merge's create of a document never seen would make it.
+                            body, meta = fast_create(op)
+                            fresh = docs[ref] = _Fresh(op.collection, op.key, ref, op.base, body, meta)
+                            touched.append(fresh)
+                            if op.stamp > latest:
+                                latest = op.stamp
+                            continue
+                        d = (LoadedDoc(op.collection, op.key, ref, merge.new_state(), False, False, None)
+                             if d is _ABSENT else self._load_doc(op.collection, op.key, ref))
                         docs[ref] = d
+                    elif type(d) is _Fresh:
+                        d = docs[ref] = d.loaded()
                     overwritten = _register_write(d.state, op)
                     d.state, c = merge.integrate(d.state, op, self._policies)
                     if overwritten is not None:
@@ -1119,8 +1387,9 @@ class Database(ReplicaStore):
         log_rows = []
         desc_rows = []
         for seq, t in enumerate(txns, first_seq):
-            data = msgpack.packb(t.to_wire(), use_bin_type=True)
+            data = msgpack.packb(t.wire(), use_bin_type=True)
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
+            self._logged.append((seq, t.origin, via, data))
             desc_rows.append((t.id, t.origin, t.user, t.stamp,
                               msgpack.packb(t.descriptor(len(data)).to_wire(), use_bin_type=True), seq))
         self._engine.executemany("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1140,21 +1409,23 @@ class Database(ReplicaStore):
             self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
         self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
 
-    def _load_docs_of_ops(self, ops: Sequence[Any]) -> dict[Ref, LoadedDoc]:
-        """:meth:`_load_doc` for every document ``ops`` touch, a few hundred per query."""
+    def _load_docs_of_txns(self, txns: Sequence[Transaction]) -> dict[Ref, Any]:
+        """:meth:`_load_doc` for every document ``txns`` touch, a few hundred per query; a
+        document the file does not hold is :data:`_ABSENT` (its place kept: rows are written
+        in this order)."""
         by_collection: dict[str, dict[Ref, Plain]] = {}
-        for op in ops:
-            coll = op.collection
-            ref = (coll, canonical_json(op.key))
-            keys = by_collection.setdefault(coll, {})
-            if ref not in keys:
-                keys[ref] = op.key
-        docs: dict[Ref, LoadedDoc] = {}
+        for t in txns:
+            for op, ref in zip(t.ops, t.refs()):
+                keys = by_collection.get(ref[0])
+                if keys is None:
+                    keys = by_collection[ref[0]] = {}
+                if ref not in keys:
+                    keys[ref] = op.key
+        docs: dict[Ref, Any] = {}
         for coll, keys in by_collection.items():
             found = self._load_docs(coll, [(key, ref) for ref, key in keys.items()])
-            for ref, key in keys.items():
-                d = found.get(ref)
-                docs[ref] = d if d is not None else LoadedDoc(coll, key, ref, merge.new_state(), False, False, None)
+            for ref in keys:
+                docs[ref] = found.get(ref, _ABSENT)
         return docs
 
     def _concurrent_overwrite(self, t: Transaction, op: Any, state: merge.DocState, old_stamp: str,
@@ -1345,6 +1616,60 @@ def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:
     if old[18:] == op.stamp[18:] or old >= op.stamp:
         return None
     return old, state.body.get(name)
+
+
+class _NotBulk(Exception):
+    """An item that ``create_many``'s bulk path leaves to the general path."""
+
+
+def _make_bulk_builder(cls: type[_ModelBase], obj: ObjectSchema) -> Any:
+    """The bulk path's item builder for a model whose fields are all registers (None for any
+    other): generated code checking each field's value in a line or two (the exact type, an
+    int in 64 bits, a finite float) and handing anything else to ``coerce`` and
+    ``value_to_plain``, as ``create`` does. It returns ``(plain body in field order, the names
+    filled in from defaults or None)``; an item ``create`` would refuse raises."""
+    fields = obj.fields
+    if "_id" not in fields or any(f.type.kind in _NOT_BULK_KINDS for f in fields.values()):
+        return None
+    names = list(fields)
+    owner = cls.__name__
+    specs = [(n, fields[n]) for n in names]
+    absent: Any = object()
+
+    def given(item: Any) -> dict[str, Any]:
+        return Database._given_of(cls, item)
+
+    def slow(i: int, v: Any, d: list[str] | None) -> tuple[Plain, list[str] | None]:
+        name, f = specs[i]
+        if v is absent:
+            v = default_of(cls, name)
+            if v is MISSING:
+                raise _NotBulk(name)
+            d = [name] if d is None else d + [name]
+        return value_to_plain(f.type, coerce(owner, f, v)), d
+
+    lines = ["def build(item):",
+             "    if type(item) is not dict:",
+             "        item = given(item)",
+             "    if not item.keys() <= names:",
+             "        raise NotBulk()",
+             "    d = None"]
+    for i, name in enumerate(names):
+        kind = fields[name].type.kind
+        if kind in ("str", "bool"):
+            cond = f"type(v{i}) is not {kind}"
+        elif kind == "int":
+            cond = f"type(v{i}) is not int or not {-(1 << 63)} <= v{i} <= {(1 << 63) - 1}"
+        elif kind == "float":
+            cond = f"type(v{i}) is not float or v{i} - v{i} != 0.0"
+        else:
+            cond = "True"
+        lines += [f"    v{i} = item.get({name!r}, absent)", f"    if {cond}:", f"        v{i}, d = slow({i}, v{i}, d)"]
+    lines.append("    return {" + ", ".join(f"{name!r}: v{i}" for i, name in enumerate(names)) + "}, d")
+    scope: dict[str, Any] = {"given": given, "names": frozenset(names), "NotBulk": _NotBulk, "absent": absent,
+                             "slow": slow}
+    exec("\n".join(lines), scope)  # noqa: S102 - code made from the schema's field names, shown above
+    return scope["build"]
 
 
 def _changes_of(t: Transaction) -> tuple[Change, ...]:

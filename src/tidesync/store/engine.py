@@ -428,6 +428,10 @@ class Engine:
         finally:
             os.close(fd)
 
+    def total_changes(self) -> int:
+        """Rows changed through this connection since it opened (grows with every write)."""
+        return int(self._open_connection().total_changes)
+
     def in_transaction(self) -> bool:
         """True inside ``atomic()`` (or any open transaction on this connection)."""
         return self._open_connection().in_transaction

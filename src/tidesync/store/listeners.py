@@ -184,17 +184,26 @@ class ListenerHub:
             if self._stop:
                 return
             self._wake.clear()
-            try:
-                with self._db._lock:
-                    if self._db.is_closed:
-                        return
-                    dv = self._db._engine.data_version()
-                    generation = self._db._generation
-            except Exception:  # the database closed under us
-                return
-            if dv == self._data_version and generation == seen_generation:
-                continue
-            self._data_version, seen_generation = dv, generation
+            generation = self._db._generation
+            if generation != seen_generation:
+                # This database committed: deliver without asking the file first (no lock, no
+                # query). A commit by another connection meanwhile is seen by this delivery's
+                # reads, and data_version, not updated here, makes the next poll check again.
+                if self._db.is_closed:
+                    return
+                seen_generation = generation
+            else:
+                try:
+                    with self._db._lock:
+                        if self._db.is_closed:
+                            return
+                        dv = self._db._engine.data_version()
+                        generation = self._db._generation
+                except Exception:  # the database closed under us
+                    return
+                if dv == self._data_version and generation == seen_generation:
+                    continue
+                self._data_version, seen_generation = dv, generation
             try:
                 self._deliver()
             except Exception:

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import threading
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence, Set
 from contextlib import contextmanager
+from itertools import accumulate, repeat
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -32,14 +34,14 @@ import msgpack
 from ..core import merge
 from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
-from ..core.values import canonical_json
-from ..protocol.messages import Scope, SnapshotDoc
+from ..core.values import canonical_json, loads_json
+from ..protocol.messages import DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
     Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
 )
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from .engine import Engine, Row
 
 __all__ = ["ReplicaStore"]
 
@@ -78,7 +80,7 @@ class _LogRow:
     def txn(self) -> Transaction:
         if self._txn is None:
             assert self._data is not None
-            self._txn = Transaction.from_stored(msgpack.unpackb(self._data, raw=False))
+            self._txn = Transaction.from_stored(msgpack.unpackb(self._data, raw=False), self._data)
             self._data = None
         return self._txn
 
@@ -348,6 +350,31 @@ class ReplicaStore:
             cache.version = version
         return cache
 
+    def _seed_log_cache(self, changes_before: int, rows: Sequence[tuple[int, str, str | None, bytes]]) -> None:
+        """After a commit through this connection that appended ``rows`` (seq, origin, via,
+        data) to the log: put them in the log cache, so that the reads that follow at once
+        (the uploading session's, or every woken session's on the server) find them decoded
+        on first use instead of reading them back. When the cache was current just before
+        the write (``changes_before``: ``total_changes`` then) and nobody else wrote since, its
+        head moves to the last of them and it stays current (the write changed no snapshot
+        mark); otherwise the next read checks the file as usual. Call with the lock held,
+        after the commit."""
+        cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
+        if cache is None or not rows or self._engine.in_transaction():
+            return
+        cache.add([_LogRow(seq, origin, via, data) for seq, origin, via, data in rows])
+        state = cache.state
+        if state is None or cache.version is None or cache.version[0] != changes_before:
+            return
+        data_version = self._engine.data_version()
+        if data_version != cache.version[1]:
+            return  # another connection wrote meanwhile: the next read refreshes everything
+        cache.scoped.clear()
+        cache.counts.clear()
+        cache.reads.clear()
+        cache.state = (max(state[0], max(r[0] for r in rows)), state[1])
+        cache.version = (self._engine.total_changes(), data_version)
+
     def _prefilter(self, rows: list[_LogRow], want: str, cache: _LogCache,
                    exclude_origin: ReplicaId | None) -> None:
         """Filter the rows not yet filtered to ``want`` with one query for all of them (a peer
@@ -455,17 +482,14 @@ class ReplicaStore:
     # -- snapshots ---------------------------------------------------------------------------
 
     def read_snapshot(self, scope: Scope, *, cursor: object | None, limit: int, max_bytes: int) -> SnapshotPage:
-        """One page of document states in ``scope`` (tombstones included), by rowid."""
+        """One page of document states in ``scope`` (tombstones included), by rowid; in a
+        partition scope by collection, then rowid (what its index gives without a sort)."""
         want = _scope_value(scope)
-        after = int(cursor) if isinstance(cursor, int) else 0
         with self._lock:
             self._check_open()
             as_of = self.head_seq()
-            where = "rowid > ?" + (" AND scope = ?" if want is not None else "")
-            params: list[Any] = [after] + ([want] if want is not None else [])
-            rows = self._engine.query(
-                f"SELECT rowid, collection, pk, body, meta, epoch, live FROM documents WHERE {where} "
-                f"ORDER BY rowid LIMIT ?", [*params, limit])
+            # One row more than the page: whether more follow, without another query.
+            rows = self._snapshot_rows(want, cursor, limit + 1)
             cache = self._log_cache()
             estimate = cache.counts.get(want) if cache is not None else None
             if estimate is None:  # a count per page costs as much as the page on a large scope
@@ -474,23 +498,55 @@ class ReplicaStore:
                     [want] if want is not None else [])[0][0])
                 if cache is not None:
                     cache.counts[want] = estimate
-        docs: list[SnapshotDoc] = []
-        nbytes = 0
-        last = after
-        for rowid, coll, pk, body, meta, epoch, live in rows:
-            # Read back from this file, where only checked plain values are stored; kept as
-            # the stored text (parsed only if something reads the state).
-            docs.append(SnapshotDoc.from_json_form(coll, json.loads(pk), epoch, bool(live), body, meta))
-            nbytes += len(body) + len(meta) + len(pk)
-            last = rowid
-            if nbytes >= max_bytes:
+        if not rows:
+            return SnapshotPage((), None, as_of, 0, estimate)
+        rowids, collections, pks, bodies, metas, epochs, lives = zip(*rows)
+        # Up to ``limit`` documents, and up to the first one that reaches ``max_bytes``.
+        sizes = list(accumulate(map(len, bodies)))
+        sizes = [a + b + c for a, b, c in zip(sizes, accumulate(map(len, metas)), accumulate(map(len, pks)))]
+        take = min(limit, bisect_left(sizes, max_bytes) + 1, len(rows))
+        more = len(rows) > take
+        if take < len(rows):
+            rowids, collections, pks, bodies, metas, epochs, lives = (
+                c[:take] for c in (rowids, collections, pks, bodies, metas, epochs, lives))
+        # Read back from this file, where only checked plain values are stored (each key its
+        # canonical JSON): kept as the stored text, parsed only if something reads the state.
+        keys = loads_json("[" + ",".join(pks) + "]")
+        if len(keys) != take:  # only if a stored key were not one JSON value: one at a time
+            keys = list(map(loads_json, pks))
+        docs = DocColumns(collections, keys, epochs, list(map(bool, lives)), bodies, metas)
+        last = rowids[-1] if want is None else (collections[-1], rowids[-1])
+        return SnapshotPage(docs, last if more else None, as_of, sizes[take - 1], estimate)
+
+    def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int) -> list[Row]:
+        """Up to ``limit`` rows ``(rowid, collection, pk, body, meta, epoch, live)`` after
+        ``cursor``: by rowid (the table's own order) for everything; in a partition scope by
+        collection, then rowid, which the ``(scope, collection)`` index gives in order (by rowid
+        alone, every page would read and sort the whole scope)."""
+        columns = "rowid, collection, pk, body, meta, epoch, live"
+        query = self._engine.query
+        if want is None:
+            after = cursor if isinstance(cursor, int) else 0
+            return query(f"SELECT {columns} FROM documents WHERE rowid > ? ORDER BY rowid LIMIT ?", [after, limit])
+        if isinstance(cursor, tuple):
+            collection, after = cursor
+        else:
+            first = query("SELECT collection FROM documents WHERE scope = ? ORDER BY collection LIMIT 1", [want])
+            if not first:
+                return []
+            collection, after = first[0][0], 0
+        rows: list[Row] = []
+        while len(rows) < limit:
+            rows += query(f"SELECT {columns} FROM documents WHERE scope = ? AND collection = ? AND rowid > ? "
+                          f"ORDER BY rowid LIMIT ?", [want, collection, after, limit - len(rows)])
+            if len(rows) >= limit:
                 break
-        more = len(docs) == limit or (nbytes >= max_bytes and len(docs) < len(rows))
-        if len(docs) == limit:
-            with self._lock:
-                more = bool(self._engine.query(
-                    f"SELECT 1 FROM documents WHERE {where} LIMIT 1", [last] + params[1:]))
-        return SnapshotPage(tuple(docs), last if more else None, as_of, nbytes, estimate)
+            later = query("SELECT collection FROM documents WHERE scope = ? AND collection > ? "
+                          "ORDER BY collection LIMIT 1", [want, collection])
+            if not later:
+                break
+            collection, after = later[0][0], 0
+        return rows
 
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,
                            as_of_seq: int | None) -> SnapshotResult:
@@ -504,6 +560,10 @@ class ReplicaStore:
         with self._lock:
             self._check_open()
             with self._engine.atomic():
+                stored = self._store_columns(docs, peer) if type(docs) is DocColumns and verbatim else None
+                if stored is not None:
+                    changed = stored
+                    docs = ()  # stored: nothing left for the per-document join below
                 refs = [(doc.collection, canonical_json(doc.key)) for doc in docs]
                 existing = self._states_of(refs)
                 states: list[tuple[str, Ref, merge.DocState]] = []
@@ -590,6 +650,64 @@ class ReplicaStore:
                         "DO UPDATE SET received = excluded.received", (peer, as_of_seq))
             self._after_remote(changed > 0)
         return SnapshotResult(changed, unchanged)
+
+    def _store_columns(self, docs: DocColumns, peer: ReplicaId) -> int | None:
+        """Store a page of documents none of which is held here, in their received text, column
+        by column: the rows, change numbers and clock the per-document path of
+        :meth:`integrate_snapshot` would give them, without an object per document. Returns how
+        many were stored, or None (nothing done) when one of them is held here, or appears twice,
+        or is an empty tombstone: the per-document path joins those."""
+        n = len(docs)
+        collections, keys, lives, parsed = docs.collections, docs.keys, docs.lives, docs.parsed
+        if parsed is None:
+            return None  # read from storage, not received: any form
+        if set(map(type, keys)) == {str}:
+            joined = "".join(keys)
+            if '"' in joined or "\\" in joined or not joined.isprintable():
+                pks = list(map(canonical_json, keys))
+            else:  # canonical_json's own result for such a str
+                pks = list(map('"{}"'.format, keys))
+        else:
+            pks = list(map(canonical_json, keys))
+        kinds = set(collections)
+        if len(set(zip(collections, pks)) if len(kinds) > 1 else set(pks)) != n:
+            return None  # the same document twice in the page
+        if False in lives and ZERO in docs.epochs and any(
+                not live and epoch == ZERO for live, epoch in zip(lives, docs.epochs)):
+            return None  # a tombstone never created: joined with the empty state
+        query = self._engine.query
+        for kind in kinds:
+            mine = pks if len(kinds) == 1 else [pk for c, pk in zip(collections, pks) if c == kind]
+            for i in range(0, len(mine), 500):
+                chunk = mine[i:i + 500]
+                if query(f"SELECT 1 FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))}) "
+                         "LIMIT 1", [kind, *chunk]):
+                    return None
+        pkey = getattr(self, "partition_key", None)
+        scopes: Iterable[str | None]
+        if pkey is None:
+            scopes = [None] * n
+        else:
+            values = list(map(dict.get, parsed, repeat(pkey, n)))
+            if False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1:
+                scopes = [canonical_json(values[0])] * n
+            else:
+                scopes = [canonical_json(v) if live else None for v, live in zip(values, lives)]
+        tick = int(self._setting("snapshot_tick") or 0)
+        self._engine.executemany(
+            "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
+            "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
+            "scope = coalesce(excluded.scope, documents.scope)",
+            zip(collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
+                range(tick - 1, tick - 1 - n, -1), scopes))
+        self._set_setting("snapshot_tick", str(tick - n))
+        clock = getattr(self, "_clock", None)
+        if clock is not None:
+            # The latest of the meta stamps (each checked) and the epochs ('' or a stamp).
+            clock.observe(Stamp(max(max(docs.metas)[6:40], max(docs.epochs))))
+            self._set_setting("clock", clock.last)
+        return n
 
     def _store_state(self, collection: str, ref: Ref, state: merge.DocState) -> None:
         pkey = getattr(self, "partition_key", None)

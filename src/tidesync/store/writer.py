@@ -11,8 +11,10 @@ import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, repeat
 from typing import Any
+
+import msgpack
 
 from ..core import merge
 from ..core.merge.state import clone
@@ -20,14 +22,14 @@ from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
     CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListSet, Op,
-    SetAdd, SetContainer, SetRemove, SetValue, Unset,
+    SetAdd, SetContainer, SetRemove, SetValue, Unset, top_level_set,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
-from ..core.stamp import ZERO
+from ..core.stamp import ZERO, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage
 from ..core.values import Plain, canonical_json
 
-__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "container_kinds"]
+__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "BulkCreates", "container_kinds", "pack_transaction"]
 
 Ref = tuple[str, str]
 
@@ -62,27 +64,98 @@ class LoadedDoc:
         return src  # type: ignore[return-value]
 
 
-@dataclass(slots=True)
 class PendingDoc:
     """Top-level register fields of a document assigned without loading it (the update fast
-    path): written into its row with ``json_set`` when the transaction flushes or commits.
+    path): written into its row when the transaction flushes or commits.
 
     The row was read when the first field was assigned: the document was live, its meta
-    compact (``{"*": stamp, ...}``), the fields plain registers of it.
+    compact (``{"*": stamp, ...}``), the fields plain registers of it. (A plain class: one
+    is made per document assigned, and a dataclass's ``__init__`` with factories costs more.)
     """
 
-    collection: str
-    key: Plain
-    ref: Ref
-    epoch: str
-    #: The fields' values before the transaction (``MISSING_FIELD`` when absent).
-    before_fields: dict[str, Plain] = field(default_factory=dict)
-    #: The fields' current write keys (the row's, then this transaction's).
-    keys: dict[str, str] = field(default_factory=dict)
-    #: The fields written here: name -> plain value.
-    fields: dict[str, Plain] = field(default_factory=dict)
-    #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
-    flushed: bool = False
+    __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed")
+
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int) -> None:
+        self.collection = collection
+        self.key = key
+        self.ref = ref
+        self.epoch = epoch
+        #: The row's rowid in ``documents``.
+        self.rowid = rowid
+        #: The row's meta as it was before the transaction (JSON text).
+        self.meta = meta
+        #: The fields' values before the transaction as JSON text (None when absent).
+        self.before_json: dict[str, str | None] = {}
+        #: The fields' write keys of this transaction (given when its assignments are stamped).
+        self.keys: dict[str, str] = {}
+        #: The fields written here and stamped: name -> plain value.
+        self.fields: dict[str, Plain] = {}
+        #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
+        self.flushed = False
+
+    def before_value(self, name: str) -> Plain:
+        """Field ``name`` before the transaction (``MISSING_FIELD`` when absent)."""
+        text = self.before_json[name]
+        return MISSING_FIELD if text is None else json.loads(text)
+
+
+@dataclass(slots=True)
+class BulkCreates:
+    """Documents that ``db.create_many`` created in one step: their rows are in the (uncommitted)
+    file already, with the sequence number the commit's log entry will get; the transaction
+    keeps only their ``CreateDoc`` operations, packed for the log.
+    """
+
+    #: ``len(ops)`` when they were made: they come before ``ops[at:]`` in the transaction.
+    at: int
+    count: int
+    #: The stamp of the first of them.
+    first: str
+    #: The msgpack of the operations' wire forms, one after the other (no array header).
+    packed: list[bytes]
+    refs: list[Ref]
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
+def array_items(packed: bytes) -> bytes:
+    """The items of a msgpack array without its header."""
+    b = packed[0]
+    return packed[1:] if 0x90 <= b <= 0x9F else packed[3:] if b == 0xDC else packed[5:]
+
+
+def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
+    """``msgpack.packb(wire)`` where ``wire["ops"]`` lacks the operations of ``bulk``: the same
+    bytes as packing the map with them in their places (an array is its header followed by
+    its items, each packed on its own)."""
+    packb = msgpack.packb
+    ops = wire["ops"]
+    parts: list[bytes] = []
+    prev = 0
+    for b in bulk:
+        if b.at > prev:
+            parts.append(array_items(packb(ops[prev:b.at], use_bin_type=True)))
+        parts.extend(b.packed)
+        prev = b.at
+    if prev < len(ops):
+        parts.append(array_items(packb(ops[prev:], use_bin_type=True)))
+    total = len(ops) + sum(b.count for b in bulk)
+    assert len(wire) < 16
+    out = [bytes((0x80 | len(wire),))]
+    for k, v in wire.items():
+        out.append(packb(k, use_bin_type=True))
+        if k == "ops":
+            out.append(_array_header(total))
+            out.extend(parts)
+        else:
+            out.append(packb(v, use_bin_type=True))
+    return b"".join(out)
 
 
 _NON_REGISTER = frozenset({"list", "set", "dict", "counter", "object"})
@@ -121,6 +194,14 @@ class WriteTransaction:
         self.docs: dict[Ref, LoadedDoc] = {}
         #: Documents changed by the update fast path only (never also in ``docs``).
         self.pending: dict[Ref, PendingDoc] = {}
+        #: The fast path's assignments not stamped yet, in order: (document, field, plain value).
+        #: :meth:`stamp_pending` turns them into operations before anything else reads or
+        #: extends ``ops`` (every other change, a flush, a savepoint, the commit).
+        self.unstamped: list[Any] = []  # flat: document, field, value, document, ...
+        #: The latest stamp among the current write keys of the fields in ``unstamped``.
+        self.unstamped_max = ""
+        #: The wire form of the fast path's operations, made with them: index in ops -> list.
+        self.op_wire: dict[int, list[Any]] = {}
         self._popped: dict[Ref, PendingDoc] = {}  # pending documents loaded inside savepoint()
         #: The update fast path's rows read ahead: (collection, field) -> [{pk: row}, batch size, used].
         self.read_ahead: dict[tuple[str, str], list[Any]] = {}
@@ -133,15 +214,67 @@ class WriteTransaction:
         # document's state taken before the savepoint first changed it.
         self._journal: dict[int, tuple[LoadedDoc, merge.DocState, dict[str, Plain], bool, bool, bool]] | None = None
         self._new_refs: set[Ref] = set()
+        #: Documents created by ``db.create_many`` in bulk (see :class:`BulkCreates`), in order.
+        self.bulk: list[BulkCreates] = []
+        self.bulk_refs: set[Ref] = set()
+        #: The log seq the bulk rows were written with (the commit's entry must get it).
+        self.bulk_seq = 0
+
+    @property
+    def has_ops(self) -> bool:
+        """True when the transaction changed anything (it then commits a log entry)."""
+        return bool(self.ops or self.bulk)
+
+    @property
+    def first_stamp(self) -> str:
+        """The stamp of the transaction's first operation (its id)."""
+        if self.bulk and self.bulk[0].at == 0:
+            return self.bulk[0].first
+        return self.ops[0].stamp
+
+    @property
+    def op_count(self) -> int:
+        return len(self.ops) + sum(b.count for b in self.bulk)
+
+    def add_bulk(self, b: BulkCreates, keys: list[Plain], collection: str) -> None:
+        """Record documents created in bulk (``keys``: their plain keys, as ``b.refs``)."""
+        b.at = len(self.ops)
+        self.bulk.append(b)
+        self.bulk_refs.update(b.refs)
+        self.touched.update(zip(b.refs, zip(repeat(collection), keys)))
+
+    def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, packed: bytes) -> None:
+        """Record one document created as in bulk (``db.create``'s lean path)."""
+        bulk = self.bulk
+        if bulk and bulk[-1].at == len(self.ops) and self._journal is None:
+            b = bulk[-1]  # nothing else happened since: the same run of creates
+            b.count += 1
+            b.packed.append(packed)
+            b.refs.append(ref)
+        else:
+            bulk.append(BulkCreates(len(self.ops), 1, stamp, [packed], [ref]))
+        self.bulk_refs.add(ref)
+        self.touched[ref] = (collection, key)
+
+    def _created_here(self, d: LoadedDoc) -> LoadedDoc:
+        """A document created in bulk in this transaction, loaded from its row: it did not
+        exist before the transaction (no before-image)."""
+        d.live_before = False
+        d.before_source = None
+        return d
 
     # -- documents -------------------------------------------------------------------------
 
     def doc(self, collection: str, key: Plain, ref: Ref | None = None) -> LoadedDoc:
         """The loaded document (from the file on first touch)."""
         ref = ref or (collection, canonical_json(key))
+        if self.unstamped:
+            self.stamp_pending()
         d = self.docs.get(ref)
         if d is None:
             d = self._loader(collection, key, ref)
+            if self.bulk_refs and ref in self.bulk_refs:
+                self._created_here(d)
             p = self.pending.pop(ref, None) if self.pending else None
             if p is not None:
                 self._take_pending(d, p)
@@ -164,35 +297,45 @@ class WriteTransaction:
                     raise AssertionError(f"fast-path write of {name!r} does not apply to {d.ref!r}")
         src = d.before_source
         body: dict[str, Plain] = json.loads(src) if isinstance(src, str) else dict(src or {})
+        before: dict[str, Plain] = {}
         for name in p.fields:
-            old = p.before_fields[name]
+            old = before[name] = p.before_value(name)
             if old is MISSING_FIELD:
                 body.pop(name, None)
             else:
-                body[name] = clone(old)
+                body[name] = p.before_value(name)
         d.before_source = body
-        d.before_fields = {n: clone(p.before_fields[n]) for n in p.fields}
+        d.before_fields = before
         d.dirty = True
         d.unflushed = not p.flushed
 
-    def pending_write(self, p: PendingDoc, name: str, plain: Plain) -> bool:
-        """The update fast path: assign ``plain`` to the top-level register ``name`` of the
-        pending document ``p`` (whose row has told its key, epoch and old value). False, with
-        nothing changed, when the new write would not win (then take the general path)."""
-        stamp = self.clock.now()
-        key = "1" + stamp
-        if key <= p.keys[name]:
-            return False
-        ref = p.ref
-        if ref not in self.pending:
-            self.pending[ref] = p
-        p.keys[name] = key
-        p.fields[name] = plain
-        p.flushed = False
-        self.ops.append(SetValue(p.collection, p.key, stamp, p.epoch, (name,), (), plain))  # type: ignore[arg-type]
-        if ref not in self.touched:
-            self.touched[ref] = (p.collection, p.key)
-        return True
+    def stamp_pending(self) -> None:
+        """Stamp the fast path's assignments and append their operations, in the order they
+        were made. One clock read for all: the stamps are those consecutive calls of the clock
+        would give, later than every write key the assignments replace (``unstamped_max``), so
+        each one wins over its field's current value, as a local write must."""
+        buf = self.unstamped
+        if not buf:
+            return
+        self.unstamped = []
+        if self.unstamped_max:
+            self.clock.observe(Stamp(self.unstamped_max))
+            self.unstamped_max = ""
+        ops = self.ops
+        touched = self.touched
+        wire = self.op_wire
+        i = len(ops)
+        it = iter(buf)
+        for p, name, plain, stamp in zip(it, it, it, self.clock.now_many(len(buf) // 3)):
+            p.keys[name] = "1" + stamp
+            p.fields[name] = plain
+            coll, key = p.collection, p.key
+            ops.append(top_level_set(coll, key, stamp, p.epoch, name, plain))
+            wire[i] = ["S", coll, key, stamp, p.epoch, [name], [], plain, False]  # op_to_wire's form
+            i += 1
+            ref = p.ref
+            if ref not in touched:
+                touched[ref] = (p.collection, p.key)
 
     def prefetch(self, collection: str, keys: Iterable[tuple[Plain, Ref]]) -> set[Ref]:
         """Load the documents of ``keys`` not loaded yet, with one query per chunk instead of
@@ -219,6 +362,8 @@ class WriteTransaction:
             if d is None:
                 absent.add(ref)
             elif ref not in docs:
+                if ref in self.bulk_refs:
+                    self._created_here(d)
                 docs[ref] = d
                 if new is not None:
                     new.add(ref)
@@ -231,13 +376,20 @@ class WriteTransaction:
         if self._journal is not None:
             yield
             return
+        self.stamp_pending()
         n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
+        n_bulk = len(self.bulk)
         self._journal, self._new_refs, self._popped = {}, set(), {}
         try:
             yield
         except BaseException:
+            for b in self.bulk[n_bulk:]:
+                self.bulk_refs.difference_update(b.refs)
+            del self.bulk[n_bulk:]
             self.pending.update(self._popped)
             del self.ops[n_ops:]
+            for i in [i for i in self.op_wire if i >= n_ops]:
+                del self.op_wire[i]
             del self.conflicts[n_conflicts:]
             self.touched = dict(islice(self.touched.items(), n_touched))
             for ref in self._new_refs:
@@ -247,6 +399,8 @@ class WriteTransaction:
             for d in self.docs.values():
                 if d.dirty:  # what was flushed inside the savepoint was rolled back with it
                     d.unflushed = True
+            for p in self.pending.values():
+                p.flushed = False
             raise
         finally:
             self._journal, self._new_refs, self._popped = None, set(), {}
@@ -258,6 +412,8 @@ class WriteTransaction:
             journal[id(d)] = (d, d.state.copy(), dict(d.before_fields), d.dirty, d.unflushed, d.deleted_here)
 
     def _apply(self, d: LoadedDoc, op: Op) -> None:
+        if self.unstamped:
+            self.stamp_pending()
         if self._journal is not None:
             self._keep(d)
         d.state, conflicts = merge.integrate(d.state, op, self.policies)
@@ -300,6 +456,8 @@ class WriteTransaction:
         if ref in self.docs:
             self.create(obj, key, plain, defaults, ref)
             return
+        if self.unstamped:
+            self.stamp_pending()
         stamp = self.clock.now()
         flat = self._flat.get(id(obj))
         if flat is None:
@@ -444,6 +602,7 @@ class WriteTransaction:
 
     def before_images(self) -> list[BeforeImage]:
         """What the touched documents were before (only documents that existed)."""
+        self.stamp_pending()
         if self.pending:
             return self._before_images_in_touch_order()
         out: list[BeforeImage] = []
@@ -460,6 +619,19 @@ class WriteTransaction:
         """:meth:`before_images` with fast-path documents: in first-change order, as the
         general path gives them."""
         pending = self.pending
+        # Every old value of the fast path decoded with one call of the JSON decoder.
+        texts = [t for p in pending.values() for n in p.fields if (t := p.before_json[n]) is not None]
+        values = iter(json.loads("[" + ",".join(texts) + "]"))
+        fast: list[BeforeImage] = []
+        for p in pending.values():
+            if p.fields:
+                before = p.before_json
+                fast.append(BeforeImage(p.collection, p.key, {
+                    n: MISSING_FIELD if before[n] is None else next(values) for n in p.fields}))
+        if not self.docs:
+            # Only fast-path documents: each entered ``pending`` at its first assignment, and
+            # ``touched`` when that assignment was stamped, in the same order.
+            return fast
         self.pending = {}
         try:
             images = self.before_images()
@@ -468,9 +640,8 @@ class WriteTransaction:
         by_ref: dict[Ref, BeforeImage] = {}
         for img in images:
             by_ref[(img.collection, canonical_json(img.key))] = img
-        for p in pending.values():
-            if p.fields:
-                by_ref[p.ref] = BeforeImage(p.collection, p.key, {n: p.before_fields[n] for n in p.fields})
+        for p, img in zip([p for p in pending.values() if p.fields], fast):
+            by_ref[p.ref] = img
         out = [by_ref.pop(ref) for ref in self.touched if ref in by_ref]
         out.extend(by_ref.values())
         return out

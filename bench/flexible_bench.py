@@ -82,9 +82,10 @@ def log(msg: str) -> None:
 
 
 def seed_server(data_dir: Path, docs: list[dict[str, Any]], per_txn: int = 1_000,
-                rid: Any = None) -> tuple[float, tuple[str, ...]]:
+                rid: Any = None) -> tuple[float, tuple[str, ...], tuple[Any, int]]:
     """Write documents into a server's data dir before it starts (as a device's uploads would).
-    Returns the seconds it took and the id of the last transaction (of replica ``rid``)."""
+    Returns the seconds it took, the id of the last transaction (of replica ``rid``), and the
+    server's replica id with the seq of its log's last entry (all of them ``rid``'s)."""
     from tidesync.core.clock import HybridClock
     from tidesync.core.operations import CreateDoc
     from tidesync.core.stamp import ZERO, ReplicaId
@@ -108,8 +109,9 @@ def seed_server(data_dir: Path, docs: list[dict[str, Any]], per_txn: int = 1_000
             batch = []
     if batch:
         db.integrate(batch)
+    server = (db.replica_id, db.head_seq())
     db.close()
-    return time.perf_counter() - t0, parents
+    return time.perf_counter() - t0, parents, server
 
 
 
@@ -154,8 +156,8 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
     from tidesync.core.stamp import ReplicaId
 
     rid = ReplicaId(secrets.token_hex(8))
-    seed_s, parents = seed_server(work / "server", [workload_doc(k, w["clients"]) for k in range(w["docs"])],
-                                  rid=rid)
+    seed_s, parents, (server_id, seeded_to) = seed_server(
+        work / "server", [workload_doc(k, w["clients"]) for k in range(w["docs"])], rid=rid)
     log(f"routing: seeded {w['docs']:,} documents in {seed_s:.1f} s")
     txns = writer_transactions(w, rid, parents)
     profile = args.get("profile")
@@ -177,7 +179,9 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
         if profile:
             os.kill(server.proc.pid, signal.SIGUSR2)   # profile the measured phase only
         s_cpu = cpu_s(server.proc.pid)
-        writer = Writer(sync_url(server.url), login(server.url), txns)
+        # The writer made every seeded document (they are its own log): it holds the server's
+        # log up to there, as a device that uploaded them would, and is not sent them back.
+        writer = Writer(sync_url(server.url), login(server.url), txns, server_id=server_id, held=seeded_to)
 
         async def upload() -> None:
             task = asyncio.create_task(writer.run())
@@ -217,7 +221,7 @@ def case_incremental(args: dict[str, Any], work: Path) -> dict[str, Any]:
             + [{"_id": f"b{i:07d}", "group": "b", "n": n + i, "title": f"b {i}", "pad": "x" * 120} for i in range(extra)]
             + [{"_id": f"c{i:07d}", "group": "c", "n": n + extra + i, "title": f"c {i}", "pad": "x" * 120}
                for i in range(extra)])
-    seed_s, _ = seed_server(work / "server", docs)
+    seed_s, _, _ = seed_server(work / "server", docs)
     log(f"incremental: seeded {len(docs):,} documents in {seed_s:.1f} s")
     server = start_server(work / "server")
     out: dict[str, Any] = {"n": n, "extra": extra, "seed_s": seed_s, "steps": []}

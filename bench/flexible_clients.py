@@ -326,8 +326,11 @@ class FlexClient:
 class _WriterReplica(CheckpointBook):
     """Holds a prepared log; only sends."""
 
-    def __init__(self, rid: ReplicaId, txns: list[Transaction]) -> None:
+    def __init__(self, rid: ReplicaId, txns: list[Transaction], server_id: ReplicaId | None = None,
+                 held: int = 0) -> None:
         super().__init__()
+        if server_id is not None:
+            self.record_received(server_id, held)
         self.replica_id = rid
         self.txns = txns
         self.first_read: float | None = None
@@ -362,10 +365,15 @@ class Writer:
     """Uploads prepared transactions (scope ``{}``: a development-mode server's unrestricted
     peer) and reports when the server acknowledged the last one."""
 
-    def __init__(self, url: str, token: str, txns: list[Transaction]) -> None:
+    def __init__(self, url: str, token: str, txns: list[Transaction], *, server_id: ReplicaId | None = None,
+                 held: int = 0) -> None:
+        """``server_id``, ``held``: the server's replica id and how much of its log the
+        writer already holds (its own seeded transactions), said in its ``Hello``."""
         self.url = url
         self.token = token
-        self.replica = _WriterReplica(txns[0].origin if txns else ReplicaId(secrets.token_hex(8)), txns)
+        self.server_id = server_id
+        self.replica = _WriterReplica(txns[0].origin if txns else ReplicaId(secrets.token_hex(8)), txns,
+                                      server_id, held)
         self.uploaded = asyncio.Event()
         self.uploaded_at = 0.0
         self.error: str | None = None
@@ -378,7 +386,7 @@ class Writer:
                                open_timeout=60, close_timeout=2) as ws:
                 link = Link(Role.INITIATOR)
                 replicator = Replicator(self.replica.replica_id, Role.INITIATOR, scope={}, token=self.token,
-                                        info={"sdk": "bench-writer"})
+                                        info={"sdk": "bench-writer"}, expected_peer=self.server_id)
                 todo = deque(replicator.start())
 
                 def run_actions() -> None:

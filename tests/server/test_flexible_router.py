@@ -104,3 +104,35 @@ def test_watched_documents_are_routed_until_released(tmp_path: Path) -> None:
         assert router.holders == {}
     finally:
         db.close()
+
+
+def test_each_query_is_tested_only_where_its_condition_can_hold(tmp_path: Path) -> None:
+    """A session with queries on different fields (and one without an equality condition) gets
+    a change when any one of them matches, through whichever index finds it; re-indexing and
+    unregistering leave no entry behind."""
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        s = session(router, ['owner == "u1"', 'team == "g1" AND status == "urgent"', "n > 5"])
+        other = session(router, ['owner == "u2"'])
+        by_team = w.create("t1", {"owner": "u2", "team": "g1", "status": "urgent", "n": 0})
+        by_owner = w.create("t2", {"owner": "u1", "team": "g2", "status": "normal", "n": 0})
+        w.create("t3", {"owner": "u3", "team": "g1", "status": "normal", "n": 0})
+        by_scan = w.create("t4", {"owner": "u3", "team": "g2", "status": "normal", "n": 6})
+        router.catch_up()
+        assert list(s.relevant) == [by_team, by_owner, by_scan]
+        assert list(other.relevant) == [by_team]
+        s._set_subs(compile_set([SubscriptionQuery("q", COLL, 'owner == "u3"')], s.config), 2)
+        router.reindex(s)
+        s.relevant.clear()
+        again = w.set("t3", "n", 1)
+        w.set("t1", "n", 9)     # matched only the old queries (and s does not hold it)
+        router.catch_up()
+        assert list(s.relevant) == [again]
+        router.unregister(s)
+        router.unregister(other)
+        assert router.scan == {}
+        assert all(not by_value for fields in router.eq_index.values() for by_value in fields.values())
+    finally:
+        db.close()

@@ -59,3 +59,53 @@ def test_a_new_event_loop_starts_afresh() -> None:
         shared.stop_ticks(fresh)  # type: ignore[arg-type]
 
     asyncio.run(again())
+
+
+class _User:
+    def __init__(self, uid: str, sid: str) -> None:
+        self.id, self.sid, self.expires = uid, sid, 0.0
+
+
+class _Tokens:
+    """still_valid: None while valid, else why not (here: a marker); raises for 'broken'."""
+
+    def __init__(self, lapsed: set[str]) -> None:
+        self.lapsed = lapsed
+        self.calls: list[str] = []
+
+    def still_valid(self, user: _User) -> Any:
+        self.calls.append(user.id)
+        if user.id == "broken":
+            raise RuntimeError("user store unavailable")
+        return "lapsed" if user.id in self.lapsed else None
+
+
+class _Rechecked:
+    def __init__(self, user: _User, tokens: _Tokens) -> None:
+        self.user = user
+        self.state = type("State", (), {"tokens": tokens})()
+        self.woken = 0
+
+    def recheck_auth(self) -> None:
+        self.woken += 1
+
+
+def test_periodic_rechecks_are_made_together_and_wake_only_failing_sessions() -> None:
+    async def scenario() -> None:
+        shared = _Shared()
+        tokens = _Tokens(lapsed={"gone"})
+        same = _User("ok", "s1")
+        ok1, ok2 = _Rechecked(same, tokens), _Rechecked(same, tokens)   # one login session, two devices
+        gone, broken = _Rechecked(_User("gone", "s2"), tokens), _Rechecked(_User("broken", "s3"), tokens)
+        for s in (ok1, ok2, gone, broken):
+            shared.recheck_soon(s)  # type: ignore[arg-type]
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if not shared._rechecking:
+                break
+        assert sorted(tokens.calls) == ["broken", "gone", "ok"]   # once per login session
+        assert (ok1.woken, ok2.woken) == (0, 0)
+        # A lapsed user, or a check that failed: the session checks again itself (and closes).
+        assert (gone.woken, broken.woken) == (1, 1)
+
+    asyncio.run(scenario())

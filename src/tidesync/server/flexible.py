@@ -454,8 +454,11 @@ class Router:
         self.sessions: set[FlexibleSession] = set()
         self.processed_to = backend.head_seq()
         self.holders: dict[Ref, set[FlexibleSession]] = {}
-        self.eq_index: dict[str, dict[str, dict[IndexKey, set[FlexibleSession]]]] = {}
-        self.scan: dict[str, set[FlexibleSession]] = {}
+        # Per collection: (field -> value key -> session -> its queries with that condition),
+        # and session -> its queries without one. Only those queries are tested against a
+        # change (the others of the session cannot match it).
+        self.eq_index: dict[str, dict[str, dict[IndexKey, dict[FlexibleSession, list[CompiledSub]]]]] = {}
+        self.scan: dict[str, dict[FlexibleSession, list[CompiledSub]]] = {}
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
@@ -465,6 +468,8 @@ class Router:
         self.pending: set[FlexibleSession] = set()   # woken by the last round, not read yet
         self._pending_until = 0.0
         self._next_round_at = 0.0
+        self._round_began: float | None = None
+        self._last_began = 0.0
         self._round_task: asyncio.Task[None] | None = None
         self._advance_due: float | None = None
         self._advance_timer: asyncio.TimerHandle | None = None
@@ -483,6 +488,9 @@ class Router:
     #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
     ROUND_SPACING = 2.0
     ROUND_COST = 0.002
+    #: ... and at least ROUND_LOAD times as long as the last round took (at most
+    #: ROUND_SPACING): routing then takes at most about a third of the time under load.
+    ROUND_LOAD = 3.0
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -555,25 +563,29 @@ class Router:
     def _index(self, s: FlexibleSession) -> None:
         for sub in s.subs:
             if sub.index is None:
-                self.scan.setdefault(sub.collection, set()).add(s)
+                self.scan.setdefault(sub.collection, {}).setdefault(s, []).append(sub)
                 continue
             fieldname, keys = sub.index
             by_value = self.eq_index.setdefault(sub.collection, {}).setdefault(fieldname, {})
             for k in keys:
-                by_value.setdefault(k, set()).add(s)
+                by_value.setdefault(k, {}).setdefault(s, []).append(sub)
         s.indexed = list(s.subs)
 
     def _unindex(self, s: FlexibleSession) -> None:
         for sub in s.indexed:
             if sub.index is None:
-                self.scan.get(sub.collection, set()).discard(s)
+                scan = self.scan.get(sub.collection)
+                if scan is not None:
+                    scan.pop(s, None)
+                    if not scan:
+                        del self.scan[sub.collection]
                 continue
             fieldname, keys = sub.index
             by_value = self.eq_index.get(sub.collection, {}).get(fieldname, {})
             for k in keys:
                 got = by_value.get(k)
                 if got is not None:
-                    got.discard(s)
+                    got.pop(s, None)
                     if not got:
                         del by_value[k]
         s.indexed = []
@@ -636,8 +648,8 @@ class Router:
 
         Commits announced while a round runs are routed by the next one, which starts once
         the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds), and no
-        sooner than ``n * ROUND_COST`` seconds (at most ``ROUND_SPACING``) after it when it
-        woke n sessions: under a stream of uploads each device then gets one larger
+        sooner than ``n * ROUND_COST`` seconds, nor ``ROUND_LOAD`` times as long as this one
+        took (both at most ``ROUND_SPACING``), after it when it woke n sessions: under a stream of uploads each device then gets one larger
         ``Changes`` per round instead of one per upload batch, and the cost of routing grows
         with the number of devices concerned, not with the number of commits. A lone commit
         is routed at once."""
@@ -653,10 +665,18 @@ class Router:
                 while self.pending and time.monotonic() < self._pending_until:
                     await asyncio.sleep(self.ROUND_POLL)
                 self.pending = set()
+                if self._round_began is not None:
+                    # What the last round took (routing, then its sessions' reads and sends),
+                    # measured: on a loaded server rounds are spaced further apart, so that
+                    # routing leaves time to the uploads that feed it.
+                    took = time.monotonic() - self._round_began
+                    self._round_began = None
+                    self._next_round_at = max(self._next_round_at, self._last_began + min(
+                        self.ROUND_SPACING, took * self.ROUND_LOAD))
                 wait = self._next_round_at - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                started = time.monotonic()
+                started = self._round_began = self._last_began = time.monotonic()
                 await self.catch_up_async()
                 woken = self._take_woken()
                 if woken is None:
@@ -674,6 +694,7 @@ class Router:
                 # Ack): rounds of many sessions are spaced so that each covers more commits.
                 self._next_round_at = started + min(self.ROUND_SPACING, len(woken) * self.ROUND_COST)
                 if not self._dirty:
+                    self._round_began = None   # measured only while rounds follow each other
                     return
         except Exception:  # noqa: BLE001 - never leave the router without rounds
             log.exception("routing round failed")
@@ -732,36 +753,43 @@ class Router:
         Locks: the backend's first, then the router's (never the other way round), so that a
         session reading on the event loop while holding the backend cannot deadlock with one
         catching up in a worker thread. Log entries and document states are read in one
-        consistent view of the backend."""
+        consistent view of the backend (its lock is held throughout); the router's lock only
+        while they are routed, so that sessions reading on the event loop
+        (:meth:`FlexibleSession.read_inline`, which never waits for it) are not sent to a
+        worker thread while entries are decoded."""
         backend = self.backend
-        with backend._lock, self.lock:
-            self._dirty = False
-            head = backend.head_seq()
-            if head <= self.processed_to:
-                return self.processed_to
-            if not self.sessions:
-                self.processed_to = head
-                return head
+        with backend._lock:
+            with self.lock:
+                self._dirty = False
+                head = backend.head_seq()
+                if head <= self.processed_to:
+                    return self.processed_to
+                if not self.sessions:
+                    self.processed_to = head
+                    return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
                 rows = backend._engine.query(
                     "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
                     (self.processed_to, upto))
-                routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
-                          for seq, origin, via, data in rows]
+                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)),
+                                  len(data)) for seq, origin, via, data in rows]
                 states = read_states(backend, {ref for r in routed for ref in r.refs})
                 for r in routed:
                     for ref in r.refs:
                         r.states[ref] = states.get(ref, (False, None))
-                    self._route(r)
-                    self.cache[r.seq] = r
-                while len(self.cache) > self.CACHE:
-                    self.cache.popitem(last=False)
-                if len(rows) < upto - self.processed_to:
-                    # Entries compacted away under us: every session settles its view again.
-                    for s in self.sessions:
-                        s.resync = True
-                self.processed_to = upto
+                with self.lock:
+                    cache = self.cache
+                    for r in routed:
+                        self._route(r)
+                        cache[r.seq] = r
+                    while len(cache) > self.CACHE:
+                        cache.popitem(last=False)
+                    if len(rows) < upto - self.processed_to:
+                        # Entries compacted away under us: every session settles its view again.
+                        for s in self.sessions:
+                            s.resync = True
+                    self.processed_to = upto
             return self.processed_to
 
     def _route(self, r: _Routed) -> None:
@@ -782,18 +810,14 @@ class Router:
             # one that does not hold the document would otherwise read the entry for nothing
             # (and its device get an empty Changes).
             coll = ref[0]
-            maybe: set[FlexibleSession] = set()
             scan = self.scan.get(coll)
             if scan:
-                maybe |= scan
+                _add_matching(targets, scan, body)
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
                 for k in _body_keys(body.get(fieldname)):
                     got = by_value.get(k)
                     if got:
-                        maybe |= got
-            for s in maybe:
-                if s not in targets and s.matches_subs(coll, body):
-                    targets.add(s)
+                        _add_matching(targets, got, body)
         if r.comp_for is not None:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
@@ -803,6 +827,21 @@ class Router:
     def routed(self, seq: int) -> _Routed | None:
         with self.lock:
             return self.cache.get(seq)
+
+
+def _add_matching(targets: set[FlexibleSession], candidates: dict[FlexibleSession, list[CompiledSub]],
+                  body: dict[str, Any]) -> None:
+    """Add to ``targets`` the candidate sessions one of whose listed queries matches ``body``."""
+    for s, subs in candidates.items():
+        if s in targets:
+            continue
+        for sub in subs:
+            try:
+                if sub.predicate(body):
+                    targets.add(s)
+                    break
+            except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+                log.exception("subscription predicate failed")
 
 
 def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
@@ -851,6 +890,9 @@ STAY, ENTER, LEAVE, SKIP = "stay", "enter", "leave", "skip"
 class FlexibleSession:
     """Flexible sync for one connection (see the module docstring). Made by
     :func:`admit_flexible`; its storage work runs in worker threads, one step at a time."""
+
+    #: The longest :meth:`read_inline` waits for the router's lock (seconds).
+    INLINE_LOCK_WAIT = 0.002
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1177,9 +1219,13 @@ class FlexibleSession:
             await asyncio.to_thread(self.subscribe, message)
             self.schedule()
         elif isinstance(message, ViewAck):
-            while self.unacked and self.unacked[0] <= message.view_seq:
-                self.unacked.popleft()
-            self.schedule()
+            self.view_acked(message)
+
+    def view_acked(self, message: ViewAck) -> None:
+        """The device applied the view updates up to ``message.view_seq`` (event loop)."""
+        while self.unacked and self.unacked[0] <= message.view_seq:
+            self.unacked.popleft()
+        self.schedule()
 
     def pump(self) -> None:
         """Send what is queued, in order, when the connection allows it (event loop)."""
@@ -1195,11 +1241,20 @@ class FlexibleSession:
     # -- waking ---------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Make the session read the log (event loop; see :meth:`Router.announce`)."""
-        if not self._closed:
-            self.server._inbox.put_nowait(("commit", None))
+        """Make the session read the log (event loop; see :meth:`Router.announce`): at once,
+        from here, when its task is idle and the read needs no storage (the router's round
+        then reads, encodes and sends for every session it woke without a task switch each),
+        else through its task."""
+        if self._closed:
+            return
+        try:
+            if self.server._stream_now():
+                return
+        except Exception:  # noqa: BLE001 - the session's task reads again
+            log.exception("streaming to %s failed", self.peer)
+        self.server._inbox.put_nowait(("commit", None))
 
-    async def wants_log(self) -> bool:
+    def wants_log(self) -> bool:
         """Whether a commit wake should make the replicator read the log now: an entry
         routed by the last round concerns this device, it is still catching up, or the
         router's debounced advance woke it (see :meth:`Router.announce`)."""
@@ -1290,8 +1345,10 @@ class FlexibleSession:
         if (self._first_read or self.resync or after < self.routed_from
                 or router.processed_to < after or self.rules is not None):
             return None
-        if not router.lock.acquire(blocking=False):
-            return None      # the router is catching up in a worker thread
+        # Worker threads hold the router's lock only briefly (a session's bookkeeping, or the
+        # routing of a batch): waiting a moment costs less than a worker-thread read.
+        if not router.lock.acquire(timeout=self.INLINE_LOCK_WAIT):
+            return None      # the router is busy routing in a worker thread
         try:
             processed = router.processed_to
             seqs, truncated = self._relevant_after(after, processed, limit)
@@ -1344,7 +1401,7 @@ class FlexibleSession:
             rows = backend._engine.query(
                 "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after, upto, max(1, min(limit, 500))))
-        routed = [_Routed(seq, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
                   for seq, origin, via, data in rows
                   if not (exclude_origin is not None and (origin == exclude_origin or via == exclude_origin))]
         last = rows[-1][0] if rows and len(rows) >= max(1, min(limit, 500)) else upto
@@ -1548,7 +1605,7 @@ def _load_routed(backend: Database, seq: int) -> _Routed | None:
     if not rows:
         return None
     s, origin, via, data = rows[0]
-    r = _Routed(s, origin, via, Transaction.from_wire(msgpack.unpackb(data, raw=False)), len(data))
+    r = _Routed(s, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
     states = read_states(backend, set(r.refs))
     for ref in r.refs:
         r.states[ref] = states.get(ref, (False, None))

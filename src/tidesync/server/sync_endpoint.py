@@ -41,7 +41,7 @@ from ..protocol.codec import encode
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello
+from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, ViewAck
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from ..store.database import _gc_paused
@@ -91,6 +91,9 @@ class _Shared:
         self._flushing = False
         self._checks: dict[Any, tuple[Any, asyncio.Future[Any]]] = {}
         self._checking = False
+        #: Sessions whose periodic account recheck is due, checked together by the ticker.
+        self._rechecks: set[ServerSession] = set()
+        self._rechecking = False
         #: Sessions ticked by the shared 1 s timer (heartbeats and deadlines).
         self._ticked: set[ServerSession] = set()
         self._ticker: asyncio.TimerHandle | None = None
@@ -154,7 +157,7 @@ class _Shared:
         that asks meanwhile, in one worker thread and once per login session. A thousand
         connections rechecking every few seconds would otherwise make hundreds of thread hops
         a second, and each makes the event loop wait for the GIL (fan-out latency)."""
-        key = (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
+        key = _user_key(user)
         entry = self._checks.get(key)
         if entry is None:
             loop = asyncio.get_running_loop()
@@ -163,6 +166,42 @@ class _Shared:
                 self._checking = True
                 loop.create_task(self._run_checks(tokens))
         return await asyncio.shield(entry[1])
+
+    def recheck_soon(self, session: ServerSession) -> None:
+        """Recheck ``session``'s user (its periodic ``auth.session_recheck_interval`` check)
+        without waking its task: with the others due, in one worker thread and once per
+        login session. Only a session whose check fails is woken, to check again itself and
+        close (:meth:`ServerSession.recheck_auth`). A thousand idle connections otherwise
+        woke two hundred tasks a second for nothing."""
+        self._rechecks.add(session)
+        if not self._rechecking:
+            self._rechecking = True
+            asyncio.get_running_loop().create_task(self._run_rechecks(session.state.tokens))
+
+    async def _run_rechecks(self, tokens: Any) -> None:
+        try:
+            while self._rechecks:
+                batch, self._rechecks = self._rechecks, set()
+                users = {_user_key(s.user): s.user for s in batch if s.user is not None}
+
+                def check_all() -> dict[Any, bool]:
+                    lapsed: dict[Any, bool] = {}
+                    for key, user in users.items():
+                        try:
+                            lapsed[key] = tokens.still_valid(user) is not None
+                        except Exception:  # noqa: BLE001 - the session checks again and reports it
+                            lapsed[key] = True
+                    return lapsed
+
+                try:
+                    lapsed = await asyncio.to_thread(check_all)
+                except Exception:  # noqa: BLE001 - every session checks again itself
+                    lapsed = {key: True for key in users}
+                for session in batch:
+                    if session.user is not None and lapsed.get(_user_key(session.user), True):
+                        session.recheck_auth()
+        finally:
+            self._rechecking = False
 
     async def _run_checks(self, tokens: Any) -> None:
         try:
@@ -224,6 +263,11 @@ class _Started:
     #: The other sessions were woken as soon as the integration ended (see _announce_early).
     announced: bool = False
     error: BaseException | None = None
+
+
+def _user_key(user: Any) -> tuple[Any, Any, Any]:
+    """What identifies a login session for its checks."""
+    return (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
 
 
 def _shared(state: ServerState) -> _Shared:
@@ -328,13 +372,26 @@ class ServerSession:
         read memo), encodes (once: _Shared.payload) and sends in the notifier's own loop, and
         the last connection no longer waits for a thousand task switches. Whatever needs an
         ``await`` goes to run() as a ``resume`` item, in order. Returns False (nothing done)
-        when not applicable."""
-        if (not self._parked or not self._inbox.empty() or self.flexible is not None or self._sending is not None
+        when not applicable.
+
+        A flexible session streams from here when the router's round wakes it
+        (``FlexibleSession.wake``) and no view message waits to go before the changes."""
+        if (not self._parked or not self._inbox.empty() or self._sending is not None
                 or not self.replicator.active or self.link.finished or self._auth_due()):
             return False  # (an expired token or a recheck: run() checks it before streaming)
-        actions = self.replicator.local_commit(_shared(self.state).head)
-        if not actions:
-            return False  # run() asks the backend for its real head
+        flexible = self.flexible
+        if flexible is not None:
+            if not flexible.registered or flexible.outbox:
+                return False
+            if not flexible.wants_log():
+                return True       # nothing for its device: as run() would, nothing to do
+            actions = self.replicator.local_commit(flexible.router.processed_to)
+            if not actions:
+                return True
+        else:
+            actions = self.replicator.local_commit(_shared(self.state).head)
+            if not actions:
+                return False  # run() asks the backend for its real head
         rest = self._execute_now(actions)
         payloads = self.link.data_to_send()
         while payloads and self._sending is None:
@@ -342,6 +399,8 @@ class ServerSession:
         events = self.link.events_received()
         if payloads or rest or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, rest, events)))
+        if flexible is not None:
+            flexible.schedule()   # as run()'s _flush would: a bootstrap step, if one is due
         return True
 
     def _send_now(self, payload: bytes) -> None:
@@ -391,12 +450,20 @@ class ServerSession:
         now = int(time.monotonic() * 1000)
         deadline = self.link.next_deadline()
         if ((self.flexible is None or self.flexible.idle())
-                and deadline is not None and now < deadline and not self._auth_due()):
+                and deadline is not None and now < deadline):
             # Nothing is due (no Ping to send, no timeout, no auth check): the Link only
             # notes the time, which needs no wake-up of the session's task (a thousand idle
-            # connections made a thousand task switches a second).
-            self.link.tick(now)
-            return
+            # connections made a thousand task switches a second). The periodic recheck of
+            # the account is made for all sessions together (_Shared.recheck_soon).
+            user = self.user
+            if user is None or not self._auth_due():
+                self.link.tick(now)
+                return
+            if not time.time() >= getattr(user, "expires", 0.0) > 0 and self._parked and not self.link.finished:
+                self._auth_checked_at = time.monotonic()
+                _shared(self.state).recheck_soon(self)
+                self.link.tick(now)
+                return
         self._inbox.put_nowait(("tick", None))
 
     def _auth_due(self) -> bool:
@@ -492,7 +559,7 @@ class ServerSession:
                     if self.flexible is not None:
                         await self.flexible.step()
                 elif kind == "commit":
-                    if self.replicator.active and (self.flexible is None or await self.flexible.wants_log()):
+                    if self.replicator.active and (self.flexible is None or self.flexible.wants_log()):
                         # The head the last integration reached saves a thread hop per session
                         # on fan-out; read the real head only when that one brings nothing.
                         head = _shared(self.state).head
@@ -550,24 +617,33 @@ class ServerSession:
     def _receive_now(self, data: bytes) -> bool:
         """Handle a payload in the reader task while run() is parked on an empty inbox.
 
-        On fan-out every connection answers each ``Changes`` with an ``Ack``, whose handling
-        needs no I/O (the acknowledgement is recorded later, with the others): doing it here
-        saves a queue hand-off and a task switch per connection and write. Whatever needs an
+        On fan-out every connection answers each ``Changes`` with an ``Ack`` (and a flexible
+        one each ``ViewUpdate`` with a ``ViewAck``), whose handling needs no I/O (the
+        acknowledgement is recorded later, with the others): doing it here saves a queue hand-off and a task switch per connection and write. Whatever needs an
         ``await`` (a send, a storage call, any other message) is handed to run() as a
-        ``resume`` item, in order. Returns False (nothing done) when not applicable.
+        ``resume`` item, in order. Returns False (nothing done) when not applicable (for a
+        flexible session, also while a view message waits to go before any changes).
         """
-        if self.flexible is not None or self.link.finished or not self.replicator.active:
+        if self.link.finished or not self.replicator.active or (
+                self.flexible is not None and (not self.flexible.registered or self.flexible.outbox)):
             return False
         _receive(self.link, data)
         events = self.link.events_received()
         actions: list[Any] = []
         while events and not actions:
             event = events[0]
-            if not (isinstance(event, MessageReceived) and isinstance(event.message, Ack)):
+            if not isinstance(event, MessageReceived):
                 break
-            events.pop(0)
-            actions = self._execute_now(self.replicator.handle(event.message))
-        if not actions and events and not self._auth_due():
+            message = event.message
+            if isinstance(message, Ack):
+                events.pop(0)
+                actions = self._execute_now(self.replicator.handle(message))
+            elif isinstance(message, ViewAck) and self.flexible is not None:
+                events.pop(0)
+                self.flexible.view_acked(message)
+            else:
+                break
+        if not actions and events and self.flexible is None and not self._auth_due():
             event = events[0]
             if isinstance(event, MessageReceived) and isinstance(event.message, Changes):
                 # An upload: its integration starts here, in a worker thread, while run() is

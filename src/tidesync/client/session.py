@@ -585,9 +585,11 @@ class SyncSession:
                 with self._cond:
                     self._acked = max(self._acked, action.seq)
                     self._cond.notify_all()
-            elif isinstance(action, Integrate) and not action.txns and action.peer == self._server_id:
+            elif (isinstance(action, Integrate) and not action.txns and action.peer == self._server_id
+                  and self._flexible is None):
                 # Nothing to integrate (e.g. the echo of our own upload): only the checkpoint
-                # moves, kept in memory; downloading that empty range again is harmless.
+                # moves, kept in memory; downloading that empty range again is harmless. (Not
+                # with flexible sync: there the view's resumption relies on the position.)
                 self._keep_unstored(received=action.peer_seq)
                 follow = replicator.integrated(IntegrateResult())
                 with self._cond:

@@ -68,9 +68,18 @@ def test_acks_and_empty_downloads_cost_no_transaction_and_are_stored_at_the_end(
             cp = a.checkpoint(server_id)
             assert cp.acked == _local_head(a)
             assert cp.received == a.sync_session._received
+
+            a.sync_session.resume()  # and when the database is closed
+            _wait_until(lambda: a.sync_session.connection_state == "connected", "a reconnects")
+            with a.write():
+                a.create(WorkOrder, title="last")
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            head = _local_head(a)
         finally:
             a.close()
             b.close()
+        with sqlite3.connect(tmp_path / "a.db") as raw:
+            assert raw.execute("SELECT acked FROM checkpoints WHERE peer = ?", (server_id,)).fetchone() == (head,)
 
 
 @pytest.mark.slow

@@ -1282,8 +1282,8 @@ class Database(ReplicaStore):
         """Store a sync session's checkpoint values that were kept in memory: ``received``
         moved by downloads that carried no transaction, ``acked`` by the peer's ``Ack``s.
         Not fsync'd (the next durable commit makes it durable): neither value is needed
-        for correctness after a power loss (docs/sync.md, "Checkpoints kept in memory")."""
-        self._check_open()
+        for correctness after a power loss (docs/sync.md, "Checkpoints kept in memory").
+        Also while :meth:`close` stops the session (the file stays open until it has)."""
         with self._lock:
             if self._txn is not None:
                 raise UsageError("cannot record a checkpoint inside a write transaction")

@@ -441,7 +441,7 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
         spy = Spy("propagation-server", server.proc.pid)
         if os.environ.get("TIDESYNC_BENCH_PROFILE"):
             os.kill(server.proc.pid, signal.SIGUSR1)  # bench/profile_server.py: profile from here
-        s_cpu = cpu_s(server.proc.pid)
+        s_cpu, c_cpu = cpu_s(server.proc.pid), time.process_time()
         deadline = time.monotonic() + float(args.get("max_seconds", 100))
         for i in range(1, samples + 1):
             if time.monotonic() > deadline:
@@ -469,6 +469,7 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
             "mean_ms": statistics.fmean(lat) if lat else float("nan"),
             "commit_p50_ms": pct(commit, 50), "commit_p99_ms": pct(commit, 99), "lost_detail": lost_detail[:10],
             "server_cpu_s": cpu_s(server.proc.pid) - s_cpu,
+            "client_cpu_s": time.process_time() - c_cpu,  # A and B (all their threads)
             "others_busy_s": fleet.ask({"cmd": "status"}, 30)["busy_s"],
         })
         log(f"propagation ({work}): p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms over {len(lat)}")
@@ -655,6 +656,7 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
         if key in results:
             r = results[key]
             lines.append(f"- {key}: server {r['server_cpu_s'] / max(1, r['measured']) * 1000:.1f} ms per write, "
+                         f"devices A and B {r.get('client_cpu_s', float('nan')) / max(1, r['measured']) * 1000:.1f} ms per write, "
                          f"the {r['others']} others {r['others_busy_s']:.1f} s in all; p90 {r['p90_ms']:.1f} ms; "
                          f"A's own commit p50 {r['commit_p50_ms']:.1f} ms")
     if "fanout" in results:

@@ -42,6 +42,7 @@ from ..protocol.actions import (
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
 from ..protocol.messages import CompensatingWrite
+from ..protocol.replica import IntegrateResult
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from ._wsconn import SocketConnection, WakeInbox, direct_socket_usable, wait_readable
@@ -148,6 +149,11 @@ class SyncSession:
         self._server_id: str | None = db._setting("sync_server_id")
         self._acked = self._checkpoint_acked()
         self._received = self._checkpoint_received()
+        # Checkpoint values of the server kept in memory, stored at most once a second
+        # (_store_checkpoint): the server's Acks, and downloads that carried no transaction.
+        self._unstored_acked: int | None = None
+        self._unstored_received: int | None = None
+        self._unstored_since = 0.0
         self._download_complete = False
         self._last_error: SyncError | None = None
         self._progress_callbacks: list[tuple[str, Callable[[Progress], None]]] = []
@@ -405,6 +411,7 @@ class SyncSession:
                 try:
                     kind, item = next_item()
                 except queue.Empty:
+                    self._store_checkpoint()
                     link.tick(int(time.monotonic() * 1000))
                     self._flush(link, ws)
                     if link.finished:
@@ -455,8 +462,11 @@ class SyncSession:
                 self._flush(link, ws)
                 if link.finished:
                     return handshake_done
+                if self._unstored_since and time.monotonic() - self._unstored_since >= self.UNSTORED_FOR:
+                    self._store_checkpoint()
             return handshake_done
         finally:
+            self._store_checkpoint()
             try:
                 if own_socket:
                     ws.release()
@@ -568,11 +578,36 @@ class SyncSession:
                 self._notify(action.message)
             elif isinstance(action, Announce):
                 pass  # descriptors are recorded by the store when data arrives
+            elif isinstance(action, RecordAck) and action.peer == self._server_id:
+                # Informational (the upload starts where the server's Welcome says): kept in
+                # memory, stored later with other checkpoint values, never one fsync per Ack.
+                self._keep_unstored(acked=action.seq)
+                with self._cond:
+                    self._acked = max(self._acked, action.seq)
+                    self._cond.notify_all()
+            elif (isinstance(action, Integrate) and not action.txns and action.peer == self._server_id
+                  and self._flexible is None):
+                # Nothing to integrate (e.g. the echo of our own upload): only the checkpoint
+                # moves, kept in memory; downloading that empty range again is harmless. (Not
+                # with flexible sync: there the view's resumption relies on the position.)
+                self._keep_unstored(received=action.peer_seq)
+                follow = replicator.integrated(IntegrateResult())
+                with self._cond:
+                    self._received = action.peer_seq
+                    self._cond.notify_all()
+                todo[0:0] = follow
             else:
                 if isinstance(action, Integrate):
                     # Listeners see the download before its fsync; the Ack still waits for it.
+                    acked = self._unstored_acked if action.peer == self._server_id else None
                     follow = replicator.integrated(
-                        self._db._integrate_download(action.txns, action.peer, action.peer_seq))
+                        self._db._integrate_download(action.txns, action.peer, action.peer_seq, acked=acked))
+                    if action.peer == self._server_id:
+                        self._unstored_received = None  # superseded by the one just written
+                        if acked is not None and self._unstored_acked == acked:
+                            self._unstored_acked = None
+                        if self._unstored_acked is None:
+                            self._unstored_since = 0.0
                 else:
                     follow = perform(action, self._db, replicator)
                 if isinstance(action, RecordAck):
@@ -588,6 +623,33 @@ class SyncSession:
                         self._received = received
                         self._cond.notify_all()
                 todo[0:0] = follow
+
+    #: Seconds a checkpoint value may stay in memory only, while the session is busy.
+    UNSTORED_FOR = 1.0
+
+    def _keep_unstored(self, *, acked: int | None = None, received: int | None = None) -> None:
+        if acked is not None:
+            self._unstored_acked = acked
+        if received is not None:
+            self._unstored_received = received
+        if not self._unstored_since:
+            self._unstored_since = time.monotonic()
+
+    def _store_checkpoint(self) -> None:
+        """Write the checkpoint values kept in memory (unsynced: after a power loss the
+        older ones are correct too, see docs/sync.md)."""
+        if self._unstored_acked is None and self._unstored_received is None:
+            return
+        server = self._server_id
+        acked, received = self._unstored_acked, self._unstored_received
+        self._unstored_acked = self._unstored_received = None
+        self._unstored_since = 0.0
+        if server is None:
+            return
+        try:
+            self._db._record_sync_checkpoint(server, received, acked)
+        except Exception:  # noqa: BLE001 - e.g. the database closed under us; nothing is lost
+            log.debug("could not store the sync checkpoint", exc_info=True)
 
     def _progress(self, action: ReportProgress) -> None:
         direction = "download" if action.direction == DOWNLOAD else "upload"

@@ -1251,19 +1251,24 @@ class Database(ReplicaStore):
             self._after_remote(result.applied > 0)
         return result
 
-    def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int) -> IntegrateResult:
+    def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
+                            acked: int | None = None) -> IntegrateResult:
         """:meth:`integrate` for a sync session's download: listeners are woken as soon as the
         transaction is committed, and the fsync that makes it durable follows, outside the
         lock (so the notifier can read meanwhile). It returns once the batch is durable, so the
         ``Ack`` that follows still means "durably integrated". Until then a power loss rolls
         the batch back together with its checkpoint (one SQLite transaction), and the batch is
-        downloaded again (docs/sync.md, "Durability of downloads")."""
+        downloaded again (docs/sync.md, "Durability of downloads"). ``acked``: the peer's
+        latest ``Ack`` of our log, not yet stored (:meth:`_record_sync_checkpoint`), written
+        in the same transaction."""
         self._check_open()
         with self._lock:
             if self._txn is not None:
                 raise UsageError("cannot integrate inside a write transaction")
             with self._engine.unsynced(), self._engine.atomic():
                 result = self._integrate_locked(txns, peer, peer_seq)
+                if acked is not None:
+                    self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))
             self._logged = []  # not put in the log cache: a device sends no downloaded entry on
             self._cache.clear()
             self._generation += 1
@@ -1272,6 +1277,25 @@ class Database(ReplicaStore):
         self._wake_after_remote(result.applied > 0)
         engine.sync_wal()
         return result
+
+    def _record_sync_checkpoint(self, peer: str, received: int | None, acked: int | None) -> None:
+        """Store a sync session's checkpoint values that were kept in memory: ``received``
+        moved by downloads that carried no transaction, ``acked`` by the peer's ``Ack``s.
+        Not fsync'd (the next durable commit makes it durable): neither value is needed
+        for correctness after a power loss (docs/sync.md, "Checkpoints kept in memory").
+        Also while :meth:`close` stops the session (the file stays open until it has)."""
+        with self._lock:
+            if self._txn is not None:
+                raise UsageError("cannot record a checkpoint inside a write transaction")
+            with self._engine.unsynced(), self._engine.atomic():
+                if received is not None:
+                    self._engine.execute(
+                        "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
+                        "DO UPDATE SET received = excluded.received", (peer, received))
+                if acked is not None:
+                    self._engine.execute(
+                        "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
+                        "DO UPDATE SET acked = excluded.acked", (peer, acked))
 
     def _after_remote(self, changed: bool) -> None:
         """After integrating from a peer: refresh caches, wake listeners and other peers."""

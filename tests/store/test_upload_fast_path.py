@@ -214,3 +214,58 @@ def test_a_create_parsed_or_read_back_is_a_plain_frozen_create():
         assert repr(parsed) == repr(op)
         with pytest.raises(FrozenInstanceError):
             parsed.key = "other"  # type: ignore[misc]
+
+
+def _rows_with_rowid(db: Database):
+    return db._engine.query("SELECT rowid, collection, pk, body, meta, epoch, live, seq, scope FROM documents "
+                            "ORDER BY rowid")
+
+
+def test_a_preloaded_batch_is_stored_as_one_read_at_integration(tmp_path):
+    # Database.preload reads a batch's documents once (for the server's partition check and
+    # the integration). Used, or discarded because the file changed in between, or with
+    # duplicates in the batch: the rows (rowids too), the log and the scopes must be those of
+    # a plain integrate.
+    rng = random.Random(5)
+    held_op = CreateDoc("Doc", "held", _stamp(1), "", {"_id": "held", "_partition": "p", "n": 0}, {})
+    gone_op = CreateDoc("Doc", "gone", _stamp(2), "", {"_id": "gone", "_partition": "q"}, {})
+    first = [_txn(1, [held_op]), _txn(2, [gone_op]), _txn(3, [DeleteDoc("Doc", "gone", _stamp(3), "")])]
+    between = _txn(4, [SetValue("Doc", "held", _stamp(4), "", ("m",), (), 99),
+                       CreateDoc("Doc", "a", _stamp(5), "", {"_id": "a", "_partition": "p", "m": 1}, {})])
+    txns = []
+    n = 10
+    for i in range(30):
+        ops = []
+        for _ in range(rng.randint(1, 3)):
+            n += 1
+            key = rng.choice(["held", "gone", "a", "b", f"new{i}", f"new{i}x"])
+            if rng.random() < 0.6:
+                ops.append(CreateDoc("Doc", key, _stamp(n), "", {"_partition": "p", "n": n}, {}))
+            else:
+                ops.append(SetValue("Doc", key, _stamp(n), "", ("n",), (), n))
+        txns.append(_txn(n, ops))
+    batch = [first[0], txns[12], txns[25], *txns]  # with duplicates: as without them
+    for case in ("used", "stale", "duplicates"):
+        results = []
+        for preload in (False, True):
+            db = Database(tmp_path / f"{case}{preload}.db", (), partition_key="_partition")
+            try:
+                db.integrate(first)
+                todo = batch if case == "duplicates" else txns
+                if case == "duplicates":
+                    db.integrate([txns[12], txns[25]])
+                pre = db.preload(todo) if preload else None
+                if pre is not None:
+                    refs = {ref for t in todo for ref in t.refs()}
+                    assert pre.scopes == db.document_scopes(refs) and ("Doc", '"gone"') in pre.scopes
+                    assert pre.scopes[("Doc", '"held"')] == '"p"'
+                if case == "stale":
+                    db.integrate([between])
+                db.integrate(todo, peer="00000000000000ab", peer_seq=3, preloaded=pre)
+                if pre is not None:
+                    assert pre.take((0, 0)) is None  # good for one integrate
+                results.append((_rows_with_rowid(db), db._engine.query("SELECT seq, id, data FROM log")))
+            finally:
+                db.close()
+        assert results[0] == results[1], case
+        assert len(results[0][0]) > 12 and len(results[0][1]) > 30

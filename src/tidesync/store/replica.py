@@ -748,8 +748,10 @@ class ReplicaStore:
             "scope = coalesce(excluded.scope, documents.scope)",
             (collection, ref[1], body, meta, state.epoch, 1 if state.live else 0, self._snapshot_tick(), scope))
 
-    def _states_of(self, refs: Sequence[Ref]) -> dict[Ref, tuple[str, str, str, int]]:
-        """(body, meta, epoch, live) of those of ``refs`` stored here, in a few queries."""
+    def _states_of(self, refs: Sequence[Ref],
+                   scopes: dict[Ref, str | None] | None = None) -> dict[Ref, tuple[str, str, str, int]]:
+        """(body, meta, epoch, live) of those of ``refs`` stored here, in a few queries;
+        ``scopes``, if given, gets their scope column too."""
         by_collection: dict[str, list[str]] = {}
         for coll, pk in refs:
             by_collection.setdefault(coll, []).append(pk)
@@ -757,10 +759,18 @@ class ReplicaStore:
         for coll, pks in by_collection.items():
             for i in range(0, len(pks), 500):
                 chunk = pks[i:i + 500]
-                for pk, body, meta, epoch, live in self._engine.query(
-                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
-                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
-                    found[(coll, pk)] = (body, meta, epoch, live)
+                marks = ",".join("?" * len(chunk))
+                if scopes is None:
+                    for pk, body, meta, epoch, live in self._engine.query(
+                            f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                            f"AND pk IN ({marks})", [coll, *chunk]):
+                        found[(coll, pk)] = (body, meta, epoch, live)
+                else:
+                    for pk, body, meta, epoch, live, scope in self._engine.query(
+                            f"SELECT pk, body, meta, epoch, live, scope FROM documents WHERE collection = ? "
+                            f"AND pk IN ({marks})", [coll, *chunk]):
+                        found[(coll, pk)] = (body, meta, epoch, live)
+                        scopes[(coll, pk)] = scope
         return found
 
     def _store_states(self, states: Sequence[tuple[str, Ref, merge.DocState]],

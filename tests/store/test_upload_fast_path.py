@@ -269,3 +269,44 @@ def test_a_preloaded_batch_is_stored_as_one_read_at_integration(tmp_path):
                 db.close()
         assert results[0] == results[1], case
         assert len(results[0][0]) > 12 and len(results[0][1]) > 30
+
+
+def test_creates_parsed_together_are_those_parsed_one_by_one():
+    # creates_from_wire (a transaction's creates in one pass) must give exactly the operations
+    # op_from_wire gives, and None (the one-by-one path then raises its error) for anything
+    # that is not a well-formed create of exact types.
+    from tidesync.core.operations import creates_from_wire, op_from_wire
+
+    class S(str):
+        pass
+
+    good = ["C", "Doc", "k", _stamp(1), "", {"_id": "k", "n": 1}, {"tags": "list"}, ["n"]]
+    variants = [good, [*good[:4], _stamp(0), *good[5:]]]
+    bad_items = {0: ["D", 1], 1: ["", 3, None, S("Doc")], 3: ["", "x", _stamp(1).upper(), _stamp(1) + "0", 5,
+                                                               S(_stamp(1))],
+                 4: [0, None, "x", S("")], 5: [{1: 2}, [], None], 6: [{"a": "nope"}, {1: "list"}, []],
+                 7: [[1], ("n",), None]}
+    for i, values in bad_items.items():
+        for v in values:
+            data = list(good)
+            data[i] = v
+            variants.append(data)
+    variants += [good[:7], [*good, 1], ("C", *good[1:]), "C", None]
+    rng = random.Random(3)
+    for _ in range(200):
+        ops = [rng.choice(variants) for _ in range(rng.randint(0, 4))]
+        fast = creates_from_wire(ops)
+        one_by_one: list = []
+        error = None
+        for o in ops:
+            try:
+                one_by_one.append(op_from_wire(o))
+            except (ValueError, TypeError) as exc:
+                error = exc
+                break
+        if fast is not None:
+            assert error is None and fast == tuple(one_by_one)
+            assert all(type(op) is CreateDoc for op in fast)
+        elif error is None:  # refused by the fast path but well-formed: not only exact creates
+            assert any(type(o) is not list or any(type(x) is S for x in o) or type(o[7]) is not list
+                       for o in ops), ops

@@ -74,3 +74,37 @@ def test_offline_writes_merge_after_the_server_compacted_its_log(tmp_path):
             assert len(db.objects(WorkOrder).filter("title == 'created offline by b'")) == 1
         a.close()
         b.close()
+
+
+def test_a_device_that_uploads_to_an_empty_server_gets_no_snapshot_of_its_own_documents(tmp_path):
+    # Connected while the server's log was empty, the device's checkpoint stays 0; after its
+    # upload the server must go on with its log (nothing to send), not bootstrap it with a
+    # snapshot of the documents it just uploaded. A fresh device still bootstraps.
+    with running_server(tmp_path / "s") as server:
+        backend = server.app.state.tidesync.backend
+        snapshots: list[object] = []
+        read_log = backend.read_log
+
+        def spy(after, **kw):
+            batch = read_log(after, **kw)
+            if batch.snapshot_required:
+                snapshots.append(kw.get("exclude_origin"))
+            return batch
+
+        backend.read_log = spy
+        a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
+        a.sync_session.wait_for_download_completion(timeout=T)
+        for batch in range(3):
+            with a.write():
+                for i in range(20):
+                    a.create(WorkOrder, title=f"w{batch}-{i}")
+            a.sync_session.wait_for_upload_completion(timeout=T)
+        a.sync_session.wait_for_download_completion(timeout=T)
+        assert backend.head_seq() == 3
+        assert snapshots == []
+        a.close()
+        fresh = synced_db(tmp_path / "fresh.db", server.url, [WorkOrder])
+        fresh.sync_session.wait_for_download_completion(timeout=T)
+        assert len(fresh.objects(WorkOrder)) == 60
+        assert snapshots == [fresh.replica_id]
+        fresh.close()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, TypeAlias
 
-from .stamp import Stamp, is_stamp
+from .stamp import Stamp, are_stamps, is_stamp
 from .values import Plain
 
 __all__ = [
@@ -416,6 +416,41 @@ def _create_from_wire(data: list[Any]) -> CreateDoc | None:
         if type(k) is not str:
             return None
     return _new_create(collection, key, stamp, base, fields, kinds, tuple(defaults))
+
+
+def creates_from_wire(ops: list[Any]) -> tuple[CreateDoc, ...] | None:
+    """``op_from_wire`` of each of ``ops`` when all are well-formed creates with exact types
+    (a device's upload of new documents), in one pass: their stamps checked together, no call
+    per operation. None on any doubt: parse them one by one then (same result or error)."""
+    out = []
+    stamps = []
+    kinds_ok = _KINDS
+    make = _new_create
+    for data in ops:
+        if type(data) is not list or len(data) != 8 or data[0] != "C":
+            return None
+        _, collection, key, stamp, base, fields, kinds, defaults = data
+        if (type(collection) is not str or not collection or type(base) is not str
+                or type(fields) is not dict or type(kinds) is not dict or type(defaults) is not list):
+            return None
+        for k in fields:
+            if type(k) is not str:
+                return None
+        if kinds:
+            for k, v in kinds.items():
+                if type(k) is not str or v not in kinds_ok:
+                    return None
+        if defaults:
+            for k in defaults:
+                if type(k) is not str:
+                    return None
+        stamps.append(stamp)
+        if base:
+            stamps.append(base)
+        out.append(make(collection, key, stamp, base, fields, kinds, tuple(defaults)))
+    if not are_stamps(stamps):
+        return None
+    return tuple(out)
 
 
 def _expected_epochs(op: Op) -> int | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .operations import CreateDoc, Op, op_from_stored, op_from_wire, op_to_wire
+from .operations import CreateDoc, Op, creates_from_wire, op_from_stored, op_from_wire, op_to_wire
 from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
@@ -216,14 +216,16 @@ class Transaction:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("transaction meta must be a map")
-        parsed = tuple([op_from_wire(o) for o in ops])
+        fast = creates_from_wire(ops)
+        creates = fast is not None
+        parsed: tuple[Op, ...] = fast if fast is not None else tuple([op_from_wire(o) for o in ops])
         t = cls(
             id=tid, origin=origin, stamp=stamp, parents=tuple(parents), ops=parsed,
             before=tuple(BeforeImage.from_wire(b) for b in before), user=user, meta=meta,
         )
         if not before and type(data) is dict and tuple(data) == _WIRE_KEYS[user is not None, bool(meta)] \
                 and type(parents) is list and type(ops) is list and type(before) is list \
-                and all(type(op) is CreateDoc for op in parsed) and all(type(o) is list for o in ops):
+                and (creates or (all(type(op) is CreateDoc for op in parsed) and all(type(o) is list for o in ops))):
             # A create parsed from [code, collection, key, stamp, base, fields, kinds, defaults]
             # keeps every item as given (defaults a list again in to_wire): to_wire() would
             # build this very map.

@@ -59,7 +59,7 @@ from ..core.transaction import BeforeImage, Transaction
 from ..core.values import Plain, canonical_json
 from ..protocol.messages import CompensatedWrite, Scope, SnapshotDoc
 from ..protocol.replica import DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult
-from ..store.database import _gc_paused
+from ..store.database import Preloaded, _gc_paused
 from .schemas import validate
 
 if TYPE_CHECKING:
@@ -383,8 +383,10 @@ class Enforcer:
             return Verdict("create", "partition", "document belongs to another partition")
         return None
 
-    def _check_partition_only(self, txns: Sequence[Transaction]) -> tuple[list[Transaction], list[Refusal]]:
-        """The cheap check of a partition session without collection rules or schemas."""
+    def _check_partition_only(self, txns: Sequence[Transaction],
+                              pre: Preloaded | None = None) -> tuple[list[Transaction], list[Refusal]]:
+        """The cheap check of a partition session without collection rules or schemas.
+        ``pre``: ``backend.preload(txns)``, whose scopes it reads instead of querying them."""
         key = self.config.partition_key
         allowed: list[Transaction] = []
         refused: list[Refusal] = []
@@ -392,9 +394,9 @@ class Enforcer:
         # Documents of another partition (live or deleted): a create would merge into them (one
         # namespace per collection), moving another partition's document, or losing to its
         # delete on the server while the device, which never sees that delete, keeps it.
-        elsewhere = {ref: scope for ref, scope in self.backend.document_scopes(
-            ref for t in txns for op, ref in zip(t.ops, t.refs()) if isinstance(op, CreateDoc)).items()
-            if scope is not None and scope != self._want}
+        held = pre.scopes if pre is not None else self.backend.document_scopes(
+            ref for t in txns for op, ref in zip(t.ops, t.refs()) if isinstance(op, CreateDoc))
+        elsewhere = {ref: scope for ref, scope in held.items() if scope is not None and scope != self._want}
         want, mine = self._want, self.partition
         by_str = type(mine) is str
         for t in txns:
@@ -431,7 +433,8 @@ class Enforcer:
                             verdict = Verdict("create", "partition", "document belongs to another partition")
                     else:
                         if ref not in scopes:
-                            scopes[ref] = self.backend.document_scope(op.collection, op.key)
+                            scopes[ref] = (held.get(ref) if pre is not None
+                                           else self.backend.document_scope(op.collection, op.key))
                         scope = scopes[ref]
                         if scope is not None and scope != self._want:
                             verdict = Verdict("update", "partition", "document belongs to another partition")
@@ -476,16 +479,19 @@ class Enforcer:
                 learner.observe(op for t in txns for op in t.ops)
             return result, [], False
         with _lock_for(self.backend):
+            pre = None
             if self.full:
                 allowed, refused = self._check_full(txns)
             else:
-                allowed, refused = self._check_partition_only(txns)
+                # One read of the batch's documents serves the check and the integration.
+                pre = self.backend.preload(txns)
+                allowed, refused = self._check_partition_only(txns, pre)
             compensation = self._compensation(refused, peer) if refused else None
             # The compensation first: if the server stops in between, the device uploads the
             # batch again (its checkpoint did not move) and is refused again.
             if compensation is not None:
                 self.backend.integrate([compensation])
-            result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq)
+            result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre)
         if learner is not None:
             learner.observe(op for t in allowed for op in t.ops)
         uid = self.rules.user.id if self.rules is not None else None

@@ -157,6 +157,26 @@ _READ_AHEAD = 512
 _ABSENT: Any = object()
 
 
+class Preloaded:
+    """The documents an upload batch touches, read once (:meth:`Database.preload`) for the
+    server's checks (``scopes``) and for the integration that follows, which uses them instead
+    of reading them again when the file did not change in between (else it reads as usual).
+    Good for one :meth:`Database.integrate`."""
+
+    __slots__ = ("scopes", "_docs", "_version")
+
+    def __init__(self, docs: dict[Ref, Any], scopes: dict[Ref, str | None], version: tuple[int, int]) -> None:
+        #: The scope column of each touched document the file holds (tombstones too).
+        self.scopes = scopes
+        self._docs: dict[Ref, Any] | None = docs
+        self._version = version
+
+    def take(self, version: tuple[int, int]) -> dict[Ref, Any] | None:
+        """The loaded documents if the file is still at ``version`` and they were not taken."""
+        docs, self._docs = self._docs, None
+        return docs if version == self._version else None
+
+
 class _Fresh:
     """A document a batch creates that the file did not hold, kept as its new row's parts
     (the state ``merge.integrate`` would give it, without the objects) until a later
@@ -555,11 +575,13 @@ class Database(ReplicaStore):
         # The before-image keeps the text: it is decoded again only if it is needed whole.
         return LoadedDoc(collection, key, ref, state, True, bool(live), body_text if live else None)
 
-    def _load_docs(self, collection: str, keys: Sequence[tuple[Plain, Ref]]) -> dict[Ref, LoadedDoc]:
-        """The documents of ``keys`` that the file holds (as :meth:`_load_doc`), by ref."""
+    def _load_docs(self, collection: str, keys: Sequence[tuple[Plain, Ref]],
+                   scopes: dict[Ref, str | None] | None = None) -> dict[Ref, LoadedDoc]:
+        """The documents of ``keys`` that the file holds (as :meth:`_load_doc`), by ref
+        (``scopes``: see :meth:`_states_of`)."""
         key_of = {ref: key for key, ref in keys}
         out: dict[Ref, LoadedDoc] = {}
-        for ref, (body_text, meta_text, epoch, live) in self._states_of(list(key_of)).items():
+        for ref, (body_text, meta_text, epoch, live) in self._states_of(list(key_of), scopes).items():
             state = merge.DocState(epoch=Stamp(epoch), live=bool(live), body=loads_json(body_text),
                                    meta=loads_json(meta_text))
             out[ref] = LoadedDoc(collection, key_of[ref], ref, state, True, bool(live), body_text if live else None)
@@ -651,7 +673,7 @@ class Database(ReplicaStore):
                 rows.append((d.collection, d.ref[1], _dumps(body), meta_text, d.epoch, 1,
                              d.seq if seq is None else seq, scope))
                 continue
-            if not d.dirty:
+            if d is _ABSENT or not d.dirty:  # _ABSENT: preloaded, no op integrated touched it
                 continue
             s = d.state
             scope = _dumps(s.body.get(pkey)) if pkey is not None and s.live else None
@@ -1219,12 +1241,15 @@ class Database(ReplicaStore):
         return int(rows[0][0] or 0)
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
-                  peer_seq: int | None = None) -> IntegrateResult:
+                  peer_seq: int | None = None, preloaded: Preloaded | None = None) -> IntegrateResult:
         """Merge transactions from another replica (idempotent: known ones are skipped).
 
         All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
         recording that this replica holds ``peer``'s log up to ``peer_seq`` moves in the same
         transaction, so a crash can never separate the data from the checkpoint.
+
+        ``preloaded``: :meth:`preload` of transactions that include these (their documents,
+        used if nothing was written since).
 
         Raises:
             MergeError: a transaction is malformed (nothing is applied).
@@ -1244,8 +1269,9 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             self._logged = []
             changes_before = self._engine.total_changes()
+            docs = preloaded.take((changes_before, self._engine.data_version())) if preloaded is not None else None
             with self._engine.atomic():
-                result = self._integrate_locked(txns, peer, peer_seq)
+                result = self._integrate_locked(txns, peer, peer_seq, docs)
             self._seed_log_cache(changes_before, self._logged)
             self._logged = []
             self._after_remote(result.applied > 0)
@@ -1311,7 +1337,22 @@ class Database(ReplicaStore):
             if hook is not None:
                 hook()
 
-    def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None) -> IntegrateResult:
+    def preload(self, txns: Sequence[Transaction]) -> Preloaded | None:
+        """Read the documents ``txns`` touch, with their scopes, in one batch (see
+        :class:`Preloaded`); None if an operation is malformed (:meth:`integrate` says why)."""
+        self._check_open()
+        with self._lock:
+            if self._txn is not None:
+                raise UsageError("cannot preload inside a write transaction")
+            scopes: dict[Ref, str | None] = {}
+            try:
+                docs = self._load_docs_of_txns(txns, scopes)
+            except (ValueError, TypeError, KeyError):
+                return None
+            return Preloaded(docs, scopes, (self._engine.total_changes(), self._engine.data_version()))
+
+    def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
+                          preloaded: dict[Ref, Any] | None = None) -> IntegrateResult:
         last = self._setting("clock")
         if last:
             self._clock.observe(Stamp(last))
@@ -1324,10 +1365,16 @@ class Database(ReplicaStore):
             # is still a duplicate.
             known.update(r[0] for r in self._engine.query(
                 f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
-        try:
-            docs = self._load_docs_of_txns([t for t in txns if t.id not in known])
-        except (ValueError, TypeError, KeyError):
-            docs = {}  # a malformed operation: the loop below reports it as a MergeError
+        if preloaded is not None and not known:
+            # The documents of these transactions and maybe more (refused ones), which stay
+            # unwritten. With duplicates, read again: rows go in the first-touch order of the
+            # transactions integrated.
+            docs = preloaded
+        else:
+            try:
+                docs = self._load_docs_of_txns([t for t in txns if t.id not in known])
+            except (ValueError, TypeError, KeyError):
+                docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
         last_seq = 0
         # Log entries are written together (seqs assigned here, in order) unless something
@@ -1433,10 +1480,11 @@ class Database(ReplicaStore):
             self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
         self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
 
-    def _load_docs_of_txns(self, txns: Sequence[Transaction]) -> dict[Ref, Any]:
+    def _load_docs_of_txns(self, txns: Sequence[Transaction],
+                           scopes: dict[Ref, str | None] | None = None) -> dict[Ref, Any]:
         """:meth:`_load_doc` for every document ``txns`` touch, a few hundred per query; a
         document the file does not hold is :data:`_ABSENT` (its place kept: rows are written
-        in this order)."""
+        in this order). ``scopes``, if given, gets the scope column of those it holds."""
         by_collection: dict[str, dict[Ref, Plain]] = {}
         for t in txns:
             for op, ref in zip(t.ops, t.refs()):
@@ -1447,7 +1495,7 @@ class Database(ReplicaStore):
                     keys[ref] = op.key
         docs: dict[Ref, Any] = {}
         for coll, keys in by_collection.items():
-            found = self._load_docs(coll, [(key, ref) for ref, key in keys.items()])
+            found = self._load_docs(coll, [(key, ref) for ref, key in keys.items()], scopes)
             for ref in keys:
                 docs[ref] = found.get(ref, _ABSENT)
         return docs

@@ -16,7 +16,10 @@ Compaction: :meth:`ReplicaStore.compact_log` drops log entries up to a seq. A pe
 checkpoint is older than the compacted range gets ``snapshot_required`` and bootstraps from a
 snapshot of document states, which it *joins* into its own (a merge: its unsynced work stays
 and is uploaded as usual). A replica made with ``bootstrap_with_snapshot=True`` (the server)
-also answers a peer with an empty checkpoint with a snapshot: initial sync is state-based.
+also answers a peer with an empty checkpoint with a snapshot: initial sync is state-based;
+except a peer with an entry of its own before any entry it would receive (it connected while
+the log held nothing for it, so its checkpoint stayed 0, then uploaded): it continues from the
+log, which holds only what it lacks, instead of downloading its own uploads as a snapshot.
 """
 
 from __future__ import annotations
@@ -197,16 +200,40 @@ class ReplicaStore:
         return self.log_floor(), self._setting("snapshot_from"), int(self._setting("snapshot_seq") or 0)
 
     def _needs_snapshot(self, after: int, exclude_origin: ReplicaId | None,
-                        marks: tuple[int, str | None, int] | None = None) -> bool:
+                        marks: tuple[int, str | None, int] | None = None, want: str | None = None) -> bool:
         floor, joined_from, snapshot_seq = self._snapshot_marks() if marks is None else marks
         if after < floor:
-            return True
-        if after == 0 and self.bootstrap_with_snapshot:
             return True
         if joined_from and exclude_origin != joined_from and after < snapshot_seq:
             # Part of our state arrived as a snapshot, not as log entries: a third peer that
             # has not seen it must bootstrap from our snapshot in turn.
             return True
+        if after == 0 and self.bootstrap_with_snapshot:
+            return not self._uploaded_first(exclude_origin, want)
+        return False
+
+    #: Log entries :meth:`_uploaded_first` looks at before it settles for a snapshot.
+    _FIRST_SCAN = 256
+
+    def _uploaded_first(self, peer: ReplicaId | None, want: str | None) -> bool:
+        """Whether ``peer``, with an empty checkpoint, has an entry in our log before any
+        entry it would receive (another origin's, inside scope ``want``). Such a peer was
+        connected while our log held nothing for it (its checkpoint stayed 0) and uploaded:
+        the log from the start is complete and holds only what it lacks, so it needs no
+        bootstrap snapshot, which would send its own documents back. A fresh peer finds
+        another's entry first (or only its own after too many others: a snapshot then is
+        merely less lean). Call with the lock held."""
+        if peer is None:
+            return False
+        rows = self._engine.query("SELECT seq, origin, via FROM log ORDER BY seq LIMIT ?", (self._FIRST_SCAN,))
+        for seq, origin, via in rows:
+            if origin == peer or via == peer:
+                return True
+            if want is None:
+                return False
+            data = self._engine.query("SELECT data FROM log WHERE seq = ?", (seq,))[0][0]
+            if self._refs_in_scope(_LogRow(seq, origin, via, data).refs(), want):
+                return False
         return False
 
     @contextmanager
@@ -234,9 +261,9 @@ class ReplicaStore:
                 if cache is not None:
                     cache.state = state  # until the file changes
             head, marks = state
-            if after < head and self._needs_snapshot(after, exclude_origin, marks):
-                return LogBatch((), after, head, 0, snapshot_required=True)
             want = _scope_value(scope)
+            if after < head and self._needs_snapshot(after, exclude_origin, marks, want):
+                return LogBatch((), after, head, 0, snapshot_required=True)
             memo_key = (after, limit, max_bytes, want)
             earlier = cache.reads.get(memo_key) if cache is not None else None
             if earlier is not None and (exclude_origin is None or exclude_origin not in earlier[1]):
@@ -721,8 +748,10 @@ class ReplicaStore:
             "scope = coalesce(excluded.scope, documents.scope)",
             (collection, ref[1], body, meta, state.epoch, 1 if state.live else 0, self._snapshot_tick(), scope))
 
-    def _states_of(self, refs: Sequence[Ref]) -> dict[Ref, tuple[str, str, str, int]]:
-        """(body, meta, epoch, live) of those of ``refs`` stored here, in a few queries."""
+    def _states_of(self, refs: Sequence[Ref],
+                   scopes: dict[Ref, str | None] | None = None) -> dict[Ref, tuple[str, str, str, int]]:
+        """(body, meta, epoch, live) of those of ``refs`` stored here, in a few queries;
+        ``scopes``, if given, gets their scope column too."""
         by_collection: dict[str, list[str]] = {}
         for coll, pk in refs:
             by_collection.setdefault(coll, []).append(pk)
@@ -730,10 +759,18 @@ class ReplicaStore:
         for coll, pks in by_collection.items():
             for i in range(0, len(pks), 500):
                 chunk = pks[i:i + 500]
-                for pk, body, meta, epoch, live in self._engine.query(
-                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
-                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
-                    found[(coll, pk)] = (body, meta, epoch, live)
+                marks = ",".join("?" * len(chunk))
+                if scopes is None:
+                    for pk, body, meta, epoch, live in self._engine.query(
+                            f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                            f"AND pk IN ({marks})", [coll, *chunk]):
+                        found[(coll, pk)] = (body, meta, epoch, live)
+                else:
+                    for pk, body, meta, epoch, live, scope in self._engine.query(
+                            f"SELECT pk, body, meta, epoch, live, scope FROM documents WHERE collection = ? "
+                            f"AND pk IN ({marks})", [coll, *chunk]):
+                        found[(coll, pk)] = (body, meta, epoch, live)
+                        scopes[(coll, pk)] = scope
         return found
 
     def _store_states(self, states: Sequence[tuple[str, Ref, merge.DocState]],

@@ -847,8 +847,7 @@ class Database(ReplicaStore):
             if exc.code == "constraint":  # it exists: the general path raises or merges
                 return None
             raise
-        txn.add_created(ref, key, name, stamp,
-                        msgpack.packb(["C", name, key, stamp, "", plain, {}, dflt or []], use_bin_type=True))
+        txn.add_created(ref, key, name, stamp, ["C", name, key, stamp, "", plain, {}, dflt or []])
         if self._cache:
             self._cache.clear()
         return key, ref

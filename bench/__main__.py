@@ -145,7 +145,8 @@ def report(r: dict[str, Any], command: str) -> str:
         "",
     ]
     for name, title in (("write", "Insert and update, model without secondary index (`Note`)"),
-                        ("write_indexed", "Insert and update, model with one indexed field (`Item`)")):
+                        ("write_indexed", "Insert and update, model with one indexed field (`Item`; the raw table "
+                                          "has the same expression index on category)")):
         w = r.get(name)
         if not w:
             continue

@@ -68,3 +68,30 @@ def test_now_many_crossing_the_counter_limit_gives_distinct_increasing_stamps() 
     stamps = a.now_many(10)
     assert stamps == sorted(stamps) and len(set(stamps)) == 10
     assert stamps[-1] == make_stamp(5001, 6, R)
+
+
+@given(walls=st.lists(st.integers(0, 50), min_size=1, max_size=30), start=st.integers(0, MAX_COUNTER))
+def test_now_gives_make_stamp_of_the_advanced_clock(walls: list[int], start: int) -> None:
+    seq = iter(walls)
+    clock = HybridClock(R, lambda: next(seq), make_stamp(20, start, R))
+    last_wall, last_counter = 20, start
+    for wall in walls:
+        if wall > last_wall:
+            last_wall, last_counter = wall, 0
+        elif last_counter < MAX_COUNTER:
+            last_counter += 1
+        else:
+            last_wall, last_counter = last_wall + 1, 0
+        assert clock.now() == make_stamp(last_wall, last_counter, R)
+        assert clock.last == make_stamp(last_wall, last_counter, R)
+
+
+def test_now_refuses_a_wall_time_out_of_range() -> None:
+    import pytest
+
+    from tidesync.core.stamp import MAX_WALL
+
+    clock = HybridClock(R, lambda: MAX_WALL + 1)
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            clock.now()

@@ -210,3 +210,40 @@ def test_fast_assignments_before_lean_creates_keep_log_order_and_stamp_order(tmp
     stamps = [op.stamp for op in t.ops]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert t.id == stamps[0]
+
+
+def test_pack_transaction_packs_a_runs_wire_forms_as_msgpack_of_the_whole_map():
+    def op(i):
+        return ["C", "N", f"k{i}", f"{i:034x}", "", {"_id": f"k{i}", "v": i}, {}, [] if i % 2 else ["v"]]
+
+    for n_before, n_packed, n_wires, n_after in ((0, 0, 1, 0), (2, 0, 17, 1), (0, 5, 12, 0), (1, 3, 70000, 2)):
+        n_bulk = n_packed + n_wires
+        ops = [op(i) for i in range(n_before + n_bulk + n_after)]
+        wire = {"id": "i", "origin": "o", "stamp": "s", "parents": [], "ops": ops, "before": [], "user": None}
+        middle = ops[n_before:n_before + n_bulk]
+        packed = [msgpack.packb(o, use_bin_type=True) for o in middle[:n_packed]]
+        bulk = BulkCreates(n_before, n_bulk, middle[0][3], packed, [], middle[n_packed:])
+        rest = {**wire, "ops": ops[:n_before] + ops[n_before + n_bulk:]}
+        assert pack_transaction(rest, [bulk]) == msgpack.packb(wire, use_bin_type=True)
+
+
+def test_create_checks_the_model_and_the_write_after_its_lean_path_is_known(tmp_path):
+    class Other(tidesync.Model):
+        _id: str = tidesync.field(primary_key=True)
+
+    db = tidesync.open(tmp_path / "a.db", schema=[BulkNote])
+    with db.write():
+        db.create(BulkNote, _id="a", title="a")  # the lean path is now known for BulkNote
+    with pytest.raises(tidesync.NotInWriteTransaction):
+        db.create(BulkNote, _id="b", title="b")
+    with db.write():
+        with pytest.raises(tidesync.UsageError):
+            db.create(Other, _id="c")
+        with pytest.raises(tidesync.UsageError):
+            db.create([], _id="c")  # type: ignore[arg-type]  # unhashable: still a clear error
+        with pytest.raises(tidesync.ValidationError):
+            db.create(BulkNote, _id="a2")  # title is required
+        assert db.create(BulkNote, _id="b", title="b").title == "b"
+    db.close()
+    with pytest.raises(tidesync.DatabaseClosedError):
+        db.create(BulkNote, _id="d", title="d")

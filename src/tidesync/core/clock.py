@@ -30,20 +30,30 @@ class HybridClock:
         self._wall_ms = wall_ms
         self._last_wall = 0
         self._last_counter = 0
+        # The hex of the wall time last stamped: most stamps in a row share it.
+        self._head_wall = -1
+        self._head = ""
         if last:
             self.observe(last)
 
     def now(self) -> Stamp:
         """Return a new stamp, later than every stamp issued or observed before."""
         wall = self._wall_ms()
-        if wall > self._last_wall:
-            self._last_wall, self._last_counter = wall, 0
+        last = self._last_wall
+        if wall > last:
+            last = self._last_wall = wall
+            counter = self._last_counter = 0
         elif self._last_counter < MAX_COUNTER:
-            self._last_counter += 1
+            counter = self._last_counter = self._last_counter + 1
         else:
             # The counter is exhausted within one millisecond: borrow the next millisecond.
-            self._last_wall, self._last_counter = self._last_wall + 1, 0
-        return make_stamp(self._last_wall, self._last_counter, self.replica)
+            last = self._last_wall = last + 1
+            counter = self._last_counter = 0
+        if last != self._head_wall:
+            if last > MAX_WALL:
+                raise ValueError(f"stamp parts out of range: {last}, {counter}")
+            self._head, self._head_wall = f"{last:012x}", last
+        return Stamp(f"{self._head}{counter:06x}{self.replica}")
 
     def now_many(self, n: int) -> list[Stamp]:
         """Return ``n`` new stamps in increasing order: what ``n`` calls of :meth:`now` give

@@ -228,6 +228,9 @@ class Database(ReplicaStore):
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._create_plans: dict[str, dict[str, tuple[FieldSchema, type | None]]] = {}
         self._bulk_builders: dict[str, Any] = {}
+        #: model class -> (its schema, its bulk builder), for the models ``create`` checked
+        #: once and found to have a lean path (``_model``'s checks hold for them ever after).
+        self._lean_creates: dict[type, tuple[ObjectSchema, Any]] = {}
         self._generation = 0
         self._seen_data_version = -1
         self._checked_at = 0.0
@@ -730,18 +733,31 @@ class Database(ReplicaStore):
                 ``"modified"`` (upsert: write only the fields whose value differs) or
                 ``"all"`` (upsert: write every given field).
         """
-        obj = self._model(cls)
-        txn = self._current_txn()
         if update is None:
-            build = self._bulk_builders.get(obj.name, _UNCACHED)
-            if build is _UNCACHED:
-                build = self._bulk_builder(cls, obj)
+            try:
+                lean = self._lean_creates.get(cls)
+            except TypeError:  # not hashable: _model says what is wrong
+                lean = None
+            if lean is not None:
+                obj, build = lean
+                txn = self._current_txn()
+            else:
+                obj = self._model(cls)
+                txn = self._current_txn()
+                build = self._bulk_builders.get(obj.name, _UNCACHED)
+                if build is _UNCACHED:
+                    build = self._bulk_builder(cls, obj)
+                if build is not None:
+                    self._lean_creates[cls] = (obj, build)
             if build is not None:
                 # The builder only reads the given values: no copy of a dict given alone.
                 made = self._create_one(txn, obj, build, values if type(values) is dict and not kwargs else
                                         {**values, **kwargs} if values else kwargs)
                 if made is not None:
                     return self._managed(cls, obj, made[0], made[1])
+        else:
+            obj = self._model(cls)
+            txn = self._current_txn()
         given = {**values, **kwargs} if values else kwargs
         plan = self._create_plans.get(obj.name) or self._create_plan(obj)
         coerced, defaults, key, ref = self._prepare_create(cls, obj, plan, given, update)
@@ -862,15 +878,14 @@ class Database(ReplicaStore):
         else:
             meta_text = f'{{"*":"{stamp}"}}'
         try:
-            self._engine.execute(
+            self._engine.run(
                 "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
         except StorageError as exc:
             if exc.code == "constraint":  # it exists: the general path raises or merges
                 return None
             raise
-        txn.add_created(ref, key, name, stamp,
-                        msgpack.packb(["C", name, key, stamp, "", plain, {}, dflt or []], use_bin_type=True))
+        txn.add_created(ref, key, name, stamp, ["C", name, key, stamp, "", plain, {}, dflt or []])
         if self._cache:
             self._cache.clear()
         return key, ref

@@ -338,6 +338,10 @@ class Engine:
         """
         return Cursor(self._run(sql, params), self, sql)
 
+    def run(self, sql: str, params: Params = ()) -> None:
+        """:meth:`execute` for a statement whose cursor is not wanted (none is made)."""
+        self._run(sql, params)
+
     def executemany(self, sql: str, seq_of_params: Iterable[Params]) -> Cursor:
         """Run one statement once per parameter set; the tracer sees each set as it is used."""
         if self._tracer is not None:

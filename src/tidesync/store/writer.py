@@ -114,6 +114,9 @@ class BulkCreates:
     #: The msgpack of the operations' wire forms, one after the other (no array header).
     packed: list[bytes]
     refs: list[Ref]
+    #: Wire forms not packed yet, after ``packed`` (``db.create``'s run: packed in one call at
+    #: commit rather than one call per document).
+    wires: list[Any] = field(default_factory=list)
 
 
 def _array_header(n: int) -> bytes:
@@ -142,6 +145,8 @@ def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
         if b.at > prev:
             parts.append(array_items(packb(ops[prev:b.at], use_bin_type=True)))
         parts.extend(b.packed)
+        if b.wires:
+            parts.append(array_items(packb(b.wires, use_bin_type=True)))
         prev = b.at
     if prev < len(ops):
         parts.append(array_items(packb(ops[prev:], use_bin_type=True)))
@@ -243,16 +248,17 @@ class WriteTransaction:
         self.bulk_refs.update(b.refs)
         self.touched.update(zip(b.refs, zip(repeat(collection), keys)))
 
-    def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, packed: bytes) -> None:
-        """Record one document created as in bulk (``db.create``'s lean path)."""
+    def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, wire: list[Any]) -> None:
+        """Record one document created as in bulk (``db.create``'s lean path); ``wire``: its
+        ``CreateDoc`` wire form, packed at commit (it must not change until then)."""
         bulk = self.bulk
         if bulk and bulk[-1].at == len(self.ops) and self._journal is None:
             b = bulk[-1]  # nothing else happened since: the same run of creates
             b.count += 1
-            b.packed.append(packed)
+            b.wires.append(wire)
             b.refs.append(ref)
         else:
-            bulk.append(BulkCreates(len(self.ops), 1, stamp, [packed], [ref]))
+            bulk.append(BulkCreates(len(self.ops), 1, stamp, [], [ref], [wire]))
         self.bulk_refs.add(ref)
         self.touched[ref] = (collection, key)
 

@@ -16,7 +16,7 @@ from tidesync.core.operations import CreateDoc, SetValue
 from tidesync.core.stamp import ZERO, ReplicaId
 from tidesync.core.transaction import Transaction
 from tidesync.protocol.messages import SubscriptionQuery
-from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set
+from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set, read_full
 from tidesync.store.database import Database
 
 COLL = "Task"
@@ -134,5 +134,32 @@ def test_each_query_is_tested_only_where_its_condition_can_hold(tmp_path: Path) 
         router.unregister(other)
         assert router.scan == {}
         assert all(not by_value for fields in router.eq_index.values() for by_value in fields.values())
+    finally:
+        db.close()
+
+
+def test_entering_states_come_from_the_router_as_of_the_last_routed_entry(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        session(router, ['owner == "u1"'])
+        w.create("t1", {"owner": "u1", "n": 1})
+        router.catch_up()
+        ref = (COLL, '"t1"')
+        doc = router.states_of([ref])[ref]
+        # Not routed yet: the router still gives the state it routed (a later entry decides).
+        w.set("t1", "n", 2)
+        assert router.states_of([ref])[ref].state == doc.state
+        assert doc.key == "t1" and doc.state["body"]["n"] == 1 and doc.state["live"] is True
+        router.catch_up()
+        newer = router.states_of([ref])[ref]
+        assert newer.state["body"]["n"] == 2
+        full = read_full(db, [ref])[ref]
+        assert newer.state == full.state
+        # Forgotten by the router (or never routed): read from the backend, same result.
+        router.full.clear()
+        assert router.states_of([ref])[ref].state == full.state
+        assert router.states_of([(COLL, '"nope"')]) == {}
     finally:
         db.close()

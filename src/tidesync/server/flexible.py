@@ -446,6 +446,7 @@ class Router:
     """
 
     CACHE = 20_000
+    FULL_CACHE = 50_000
 
     def __init__(self, backend: Database, views: ViewStore) -> None:
         self.backend = backend
@@ -460,6 +461,10 @@ class Router:
         self.eq_index: dict[str, dict[str, dict[IndexKey, dict[FlexibleSession, list[CompiledSub]]]]] = {}
         self.scan: dict[str, dict[FlexibleSession, list[CompiledSub]]] = {}
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
+        # The merge state (epoch, body JSON, meta JSON) of recently routed live documents as
+        # of ``processed_to`` (a deleted one is dropped): a document entering a view is sent
+        # from here, without reading the backend (see FlexibleSession._apply_decisions).
+        self.full: OrderedDict[Ref, tuple[str, str, str]] = OrderedDict()
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
         # Waking: sessions that got entries since the last round; one debounced advance for
@@ -774,7 +779,9 @@ class Router:
                     (self.processed_to, upto))
                 routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)),
                                   len(data)) for seq, origin, via, data in rows]
-                states = read_states(backend, {ref for r in routed for ref in r.refs})
+                full: dict[Ref, tuple[str, str, str]] = {}
+                touched = {ref for r in routed for ref in r.refs}
+                states = read_states(backend, touched, full)
                 for r in routed:
                     for ref in r.refs:
                         r.states[ref] = states.get(ref, (False, None))
@@ -785,6 +792,16 @@ class Router:
                         cache[r.seq] = r
                     while len(cache) > self.CACHE:
                         cache.popitem(last=False)
+                    known = self.full
+                    for ref in touched:
+                        got = full.get(ref)
+                        if got is None:
+                            known.pop(ref, None)
+                        else:
+                            known[ref] = got
+                            known.move_to_end(ref)
+                    while len(known) > self.FULL_CACHE:
+                        known.popitem(last=False)
                     if len(rows) < upto - self.processed_to:
                         # Entries compacted away under us: every session settles its view again.
                         for s in self.sessions:
@@ -824,6 +841,24 @@ class Router:
             s.relevant.append(r.seq)
         self._woken |= targets
 
+    def states_of(self, refs: Sequence[Ref]) -> dict[Ref, SnapshotDoc]:
+        """The full merge states of live documents among ``refs`` (for documents entering a
+        view), as of the last routed entry: from :attr:`full`, the backend only for those it
+        no longer holds. Call after :meth:`watch`: a later change then reaches the session."""
+        out: dict[Ref, SnapshotDoc] = {}
+        missing: list[Ref] = []
+        with self.lock:
+            known = self.full
+            for ref in refs:
+                got = known.get(ref)
+                if got is None:
+                    missing.append(ref)
+                else:
+                    out[ref] = SnapshotDoc.from_json_form(ref[0], json.loads(ref[1]), got[0], True, got[1], got[2])
+        if missing:
+            out.update(read_full(self.backend, missing))
+        return out
+
     def routed(self, seq: int) -> _Routed | None:
         with self.lock:
             return self.cache.get(seq)
@@ -844,8 +879,12 @@ def _add_matching(targets: set[FlexibleSession], candidates: dict[FlexibleSessio
                 log.exception("subscription predicate failed")
 
 
-def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
-    """(live, body) of documents, in one query per few hundred."""
+def read_states(backend: Database, refs: Iterable[Ref],
+                full: dict[Ref, tuple[str, str, str]] | None = None) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
+    """(live, body) of documents, in one query per few hundred. ``full``: also filled with
+    (epoch, body JSON, meta JSON) of the live ones (their merge state, as stored)."""
+    if full is not None:
+        return _read_states_full(backend, refs, full)
     items = list(refs)
     out: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
     by_coll: dict[str, list[str]] = {}
@@ -859,6 +898,27 @@ def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool,
                         f"SELECT pk, body, live FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))})",
                         [coll, *chunk]):
                     out[(coll, pk)] = (bool(live), json.loads(body) if live else None)
+    return out
+
+
+def _read_states_full(backend: Database, refs: Iterable[Ref],
+                      full: dict[Ref, tuple[str, str, str]]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
+    out: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+    by_coll: dict[str, list[str]] = {}
+    for coll, pk in refs:
+        by_coll.setdefault(coll, []).append(pk)
+    with backend._lock:
+        for coll, pks in by_coll.items():
+            for i in range(0, len(pks), 500):
+                chunk = pks[i:i + 500]
+                for pk, body, meta, epoch, live in backend._engine.query(
+                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
+                    if live:
+                        out[(coll, pk)] = (True, json.loads(body))
+                        full[(coll, pk)] = (epoch, body, meta)
+                    else:
+                        out[(coll, pk)] = (False, None)
     return out
 
 
@@ -1498,7 +1558,7 @@ class FlexibleSession:
         if not enter and not leave:
             return
         watched = self.router.watch(self, enter)
-        docs = read_full(self.backend, enter) if enter else {}
+        docs = self.router.states_of(enter) if enter else {}
         entered: list[Ref] = []
         enters: list[SnapshotDoc] = []
         for ref in enter:

@@ -395,8 +395,20 @@ class ViewStore:
         return row, rows
 
     def write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
-              version: int | None, queries: str | None) -> None:
-        with self.lock, self.engine.atomic():
+              version: int | None, queries: str | None, *, blocking: bool = True) -> bool:
+        """Write view rows and the peer's row, atomically. ``blocking=False``: write nothing and
+        return False when another thread is writing."""
+        if not self.lock.acquire(blocking):
+            return False
+        try:
+            self._write(peer, changes, forget, view_seq, version, queries)
+        finally:
+            self.lock.release()
+        return True
+
+    def _write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
+               version: int | None, queries: str | None) -> None:
+        with self.engine.atomic():
             if changes:
                 self.engine.executemany(
                     "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
@@ -1102,11 +1114,12 @@ class FlexibleSession:
         return self.view_seq
 
     def _persist(self, changes: Sequence[tuple[Ref, int, int]], *, set_row: bool = False,
-                 forget: Sequence[Ref] = ()) -> None:
-        """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically."""
+                 forget: Sequence[Ref] = (), blocking: bool = True) -> bool:
+        """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically
+        (``blocking=False``: nothing, returning False, when another thread is writing)."""
         queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) if set_row else None
-        self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
-                                queries)
+        return self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
+                                       queries, blocking=blocking)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -1253,11 +1266,14 @@ class FlexibleSession:
             self.boot_version = None
 
     def _send_view(self, entered: Sequence[Ref], enters: Sequence[SnapshotDoc], leaves: Sequence[Ref],
-                   version: int, progress: Progress | None = None) -> None:
-        """Persist, then queue, one ViewUpdate (worker thread)."""
+                   version: int, progress: Progress | None = None, *, inline: bool = False) -> bool:
+        """Persist, then queue, one ViewUpdate (worker thread; ``inline``: on the event loop,
+        doing nothing and returning False when the view store is busy)."""
         vs = self._next_view_seq()
         changes = [(ref, 1, vs) for ref in entered] + [(ref, 0, vs) for ref in leaves]
-        self._persist(changes)
+        if not self._persist(changes, blocking=not inline):
+            self.view_seq -= 1
+            return False
         self.router.hold(self, entered)
         self.router.release(self, leaves)
         for ref in entered:
@@ -1271,6 +1287,7 @@ class FlexibleSession:
         self.sent_leaves += len(leaves)
         self.outbox.append(ViewUpdate(vs, version, tuple(enters), tuple((c, json.loads(pk)) for c, pk in leaves),
                                       progress or Progress()))
+        return True
 
     # -- messages -------------------------------------------------------------------------
 
@@ -1395,9 +1412,12 @@ class FlexibleSession:
         return batch
 
     def read_inline(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch | None:
-        """:meth:`read_log` on the event loop, when it needs no storage: the router has routed
-        every entry committed so far and still holds them, and no document enters or leaves
-        the view (those read the backend and write view rows). None: read in a worker thread.
+        """:meth:`read_log` on the event loop, when it needs no backend read: the router has
+        routed every entry committed so far and still holds them, and the states of documents
+        entering the view (:attr:`Router.full`). Documents entering or leaving write their view
+        rows from here (a small commit to ``flexible.db``, unless another thread is writing
+        there) and queue their ViewUpdate, which goes out before the changes. None: read in a
+        worker thread.
 
         A thread hop per session and per routing round costs more than such a read, and with
         hundreds of sessions woken by one commit the hops queue behind each other."""
@@ -1531,11 +1551,8 @@ class FlexibleSession:
                 continue
             entries.append((r.seq, txn))
             nbytes += r.size
-        if inline:
-            if any(d == ENTER or d == LEAVE for d in decisions.values()):
-                return None
-        else:
-            self._apply_decisions(decisions)
+        if not self._apply_decisions(decisions, inline):
+            return None
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
     def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:
@@ -1552,11 +1569,19 @@ class FlexibleSession:
             return ENTER
         return SKIP
 
-    def _apply_decisions(self, decisions: dict[Ref, str]) -> None:
+    def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False) -> bool:
+        """Let documents enter or leave the view (a ViewUpdate). ``inline``: on the event loop,
+        the router's lock held (no entry is routed meanwhile); False, having changed nothing,
+        when that needs storage other than the view rows (a state the router no longer holds)
+        or the view store is busy."""
         enter = [ref for ref, d in decisions.items() if d == ENTER]
         leave = [ref for ref, d in decisions.items() if d == LEAVE]
         if not enter and not leave:
-            return
+            return True
+        if inline:
+            known = self.router.full
+            if any(ref not in known for ref in enter):
+                return False
         watched = self.router.watch(self, enter)
         docs = self.router.states_of(enter) if enter else {}
         entered: list[Ref] = []
@@ -1569,9 +1594,11 @@ class FlexibleSession:
             if shown is not None:
                 entered.append(ref)
                 enters.append(shown)
+        done = True
         if entered or leave:
-            self._send_view(entered, enters, leave, 0)
+            done = self._send_view(entered, enters, leave, 0, inline=inline)
         self.router.unwatch(self, watched)
+        return done
 
     # -- uploads (FlexibleEnforcer; worker thread) ------------------------------------------
 

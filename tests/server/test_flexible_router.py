@@ -16,7 +16,7 @@ from tidesync.core.operations import CreateDoc, SetValue
 from tidesync.core.stamp import ZERO, ReplicaId
 from tidesync.core.transaction import Transaction
 from tidesync.protocol.messages import SubscriptionQuery
-from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set
+from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set, read_full
 from tidesync.store.database import Database
 
 COLL = "Task"
@@ -134,5 +134,88 @@ def test_each_query_is_tested_only_where_its_condition_can_hold(tmp_path: Path) 
         router.unregister(other)
         assert router.scan == {}
         assert all(not by_value for fields in router.eq_index.values() for by_value in fields.values())
+    finally:
+        db.close()
+
+
+def test_entering_states_come_from_the_router_as_of_the_last_routed_entry(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        session(router, ['owner == "u1"'])
+        w.create("t1", {"owner": "u1", "n": 1})
+        router.catch_up()
+        ref = (COLL, '"t1"')
+        doc = router.states_of([ref])[ref]
+        # Not routed yet: the router still gives the state it routed (a later entry decides).
+        w.set("t1", "n", 2)
+        assert router.states_of([ref])[ref].state == doc.state
+        assert doc.key == "t1" and doc.state["body"]["n"] == 1 and doc.state["live"] is True
+        router.catch_up()
+        newer = router.states_of([ref])[ref]
+        assert newer.state["body"]["n"] == 2
+        full = read_full(db, [ref])[ref]
+        assert newer.state == full.state
+        # Forgotten by the router (or never routed): read from the backend, same result.
+        router.full.clear()
+        assert router.states_of([ref])[ref].state == full.state
+        assert router.states_of([(COLL, '"nope"')]) == {}
+    finally:
+        db.close()
+
+
+def reading_session(router: Router, db: Database, queries: list[str]) -> FlexibleSession:
+    """A session that can read the log (no connection: its messages stay in its outbox)."""
+    s = session(router, queries)
+    s.backend, s.router, s.reader = db, router, None
+    s.uncertain, s.left, s.unacked, s.outbox = set(), set(), deque(), deque()
+    s.version = s.view_seq = s.routed_from = s.read_to = s.sent_docs = s.sent_leaves = 0
+    s._first_read = s.resync = False
+    s.registered = True
+    return s
+
+
+def test_documents_enter_and_leave_a_view_inline_without_a_backend_read(tmp_path: Path) -> None:
+    from tidesync.protocol.messages import ViewUpdate
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        s = reading_session(router, db, ['owner == "u1"'])
+        entered = w.create("t1", {"owner": "u1", "n": 1})
+        w.create("t2", {"owner": "u2", "n": 1})
+        router.catch_up()
+        db_read = db._engine.query
+        db._engine.query = None  # type: ignore[assignment]  # any backend read would fail
+        try:
+            batch = s.read_inline(0, 100, 1 << 20, None)
+        finally:
+            db._engine.query = db_read  # type: ignore[method-assign]
+        assert batch is not None and batch.entries == () and batch.scanned_to == router.processed_to
+        assert s.held == {(COLL, '"t1"')} and router.holders[(COLL, '"t1"')] == {s}
+        (update,) = s.outbox
+        assert isinstance(update, ViewUpdate) and [d.key for d in update.enter] == ["t1"]
+        assert update.enter[0].state["body"] == {"_id": "t1", "owner": "u1", "n": 1}
+        assert entered <= router.processed_to
+        assert router.views.load(str(s.peer))[1] == [(COLL, '"t1"', 1, 1)]
+        # It stays: its changes are sent as operations. Then it leaves.
+        s.outbox.clear()
+        w.set("t1", "n", 2)
+        router.catch_up()
+        batch = s.read_inline(s.read_to, 100, 1 << 20, None)
+        assert batch is not None and len(batch.entries) == 1 and not s.outbox
+        w.set("t1", "owner", "u2")
+        router.catch_up()
+        # The view store busy in another thread: nothing done, the read goes to a worker thread.
+        with router.views.lock:
+            assert s.read_inline(s.read_to, 100, 1 << 20, None) is None
+        assert s.held == {(COLL, '"t1"')} and not s.outbox and s.view_seq == 1
+        batch = s.read_inline(s.read_to, 100, 1 << 20, None)
+        assert batch is not None and batch.entries == ()
+        (update,) = s.outbox
+        assert isinstance(update, ViewUpdate) and list(update.leave) == [(COLL, "t1")] and s.held == set()
+        assert router.views.load(str(s.peer))[1] == [(COLL, '"t1"', 0, 2)]
     finally:
         db.close()

@@ -395,8 +395,20 @@ class ViewStore:
         return row, rows
 
     def write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
-              version: int | None, queries: str | None) -> None:
-        with self.lock, self.engine.atomic():
+              version: int | None, queries: str | None, *, blocking: bool = True) -> bool:
+        """Write view rows and the peer's row, atomically. ``blocking=False``: write nothing and
+        return False when another thread is writing."""
+        if not self.lock.acquire(blocking):
+            return False
+        try:
+            self._write(peer, changes, forget, view_seq, version, queries)
+        finally:
+            self.lock.release()
+        return True
+
+    def _write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
+               version: int | None, queries: str | None) -> None:
+        with self.engine.atomic():
             if changes:
                 self.engine.executemany(
                     "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
@@ -446,6 +458,7 @@ class Router:
     """
 
     CACHE = 20_000
+    FULL_CACHE = 50_000
 
     def __init__(self, backend: Database, views: ViewStore) -> None:
         self.backend = backend
@@ -460,6 +473,10 @@ class Router:
         self.eq_index: dict[str, dict[str, dict[IndexKey, dict[FlexibleSession, list[CompiledSub]]]]] = {}
         self.scan: dict[str, dict[FlexibleSession, list[CompiledSub]]] = {}
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
+        # The merge state (epoch, body JSON, meta JSON) of recently routed live documents as
+        # of ``processed_to`` (a deleted one is dropped): a document entering a view is sent
+        # from here, without reading the backend (see FlexibleSession._apply_decisions).
+        self.full: OrderedDict[Ref, tuple[str, str, str]] = OrderedDict()
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
         # Waking: sessions that got entries since the last round; one debounced advance for
@@ -774,7 +791,9 @@ class Router:
                     (self.processed_to, upto))
                 routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)),
                                   len(data)) for seq, origin, via, data in rows]
-                states = read_states(backend, {ref for r in routed for ref in r.refs})
+                full: dict[Ref, tuple[str, str, str]] = {}
+                touched = {ref for r in routed for ref in r.refs}
+                states = read_states(backend, touched, full)
                 for r in routed:
                     for ref in r.refs:
                         r.states[ref] = states.get(ref, (False, None))
@@ -785,6 +804,16 @@ class Router:
                         cache[r.seq] = r
                     while len(cache) > self.CACHE:
                         cache.popitem(last=False)
+                    known = self.full
+                    for ref in touched:
+                        got = full.get(ref)
+                        if got is None:
+                            known.pop(ref, None)
+                        else:
+                            known[ref] = got
+                            known.move_to_end(ref)
+                    while len(known) > self.FULL_CACHE:
+                        known.popitem(last=False)
                     if len(rows) < upto - self.processed_to:
                         # Entries compacted away under us: every session settles its view again.
                         for s in self.sessions:
@@ -824,6 +853,24 @@ class Router:
             s.relevant.append(r.seq)
         self._woken |= targets
 
+    def states_of(self, refs: Sequence[Ref]) -> dict[Ref, SnapshotDoc]:
+        """The full merge states of live documents among ``refs`` (for documents entering a
+        view), as of the last routed entry: from :attr:`full`, the backend only for those it
+        no longer holds. Call after :meth:`watch`: a later change then reaches the session."""
+        out: dict[Ref, SnapshotDoc] = {}
+        missing: list[Ref] = []
+        with self.lock:
+            known = self.full
+            for ref in refs:
+                got = known.get(ref)
+                if got is None:
+                    missing.append(ref)
+                else:
+                    out[ref] = SnapshotDoc.from_json_form(ref[0], json.loads(ref[1]), got[0], True, got[1], got[2])
+        if missing:
+            out.update(read_full(self.backend, missing))
+        return out
+
     def routed(self, seq: int) -> _Routed | None:
         with self.lock:
             return self.cache.get(seq)
@@ -844,8 +891,12 @@ def _add_matching(targets: set[FlexibleSession], candidates: dict[FlexibleSessio
                 log.exception("subscription predicate failed")
 
 
-def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
-    """(live, body) of documents, in one query per few hundred."""
+def read_states(backend: Database, refs: Iterable[Ref],
+                full: dict[Ref, tuple[str, str, str]] | None = None) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
+    """(live, body) of documents, in one query per few hundred. ``full``: also filled with
+    (epoch, body JSON, meta JSON) of the live ones (their merge state, as stored)."""
+    if full is not None:
+        return _read_states_full(backend, refs, full)
     items = list(refs)
     out: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
     by_coll: dict[str, list[str]] = {}
@@ -859,6 +910,27 @@ def read_states(backend: Database, refs: Iterable[Ref]) -> dict[Ref, tuple[bool,
                         f"SELECT pk, body, live FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))})",
                         [coll, *chunk]):
                     out[(coll, pk)] = (bool(live), json.loads(body) if live else None)
+    return out
+
+
+def _read_states_full(backend: Database, refs: Iterable[Ref],
+                      full: dict[Ref, tuple[str, str, str]]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
+    out: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+    by_coll: dict[str, list[str]] = {}
+    for coll, pk in refs:
+        by_coll.setdefault(coll, []).append(pk)
+    with backend._lock:
+        for coll, pks in by_coll.items():
+            for i in range(0, len(pks), 500):
+                chunk = pks[i:i + 500]
+                for pk, body, meta, epoch, live in backend._engine.query(
+                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
+                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
+                    if live:
+                        out[(coll, pk)] = (True, json.loads(body))
+                        full[(coll, pk)] = (epoch, body, meta)
+                    else:
+                        out[(coll, pk)] = (False, None)
     return out
 
 
@@ -1042,11 +1114,12 @@ class FlexibleSession:
         return self.view_seq
 
     def _persist(self, changes: Sequence[tuple[Ref, int, int]], *, set_row: bool = False,
-                 forget: Sequence[Ref] = ()) -> None:
-        """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically."""
+                 forget: Sequence[Ref] = (), blocking: bool = True) -> bool:
+        """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically
+        (``blocking=False``: nothing, returning False, when another thread is writing)."""
         queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) if set_row else None
-        self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
-                                queries)
+        return self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
+                                       queries, blocking=blocking)
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -1193,11 +1266,14 @@ class FlexibleSession:
             self.boot_version = None
 
     def _send_view(self, entered: Sequence[Ref], enters: Sequence[SnapshotDoc], leaves: Sequence[Ref],
-                   version: int, progress: Progress | None = None) -> None:
-        """Persist, then queue, one ViewUpdate (worker thread)."""
+                   version: int, progress: Progress | None = None, *, inline: bool = False) -> bool:
+        """Persist, then queue, one ViewUpdate (worker thread; ``inline``: on the event loop,
+        doing nothing and returning False when the view store is busy)."""
         vs = self._next_view_seq()
         changes = [(ref, 1, vs) for ref in entered] + [(ref, 0, vs) for ref in leaves]
-        self._persist(changes)
+        if not self._persist(changes, blocking=not inline):
+            self.view_seq -= 1
+            return False
         self.router.hold(self, entered)
         self.router.release(self, leaves)
         for ref in entered:
@@ -1211,6 +1287,7 @@ class FlexibleSession:
         self.sent_leaves += len(leaves)
         self.outbox.append(ViewUpdate(vs, version, tuple(enters), tuple((c, json.loads(pk)) for c, pk in leaves),
                                       progress or Progress()))
+        return True
 
     # -- messages -------------------------------------------------------------------------
 
@@ -1335,9 +1412,12 @@ class FlexibleSession:
         return batch
 
     def read_inline(self, after: int, limit: int, max_bytes: int, exclude_origin: Any) -> LogBatch | None:
-        """:meth:`read_log` on the event loop, when it needs no storage: the router has routed
-        every entry committed so far and still holds them, and no document enters or leaves
-        the view (those read the backend and write view rows). None: read in a worker thread.
+        """:meth:`read_log` on the event loop, when it needs no backend read: the router has
+        routed every entry committed so far and still holds them, and the states of documents
+        entering the view (:attr:`Router.full`). Documents entering or leaving write their view
+        rows from here (a small commit to ``flexible.db``, unless another thread is writing
+        there) and queue their ViewUpdate, which goes out before the changes. None: read in a
+        worker thread.
 
         A thread hop per session and per routing round costs more than such a read, and with
         hundreds of sessions woken by one commit the hops queue behind each other."""
@@ -1471,11 +1551,8 @@ class FlexibleSession:
                 continue
             entries.append((r.seq, txn))
             nbytes += r.size
-        if inline:
-            if any(d == ENTER or d == LEAVE for d in decisions.values()):
-                return None
-        else:
-            self._apply_decisions(decisions)
+        if not self._apply_decisions(decisions, inline):
+            return None
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
     def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:
@@ -1492,13 +1569,21 @@ class FlexibleSession:
             return ENTER
         return SKIP
 
-    def _apply_decisions(self, decisions: dict[Ref, str]) -> None:
+    def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False) -> bool:
+        """Let documents enter or leave the view (a ViewUpdate). ``inline``: on the event loop,
+        the router's lock held (no entry is routed meanwhile); False, having changed nothing,
+        when that needs storage other than the view rows (a state the router no longer holds)
+        or the view store is busy."""
         enter = [ref for ref, d in decisions.items() if d == ENTER]
         leave = [ref for ref, d in decisions.items() if d == LEAVE]
         if not enter and not leave:
-            return
+            return True
+        if inline:
+            known = self.router.full
+            if any(ref not in known for ref in enter):
+                return False
         watched = self.router.watch(self, enter)
-        docs = read_full(self.backend, enter) if enter else {}
+        docs = self.router.states_of(enter) if enter else {}
         entered: list[Ref] = []
         enters: list[SnapshotDoc] = []
         for ref in enter:
@@ -1509,9 +1594,11 @@ class FlexibleSession:
             if shown is not None:
                 entered.append(ref)
                 enters.append(shown)
+        done = True
         if entered or leave:
-            self._send_view(entered, enters, leave, 0)
+            done = self._send_view(entered, enters, leave, 0, inline=inline)
         self.router.unwatch(self, watched)
+        return done
 
     # -- uploads (FlexibleEnforcer; worker thread) ------------------------------------------
 

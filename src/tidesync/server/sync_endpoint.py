@@ -393,11 +393,13 @@ class ServerSession:
             if not actions:
                 return False  # run() asks the backend for its real head
         rest = self._execute_now(actions)
+        if flexible is not None:
+            flexible.pump()   # a view update the read queued (documents entering or leaving)
         payloads = self.link.data_to_send()
         while payloads and self._sending is None:
             self._send_now(payloads.pop(0))
         events = self.link.events_received()
-        if payloads or rest or events or self.link.finished:
+        if payloads or rest or events or self.link.finished or (flexible is not None and flexible.outbox):
             self._inbox.put_nowait(("resume", (payloads, rest, events)))
         if flexible is not None:
             flexible.schedule()   # as run()'s _flush would: a bootstrap step, if one is due
@@ -698,6 +700,8 @@ class ServerSession:
         while todo:
             action = todo[0]
             if isinstance(action, Send):
+                if self.flexible is not None:
+                    self.flexible.pump()  # views first: they precede the changes that rely on them
                 if self.link.can_send(action.message):
                     self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
             elif isinstance(action, Fail):

@@ -95,3 +95,25 @@ def test_a_peer_behind_a_joined_snapshot_still_bootstraps(tmp_path):
         assert _read(db, P, _scope("a")).snapshot_required
     finally:
         db.close()
+
+
+def test_a_fresh_device_is_answered_without_decoding_any_log_entry(tmp_path, monkeypatch):
+    """The check is made on every read of a peer at checkpoint 0 (every page of its
+    bootstrap): for a peer with no entry of its own it reads origins only, no entry's data."""
+    db = _server(tmp_path)
+    try:
+        for n in range(1, 6):
+            _upload(db, R, n, "a")
+        decoded = []
+        real = Database._refs_in_scope
+        monkeypatch.setattr(Database, "_refs_in_scope",
+                            lambda self, refs, want: decoded.append(want) or real(self, refs, want))
+        for _ in range(3):
+            assert _read(db, Q, _scope("a")).snapshot_required
+        assert decoded == []
+        # A device whose first entry comes after others' has those decoded (they concern it).
+        _upload(db, P, 6, "b")
+        assert not _read(db, P, _scope("b")).snapshot_required  # R's entries are not in b
+        assert decoded
+    finally:
+        db.close()

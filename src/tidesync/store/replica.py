@@ -225,14 +225,20 @@ class ReplicaStore:
         merely less lean). Call with the lock held."""
         if peer is None:
             return False
-        rows = self._engine.query("SELECT seq, origin, via FROM log ORDER BY seq LIMIT ?", (self._FIRST_SCAN,))
-        for seq, origin, via in rows:
-            if origin == peer or via == peer:
+        # Origins only first (the column before the entry's data: no blob is read): a fresh
+        # peer, the usual case, has no entry among them and gets its snapshot at once. Only
+        # the entries before the peer's first one are decoded, to see whether they concern it.
+        rows = self._engine.query("SELECT seq, origin FROM log ORDER BY seq LIMIT ?", (self._FIRST_SCAN,))
+        own = next((seq for seq, origin in rows if origin == peer), None)
+        if own is None:
+            return False
+        for seq, origin in rows:
+            if seq == own:
                 return True
             if want is None:
                 return False
-            data = self._engine.query("SELECT data FROM log WHERE seq = ?", (seq,))[0][0]
-            if self._refs_in_scope(_LogRow(seq, origin, via, data).refs(), want):
+            _, via, data = self._engine.query("SELECT origin, via, data FROM log WHERE seq = ?", (seq,))[0]
+            if via == peer or self._refs_in_scope(_LogRow(seq, origin, via, data).refs(), want):
                 return False
         return False
 

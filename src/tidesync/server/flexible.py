@@ -916,41 +916,24 @@ def read_states(backend: Database, refs: Iterable[Ref],
 def _read_states_full(backend: Database, refs: Iterable[Ref],
                       full: dict[Ref, tuple[str, str, str]]) -> dict[Ref, tuple[bool, dict[str, Any] | None]]:
     out: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
-    by_coll: dict[str, list[str]] = {}
-    for coll, pk in refs:
-        by_coll.setdefault(coll, []).append(pk)
     with backend._lock:
-        for coll, pks in by_coll.items():
-            for i in range(0, len(pks), 500):
-                chunk = pks[i:i + 500]
-                for pk, body, meta, epoch, live in backend._engine.query(
-                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
-                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
-                    if live:
-                        out[(coll, pk)] = (True, json.loads(body))
-                        full[(coll, pk)] = (epoch, body, meta)
-                    else:
-                        out[(coll, pk)] = (False, None)
+        rows = backend._states_of(list(refs))
+    for ref, (body, meta, epoch, live) in rows.items():
+        if live:
+            out[ref] = (True, json.loads(body))
+            full[ref] = (epoch, body, meta)
+        else:
+            out[ref] = (False, None)
     return out
 
 
 def read_full(backend: Database, refs: Sequence[Ref]) -> dict[Ref, SnapshotDoc]:
     """The full merge states of live documents (for documents entering a view)."""
-    out: dict[Ref, SnapshotDoc] = {}
-    by_coll: dict[str, list[str]] = {}
-    for coll, pk in refs:
-        by_coll.setdefault(coll, []).append(pk)
     with backend._lock:
-        for coll, pks in by_coll.items():
-            for i in range(0, len(pks), 500):
-                chunk = pks[i:i + 500]
-                for pk, body, meta, epoch, live in backend._engine.query(
-                        f"SELECT pk, body, meta, epoch, live FROM documents WHERE collection = ? "
-                        f"AND pk IN ({','.join('?' * len(chunk))})", [coll, *chunk]):
-                    if live:
-                        out[(coll, pk)] = SnapshotDoc(coll, json.loads(pk), {
-                            "epoch": epoch, "live": True, "body": json.loads(body), "meta": json.loads(meta)})
-    return out
+        rows = backend._states_of(refs)
+    return {(coll, pk): SnapshotDoc(coll, json.loads(pk), {
+                "epoch": epoch, "live": True, "body": json.loads(body), "meta": json.loads(meta)})
+            for (coll, pk), (body, meta, epoch, live) in rows.items() if live}
 
 
 # ----------------------------------------------------------------------------- one session

@@ -1368,12 +1368,18 @@ class Database(ReplicaStore):
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
                           preloaded: dict[Ref, Any] | None = None) -> IntegrateResult:
-        last = self._setting("clock")
-        if last:
-            self._clock.observe(Stamp(last))
         known: set[str] = set()
         ids = [t.id for t in txns]
-        for i in range(0, len(ids), 500):
+        if len(ids) <= self._PRELUDE_MAX:
+            # A small batch (a device's download): the stored clock, the next log seq and the
+            # known ids in one query instead of three.
+            last, next_seq = self._integrate_prelude(ids, known)
+            start = len(ids)
+        else:
+            last, next_seq, start = self._setting("clock"), 0, 0
+        if last:
+            self._clock.observe(Stamp(last))
+        for i in range(start, len(ids), 500):
             chunk = ids[i:i + 500]
             # Descriptors, not the log: compaction drops log entries but keeps descriptors
             # (with the seq they were integrated at), so a replay of a compacted transaction
@@ -1395,7 +1401,8 @@ class Database(ReplicaStore):
         # Log entries are written together (seqs assigned here, in order) unless something
         # must read the log in between (a concurrent-overwrite check).
         unlogged: list[Transaction] = []
-        next_seq = self._next_log_seq() if len(known) < len(txns) else 0
+        if not next_seq:
+            next_seq = self._next_log_seq() if len(known) < len(txns) else 0
         for t in txns:
             if t.id in known:
                 dups += 1
@@ -1459,6 +1466,30 @@ class Database(ReplicaStore):
                 "DO UPDATE SET received = excluded.received", (peer, peer_seq))
         self._set_setting("clock", self._clock.last)
         return IntegrateResult(applied, dups, (), nconf, last_seq)
+
+    #: Batches of at most this many transactions use :meth:`_integrate_prelude`.
+    _PRELUDE_MAX = 500
+
+    #: :meth:`_integrate_prelude`'s first row: the stored clock and the next log seq.
+    _PRELUDE = ("SELECT 0, (SELECT value FROM settings WHERE key = 'clock'), "
+                "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0), "
+                "coalesce((SELECT max(seq) FROM log), 0)) + 1")
+
+    def _integrate_prelude(self, ids: Sequence[str], known: set[str]) -> tuple[str | None, int]:
+        """The stored clock and :meth:`_next_log_seq`, and into ``known`` those of ``ids``
+        (at most 500) already integrated here (see :meth:`_integrate_locked`): one query."""
+        sql = self._PRELUDE
+        if ids:
+            sql += (" UNION ALL SELECT 1, id, NULL FROM descriptors WHERE seq IS NOT NULL AND id IN "
+                    f"({','.join('?' * len(ids))})")
+        last: str | None = None
+        next_seq = 1
+        for tag, value, seq in self._engine.query(sql, ids):
+            if tag:
+                known.add(value)
+            else:
+                last, next_seq = value, int(seq)
+        return last, next_seq
 
     def _next_log_seq(self) -> int:
         """The seq the next log entry gets (AUTOINCREMENT: after the largest ever used)."""

@@ -232,6 +232,11 @@ class Database(ReplicaStore):
         #: once and found to have a lean path (``_model``'s checks hold for them ever after).
         self._lean_creates: dict[type, tuple[ObjectSchema, Any]] = {}
         self._generation = 0
+        #: The documents a download wrote (see :meth:`_integrate_download`), while it runs.
+        self._written: list[tuple[str, str, str, int]] | None = None
+        #: (generation, {ref: live body or None}) of the last download's commit: what the
+        #: notifier would read back for those documents when it delivers that generation.
+        self._handed: tuple[int, dict[Ref, dict[str, Plain] | None]] | None = None
         self._seen_data_version = -1
         self._checked_at = 0.0
         self._listeners: Any = None
@@ -688,6 +693,9 @@ class Database(ReplicaStore):
             rows.append((d.collection, d.ref[1], _dumps(s.body), meta_text, s.epoch, 1 if s.live else 0,
                          d.seq if seq is None else seq, scope))
         if rows:
+            written = self._written
+            if written is not None:
+                written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
             self._engine.executemany(
                 "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -1306,18 +1314,36 @@ class Database(ReplicaStore):
         with self._lock:
             if self._txn is not None:
                 raise UsageError("cannot integrate inside a write transaction")
-            with self._engine.unsynced(), self._engine.atomic():
-                result = self._integrate_locked(txns, peer, peer_seq)
-                if acked is not None:
-                    self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))
+            written: list[tuple[str, str, str, int]] = []
+            self._written = written
+            try:
+                with self._engine.unsynced(), self._engine.atomic():
+                    result = self._integrate_locked(txns, peer, peer_seq)
+                    if acked is not None:
+                        self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))
+            finally:
+                self._written = None
             self._logged = []  # not put in the log cache: a device sends no downloaded entry on
             self._cache.clear()
             self._generation += 1
+            if 0 < len(written) <= self._HANDED_MAX:
+                # The committed rows of a small download, parsed once: the cache holds them (the
+                # listener's callback reads them) and the notifier takes them instead of reading
+                # them back (for this generation only: see ListenerHub).
+                handed: dict[Ref, dict[str, Plain] | None] = {}
+                for coll, pk, body, live in written:
+                    handed[(coll, pk)] = self._cache[(coll, pk)] = loads_json(body) if live else None
+                self._handed = (self._generation, handed)
+            else:
+                self._handed = None
             engine = self._engine
         # Woken once the lock is free: the notifier reads at once instead of waking to wait for it.
         self._wake_after_remote(result.applied > 0)
         engine.sync_wal()
         return result
+
+    #: Downloads writing at most this many documents hand them to the cache and the notifier.
+    _HANDED_MAX = 64
 
     def _record_sync_checkpoint(self, peer: str, received: int | None, acked: int | None) -> None:
         """Store a sync session's checkpoint values that were kept in memory: ``received``

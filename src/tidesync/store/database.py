@@ -232,6 +232,11 @@ class Database(ReplicaStore):
         #: once and found to have a lean path (``_model``'s checks hold for them ever after).
         self._lean_creates: dict[type, tuple[ObjectSchema, Any]] = {}
         self._generation = 0
+        #: The documents a download wrote (see :meth:`_integrate_download`), while it runs.
+        self._written: list[tuple[str, str, str, int]] | None = None
+        #: (generation, {ref: live body or None}) of the last download's commit: what the
+        #: notifier would read back for those documents when it delivers that generation.
+        self._handed: tuple[int, dict[Ref, dict[str, Plain] | None]] | None = None
         self._seen_data_version = -1
         self._checked_at = 0.0
         self._listeners: Any = None
@@ -688,6 +693,9 @@ class Database(ReplicaStore):
             rows.append((d.collection, d.ref[1], _dumps(s.body), meta_text, s.epoch, 1 if s.live else 0,
                          d.seq if seq is None else seq, scope))
         if rows:
+            written = self._written
+            if written is not None:
+                written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
             self._engine.executemany(
                 "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -1306,18 +1314,36 @@ class Database(ReplicaStore):
         with self._lock:
             if self._txn is not None:
                 raise UsageError("cannot integrate inside a write transaction")
-            with self._engine.unsynced(), self._engine.atomic():
-                result = self._integrate_locked(txns, peer, peer_seq)
-                if acked is not None:
-                    self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))
+            written: list[tuple[str, str, str, int]] = []
+            self._written = written
+            try:
+                with self._engine.unsynced(), self._engine.atomic():
+                    result = self._integrate_locked(txns, peer, peer_seq)
+                    if acked is not None:
+                        self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))
+            finally:
+                self._written = None
             self._logged = []  # not put in the log cache: a device sends no downloaded entry on
             self._cache.clear()
             self._generation += 1
+            if 0 < len(written) <= self._HANDED_MAX:
+                # The committed rows of a small download, parsed once: the cache holds them (the
+                # listener's callback reads them) and the notifier takes them instead of reading
+                # them back (for this generation only: see ListenerHub).
+                handed: dict[Ref, dict[str, Plain] | None] = {}
+                for coll, pk, body, live in written:
+                    handed[(coll, pk)] = self._cache[(coll, pk)] = loads_json(body) if live else None
+                self._handed = (self._generation, handed)
+            else:
+                self._handed = None
             engine = self._engine
         # Woken once the lock is free: the notifier reads at once instead of waking to wait for it.
         self._wake_after_remote(result.applied > 0)
         engine.sync_wal()
         return result
+
+    #: Downloads writing at most this many documents hand them to the cache and the notifier.
+    _HANDED_MAX = 64
 
     def _record_sync_checkpoint(self, peer: str, received: int | None, acked: int | None) -> None:
         """Store a sync session's checkpoint values that were kept in memory: ``received``
@@ -1368,12 +1394,18 @@ class Database(ReplicaStore):
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
                           preloaded: dict[Ref, Any] | None = None) -> IntegrateResult:
-        last = self._setting("clock")
-        if last:
-            self._clock.observe(Stamp(last))
         known: set[str] = set()
         ids = [t.id for t in txns]
-        for i in range(0, len(ids), 500):
+        if len(ids) <= self._PRELUDE_MAX:
+            # A small batch (a device's download): the stored clock, the next log seq and the
+            # known ids in one query instead of three.
+            last, next_seq = self._integrate_prelude(ids, known)
+            start = len(ids)
+        else:
+            last, next_seq, start = self._setting("clock"), 0, 0
+        if last:
+            self._clock.observe(Stamp(last))
+        for i in range(start, len(ids), 500):
             chunk = ids[i:i + 500]
             # Descriptors, not the log: compaction drops log entries but keeps descriptors
             # (with the seq they were integrated at), so a replay of a compacted transaction
@@ -1395,7 +1427,8 @@ class Database(ReplicaStore):
         # Log entries are written together (seqs assigned here, in order) unless something
         # must read the log in between (a concurrent-overwrite check).
         unlogged: list[Transaction] = []
-        next_seq = self._next_log_seq() if len(known) < len(txns) else 0
+        if not next_seq:
+            next_seq = self._next_log_seq() if len(known) < len(txns) else 0
         for t in txns:
             if t.id in known:
                 dups += 1
@@ -1459,6 +1492,30 @@ class Database(ReplicaStore):
                 "DO UPDATE SET received = excluded.received", (peer, peer_seq))
         self._set_setting("clock", self._clock.last)
         return IntegrateResult(applied, dups, (), nconf, last_seq)
+
+    #: Batches of at most this many transactions use :meth:`_integrate_prelude`.
+    _PRELUDE_MAX = 500
+
+    #: :meth:`_integrate_prelude`'s first row: the stored clock and the next log seq.
+    _PRELUDE = ("SELECT 0, (SELECT value FROM settings WHERE key = 'clock'), "
+                "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0), "
+                "coalesce((SELECT max(seq) FROM log), 0)) + 1")
+
+    def _integrate_prelude(self, ids: Sequence[str], known: set[str]) -> tuple[str | None, int]:
+        """The stored clock and :meth:`_next_log_seq`, and into ``known`` those of ``ids``
+        (at most 500) already integrated here (see :meth:`_integrate_locked`): one query."""
+        sql = self._PRELUDE
+        if ids:
+            sql += (" UNION ALL SELECT 1, id, NULL FROM descriptors WHERE seq IS NOT NULL AND id IN "
+                    f"({','.join('?' * len(ids))})")
+        last: str | None = None
+        next_seq = 1
+        for tag, value, seq in self._engine.query(sql, ids):
+            if tag:
+                known.add(value)
+            else:
+                last, next_seq = value, int(seq)
+        return last, next_seq
 
     def _next_log_seq(self) -> int:
         """The seq the next log entry gets (AUTOINCREMENT: after the largest ever used)."""

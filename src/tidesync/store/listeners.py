@@ -28,6 +28,7 @@ __all__ = ["ChangeSet", "ObjectChange", "ListenerToken", "ListenerHub"]
 log = logging.getLogger("tidesync.listeners")
 
 _POLL_SECONDS = 0.05
+_NOT_HANDED = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +108,8 @@ class ListenerHub:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._data_version = -1
+        #: The generation being delivered when it is this database's own commit (else None).
+        self._handed_for: int | None = None
 
     # -- registration ----------------------------------------------------------------------
 
@@ -192,6 +195,7 @@ class ListenerHub:
                 if self._db.is_closed:
                     return
                 seen_generation = generation
+                self._handed_for = generation
             else:
                 try:
                     with self._db._lock:
@@ -204,6 +208,7 @@ class ListenerHub:
                 if dv == self._data_version and generation == seen_generation:
                     continue
                 self._data_version, seen_generation = dv, generation
+                self._handed_for = None  # maybe another connection's commit: read everything
             try:
                 self._deliver()
             except Exception:
@@ -266,6 +271,13 @@ class ListenerHub:
 
     def _read_body(self, obj: Any) -> dict[str, Any] | None:
         binding = obj._ts_binding
+        handed = self._db._handed
+        if handed is not None and handed[0] == self._handed_for:
+            # Delivering this database's own download commit: the rows it wrote, as committed
+            # (a later commit of another connection is seen by the next data_version poll).
+            body = handed[1].get(binding.ref, _NOT_HANDED)
+            if body is not _NOT_HANDED:
+                return body  # type: ignore[return-value]
         with self._db._lock:
             if self._db.is_closed:
                 return None

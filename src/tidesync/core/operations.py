@@ -418,14 +418,21 @@ def _create_from_wire(data: list[Any]) -> CreateDoc | None:
     return _new_create(collection, key, stamp, base, fields, kinds, tuple(defaults))
 
 
-def creates_from_wire(ops: list[Any]) -> tuple[CreateDoc, ...] | None:
+def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | None = None) -> tuple[CreateDoc, ...] | None:
     """``op_from_wire`` of each of ``ops`` when all are well-formed creates with exact types
     (a device's upload of new documents), in one pass: their stamps checked together, no call
-    per operation. None on any doubt: parse them one by one then (same result or error)."""
+    per operation. None on any doubt: parse them one by one then (same result or error).
+
+    ``shapes``, if given, receives each distinct ``(collection, field names, value types,
+    kinds items)`` of the creates (consecutive repeats once), or just ``[None]`` if any field's
+    value is a map (its kind depends on more than its type). The server's schema learner
+    learns from these instead of walking every create again."""
     out = []
     stamps = []
     kinds_ok = _KINDS
     make = _new_create
+    want_shapes = shapes is not None
+    prev: tuple[Any, ...] = (None, None, None, None)
     for data in ops:
         if type(data) is not list or len(data) != 8 or data[0] != "C":
             return None
@@ -448,6 +455,16 @@ def creates_from_wire(ops: list[Any]) -> tuple[CreateDoc, ...] | None:
         if base:
             stamps.append(base)
         out.append(make(collection, key, stamp, base, fields, kinds, tuple(defaults)))
+        if want_shapes:
+            names = tuple(fields)
+            types = tuple(map(type, fields.values()))
+            if names != prev[1] or types != prev[2] or collection != prev[0] or kinds != prev[3]:
+                if dict in types:
+                    want_shapes = False
+                    shapes[:] = [None]  # type: ignore[index]
+                else:
+                    prev = (collection, names, types, kinds)
+                    shapes.append((collection, names, types, tuple(kinds.items()) if kinds else ()))  # type: ignore[union-attr]
     if not are_stamps(stamps):
         return None
     return tuple(out)

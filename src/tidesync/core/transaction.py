@@ -115,6 +115,7 @@ class Transaction:
     _refs: tuple[tuple[str, str], ...] | None = field(default=None, init=False, repr=False, compare=False)
     _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _shapes: tuple[tuple[Any, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def refs(self) -> tuple[tuple[str, str], ...]:
         """The document ref (:func:`doc_ref`) of each operation, in operation order; computed
@@ -132,6 +133,12 @@ class Transaction:
             if ref not in seen:
                 seen[ref] = (op.collection, op.key)
         return tuple(seen.values())
+
+    def create_shapes(self) -> tuple[tuple[Any, ...], ...] | None:
+        """For a transaction parsed from the wire whose operations are all plain creates
+        (no map values): each distinct ``(collection, field names, value types, kinds items)``
+        of its creates, as :func:`creates_from_wire` found them; else None."""
+        return self._shapes
 
     def wire(self) -> dict[str, Any]:
         """:meth:`to_wire`'s map, shared: the map this transaction was parsed from when it is
@@ -216,7 +223,8 @@ class Transaction:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("transaction meta must be a map")
-        fast = creates_from_wire(ops)
+        shapes: list[tuple[Any, ...] | None] = []
+        fast = creates_from_wire(ops, shapes)
         creates = fast is not None
         parsed: tuple[Op, ...] = fast if fast is not None else tuple([op_from_wire(o) for o in ops])
         t = cls(
@@ -230,6 +238,8 @@ class Transaction:
             # keeps every item as given (defaults a list again in to_wire): to_wire() would
             # build this very map.
             object.__setattr__(t, "_wire", data)
+        if creates and None not in shapes:
+            object.__setattr__(t, "_shapes", tuple(shapes))
         return t
 
 

@@ -202,6 +202,46 @@ class Transaction:
         Raises:
             ValueError: anything malformed, with a message saying what.
         """
+        return cls._from_wire(data, None)
+
+    @classmethod
+    def from_unchecked(cls, data: Any) -> Transaction | None:
+        """:meth:`from_wire` of a map straight from a decoded message, not yet checked to hold
+        only plain values, in the common case of an upload: str keys of :meth:`to_wire`'s
+        items, str ids, no before-images, no meta, only creates of plain scalars (checked
+        while they are parsed). None when that is not certain: check the whole message's
+        plainness, then :meth:`from_wire` (which says what is wrong). A ValueError it raises
+        is also :meth:`from_wire`'s, but says nothing of plainness elsewhere in the message."""
+        if type(data) is not dict:
+            return None
+        keys = _UNCHECKED_KEYS
+        for k, v in data.items():
+            if k not in keys or type(k) is not str:
+                return None
+            if k == "parents" or k == "ops":
+                if type(v) is not list:
+                    return None
+            elif k == "before":
+                if v != [] or type(v) is not list:
+                    return None
+            elif k == "meta":
+                if v != {} or type(v) is not dict:
+                    return None
+            elif type(v) is not str and not (k == "user" and v is None):
+                return None
+        parents, ops = data.get("parents", ()), data.get("ops", ())
+        for p in parents:
+            if type(p) is not str:
+                return None
+        shapes: list[tuple[Any, ...] | None] = []
+        fast = creates_from_wire(ops, shapes, plain=True)
+        if fast is None:
+            return None
+        return cls._from_wire(data, (fast, shapes))
+
+    @classmethod
+    def _from_wire(cls, data: Any,
+                   parsed_creates: tuple[tuple[CreateDoc, ...], list[tuple[Any, ...] | None]] | None) -> Transaction:
         if not isinstance(data, dict):
             raise ValueError("a transaction is a map")
         try:
@@ -223,8 +263,11 @@ class Transaction:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("transaction meta must be a map")
-        shapes: list[tuple[Any, ...] | None] = []
-        fast = creates_from_wire(ops, shapes)
+        if parsed_creates is None:
+            shapes: list[tuple[Any, ...] | None] = []
+            fast = creates_from_wire(ops, shapes)
+        else:
+            fast, shapes = parsed_creates
         creates = fast is not None
         parsed: tuple[Op, ...] = fast if fast is not None else tuple([op_from_wire(o) for o in ops])
         t = cls(
@@ -242,6 +285,8 @@ class Transaction:
             object.__setattr__(t, "_shapes", tuple(shapes))
         return t
 
+
+_UNCHECKED_KEYS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))
 
 _WIRE_KEYS = {
     (False, False): ("id", "origin", "stamp", "parents", "ops", "before"),

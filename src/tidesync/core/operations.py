@@ -22,6 +22,7 @@ Each operation has a compact wire form, a list whose first item is a one-letter 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
@@ -418,14 +419,28 @@ def _create_from_wire(data: list[Any]) -> CreateDoc | None:
     return _new_create(collection, key, stamp, base, fields, kinds, tuple(defaults))
 
 
-def creates_from_wire(ops: list[Any]) -> tuple[CreateDoc, ...] | None:
+def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | None = None, *,
+                      plain: bool = False) -> tuple[CreateDoc, ...] | None:
     """``op_from_wire`` of each of ``ops`` when all are well-formed creates with exact types
     (a device's upload of new documents), in one pass: their stamps checked together, no call
-    per operation. None on any doubt: parse them one by one then (same result or error)."""
+    per operation. None on any doubt: parse them one by one then (same result or error).
+
+    ``shapes``, if given, receives each distinct ``(collection, field names, value types,
+    kinds items)`` of the creates (consecutive repeats once), or just ``[None]`` if any field's
+    value is a map (its kind depends on more than its type). The server's schema learner
+    learns from these instead of walking every create again.
+
+    ``plain``: ``ops`` come straight from a decoded message, not yet checked to be plain
+    values; then also None unless every key is a str and every field's value a plain scalar
+    (str, bool, None, a signed 64-bit int, a finite float), so that every item of the
+    accepted creates is plain."""
     out = []
+    lo, hi, isfinite = -(2**63), 2**63 - 1, math.isfinite
     stamps = []
     kinds_ok = _KINDS
     make = _new_create
+    want_shapes = shapes is not None
+    prev: tuple[Any, ...] = (None, None, None, None)
     for data in ops:
         if type(data) is not list or len(data) != 8 or data[0] != "C":
             return None
@@ -436,9 +451,23 @@ def creates_from_wire(ops: list[Any]) -> tuple[CreateDoc, ...] | None:
         for k in fields:
             if type(k) is not str:
                 return None
+        if plain:
+            if type(key) is not str:
+                return None
+            for v in fields.values():
+                t = type(v)
+                if t is str or t is bool or v is None:
+                    continue
+                if t is int:
+                    if lo <= v <= hi:
+                        continue
+                elif t is float:
+                    if isfinite(v):
+                        continue
+                return None
         if kinds:
             for k, v in kinds.items():
-                if type(k) is not str or v not in kinds_ok:
+                if type(k) is not str or type(v) is not str or v not in kinds_ok:
                     return None
         if defaults:
             for k in defaults:
@@ -448,6 +477,16 @@ def creates_from_wire(ops: list[Any]) -> tuple[CreateDoc, ...] | None:
         if base:
             stamps.append(base)
         out.append(make(collection, key, stamp, base, fields, kinds, tuple(defaults)))
+        if want_shapes:
+            names = tuple(fields)
+            types = tuple(map(type, fields.values()))
+            if names != prev[1] or types != prev[2] or collection != prev[0] or kinds != prev[3]:
+                if dict in types:
+                    want_shapes = False
+                    shapes[:] = [None]  # type: ignore[index]
+                else:
+                    prev = (collection, names, types, kinds)
+                    shapes.append((collection, names, types, tuple(kinds.items()) if kinds else ()))  # type: ignore[union-attr]
     if not are_stamps(stamps):
         return None
     return tuple(out)

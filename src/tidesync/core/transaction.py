@@ -115,6 +115,7 @@ class Transaction:
     _refs: tuple[tuple[str, str], ...] | None = field(default=None, init=False, repr=False, compare=False)
     _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _shapes: tuple[tuple[Any, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
 
     def refs(self) -> tuple[tuple[str, str], ...]:
         """The document ref (:func:`doc_ref`) of each operation, in operation order; computed
@@ -132,6 +133,12 @@ class Transaction:
             if ref not in seen:
                 seen[ref] = (op.collection, op.key)
         return tuple(seen.values())
+
+    def create_shapes(self) -> tuple[tuple[Any, ...], ...] | None:
+        """For a transaction parsed from the wire whose operations are all plain creates
+        (no map values): each distinct ``(collection, field names, value types, kinds items)``
+        of its creates, as :func:`creates_from_wire` found them; else None."""
+        return self._shapes
 
     def wire(self) -> dict[str, Any]:
         """:meth:`to_wire`'s map, shared: the map this transaction was parsed from when it is
@@ -195,6 +202,46 @@ class Transaction:
         Raises:
             ValueError: anything malformed, with a message saying what.
         """
+        return cls._from_wire(data, None)
+
+    @classmethod
+    def from_unchecked(cls, data: Any) -> Transaction | None:
+        """:meth:`from_wire` of a map straight from a decoded message, not yet checked to hold
+        only plain values, in the common case of an upload: str keys of :meth:`to_wire`'s
+        items, str ids, no before-images, no meta, only creates of plain scalars (checked
+        while they are parsed). None when that is not certain: check the whole message's
+        plainness, then :meth:`from_wire` (which says what is wrong). A ValueError it raises
+        is also :meth:`from_wire`'s, but says nothing of plainness elsewhere in the message."""
+        if type(data) is not dict:
+            return None
+        keys = _UNCHECKED_KEYS
+        for k, v in data.items():
+            if k not in keys or type(k) is not str:
+                return None
+            if k == "parents" or k == "ops":
+                if type(v) is not list:
+                    return None
+            elif k == "before":
+                if v != [] or type(v) is not list:
+                    return None
+            elif k == "meta":
+                if v != {} or type(v) is not dict:
+                    return None
+            elif type(v) is not str and not (k == "user" and v is None):
+                return None
+        parents, ops = data.get("parents", ()), data.get("ops", ())
+        for p in parents:
+            if type(p) is not str:
+                return None
+        shapes: list[tuple[Any, ...] | None] = []
+        fast = creates_from_wire(ops, shapes, plain=True)
+        if fast is None:
+            return None
+        return cls._from_wire(data, (fast, shapes))
+
+    @classmethod
+    def _from_wire(cls, data: Any,
+                   parsed_creates: tuple[tuple[CreateDoc, ...], list[tuple[Any, ...] | None]] | None) -> Transaction:
         if not isinstance(data, dict):
             raise ValueError("a transaction is a map")
         try:
@@ -216,7 +263,11 @@ class Transaction:
         meta = data.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("transaction meta must be a map")
-        fast = creates_from_wire(ops)
+        if parsed_creates is None:
+            shapes: list[tuple[Any, ...] | None] = []
+            fast = creates_from_wire(ops, shapes)
+        else:
+            fast, shapes = parsed_creates
         creates = fast is not None
         parsed: tuple[Op, ...] = fast if fast is not None else tuple([op_from_wire(o) for o in ops])
         t = cls(
@@ -230,8 +281,12 @@ class Transaction:
             # keeps every item as given (defaults a list again in to_wire): to_wire() would
             # build this very map.
             object.__setattr__(t, "_wire", data)
+        if creates and None not in shapes:
+            object.__setattr__(t, "_shapes", tuple(shapes))
         return t
 
+
+_UNCHECKED_KEYS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))
 
 _WIRE_KEYS = {
     (False, False): ("id", "origin", "stamp", "parents", "ops", "before"),

@@ -223,6 +223,15 @@ def decode(payload: bytes | bytearray | memoryview, *,
     try:
         if cls is Snapshot:
             return Snapshot.from_received(body)
+        if cls is Changes:
+            # An upload's body is checked while its creates are parsed; on any doubt or error,
+            # the whole walk first, so that the error is the one it names.
+            try:
+                changes = Changes.from_unchecked(body)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                changes = None
+            if changes is not None:
+                return changes
         check_plain(body, f"{tag} body")
         if issubclass(cls, (Snapshot, ViewUpdate)):  # documents are not walked twice
             return cls.from_body(body, plain=True)

@@ -235,6 +235,13 @@ def _check_plain_walk(value: object, where: str) -> None:
             raise ValueError(f"{where}: {type(item).__name__} is not a plain value")
 
 
+def _plain_scalar(value: object) -> bool:
+    """True if ``value`` is a plain scalar of an exact type (a str, bool, None, signed 64-bit
+    int or finite float)."""
+    t = type(value)
+    return t in _SCALARS or (t is int and -(2**63) <= value <= 2**63 - 1) or (t is float and math.isfinite(value))  # type: ignore[operator, arg-type]
+
+
 _SCALARS = frozenset((str, bool, type(None)))
 _CONTAINERS = frozenset((list, dict))
 
@@ -519,6 +526,39 @@ class Changes:
     def from_body(cls, body: Mapping[str, Any]) -> Changes:
         return cls(_get(body, "from_seq"), _get(body, "to_seq"), _get(body, "head"),
                    _entries_from_wire("entries", body.get("entries", []), Transaction.from_wire),
+                   Progress.from_wire(body.get("progress", {})))
+
+    @classmethod
+    def from_unchecked(cls, body: object) -> Changes | None:
+        """:meth:`from_body` of a decoded body not yet through :func:`check_plain`, when every
+        item is certainly plain: scalars at the top and in ``progress``, and each entry a
+        ``[seq, transaction]`` that :meth:`Transaction.from_unchecked` accepts (an upload of
+        creates: their fields' values are checked while parsed, not walked again). None on any
+        doubt: ``codec.decode`` then checks the whole body and calls :meth:`from_body`, which
+        names what is wrong. Its ValueErrors say nothing of the plainness of later items."""
+        if type(body) is not dict:
+            return None
+        for k, v in body.items():
+            if k == "entries":
+                if type(v) is not list:
+                    return None
+            elif k == "progress":
+                if type(v) is not dict:
+                    return None
+                for pk, pv in v.items():
+                    if type(pk) is not str or not _plain_scalar(pv):
+                        return None
+            elif type(k) is not str or not _plain_scalar(v):
+                return None
+        entries = []
+        for entry in body.get("entries", ()):
+            if type(entry) is not list or len(entry) != 2 or not _plain_scalar(entry[0]):
+                return None
+            txn = Transaction.from_unchecked(entry[1])
+            if txn is None:
+                return None
+            entries.append((entry[0], txn))
+        return cls(_get(body, "from_seq"), _get(body, "to_seq"), _get(body, "head"), tuple(entries),
                    Progress.from_wire(body.get("progress", {})))
 
 

@@ -476,7 +476,7 @@ class Enforcer:
         if not self.full and not self.has_partition:
             result = self.backend.integrate(txns, peer=peer, peer_seq=peer_seq)
             if learner is not None:
-                learner.observe(op for t in txns for op in t.ops)
+                learner.observe_transactions(txns)
             return result, [], False
         with _lock_for(self.backend):
             pre = None
@@ -493,7 +493,7 @@ class Enforcer:
                 self.backend.integrate([compensation])
             result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre)
         if learner is not None:
-            learner.observe(op for t in allowed for op in t.ops)
+            learner.observe_transactions(allowed)
         uid = self.rules.user.id if self.rules is not None else None
         for r in refused:
             log.info("refused %s of %s %r by user %s: %s (%s)", r.verdict.operation, r.collection, r.key,

@@ -42,6 +42,7 @@ from typing import Any
 from ..core.operations import (
     CounterAdd, CreateDoc, DictPut, ListInsert, ListSet, Op, SetAdd, SetContainer, SetValue,
 )
+from ..core.transaction import Transaction
 from ..core.values import canonical_json
 
 __all__ = ["validate", "check_schema", "SchemaLearner", "kind_of", "learned_to_json_schema", "SUPPORTED_KEYWORDS"]
@@ -288,6 +289,24 @@ class SchemaLearner:
                     self._schema = loaded
             except (OSError, ValueError):
                 self._schema = {}
+
+    def observe_transactions(self, txns: Iterable[Transaction]) -> bool:
+        """:meth:`observe` of every operation of ``txns``; a transaction whose creates' shapes
+        (:meth:`Transaction.create_shapes`, found while parsing it) are all learned already is
+        skipped without a look at its operations."""
+        shapes = self._shapes
+        rest: list[Transaction] = []
+        with self._lock:
+            for t in txns:
+                known = t.create_shapes()
+                if known is None:
+                    rest.append(t)
+                    continue
+                for shape in known:
+                    if shape not in shapes:
+                        rest.append(t)
+                        break
+        return self.observe(op for t in rest for op in t.ops) if rest else False
 
     def observe(self, ops: Iterable[Op]) -> bool:
         """Record what ``ops`` show; returns True when something new was learned (and saved)."""

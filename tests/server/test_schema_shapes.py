@@ -1,0 +1,89 @@
+"""The schema learner's shortcut: a transaction parsed from the wire carries the shapes of its
+creates (found by the parse), and the learner skips one whose shapes it has learned. It must
+learn exactly what observing every operation learns."""
+
+from __future__ import annotations
+
+import random
+
+from tidesync.core.operations import CreateDoc, SetValue, creates_from_wire, op_to_wire
+from tidesync.core.transaction import Transaction
+from tidesync.server.schemas import SchemaLearner
+
+ORIGIN = "00000000000000aa"
+_VALUES = [1, -5, "x", "", 2.5, True, None, [1, 2], ["a"], {"$date": "2024-01-01T00:00:00Z"},
+           {"a": 1}, {"$float": "NaN"}]
+
+
+def _stamp(n: int) -> str:
+    return f"{n:016x}00{ORIGIN}"
+
+
+def _create(rng: random.Random, n: int) -> CreateDoc:
+    names = rng.sample(["a", "b", "c", "d"], rng.randint(0, 4))
+    fields = {k: rng.choice(_VALUES[:9] if rng.random() < 0.8 else _VALUES) for k in names}
+    kinds = {k: rng.choice(["counter", "set", "list"]) for k in names if rng.random() < 0.2}
+    return CreateDoc(rng.choice(["Note", "Task"]), f"k{n}", _stamp(n), "", fields, kinds, ())
+
+
+def _wire_txn(ops: list) -> dict:
+    s = ops[0].stamp if ops else _stamp(10**6)
+    return {"id": s, "origin": ORIGIN, "stamp": s, "parents": [], "ops": [op_to_wire(o) for o in ops],
+            "before": []}
+
+
+def test_shapes_learn_what_every_operation_teaches() -> None:
+    rng = random.Random(7)
+    for _ in range(60):
+        plain, short = SchemaLearner(None), SchemaLearner(None)
+        n = 0
+        for _ in range(rng.randint(1, 6)):
+            batch = []
+            for _ in range(rng.randint(0, 4)):
+                ops: list = []
+                shape = _create(rng, n)
+                for _ in range(rng.randint(0, 5)):
+                    n += 1
+                    op = _create(rng, n) if rng.random() < 0.3 else CreateDoc(
+                        shape.collection, f"k{n}", _stamp(n), "", dict(shape.fields), dict(shape.kinds), ())
+                    ops.append(op)
+                if rng.random() < 0.1:
+                    n += 1
+                    ops.append(SetValue("Note", "k0", _stamp(n), "", ("a",), (), rng.choice(_VALUES[:9])))
+                batch.append(Transaction.from_wire(_wire_txn(ops)))
+            plain.observe(op for t in batch for op in t.ops)
+            short.observe_transactions(batch)
+            assert short._schema == plain._schema
+            assert short._shapes == plain._shapes
+
+
+def test_create_shapes() -> None:
+    a = CreateDoc("Note", "k1", _stamp(1), "", {"a": 1, "b": "x"}, {}, ())
+    b = CreateDoc("Note", "k2", _stamp(2), "", {"a": 2, "b": "y"}, {}, ())
+    c = CreateDoc("Note", "k3", _stamp(3), "", {"b": 2, "a": "y"}, {"b": "counter"}, ())
+    t = Transaction.from_wire(_wire_txn([a, b, c, b]))
+    assert t.create_shapes() == (("Note", ("a", "b"), (int, str), ()),
+                                 ("Note", ("b", "a"), (int, str), (("b", "counter"),)),
+                                 ("Note", ("a", "b"), (int, str), ()))
+    m = CreateDoc("Note", "k4", _stamp(4), "", {"a": {"$date": "2024-01-01T00:00:00Z"}}, {}, ())
+    assert Transaction.from_wire(_wire_txn([a, m, b])).create_shapes() is None
+    s = SetValue("Note", "k1", _stamp(5), "", ("a",), (), 3)
+    assert Transaction.from_wire(_wire_txn([a, s])).create_shapes() is None
+    assert Transaction(a.stamp, ORIGIN, a.stamp, (), (a,)).create_shapes() is None
+    out: list = []
+    assert creates_from_wire([op_to_wire(a), ["C"]], out) is None
+
+
+def test_same_types_under_other_names_are_learned() -> None:
+    a = CreateDoc("Note", "k1", _stamp(1), "", {"a": 1, "b": "x"}, {}, ())
+    d = CreateDoc("Note", "k2", _stamp(2), "", {"b": 2, "a": "y"}, {}, ())
+    e = CreateDoc("Task", "k3", _stamp(3), "", {"b": 2, "a": "y"}, {}, ())
+    t = Transaction.from_wire(_wire_txn([a, d, e]))
+    assert len(t.create_shapes() or ()) == 3
+    plain, short = SchemaLearner(None), SchemaLearner(None)
+    plain.observe(t.ops)
+    short.observe_transactions([Transaction.from_wire(_wire_txn([a]))])
+    short.observe_transactions([t])
+    assert short._schema == plain._schema
+    assert sorted(short._schema["Note"]["a"]["kinds"]) == sorted(plain._schema["Note"]["a"]["kinds"])
+    assert len(short._schema["Note"]["a"]["kinds"]) == 2

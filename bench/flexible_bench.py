@@ -129,25 +129,9 @@ class FleetProcess(LineProcess):
 def start_profiled_server(data_dir: Path, out: str) -> Any:
     """The server of :func:`start_server`, under cProfile (bench/profiled_serve.py) writing
     ``out`` when it stops."""
-    import socket
-
     from tests.helpers.servers import ServerProcess
 
-    server = ServerProcess(data_dir)
-    server.proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.profiled_serve", out, "serve", "--host", "127.0.0.1", "--port",
-         str(server.port), "--data", str(data_dir)],
-        cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", server.port), timeout=0.2):
-                return server
-        except OSError:
-            if server.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-    raise RuntimeError("the profiled server did not start")
+    return ServerProcess(data_dir, launcher=["-m", "bench.profiled_serve", out]).start()
 
 
 def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:

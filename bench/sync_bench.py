@@ -167,28 +167,8 @@ def start_server(data_dir: Path, name: str = "server") -> Any:
     if not out:
         return ServerProcess(data_dir).start()
     Path(out).mkdir(parents=True, exist_ok=True)
-
-    class Profiled(ServerProcess):
-        def start(self, timeout: float = 30) -> Any:
-            import socket
-
-            env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), str(ROOT)]))
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bench.profile_server", str(Path(out).resolve() / f"{name}.prof"),
-                 "serve", "--host", "127.0.0.1", "--port", str(self.port), "--data", str(self.data_dir)],
-                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                        return self
-                except OSError:
-                    if self.proc.poll() is not None:
-                        raise RuntimeError("the server process exited at start") from None
-                    time.sleep(0.05)
-            raise RuntimeError("the server process did not start")
-
-    return Profiled(data_dir).start()
+    return ServerProcess(data_dir, launcher=["-m", "bench.profile_server",
+                                             str(Path(out).resolve() / f"{name}.prof")]).start()
 
 
 class LineProcess:

@@ -35,20 +35,26 @@ def running_server(data_dir: Path, **options: Any) -> Iterator[RunningServer]:
 
 
 class ServerProcess:
-    """A server in its own process (``python -m tidesync serve``), for kill tests."""
+    """A server in its own process (``python -m tidesync serve``), for kill tests.
 
-    def __init__(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None) -> None:
+    ``launcher``: the interpreter arguments before ``serve`` (the benchmarks run the server under
+    a profiler module this way, with the repository root also on ``PYTHONPATH``)."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, extra: list[str] | None = None,
+                 launcher: list[str] | None = None) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra = extra or []
+        self.launcher = launcher
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30) -> ServerProcess:
-        env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+        path = [str(ROOT / "src")] if self.launcher is None else [str(ROOT / "src"), str(ROOT)]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(path))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tidesync", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--data", str(self.data_dir), *self.extra],
+            [sys.executable, *(self.launcher or ["-m", "tidesync"]), "serve", "--host", "127.0.0.1",
+             "--port", str(self.port), "--data", str(self.data_dir), *self.extra],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

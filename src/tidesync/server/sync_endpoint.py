@@ -698,26 +698,34 @@ class ServerSession:
         """Execute the leading actions that need no ``await``; return the rest, unexecuted."""
         todo = list(actions)
         while todo:
-            action = todo[0]
-            if isinstance(action, Send):
-                if self.flexible is not None:
-                    self.flexible.pump()  # views first: they precede the changes that rely on them
-                if self.link.can_send(action.message):
-                    self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
-            elif isinstance(action, Fail):
-                self.link.fail(action.error)
-            elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
-                    "UploadComplete", "DownloadComplete"):
-                pass
-            elif isinstance(action, RecordAck):
-                _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
-            elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
-                todo[0:1] = self.replicator.log_read(batch)
-                continue
-            else:
-                return todo
-            todo.pop(0)
+            follow = self._execute_step(todo[0])
+            if follow is None:
+                break
+            todo[0:1] = follow
         return todo
+
+    def _execute_step(self, action: Any) -> list[Any] | None:
+        """Execute ``action`` if it needs no ``await``: the actions it leads to (to execute
+        next), or None, with nothing done, when :meth:`_execute` must await it."""
+        if isinstance(action, Send):
+            if self.flexible is not None:
+                self.flexible.pump()  # views first: they precede the changes that rely on them
+            if self.link.can_send(action.message):
+                self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
+        elif isinstance(action, Fail):
+            self.link.fail(action.error)
+        elif isinstance(action, Notify) and self.flexible is not None:
+            return None  # FlexibleSession.on_message
+        elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
+                "UploadComplete", "DownloadComplete"):
+            pass
+        elif isinstance(action, RecordAck):
+            _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
+        elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
+            return self.replicator.log_read(batch)
+        else:
+            return None
+        return []
 
     async def _send_payload(self, payload: bytes) -> bool:
         while self._sending is not None:  # a send begun by _send_now comes first
@@ -805,26 +813,15 @@ class ServerSession:
         todo = list(actions)
         while todo:
             action = todo.pop(0)
-            if isinstance(action, Send):
-                if self.flexible is not None:
-                    self.flexible.pump()  # views first: they precede the changes that rely on them
-                if self.link.can_send(action.message):
-                    self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
-            elif isinstance(action, Fail):
-                self.link.fail(action.error)
+            follow = self._execute_step(action)
+            if follow is not None:
+                todo[0:0] = follow
             elif isinstance(action, Notify) and self.flexible is not None:
                 await self.flexible.on_message(action.message)
-            elif isinstance(action, (ReportProgress, Announce, Notify)) or type(action).__name__ in (
-                    "UploadComplete", "DownloadComplete"):
-                pass
             elif isinstance(action, Integrate):
                 todo[0:0] = await self._integrate(action)
             elif isinstance(action, _Started):
                 todo[0:0] = await self._integrate(action.action, action)
-            elif isinstance(action, RecordAck):
-                _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
-            elif isinstance(action, ReadLog) and (batch := self._read_now(action)) is not None:
-                todo[0:0] = self.replicator.log_read(batch)
             elif isinstance(action, ReadSnapshot):
                 # The first pages small (the device shows progress and data soon), then larger
                 # ones, still bounded by batch_bytes: fewer durable commits on the device.

@@ -22,14 +22,13 @@ Each operation has a compact wire form, a list whose first item is a one-letter 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, TypeAlias
 
 from .stamp import Stamp, are_stamps, is_stamp
-from .values import Plain
+from .values import Plain, plain_scalars
 
 __all__ = [
     "Op",
@@ -435,7 +434,6 @@ def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
     (str, bool, None, a signed 64-bit int, a finite float), so that every item of the
     accepted creates is plain."""
     out = []
-    lo, hi, isfinite = -(2**63), 2**63 - 1, math.isfinite
     stamps = []
     kinds_ok = _KINDS
     make = _new_create
@@ -451,20 +449,8 @@ def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
         for k in fields:
             if type(k) is not str:
                 return None
-        if plain:
-            if type(key) is not str:
-                return None
-            for v in fields.values():
-                t = type(v)
-                if t is str or t is bool or v is None:
-                    continue
-                if t is int:
-                    if lo <= v <= hi:
-                        continue
-                elif t is float:
-                    if isfinite(v):
-                        continue
-                return None
+        if plain and (type(key) is not str or not plain_scalars(fields.values())):
+            return None
         if kinds:
             for k, v in kinds.items():
                 if type(k) is not str or type(v) is not str or v not in kinds_ok:

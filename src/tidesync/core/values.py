@@ -28,7 +28,7 @@ import base64
 import json
 import json.encoder
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
 from decimal import Decimal
 from typing import Any, TypeAlias
@@ -58,6 +58,26 @@ TAGS = ("$decimal", "$binary", "$date", "$oid", "$uuid", "$float")
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def plain_scalars(values: Iterable[Any]) -> bool:
+    """True when every one of ``values`` is a plain scalar: str, bool, None, a signed 64-bit
+    int or a finite float (a flat document's field values); False on anything else."""
+    lo, hi, isfinite = INT64_MIN, INT64_MAX, math.isfinite
+    for v in values:
+        t = type(v)
+        if t is str or v is None or t is bool:
+            continue
+        if t is int:
+            if lo <= v <= hi:
+                continue
+            return False
+        if t is float:
+            if isfinite(v):
+                continue
+            return False
+        return False
+    return True
 
 
 def datetime_to_micros(value: datetime) -> int:

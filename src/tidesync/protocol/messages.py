@@ -46,7 +46,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from ..core.stamp import ReplicaId, Stamp, are_compact_metas, is_replica_id, is_stamp
 from ..core.transaction import Descriptor, Transaction
-from ..core.values import Plain, compact_json, loads_json, loads_json_scalars_checked, loads_json_strict
+from ..core.values import (Plain, compact_json, loads_json, loads_json_scalars_checked, loads_json_strict,
+                           plain_scalars)
 from .codes import ErrorAction, ErrorCode, action_of
 
 __all__ = [
@@ -164,29 +165,9 @@ def _json_map(name: str, text: object) -> dict[str, Any]:
         raise ValueError(f"{name} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValueError(f"{name} must be a JSON object, not {type(value).__name__}")
-    if not _flat_json_ok(value):
+    if not plain_scalars(value.values()):
         check_plain(value, name)
     return value
-
-
-def _flat_json_ok(value: dict[str, Any]) -> bool:
-    """True for a parsed JSON object holding only plain scalars (its keys are str: JSON's
-    are); False on anything else, for :func:`check_plain` to decide."""
-    lo, hi, isfinite = -(2**63), 2**63 - 1, math.isfinite
-    for v in value.values():
-        t = type(v)
-        if t is str or v is None or t is bool:
-            continue
-        if t is int:
-            if lo <= v <= hi:
-                continue
-            return False
-        if t is float:
-            if isfinite(v):
-                continue
-            return False
-        return False
-    return True
 
 
 def _get(body: Mapping[str, Any], key: str) -> Any:
@@ -984,7 +965,7 @@ def _json_docs_from_wire(items: list[Any] | tuple[Any, ...]) -> list[SnapshotDoc
     documents, or the same error."""
     docs: list[SnapshotDoc] = []
     append, new, setattr_ = docs.append, object.__new__, object.__setattr__
-    stamp, flat_ok, loads = is_stamp, _flat_json_ok, loads_json_strict
+    stamp, loads = is_stamp, loads_json_strict
     for d in items:
         if type(d) is list and len(d) == 6:
             collection, key, epoch, live, body_json, meta_json = d
@@ -998,7 +979,7 @@ def _json_docs_from_wire(items: list[Any] | tuple[Any, ...]) -> list[SnapshotDoc
                     body = loads(body_json)
                 except (ValueError, RecursionError):
                     body = None
-                if type(body) is dict and flat_ok(body):
+                if type(body) is dict and plain_scalars(body.values()):
                     doc = new(SnapshotDoc)
                     setattr_(doc, "collection", collection)
                     setattr_(doc, "key", key)

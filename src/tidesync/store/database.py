@@ -42,7 +42,7 @@ from .engine import Engine
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, MIGRATIONS
+from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
 from .writer import BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
 
 if TYPE_CHECKING:
@@ -696,12 +696,7 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
-            self._engine.executemany(
-                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
-                "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
-                "scope = coalesce(excluded.scope, documents.scope)", rows)
+            self._engine.executemany(UPSERT_DOCUMENT, rows)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:
@@ -864,13 +859,9 @@ class Database(ReplicaStore):
             return None
         scope = None
         if self._partition is not None:
-            pkey, pvalue = self._partition
-            if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+            if not self._fill_partition(plain, dflt):
                 return None
-            plain[pkey] = pvalue
-            if dflt and pkey in dflt:
-                dflt.remove(pkey)
-            scope = _dumps(pvalue)
+            scope = _dumps(self._partition[1])
         name = obj.name
         key = plain["_id"]
         ref = (name, canonical_json(key))
@@ -886,9 +877,7 @@ class Database(ReplicaStore):
         else:
             meta_text = f'{{"*":"{stamp}"}}'
         try:
-            self._engine.run(
-                "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
+            self._engine.run(INSERT_DOCUMENT, (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
         except StorageError as exc:
             if exc.code == "constraint":  # it exists: the general path raises or merges
                 return None
@@ -897,6 +886,19 @@ class Database(ReplicaStore):
         if self._cache:
             self._cache.clear()
         return key, ref
+
+    def _fill_partition(self, plain: dict[str, Plain], dflt: list[str] | None) -> bool:
+        """Set a lean-path item's partition field to the session's partition (no longer a
+        default); False when the item names another one (the general path then raises
+        PartitionError)."""
+        assert self._partition is not None
+        pkey, pvalue = self._partition
+        if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
+            return False
+        plain[pkey] = pvalue
+        if dflt and pkey in dflt:
+            dflt.remove(pkey)
+        return True
 
     def _create_bulk(self, txn: WriteTransaction, obj: ObjectSchema, build: Any, items: list[Any]) -> bool:
         """Create the documents of ``items`` (no ``update``; none may exist) in bulk: rows
@@ -908,17 +910,12 @@ class Database(ReplicaStore):
             built = [build(item) for item in items]
         except Exception:  # noqa: BLE001 - the general path does the chunk again, and raises
             return False
-        partition = self._partition
         scope = None
-        if partition is not None:
-            pkey, pvalue = partition
-            for plain, dflt in built:
-                if pkey in plain and plain[pkey] != pvalue and not (dflt and pkey in dflt):
-                    return False  # the general path raises PartitionError
-                plain[pkey] = pvalue
-                if dflt and pkey in dflt:
-                    dflt.remove(pkey)
-            scope = _dumps(partition[1])
+        if self._partition is not None:
+            fill = self._fill_partition
+            if not all(fill(plain, dflt) for plain, dflt in built):
+                return False
+            scope = _dumps(self._partition[1])
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
@@ -937,9 +934,7 @@ class Database(ReplicaStore):
         wire = [["C", name, key, stamp, "", plain, {}, dflt or []] for key, (plain, dflt), stamp in zip(keys, built, stamps)]
         try:
             with self._engine.atomic():
-                self._engine.executemany(
-                    "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._engine.executemany(INSERT_DOCUMENT, rows)
         except StorageError as exc:
             if exc.code == "constraint":  # a document exists: the general path raises or merges
                 return False

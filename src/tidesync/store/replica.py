@@ -43,6 +43,8 @@ from ..protocol.replica import (
     Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
 )
 
+from .tables import UPSERT_DOCUMENT
+
 if TYPE_CHECKING:
     from .engine import Engine, Row
 
@@ -728,10 +730,7 @@ class ReplicaStore:
                 scopes = [canonical_json(v) if live else None for v, live in zip(values, lives)]
         tick = int(self._setting("snapshot_tick") or 0)
         self._engine.executemany(
-            "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
-            "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
-            "scope = coalesce(excluded.scope, documents.scope)",
+            UPSERT_DOCUMENT,
             zip(collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
                 range(tick - 1, tick - 1 - n, -1), scopes))
         self._set_setting("snapshot_tick", str(tick - n))
@@ -748,10 +747,7 @@ class ReplicaStore:
         body = json.dumps(state.body, separators=(",", ":"), ensure_ascii=False)
         meta = json.dumps(state.meta, separators=(",", ":"), ensure_ascii=False)
         self._engine.execute(
-            "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
-            "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
-            "scope = coalesce(excluded.scope, documents.scope)",
+            UPSERT_DOCUMENT,
             (collection, ref[1], body, meta, state.epoch, 1 if state.live else 0, self._snapshot_tick(), scope))
 
     def _states_of(self, refs: Sequence[Ref],
@@ -805,11 +801,7 @@ class ReplicaStore:
             text = texts.get(i) if texts else None
             body, meta = text if text is not None else (_json_encode(state.body), _json_encode(state.meta))
             rows.append((collection, ref[1], body, meta, state.epoch, 1 if state.live else 0, tick, scope))
-        self._engine.executemany(
-            "INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, meta = excluded.meta, "
-            "epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
-            "scope = coalesce(excluded.scope, documents.scope)", rows)
+        self._engine.executemany(UPSERT_DOCUMENT, rows)
         self._set_setting("snapshot_tick", str(tick))
 
     def _snapshot_tick(self) -> int:

@@ -24,7 +24,17 @@ subscriptions  flexible sync: one row per subscription set version (its queries 
 
 from __future__ import annotations
 
-__all__ = ["FORMAT_VERSION", "MIGRATIONS"]
+__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPSERT_DOCUMENT"]
+
+#: A new document row; parameters (collection, pk, body, meta, epoch, live, seq, scope).
+INSERT_DOCUMENT = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+                   "VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+
+#: A document row written whole, new or not; the same parameters. A row's scope is kept when
+#: the new one has none (a tombstone keeps the partition it was deleted in).
+UPSERT_DOCUMENT = (INSERT_DOCUMENT + " ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, "
+                   "meta = excluded.meta, epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
+                   "scope = coalesce(excluded.scope, documents.scope)")
 
 #: The format of files this version writes. A file of format ``v`` is brought up to date by
 #: running ``MIGRATIONS[v:]`` in order (one transaction); a new file runs them all.

@@ -1491,10 +1491,12 @@ class Database(ReplicaStore):
     #: Batches of at most this many transactions use :meth:`_integrate_prelude`.
     _PRELUDE_MAX = 500
 
+    #: The seq the next log entry gets (AUTOINCREMENT: after the largest ever used).
+    _NEXT_SEQ = ("max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0), "
+                 "coalesce((SELECT max(seq) FROM log), 0)) + 1")
+
     #: :meth:`_integrate_prelude`'s first row: the stored clock and the next log seq.
-    _PRELUDE = ("SELECT 0, (SELECT value FROM settings WHERE key = 'clock'), "
-                "max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0), "
-                "coalesce((SELECT max(seq) FROM log), 0)) + 1")
+    _PRELUDE = f"SELECT 0, (SELECT value FROM settings WHERE key = 'clock'), {_NEXT_SEQ}"
 
     def _integrate_prelude(self, ids: Sequence[str], known: set[str]) -> tuple[str | None, int]:
         """The stored clock and :meth:`_next_log_seq`, and into ``known`` those of ``ids``
@@ -1514,10 +1516,7 @@ class Database(ReplicaStore):
 
     def _next_log_seq(self) -> int:
         """The seq the next log entry gets (AUTOINCREMENT: after the largest ever used)."""
-        rows = self._engine.query(
-            "SELECT max(coalesce((SELECT seq FROM sqlite_sequence WHERE name = 'log'), 0), "
-            "coalesce((SELECT max(seq) FROM log), 0))")
-        return int(rows[0][0]) + 1
+        return int(self._engine.query(f"SELECT {self._NEXT_SEQ}")[0][0])
 
     def _append_logs(self, txns: Sequence[Transaction], via: str | None, first_seq: int) -> None:
         """:meth:`_append_log` for several transactions, numbered from ``first_seq``: a few

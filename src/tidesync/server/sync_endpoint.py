@@ -84,6 +84,8 @@ class _Shared:
 
     def __init__(self) -> None:
         self.head = 0
+        #: The server whose sessions these are (set by _shared).
+        self.state: ServerState | None = None
         #: While sessions are woken for an integration: the canonical partition values its
         #: entries can concern (None: any).
         self.touched: set[str] | None = None
@@ -132,6 +134,24 @@ class _Shared:
                 session._tick()
             except Exception:  # noqa: BLE001 - one session's failure must not stop the others' ticks
                 log.exception("session tick failed")
+        try:
+            self._check_written_elsewhere()
+        except Exception:  # noqa: BLE001 - the next tick checks again
+            log.exception("checking for another process's writes failed")
+
+    def _check_written_elsewhere(self) -> None:
+        """Wake every session when another process committed to the backend's file since the
+        last tick (``tidesync revert`` on the server's file, a second server process): its
+        entries are in the log, but no integration here announced them."""
+        state = self.state
+        if state is None:
+            return
+        head = state.backend.written_elsewhere()
+        if head is None:
+            return
+        self.head = max(self.head, head)
+        with state.backend.read_round():
+            state.notify_commit()
 
     def payload(self, message: Any, link: Link) -> bytes | None:
         """The encoding of a ``Changes`` that other sessions already sent, or None (then
@@ -274,7 +294,9 @@ def _shared(state: ServerState) -> _Shared:
     shared: _Shared | None = getattr(state, "_ts_sync_shared", None)
     if shared is None:
         shared = _Shared()
+        shared.state = state
         shared.head = state.backend.head_seq()
+        state.backend.written_elsewhere()  # takes note of the file as it is now
         state._ts_sync_shared = shared  # type: ignore[attr-defined]
     return shared
 

@@ -244,6 +244,29 @@ class ReplicaStore:
                 return False
         return False
 
+    def written_elsewhere(self) -> int | None:
+        """The newest log seq if another process committed to this file since the last call
+        (``tidesync revert`` on a running server's file, a second server process), else None.
+        The first call only takes note. Never waits: None when the replica is busy (the next
+        call sees the write)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            self._check_open()
+            if self._engine.in_transaction():
+                return None
+            version = self._engine.data_version()
+            last = self.__dict__.get("_ts_seen_data_version")
+            self.__dict__["_ts_seen_data_version"] = version
+            if last is None or version == last:
+                return None
+            rows = self._engine.query("SELECT seq FROM sqlite_sequence WHERE name = 'log'")
+            return int(rows[0][0]) if rows else 0
+        except Exception:  # noqa: BLE001 - closed: the sessions' own reads report it
+            return None
+        finally:
+            self._lock.release()
+
     @contextmanager
     def unless_busy(self) -> Iterator[bool]:
         """Hold this replica's lock if it is free right now (yields True), else yield False at

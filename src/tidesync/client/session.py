@@ -39,6 +39,7 @@ from ..errors import (
 from ..protocol.actions import (
     DOWNLOAD, Announce, DownloadComplete, Fail, Integrate, Notify, RecordAck, ReportProgress, Send, UploadComplete,
 )
+from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
 from ..protocol.messages import CompensatingWrite
@@ -100,6 +101,11 @@ class SyncConfig:
             every sync error (compensating writes included).
         min_backoff, max_backoff: reconnection delay bounds in seconds (full jitter between).
         batch_limit: transactions per upload batch.
+        max_message_size: the largest sync message (WebSocket message) sent or accepted;
+            keep it equal to the server's ``max_message_size``.
+        max_assembled_size: the largest message sent or accepted in parts (a transaction
+            larger than ``max_message_size``; the server announces the ``parts`` feature),
+            as the server's ``max_assembled_size``.
     """
 
     user: User
@@ -112,6 +118,8 @@ class SyncConfig:
     batch_limit: int = 500
     batch_bytes: int = 1 << 20
     heartbeat_interval_ms: int = 20_000
+    max_message_size: int = 16 * 1024 * 1024
+    max_assembled_size: int = 64 * 1024 * 1024
     initial_subscriptions: Callable[[Any], None] | None = None
     rerun_initial_subscriptions: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -146,6 +154,8 @@ class SyncSession:
         self.state: SessionState = "active"
         self._stop = False
         self._wake = threading.Event()
+        #: The last "too large to upload" error reported (each is reported once).
+        self._too_large: str | None = None
         self._server_id: str | None = db._setting("sync_server_id")
         self._acked = self._checkpoint_acked()
         self._received = self._checkpoint_received()
@@ -345,6 +355,19 @@ class SyncSession:
                 self._report(exc)
                 self.state = "inactive"
                 attempt += 1
+            except UsageError as exc:
+                if exc.code != ErrorCode.MESSAGE_TOO_LARGE.value:
+                    log.debug("sync connection ended: %r", exc)
+                elif exc.message != self._too_large:
+                    # A transaction the server cannot take whole: it stays in the file and
+                    # is retried (with the backoff), but the app must learn why nothing moves.
+                    self._too_large = exc.message
+                    self._report(SyncError(
+                        f"cannot upload: {exc.message}", code=ErrorCode.MESSAGE_TOO_LARGE.value, action="retry",
+                        advice="split the write into smaller transactions, or raise max_assembled_size "
+                               "alike on the server ([sync] in tidesync.toml) and in SyncConfig; the "
+                               "transaction stays in this database and is retried"))
+                attempt += 1
             except Exception as exc:  # noqa: BLE001 - the loop must survive anything
                 log.debug("sync connection ended: %r", exc)
                 attempt += 1
@@ -397,7 +420,9 @@ class SyncSession:
         if not own_socket and direct is None:
             threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
         next_item = self._socket_reader(ws, inbox) if own_socket else (lambda: inbox.get(timeout=1.0))
-        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
+        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
+                    max_message_size=self.config.max_message_size,
+                    max_assembled_size=self.config.max_assembled_size)
         scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
                                 token=self.config.user.fresh_access_token(), info={"sdk": "tidesync-python"},

@@ -16,6 +16,12 @@ Every message travels as one binary WebSocket message (the *payload*), a msgpack
     The message's fields, a map of plain values (str keys; no bin, no ext, finite floats,
     ints within signed 64 bits) or, with :data:`FLAG_ZLIB`, that map compressed.
 
+A payload larger than the maximum message size travels, between peers that both announced
+the ``parts`` feature, as consecutive ``part`` payloads (:func:`split`): ``[version, "part",
+flags, chunk]`` with ``chunk`` a bin slice of the whole payload and flag :data:`FLAG_MORE` on
+every part but the last. The receiver joins the chunks and decodes the result as one payload
+(:func:`part_of` reads one part).
+
 The envelope shape and the ``error`` body are frozen for all versions: a decoder accepts an
 ``error`` message whatever its version, so that a peer always learns why it was refused.
 
@@ -46,6 +52,11 @@ __all__ = [
     "encode",
     "decode",
     "encoded_size",
+    "FLAG_MORE",
+    "PART_TAG",
+    "DEFAULT_MAX_ASSEMBLED_SIZE",
+    "split",
+    "part_of",
 ]
 
 #: The protocol version this module speaks.
@@ -54,6 +65,12 @@ PROTOCOL_VERSION = 1
 FLAG_ZLIB = 1
 #: Default cap on a payload, and separately on a decompressed body (16 MiB).
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Flag of a ``part`` payload: more parts of the same payload follow.
+FLAG_MORE = 2
+#: The type of a payload that carries a slice of a larger one (feature ``parts``).
+PART_TAG = "part"
+#: Default cap on a payload received in parts, and on its decompressed body (64 MiB).
+DEFAULT_MAX_ASSEMBLED_SIZE = 64 * 1024 * 1024
 #: Default size of an encoded body from which it is compressed (4 KiB).
 DEFAULT_COMPRESS_THRESHOLD = 4 * 1024
 #: zlib level of a compressed body. Level 1 costs about a third of level 6's CPU per byte
@@ -167,6 +184,45 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
         raise UsageError(f"a {message.TAG} message of {len(payload)} bytes exceeds the "
                          f"{max_size}-byte limit", code=ErrorCode.MESSAGE_TOO_LARGE)
     return payload
+
+
+#: ``[1, "part", ...`` as msgpack: how a part payload begins (the version is a positive fixint).
+_PART_PREFIX = b"\x94" + bytes((PROTOCOL_VERSION,)) + b"\xa4part"
+#: Bytes of a part's envelope around its chunk, at most: prefix, flags, bin32 header.
+_PART_OVERHEAD = len(_PART_PREFIX) + 1 + 5
+
+
+def split(payload: bytes, max_size: int) -> list[bytes]:
+    """``payload`` as ``part`` payloads of at most ``max_size`` bytes each, to send in order
+    (the peer must have announced the ``parts`` feature). A payload that fits is returned
+    alone, unchanged."""
+    if len(payload) <= max_size:
+        return [payload]
+    step = max_size - _PART_OVERHEAD
+    if step < 1:
+        raise UsageError(f"a maximum message size of {max_size} bytes leaves no room for a part")
+    view = memoryview(payload)
+    n = len(payload)
+    return [_PART_PREFIX + msgpack.packb(FLAG_MORE if at + step < n else 0)
+            + msgpack.packb(bytes(view[at:at + step]), use_bin_type=True)
+            for at in range(0, n, step)]
+
+
+def part_of(payload: bytes | bytearray | memoryview) -> tuple[bytes, bool] | None:
+    """``(chunk, more)`` when ``payload`` is a ``part`` payload, else None.
+
+    Raises:
+        ProtocolError: (``malformed_message``) it says it is a part but is not a valid one.
+    """
+    if bytes(payload[:len(_PART_PREFIX)]) != _PART_PREFIX:
+        return None
+    data = bytes(payload)
+    envelope = _unpack(data, "part payload")
+    if (not isinstance(envelope, list) or len(envelope) != 4 or type(envelope[2]) is not int
+            or envelope[2] & ~FLAG_MORE or not isinstance(envelope[3], bytes)):
+        raise ProtocolError("a part payload is [version, \"part\", flags, chunk: bin]",
+                            code=ErrorCode.MALFORMED_MESSAGE)
+    return envelope[3], bool(envelope[2] & FLAG_MORE)
 
 
 def decode(payload: bytes | bytearray | memoryview, *,

@@ -33,10 +33,18 @@ Local misuse (sending a message the state does not allow) raises
 from __future__ import annotations
 
 from ..errors import ConnectionClosedError, ProtocolError, SyncError, UsageError
-from .codec import DEFAULT_COMPRESS_THRESHOLD, DEFAULT_MAX_MESSAGE_SIZE, decode, encode
+from .codec import (
+    DEFAULT_COMPRESS_THRESHOLD,
+    DEFAULT_MAX_ASSEMBLED_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    decode,
+    encode,
+    part_of,
+    split,
+)
 from .codes import ErrorAction, ErrorCode, action_of, code_of, exception_for
 from .events import Closed, Connected, Event, Failed, MessageReceived
-from .messages import Close, Error, Hello, Message, Ping, Pong, Welcome
+from .messages import FEATURE_PARTS, Close, Error, Hello, Message, Ping, Pong, Welcome
 from .states import ACTIVE, CLOSED, ConnectionState, Role, State
 
 __all__ = ["Link", "DEFAULT_HEARTBEAT_INTERVAL_MS", "DEFAULT_HEARTBEAT_TIMEOUT_MS",
@@ -58,6 +66,10 @@ class Link:
             ``Role.ACCEPTOR``.
         max_message_size: the largest payload sent or accepted, and the largest decompressed
             body accepted.
+        max_assembled_size: with a peer that announced the ``parts`` feature (and when this
+            side announced it too), a message larger than ``max_message_size`` is sent as
+            consecutive ``part`` payloads and joined again on receipt; this is the largest
+            such message, and its largest decompressed body, sent or accepted.
         compress_threshold: compress bodies from this many encoded bytes; None never compresses.
         heartbeat_interval_ms: send a ``Ping`` after this long without hearing from the peer;
             None disables heartbeats (and the heartbeat timeout).
@@ -80,6 +92,7 @@ class Link:
         role: Role,
         *,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_assembled_size: int = DEFAULT_MAX_ASSEMBLED_SIZE,
         compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
         heartbeat_interval_ms: int | None = DEFAULT_HEARTBEAT_INTERVAL_MS,
         heartbeat_timeout_ms: int = DEFAULT_HEARTBEAT_TIMEOUT_MS,
@@ -91,6 +104,7 @@ class Link:
             raise UsageError("need 0 < heartbeat_interval_ms < heartbeat_timeout_ms")
         self.role = role
         self.max_message_size = max_message_size
+        self.max_assembled_size = max(max_assembled_size, max_message_size)
         self.compress_threshold = compress_threshold
         self.heartbeat_interval_ms = heartbeat_interval_ms
         self.heartbeat_timeout_ms = heartbeat_timeout_ms
@@ -111,6 +125,9 @@ class Link:
         self._ping_nonce = 0
         self._ping_sent_at: int | None = None
         self._pong_received = False
+        # The chunks of a payload arriving in parts, and their total size.
+        self._parts: list[bytes] | None = None
+        self._parts_size = 0
 
     # ------------------------------------------------------------------ state
 
@@ -135,6 +152,21 @@ class Link:
         connection failed. Flush :meth:`data_to_send` (the last payload may be an ``Error``
         or ``Close`` for the peer), then close the transport."""
         return self._conn.finished
+
+    @property
+    def max_send_size(self) -> int:
+        """The largest payload :meth:`send` takes now: ``max_assembled_size`` once the peer
+        announced the ``parts`` feature, else ``max_message_size``. Encode with it when
+        passing ``encoded`` to :meth:`send`."""
+        return self.max_assembled_size if self._peer_takes_parts() else self.max_message_size
+
+    def _peer_takes_parts(self) -> bool:
+        theirs = self.welcome if self.role is Role.INITIATOR else self.hello
+        return theirs is not None and FEATURE_PARTS in theirs.features
+
+    def _takes_parts(self) -> bool:
+        ours = self.hello if self.role is Role.INITIATOR else self.welcome
+        return ours is not None and FEATURE_PARTS in ours.features
 
     def can_send(self, message: Message | type[Message]) -> bool:
         """Whether :meth:`send` would accept a message of this type now."""
@@ -166,7 +198,7 @@ class Link:
             ConnectionClosedError: the connection has ended (this side sent ``Close``, or it
                 failed); nothing more can be sent.
             UsageError: the message is not allowed in the current state (a bug in the
-                caller), or is larger than ``max_message_size`` (code ``message_too_large``).
+                caller), or is larger than :attr:`max_send_size` (code ``message_too_large``).
         """
         if self._conn.finished or self.our_state is CLOSED:
             raise ConnectionClosedError(
@@ -176,10 +208,17 @@ class Link:
             raise UsageError(
                 f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
                 code="invalid_state")
+        limit = self.max_send_size
         payload = encoded if encoded is not None else encode(
-            message, compress_threshold=self.compress_threshold, max_size=self.max_message_size)
+            message, compress_threshold=self.compress_threshold, max_size=limit)
+        if len(payload) > limit:
+            raise UsageError(f"a {message.TAG} message of {len(payload)} bytes exceeds the "
+                             f"{limit}-byte limit", code=ErrorCode.MESSAGE_TOO_LARGE)
         self._conn.process_message(self.role, type(message))
-        self._out.append(payload)
+        if len(payload) > self.max_message_size:
+            self._out.extend(split(payload, self.max_message_size))
+        else:
+            self._out.append(payload)
         self._after_message(message, remote=False)
 
     def fail(self, error: BaseException) -> None:
@@ -219,8 +258,16 @@ class Link:
         if self._conn.finished:
             return
         self._heard = True
+        max_size = self.max_message_size
         try:
-            message = decode(payload, max_size=self.max_message_size)
+            if self._parts is not None or payload[:1] == b"\x94":
+                part = part_of(payload)
+                if part is not None or self._parts is not None:
+                    assembled = self._assemble(part)
+                    if assembled is None:
+                        return
+                    payload, max_size = assembled, self.max_assembled_size
+            message = decode(payload, max_size=max_size)
         except ProtocolError as exc:
             self.fail(exc)
             return
@@ -315,6 +362,28 @@ class Link:
         return self._last_heard + self.heartbeat_timeout_ms
 
     # ------------------------------------------------------------------ internals
+
+    def _assemble(self, part: tuple[bytes, bool] | None) -> bytes | None:
+        """Take one received part: the joined payload after the last one, else None."""
+        if part is None:
+            raise ProtocolError("a message sent in parts was interrupted by another message",
+                                code=ErrorCode.MALFORMED_MESSAGE)
+        if not self._takes_parts():
+            raise ProtocolError("a part payload, but this side did not announce the parts feature",
+                                code=ErrorCode.UNKNOWN_MESSAGE_TYPE)
+        chunk, more = part
+        parts = self._parts if self._parts is not None else []
+        self._parts_size += len(chunk)
+        if self._parts_size > self.max_assembled_size:
+            self._parts, self._parts_size = None, 0
+            raise ProtocolError(f"a message sent in parts exceeds the {self.max_assembled_size}-byte limit",
+                                code=ErrorCode.MESSAGE_TOO_LARGE)
+        parts.append(chunk)
+        if more:
+            self._parts = parts
+            return None
+        self._parts, self._parts_size = None, 0
+        return b"".join(parts)
 
     def _after_message(self, message: Message, *, remote: bool) -> None:
         if isinstance(message, Hello):

@@ -53,6 +53,7 @@ from .codes import ErrorAction, ErrorCode, action_of
 __all__ = [
     "MAX_SEQ",
     "FEATURE_SNAPSHOT_JSON",
+    "FEATURE_PARTS",
     "FEATURES",
     "Scope",
     "check_scope",
@@ -90,8 +91,11 @@ MAX_DEPTH = 64
 #: Feature (``Hello``/``Welcome`` ``features``): this side accepts ``snapshot`` documents in
 #: their JSON-text form, ``[collection, key, epoch, live, body_json, meta_json]``.
 FEATURE_SNAPSHOT_JSON = "snapshot_json"
+#: Feature: this side accepts a payload larger than its maximum message size sent as
+#: consecutive ``part`` payloads (see :mod:`tidesync.protocol.codec`); the Link handles it.
+FEATURE_PARTS = "parts"
 #: The optional features this implementation announces.
-FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON,)
+FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON, FEATURE_PARTS)
 
 #: What a replica wants to receive: ``{}`` (everything), ``{"partition": {"key": field,
 #: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync).

@@ -42,7 +42,10 @@ class ServerConfig:
         access_token_ttl, refresh_token_ttl: token lifetimes in seconds.
         secret: the key that signs tokens; made once and kept in ``data_dir/secret.key``.
         policies: per-field conflict policies.
-        max_message_size: the largest sync message accepted, in bytes.
+        max_message_size: the largest sync message (WebSocket message) accepted, in bytes.
+        max_assembled_size: the largest sync message accepted in parts from a peer that
+            sends larger messages so (a transaction bigger than ``max_message_size``), in
+            bytes; what one connection may make the server hold in memory at a time.
         log_keep: how many log entries to keep when compacting (None: keep all).
         development_mode: True when no config file was given.
         tls_cert, tls_key: PEM files; with both, the server speaks HTTPS and WSS only.
@@ -66,6 +69,7 @@ class ServerConfig:
     secret: bytes | None = None
     policies: Policies | None = None
     max_message_size: int = 16 * 1024 * 1024
+    max_assembled_size: int = 64 * 1024 * 1024
     log_keep: int | None = None
     development_mode: bool = True
     tls_cert: str | None = None
@@ -109,6 +113,7 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         sync = data.get("sync", {})
         cfg.partition_key = str(sync.get("partition_key", cfg.partition_key))
         cfg.max_message_size = int(sync.get("max_message_size", cfg.max_message_size))
+        cfg.max_assembled_size = int(sync.get("max_assembled_size", cfg.max_assembled_size))
         if "flexible" in sync:
             from .flexible import flexible_config_from_toml
 

@@ -162,11 +162,11 @@ class _Shared:
             return None
         entries = message.entries
         key = (message.from_seq, message.to_seq, message.head, message.progress, id(entries),
-               link.compress_threshold, link.max_message_size)
+               link.compress_threshold, link.max_message_size, link.max_send_size)
         hit = self._payloads.get(key)
         if hit is not None and hit[0] is entries:
             return hit[1]
-        payload = encode(message, compress_threshold=link.compress_threshold, max_size=link.max_message_size)
+        payload = encode(message, compress_threshold=link.compress_threshold, max_size=link.max_send_size)
         if len(self._payloads) >= 256:
             self._payloads.clear()
         self._payloads[key] = (entries, payload)  # holds entries: its id stays unique meanwhile
@@ -326,7 +326,8 @@ class ServerSession:
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
         self.ws = websocket
-        self.link = Link(Role.ACCEPTOR, max_message_size=state.config.max_message_size)
+        self.link = Link(Role.ACCEPTOR, max_message_size=state.config.max_message_size,
+                         max_assembled_size=state.config.max_assembled_size)
         from .config import named_policies
 
         self.replicator = Replicator(state.backend.replica_id, Role.ACCEPTOR,

@@ -54,3 +54,22 @@ def test_unknown_transaction_is_a_clear_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "tidesync", "revert", str(path), "0" * 34],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "tidesync: no transaction" in res.stderr
+
+
+def test_compact_keeps_the_newest_entries_of_a_servers_log(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    with tidesync.open(data / "sync.db", schema=[Technician]) as db:
+        for i in range(5):
+            with db.write():
+                db.create(Technician, _id=f"t{i}", name="x")
+    assert main(["compact", "--keep", "2", "--data", str(data)]) == 0
+    assert "dropped log entries 1 to 3; kept 2 (up to 5)" in capsys.readouterr().out
+    assert main(["compact", "--keep", "2", "--data", str(data)]) == 0
+    assert "nothing to drop" in capsys.readouterr().out
+    with tidesync.open(data / "sync.db", schema=[Technician]) as db:
+        assert [e.seq for e in db.history(10)] == [5, 4]
+        assert len(db.objects(Technician)) == 5                # documents stay
+    assert main(["compact", "--keep", "-1", "--data", str(data)]) == 2
+    assert "--keep must be >= 0" in capsys.readouterr().err
+    assert main(["compact", "--keep", "1", "--data", str(tmp_path / "none")]) == 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.helpers.servers import running_server, synced_db
@@ -108,3 +110,38 @@ def test_a_device_that_uploads_to_an_empty_server_gets_no_snapshot_of_its_own_do
         assert len(fresh.objects(WorkOrder)) == 60
         assert snapshots == [fresh.replica_id]
         fresh.close()
+
+
+def test_the_server_compacts_its_log_to_log_keep_by_itself(tmp_path, monkeypatch):
+    from tidesync.server import sync_endpoint
+
+    monkeypatch.setattr(sync_endpoint._Shared, "COMPACT_TICKS", 1)   # check every second, not every minute
+    with running_server(tmp_path / "s", log_keep=5) as server:
+        a = synced_db(tmp_path / "a.db", server.url, [WorkOrder])
+        b = synced_db(tmp_path / "b.db", server.url, [WorkOrder])
+        with a.write():
+            wo = a.create(WorkOrder, title="shared")
+        a.sync_session.wait_for_upload_completion(timeout=T)
+        b.sync_session.wait_for_download_completion(timeout=T)
+        b.sync_session.pause()
+        with b.write():
+            b.create(WorkOrder, title="offline on b")
+        for i in range(120):                     # more than log_keep + the 100 a compaction waits for
+            with a.write():
+                a.get(WorkOrder, wo._id).priority = i
+        a.sync_session.wait_for_upload_completion(timeout=T)
+        backend = server.app.state.tidesync.backend
+        deadline = time.monotonic() + T
+        while backend.log_floor() == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert backend.log_floor() == backend.head_seq() - 5
+        assert backend._engine.query("SELECT count(*) FROM log")[0][0] == 5
+        b.sync_session.resume()                  # behind the floor: bootstraps, keeps its write
+        b.sync_session.wait_for_upload_completion(timeout=T)
+        b.sync_session.wait_for_download_completion(timeout=T)
+        a.sync_session.wait_for_download_completion(timeout=T)
+        for db in (a, b):
+            assert db.get(WorkOrder, wo._id).priority == 119
+            assert len(db.objects(WorkOrder).filter("title == 'offline on b'")) == 1
+        a.close()
+        b.close()

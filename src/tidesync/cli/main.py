@@ -5,6 +5,7 @@
     tidesync serve [--host 127.0.0.1] [--port 8765] [--data DIR] [--app-id ID] [--config FILE]
                    [--tls-cert FILE --tls-key FILE]
     tidesync conflicts [--data DIR] [--limit N]      resolved conflicts recorded by a server
+    tidesync compact --keep N [--data DIR]            drop a server's log entries but the newest N
     tidesync history FILE [--limit N]                 a database file's transactions, newest first
     tidesync revert FILE TXN_ID                       revert one transaction of a database file
     tidesync users list|disable|enable|delete [USER_ID] [--data DIR]     a server's users
@@ -51,6 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print the learned schema as JSON")
     sc.add_argument("--json-schema", action="store_true",
                     help="print one JSON Schema per collection (bsonType form), to enforce with [schema]")
+
+    cp = sub.add_parser("compact", help="drop a server's old log entries",
+                        description="Drop all but the newest KEEP entries of a server's log (also while it "
+                                    "runs). Documents stay; a device further behind bootstraps again from "
+                                    "document states and keeps its unsynced writes. [sync] log_keep in "
+                                    "tidesync.toml makes the server do this by itself.")
+    cp.add_argument("--keep", type=int, required=True, help="how many of the newest log entries to keep")
+    cp.add_argument("--data", default="data", help="the server's data directory")
 
     h = sub.add_parser("history", help="list a database file's transactions",
                        description="List the transactions of a tidesync database file, newest first.")
@@ -158,6 +167,28 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ..store.database import Database
+
+    path = Path(args.data) / "sync.db"
+    if not path.exists():
+        print(f"no server data in {args.data}", file=sys.stderr)
+        return 1
+    if args.keep < 0:
+        raise UsageError(f"--keep must be >= 0, not {args.keep}")
+    with Database(path) as db:
+        before = db.log_floor()
+        floor = db.compact_log(args.keep)
+        head = db.head_seq()
+    if floor == before:
+        print(f"nothing to drop: the log holds entries {floor + 1} to {head}")
+    else:
+        print(f"dropped log entries {before + 1} to {floor}; kept {head - floor} (up to {head})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -190,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "schema":
             return _schema(args)
+        if args.command == "compact":
+            return _compact(args)
         if args.command in ("users", "api-keys"):
             return _auth_admin(args)
         if args.command in ("history", "revert"):

@@ -46,7 +46,9 @@ class ServerConfig:
         max_assembled_size: the largest sync message accepted in parts from a peer that
             sends larger messages so (a transaction bigger than ``max_message_size``), in
             bytes; what one connection may make the server hold in memory at a time.
-        log_keep: how many log entries to keep when compacting (None: keep all).
+        log_keep: keep the newest this many log entries and drop older ones, checked about
+            once a minute while devices are connected (None: keep the whole log). A device
+            further behind bootstraps again from document states, keeping its unsynced writes.
         development_mode: True when no config file was given.
         tls_cert, tls_key: PEM files; with both, the server speaks HTTPS and WSS only.
         auth: login providers, rate limits, custom user data (``[auth]``, docs/auth.md).
@@ -114,6 +116,12 @@ def load_config(path: str | os.PathLike[str] | None, **overrides: Any) -> Server
         cfg.partition_key = str(sync.get("partition_key", cfg.partition_key))
         cfg.max_message_size = int(sync.get("max_message_size", cfg.max_message_size))
         cfg.max_assembled_size = int(sync.get("max_assembled_size", cfg.max_assembled_size))
+        if "log_keep" in sync:
+            keep = sync["log_keep"]
+            if type(keep) is not int or keep < 0:
+                raise UsageError(f"[sync] log_keep must be a whole number >= 0, not {keep!r}",
+                                 advice="see docs/config.md")
+            cfg.log_keep = keep
         if "flexible" in sync:
             from .flexible import flexible_config_from_toml
 

@@ -81,11 +81,15 @@ class _Shared:
     """
 
     ACK_DELAY = 0.25
+    #: Ticks (seconds) between two checks whether the log needs compacting (``log_keep``).
+    COMPACT_TICKS = 60
 
     def __init__(self) -> None:
         self.head = 0
         #: The server whose sessions these are (set by _shared).
         self.state: ServerState | None = None
+        self._ticks = 0
+        self._compacting = False
         #: While sessions are woken for an integration: the canonical partition values its
         #: entries can concern (None: any).
         self.touched: set[str] | None = None
@@ -138,6 +142,30 @@ class _Shared:
             self._check_written_elsewhere()
         except Exception:  # noqa: BLE001 - the next tick checks again
             log.exception("checking for another process's writes failed")
+        self._ticks += 1
+        if self._ticks % self.COMPACT_TICKS == 0:
+            self._compact_soon()
+
+    def _compact_soon(self) -> None:
+        """Compact the log to the config's ``log_keep`` in a worker thread, once it holds a
+        tenth (at least 100 entries) more than that: a few large deletes rather than one per
+        write."""
+        state = self.state
+        keep = state.config.log_keep if state is not None else None
+        if state is None or keep is None or self._compacting:
+            return
+        backend = state.backend
+        self._compacting = True
+
+        def compact() -> None:
+            try:
+                backend.compact_log(keep, min_drop=max(100, keep // 10))
+            except Exception:  # noqa: BLE001 - retried at the next check
+                log.exception("compacting the log failed")
+            finally:
+                self._compacting = False
+
+        asyncio.get_running_loop().run_in_executor(None, compact)
 
     def _check_written_elsewhere(self) -> None:
         """Wake every session when another process committed to the backend's file since the

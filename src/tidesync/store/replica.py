@@ -38,6 +38,7 @@ from ..core import merge
 from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json, loads_json
+from ..errors import UsageError
 from ..protocol.messages import DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
     Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
@@ -858,17 +859,23 @@ class ReplicaStore:
 
     # -- compaction --------------------------------------------------------------------------
 
-    def compact_log(self, keep_last: int) -> int:
+    def compact_log(self, keep_last: int, *, min_drop: int = 1) -> int:
         """Drop all but the newest ``keep_last`` log entries; return the new floor seq.
 
         Documents, descriptors and checkpoints stay. Peers behind the floor bootstrap from a
-        snapshot on their next connection.
+        snapshot on their next connection. ``min_drop``: do nothing unless at least this many
+        entries would go.
         """
+        if keep_last < 0:
+            raise UsageError(f"keep_last must be >= 0, not {keep_last}")
         with self._lock:
             self._check_open()
             with self._engine.atomic():
                 head = self.head_seq()
-                floor = max(self.log_floor(), head - keep_last)
+                old_floor = self.log_floor()
+                floor = max(old_floor, head - keep_last)
+                if floor - old_floor < max(1, min_drop):
+                    return old_floor
                 if floor > 0:
                     self._engine.execute("DELETE FROM log WHERE seq <= ?", (floor,))
                     self._set_setting("log_floor", str(floor))

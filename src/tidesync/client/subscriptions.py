@@ -299,6 +299,9 @@ def _query_of(results: Any, db: Any = None) -> tuple[str, Query]:
     if getattr(results, "_limit", None) is not None:
         raise UsageError("a subscription cannot have a limit: it syncs every match",
                          advice="subscribe without limit() and limit the results you read")
+    if getattr(results, "_distinct", None) is not None:
+        raise UsageError("a subscription cannot have a DISTINCT: it syncs every match",
+                         advice="subscribe without DISTINCT and apply it to the results you read")
     nodes = [q.node for q in queries]
     node: Node = TruePredicate() if not nodes else nodes[0] if len(nodes) == 1 else And(tuple(nodes))
     collection = cls.__name__

@@ -14,23 +14,25 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import QueryError
-from .ast import (MAX_DEPTH, And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
-                  Path, Quantified, Query, Size, StringOp, TruePredicate, Value, bind, node_from_json,
-                  node_to_json)
+from .ast import (MAX_DEPTH, And, Between, Compare, Count, Descriptor, DistinctDescriptor, Exists,
+                  FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, Query, Size,
+                  SortDescriptor, StringOp, TruePredicate, Value, bind, node_from_json, node_to_json)
 from .mongo_filter import parse_mongo
-from .rql import parse_rql, to_rql
+from .rql import parse_rql, parse_rql_query, to_rql
 from .to_mongo import to_mongo
 from .to_predicate import LinkResolver, Predicate, to_predicate
-from .to_sql import compile_order, compile_sql, index_expression
+from .to_sql import compile_distinct, compile_order, compile_sql, index_expression
 
 __all__ = [
     "parse_query",
     "Query",
     "parse_rql",
+    "parse_rql_query",
     "parse_mongo",
     "to_rql",
     "compile_sql",
     "compile_order",
+    "compile_distinct",
     "index_expression",
     "to_predicate",
     "to_mongo",
@@ -57,6 +59,10 @@ __all__ = [
     "Not",
     "TruePredicate",
     "FalsePredicate",
+    "SortDescriptor",
+    "DistinctDescriptor",
+    "LimitDescriptor",
+    "Descriptor",
 ]
 
 
@@ -78,7 +84,7 @@ def parse_query(query: str | Mapping[str, Any] | Query, args: Sequence[Any] = ()
     if isinstance(query, Query):
         return query.bind(args) if query.params else query
     if isinstance(query, str):
-        return Query(parse_rql(query, args), query)
+        return parse_rql_query(query, args)
     if isinstance(query, Mapping):
         if args:
             raise QueryError("arguments ($0, $1, ...) are for RQL text; put the values in the filter "

@@ -67,6 +67,10 @@ __all__ = [
     "Node",
     "LeafNode",
     "Query",
+    "SortDescriptor",
+    "DistinctDescriptor",
+    "LimitDescriptor",
+    "Descriptor",
     "bind",
     "params_of",
     "bound_plain",
@@ -439,20 +443,63 @@ def _check_items(items: object) -> tuple[Node, ...]:
     return tuple(items)
 
 
+# -- result descriptors (RQL's SORT, DISTINCT, LIMIT) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SortDescriptor:
+    """RQL ``SORT(a ASC, b DESC)``: ``(path, descending)`` pairs, the first the primary key."""
+
+    keys: tuple[tuple[Path, bool], ...]
+
+    def __post_init__(self) -> None:
+        if not self.keys or not all(isinstance(p, Path) and type(d) is bool for p, d in self.keys):
+            raise QueryError("SORT needs at least one key path")
+
+
+@dataclass(frozen=True, slots=True)
+class DistinctDescriptor:
+    """RQL ``DISTINCT(a, b)``: of the objects with equal values of these key paths, only
+    the first (in the order in effect where it is written) is kept."""
+
+    paths: tuple[Path, ...]
+
+    def __post_init__(self) -> None:
+        if not self.paths or not all(isinstance(p, Path) for p in self.paths):
+            raise QueryError("DISTINCT needs at least one key path")
+
+
+@dataclass(frozen=True, slots=True)
+class LimitDescriptor:
+    """RQL ``LIMIT(n)``: at most ``n`` objects."""
+
+    count: int
+
+    def __post_init__(self) -> None:
+        if type(self.count) is not int or self.count < 0:
+            raise QueryError(f"LIMIT needs a whole number >= 0, not {self.count!r}")
+
+
+Descriptor: TypeAlias = SortDescriptor | DistinctDescriptor | LimitDescriptor
+
+
 # -- the query wrapper -------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class Query:
-    """A parsed query: the predicate tree and, for RQL, the text it came from.
+    """A parsed query: the predicate tree, for RQL the text it came from, and the result
+    descriptors that text ends with (``SORT``, ``DISTINCT``, ``LIMIT``, in the order written).
 
     Make one with :func:`tidesync.query.parse_query`. Compile it with
     :func:`~tidesync.query.compile_sql`, :func:`~tidesync.query.to_predicate` or
-    :func:`~tidesync.query.to_mongo`; send it to another replica as :meth:`to_json`.
+    :func:`~tidesync.query.to_mongo` (the predicate only; ``Results.filter`` applies the
+    descriptors); send its predicate to another replica as :meth:`to_json`.
     """
 
     node: Node
     text: str | None = field(default=None, compare=False)
+    descriptors: tuple[Descriptor, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.node, _NODE_TYPES):
@@ -465,10 +512,11 @@ class Query:
 
     def bind(self, args: Sequence[Any]) -> Query:
         """This query with its ``$n`` arguments replaced by ``args``."""
-        return Query(bind(self.node, args), self.text)
+        return Query(bind(self.node, args), self.text, self.descriptors)
 
     def to_json(self) -> dict[str, Any]:
-        """A JSON-compatible description (values in plain form) that :meth:`from_json` reads."""
+        """A JSON-compatible description (values in plain form) that :meth:`from_json` reads:
+        the predicate and the text, not the descriptors (a subscription syncs every match)."""
         out: dict[str, Any] = {"node": node_to_json(self.node)}
         if self.text is not None:
             out["text"] = self.text

@@ -2,7 +2,10 @@
 
 Grammar (keywords are case-insensitive)::
 
-    query      := or EOF
+    query      := or descriptor* EOF
+    descriptor := "SORT" "(" keypath [dir] ("," keypath [dir])* ")"
+                | "DISTINCT" "(" keypath ("," keypath)* ")" | "LIMIT" "(" int ")"
+    dir        := "ASC" | "ASCENDING" | "DESC" | "DESCENDING"
     or         := and (("OR" | "||") and)*
     and        := not (("AND" | "&&") not)*
     not        := ("NOT" | "!") not | primary
@@ -18,6 +21,12 @@ Grammar (keywords are case-insensitive)::
     keypath    := name ("." name)* ["." ("@count" | "@size")]
     value      := int | float | 'string' | "string" | true | false | nil | null
                 | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
+
+``SORT``, ``DISTINCT`` and ``LIMIT`` are not keywords (a field may be named so): they are
+recognised after a complete predicate, followed by ``(``. :func:`parse_rql` returns the
+predicate only and refuses them; :func:`parse_rql_query` returns a
+:class:`~tidesync.query.ast.Query` with them as descriptors. A ``SORT`` or ``DISTINCT`` after a
+``LIMIT``, or a second ``DISTINCT``, is refused (tidesync limits last and keeps one DISTINCT).
 
 Strings take the escapes ``\\\\ \\' \\" \\/ \\b \\f \\n \\r \\t \\uXXXX``. ``$n`` refers to
 the n-th argument (any Python value tidesync stores: datetime, Decimal, ObjectId, UUID,
@@ -37,11 +46,15 @@ from uuid import UUID
 from ..core.objectid import ObjectId
 from ..core.values import from_plain
 from ..errors import QueryError
-from .ast import (And, Between, Compare, CompareOp, Count, Exists, FalsePredicate, In, Node, Not,
-                  Or, Param, Path, Quantified, QuantifierName, Size, StringOp, StringOpName,
-                  TruePredicate, Value, MAX_DEPTH, bind_value)
+from .ast import (And, Between, Compare, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
+                  FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
+                  Query, Size, SortDescriptor, StringOp, StringOpName, TruePredicate, Value, MAX_DEPTH,
+                  bind_value)
 
-__all__ = ["parse_rql", "to_rql", "KEYWORDS"]
+__all__ = ["parse_rql", "parse_rql_query", "to_rql", "KEYWORDS"]
+
+_DESCRIPTORS: Final = ("sort", "distinct", "limit")
+_DIRECTIONS: Final = {"asc": False, "ascending": False, "desc": True, "descending": True}
 
 KEYWORDS: Final = frozenset({
     "and", "or", "not", "any", "some", "all", "none", "in", "between", "beginswith", "endswith",
@@ -246,13 +259,58 @@ class _Parser:
 
     # -- grammar -------------------------------------------------------------------------
 
-    def parse(self) -> Node:
+    def parse(self) -> tuple[Node, tuple[Descriptor, ...]]:
         if self.peek.kind == "end":
             raise self.error("empty query: expected a condition such as `status == 'open'` or TRUEPREDICATE")
         node = self.or_expr()
+        descriptors: list[Descriptor] = []
+        while self.at_descriptor():
+            descriptors.append(self.descriptor(descriptors))
         if self.peek.kind != "end":
-            raise self.expected("AND, OR or the end of the query")
-        return node
+            raise self.expected("AND, OR, SORT, DISTINCT, LIMIT or the end of the query")
+        return node, tuple(descriptors)
+
+    def at_descriptor(self) -> bool:
+        token = self.peek
+        after = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else token
+        return (token.kind == "name" and token.text.lower() in _DESCRIPTORS
+                and after.kind == "punct" and after.text == "(")
+
+    def descriptor(self, earlier: list[Descriptor]) -> Descriptor:
+        token = self.next()
+        word = token.text.upper()
+        self.expect_punct("(", word)
+        if word != "LIMIT" and any(isinstance(d, LimitDescriptor) for d in earlier):
+            raise self.error(f"{word} after LIMIT is not supported: tidesync limits last, so write "
+                             f"LIMIT at the end", token)
+        if word == "LIMIT":
+            count = self.peek
+            if count.kind != "number" or type(count.value) is not int or count.value < 0:
+                raise self.expected("a whole number >= 0", "LIMIT(")
+            self.next()
+            self.expect_punct(")", "the LIMIT count")
+            return LimitDescriptor(count.value)
+        if word == "DISTINCT" and any(isinstance(d, DistinctDescriptor) for d in earlier):
+            raise self.error("one DISTINCT per query: list several key paths in it", token)
+        keys: list[tuple[Path, bool]] = []
+        while True:
+            if not (self.peek.kind == "name" and self.peek.keyword is None):
+                raise self.expected("a key path", f"{word}(" if not keys else "','")
+            path = self.keypath()
+            if not isinstance(path, Path):
+                raise self.error(f"{word} takes key paths, not @count or @size", token)
+            descending = False
+            if word == "SORT" and self.peek.kind == "name" and self.peek.text.lower() in _DIRECTIONS:
+                descending = _DIRECTIONS[self.next().text.lower()]
+            keys.append((path, descending))
+            if self.at_punct(","):
+                self.next()
+                continue
+            break
+        self.expect_punct(")", f"the {word} key paths")
+        if word == "SORT":
+            return SortDescriptor(tuple(keys))
+        return DistinctDescriptor(tuple(p for p, _ in keys))
 
     def or_expr(self) -> Node:
         items = [self.and_expr()]
@@ -455,7 +513,20 @@ def parse_rql(text: str, args: Sequence[Any] | None = ()) -> Node:
     """
     if not isinstance(text, str):
         raise QueryError(f"a query is a str, not {type(text).__name__}")
-    return _Parser(text, args).parse()
+    node, descriptors = _Parser(text, args).parse()
+    if descriptors:
+        raise QueryError("SORT, DISTINCT and LIMIT shape results, they are not part of a predicate",
+                         advice="pass the text to Results.filter() or parse_query()")
+    return node
+
+
+def parse_rql_query(text: str, args: Sequence[Any] | None = ()) -> Query:
+    """Parse a Realm Query Language string with its result descriptors (``SORT(...)``,
+    ``DISTINCT(...)``, ``LIMIT(n)``), as :func:`parse_rql` parses the predicate."""
+    if not isinstance(text, str):
+        raise QueryError(f"a query is a str, not {type(text).__name__}")
+    node, descriptors = _Parser(text, args).parse()
+    return Query(node, text, descriptors)
 
 
 # -- formatting --------------------------------------------------------------------------

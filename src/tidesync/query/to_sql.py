@@ -55,7 +55,7 @@ from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
 from .to_predicate import leaf_test
 
-__all__ = ["compile_sql", "compile_order", "index_expression"]
+__all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression"]
 
 _BODY: Final = "documents.body"
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -509,6 +509,19 @@ def compile_order(collection: str, sort_keys: Sequence[tuple[str, bool]], schema
         expr = compiler.scalar(_BODY, _JPath(), steps, 0, "sort by", inline=True)
         terms.append(f"{expr} {'DESC' if descending else 'ASC'}")
     return ", ".join(terms)
+
+
+def compile_distinct(collection: str, key_paths: Sequence[str], schema: Schema | None = None) -> list[str]:
+    """One SQL expression per key path whose values tell objects apart for ``DISTINCT``
+    (the expressions sorting uses: datetimes by micros, decimals as REAL; values of different
+    types stay different). For ``PARTITION BY`` or ``GROUP BY``.
+
+    Raises:
+        QueryError: unknown field, or a key path through a list.
+    """
+    compiler = _Compiler(collection, schema)
+    return [compiler.scalar(_BODY, _JPath(), resolve(collection, schema, _names(key)), 0, "distinct on", inline=True)
+            for key in key_paths]
 
 
 def index_expression(collection: str, field_path: str | Sequence[str] | Path, schema: Schema | None) -> str:

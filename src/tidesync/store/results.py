@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from ..core.models import _ModelBase
 from ..core.values import loads_json
 from ..errors import QueryError
-from ..query import Query, compile_order, compile_sql, parse_query, parse_rql
+from ..query import (DistinctDescriptor, LimitDescriptor, Query, SortDescriptor, compile_distinct, compile_order,
+                     compile_sql, parse_query, parse_rql_query)
 from .database import _CACHE_LIMIT
 from .managed import ObjectBinding
 
@@ -51,7 +52,7 @@ def _parse(query: str | Mapping[str, Any] | Query, args: Sequence[Any]) -> Query
     template = _PARSED.get(query)
     if template is None:
         try:
-            template = Query(parse_rql(query, None), query)
+            template = parse_rql_query(query, None)
         except QueryError:
             return parse_query(query, args)  # raises the parser's own error
         if len(_PARSED) >= _PARSED_LIMIT:
@@ -70,12 +71,15 @@ class Results(Generic[M]):
 
     def __init__(self, db: Database, cls: type[M], queries: tuple[Query, ...] = (),
                  sort: tuple[tuple[str, bool], ...] = (), limit: int | None = None,
-                 compiled: tuple[tuple[str, list[Any]], ...] = ()) -> None:
+                 compiled: tuple[tuple[str, list[Any]], ...] = (),
+                 distinct: tuple[tuple[str, ...], tuple[tuple[str, bool], ...]] | None = None) -> None:
         self._db = db
         self._cls = cls
         self._queries = queries
         self._sort = sort
         self._limit = limit
+        #: RQL's DISTINCT: (key paths, the sort keys in effect where it was written).
+        self._distinct = distinct
         # compile_sql of each query, when known (it depends only on the query and the schema)
         self._compiled = compiled if len(compiled) == len(queries) else ()
 
@@ -89,23 +93,44 @@ class Results(Generic[M]):
         """Narrow the results with a Realm Query Language string (``$0``-style args) or a
         MongoDB filter document. Filters combine with AND.
 
+        RQL text may end with ``SORT(key ASC|DESC, ...)``, ``DISTINCT(key, ...)`` and
+        ``LIMIT(n)``, as in Realm: a ``SORT`` becomes the primary order (earlier sort keys
+        break its ties), ``DISTINCT`` keeps the first object of each group of equal values in
+        the order in effect where it is written, ``LIMIT`` caps the count (see docs/queries.md).
+
         Raises:
             QueryError: the query does not parse or names an unknown field.
         """
         q = _parse(query, args)
-        sql = compile_sql(q, self._cls.__name__, self._db.schema)  # validate now, not on first use
-        return Results(self._db, self._cls, self._queries + (q,), self._sort, self._limit, self._compiled + (sql,))
+        name, schema = self._cls.__name__, self._db.schema
+        sql = compile_sql(q, name, schema)  # validate now, not on first use
+        sort, limit, distinct = self._sort, self._limit, self._distinct
+        for d in q.descriptors:
+            if isinstance(d, SortDescriptor):
+                keys = tuple((str(p), desc) for p, desc in d.keys)
+                compile_order(name, list(keys), schema)
+                sort = keys + tuple(k for k in sort if k[0] not in {p for p, _ in keys})
+            elif isinstance(d, DistinctDescriptor):
+                if distinct is not None:
+                    raise QueryError("these results already have a DISTINCT: list several key paths in one")
+                paths = tuple(str(p) for p in d.paths)
+                compile_distinct(name, paths, schema)
+                distinct = (paths, sort)
+            elif isinstance(d, LimitDescriptor):
+                limit = d.count if limit is None else min(limit, d.count)
+        return Results(self._db, self._cls, self._queries + (q,), sort, limit, self._compiled + (sql,), distinct)
 
     def sort(self, key: str, reverse: bool = False) -> Results[M]:
         """Sort by a field (a key path through embedded objects works too); chain for more keys."""
         compile_order(self._cls.__name__, [(key, reverse)], self._db.schema)
-        return Results(self._db, self._cls, self._queries, self._sort + ((key, reverse),), self._limit, self._compiled)
+        return Results(self._db, self._cls, self._queries, self._sort + ((key, reverse),), self._limit, self._compiled,
+                       self._distinct)
 
     def limit(self, n: int) -> Results[M]:
         """At most ``n`` objects."""
         if n < 0:
             raise ValueError("limit must be >= 0")
-        return Results(self._db, self._cls, self._queries, self._sort, n, self._compiled)
+        return Results(self._db, self._cls, self._queries, self._sort, n, self._compiled, self._distinct)
 
     # -- SQL -------------------------------------------------------------------------------
 
@@ -115,6 +140,16 @@ class Results(Generic[M]):
         for frag, p in self._compiled or [compile_sql(q, self._cls.__name__, self._db.schema) for q in self._queries]:
             sql += f" AND ({frag})"
             params.extend(p)
+        if self._distinct is not None:
+            # The first row of each group of equal values, in the order DISTINCT was written in.
+            paths, order = self._distinct
+            name, schema = self._cls.__name__, self._db.schema
+            groups = ", ".join(compile_distinct(name, paths, schema))
+            first = (compile_order(name, list(order), schema) + ", " if order else "") + "documents.rowid"
+            sql += (f" AND documents.rowid IN (SELECT rid FROM (SELECT documents.rowid AS rid, row_number() "
+                    f"OVER (PARTITION BY {groups} ORDER BY {first}) AS rn FROM documents WHERE {sql}) "
+                    f"WHERE rn = 1)")
+            params = params + params
         return sql, params
 
     def _order(self) -> str:

@@ -52,7 +52,8 @@ __all__ = [
 
 
 def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  # noqa: A001
-         encryption_key: bytes | None = None, sync: Any = None, policies: Policies | None = None) -> Database:
+         encryption_key: bytes | None = None, sync: Any = None, policies: Policies | None = None,
+         log_keep: int | None = None) -> Database:
     """Open (or create) a tidesync database file.
 
     Args:
@@ -61,11 +62,15 @@ def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  #
         encryption_key: 64 bytes to encrypt the file with SQLCipher (``tidesync[encryption]``).
         sync: a ``SyncConfig`` to keep the database in sync with a server.
         policies: per-field conflict policies (default: last writer wins).
+        log_keep: keep only about the newest this many transactions in the file's log (its
+            history: ``db.history()``, ``db.revert()``, what a peer catches up from); older
+            ones are dropped once the server has them (with ``sync``), at most a tenth (at
+            least 100) over. None (the default): keep them all. See docs/data-model.md.
 
     Returns:
         The database; use it as a context manager or call ``close()``.
     """
-    db = Database(path, schema, encryption_key=encryption_key, policies=policies)
+    db = Database(path, schema, encryption_key=encryption_key, policies=policies, log_keep=log_keep)
     if sync is not None:
         from .client.session import attach_sync
 

@@ -205,8 +205,13 @@ class Database(ReplicaStore):
     def __init__(self, path: str | os.PathLike[str], schema: Sequence[type[_ModelBase]] = (), *,
                  encryption_key: bytes | None = None, policies: merge.Policies | None = None,
                  user: str | None = None, partition_key: str | None = None,
-                 bootstrap_with_snapshot: bool = False) -> None:
+                 bootstrap_with_snapshot: bool = False, log_keep: int | None = None) -> None:
+        if log_keep is not None and (type(log_keep) is not int or log_keep < 0):
+            raise UsageError(f"log_keep must be a whole number >= 0 or None, not {log_keep!r}")
         self.path = os.fspath(path)
+        #: Keep about this many log entries (None: all); see _trim_log.
+        self._log_keep = log_keep
+        self._commits_unchecked = 0
         self._models: dict[str, type[_ModelBase]] = {}
         for cls in schema:
             if not isinstance(cls, type) or not issubclass(cls, _ModelBase) or cls.__ts_embedded__:
@@ -712,6 +717,27 @@ class Database(ReplicaStore):
             self._listeners.notify()
         if self._sync is not None:
             self._sync.local_commit()
+        elif self._log_keep is not None:
+            # Without sync nothing waits for the log: trim it now and then.
+            self._commits_unchecked += 1
+            if self._commits_unchecked >= 100:
+                self._commits_unchecked = 0
+                self._trim_log(None)
+
+    def _trim_log(self, acked: int | None) -> None:
+        """Drop log entries beyond the newest ``log_keep`` (see :func:`tidesync.open`), never
+        one after ``acked`` (the log seq the sync server acknowledged: what it does not hold
+        yet must stay to be uploaded), once at least a tenth of ``log_keep`` (and 100) would go."""
+        keep = self._log_keep
+        if keep is None:
+            return
+        with self._lock:
+            if self._closed or self._txn is not None:
+                return
+            head = self.head_seq()
+            target = head - keep if acked is None else min(head - keep, acked)
+            if target - self.log_floor() >= max(100, keep // 10):
+                self.compact_log(head - target)
 
     # -- creating, reading, deleting -------------------------------------------------------
 
@@ -1243,20 +1269,28 @@ class Database(ReplicaStore):
     # -- replication -----------------------------------------------------------------------
 
     def export_transactions(self, since: int = 0, limit: int | None = None) -> list[Transaction]:
-        """The transactions integrated here after local sequence number ``since``, oldest first."""
+        """The transactions integrated here after local sequence number ``since``, oldest first.
+
+        Raises:
+            UsageError: some of them were dropped from the log (``log_keep``, ``compact_log``).
+        """
         self._check_open()
         with self._lock:
+            floor = self.log_floor()
+            if since < floor:
+                raise UsageError(f"the transactions after {since} are no longer all in the log: it was trimmed "
+                                 f"up to {floor} (log_keep or compact_log)",
+                                 advice="ask for transactions after the trimmed ones, or sync the peer over a "
+                                        "Link: one this far behind bootstraps from document states")
             rows = self._engine.query("SELECT data FROM log WHERE seq > ? ORDER BY seq LIMIT ?",
                                       (since, -1 if limit is None else limit))
         return [Transaction.from_stored(msgpack.unpackb(r[0], raw=False)) for r in rows]
 
     @property
     def last_seq(self) -> int:
-        """The local change sequence number of the newest transaction here (0 when none)."""
-        with self._lock:
-            self._check_open()
-            rows = self._engine.query("SELECT max(seq) FROM log")
-        return int(rows[0][0] or 0)
+        """The local change sequence number of the newest transaction here (0 when none; it
+        stays where it was when older entries are dropped from the log)."""
+        return self.head_seq()
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
                   peer_seq: int | None = None, preloaded: Preloaded | None = None) -> IntegrateResult:
@@ -1358,6 +1392,8 @@ class Database(ReplicaStore):
                     self._engine.execute(
                         "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                         "DO UPDATE SET acked = excluded.acked", (peer, acked))
+        if acked is not None:
+            self._trim_log(acked)
 
     def _after_remote(self, changed: bool) -> None:
         """After integrating from a peer: refresh caches, wake listeners and other peers."""
@@ -1637,7 +1673,8 @@ class Database(ReplicaStore):
         with self._lock:
             rows = self._engine.query("SELECT seq, data FROM log WHERE id = ?", (txn_id,))
             if not rows:
-                raise RevertError(f"no transaction {txn_id!r} in this database", advice="see db.history() for ids")
+                raise RevertError(f"no transaction {txn_id!r} in this database's log",
+                                  advice="see db.history() for ids; with log_keep, older transactions are dropped")
             seq, data = rows[0]
             target = Transaction.from_stored(msgpack.unpackb(data, raw=False))
             touched_refs = {(c, canonical_json(k)) for c, k in target.touches()}

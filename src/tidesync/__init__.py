@@ -7,7 +7,7 @@ changed while peers were apart. Start with :func:`open`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .client.app import App, Credentials, User
@@ -53,7 +53,7 @@ __all__ = [
 
 def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  # noqa: A001
          encryption_key: bytes | None = None, sync: Any = None, policies: Policies | None = None,
-         log_keep: int | None = None) -> Database:
+         log_keep: int | None = None, compact_on_open: Callable[[int, int], bool] | None = None) -> Database:
     """Open (or create) a tidesync database file.
 
     Args:
@@ -66,11 +66,21 @@ def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  #
             history: ``db.history()``, ``db.revert()``, what a peer catches up from); older
             ones are dropped once the server has them (with ``sync``), at most a tenth (at
             least 100) over. None (the default): keep them all. See docs/data-model.md.
+        compact_on_open: ``f(total_bytes, used_bytes) -> bool``, called once as the file
+            opens (Realm's ``should_compact_on_launch``); True compacts it (``db.compact()``)
+            before anything else reads or syncs.
 
     Returns:
         The database; use it as a context manager or call ``close()``.
     """
     db = Database(path, schema, encryption_key=encryption_key, policies=policies, log_keep=log_keep)
+    if compact_on_open is not None:
+        try:
+            if compact_on_open(*db._file_bytes()):
+                db.compact()
+        except BaseException:
+            db.close()
+            raise
     if sync is not None:
         from .client.session import attach_sync
 

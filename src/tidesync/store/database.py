@@ -724,6 +724,32 @@ class Database(ReplicaStore):
                 self._commits_unchecked = 0
                 self._trim_log(None)
 
+    def compact(self) -> int:
+        """Rewrite the file without its free pages (SQLite's ``VACUUM``, encrypted files
+        stay encrypted) and return how many bytes it shrank by. Deleted documents and a trimmed
+        log (``log_keep``) leave free pages that SQLite reuses but never gives back on its own.
+        Other writers wait meanwhile (it rewrites the whole file). Not inside ``db.write()``.
+
+        Raises:
+            UsageError: called inside a write transaction.
+        """
+        with self._lock:
+            self._check_open()
+            if self._txn is not None:
+                raise UsageError("compact() cannot run inside a write transaction")
+            before = self._file_bytes()[0]
+            self._engine.execute("VACUUM")
+            self._engine.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._cache.clear()
+            return max(0, before - self._file_bytes()[0])
+
+    def _file_bytes(self) -> tuple[int, int]:
+        """(the file's size, the bytes of it in use), from SQLite's page counts."""
+        size = int(self._engine.query("PRAGMA page_size")[0][0])
+        pages = int(self._engine.query("PRAGMA page_count")[0][0])
+        free = int(self._engine.query("PRAGMA freelist_count")[0][0])
+        return pages * size, (pages - free) * size
+
     def _trim_log(self, acked: int | None) -> None:
         """Drop log entries beyond the newest ``log_keep`` (see :func:`tidesync.open`), never
         one after ``acked`` (the log seq the sync server acknowledged: what it does not hold

@@ -1,0 +1,42 @@
+"""The README's five-minute tour runs as written, block after block, in one namespace (the sync
+part against a real server in this process: its URL replaces the README's)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.servers import running_server
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tour_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    tour = text[text.index("## A five-minute tour"):text.index("## Documentation")]
+    return re.findall(r"```python\n(.*?)```", tour, re.S)
+
+
+def test_the_tour_has_every_part():
+    blocks = "\n".join(tour_blocks())
+    for part in ("class WorkOrder(tidesync.Model)", "db.write()", "add_listener", "db.history(",
+                 "encryption_key=key", "tidesync.SyncConfig("):
+        assert part in blocks
+
+
+@pytest.mark.slow
+def test_the_tour_runs_as_written(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("sqlcipher3")
+    monkeypatch.chdir(tmp_path)
+    with running_server(tmp_path / "server") as server:
+        namespace: dict[str, object] = {"__name__": "readme_tour"}
+        for block in tour_blocks():
+            code = block.replace("http://127.0.0.1:8765", server.url)
+            # dont_inherit: not this module's `from __future__ import annotations` (a script has none)
+            exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)  # noqa: S102 - our own README
+    out = capsys.readouterr().out
+    assert "Fix pump" in out and "Fix pump Ann" in out
+    assert os.path.exists(tmp_path / "synced.db") and os.path.exists(tmp_path / "secret.db")

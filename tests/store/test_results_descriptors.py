@@ -120,3 +120,22 @@ def test_a_subscription_cannot_have_a_distinct(db):
     with pytest.raises(tidesync.UsageError, match="cannot have a limit"):
         _query_of(db.objects(WorkOrder).filter("TRUEPREDICATE LIMIT(1)"))
     assert _query_of(db.objects(WorkOrder).filter("status == 'open' SORT(title DESC)"))[0] == "WorkOrder"
+
+
+class Gauge(tidesync.Model):
+    _id: str = tidesync.field(primary_key=True)
+    readings: list[float] = tidesync.field(default_factory=list)
+
+
+def test_aggregates_on_a_real_file_with_live_results(tmp_path):
+    with tidesync.open(tmp_path / "g.db", schema=[Gauge]) as db:
+        with db.write():
+            db.create(Gauge, _id="a", readings=[1.0, 2.5])
+            db.create(Gauge, _id="b", readings=[])
+            db.create(Gauge, _id="c", readings=[10.0])
+        high = db.objects(Gauge).filter("readings.@max > $0 SORT(_id DESC)", 2)
+        assert [g._id for g in high] == ["c", "a"]
+        assert [g._id for g in db.objects(Gauge).filter("readings.@avg == nil")] == ["b"]
+        with db.write():
+            db.get(Gauge, "b").readings.append(7.0)
+        assert [g._id for g in high] == ["c", "b", "a"]

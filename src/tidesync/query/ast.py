@@ -50,6 +50,9 @@ __all__ = [
     "Path",
     "Count",
     "Size",
+    "Aggregate",
+    "AggregateName",
+    "AGGREGATES",
     "Value",
     "Param",
     "Operand",
@@ -82,6 +85,7 @@ __all__ = [
 CompareOp: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">="]
 StringOpName: TypeAlias = Literal["beginswith", "endswith", "contains", "like"]
 QuantifierName: TypeAlias = Literal["any", "all", "none"]
+AggregateName: TypeAlias = Literal["min", "max", "sum", "avg"]
 
 MAX_DEPTH: Final = 64
 """How deeply parsers let predicates nest (parentheses, NOT, $and/$or/$not): deeper input
@@ -90,6 +94,7 @@ from a peer is a :class:`~tidesync.errors.QueryError`, not a ``RecursionError``.
 COMPARE_OPS: Final = ("==", "!=", "<", "<=", ">", ">=")
 STRING_OPS: Final = ("beginswith", "endswith", "contains", "like")
 QUANTIFIERS: Final = ("any", "all", "none")
+AGGREGATES: Final = ("min", "max", "sum", "avg")
 
 
 # -- paths and operands ------------------------------------------------------------------
@@ -150,6 +155,23 @@ class Size(Count):
 
     def __str__(self) -> str:
         return f"{self.path}.@size"
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregate(Count):
+    """``path.@min``, ``@max``, ``@sum``, ``@avg``: of the numbers (ints and finite floats)
+    in a list or set of int or float; other elements and nulls are skipped. Of none: ``@sum``
+    is 0, the others null. ``@sum`` and ``@avg`` are computed in double precision."""
+
+    op: AggregateName = "sum"
+
+    def __post_init__(self) -> None:
+        if self.op not in AGGREGATES:
+            raise QueryError(f"unknown aggregate @{self.op}; expected one of "
+                             f"{', '.join('@' + a for a in AGGREGATES)}")
+
+    def __str__(self) -> str:
+        return f"{self.path}.@{self.op}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -261,7 +283,11 @@ def _check_scalar(left: Path | Count, op: str, value: Value, case_insensitive: b
     if isinstance(value.plain, list):
         raise QueryError(f"a list can only be used with IN, not with {op!r}")
     fam = value.family
-    if isinstance(left, Count) and fam != "number":
+    if isinstance(left, Aggregate):
+        if fam != "number" and not (fam == "null" and left.op != "sum"):
+            raise QueryError(f"{left} is a number{'' if left.op == 'sum' else ' or null'}; "
+                             f"it cannot be compared with {value.plain!r}")
+    elif isinstance(left, Count) and fam != "number":
         raise QueryError(f"{left} is a number; it cannot be compared with {value.plain!r}")
     if fam == "null" and op not in ("==", "!="):
         raise QueryError(f"null can only be compared with == or !=, not {op!r}")
@@ -638,6 +664,8 @@ _KIND_OF: Final = {cls: name for name, cls in _KINDS.items()}
 
 
 def _part_to_json(part: Any) -> Any:
+    if isinstance(part, Aggregate):
+        return {"aggregate": [part.op, list(part.path.names)]}
     if isinstance(part, Size):
         return {"size": list(part.path.names)}
     if isinstance(part, Count):
@@ -677,6 +705,8 @@ def _part_from_json(data: Any, depth: int) -> Any:
                 return Count(Path(tuple(inner)))
             if key == "size":
                 return Size(Path(tuple(inner)))
+            if key == "aggregate" and isinstance(inner, list) and len(inner) == 2:
+                return Aggregate(Path(tuple(inner[1])), inner[0])
             if key == "value":
                 return Value(inner)
             if key == "param":

@@ -18,7 +18,7 @@ from typing import Final
 
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..errors import QueryError
-from .ast import Between, Compare, Count, Exists, In, StringOp, bound_plain
+from .ast import Aggregate, Between, Compare, Count, Exists, In, StringOp, bound_plain
 from .semantics import family
 
 __all__ = ["Step", "resolve", "check_family", "check_leaf", "LIST_KINDS", "TAGGED_KINDS", "KIND_FAMILIES"]
@@ -176,6 +176,13 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
     last = steps[-1]
     left = node.left
     path_text = str(left)
+    if isinstance(left, Aggregate):
+        if last.kind not in ("list", "set") or last.item_kind not in ("int", "float"):
+            what = "a field the schema does not know" if last.kind in (None, "mixed") else \
+                f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set', 'dict') else ''} field"
+            raise QueryError(f"{path_text}: @{left.op} needs a list or set of int or float; {left.path} is {what} "
+                             f"(decimals, dates and mixed values are not supported)")
+        return
     if isinstance(left, Count):
         if last.kind not in (None, "mixed", "list", "set", "dict", "str"):
             raise QueryError(f"{path_text}: {left.path} is a {last.kind} field; @count needs a list, "

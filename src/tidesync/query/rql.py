@@ -18,7 +18,7 @@ Grammar (keywords are case-insensitive)::
     op         := "==" | "=" | "!=" | "<>" | "<" | "<=" | "=<" | ">" | ">=" | "=>"
                 | "BEGINSWITH" | "ENDSWITH" | "CONTAINS" | "LIKE"
     operand    := keypath | value
-    keypath    := name ("." name)* ["." ("@count" | "@size")]
+    keypath    := name ("." name)* ["." ("@count" | "@size" | "@min" | "@max" | "@sum" | "@avg")]
     value      := int | float | 'string' | "string" | true | false | nil | null
                 | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
 
@@ -46,7 +46,7 @@ from uuid import UUID
 from ..core.objectid import ObjectId
 from ..core.values import from_plain
 from ..errors import QueryError
-from .ast import (And, Between, Compare, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
+from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
                   Query, Size, SortDescriptor, StringOp, StringOpName, TruePredicate, Value, MAX_DEPTH,
                   bind_value)
@@ -54,6 +54,7 @@ from .ast import (And, Between, Compare, CompareOp, Count, Descriptor, DistinctD
 __all__ = ["parse_rql", "parse_rql_query", "to_rql", "KEYWORDS"]
 
 _DESCRIPTORS: Final = ("sort", "distinct", "limit")
+_AGGREGATES: Final[dict[str, AggregateName]] = {"@min": "min", "@max": "max", "@sum": "sum", "@avg": "avg"}
 _DIRECTIONS: Final = {"asc": False, "ascending": False, "desc": True, "descending": True}
 
 KEYWORDS: Final = frozenset({
@@ -129,8 +130,8 @@ class _Lexer:
         if ch == "@":
             m = re.compile(r"@\w+").match(text, pos)
             word = m.group(0) if m else "@"
-            if word.lower() not in ("@count", "@size"):
-                raise self.error(f"unsupported {word}: expected @count or @size", pos)
+            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg"):
+                raise self.error(f"unsupported {word}: expected @count, @size, @min, @max, @sum or @avg", pos)
             return _Token("at", word, pos)
         if ch == "[":
             m = re.compile(r"\[\s*(\w*)\s*\]").match(text, pos)
@@ -464,9 +465,17 @@ class _Parser:
             if token.kind == "at":
                 self.next()
                 path = self.build(first, lambda: Path(tuple(names)))
-                return Count(path) if token.text.lower() == "@count" else Size(path)
+                word = token.text.lower()
+                if self.at_punct("."):
+                    raise self.error(f"{word} of a property of list elements ({'.'.join(names)}{word}.<field>) "
+                                     f"is not supported: aggregate a list of numbers", self.peek)
+                if word == "@count":
+                    return Count(path)
+                if word == "@size":
+                    return Size(path)
+                return Aggregate(path, _AGGREGATES[word])
             if token.kind != "name":
-                raise self.expected("a field name, @count or @size", "'.'")
+                raise self.expected("a field name, @count, @size, @min, @max, @sum or @avg", "'.'")
             if token.keyword is not None:
                 raise self.error(f"{token.text!r} is a keyword and cannot be a field name here", token)
             names.append(self.next().text)
@@ -543,6 +552,8 @@ class _Formatter:
         self.args: list[Any] = []
 
     def path(self, left: Path | Count) -> str:
+        if isinstance(left, Aggregate):
+            return f"{self.path(left.path)}.@{left.op}"
         if isinstance(left, Count):
             return f"{self.path(left.path)}.{'@size' if isinstance(left, Size) else '@count'}"
         return ".".join(_format_name(n) for n in left.names)

@@ -235,3 +235,19 @@ def size_of(value: Any) -> int | None:
             return None
         return len(value)
     return None
+
+
+def aggregate(value: Any, op: str) -> int | float | None:
+    """``@min``, ``@max``, ``@sum``, ``@avg`` of the numbers (ints and finite floats, not
+    bools) in a list; anything else in it, and anything but a list, counts as no numbers.
+    Of none: ``@sum`` is 0.0, the others None. Sums add in double precision, in list order
+    (as SQLite's ``total()``)."""
+    numbers = [v for v in value if type(v) is int or type(v) is float] if isinstance(value, list) else []
+    if op == "min" or op == "max":
+        return (min(numbers) if op == "min" else max(numbers)) if numbers else None
+    total = 0.0
+    for v in numbers:
+        total += v
+    if op == "sum":
+        return total
+    return total / len(numbers) if numbers else None

@@ -32,7 +32,7 @@ from typing import Any, Final
 from ..core.schema import Schema
 from ..core.values import Plain, from_plain
 from ..errors import QueryError
-from .ast import (And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or,
+from .ast import (Aggregate, And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or,
                   Quantified, Query, StringOp, TruePredicate, bound_plain)
 from .paths import Step, check_leaf, resolve
 
@@ -103,6 +103,9 @@ class _Translator:
         return {"$regex": body, "$options": options} if options else {"$regex": body}
 
     def leaf(self, node: Compare | In | Between | StringOp) -> dict[str, Any]:
+        if isinstance(node.left, Aggregate):
+            assert not isinstance(node, StringOp)
+            return self.aggregate(node, node.left)
         if isinstance(node.left, Count):
             return self.count(node)
         path, steps = self.path(node, node.left.names)
@@ -116,6 +119,27 @@ class _Translator:
             return {path: ops}
         # Both conditions must hold on one element: $elemMatch for lists, plain otherwise.
         return {"$or": [{path: {**_NOT_ARRAY, **ops}}, {path: {"$elemMatch": ops}}]}
+
+    def aggregate(self, node: Compare | In | Between, agg: Aggregate) -> dict[str, Any]:
+        """``$expr`` with the aggregation operator of the same name (numbers only, a missing
+        list counts as empty: ``$sum`` 0, the others null), null never ordered."""
+        path, steps = self.path(node, agg.path.names)
+        self.refuse_inner_fan_out(steps, f"@{agg.op}")
+        value = {"$" + agg.op: f"${path}"}
+
+        def test(op: str, arg: Any) -> dict[str, Any]:
+            if arg is None:
+                return {"$expr": {_OPS[op]: [value, None]}}
+            expr: dict[str, Any] = {_OPS[op]: [value, self.encode(arg)]}
+            if op not in ("==", "!="):  # in MongoDB's order null is below every number
+                expr = {"$and": [{"$ne": [value, None]}, expr]}
+            return {"$expr": expr}
+
+        if isinstance(node, Compare):
+            return test(node.op, bound_plain(node.right))
+        if isinstance(node, In):
+            return {"$or": [test("==", n) for n in bound_plain(node.values)]}
+        return {"$and": [test(">=", bound_plain(node.low)), test("<=", bound_plain(node.high))]}
 
     def count(self, node: Compare | In | Between) -> dict[str, Any]:
         assert isinstance(node.left, Count)
@@ -146,7 +170,7 @@ class _Translator:
         if node.quantifier == "none":
             return {"$nor": [inner]}
         if isinstance(pred.left, Count):
-            raise QueryError("ALL with @count cannot be translated to a MongoDB filter")
+            raise QueryError(f"ALL with {pred.left} cannot be translated to a MongoDB filter")
         path, steps = self.path(pred, pred.left.names)
         self.refuse_inner_fan_out(steps, "ALL")
         ops = self.element_ops(pred)

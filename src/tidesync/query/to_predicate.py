@@ -19,10 +19,10 @@ from typing import Any, TypeAlias
 from ..core.schema import Schema
 from ..core.values import Plain
 from ..errors import QueryError
-from .ast import (And, bound_plain as _value, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
+from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
                   Quantified, Query, StringOp, TruePredicate, Value)
 from .paths import Step, check_leaf, resolve
-from .semantics import MISSING, compare, family, size_of, string_test
+from .semantics import MISSING, aggregate, compare, family, size_of, string_test
 
 __all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
 
@@ -79,6 +79,9 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
 
         def test(v: Any) -> bool:
             return compare(v, ">=", low) and compare(v, "<=", high)
+    if isinstance(node.left, Aggregate):
+        of_numbers, agg_op = test, node.left.op
+        return lambda v: of_numbers(aggregate(v, agg_op))
     if isinstance(node.left, Count):
         value_test = test
         if kind in ("list", "set", "dict"):

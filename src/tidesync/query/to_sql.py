@@ -49,7 +49,7 @@ from typing import Any, Final, TypeAlias
 
 from ..core.schema import Schema
 from ..errors import QueryError
-from .ast import (And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Path,
+from .ast import (Aggregate, And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Path,
                   Quantified, Query, StringOp, TruePredicate, bound_plain)
 from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
@@ -199,7 +199,8 @@ class _Compiler:
         leaf = self.leaf(node)
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
         unknown_size = isinstance(target, Count) and steps[-1].kind in (None, "mixed")
-        self.leaf_cost = (_COST_SIZE_LEAF if unknown_size else _COST_LEAF) + (_COST_NOT if negate else 0)
+        costly = unknown_size or isinstance(target, Aggregate)
+        self.leaf_cost = (_COST_SIZE_LEAF if costly else _COST_LEAF) + (_COST_NOT if negate else 0)
         if negate:
             positive = leaf
 
@@ -274,6 +275,8 @@ class _Compiler:
         if isinstance(node, StringOp):
             op, arg, ci = node.op, bound_plain(node.right), node.case_insensitive
             return lambda base, path, kind: self.string_test(base, path, kind, op, arg, ci)
+        if isinstance(node.left, Aggregate):
+            return self.aggregate_leaf(node, node.left.op)
         if isinstance(node.left, Count):
             return self.count_leaf(node)
         if isinstance(node, Compare):
@@ -405,6 +408,33 @@ class _Compiler:
             return (f"({self.size_test(size, '>=', bound_plain(node.low))} AND "
                     f"{self.size_test(size, '<=', bound_plain(node.high))})")
         return leaf
+
+    def aggregate_leaf(self, node: Compare | In | Between, op: str) -> _Leaf:
+        def leaf(base: str, path: _JPath, kind: str | None) -> str:
+            value = self.aggregate(base, path, op)
+            if isinstance(node, Compare):
+                return self.aggregate_test(value, node.op, bound_plain(node.right))
+            if isinstance(node, In):
+                options = bound_plain(node.values)
+                return ("(" + " OR ".join(self.aggregate_test(value, "==", o) for o in options) + ")"
+                        if options else "0")
+            return (f"({self.aggregate_test(value, '>=', bound_plain(node.low))} AND "
+                    f"{self.aggregate_test(value, '<=', bound_plain(node.high))})")
+        return leaf
+
+    def aggregate(self, base: str, path: _JPath, op: str) -> str:
+        """``@min`` ``@max`` ``@sum`` ``@avg`` of the numbers in a list (semantics.aggregate)."""
+        e = self.alias("e")
+        rows = (f"FROM json_each({base}, {path.sql()}) AS {e} WHERE {e}.type IN ('integer', 'real')")
+        of = {"sum": f"total({e}.value)", "avg": f"total({e}.value) / count({e}.value)",
+              "min": f"min({e}.value)", "max": f"max({e}.value)"}[op]
+        otherwise = " ELSE 0.0" if op == "sum" else ""
+        return f"(CASE WHEN json_type({base}, {path.sql()}) = 'array' THEN (SELECT {of} {rows}){otherwise} END)"
+
+    def aggregate_test(self, value: str, op: str, arg: Any) -> str:
+        if arg is None:
+            return f"{value} IS NULL" if op == "==" else f"{value} IS NOT NULL"
+        return self.size_test(value, op, arg)
 
     def size_test(self, size: str, op: str, arg: Any) -> str:
         if op == "!=":

@@ -1,0 +1,105 @@
+"""@min, @max, @sum and @avg of a list of numbers: RQL text, the AST, SQL and the Python
+predicate agree; what they cannot take is a QueryError that says so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from query_harness import SCHEMA, Store
+
+from tidesync.errors import QueryError
+from tidesync.query import Aggregate, Compare, Path, Value, node_from_json, node_to_json, parse_query, to_mongo, to_rql
+from tidesync.query.semantics import aggregate
+
+TASKS = [
+    {"_id": 1, "scores": [1, 2, 3]},
+    {"_id": 2, "scores": []},
+    {"_id": 3},                                   # no list: empty
+    {"_id": 4, "scores": [10]},
+    {"_id": 5, "scores": [-4, 4, 0.5]},
+    {"_id": 6, "scores": None},
+]
+
+
+@pytest.fixture
+def store():
+    s = Store()
+    s.put_all("Task", TASKS)
+    yield s
+    s.db.close()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("scores.@sum == 6", [1]),
+    ("scores.@sum == 0", [2, 3, 6]),              # an empty or missing list sums to 0
+    ("scores.@sum > 0.25", [1, 4, 5]),
+    ("scores.@avg == 2", [1]),
+    ("scores.@avg == nil", [2, 3, 6]),            # the others are null on an empty list
+    ("scores.@avg != nil", [1, 4, 5]),
+    ("scores.@avg BETWEEN {0, 2}", [1, 5]),
+    ("scores.@min == -4", [5]),
+    ("scores.@min < 0 OR scores.@max >= 10", [4, 5]),
+    ("scores.@max IN {3, 10}", [1, 4]),
+    ("scores.@max != 3", [2, 3, 4, 5, 6]),
+    ("scores.@min == nil AND scores.@count == 0", [2, 3, 6]),
+    ("NOT (scores.@sum < 5)", [1, 4]),
+])
+def test_each_aggregate_selects_the_same_documents_both_ways(store: Store, text: str, expected: list[int]) -> None:
+    assert store.both(text, schema=SCHEMA) == expected
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.lists(st.integers(-40, 40).map(lambda n: n / 8), max_size=5), min_size=1, max_size=5),
+       st.sampled_from(["min", "max", "sum", "avg"]), st.sampled_from(["==", "!=", "<", "<=", ">", ">="]),
+       st.integers(-40, 40).map(lambda n: n / 4))
+def test_sql_and_predicate_agree_on_exact_values(lists: list[list[float]], op: str, cmp: str, arg: float) -> None:
+    # Eighths add exactly in double precision, whatever the order or algorithm.
+    s = Store()
+    try:
+        s.put_all("Task", [{"_id": i, "scores": [int(v) if v.is_integer() else v for v in xs]}
+                           for i, xs in enumerate(lists)])
+        s.both(f"scores.@{op} {cmp} $0", arg, schema=SCHEMA)
+    finally:
+        s.db.close()
+
+
+def test_the_python_semantics() -> None:
+    assert aggregate([1, 2.5, True, "x", None, {"$float": "nan"}], "sum") == 3.5   # numbers only
+    assert aggregate([1, 2.5], "avg") == 1.75 and aggregate([], "avg") is None
+    assert aggregate([3, 1.0, 2], "min") == 1.0 and aggregate(None, "max") is None
+    assert aggregate("not a list", "sum") == 0.0
+
+
+def test_text_ast_json_and_mongo_forms() -> None:
+    q = parse_query("scores.@avg >= 2.5")
+    assert q.node == Compare(">=", Aggregate(Path(("scores",)), "avg"), Value(2.5))
+    assert to_rql(q.node)[0] == "scores.@avg >= 2.5"
+    assert node_from_json(node_to_json(q.node)) == q.node
+    assert to_mongo(parse_query("scores.@sum > 3"), "Task", SCHEMA) == {
+        "$expr": {"$and": [{"$ne": [{"$sum": "$scores"}, None]}, {"$gt": [{"$sum": "$scores"}, 3]}]}}
+    assert to_mongo(parse_query("scores.@max == nil"), "Task", SCHEMA) == {"$expr": {"$eq": [{"$max": "$scores"}, None]}}
+
+
+@pytest.mark.parametrize("text, args, message", [
+    ("tags.@sum > 1", (), "@sum needs a list or set of int or float; tags is a list of str field"),
+    ("price.@max > 1", (), "@max needs a list or set of int or float; price is a decimal field"),
+    ("extra.@min > 1", (), "@min needs a list or set of int or float"),
+    ("scores.@sum == nil", (), "is a number; it cannot be compared with None"),
+    ("scores.@avg == 'x'", (), "cannot be compared with 'x'"),
+    ("scores.@avg > nil", (), "null can only be compared with == or !="),
+    ("visits.@sum.city > 1", (), "of a property of list elements"),
+    ("scores.@median > 1", (), "unsupported @median"),
+    ("scores.@avg BEGINSWITH 'a'", (), "string"),
+])
+def test_what_cannot_be_aggregated_is_a_query_error(store: Store, text: str, args: Any, message: str) -> None:
+    with pytest.raises(QueryError) as info:
+        store.both(text, *args, schema=SCHEMA)
+    assert message in str(info.value)
+
+
+def test_without_a_schema_aggregates_are_refused(store: Store) -> None:
+    with pytest.raises(QueryError, match="the schema does not know"):
+        store.sql(parse_query("scores.@sum > 1"), "Task", None)

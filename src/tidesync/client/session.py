@@ -29,7 +29,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..core.values import to_plain
@@ -122,7 +122,6 @@ class SyncConfig:
     max_assembled_size: int = 64 * 1024 * 1024
     initial_subscriptions: Callable[[Any], None] | None = None
     rerun_initial_subscriptions: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def scope(self) -> dict[str, Any]:
         if self.flexible:

@@ -19,8 +19,8 @@ from typing import Any, TypeAlias
 from ..core.schema import Schema
 from ..core.values import Plain
 from ..errors import QueryError
-from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Param,
-                  Quantified, Query, StringOp, TruePredicate, Value)
+from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or,
+                  Quantified, Query, StringOp, TruePredicate)
 from .paths import Step, check_leaf, resolve
 from .semantics import MISSING, aggregate, compare, family, size_of, string_test
 

@@ -560,6 +560,10 @@ class SyncSession:
             if isinstance(action, Send):
                 if link.can_send(action.message):
                     link.send(action.message)
+                    if self._ws is not None:
+                        # Out at once: an upload batch must not wait while the next one is
+                        # read and encoded (the server would idle meanwhile).
+                        self._flush(link, self._ws)
             elif isinstance(action, Fail):
                 link.fail(action.error)
             elif isinstance(action, ReportProgress):

@@ -282,11 +282,12 @@ def _shared(state: ServerState) -> _Shared:
 def _receive(link: Link, payload: bytes) -> None:
     """``link.receive(payload)``; a large one (an upload batch) is decoded with the cyclic GC
     paused: its many new objects form no cycles, and collections meanwhile would scan them and
-    the server's whole heap several times, for nothing."""
+    the server's whole heap several times, for nothing. They live on until the batch is
+    integrated, so they are promoted past the young collections (``_gc_paused(promote=True)``)."""
     if len(payload) < 64 * 1024:
         link.receive(payload)
         return
-    with _gc_paused():
+    with _gc_paused(promote=True):
         link.receive(payload)
 
 

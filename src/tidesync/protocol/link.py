@@ -211,8 +211,21 @@ class Link:
         self.error = sync_error
         self._events.append(Failed(sync_error, remote=False))
 
-    def receive(self, payload: bytes) -> None:
+    def decode_ahead(self, payload: bytes) -> Message | Exception:
+        """Decode ``payload`` now, without feeding it: hand the result to :meth:`receive`
+        (``decoded=``) when its turn comes. Decoding is pure, so the outcome is the one
+        :meth:`receive` would reach itself (an error is returned, and raised there). A driver
+        busy with an earlier message (a server integrating an upload batch) decodes the next
+        one meanwhile."""
+        try:
+            return decode(payload, max_size=self.max_message_size)
+        except Exception as exc:  # noqa: BLE001 - handed to receive(), which reports it
+            return exc
+
+    def receive(self, payload: bytes, *, decoded: Message | Exception | None = None) -> None:
         """Feed one payload received from the peer. Never raises because of its content.
+
+        ``decoded``: :meth:`decode_ahead` of this payload, when made earlier.
 
         After the connection has ended, payloads are ignored.
         """
@@ -220,7 +233,12 @@ class Link:
             return
         self._heard = True
         try:
-            message = decode(payload, max_size=self.max_message_size)
+            if decoded is None:
+                message = decode(payload, max_size=self.max_message_size)
+            elif isinstance(decoded, Exception):
+                raise decoded
+            else:
+                message = decoded
         except ProtocolError as exc:
             self.fail(exc)
             return

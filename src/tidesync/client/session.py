@@ -39,7 +39,6 @@ from ..errors import (
 from ..protocol.actions import (
     DOWNLOAD, Announce, DownloadComplete, Fail, Integrate, Notify, RecordAck, ReportProgress, Send, UploadComplete,
 )
-from ..protocol.codec import DEFAULT_COMPRESS_THRESHOLD
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
 from ..protocol.messages import CompensatingWrite
@@ -398,8 +397,7 @@ class SyncSession:
         if not own_socket and direct is None:
             threading.Thread(target=reader, name="tidesync-sync-reader", daemon=True).start()
         next_item = self._socket_reader(ws, inbox) if own_socket else (lambda: inbox.get(timeout=1.0))
-        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms,
-                    compress_threshold=compress_threshold_for(app.sync_url))
+        link = Link(Role.INITIATOR, heartbeat_interval_ms=self.config.heartbeat_interval_ms)
         scope = self._flexible._hello_scope() if self._flexible is not None else self.config.scope()
         replicator = Replicator(self._db.replica_id, Role.INITIATOR, scope=scope,
                                 token=self.config.user.fresh_access_token(), info={"sdk": "tidesync-python"},
@@ -678,30 +676,6 @@ class SyncSession:
                 "the server undid writes of this device: " + "; ".join(
                     f"{w['operation']} {w['collection']} {w['id']!r}: {w['reason']}" for w in writes),
                 writes=writes))
-
-
-#: Bodies smaller than this are sent uncompressed to a server on this machine (a loopback
-#: address): there compression only costs both sides CPU (about 1.5 us per uploaded document
-#: on the device, and the server's inflate). Larger ones are still compressed, so that whatever
-#: fits under the message size limit compressed still does.
-LOCAL_COMPRESS_THRESHOLD = 8 << 20
-
-
-def compress_threshold_for(url: str) -> int:
-    """The device's ``compress_threshold`` for a sync URL (docs/protocol.md, Compression)."""
-    import ipaddress
-    import urllib.parse
-
-    try:
-        host = urllib.parse.urlsplit(url).hostname or ""
-    except ValueError:
-        return DEFAULT_COMPRESS_THRESHOLD
-    if host.lower() == "localhost":
-        return LOCAL_COMPRESS_THRESHOLD
-    try:
-        return LOCAL_COMPRESS_THRESHOLD if ipaddress.ip_address(host).is_loopback else DEFAULT_COMPRESS_THRESHOLD
-    except ValueError:
-        return DEFAULT_COMPRESS_THRESHOLD
 
 
 def _direct_connection(inbox: WakeInbox) -> Any:

@@ -93,17 +93,22 @@ def _lock_for(backend: Any) -> threading.Lock:
 DEFER_CHECKPOINT_OPS = 1000
 
 
-def _checkpoint_later(backend: Any, txns: Sequence[Transaction]) -> AbstractContextManager[Any]:
-    """``backend.deferred_checkpoint()`` for a large batch, else a no-op context."""
-    defer = getattr(backend, "deferred_checkpoint", None)
-    if defer is None:
-        return nullcontext()
+def _is_large(txns: Sequence[Transaction]) -> bool:
+    """Whether the batch holds at least :data:`DEFER_CHECKPOINT_OPS` operations."""
     ops = 0
     for txn in txns:
         ops += len(txn.ops)
         if ops >= DEFER_CHECKPOINT_OPS:
-            return defer()  # type: ignore[no-any-return]
-    return nullcontext()
+            return True
+    return False
+
+
+def _checkpoint_later(backend: Any, txns: Sequence[Transaction]) -> AbstractContextManager[Any]:
+    """``backend.deferred_checkpoint()`` for a large batch, else a no-op context."""
+    defer = getattr(backend, "deferred_checkpoint", None)
+    if defer is None or not _is_large(txns):
+        return nullcontext()
+    return defer()  # type: ignore[no-any-return]
 
 
 def query_compiler(doc: Any) -> Any:
@@ -486,9 +491,11 @@ class Enforcer:
             compensating transaction was written (the server's log grew).
         """
         # A batch allocates many objects that form no cycles: collections in between would
-        # scan them all (about a fifth of the CPU of a large batch), for nothing. What lives on
-        # (the next batch, decoded meanwhile by the session's reader) is promoted, not scanned.
-        with _gc_paused(promote=True):
+        # scan them all (about a fifth of the CPU of a large batch), for nothing. After a large
+        # one, what lives on (the next batch, decoded meanwhile by the session's reader) is
+        # promoted rather than scanned; small ones (propagation) leave the young generations
+        # to the collector, whose full collections would otherwise come ever more rarely.
+        with _gc_paused(promote=_is_large(txns)):
             return self._integrate(txns, peer, peer_seq)
 
     def _integrate(self, txns: Sequence[Transaction], peer: str,

@@ -102,3 +102,24 @@ def test_gc_pause_with_promote_leaves_the_young_generation_empty():
     with _gc_paused():
         pass
     assert gc.isenabled()
+
+
+def test_a_wal_grown_past_the_bound_is_checkpointed_inline_until_it_starts_over(tmp_path, monkeypatch):
+    monkeypatch.setattr(Database, "MAX_DEFERRED_WAL_PAGES", 50)
+    db = Database(tmp_path / "server.db", (), partition_key="_partition")
+    try:
+        with db.deferred_checkpoint():
+            db.integrate([_txn(0, 2000)])
+        checkpointer = db._checkpointer
+        assert checkpointer is not None and checkpointer.wait_idle()
+        assert checkpointer.wal_pages > 50  # as a checkpoint overlapping the next writes leaves it
+        with db.deferred_checkpoint():
+            assert _autocheckpoint(db) == Database.AUTOCHECKPOINT_PAGES  # inline this time
+            db.integrate([_txn(2000, 10)])  # starts the WAL over (all of it was copied)
+        assert checkpointer.wait_idle()
+        assert checkpointer.wal_pages <= 50
+        with db.deferred_checkpoint():
+            assert _autocheckpoint(db) == 0  # deferred again
+        assert db._engine.query("SELECT count(*) FROM documents")[0][0] == 2010
+    finally:
+        db.close()

@@ -33,10 +33,15 @@ class Checkpointer:
         self.path = os.fspath(path)
         self._wake = threading.Condition()
         self._pending = False
+        self._running = False
         self._stopped = False
         self._thread: threading.Thread | None = None
         #: Completed runs (for tests).
         self.runs = 0
+        #: Pages in the WAL after the last run (SQLite reuses the WAL from its start only when
+        #: a write begins after a complete checkpoint; one that overlaps every write lets it
+        #: grow): the caller stops deferring beyond a bound (Database.deferred_checkpoint).
+        self.wal_pages = 0
 
     @property
     def stopped(self) -> bool:
@@ -55,9 +60,9 @@ class Checkpointer:
             self._wake.notify()
 
     def wait_idle(self, timeout: float = 10.0) -> bool:
-        """Wait until no checkpoint is pending (for tests). Returns False on timeout."""
+        """Wait until no checkpoint is pending or running (for tests). False on timeout."""
         with self._wake:
-            return self._wake.wait_for(lambda: not self._pending or self._stopped, timeout)
+            return self._wake.wait_for(lambda: not (self._pending or self._running) or self._stopped, timeout)
 
     def close(self) -> None:
         """Stop the thread (after the run under way, if any)."""
@@ -78,19 +83,23 @@ class Checkpointer:
                     if self._stopped:
                         return
                     self._pending = False
+                    self._running = True
                 try:
-                    engine.query("PRAGMA wal_checkpoint(PASSIVE)")
+                    rows = engine.query("PRAGMA wal_checkpoint(PASSIVE)")
+                    if rows and rows[0][1] is not None:
+                        self.wal_pages = int(rows[0][1])
                 except Exception:  # noqa: BLE001 - the next commit past 1,000 pages checkpoints itself
                     log.debug("background checkpoint failed", exc_info=True)
                 with self._wake:
                     self.runs += 1
+                    self._running = False
                     self._wake.notify_all()
         except Exception:  # noqa: BLE001 - as above: SQLite's automatic checkpoint remains
             log.debug("background checkpointer stopped", exc_info=True)
         finally:
             with self._wake:
                 self._stopped = True
-                self._pending = False
+                self._pending = self._running = False
                 self._wake.notify_all()
             if engine is not None:
                 engine.close()

@@ -371,6 +371,9 @@ class Database(ReplicaStore):
 
     #: SQLite's automatic checkpoint threshold (its default), in WAL pages.
     AUTOCHECKPOINT_PAGES = 1000
+    #: No deferral while the WAL holds more pages than this (64 MiB of 4 KiB pages): the next
+    #: large commit checkpoints inline, and the write after it starts the WAL over.
+    MAX_DEFERRED_WAL_PAGES = 16384
 
     @contextmanager
     def deferred_checkpoint(self) -> Iterator[None]:
@@ -381,29 +384,30 @@ class Database(ReplicaStore):
         (the server's integration of an upload batch, before its ``Ack``). Every commit is as
         durable as before; commits outside such blocks checkpoint as usual, so the WAL stays
         bounded even if the background thread falls behind. An encrypted file checkpoints as
-        usual (the thread would need its key)."""
+        usual (the thread would need its key). A background checkpoint that overlaps every next
+        write keeps SQLite from starting the WAL over: once the WAL holds more than
+        :data:`MAX_DEFERRED_WAL_PAGES`, large commits checkpoint inline again until it does."""
         with self._lock:
             self._check_open()
             if self._checkpointer is None and not self._engine.encrypted:
                 self._checkpointer = Checkpointer(self.path)
-            defer = self._checkpointer is not None and not self._checkpointer.stopped
+            checkpointer = self._checkpointer
+            defer = (checkpointer is not None and not checkpointer.stopped
+                     and checkpointer.wal_pages <= self.MAX_DEFERRED_WAL_PAGES)
             if defer:
                 if self._deferring == 0:
                     self._engine.run("PRAGMA wal_autocheckpoint = 0")
                 self._deferring += 1
-        if not defer:
-            yield
-            return
         try:
             yield
         finally:
-            with self._lock:
-                self._deferring -= 1
-                if self._deferring == 0 and not self._closed:
-                    self._engine.run(f"PRAGMA wal_autocheckpoint = {self.AUTOCHECKPOINT_PAGES}")
-                checkpointer = self._checkpointer
+            if defer:
+                with self._lock:
+                    self._deferring -= 1
+                    if self._deferring == 0 and not self._closed:
+                        self._engine.run(f"PRAGMA wal_autocheckpoint = {self.AUTOCHECKPOINT_PAGES}")
             if checkpointer is not None:
-                checkpointer.request()
+                checkpointer.request()  # also when not deferred: it measures the WAL again
 
     def __enter__(self) -> Database:
         return self

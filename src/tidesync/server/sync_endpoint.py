@@ -552,9 +552,7 @@ class ServerSession:
                     break
                 if kind == "lost":
                     self.link.connection_lost()
-                elif kind == "data":
-                    _receive(self.link, item)
-                elif kind == "decoded":  # decoded by _read while run() was busy (or None)
+                elif kind == "decoded":  # a payload _read decoded while run() was busy (or None)
                     self.link.receive(item[0], decoded=item[1])
                 elif kind == "resume":  # what _receive_now left: payloads, actions, events
                     payloads, actions, events = item

@@ -243,6 +243,57 @@ def test_sigkill_the_server_mid_batch_then_restart_it(tmp_path):
         server.stop()
 
 
+def test_sigkill_the_server_mid_upload_of_large_batches_then_restart_it(tmp_path):
+    """Batches of 1,000 operations and more commit without SQLite's inline WAL checkpoint (a
+    background thread makes it: server/enforcement.py DEFER_CHECKPOINT_OPS): killed while
+    such batches are integrated or checkpointed, the server still holds every batch it
+    acknowledged, and the upload completes exactly once after the restart."""
+    from tidesync.server.enforcement import DEFER_CHECKPOINT_OPS
+
+    N, PER = 10, DEFER_CHECKPOINT_OPS  # transactions, one per batch, each large enough
+    server = ServerProcess(tmp_path / "server").start()
+    server_file = tmp_path / "server" / "sync.db"
+    a = synced_db(tmp_path / "a.db", server.url, [Technician, WorkOrder], partition="kill",
+                  batch_limit=1, min_backoff=0.02, max_backoff=0.3)
+    try:
+        a.sync_session.wait_for_download_completion(timeout=T)
+        a.sync_session.pause()
+        for i in range(N):
+            with a.write():
+                for j in range(PER - 1):
+                    a.create(Technician, _id=f"big{i}-{j}", name="z" * 40)
+                counter = a.get(WorkOrder, COUNTER_ID)
+                if counter is None:
+                    counter = a.create(WorkOrder, _id=COUNTER_ID, title="the counter")
+                counter.visits.increment(i + 1)
+        local_ids = [t.id for t in log_of(tmp_path / "a.db") if t.origin == replica_id(tmp_path / "a.db")]
+        acked = [0]
+        acked_some = threading.Event()
+
+        def on_progress(p: Any) -> None:
+            acked[0] = max(acked[0], p.transferred)
+            if p.transferred >= 2:
+                acked_some.set()
+
+        a.sync_session.add_progress_notifier(on_progress, "upload")
+        a.sync_session.resume()
+        assert acked_some.wait(60), "the upload did not make progress"
+        seen_acked = acked[0]
+        server.kill()  # SIGKILL: the next batch is in flight, integrated or being checkpointed
+        held = {t.id for t in log_of(server_file)}
+        assert set(local_ids[:seen_acked]) <= held, "an acknowledged batch was lost"
+        assert len(held & set(local_ids)) < N, "the kill did not land in the middle of the upload"
+        server.start()  # same port, same data dir
+        assert held <= {t.id for t in log_of(server_file)}
+        a.sync_session.wait_for_upload_completion(timeout=60)
+        local = assert_exactly_once(tmp_path / "a.db", server_file)
+        assert len(local) == N
+        assert len([k for k in live_bodies(server_file) if k[0] == "Technician"]) == N * (PER - 1)
+    finally:
+        a.close()
+        server.stop()
+
+
 def write_big(db: Any, i: int) -> None:
     """One transaction of about 100 KB (so a download batch holds only a few), one increment."""
     with db.write():

@@ -117,6 +117,32 @@ def test_bad_payload_fails_the_link_without_raising(payload: bytes, code: str) -
     assert a.events_received() == [] and a.data_to_send() == []
 
 
+@pytest.mark.parametrize(("payload", "code"), [
+    (b"\xc1garbage", "malformed_message"),
+    (msgpack.packb([PROTOCOL_VERSION, "nope", 0, {}]), "unknown_message_type"),
+    (msgpack.packb([PROTOCOL_VERSION, "ack", 0, {"seq": "x"}]), "malformed_message"),
+    (b"\x00" * 2000, "message_too_large"),
+    (encode(Ack(5)), None),
+    (encode(Changes(0, 3, 3, ())), None),
+])
+def test_a_payload_decoded_ahead_is_received_as_if_decoded_then(payload: bytes, code: str | None) -> None:
+    """The server decodes a payload while its session is busy (``decode_ahead``) and feeds it
+    later: same events, same error, same answer as ``receive`` alone."""
+    plain_i, plain = connected(max_message_size=1000)
+    ahead_i, ahead = connected(max_message_size=1000)
+    decoded = ahead.decode_ahead(payload)
+    plain.receive(payload)
+    ahead.receive(payload, decoded=decoded)
+    assert [repr(e) for e in ahead.events_received()] == [repr(e) for e in plain.events_received()]
+    assert ahead.data_to_send() == plain.data_to_send()
+    assert ahead.state is plain.state
+    if code is None:
+        assert ahead.error is None
+    else:
+        assert isinstance(ahead.error, ProtocolError) and ahead.error.code == code == plain.error.code
+        assert ahead.error.message == plain.error.message
+
+
 def test_out_of_order_message_is_a_peer_error() -> None:
     a = Link(Role.ACCEPTOR)
     a.receive(encode(Changes(0, 0, 0)))

@@ -171,3 +171,17 @@ def test_split_and_part_of_round_trip() -> None:
     assert [r[1] for r in read if r] == [True] * (len(parts) - 1) + [False]
     assert split(payload, 10_000) == [payload]
     assert part_of(msgpack.packb([PROTOCOL_VERSION, "ack", 0, {"seq": 1}])) is None
+
+
+def test_a_driver_decoding_ahead_leaves_the_parts_to_receive() -> None:
+    i, a = connected(max_message_size=1000, compress_threshold=None)
+    message = big_changes()
+    i.send(message)
+    for p in i.data_to_send():
+        assert a.decode_ahead(p) is None                     # a part is not a message on its own
+        a.receive(p, decoded=a.decode_ahead(p))
+    assert a.events_received() == [MessageReceived(message)]
+    i.send(Ack(2))
+    (p,) = i.data_to_send()
+    a.receive(p, decoded=a.decode_ahead(p))
+    assert a.events_received() == [MessageReceived(Ack(2))]

@@ -87,3 +87,30 @@ def test_same_types_under_other_names_are_learned() -> None:
     assert short._schema == plain._schema
     assert sorted(short._schema["Note"]["a"]["kinds"]) == sorted(plain._schema["Note"]["a"]["kinds"])
     assert len(short._schema["Note"]["a"]["kinds"]) == 2
+
+
+def test_a_new_shape_is_learned_from_its_first_create_only(monkeypatch) -> None:
+    from tidesync.server import schemas
+
+    calls = [0]
+    original = schemas._create_shape
+
+    def counting(op):
+        calls[0] += 1
+        return original(op)
+
+    monkeypatch.setattr(schemas, "_create_shape", counting)
+    ops = [CreateDoc("Note", f"k{i}", _stamp(i + 1), "", {"a": i, "b": "x"}, {}, ()) for i in range(1000)]
+    ops.append(CreateDoc("Task", "t", _stamp(5000), "", {"a": "y"}, {}, ()))
+    t = Transaction.from_wire(_wire_txn(ops))
+    short, plain = SchemaLearner(None), SchemaLearner(None)
+    assert short.observe_transactions([t])
+    assert calls[0] == 1001  # the Task create comes last: every op up to it is looked at
+    calls[0] = 0
+    t2 = Transaction.from_wire(_wire_txn(ops[:1000]))
+    fresh = SchemaLearner(None)
+    assert fresh.observe_transactions([t2])
+    assert calls[0] == 1  # one shape, learned from the first create
+    plain.observe(ops)
+    assert short._schema == plain._schema and short._shapes == plain._shapes
+    assert not short.observe_transactions([t2])

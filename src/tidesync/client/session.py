@@ -431,6 +431,7 @@ class SyncSession:
         try:
             self._execute(replicator.start(), link, replicator)
             self._flush(link, ws)
+            self._warm_upload()
             while not self._stop:
                 try:
                     kind, item = next_item()
@@ -500,6 +501,23 @@ class SyncSession:
                 pass
             if own_socket:
                 next_item.close()  # type: ignore[attr-defined]
+
+    def _warm_upload(self) -> None:
+        """While the server answers the ``Hello``: read the first batch of the upload to come
+        (from the checkpoint the server acknowledged last), so that its log entries are
+        decoded into the log cache by the time the ``Welcome`` starts the upload (the read
+        the replicator then asks for finds them decoded). Nothing to upload: two small queries."""
+        if self._flexible is not None or self._stop:
+            return
+        try:
+            after = self._checkpoint_acked()
+            if self._local_head() <= after:
+                return
+            # Unscoped, as the server asks (its Welcome's scope): a server takes all we wrote.
+            self._db.read_log(after, limit=self.config.batch_limit, max_bytes=self.config.batch_bytes,
+                              scope={}, exclude_origin=self._server_id)  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - only a head start: the upload reads again anyway
+            log.debug("could not read the upload ahead", exc_info=True)
 
     def _socket_reader(self, ws: SocketConnection, inbox: WakeInbox) -> Callable[[], tuple[str, Any]]:
         """``next_item()``: the next inbox item or message from the socket, waiting for either
@@ -584,6 +602,10 @@ class SyncSession:
             if isinstance(action, Send):
                 if link.can_send(action.message):
                     link.send(action.message)
+                    if self._ws is not None:
+                        # Out at once: an upload batch must not wait while the next one is
+                        # read and encoded (the server would idle meanwhile).
+                        self._flush(link, self._ws)
             elif isinstance(action, Fail):
                 link.fail(action.error)
             elif isinstance(action, ReportProgress):

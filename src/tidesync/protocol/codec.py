@@ -57,6 +57,7 @@ __all__ = [
     "DEFAULT_MAX_ASSEMBLED_SIZE",
     "split",
     "part_of",
+    "is_part",
 ]
 
 #: The protocol version this module speaks.
@@ -208,13 +209,18 @@ def split(payload: bytes, max_size: int) -> list[bytes]:
             for at in range(0, n, step)]
 
 
+def is_part(payload: bytes | bytearray | memoryview) -> bool:
+    """Whether ``payload`` says it is a ``part`` payload (without checking the rest)."""
+    return bytes(payload[:len(_PART_PREFIX)]) == _PART_PREFIX
+
+
 def part_of(payload: bytes | bytearray | memoryview) -> tuple[bytes, bool] | None:
     """``(chunk, more)`` when ``payload`` is a ``part`` payload, else None.
 
     Raises:
         ProtocolError: (``malformed_message``) it says it is a part but is not a valid one.
     """
-    if bytes(payload[:len(_PART_PREFIX)]) != _PART_PREFIX:
+    if not is_part(payload):
         return None
     data = bytes(payload)
     envelope = _unpack(data, "part payload")

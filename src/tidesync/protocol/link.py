@@ -39,6 +39,7 @@ from .codec import (
     DEFAULT_MAX_MESSAGE_SIZE,
     decode,
     encode,
+    is_part,
     part_of,
     split,
 )
@@ -250,8 +251,24 @@ class Link:
         self.error = sync_error
         self._events.append(Failed(sync_error, remote=False))
 
-    def receive(self, payload: bytes) -> None:
+    def decode_ahead(self, payload: bytes) -> Message | Exception | None:
+        """Decode ``payload`` now, without feeding it: hand the result to :meth:`receive`
+        (``decoded=``) when its turn comes. Decoding is pure, so the outcome is the one
+        :meth:`receive` would reach itself (an error is returned, and raised there). A driver
+        busy with an earlier message (a server integrating an upload batch) decodes the next
+        one meanwhile. None for a part of a larger message (``parts``): :meth:`receive`
+        joins the parts itself."""
+        if is_part(payload):
+            return None
+        try:
+            return decode(payload, max_size=self.max_message_size)
+        except Exception as exc:  # noqa: BLE001 - handed to receive(), which reports it
+            return exc
+
+    def receive(self, payload: bytes, *, decoded: Message | Exception | None = None) -> None:
         """Feed one payload received from the peer. Never raises because of its content.
+
+        ``decoded``: :meth:`decode_ahead` of this payload, when made earlier.
 
         After the connection has ended, payloads are ignored.
         """
@@ -266,8 +283,13 @@ class Link:
                     assembled = self._assemble(part)
                     if assembled is None:
                         return
-                    payload, max_size = assembled, self.max_assembled_size
-            message = decode(payload, max_size=max_size)
+                    payload, max_size, decoded = assembled, self.max_assembled_size, None
+            if decoded is None:
+                message = decode(payload, max_size=max_size)
+            elif isinstance(decoded, Exception):
+                raise decoded
+            else:
+                message = decoded
         except ProtocolError as exc:
             self.fail(exc)
             return

@@ -45,6 +45,7 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
@@ -84,6 +85,30 @@ def _lock_for(backend: Any) -> threading.Lock:
         if lock is None:
             lock = _LOCKS[backend] = threading.Lock()
         return lock
+
+
+#: An upload batch of at least this many operations leaves the WAL checkpoint of its commit
+#: to a background thread (``Database.deferred_checkpoint``): its ``Ack`` does not wait for the
+#: copy of the WAL into the file. Smaller ones (a few documents, propagation) commit as usual.
+DEFER_CHECKPOINT_OPS = 1000
+
+
+def _is_large(txns: Sequence[Transaction]) -> bool:
+    """Whether the batch holds at least :data:`DEFER_CHECKPOINT_OPS` operations."""
+    ops = 0
+    for txn in txns:
+        ops += len(txn.ops)
+        if ops >= DEFER_CHECKPOINT_OPS:
+            return True
+    return False
+
+
+def _checkpoint_later(backend: Any, txns: Sequence[Transaction]) -> AbstractContextManager[Any]:
+    """``backend.deferred_checkpoint()`` for a large batch, else a no-op context."""
+    defer = getattr(backend, "deferred_checkpoint", None)
+    if defer is None or not _is_large(txns):
+        return nullcontext()
+    return defer()  # type: ignore[no-any-return]
 
 
 def query_compiler(doc: Any) -> Any:
@@ -466,19 +491,23 @@ class Enforcer:
             compensating transaction was written (the server's log grew).
         """
         # A batch allocates many objects that form no cycles: collections in between would
-        # scan them all (about a fifth of the CPU of a large batch), for nothing.
-        with _gc_paused():
+        # scan them all (about a fifth of the CPU of a large batch), for nothing. After a large
+        # one, what lives on (the next batch, decoded meanwhile by the session's reader) is
+        # promoted rather than scanned; small ones (propagation) leave the young generations
+        # to the collector, whose full collections would otherwise come ever more rarely.
+        with _gc_paused(promote=_is_large(txns)):
             return self._integrate(txns, peer, peer_seq)
 
     def _integrate(self, txns: Sequence[Transaction], peer: str,
                    peer_seq: int) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
         learner = getattr(self.state, "schema_learner", None)
         if not self.full and not self.has_partition:
-            result = self.backend.integrate(txns, peer=peer, peer_seq=peer_seq)
+            with _checkpoint_later(self.backend, txns):
+                result = self.backend.integrate(txns, peer=peer, peer_seq=peer_seq)
             if learner is not None:
                 learner.observe_transactions(txns)
             return result, [], False
-        with _lock_for(self.backend):
+        with _lock_for(self.backend), _checkpoint_later(self.backend, txns):
             pre = None
             if self.full:
                 allowed, refused = self._check_full(txns)

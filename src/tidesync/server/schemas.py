@@ -35,7 +35,7 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -263,6 +263,20 @@ def _create_shape(op: Op) -> tuple[Any, ...] | None:
     return (op.collection, tuple(op.fields), types, tuple(op.kinds.items()) if op.kinds else ())
 
 
+def _until_learned(ops: Iterable[Op], known: tuple[tuple[Any, ...], ...],
+                   shapes: set[tuple[Any, ...]]) -> Iterator[Op]:
+    """``ops`` (a transaction's, whose creates have the shapes ``known``) until every one of
+    ``known`` is in ``shapes`` (which :meth:`SchemaLearner.observe` fills as it goes): the
+    rest would all be skipped as known shapes. A first upload of 10,000 documents of one
+    shape is learned from its first one instead of 10,000 shape tuples."""
+    pending = [s for s in known if s not in shapes]
+    for op in ops:
+        if not pending:
+            return
+        yield op
+        pending = [s for s in pending if s not in shapes]
+
+
 def _element_kind(op: Op) -> tuple[str, str] | None:
     if isinstance(op, (ListInsert, ListSet, SetAdd, DictPut)) and len(op.path) == 1:
         return op.path[0], kind_of(op.value)
@@ -295,18 +309,18 @@ class SchemaLearner:
         (:meth:`Transaction.create_shapes`, found while parsing it) are all learned already is
         skipped without a look at its operations."""
         shapes = self._shapes
-        rest: list[Transaction] = []
+        rest: list[Iterable[Op]] = []
         with self._lock:
             for t in txns:
                 known = t.create_shapes()
                 if known is None:
-                    rest.append(t)
+                    rest.append(t.ops)
                     continue
                 for shape in known:
                     if shape not in shapes:
-                        rest.append(t)
+                        rest.append(_until_learned(t.ops, known, shapes))
                         break
-        return self.observe(op for t in rest for op in t.ops) if rest else False
+        return self.observe(op for ops in rest for op in ops) if rest else False
 
     def observe(self, ops: Iterable[Op]) -> bool:
         """Record what ``ops`` show; returns True when something new was learned (and saved)."""

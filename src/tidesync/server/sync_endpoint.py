@@ -329,14 +329,19 @@ def _shared(state: ServerState) -> _Shared:
     return shared
 
 
+#: A payload of at least this size (an upload batch) is decoded with the cyclic GC paused.
+LARGE_PAYLOAD = 64 * 1024
+
+
 def _receive(link: Link, payload: bytes) -> None:
     """``link.receive(payload)``; a large one (an upload batch) is decoded with the cyclic GC
     paused: its many new objects form no cycles, and collections meanwhile would scan them and
-    the server's whole heap several times, for nothing."""
-    if len(payload) < 64 * 1024:
+    the server's whole heap several times, for nothing. They live on until the batch is
+    integrated, so they are promoted past the young collections (``_gc_paused(promote=True)``)."""
+    if len(payload) < LARGE_PAYLOAD:
         link.receive(payload)
         return
-    with _gc_paused():
+    with _gc_paused(promote=True):
         link.receive(payload)
 
 
@@ -598,8 +603,8 @@ class ServerSession:
                     break
                 if kind == "lost":
                     self.link.connection_lost()
-                elif kind == "data":
-                    _receive(self.link, item)
+                elif kind == "decoded":  # a payload _read decoded while run() was busy (or None)
+                    self.link.receive(item[0], decoded=item[1])
                 elif kind == "resume":  # what _receive_now left: payloads, actions, events
                     payloads, actions, events = item
                     for payload in payloads:
@@ -661,7 +666,17 @@ class ServerSession:
                     text = msg.get("text")
                     data = text.encode() if isinstance(text, str) else b""
                 if not (self._parked and self._inbox.empty() and self._receive_now(data)):
-                    self._inbox.put_nowait(("data", data))
+                    # run() is busy, often integrating the previous upload batch in a worker
+                    # thread: decode this payload now, while that thread is in SQLite or waits
+                    # for its commit's fsync (both without the GIL), not when run() gets to it.
+                    if self.link.finished:
+                        decoded = None
+                    elif len(data) < LARGE_PAYLOAD:
+                        decoded = self.link.decode_ahead(data)
+                    else:
+                        with _gc_paused(promote=True):
+                            decoded = self.link.decode_ahead(data)
+                    self._inbox.put_nowait(("decoded", (data, decoded)))
         except (WebSocketDisconnect, RuntimeError):
             pass
         finally:

@@ -297,6 +297,9 @@ class ServerSession:
     INLINE_READ = 64
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
+    #: Snapshot pages sent ahead of the device's Acks: one being stored, one being decoded
+    #: (a device stores a page while it decodes the next: client/session.py), one on its way.
+    SNAPSHOT_WINDOW = 3
     #: About how many seconds after which a session is woken for entries of other partitions
     #: (local_commit).
     LAZY_COMMIT = 1.0
@@ -309,7 +312,8 @@ class ServerSession:
 
         self.replicator = Replicator(state.backend.replica_id, Role.ACCEPTOR,
                                      info={"server": "tidesync", "app_id": state.config.app_id,
-                                           "policies": json.dumps(named_policies(state.config.policies))})
+                                           "policies": json.dumps(named_policies(state.config.policies))},
+                                     snapshot_window=self.SNAPSHOT_WINDOW)
         self.user: Any = None
         self.partition: Any = None
         self._partition_json = ""  # canonical_json(self.partition), once admitted

@@ -613,12 +613,15 @@ class ReplicaStore:
 
     def _integrate_snapshot_download(self, docs: Sequence[SnapshotDoc], peer: ReplicaId,
                                      as_of_seq: int | None) -> SnapshotResult:
-        """:meth:`integrate_snapshot` for a sync session's download (as ``_integrate_download``
-        does for ``Changes``): the page is committed without an fsync, listeners are woken, and
-        the WAL is flushed outside the lock, so that local reads and writes need not wait for
-        the disk. It returns once the page is durable, so the ``Ack`` that follows still means
-        "durably integrated"; a power loss before then rolls the page back whole (with any
-        checkpoint it set), and the bootstrap starts over (docs/sync.md)."""
+        """:meth:`integrate_snapshot` for a sync session's download: the page is committed
+        without an fsync, and only the last page (``as_of_seq`` set: the one that sets the
+        checkpoint) flushes the WAL, outside the lock, before it returns; its ``Ack`` is the
+        only one the sender records (as this device's checkpoint). A power loss rolls back a
+        suffix of the pages whole (SQLite's WAL recovery keeps a prefix of the commits), never
+        the last page without the earlier ones, and before the last page is durable nothing
+        records the bootstrap as done: the device connects again with its old checkpoint and
+        is sent the snapshot again from its first page, joined into what it kept
+        (docs/sync.md, "Durability of downloads")."""
         return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=True)
 
     def _integrate_snapshot(self, docs: Sequence[SnapshotDoc], peer: ReplicaId, as_of_seq: int | None, *,
@@ -722,7 +725,7 @@ class ReplicaStore:
                         "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
                         "DO UPDATE SET received = excluded.received", (peer, as_of_seq))
             self._after_remote(changed > 0)
-        if unsynced:
+        if unsynced and as_of_seq is not None:
             engine.sync_wal()
         return SnapshotResult(changed, unchanged)
 

@@ -46,6 +46,7 @@ from ..protocol.messages import CompensatingWrite
 from ..protocol.replica import IntegrateResult, SnapshotResult
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
+from ..store.database import _gc_paused
 from ._wsconn import SocketConnection, WakeInbox, direct_socket_usable, wait_readable
 from .app import User
 
@@ -448,7 +449,13 @@ class SyncSession:
                     source, payload = item
                     if source is not ws:
                         continue  # left over from an earlier connection
-                    link.receive(payload)
+                    if len(payload) < self.BULK_PAYLOAD:
+                        link.receive(payload)
+                    else:
+                        # A snapshot page or a large batch: tens of thousands of new objects
+                        # that form no cycles, which each collection meanwhile would scan.
+                        with _gc_paused():
+                            link.receive(payload)
                 for event in link.events_received():
                     if isinstance(event, MessageReceived):
                         self._execute(replicator.handle(event.message), link, replicator)
@@ -580,14 +587,16 @@ class SyncSession:
             item = writer.take(wait)
             if item is None:
                 return
-            _, result = item
+            action, result = item
             if isinstance(result, BaseException):
                 raise result
             follow = replicator.snapshot_integrated(result)
-            received = self._checkpoint_received()
-            with self._cond:
-                self._received = received
-                self._cond.notify_all()
+            if action.as_of_seq is not None and action.peer == self._server_id:
+                # The last page set the checkpoint to as_of_seq in its own transaction (no need
+                # to read it back, behind the lock the writer may hold for the next page).
+                with self._cond:
+                    self._received = action.as_of_seq
+                    self._cond.notify_all()
             self._execute(follow, link, replicator)
 
     def _execute(self, actions: list[Any], link: Link, replicator: Replicator) -> None:
@@ -666,6 +675,9 @@ class SyncSession:
                         self._received = received
                         self._cond.notify_all()
                 todo[0:0] = follow
+
+    #: Payloads of at least this many bytes are decoded with the cyclic GC paused.
+    BULK_PAYLOAD = 64 * 1024
 
     #: Seconds a checkpoint value may stay in memory only, while the session is busy.
     UNSTORED_FOR = 1.0

@@ -767,14 +767,19 @@ class ReplicaStore:
                 scopes = repeat(canonical_json(values[0]), n)
             else:
                 scopes = [canonical_json(v) if live else None for v, live in zip(values, lives)]
-        tick = int(self._setting("snapshot_tick") or 0)
+        # The settings and the log head in one query (each statement is a GIL hand-off for
+        # the writer thread: see _insert_rows).
+        [(tick_text, head)] = self._engine.query(
+            "SELECT (SELECT value FROM settings WHERE key = 'snapshot_tick'), "
+            "(SELECT seq FROM sqlite_sequence WHERE name = 'log')")
+        tick = int(tick_text or 0)
         rows = list(chain.from_iterable(zip(
             collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
             range(tick - 1, tick - 1 - n, -1), scopes)))
         if not self._insert_rows(rows, n):
             return None
         # Also what integrate_snapshot writes for any page that changed something.
-        settings = {"snapshot_tick": str(tick - n), "snapshot_from": peer, "snapshot_seq": str(self.head_seq() + 1)}
+        settings = {"snapshot_tick": str(tick - n), "snapshot_from": peer, "snapshot_seq": str(int(head or 0) + 1)}
         clock = getattr(self, "_clock", None)
         if clock is not None:
             # The latest of the meta stamps (each checked) and the epochs ('' or a stamp).

@@ -741,11 +741,12 @@ class _PageWriter:
 
     SQLite writes a page in one step without the GIL (store/replica.py, ``_store_columns``), so
     on a machine with two cores the next page's decoding (Python) and this page's insert and
-    fsync (SQLite and the disk) overlap. Each result goes back to the session thread, which
+    commit (SQLite and the disk) overlap. Each result goes back to the session thread, which
     alone talks to the Replicator: it feeds ``snapshot_integrated`` in issue order, and the
-    ``Ack`` of a page still follows its durable commit. Any other storage action waits until
-    every page handed over is stored (:meth:`SyncSession._drain`): storage actions keep the
-    order the Replicator issued them in.
+    ``Ack`` of a page still follows its commit (and, for the last page, its fsync: see
+    ``_integrate_snapshot_download``). Any other storage action waits until every page handed
+    over is stored (:meth:`SyncSession._drain`): storage actions keep the order the Replicator
+    issued them in.
     """
 
     def __init__(self, db: Database, inbox: WakeInbox) -> None:

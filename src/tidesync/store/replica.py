@@ -59,14 +59,20 @@ Ref = tuple[str, str]
 _json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
+#: Rows of the INSERT statements that store a columns page (see ``_insert_rows``): a few fixed
+#: sizes, so that the connection's statement cache keeps them prepared (preparing a statement of
+#: thousands of rows takes tens of milliseconds), up to 4,096 rows (a page of up to 5,000
+#: documents takes at most two statements).
+_INSERT_SIZES = (16, 64, 256, 1024, 2048, 4096)
+
+
 def _rows_per_insert(n: int, limit: int) -> int:
-    """The rows of the :func:`_insert_sql` statement that stores ``n`` rows: the smallest of a
-    few fixed sizes (so that the connection's statement cache keeps them prepared: a statement
-    of thousands of rows takes milliseconds to prepare) that holds them all, at most ``limit``."""
-    size = 16
-    while size < n and size < limit:
-        size *= 4
-    return min(size, limit)
+    """The rows of the :func:`_insert_sql` statement for ``n`` rows: the smallest of
+    :data:`_INSERT_SIZES` that holds them, at most ``limit``."""
+    for size in _INSERT_SIZES:
+        if size >= n or size >= limit:
+            return min(size, limit)
+    return min(_INSERT_SIZES[-1], limit)
 
 
 @lru_cache(maxsize=16)
@@ -792,19 +798,17 @@ class ReplicaStore:
         """INSERT ``n`` new document rows (``rows``: their 8 values each, flat, in
         ``INSERT_DOCUMENT``'s order) in as few statements as the SQLite build allows. False,
         with nothing written, if the unique key refused one (a document held here, or twice)."""
-        size = _rows_per_insert(n, self._max_insert_rows())
+        cap = _rows_per_insert(n, self._max_insert_rows())  # rows per statement, at most
         engine = self._engine
         try:
-            if size >= n:
-                engine.execute(_insert_sql(size), rows + [None] * (8 * (size - n)))
+            if cap >= n:
+                engine.execute(_insert_sql(cap), rows + [None] * (8 * (cap - n)))
                 return True
             with engine.atomic():  # a savepoint: a refused statement undoes the earlier ones
-                width = 8 * size
-                for start in range(0, len(rows), width):
-                    chunk = rows[start:start + width]
-                    if len(chunk) < width:
-                        chunk += [None] * (width - len(chunk))
-                    engine.execute(_insert_sql(size), chunk)
+                for start in range(0, n, cap):
+                    chunk = rows[8 * start:8 * (start + cap)]
+                    size = _rows_per_insert(len(chunk) // 8, cap)
+                    engine.execute(_insert_sql(size), chunk + [None] * (8 * size - len(chunk)))
             return True
         except StorageError as exc:
             if exc.code == "constraint":

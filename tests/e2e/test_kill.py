@@ -361,3 +361,44 @@ def test_sigkill_a_client_as_its_listener_sees_a_download_then_restart_it(tmp_pa
             a.close()
 
         catch_up_after_the_kill(server, follower_file, server_file, tmp_path / "a.db")
+
+
+def test_sigkill_a_client_mid_bootstrap_then_restart_it(tmp_path):
+    """A fresh device stores snapshot pages on a writer thread while it decodes the next ones,
+    and commits all but the last without an fsync (docs/sync.md). Killed with pages in that
+    pipeline, it restarts on its file, is sent the snapshot again, and then holds exactly the
+    server's documents, each once, with nothing of its own in either log."""
+    with running_server(tmp_path / "server") as server:
+        server_file = tmp_path / "server" / "sync.db"
+        device_file = tmp_path / "device.db"
+        a = synced_db(tmp_path / "a.db", server.url, [Technician, WorkOrder], partition="kill")
+        try:
+            for t in range(12):  # 12,000 documents: pages of 500 (four), then larger ones
+                with a.write():
+                    for j in range(1_000):
+                        a.create(Technician, _id=f"boot{t}-{j}", name=f"n{j}" * 20)
+            a.sync_session.wait_for_upload_completion(timeout=T)
+        finally:
+            a.close()
+        total = len(live_bodies(server_file))
+        device = ClientProcess("bootstrap", server.url, str(device_file))
+        try:
+            device.wait_for(mid_upload)  # (download progress lines have the same shape)
+        finally:
+            device.sigkill()
+        got = len(live_bodies(device_file))
+        assert 0 < got < total, "the kill did not land in the middle of the bootstrap"
+        catch_up = ClientProcess("catch-up", server.url, str(device_file))
+        try:
+            catch_up.wait_for(lambda line: line == "downloaded", timeout=60)
+        finally:
+            assert catch_up.close() == 0
+        assert live_bodies(device_file) == live_bodies(server_file)
+        con = _connect(device_file)
+        try:
+            rows, keys = con.execute("SELECT count(*), count(DISTINCT collection || ' ' || pk) FROM documents").fetchone()
+        finally:
+            con.close()
+        assert rows == keys == total
+        assert log_of(device_file) == []  # a snapshot adds no log entry; the device wrote nothing
+        assert log_of(server_file, origin=replica_id(device_file)) == []

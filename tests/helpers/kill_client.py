@@ -13,6 +13,9 @@
     python -m tests.helpers.kill_client listen URL DB
         Open DB, download, listen to the Technician results, print ``synced``; then print
         ``seen N`` from the listener whenever the results change (N: how many), until killed.
+    python -m tests.helpers.kill_client bootstrap URL DB
+        Open a fresh DB (its first sync is a snapshot of the partition's documents) and print
+        ``progress T/U`` on every download progress report, until killed.
     python -m tests.helpers.kill_client catch-up URL DB
         Open DB again, wait for download completion, print ``downloaded``.
 
@@ -91,6 +94,9 @@ def main(argv: list[str]) -> None:
         say("synced")
         sys.stdin.readline()  # until killed
         token.remove()
+    elif mode == "bootstrap":
+        db.sync_session.add_progress_notifier(lambda p: say(f"progress {p.transferred}/{p.transferable}"), "download")
+        sys.stdin.readline()  # until killed
     elif mode == "catch-up":
         db.sync_session.wait_for_download_completion(timeout=60)
         say("downloaded")

@@ -328,6 +328,19 @@ def test_compacted_log_is_streamed_as_a_snapshot_then_the_log_continues() -> Non
     assert sends(r.log_read(LogBatch((), 31, 31)))[0].from_seq == 30
 
 
+def test_snapshot_pages_follow_their_own_window() -> None:
+    r, _ = active_acceptor(window=2, snapshot_window=3, snapshot_limit=1)
+    actions = r.log_read(LogBatch((), 0, 30, snapshot_required=True))
+    for page in range(3):
+        assert of(actions, ReadSnapshot) == [ReadSnapshot(SCOPE, f"k{page}" if page else None, 1, 1 << 20)]
+        actions = r.snapshot_read(SnapshotPage((doc(page),), f"k{page + 1}", 30, 10, 9))
+        assert [m.page for m in sends(actions)] == [page]
+    assert of(actions, ReadSnapshot) == []  # three pages unacknowledged: the window is full
+    assert of(r.handle(Ack(0, snapshot_page=0)), ReadSnapshot) == [ReadSnapshot(SCOPE, "k3", 1, 1 << 20)]
+    with pytest.raises(UsageError):
+        Replicator(ME, Role.ACCEPTOR, snapshot_window=0)
+
+
 def test_receiving_a_snapshot() -> None:
     r, _ = active_acceptor(our_checkpoint=2)
     assert r.handle(Snapshot(0, (doc(1),), 40, False)) == [IntegrateSnapshot((doc(1),), PEER, None)]

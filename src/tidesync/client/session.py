@@ -37,15 +37,17 @@ from ..errors import (
     AuthError, CertificateError, CompensatingWriteError, ConnectionClosedError, SyncError, TimeoutError, UsageError,
 )
 from ..protocol.actions import (
-    DOWNLOAD, Announce, DownloadComplete, Fail, Integrate, Notify, RecordAck, ReportProgress, Send, UploadComplete,
+    DOWNLOAD, Announce, DownloadComplete, Fail, Integrate, IntegrateSnapshot, Notify, RecordAck, ReportProgress, Send,
+    UploadComplete,
 )
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
 from ..protocol.messages import CompensatingWrite
-from ..protocol.replica import IntegrateResult
+from ..protocol.replica import IntegrateResult, SnapshotResult
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
+from ..store.database import _gc_paused
 from ._wsconn import SocketConnection, WakeInbox, direct_socket_usable, wait_readable
 from .app import User
 
@@ -169,6 +171,8 @@ class SyncSession:
         self._connection_callbacks: list[Callable[[str, str], None]] = []
         self._last_progress: dict[str, Progress] = {}
         self._ws: Any = None
+        #: The connection's snapshot page writer (None between connections).
+        self._writer: _PageWriter | None = None
         # Flexible sync: db.subscriptions (client/subscriptions.py), attached before we start.
         self._flexible: Any = getattr(db, "subscriptions", None) if config.flexible else None
         self._thread = threading.Thread(target=self._run, name="tidesync-sync", daemon=True)
@@ -428,6 +432,7 @@ class SyncSession:
                                 expected_peer=self._server_id,  # type: ignore[arg-type]
                                 batch_limit=self.config.batch_limit, batch_bytes=self.config.batch_bytes)
         handshake_done = False
+        writer = self._writer = _PageWriter(self._db, inbox)
         try:
             self._execute(replicator.start(), link, replicator)
             self._flush(link, ws)
@@ -460,13 +465,22 @@ class SyncSession:
                 elif kind == "lost":
                     if item is ws:
                         link.connection_lost()
+                elif kind == "stored":
+                    if item is writer:
+                        self._drain(link, replicator, wait=False)
                 elif kind == "commit":
                     self._execute(replicator.local_commit(self._db.head_seq()), link, replicator)
                 elif kind == "data":
                     source, payload = item
                     if source is not ws:
                         continue  # left over from an earlier connection
-                    link.receive(payload)
+                    if len(payload) < self.BULK_PAYLOAD:
+                        link.receive(payload)
+                    else:
+                        # A snapshot page or a large batch: tens of thousands of new objects
+                        # that form no cycles, which each collection meanwhile would scan.
+                        with _gc_paused():
+                            link.receive(payload)
                 for event in link.events_received():
                     if isinstance(event, MessageReceived):
                         self._execute(replicator.handle(event.message), link, replicator)
@@ -491,6 +505,18 @@ class SyncSession:
                     self._store_checkpoint()
             return handshake_done
         finally:
+            self._writer = None
+            if writer.pending:
+                writer.stop()  # pages it stored meanwhile are joined; their Acks are not sent
+                try:
+                    received = self._checkpoint_received()
+                    with self._cond:
+                        self._received = received
+                        self._cond.notify_all()
+                except Exception:  # noqa: BLE001 - e.g. the database closed under us
+                    pass
+            else:
+                writer.stop()
             self._store_checkpoint()
             try:
                 if own_socket:
@@ -595,10 +621,34 @@ class SyncSession:
                 link.connection_lost()
                 return
 
+    def _drain(self, link: Link, replicator: Replicator, *, wait: bool = True) -> None:
+        """Feed the Replicator the results of the snapshot pages the writer has stored (all of
+        those handed over, with ``wait``), in order, and execute what follows (their Acks)."""
+        writer = self._writer
+        while writer is not None:
+            item = writer.take(wait)
+            if item is None:
+                return
+            action, result = item
+            if isinstance(result, BaseException):
+                raise result
+            follow = replicator.snapshot_integrated(result)
+            if action.as_of_seq is not None and action.peer == self._server_id:
+                # The last page set the checkpoint to as_of_seq in its own transaction (no need
+                # to read it back, behind the lock the writer may hold for the next page).
+                with self._cond:
+                    self._received = action.as_of_seq
+                    self._cond.notify_all()
+            self._execute(follow, link, replicator)
+
     def _execute(self, actions: list[Any], link: Link, replicator: Replicator) -> None:
         todo = list(actions)
         while todo:
             action = todo.pop(0)
+            writer = self._writer
+            if writer is not None and writer.pending and type(action) not in _BESIDE_THE_WRITER:
+                # A storage action: after the snapshot pages issued before it, as issued.
+                self._drain(link, replicator)
             if isinstance(action, Send):
                 if link.can_send(action.message):
                     link.send(action.message)
@@ -624,6 +674,8 @@ class SyncSession:
                 self._notify(action.message)
             elif isinstance(action, Announce):
                 pass  # descriptors are recorded by the store when data arrives
+            elif isinstance(action, IntegrateSnapshot) and writer is not None:
+                writer.submit(action)  # its result comes back through the inbox (_drain)
             elif isinstance(action, RecordAck) and action.peer == self._server_id:
                 # Informational (the upload starts where the server's Welcome says): kept in
                 # memory, stored later with other checkpoint values, never one fsync per Ack.
@@ -669,6 +721,9 @@ class SyncSession:
                         self._received = received
                         self._cond.notify_all()
                 todo[0:0] = follow
+
+    #: Payloads of at least this many bytes are decoded with the cyclic GC paused.
+    BULK_PAYLOAD = 64 * 1024
 
     #: Seconds a checkpoint value may stay in memory only, while the session is busy.
     UNSTORED_FOR = 1.0
@@ -718,6 +773,79 @@ class SyncSession:
                 "the server undid writes of this device: " + "; ".join(
                     f"{w['operation']} {w['collection']} {w['id']!r}: {w['reason']}" for w in writes),
                 writes=writes))
+
+
+#: Actions the session executes while snapshot pages are still being stored: they touch
+#: no storage (or, for IntegrateSnapshot, queue behind those pages).
+_BESIDE_THE_WRITER = frozenset((Send, Fail, ReportProgress, UploadComplete, DownloadComplete, Announce,
+                                IntegrateSnapshot))
+
+
+class _PageWriter:
+    """Stores a bootstrap's snapshot pages on a thread of its own (``tidesync-sync-store``), in
+    the order received, while the session thread goes on receiving and decoding the next page.
+
+    SQLite writes a page in one step without the GIL (store/replica.py, ``_store_columns``), so
+    on a machine with two cores the next page's decoding (Python) and this page's insert and
+    commit (SQLite and the disk) overlap. Each result goes back to the session thread, which
+    alone talks to the Replicator: it feeds ``snapshot_integrated`` in issue order, and the
+    ``Ack`` of a page still follows its commit (and, for the last page, its fsync: see
+    ``_integrate_snapshot_download``). Any other storage action waits until every page handed
+    over is stored (:meth:`SyncSession._drain`): storage actions keep the order the Replicator
+    issued them in.
+    """
+
+    def __init__(self, db: Database, inbox: WakeInbox) -> None:
+        self._db = db
+        self._inbox = inbox
+        self._jobs: queue.SimpleQueue[IntegrateSnapshot | None] = queue.SimpleQueue()
+        self._done: queue.SimpleQueue[tuple[IntegrateSnapshot, SnapshotResult | BaseException]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        #: Pages handed over whose result the session has not taken yet.
+        self.pending = 0
+
+    def submit(self, action: IntegrateSnapshot) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tidesync-sync-store", daemon=True)
+            self._thread.start()
+        self.pending += 1
+        self._jobs.put(action)
+
+    def _run(self) -> None:
+        while True:
+            action = self._jobs.get()
+            if action is None:
+                return
+            result: SnapshotResult | BaseException
+            if self._stopping:
+                result = ConnectionClosedError("the connection ended before this page was stored")
+            else:
+                try:
+                    result = self._db._integrate_snapshot_download(action.docs, action.peer, action.as_of_seq)
+                except BaseException as exc:  # noqa: BLE001 - raised again on the session thread
+                    result = exc
+            self._done.put((action, result))
+            self._inbox.put(("stored", self))
+
+    def take(self, wait: bool) -> tuple[IntegrateSnapshot, SnapshotResult | BaseException] | None:
+        """The next result (waiting for it with ``wait``), or None when there is none."""
+        if not self.pending:
+            return None
+        try:
+            item = self._done.get() if wait else self._done.get_nowait()
+        except queue.Empty:
+            return None
+        self.pending -= 1
+        return item
+
+    def stop(self) -> None:
+        """Store no page not yet begun, and wait for the one being stored, if any."""
+        self._stopping = True
+        thread = self._thread
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
 
 
 def _direct_connection(inbox: WakeInbox) -> Any:

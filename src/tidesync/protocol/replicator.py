@@ -127,6 +127,9 @@ class Replicator:
         descriptor_lookahead: announce up to this many transactions ahead of their data;
             0 sends no ``Descriptors``.
         snapshot_limit: at most this many documents per ``Snapshot`` page.
+        snapshot_window: at most this many ``Snapshot`` pages unacknowledged (default:
+            ``window``). A receiver that stores one page while it decodes the next keeps up
+            with a window of 3 without waiting for the sender's next read.
     """
 
     def __init__(
@@ -143,13 +146,16 @@ class Replicator:
         window: int = 2,
         descriptor_lookahead: int = 0,
         snapshot_limit: int = 500,
+        snapshot_window: int | None = None,
     ) -> None:
         if not is_replica_id(replica_id):
             raise UsageError(f"not a replica id: {replica_id!r}")
         if expected_peer is not None and not is_replica_id(expected_peer):
             raise UsageError(f"not a replica id: {expected_peer!r}")
-        if min(batch_limit, batch_bytes, window, snapshot_limit) < 1 or descriptor_lookahead < 0:
-            raise UsageError("batch_limit, batch_bytes, window and snapshot_limit must be >= 1")
+        if snapshot_window is None:
+            snapshot_window = window
+        if min(batch_limit, batch_bytes, window, snapshot_limit, snapshot_window) < 1 or descriptor_lookahead < 0:
+            raise UsageError("batch_limit, batch_bytes, window, snapshot_limit and snapshot_window must be >= 1")
         self.replica_id = replica_id
         self.role = role
         try:
@@ -164,6 +170,7 @@ class Replicator:
         self.window = window
         self.descriptor_lookahead = descriptor_lookahead
         self.snapshot_limit = snapshot_limit
+        self.snapshot_window = snapshot_window
 
         #: Optional protocol features announced in our Hello/Welcome.
         self.features: tuple[str, ...] = FEATURES
@@ -345,7 +352,7 @@ class Replicator:
         actions: list[Action] = []
         if self._snapshotting:
             if (not self._snap_reading and self._snap_as_of_done() is None
-                    and len(self._snap_inflight) + len(self._inflight) < self.window):
+                    and len(self._snap_inflight) + len(self._inflight) < self.snapshot_window):
                 self._snap_reading = True
                 actions.append(ReadSnapshot(self._peer_scope, self._snap_cursor,
                                             self.snapshot_limit, self.batch_bytes))

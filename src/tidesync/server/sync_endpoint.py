@@ -41,7 +41,7 @@ from ..protocol.codec import encode
 from ..protocol.codes import ErrorCode
 from ..protocol.events import Closed, Connected, Failed, MessageReceived
 from ..protocol.link import Link
-from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, ViewAck
+from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, Snapshot, ViewAck
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from ..store.database import _gc_paused
@@ -313,6 +313,15 @@ class _Started:
     error: BaseException | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _SendEncoded:
+    """A :class:`Send` whose payload was already encoded (a snapshot page, encoded in the
+    worker thread that read it: see ``ServerSession._read_snapshot``)."""
+
+    message: Any
+    payload: bytes
+
+
 def _user_key(user: Any) -> tuple[Any, Any, Any]:
     """What identifies a login session for its checks."""
     return (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
@@ -352,6 +361,9 @@ class ServerSession:
     INLINE_READ = 64
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
+    #: Snapshot pages sent ahead of the device's Acks: one being stored, one being decoded
+    #: (a device stores a page while it decodes the next: client/session.py), one on its way.
+    SNAPSHOT_WINDOW = 3
     #: About how many seconds after which a session is woken for entries of other partitions
     #: (local_commit).
     LAZY_COMMIT = 1.0
@@ -365,7 +377,8 @@ class ServerSession:
 
         self.replicator = Replicator(state.backend.replica_id, Role.ACCEPTOR,
                                      info={"server": "tidesync", "app_id": state.config.app_id,
-                                           "policies": json.dumps(named_policies(state.config.policies))})
+                                           "policies": json.dumps(named_policies(state.config.policies))},
+                                     snapshot_window=self.SNAPSHOT_WINDOW)
         self.user: Any = None
         self.partition: Any = None
         self._partition_json = ""  # canonical_json(self.partition), once admitted
@@ -895,9 +908,25 @@ class ServerSession:
                 if self._snapshot_pages > 4:
                     grown = action.limit << min(4, self._snapshot_pages - 4)
                     action = dataclasses.replace(action, limit=min(grown, self.MAX_SNAPSHOT_PAGE))
-                todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
+                todo[0:0] = await asyncio.to_thread(self._read_snapshot, action)
+            elif isinstance(action, _SendEncoded):
+                if self.flexible is not None:
+                    self.flexible.pump()
+                if self.link.can_send(action.message):
+                    self.link.send(action.message, encoded=action.payload)
             else:
                 todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
+
+    def _read_snapshot(self, action: ReadSnapshot) -> list[Any]:
+        """(In a worker thread.) Read a snapshot page and encode the message that sends it,
+        with the cyclic GC paused: a page is thousands of rows and lists that form no cycles,
+        which collections meanwhile would scan, and the event loop is left only the send."""
+        with _gc_paused():
+            follow = perform(action, self.reader, self.replicator)
+            link = self.link
+            return [_SendEncoded(a.message, encode(a.message, compress_threshold=link.compress_threshold,
+                                                   max_size=link.max_send_size))
+                    if isinstance(a, Send) and isinstance(a.message, Snapshot) else a for a in follow]
 
     def _read_now(self, action: ReadLog) -> Any:
         """A small read of the log's tail, made on the event loop when the backend is free.

@@ -25,11 +25,13 @@ log, which holds only what it lacks, instead of downloading its own uploads as a
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence, Set
-from contextlib import contextmanager
-from itertools import accumulate, repeat
+from contextlib import contextmanager, nullcontext
+from functools import lru_cache
+from itertools import accumulate, chain, repeat
 from typing import TYPE_CHECKING, Any
 
 import msgpack
@@ -38,13 +40,13 @@ from ..core import merge
 from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json, loads_json
-from ..errors import UsageError
+from ..errors import StorageError, UsageError
 from ..protocol.messages import DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
     Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
 )
 
-from .tables import UPSERT_DOCUMENT
+from .tables import INSERT_DOCUMENT, UPSERT_DOCUMENT
 
 if TYPE_CHECKING:
     from .engine import Engine, Row
@@ -55,6 +57,30 @@ Ref = tuple[str, str]
 
 
 _json_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+#: Rows of the INSERT statements that store a columns page (see ``_insert_rows``): a few fixed
+#: sizes, so that the connection's statement cache keeps them prepared (preparing a statement of
+#: thousands of rows takes tens of milliseconds), up to 4,096 rows (a page of up to 5,000
+#: documents takes at most two statements).
+_INSERT_SIZES = (16, 64, 256, 1024, 2048, 4096)
+
+
+def _rows_per_insert(n: int, limit: int) -> int:
+    """The rows of the :func:`_insert_sql` statement for ``n`` rows: the smallest of
+    :data:`_INSERT_SIZES` that holds them, at most ``limit``."""
+    for size in _INSERT_SIZES:
+        if size >= n or size >= limit:
+            return min(size, limit)
+    return min(_INSERT_SIZES[-1], limit)
+
+
+@lru_cache(maxsize=16)
+def _insert_sql(rows: int) -> str:
+    """``INSERT_DOCUMENT`` for ``rows`` rows in one statement; rows whose collection is NULL
+    (padding up to the fixed size) are left out."""
+    head, _, values = INSERT_DOCUMENT.partition(" VALUES ")
+    return f"{head} SELECT * FROM (VALUES {','.join([values] * rows)}) WHERE column1 IS NOT NULL"
 
 
 def _scope_value(scope: Scope) -> str | None:
@@ -176,6 +202,8 @@ class ReplicaStore:
     _lock: Any
     replica_id: ReplicaId
     bootstrap_with_snapshot: bool = False
+    #: Rows one INSERT of a columns page may carry (from the connection's parameter limit).
+    _insert_limit: int | None = None
 
     if TYPE_CHECKING:
         def _check_open(self) -> None: ...
@@ -610,15 +638,33 @@ class ReplicaStore:
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,
                            as_of_seq: int | None) -> SnapshotResult:
         """Join snapshot documents into the local ones (a merge, never an overwrite)."""
+        return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=False)
+
+    def _integrate_snapshot_download(self, docs: Sequence[SnapshotDoc], peer: ReplicaId,
+                                     as_of_seq: int | None) -> SnapshotResult:
+        """:meth:`integrate_snapshot` for a sync session's download: the page is committed
+        without an fsync, and only the last page (``as_of_seq`` set: the one that sets the
+        checkpoint) flushes the WAL, outside the lock, before it returns; its ``Ack`` is the
+        only one the sender records (as this device's checkpoint). A power loss rolls back a
+        suffix of the pages whole (SQLite's WAL recovery keeps a prefix of the commits), never
+        the last page without the earlier ones, and before the last page is durable nothing
+        records the bootstrap as done: the device connects again with its old checkpoint and
+        is sent the snapshot again from its first page, joined into what it kept
+        (docs/sync.md, "Durability of downloads")."""
+        return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=True)
+
+    def _integrate_snapshot(self, docs: Sequence[SnapshotDoc], peer: ReplicaId, as_of_seq: int | None, *,
+                            unsynced: bool) -> SnapshotResult:
         changed = unchanged = 0
         policies = getattr(self, "_policies", None)
         # A device stores its server's JSON text as it came. A replica that serves others (the
         # server) re-encodes what a peer sent: its text feeds SQL queries made for every user,
         # and JSON allowed in transit (duplicate keys, spacing) must not reach them.
         verbatim = not self.bootstrap_with_snapshot
+        engine = self._engine
         with self._lock:
             self._check_open()
-            with self._engine.atomic():
+            with engine.unsynced() if unsynced else nullcontext(), engine.atomic():
                 stored = self._store_columns(docs, peer) if type(docs) is DocColumns and verbatim else None
                 if stored is not None:
                     changed = stored
@@ -699,7 +745,7 @@ class ReplicaStore:
                             for d, _ in rows.values()))
                     clock.observe(latest)
                     self._set_setting("clock", clock.last)
-                if changed:
+                if changed and stored is None:
                     head = self.head_seq()
                     self._set_setting("snapshot_from", peer)
                     self._set_setting("snapshot_seq", str(head + 1))
@@ -708,6 +754,8 @@ class ReplicaStore:
                         "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
                         "DO UPDATE SET received = excluded.received", (peer, as_of_seq))
             self._after_remote(changed > 0)
+        if unsynced and as_of_seq is not None:
+            engine.sync_wal()
         return SnapshotResult(changed, unchanged)
 
     def _store_columns(self, docs: DocColumns, peer: ReplicaId) -> int | None:
@@ -715,7 +763,14 @@ class ReplicaStore:
         by column: the rows, change numbers and clock the per-document path of
         :meth:`integrate_snapshot` would give them, without an object per document. Returns how
         many were stored, or None (nothing done) when one of them is held here, or appears twice,
-        or is an empty tombstone: the per-document path joins those."""
+        or is an empty tombstone: the per-document path joins those.
+
+        The rows go in with one ``INSERT`` (a few for a page larger than the SQLite build takes
+        parameters for) instead of an ``executemany``: SQLite then writes the whole page in one
+        step, without the GIL (a sync session's writer thread stores a page while its session
+        thread decodes the next one), and without the interpreter's work per row. A document
+        already held, or twice in the page, makes the unique key refuse the statement (the
+        statement, or the savepoint of several, leaves nothing behind): None, as before."""
         n = len(docs)
         collections, keys, lives, parsed = docs.collections, docs.keys, docs.lives, docs.parsed
         if parsed is None:
@@ -728,42 +783,79 @@ class ReplicaStore:
                 pks = list(map('"{}"'.format, keys))
         else:
             pks = list(map(canonical_json, keys))
-        kinds = set(collections)
-        if len(set(zip(collections, pks)) if len(kinds) > 1 else set(pks)) != n:
-            return None  # the same document twice in the page
         if False in lives and ZERO in docs.epochs and any(
                 not live and epoch == ZERO for live, epoch in zip(lives, docs.epochs)):
             return None  # a tombstone never created: joined with the empty state
-        query = self._engine.query
-        for kind in kinds:
-            mine = pks if len(kinds) == 1 else [pk for c, pk in zip(collections, pks) if c == kind]
-            for i in range(0, len(mine), 500):
-                chunk = mine[i:i + 500]
-                if query(f"SELECT 1 FROM documents WHERE collection = ? AND pk IN ({','.join('?' * len(chunk))}) "
-                         "LIMIT 1", [kind, *chunk]):
-                    return None
         pkey = getattr(self, "partition_key", None)
         scopes: Iterable[str | None]
         if pkey is None:
-            scopes = [None] * n
+            scopes = repeat(None, n)
         else:
             values = list(map(dict.get, parsed, repeat(pkey, n)))
             if False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1:
-                scopes = [canonical_json(values[0])] * n
+                scopes = repeat(canonical_json(values[0]), n)
             else:
                 scopes = [canonical_json(v) if live else None for v, live in zip(values, lives)]
-        tick = int(self._setting("snapshot_tick") or 0)
-        self._engine.executemany(
-            UPSERT_DOCUMENT,
-            zip(collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
-                range(tick - 1, tick - 1 - n, -1), scopes))
-        self._set_setting("snapshot_tick", str(tick - n))
+        # The settings and the log head in one query (each statement is a GIL hand-off for
+        # the writer thread: see _insert_rows).
+        [(tick_text, head)] = self._engine.query(
+            "SELECT (SELECT value FROM settings WHERE key = 'snapshot_tick'), "
+            "(SELECT seq FROM sqlite_sequence WHERE name = 'log')")
+        tick = int(tick_text or 0)
+        rows = list(chain.from_iterable(zip(
+            collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
+            range(tick - 1, tick - 1 - n, -1), scopes)))
+        if not self._insert_rows(rows, n):
+            return None
+        # Also what integrate_snapshot writes for any page that changed something.
+        settings = {"snapshot_tick": str(tick - n), "snapshot_from": peer, "snapshot_seq": str(int(head or 0) + 1)}
         clock = getattr(self, "_clock", None)
         if clock is not None:
             # The latest of the meta stamps (each checked) and the epochs ('' or a stamp).
             clock.observe(Stamp(max(max(docs.metas)[6:40], max(docs.epochs))))
-            self._set_setting("clock", clock.last)
+            settings["clock"] = clock.last
+        self._set_settings(settings)
         return n
+
+    def _insert_rows(self, rows: list[Any], n: int) -> bool:
+        """INSERT ``n`` new document rows (``rows``: their 8 values each, flat, in
+        ``INSERT_DOCUMENT``'s order) in as few statements as the SQLite build allows. False,
+        with nothing written, if the unique key refused one (a document held here, or twice)."""
+        cap = _rows_per_insert(n, self._max_insert_rows())  # rows per statement, at most
+        engine = self._engine
+        try:
+            if cap >= n:
+                engine.execute(_insert_sql(cap), rows + [None] * (8 * (cap - n)))
+                return True
+            with engine.atomic():  # a savepoint: a refused statement undoes the earlier ones
+                for start in range(0, n, cap):
+                    chunk = rows[8 * start:8 * (start + cap)]
+                    size = _rows_per_insert(len(chunk) // 8, cap)
+                    engine.execute(_insert_sql(size), chunk + [None] * (8 * size - len(chunk)))
+            return True
+        except StorageError as exc:
+            if exc.code == "constraint":
+                return False
+            raise
+
+    def _max_insert_rows(self) -> int:
+        """Rows one INSERT of :func:`_insert_sql` may carry on this connection (8 parameters each)."""
+        limit = getattr(self, "_insert_limit", None)
+        if limit is None:
+            getlimit = getattr(self._engine.connection, "getlimit", None)
+            try:
+                variables = int(getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)) if getlimit else 32766
+            except Exception:  # noqa: BLE001 - a driver without limits: SQLite's default since 3.32
+                variables = 32766
+            limit = self._insert_limit = max(1, variables // 8)
+        return limit
+
+    def _set_settings(self, values: dict[str, str]) -> None:
+        """:meth:`_set_setting` of several keys in one statement."""
+        self._engine.execute(
+            "INSERT INTO settings (key, value) VALUES " + ",".join(["(?, ?)"] * len(values))
+            + " ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [x for item in values.items() for x in item])
 
     def _store_state(self, collection: str, ref: Ref, state: merge.DocState) -> None:
         pkey = getattr(self, "partition_key", None)

@@ -72,7 +72,10 @@ def sync_is_refused(tmp_path: Any, user: tidesync.User, name: str) -> tidesync.S
         with db.write():
             db.create(Technician, _id=f"from-{name}", name="must not reach the server")
         deadline = time.monotonic() + T
-        while db.sync_session.state != "inactive" and time.monotonic() < deadline:
+        # The session stops (state) while handling the refusal, then closes its socket
+        # (connection_state): two moments, so wait for both.
+        while (db.sync_session.state != "inactive" or db.sync_session.connection_state != "disconnected") \
+                and time.monotonic() < deadline:
             time.sleep(0.05)
         assert db.sync_session.state == "inactive"
         assert db.sync_session.connection_state == "disconnected"

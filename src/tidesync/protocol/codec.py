@@ -151,7 +151,7 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
     """
     try:
         body: bytes = (_changes_body(message) if type(message) is Changes and message.entries
-                       and all(t.packed() is not None for _, t in message.entries)
+                       and message.view is None and all(t.packed() is not None for _, t in message.entries)
                        else msgpack.packb(message.to_body(), use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"cannot encode {type(message).__name__}: {exc}") from exc
@@ -233,7 +233,7 @@ def decode(payload: bytes | bytearray | memoryview, *,
             if changes is not None:
                 return changes
         check_plain(body, f"{tag} body")
-        if issubclass(cls, (Snapshot, ViewUpdate)):  # documents are not walked twice
+        if issubclass(cls, (Snapshot, ViewUpdate, Changes)):  # documents are not walked twice
             return cls.from_body(body, plain=True)
         return cls.from_body(body)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:

@@ -20,7 +20,10 @@ else follows from keeping the view right:
   transaction touching a document the device holds, or that may now match its queries, is
   judged per document: *stays* (the operations go in ``Changes``), *enters* (the whole
   document goes in a ``ViewUpdate`` before the batch) or *leaves* (a ``ViewUpdate.leave``; its
-  operations are left out). A shared :class:`Router` decodes every new log entry once and,
+  operations are left out). To a device that announced ``changes_view`` the entering and
+  leaving documents go in the batch's own ``Changes`` instead (its ``view`` part,
+  :meth:`FlexibleSession.attach`), which the device applies with the batch and acknowledges
+  with its ``Ack``. A shared :class:`Router` decodes every new log entry once and,
   through an index of the sessions' equality conditions and of which session holds which
   document, finds the few sessions a change concerns, so a change costs work only for them.
 * **Uploads** (:class:`FlexibleEnforcer`): a write to a document that is in none of the
@@ -64,8 +67,8 @@ from ..core.values import Plain
 from ..errors import PermissionDeniedError, QueryError, SyncError, UsageError
 from ..protocol.codes import ErrorCode
 from ..protocol.messages import (
-    CompensatedWrite, Hello, Message, Progress, Scope, SnapshotDoc, Subscribe, SubscriptionQuery, SubscriptionState,
-    SubscriptionStatus, ViewAck, ViewUpdate,
+    FEATURE_CHANGES_VIEW, Changes, CompensatedWrite, Hello, Message, Progress, Scope, SnapshotDoc, Subscribe,
+    SubscriptionQuery, SubscriptionState, SubscriptionStatus, ViewAck, ViewPart, ViewUpdate,
 )
 from ..protocol.replica import LogBatch
 from ..query import And, In, Node, Query, TruePredicate, compile_sql, node_from_json, parse_query, to_predicate
@@ -948,6 +951,11 @@ class FlexibleSession:
 
     #: The longest :meth:`read_inline` waits for the router's lock (seconds).
     INLINE_LOCK_WAIT = 0.002
+    #: The device announced ``changes_view`` (set by :func:`admit_flexible`): routed view
+    #: changes go in the next ``Changes`` (:attr:`folded`, :meth:`attach`), not a ``ViewUpdate``.
+    fold: bool = False
+    #: The view part decided by the read whose ``Changes`` is about to be sent.
+    folded: ViewPart | None = None
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1249,9 +1257,13 @@ class FlexibleSession:
             self.boot_version = None
 
     def _send_view(self, entered: Sequence[Ref], enters: Sequence[SnapshotDoc], leaves: Sequence[Ref],
-                   version: int, progress: Progress | None = None, *, inline: bool = False) -> bool:
+                   version: int, progress: Progress | None = None, *, inline: bool = False,
+                   fold: bool = False) -> bool:
         """Persist, then queue, one ViewUpdate (worker thread; ``inline``: on the event loop,
-        doing nothing and returning False when the view store is busy)."""
+        doing nothing and returning False when the view store is busy). ``fold``: the view
+        part of the ``Changes`` the read that decided it is about to send (:meth:`attach`)."""
+        if fold and self.folded is not None:
+            self._unfold()  # (not expected: each read's part goes with its own Changes)
         vs = self._next_view_seq()
         changes = [(ref, 1, vs) for ref in entered] + [(ref, 0, vs) for ref in leaves]
         if not self._persist(changes, blocking=not inline):
@@ -1265,12 +1277,32 @@ class FlexibleSession:
         for ref in leaves:
             self.uncertain.discard(ref)
             self.left.add(ref)
-        self.unacked.append(vs)
         self.sent_docs += len(enters)
         self.sent_leaves += len(leaves)
-        self.outbox.append(ViewUpdate(vs, version, tuple(enters), tuple((c, json.loads(pk)) for c, pk in leaves),
-                                      progress or Progress()))
+        leave_keys = tuple((c, json.loads(pk)) for c, pk in leaves)
+        if fold:
+            # Acknowledged by the Changes' Ack: no ViewAck, and not in the bootstrap's window.
+            self.folded = ViewPart(vs, tuple(enters), leave_keys)
+            return True
+        self.unacked.append(vs)
+        self.outbox.append(ViewUpdate(vs, version, tuple(enters), leave_keys, progress or Progress()))
         return True
+
+    def attach(self, message: Message) -> Message:
+        """``message`` with the pending view part (:attr:`folded`) when it is the ``Changes``
+        it belongs to (event loop, before :meth:`pump` sends the earlier view updates)."""
+        part = self.folded
+        if part is None or type(message) is not Changes:
+            return message
+        self.folded = None
+        return Changes(message.from_seq, message.to_seq, message.head, message.entries, message.progress, part)
+
+    def _unfold(self) -> None:
+        """A view part no ``Changes`` took goes out as a ``ViewUpdate`` (in view_seq order)."""
+        part = self.folded
+        if part is not None:
+            self.folded = None
+            self.outbox.append(ViewUpdate(part.view_seq, 0, part.enter, part.leave))
 
     # -- messages -------------------------------------------------------------------------
 
@@ -1289,6 +1321,7 @@ class FlexibleSession:
 
     def pump(self) -> None:
         """Send what is queued, in order, when the connection allows it (event loop)."""
+        self._unfold()
         self.schedule()
         link = self.server.link
         while self.outbox:
@@ -1579,7 +1612,7 @@ class FlexibleSession:
                 enters.append(shown)
         done = True
         if entered or leave:
-            done = self._send_view(entered, enters, leave, 0, inline=inline)
+            done = self._send_view(entered, enters, leave, 0, inline=inline, fold=self.fold)
         self.router.unwatch(self, watched)
         return done
 
@@ -1763,5 +1796,6 @@ def admit_flexible(server: Any, hello: Hello) -> SyncError | None:
         if not isinstance(requested.get("queries", []), list):
             return PermissionDeniedError("subscription set queries must be a list", code=ErrorCode.BAD_SCOPE)
     server.flexible = FlexibleSession(server, config, hello.replica_id, requested)
+    server.flexible.fold = FEATURE_CHANGES_VIEW in hello.features
     return None
 

@@ -138,7 +138,7 @@ class _Shared:
         encoded here and remembered). On fan-out the sessions of one scope read the same batch
         (store/replica.py's read memo) and, with the same progress figures, send the same bytes.
         """
-        if not isinstance(message, Changes):
+        if not isinstance(message, Changes) or message.view is not None:
             return None
         entries = message.entries
         key = (message.from_seq, message.to_seq, message.head, message.progress, id(entries),
@@ -708,10 +708,12 @@ class ServerSession:
         """Execute ``action`` if it needs no ``await``: the actions it leads to (to execute
         next), or None, with nothing done, when :meth:`_execute` must await it."""
         if isinstance(action, Send):
+            message = action.message
             if self.flexible is not None:
+                message = self.flexible.attach(message)  # a routed view part rides in the Changes
                 self.flexible.pump()  # views first: they precede the changes that rely on them
-            if self.link.can_send(action.message):
-                self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
+            if self.link.can_send(message):
+                self.link.send(message, encoded=_shared(self.state).payload(message, self.link))
         elif isinstance(action, Fail):
             self.link.fail(action.error)
         elif isinstance(action, Notify) and self.flexible is not None:

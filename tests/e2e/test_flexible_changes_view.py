@@ -343,3 +343,29 @@ def test_a_round_lost_before_its_ack_loses_and_duplicates_nothing(tmp_path, rest
         w.close()
     finally:
         server.stop()
+
+
+def test_a_disabled_user_is_dropped_while_routed_changes_keep_coming(tmp_path):
+    """A session woken by every routing round still has its account rechecked: the periodic
+    check due at a wake-up is made in the shared batch, and a failed one ends the connection."""
+    from tests.helpers.auth import auth_config
+    from tidesync.cli.main import main as cli
+
+    with running_server(tmp_path / "server", auth=auth_config(session_recheck_interval=0.3)) as server:
+        w = writer(server, tmp_path)
+        seed(w, 4)
+        dev = Device(server.url, tmp_path, "dev", [WorkOrder])
+        dev.subscribe(all=(WorkOrder, "TRUEPREDICATE"))
+        order = w.objects(WorkOrder)[0]
+        assert cli(["users", "disable", dev.user.id, "--data", str(server.config.data_dir)]) == 0
+        deadline = time.monotonic() + T
+        n = 0
+        while dev.db.sync_session.state != "inactive":
+            assert time.monotonic() < deadline, "the disabled user's connection is still open"
+            n += 1
+            with w.write():
+                order.priority = n
+            time.sleep(0.05)
+        assert isinstance(dev.db.sync_session.last_error, tidesync.AuthError)
+        dev.close()
+        w.close()

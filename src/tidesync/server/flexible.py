@@ -1449,7 +1449,14 @@ class FlexibleSession:
             processed = router.processed_to
             seqs, truncated = self._relevant_after(after, processed, limit)
             if not seqs:
-                return None
+                # Nothing for this device up to what the router has routed (the debounced
+                # advance): only its checkpoint moves, unless the log moved on unrouted with no
+                # round on its way (then _read_log routes it in a worker thread).
+                if router._round_task is None and not self._routed_all(processed):
+                    return None
+                self.read_to = max(after, processed)
+                router.pending.discard(self)
+                return LogBatch((), self.read_to, self.read_to, 0)
             routed: list[_Routed] = []
             for seq in seqs:
                 r = router.cache.get(seq)
@@ -1467,6 +1474,12 @@ class FlexibleSession:
         self.read_to = batch.scanned_to
         router.pending.discard(self)
         return batch
+
+    def _routed_all(self, processed: int) -> bool:
+        """Whether the backend's head is ``processed``, found without waiting for its lock
+        (False when it is busy)."""
+        with self.backend.unless_busy() as free:
+            return free and self.backend.head_seq() <= processed
 
     def _relevant_after(self, after: int, processed: int, limit: int) -> tuple[list[int], bool]:
         seqs: list[int] = []

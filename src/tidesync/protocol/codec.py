@@ -107,20 +107,20 @@ def encoded_size(wire: Any) -> int:
     return len(packed)
 
 
-_CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entries", "progress")]
+_CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entries", "progress", "view")]
 
 
 def _changes_body(message: Changes) -> bytes:
     """``packb(message.to_body())`` when every entry's transaction carries its packed form
     (log entries, ``Transaction.packed``): those bytes are spliced in as they are, not decoded
     objects encoded again. The same bytes, key for key."""
-    k_from, k_to, k_head, k_entries, k_progress = _CHANGES_KEYS
+    k_from, k_to, k_head, k_entries, k_progress, k_view = _CHANGES_KEYS
     entries = message.entries
     n = len(entries)
     header = (bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 0x10000
               else b"\xdd" + n.to_bytes(4, "big"))
     pack = msgpack.packb
-    parts = [b"\x85", k_from, pack(message.from_seq), k_to, pack(message.to_seq), k_head, pack(message.head),
+    parts = [b"\x85" if message.view is None else b"\x86", k_from, pack(message.from_seq), k_to, pack(message.to_seq), k_head, pack(message.head),
              k_entries, header]
     for seq, txn in entries:
         parts.append(b"\x92")
@@ -128,6 +128,9 @@ def _changes_body(message: Changes) -> bytes:
         parts.append(txn.packed())  # not None: checked by the caller
     parts.append(k_progress)
     parts.append(pack(message.progress.to_wire(), use_bin_type=True))
+    if message.view is not None:
+        parts.append(k_view)
+        parts.append(pack(message.view.to_wire(), use_bin_type=True))
     return b"".join(parts)
 
 
@@ -151,7 +154,7 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
     """
     try:
         body: bytes = (_changes_body(message) if type(message) is Changes and message.entries
-                       and message.view is None and all(t.packed() is not None for _, t in message.entries)
+                       and all(t.packed() is not None for _, t in message.entries)
                        else msgpack.packb(message.to_body(), use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"cannot encode {type(message).__name__}: {exc}") from exc

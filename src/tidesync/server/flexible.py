@@ -507,10 +507,12 @@ class Router:
     #: Under a stream of commits, rounds that woke n sessions are at least
     #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
     ROUND_SPACING = 2.0
-    ROUND_COST = 0.002
+    ROUND_COST = 0.004
     #: ... and at least ROUND_LOAD times as long as the last round took (at most
     #: ROUND_SPACING): routing then takes at most about a third of the time under load.
     ROUND_LOAD = 3.0
+    #: A round wakes its sessions in slices of about this many seconds (see _round).
+    WAKE_SLICE = 0.02
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -705,10 +707,17 @@ class Router:
                 for s in list(self.sessions):
                     if s.resync or s.read_to < s.routed_from:
                         woken.add(s)
+                self.pending = set(woken)
+                # Streaming to a thousand sessions takes a while: other work of the event loop
+                # (the upload that feeds routing: its Changes, its integration's end, its Ack)
+                # is let through every WAKE_SLICE seconds instead of waiting for the last one.
+                slice_end = time.monotonic() + self.WAKE_SLICE
                 for s in woken:
                     s.wake()
+                    if time.monotonic() >= slice_end:
+                        await asyncio.sleep(0)
+                        slice_end = time.monotonic() + self.WAKE_SLICE
                 self._arm_advance()
-                self.pending = woken
                 self._pending_until = started + self.ROUND_WAIT
                 # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
                 # Ack): rounds of many sessions are spaced so that each covers more commits.
@@ -792,7 +801,7 @@ class Router:
                 rows = backend._engine.query(
                     "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
                     (self.processed_to, upto))
-                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)),
+                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
                                   len(data)) for seq, origin, via, data in rows]
                 full: dict[Ref, tuple[str, str, str]] = {}
                 touched = {ref for r in routed for ref in r.refs}
@@ -1510,7 +1519,7 @@ class FlexibleSession:
             rows = backend._engine.query(
                 "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after, upto, max(1, min(limit, 500))))
-        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
+        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data), len(data))
                   for seq, origin, via, data in rows
                   if not (exclude_origin is not None and (origin == exclude_origin or via == exclude_origin))]
         last = rows[-1][0] if rows and len(rows) >= max(1, min(limit, 500)) else upto
@@ -1721,7 +1730,7 @@ def _load_routed(backend: Database, seq: int) -> _Routed | None:
     if not rows:
         return None
     s, origin, via, data = rows[0]
-    r = _Routed(s, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
+    r = _Routed(s, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data), len(data))
     states = read_states(backend, set(r.refs))
     for ref in r.refs:
         r.states[ref] = states.get(ref, (False, None))

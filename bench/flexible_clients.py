@@ -3,7 +3,7 @@
 Each :class:`FlexClient` is a real protocol peer: a WebSocket (``websockets``' asyncio client),
 the same sans-I/O :class:`~tidesync.protocol.link.Link` and
 :class:`~tidesync.protocol.replicator.Replicator` a device runs, a flexible ``Hello`` scope,
-and an in-memory replica (:class:`ViewReplica`) that applies ``ViewUpdate`` messages (documents
+and an in-memory replica (:class:`ViewReplica`) that applies ``ViewUpdate`` messages and the view part of ``Changes`` (documents
 entering whole, leaving by key) and the operations of ``Changes``, and answers ``ViewAck`` --
 so a thousand of them fit in one process. It counts the bytes of every payload it receives, by
 message type. :class:`Writer` uploads a prepared list of transactions as fast as the server
@@ -40,11 +40,13 @@ from tidesync.core.clock import HybridClock
 from tidesync.core.operations import CreateDoc, DeleteDoc, SetValue
 from tidesync.core.stamp import ZERO, ReplicaId
 from tidesync.core.transaction import Transaction
-from tidesync.protocol.actions import Announce, DownloadComplete, Fail, Notify, ReportProgress, Send, UploadComplete
+from tidesync.protocol.actions import (
+    Announce, DownloadComplete, Fail, Integrate, Notify, ReportProgress, Send, UploadComplete,
+)
 from tidesync.protocol.events import Closed, Failed, MessageReceived
 from tidesync.protocol.link import Link
 from tidesync.protocol.messages import (
-    Scope, SnapshotDoc, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewUpdate,
+    Scope, SnapshotDoc, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewPart, ViewUpdate,
 )
 from tidesync.protocol.replica import (
     DescriptorBatch, IntegrateResult, LogBatch, SnapshotResult,
@@ -173,7 +175,7 @@ class ViewReplica(CheckpointBook):
             self.record_received(peer, as_of_seq)
         return SnapshotResult(len(docs))
 
-    def apply_view(self, update: ViewUpdate) -> None:
+    def apply_view(self, update: ViewUpdate | ViewPart) -> None:
         for d in update.enter:
             self.docs[d.key] = dict(d.state["body"])
         for _, key in update.leave:
@@ -312,6 +314,11 @@ class FlexClient:
                     self.state_changed.set()
             elif isinstance(action, (ReportProgress, UploadComplete, DownloadComplete, Announce)):
                 pass
+            elif isinstance(action, Integrate) and action.view is not None:
+                # changes_view: the view part first, then the batch, acknowledged by its Ack.
+                self.replica.apply_view(action.view)
+                todo.extendleft(reversed(replicator.integrated(
+                    self.replica.integrate(action.txns, peer=action.peer, peer_seq=action.peer_seq))))
             else:
                 todo.extendleft(reversed(perform(action, self.replica, replicator)))
 

@@ -698,8 +698,11 @@ class SyncSession:
                 if isinstance(action, Integrate):
                     # Listeners see the download before its fsync; the Ack still waits for it.
                     acked = self._unstored_acked if action.peer == self._server_id else None
-                    follow = replicator.integrated(
-                        self._db._integrate_download(action.txns, action.peer, action.peer_seq, acked=acked))
+                    part, flexible = action.view, self._flexible
+                    before = (None if part is None or flexible is None
+                              else lambda: flexible._apply_view_part(part, self._server_id))
+                    follow = replicator.integrated(self._db._integrate_download(
+                        action.txns, action.peer, action.peer_seq, acked=acked, before=before))
                     if action.peer == self._server_id:
                         self._unstored_received = None  # superseded by the one just written
                         if acked is not None and self._unstored_acked == acked:

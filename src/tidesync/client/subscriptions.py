@@ -25,6 +25,8 @@ has), documents leaving it are removed from the file *without being deleted* (no
 logged or uploaded). Each update is applied in one local transaction together with its number
 (``view_seq``, in the ``settings`` table), which the next connection's ``Hello`` names, so a
 reconnection (or a restart in the middle of a bootstrap) re-sends only what may have been lost.
+Documents a routed change moves in or out come instead as the ``view`` part of the ``Changes``
+that carries the change (feature ``changes_view``), applied in the batch's own transaction.
 Changing subscriptions is incremental: documents already here are not downloaded again.
 
 Threads: the app calls the public API on any thread; the sync session thread calls
@@ -46,7 +48,7 @@ from ..core.stamp import ReplicaId
 from ..errors import ConnectionClosedError, SubscriptionError, TimeoutError, UsageError
 from ..protocol.actions import DOWNLOAD, Action, ReportProgress, Send
 from ..protocol.messages import (
-    Message, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewUpdate,
+    Message, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewPart, ViewUpdate,
 )
 from ..query import And, Node, Query, TruePredicate, node_from_json, node_to_json, to_rql
 from ..query.ast import Between, Compare, Count, Exists, In, Not, Or, Path, Quantified, StringOp
@@ -571,6 +573,23 @@ class Subscriptions:
             actions.append(ReportProgress(DOWNLOAD, p.sent, max(p.total, p.sent), p.sent_bytes,
                                           max(p.total_bytes, p.sent_bytes)))
         return actions
+
+
+    def _apply_view_part(self, part: ViewPart, server: str | None) -> None:
+        """A ``Changes``' view part (``changes_view``), inside the transaction that integrates
+        the batch (``Database._integrate_download``'s ``before``): the documents entering and
+        leaving, and its ``view_seq``, commit with the batch and its checkpoint; the batch's
+        ``Ack`` acknowledges it (no ``ViewAck``)."""
+        db = self._db
+        if part.enter:
+            db.integrate_snapshot(part.enter, peer=ReplicaId(server or ""), as_of_seq=None)
+        if part.leave:
+            db.evict_documents(part.leave)
+        db._set_setting(VIEW_SEQ_SETTING, str(part.view_seq))
+        stats = self.stats
+        stats["updates"] += 1
+        stats["docs_received"] += len(part.enter)
+        stats["docs_removed"] += len(part.leave)
 
 
 def run_initial_subscriptions(subs: Subscriptions, callback: Callable[..., None], rerun: bool) -> None:

@@ -23,7 +23,7 @@ from typing import TypeAlias
 from ..core.stamp import ReplicaId
 from ..core.transaction import Descriptor, Transaction
 from ..errors import SyncError
-from .messages import Message, Scope, SnapshotDoc
+from .messages import Message, Scope, SnapshotDoc, ViewPart
 
 __all__ = [
     "Direction",
@@ -96,11 +96,17 @@ class ReadDescriptors:
 @dataclass(frozen=True, slots=True)
 class Integrate:
     """Call ``replica.integrate(txns, peer=peer, peer_seq=peer_seq)`` (atomically with the
-    checkpoint); feed the result to ``integrated``, in the order the actions were issued."""
+    checkpoint); feed the result to ``integrated``, in the order the actions were issued.
+
+    ``view`` (flexible sync, only on a connection where this side announced
+    ``changes_view``): the batch's view part, applied in the same local transaction before
+    the transactions (the device's flexible-sync layer does it; a plain replica never gets one).
+    """
 
     txns: tuple[Transaction, ...]
     peer: ReplicaId
     peer_seq: int
+    view: ViewPart | None = None
 
 
 @dataclass(frozen=True, slots=True)

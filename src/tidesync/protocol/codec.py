@@ -125,20 +125,20 @@ def encoded_size(wire: Any) -> int:
     return len(packed)
 
 
-_CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entries", "progress")]
+_CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entries", "progress", "view")]
 
 
 def _changes_body(message: Changes) -> bytes:
     """``packb(message.to_body())`` when every entry's transaction carries its packed form
     (log entries, ``Transaction.packed``): those bytes are spliced in as they are, not decoded
     objects encoded again. The same bytes, key for key."""
-    k_from, k_to, k_head, k_entries, k_progress = _CHANGES_KEYS
+    k_from, k_to, k_head, k_entries, k_progress, k_view = _CHANGES_KEYS
     entries = message.entries
     n = len(entries)
     header = (bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 0x10000
               else b"\xdd" + n.to_bytes(4, "big"))
     pack = msgpack.packb
-    parts = [b"\x85", k_from, pack(message.from_seq), k_to, pack(message.to_seq), k_head, pack(message.head),
+    parts = [b"\x85" if message.view is None else b"\x86", k_from, pack(message.from_seq), k_to, pack(message.to_seq), k_head, pack(message.head),
              k_entries, header]
     for seq, txn in entries:
         parts.append(b"\x92")
@@ -146,6 +146,9 @@ def _changes_body(message: Changes) -> bytes:
         parts.append(txn.packed())  # not None: checked by the caller
     parts.append(k_progress)
     parts.append(pack(message.progress.to_wire(), use_bin_type=True))
+    if message.view is not None:
+        parts.append(k_view)
+        parts.append(pack(message.view.to_wire(), use_bin_type=True))
     return b"".join(parts)
 
 
@@ -295,7 +298,7 @@ def decode(payload: bytes | bytearray | memoryview, *,
             if changes is not None:
                 return changes
         check_plain(body, f"{tag} body")
-        if issubclass(cls, (Snapshot, ViewUpdate)):  # documents are not walked twice
+        if issubclass(cls, (Snapshot, ViewUpdate, Changes)):  # documents are not walked twice
             return cls.from_body(body, plain=True)
         return cls.from_body(body)
     except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:

@@ -54,6 +54,7 @@ __all__ = [
     "MAX_SEQ",
     "FEATURE_SNAPSHOT_JSON",
     "FEATURE_PARTS",
+    "FEATURE_CHANGES_VIEW",
     "FEATURES",
     "Scope",
     "check_scope",
@@ -62,6 +63,7 @@ __all__ = [
     "Hello",
     "Welcome",
     "Changes",
+    "ViewPart",
     "Descriptors",
     "Ack",
     "SnapshotDoc",
@@ -94,8 +96,12 @@ FEATURE_SNAPSHOT_JSON = "snapshot_json"
 #: Feature: this side accepts a payload larger than its maximum message size sent as
 #: consecutive ``part`` payloads (see :mod:`tidesync.protocol.codec`); the Link handles it.
 FEATURE_PARTS = "parts"
+#: Feature: this side (a flexible-sync device) accepts documents entering and leaving its view
+#: as the ``view`` part of a ``changes`` message (:class:`ViewPart`), applied with the batch and
+#: acknowledged by its ``ack``, instead of a separate ``view_update`` and ``view_ack``.
+FEATURE_CHANGES_VIEW = "changes_view"
 #: The optional features this implementation announces.
-FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON, FEATURE_PARTS)
+FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON, FEATURE_PARTS, FEATURE_CHANGES_VIEW)
 
 #: What a replica wants to receive: ``{}`` (everything), ``{"partition": {"key": field,
 #: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync).
@@ -478,6 +484,10 @@ class Changes:
             sender had nothing more to send.
         entries: ``(seq, transaction)`` pairs in increasing seq order, within the range.
         progress: the sender's counters for this connection.
+        view: (flexible sync, :data:`FEATURE_CHANGES_VIEW`) documents entering and leaving
+            the receiver's view with this batch, applied in the same local transaction before
+            its entries; the batch's :class:`Ack` acknowledges it (and every earlier
+            ``view_seq``). None: no view part.
     """
 
     TAG: ClassVar[str] = "changes"
@@ -487,6 +497,7 @@ class Changes:
     head: int
     entries: tuple[tuple[int, Transaction], ...] = ()
     progress: Progress = field(default_factory=Progress)
+    view: ViewPart | None = None
 
     def __post_init__(self) -> None:
         _int("from_seq", self.from_seq)
@@ -497,6 +508,8 @@ class Changes:
         _check_entries("entries", self.entries, self.from_seq, self.to_seq, Transaction)
         if not isinstance(self.progress, Progress):
             raise ValueError("progress must be a Progress")
+        if self.view is not None and not isinstance(self.view, ViewPart):
+            raise ValueError("view must be a ViewPart or None")
 
     @property
     def transactions(self) -> list[Transaction]:
@@ -504,14 +517,20 @@ class Changes:
         return [txn for _, txn in self.entries]
 
     def to_body(self) -> dict[str, Any]:
-        return {"from_seq": self.from_seq, "to_seq": self.to_seq, "head": self.head,
+        body = {"from_seq": self.from_seq, "to_seq": self.to_seq, "head": self.head,
                 "entries": _entries_to_wire(self.entries), "progress": self.progress.to_wire()}
+        if self.view is not None:
+            body["view"] = self.view.to_wire()
+        return body
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> Changes:
+    def from_body(cls, body: Mapping[str, Any], *, plain: bool = False) -> Changes:
+        """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``)."""
+        view = body.get("view")
         return cls(_get(body, "from_seq"), _get(body, "to_seq"), _get(body, "head"),
                    _entries_from_wire("entries", body.get("entries", []), Transaction.from_wire),
-                   Progress.from_wire(body.get("progress", {})))
+                   Progress.from_wire(body.get("progress", {})),
+                   None if view is None else ViewPart.from_wire(view, plain=plain))
 
     @classmethod
     def from_unchecked(cls, body: object) -> Changes | None:
@@ -527,6 +546,8 @@ class Changes:
             if k == "entries":
                 if type(v) is not list:
                     return None
+            elif k == "view":
+                return None  # documents: the whole walk, then from_body
             elif k == "progress":
                 if type(v) is not dict:
                     return None
@@ -545,6 +566,50 @@ class Changes:
             entries.append((entry[0], txn))
         return cls(_get(body, "from_seq"), _get(body, "to_seq"), _get(body, "head"), tuple(entries),
                    Progress.from_wire(body.get("progress", {})))
+
+
+@dataclass(frozen=True, slots=True)
+class ViewPart:
+    """(Flexible sync, :data:`FEATURE_CHANGES_VIEW`) The view part of a :class:`Changes`:
+    documents entering the receiver's view (whole, *joined* into what it has) and leaving it
+    (removed **without** a delete), as a routed :class:`ViewUpdate` would carry them. The
+    receiver applies it, then the batch's entries, then persists ``view_seq`` and the
+    checkpoint, all in one local transaction; the batch's :class:`Ack` acknowledges it.
+
+    Attributes:
+        view_seq: as :attr:`ViewUpdate.view_seq` (numbered with them, increasing).
+        enter: documents entering the view, whole (sent in the JSON-text form).
+        leave: ``(collection, key)`` of documents leaving it.
+    """
+
+    view_seq: int
+    enter: tuple[SnapshotDoc, ...] = ()
+    leave: tuple[tuple[str, Plain], ...] = ()
+
+    def __post_init__(self) -> None:
+        _int("view_seq", self.view_seq, lo=1)
+        if not isinstance(self.enter, tuple) or not all(isinstance(d, SnapshotDoc) for d in self.enter):
+            raise ValueError("view enter must be a tuple of SnapshotDoc")
+        if not isinstance(self.leave, tuple):
+            raise ValueError("view leave must be a tuple of (collection, key)")
+        for item in self.leave:
+            _doc_key(item)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"view_seq": self.view_seq, "enter": [d.to_json_wire() for d in self.enter],
+                "leave": [[c, k] for c, k in self.leave]}
+
+    @classmethod
+    def from_wire(cls, data: object, *, plain: bool = False) -> ViewPart:
+        """Parse and validate; ``plain``: ``data`` already passed :func:`check_plain`."""
+        if not isinstance(data, dict):
+            raise ValueError("view must be a map")
+        if not plain:
+            check_plain(data, "view")
+        enter = _list("view enter", data.get("enter", []))
+        docs = _json_docs_from_wire(enter) if enter else []
+        return cls(_get(data, "view_seq"), tuple(docs),
+                   tuple(_doc_key(k) for k in _list("view leave", data.get("leave", []))))
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,6 +74,7 @@ from .messages import (
     Changes,
     Close,
     CompensatingWrite,
+    FEATURE_CHANGES_VIEW,
     FEATURE_SNAPSHOT_JSON,
     FEATURES,
     Descriptors,
@@ -289,6 +290,12 @@ class Replicator:
         self._phase = "active"
         self.active = True
         return self._start_streaming(welcome.checkpoint)
+
+    @property
+    def accepts_view(self) -> bool:
+        """Whether a received ``Changes`` may carry a view part: this side asked for
+        flexible sync and announced :data:`FEATURE_CHANGES_VIEW`."""
+        return FEATURE_CHANGES_VIEW in self.features and self.scope.get("subscriptions") is not None
 
     # ================================================================== inputs
 
@@ -532,6 +539,9 @@ class Replicator:
 
     def _on_changes(self, changes: Changes) -> list[Action]:
         assert self.peer is not None
+        if changes.view is not None and not self.accepts_view:
+            return [Fail(ProtocolError("a changes message with a view part, which this side did not ask for",
+                                       code=ErrorCode.MALFORMED_MESSAGE))]
         if self._in_snap_next is not None:
             return [_gap("Changes in the middle of a snapshot")]
         if self._in_expected is None:
@@ -543,7 +553,7 @@ class Replicator:
         self._in_expected = changes.to_seq
         self._in_progress = changes.progress
         self._in_pending.append(("changes", changes.to_seq, changes.head, changes.progress, False))
-        return [Integrate(tuple(changes.transactions), self.peer, changes.to_seq)]
+        return [Integrate(tuple(changes.transactions), self.peer, changes.to_seq, changes.view)]
 
     def integrated(self, result: IntegrateResult) -> list[Action]:
         """The result of an :class:`~.actions.Integrate` (in issue order)."""
@@ -610,6 +620,8 @@ def perform(action: Action, replica: Replica, replicator: Replicator) -> list[Ac
             action.after, limit=action.limit, scope=action.scope,
             exclude_origin=action.exclude_origin))
     if isinstance(action, Integrate):
+        if action.view is not None:
+            raise UsageError("an Integrate with a view part needs the flexible-sync layer to apply it")
         return replicator.integrated(replica.integrate(
             action.txns, peer=action.peer, peer_seq=action.peer_seq))
     if isinstance(action, ReadSnapshot):

@@ -20,7 +20,10 @@ else follows from keeping the view right:
   transaction touching a document the device holds, or that may now match its queries, is
   judged per document: *stays* (the operations go in ``Changes``), *enters* (the whole
   document goes in a ``ViewUpdate`` before the batch) or *leaves* (a ``ViewUpdate.leave``; its
-  operations are left out). A shared :class:`Router` decodes every new log entry once and,
+  operations are left out). To a device that announced ``changes_view`` the entering and
+  leaving documents go in the batch's own ``Changes`` instead (its ``view`` part,
+  :meth:`FlexibleSession.attach`), which the device applies with the batch and acknowledges
+  with its ``Ack``. A shared :class:`Router` decodes every new log entry once and,
   through an index of the sessions' equality conditions and of which session holds which
   document, finds the few sessions a change concerns, so a change costs work only for them.
 * **Uploads** (:class:`FlexibleEnforcer`): a write to a document that is in none of the
@@ -64,8 +67,8 @@ from ..core.values import Plain
 from ..errors import PermissionDeniedError, QueryError, SyncError, UsageError
 from ..protocol.codes import ErrorCode
 from ..protocol.messages import (
-    CompensatedWrite, Hello, Message, Progress, Scope, SnapshotDoc, Subscribe, SubscriptionQuery, SubscriptionState,
-    SubscriptionStatus, ViewAck, ViewUpdate,
+    FEATURE_CHANGES_VIEW, Changes, CompensatedWrite, Hello, Message, Progress, Scope, SnapshotDoc, Subscribe,
+    SubscriptionQuery, SubscriptionState, SubscriptionStatus, ViewAck, ViewPart, ViewUpdate,
 )
 from ..protocol.replica import LogBatch
 from ..query import And, In, Node, Query, TruePredicate, compile_sql, node_from_json, parse_query, to_predicate
@@ -504,10 +507,12 @@ class Router:
     #: Under a stream of commits, rounds that woke n sessions are at least
     #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
     ROUND_SPACING = 2.0
-    ROUND_COST = 0.002
+    ROUND_COST = 0.004
     #: ... and at least ROUND_LOAD times as long as the last round took (at most
     #: ROUND_SPACING): routing then takes at most about a third of the time under load.
     ROUND_LOAD = 3.0
+    #: A round wakes its sessions in slices of about this many seconds (see _round).
+    WAKE_SLICE = 0.02
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's expression indexes, creating them when the
@@ -702,10 +707,17 @@ class Router:
                 for s in list(self.sessions):
                     if s.resync or s.read_to < s.routed_from:
                         woken.add(s)
+                self.pending = set(woken)
+                # Streaming to a thousand sessions takes a while: other work of the event loop
+                # (the upload that feeds routing: its Changes, its integration's end, its Ack)
+                # is let through every WAKE_SLICE seconds instead of waiting for the last one.
+                slice_end = time.monotonic() + self.WAKE_SLICE
                 for s in woken:
                     s.wake()
+                    if time.monotonic() >= slice_end:
+                        await asyncio.sleep(0)
+                        slice_end = time.monotonic() + self.WAKE_SLICE
                 self._arm_advance()
-                self.pending = woken
                 self._pending_until = started + self.ROUND_WAIT
                 # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
                 # Ack): rounds of many sessions are spaced so that each covers more commits.
@@ -789,7 +801,7 @@ class Router:
                 rows = backend._engine.query(
                     "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
                     (self.processed_to, upto))
-                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)),
+                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
                                   len(data)) for seq, origin, via, data in rows]
                 full: dict[Ref, tuple[str, str, str]] = {}
                 touched = {ref for r in routed for ref in r.refs}
@@ -948,6 +960,11 @@ class FlexibleSession:
 
     #: The longest :meth:`read_inline` waits for the router's lock (seconds).
     INLINE_LOCK_WAIT = 0.002
+    #: The device announced ``changes_view`` (set by :func:`admit_flexible`): routed view
+    #: changes go in the next ``Changes`` (:attr:`folded`, :meth:`attach`), not a ``ViewUpdate``.
+    fold: bool = False
+    #: The view part decided by the read whose ``Changes`` is about to be sent.
+    folded: ViewPart | None = None
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1249,9 +1266,13 @@ class FlexibleSession:
             self.boot_version = None
 
     def _send_view(self, entered: Sequence[Ref], enters: Sequence[SnapshotDoc], leaves: Sequence[Ref],
-                   version: int, progress: Progress | None = None, *, inline: bool = False) -> bool:
+                   version: int, progress: Progress | None = None, *, inline: bool = False,
+                   fold: bool = False) -> bool:
         """Persist, then queue, one ViewUpdate (worker thread; ``inline``: on the event loop,
-        doing nothing and returning False when the view store is busy)."""
+        doing nothing and returning False when the view store is busy). ``fold``: the view
+        part of the ``Changes`` the read that decided it is about to send (:meth:`attach`)."""
+        if fold and self.folded is not None:
+            self._unfold()  # (not expected: each read's part goes with its own Changes)
         vs = self._next_view_seq()
         changes = [(ref, 1, vs) for ref in entered] + [(ref, 0, vs) for ref in leaves]
         if not self._persist(changes, blocking=not inline):
@@ -1265,12 +1286,32 @@ class FlexibleSession:
         for ref in leaves:
             self.uncertain.discard(ref)
             self.left.add(ref)
-        self.unacked.append(vs)
         self.sent_docs += len(enters)
         self.sent_leaves += len(leaves)
-        self.outbox.append(ViewUpdate(vs, version, tuple(enters), tuple((c, json.loads(pk)) for c, pk in leaves),
-                                      progress or Progress()))
+        leave_keys = tuple((c, json.loads(pk)) for c, pk in leaves)
+        if fold:
+            # Acknowledged by the Changes' Ack: no ViewAck, and not in the bootstrap's window.
+            self.folded = ViewPart(vs, tuple(enters), leave_keys)
+            return True
+        self.unacked.append(vs)
+        self.outbox.append(ViewUpdate(vs, version, tuple(enters), leave_keys, progress or Progress()))
         return True
+
+    def attach(self, message: Message) -> Message:
+        """``message`` with the pending view part (:attr:`folded`) when it is the ``Changes``
+        it belongs to (event loop, before :meth:`pump` sends the earlier view updates)."""
+        part = self.folded
+        if part is None or type(message) is not Changes:
+            return message
+        self.folded = None
+        return Changes(message.from_seq, message.to_seq, message.head, message.entries, message.progress, part)
+
+    def _unfold(self) -> None:
+        """A view part no ``Changes`` took goes out as a ``ViewUpdate`` (in view_seq order)."""
+        part = self.folded
+        if part is not None:
+            self.folded = None
+            self.outbox.append(ViewUpdate(part.view_seq, 0, part.enter, part.leave))
 
     # -- messages -------------------------------------------------------------------------
 
@@ -1289,6 +1330,7 @@ class FlexibleSession:
 
     def pump(self) -> None:
         """Send what is queued, in order, when the connection allows it (event loop)."""
+        self._unfold()
         self.schedule()
         link = self.server.link
         while self.outbox:
@@ -1416,7 +1458,14 @@ class FlexibleSession:
             processed = router.processed_to
             seqs, truncated = self._relevant_after(after, processed, limit)
             if not seqs:
-                return None
+                # Nothing for this device up to what the router has routed (the debounced
+                # advance): only its checkpoint moves, unless the log moved on unrouted with no
+                # round on its way (then _read_log routes it in a worker thread).
+                if router._round_task is None and not self._routed_all(processed):
+                    return None
+                self.read_to = max(after, processed)
+                router.pending.discard(self)
+                return LogBatch((), self.read_to, self.read_to, 0)
             routed: list[_Routed] = []
             for seq in seqs:
                 r = router.cache.get(seq)
@@ -1434,6 +1483,12 @@ class FlexibleSession:
         self.read_to = batch.scanned_to
         router.pending.discard(self)
         return batch
+
+    def _routed_all(self, processed: int) -> bool:
+        """Whether the backend's head is ``processed``, found without waiting for its lock
+        (False when it is busy)."""
+        with self.backend.unless_busy() as free:
+            return free and self.backend.head_seq() <= processed
 
     def _relevant_after(self, after: int, processed: int, limit: int) -> tuple[list[int], bool]:
         seqs: list[int] = []
@@ -1464,7 +1519,7 @@ class FlexibleSession:
             rows = backend._engine.query(
                 "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after, upto, max(1, min(limit, 500))))
-        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
+        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data), len(data))
                   for seq, origin, via, data in rows
                   if not (exclude_origin is not None and (origin == exclude_origin or via == exclude_origin))]
         last = rows[-1][0] if rows and len(rows) >= max(1, min(limit, 500)) else upto
@@ -1579,7 +1634,7 @@ class FlexibleSession:
                 enters.append(shown)
         done = True
         if entered or leave:
-            done = self._send_view(entered, enters, leave, 0, inline=inline)
+            done = self._send_view(entered, enters, leave, 0, inline=inline, fold=self.fold)
         self.router.unwatch(self, watched)
         return done
 
@@ -1675,7 +1730,7 @@ def _load_routed(backend: Database, seq: int) -> _Routed | None:
     if not rows:
         return None
     s, origin, via, data = rows[0]
-    r = _Routed(s, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False)), len(data))
+    r = _Routed(s, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data), len(data))
     states = read_states(backend, set(r.refs))
     for ref in r.refs:
         r.states[ref] = states.get(ref, (False, None))
@@ -1763,5 +1818,6 @@ def admit_flexible(server: Any, hello: Hello) -> SyncError | None:
         if not isinstance(requested.get("queries", []), list):
             return PermissionDeniedError("subscription set queries must be a list", code=ErrorCode.BAD_SCOPE)
     server.flexible = FlexibleSession(server, config, hello.replica_id, requested)
+    server.flexible.fold = FEATURE_CHANGES_VIEW in hello.features
     return None
 

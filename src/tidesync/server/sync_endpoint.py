@@ -186,7 +186,7 @@ class _Shared:
         encoded here and remembered). On fan-out the sessions of one scope read the same batch
         (store/replica.py's read memo) and, with the same progress figures, send the same bytes.
         """
-        if not isinstance(message, Changes):
+        if not isinstance(message, Changes) or message.view is not None:
             return None
         entries = message.entries
         key = (message.from_seq, message.to_seq, message.head, message.progress, id(entries),
@@ -446,8 +446,8 @@ class ServerSession:
         A flexible session streams from here when the router's round wakes it
         (``FlexibleSession.wake``) and no view message waits to go before the changes."""
         if (not self._parked or not self._inbox.empty() or self._sending is not None
-                or not self.replicator.active or self.link.finished or self._auth_due()):
-            return False  # (an expired token or a recheck: run() checks it before streaming)
+                or not self.replicator.active or self.link.finished or not self._recheck_deferred()):
+            return False  # (an expired token: run() checks it before streaming)
         flexible = self.flexible
         if flexible is not None:
             if not flexible.registered or flexible.outbox:
@@ -536,6 +536,20 @@ class ServerSession:
                 self.link.tick(now)
                 return
         self._inbox.put_nowait(("tick", None))
+
+    def _recheck_deferred(self) -> bool:
+        """Whether nothing about the user stops streaming from here: no check is due, or only
+        the periodic recheck of the account, which is then handed to the shared batch
+        (:meth:`_Shared.recheck_soon`, as the ticker does; a failed check wakes the session to
+        close it). An expired token is run()'s to report."""
+        if not self._auth_due():
+            return True
+        user = self.user
+        if user is None or time.time() >= getattr(user, "expires", 0.0) > 0:
+            return False
+        self._auth_checked_at = time.monotonic()
+        _shared(self.state).recheck_soon(self)
+        return True
 
     def _auth_due(self) -> bool:
         """Whether :meth:`_auth_lapsed` has something to check now."""
@@ -787,10 +801,12 @@ class ServerSession:
         """Execute ``action`` if it needs no ``await``: the actions it leads to (to execute
         next), or None, with nothing done, when :meth:`_execute` must await it."""
         if isinstance(action, Send):
+            message = action.message
             if self.flexible is not None:
+                message = self.flexible.attach(message)  # a routed view part rides in the Changes
                 self.flexible.pump()  # views first: they precede the changes that rely on them
-            if self.link.can_send(action.message):
-                self.link.send(action.message, encoded=_shared(self.state).payload(action.message, self.link))
+            if self.link.can_send(message):
+                self.link.send(message, encoded=_shared(self.state).payload(message, self.link))
         elif isinstance(action, Fail):
             self.link.fail(action.error)
         elif isinstance(action, Notify) and self.flexible is not None:

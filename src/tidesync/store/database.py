@@ -14,7 +14,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import islice
 from dataclasses import dataclass
@@ -1411,7 +1411,7 @@ class Database(ReplicaStore):
         return result
 
     def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
-                            acked: int | None = None) -> IntegrateResult:
+                            acked: int | None = None, before: Callable[[], None] | None = None) -> IntegrateResult:
         """:meth:`integrate` for a sync session's download: listeners are woken as soon as the
         transaction is committed, and the fsync that makes it durable follows, outside the
         lock (so the notifier can read meanwhile). It returns once the batch is durable, so the
@@ -1419,7 +1419,8 @@ class Database(ReplicaStore):
         the batch back together with its checkpoint (one SQLite transaction), and the batch is
         downloaded again (docs/sync.md, "Durability of downloads"). ``acked``: the peer's
         latest ``Ack`` of our log, not yet stored (:meth:`_record_sync_checkpoint`), written
-        in the same transaction."""
+        in the same transaction. ``before``: more work of the same transaction, done first
+        (flexible sync: the batch's view part)."""
         self._check_open()
         with self._lock:
             if self._txn is not None:
@@ -1428,6 +1429,10 @@ class Database(ReplicaStore):
             self._written = written
             try:
                 with self._engine.unsynced(), self._engine.atomic():
+                    if before is not None:
+                        before()
+                        written = []  # the view part's documents are not among them: no hand-off
+                        self._written = None
                     result = self._integrate_locked(txns, peer, peer_seq)
                     if acked is not None:
                         self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))

@@ -30,7 +30,7 @@ from ..core.models import (
     self_plain_type, value_to_plain,
 )
 from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
-from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
+from ..core.schema import SCALAR_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
 from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
@@ -228,6 +228,7 @@ class Database(ReplicaStore):
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._create_plans: dict[str, dict[str, tuple[FieldSchema, type | None]]] = {}
         self._bulk_builders: dict[str, Any] = {}
+        self._update_plans: dict[str, dict[str, tuple[FieldSchema, int]] | None] = {}
         #: model class -> (its schema, its bulk builder), for the models ``create`` checked
         #: once and found to have a lean path (``_model``'s checks hold for them ever after).
         self._lean_creates: dict[type, tuple[ObjectSchema, Any]] = {}
@@ -792,8 +793,17 @@ class Database(ReplicaStore):
         n = 0
         if bulk is not None:
             self._flush_pending(txn)  # the file's unique key then sees every document of the write
+        lean = self._update_plan(cls, obj) if update is not None else None
         with self._engine.atomic(), txn.savepoint(), _gc_paused():
             it = iter(items)
+            if lean is not None:
+                while True:
+                    chunk = list(islice(it, _BULK_CHUNK))
+                    if not chunk:
+                        break
+                    self._update_bulk(cls, obj, plan, lean, txn, chunk, update)  # type: ignore[arg-type]
+                    n += len(chunk)
+                return n
             if bulk is not None:
                 while True:
                     chunk = list(islice(it, _BULK_CHUNK))
@@ -835,6 +845,177 @@ class Database(ReplicaStore):
                                     ref in absent)
             if error is not None:
                 raise error
+
+    def _update_plan(self, cls: type[_ModelBase], obj: ObjectSchema) -> dict[str, tuple[FieldSchema, int]] | None:
+        """The fields ``create_many(..., update=...)`` may update in bulk (see
+        :meth:`_update_bulk`): name -> (field, its place in the model), ``_id`` included; None
+        when the model has a field that is not a register (its items all take the general
+        path). Cached per model."""
+        cached = self._update_plans.get(obj.name, _UNCACHED)
+        if cached is not _UNCACHED:
+            return cached  # type: ignore[no-any-return]
+        fields = obj.fields
+        plan: dict[str, tuple[FieldSchema, int]] | None = None
+        if "_id" in fields and not any(f.type.kind in _NOT_BULK_KINDS for f in fields.values()):
+            pkey = self.partition_key
+            policies = self._policies
+            plan = {}
+            for i, (name, f) in enumerate(fields.items()):
+                if name == "_id" or (
+                        f.type.kind in SCALAR_KINDS and name != pkey and name.isidentifier() and name.isascii()
+                        and (policies is None or policies.lookup(obj.name, (name,)) == "lww")):
+                    plan[name] = (f, i)
+        self._update_plans[obj.name] = plan
+        return plan
+
+    def _update_bulk(self, cls: type[_ModelBase], obj: ObjectSchema, plan: dict[str, tuple[FieldSchema, type | None]],
+                     lean: dict[str, tuple[FieldSchema, int]], txn: WriteTransaction, items: list[Any],
+                     update: str) -> None:
+        """``create_many(..., update=...)`` of ``items``: the items naming a live document of
+        the file that this write has not loaded, with plain top-level register values, update
+        it as the assignment fast path does (``obj.f = v`` for each field that differs, or each
+        given field with ``update="all"``): the same pending fields, operations, stamps and
+        before-images, with the rows read in one query and stamped with one clock read. The
+        other items (new or deleted documents, other values, anything :meth:`create` refuses)
+        take the general path, in order, so the call does what a loop of ``create`` would."""
+        owner = cls.__name__
+        id_field = lean["_id"][0]
+        parsed: list[tuple[Plain, str, list[tuple[str, Plain]]] | None] = []
+        names: dict[str, None] = {}
+        for item in items:
+            try:
+                given = item if type(item) is dict else self._given_of(cls, item)
+                if "_id" not in given or not given.keys() <= lean.keys():
+                    parsed.append(None)
+                    continue
+                v = given["_id"]
+                key = v if type(v) is str and id_field.type.kind == "str" else value_to_plain(
+                    id_field.type, coerce(owner, id_field, v))
+                pairs: list[tuple[str, Plain]] = []
+                for name, v in given.items():
+                    if name == "_id":
+                        continue
+                    f = lean[name][0]
+                    plain = value_to_plain(f.type, coerce(owner, f, v))
+                    if type(plain) not in _FAST_PLAIN:
+                        raise _NotBulk(name)
+                    pairs.append((name, plain))
+                    names[name] = None
+                if len(pairs) > 1:  # create's order: the model's
+                    pairs.sort(key=lambda nv: lean[nv[0]][1])
+                parsed.append((key, canonical_json(key), pairs))
+            except Exception:  # noqa: BLE001 - the general path does it again, and raises
+                parsed.append(None)
+        rows = self._update_rows(obj.name, list(names), [p[1] for p in parsed if p is not None])
+        modified = update == "modified"
+        if modified:
+            # Every old value read decoded with one call of the JSON decoder (None: absent).
+            texts = [t for r in rows.values() for t in r[5:] if t is not None]
+            decoded = iter(loads_json("[" + ",".join(texts) + "]"))
+            olds = {pk: [MISSING_FIELD if t is None else next(decoded) for t in r[5:]] for pk, r in rows.items()}
+        column = {name: 5 + i for i, name in enumerate(names)}
+        collection = obj.name
+        docs, pending, created = txn.docs, txn.pending, txn.bulk_refs
+        general: list[Any] = []
+        run: list[tuple[Plain, Ref, tuple[Any, ...], list[tuple[str, Plain, str | None]], str]] = []
+        in_run: set[Ref] = set()
+        for item, parsed_item in zip(items, parsed):
+            if parsed_item is None:
+                if run:
+                    self._apply_updates(txn, run)
+                    run, in_run = [], set()
+                general.append(item)
+                continue
+            key, pk, pairs = parsed_item
+            ref = (collection, pk)
+            row = rows.get(pk)
+            if row is not None and general:
+                # What the general path does first may load this document: do it now.
+                self._create_chunk(cls, obj, plan, txn, general, update)
+                general = []
+            if ref in in_run:  # twice in the call: the second sees the first's values
+                self._apply_updates(txn, run)
+                run, in_run = [], set()
+            if row is None or not row[2] or ref in docs or ref in created:
+                if run:
+                    self._apply_updates(txn, run)
+                    run, in_run = [], set()
+                general.append(item)
+                continue
+            p = pending.get(ref)
+            meta = row[3] if p is None else p.meta
+            overlay = None
+            if len(meta) == 42 and meta.startswith('{"*":"'):
+                top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
+            else:
+                m = loads_json(meta)
+                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
+                if type(top) is not str or (kinds and any(n in kinds for n, _ in pairs)):
+                    if run:
+                        self._apply_updates(txn, run)
+                        run, in_run = [], set()
+                    general.append(item)
+                    continue
+            if modified:
+                old = olds[pk]
+                pairs = [(n, plain) for n, plain in pairs if (
+                    p.fields[n] if p is not None and n in p.fields else old[column[n] - 5]) != plain]
+            if overlay:  # as _fast_assign: the latest write key the assignments replace
+                for n, _ in pairs:
+                    if type(k := overlay.get(n)) is str and k[1:] > top:
+                        top = k[1:]
+            if pairs:
+                run.append((key, ref, row, [(n, plain, row[column[n]]) for n, plain in pairs], top))
+                in_run.add(ref)
+        if run:
+            self._apply_updates(txn, run)
+        if general:
+            self._create_chunk(cls, obj, plan, txn, general, update)
+
+    def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
+        """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as
+        JSON text or None for each of names)``."""
+        out: dict[str, tuple[Any, ...]] = {}
+        if not pks:
+            return out
+        cols = "".join(f""", body -> '$."{n}"'""" for n in names)
+        for start in range(0, len(pks), 500):
+            part = pks[start:start + 500]
+            sql = (f"SELECT pk, epoch, live, meta, rowid{cols} FROM documents WHERE collection = ? AND pk IN "
+                   f"({','.join('?' * len(part))})")
+            for r in self._engine.query(sql, [collection, *part]):
+                out[r[0]] = r
+        return out
+
+    def _apply_updates(self, txn: WriteTransaction,
+                       run: list[tuple[Plain, Ref, tuple[Any, ...], list[tuple[str, Plain, str | None]], str]]) -> None:
+        """The fast-path assignments of ``run`` (key, ref, row, [(field, plain value, old value
+        as JSON text)], the latest write key they replace), in order, stamped at once: what
+        :meth:`_fast_assign` of each and then :meth:`WriteTransaction.stamp_pending` give."""
+        txn.stamp_pending()
+        pending = txn.pending
+        keep = txn.keep_pending
+        unstamped: list[Any] = []
+        top_max = ""
+        for key, ref, row, pairs, top in run:
+            p = pending.get(ref)
+            keep(ref, p)
+            if p is None:
+                p = pending[ref] = PendingDoc(ref[0], key, ref, row[1], row[3], row[4])
+            before = p.before_json
+            for name, plain, old in pairs:
+                if name not in before:
+                    before[name] = old
+                unstamped += (p, name, plain)
+            p.flushed = False
+            if top > top_max:
+                top_max = top
+        if top_max > txn.unstamped_max:
+            txn.unstamped_max = top_max
+        txn.unstamped = unstamped
+        txn.stamp_pending()
+        if self._cache:
+            self._cache.clear()
 
     def _bulk_builder(self, cls: type[_ModelBase], obj: ObjectSchema) -> Any:
         """``create_many``'s bulk path for ``cls`` (made once per model), or None when its

@@ -219,6 +219,10 @@ class WriteTransaction:
         # document's state taken before the savepoint first changed it.
         self._journal: dict[int, tuple[LoadedDoc, merge.DocState, dict[str, Plain], bool, bool, bool]] | None = None
         self._new_refs: set[Ref] = set()
+        # Inside savepoint(): what each pending document changed there was before (None: it
+        # entered ``pending`` there), see keep_pending.
+        self._pending_saved: dict[Ref, tuple[PendingDoc, dict[str, Plain], dict[str, str],
+                                             dict[str, str | None]] | None] | None = None
         #: Documents created by ``db.create_many`` in bulk (see :class:`BulkCreates`), in order.
         self.bulk: list[BulkCreates] = []
         self.bulk_refs: set[Ref] = set()
@@ -385,7 +389,7 @@ class WriteTransaction:
         self.stamp_pending()
         n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
         n_bulk = len(self.bulk)
-        self._journal, self._new_refs, self._popped = {}, set(), {}
+        self._journal, self._new_refs, self._popped, self._pending_saved = {}, set(), {}, {}
         try:
             yield
         except BaseException:
@@ -393,6 +397,13 @@ class WriteTransaction:
                 self.bulk_refs.difference_update(b.refs)
             del self.bulk[n_bulk:]
             self.pending.update(self._popped)
+            for ref, saved in self._pending_saved.items():
+                if saved is None:
+                    self.pending.pop(ref, None)
+                else:
+                    doc, fields, keys, before = saved
+                    doc.fields, doc.keys, doc.before_json = fields, keys, before
+            self.unstamped = []
             del self.ops[n_ops:]
             for i in [i for i in self.op_wire if i >= n_ops]:
                 del self.op_wire[i]
@@ -409,7 +420,14 @@ class WriteTransaction:
                 p.flushed = False
             raise
         finally:
-            self._journal, self._new_refs, self._popped = None, set(), {}
+            self._journal, self._new_refs, self._popped, self._pending_saved = None, set(), {}, None
+
+    def keep_pending(self, ref: Ref, p: PendingDoc | None) -> None:
+        """Inside a savepoint: note what pending document ``p`` (None: ``ref`` not pending yet)
+        was before a bulk update changes it there, for a rollback to restore."""
+        saved = self._pending_saved
+        if saved is not None and ref not in saved:
+            saved[ref] = None if p is None else (p, dict(p.fields), dict(p.keys), dict(p.before_json))
 
     def _keep(self, d: LoadedDoc) -> None:
         """Inside a savepoint: copy a document's state before its first change there."""

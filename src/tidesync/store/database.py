@@ -29,11 +29,11 @@ from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
     self_plain_type, value_to_plain,
 )
-from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
+from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset, top_level_set
 from ..core.schema import SCALAR_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
-from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
+from ..core.values import INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, StorageError, UsageError, ValidationError,
@@ -612,7 +612,7 @@ class Database(ReplicaStore):
         if txn.bulk:
             seq = self._append_log(t, touches=tuple(txn.touched.values()),
                                    data=pack_transaction(t.to_wire(txn.op_wire), txn.bulk), op_count=txn.op_count)
-            if seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
+            if txn.bulk_seq and seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
                 self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
         else:
             seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
@@ -878,34 +878,37 @@ class Database(ReplicaStore):
         before-images, with the rows read in one query and stamped with one clock read. The
         other items (new or deleted documents, other values, anything :meth:`create` refuses)
         take the general path, in order, so the call does what a loop of ``create`` would."""
+        if self._update_uniform(txn, obj, lean, items, update == "modified"):
+            return
         owner = cls.__name__
         id_field = lean["_id"][0]
+        id_str = id_field.type.kind == "str"
+        allowed = lean.keys()
         parsed: list[tuple[Plain, str, list[tuple[str, Plain]]] | None] = []
-        names: dict[str, None] = {}
+        names: dict[str, Any] = {}
         for item in items:
             try:
                 given = item if type(item) is dict else self._given_of(cls, item)
-                if "_id" not in given or not given.keys() <= lean.keys():
+                v = given.get("_id", _UNCACHED)
+                if v is _UNCACHED or not given.keys() <= allowed:
                     parsed.append(None)
                     continue
-                v = given["_id"]
-                key = v if type(v) is str and id_field.type.kind == "str" else value_to_plain(
-                    id_field.type, coerce(owner, id_field, v))
+                key = v if id_str and type(v) is str else value_to_plain(id_field.type, coerce(owner, id_field, v))
                 pairs: list[tuple[str, Plain]] = []
                 for name, v in given.items():
-                    if name == "_id":
-                        continue
-                    f = lean[name][0]
-                    plain = value_to_plain(f.type, coerce(owner, f, v))
-                    if type(plain) not in _FAST_PLAIN:
-                        raise _NotBulk(name)
-                    pairs.append((name, plain))
-                    names[name] = None
+                    if name != "_id":
+                        f = lean[name][0]
+                        plain = value_to_plain(f.type, coerce(owner, f, v))
+                        if type(plain) not in _FAST_PLAIN:
+                            raise _NotBulk(name)
+                        pairs.append((name, plain))
                 if len(pairs) > 1:  # create's order: the model's
                     pairs.sort(key=lambda nv: lean[nv[0]][1])
+                names.update(given)
                 parsed.append((key, canonical_json(key), pairs))
             except Exception:  # noqa: BLE001 - the general path does it again, and raises
                 parsed.append(None)
+        names.pop("_id", None)
         rows = self._update_rows(obj.name, list(names), [p[1] for p in parsed if p is not None])
         modified = update == "modified"
         if modified:
@@ -972,48 +975,178 @@ class Database(ReplicaStore):
         if general:
             self._create_chunk(cls, obj, plan, txn, general, update)
 
+    def _update_uniform(self, txn: WriteTransaction, obj: ObjectSchema, lean: dict[str, tuple[FieldSchema, int]],
+                        items: list[Any], modified: bool) -> bool:
+        """:meth:`_update_bulk` of a chunk in its most common form, column by column: every item
+        a dict with the same keys, ``_id`` a str, the values of each field of one plain type
+        its field takes as it is, each document a live one of the file that this write has not
+        touched yet, once in the chunk. The same pending documents, operations (packed for
+        the log at once, as :class:`BulkCreates`), stamps and before-images as
+        :meth:`_apply_updates`. False, with nothing changed, for any other chunk."""
+        first = items[0]
+        if type(first) is not dict or "_id" not in first:
+            return False
+        shape = first.keys()
+        if not shape <= lean.keys() or not all(type(it) is dict and it.keys() == shape for it in items):
+            return False
+        if lean["_id"][0].type.kind != "str":
+            return False
+        ids = [it["_id"] for it in items]
+        if not all(type(v) is str for v in ids):
+            return False
+        names = sorted((n for n in shape if n != "_id"), key=lambda n: lean[n][1])
+        columns: list[list[Any]] = []
+        for n in names:
+            values = [it[n] for it in items]
+            kind = lean[n][0].type.kind
+            if kind in ("str", "bool"):
+                ok = all(type(v) is (str if kind == "str" else bool) for v in values)
+            elif kind == "int":
+                ok = all(type(v) is int for v in values) and INT64_MIN <= min(values) and max(values) <= INT64_MAX
+            elif kind == "float":
+                ok = all(type(v) is float and v - v == 0.0 for v in values)
+            else:
+                ok = False
+            if not ok:
+                return False
+            columns.append(values)
+        pks = list(map(canonical_json, ids))
+        if len(set(pks)) != len(pks):
+            return False
+        collection = obj.name
+        refs = [(collection, pk) for pk in pks]
+        docs, pending, created = txn.docs, txn.pending, txn.bulk_refs
+        if (docs and any(r in docs for r in refs)) or (pending and any(r in pending for r in refs)) or (
+                created and any(r in created for r in refs)):
+            return False
+        rows = self._update_rows(collection, names, pks)
+        if len(rows) != len(pks):
+            return False
+        ordered = [rows[pk] for pk in pks]
+        if not all(r[2] for r in ordered):
+            return False
+        for r in ordered:
+            meta = r[3]
+            if len(meta) != 42 or not meta.startswith('{"*":"'):  # not the compact meta of a create
+                m = loads_json(meta)
+                kinds = m.get("*k")
+                if type(m.get("*")) is not str or (kinds and any(n in kinds for n in names)):
+                    return False
+        # Which (item, field) change: all of them, or with "modified" those that differ.
+        width, n_items = len(names), len(items)
+        if modified:
+            texts = [t for r in ordered for t in r[5:] if t is not None]
+            decoded = iter(loads_json("[" + ",".join(texts) + "]"))
+            olds = [MISSING_FIELD if t is None else next(decoded) for r in ordered for t in r[5:]]
+            if width == 1:
+                changed = [[0] if o != v else [] for o, v in zip(olds, columns[0])]
+            else:
+                changed = [[j for j in range(width) if olds[i * width + j] != columns[j][i]] for i in range(n_items)]
+        else:
+            changed = [list(range(width))] * n_items
+        top_max = ""
+        for i, r in enumerate(ordered):  # as _fast_assign: the latest write key the writes replace
+            if changed[i]:
+                meta = r[3]
+                if len(meta) == 42 and meta.startswith('{"*":"'):
+                    top = meta[6:40]
+                else:
+                    m = loads_json(meta)
+                    top, overlay = m["*"], m.get("r")
+                    if overlay:
+                        for j in changed[i]:
+                            if type(k := overlay.get(names[j])) is str and k[1:] > top:
+                                top = k[1:]
+                if top > top_max:
+                    top_max = top
+        count = sum(map(len, changed))
+        if not count:
+            return True
+        txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
+        if top_max:
+            self._clock.observe(Stamp(top_max))
+        stamps = self._clock.now_many(count)
+        if width == 1:
+            name = names[0]
+            column = columns[0]
+            at = [i for i in range(n_items) if changed[i]]
+            made = [PendingDoc(collection, ids[i], refs[i], ordered[i][1], ordered[i][3], ordered[i][4],
+                               {name: ordered[i][5]}, {name: "1" + stamp}, {name: column[i]})
+                    for i, stamp in zip(at, stamps)]
+            wires = [["S", collection, ids[i], stamp, ordered[i][1], [name], [], column[i], False]  # op_to_wire's form
+                     for i, stamp in zip(at, stamps)]
+        else:
+            wires = []
+            made = []
+            s = 0
+            for i, r in enumerate(ordered):
+                if not changed[i]:
+                    continue
+                key, epoch = ids[i], r[1]
+                before: dict[str, str | None] = {}
+                keys: dict[str, str] = {}
+                fields: dict[str, Plain] = {}
+                for j in changed[i]:
+                    name, stamp, plain = names[j], stamps[s], columns[j][i]
+                    s += 1
+                    before[name], keys[name], fields[name] = r[5 + j], "1" + stamp, plain
+                    wires.append(["S", collection, key, stamp, epoch, [name], [], plain, False])
+                made.append(PendingDoc(collection, key, refs[i], epoch, r[3], r[4], before, keys, fields))
+        saved = txn._pending_saved
+        if saved is not None:
+            for p in made:
+                saved.setdefault(p.ref, None)
+        pending.update([(p.ref, p) for p in made])
+        txn.add_bulk(BulkCreates(0, count, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
+                     [], collection)
+        txn.touched.update([(p.ref, (collection, p.key)) for p in made])
+        if self._cache:
+            self._cache.clear()
+        return True
+
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
         """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as
         JSON text or None for each of names)``."""
-        out: dict[str, tuple[Any, ...]] = {}
         if not pks:
-            return out
+            return {}
         cols = "".join(f""", body -> '$."{n}"'""" for n in names)
-        for start in range(0, len(pks), 500):
-            part = pks[start:start + 500]
-            sql = (f"SELECT pk, epoch, live, meta, rowid{cols} FROM documents WHERE collection = ? AND pk IN "
-                   f"({','.join('?' * len(part))})")
-            for r in self._engine.query(sql, [collection, *part]):
-                out[r[0]] = r
-        return out
+        rows = self._engine.query(f"SELECT pk, epoch, live, meta, rowid{cols} FROM documents WHERE collection = ? "
+                                  "AND pk IN (SELECT value FROM json_each(?))", (collection, _dumps(pks)))
+        return {r[0]: r for r in rows}
 
     def _apply_updates(self, txn: WriteTransaction,
                        run: list[tuple[Plain, Ref, tuple[Any, ...], list[tuple[str, Plain, str | None]], str]]) -> None:
         """The fast-path assignments of ``run`` (key, ref, row, [(field, plain value, old value
         as JSON text)], the latest write key they replace), in order, stamped at once: what
         :meth:`_fast_assign` of each and then :meth:`WriteTransaction.stamp_pending` give."""
-        txn.stamp_pending()
-        pending = txn.pending
+        txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
+        top_max = max(r[4] for r in run)
+        if top_max:
+            self._clock.observe(Stamp(top_max))
+        stamps = iter(self._clock.now_many(sum(len(r[3]) for r in run)))
+        pending, touched, ops, wire = txn.pending, txn.touched, txn.ops, txn.op_wire
         keep = txn.keep_pending
-        unstamped: list[Any] = []
-        top_max = ""
-        for key, ref, row, pairs, top in run:
+        append = ops.append
+        i = len(ops)
+        for key, ref, row, pairs, _ in run:
             p = pending.get(ref)
             keep(ref, p)
             if p is None:
                 p = pending[ref] = PendingDoc(ref[0], key, ref, row[1], row[3], row[4])
-            before = p.before_json
+            before, keys, fields = p.before_json, p.keys, p.fields
+            coll, key, epoch = p.collection, p.key, p.epoch
             for name, plain, old in pairs:
                 if name not in before:
                     before[name] = old
-                unstamped += (p, name, plain)
+                stamp = next(stamps)
+                keys[name] = "1" + stamp
+                fields[name] = plain
+                append(top_level_set(coll, key, stamp, epoch, name, plain))
+                wire[i] = ["S", coll, key, stamp, epoch, [name], [], plain, False]  # op_to_wire's form
+                i += 1
             p.flushed = False
-            if top > top_max:
-                top_max = top
-        if top_max > txn.unstamped_max:
-            txn.unstamped_max = top_max
-        txn.unstamped = unstamped
-        txn.stamp_pending()
+            if ref not in touched:
+                touched[ref] = (coll, key)
         if self._cache:
             self._cache.clear()
 

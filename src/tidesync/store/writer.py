@@ -75,7 +75,9 @@ class PendingDoc:
 
     __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed")
 
-    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int) -> None:
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int,
+                 before_json: dict[str, str | None] | None = None, keys: dict[str, str] | None = None,
+                 fields: dict[str, Plain] | None = None) -> None:
         self.collection = collection
         self.key = key
         self.ref = ref
@@ -85,11 +87,11 @@ class PendingDoc:
         #: The row's meta as it was before the transaction (JSON text).
         self.meta = meta
         #: The fields' values before the transaction as JSON text (None when absent).
-        self.before_json: dict[str, str | None] = {}
+        self.before_json: dict[str, str | None] = {} if before_json is None else before_json
         #: The fields' write keys of this transaction (given when its assignments are stamped).
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, str] = {} if keys is None else keys
         #: The fields written here and stamped: name -> plain value.
-        self.fields: dict[str, Plain] = {}
+        self.fields: dict[str, Plain] = {} if fields is None else fields
         #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
         self.flushed = False
 
@@ -103,7 +105,9 @@ class PendingDoc:
 class BulkCreates:
     """Documents that ``db.create_many`` created in one step: their rows are in the (uncommitted)
     file already, with the sequence number the commit's log entry will get; the transaction
-    keeps only their ``CreateDoc`` operations, packed for the log.
+    keeps only their ``CreateDoc`` operations, packed for the log. (Also a run of top-level
+    ``SetValue`` operations of ``create_many(..., update=...)``, packed the same way, with no
+    ``refs``: their documents are pending, see :class:`PendingDoc`.)
     """
 
     #: ``len(ops)`` when they were made: they come before ``ops[at:]`` in the transaction.

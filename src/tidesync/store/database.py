@@ -1141,7 +1141,7 @@ class Database(ReplicaStore):
                 stamp = next(stamps)
                 keys[name] = "1" + stamp
                 fields[name] = plain
-                append(top_level_set(coll, key, stamp, epoch, name, plain))
+                append(top_level_set(coll, key, stamp, Stamp(epoch), name, plain))
                 wire[i] = ["S", coll, key, stamp, epoch, [name], [], plain, False]  # op_to_wire's form
                 i += 1
             p.flushed = False

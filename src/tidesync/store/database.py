@@ -775,7 +775,10 @@ class Database(ReplicaStore):
         The same as ``db.create(cls, item, update=update)`` for each item in order, in the
         current write transaction (one operation per document, the same validation, errors,
         listeners and sync), but faster: existing documents are looked up in bulk and no managed
-        objects are returned. Must be called inside ``db.write()``.
+        objects are returned. Must be called inside ``db.write()``. With ``update``, it is the
+        fast way to update many objects: an item naming an existing object with plain values
+        of top-level fields is done as ``obj.field = value`` would do it (see
+        docs/data-model.md).
 
         All or nothing: if an item fails (a validation error, a document that already exists
         when ``update`` is None, an item of another type), the call raises and leaves nothing of

@@ -370,6 +370,7 @@ class Database(ReplicaStore):
         """Sync one partition: fill ``key`` in on create, refuse other partitions' writes."""
         self._partition = (key, value)
         self.partition_key = key
+        self._update_plans.clear()  # they leave the partition key to the general path
 
     def _set_setting_atomic(self, key: str, value: str) -> None:
         with self._lock:
@@ -529,8 +530,10 @@ class Database(ReplicaStore):
         dumps = _dumps
         for p in pending:
             if p.flushed:
-                seq_only.append((seq, p.rowid))
+                if p.seq != seq:
+                    seq_only.append((seq, p.rowid))
                 continue
+            p.seq = seq
             fields = p.fields
             if len(fields) == 1:
                 (name, v), = fields.items()
@@ -1100,6 +1103,13 @@ class Database(ReplicaStore):
             for p in made:
                 saved.setdefault(p.ref, None)
         pending.update([(p.ref, p) for p in made])
+        # The rows written now, while their pages are in SQLite's cache from the read above, with
+        # the seq the commit's log entry will get (as bulk creates are; checked at commit).
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        self._write_pending(made, txn.bulk_seq)
+        for p in made:
+            p.flushed = True
         txn.add_bulk(BulkCreates(0, count, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
                      [], collection)
         txn.touched.update([(p.ref, (collection, p.key)) for p in made])

@@ -73,7 +73,8 @@ class PendingDoc:
     is made per document assigned, and a dataclass's ``__init__`` with factories costs more.)
     """
 
-    __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed")
+    __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed",
+                 "seq")
 
     def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int,
                  before_json: dict[str, str | None] | None = None, keys: dict[str, str] | None = None,
@@ -92,8 +93,11 @@ class PendingDoc:
         self.keys: dict[str, str] = {} if keys is None else keys
         #: The fields written here and stamped: name -> plain value.
         self.fields: dict[str, Plain] = {} if fields is None else fields
-        #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
+        #: True when the row holds ``fields`` already (flushed for a query, or by a bulk update).
         self.flushed = False
+        #: The ``seq`` the row was last written with (0 for a flush before the commit; the
+        #: commit's predicted seq for a bulk update's rows: the commit then leaves them).
+        self.seq = 0
 
     def before_value(self, name: str) -> Plain:
         """Field ``name`` before the transaction (``MISSING_FIELD`` when absent)."""

@@ -29,11 +29,11 @@ from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
     self_plain_type, value_to_plain,
 )
-from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset
-from ..core.schema import FieldSchema, FieldType, ObjectSchema, Schema
+from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset, top_level_set
+from ..core.schema import SCALAR_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
-from ..core.values import Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
+from ..core.values import INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, StorageError, UsageError, ValidationError,
@@ -246,6 +246,7 @@ class Database(ReplicaStore):
         self._cache: dict[Ref, dict[str, Plain] | None] = {}
         self._create_plans: dict[str, dict[str, tuple[FieldSchema, type | None]]] = {}
         self._bulk_builders: dict[str, Any] = {}
+        self._update_plans: dict[str, dict[str, tuple[FieldSchema, int]] | None] = {}
         #: model class -> (its schema, its bulk builder), for the models ``create`` checked
         #: once and found to have a lean path (``_model``'s checks hold for them ever after).
         self._lean_creates: dict[type, tuple[ObjectSchema, Any]] = {}
@@ -429,6 +430,7 @@ class Database(ReplicaStore):
         """Sync one partition: fill ``key`` in on create, refuse other partitions' writes."""
         self._partition = (key, value)
         self.partition_key = key
+        self._update_plans.clear()  # they leave the partition key to the general path
 
     def _set_setting_atomic(self, key: str, value: str) -> None:
         with self._lock:
@@ -588,8 +590,10 @@ class Database(ReplicaStore):
         dumps = _dumps
         for p in pending:
             if p.flushed:
-                seq_only.append((seq, p.rowid))
+                if p.seq != seq:
+                    seq_only.append((seq, p.rowid))
                 continue
+            p.seq = seq
             fields = p.fields
             if len(fields) == 1:
                 (name, v), = fields.items()
@@ -671,7 +675,7 @@ class Database(ReplicaStore):
         if txn.bulk:
             seq = self._append_log(t, touches=tuple(txn.touched.values()),
                                    data=pack_transaction(t.to_wire(txn.op_wire), txn.bulk), op_count=txn.op_count)
-            if seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
+            if txn.bulk_seq and seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
                 self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
         else:
             seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
@@ -881,7 +885,10 @@ class Database(ReplicaStore):
         The same as ``db.create(cls, item, update=update)`` for each item in order, in the
         current write transaction (one operation per document, the same validation, errors,
         listeners and sync), but faster: existing documents are looked up in bulk and no managed
-        objects are returned. Must be called inside ``db.write()``.
+        objects are returned. Must be called inside ``db.write()``. With ``update``, it is the
+        fast way to update many objects: an item naming an existing object with plain values
+        of top-level fields is done as ``obj.field = value`` would do it (see
+        docs/data-model.md).
 
         All or nothing: if an item fails (a validation error, a document that already exists
         when ``update`` is None, an item of another type), the call raises and leaves nothing of
@@ -899,8 +906,17 @@ class Database(ReplicaStore):
         n = 0
         if bulk is not None:
             self._flush_pending(txn)  # the file's unique key then sees every document of the write
+        lean = self._update_plan(cls, obj) if update is not None else None
         with self._engine.atomic(), txn.savepoint(), _gc_paused():
             it = iter(items)
+            if lean is not None:
+                while True:
+                    chunk = list(islice(it, _BULK_CHUNK))
+                    if not chunk:
+                        break
+                    self._update_bulk(cls, obj, plan, lean, txn, chunk, update)  # type: ignore[arg-type]
+                    n += len(chunk)
+                return n
             if bulk is not None:
                 while True:
                     chunk = list(islice(it, _BULK_CHUNK))
@@ -942,6 +958,317 @@ class Database(ReplicaStore):
                                     ref in absent)
             if error is not None:
                 raise error
+
+    def _update_plan(self, cls: type[_ModelBase], obj: ObjectSchema) -> dict[str, tuple[FieldSchema, int]] | None:
+        """The fields ``create_many(..., update=...)`` may update in bulk (see
+        :meth:`_update_bulk`): name -> (field, its place in the model), ``_id`` included; None
+        when the model has a field that is not a register (its items all take the general
+        path). Cached per model."""
+        cached = self._update_plans.get(obj.name, _UNCACHED)
+        if cached is not _UNCACHED:
+            return cached  # type: ignore[no-any-return]
+        fields = obj.fields
+        plan: dict[str, tuple[FieldSchema, int]] | None = None
+        if "_id" in fields and not any(f.type.kind in _NOT_BULK_KINDS for f in fields.values()):
+            pkey = self.partition_key
+            policies = self._policies
+            plan = {}
+            for i, (name, f) in enumerate(fields.items()):
+                if name == "_id" or (
+                        f.type.kind in SCALAR_KINDS and name != pkey and name.isidentifier() and name.isascii()
+                        and (policies is None or policies.lookup(obj.name, (name,)) == "lww")):
+                    plan[name] = (f, i)
+        self._update_plans[obj.name] = plan
+        return plan
+
+    def _update_bulk(self, cls: type[_ModelBase], obj: ObjectSchema, plan: dict[str, tuple[FieldSchema, type | None]],
+                     lean: dict[str, tuple[FieldSchema, int]], txn: WriteTransaction, items: list[Any],
+                     update: str) -> None:
+        """``create_many(..., update=...)`` of ``items``: the items naming a live document of
+        the file that this write has not loaded, with plain top-level register values, update
+        it as the assignment fast path does (``obj.f = v`` for each field that differs, or each
+        given field with ``update="all"``): the same pending fields, operations, stamps and
+        before-images, with the rows read in one query and stamped with one clock read. The
+        other items (new or deleted documents, other values, anything :meth:`create` refuses)
+        take the general path, in order, so the call does what a loop of ``create`` would."""
+        if self._update_uniform(txn, obj, lean, items, update == "modified"):
+            return
+        owner = cls.__name__
+        id_field = lean["_id"][0]
+        id_str = id_field.type.kind == "str"
+        allowed = lean.keys()
+        parsed: list[tuple[Plain, str, list[tuple[str, Plain]]] | None] = []
+        names: dict[str, Any] = {}
+        for item in items:
+            try:
+                given = item if type(item) is dict else self._given_of(cls, item)
+                v = given.get("_id", _UNCACHED)
+                if v is _UNCACHED or not given.keys() <= allowed:
+                    parsed.append(None)
+                    continue
+                key = v if id_str and type(v) is str else value_to_plain(id_field.type, coerce(owner, id_field, v))
+                pairs: list[tuple[str, Plain]] = []
+                for name, v in given.items():
+                    if name != "_id":
+                        f = lean[name][0]
+                        plain = value_to_plain(f.type, coerce(owner, f, v))
+                        if type(plain) not in _FAST_PLAIN:
+                            raise _NotBulk(name)
+                        pairs.append((name, plain))
+                if len(pairs) > 1:  # create's order: the model's
+                    pairs.sort(key=lambda nv: lean[nv[0]][1])
+                names.update(given)
+                parsed.append((key, canonical_json(key), pairs))
+            except Exception:  # noqa: BLE001 - the general path does it again, and raises
+                parsed.append(None)
+        names.pop("_id", None)
+        rows = self._update_rows(obj.name, list(names), [p[1] for p in parsed if p is not None])
+        modified = update == "modified"
+        if modified:
+            # Every old value read decoded with one call of the JSON decoder (None: absent).
+            texts = [t for r in rows.values() for t in r[5:] if t is not None]
+            decoded = iter(loads_json("[" + ",".join(texts) + "]"))
+            olds = {pk: [MISSING_FIELD if t is None else next(decoded) for t in r[5:]] for pk, r in rows.items()}
+        column = {name: 5 + i for i, name in enumerate(names)}
+        collection = obj.name
+        docs, pending, created = txn.docs, txn.pending, txn.bulk_refs
+        general: list[Any] = []
+        run: list[tuple[Plain, Ref, tuple[Any, ...], list[tuple[str, Plain, str | None]], str]] = []
+        in_run: set[Ref] = set()
+        for item, parsed_item in zip(items, parsed):
+            if parsed_item is None:
+                if run:
+                    self._apply_updates(txn, run)
+                    run, in_run = [], set()
+                general.append(item)
+                continue
+            key, pk, pairs = parsed_item
+            ref = (collection, pk)
+            row = rows.get(pk)
+            if row is not None and general:
+                # What the general path does first may load this document: do it now.
+                self._create_chunk(cls, obj, plan, txn, general, update)
+                general = []
+            if ref in in_run:  # twice in the call: the second sees the first's values
+                self._apply_updates(txn, run)
+                run, in_run = [], set()
+            if row is None or not row[2] or ref in docs or ref in created:
+                if run:
+                    self._apply_updates(txn, run)
+                    run, in_run = [], set()
+                general.append(item)
+                continue
+            p = pending.get(ref)
+            meta = row[3] if p is None else p.meta
+            overlay = None
+            if len(meta) == 42 and meta.startswith('{"*":"'):
+                top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
+            else:
+                m = loads_json(meta)
+                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
+                if type(top) is not str or (kinds and any(n in kinds for n, _ in pairs)):
+                    if run:
+                        self._apply_updates(txn, run)
+                        run, in_run = [], set()
+                    general.append(item)
+                    continue
+            if modified:
+                old = olds[pk]
+                pairs = [(n, plain) for n, plain in pairs if (
+                    p.fields[n] if p is not None and n in p.fields else old[column[n] - 5]) != plain]
+            if overlay:  # as _fast_assign: the latest write key the assignments replace
+                for n, _ in pairs:
+                    if type(k := overlay.get(n)) is str and k[1:] > top:
+                        top = k[1:]
+            if pairs:
+                run.append((key, ref, row, [(n, plain, row[column[n]]) for n, plain in pairs], top))
+                in_run.add(ref)
+        if run:
+            self._apply_updates(txn, run)
+        if general:
+            self._create_chunk(cls, obj, plan, txn, general, update)
+
+    def _update_uniform(self, txn: WriteTransaction, obj: ObjectSchema, lean: dict[str, tuple[FieldSchema, int]],
+                        items: list[Any], modified: bool) -> bool:
+        """:meth:`_update_bulk` of a chunk in its most common form, column by column: every item
+        a dict with the same keys, ``_id`` a str, the values of each field of one plain type
+        its field takes as it is, each document a live one of the file that this write has not
+        touched yet, once in the chunk. The same pending documents, operations (packed for
+        the log at once, as :class:`BulkCreates`), stamps and before-images as
+        :meth:`_apply_updates`. False, with nothing changed, for any other chunk."""
+        first = items[0]
+        if type(first) is not dict or "_id" not in first:
+            return False
+        shape = first.keys()
+        if not shape <= lean.keys() or not all(type(it) is dict and it.keys() == shape for it in items):
+            return False
+        if lean["_id"][0].type.kind != "str":
+            return False
+        ids = [it["_id"] for it in items]
+        if not all(type(v) is str for v in ids):
+            return False
+        names = sorted((n for n in shape if n != "_id"), key=lambda n: lean[n][1])
+        columns: list[list[Any]] = []
+        for n in names:
+            values = [it[n] for it in items]
+            kind = lean[n][0].type.kind
+            if kind in ("str", "bool"):
+                ok = all(type(v) is (str if kind == "str" else bool) for v in values)
+            elif kind == "int":
+                ok = all(type(v) is int for v in values) and INT64_MIN <= min(values) and max(values) <= INT64_MAX
+            elif kind == "float":
+                ok = all(type(v) is float and v - v == 0.0 for v in values)
+            else:
+                ok = False
+            if not ok:
+                return False
+            columns.append(values)
+        pks = list(map(canonical_json, ids))
+        if len(set(pks)) != len(pks):
+            return False
+        collection = obj.name
+        refs = [(collection, pk) for pk in pks]
+        docs, pending, created = txn.docs, txn.pending, txn.bulk_refs
+        if (docs and any(r in docs for r in refs)) or (pending and any(r in pending for r in refs)) or (
+                created and any(r in created for r in refs)):
+            return False
+        rows = self._update_rows(collection, names, pks)
+        if len(rows) != len(pks):
+            return False
+        ordered = [rows[pk] for pk in pks]
+        if not all(r[2] for r in ordered):
+            return False
+        for r in ordered:
+            meta = r[3]
+            if len(meta) != 42 or not meta.startswith('{"*":"'):  # not the compact meta of a create
+                m = loads_json(meta)
+                kinds = m.get("*k")
+                if type(m.get("*")) is not str or (kinds and any(n in kinds for n in names)):
+                    return False
+        # Which (item, field) change: all of them, or with "modified" those that differ.
+        width, n_items = len(names), len(items)
+        if modified:
+            texts = [t for r in ordered for t in r[5:] if t is not None]
+            decoded = iter(loads_json("[" + ",".join(texts) + "]"))
+            olds = [MISSING_FIELD if t is None else next(decoded) for r in ordered for t in r[5:]]
+            if width == 1:
+                changed = [[0] if o != v else [] for o, v in zip(olds, columns[0])]
+            else:
+                changed = [[j for j in range(width) if olds[i * width + j] != columns[j][i]] for i in range(n_items)]
+        else:
+            changed = [list(range(width))] * n_items
+        top_max = ""
+        for i, r in enumerate(ordered):  # as _fast_assign: the latest write key the writes replace
+            if changed[i]:
+                meta = r[3]
+                if len(meta) == 42 and meta.startswith('{"*":"'):
+                    top = meta[6:40]
+                else:
+                    m = loads_json(meta)
+                    top, overlay = m["*"], m.get("r")
+                    if overlay:
+                        for j in changed[i]:
+                            if type(k := overlay.get(names[j])) is str and k[1:] > top:
+                                top = k[1:]
+                if top > top_max:
+                    top_max = top
+        count = sum(map(len, changed))
+        if not count:
+            return True
+        txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
+        if top_max:
+            self._clock.observe(Stamp(top_max))
+        stamps = self._clock.now_many(count)
+        if width == 1:
+            name = names[0]
+            column = columns[0]
+            at = [i for i in range(n_items) if changed[i]]
+            made = [PendingDoc(collection, ids[i], refs[i], ordered[i][1], ordered[i][3], ordered[i][4],
+                               {name: ordered[i][5]}, {name: "1" + stamp}, {name: column[i]})
+                    for i, stamp in zip(at, stamps)]
+            wires = [["S", collection, ids[i], stamp, ordered[i][1], [name], [], column[i], False]  # op_to_wire's form
+                     for i, stamp in zip(at, stamps)]
+        else:
+            wires = []
+            made = []
+            s = 0
+            for i, r in enumerate(ordered):
+                if not changed[i]:
+                    continue
+                key, epoch = ids[i], r[1]
+                before: dict[str, str | None] = {}
+                keys: dict[str, str] = {}
+                fields: dict[str, Plain] = {}
+                for j in changed[i]:
+                    name, stamp, plain = names[j], stamps[s], columns[j][i]
+                    s += 1
+                    before[name], keys[name], fields[name] = r[5 + j], "1" + stamp, plain
+                    wires.append(["S", collection, key, stamp, epoch, [name], [], plain, False])
+                made.append(PendingDoc(collection, key, refs[i], epoch, r[3], r[4], before, keys, fields))
+        saved = txn._pending_saved
+        if saved is not None:
+            for p in made:
+                saved.setdefault(p.ref, None)
+        pending.update([(p.ref, p) for p in made])
+        # The rows written now, while their pages are in SQLite's cache from the read above, with
+        # the seq the commit's log entry will get (as bulk creates are; checked at commit).
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        self._write_pending(made, txn.bulk_seq)
+        for p in made:
+            p.flushed = True
+        txn.add_bulk(BulkCreates(0, count, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
+                     [], collection)
+        txn.touched.update([(p.ref, (collection, p.key)) for p in made])
+        if self._cache:
+            self._cache.clear()
+        return True
+
+    def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
+        """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as
+        JSON text or None for each of names)``."""
+        if not pks:
+            return {}
+        cols = "".join(f""", body -> '$."{n}"'""" for n in names)
+        rows = self._engine.query(f"SELECT pk, epoch, live, meta, rowid{cols} FROM documents WHERE collection = ? "
+                                  "AND pk IN (SELECT value FROM json_each(?))", (collection, _dumps(pks)))
+        return {r[0]: r for r in rows}
+
+    def _apply_updates(self, txn: WriteTransaction,
+                       run: list[tuple[Plain, Ref, tuple[Any, ...], list[tuple[str, Plain, str | None]], str]]) -> None:
+        """The fast-path assignments of ``run`` (key, ref, row, [(field, plain value, old value
+        as JSON text)], the latest write key they replace), in order, stamped at once: what
+        :meth:`_fast_assign` of each and then :meth:`WriteTransaction.stamp_pending` give."""
+        txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
+        top_max = max(r[4] for r in run)
+        if top_max:
+            self._clock.observe(Stamp(top_max))
+        stamps = iter(self._clock.now_many(sum(len(r[3]) for r in run)))
+        pending, touched, ops, wire = txn.pending, txn.touched, txn.ops, txn.op_wire
+        keep = txn.keep_pending
+        append = ops.append
+        i = len(ops)
+        for key, ref, row, pairs, _ in run:
+            p = pending.get(ref)
+            keep(ref, p)
+            if p is None:
+                p = pending[ref] = PendingDoc(ref[0], key, ref, row[1], row[3], row[4])
+            before, keys, fields = p.before_json, p.keys, p.fields
+            coll, key, epoch = p.collection, p.key, p.epoch
+            for name, plain, old in pairs:
+                if name not in before:
+                    before[name] = old
+                stamp = next(stamps)
+                keys[name] = "1" + stamp
+                fields[name] = plain
+                append(top_level_set(coll, key, stamp, Stamp(epoch), name, plain))
+                wire[i] = ["S", coll, key, stamp, epoch, [name], [], plain, False]  # op_to_wire's form
+                i += 1
+            p.flushed = False
+            if ref not in touched:
+                touched[ref] = (coll, key)
+        if self._cache:
+            self._cache.clear()
 
     def _bulk_builder(self, cls: type[_ModelBase], obj: ObjectSchema) -> Any:
         """``create_many``'s bulk path for ``cls`` (made once per model), or None when its

@@ -73,9 +73,12 @@ class PendingDoc:
     is made per document assigned, and a dataclass's ``__init__`` with factories costs more.)
     """
 
-    __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed")
+    __slots__ = ("collection", "key", "ref", "epoch", "meta", "rowid", "before_json", "keys", "fields", "flushed",
+                 "seq")
 
-    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int) -> None:
+    def __init__(self, collection: str, key: Plain, ref: Ref, epoch: str, meta: str, rowid: int,
+                 before_json: dict[str, str | None] | None = None, keys: dict[str, str] | None = None,
+                 fields: dict[str, Plain] | None = None) -> None:
         self.collection = collection
         self.key = key
         self.ref = ref
@@ -85,13 +88,16 @@ class PendingDoc:
         #: The row's meta as it was before the transaction (JSON text).
         self.meta = meta
         #: The fields' values before the transaction as JSON text (None when absent).
-        self.before_json: dict[str, str | None] = {}
+        self.before_json: dict[str, str | None] = {} if before_json is None else before_json
         #: The fields' write keys of this transaction (given when its assignments are stamped).
-        self.keys: dict[str, str] = {}
+        self.keys: dict[str, str] = {} if keys is None else keys
         #: The fields written here and stamped: name -> plain value.
-        self.fields: dict[str, Plain] = {}
-        #: True when the row holds ``fields`` already (flushed for a query, ``seq`` still 0).
+        self.fields: dict[str, Plain] = {} if fields is None else fields
+        #: True when the row holds ``fields`` already (flushed for a query, or by a bulk update).
         self.flushed = False
+        #: The ``seq`` the row was last written with (0 for a flush before the commit; the
+        #: commit's predicted seq for a bulk update's rows: the commit then leaves them).
+        self.seq = 0
 
     def before_value(self, name: str) -> Plain:
         """Field ``name`` before the transaction (``MISSING_FIELD`` when absent)."""
@@ -103,7 +109,9 @@ class PendingDoc:
 class BulkCreates:
     """Documents that ``db.create_many`` created in one step: their rows are in the (uncommitted)
     file already, with the sequence number the commit's log entry will get; the transaction
-    keeps only their ``CreateDoc`` operations, packed for the log.
+    keeps only their ``CreateDoc`` operations, packed for the log. (Also a run of top-level
+    ``SetValue`` operations of ``create_many(..., update=...)``, packed the same way, with no
+    ``refs``: their documents are pending, see :class:`PendingDoc`.)
     """
 
     #: ``len(ops)`` when they were made: they come before ``ops[at:]`` in the transaction.
@@ -219,6 +227,10 @@ class WriteTransaction:
         # document's state taken before the savepoint first changed it.
         self._journal: dict[int, tuple[LoadedDoc, merge.DocState, dict[str, Plain], bool, bool, bool]] | None = None
         self._new_refs: set[Ref] = set()
+        # Inside savepoint(): what each pending document changed there was before (None: it
+        # entered ``pending`` there), see keep_pending.
+        self._pending_saved: dict[Ref, tuple[PendingDoc, dict[str, Plain], dict[str, str],
+                                             dict[str, str | None]] | None] | None = None
         #: Documents created by ``db.create_many`` in bulk (see :class:`BulkCreates`), in order.
         self.bulk: list[BulkCreates] = []
         self.bulk_refs: set[Ref] = set()
@@ -385,7 +397,7 @@ class WriteTransaction:
         self.stamp_pending()
         n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
         n_bulk = len(self.bulk)
-        self._journal, self._new_refs, self._popped = {}, set(), {}
+        self._journal, self._new_refs, self._popped, self._pending_saved = {}, set(), {}, {}
         try:
             yield
         except BaseException:
@@ -393,6 +405,13 @@ class WriteTransaction:
                 self.bulk_refs.difference_update(b.refs)
             del self.bulk[n_bulk:]
             self.pending.update(self._popped)
+            for ref, saved in self._pending_saved.items():
+                if saved is None:
+                    self.pending.pop(ref, None)
+                else:
+                    doc, fields, keys, before = saved
+                    doc.fields, doc.keys, doc.before_json = fields, keys, before
+            self.unstamped = []
             del self.ops[n_ops:]
             for i in [i for i in self.op_wire if i >= n_ops]:
                 del self.op_wire[i]
@@ -409,7 +428,14 @@ class WriteTransaction:
                 p.flushed = False
             raise
         finally:
-            self._journal, self._new_refs, self._popped = None, set(), {}
+            self._journal, self._new_refs, self._popped, self._pending_saved = None, set(), {}, None
+
+    def keep_pending(self, ref: Ref, p: PendingDoc | None) -> None:
+        """Inside a savepoint: note what pending document ``p`` (None: ``ref`` not pending yet)
+        was before a bulk update changes it there, for a rollback to restore."""
+        saved = self._pending_saved
+        if saved is not None and ref not in saved:
+            saved[ref] = None if p is None else (p, dict(p.fields), dict(p.keys), dict(p.before_json))
 
     def _keep(self, d: LoadedDoc) -> None:
         """Inside a savepoint: copy a document's state before its first change there."""

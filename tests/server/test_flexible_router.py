@@ -165,6 +165,31 @@ def test_entering_states_come_from_the_router_as_of_the_last_routed_entry(tmp_pa
         db.close()
 
 
+def test_the_routers_states_stay_within_their_byte_limit(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setattr(Router, "FULL_CACHE_BYTES", 3000)
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        session(router, ['owner == "u1"'])
+        for i in range(4):
+            w.create(f"t{i}", {"owner": "u1", "blob": "x" * 400})
+        router.catch_up()
+        for i in range(4, 20):
+            w.create(f"t{i}", {"owner": "u1", "blob": "x" * 400})
+        router.catch_up()
+        assert 0 < router.full_bytes <= 3000 and 0 < len(router.full) < 20
+        assert router.full_bytes == sum(len(b) + len(m) for _, b, m in router.full.values())
+        assert not {(COLL, f'"t{i}"') for i in range(4)} & set(router.full)   # the oldest went first
+        old = (COLL, '"t0"')
+        assert router.states_of([old])[old].state == read_full(db, [old])[old].state  # from the backend
+        w.set("t19", "blob", "y")                               # a smaller state replaces the larger
+        router.catch_up()
+        assert router.full_bytes == sum(len(b) + len(m) for _, b, m in router.full.values())
+    finally:
+        db.close()
+
+
 def reading_session(router: Router, db: Database, queries: list[str]) -> FlexibleSession:
     """A session that can read the log (no connection: its messages stay in its outbox)."""
     s = session(router, queries)

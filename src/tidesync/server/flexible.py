@@ -462,6 +462,8 @@ class Router:
 
     CACHE = 20_000
     FULL_CACHE = 50_000
+    #: ... and at most about this many bytes of them (JSON text), whichever comes first.
+    FULL_CACHE_BYTES = 64 * 1024 * 1024
 
     def __init__(self, backend: Database, views: ViewStore) -> None:
         self.backend = backend
@@ -480,6 +482,7 @@ class Router:
         # of ``processed_to`` (a deleted one is dropped): a document entering a view is sent
         # from here, without reading the backend (see FlexibleSession._apply_decisions).
         self.full: OrderedDict[Ref, tuple[str, str, str]] = OrderedDict()
+        self.full_bytes = 0  # the lengths of the bodies and metas in ``full``
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
         # Waking: sessions that got entries since the last round; one debounced advance for
@@ -817,15 +820,19 @@ class Router:
                     while len(cache) > self.CACHE:
                         cache.popitem(last=False)
                     known = self.full
+                    size = self.full_bytes
                     for ref in touched:
                         got = full.get(ref)
-                        if got is None:
-                            known.pop(ref, None)
-                        else:
+                        old = known.pop(ref, None)
+                        if old is not None:
+                            size -= len(old[1]) + len(old[2])
+                        if got is not None:
                             known[ref] = got
-                            known.move_to_end(ref)
-                    while len(known) > self.FULL_CACHE:
-                        known.popitem(last=False)
+                            size += len(got[1]) + len(got[2])
+                    while known and (len(known) > self.FULL_CACHE or size > self.FULL_CACHE_BYTES):
+                        _, gone = known.popitem(last=False)
+                        size -= len(gone[1]) + len(gone[2])
+                    self.full_bytes = size
                     if len(rows) < upto - self.processed_to:
                         # Entries compacted away under us: every session settles its view again.
                         for s in self.sessions:

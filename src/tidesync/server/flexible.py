@@ -71,7 +71,7 @@ from ..protocol.messages import (
     SubscriptionQuery, SubscriptionState, SubscriptionStatus, ViewAck, ViewPart, ViewUpdate,
 )
 from ..protocol.replica import LogBatch
-from ..query import And, In, Node, Query, TruePredicate, compile_sql, node_from_json, parse_query, to_predicate
+from ..query import And, In, Node, Query, compile_sql, node_from_json, parse_query, to_predicate
 from ..query.ast import Compare, Path, Value
 from .enforcement import Enforcer
 

@@ -43,7 +43,7 @@ from ..core.values import canonical_json, loads_json
 from ..errors import StorageError, UsageError
 from ..protocol.messages import DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
-    Checkpoint, DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult,
+    Checkpoint, DescriptorBatch, LogBatch, SnapshotPage, SnapshotResult,
 )
 
 from .tables import INSERT_DOCUMENT, UPSERT_DOCUMENT

@@ -84,6 +84,11 @@ class _Shared:
 
     def __init__(self) -> None:
         self.head = 0
+        #: The log entries in ``(blind, head]`` were all written by integrations announced
+        #: with the one partition they can concern, recorded in ``touched_at`` (partition ->
+        #: the last seq of such an integration): see :meth:`account` and :meth:`skip_to`.
+        self.blind = 0
+        self.touched_at: dict[str, int] = {}
         #: While sessions are woken for an integration: the canonical partition values its
         #: entries can concern (None: any).
         self.touched: set[str] | None = None
@@ -105,6 +110,29 @@ class _Shared:
         #: Sessions with a later wake-up scheduled (ServerSession.local_commit): a write of
         #: another partition need not visit them.
         self.lazy: set[ServerSession] = set()
+
+    def account(self, partition: str | None, before: int, last: int, applied: int) -> None:
+        """Record what the integration that just moved the head from ``before`` to ``last``
+        can concern: ``partition`` (None: unknown). Its entries are known only when they are
+        exactly the ``applied`` ones right after ``before`` (nothing else, no other process,
+        wrote in between); anything else makes everything up to the head unknown."""
+        if partition is not None and applied > 0 and last - applied == before and last == self.head:
+            self.touched_at[partition] = last
+            return
+        if self.head > self.blind:
+            self.blind = self.head
+            # Entries at or below ``blind`` decide nothing any more.
+            self.touched_at = {p: seq for p, seq in self.touched_at.items() if seq > self.blind}
+
+    def skip_to(self, partition: str, after: int) -> int:
+        """Where a read of the log for ``partition``'s sessions can start instead of
+        ``after``: the head, when every entry after ``after`` is known to concern other
+        partitions (written by their sessions; see :meth:`account`), else ``after``. A lazily
+        woken session of an idle partition (:meth:`ServerSession.local_commit`) then reads
+        nothing instead of filtering every entry written since its last wake-up."""
+        if after >= self.blind and after < self.head and self.touched_at.get(partition, 0) <= after:
+            return self.head
+        return after
 
     def start_ticks(self, session: ServerSession) -> None:
         """Tick ``session`` every second until :meth:`stop_ticks`. One timer for all of
@@ -274,7 +302,7 @@ def _shared(state: ServerState) -> _Shared:
     shared: _Shared | None = getattr(state, "_ts_sync_shared", None)
     if shared is None:
         shared = _Shared()
-        shared.head = state.backend.head_seq()
+        shared.head = shared.blind = state.backend.head_seq()
         state._ts_sync_shared = shared  # type: ignore[attr-defined]
     return shared
 
@@ -831,7 +859,19 @@ class ServerSession:
                     action = dataclasses.replace(action, limit=min(grown, self.MAX_SNAPSHOT_PAGE))
                 todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
             else:
+                if isinstance(action, ReadLog):
+                    action = self._unconcerned_skipped(action)
                 todo[0:0] = await asyncio.to_thread(perform, action, self.reader, self.replicator)
+
+    def _unconcerned_skipped(self, action: ReadLog) -> ReadLog:
+        """``action`` reading from the head when the entries since its ``after`` are known to
+        concern only other partitions (:meth:`_Shared.skip_to`): the same answer (those
+        entries would all be filtered out), without decoding and filtering them. Not for a
+        device at 0 (its first read decides whether it needs a snapshot)."""
+        if self.partition is None or self.flexible is not None or action.after <= 0:
+            return action
+        start = _shared(self.state).skip_to(self._partition_json, action.after)
+        return action if start == action.after else dataclasses.replace(action, after=start)
 
     def _read_now(self, action: ReadLog) -> Any:
         """A small read of the log's tail, made on the event loop when the backend is free.
@@ -845,6 +885,7 @@ class ServerSession:
         """
         if self.flexible is not None:
             return self.flexible.read_inline(action.after, action.limit, action.max_bytes, action.exclude_origin)
+        action = self._unconcerned_skipped(action)
         if _shared(self.state).head - action.after > self.INLINE_READ:
             return None
         with self.state.backend.unless_busy() as free:
@@ -888,12 +929,16 @@ class ServerSession:
         if not (result.applied or compensated):
             return
         shared = _shared(self.state)
-        shared.head = max(shared.head, getattr(result, "last_seq", 0) or 0)
+        before = shared.head
+        last = getattr(result, "last_seq", 0) or 0
+        shared.head = max(before, last)
         # What the new entries can concern: this session's partition (the enforcer let
         # nothing else in), unless a compensating transaction restored other documents.
         first: set[ServerSession] = set()
         skip: set[ServerSession] = set()
-        if self.partition is not None and self.flexible is None and not compensated:
+        known = self.partition is not None and self.flexible is None and not compensated
+        shared.account(self._partition_json if known else None, before, last, getattr(result, "applied", 0) or 0)
+        if known:
             shared.touched = {self._partition_json}
             # This partition's sessions first; those of other partitions with a later
             # wake-up already scheduled need no visit (see local_commit).

@@ -245,8 +245,11 @@ class Engine:
         self._tracer = tracer
         self._owner = threading.get_ident()
         self._savepoints = 0
-        #: ``synchronous`` is NORMAL, left so by :meth:`unsynced` (restored lazily, see there).
+        #: ``synchronous`` is NORMAL, left so by :meth:`unsynced`, and no such block is open:
+        #: FULL is restored before the next statement outside a transaction (see there).
         self._lowered = False
+        #: ``synchronous`` is NORMAL (inside or after :meth:`unsynced`).
+        self._normal = False
         #: How many :meth:`unsynced` blocks are open.
         self._unsynced_depth = 0
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
@@ -431,20 +434,22 @@ class Engine:
         statement run outside a transaction and outside such a block (the ``BEGIN`` of the next
         :meth:`atomic`, or an autocommit statement): a stream of downloads pays no pragma
         round trips, and every other commit is still durable on return."""
-        if not self._lowered:
+        self._lowered = False
+        if not self._normal:
             self._run("PRAGMA synchronous = NORMAL")
-            self._lowered = True
+            self._normal = True
         self._unsynced_depth += 1
         try:
             yield
         finally:
             self._unsynced_depth -= 1
+            self._lowered = not self._unsynced_depth
 
     def _restore_synchronous(self, conn: sqlite3.Connection) -> None:
         """``synchronous = FULL`` again after :meth:`unsynced`, when a statement is about to
         run outside a transaction and outside an unsynced block (inside a transaction the
         ``BEGIN`` already restored it)."""
-        if self._unsynced_depth or conn.in_transaction:
+        if conn.in_transaction:
             return
         if self._tracer is not None:
             self._tracer("PRAGMA synchronous = FULL", None)
@@ -452,7 +457,7 @@ class Engine:
             conn.execute("PRAGMA synchronous = FULL")
         except self._driver_errors as exc:
             raise _translate(exc, "PRAGMA synchronous = FULL") from exc
-        self._lowered = False
+        self._lowered = self._normal = False
 
     def sync_wal(self) -> None:
         """Flush the WAL file to stable storage: every transaction committed so far, including

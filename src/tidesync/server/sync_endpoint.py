@@ -45,7 +45,7 @@ from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, ViewAck
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from ..store.database import _gc_paused
-from .enforcement import Enforcer, SessionReplica, query_compiler, user_context
+from .enforcement import Enforcer, SessionReplica, _lock_for, query_compiler, user_context
 
 if TYPE_CHECKING:
     from .app import ServerState
@@ -89,6 +89,9 @@ class _Shared:
         #: the last seq of such an integration): see :meth:`account` and :meth:`skip_to`.
         self.blind = 0
         self.touched_at: dict[str, int] = {}
+        #: How long a small upload's integration takes, commit and fsync included (seconds, a
+        #: moving average; unknown at first): see ServerSession._integrates_inline.
+        self.small_integration = float("inf")
         #: While sessions are woken for an integration: the canonical partition values its
         #: entries can concern (None: any).
         self.touched: set[str] | None = None
@@ -123,6 +126,12 @@ class _Shared:
             self.blind = self.head
             # Entries at or below ``blind`` decide nothing any more.
             self.touched_at = {p: seq for p, seq in self.touched_at.items() if seq > self.blind}
+
+    def note_integration(self, seconds: float) -> None:
+        """Record how long a small upload's integration took (any thread: a lost update of
+        the average is harmless)."""
+        last = self.small_integration
+        self.small_integration = seconds if last == float("inf") else last + (seconds - last) * 0.2
 
     def skip_to(self, partition: str, after: int) -> int:
         """Where a read of the log for ``partition``'s sessions can start instead of
@@ -291,6 +300,9 @@ class _Started:
     #: The other sessions were woken as soon as the integration ended (see _announce_early).
     announced: bool = False
     error: BaseException | None = None
+    #: An integration made on the event loop (ServerSession._integrate_inline): its result,
+    #: until the receive hook has queued the rest for run() and wakes the other sessions.
+    inline: Any = None
 
 
 def _user_key(user: Any) -> tuple[Any, Any, Any]:
@@ -323,6 +335,11 @@ class ServerSession:
 
     #: Reads of at most this many log entries may run on the event loop (see _read_now).
     INLINE_READ = 64
+    #: An upload of at most this many operations may be integrated on the event loop when the
+    #: backend is free and such integrations take less than INLINE_BELOW seconds (see
+    #: _integrates_inline).
+    INLINE_INTEGRATION = 32
+    INLINE_BELOW = 0.001
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
     #: About how many seconds after which a session is woken for entries of other partitions
@@ -683,6 +700,13 @@ class ServerSession:
         payloads = self.link.data_to_send()
         if payloads or actions or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, actions, events)))
+        started = actions[0] if actions else None
+        if isinstance(started, _Started) and started.inline is not None:
+            # Integrated here: the other sessions are woken now, after run() has the rest
+            # queued (so this session's own wake-up comes after its Integrate and its Ack,
+            # as when the integration ends in a worker thread).
+            out, started.inline = started.inline, None
+            self._announce_early(started, out)
         return True
 
     def _start_integration(self, actions: list[Any]) -> list[Any]:
@@ -693,9 +717,27 @@ class ServerSession:
         action = actions[0]
         loop = asyncio.get_running_loop()
         started = _Started(action)
+        small = self._small(action)
+        shared = _shared(self.state)
+        if small and self._integrates_inline():
+            started.future = done = loop.create_future()
+            begun = time.perf_counter()
+            try:
+                out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
+            except Exception as exc:  # noqa: BLE001 - raised in _integrate, as from a worker thread
+                done.set_exception(exc)
+                done.add_done_callback(lambda f: f.cancelled() or f.exception())
+            else:
+                shared.note_integration(time.perf_counter() - begun)
+                done.set_result(out)
+                started.inline = out
+            return [started, *actions[1:]]
 
         def integrate() -> Any:
+            begun = time.perf_counter()
             out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
+            if small:
+                shared.note_integration(time.perf_counter() - begun)
             # Scheduled before the future's own completion callback (FIFO): the sessions are
             # woken in the first loop iteration after the commit, not when run() resumes.
             try:
@@ -708,6 +750,35 @@ class ServerSession:
         # Retrieved by _integrate; if the session ends before that, not an unretrieved error.
         future.add_done_callback(lambda f: f.cancelled() or f.exception())
         return [started, *actions[1:]]
+
+    def _small(self, action: Integrate) -> bool:
+        """Whether ``action`` holds at most :attr:`INLINE_INTEGRATION` operations."""
+        budget = self.INLINE_INTEGRATION
+        for t in action.txns:
+            budget -= len(t.ops)
+            if budget < 0:
+                return False
+        return True
+
+    def _integrates_inline(self) -> bool:
+        """Whether a small upload is integrated on the event loop instead of in a worker
+        thread: when such integrations, commit included, take less than :attr:`INLINE_BELOW`
+        (a moving average: the commit's fsync is cheap here, e.g. files on tmpfs or a disk
+        with a battery-backed cache) and no other storage call is under way. Two thread
+        hand-offs (to the worker, and back for the wake-up of the other sessions) are then
+        saved on the path of every small write to the devices that receive it, for a stall of
+        the loop shorter than they cost. On a disk whose fsync takes milliseconds, the
+        integration stays in a worker thread, so a slow disk never stalls the loop; a busy
+        backend (another integration, a snapshot page) too, so the loop never waits behind
+        another call."""
+        if not _shared(self.state).small_integration < self.INLINE_BELOW:
+            return False
+        check = _lock_for(self.state.backend)
+        if not check.acquire(blocking=False):
+            return False
+        check.release()
+        with self.state.backend.unless_busy() as free:
+            return bool(free)
 
     def _announce_early(self, started: _Started, out: Any) -> None:
         """Wake the other sessions for an integration that just ended in a worker thread,

@@ -89,9 +89,6 @@ class _Shared:
         #: the last seq of such an integration): see :meth:`account` and :meth:`skip_to`.
         self.blind = 0
         self.touched_at: dict[str, int] = {}
-        #: How long a small upload's integration takes, commit and fsync included (seconds, a
-        #: moving average; unknown at first): see ServerSession._integrates_inline.
-        self.small_integration = float("inf")
         #: While sessions are woken for an integration: the canonical partition values its
         #: entries can concern (None: any).
         self.touched: set[str] | None = None
@@ -126,12 +123,6 @@ class _Shared:
             self.blind = self.head
             # Entries at or below ``blind`` decide nothing any more.
             self.touched_at = {p: seq for p, seq in self.touched_at.items() if seq > self.blind}
-
-    def note_integration(self, seconds: float) -> None:
-        """Record how long a small upload's integration took (any thread: a lost update of
-        the average is harmless)."""
-        last = self.small_integration
-        self.small_integration = seconds if last == float("inf") else last + (seconds - last) * 0.2
 
     def skip_to(self, partition: str, after: int) -> int:
         """Where a read of the log for ``partition``'s sessions can start instead of
@@ -336,10 +327,10 @@ class ServerSession:
     #: Reads of at most this many log entries may run on the event loop (see _read_now).
     INLINE_READ = 64
     #: An upload of at most this many operations may be integrated on the event loop when the
-    #: backend is free and such integrations take less than INLINE_BELOW seconds (see
+    #: backend is free and its commits take less than INLINE_BELOW seconds on average (see
     #: _integrates_inline).
     INLINE_INTEGRATION = 32
-    INLINE_BELOW = 0.001
+    INLINE_BELOW = 0.0005
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
     #: About how many seconds after which a session is woken for entries of other partitions
@@ -717,27 +708,20 @@ class ServerSession:
         action = actions[0]
         loop = asyncio.get_running_loop()
         started = _Started(action)
-        small = self._small(action)
-        shared = _shared(self.state)
-        if small and self._integrates_inline():
+        if self._small(action) and self._integrates_inline():
             started.future = done = loop.create_future()
-            begun = time.perf_counter()
             try:
                 out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
             except Exception as exc:  # noqa: BLE001 - raised in _integrate, as from a worker thread
                 done.set_exception(exc)
                 done.add_done_callback(lambda f: f.cancelled() or f.exception())
             else:
-                shared.note_integration(time.perf_counter() - begun)
                 done.set_result(out)
                 started.inline = out
             return [started, *actions[1:]]
 
         def integrate() -> Any:
-            begun = time.perf_counter()
             out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
-            if small:
-                shared.note_integration(time.perf_counter() - begun)
             # Scheduled before the future's own completion callback (FIFO): the sessions are
             # woken in the first loop iteration after the commit, not when run() resumes.
             try:
@@ -762,16 +746,16 @@ class ServerSession:
 
     def _integrates_inline(self) -> bool:
         """Whether a small upload is integrated on the event loop instead of in a worker
-        thread: when such integrations, commit included, take less than :attr:`INLINE_BELOW`
-        (a moving average: the commit's fsync is cheap here, e.g. files on tmpfs or a disk
-        with a battery-backed cache) and no other storage call is under way. Two thread
-        hand-offs (to the worker, and back for the wake-up of the other sessions) are then
-        saved on the path of every small write to the devices that receive it, for a stall of
-        the loop shorter than they cost. On a disk whose fsync takes milliseconds, the
+        thread: when the backend's commits take less than :attr:`INLINE_BELOW` (a moving
+        average, fsync included: it is cheap here, e.g. files on tmpfs or a disk with a
+        battery-backed cache) and no other storage call is under way. Two thread hand-offs
+        (to the worker, and back for the wake-up of the other sessions) are then saved on the
+        path of every small write to the devices that receive it, for a stall of the loop
+        shorter than they cost. On a disk whose fsync takes a millisecond or more, the
         integration stays in a worker thread, so a slow disk never stalls the loop; a busy
         backend (another integration, a snapshot page) too, so the loop never waits behind
         another call."""
-        if not _shared(self.state).small_integration < self.INLINE_BELOW:
+        if not self.state.backend._engine.commit_seconds < self.INLINE_BELOW:
             return False
         check = _lock_for(self.state.backend)
         if not check.acquire(blocking=False):

@@ -34,6 +34,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -252,6 +253,8 @@ class Engine:
         self._normal = False
         #: How many :meth:`unsynced` blocks are open.
         self._unsynced_depth = 0
+        #: A moving average of how long an outermost ``COMMIT`` took (seconds; fsync included).
+        self.commit_seconds = float("inf")
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
         self._driver: ModuleType = sqlite3 if raw_key is None else _load_sqlcipher()
         self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning)
@@ -403,11 +406,14 @@ class Engine:
             except BaseException:
                 self._rollback("ROLLBACK")
                 raise
+            begun = time.perf_counter()
             try:
                 self._run("COMMIT")
             except BaseException:
                 self._rollback("ROLLBACK")
                 raise
+            took, last = time.perf_counter() - begun, self.commit_seconds
+            self.commit_seconds = took if last == math.inf else last + (took - last) * 0.2
             return
         self._savepoints += 1
         name = f"tidesync_sp{self._savepoints}"

@@ -17,7 +17,10 @@ events and actions, never inside the protocol:
 * after each integration the other sessions are woken (fan-out).
 
 Storage calls run in a worker thread (``asyncio.to_thread``) so a slow disk never stalls the
-event loop; the backend serializes them.
+event loop; the backend serializes them. Two exceptions, made only while the backend is free:
+small reads of the log's tail (``_read_now``), and the integration of a small upload when the
+backend's commits are quick (``_integrates_inline``: fsync nearly free, e.g. tmpfs), where the
+two thread hand-offs would cost more than the call.
 """
 
 from __future__ import annotations
@@ -291,7 +294,7 @@ class _Started:
     #: The other sessions were woken as soon as the integration ended (see _announce_early).
     announced: bool = False
     error: BaseException | None = None
-    #: An integration made on the event loop (ServerSession._integrate_inline): its result,
+    #: An integration made on the event loop (ServerSession._integrates_inline): its result,
     #: until the receive hook has queued the rest for run() and wakes the other sessions.
     inline: Any = None
 
@@ -766,7 +769,8 @@ class ServerSession:
 
     def _announce_early(self, started: _Started, out: Any) -> None:
         """Wake the other sessions for an integration that just ended in a worker thread,
-        from the event loop's callback, one loop iteration before run() resumes. A batch with
+        from the event loop's callback, one loop iteration before run() resumes (or on the
+        loop itself, from the receive hook). A batch with
         refused writes (a CompensatingWrite to send first) is left to :meth:`_integrate`."""
         result, refused, _ = out
         if refused:

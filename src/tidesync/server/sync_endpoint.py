@@ -19,8 +19,8 @@ events and actions, never inside the protocol:
 Storage calls run in a worker thread (``asyncio.to_thread``) so a slow disk never stalls the
 event loop; the backend serializes them. Two exceptions, made only while the backend is free:
 small reads of the log's tail (``_read_now``), and the integration of a small upload when the
-backend's commits are quick (``_integrates_inline``: fsync nearly free, e.g. tmpfs), where the
-two thread hand-offs would cost more than the call.
+backend's commits are quick (``_integrates_inline``: a few milliseconds at most, fsync
+included), where the two thread hand-offs cost about as much as the call.
 """
 
 from __future__ import annotations
@@ -333,7 +333,7 @@ class ServerSession:
     #: backend is free and its commits take less than INLINE_BELOW seconds on average (see
     #: _integrates_inline).
     INLINE_INTEGRATION = 32
-    INLINE_BELOW = 0.0005
+    INLINE_BELOW = 0.003
     #: Documents per snapshot page once a bootstrap is under way (see _execute).
     MAX_SNAPSHOT_PAGE = 5000
     #: About how many seconds after which a session is woken for entries of other partitions
@@ -750,14 +750,14 @@ class ServerSession:
     def _integrates_inline(self) -> bool:
         """Whether a small upload is integrated on the event loop instead of in a worker
         thread: when the backend's commits take less than :attr:`INLINE_BELOW` (a moving
-        average, fsync included: it is cheap here, e.g. files on tmpfs or a disk with a
-        battery-backed cache) and no other storage call is under way. Two thread hand-offs
-        (to the worker, and back for the wake-up of the other sessions) are then saved on the
-        path of every small write to the devices that receive it, for a stall of the loop
-        shorter than they cost. On a disk whose fsync takes a millisecond or more, the
-        integration stays in a worker thread, so a slow disk never stalls the loop; a busy
-        backend (another integration, a snapshot page) too, so the loop never waits behind
-        another call."""
+        average, fsync included: about 0.1 ms on tmpfs, 1 ms on a quiet SSD) and no other
+        storage call is under way. Two thread hand-offs (to the worker, and back for the
+        wake-up of the other sessions) are then saved on the path of every small write to
+        the devices that receive it, and the executor's machinery; the loop waits for that
+        one commit meanwhile. When commits get slower (a busy or slow disk), integrations go
+        back to worker threads, so a slow disk does not stall the loop; a busy backend
+        (another integration, a snapshot page) too, so the loop never waits behind another
+        call."""
         if not self.state.backend._engine.commit_seconds < self.INLINE_BELOW:
             return False
         check = _lock_for(self.state.backend)

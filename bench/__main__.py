@@ -8,6 +8,7 @@
     python -m bench --only write,query --no-write
     python -m bench sync ...        # the sync suite (issue 3): see bench/sync_bench.py
     python -m bench flexible ...    # the flexible-sync suite (issue 5): see bench/flexible_bench.py
+    python -m bench.partition_load  # server CPU of idle other-partition connections (propagation)
 
 Each case runs in its own subprocess (``python -m bench.local CASE ARGS``); its figures come
 back as JSON. The 1,000,000-document file is built once per run in bench/.work/.

@@ -64,3 +64,63 @@ def test_a_refused_download_rolls_back_and_restores_full_sync(tmp_path):
         assert b.get(Technician, "t1") is None  # the whole batch rolled back
         assert b.checkpoint(a.replica_id).received == 0
         assert _synchronous(b) == 2
+
+
+def _traced(db: tidesync.Database) -> list[str]:
+    seen: list[str] = []
+    db._engine._tracer = lambda sql, params: seen.append(sql)
+    return seen
+
+
+def test_downloads_in_a_row_toggle_synchronous_once_and_a_local_write_is_full_again(tmp_path):
+    with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[WorkOrder, Technician]) as b:
+        since = 0
+        for i in range(3):
+            with a.write():
+                a.create(Technician, _id=f"t{i}", name="from a")
+        seen = _traced(b)
+        for t in a.export_transactions(since=since):
+            b._integrate_download([t], a.replica_id, a.last_seq)
+        b._record_sync_checkpoint(a.replica_id, a.last_seq, None)
+        pragmas = [s for s in seen if s.startswith("PRAGMA synchronous")]
+        assert pragmas == ["PRAGMA synchronous = NORMAL"]  # lowered once, kept for the next downloads
+        assert seen.count("COMMIT") == 4
+        seen.clear()
+        with b.write():
+            # Inside the write's transaction: FULL, set back before its BEGIN.
+            assert b._engine.query("PRAGMA synchronous") == [(2,)]
+            b.create(Technician, _id="local", name="from b")
+        assert seen.index("PRAGMA synchronous = FULL") < seen.index("BEGIN IMMEDIATE")
+        b._engine._tracer = None
+        assert [b.get(Technician, f"t{i}").name for i in range(3)] == ["from a"] * 3
+
+
+def test_an_autocommit_statement_after_a_download_runs_with_full_sync(tmp_path):
+    with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[WorkOrder, Technician]) as b:
+        with a.write():
+            a.create(Technician, _id="t1", name="from a")
+        b._integrate_download(a.export_transactions(since=0), a.replica_id, 1)
+        seen = _traced(b)
+        with b._lock:
+            b._engine.run("INSERT INTO settings (key, value) VALUES ('probe', '1')")
+        assert seen == ["PRAGMA synchronous = FULL", "INSERT INTO settings (key, value) VALUES ('probe', '1')"]
+        b._engine._tracer = None
+
+
+def test_a_write_after_a_refused_download_is_full_again(tmp_path):
+    with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[WorkOrder, Technician]) as b:
+        with a.write():
+            a.create(Technician, _id="t1", name="from a")
+        with a.write():
+            a.create(Technician, _id="t2", name="from a")
+        good, second = a.export_transactions(since=0)
+        create = second.ops[0]
+        broken = dataclasses.replace(second, ops=(dataclasses.replace(create, fields={**create.fields, "_id": "t3"}),))
+        with pytest.raises(MergeError):
+            b._integrate_download([good, broken], a.replica_id, 2)
+        with b.write():
+            assert b._engine.query("PRAGMA synchronous") == [(2,)]
+            b.create(Technician, _id="local", name="from b")

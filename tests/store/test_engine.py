@@ -377,3 +377,17 @@ def test_an_sqlite_older_than_3_38_is_refused_with_a_clear_error(tmp_path, monke
     with pytest.raises(StorageError, match=r"needs SQLite 3\.38\.0 or later.*uses SQLite 3\.37\.2"):
         tidesync.open(tmp_path / "old.db")
     assert not (tmp_path / "old.db").exists()  # nothing created
+
+
+def test_commit_seconds_is_a_moving_average_of_the_commits(tmp_path):
+    with Engine(tmp_path / "x.db") as engine:
+        engine.execute("CREATE TABLE IF NOT EXISTS t (a)")
+        assert engine.commit_seconds == float("inf")  # no commit through atomic() yet
+        with engine.atomic():
+            engine.execute("INSERT INTO t VALUES (1)")
+        first = engine.commit_seconds
+        assert 0 < first < 60
+        with engine.atomic():
+            with engine.atomic():  # a savepoint: not a commit
+                engine.execute("INSERT INTO t VALUES (2)")
+        assert engine.commit_seconds != first and 0 < engine.commit_seconds < 60

@@ -760,7 +760,7 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
-            self._engine.executemany(UPSERT_DOCUMENT, rows)
+            self._engine.run_rows(UPSERT_DOCUMENT, rows)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:
@@ -1978,9 +1978,9 @@ class Database(ReplicaStore):
             self._logged.append((seq, t.origin, via, data))
             desc_rows.append((t.id, t.origin, t.user, t.stamp,
                               msgpack.packb(t.descriptor(len(data)).to_wire(), use_bin_type=True), seq))
-        self._engine.executemany("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
-                                 log_rows)
-        self._engine.executemany(
+        self._engine.run_rows("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
+                              log_rows)
+        self._engine.run_rows(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq", desc_rows)
         added: dict[str, None] = {}
@@ -1992,8 +1992,8 @@ class Database(ReplicaStore):
             added[t.id] = None
             removed.discard(t.id)
         if removed:
-            self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
-        self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
+            self._engine.run_rows("DELETE FROM heads WHERE id = ?", [(p,) for p in removed])
+        self._engine.run_rows("INSERT OR IGNORE INTO heads (id) VALUES (?)", [(i,) for i in added])
 
     def _load_docs_of_txns(self, txns: Sequence[Transaction],
                            scopes: dict[Ref, str | None] | None = None) -> dict[Ref, Any]:

@@ -18,7 +18,8 @@ has it), so a transaction is on stable storage when ``COMMIT`` (and so ``atomic(
 ``synchronous=NORMAL``, the usual WAL pairing, can lose the last commits on power loss, which
 would break "nothing acknowledged is lost". (A sync session's download is the one exception:
 :meth:`Engine.unsynced` then :meth:`Engine.sync_wal` before it is acknowledged; docs/sync.md,
-"Durability of downloads".)
+"Durability of downloads". ``synchronous`` returns to FULL before the next statement outside
+such a block and outside a transaction, so before any other commit.)
 
 Encryption: with ``encryption_key`` the file is opened with SQLCipher; the 64-byte key is turned
 into SQLCipher's 32-byte raw key with HKDF-SHA256 (:func:`derive_sqlcipher_key`). See
@@ -33,6 +34,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -244,6 +246,15 @@ class Engine:
         self._tracer = tracer
         self._owner = threading.get_ident()
         self._savepoints = 0
+        #: ``synchronous`` is NORMAL, left so by :meth:`unsynced`, and no such block is open:
+        #: FULL is restored before the next statement outside a transaction (see there).
+        self._lowered = False
+        #: ``synchronous`` is NORMAL (inside or after :meth:`unsynced`).
+        self._normal = False
+        #: How many :meth:`unsynced` blocks are open.
+        self._unsynced_depth = 0
+        #: A moving average of how long an outermost ``COMMIT`` took (seconds; fsync included).
+        self.commit_seconds = float("inf")
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
         self._driver: ModuleType = sqlite3 if raw_key is None else _load_sqlcipher()
         self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning)
@@ -347,13 +358,25 @@ class Engine:
         if self._tracer is not None:
             seq_of_params = self._traced_params(sql, seq_of_params)
         conn = self._open_connection()
+        if self._lowered:
+            self._restore_synchronous(conn)
         with self._translated(sql):
             return Cursor(conn.executemany(sql, seq_of_params), self, sql)
+
+    def run_rows(self, sql: str, rows: Sequence[Params]) -> None:
+        """:meth:`executemany` whose cursor is not wanted; a single row runs as :meth:`run`
+        (no iterator, no cursor: the usual case of a small sync download)."""
+        if len(rows) == 1:
+            self._run(sql, rows[0])
+        elif rows:
+            self.executemany(sql, rows)
 
     def query(self, sql: str, params: Params = ()) -> list[Row]:
         """Run one statement and return all its rows."""
         # The hot path of every read: _run and _translated inlined (no context manager).
         conn = self._open_connection()
+        if self._lowered:
+            self._restore_synchronous(conn)
         if self._tracer is not None:
             self._tracer(sql, params)
         try:
@@ -383,11 +406,14 @@ class Engine:
             except BaseException:
                 self._rollback("ROLLBACK")
                 raise
+            begun = time.perf_counter()
             try:
                 self._run("COMMIT")
             except BaseException:
                 self._rollback("ROLLBACK")
                 raise
+            took, last = time.perf_counter() - begun, self.commit_seconds
+            self.commit_seconds = took if last == math.inf else last + (took - last) * 0.2
             return
         self._savepoints += 1
         name = f"tidesync_sp{self._savepoints}"
@@ -408,12 +434,36 @@ class Engine:
         """Transactions committed inside the block are written to the WAL but not fsync'd
         (``synchronous = NORMAL``): after a power loss they may be rolled back, whole and
         together, never torn. Call :meth:`sync_wal` before anything relies on them being
-        durable. Use it only outside a transaction."""
-        self._run("PRAGMA synchronous = NORMAL")
+        durable. Use it only outside a transaction.
+
+        ``synchronous`` stays NORMAL after the block and is set back to FULL before the next
+        statement run outside a transaction and outside such a block (the ``BEGIN`` of the next
+        :meth:`atomic`, or an autocommit statement): a stream of downloads pays no pragma
+        round trips, and every other commit is still durable on return."""
+        self._lowered = False
+        if not self._normal:
+            self._run("PRAGMA synchronous = NORMAL")
+            self._normal = True
+        self._unsynced_depth += 1
         try:
             yield
         finally:
-            self._run("PRAGMA synchronous = FULL")
+            self._unsynced_depth -= 1
+            self._lowered = not self._unsynced_depth
+
+    def _restore_synchronous(self, conn: sqlite3.Connection) -> None:
+        """``synchronous = FULL`` again after :meth:`unsynced`, when a statement is about to
+        run outside a transaction and outside an unsynced block (inside a transaction the
+        ``BEGIN`` already restored it)."""
+        if conn.in_transaction:
+            return
+        if self._tracer is not None:
+            self._tracer("PRAGMA synchronous = FULL", None)
+        try:
+            conn.execute("PRAGMA synchronous = FULL")
+        except self._driver_errors as exc:
+            raise _translate(exc, "PRAGMA synchronous = FULL") from exc
+        self._lowered = self._normal = False
 
     def sync_wal(self) -> None:
         """Flush the WAL file to stable storage: every transaction committed so far, including
@@ -484,6 +534,8 @@ class Engine:
 
     def _run(self, sql: str, params: Params | None = None, *, trace_as: str | None = None) -> sqlite3.Cursor:
         conn = self._open_connection()
+        if self._lowered:
+            self._restore_synchronous(conn)
         if self._tracer is not None:
             self._tracer(trace_as or sql, params)
         try:

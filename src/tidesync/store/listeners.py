@@ -95,6 +95,10 @@ class _Entry:
     values: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     body: dict[str, Any] | None = None
     removed: bool = False
+    #: Results: the one collection its query reads (None: it follows links into others).
+    collection: str | None = None
+    #: Results: the database's commit generation its last snapshot was taken at (or after).
+    generation: int = 0
 
 
 class ListenerHub:
@@ -110,12 +114,17 @@ class ListenerHub:
         self._data_version = -1
         #: The generation being delivered when it is this database's own commit (else None).
         self._handed_for: int | None = None
+        #: The collections the commit being delivered changed, when it is known to be the one
+        #: commit since the last delivery, a small sync download (else None: any).
+        self._changed: frozenset[str] | None = None
 
     # -- registration ----------------------------------------------------------------------
 
     def add_results(self, results: Results[Any], callback: Callable[..., None],
                     key_paths: Sequence[str] | None) -> ListenerToken:
-        entry = _Entry(callback, tuple(key_paths) if key_paths else None, results=results)
+        entry = _Entry(callback, tuple(key_paths) if key_paths else None, results=results,
+                       collection=results._only_collection())
+        entry.generation = self._db._generation  # read before the snapshot: never too recent
         self._snapshot_results(entry)
         return self._add(entry)
 
@@ -194,8 +203,12 @@ class ListenerHub:
                 # reads, and data_version, not updated here, makes the next poll check again.
                 if self._db.is_closed:
                     return
+                single = generation == seen_generation + 1
                 seen_generation = generation
                 self._handed_for = generation
+                handed = self._db._handed
+                self._changed = (frozenset(ref[0] for ref in handed[1])
+                                 if single and handed is not None and handed[0] == generation else None)
             else:
                 try:
                     with self._db._lock:
@@ -209,6 +222,7 @@ class ListenerHub:
                     continue
                 self._data_version, seen_generation = dv, generation
                 self._handed_for = None  # maybe another connection's commit: read everything
+                self._changed = None
             try:
                 self._deliver()
             except Exception:
@@ -219,10 +233,20 @@ class ListenerHub:
     def _deliver(self) -> None:
         with self._lock:
             entries = list(self._entries)
+        generation, changed = self._handed_for, self._changed
         for entry in entries:
             if entry.removed:
                 continue
             if entry.results is not None:
+                if (changed is not None and generation is not None and entry.collection is not None
+                        and entry.collection not in changed and entry.generation >= generation - 1):
+                    # The one commit since its last snapshot was a download of other
+                    # collections: its query cannot give other rows (another connection's
+                    # commit meanwhile is seen by the next data_version poll).
+                    entry.generation = generation
+                    continue
+                if generation is not None:
+                    entry.generation = generation
                 changes = self._diff_results(entry)
                 if changes is not None and not entry.removed:
                     self._call(entry, entry.results, changes)

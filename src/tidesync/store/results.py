@@ -173,6 +173,14 @@ class Results(Generic[M]):
             self._db._refresh()
             return self._db._engine.query(sql, params)
 
+    def _only_collection(self) -> str | None:
+        """The collection this query reads, when it reads no other (None: a filter or a sort
+        follows links into other collections' documents)."""
+        where, _ = self._where()
+        if "SELECT" in (where + self._order()).upper():  # a subquery: links (conservative)
+            return None
+        return self._cls.__name__
+
     def _snapshot_keys(self) -> list[tuple[str, int]]:
         """(pk, seq) of every match, in order: what listeners diff."""
         return [(r[0], r[1]) for r in self._select("documents.pk, documents.seq")]

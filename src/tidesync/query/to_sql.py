@@ -398,28 +398,23 @@ class _Compiler:
         return test if kind == "str" else f"({test} AND {is_text})"
 
     def count_leaf(self, node: Compare | In | Between) -> _Leaf:
-        def leaf(base: str, path: _JPath, kind: str | None) -> str:
-            size = self.size(base, path, kind)
-            if isinstance(node, Compare):
-                return self.size_test(size, node.op, bound_plain(node.right))
-            if isinstance(node, In):
-                options = bound_plain(node.values)
-                return "(" + " OR ".join(self.size_test(size, "==", o) for o in options) + ")" if options else "0"
-            return (f"({self.size_test(size, '>=', bound_plain(node.low))} AND "
-                    f"{self.size_test(size, '<=', bound_plain(node.high))})")
-        return leaf
+        return self.number_leaf(node, self.size, self.size_test)
 
     def aggregate_leaf(self, node: Compare | In | Between, op: str) -> _Leaf:
+        return self.number_leaf(node, lambda base, path, kind: self.aggregate(base, path, op), self.aggregate_test)
+
+    def number_leaf(self, node: Compare | In | Between, value_of: Callable[[str, _JPath, str | None], str],
+                    test: Callable[[str, str, Any], str]) -> _Leaf:
+        """The leaf of a comparison, IN or BETWEEN on a number the path's value gives
+        (``value_of``: its size or an aggregate), each test made by ``test(value, op, arg)``."""
         def leaf(base: str, path: _JPath, kind: str | None) -> str:
-            value = self.aggregate(base, path, op)
+            value = value_of(base, path, kind)
             if isinstance(node, Compare):
-                return self.aggregate_test(value, node.op, bound_plain(node.right))
+                return test(value, node.op, bound_plain(node.right))
             if isinstance(node, In):
                 options = bound_plain(node.values)
-                return ("(" + " OR ".join(self.aggregate_test(value, "==", o) for o in options) + ")"
-                        if options else "0")
-            return (f"({self.aggregate_test(value, '>=', bound_plain(node.low))} AND "
-                    f"{self.aggregate_test(value, '<=', bound_plain(node.high))})")
+                return "(" + " OR ".join(test(value, "==", o) for o in options) + ")" if options else "0"
+            return f"({test(value, '>=', bound_plain(node.low))} AND {test(value, '<=', bound_plain(node.high))})"
         return leaf
 
     def aggregate(self, base: str, path: _JPath, op: str) -> str:

@@ -558,15 +558,7 @@ class Subscriptions:
             if db.is_closed:
                 return []
             with db._engine.atomic():
-                if update.enter:
-                    db.integrate_snapshot(update.enter, peer=ReplicaId(server or ""), as_of_seq=None)
-                if update.leave:
-                    db.evict_documents(update.leave)
-                db._set_setting(VIEW_SEQ_SETTING, str(update.view_seq))
-        stats = self.stats
-        stats["updates"] += 1
-        stats["docs_received"] += len(update.enter)
-        stats["docs_removed"] += len(update.leave)
+                self._apply_view_part(update, server)
         actions: list[Action] = [Send(ViewAck(update.view_seq))]
         p = update.progress
         if p.total:
@@ -574,12 +566,12 @@ class Subscriptions:
                                           max(p.total_bytes, p.sent_bytes)))
         return actions
 
-
-    def _apply_view_part(self, part: ViewPart, server: str | None) -> None:
-        """A ``Changes``' view part (``changes_view``), inside the transaction that integrates
-        the batch (``Database._integrate_download``'s ``before``): the documents entering and
-        leaving, and its ``view_seq``, commit with the batch and its checkpoint; the batch's
-        ``Ack`` acknowledges it (no ``ViewAck``)."""
+    def _apply_view_part(self, part: ViewPart | ViewUpdate, server: str | None) -> None:
+        """The documents entering and leaving a view and its ``view_seq``, inside the caller's
+        transaction: a ``view_update``'s own, or (a ``Changes``' view part, ``changes_view``)
+        the one that integrates the batch (``Database._integrate_download``'s ``before``), so
+        that they commit with the batch and its checkpoint and the batch's ``Ack``
+        acknowledges them (no ``ViewAck``)."""
         db = self._db
         if part.enter:
             db.integrate_snapshot(part.enter, peer=ReplicaId(server or ""), as_of_seq=None)

@@ -13,14 +13,18 @@ encoded size.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .operations import CreateDoc, Op, creates_from_wire, op_from_stored, op_from_wire, op_to_wire
 from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
 __all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref"]
+
+#: The fields :meth:`Transaction.stored_lazily` leaves unset until first read.
+_LAZY_FIELDS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))
 
 #: Marker in a before-image for a field that did not exist before the transaction.
 MISSING_FIELD: dict[str, int] = {"$missing": 1}
@@ -116,6 +120,33 @@ class Transaction:
     _wire: dict[str, Any] | None = field(default=None, init=False, repr=False, compare=False)
     _packed: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _shapes: tuple[tuple[Any, ...], ...] | None = field(default=None, init=False, repr=False, compare=False)
+    # A transaction made by :meth:`stored_lazily`: how to unpack ``_packed`` on first use.
+    _unpack: Callable[[bytes], Any] | None = field(default=None, init=False, repr=False, compare=False)
+
+    if not TYPE_CHECKING:  # only for the type checker: no attribute is silently Any
+        def __getattr__(self, name: str) -> Any:
+            # Reached only for an unset slot: a field of a transaction from stored_lazily.
+            if name in _LAZY_FIELDS:
+                unpack = object.__getattribute__(self, "_unpack")
+                if unpack is not None:
+                    full = Transaction.from_stored(unpack(self._packed))
+                    for f in _LAZY_FIELDS:
+                        object.__setattr__(self, f, object.__getattribute__(full, f))
+                    return object.__getattribute__(self, name)
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @classmethod
+    def stored_lazily(cls, packed: bytes, unpack: Callable[[bytes], Any]) -> Transaction:
+        """:meth:`from_stored` of ``unpack(packed)`` (a log entry of this replica), unpacked
+        only when one of its fields is first read: a log entry that is only sent on as it
+        is (:meth:`packed`, spliced into a ``Changes`` by the codec) is never decoded. Equal
+        to the transaction :meth:`from_stored` would make."""
+        t = object.__new__(cls)
+        for name in ("_refs", "_wire", "_shapes"):
+            object.__setattr__(t, name, None)
+        object.__setattr__(t, "_packed", packed)
+        object.__setattr__(t, "_unpack", unpack)
+        return t
 
     def refs(self) -> tuple[tuple[str, str], ...]:
         """The document ref (:func:`doc_ref`) of each operation, in operation order; computed

@@ -112,9 +112,16 @@ class _LogRow:
     def txn(self) -> Transaction:
         if self._txn is None:
             assert self._data is not None
-            self._txn = Transaction.from_stored(msgpack.unpackb(self._data, raw=False), self._data)
+            # Unpacked on first use: an entry sent on unfiltered (a device's upload) is only
+            # spliced into its message, never decoded.
+            self._txn = Transaction.stored_lazily(self._data, _unpack_stored)
             self._data = None
         return self._txn
+
+
+def _unpack_stored(data: bytes) -> Any:
+    """A log entry's map, as the log stores it (msgpack of ``Transaction.to_wire``)."""
+    return msgpack.unpackb(data, raw=False)
 
 
 class _LogCache:

@@ -17,6 +17,9 @@ class _Session:
     def local_commit(self) -> None:
         self._woken.append(self.name)
 
+    def own_commit(self) -> None:  # the uploader's wake-up (ServerSession.own_commit)
+        self._woken.append(self.name)
+
 
 def _notify(sessions: list[Any], origin: Any, first: Any = (), skip: Any = frozenset()) -> None:
     ServerState.notify_commit(SimpleNamespace(sessions=set(sessions)), origin, first, skip)  # type: ignore[arg-type]

@@ -105,8 +105,9 @@ class ServerState:
     def notify_commit(self, origin_session: Any = None, first: Iterable[Any] = (),
                       skip: Set[Any] = frozenset()) -> None:
         """Wake every sync session: the server's log grew. The session that uploaded is woken
-        too, so its client's checkpoint moves past its own (filtered-out) transactions and its
-        download can complete.
+        too (``own_commit``: a partition session a few tens of milliseconds later, once for
+        several uploads), so its client's checkpoint moves past its own (filtered-out)
+        transactions and its download can complete.
 
         Order matters for propagation latency, since a woken session may read, encode and send
         right here: ``first`` (the sessions the new entries concern) first, the uploading
@@ -122,7 +123,7 @@ class ServerState:
         for s in rest:
             s.local_commit()
         if origin_session is not None and origin_session in sessions:
-            origin_session.local_commit()
+            origin_session.own_commit()
 
     def close(self) -> None:
         if self.providers.email_password is not None:

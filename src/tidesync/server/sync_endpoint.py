@@ -408,6 +408,9 @@ class ServerSession:
     #: About how many seconds after which a session is woken for entries of other partitions
     #: (local_commit).
     LAZY_COMMIT = 1.0
+    #: Seconds after which the uploading session is woken for the entries of its own upload
+    #: (own_commit): one checkpoint-only ``Changes`` for all its uploads meanwhile.
+    ECHO_DELAY = 0.05
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
@@ -437,6 +440,8 @@ class ServerSession:
         self._closing = False
         self._snapshot_pages = 0
         self._lazy_commit = False
+        #: The wake-up scheduled by local_commit or own_commit, while _lazy_commit.
+        self._lazy_timer: asyncio.TimerHandle | None = None
         self._auth_checked_at = time.monotonic()
         self.flexible: Any = None  # flexible sync (server/flexible.py), set by a flexible Hello
 
@@ -456,10 +461,39 @@ class ServerSession:
             if not self._stream_now():
                 self._inbox.put_nowait(("commit", None))
         elif not self._lazy_commit:
-            self._lazy_commit = True
-            _shared(self.state).lazy.add(self)
             # Spread over the interval: no burst of every idle session at once.
-            asyncio.get_running_loop().call_later(self.LAZY_COMMIT * (0.5 + random.random()), self._commit_later)
+            self._wake_later(self.LAZY_COMMIT * (0.5 + random.random()))
+
+    def own_commit(self) -> None:
+        """The log grew by this session's own upload, just integrated (called on the event
+        loop after the other sessions were woken: ``ServerState.notify_commit``).
+
+        A partition session's peer gets nothing from those entries but a checkpoint past them
+        (its own transactions are filtered out): a ``Changes`` with no transaction, answered by
+        an ``Ack``. Sent at once for every upload, that round trip reached the device while its
+        change propagated to the others (one more message to handle on each side), so it is sent
+        :data:`ECHO_DELAY` later instead, once for all the uploads meanwhile. The upload's own
+        ``Ack`` is not delayed; a later write that concerns the peer wakes the session at once
+        (:meth:`local_commit`), checkpoint included. Immediate as before for a compensated
+        upload (the restored documents must reach the device), a flexible session, and
+        development mode without a partition (``_Shared.touched`` is None then)."""
+        shared = _shared(self.state)
+        if (self.flexible is not None or self.partition is None or shared.touched is None
+                or self._partition_json not in shared.touched):
+            self.local_commit()
+            return
+        timer = self._lazy_timer
+        if self._lazy_commit and timer is not None:
+            if timer.when() <= asyncio.get_running_loop().time() + self.ECHO_DELAY:
+                return  # a wake-up at least as soon is already scheduled
+            timer.cancel()  # a lazy one, up to a second away: sooner
+            self._lazy_commit = False
+        self._wake_later(self.ECHO_DELAY)
+
+    def _wake_later(self, delay: float) -> None:
+        self._lazy_commit = True
+        _shared(self.state).lazy.add(self)
+        self._lazy_timer = asyncio.get_running_loop().call_later(delay, self._commit_later)
 
     def concerned(self) -> bool:
         """Whether the entries of the integration being announced (``_Shared.touched``) can
@@ -472,6 +506,7 @@ class ServerSession:
 
     def _commit_later(self) -> None:
         self._lazy_commit = False
+        self._lazy_timer = None
         _shared(self.state).lazy.discard(self)
         if not self._stream_now():
             self._inbox.put_nowait(("commit", None))

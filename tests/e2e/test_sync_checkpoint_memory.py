@@ -8,21 +8,14 @@ busy); a device whose stored values lag (a power loss rolled them back) syncs co
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pytest
 
+from tests.helpers.waiting import eventually
 from tests.helpers.servers import running_server, synced_db
 from tests.models import WorkOrder
 
 T = 20
-
-
-def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + T
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 def _local_head(db) -> int:
@@ -63,14 +56,14 @@ def test_acks_and_empty_downloads_cost_no_transaction_and_are_stored_at_the_end(
             assert "from b" in {w.title for w in a.objects(WorkOrder)}
 
             a.sync_session.pause()  # the connection ends: what was kept in memory is stored
-            _wait_until(lambda: a.sync_session.connection_state == "disconnected", "a disconnects")
-            _wait_until(lambda: a.sync_session._unstored_acked is None, "the checkpoint is stored")
+            eventually(lambda: a.sync_session.connection_state == "disconnected", what="a disconnects")
+            eventually(lambda: a.sync_session._unstored_acked is None, what="the checkpoint is stored")
             cp = a.checkpoint(server_id)
             assert cp.acked == _local_head(a)
             assert cp.received == a.sync_session._received
 
             a.sync_session.resume()  # and when the database is closed
-            _wait_until(lambda: a.sync_session.connection_state == "connected", "a reconnects")
+            eventually(lambda: a.sync_session.connection_state == "connected", what="a reconnects")
             with a.write():
                 a.create(WorkOrder, title="last")
             a.sync_session.wait_for_upload_completion(timeout=T)
@@ -97,7 +90,7 @@ def test_a_busy_session_stores_its_checkpoint_within_the_delay(tmp_path, monkeyp
             with a.write():
                 a.create(WorkOrder, title="one more")
             a.sync_session.wait_for_upload_completion(timeout=T)
-            _wait_until(lambda: a.checkpoint(server_id).acked >= _local_head(a), "acked stored")
+            eventually(lambda: a.checkpoint(server_id).acked >= _local_head(a), what="acked stored")
             assert a.sync_session.connection_state == "connected"
         finally:
             a.close()

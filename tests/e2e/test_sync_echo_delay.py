@@ -5,21 +5,14 @@ other devices get the changes at once, and its device's checkpoint still reaches
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
+from tests.helpers.waiting import eventually
 from tests.helpers.servers import running_server, synced_db
 from tests.models import Technician
 
 T = 20
-
-
-def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + T
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -34,16 +27,16 @@ def test_the_uploaders_checkpoint_moves_with_the_next_write_that_concerns_it(tmp
                 with a.write():
                     a.create(Technician, _id=f"a{i}", name="a")
                 a.sync_session.wait_for_upload_completion(timeout=T)  # the Ack is not delayed
-            _wait_until(lambda: b.get(Technician, "a2") is not None, "b gets a's documents")
+            eventually(lambda: b.get(Technician, "a2") is not None, what="b gets a's documents")
             head = backend.head_seq()
-            _wait_until(lambda: b.sync_session._received >= head, "b's checkpoint reaches the head")
+            eventually(lambda: b.sync_session._received >= head, what="b's checkpoint reaches the head")
             assert a.sync_session._received < head  # its echo waits (600 s here)
             with b.write():
                 b.create(Technician, _id="b0", name="b")
             b.sync_session.wait_for_upload_completion(timeout=T)
-            _wait_until(lambda: a.get(Technician, "b0") is not None, "a gets b's document")
+            eventually(lambda: a.get(Technician, "b0") is not None, what="a gets b's document")
             head = backend.head_seq()
-            _wait_until(lambda: a.sync_session._received >= head, "a's checkpoint passes its own entries")
+            eventually(lambda: a.sync_session._received >= head, what="a's checkpoint passes its own entries")
             assert sorted(t._id for t in a.objects(Technician)) == ["a0", "a1", "a2", "b0"]
             assert sorted(t._id for t in b.objects(Technician)) == ["a0", "a1", "a2", "b0"]
         finally:
@@ -63,7 +56,7 @@ def test_the_uploaders_download_completes_after_its_own_writes(tmp_path):
             a.sync_session.wait_for_upload_completion(timeout=T)
             a.sync_session.wait_for_download_completion(timeout=T)
             head = backend.head_seq()
-            _wait_until(lambda: a.sync_session._received >= head, "a's checkpoint reaches the head")
+            eventually(lambda: a.sync_session._received >= head, what="a's checkpoint reaches the head")
         finally:
             a.close()
 
@@ -85,7 +78,7 @@ def test_a_lazy_wake_up_is_brought_forward_for_the_echo(tmp_path, monkeypatch):
                 a.create(Technician, _id="a0", name="a")
             a.sync_session.wait_for_upload_completion(timeout=T)
             head = backend.head_seq()
-            _wait_until(lambda: a.sync_session._received >= head, "a's checkpoint reaches the head")
+            eventually(lambda: a.sync_session._received >= head, what="a's checkpoint reaches the head")
         finally:
             for db in (a, x):
                 db.close()

@@ -5,21 +5,14 @@ the head, and what is written in its own partition still reaches it."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
+from tests.helpers.waiting import eventually
 from tests.helpers.servers import running_server, synced_db
 from tests.models import Technician
 
 T = 20
-
-
-def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + T
-    while not condition():
-        assert time.monotonic() < deadline, what
-        time.sleep(0.02)
 
 
 @pytest.mark.slow
@@ -52,8 +45,8 @@ def test_an_idle_partition_skips_other_partitions_entries_and_still_gets_its_own
                     a.create(Technician, _id=f"a{i}", name="a")
                 a.sync_session.wait_for_upload_completion(timeout=T)
             head = backend.head_seq()
-            _wait_until(lambda: x.sync_session._received >= head, "x's checkpoint reaches the head")
-            _wait_until(lambda: y.sync_session._received >= head, "y's checkpoint reaches the head")
+            eventually(lambda: x.sync_session._received >= head, what="x's checkpoint reaches the head")
+            eventually(lambda: y.sync_session._received >= head, what="y's checkpoint reaches the head")
             x_reads = [(after, now) for after, now, part in reads if part == "x1" and 0 < after < now]
             assert x_reads == [], "a session of x1 filtered entries of p1 only"
             assert any(part == "x1" and after == now for after, now, part in reads)
@@ -64,9 +57,9 @@ def test_an_idle_partition_skips_other_partitions_entries_and_still_gets_its_own
             with a.write():
                 a.create(Technician, _id="a-last", name="a")
             a.sync_session.wait_for_upload_completion(timeout=T)
-            _wait_until(lambda: x.get(Technician, "y-one") is not None, "x gets y's document")
+            eventually(lambda: x.get(Technician, "y-one") is not None, what="x gets y's document")
             head = backend.head_seq()
-            _wait_until(lambda: x.sync_session._received >= head, "x's checkpoint reaches the head")
+            eventually(lambda: x.sync_session._received >= head, what="x's checkpoint reaches the head")
             assert sorted(t._id for t in x.objects(Technician)) == ["x-first", "y-one"]
             assert sorted(t._id for t in a.objects(Technician)) == ["a-last", *(f"a{i}" for i in range(8))]
         finally:

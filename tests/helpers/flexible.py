@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tidesync
+from tests.helpers.waiting import eventually  # noqa: F401 - the flexible tests import it from here
 
 T = 20
 
@@ -80,13 +80,6 @@ class Device:
         self.db.close()
 
 
-def eventually(predicate: Callable[[], Any], timeout: float = T, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def flexible_sessions(server: Any) -> list[Any]:

@@ -191,7 +191,7 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
 
 
 #: ``[1, "part", ...`` as msgpack: how a part payload begins (the version is a positive fixint).
-_PART_PREFIX = b"\x94" + bytes((PROTOCOL_VERSION,)) + b"\xa4part"
+_PART_PREFIX: bytes = b"\x94" + msgpack.packb(PROTOCOL_VERSION) + msgpack.packb(PART_TAG)
 #: Bytes of a part's envelope around its chunk, at most: prefix, flags, bin32 header.
 _PART_OVERHEAD = len(_PART_PREFIX) + 1 + 5
 

@@ -277,13 +277,12 @@ class Link:
         self._heard = True
         max_size = self.max_message_size
         try:
-            if self._parts is not None or payload[:1] == b"\x94":
-                part = part_of(payload)
-                if part is not None or self._parts is not None:
-                    assembled = self._assemble(part)
-                    if assembled is None:
-                        return
-                    payload, max_size, decoded = assembled, self.max_assembled_size, None
+            part = part_of(payload)
+            if part is not None or self._parts is not None:
+                assembled = self._assemble(part)
+                if assembled is None:
+                    return
+                payload, max_size, decoded = assembled, self.max_assembled_size, None
             if decoded is None:
                 message = decode(payload, max_size=max_size)
             elif isinstance(decoded, Exception):

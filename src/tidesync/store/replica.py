@@ -296,8 +296,7 @@ class ReplicaStore:
             self.__dict__["_ts_seen_data_version"] = version
             if last is None or version == last:
                 return None
-            rows = self._engine.query("SELECT seq FROM sqlite_sequence WHERE name = 'log'")
-            return int(rows[0][0]) if rows else 0
+            return self.head_seq()
         except Exception:  # noqa: BLE001 - closed: the sessions' own reads report it
             return None
         finally:

@@ -48,17 +48,22 @@ def test_listeners_are_woken_before_the_fsync_and_it_returns_after(tmp_path, mon
         assert _synchronous(b) == 2  # FULL again for everything else
 
 
+def _good_and_refused(a):
+    """Two of ``a``'s transactions: one that integrates, then one the merge core refuses (a
+    create whose _id differs from its key)."""
+    with a.write():
+        a.create(Technician, _id="t1", name="from a")
+    with a.write():
+        a.create(Technician, _id="t2", name="from a")
+    good, second = a.export_transactions(since=0)
+    create = second.ops[0]
+    return good, dataclasses.replace(second, ops=(dataclasses.replace(create, fields={**create.fields, "_id": "t3"}),))
+
+
 def test_a_refused_download_rolls_back_and_restores_full_sync(tmp_path):
     with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as a, \
             tidesync.open(tmp_path / "b.db", schema=[WorkOrder, Technician]) as b:
-        with a.write():
-            a.create(Technician, _id="t1", name="from a")
-        with a.write():
-            a.create(Technician, _id="t2", name="from a")
-        good, second = a.export_transactions(since=0)
-        create = second.ops[0]
-        # A create whose _id differs from its key: the merge core refuses it.
-        broken = dataclasses.replace(second, ops=(dataclasses.replace(create, fields={**create.fields, "_id": "t3"}),))
+        good, broken = _good_and_refused(a)
         with pytest.raises(MergeError):
             b._integrate_download([good, broken], a.replica_id, 2)
         assert b.get(Technician, "t1") is None  # the whole batch rolled back
@@ -112,13 +117,7 @@ def test_an_autocommit_statement_after_a_download_runs_with_full_sync(tmp_path):
 def test_a_write_after_a_refused_download_is_full_again(tmp_path):
     with tidesync.open(tmp_path / "a.db", schema=[WorkOrder, Technician]) as a, \
             tidesync.open(tmp_path / "b.db", schema=[WorkOrder, Technician]) as b:
-        with a.write():
-            a.create(Technician, _id="t1", name="from a")
-        with a.write():
-            a.create(Technician, _id="t2", name="from a")
-        good, second = a.export_transactions(since=0)
-        create = second.ops[0]
-        broken = dataclasses.replace(second, ops=(dataclasses.replace(create, fields={**create.fields, "_id": "t3"}),))
+        good, broken = _good_and_refused(a)
         with pytest.raises(MergeError):
             b._integrate_download([good, broken], a.replica_id, 2)
         with b.write():

@@ -29,7 +29,6 @@ def test_the_tour_has_every_part():
 
 @pytest.mark.slow
 def test_the_tour_runs_as_written(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("sqlcipher3")
     monkeypatch.chdir(tmp_path)
     with running_server(tmp_path / "server") as server:
         namespace: dict[str, object] = {"__name__": "readme_tour"}

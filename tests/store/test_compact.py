@@ -24,8 +24,6 @@ def fill_and_delete(db, n=3000):
 
 @pytest.mark.parametrize("key", [None, KEY], ids=["plain", "encrypted"])
 def test_compact_shrinks_the_file_and_keeps_the_data(tmp_path, key):
-    if key is not None:
-        pytest.importorskip("sqlcipher3")
     path = tmp_path / "d.db"
     with tidesync.open(path, schema=[Technician], encryption_key=key) as db:
         fill_and_delete(db)

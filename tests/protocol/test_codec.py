@@ -234,7 +234,8 @@ def test_constructors_validate() -> None:
             ('{"x":NaN}', "{}"), ('{"x":Infinity}', "{}"), ("{}", '{"x":-Infinity}'),
             ('{"x":1e999}', "{}"), ('{"x":18446744073709551615}', "{}"),
             ('{"x":' + "[" * 70 + "]" * 70 + "}", "{}"), ('{"x":' + "[" * 5000 + "]" * 5000 + "}", "{}"),
-            ('{"x":1} trailing', "{}")]],
+            ('{"x":1} trailing', "{}"), ('{"x":1,"x":2}', "{}"), ('{"x":{"y":1,"y":1}}', "{}"),
+            ("{}", '{"x":"' + "0" * 34 + '","x":"' + "0" * 34 + '"}')]],
         (raw("snapshot", {"page": 0, "docs": [["c", "k", "x", True, "{}", "{}"]], "as_of_seq": 1, "done": True}),
          "malformed_message"),
         (raw("snapshot", {"page": 0, "docs": [["c", "k", "", 1, "{}", "{}"]], "as_of_seq": 1, "done": True}),
@@ -326,7 +327,8 @@ _GOOD_JSON_DOC = ["c", "good", "", True, '{"n":1}', _FRESH_META]
     ["c", "k", "", True, body, _FRESH_META] for body in [
         "{", "[]", "1", "null", {}, None, '{"x":NaN}', '{"x":Infinity}', '{"x":1e999}',
         '{"x":18446744073709551615}', '{"x":' + "[" * 70 + "]" * 70 + "}",
-        '{"x":' + "[" * 5000 + "]" * 5000 + "}", '{"x":1} trailing']
+        '{"x":' + "[" * 5000 + "]" * 5000 + "}", '{"x":1} trailing', '{"x":1,"x":2}', '{"x":1, "x":1}',
+        '{"x":"\\":","x":1}', '{"x":{"y":1,"y":2}}', '{"x":[{"y":1,"y":2}]}']
 ] + [
     ["c", "k", "x", True, "{}", _FRESH_META], ["c", "k", "", 1, "{}", _FRESH_META],
     ["", "k", "", True, "{}", _FRESH_META], [1, "k", "", True, "{}", _FRESH_META],
@@ -527,6 +529,10 @@ def test_a_page_of_common_json_text_documents_is_checked_as_columns_with_the_sam
     ['{"a":1},{"b":2}', '{"c":3}'], ['{"a":1}', ""], ['{"a":1}', " "], ['{"a":1} {"b":1}'],
     ['{"a":1}', '{"b":NaN}'], ['{"a":"]"}'], ['{"a":"["}', '{"b":1}'], ['{"a":1}', '{"b":"x"} '],
     ['{"a":1}', '{"b":"\\u005d,\\u005b"}'], ['{"a":"', '"}'],
+    # a key twice (each text alone is refused too); with a backslash, spacing, nesting, and a
+    # value holding the '":' that ends a key
+    ['{"a":1,"a":2}'], ['{"a":1}', '{"b":1,"b":1}'], ['{"a":1 ,"a":2}'], ['{"a":"\\"","a":2}'],
+    ['{"a":{"b":1,"b":2}}'], ['{"a":"x\\":y","b":1}'], ['{"a":"x\\":y","a":1}'], ['{"a":1,"b":{"a":1}}'],
 ])
 def test_page_bodies_parsed_together_give_what_each_alone_gives(bodies: list[str]) -> None:
     from tidesync.core.values import loads_json_strict

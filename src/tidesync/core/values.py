@@ -230,12 +230,27 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a plain value (JSON has no such number; write {{'$float': ...}})")
 
 
-_strict_decoder = json.JSONDecoder(parse_constant=_no_constant)
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # JSON allows a key twice in an object; Python keeps the last value, SQLite's JSON
+    # functions the first, so a stored text with one would read differently in a query than
+    # in the object it returns. Text from a peer must not hold one.
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueError(f"the key {key!r:.80} appears twice in one JSON object")
+            seen.add(key)
+    return value
+
+
+_strict_decoder = json.JSONDecoder(parse_constant=_no_constant, object_pairs_hook=_unique_keys)
 _strict_scan_once = _strict_decoder.scan_once  # type: ignore[attr-defined]  # not in typeshed
 
 
 def loads_json_strict(text: str) -> Any:
-    """``json.loads(text)`` that refuses ``NaN``, ``Infinity`` and ``-Infinity`` (ValueError),
+    """``json.loads(text)`` that refuses ``NaN``, ``Infinity``, ``-Infinity`` and an object
+    holding one key twice (ValueError),
     for JSON text from a peer (fast for text without surrounding whitespace, like
     :func:`loads_json`). The result may still hold ints beyond 64 bits, numbers that overflow
     to infinity or deep nesting: check it (``protocol.messages.check_plain``)."""
@@ -265,15 +280,19 @@ def _finite(text: str) -> float:
 
 
 _checked_scan_once = json.JSONDecoder(parse_constant=_no_constant, parse_int=_int64,  # type: ignore[attr-defined]
-                                      parse_float=_finite).scan_once
+                                      parse_float=_finite, object_pairs_hook=_unique_keys).scan_once
+_checked_any_keys_scan_once = json.JSONDecoder(  # type: ignore[attr-defined]
+    parse_constant=_no_constant, parse_int=_int64, parse_float=_finite).scan_once
 
 
-def loads_json_scalars_checked(text: str) -> Any:
+def loads_json_scalars_checked(text: str, *, unique_keys: bool = True) -> Any:
     """:func:`loads_json_strict` of text without surrounding whitespace (else ValueError) that
     also refuses ints beyond 64 bits and numbers beyond a float (ValueError): only the nesting
-    depth is left to check (``protocol.messages.check_plain``)."""
+    depth is left to check (``protocol.messages.check_plain``). ``unique_keys=False`` leaves
+    a key given twice in an object unchecked (the last value kept), for a caller that checks
+    it another way."""
     try:
-        value, end = _checked_scan_once(text, 0)
+        value, end = (_checked_scan_once if unique_keys else _checked_any_keys_scan_once)(text, 0)
     except StopIteration:
         raise ValueError("not a JSON value") from None
     if end != len(text):

@@ -895,11 +895,22 @@ def _parse_all(texts: Sequence[str]) -> list[Any] | None:
     The only brackets are then those added here, and a string cannot swallow them without
     merging two of the lists (fewer than ``len(texts)``), so exactly ``len(texts)`` lists of one
     value each means each text is exactly that one value. (One call shares the decoder's key
-    memo across the texts: about half the cost of a call per text.)"""
+    memo across the texts: about half the cost of a call per text.)
+
+    A key twice in one object is refused (see :func:`loads_json_strict`). Text without a
+    backslash is parsed without that check first: each ``"`` in it then ends or starts a
+    string, and ``":`` follows exactly the keys written without space before their colon, so
+    as many ``":`` as keys in the parsed top-level objects means no key was given twice (any
+    other count, nested objects included, is parsed again with the check)."""
     joined = "".join(texts)
     if "[" not in joined and "]" not in joined:
+        wrapped = "[[" + "],[".join(texts) + "]]"
+        unchecked = "\\" not in joined
         try:
-            groups = loads_json_scalars_checked("[[" + "],[".join(texts) + "]]")
+            groups = loads_json_scalars_checked(wrapped, unique_keys=not unchecked)
+            if unchecked and type(groups) is list and set(map(type, groups)) == {list} and joined.count('":') != sum(
+                    len(g[0]) for g in groups if len(g) == 1 and type(g[0]) is dict):
+                groups = loads_json_scalars_checked(wrapped)
         except (ValueError, RecursionError):
             return None
         if (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}

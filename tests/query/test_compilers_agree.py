@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from query_harness import SCHEMA, Store
 
 from tidesync.errors import QueryError
-from tidesync.query import (Aggregate, And, Between, Compare, Count, Exists, FalsePredicate, In, Not, Or, Path,
+from tidesync.query import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Not, Or, Path,
                             Quantified, Size, StringOp, TruePredicate, Value)
 
 # -- values ----------------------------------------------------------------------------
@@ -186,6 +186,17 @@ def compare(draw: st.DrawFn) -> Any:
 
 
 @st.composite
+def field_pair(draw: st.DrawFn) -> Any:
+    """Two key paths compared (``price > estimate``): mostly of one family, where the
+    compilers accept them."""
+    left = draw(paths)
+    same = [p for p, k in PATHS.items() if k is not None and PATHS[left] is not None
+            and (k == PATHS[left] or {k, PATHS[left]} <= {"int", "counter", "float", "decimal"})]
+    right = draw(st.sampled_from(same)) if same and draw(st.integers(0, 3)) else draw(paths)
+    return _build(lambda: CompareFields(draw(OPS), Path.parse(left), Path.parse(right), draw(st.booleans())))
+
+
+@st.composite
 def count(draw: st.DrawFn) -> Any:
     path = Path.parse(draw(st.sampled_from(SIZE_PATHS)))
     left = draw(st.sampled_from([Count(path), Size(path)]))
@@ -240,6 +251,7 @@ def exists(draw: st.DrawFn) -> Any:
 
 
 leaf_tests = st.one_of(compare(), count(), extreme(), membership(), between(), string_op())
+leaf_nodes = st.one_of(leaf_tests, field_pair())
 
 
 @st.composite
@@ -250,7 +262,7 @@ def quantified(draw: st.DrawFn) -> Any:
     return Quantified(draw(st.sampled_from(["any", "all", "none"])), predicate)
 
 
-leaves = st.one_of(leaf_tests, quantified(), exists(), st.sampled_from([TruePredicate(), FalsePredicate()]))
+leaves = st.one_of(leaf_nodes, quantified(), exists(), st.sampled_from([TruePredicate(), FalsePredicate()]))
 queries = st.one_of(leaves, st.recursive(leaves, lambda inner: st.one_of(
     st.lists(inner, min_size=1, max_size=2).map(lambda xs: And(tuple(xs))),
     st.lists(inner, min_size=1, max_size=2).map(lambda xs: Or(tuple(xs))),
@@ -324,3 +336,32 @@ def test_sql_and_predicate_select_the_same_documents_of_any_shape_without_a_sche
     finally:
         store.db.close()
 
+
+
+_NUMBER_KINDS = {"int", "counter", "float", "decimal"}
+_ORDERED_KINDS = _NUMBER_KINDS | {"str", "datetime", "objectid", "uuid"}
+# Scalar fields of the document and its embedded object (no list, link or dictionary on the way).
+_PAIRABLE = {p: k for p, k in PATHS.items() if k is not None and k != "link" and "." not in p.replace("site.", "")
+             and p not in ("tags", "scores", "labels", "helpers", "visits")}
+
+
+@st.composite
+def valid_field_pair(draw: st.DrawFn) -> CompareFields:
+    left = draw(st.sampled_from(sorted(_PAIRABLE)))
+    kind = _PAIRABLE[left]
+    right = draw(st.sampled_from(sorted(p for p, k in _PAIRABLE.items()
+                                        if k == kind or {k, kind} <= _NUMBER_KINDS)))
+    op = draw(OPS if kind in _ORDERED_KINDS else st.sampled_from(["==", "!="]))
+    return CompareFields(op, Path.parse(left), Path.parse(right), kind == "str" and op in ("==", "!=")
+                         and draw(st.booleans()))
+
+
+@_SETTINGS
+@given(typed_world(), valid_field_pair(), st.booleans())
+def test_two_typed_fields_compare_the_same_in_sql_and_in_python(store: Store, pair: CompareFields,
+                                                                negate: bool) -> None:
+    query = Not(pair) if negate else pair
+    try:
+        assert store.sql(query, "Task", SCHEMA) == store.predicate(query, "Task", SCHEMA)
+    finally:
+        store.db.close()

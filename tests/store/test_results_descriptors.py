@@ -139,3 +139,34 @@ def test_aggregates_on_a_real_file_with_live_results(tmp_path):
         with db.write():
             db.get(Gauge, "b").readings.append(7.0)
         assert [g._id for g in high] == ["c", "b", "a"]
+
+
+def test_results_comparing_two_fields_are_live_and_notify(db):
+    over = db.objects(WorkOrder).filter("cost > priority")   # Decimal against int, by value
+    expected = sorted(w.title for w in db.objects(WorkOrder) if w.cost is not None and w.cost > w.priority)
+    assert expected and sorted(rows(over)) == expected
+    fired = threading.Event()
+    token = over.add_listener(lambda results, changes: fired.set())
+    with db.write():
+        db.create(WorkOrder, title="dear", priority=1, cost=Decimal("9.5"))
+    assert fired.wait(10)
+    assert "dear" in rows(over)
+    token.remove()
+    assert sorted(rows(db.objects(WorkOrder).filter("title ==[c] status"))) == []
+    with db.write():
+        db.create(WorkOrder, title="OPEN", status="open")
+    assert rows(db.objects(WorkOrder).filter("title ==[c] status")) == ["OPEN"]
+    with pytest.raises(tidesync.QueryError, match="different types"):
+        db.objects(WorkOrder).filter("title == priority").first()
+
+
+def test_a_subscription_cannot_compare_two_fields(db):
+    from tidesync.client.subscriptions import _query_of
+    from tidesync.protocol.messages import SubscriptionQuery
+    from tidesync.server.flexible import FlexibleConfig, SubscriptionInvalid, compile_set
+
+    with pytest.raises(tidesync.UsageError, match="cannot compare two fields"):
+        _query_of(db.objects(WorkOrder).filter("status == 'open' AND NOT (cost > priority)"))
+    # A peer that sends one anyway is told why (the server has no schema to type the fields).
+    with pytest.raises(SubscriptionInvalid, match="comparing two fields .* not supported in subscriptions"):
+        compile_set([SubscriptionQuery("q", "WorkOrder", "cost > priority")], FlexibleConfig())

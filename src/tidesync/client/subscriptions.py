@@ -51,14 +51,14 @@ from ..protocol.messages import (
     Message, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewPart, ViewUpdate,
 )
 from ..query import And, Node, Query, TruePredicate, node_from_json, node_to_json, to_rql
-from ..query.ast import Between, Compare, Count, Exists, In, Not, Or, Path, Quantified, StringOp
+from ..query.ast import Between, Compare, CompareFields, Count, Exists, In, Not, Or, Path, Quantified, StringOp
 
 if TYPE_CHECKING:
     from ..store.database import Database
     from ..store.results import Results
 
 __all__ = ["Subscription", "SubscriptionSet", "MutableSubscriptionSet", "Subscriptions", "SubscriptionError",
-           "SET_ID", "query_paths", "VIEW_SEQ_SETTING"]
+           "SET_ID", "query_paths", "field_comparison_in", "VIEW_SEQ_SETTING"]
 
 #: The id of a device's subscription set on the wire (one set per file).
 SET_ID = 1
@@ -88,6 +88,24 @@ def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
                 yield left, False
         elif isinstance(n, Exists):
             yield n.path, False
+        elif isinstance(n, CompareFields):
+            yield n.left, False
+            yield n.right, False
+
+
+def field_comparison_in(node: Node) -> CompareFields | None:
+    """The first comparison of two fields in a query node (``price > cost``), if any: the
+    server matches subscriptions without a schema, so it cannot serve one."""
+    stack: list[Any] = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, CompareFields):
+            return n
+        if isinstance(n, (And, Or)):
+            stack.extend(n.items)
+        elif isinstance(n, Not):
+            stack.append(n.item)
+    return None
 
 
 def _now() -> datetime:
@@ -306,6 +324,12 @@ def _query_of(results: Any, db: Any = None) -> tuple[str, Query]:
                          advice="subscribe without DISTINCT and apply it to the results you read")
     nodes = [q.node for q in queries]
     node: Node = TruePredicate() if not nodes else nodes[0] if len(nodes) == 1 else And(tuple(nodes))
+    pair = field_comparison_in(node)
+    if pair is not None:
+        raise UsageError(f"a subscription cannot compare two fields ({pair.left} {pair.op} {pair.right}): "
+                         f"the server matches documents without the models' types",
+                         advice="subscribe with conditions on values, and filter the synced results by "
+                                "comparing the fields")
     collection = cls.__name__
     schema = getattr(getattr(results, "_db", None), "schema", None)
     if schema is not None:

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import QueryError
-from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, Count, Descriptor, DistinctDescriptor, Exists,
+from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, CompareFields, Count, Descriptor, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, Query, Size,
                   SortDescriptor, StringOp, TruePredicate, Value, bind, node_from_json, node_to_json)
 from .mongo_filter import parse_mongo
@@ -50,6 +50,7 @@ __all__ = [
     "Value",
     "Param",
     "Compare",
+    "CompareFields",
     "In",
     "Between",
     "StringOp",

@@ -57,6 +57,7 @@ __all__ = [
     "Param",
     "Operand",
     "Compare",
+    "CompareFields",
     "In",
     "Between",
     "StringOp",
@@ -322,6 +323,36 @@ class Compare:
 
 
 @dataclass(frozen=True, slots=True)
+class CompareFields:
+    """``left op right`` between two fields of the same document: ``price > cost``.
+
+    Both key paths lead to one typed scalar field each: fields of the document and of its
+    embedded objects, not through lists or links, not ``mixed``, both of one value family
+    (compilers need the schema for it and raise :class:`~tidesync.errors.QueryError`
+    otherwise). The values compare as a value with a constant does
+    (:func:`tidesync.query.semantics.compare_values`): different families never match, null
+    equals null (a missing field counts as null), and an order holds only in an ordered
+    family. ``[c]`` folds ASCII case of strings (``==`` and ``!=`` only).
+    """
+
+    op: CompareOp
+    left: Path
+    right: Path
+    case_insensitive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.op not in COMPARE_OPS:
+            raise QueryError(f"unknown comparison {self.op!r}; expected one of {', '.join(COMPARE_OPS)}")
+        for side in (self.left, self.right):
+            if isinstance(side, Count):
+                raise QueryError(f"{side} can only be compared with a value, not with another key path")
+            if not isinstance(side, Path):
+                raise QueryError(f"comparing two fields needs a key path on each side, got {side!r}")
+        if self.case_insensitive and self.op not in ("==", "!="):
+            raise QueryError(f"[c] (case-insensitive) only applies to == and != on strings, not {self.op!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class In:
     """``left IN {v1, v2, ...}``: equal to any of the values (a :class:`Value` holding a
     list, or a :class:`Param` bound to a list)."""
@@ -451,12 +482,12 @@ class FalsePredicate:
     """Matches no document (``FALSEPREDICATE``)."""
 
 
-Node: TypeAlias = (Compare | In | Between | StringOp | Exists | Quantified | And | Or | Not
+Node: TypeAlias = (Compare | CompareFields | In | Between | StringOp | Exists | Quantified | And | Or | Not
                    | TruePredicate | FalsePredicate)
 LeafNode: TypeAlias = Compare | In | Between | StringOp
 """A test on the value(s) one key path leads to: what :class:`Quantified` can quantify."""
 
-_NODE_TYPES: Final = (Compare, In, Between, StringOp, Exists, Quantified, And, Or, Not,
+_NODE_TYPES: Final = (Compare, CompareFields, In, Between, StringOp, Exists, Quantified, And, Or, Not,
                       TruePredicate, FalsePredicate)
 
 
@@ -656,7 +687,7 @@ def bind(node: Node, args: Sequence[Any]) -> Node:
 # -- JSON form (for subscriptions on the wire and in the store) --------------------------
 
 _KINDS: Final[dict[str, type[Any]]] = {
-    "compare": Compare, "in": In, "between": Between, "string": StringOp, "exists": Exists,
+    "compare": Compare, "compare_fields": CompareFields, "in": In, "between": Between, "string": StringOp, "exists": Exists,
     "quantified": Quantified, "and": And, "or": Or, "not": Not, "true": TruePredicate,
     "false": FalsePredicate,
 }

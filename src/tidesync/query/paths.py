@@ -18,10 +18,11 @@ from typing import Final
 
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..errors import QueryError
-from .ast import Aggregate, Between, Compare, Count, Exists, In, StringOp, bound_plain
-from .semantics import family
+from .ast import Aggregate, Between, Compare, CompareFields, Count, Exists, In, StringOp, bound_plain
+from .semantics import ORDERED_FAMILIES, family
 
-__all__ = ["Step", "resolve", "check_family", "check_leaf", "LIST_KINDS", "TAGGED_KINDS", "KIND_FAMILIES"]
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "LIST_KINDS", "TAGGED_KINDS",
+           "KIND_FAMILIES"]
 
 LIST_KINDS: Final = frozenset({"list", "set"})
 
@@ -202,3 +203,41 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
         operands = [bound_plain(node.low), bound_plain(node.high)]
     for plain in operands:
         check_family(path_text, kind, family(plain))
+
+
+def resolve_field_pair(node: CompareFields, collection: str | None,
+                       schema: Schema | None) -> tuple[tuple[Step, ...], tuple[Step, ...]]:
+    """Resolve both key paths of a :class:`~tidesync.query.ast.CompareFields` and check that
+    they can be compared: with a schema, each leads to one scalar field (not through a list,
+    set or link; not a ``mixed`` field), both of one value family, and an order (``<`` ...)
+    only within an ordered family. Without a schema nothing is known, so nothing is refused.
+
+    Raises:
+        QueryError: naming the field that does not fit.
+    """
+    sides = (resolve(collection, schema, node.left.names), resolve(collection, schema, node.right.names))
+    if schema is None or collection is None:
+        return sides
+    families: list[str] = []
+    for path, steps in zip((node.left, node.right), sides):
+        for step in steps[:-1]:
+            if step.kind in LIST_KINDS or step.is_link:
+                raise QueryError(f"{path} goes through the {step.kind} field {step.name!r}: comparing two "
+                                 f"fields works on fields of the document and its embedded objects")
+        kind = steps[-1].kind
+        if kind is None or kind == "mixed":
+            raise QueryError(f"{path} is a field of no fixed type: comparing two fields needs typed fields "
+                             f"(compare it with a value instead)")
+        kinds = KIND_FAMILIES.get(kind)
+        if kinds is None or kind == "link":
+            raise QueryError(f"{path} is a {kind} field: compare scalar fields (its elements or fields, or "
+                             f"its @count, with a value)")
+        families.append(next(iter(kinds)))
+    if families[0] != families[1]:
+        raise QueryError(f"{node.left} ({sides[0][-1].kind}) and {node.right} ({sides[1][-1].kind}) hold "
+                         f"different types of value and never compare equal or ordered")
+    if node.op not in ("==", "!=") and families[0] not in ORDERED_FAMILIES:
+        raise QueryError(f"{families[0]} values have no order: use == or != instead of {node.op!r}")
+    if node.case_insensitive and families[0] != "string":
+        raise QueryError("[c] (case-insensitive) needs string fields")
+    return sides

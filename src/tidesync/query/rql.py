@@ -46,7 +46,7 @@ from uuid import UUID
 from ..core.objectid import ObjectId
 from ..core.values import from_plain
 from ..errors import QueryError
-from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
+from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
                   Query, Size, SortDescriptor, StringOp, StringOpName, TruePredicate, Value, MAX_DEPTH,
                   bind_value)
@@ -367,7 +367,7 @@ class _Parser:
             return self.build(token, lambda: Quantified(quantifier, predicate))
         return self.comparison()
 
-    def comparison(self) -> Compare | In | Between | StringOp:
+    def comparison(self) -> Compare | CompareFields | In | Between | StringOp:
         start = self.peek
         left = self.operand("a key path or a value")
         op_token = self.peek
@@ -395,8 +395,12 @@ class _Parser:
             ci = self.modifier()
             right = self.operand(f"a value after {op_token.text!r}")
             if isinstance(left, (Path, Count)) and isinstance(right, (Path, Count)):
-                raise self.error("comparing two key paths is not supported: compare a key path with a value",
-                                 start)
+                if isinstance(left, Count) or isinstance(right, Count):
+                    counted = left if isinstance(left, Count) else right
+                    raise self.error(f"{counted} can only be compared with a value, not with another key path",
+                                     start)
+                fields_left, fields_right, fields_op = left, right, op
+                return self.build(op_token, lambda: CompareFields(fields_op, fields_left, fields_right, ci))
             if not isinstance(left, (Path, Count)):
                 if not isinstance(right, (Path, Count)):
                     raise self.error("a comparison needs a key path on one side", start)
@@ -600,6 +604,9 @@ class _Formatter:
         if isinstance(node, Compare):
             ci = "[c]" if node.case_insensitive else ""
             return f"{self.path(node.left)} {node.op}{ci} {self.operand(node.right)}"
+        if isinstance(node, CompareFields):
+            ci = "[c]" if node.case_insensitive else ""
+            return f"{self.path(node.left)} {node.op}{ci} {self.path(node.right)}"
         if isinstance(node, StringOp):
             ci = "[c]" if node.case_insensitive else ""
             return f"{self.path(node.left)} {node.op.upper()}{ci} {self.operand(node.right)}"

@@ -42,6 +42,7 @@ __all__ = [
     "number_key",
     "ORDERED_FAMILIES",
     "compare",
+    "compare_values",
     "compare_numbers",
     "string_test",
     "size_of",
@@ -186,6 +187,17 @@ def compare(stored: Any, op: str, arg: Plain, case_insensitive: bool = False) ->
     if case_insensitive and arg_family == "string":
         left, right = fold_ascii(left), fold_ascii(right)
     return _apply(left, op, right)
+
+
+def compare_values(left: Any, op: str, right: Any, case_insensitive: bool = False) -> bool:
+    """``left op right`` for two stored values (plain, or ``MISSING``), as :func:`compare`
+    judges a stored value against a constant; a value of family ``other`` (a list, an
+    embedded object, a non-finite decimal) equals nothing and has no order."""
+    if op == "!=":
+        return not compare_values(left, "==", right, case_insensitive)
+    if family(left) == "other" or family(right) == "other":
+        return False
+    return compare(left, op, right, case_insensitive)
 
 
 def like_regex(pattern: str) -> re.Pattern[str]:

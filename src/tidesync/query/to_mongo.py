@@ -4,6 +4,8 @@ Best effort: what MongoDB can say with the same meaning is translated; what it c
 :class:`~tidesync.errors.QueryError` (never a silently different filter):
 
 * Key paths through links cannot be followed in a filter.
+* Comparing two fields (:class:`~tidesync.query.ast.CompareFields`) is refused: ``$expr``
+  orders values of different BSON types where tidesync says they never compare.
 * Where the key path can fan out over a list *before* its last step (known from the
   schema), ``!=``, ``BETWEEN``, ``ALL`` and ``@count`` other than ``== n`` are refused,
   because MongoDB would pair up conditions across different elements.
@@ -32,7 +34,7 @@ from typing import Any, Final
 from ..core.schema import Schema
 from ..core.values import Plain, from_plain
 from ..errors import QueryError
-from .ast import (Aggregate, And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or,
+from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
                   Quantified, Query, StringOp, TruePredicate, bound_plain)
 from .paths import Step, check_leaf, resolve
 
@@ -68,6 +70,11 @@ class _Translator:
         if isinstance(node, Exists):
             path, _ = self.path(node, node.path.names)
             return {path: {"$exists": True}}
+        if isinstance(node, CompareFields):
+            # $expr compares BSON values across types by MongoDB's type order, unlike
+            # tidesync's families; no filter says the same yet.
+            raise QueryError(f"comparing two fields ({node.left} {node.op} {node.right}) cannot be translated "
+                             f"to a MongoDB filter yet")
         return self.leaf(node)
 
     def path(self, node: Compare | In | Between | StringOp | Exists, names: tuple[str, ...]) -> tuple[str, tuple[Step, ...]]:

@@ -19,10 +19,10 @@ from typing import Any, TypeAlias
 from ..core.schema import Schema
 from ..core.values import Plain
 from ..errors import QueryError
-from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or,
-                  Quantified, Query, StringOp, TruePredicate)
-from .paths import Step, check_leaf, resolve
-from .semantics import MISSING, aggregate, compare, family, size_of, string_test
+from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, Exists, FalsePredicate,
+                  In, Node, Not, Or, Quantified, Query, StringOp, TruePredicate)
+from .paths import Step, check_leaf, resolve, resolve_field_pair
+from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test
 
 __all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
 
@@ -191,7 +191,24 @@ class _Evaluator:
             return lambda body: not inner(body)
         if isinstance(node, Quantified):
             return self.quantified(node)
+        if isinstance(node, CompareFields):
+            return self.fields(node)
         return self.leaf(node)
+
+    def fields(self, node: CompareFields) -> Predicate:
+        if self.schema is None or self.collection is None:
+            # As compile_sql: without types, SQL could not say it the same way.
+            raise QueryError(f"comparing two fields ({node.left} {node.op} {node.right}) needs the "
+                             f"model's schema: typed fields")
+        resolve_field_pair(node, self.collection, self.schema)
+        left, right, op, ci = node.left.names, node.right.names, node.op, node.case_insensitive
+
+        def value(body: Any, names: tuple[str, ...]) -> Any:
+            for name in names:
+                body = _child(body, name)
+            return body
+
+        return lambda body: compare_values(value(body, left), op, value(body, right), ci)
 
     def quantified(self, node: Quantified) -> Predicate:
         pred = node.predicate

@@ -49,9 +49,9 @@ from typing import Any, Final, TypeAlias
 
 from ..core.schema import Schema
 from ..errors import QueryError
-from .ast import (Aggregate, And, Between, Compare, Count, Exists, FalsePredicate, In, Node, Not, Or, Path,
-                  Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve
+from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
+                  Path, Quantified, Query, StringOp, TruePredicate, bound_plain)
+from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve, resolve_field_pair
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
 from .to_predicate import leaf_test
 
@@ -187,7 +187,28 @@ class _Compiler:
             with self.nested(_COST_NOT):  # ALL's inner NOT is charged with its leaf
                 inner = self.path_test(node.predicate, negate=node.quantifier == "all")
             return f"NOT coalesce({inner}, 0)"
+        if isinstance(node, CompareFields):
+            return self.fields_test(node)
         return self.path_test(node)
+
+    def fields_test(self, node: CompareFields) -> str:
+        """Two typed scalar fields of one document (checked by ``resolve_field_pair``), as
+        :func:`~tidesync.query.semantics.compare_values` compares them: null equals null,
+        nan equals nan, a number of any kind compares by value, nothing else crosses kinds."""
+        if self.schema is None or self.collection is None:
+            raise QueryError(f"comparing two fields ({node.left} {node.op} {node.right}) needs the "
+                             f"model's schema: typed fields")
+        sides = resolve_field_pair(node, self.collection, self.schema)
+        self.peak = max(self.peak, self.depth + _COST_LEAF + _COST_GROUP)
+        (left, left_null, left_nan), (right, right_null, right_nan) = (
+            _field_key(steps, node.case_insensitive) for steps in sides)
+        if node.op in ("==", "!="):
+            same = f"({left_null} AND {right_null})"
+            if left_nan is not None and right_nan is not None:
+                same += f" OR ({left_nan} AND {right_nan})"
+            equal = f"({same} OR coalesce({left} = {right}, 0))"
+            return equal if node.op == "==" else f"NOT {equal}"
+        return f"coalesce({left} {_SQL_OP[node.op]} {right}, 0)"
 
     def path_test(self, node: Compare | In | Between | StringOp | Exists, negate: bool = False) -> str:
         """SQL for "the leaf test (or its negation) holds for some value the path leads to"."""
@@ -485,6 +506,32 @@ class _Compiler:
             return (f"(SELECT {rest} FROM documents AS {link} WHERE {link}.collection = {_text(step.target)} "
                     f"AND {link}.live = 1 AND {link}.pk = ({base} -> {child.sql()}))")
         return self.scalar(base, child, steps, i + 1, purpose, inline)
+
+
+def _field_key(steps: Sequence[Step], case_insensitive: bool) -> tuple[str, str, str | None]:
+    """For a typed scalar field: the SQL value it compares by (NULL when it is null or has
+    no order), the test that it is null or missing, and (a float field) the test that it is
+    nan."""
+    path = _JPath()
+    for step in steps:
+        path = path.child(step.name)
+    kind = steps[-1].kind
+    value = _extract(_BODY, path)
+    is_null = f"{value} IS NULL"
+    if kind == "float":
+        special = _extract(_BODY, path.tag("$float"))
+        key = (f"(CASE {special} WHEN 'inf' THEN 9e999 WHEN '-inf' THEN -9e999 ELSE CASE WHEN "
+               f"json_type({_BODY}, {path.sql()}) IN ('integer', 'real') THEN {value} END END)")
+        return key, is_null, f"{special} IS 'nan'"
+    if kind == "decimal":
+        text = _extract(_BODY, path.tag("$decimal"))
+        return f"(CASE WHEN {text} GLOB '*[IN]*' THEN NULL ELSE CAST({text} AS REAL) END)", is_null, None
+    tag = TAGGED_KINDS.get(kind or "")
+    if tag is not None:
+        return _extract(_BODY, path.tag(tag)), is_null, None
+    if kind == "str" and case_insensitive:
+        return f"lower({value})", is_null, None
+    return value, is_null, None
 
 
 def _names(field_path: str | Sequence[str] | Path) -> tuple[str, ...]:

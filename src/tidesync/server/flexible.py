@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..client.subscriptions import query_paths
+from ..client.subscriptions import field_comparison_in, query_paths
 from ..core import merge
 from ..core.operations import DeleteDoc
 from ..core.rules import Verdict
@@ -344,6 +344,10 @@ def compile_set(queries: Sequence[SubscriptionQuery], config: FlexibleConfig) ->
             if query.params:
                 raise SubscriptionInvalid(f"{where}: the query has unbound arguments "
                                           f"({', '.join('$' + str(i) for i in sorted(query.params))})")
+            pair = field_comparison_in(query.node)
+            if pair is not None:
+                raise SubscriptionInvalid(f"{where}: comparing two fields ({pair.left} {pair.op} {pair.right}) is "
+                                          "not supported in subscriptions: the server has no schema to type them")
             for path, counted in query_paths(query.node):
                 if counted:
                     raise SubscriptionInvalid(

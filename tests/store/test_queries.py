@@ -113,3 +113,23 @@ def test_queries_inside_a_write_see_its_own_changes_and_a_rollback_forgets_them(
             assert len(db.objects(WorkOrder).filter("priority == 42")) == 1
             raise RuntimeError("roll back")
     assert len(db.objects(WorkOrder).filter("priority == 42")) == 0
+
+
+def test_an_object_stands_for_its_primary_key_where_a_link_is_compared(db):
+    ann, bo = db.get(Technician, "t1"), db.get(Technician, "t2")
+    by_title = lambda r: sorted(titles(r))  # noqa: E731
+    assert by_title(db.objects(WorkOrder).filter("technician == $0", ann)) == ["Fix pump"]
+    assert by_title(db.objects(WorkOrder).filter("helpers == $0", ann)) == ["Paint wall"]
+    assert by_title(db.objects(WorkOrder).filter("technician IN $0", [ann, bo])) == ["Fix pump", "Paint wall"]
+    assert by_title(db.objects(WorkOrder).filter("technician != $0", ann)) == ["Paint wall", "Replace valve"]
+    assert by_title(db.objects(WorkOrder).filter({"technician": bo})) == ["Paint wall"]
+    assert by_title(db.objects(WorkOrder).filter({"technician": {"$in": [ann]}})) == ["Fix pump"]
+    # An object not stored (yet) stands for its key too; an embedded object is still refused.
+    assert titles(db.objects(WorkOrder).filter("technician == $0", Technician(_id="t9", name="New"))) == []
+    with pytest.raises(tidesync.QueryError, match="cannot use"):
+        db.objects(WorkOrder).filter("site == $0", Address(street="Main 1", city="Oslo"))
+    # A deleted object cannot be read, so it cannot stand for anything.
+    with db.write():
+        db.delete(bo)
+    with pytest.raises(tidesync.InvalidatedObjectError):
+        db.objects(WorkOrder).filter("technician == $0", bo)

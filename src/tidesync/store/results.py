@@ -45,10 +45,26 @@ _PARSED: dict[str, Query] = {}
 _PARSED_LIMIT = 512
 
 
+def _link_value(value: Any) -> Any:
+    """A query argument or filter value with each object of a model (not an embedded one)
+    replaced by its primary key, which is what a link field holds: ``technician == $0`` with
+    a ``Technician`` object, as in Realm. Lists, tuples, sets and a filter's maps are walked."""
+    if isinstance(value, _ModelBase):
+        return value if value.__ts_embedded__ else value._ts_primary_key()
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return type(value)(_link_value(v) for v in value) if any(
+            isinstance(v, (_ModelBase, list, tuple, set, frozenset, dict)) for v in value) else value
+    if isinstance(value, dict):
+        return {k: _link_value(v) for k, v in value.items()}
+    return value
+
+
 def _parse(query: str | Mapping[str, Any] | Query, args: Sequence[Any]) -> Query:
-    """``parse_query(query, args)``, parsing RQL text once."""
+    """``parse_query(query, args)``, parsing RQL text once; objects of models in ``args``
+    (and in a filter document) stand for their primary keys."""
+    args = [_link_value(a) for a in args]
     if type(query) is not str:
-        return parse_query(query, args)
+        return parse_query(_link_value(query) if isinstance(query, dict) else query, args)
     template = _PARSED.get(query)
     if template is None:
         try:

@@ -13,7 +13,7 @@ from typing import Any
 from .client.app import App, Credentials, User
 from .client.session import Progress, SyncConfig, SyncSession
 from .core.merge import Policies
-from .core.models import Counter, EmbeddedModel, Mixed, Model, field
+from .core.models import Counter, EmbeddedModel, Mixed, Model, backlinks, field
 from .core.objectid import ObjectId
 from .errors import *  # noqa: F403
 from .errors import __all__ as _errors_all
@@ -29,6 +29,7 @@ __all__ = [
     "Model",
     "EmbeddedModel",
     "field",
+    "backlinks",
     "Counter",
     "Mixed",
     "ObjectId",

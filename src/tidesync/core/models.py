@@ -37,7 +37,7 @@ from .schema import COLLECTION_KINDS, FieldSchema, FieldType, ObjectSchema, Sche
 from .values import INT64_MAX, INT64_MIN, Plain, check_key, to_plain
 
 __all__ = ["Model", "EmbeddedModel", "field", "Counter", "Mixed", "Binding", "schema_of",
-           "FieldSpec", "model_registry", "MISSING"]
+           "FieldSpec", "model_registry", "MISSING", "Backlinks", "backlinks"]
 
 Mixed: TypeAlias = Any
 """A field that holds any storable value (null, bool, int, float, Decimal, str, bytes,
@@ -129,6 +129,71 @@ def field(*, default: Any = MISSING, default_factory: Callable[[], Any] | None =
     return FieldSpec(default, default_factory, primary_key, indexed)
 
 
+class Backlinks:
+    """What :func:`backlinks` returns: a read-only attribute of a model giving, for a stored
+    object, the live results of the ``origin`` objects whose link field ``field`` points at
+    it (Realm's ``LinkingObjects``)."""
+
+    __slots__ = ("origin", "field", "owner", "name")
+
+    def __init__(self, origin: type[Model] | str, field: str) -> None:
+        if not isinstance(field, str) or not field:
+            raise SchemaError(f"backlinks need the name of the origin's link field, not {field!r}")
+        if not isinstance(origin, str) and not (isinstance(origin, type) and issubclass(origin, Model)):
+            raise SchemaError(f"backlinks need a model class or its name, not {origin!r}")
+        self.origin, self.field = origin, field
+        self.owner: type[_ModelBase] | None = None
+        self.name = ""
+
+    def __set_name__(self, owner: type[_ModelBase], name: str) -> None:
+        self.owner, self.name = owner, name
+
+    def _origin_class(self) -> type[_ModelBase]:
+        origin = _registry.get(self.origin) if isinstance(self.origin, str) else self.origin
+        where = f"{getattr(self.owner, '__name__', '?')}.{self.name}"
+        if origin is None:
+            raise SchemaError(f"{where}: no model named {self.origin!r} (the backlinks' origin)")
+        t = schema_of(origin).fields.get(self.field)
+        link = t.type if t is not None else None
+        if link is not None and link.kind in ("list", "set") and link.element is not None:
+            link = link.element
+        if link is None or link.kind != "link" or link.target != getattr(self.owner, "__name__", None):
+            raise SchemaError(f"{where}: {origin.__name__}.{self.field} is not a link (or list of links) "
+                              f"to {getattr(self.owner, '__name__', '?')}")
+        return origin
+
+    def __get__(self, obj: Any, owner: Any = None) -> Any:
+        if obj is None:
+            return self
+        origin = self._origin_class()
+        binding = obj._ts_binding
+        if binding is None:
+            raise InvalidatedObjectError(f"{type(obj).__name__}.{self.name}: an object that is not in a "
+                                         f"database has no backlinks", advice="read them from a stored object")
+        db = binding.db
+        return db.objects(origin).filter({self.field: obj._ts_primary_key()})
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        raise ValidationError(f"{type(obj).__name__}.{self.name} is computed from "
+                              f"{getattr(self.origin, '__name__', self.origin)}.{self.field}: set that link instead")
+
+
+def backlinks(origin: type[Model] | str, field: str) -> Any:
+    """The objects of ``origin`` whose link field ``field`` (a link, or a list or set of links)
+    points at this object, as live results (Realm's ``LinkingObjects``)::
+
+        class Technician(tidesync.Model):
+            _id: str = tidesync.field(primary_key=True)
+            orders = tidesync.backlinks("WorkOrder", "technician")   # not annotated: not stored
+
+        ann.orders.filter("status == 'open'")
+
+    Nothing is stored or synced for it: each read queries ``origin``. ``origin`` may be the
+    class or its name (for a model declared later).
+    """
+    return Backlinks(origin, field)
+
+
 class Binding(Protocol):
     """How a managed instance reaches its database (implemented by the store)."""
 
@@ -202,6 +267,8 @@ class _ModelBase:
             if name.startswith("_ts_"):
                 raise SchemaError(f"{cls.__name__}.{name}: names starting with '_ts_' are tidesync's own")
             default = cls.__dict__.get(name, MISSING)
+            if isinstance(default, Backlinks):
+                continue  # annotated for type checkers only: computed, not stored
             spec = default if isinstance(default, FieldSpec) else FieldSpec(default=default)
             if isinstance(spec.default, (list, dict, set)):
                 raise SchemaError(f"{cls.__name__}.{name}: a mutable default is shared between objects; "

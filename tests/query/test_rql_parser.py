@@ -253,9 +253,46 @@ def test_to_rql_passes_values_without_literals_as_arguments() -> None:
     when = datetime(2024, 5, 1, tzinfo=timezone.utc)
     node = parse_rql("due < $0 AND price > $1 AND owner == oid(65f0aa0000000000000000ff)", [when, Decimal("2.5")])
     text, args = to_rql(node)
-    assert text == "due < $0 AND price > $1 AND owner == oid(65f0aa0000000000000000ff)"
-    assert args == [when, Decimal("2.5")]
+    # a datetime has a literal (Realm's timestamp form, UTC); a Decimal has none
+    assert text == "due < 2024-05-01@00:00:00 AND price > $0 AND owner == oid(65f0aa0000000000000000ff)"
+    assert args == [Decimal("2.5")]
     assert parse_rql(text, args) == node
+
+
+@pytest.mark.parametrize("text, plain", [
+    ("due > 2024-01-10@12:30:00", {"$date": 1704889800000000}),
+    ("due > 2024-01-10T12:30:00", {"$date": 1704889800000000}),
+    ("due > 2024-01-10@12:30:00:5000", {"$date": 1704889800000005}),
+    ("due > T1704889800:0", {"$date": 1704889800000000}),
+    ("due > T-5:-1000", {"$date": -5000001}),
+    ('blob == B64"YWJj"', {"$binary": "YWJj"}),
+    ("estimate == inf", {"$float": "inf"}),
+    ("estimate > -Infinity", {"$float": "-inf"}),
+    ("estimate == NaN", {"$float": "nan"}),
+])
+def test_realm_timestamp_base64_and_special_float_literals(text: str, plain: Any) -> None:
+    node = parse_rql(text)
+    assert node.right == Value(plain)  # type: ignore[union-attr]
+    formatted, args = to_rql(node)
+    assert args == [] and parse_rql(formatted) == node
+
+
+@pytest.mark.parametrize("text, message", [
+    ("due == 2024-13-10@12:30:00", "month must be in 1..12"),
+    ("due == 2024-01-10@12:30:00:1", "nanoseconds in whole thousands"),
+    ("due > T5:-1000", "the same sign"),
+    ('blob == B64"YWJ"', "expected base64 text"),
+])
+def test_malformed_literals_say_what_is_wrong(text: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        parse_rql(text)
+
+
+def test_words_that_only_begin_like_a_literal_stay_field_names() -> None:
+    assert parse_rql("info == 1").left == Path(("info",))  # type: ignore[union-attr]
+    assert parse_rql("nan_count == 1").left == Path(("nan_count",))  # type: ignore[union-attr]
+    assert parse_rql("B64 == 'x'").left == Path(("B64",))  # type: ignore[union-attr]
+    assert parse_rql("T1 == 2").left == Path(("T1",))  # type: ignore[union-attr]
 
 
 _names = st.sampled_from(["a", "b", "site", "city", "tags", "x_1", "Ünï"])

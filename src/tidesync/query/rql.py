@@ -36,10 +36,13 @@ position of the offending token, shown with a caret.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from typing import Any, Final, TypeVar
 from uuid import UUID
 
@@ -71,13 +74,19 @@ _STRING_OPS: Final[dict[str, StringOpName]] = {"beginswith": "beginswith", "ends
                                                "contains": "contains", "like": "like"}
 _QUANTIFIERS: Final[dict[str, QuantifierName]] = {"any": "any", "some": "any", "all": "all", "none": "none"}
 _NUMBER: Final = re.compile(r"-?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# Realm's timestamp literals, read as UTC: 2024-01-10@12:30:00 (or with T), with an optional
+# :nanoseconds, and T<seconds>:<nanoseconds> since 1970.
+_DATE_TIME: Final = re.compile(r"(\d+)-(\d+)-(\d+)[@T](\d+):(\d+):(\d+)(?::(\d+))?")
+_EPOCH_TIME: Final = re.compile(r"T([+-]?\d+):([+-]?\d+)")
+_BASE64: Final = re.compile(r'B64"([A-Za-z0-9/+=]*)"')
+_SPECIAL_FLOAT: Final = re.compile(r"[+-]?(?:infinity|inf|nan)\b", re.IGNORECASE)
 _ESCAPES: Final = {"\\": "\\", "'": "'", '"': '"', "/": "/", "b": "\b", "f": "\f", "n": "\n",
                    "r": "\r", "t": "\t"}
 
 
 @dataclass(frozen=True, slots=True)
 class _Token:
-    kind: str  # name, number, string, arg, op, punct, at, modifier, oid, uuid, end
+    kind: str  # name, number, special (inf, nan), string, arg, op, punct, at, modifier, oid, uuid, datetime, bytes, end
     text: str
     pos: int
     value: Any = None
@@ -139,6 +148,22 @@ class _Lexer:
                 what = f"[{m.group(1)}]" if m else "'['"
                 raise self.error(f"unsupported modifier {what}: only [c] (case-insensitive) is supported", pos)
             return _Token("modifier", m.group(0), pos)
+        if ch.isdigit():
+            m = _DATE_TIME.match(text, pos)
+            if m:
+                return self.timestamp(m, pos)
+        if ch == "T" and (m := _EPOCH_TIME.match(text, pos)) is not None:
+            return self.timestamp(m, pos)
+        if ch == "B" and (m := _BASE64.match(text, pos)) is not None:
+            try:
+                data = base64.b64decode(m.group(1), validate=True)
+            except (binascii.Error, ValueError):
+                raise self.error('malformed B64"..." literal: expected base64 text', pos) from None
+            return _Token("bytes", m.group(0), pos, data)
+        if ch in "+-iInN" and (m := _SPECIAL_FLOAT.match(text, pos)) is not None:
+            word = m.group(0)
+            if word[0] in "+-" or not (m.end() < len(text) and _is_name_char(text[m.end()])):
+                return _Token("special", word, pos, float(word.lower().replace("infinity", "inf")))
         if ch.isdigit() or (ch in "-." and pos + 1 < len(text) and (text[pos + 1].isdigit() or text[pos + 1] == ".")):
             m = _NUMBER.match(text, pos)
             if not m:
@@ -195,6 +220,28 @@ class _Lexer:
             chars.append(ch)
             i += 1
 
+    def timestamp(self, m: re.Match[str], pos: int) -> _Token:
+        """A Realm timestamp literal (UTC) as an aware datetime; tidesync keeps microseconds,
+        so nanoseconds must be whole microseconds."""
+        groups = m.groups()
+        try:
+            if len(groups) == 2:
+                seconds, nanos = int(groups[0]), int(groups[1])
+                if (seconds < 0 < nanos) or (nanos < 0 < seconds):
+                    raise ValueError("seconds and nanoseconds must have the same sign")
+                when = _EPOCH + timedelta(seconds=seconds)
+            else:
+                year, month, day, hour, minute, second = map(int, groups[:6])
+                nanos = int(groups[6] or 0)
+                when = datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+            if nanos % 1000:
+                raise ValueError("tidesync keeps datetimes to the microsecond: give nanoseconds in whole "
+                                 "thousands")
+            when += timedelta(microseconds=nanos // 1000)
+        except (ValueError, OverflowError) as exc:
+            raise self.error(f"malformed timestamp {m.group(0)!r}: {exc}", pos) from None
+        return _Token("datetime", m.group(0), pos, when)
+
     def constructor(self, word: str, pos: int, paren: int) -> _Token:
         close = self.text.find(")", paren)
         if close < 0:
@@ -209,6 +256,8 @@ class _Lexer:
             raise self.error(f"malformed {word}(...): expected {expected}", paren + 1) from None
         return _Token(word, self.text[pos:close + 1], pos, value)
 
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _N = TypeVar("_N")
 
@@ -493,7 +542,7 @@ class _Parser:
         if token.kind in ("number", "string"):
             self.next()
             return self.build(token, lambda: Value(token.value))
-        if token.kind in ("oid", "uuid"):
+        if token.kind in ("oid", "uuid", "datetime", "bytes", "special"):
             self.next()
             return self.build(token, lambda: Value.of(token.value))
         word = token.keyword
@@ -503,7 +552,8 @@ class _Parser:
         if word in ("nil", "null"):
             self.next()
             return Value(None)
-        raise self.expected(what + " (a number, 'string', true, false, nil, oid(...), uuid(...) or $n)")
+        raise self.expected(what + " (a number, 'string', true, false, nil, oid(...), uuid(...), a timestamp, "
+                                   "B64\"...\" or $n)")
 
     def arg(self, token: _Token, *, want_list: bool) -> Value | Param:
         param = Param(token.value, token.pos)
@@ -582,7 +632,20 @@ class _Formatter:
             return f"oid({plain['$oid']})"
         if isinstance(plain, dict) and "$uuid" in plain:
             return f"uuid({plain['$uuid']})"
-        # no RQL literal (datetime, decimal, bytes, inf/nan): pass it as an argument
+        if isinstance(plain, dict) and "$float" in plain:
+            return str(plain["$float"])
+        if isinstance(plain, dict) and "$binary" in plain:
+            return f'B64"{plain["$binary"]}"'
+        if isinstance(plain, dict) and "$date" in plain and isinstance(plain["$date"], int):
+            micros = plain["$date"]
+            seconds, rest = divmod(micros, 1_000_000)
+            if 0 <= micros < 253402300800 * 1_000_000:  # years 1970..9999: the readable form
+                when = _EPOCH + timedelta(seconds=seconds)
+                return f"{when:%Y-%m-%d@%H:%M:%S}" + (f":{rest * 1000}" if rest else "")
+            if micros < 0 and rest:  # T<s>:<ns> needs one sign for both parts
+                seconds, rest = seconds + 1, rest - 1_000_000
+            return f"T{seconds}:{rest * 1000}"
+        # no RQL literal (decimal): pass it as an argument
         self.args.append(from_plain(plain))
         return f"${len(self.args) - 1}"
 

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.doc_blocks import python_blocks, run_blocks
 from tests.helpers.servers import running_server
 
 GUIDE = Path(__file__).resolve().parents[1] / "docs" / "coming-from-device-sync.md"
-
-
-def guide_blocks() -> list[str]:
-    return re.findall(r"```python\n(.*?)```", GUIDE.read_text(), re.S)
 
 
 def test_every_doc_the_guide_links_exists():
@@ -27,10 +24,7 @@ def test_every_doc_the_guide_links_exists():
 def test_the_import_and_a_partition_device_run_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with running_server(tmp_path / "server") as server:
-        namespace: dict[str, object] = {"__name__": "device_sync_guide"}
-        for block in guide_blocks():
-            code = block.replace("http://127.0.0.1:8765", server.url)
-            exec(compile(code, GUIDE.name, "exec", dont_inherit=True), namespace)  # noqa: S102 - our own docs
+        namespace = run_blocks(python_blocks(GUIDE.read_text()), filename=GUIDE.name, server_url=server.url)
     assert capsys.readouterr().out.strip().splitlines()[-1] == "['Order parts']"
     # The imported document kept its ObjectId and got a UTC datetime.
     import tidesync

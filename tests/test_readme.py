@@ -4,11 +4,11 @@ part against a real server in this process: its URL replaces the README's)."""
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.doc_blocks import python_blocks, run_blocks
 from tests.helpers.servers import running_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,8 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tour_blocks() -> list[str]:
     text = (ROOT / "README.md").read_text()
-    tour = text[text.index("## A five-minute tour"):text.index("## Documentation")]
-    return re.findall(r"```python\n(.*?)```", tour, re.S)
+    return python_blocks(text[text.index("## A five-minute tour"):text.index("## Documentation")])
 
 
 def test_the_tour_has_every_part():
@@ -31,11 +30,7 @@ def test_the_tour_has_every_part():
 def test_the_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with running_server(tmp_path / "server") as server:
-        namespace: dict[str, object] = {"__name__": "readme_tour"}
-        for block in tour_blocks():
-            code = block.replace("http://127.0.0.1:8765", server.url)
-            # dont_inherit: not this module's `from __future__ import annotations` (a script has none)
-            exec(compile(code, "README.md", "exec", dont_inherit=True), namespace)  # noqa: S102 - our own README
+        run_blocks(tour_blocks(), filename="README.md", server_url=server.url)
     out = capsys.readouterr().out
     assert "Fix pump" in out and "Fix pump Ann" in out
     assert os.path.exists(tmp_path / "synced.db") and os.path.exists(tmp_path / "secret.db")

@@ -1816,8 +1816,14 @@ class Database(ReplicaStore):
 
     def _wake_after_remote(self, changed: bool) -> None:
         if changed:
-            if self._listeners is not None:
-                self._listeners.notify()
+            listeners = self._listeners
+            if listeners is not None:
+                listeners.notify()
+                if listeners.listening:
+                    # Let the notifier take the GIL now: otherwise it waits until this thread
+                    # (the sync session's, with its acknowledgement and next read still to do)
+                    # blocks, about 0.7 ms later, and the app sees the change that much later.
+                    time.sleep(0)
             hook = self._on_remote_commit
             if hook is not None:
                 hook()

@@ -180,6 +180,11 @@ class ListenerHub:
         """Wake the notifier (after a local commit)."""
         self._wake.set()
 
+    @property
+    def listening(self) -> bool:
+        """Whether any listener is registered (a delivery may call back into the app)."""
+        return bool(self._entries)
+
     def close(self) -> None:
         self._stop = True
         self._wake.set()

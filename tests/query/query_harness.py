@@ -60,7 +60,8 @@ def make_schema() -> Schema:
             _field("site", "object", nullable=True, target="Site"),
             _field("mentor", "link", nullable=True, target="Technician"),
         ]),
-        _object("Site", [_field("city", "str"), _field("zip", "str", nullable=True)], embedded=True),
+        _object("Site", [_field("city", "str"), _field("zip", "str", nullable=True),
+                         _field("hours", "float", nullable=True)], embedded=True),
     ])
 
 

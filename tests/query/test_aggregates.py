@@ -90,7 +90,7 @@ def test_text_ast_json_and_mongo_forms() -> None:
     ("scores.@sum == nil", (), "is a number; it cannot be compared with None"),
     ("scores.@avg == 'x'", (), "cannot be compared with 'x'"),
     ("scores.@avg > nil", (), "null can only be compared with == or !="),
-    ("visits.@sum.city > 1", (), "of a property of list elements"),
+    ("visits.@sum.city > 1", (), "@sum needs numbers; city is a str field"),
     ("scores.@median > 1", (), "unsupported @median"),
     ("scores.@avg BEGINSWITH 'a'", (), "string"),
 ])
@@ -103,3 +103,57 @@ def test_what_cannot_be_aggregated_is_a_query_error(store: Store, text: str, arg
 def test_without_a_schema_aggregates_are_refused(store: Store) -> None:
     with pytest.raises(QueryError, match="the schema does not know"):
         store.sql(parse_query("scores.@sum > 1"), "Task", None)
+
+
+VISITED = [
+    {"_id": 1, "visits": [{"city": "Oslo", "hours": 2}, {"city": "Bergen", "hours": 1.5}]},
+    {"_id": 2, "visits": []},
+    {"_id": 3},                                                        # no list: nothing
+    {"_id": 4, "visits": [{"city": "Oslo"}, {"city": "Molde", "hours": None}, {"city": "x", "hours": 8}]},
+    {"_id": 5, "visits": [{"city": "Oslo", "hours": "3"}, {"hours": True}]},   # no numbers there
+    {"_id": 6, "site": {"hours": 100}, "visits": None},
+]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("visits.@sum.hours == 3.5", [1]),
+    ("visits.@sum.hours == 0", [2, 3, 5, 6]),       # no numbers: 0
+    ("visits.@avg.hours == 8", [4]),                  # elements without a number are skipped
+    ("visits.@avg.hours == nil", [2, 3, 5, 6]),
+    ("visits.@min.hours < 2", [1]),
+    ("visits.@max.hours >= 2", [1, 4]),
+    ("visits.@max.hours IN {2, 8}", [1, 4]),
+    ("visits.@sum.hours BETWEEN {3, 9}", [1, 4]),
+    ("NOT (visits.@sum.hours > 1)", [2, 3, 5, 6]),
+])
+def test_an_aggregate_of_a_property_of_embedded_elements(text: str, expected: list[int]) -> None:
+    s = Store()
+    try:
+        s.put_all("Task", VISITED)
+        assert s.both(text, schema=SCHEMA) == expected
+        assert s.both(text) == expected           # the server's schema-less compilers too
+    finally:
+        s.db.close()
+
+
+def test_an_aggregate_of_a_property_round_trips_and_is_checked() -> None:
+    node = parse_query("visits.@sum.hours > 2").node
+    assert node == Compare(">", Aggregate(Path(("visits",)), "sum", ("hours",)), Value(2))
+    assert parse_query(to_rql(node)[0]).node == node
+    assert node_from_json(node_to_json(node)) == node
+    assert to_mongo(node, "Task", SCHEMA) == {
+        "$expr": {"$and": [{"$ne": [{"$sum": "$visits.hours"}, None]}, {"$gt": [{"$sum": "$visits.hours"}, 2]}]}}
+    s = Store()
+    try:
+        for text, says in [("visits.@sum.city > 1", "needs numbers; city is a str field"),
+                           ("scores.@sum.x > 1", "needs a list of embedded objects"),
+                           ("helpers.@sum.level > 1", "needs a list of embedded objects"),
+                           ("visits.@sum.nothing > 1", "no field 'nothing'")]:
+            with pytest.raises(QueryError, match=says):
+                s.sql(parse_query(text), "Task", SCHEMA)
+            with pytest.raises(QueryError, match=says):
+                s.predicate(parse_query(text), "Task", SCHEMA)
+    finally:
+        s.db.close()
+    with pytest.raises(QueryError, match="ends a key path"):
+        parse_query("visits.@count.hours > 1")

@@ -94,6 +94,8 @@ class Maker:
         site: dict[str, Any] = {"city": self.text()}
         if self.rng.random() < 0.5:
             site["zip"] = self.maybe(self.text)
+        if self.rng.random() < 0.5:
+            site["hours"] = self.maybe(lambda: self.pick(self.pick([FLOAT_POOL, INT_POOL, SPECIAL_POOL])))
         return site
 
     def wild(self, depth: int = 0) -> Any:
@@ -152,7 +154,7 @@ PATHS = {
     "technician": "link", "technician.name": "str", "technician.level": "int",
     "technician.site.city": "str", "technician.mentor.name": "str", "helpers": "link",
     "helpers.name": "str", "helpers.level": "int", "helpers.mentor.level": "int", "notes": None,
-    "notes.a": "str", "visits": None, "visits.city": "str", "extra": None, "extra.x": None, "hits": "counter",
+    "notes.a": "str", "visits": None, "visits.city": "str", "visits.hours": "float", "extra": None, "extra.x": None, "hits": "counter",
     "nothing": None,
 }
 SIZE_PATHS = ["tags", "scores", "labels", "notes", "title", "helpers", "extra", "site", "visits", "status"]
@@ -214,8 +216,9 @@ def extreme(draw: st.DrawFn) -> Any:
     """``@min``/``@max`` (exact in both compilers; ``@sum``/``@avg`` add in double precision,
     which SQLite versions do differently: tests/query/test_aggregates.py checks them on exact
     values)."""
-    left = Aggregate(Path.parse(draw(st.sampled_from(["scores", "tags", "extra", "title"]))),
-                     draw(st.sampled_from(["min", "max"])))
+    over = draw(st.sampled_from(["scores", "tags", "extra", "title", "visits.hours", "visits.city"]))
+    path, _, of = over.partition(".")
+    left = Aggregate(Path.parse(path), draw(st.sampled_from(["min", "max"])), tuple(of.split(".")) if of else ())
     number = draw(st.one_of(ints, floats, specials, st.none()))
     kind = draw(st.sampled_from(["cmp", "in", "between"]))
     if kind == "cmp":

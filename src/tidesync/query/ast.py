@@ -162,17 +162,27 @@ class Size(Count):
 class Aggregate(Count):
     """``path.@min``, ``@max``, ``@sum``, ``@avg``: of the numbers (ints and finite floats)
     in a list or set of int or float; other elements and nulls are skipped. Of none: ``@sum``
-    is 0, the others null. ``@sum`` and ``@avg`` are computed in double precision."""
+    is 0, the others null. ``@sum`` and ``@avg`` are computed in double precision.
+
+    With ``of`` (``items.@sum.price``): of that key path in each element of a list of embedded
+    objects (Realm's aggregate of a property); elements without a number there are skipped."""
 
     op: AggregateName = "sum"
+    of: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.op not in AGGREGATES:
             raise QueryError(f"unknown aggregate @{self.op}; expected one of "
                              f"{', '.join('@' + a for a in AGGREGATES)}")
+        of = self.of
+        if isinstance(of, str) or not isinstance(of, (tuple, list)):
+            raise QueryError(f"an aggregate's element path is a sequence of field names, not {of!r}")
+        object.__setattr__(self, "of", tuple(of))
+        for name in self.of:
+            _check_name(name)
 
     def __str__(self) -> str:
-        return f"{self.path}.@{self.op}"
+        return f"{self.path}.@{self.op}" + "".join("." + n for n in self.of)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -696,7 +706,7 @@ _KIND_OF: Final = {cls: name for name, cls in _KINDS.items()}
 
 def _part_to_json(part: Any) -> Any:
     if isinstance(part, Aggregate):
-        return {"aggregate": [part.op, list(part.path.names)]}
+        return {"aggregate": [part.op, list(part.path.names), *([list(part.of)] if part.of else [])]}
     if isinstance(part, Size):
         return {"size": list(part.path.names)}
     if isinstance(part, Count):
@@ -736,8 +746,11 @@ def _part_from_json(data: Any, depth: int) -> Any:
                 return Count(Path(tuple(inner)))
             if key == "size":
                 return Size(Path(tuple(inner)))
-            if key == "aggregate" and isinstance(inner, list) and len(inner) == 2:
-                return Aggregate(Path(tuple(inner[1])), inner[0])
+            if key == "aggregate" and isinstance(inner, list) and len(inner) in (2, 3):
+                of = inner[2] if len(inner) == 3 else []
+                if not isinstance(of, list) or (len(inner) == 3 and not of):
+                    raise QueryError(f"not a serialized aggregate: {data!r}")
+                return Aggregate(Path(tuple(inner[1])), inner[0], tuple(of))
             if key == "value":
                 return Value(inner)
             if key == "param":

@@ -21,8 +21,8 @@ from ..errors import QueryError
 from .ast import Aggregate, Between, Compare, CompareFields, Count, Exists, In, StringOp, bound_plain
 from .semantics import ORDERED_FAMILIES, family
 
-__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "LIST_KINDS", "TAGGED_KINDS",
-           "KIND_FAMILIES"]
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "check_aggregate_of", "resolve_field_pair", "LIST_KINDS",
+           "TAGGED_KINDS", "KIND_FAMILIES"]
 
 LIST_KINDS: Final = frozenset({"list", "set"})
 
@@ -177,6 +177,12 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
     last = steps[-1]
     left = node.left
     path_text = str(left)
+    if isinstance(left, Aggregate) and left.of:
+        if last.kind not in (None, "mixed", "list") or last.item_kind not in (None, "object"):
+            what = f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set', 'dict') else ''} field"
+            raise QueryError(f"{path_text}: @{left.op} of a property needs a list of embedded objects; "
+                             f"{left.path} is {what}")
+        return
     if isinstance(left, Aggregate):
         if last.kind not in ("list", "set") or last.item_kind not in ("int", "float"):
             what = "a field the schema does not know" if last.kind in (None, "mixed") else \
@@ -241,3 +247,24 @@ def resolve_field_pair(node: CompareFields, collection: str | None,
     if node.case_insensitive and families[0] != "string":
         raise QueryError("[c] (case-insensitive) needs string fields")
     return sides
+
+
+def check_aggregate_of(collection: str | None, schema: Schema | None, aggregate: Aggregate) -> None:
+    """Check the element key path of ``items.@sum.price``: with a schema, it must lead through
+    embedded objects (no list, set or link) to an int or float field.
+
+    Raises:
+        QueryError: naming the path and what it leads to.
+    """
+    if not aggregate.of or schema is None or collection is None:
+        return
+    names = aggregate.path.names
+    steps = resolve(collection, schema, names + aggregate.of)[len(names):]
+    text = f"{aggregate}"
+    for step in steps[:-1]:
+        if step.kind in LIST_KINDS or step.is_link:
+            raise QueryError(f"{text}: the element path goes through the {step.kind} field {step.name!r}")
+    last = steps[-1]
+    if last.kind not in (None, "mixed", "int", "float", "counter"):
+        raise QueryError(f"{text}: @{aggregate.op} needs numbers; {'.'.join(aggregate.of)} is a {last.kind} field "
+                         f"(decimals, dates and lists are not supported)")

@@ -519,14 +519,21 @@ class _Parser:
                 self.next()
                 path = self.build(first, lambda: Path(tuple(names)))
                 word = token.text.lower()
-                if self.at_punct("."):
-                    raise self.error(f"{word} of a property of list elements ({'.'.join(names)}{word}.<field>) "
-                                     f"is not supported: aggregate a list of numbers", self.peek)
+                of: list[str] = []
+                while self.at_punct("."):
+                    dot = self.next()
+                    if word in ("@count", "@size"):
+                        raise self.error(f"{word} ends a key path: nothing can follow it", dot)
+                    field = self.peek
+                    if field.kind != "name" or field.keyword is not None:
+                        raise self.expected(f"a field name of the elements after {word}.", None)
+                    of.append(self.next().text)
                 if word == "@count":
                     return Count(path)
                 if word == "@size":
                     return Size(path)
-                return Aggregate(path, _AGGREGATES[word])
+                op_name = _AGGREGATES[word]
+                return self.build(token, lambda: Aggregate(path, op_name, tuple(of)))
             if token.kind != "name":
                 raise self.expected("a field name, @count, @size, @min, @max, @sum or @avg", "'.'")
             if token.keyword is not None:
@@ -607,7 +614,7 @@ class _Formatter:
 
     def path(self, left: Path | Count) -> str:
         if isinstance(left, Aggregate):
-            return f"{self.path(left.path)}.@{left.op}"
+            return f"{self.path(left.path)}.@{left.op}" + "".join("." + _format_name(n) for n in left.of)
         if isinstance(left, Count):
             return f"{self.path(left.path)}.{'@size' if isinstance(left, Size) else '@count'}"
         return ".".join(_format_name(n) for n in left.names)

@@ -249,12 +249,22 @@ def size_of(value: Any) -> int | None:
     return None
 
 
-def aggregate(value: Any, op: str) -> int | float | None:
+def _element_value(element: Any, of: tuple[str, ...]) -> Any:
+    for name in of:
+        element = element.get(name, MISSING) if isinstance(element, dict) else MISSING
+    return element
+
+
+def aggregate(value: Any, op: str, of: tuple[str, ...] = ()) -> int | float | None:
     """``@min``, ``@max``, ``@sum``, ``@avg`` of the numbers (ints and finite floats, not
     bools) in a list; anything else in it, and anything but a list, counts as no numbers.
+    With ``of``, of the value at that key path in each element (``items.@sum.price``).
     Of none: ``@sum`` is 0.0, the others None. Sums add in double precision, in list order
     (as SQLite's ``total()``)."""
-    numbers = [v for v in value if type(v) is int or type(v) is float] if isinstance(value, list) else []
+    items = value if isinstance(value, list) else []
+    if of:
+        items = [_element_value(v, of) for v in items]
+    numbers = [v for v in items if type(v) is int or type(v) is float]
     if op == "min" or op == "max":
         return (min(numbers) if op == "min" else max(numbers)) if numbers else None
     total = 0.0

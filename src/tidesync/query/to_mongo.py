@@ -36,7 +36,7 @@ from ..core.values import Plain, from_plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
                   Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import Step, check_leaf, resolve
+from .paths import Step, check_aggregate_of, check_leaf, resolve
 
 __all__ = ["to_mongo"]
 
@@ -132,7 +132,9 @@ class _Translator:
         list counts as empty: ``$sum`` 0, the others null), null never ordered."""
         path, steps = self.path(node, agg.path.names)
         self.refuse_inner_fan_out(steps, f"@{agg.op}")
-        value = {"$" + agg.op: f"${path}"}
+        check_aggregate_of(self.collection, self.schema, agg)
+        # "$items.price" is the array of each element's price (elements without one left out)
+        value = {"$" + agg.op: "$" + ".".join((path, *agg.of))}
 
         def test(op: str, arg: Any) -> dict[str, Any]:
             if arg is None:

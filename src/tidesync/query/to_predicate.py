@@ -21,7 +21,7 @@ from ..core.values import Plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, Exists, FalsePredicate,
                   In, Node, Not, Or, Quantified, Query, StringOp, TruePredicate)
-from .paths import Step, check_leaf, resolve, resolve_field_pair
+from .paths import Step, check_aggregate_of, check_leaf, resolve, resolve_field_pair
 from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test
 
 __all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
@@ -80,8 +80,8 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
         def test(v: Any) -> bool:
             return compare(v, ">=", low) and compare(v, "<=", high)
     if isinstance(node.left, Aggregate):
-        of_numbers, agg_op = test, node.left.op
-        return lambda v: of_numbers(aggregate(v, agg_op))
+        of_numbers, agg_op, of = test, node.left.op, node.left.of
+        return lambda v: of_numbers(aggregate(v, agg_op, of))
     if isinstance(node.left, Count):
         value_test = test
         if kind in ("list", "set", "dict"):
@@ -166,6 +166,8 @@ class _Evaluator:
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
         check_leaf(node, steps)
+        if isinstance(path, Aggregate):
+            check_aggregate_of(self.collection, self.schema, path)
         test = leaf_test(node, steps[-1].kind)
         if len(steps) == 1:
             return _single_step(steps[0], fan_leaf, test)
@@ -216,6 +218,8 @@ class _Evaluator:
         fan_leaf = not isinstance(pred.left, Count)
         steps = self.steps(names)
         check_leaf(pred, steps)
+        if isinstance(pred.left, Aggregate):
+            check_aggregate_of(self.collection, self.schema, pred.left)
         test = leaf_test(pred, steps[-1].kind)
         values = self.values
         if node.quantifier == "any":

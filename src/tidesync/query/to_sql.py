@@ -51,7 +51,7 @@ from ..core.schema import Schema
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
                   Path, Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve, resolve_field_pair
+from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_aggregate_of, check_leaf, resolve, resolve_field_pair
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
 from .to_predicate import leaf_test
 
@@ -216,6 +216,8 @@ class _Compiler:
         names = target.path.names if isinstance(target, Count) else target.names
         steps = resolve(self.collection, self.schema, names)
         check_leaf(node, steps)
+        if isinstance(target, Aggregate):
+            check_aggregate_of(self.collection, self.schema, target)
         fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
         leaf = self.leaf(node)
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
@@ -422,7 +424,9 @@ class _Compiler:
         return self.number_leaf(node, self.size, self.size_test)
 
     def aggregate_leaf(self, node: Compare | In | Between, op: str) -> _Leaf:
-        return self.number_leaf(node, lambda base, path, kind: self.aggregate(base, path, op), self.aggregate_test)
+        assert isinstance(node.left, Aggregate)
+        of = node.left.of
+        return self.number_leaf(node, lambda base, path, kind: self.aggregate(base, path, op, of), self.aggregate_test)
 
     def number_leaf(self, node: Compare | In | Between, value_of: Callable[[str, _JPath, str | None], str],
                     test: Callable[[str, str, Any], str]) -> _Leaf:
@@ -438,14 +442,24 @@ class _Compiler:
             return f"({test(value, '>=', bound_plain(node.low))} AND {test(value, '<=', bound_plain(node.high))})"
         return leaf
 
-    def aggregate(self, base: str, path: _JPath, op: str) -> str:
-        """``@min`` ``@max`` ``@sum`` ``@avg`` of the numbers in a list (semantics.aggregate)."""
+    def aggregate(self, base: str, path: _JPath, op: str, of: tuple[str, ...] = ()) -> str:
+        """``@min`` ``@max`` ``@sum`` ``@avg`` of the numbers in a list, or (``of``) of the
+        numbers at that key path in its elements (semantics.aggregate)."""
         e = self.alias("e")
-        rows = (f"FROM json_each({base}, {path.sql()}) AS {e} WHERE {e}.type IN ('integer', 'real')")
-        of = {"sum": f"total({e}.value)", "avg": f"total({e}.value) / count({e}.value)",
-              "min": f"min({e}.value)", "max": f"max({e}.value)"}[op]
+        if of:
+            inner = _JPath(f"{e}.fullkey")
+            for name in of:
+                inner = inner.child(name)
+            number = _extract(base, inner)
+            rows = (f"FROM json_each({base}, {path.sql()}) AS {e} "
+                    f"WHERE json_type({base}, {inner.sql()}) IN ('integer', 'real')")
+        else:
+            number = f"{e}.value"
+            rows = (f"FROM json_each({base}, {path.sql()}) AS {e} WHERE {e}.type IN ('integer', 'real')")
+        of_sql = {"sum": f"total({number})", "avg": f"total({number}) / count({number})",
+                  "min": f"min({number})", "max": f"max({number})"}[op]
         otherwise = " ELSE 0.0" if op == "sum" else ""
-        return f"(CASE WHEN json_type({base}, {path.sql()}) = 'array' THEN (SELECT {of} {rows}){otherwise} END)"
+        return f"(CASE WHEN json_type({base}, {path.sql()}) = 'array' THEN (SELECT {of_sql} {rows}){otherwise} END)"
 
     def aggregate_test(self, value: str, op: str, arg: Any) -> str:
         if arg is None:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tidesync.errors import DatabaseClosedError, StorageError, UsageError
-from tidesync.store.engine import BUSY_TIMEOUT, CACHE_SIZE_KIB, Engine
+from tidesync.store.engine import BUSY_TIMEOUT, CACHE_SIZE_KIB, DEFAULT_MMAP_SIZE, Engine
 
 
 @pytest.fixture
@@ -43,6 +43,39 @@ def test_pragmas_favour_durability_and_concurrency(engine: Engine) -> None:
     assert engine.query("PRAGMA busy_timeout") == [(int(BUSY_TIMEOUT * 1000),)]
     assert engine.query("PRAGMA temp_store") == [(2,)]  # MEMORY
     assert engine.query("PRAGMA cache_size") == [(-CACHE_SIZE_KIB,)]
+
+
+def test_a_plain_file_is_read_through_a_memory_map_unless_turned_off(engine: Engine, db_path: Path) -> None:
+    assert engine.mmap_size == DEFAULT_MMAP_SIZE
+    assert engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
+    off = Engine(db_path, mmap_size=0)
+    small = Engine(db_path, mmap_size=1 << 20)
+    try:
+        assert off.query("PRAGMA mmap_size") == [(0,)]
+        assert small.query("PRAGMA mmap_size") == [(1 << 20,)]
+    finally:
+        off.close()
+        small.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1024", True])
+def test_mmap_size_must_be_a_whole_number_of_bytes(db_path: Path, bad: Any) -> None:
+    with pytest.raises(UsageError, match="mmap_size"):
+        Engine(db_path, mmap_size=bad)
+    assert not db_path.exists()  # refused before anything was opened
+
+
+def test_unmapped_turns_the_map_off_for_its_block_and_nests(engine: Engine) -> None:
+    engine.execute("INSERT INTO items (name) VALUES ('a')")
+    with engine.unmapped():
+        assert engine.query("PRAGMA mmap_size") == [(0,)]
+        with engine.unmapped():
+            assert names(engine) == ["a"]
+        assert engine.query("PRAGMA mmap_size") == [(0,)]
+    assert engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
+    with pytest.raises(RuntimeError), engine.unmapped():
+        raise RuntimeError("boom")
+    assert engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
 
 
 def test_connection_is_in_autocommit_mode_so_only_atomic_opens_transactions(engine: Engine) -> None:

@@ -113,3 +113,39 @@ def test_queries_inside_a_write_see_its_own_changes_and_a_rollback_forgets_them(
             assert len(db.objects(WorkOrder).filter("priority == 42")) == 1
             raise RuntimeError("roll back")
     assert len(db.objects(WorkOrder).filter("priority == 42")) == 0
+
+
+def test_whole_collections_and_large_results_are_read_without_the_memory_map(tmp_path):
+    from tidesync.store.engine import DEFAULT_MMAP_SIZE
+
+    path = tmp_path / "big.db"
+    with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
+        with d.write():
+            d.create_many(WorkOrder, [{"title": f"w{i:05d}", "status": "open" if i % 2 else "done",
+                                       "priority": i % 7} for i in range(2_500)])
+    seen: list[str] = []
+    with tidesync.open(path, schema=[WorkOrder, Technician]) as mapped, \
+            tidesync.open(path, schema=[WorkOrder, Technician], mmap_size=0) as plain:
+        assert mapped._engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
+        assert plain._engine.query("PRAGMA mmap_size") == [(0,)]
+        mapped._engine._tracer = lambda sql, params: seen.append(sql)
+
+        def reads(db):
+            return (titles(db.objects(WorkOrder)), titles(db.objects(WorkOrder).filter("status == 'open'")),
+                    titles(db.objects(WorkOrder).filter("priority == 3")),
+                    titles(db.objects(WorkOrder).sort("priority").limit(5)), db.objects(WorkOrder).first().title,
+                    len(db.objects(WorkOrder)))
+
+        assert reads(mapped) == reads(plain)
+        assert len(reads(mapped)[0]) == 2_500 and len(reads(mapped)[2]) == 357
+        assert mapped._engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
+        off, on = "PRAGMA mmap_size = 0", f"PRAGMA mmap_size = {DEFAULT_MMAP_SIZE}"
+        bodies = [i for i, sql in enumerate(seen) if "body FROM documents" in sql]
+        assert bodies
+        for i in bodies:
+            toggles = [sql for sql in seen[:i] if sql in (off, on)]
+            unmapped = bool(toggles) and toggles[-1] == off
+            # Through the map: a filtered query's first page (read before its size is known).
+            # Not: a whole collection's, nor the later pages of a result larger than one page.
+            filtered = "live = 1 AND (" in seen[i]
+            assert unmapped == (not filtered or "rowid IN" in seen[i]), seen[i]

@@ -216,7 +216,8 @@ class Database(ReplicaStore):
     def __init__(self, path: str | os.PathLike[str], schema: Sequence[type[_ModelBase]] = (), *,
                  encryption_key: bytes | None = None, policies: merge.Policies | None = None,
                  user: str | None = None, partition_key: str | None = None,
-                 bootstrap_with_snapshot: bool = False, log_keep: int | None = None) -> None:
+                 bootstrap_with_snapshot: bool = False, log_keep: int | None = None,
+                 mmap_size: int | None = None) -> None:
         if log_keep is not None and (type(log_keep) is not int or log_keep < 0):
             raise UsageError(f"log_keep must be a whole number >= 0 or None, not {log_keep!r}")
         self.path = os.fspath(path)
@@ -231,7 +232,7 @@ class Database(ReplicaStore):
         given = {cls.__name__: cls for cls in schema}
         for name in self.schema.objects:
             self._models[name] = given.get(name) or model_registry()[name]
-        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False)
+        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False, mmap_size=mmap_size)
         self._lock = threading.RLock()
         self._txn: WriteTransaction | None = None
         self._txn_thread: int | None = None

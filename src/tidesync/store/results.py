@@ -171,7 +171,12 @@ class Results(Generic[M]):
         with self._db._lock:
             self._db._check_open()
             self._db._refresh()
-            return self._db._engine.query(sql, params)
+            if self._queries:
+                return self._db._engine.query(sql, params)
+            # A whole collection: SQLite may read all of it (to sort it), so not through the
+            # file's memory map, whose pages would stay resident (see Engine.unmapped).
+            with self._db._engine.unmapped():
+                return self._db._engine.query(sql, params)
 
     def _only_collection(self) -> str | None:
         """The collection this query reads, when it reads no other (None: a filter or a sort
@@ -198,9 +203,10 @@ class Results(Generic[M]):
         with self._db._lock:
             self._db._check_open()
             self._db._refresh()
-            cursor = self._db._engine.execute(sql, params)
-            while rows := cursor.fetchmany(10_000):
-                out.extend([r[0] for r in rows])
+            with self._db._engine.unmapped():
+                cursor = self._db._engine.execute(sql, params)
+                while rows := cursor.fetchmany(10_000):
+                    out.extend([r[0] for r in rows])
         return out
 
     # -- reading -----------------------------------------------------------------------------
@@ -219,7 +225,8 @@ class Results(Generic[M]):
     def __iter__(self) -> Iterator[M]:
         db = self._db
         # A result of at most one page is read with one statement; a larger one from a
-        # snapshot of its rowids, a page of bodies at a time (memory stays flat).
+        # snapshot of its rowids, a page of bodies at a time (memory stays flat: these reads
+        # bypass the file's memory map, whose pages would stay resident).
         rows = self._select("documents.rowid, documents.pk, documents.body", 0, _PAGE + 1)
         if len(rows) <= _PAGE:
             yield from self._managed_page(rows)
@@ -228,7 +235,7 @@ class Results(Generic[M]):
         rowids = self._rowids()
         for i in range(0, len(rowids), _PAGE):
             chunk = rowids[i:i + _PAGE].tolist()
-            with db._lock:
+            with db._lock, db._engine.unmapped():
                 db._check_open()
                 rows = db._engine.query(
                     f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",

@@ -149,3 +149,22 @@ def test_whole_collections_and_large_results_are_read_without_the_memory_map(tmp
             # Not: a whole collection's, nor the later pages of a result larger than one page.
             filtered = "live = 1 AND (" in seen[i]
             assert unmapped == (not filtered or "rowid IN" in seen[i]), seen[i]
+
+
+def test_objects_read_from_a_query_follow_later_changes_to_their_documents(db, tmp_path):
+    import time
+
+    pump = next(iter(db.objects(WorkOrder).filter("title == 'Fix pump'")))
+    wall = next(iter(db.objects(WorkOrder).filter("title == 'Paint wall'")))
+    assert (pump.status, wall.priority) == ("open", 1)
+    with db.write():
+        pump.status = "done"
+        assert pump.status == "done"  # the write's own view
+        db.delete(wall)
+    assert pump.status == "done"
+    with pytest.raises(tidesync.InvalidatedObjectError):
+        wall.priority
+    with tidesync.open(db.path, schema=[WorkOrder, Technician]) as other, other.write():
+        other.objects(WorkOrder).filter("title == 'Fix pump'").first().status = "held"
+    time.sleep(0.01)  # past the 2 ms in which a read trusts its cache without asking the file
+    assert pump.status == "held"

@@ -1592,8 +1592,13 @@ class Database(ReplicaStore):
                 if d is not None:
                     return d.state.body if d.state.live else None
                 p = txn.pending.get(ref)
-                if p is not None and not p.flushed:
-                    self._flush_pending(txn)
+                if p is not None:
+                    if not p.flushed:
+                        self._flush_pending(txn)
+                    # Its fast-path writes are in the file now; the cache holds the committed body.
+                    rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1",
+                                              ref)
+                    return loads_json(rows[0][0]) if rows else None
             elif time.monotonic() - self._checked_at >= 0.002:  # _refresh's own test, without the call
                 self._refresh()
             cached = self._cache.get(ref, _UNCACHED)

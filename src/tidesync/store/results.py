@@ -257,12 +257,22 @@ class Results(Generic[M]):
                 cache.clear()
             # The page's bodies decoded with one call of the JSON decoder (the same dicts).
             bodies = loads_json("[" + ",".join([r[2] for r in rows]) + "]")
+            new_binding = ObjectBinding.__new__
             for (_, pk_text, _), body in zip(rows, bodies):
                 ref = (name, pk_text)
                 if cache is not None:
                     cache[ref] = body
+                # ObjectBinding(db, name, key, ref, (), schema), its slots set here (no __init__
+                # call per object); the key as _key_of gives it.
+                binding = new_binding(ObjectBinding)
+                binding.db = db
+                binding.collection = name
+                binding.key = pk_text[1:-1] if pk_text[:1] == '"' and "\\" not in pk_text else _key_of(pk_text)
+                binding.ref = ref
+                binding.path = ()
+                binding.schema = schema
                 obj = cls.__new__(cls)
-                obj._ts_binding = ObjectBinding(db, name, _key_of(pk_text), ref, (), schema)
+                obj._ts_binding = binding
                 obj._ts_ref = ref
                 obj._ts_values = {}
                 append(obj)

@@ -45,17 +45,16 @@ def test_pragmas_favour_durability_and_concurrency(engine: Engine) -> None:
     assert engine.query("PRAGMA cache_size") == [(-CACHE_SIZE_KIB,)]
 
 
-def test_a_plain_file_is_read_through_a_memory_map_unless_turned_off(engine: Engine, db_path: Path) -> None:
-    assert engine.mmap_size == DEFAULT_MMAP_SIZE
-    assert engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
-    off = Engine(db_path, mmap_size=0)
-    small = Engine(db_path, mmap_size=1 << 20)
+def test_a_plain_file_is_read_through_a_memory_map_only_when_asked(engine: Engine, db_path: Path) -> None:
+    assert engine.mmap_size == DEFAULT_MMAP_SIZE == 0
+    assert engine.query("PRAGMA mmap_size") == [(0,)]
+    mapped = Engine(db_path, mmap_size=1 << 20)
     try:
-        assert off.query("PRAGMA mmap_size") == [(0,)]
-        assert small.query("PRAGMA mmap_size") == [(1 << 20,)]
+        assert mapped.mmap_size == 1 << 20
+        assert mapped.query("PRAGMA mmap_size") == [(1 << 20,)]
+        assert mapped.query("SELECT count(*) FROM items") == [(0,)]
     finally:
-        off.close()
-        small.close()
+        mapped.close()
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "1024", True])
@@ -65,17 +64,21 @@ def test_mmap_size_must_be_a_whole_number_of_bytes(db_path: Path, bad: Any) -> N
     assert not db_path.exists()  # refused before anything was opened
 
 
-def test_unmapped_turns_the_map_off_for_its_block_and_nests(engine: Engine) -> None:
+def test_unmapped_turns_the_map_off_for_its_block_and_nests(engine: Engine, db_path: Path) -> None:
     engine.execute("INSERT INTO items (name) VALUES ('a')")
-    with engine.unmapped():
-        assert engine.query("PRAGMA mmap_size") == [(0,)]
-        with engine.unmapped():
-            assert names(engine) == ["a"]
-        assert engine.query("PRAGMA mmap_size") == [(0,)]
-    assert engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
-    with pytest.raises(RuntimeError), engine.unmapped():
-        raise RuntimeError("boom")
-    assert engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
+    with engine.unmapped():  # no map to turn off: nothing to do
+        assert names(engine) == ["a"]
+    assert engine.query("PRAGMA mmap_size") == [(0,)]
+    with Engine(db_path, mmap_size=1 << 30) as mapped:
+        with mapped.unmapped():
+            assert mapped.query("PRAGMA mmap_size") == [(0,)]
+            with mapped.unmapped():
+                assert names(mapped) == ["a"]
+            assert mapped.query("PRAGMA mmap_size") == [(0,)]
+        assert mapped.query("PRAGMA mmap_size") == [(1 << 30,)]
+        with pytest.raises(RuntimeError), mapped.unmapped():
+            raise RuntimeError("boom")
+        assert mapped.query("PRAGMA mmap_size") == [(1 << 30,)]
 
 
 def test_connection_is_in_autocommit_mode_so_only_atomic_opens_transactions(engine: Engine) -> None:

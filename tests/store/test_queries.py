@@ -116,17 +116,16 @@ def test_queries_inside_a_write_see_its_own_changes_and_a_rollback_forgets_them(
 
 
 def test_whole_collections_and_large_results_are_read_without_the_memory_map(tmp_path):
-    from tidesync.store.engine import DEFAULT_MMAP_SIZE
-
+    size = 1 << 30
     path = tmp_path / "big.db"
     with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
         with d.write():
             d.create_many(WorkOrder, [{"title": f"w{i:05d}", "status": "open" if i % 2 else "done",
                                        "priority": i % 7} for i in range(2_500)])
     seen: list[str] = []
-    with tidesync.open(path, schema=[WorkOrder, Technician]) as mapped, \
-            tidesync.open(path, schema=[WorkOrder, Technician], mmap_size=0) as plain:
-        assert mapped._engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
+    with tidesync.open(path, schema=[WorkOrder, Technician], mmap_size=size) as mapped, \
+            tidesync.open(path, schema=[WorkOrder, Technician]) as plain:
+        assert mapped._engine.query("PRAGMA mmap_size") == [(size,)]
         assert plain._engine.query("PRAGMA mmap_size") == [(0,)]
         mapped._engine._tracer = lambda sql, params: seen.append(sql)
 
@@ -138,8 +137,8 @@ def test_whole_collections_and_large_results_are_read_without_the_memory_map(tmp
 
         assert reads(mapped) == reads(plain)
         assert len(reads(mapped)[0]) == 2_500 and len(reads(mapped)[2]) == 357
-        assert mapped._engine.query("PRAGMA mmap_size") == [(DEFAULT_MMAP_SIZE,)]
-        off, on = "PRAGMA mmap_size = 0", f"PRAGMA mmap_size = {DEFAULT_MMAP_SIZE}"
+        assert mapped._engine.query("PRAGMA mmap_size") == [(size,)]
+        off, on = "PRAGMA mmap_size = 0", f"PRAGMA mmap_size = {size}"
         bodies = [i for i, sql in enumerate(seen) if "body FROM documents" in sql]
         assert bodies
         for i in bodies:

@@ -33,7 +33,6 @@ import importlib
 import math
 import os
 import sqlite3
-import sys
 import threading
 import time
 from collections import Counter
@@ -92,10 +91,11 @@ BUSY_TIMEOUT = 10.0
 CACHE_SIZE_KIB = 8192
 """Page cache per connection, in KiB (SQLite's default is 2 MiB)."""
 
-DEFAULT_MMAP_SIZE = 1 << 30 if sys.maxsize > 2**32 else 0
-"""Bytes of a plain (unencrypted) file read through a memory map (SQLite's ``mmap_size``): 1 GiB
-on 64-bit platforms, none on 32-bit ones (address space). See docs/architecture.md, "Reading
-through a memory map"."""
+DEFAULT_MMAP_SIZE = 0
+"""Bytes of a plain (unencrypted) file read through a memory map (SQLite's ``mmap_size``) unless
+the caller asks otherwise: none. A map makes reads of pages already in the OS's file cache
+cheaper, and reads of pages that are not much dearer (each page fault reads ahead by the
+device's ``read_ahead_kb``); see docs/architecture.md, "Reading through a memory map"."""
 
 _HKDF_INFO = b"tidesync/sqlcipher-raw-key/v1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -235,7 +235,7 @@ class Engine:
             engine's own pragmas and transaction statements (the key is never shown).
         check_same_thread: False lets other threads use the connection (serialize them yourself).
         mmap_size: read up to this many bytes of the file through a memory map instead of
-            ``read()`` calls (None: :data:`DEFAULT_MMAP_SIZE`; 0: no map). Encrypted files are
+            ``read()`` calls (None: :data:`DEFAULT_MMAP_SIZE`, no map). Encrypted files are
             never mapped (SQLCipher must decrypt every page).
 
     Raises:

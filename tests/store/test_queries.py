@@ -167,3 +167,14 @@ def test_objects_read_from_a_query_follow_later_changes_to_their_documents(db, t
         other.objects(WorkOrder).filter("title == 'Fix pump'").first().status = "held"
     time.sleep(0.01)  # past the 2 ms in which a read trusts its cache without asking the file
     assert pump.status == "held"
+
+
+def test_objects_of_a_query_are_bound_as_db_get_binds_them(db):
+    from tidesync.store.managed import ObjectBinding
+
+    for w in db.objects(WorkOrder):
+        got, want = w._ts_binding, db.get(WorkOrder, w._id)._ts_binding
+        assert type(got) is ObjectBinding
+        for slot in ObjectBinding.__slots__:  # every slot set, a slot added later included
+            assert getattr(got, slot) == getattr(want, slot), slot
+        assert w._ts_ref == got.ref and w._ts_values == {}

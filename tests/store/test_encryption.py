@@ -125,6 +125,11 @@ def test_reopen_with_the_right_key(encrypted_file: Path) -> None:
         assert e.query("PRAGMA temp_store") == [(2,)]
     with Engine(encrypted_file, encryption_key=KEY, readonly=True) as reader:
         assert reader.query("SELECT count(*) FROM notes") == [(200,)]
+    with Engine(encrypted_file, encryption_key=KEY, mmap_size=1 << 20) as e:  # never mapped, even if asked
+        assert e.mmap_size == 0 and e.query("PRAGMA mmap_size") == [(0,)]
+        with e.unmapped():
+            assert e.query("SELECT count(*) FROM notes") == [(200,)]
+        assert e.query("PRAGMA mmap_size") == [(0,)]
 
 
 @needs_sqlcipher

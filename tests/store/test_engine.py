@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tidesync.errors import DatabaseClosedError, StorageError, UsageError
-from tidesync.store.engine import BUSY_TIMEOUT, CACHE_SIZE_KIB, Engine
+from tidesync.store.engine import BUSY_TIMEOUT, CACHE_SIZE_KIB, DEFAULT_MMAP_SIZE, Engine
 
 
 @pytest.fixture
@@ -43,6 +43,42 @@ def test_pragmas_favour_durability_and_concurrency(engine: Engine) -> None:
     assert engine.query("PRAGMA busy_timeout") == [(int(BUSY_TIMEOUT * 1000),)]
     assert engine.query("PRAGMA temp_store") == [(2,)]  # MEMORY
     assert engine.query("PRAGMA cache_size") == [(-CACHE_SIZE_KIB,)]
+
+
+def test_a_plain_file_is_read_through_a_memory_map_only_when_asked(engine: Engine, db_path: Path) -> None:
+    assert engine.mmap_size == DEFAULT_MMAP_SIZE == 0
+    assert engine.query("PRAGMA mmap_size") == [(0,)]
+    mapped = Engine(db_path, mmap_size=1 << 20)
+    try:
+        assert mapped.mmap_size == 1 << 20
+        assert mapped.query("PRAGMA mmap_size") == [(1 << 20,)]
+        assert mapped.query("SELECT count(*) FROM items") == [(0,)]
+    finally:
+        mapped.close()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1024", True])
+def test_mmap_size_must_be_a_whole_number_of_bytes(db_path: Path, bad: Any) -> None:
+    with pytest.raises(UsageError, match="mmap_size"):
+        Engine(db_path, mmap_size=bad)
+    assert not db_path.exists()  # refused before anything was opened
+
+
+def test_unmapped_turns_the_map_off_for_its_block_and_nests(engine: Engine, db_path: Path) -> None:
+    engine.execute("INSERT INTO items (name) VALUES ('a')")
+    with engine.unmapped():  # no map to turn off: nothing to do
+        assert names(engine) == ["a"]
+    assert engine.query("PRAGMA mmap_size") == [(0,)]
+    with Engine(db_path, mmap_size=1 << 30) as mapped:
+        with mapped.unmapped():
+            assert mapped.query("PRAGMA mmap_size") == [(0,)]
+            with mapped.unmapped():
+                assert names(mapped) == ["a"]
+            assert mapped.query("PRAGMA mmap_size") == [(0,)]
+        assert mapped.query("PRAGMA mmap_size") == [(1 << 30,)]
+        with pytest.raises(RuntimeError), mapped.unmapped():
+            raise RuntimeError("boom")
+        assert mapped.query("PRAGMA mmap_size") == [(1 << 30,)]
 
 
 def test_connection_is_in_autocommit_mode_so_only_atomic_opens_transactions(engine: Engine) -> None:

@@ -43,3 +43,41 @@ def test_errors_are_those_of_a_fresh_parse(db, text, args):
             db.objects(WorkOrder).filter(text, *args)
         assert str(cached.value) == str(fresh.value)
         assert cached.value.position == fresh.value.position
+
+
+_STRING_QUERIES = [
+    "title == $0", "title != $0", "title ==[c] $0", "title BEGINSWITH $0", "title CONTAINS[c] $0",
+    "title LIKE $0", "title > $0", "status == $0 AND title != $1", "status == $0 OR status == $1",
+    "title == $0 OR title == $0", "technician.name == $0", "ANY helpers.name == $0", "tags == $0",
+    "site.city ==[c] $0", "extra == $0", "title == $0 SORT(priority DESC) LIMIT(2)", "notes.a == $0",
+    "title IN {$0, $1}", "title BETWEEN {$0, $1}",
+]
+_STRING_ARGS = [("t1", "t2"), ("", "x"), ("T%_*?[\\", "a'b\"c"), ("same", "same"), ("Zq\u00c9", ""), ("t1", "t1")]
+
+
+@pytest.mark.parametrize("text", _STRING_QUERIES)
+def test_a_query_with_string_arguments_compiles_as_a_fresh_one_whatever_the_strings(db, text):
+    from tidesync.query import compile_sql
+    from tidesync.store.results import _compile, _parse
+
+    n = 2 if "$1" in text else 1
+    for args in _STRING_ARGS * 2:  # the second round reads what the first one cached
+        args = tuple(a + "" for a in args[:n])
+        try:
+            fresh = compile_sql(parse_query(text, args), "WorkOrder", db.schema)
+        except tidesync.QueryError as exc:
+            with pytest.raises(tidesync.QueryError, match=str(exc)[:20]):
+                _compile(text, args, _parse(text, args), "WorkOrder", db.schema)
+            continue
+        assert _compile(text, args, _parse(text, args), "WorkOrder", db.schema) == fresh
+        assert db.objects(WorkOrder).filter(text, *args)._compiled[-1] == fresh
+
+
+def test_results_of_a_cached_compile_are_those_of_a_fresh_query(db):
+    for title in ("t1", "t4", "nope", "t1", ""):
+        got = [w.title for w in db.objects(WorkOrder).filter("title == $0 OR status == $1", title, "x")]
+        assert got == ([title] if title.startswith("t") and title != "nope" else [])
+    with pytest.raises(tidesync.QueryError):
+        db.objects(WorkOrder).filter("priority > $0", "high")  # a string where a number goes: refused
+    with pytest.raises(tidesync.QueryError):
+        db.objects(WorkOrder).filter("priority > $0", "low")  # again, after the first try

@@ -216,7 +216,8 @@ class Database(ReplicaStore):
     def __init__(self, path: str | os.PathLike[str], schema: Sequence[type[_ModelBase]] = (), *,
                  encryption_key: bytes | None = None, policies: merge.Policies | None = None,
                  user: str | None = None, partition_key: str | None = None,
-                 bootstrap_with_snapshot: bool = False, log_keep: int | None = None) -> None:
+                 bootstrap_with_snapshot: bool = False, log_keep: int | None = None,
+                 mmap_size: int | None = None) -> None:
         if log_keep is not None and (type(log_keep) is not int or log_keep < 0):
             raise UsageError(f"log_keep must be a whole number >= 0 or None, not {log_keep!r}")
         self.path = os.fspath(path)
@@ -231,7 +232,7 @@ class Database(ReplicaStore):
         given = {cls.__name__: cls for cls in schema}
         for name in self.schema.objects:
             self._models[name] = given.get(name) or model_registry()[name]
-        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False)
+        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False, mmap_size=mmap_size)
         self._lock = threading.RLock()
         self._txn: WriteTransaction | None = None
         self._txn_thread: int | None = None
@@ -1591,8 +1592,13 @@ class Database(ReplicaStore):
                 if d is not None:
                     return d.state.body if d.state.live else None
                 p = txn.pending.get(ref)
-                if p is not None and not p.flushed:
-                    self._flush_pending(txn)
+                if p is not None:
+                    if not p.flushed:
+                        self._flush_pending(txn)
+                    # Its fast-path writes are in the file now; the cache holds the committed body.
+                    rows = self._engine.query("SELECT body FROM documents WHERE collection = ? AND pk = ? AND live = 1",
+                                              ref)
+                    return loads_json(rows[0][0]) if rows else None
             elif time.monotonic() - self._checked_at >= 0.002:  # _refresh's own test, without the call
                 self._refresh()
             cached = self._cache.get(ref, _UNCACHED)

@@ -63,6 +63,7 @@ __all__ = [
     "MIN_SQLITE",
     "BUSY_TIMEOUT",
     "CACHE_SIZE_KIB",
+    "DEFAULT_MMAP_SIZE",
     "KEY_SIZE",
     "Cursor",
     "Engine",
@@ -89,6 +90,12 @@ BUSY_TIMEOUT = 10.0
 
 CACHE_SIZE_KIB = 8192
 """Page cache per connection, in KiB (SQLite's default is 2 MiB)."""
+
+DEFAULT_MMAP_SIZE = 0
+"""Bytes of a plain (unencrypted) file read through a memory map (SQLite's ``mmap_size``) unless
+the caller asks otherwise: none. A map makes reads of pages already in the OS's file cache
+cheaper, and reads of pages that are not much dearer (each page fault reads ahead by the
+device's ``read_ahead_kb``); see docs/architecture.md, "Reading through a memory map"."""
 
 _HKDF_INFO = b"tidesync/sqlcipher-raw-key/v1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -227,9 +234,12 @@ class Engine:
         tracer: called as ``tracer(sql, params)`` before every statement, including the
             engine's own pragmas and transaction statements (the key is never shown).
         check_same_thread: False lets other threads use the connection (serialize them yourself).
+        mmap_size: read up to this many bytes of the file through a memory map instead of
+            ``read()`` calls (None: :data:`DEFAULT_MMAP_SIZE`, no map). Encrypted files are
+            never mapped (SQLCipher must decrypt every page).
 
     Raises:
-        UsageError: the key is not 64 bytes.
+        UsageError: the key is not 64 bytes, or ``mmap_size`` is not a whole number >= 0.
         MissingExtraError: a key was given and sqlcipher3 is not installed.
         EncryptionError: wrong key, no key for an encrypted file, or a key for a plain file.
         CorruptFileError: the file is not a SQLite database.
@@ -238,11 +248,17 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None,
                  readonly: bool = False, tracer: Tracer | None = None,
-                 check_same_thread: bool = True) -> None:
+                 check_same_thread: bool = True, mmap_size: int | None = None) -> None:
+        if mmap_size is not None and (type(mmap_size) is not int or mmap_size < 0):
+            raise UsageError(f"mmap_size must be a whole number of bytes >= 0 or None, not {mmap_size!r}")
         self.path = os.fspath(path)
         self._check_same_thread = check_same_thread
         self.readonly = readonly
         self.encrypted = encryption_key is not None
+        #: Bytes of the file read through a memory map (0: none; always 0 when encrypted).
+        self.mmap_size = 0 if self.encrypted else DEFAULT_MMAP_SIZE if mmap_size is None else mmap_size
+        #: How many :meth:`unmapped` blocks are open.
+        self._unmapped_depth = 0
         self._tracer = tracer
         self._owner = threading.get_ident()
         self._savepoints = 0
@@ -326,8 +342,7 @@ class Engine:
         self._run("PRAGMA foreign_keys = ON")
         self._run(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
         self._run("PRAGMA temp_store = MEMORY")
-        if self.encrypted:
-            self._run("PRAGMA mmap_size = 0")
+        self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
 
     # -- the door --------------------------------------------------------------------------
 
@@ -481,6 +496,29 @@ class Engine:
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+    @contextmanager
+    def unmapped(self) -> Iterator[None]:
+        """Run the block's statements without the memory map (``mmap_size`` 0, then back).
+
+        For reads that sweep much of the file (iterating a large result): through the map, every
+        page they touch would stay in the process's resident set until the map is dropped; read
+        through SQLite's page cache instead, their memory stays bounded by ``cache_size``.
+        SQLite applies the change only while no statement holds a mapped page (a read still in
+        progress keeps the map), so call this between statements. Nested blocks are fine.
+        """
+        if not self.mmap_size:
+            yield
+            return
+        if self._unmapped_depth == 0:
+            self._run("PRAGMA mmap_size = 0").fetchall()
+        self._unmapped_depth += 1
+        try:
+            yield
+        finally:
+            self._unmapped_depth -= 1
+            if self._unmapped_depth == 0 and self._conn is not None:
+                self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
 
     def total_changes(self) -> int:
         """Rows changed through this connection since it opened (grows with every write)."""

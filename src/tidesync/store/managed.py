@@ -8,6 +8,7 @@ write transaction's, inside ``db.write()``); every assignment becomes an operati
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence, MutableSet
+from time import monotonic
 from typing import TYPE_CHECKING, Any, overload
 
 from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, coerce, model_registry
@@ -63,7 +64,16 @@ class ObjectBinding:
 
     def get_field(self, obj: Any, name: str) -> Any:
         f = self.schema.fields[name]
-        body = self.db._body_of(self.ref) if not self.path else None
+        db = self.db
+        body = None
+        if not self.path and db._txn is None and not db._closed and monotonic() - db._checked_at < 0.002:
+            # What _body_of answers when no write transaction is open and the file was checked
+            # for other writers less than 2 ms ago: the cached body. One dict read needs no lock
+            # (the cache only ever gains committed bodies or is cleared); a miss, or a deleted
+            # document (None), takes the full path below.
+            body = db._cache.get(self.ref)
+        if body is None:
+            body = db._body_of(self.ref) if not self.path else None
         plain = (body if body is not None else self.body()).get(name)
         t = f.type
         if t.kind in _SCALAR_OR_MIXED:

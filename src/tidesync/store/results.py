@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..core.models import _ModelBase
+from ..core.schema import Schema
 from ..core.values import loads_json
 from ..errors import QueryError
 from ..query import (DistinctDescriptor, LimitDescriptor, Query, SortDescriptor, compile_distinct, compile_order,
@@ -82,6 +83,64 @@ def _parse(query: str | Mapping[str, Any] | Query, args: Sequence[Any]) -> Query
         return parse_query(query, args)  # the error as the parser reports it (pointing at the $n)
 
 
+# (RQL text, collection, id(schema), argument count) -> (the schema, how compile_sql's output is
+# made from string arguments: (fragment, per parameter (argument index, None) or (-1, constant)),
+# or None when it is not made that way). Found once per text by compiling it again with other
+# strings (see _recipe); a query run again with other strings is then bound, not compiled.
+_COMPILED: dict[tuple[str, str, int, int], tuple[Schema, tuple[str, tuple[tuple[int, Any], ...]] | None]] = {}
+_COMPILED_LIMIT = 512
+# Differs from any plain string an argument is compared as: upper case, LIKE and GLOB wildcards.
+_PROBE = "Zq\u00c9%_*?[\\"
+
+
+def _compile(query: str | Mapping[str, Any], args: Sequence[Any], q: Query, name: str,
+             schema: Schema) -> tuple[str, list[Any]]:
+    """``compile_sql(q, name, schema)`` of ``q``, the parse of ``query`` bound to ``args``;
+    for RQL text whose arguments are all strings, made from a recipe found the first time."""
+    if type(query) is not str or not args or any(type(a) is not str for a in args):
+        return compile_sql(q, name, schema)
+    key = (query, name, id(schema), len(args))
+    hit = _COMPILED.get(key)
+    if hit is not None and hit[0] is schema:
+        if hit[1] is None:
+            return compile_sql(q, name, schema)
+        frag, slots = hit[1]
+        return frag, [args[i] if i >= 0 else c for i, c in slots]
+    sql = compile_sql(q, name, schema)
+    if len(_COMPILED) >= _COMPILED_LIMIT:
+        _COMPILED.clear()
+    _COMPILED[key] = (schema, _recipe(query, args, sql, name, schema))
+    return sql
+
+
+def _recipe(query: str, args: Sequence[str], sql: tuple[str, list[Any]], name: str,
+            schema: Schema) -> tuple[str, tuple[tuple[int, Any], ...]] | None:
+    """How ``sql`` (compiled from ``query`` with ``args``) is made from any string arguments:
+    compiled again with two other sets (distinct marked strings, empty strings), the fragment
+    must stay the same, each parameter must be one argument itself (the same object) in every
+    set or a constant equal in all three. None otherwise (the SQL depends on the values)."""
+    probes = (tuple(f"{_PROBE}{i}" for i in range(len(args))), ("",) * len(args))
+    try:
+        others = [compile_sql(_parse(query, probe), name, schema) for probe in probes]
+    except QueryError:
+        return None
+    frag, params = sql
+    if any(f != frag or len(p) != len(params) for f, p in others):
+        return None
+    slots: list[tuple[int, Any]] = []
+    for n, value in enumerate(params):
+        marked, empty = others[0][1][n], others[1][1][n]
+        i = next((j for j, a in enumerate(args) if value is a), -1)
+        if i >= 0 and marked is probes[0][i] and empty == "" and type(empty) is str:
+            slots.append((i, None))
+        elif (i < 0 and not any(marked is a for a in probes[0]) and type(value) is type(marked) is type(empty)
+              and value == marked == empty):
+            slots.append((-1, value))
+        else:
+            return None
+    return frag, tuple(slots)
+
+
 class Results(Generic[M]):
     """Live results of a query on one model. Made by ``db.objects(Model)``."""
 
@@ -119,7 +178,7 @@ class Results(Generic[M]):
         """
         q = _parse(query, args)
         name, schema = self._cls.__name__, self._db.schema
-        sql = compile_sql(q, name, schema)  # validate now, not on first use
+        sql = _compile(query, args, q, name, schema)  # validate now, not on first use
         sort, limit, distinct = self._sort, self._limit, self._distinct
         for d in q.descriptors:
             if isinstance(d, SortDescriptor):
@@ -187,7 +246,12 @@ class Results(Generic[M]):
         with self._db._lock:
             self._db._check_open()
             self._db._refresh()
-            return self._db._engine.query(sql, params)
+            if self._queries:
+                return self._db._engine.query(sql, params)
+            # A whole collection: SQLite may read all of it (to sort it), so not through the
+            # file's memory map, whose pages would stay resident (see Engine.unmapped).
+            with self._db._engine.unmapped():
+                return self._db._engine.query(sql, params)
 
     def _only_collection(self) -> str | None:
         """The collection this query reads, when it reads no other (None: a filter or a sort
@@ -214,9 +278,10 @@ class Results(Generic[M]):
         with self._db._lock:
             self._db._check_open()
             self._db._refresh()
-            cursor = self._db._engine.execute(sql, params)
-            while rows := cursor.fetchmany(10_000):
-                out.extend([r[0] for r in rows])
+            with self._db._engine.unmapped():
+                cursor = self._db._engine.execute(sql, params)
+                while rows := cursor.fetchmany(10_000):
+                    out.extend([r[0] for r in rows])
         return out
 
     # -- reading -----------------------------------------------------------------------------
@@ -235,7 +300,8 @@ class Results(Generic[M]):
     def __iter__(self) -> Iterator[M]:
         db = self._db
         # A result of at most one page is read with one statement; a larger one from a
-        # snapshot of its rowids, a page of bodies at a time (memory stays flat).
+        # snapshot of its rowids, a page of bodies at a time (memory stays flat: these reads
+        # bypass the file's memory map, whose pages would stay resident).
         rows = self._select("documents.rowid, documents.pk, documents.body", 0, _PAGE + 1)
         if len(rows) <= _PAGE:
             yield from self._managed_page(rows)
@@ -244,7 +310,7 @@ class Results(Generic[M]):
         rowids = self._rowids()
         for i in range(0, len(rowids), _PAGE):
             chunk = rowids[i:i + _PAGE].tolist()
-            with db._lock:
+            with db._lock, db._engine.unmapped():
                 db._check_open()
                 rows = db._engine.query(
                     f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
@@ -266,12 +332,22 @@ class Results(Generic[M]):
                 cache.clear()
             # The page's bodies decoded with one call of the JSON decoder (the same dicts).
             bodies = loads_json("[" + ",".join([r[2] for r in rows]) + "]")
+            new_binding = ObjectBinding.__new__
             for (_, pk_text, _), body in zip(rows, bodies):
                 ref = (name, pk_text)
                 if cache is not None:
                     cache[ref] = body
+                # ObjectBinding(db, name, key, ref, (), schema), its slots set here (no __init__
+                # call per object); the key as _key_of gives it.
+                binding = new_binding(ObjectBinding)
+                binding.db = db
+                binding.collection = name
+                binding.key = pk_text[1:-1] if pk_text[:1] == '"' and "\\" not in pk_text else _key_of(pk_text)
+                binding.ref = ref
+                binding.path = ()
+                binding.schema = schema
                 obj = cls.__new__(cls)
-                obj._ts_binding = ObjectBinding(db, name, _key_of(pk_text), ref, (), schema)
+                obj._ts_binding = binding
                 obj._ts_ref = ref
                 obj._ts_values = {}
                 append(obj)

@@ -433,8 +433,19 @@ def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
     values; then also None unless every key is a str and every field's value a plain scalar
     (str, bool, None, a signed 64-bit int, a finite float), so that every item of the
     accepted creates is plain."""
+    stamps: list[Any] = []
+    out = creates_unstamped(ops, shapes, stamps, plain=plain)
+    if out is None or not are_stamps(stamps):
+        return None
+    return out
+
+
+def creates_unstamped(ops: list[Any], shapes: list[tuple[Any, ...] | None] | None, stamps: list[Any], *,
+                      plain: bool = False) -> tuple[CreateDoc, ...] | None:
+    """:func:`creates_from_wire` without its stamp check: the stamps and bases that check
+    needs are appended to ``stamps``, for the caller to check with :func:`are_stamps` (once
+    for many transactions); the result stands only if they pass."""
     out = []
-    stamps = []
     kinds_ok = _KINDS
     make = _new_create
     want_shapes = shapes is not None
@@ -473,8 +484,6 @@ def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
                 else:
                     prev = (collection, names, types, kinds)
                     shapes.append((collection, names, types, tuple(kinds.items()) if kinds else ()))  # type: ignore[union-attr]
-    if not are_stamps(stamps):
-        return None
     return tuple(out)
 
 

@@ -760,7 +760,7 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
-            self._engine.run_rows(UPSERT_DOCUMENT, rows)
+            self._run_values(UPSERT_DOCUMENT, rows, 8)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:
@@ -1980,11 +1980,11 @@ class Database(ReplicaStore):
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
             logged.append((seq, t.origin, via, data))
             desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor(len(data)).to_wire()), seq))
-        self._engine.run_rows("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
-                              log_rows)
-        self._engine.run_rows(
+        self._run_values("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
+                         log_rows, 6)
+        self._run_values(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq", desc_rows)
+            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq", desc_rows, 6)
         added: dict[str, None] = {}
         removed: set[str] = set()
         for t in txns:

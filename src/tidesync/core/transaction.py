@@ -183,6 +183,17 @@ class Transaction:
         return Descriptor(self.id, self.origin, self.user, self.stamp, self.parents,
                           self.touches(), len(self.ops), size)
 
+    def descriptor_wire(self, size: int = 0) -> dict[str, Any]:
+        """``self.descriptor(size).to_wire()``, the same map, made without the descriptor
+        (the log's writer stores one per transaction)."""
+        ops = self.ops
+        seen: dict[tuple[str, str], list[Any]] = {}
+        for op, ref in zip(ops, self.refs()):
+            if ref not in seen:
+                seen[ref] = [op.collection, op.key]
+        return {"id": self.id, "origin": self.origin, "user": self.user, "stamp": self.stamp,
+                "parents": list(self.parents), "touches": list(seen.values()), "ops": len(ops), "size": size}
+
     def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
         """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some
         operations already made, by their index in ``ops``, inserted in increasing index)."""

@@ -1873,6 +1873,9 @@ class Database(ReplicaStore):
         unlogged: list[Transaction] = []
         if not next_seq:
             next_seq = self._next_log_seq() if len(known) < len(txns) else 0
+        # Stamps are fixed-width lowercase hex (checked on the way in): the largest string is
+        # the latest, so one observation for the batch does (nothing here reads the clock).
+        latest = Stamp("")
         for t in txns:
             if t.id in known:
                 dups += 1
@@ -1880,7 +1883,6 @@ class Database(ReplicaStore):
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
             touched: list[LoadedDoc | _Fresh] = []
-            latest = Stamp("")
             try:
                 for op, ref in zip(t.ops, t.refs()):
                     d = docs.get(ref)
@@ -1912,9 +1914,6 @@ class Database(ReplicaStore):
                         conflicts.extend(c)
                     if op.stamp > latest:
                         latest = op.stamp
-                # Stamps are fixed-width lowercase hex (checked on the way in): the largest
-                # string is the latest, so one observation per transaction does.
-                self._clock.observe(latest)
             except (ValueError, TypeError, KeyError) as exc:
                 raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
             unlogged.append(t)
@@ -1922,14 +1921,16 @@ class Database(ReplicaStore):
             next_seq += 1
             for d in touched:
                 d.seq = last_seq
-            self._record_conflicts(t.id, conflicts)
-            nconf += len(conflicts)
+            if conflicts:
+                self._record_conflicts(t.id, conflicts)
+                nconf += len(conflicts)
             applied += 1
         if unlogged:
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
         # One statement for the batch, in first-touch order (new documents' rowids as before),
         # each document with the seq of the last transaction that touched it.
         self._write_docs(docs.values(), None)
+        self._clock.observe(latest)
         if peer is not None and peer_seq is not None:
             self._engine.execute(
                 "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
@@ -1979,7 +1980,7 @@ class Database(ReplicaStore):
             data = pack(t.wire())
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
             logged.append((seq, t.origin, via, data))
-            desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor(len(data)).to_wire()), seq))
+            desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor_wire(len(data))), seq))
         self._run_values("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
                          log_rows, 6)
         self._run_values(

@@ -487,6 +487,78 @@ def creates_unstamped(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
     return tuple(out)
 
 
+_CA_SET = _slot_setters(CounterAdd, ("collection", "key", "stamp", "base", "path", "epochs", "amount"))
+_UN_SET = _slot_setters(Unset, ("collection", "key", "stamp", "base", "path", "epochs"))
+_DD_SET = _slot_setters(DeleteDoc, ("collection", "key", "stamp", "base"))
+
+
+def updates_unstamped(ops: list[Any], stamps: list[Any]) -> tuple[Op, ...] | None:
+    """:func:`op_from_wire` of each of ``ops`` (straight from a decoded message, not yet checked
+    to be plain) when all are well-formed, plain ``SetValue`` (of a scalar), ``CounterAdd``,
+    ``Unset`` or ``DeleteDoc`` operations with exact types and str keys: a device's stream of
+    edits. Their stamps, bases and epochs are appended to ``stamps`` for the caller to check
+    with :func:`are_stamps`; the result stands only if they pass. None on any doubt (then
+    :func:`op_from_wire` says what is wrong)."""
+    out: list[Op] = []
+    new = object.__new__
+    for data in ops:
+        if type(data) is not list or not data:
+            return None
+        code = data[0]
+        n = len(data)
+        if n < 5:
+            return None
+        collection, key, stamp, base = data[1], data[2], data[3], data[4]
+        if type(collection) is not str or not collection or type(key) is not str or type(base) is not str:
+            return None
+        stamps.append(stamp)
+        if base:
+            stamps.append(base)
+        if code == "D":
+            if n != 5:
+                return None
+            op: Any = new(DeleteDoc)
+            setters: tuple[Any, ...] = _DD_SET
+            values: tuple[Any, ...] = (collection, key, stamp, base)
+        else:
+            if n < 7:
+                return None
+            path, epochs = data[5], data[6]
+            if type(path) is not list or not path or type(epochs) is not list or len(epochs) != len(path) - 1:
+                return None
+            for name in path:
+                if type(name) is not str or not name:
+                    return None
+            for e in epochs:
+                if type(e) is not str:
+                    return None
+                if e:
+                    stamps.append(e)
+            if code == "S":
+                if n != 9 or type(data[8]) is not bool or not plain_scalars((data[7],)):
+                    return None
+                op = new(SetValue)
+                setters = _SV_SET
+                values = (collection, key, stamp, base, tuple(path), tuple(epochs), data[7], data[8])
+            elif code == "N":
+                amount = data[7] if n == 8 else None
+                if type(amount) is not int or not plain_scalars((amount,)):
+                    return None
+                op = new(CounterAdd)
+                setters = _CA_SET
+                values = (collection, key, stamp, base, tuple(path), tuple(epochs), amount)
+            elif code == "U" and n == 7:
+                op = new(Unset)
+                setters = _UN_SET
+                values = (collection, key, stamp, base, tuple(path), tuple(epochs))
+            else:
+                return None
+        for setter, value in zip(setters, values):
+            setter(op, value)
+        out.append(op)
+    return tuple(out)
+
+
 def _expected_epochs(op: Op) -> int | None:
     if isinstance(op, (SetValue, Unset, SetContainer, CounterAdd)):
         return len(op.path) - 1

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .operations import CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_stored, op_from_wire, op_to_wire
+from .operations import (
+    CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_stored, op_from_wire, op_to_wire, updates_unstamped,
+)
 from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
@@ -173,7 +175,7 @@ class Transaction:
 
     def wire(self) -> dict[str, Any]:
         """:meth:`to_wire`'s map, shared: the map this transaction was parsed from when it is
-        exactly what :meth:`to_wire` would build (a peer's upload of plain creates), else a
+        exactly what :meth:`to_wire` would build (a peer's upload of plain creates or edits), else a
         new one. Read it, never change it."""
         wire = self._wire
         return wire if wire is not None else self.to_wire()
@@ -284,9 +286,10 @@ class Transaction:
     @classmethod
     def many_from_unchecked(cls, datas: list[Any]) -> list[Transaction] | None:
         """:meth:`from_unchecked` of each of ``datas`` (an upload batch's transactions), in
-        one pass for the batch when each is exactly what a device sends for new documents:
-        the keys of :meth:`to_wire` in its order (``user`` a str or absent, no ``meta``), no
-        before-images, creates only. Their ids, stamps, parents and operation stamps are
+        one pass for the batch when each is exactly what a device sends for new documents or
+        edits: the keys of :meth:`to_wire` in its order (``user`` a str or absent, no
+        ``meta``), no before-images, creates of plain scalars only or edits only (see
+        :func:`~tidesync.core.operations.updates_unstamped`). Their ids, stamps, parents and operation stamps are
         checked together, and the transactions are made without the dataclass ``__init__``:
         the same transactions :meth:`from_unchecked` makes (equal, same :meth:`wire`,
         :meth:`create_shapes`). None on any doubt: then call :meth:`from_unchecked` on each
@@ -317,15 +320,24 @@ class Transaction:
                 if type(p) is not str:
                     return None
             shapes: list[tuple[Any, ...] | None] = []
-            parsed = creates_unstamped(ops, shapes, stamps, plain=True)
-            if parsed is None:
-                return None
+            mark = len(stamps)
+            parsed: tuple[Op, ...] | None = creates_unstamped(ops, shapes, stamps, plain=True)
+            if parsed is not None:
+                wire: dict[str, Any] | None = data
+                known = tuple(shapes) if None not in shapes else None
+            else:
+                # Edits. Each operation's list is what op_to_wire gives for it (the same items,
+                # lists for its path and epochs), so to_wire() would build this map too.
+                del stamps[mark:]
+                parsed = updates_unstamped(ops, stamps)
+                if parsed is None or not parsed:
+                    return None
+                wire, known = data, None
             stamps.append(tid)
             stamps.append(stamp)
             stamps.extend(parents)
             origins.add(origin)
-            out.append(make(tid, origin, stamp, tuple(parents), parsed, user, data,
-                            tuple(shapes) if None not in shapes else None))
+            out.append(make(tid, origin, stamp, tuple(parents), parsed, user, wire, known))
         if not are_stamps(stamps):
             return None
         for origin in origins:
@@ -381,8 +393,9 @@ class Transaction:
 
 
 def _transaction_maker() -> Callable[..., Transaction]:
-    """``Transaction(...)`` of an upload's transaction of creates, as :meth:`Transaction._from_wire`
-    makes it (no before-images, no meta, ``_wire`` the received map), its slots filled
+    """``Transaction(...)`` of an upload's transaction, as :meth:`Transaction._from_wire` makes
+    it (no before-images, no meta, ``_shapes`` as it sets them; ``_wire`` the received map,
+    which :meth:`Transaction.to_wire` would build again), its slots filled
     directly: a frozen dataclass's ``__init__`` sets each of its 13 slots through
     ``object.__setattr__``."""
     new = object.__new__
@@ -392,7 +405,7 @@ def _transaction_maker() -> Callable[..., Transaction]:
      s_refs, s_wire, s_packed, s_shapes, s_unpack) = [getattr(Transaction, name).__set__ for name in fields]
 
     def make(tid: Stamp, origin: ReplicaId, stamp: Stamp, parents: tuple[Stamp, ...], ops: tuple[Op, ...],
-             user: str | None, wire: dict[str, Any], shapes: tuple[tuple[Any, ...], ...] | None) -> Transaction:
+             user: str | None, wire: dict[str, Any] | None, shapes: tuple[tuple[Any, ...], ...] | None) -> Transaction:
         t: Transaction = new(Transaction)
         s_id(t, tid)
         s_origin(t, origin)

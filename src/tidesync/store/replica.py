@@ -96,12 +96,13 @@ def _values_sql(statement: str, rows: int) -> str:
     return f"{head} SELECT * FROM (VALUES {','.join([values] * rows)}) WHERE column1 IS NOT NULL{conflict}{tail}"
 
 
-#: The rows of one :meth:`ReplicaStore._run_values` statement. Measured on this build
-#: (executemany of an upload's document rows, about 4 us per row of CPU): 64, 256 or 1,000 rows
-#: per statement save 1 to 1.5 us per row alike; a larger statement takes longer to prepare
-#: (1 ms for 64 rows, 100 ms for 4,096), and padding a statement with NULL rows costs about
+#: The rows of one :meth:`ReplicaStore._run_values` statement. Measured on this build (an
+#: upload's document rows; executemany about 6 us per row of CPU at load 4): 32 or 64 rows per
+#: statement save about 2 us per row alike, 16 a little less. A larger statement takes longer to
+#: prepare, once per connection (0.2 ms for 16 rows, 0.3 ms for 32, 0.6 ms for 64, 100 ms for
+#: 4,096; a fleet of devices pays it on each), and padding a statement with NULL rows costs about
 #: as much as a row, so the rows that do not fill one go once per row.
-_VALUES_ROWS = 64
+_VALUES_ROWS = 32
 
 
 def _scope_value(scope: Scope) -> str | None:

@@ -182,6 +182,18 @@ class Preloaded:
         self._docs: dict[Ref, Any] | None = docs
         self._version = version
 
+    def state(self, ref: Ref) -> merge.DocState | None:
+        """A deep copy of the stored merge state of ``ref`` as read (a document the file does
+        not hold: a new state), what ``Database.document_state`` reads; None if ``ref`` was not
+        read or the documents were taken."""
+        docs = self._docs
+        d = docs.get(ref) if docs is not None else None
+        if d is None:
+            return None
+        if d is _ABSENT:
+            return merge.new_state()
+        return d.state.copy()  # type: ignore[no-any-return]
+
     def take(self, version: tuple[int, int]) -> dict[Ref, Any] | None:
         """The loaded documents if the file is still at ``version`` and they were not taken."""
         docs, self._docs = self._docs, None

@@ -302,3 +302,46 @@ def test_a_create_of_an_id_of_another_partition_is_refused(tmp_path, schemas):
         a.close()
         b.close()
         server.close()
+
+
+def test_the_full_check_reads_the_batch_once_and_judges_as_document_by_document(h):
+    """A batch of many small transactions under rules and a schema, some refused, some on
+    documents an earlier transaction of the batch wrote: the check on the batch's one read
+    (``backend.preload``) allows and refuses exactly what reading each document does, and
+    queries no document on its own."""
+    alice = h.device("alice", "alice")
+    bob = h.device("bob", "bob")
+    with bob.write():
+        bob.create(EnfJob, _id="b0", owner_id="bob", title="bob's")
+    h.sync("bob")
+    with alice.write():
+        alice.create(EnfJob, _id="a0", owner_id="alice", title="first")
+    h.sync("alice")
+    for i in range(1, 40):
+        with alice.write():
+            if i % 7 == 0:
+                alice.create(EnfJob, _id=f"a{i}", owner_id="alice", title="x" * 30)  # schema: refused
+            else:
+                alice.create(EnfJob, _id=f"a{i}", owner_id="alice", title=f"t{i}")
+            if i % 5 == 0:
+                alice.get(EnfJob, f"a{i - 1}").title = f"again {i}"                  # an earlier one's document
+            if i % 9 == 0:
+                alice.get(EnfJob, "a0").owner_id = "bob"                               # refused: not hers after
+    db, enforcer, *_ = h.devices["alice"]
+    txns = [t for t in db.export_transactions(0) if t.origin == db.replica_id][1:]
+    assert len(txns) == 39
+    plain = enforcer._check_full(txns)
+    calls = []
+    real = h.server.document_state
+    h.server.document_state = lambda *a: calls.append(a) or real(*a)  # type: ignore[method-assign]
+    try:
+        batched = enforcer._check_full(txns, h.server.preload(txns))
+    finally:
+        del h.server.document_state
+    assert calls == []
+    assert batched[0] == plain[0]
+    assert [(r.txn_id, r.collection, r.key, r.verdict, r.ops) for r in batched[1]] == \
+        [(r.txn_id, r.collection, r.key, r.verdict, r.ops) for r in plain[1]]
+    assert plain[1] and len(plain[0]) > 30
+    messages = h.sync("alice")
+    assert {m.key for m in messages} == {r.key for r in plain[1]}

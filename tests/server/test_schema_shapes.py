@@ -114,3 +114,59 @@ def test_a_new_shape_is_learned_from_its_first_create_only(monkeypatch) -> None:
     plain.observe(ops)
     assert short._schema == plain._schema and short._shapes == plain._shapes
     assert not short.observe_transactions([t2])
+
+
+def _reference_schema(ops: list) -> dict:
+    """What the learner learns, by its rules, without any shortcut."""
+    from tidesync.server.schemas import _element_kind, _op_kinds
+
+    schema: dict = {}
+    for op in ops:
+        for name, kind in _op_kinds(op):
+            kinds = schema.setdefault(op.collection, {}).setdefault(name, {"kinds": []})["kinds"]
+            if kind not in kinds:
+                kinds.append(kind)
+                kinds.sort()
+        el = _element_kind(op)
+        if el is not None:
+            entry = schema.setdefault(op.collection, {}).setdefault(el[0], {"kinds": []})
+            elements = entry.setdefault("elements", [])
+            if el[1] not in elements:
+                elements.append(el[1])
+                elements.sort()
+    return schema
+
+
+def test_repeated_updates_learn_what_every_operation_teaches() -> None:
+    """A stream of edits (the same fields again and again, values of every kind, tagged maps
+    among them) is learned as if each operation were looked at."""
+    from tidesync.core.operations import CounterAdd, ListInsert, Unset
+
+    rng = random.Random(11)
+    for _ in range(40):
+        learner = SchemaLearner(None)
+        seen: list = []
+        n = 0
+        for _ in range(rng.randint(1, 8)):
+            batch = []
+            for _ in range(rng.randint(1, 6)):
+                n += 1
+                coll = rng.choice(["Note", "Task"])
+                path = rng.choice([("a",), ("b",), ("a", "x")])
+                epochs = ("",) * (len(path) - 1)
+                kind = rng.random()
+                if kind < 0.5:
+                    op: object = SetValue(coll, "k1", _stamp(n), "", path, epochs, rng.choice(_VALUES))
+                elif kind < 0.7:
+                    op = CounterAdd(coll, "k1", _stamp(n), "", path, epochs, rng.randint(-3, 3))
+                elif kind < 0.8:
+                    op = Unset(coll, "k1", _stamp(n), "", path, epochs)
+                elif kind < 0.9:
+                    op = ListInsert(coll, "k1", _stamp(n), "", path[:1], (_stamp(1),), f"e{n}", None,
+                                    rng.choice(_VALUES))
+                else:
+                    op = _create(rng, n)
+                batch.append(op)
+            seen.extend(batch)
+            learner.observe_transactions([Transaction(_stamp(n), ORIGIN, _stamp(n), (), tuple(batch))])
+            assert learner._schema == _reference_schema(seen)

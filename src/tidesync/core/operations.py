@@ -433,8 +433,19 @@ def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
     values; then also None unless every key is a str and every field's value a plain scalar
     (str, bool, None, a signed 64-bit int, a finite float), so that every item of the
     accepted creates is plain."""
+    stamps: list[Any] = []
+    out = creates_unstamped(ops, shapes, stamps, plain=plain)
+    if out is None or not are_stamps(stamps):
+        return None
+    return out
+
+
+def creates_unstamped(ops: list[Any], shapes: list[tuple[Any, ...] | None] | None, stamps: list[Any], *,
+                      plain: bool = False) -> tuple[CreateDoc, ...] | None:
+    """:func:`creates_from_wire` without its stamp check: the stamps and bases that check
+    needs are appended to ``stamps``, for the caller to check with :func:`are_stamps` (once
+    for many transactions); the result stands only if they pass."""
     out = []
-    stamps = []
     kinds_ok = _KINDS
     make = _new_create
     want_shapes = shapes is not None
@@ -473,8 +484,78 @@ def creates_from_wire(ops: list[Any], shapes: list[tuple[Any, ...] | None] | Non
                 else:
                     prev = (collection, names, types, kinds)
                     shapes.append((collection, names, types, tuple(kinds.items()) if kinds else ()))  # type: ignore[union-attr]
-    if not are_stamps(stamps):
-        return None
+    return tuple(out)
+
+
+_CA_SET = _slot_setters(CounterAdd, ("collection", "key", "stamp", "base", "path", "epochs", "amount"))
+_UN_SET = _slot_setters(Unset, ("collection", "key", "stamp", "base", "path", "epochs"))
+_DD_SET = _slot_setters(DeleteDoc, ("collection", "key", "stamp", "base"))
+
+
+def updates_unstamped(ops: list[Any], stamps: list[Any]) -> tuple[Op, ...] | None:
+    """:func:`op_from_wire` of each of ``ops`` (straight from a decoded message, not yet checked
+    to be plain) when all are well-formed, plain ``SetValue`` (of a scalar), ``CounterAdd``,
+    ``Unset`` or ``DeleteDoc`` operations with exact types and str keys: a device's stream of
+    edits. Their stamps, bases and epochs are appended to ``stamps`` for the caller to check
+    with :func:`are_stamps`; the result stands only if they pass. None on any doubt (then
+    :func:`op_from_wire` says what is wrong)."""
+    out: list[Op] = []
+    new = object.__new__
+    for data in ops:
+        if type(data) is not list or not data:
+            return None
+        code = data[0]
+        n = len(data)
+        if n < 5:
+            return None
+        collection, key, stamp, base = data[1], data[2], data[3], data[4]
+        if type(collection) is not str or not collection or type(key) is not str or type(base) is not str:
+            return None
+        stamps.append(stamp)
+        if base:
+            stamps.append(base)
+        if code == "D":
+            if n != 5:
+                return None
+            op: Any = new(DeleteDoc)
+            setters: tuple[Any, ...] = _DD_SET
+            values: tuple[Any, ...] = (collection, key, stamp, base)
+        else:
+            if n < 7:
+                return None
+            path, epochs = data[5], data[6]
+            if type(path) is not list or not path or type(epochs) is not list or len(epochs) != len(path) - 1:
+                return None
+            for name in path:
+                if type(name) is not str or not name:
+                    return None
+            for e in epochs:
+                if type(e) is not str:
+                    return None
+                if e:
+                    stamps.append(e)
+            if code == "S":
+                if n != 9 or type(data[8]) is not bool or not plain_scalars((data[7],)):
+                    return None
+                op = new(SetValue)
+                setters = _SV_SET
+                values = (collection, key, stamp, base, tuple(path), tuple(epochs), data[7], data[8])
+            elif code == "N":
+                amount = data[7] if n == 8 else None
+                if type(amount) is not int or not plain_scalars((amount,)):
+                    return None
+                op = new(CounterAdd)
+                setters = _CA_SET
+                values = (collection, key, stamp, base, tuple(path), tuple(epochs), amount)
+            elif code == "U" and n == 7:
+                op = new(Unset)
+                setters = _UN_SET
+                values = (collection, key, stamp, base, tuple(path), tuple(epochs))
+            else:
+                return None
+        for setter, value in zip(setters, values):
+            setter(op, value)
+        out.append(op)
     return tuple(out)
 
 

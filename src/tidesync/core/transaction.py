@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .operations import CreateDoc, Op, creates_from_wire, op_from_stored, op_from_wire, op_to_wire
-from .stamp import ReplicaId, Stamp, is_replica_id, is_stamp
+from .operations import (
+    CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_stored, op_from_wire, op_to_wire, updates_unstamped,
+)
+from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
 from .values import Plain, canonical_json
 
 __all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref"]
@@ -173,7 +175,7 @@ class Transaction:
 
     def wire(self) -> dict[str, Any]:
         """:meth:`to_wire`'s map, shared: the map this transaction was parsed from when it is
-        exactly what :meth:`to_wire` would build (a peer's upload of plain creates), else a
+        exactly what :meth:`to_wire` would build (a peer's upload of plain creates or edits), else a
         new one. Read it, never change it."""
         wire = self._wire
         return wire if wire is not None else self.to_wire()
@@ -182,6 +184,17 @@ class Transaction:
         """This transaction's descriptor; ``size`` is its encoded size in bytes when known."""
         return Descriptor(self.id, self.origin, self.user, self.stamp, self.parents,
                           self.touches(), len(self.ops), size)
+
+    def descriptor_wire(self, size: int = 0) -> dict[str, Any]:
+        """``self.descriptor(size).to_wire()``, the same map, made without the descriptor
+        (the log's writer stores one per transaction)."""
+        ops = self.ops
+        seen: dict[tuple[str, str], list[Any]] = {}
+        for op, ref in zip(ops, self.refs()):
+            if ref not in seen:
+                seen[ref] = [op.collection, op.key]
+        return {"id": self.id, "origin": self.origin, "user": self.user, "stamp": self.stamp,
+                "parents": list(self.parents), "touches": list(seen.values()), "ops": len(ops), "size": size}
 
     def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
         """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some
@@ -271,6 +284,68 @@ class Transaction:
         return cls._from_wire(data, (fast, shapes))
 
     @classmethod
+    def many_from_unchecked(cls, datas: list[Any]) -> list[Transaction] | None:
+        """:meth:`from_unchecked` of each of ``datas`` (an upload batch's transactions), in
+        one pass for the batch when each is exactly what a device sends for new documents or
+        edits: the keys of :meth:`to_wire` in its order (``user`` a str or absent, no
+        ``meta``), no before-images, creates of plain scalars only or edits only (see
+        :func:`~tidesync.core.operations.updates_unstamped`). Their ids, stamps, parents and operation stamps are
+        checked together, and the transactions are made without the dataclass ``__init__``:
+        the same transactions :meth:`from_unchecked` makes (equal, same :meth:`wire`,
+        :meth:`create_shapes`). None on any doubt: then call :meth:`from_unchecked` on each
+        (which also says what is wrong)."""
+        out: list[Transaction] = []
+        stamps: list[Any] = []
+        origins: set[Any] = set()
+        plain_keys, user_keys = _WIRE_KEYS[False, False], _WIRE_KEYS[True, False]
+        make = _new_transaction
+        for data in datas:
+            if type(data) is not dict:
+                return None
+            keys = tuple(data)
+            if keys == plain_keys:
+                user = None
+            elif keys == user_keys:
+                user = data["user"]
+                if type(user) is not str:
+                    return None
+            else:
+                return None
+            tid, origin, stamp, parents, ops, before = (data["id"], data["origin"], data["stamp"],
+                                                        data["parents"], data["ops"], data["before"])
+            if (type(tid) is not str or type(origin) is not str or type(stamp) is not str
+                    or type(parents) is not list or type(ops) is not list or type(before) is not list or before):
+                return None
+            for p in parents:
+                if type(p) is not str:
+                    return None
+            shapes: list[tuple[Any, ...] | None] = []
+            mark = len(stamps)
+            parsed: tuple[Op, ...] | None = creates_unstamped(ops, shapes, stamps, plain=True)
+            if parsed is not None:
+                wire: dict[str, Any] | None = data
+                known = tuple(shapes) if None not in shapes else None
+            else:
+                # Edits. Each operation's list is what op_to_wire gives for it (the same items,
+                # lists for its path and epochs), so to_wire() would build this map too.
+                del stamps[mark:]
+                parsed = updates_unstamped(ops, stamps)
+                if parsed is None or not parsed:
+                    return None
+                wire, known = data, None
+            stamps.append(tid)
+            stamps.append(stamp)
+            stamps.extend(parents)
+            origins.add(origin)
+            out.append(make(tid, origin, stamp, tuple(parents), parsed, user, wire, known))
+        if not are_stamps(stamps):
+            return None
+        for origin in origins:
+            if not is_replica_id(origin):
+                return None
+        return out
+
+    @classmethod
     def _from_wire(cls, data: Any,
                    parsed_creates: tuple[tuple[CreateDoc, ...], list[tuple[Any, ...] | None]] | None) -> Transaction:
         if not isinstance(data, dict):
@@ -317,6 +392,39 @@ class Transaction:
         return t
 
 
+def _transaction_maker() -> Callable[..., Transaction]:
+    """``Transaction(...)`` of an upload's transaction, as :meth:`Transaction._from_wire` makes
+    it (no before-images, no meta, ``_shapes`` as it sets them; ``_wire`` the received map,
+    which :meth:`Transaction.to_wire` would build again), its slots filled
+    directly: a frozen dataclass's ``__init__`` sets each of its 13 slots through
+    ``object.__setattr__``."""
+    new = object.__new__
+    fields = ("id", "origin", "stamp", "parents", "ops", "before", "user", "meta",
+              "_refs", "_wire", "_packed", "_shapes", "_unpack")
+    (s_id, s_origin, s_stamp, s_parents, s_ops, s_before, s_user, s_meta,
+     s_refs, s_wire, s_packed, s_shapes, s_unpack) = [getattr(Transaction, name).__set__ for name in fields]
+
+    def make(tid: Stamp, origin: ReplicaId, stamp: Stamp, parents: tuple[Stamp, ...], ops: tuple[Op, ...],
+             user: str | None, wire: dict[str, Any] | None, shapes: tuple[tuple[Any, ...], ...] | None) -> Transaction:
+        t: Transaction = new(Transaction)
+        s_id(t, tid)
+        s_origin(t, origin)
+        s_stamp(t, stamp)
+        s_parents(t, parents)
+        s_ops(t, ops)
+        s_before(t, ())
+        s_user(t, user)
+        s_meta(t, {})
+        s_refs(t, None)
+        s_wire(t, wire)
+        s_packed(t, None)
+        s_shapes(t, shapes)
+        s_unpack(t, None)
+        return t
+
+    return make
+
+
 _UNCHECKED_KEYS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))
 
 _WIRE_KEYS = {
@@ -325,3 +433,5 @@ _WIRE_KEYS = {
     (False, True): ("id", "origin", "stamp", "parents", "ops", "before", "meta"),
     (True, True): ("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"),
 }
+
+_new_transaction = _transaction_maker()

@@ -556,14 +556,21 @@ class Changes:
                         return None
             elif type(k) is not str or not _plain_scalar(v):
                 return None
-        entries = []
-        for entry in body.get("entries", ()):
+        raw = body.get("entries", ())
+        for entry in raw:
             if type(entry) is not list or len(entry) != 2 or not _plain_scalar(entry[0]):
                 return None
-            txn = Transaction.from_unchecked(entry[1])
-            if txn is None:
-                return None
-            entries.append((entry[0], txn))
+        # A batch of transactions of new documents in one pass; else one by one.
+        txns = Transaction.many_from_unchecked([entry[1] for entry in raw])
+        if txns is not None:
+            entries = [(entry[0], txn) for entry, txn in zip(raw, txns)]
+        else:
+            entries = []
+            for entry in raw:
+                txn = Transaction.from_unchecked(entry[1])
+                if txn is None:
+                    return None
+                entries.append((entry[0], txn))
         return cls(_get(body, "from_seq"), _get(body, "to_seq"), _get(body, "head"), tuple(entries),
                    Progress.from_wire(body.get("progress", {})))
 

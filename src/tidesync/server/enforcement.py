@@ -364,7 +364,10 @@ class Enforcer:
                 return Verdict(operation, "schema", f"{collection} {key!r} does not match its JSON Schema: {error}")
         return None
 
-    def _check_full(self, txns: Sequence[Transaction]) -> tuple[list[Transaction], list[Refusal]]:
+    def _check_full(self, txns: Sequence[Transaction],
+                    pre: Preloaded | None = None) -> tuple[list[Transaction], list[Refusal]]:
+        """Judge every document by its effect. ``pre``: ``backend.preload(txns)``, whose states
+        it reads instead of querying each document."""
         policies = self.config.policies
         states: dict[Ref, merge.DocState] = {}  # the server's states plus what was allowed so far
         allowed: list[Transaction] = []
@@ -379,7 +382,10 @@ class Enforcer:
                 coll, key = ops[0].collection, ops[0].key
                 before = states.get(ref)
                 if before is None:
-                    before = states[ref] = self.backend.document_state(coll, key)
+                    before = pre.state(ref) if pre is not None else None
+                    if before is None:
+                        before = self.backend.document_state(coll, key)
+                    states[ref] = before
                 try:
                     after, _ = merge.integrate_all(before.copy(), ops, policies)
                 except Exception:  # noqa: BLE001 - malformed: the backend's integrate reports it
@@ -508,12 +514,11 @@ class Enforcer:
                 learner.observe_transactions(txns)
             return result, [], False
         with _lock_for(self.backend), _checkpoint_later(self.backend, txns):
-            pre = None
+            # One read of the batch's documents serves the check and the integration.
+            pre = self.backend.preload(txns)
             if self.full:
-                allowed, refused = self._check_full(txns)
+                allowed, refused = self._check_full(txns, pre)
             else:
-                # One read of the batch's documents serves the check and the integration.
-                pre = self.backend.preload(txns)
                 allowed, refused = self._check_partition_only(txns, pre)
             compensation = self._compensation(refused, peer) if refused else None
             # The compensation first: if the server stops in between, the device uploads the

@@ -37,7 +37,7 @@ import re
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from ..core.operations import (
     CounterAdd, CreateDoc, DictPut, ListInsert, ListSet, Op, SetAdd, SetContainer, SetValue,
@@ -263,6 +263,24 @@ def _create_shape(op: Op) -> tuple[Any, ...] | None:
     return (op.collection, tuple(op.fields), types, tuple(op.kinds.items()) if op.kinds else ())
 
 
+#: Value types whose :func:`kind_of` is the type's alone (a map's depends on its tag).
+_PLAIN_TYPES = frozenset((type(None), bool, int, float, str, list))
+
+
+def _update_sig(op: Op) -> tuple[Any, ...] | None:
+    """What :meth:`SchemaLearner.observe` learns from an operation other than a create depends
+    on, when that is cheap to tell: a ``SetValue`` of a value whose kind is its type's, or a
+    ``CounterAdd``: its class, collection, path and value type (None: anything else)."""
+    t = type(op)
+    if t is SetValue:
+        sv = cast(SetValue, op)
+        v = type(sv.value)
+        return (t, sv.collection, sv.path, v) if v in _PLAIN_TYPES else None
+    if t is CounterAdd:
+        return (t, op.collection, cast(CounterAdd, op).path)
+    return None
+
+
 def _until_learned(ops: Iterable[Op], known: tuple[tuple[Any, ...], ...],
                    shapes: set[tuple[Any, ...]]) -> Iterator[Op]:
     """``ops`` (a transaction's, whose creates have the shapes ``known``) until every one of
@@ -296,6 +314,8 @@ class SchemaLearner:
         self._schema: dict[str, dict[str, dict[str, list[str]]]] = {}
         #: Shapes of creates already learned from (see _create_shape).
         self._shapes: set[tuple[Any, ...]] = set()
+        #: The same for updates (see _update_sig): a device's stream of edits of a few fields.
+        self._updates: set[tuple[Any, ...]] = set()
         if path is not None and path.exists():
             try:
                 loaded = json.loads(path.read_text())
@@ -326,8 +346,16 @@ class SchemaLearner:
         """Record what ``ops`` show; returns True when something new was learned (and saved)."""
         new = False
         shapes = self._shapes
+        updates = self._updates
         with self._lock:
             for op in ops:
+                if type(op) is not CreateDoc:
+                    sig = _update_sig(op)
+                    if sig is not None:
+                        if sig in updates:
+                            continue  # the same field, kind and operation: nothing new
+                        if len(updates) < _MAX_SHAPES:
+                            updates.add(sig)
                 shape = _create_shape(op)
                 if shape is not None:
                     if shape in shapes:

@@ -182,6 +182,18 @@ class Preloaded:
         self._docs: dict[Ref, Any] | None = docs
         self._version = version
 
+    def state(self, ref: Ref) -> merge.DocState | None:
+        """A deep copy of the stored merge state of ``ref`` as read (a document the file does
+        not hold: a new state), what ``Database.document_state`` reads; None if ``ref`` was not
+        read or the documents were taken."""
+        docs = self._docs
+        d = docs.get(ref) if docs is not None else None
+        if d is None:
+            return None
+        if d is _ABSENT:
+            return merge.new_state()
+        return d.state.copy()  # type: ignore[no-any-return]
+
     def take(self, version: tuple[int, int]) -> dict[Ref, Any] | None:
         """The loaded documents if the file is still at ``version`` and they were not taken."""
         docs, self._docs = self._docs, None
@@ -761,7 +773,7 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
-            self._engine.run_rows(UPSERT_DOCUMENT, rows)
+            self._run_values(UPSERT_DOCUMENT, rows, 8)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:
@@ -1885,6 +1897,9 @@ class Database(ReplicaStore):
         unlogged: list[Transaction] = []
         if not next_seq:
             next_seq = self._next_log_seq() if len(known) < len(txns) else 0
+        # Stamps are fixed-width lowercase hex (checked on the way in): the largest string is
+        # the latest, so one observation for the batch does (nothing here reads the clock).
+        latest = Stamp("")
         for t in txns:
             if t.id in known:
                 dups += 1
@@ -1892,7 +1907,6 @@ class Database(ReplicaStore):
             known.add(t.id)
             conflicts: list[merge.Conflict] = []
             touched: list[LoadedDoc | _Fresh] = []
-            latest = Stamp("")
             try:
                 for op, ref in zip(t.ops, t.refs()):
                     d = docs.get(ref)
@@ -1924,9 +1938,6 @@ class Database(ReplicaStore):
                         conflicts.extend(c)
                     if op.stamp > latest:
                         latest = op.stamp
-                # Stamps are fixed-width lowercase hex (checked on the way in): the largest
-                # string is the latest, so one observation per transaction does.
-                self._clock.observe(latest)
             except (ValueError, TypeError, KeyError) as exc:
                 raise MergeError(f"transaction {t.id} cannot be integrated: {exc}") from exc
             unlogged.append(t)
@@ -1934,14 +1945,16 @@ class Database(ReplicaStore):
             next_seq += 1
             for d in touched:
                 d.seq = last_seq
-            self._record_conflicts(t.id, conflicts)
-            nconf += len(conflicts)
+            if conflicts:
+                self._record_conflicts(t.id, conflicts)
+                nconf += len(conflicts)
             applied += 1
         if unlogged:
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
         # One statement for the batch, in first-touch order (new documents' rowids as before),
         # each document with the seq of the last transaction that touched it.
         self._write_docs(docs.values(), None)
+        self._clock.observe(latest)
         if peer is not None and peer_seq is not None:
             self._engine.execute(
                 "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
@@ -1991,12 +2004,12 @@ class Database(ReplicaStore):
             data = pack(t.wire())
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
             logged.append((seq, t.origin, via, data))
-            desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor(len(data)).to_wire()), seq))
-        self._engine.run_rows("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
-                              log_rows)
-        self._engine.run_rows(
+            desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor_wire(len(data))), seq))
+        self._run_values("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
+                         log_rows, 6)
+        self._run_values(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
-            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq", desc_rows)
+            "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq", desc_rows, 6)
         added: dict[str, None] = {}
         removed: set[str] = set()
         for t in txns:

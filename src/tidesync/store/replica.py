@@ -83,6 +83,28 @@ def _insert_sql(rows: int) -> str:
     return f"{head} SELECT * FROM (VALUES {','.join([values] * rows)}) WHERE column1 IS NOT NULL"
 
 
+@lru_cache(maxsize=64)
+def _values_sql(statement: str, rows: int) -> str:
+    """``statement`` (``INSERT INTO t (...) VALUES (?, ...)``, maybe an ``ON CONFLICT``
+    clause after) for ``rows`` rows in one statement. SQLite inserts them in the order given,
+    as the same statement run once per row would (its upsert clause applies to each as it
+    comes, also to a row that an earlier one of the statement inserted)."""
+    head, _, values = statement.partition(" VALUES ")
+    values, conflict, tail = values.partition(" ON CONFLICT")
+    # The WHERE clause is SQLite's rule for an upsert after INSERT ... SELECT (a parsing
+    # ambiguity), and costs nothing: no row is NULL there.
+    return f"{head} SELECT * FROM (VALUES {','.join([values] * rows)}) WHERE column1 IS NOT NULL{conflict}{tail}"
+
+
+#: The rows of one :meth:`ReplicaStore._run_values` statement. Measured on this build (an
+#: upload's document rows; executemany about 6 us per row of CPU at load 4): 32 or 64 rows per
+#: statement save about 2 us per row alike, 16 a little less. A larger statement takes longer to
+#: prepare, once per connection (0.2 ms for 16 rows, 0.3 ms for 32, 0.6 ms for 64, 100 ms for
+#: 4,096; a fleet of devices pays it on each), and padding a statement with NULL rows costs about
+#: as much as a row, so the rows that do not fill one go once per row.
+_VALUES_ROWS = 32
+
+
 def _scope_value(scope: Scope) -> str | None:
     """The canonical JSON of a partition scope's value, or None for an unfiltered scope."""
     part = scope.get("partition") if scope else None
@@ -843,6 +865,25 @@ class ReplicaStore:
             if exc.code == "constraint":
                 return False
             raise
+
+    def _run_values(self, statement: str, rows: Sequence[Sequence[Any]], width: int) -> None:
+        """``engine.run_rows(statement, rows)`` (rows of ``width`` values, the first never
+        NULL), :data:`_VALUES_ROWS` rows per statement (:func:`_values_sql`, always that size,
+        so it stays prepared; the rest once per row): SQLite then writes them without a return
+        to the interpreter per row, and without the GIL, which the server's reader thread uses
+        meanwhile."""
+        n = len(rows)
+        size = _VALUES_ROWS
+        if n < size or size * width > self._max_insert_rows() * 8:
+            self._engine.run_rows(statement, rows)
+            return
+        engine = self._engine
+        sql = _values_sql(statement, size)
+        full = n - n % size
+        for start in range(0, full, size):
+            engine.run(sql, [x for row in rows[start:start + size] for x in row])
+        if full < n:
+            engine.run_rows(statement, rows[full:])
 
     def _max_insert_rows(self) -> int:
         """Rows one INSERT of :func:`_insert_sql` may carry on this connection (8 parameters each)."""

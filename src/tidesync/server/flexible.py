@@ -317,6 +317,9 @@ class CompiledSub:
     params: list[Any]
     predicate: Predicate
     index: tuple[str, frozenset[IndexKey]] | None
+    #: The query's identity for routing (collection and AST): sessions with the same query
+    #: share one test of its predicate per change (see :class:`_QueryGroup`).
+    key: str = ""
 
     def wire(self) -> SubscriptionQuery:
         from ..query import node_to_json
@@ -360,8 +363,19 @@ def compile_set(queries: Sequence[SubscriptionQuery], config: FlexibleConfig) ->
             raise SubscriptionInvalid(f"{where}: {exc.message if hasattr(exc, 'message') else exc}") from None
         text = q.query if isinstance(q.query, str) else json.dumps(q.query, sort_keys=True)
         out.append(CompiledSub(q.name, q.collection, query.node, text, sql, params, predicate,
-                               _index_of(query.node)))
+                               _index_of(query.node), _query_key(q.collection, query.node)))
     return out
+
+
+def _query_key(collection: str, node: Node) -> str:
+    """What identifies a compiled query for routing: its collection and AST (the predicate
+    depends on nothing else). A query whose AST has no JSON form gets a key of its own."""
+    from ..query import node_to_json
+
+    try:
+        return collection + "\x00" + json.dumps(node_to_json(node), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return f"{collection}\x00#{id(node)}"
 
 
 # ----------------------------------------------------------------------------- the view store
@@ -472,11 +486,12 @@ class Router:
         self.sessions: set[FlexibleSession] = set()
         self.processed_to = backend.head_seq()
         self.holders: dict[Ref, set[FlexibleSession]] = {}
-        # Per collection: (field -> value key -> session -> its queries with that condition),
-        # and session -> its queries without one. Only those queries are tested against a
-        # change (the others of the session cannot match it).
-        self.eq_index: dict[str, dict[str, dict[IndexKey, dict[FlexibleSession, list[CompiledSub]]]]] = {}
-        self.scan: dict[str, dict[FlexibleSession, list[CompiledSub]]] = {}
+        # Per collection: (field -> value key -> query key -> the query and the sessions with
+        # it), and query key -> the same for queries without an equality condition. Only those
+        # queries are tested against a change (the others cannot match it), each once for all
+        # the sessions that share it (a team's query, held by each of its devices).
+        self.eq_index: dict[str, dict[str, dict[IndexKey, dict[str, _QueryGroup]]]] = {}
+        self.scan: dict[str, dict[str, _QueryGroup]] = {}
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
         # The merge state (epoch, body JSON, meta JSON) of recently routed live documents as
         # of ``processed_to`` (a deleted one is dropped): a document entering a view is sent
@@ -588,12 +603,12 @@ class Router:
     def _index(self, s: FlexibleSession) -> None:
         for sub in s.subs:
             if sub.index is None:
-                self.scan.setdefault(sub.collection, {}).setdefault(s, []).append(sub)
+                _group_add(self.scan.setdefault(sub.collection, {}), sub, s)
                 continue
             fieldname, keys = sub.index
             by_value = self.eq_index.setdefault(sub.collection, {}).setdefault(fieldname, {})
             for k in keys:
-                by_value.setdefault(k, {}).setdefault(s, []).append(sub)
+                _group_add(by_value.setdefault(k, {}), sub, s)
         s.indexed = list(s.subs)
 
     def _unindex(self, s: FlexibleSession) -> None:
@@ -601,7 +616,7 @@ class Router:
             if sub.index is None:
                 scan = self.scan.get(sub.collection)
                 if scan is not None:
-                    scan.pop(s, None)
+                    _group_remove(scan, sub, s)
                     if not scan:
                         del self.scan[sub.collection]
                 continue
@@ -610,7 +625,7 @@ class Router:
             for k in keys:
                 got = by_value.get(k)
                 if got is not None:
-                    got.pop(s, None)
+                    _group_remove(got, sub, s)
                     if not got:
                         del by_value[k]
         s.indexed = []
@@ -895,19 +910,47 @@ class Router:
             return self.cache.get(seq)
 
 
-def _add_matching(targets: set[FlexibleSession], candidates: dict[FlexibleSession, list[CompiledSub]],
-                  body: dict[str, Any]) -> None:
-    """Add to ``targets`` the candidate sessions one of whose listed queries matches ``body``."""
-    for s, subs in candidates.items():
-        if s in targets:
+class _QueryGroup:
+    """The sessions that have one query (same collection and AST: :attr:`CompiledSub.key`)
+    under one entry of the router's index, with how many of their subscriptions it is."""
+
+    __slots__ = ("predicate", "sessions")
+
+    def __init__(self, predicate: Predicate) -> None:
+        self.predicate = predicate
+        self.sessions: dict[FlexibleSession, int] = {}
+
+
+def _group_add(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleSession) -> None:
+    group = groups.get(sub.key)
+    if group is None:
+        group = groups[sub.key] = _QueryGroup(sub.predicate)
+    group.sessions[s] = group.sessions.get(s, 0) + 1
+
+
+def _group_remove(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleSession) -> None:
+    group = groups.get(sub.key)
+    if group is None:
+        return
+    n = group.sessions.pop(s, 0) - 1
+    if n > 0:
+        group.sessions[s] = n
+    elif not group.sessions:
+        del groups[sub.key]
+
+
+def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any]) -> None:
+    """Add to ``targets`` the sessions of every group whose query matches ``body`` (each
+    query tested once, and not at all when its sessions are all targets already)."""
+    for group in groups.values():
+        sessions = group.sessions
+        if targets.issuperset(sessions):
             continue
-        for sub in subs:
-            try:
-                if sub.predicate(body):
-                    targets.add(s)
-                    break
-            except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
-                log.exception("subscription predicate failed")
+        try:
+            if group.predicate(body):
+                targets.update(sessions)
+        except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+            log.exception("subscription predicate failed")
 
 
 def read_states(backend: Database, refs: Iterable[Ref],

@@ -244,3 +244,59 @@ def test_documents_enter_and_leave_a_view_inline_without_a_backend_read(tmp_path
         assert router.views.load(str(s.peer))[1] == [(COLL, '"t1"', 0, 2)]
     finally:
         db.close()
+
+
+def test_sessions_sharing_a_query_are_matched_with_one_test_of_it(tmp_path: Path) -> None:
+    """The devices of a team hold the same query: the router tests it once per change for
+    all of them, and a session judging the entry reuses that result instead of testing its
+    own copy again. Leaving removes each session's share only."""
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        team = 'team == "g1" AND status == "urgent"'
+        calls = {"n": 0}
+        members = [session(router, [team]) for _ in range(3)]
+        twice = session(router, [team, team])    # the same query twice in one set
+        owner = session(router, ['owner == "u1"'])
+        for s in [*members, twice, owner]:
+            for sub in s.subs:
+                inner = sub.predicate
+
+                def counted(body: Any, inner: Any = inner) -> bool:
+                    calls["n"] += 1
+                    return bool(inner(body))
+
+                sub.predicate = counted
+            router.unregister(s)
+        for s in [*members, twice, owner]:
+            router.register(s)
+        seq = w.create("t1", {"owner": "u2", "team": "g1", "status": "urgent"})
+        router.catch_up()
+        assert calls["n"] == 1
+        assert all(list(s.relevant) == [seq] for s in [*members, twice])
+        assert list(owner.relevant) == []
+        routed = router.routed(seq)
+        assert routed is not None
+        ref = (COLL, '"t1"')
+        _, body = routed.states[ref]
+        assert body is not None
+        assert members[0].matches(COLL, body, routed.verdicts[ref])
+        assert calls["n"] == 1                   # the router's result, not a second test
+        assert not owner.matches(COLL, body, routed.verdicts[ref])   # not tested by the router
+        assert calls["n"] == 2
+        w.set("t1", "status", "normal")
+        router.catch_up()
+        assert calls["n"] == 3
+        assert all(list(s.relevant) == [seq] for s in members)   # not matching any more
+        router.unregister(members[0])
+        router.unregister(twice)
+        w.set("t1", "status", "urgent")
+        router.catch_up()
+        assert [len(s.relevant) for s in members[1:]] == [2, 2]
+        assert list(members[0].relevant) == [seq] and list(twice.relevant) == [seq]
+        for s in [*members[1:], owner]:
+            router.unregister(s)
+        assert all(not by_value for fields in router.eq_index.values() for by_value in fields.values())
+    finally:
+        db.close()

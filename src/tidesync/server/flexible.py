@@ -449,12 +449,16 @@ class _Routed:
     """One log entry as the router saw it: decoded once, with the touched documents' states
     right after the router read it."""
 
-    __slots__ = ("seq", "origin", "via", "txn", "size", "refs", "states", "comp_for")
+    __slots__ = ("seq", "origin", "via", "txn", "size", "refs", "states", "verdicts", "comp_for")
 
     def __init__(self, seq: int, origin: str, via: str | None, txn: Transaction, size: int) -> None:
         self.seq, self.origin, self.via, self.txn, self.size = seq, origin, via, txn, size
         self.refs: list[Ref] = [doc_ref(op.collection, op.key) for op in txn.ops]
         self.states: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+        # By document (every one in ``states``, once routed): the queries (CompiledSub.key)
+        # the router tested on that state, and whether each matched. A session judging the
+        # entry reuses them instead of testing its queries again.
+        self.verdicts: dict[Ref, dict[str, bool]] = {}
         comp = txn.meta.get("compensation") if txn.meta else None
         self.comp_for: str | None = comp.get("for") if isinstance(comp, dict) else None
 
@@ -865,6 +869,8 @@ class Router:
             hs = self.holders.get(ref)
             if hs:
                 targets |= hs
+            verdicts: dict[str, bool] = {}
+            r.verdicts[ref] = verdicts
             live, body = r.states[ref]
             if not live or body is None:
                 continue         # a deleted document matters only to those holding it
@@ -875,12 +881,12 @@ class Router:
             coll = ref[0]
             scan = self.scan.get(coll)
             if scan:
-                _add_matching(targets, scan, body)
+                _add_matching(targets, scan, body, verdicts)
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
                 for k in _body_keys(body.get(fieldname)):
                     got = by_value.get(k)
                     if got:
-                        _add_matching(targets, got, body)
+                        _add_matching(targets, got, body, verdicts)
         if r.comp_for is not None:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
@@ -939,18 +945,21 @@ def _group_remove(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleS
         del groups[sub.key]
 
 
-def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any]) -> None:
-    """Add to ``targets`` the sessions of every group whose query matches ``body`` (each
-    query tested once, and not at all when its sessions are all targets already)."""
-    for group in groups.values():
-        sessions = group.sessions
-        if targets.issuperset(sessions):
-            continue
-        try:
-            if group.predicate(body):
-                targets.update(sessions)
-        except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
-            log.exception("subscription predicate failed")
+def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
+                  verdicts: dict[str, bool]) -> None:
+    """Add to ``targets`` the sessions of every group whose query matches ``body``, each query
+    tested once; ``verdicts`` gets each tested query's result (by its key), for the sessions'
+    judging of the same state (:meth:`FlexibleSession.matches_subs`)."""
+    for key, group in groups.items():
+        ok = verdicts.get(key)
+        if ok is None:
+            try:
+                ok = verdicts[key] = bool(group.predicate(body))
+            except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+                log.exception("subscription predicate failed")
+                continue
+        if ok:
+            targets.update(group.sessions)
 
 
 def read_states(backend: Database, refs: Iterable[Ref],
@@ -1093,8 +1102,16 @@ class FlexibleSession:
             by.setdefault(s.collection, []).append(s)
         self.by_coll = by
 
-    def matches_subs(self, collection: str, body: dict[str, Any]) -> bool:
+    def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None) -> bool:
+        """Whether one of the set's queries matches ``body``; ``verdicts``: results the router
+        already found for this very state, by query key (:attr:`_Routed.verdicts`)."""
         for sub in self.by_coll.get(collection, ()):
+            if verdicts:
+                known = verdicts.get(sub.key)
+                if known is not None:
+                    if known:
+                        return True
+                    continue
             try:
                 if sub.predicate(body):
                     return True
@@ -1107,8 +1124,9 @@ class FlexibleSession:
             return True
         return bool(self.rules.collection(collection).can_read(body))
 
-    def matches(self, collection: str, body: dict[str, Any] | None) -> bool:
-        return body is not None and self.matches_subs(collection, body) and self.readable(collection, body)
+    def matches(self, collection: str, body: dict[str, Any] | None, verdicts: dict[str, bool] | None = None) -> bool:
+        return (body is not None and self.matches_subs(collection, body, verdicts)
+                and self.readable(collection, body))
 
     def _shown(self, doc: SnapshotDoc) -> SnapshotDoc | None:
         if self.rules is None or self.reader is None:
@@ -1594,8 +1612,14 @@ class FlexibleSession:
         # operations that take the document out of the view and keep it, or skip those that
         # bring it in.
         latest: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+        verdicts: dict[Ref, dict[str, bool]] = {}   # the router's, for the states in ``latest``
         for r in routed:
             latest.update(r.states)
+            if r.verdicts:
+                verdicts.update(r.verdicts)    # (a routed entry has them for each of its states)
+            else:
+                for ref in r.states:
+                    verdicts.pop(ref, None)
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
@@ -1609,7 +1633,7 @@ class FlexibleSession:
             for op, ref in zip(r.txn.ops, r.refs, strict=True):
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)))
+                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref))
                 if d == STAY:
                     kept.append(op)
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1643,7 +1667,8 @@ class FlexibleSession:
             return None
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
-    def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:
+    def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None],
+                verdicts: dict[str, bool] | None = None) -> str:
         if ref in self.uncertain:
             return SKIP          # settled by the bootstrap work list (sent whole, or removed)
         live, body = state
@@ -1652,8 +1677,8 @@ class FlexibleSession:
             # delete itself, and a re-create if there is one.
             if not live:
                 return STAY
-            return STAY if self.matches(ref[0], body) else LEAVE
-        if live and self.matches(ref[0], body):
+            return STAY if self.matches(ref[0], body, verdicts) else LEAVE
+        if live and self.matches(ref[0], body, verdicts):
             return ENTER
         return SKIP
 

@@ -9,6 +9,7 @@ start of a measured phase), SIGUSR1 writes OUT: one line per stack, ``seconds fr
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -17,6 +18,18 @@ from typing import Any
 
 _stacks: dict[tuple[str, ...], float] = {}
 _last: dict[int, float] = {}
+#: Per generation: collections and their CPU seconds (of the collecting thread).
+_gc: dict[int, list[float]] = {0: [0, 0.0], 1: [0, 0.0], 2: [0, 0.0]}
+_gc_began = [0.0]
+
+
+def _on_gc(phase: str, info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_began[0] = time.thread_time()
+    else:
+        got = _gc[info["generation"]]
+        got[0] += 1
+        got[1] += time.thread_time() - _gc_began[0]
 
 
 def _stack(frame: Any) -> tuple[str, ...]:
@@ -44,6 +57,8 @@ def _sample(signum: int, frame: Any) -> None:
 
 def _dump(out: str) -> None:
     with open(out, "w") as fh:
+        for gen, (n, secs) in _gc.items():
+            fh.write(f"{secs:.6f} gc-generation-{gen} ({int(n)} collections)\n")
         for key, secs in sorted(_stacks.items(), key=lambda kv: -kv[1]):
             fh.write(f"{secs:.6f} {';'.join(key)}\n")
 
@@ -51,7 +66,9 @@ def _dump(out: str) -> None:
 def main() -> Any:
     out, args = sys.argv[1], sys.argv[2:]
     signal.signal(signal.SIGUSR1, lambda *_: _dump(out))
-    signal.signal(signal.SIGUSR2, lambda *_: _stacks.clear())
+    signal.signal(signal.SIGUSR2, lambda *_: (_stacks.clear(), [v.__setitem__(slice(None), [0, 0.0])
+                                                                for v in _gc.values()]))
+    gc.callbacks.append(_on_gc)
     signal.signal(signal.SIGPROF, _sample)
     signal.setitimer(signal.ITIMER_PROF, 0.001, 0.001)
     from tidesync.cli.main import main as tidesync_main

@@ -381,6 +381,19 @@ def _query_key(collection: str, node: Node) -> str:
 # ----------------------------------------------------------------------------- the view store
 
 
+class ViewBatch:
+    """View rows written together at the end of a routing round's slice (:meth:`ViewStore.begin`),
+    and the payloads of the sessions that wrote them, sent once they are."""
+
+    __slots__ = ("thread", "rows", "sends")
+
+    def __init__(self, thread: int) -> None:
+        self.thread = thread
+        self.rows: list[tuple[str, Sequence[tuple[Ref, int, int]], Sequence[Ref], int, int | None, str | None]] = []
+        #: (the ServerSession, its payloads), in the order they were held.
+        self.sends: list[tuple[Any, list[bytes]]] = []
+
+
 class ViewStore:
     """Each device replica's view (``flexible_views``: document, present, view_seq) and set
     (``flexible_peers``: the version and queries served, the last view_seq), in
@@ -400,6 +413,8 @@ class ViewStore:
         self.engine = Engine(path, check_same_thread=False)
         self.engine.execute("PRAGMA synchronous = NORMAL")
         self.lock = threading.Lock()
+        #: The rows of a routing round's slice, written together (see :meth:`begin`).
+        self.batch: ViewBatch | None = None
         with self.lock, self.engine.atomic():
             for stmt in _TABLES:
                 self.engine.execute(stmt)
@@ -414,7 +429,12 @@ class ViewStore:
     def write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
               version: int | None, queries: str | None, *, blocking: bool = True) -> bool:
         """Write view rows and the peer's row, atomically. ``blocking=False``: write nothing and
-        return False when another thread is writing."""
+        return False when another thread is writing; within a :meth:`begin` batch of the
+        calling thread, add them to it (written by :meth:`commit`, before anything is sent)."""
+        batch = self.batch
+        if not blocking and batch is not None and batch.thread == threading.get_ident():
+            batch.rows.append((peer, changes, forget, view_seq, version, queries))
+            return True
         if not self.lock.acquire(blocking):
             return False
         try:
@@ -423,23 +443,52 @@ class ViewStore:
             self.lock.release()
         return True
 
+    def begin(self) -> ViewBatch | None:
+        """Gather the rows this thread writes without blocking (a routing round's inline
+        reads) into one transaction, holding the store meanwhile; None when another thread
+        is writing. End it with :meth:`commit`."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        self.batch = batch = ViewBatch(threading.get_ident())
+        return batch
+
+    def commit(self, batch: ViewBatch) -> bool:
+        """Write a batch's rows in one transaction and release the store. False: they could
+        not be written (nothing was)."""
+        try:
+            if batch.rows:
+                with self.engine.atomic():
+                    for row in batch.rows:
+                        self._rows(*row)
+            return True
+        except Exception:  # noqa: BLE001 - reported; the caller ends the sessions concerned
+            log.exception("writing the view rows of a routing round failed")
+            return False
+        finally:
+            self.batch = None
+            self.lock.release()
+
     def _write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
                version: int | None, queries: str | None) -> None:
         with self.engine.atomic():
-            if changes:
-                self.engine.executemany(
-                    "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
-                    "view_seq = excluded.view_seq",
-                    [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
-            if forget:
-                self.engine.executemany("DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
-                                        [(peer, c, pk) for c, pk in forget])
-            self.engine.execute(
-                "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
-                "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
-                "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)",
-                (peer, version, queries, view_seq, version, queries))
+            self._rows(peer, changes, forget, view_seq, version, queries)
+
+    def _rows(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
+              version: int | None, queries: str | None) -> None:
+        if changes:
+            self.engine.executemany(
+                "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
+                "view_seq = excluded.view_seq",
+                [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
+        if forget:
+            self.engine.executemany("DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
+                                    [(peer, c, pk) for c, pk in forget])
+        self.engine.execute(
+            "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
+            "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
+            "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)",
+            (peer, version, queries, view_seq, version, queries))
 
 
 # ----------------------------------------------------------------------------- the router
@@ -733,12 +782,20 @@ class Router:
                 # Streaming to a thousand sessions takes a while: other work of the event loop
                 # (the upload that feeds routing: its Changes, its integration's end, its Ack)
                 # is let through every WAKE_SLICE seconds instead of waiting for the last one.
+                # The view rows of a slice's sessions are written in one commit at its end,
+                # before their Changes go out (see ViewBatch), instead of one commit each.
                 slice_end = time.monotonic() + self.WAKE_SLICE
-                for s in woken:
-                    s.wake()
-                    if time.monotonic() >= slice_end:
-                        await asyncio.sleep(0)
-                        slice_end = time.monotonic() + self.WAKE_SLICE
+                self.views.begin()
+                try:
+                    for s in woken:
+                        s.wake()
+                        if time.monotonic() >= slice_end:
+                            self.flush_views()
+                            await asyncio.sleep(0)
+                            slice_end = time.monotonic() + self.WAKE_SLICE
+                            self.views.begin()
+                finally:
+                    self.flush_views()
                 self._arm_advance()
                 self._pending_until = started + self.ROUND_WAIT
                 # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
@@ -753,6 +810,39 @@ class Router:
                 s.wake()       # each session catches up by itself (FlexibleSession.read_log)
         finally:
             self._round_task = None
+
+    def hold_sends(self, server: Any, payloads: list[bytes]) -> bool:
+        """Keep a woken session's payloads until the view rows of the current slice are
+        written (:meth:`flush_views`); False when no slice batch of this thread is open."""
+        batch = self.views.batch
+        if batch is None or batch.thread != threading.get_ident():
+            return False
+        batch.sends.append((server, payloads))
+        return True
+
+    def flush_views(self, reopen: bool = False) -> bool:
+        """Write the open slice batch's view rows (one commit), then send what its sessions
+        held; if they cannot be written, those sessions' connections end instead (their
+        devices reconnect and settle their views from the rows as they were). ``reopen``:
+        open a new batch for the rest of the slice. False: the rows could not be written."""
+        views = self.views
+        batch = views.batch
+        if batch is None or batch.thread != threading.get_ident():
+            return True
+        ok = views.commit(batch)
+        for server, payloads in batch.sends:
+            if ok:
+                server.send_held(payloads)
+            else:
+                server.lose()
+        if not ok:
+            for s in list(self.sessions):
+                if s.held_back:
+                    s.held_back = False
+                    s.server.lose()
+        if reopen:
+            views.begin()
+        return ok
 
     def _take_woken(self, blocking: bool = False) -> set[FlexibleSession] | None:
         if not self.lock.acquire(blocking=blocking):
@@ -777,7 +867,14 @@ class Router:
     def _advance(self) -> None:
         self._advance_timer = None
         self._advance_due = None
-        self._last_advance = time.monotonic()
+        now = time.monotonic()
+        if self._round_task is not None and now < self._last_advance + self.config.max_advance_interval:
+            # Commits are still being routed (a round is on its way or waking its sessions):
+            # the log is not quiet. The round arms the advance again when it has woken its
+            # sessions; waking every idle one meanwhile would send each a Changes (and get an
+            # Ack) per upload batch that a round then follows anyway.
+            return
+        self._last_advance = now
         processed = self.processed_to
         for s in list(self.sessions):
             if s.read_to < processed:
@@ -1024,6 +1121,9 @@ class FlexibleSession:
     fold: bool = False
     #: The view part decided by the read whose ``Changes`` is about to be sent.
     folded: ViewPart | None = None
+    #: View rows of this session wait in the routing slice's batch (ViewBatch): what it sends
+    #: meanwhile waits for them (ServerSession._stream_now).
+    held_back: bool = False
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1186,8 +1286,13 @@ class FlexibleSession:
         """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically
         (``blocking=False``: nothing, returning False, when another thread is writing)."""
         queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) if set_row else None
-        return self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
-                                       queries, blocking=blocking)
+        views = self.router.views
+        done = views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
+                           queries, blocking=blocking)
+        batch = views.batch
+        if done and not blocking and batch is not None and batch.thread == threading.get_ident():
+            self.held_back = True
+        return done
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -1422,6 +1527,7 @@ class FlexibleSession:
                 return
         except Exception:  # noqa: BLE001 - the session's task reads again
             log.exception("streaming to %s failed", self.peer)
+            self.held_back = False   # (rows it wrote meanwhile are written with the batch)
         self.server._inbox.put_nowait(("commit", None))
 
     def wants_log(self) -> bool:

@@ -122,7 +122,8 @@ class FlexibleConfig:
         page_size: documents per ``ViewUpdate`` page of a bootstrap.
         window: ``ViewUpdate`` pages sent ahead of the device's ``ViewAck``.
         advance_interval: changes that concern a device are sent at once; an idle device is
-            told that the log moved on once it has been quiet this many seconds...
+            told that the log moved on once it has been quiet this many seconds (no commit,
+            and no routing round on its way)...
         max_advance_interval: ... or after this many seconds under a steady stream of changes.
         max_queries: the most queries one subscription set may hold.
         indexed_fields: top-level fields to index on the backend (an expression index on the

@@ -73,6 +73,7 @@ from ..protocol.messages import (
 from ..protocol.replica import LogBatch
 from ..query import And, In, Node, Query, compile_sql, node_from_json, parse_query, to_predicate
 from ..query.ast import Compare, Path, Value
+from ..store.database import _gc_paused
 from .enforcement import Enforcer
 
 if TYPE_CHECKING:
@@ -921,41 +922,51 @@ class Router:
                 rows = backend._engine.query(
                     "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
                     (self.processed_to, upto))
-                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
-                                  len(data)) for seq, origin, via, data in rows]
-                full: dict[Ref, tuple[str, str, str]] = {}
-                touched = {ref for r in routed for ref in r.refs}
-                states = read_states(backend, touched, full)
-                for r in routed:
-                    for ref in r.refs:
-                        r.states[ref] = states.get(ref, (False, None))
-                with self.lock:
-                    cache = self.cache
-                    for r in routed:
-                        self._route(r)
-                        cache[r.seq] = r
-                    while len(cache) > self.CACHE:
-                        cache.popitem(last=False)
-                    known = self.full
-                    size = self.full_bytes
-                    for ref in touched:
-                        got = full.get(ref)
-                        old = known.pop(ref, None)
-                        if old is not None:
-                            size -= len(old[1]) + len(old[2])
-                        if got is not None:
-                            known[ref] = got
-                            size += len(got[1]) + len(got[2])
-                    while known and (len(known) > self.FULL_CACHE or size > self.FULL_CACHE_BYTES):
-                        _, gone = known.popitem(last=False)
-                        size -= len(gone[1]) + len(gone[2])
-                    self.full_bytes = size
-                    if len(rows) < upto - self.processed_to:
-                        # Entries compacted away under us: every session settles its view again.
-                        for s in self.sessions:
-                            s.resync = True
-                    self.processed_to = upto
+                # The decoded entries stay in the cache: decoded with the cyclic GC paused and
+                # promoted past the young collections (as an upload batch is, _gc_paused),
+                # which would otherwise scan them all again for nothing.
+                with _gc_paused(promote=True):
+                    self._route_rows(rows, upto)
             return self.processed_to
+
+    def _route_rows(self, rows: list[Any], upto: int) -> None:
+        """Decode and route the log entries ``rows`` (up to ``upto``), with their documents'
+        states (:meth:`catch_up`, the backend's lock held)."""
+        backend = self.backend
+        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
+                          len(data)) for seq, origin, via, data in rows]
+        full: dict[Ref, tuple[str, str, str]] = {}
+        touched = {ref for r in routed for ref in r.refs}
+        states = read_states(backend, touched, full)
+        for r in routed:
+            for ref in r.refs:
+                r.states[ref] = states.get(ref, (False, None))
+        with self.lock:
+            cache = self.cache
+            for r in routed:
+                self._route(r)
+                cache[r.seq] = r
+            while len(cache) > self.CACHE:
+                cache.popitem(last=False)
+            known = self.full
+            size = self.full_bytes
+            for ref in touched:
+                got = full.get(ref)
+                old = known.pop(ref, None)
+                if old is not None:
+                    size -= len(old[1]) + len(old[2])
+                if got is not None:
+                    known[ref] = got
+                    size += len(got[1]) + len(got[2])
+            while known and (len(known) > self.FULL_CACHE or size > self.FULL_CACHE_BYTES):
+                _, gone = known.popitem(last=False)
+                size -= len(gone[1]) + len(gone[2])
+            self.full_bytes = size
+            if len(rows) < upto - self.processed_to:
+                # Entries compacted away under us: every session settles its view again.
+                for s in self.sessions:
+                    s.resync = True
+            self.processed_to = upto
 
     def _route(self, r: _Routed) -> None:
         targets: set[FlexibleSession] = set()

@@ -131,7 +131,8 @@ def start_profiled_server(data_dir: Path, out: str) -> Any:
     ``out`` when it stops."""
     from tests.helpers.servers import ServerProcess
 
-    return ServerProcess(data_dir, launcher=["-m", "bench.profiled_serve", out]).start()
+    tool = "bench.sampled_serve" if os.environ.get("TIDESYNC_BENCH_SAMPLE") == "1" else "bench.profiled_serve"
+    return ServerProcess(data_dir, launcher=["-m", tool, out]).start()
 
 
 def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -244,3 +244,146 @@ def test_documents_enter_and_leave_a_view_inline_without_a_backend_read(tmp_path
         assert router.views.load(str(s.peer))[1] == [(COLL, '"t1"', 0, 2)]
     finally:
         db.close()
+
+
+def test_sessions_sharing_a_query_are_matched_with_one_test_of_it(tmp_path: Path) -> None:
+    """The devices of a team hold the same query: the router tests it once per change for
+    all of them, and a session judging the entry reuses that result instead of testing its
+    own copy again. Leaving removes each session's share only."""
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        team = 'team == "g1" AND status == "urgent"'
+        calls = {"n": 0}
+        members = [session(router, [team]) for _ in range(3)]
+        twice = session(router, [team, team])    # the same query twice in one set
+        owner = session(router, ['owner == "u1"'])
+        for s in [*members, twice, owner]:
+            for sub in s.subs:
+                inner = sub.predicate
+
+                def counted(body: Any, inner: Any = inner) -> bool:
+                    calls["n"] += 1
+                    return bool(inner(body))
+
+                sub.predicate = counted
+            router.unregister(s)
+        for s in [*members, twice, owner]:
+            router.register(s)
+        seq = w.create("t1", {"owner": "u2", "team": "g1", "status": "urgent"})
+        router.catch_up()
+        assert calls["n"] == 1
+        assert all(list(s.relevant) == [seq] for s in [*members, twice])
+        assert list(owner.relevant) == []
+        routed = router.routed(seq)
+        assert routed is not None
+        ref = (COLL, '"t1"')
+        _, body = routed.states[ref]
+        assert body is not None
+        assert members[0].matches(COLL, body, routed.verdicts[ref])
+        assert calls["n"] == 1                   # the router's result, not a second test
+        assert not owner.matches(COLL, body, routed.verdicts[ref])   # not tested by the router
+        assert calls["n"] == 2
+        w.set("t1", "status", "normal")
+        router.catch_up()
+        assert calls["n"] == 3
+        assert all(list(s.relevant) == [seq] for s in members)   # not matching any more
+        router.unregister(members[0])
+        router.unregister(twice)
+        w.set("t1", "status", "urgent")
+        router.catch_up()
+        assert [len(s.relevant) for s in members[1:]] == [2, 2]
+        assert list(members[0].relevant) == [seq] and list(twice.relevant) == [seq]
+        for s in [*members[1:], owner]:
+            router.unregister(s)
+        assert all(not by_value for fields in router.eq_index.values() for by_value in fields.values())
+    finally:
+        db.close()
+
+
+class _Connection:
+    """What the router's slice batch needs of a ServerSession."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.lost = False
+
+    def send_held(self, payloads: list[bytes]) -> None:
+        self.sent.extend(payloads)
+
+    def lose(self) -> None:
+        self.lost = True
+
+
+def _rows(views: ViewStore) -> list[Any]:
+    return views.engine.query("SELECT peer, collection, pk, present, view_seq FROM flexible_views ORDER BY pk")
+
+
+def test_a_routing_slice_writes_its_view_rows_in_one_commit_before_sending(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        views = ViewStore(tmp_path / "flexible.db")
+        router = Router(db, views)
+        conns = []
+        sessions = []
+        for _ in range(2):
+            s = session(router, ['owner == "u1"'])
+            s.router, s.view_seq, s.version = router, 0, 1
+            s.server = conn = _Connection()
+            conns.append(conn)
+            sessions.append(s)
+        assert views.begin() is not None
+        for i, (s, conn) in enumerate(zip(sessions, conns, strict=True)):
+            s.view_seq = 1
+            assert s._persist([((COLL, f'"t{i}"'), 1, 1)], blocking=False)
+            assert s.held_back
+            s.held_back = False
+            assert router.hold_sends(conn, [f"changes {i}".encode()])
+        assert _rows(views) == [] and all(not c.sent for c in conns)   # nothing before the commit
+        assert router.flush_views()
+        assert [r[1:] for r in _rows(views)] == [(COLL, '"t0"', 1, 1), (COLL, '"t1"', 1, 1)]
+        assert [c.sent for c in conns] == [[b"changes 0"], [b"changes 1"]]
+        assert views.batch is None and views.lock.acquire(blocking=False)
+        views.lock.release()
+        # A worker thread's write never joins the event loop's batch.
+        assert views.begin() is not None
+        import threading
+
+        done: list[bool] = []
+        worker = threading.Thread(target=lambda: done.append(sessions[0]._persist([((COLL, '"t9"'), 1, 2)],
+                                                                                 blocking=False)))
+        worker.start()
+        worker.join()
+        assert done == [False] and not views.batch.rows      # busy: nothing written, nothing queued
+        assert router.flush_views()
+    finally:
+        db.close()
+
+
+def test_view_rows_that_cannot_be_written_end_the_connections_and_send_nothing(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        views = ViewStore(tmp_path / "flexible.db")
+        router = Router(db, views)
+        s = session(router, ['owner == "u1"'])
+        s.router, s.view_seq, s.version = router, 1, 1
+        s.server = conn = _Connection()
+        other = session(router, ['owner == "u2"'])
+        other.router, other.view_seq, other.version = router, 1, 1
+        other.server = unsent = _Connection()
+
+        def broken(*args: Any) -> None:
+            raise RuntimeError("disk gone")
+
+        views._rows = broken  # type: ignore[method-assign]
+        assert views.begin() is not None
+        assert s._persist([((COLL, '"t1"'), 1, 1)], blocking=False)
+        s.held_back = False
+        assert router.hold_sends(conn, [b"changes"])
+        assert other._persist([((COLL, '"t2"'), 1, 1)], blocking=False)   # held, not yet queued
+        assert not router.flush_views()
+        assert conn.lost and conn.sent == [] and unsent.lost
+        assert _rows(views) == [] and views.batch is None
+    finally:
+        db.close()

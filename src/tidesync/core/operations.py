@@ -393,8 +393,23 @@ def op_from_stored(data: Any) -> Op:
     """An operation from a replica's own log, written there by :func:`op_to_wire` (after
     :func:`op_from_wire` validated it): a create is rebuilt without checking it again; any
     other operation goes through :func:`op_from_wire`."""
-    if type(data) is list and len(data) == 8 and data[0] == "C":
-        return _new_create(data[1], data[2], data[3], data[4], data[5], data[6], tuple(data[7]))
+    if type(data) is list:
+        n = len(data)
+        if n == 8 and data[0] == "C":
+            return _new_create(data[1], data[2], data[3], data[4], data[5], data[6], tuple(data[7]))
+        if n == 9 and data[0] == "S":
+            # A field set (most log entries after the creates): filled as top_level_set does.
+            op: SetValue = object.__new__(SetValue)
+            s = _SV_SET
+            s[0](op, data[1])
+            s[1](op, data[2])
+            s[2](op, data[3])
+            s[3](op, data[4])
+            s[4](op, tuple(data[5]))
+            s[5](op, tuple(data[6]))
+            s[6](op, data[7])
+            s[7](op, data[8])
+            return op
     return op_from_wire(data)
 
 

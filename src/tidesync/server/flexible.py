@@ -73,6 +73,7 @@ from ..protocol.messages import (
 from ..protocol.replica import LogBatch
 from ..query import And, In, Node, Query, compile_sql, node_from_json, parse_query, to_predicate
 from ..query.ast import Compare, Path, Value
+from ..store.database import _gc_paused
 from .enforcement import Enforcer
 
 if TYPE_CHECKING:
@@ -122,7 +123,8 @@ class FlexibleConfig:
         page_size: documents per ``ViewUpdate`` page of a bootstrap.
         window: ``ViewUpdate`` pages sent ahead of the device's ``ViewAck``.
         advance_interval: changes that concern a device are sent at once; an idle device is
-            told that the log moved on once it has been quiet this many seconds...
+            told that the log moved on once it has been quiet this many seconds (no commit,
+            and no routing round on its way)...
         max_advance_interval: ... or after this many seconds under a steady stream of changes.
         max_queries: the most queries one subscription set may hold.
         indexed_fields: top-level fields to index on the backend (an expression index on the
@@ -317,6 +319,9 @@ class CompiledSub:
     params: list[Any]
     predicate: Predicate
     index: tuple[str, frozenset[IndexKey]] | None
+    #: The query's identity for routing (collection and AST): sessions with the same query
+    #: share one test of its predicate per change (see :class:`_QueryGroup`).
+    key: str = ""
 
     def wire(self) -> SubscriptionQuery:
         from ..query import node_to_json
@@ -364,11 +369,35 @@ def compile_set(queries: Sequence[SubscriptionQuery], config: FlexibleConfig) ->
             raise SubscriptionInvalid(f"{where}: {exc.message if hasattr(exc, 'message') else exc}") from None
         text = q.query if isinstance(q.query, str) else json.dumps(q.query, sort_keys=True)
         out.append(CompiledSub(q.name, q.collection, query.node, text, sql, params, predicate,
-                               _index_of(query.node)))
+                               _index_of(query.node), _query_key(q.collection, query.node)))
     return out
 
 
+def _query_key(collection: str, node: Node) -> str:
+    """What identifies a compiled query for routing: its collection and AST (the predicate
+    depends on nothing else). A query whose AST has no JSON form gets a key of its own."""
+    from ..query import node_to_json
+
+    try:
+        return collection + "\x00" + json.dumps(node_to_json(node), sort_keys=True, separators=(",", ":"))
+    except (TypeError, ValueError):
+        return f"{collection}\x00#{id(node)}"
+
+
 # ----------------------------------------------------------------------------- the view store
+
+
+class ViewBatch:
+    """View rows written together at the end of a routing round's slice (:meth:`ViewStore.begin`),
+    and the payloads of the sessions that wrote them, sent once they are."""
+
+    __slots__ = ("thread", "rows", "sends")
+
+    def __init__(self, thread: int) -> None:
+        self.thread = thread
+        self.rows: list[tuple[str, Sequence[tuple[Ref, int, int]], Sequence[Ref], int, int | None, str | None]] = []
+        #: (the ServerSession, its payloads), in the order they were held.
+        self.sends: list[tuple[Any, list[bytes]]] = []
 
 
 class ViewStore:
@@ -390,6 +419,8 @@ class ViewStore:
         self.engine = Engine(path, check_same_thread=False)
         self.engine.execute("PRAGMA synchronous = NORMAL")
         self.lock = threading.Lock()
+        #: The rows of a routing round's slice, written together (see :meth:`begin`).
+        self.batch: ViewBatch | None = None
         with self.lock, self.engine.atomic():
             for stmt in _TABLES:
                 self.engine.execute(stmt)
@@ -404,7 +435,12 @@ class ViewStore:
     def write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
               version: int | None, queries: str | None, *, blocking: bool = True) -> bool:
         """Write view rows and the peer's row, atomically. ``blocking=False``: write nothing and
-        return False when another thread is writing."""
+        return False when another thread is writing; within a :meth:`begin` batch of the
+        calling thread, add them to it (written by :meth:`commit`, before anything is sent)."""
+        batch = self.batch
+        if not blocking and batch is not None and batch.thread == threading.get_ident():
+            batch.rows.append((peer, changes, forget, view_seq, version, queries))
+            return True
         if not self.lock.acquire(blocking):
             return False
         try:
@@ -413,23 +449,52 @@ class ViewStore:
             self.lock.release()
         return True
 
+    def begin(self) -> ViewBatch | None:
+        """Gather the rows this thread writes without blocking (a routing round's inline
+        reads) into one transaction, holding the store meanwhile; None when another thread
+        is writing. End it with :meth:`commit`."""
+        if not self.lock.acquire(blocking=False):
+            return None
+        self.batch = batch = ViewBatch(threading.get_ident())
+        return batch
+
+    def commit(self, batch: ViewBatch) -> bool:
+        """Write a batch's rows in one transaction and release the store. False: they could
+        not be written (nothing was)."""
+        try:
+            if batch.rows:
+                with self.engine.atomic():
+                    for row in batch.rows:
+                        self._rows(*row)
+            return True
+        except Exception:  # noqa: BLE001 - reported; the caller ends the sessions concerned
+            log.exception("writing the view rows of a routing round failed")
+            return False
+        finally:
+            self.batch = None
+            self.lock.release()
+
     def _write(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
                version: int | None, queries: str | None) -> None:
         with self.engine.atomic():
-            if changes:
-                self.engine.executemany(
-                    "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
-                    "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
-                    "view_seq = excluded.view_seq",
-                    [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
-            if forget:
-                self.engine.executemany("DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
-                                        [(peer, c, pk) for c, pk in forget])
-            self.engine.execute(
-                "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
-                "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
-                "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)",
-                (peer, version, queries, view_seq, version, queries))
+            self._rows(peer, changes, forget, view_seq, version, queries)
+
+    def _rows(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
+              version: int | None, queries: str | None) -> None:
+        if changes:
+            self.engine.executemany(
+                "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
+                "view_seq = excluded.view_seq",
+                [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
+        if forget:
+            self.engine.executemany("DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
+                                    [(peer, c, pk) for c, pk in forget])
+        self.engine.execute(
+            "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
+            "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
+            "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)",
+            (peer, version, queries, view_seq, version, queries))
 
 
 # ----------------------------------------------------------------------------- the router
@@ -439,12 +504,16 @@ class _Routed:
     """One log entry as the router saw it: decoded once, with the touched documents' states
     right after the router read it."""
 
-    __slots__ = ("seq", "origin", "via", "txn", "size", "refs", "states", "comp_for")
+    __slots__ = ("seq", "origin", "via", "txn", "size", "refs", "states", "verdicts", "comp_for")
 
     def __init__(self, seq: int, origin: str, via: str | None, txn: Transaction, size: int) -> None:
         self.seq, self.origin, self.via, self.txn, self.size = seq, origin, via, txn, size
         self.refs: list[Ref] = [doc_ref(op.collection, op.key) for op in txn.ops]
         self.states: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+        # By document (every one in ``states``, once routed): the queries (CompiledSub.key)
+        # the router tested on that state, and whether each matched. A session judging the
+        # entry reuses them instead of testing its queries again.
+        self.verdicts: dict[Ref, dict[str, bool]] = {}
         comp = txn.meta.get("compensation") if txn.meta else None
         self.comp_for: str | None = comp.get("for") if isinstance(comp, dict) else None
 
@@ -476,11 +545,12 @@ class Router:
         self.sessions: set[FlexibleSession] = set()
         self.processed_to = backend.head_seq()
         self.holders: dict[Ref, set[FlexibleSession]] = {}
-        # Per collection: (field -> value key -> session -> its queries with that condition),
-        # and session -> its queries without one. Only those queries are tested against a
-        # change (the others of the session cannot match it).
-        self.eq_index: dict[str, dict[str, dict[IndexKey, dict[FlexibleSession, list[CompiledSub]]]]] = {}
-        self.scan: dict[str, dict[FlexibleSession, list[CompiledSub]]] = {}
+        # Per collection: (field -> value key -> query key -> the query and the sessions with
+        # it), and query key -> the same for queries without an equality condition. Only those
+        # queries are tested against a change (the others cannot match it), each once for all
+        # the sessions that share it (a team's query, held by each of its devices).
+        self.eq_index: dict[str, dict[str, dict[IndexKey, dict[str, _QueryGroup]]]] = {}
+        self.scan: dict[str, dict[str, _QueryGroup]] = {}
         self.cache: OrderedDict[int, _Routed] = OrderedDict()
         # The merge state (epoch, body JSON, meta JSON) of recently routed live documents as
         # of ``processed_to`` (a deleted one is dropped): a document entering a view is sent
@@ -592,12 +662,12 @@ class Router:
     def _index(self, s: FlexibleSession) -> None:
         for sub in s.subs:
             if sub.index is None:
-                self.scan.setdefault(sub.collection, {}).setdefault(s, []).append(sub)
+                _group_add(self.scan.setdefault(sub.collection, {}), sub, s)
                 continue
             fieldname, keys = sub.index
             by_value = self.eq_index.setdefault(sub.collection, {}).setdefault(fieldname, {})
             for k in keys:
-                by_value.setdefault(k, {}).setdefault(s, []).append(sub)
+                _group_add(by_value.setdefault(k, {}), sub, s)
         s.indexed = list(s.subs)
 
     def _unindex(self, s: FlexibleSession) -> None:
@@ -605,7 +675,7 @@ class Router:
             if sub.index is None:
                 scan = self.scan.get(sub.collection)
                 if scan is not None:
-                    scan.pop(s, None)
+                    _group_remove(scan, sub, s)
                     if not scan:
                         del self.scan[sub.collection]
                 continue
@@ -614,7 +684,7 @@ class Router:
             for k in keys:
                 got = by_value.get(k)
                 if got is not None:
-                    got.pop(s, None)
+                    _group_remove(got, sub, s)
                     if not got:
                         del by_value[k]
         s.indexed = []
@@ -718,12 +788,20 @@ class Router:
                 # Streaming to a thousand sessions takes a while: other work of the event loop
                 # (the upload that feeds routing: its Changes, its integration's end, its Ack)
                 # is let through every WAKE_SLICE seconds instead of waiting for the last one.
+                # The view rows of a slice's sessions are written in one commit at its end,
+                # before their Changes go out (see ViewBatch), instead of one commit each.
                 slice_end = time.monotonic() + self.WAKE_SLICE
-                for s in woken:
-                    s.wake()
-                    if time.monotonic() >= slice_end:
-                        await asyncio.sleep(0)
-                        slice_end = time.monotonic() + self.WAKE_SLICE
+                self.views.begin()
+                try:
+                    for s in woken:
+                        s.wake()
+                        if time.monotonic() >= slice_end:
+                            self.flush_views()
+                            await asyncio.sleep(0)
+                            slice_end = time.monotonic() + self.WAKE_SLICE
+                            self.views.begin()
+                finally:
+                    self.flush_views()
                 self._arm_advance()
                 self._pending_until = started + self.ROUND_WAIT
                 # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
@@ -738,6 +816,39 @@ class Router:
                 s.wake()       # each session catches up by itself (FlexibleSession.read_log)
         finally:
             self._round_task = None
+
+    def hold_sends(self, server: Any, payloads: list[bytes]) -> bool:
+        """Keep a woken session's payloads until the view rows of the current slice are
+        written (:meth:`flush_views`); False when no slice batch of this thread is open."""
+        batch = self.views.batch
+        if batch is None or batch.thread != threading.get_ident():
+            return False
+        batch.sends.append((server, payloads))
+        return True
+
+    def flush_views(self, reopen: bool = False) -> bool:
+        """Write the open slice batch's view rows (one commit), then send what its sessions
+        held; if they cannot be written, those sessions' connections end instead (their
+        devices reconnect and settle their views from the rows as they were). ``reopen``:
+        open a new batch for the rest of the slice. False: the rows could not be written."""
+        views = self.views
+        batch = views.batch
+        if batch is None or batch.thread != threading.get_ident():
+            return True
+        ok = views.commit(batch)
+        for server, payloads in batch.sends:
+            if ok:
+                server.send_held(payloads)
+            else:
+                server.lose()
+        if not ok:
+            for s in list(self.sessions):
+                if s.held_back:
+                    s.held_back = False
+                    s.server.lose()
+        if reopen:
+            views.begin()
+        return ok
 
     def _take_woken(self, blocking: bool = False) -> set[FlexibleSession] | None:
         if not self.lock.acquire(blocking=blocking):
@@ -762,7 +873,14 @@ class Router:
     def _advance(self) -> None:
         self._advance_timer = None
         self._advance_due = None
-        self._last_advance = time.monotonic()
+        now = time.monotonic()
+        if self._round_task is not None and now < self._last_advance + self.config.max_advance_interval:
+            # Commits are still being routed (a round is on its way or waking its sessions):
+            # the log is not quiet. The round arms the advance again when it has woken its
+            # sessions; waking every idle one meanwhile would send each a Changes (and get an
+            # Ack) per upload batch that a round then follows anyway.
+            return
+        self._last_advance = now
         processed = self.processed_to
         for s in list(self.sessions):
             if s.read_to < processed:
@@ -808,41 +926,51 @@ class Router:
                 rows = backend._engine.query(
                     "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
                     (self.processed_to, upto))
-                routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
-                                  len(data)) for seq, origin, via, data in rows]
-                full: dict[Ref, tuple[str, str, str]] = {}
-                touched = {ref for r in routed for ref in r.refs}
-                states = read_states(backend, touched, full)
-                for r in routed:
-                    for ref in r.refs:
-                        r.states[ref] = states.get(ref, (False, None))
-                with self.lock:
-                    cache = self.cache
-                    for r in routed:
-                        self._route(r)
-                        cache[r.seq] = r
-                    while len(cache) > self.CACHE:
-                        cache.popitem(last=False)
-                    known = self.full
-                    size = self.full_bytes
-                    for ref in touched:
-                        got = full.get(ref)
-                        old = known.pop(ref, None)
-                        if old is not None:
-                            size -= len(old[1]) + len(old[2])
-                        if got is not None:
-                            known[ref] = got
-                            size += len(got[1]) + len(got[2])
-                    while known and (len(known) > self.FULL_CACHE or size > self.FULL_CACHE_BYTES):
-                        _, gone = known.popitem(last=False)
-                        size -= len(gone[1]) + len(gone[2])
-                    self.full_bytes = size
-                    if len(rows) < upto - self.processed_to:
-                        # Entries compacted away under us: every session settles its view again.
-                        for s in self.sessions:
-                            s.resync = True
-                    self.processed_to = upto
+                # The decoded entries stay in the cache: decoded with the cyclic GC paused and
+                # promoted past the young collections (as an upload batch is, _gc_paused),
+                # which would otherwise scan them all again for nothing.
+                with _gc_paused(promote=True):
+                    self._route_rows(rows, upto)
             return self.processed_to
+
+    def _route_rows(self, rows: list[Any], upto: int) -> None:
+        """Decode and route the log entries ``rows`` (up to ``upto``), with their documents'
+        states (:meth:`catch_up`, the backend's lock held)."""
+        backend = self.backend
+        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
+                          len(data)) for seq, origin, via, data in rows]
+        full: dict[Ref, tuple[str, str, str]] = {}
+        touched = {ref for r in routed for ref in r.refs}
+        states = read_states(backend, touched, full)
+        for r in routed:
+            for ref in r.refs:
+                r.states[ref] = states.get(ref, (False, None))
+        with self.lock:
+            cache = self.cache
+            for r in routed:
+                self._route(r)
+                cache[r.seq] = r
+            while len(cache) > self.CACHE:
+                cache.popitem(last=False)
+            known = self.full
+            size = self.full_bytes
+            for ref in touched:
+                got = full.get(ref)
+                old = known.pop(ref, None)
+                if old is not None:
+                    size -= len(old[1]) + len(old[2])
+                if got is not None:
+                    known[ref] = got
+                    size += len(got[1]) + len(got[2])
+            while known and (len(known) > self.FULL_CACHE or size > self.FULL_CACHE_BYTES):
+                _, gone = known.popitem(last=False)
+                size -= len(gone[1]) + len(gone[2])
+            self.full_bytes = size
+            if len(rows) < upto - self.processed_to:
+                # Entries compacted away under us: every session settles its view again.
+                for s in self.sessions:
+                    s.resync = True
+            self.processed_to = upto
 
     def _route(self, r: _Routed) -> None:
         targets: set[FlexibleSession] = set()
@@ -854,6 +982,8 @@ class Router:
             hs = self.holders.get(ref)
             if hs:
                 targets |= hs
+            verdicts: dict[str, bool] = {}
+            r.verdicts[ref] = verdicts
             live, body = r.states[ref]
             if not live or body is None:
                 continue         # a deleted document matters only to those holding it
@@ -864,12 +994,12 @@ class Router:
             coll = ref[0]
             scan = self.scan.get(coll)
             if scan:
-                _add_matching(targets, scan, body)
+                _add_matching(targets, scan, body, verdicts)
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
                 for k in _body_keys(body.get(fieldname)):
                     got = by_value.get(k)
                     if got:
-                        _add_matching(targets, got, body)
+                        _add_matching(targets, got, body, verdicts)
         if r.comp_for is not None:
             targets |= {s for s in self.sessions if s.peer == r.comp_for}
         for s in targets:
@@ -899,19 +1029,50 @@ class Router:
             return self.cache.get(seq)
 
 
-def _add_matching(targets: set[FlexibleSession], candidates: dict[FlexibleSession, list[CompiledSub]],
-                  body: dict[str, Any]) -> None:
-    """Add to ``targets`` the candidate sessions one of whose listed queries matches ``body``."""
-    for s, subs in candidates.items():
-        if s in targets:
-            continue
-        for sub in subs:
+class _QueryGroup:
+    """The sessions that have one query (same collection and AST: :attr:`CompiledSub.key`)
+    under one entry of the router's index, with how many of their subscriptions it is."""
+
+    __slots__ = ("predicate", "sessions")
+
+    def __init__(self, predicate: Predicate) -> None:
+        self.predicate = predicate
+        self.sessions: dict[FlexibleSession, int] = {}
+
+
+def _group_add(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleSession) -> None:
+    group = groups.get(sub.key)
+    if group is None:
+        group = groups[sub.key] = _QueryGroup(sub.predicate)
+    group.sessions[s] = group.sessions.get(s, 0) + 1
+
+
+def _group_remove(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleSession) -> None:
+    group = groups.get(sub.key)
+    if group is None:
+        return
+    n = group.sessions.pop(s, 0) - 1
+    if n > 0:
+        group.sessions[s] = n
+    elif not group.sessions:
+        del groups[sub.key]
+
+
+def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
+                  verdicts: dict[str, bool]) -> None:
+    """Add to ``targets`` the sessions of every group whose query matches ``body``, each query
+    tested once; ``verdicts`` gets each tested query's result (by its key), for the sessions'
+    judging of the same state (:meth:`FlexibleSession.matches_subs`)."""
+    for key, group in groups.items():
+        ok = verdicts.get(key)
+        if ok is None:
             try:
-                if sub.predicate(body):
-                    targets.add(s)
-                    break
+                ok = verdicts[key] = bool(group.predicate(body))
             except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
                 log.exception("subscription predicate failed")
+                continue
+        if ok:
+            targets.update(group.sessions)
 
 
 def read_states(backend: Database, refs: Iterable[Ref],
@@ -976,6 +1137,9 @@ class FlexibleSession:
     fold: bool = False
     #: The view part decided by the read whose ``Changes`` is about to be sent.
     folded: ViewPart | None = None
+    #: View rows of this session wait in the routing slice's batch (ViewBatch): what it sends
+    #: meanwhile waits for them (ServerSession._stream_now).
+    held_back: bool = False
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1054,8 +1218,16 @@ class FlexibleSession:
             by.setdefault(s.collection, []).append(s)
         self.by_coll = by
 
-    def matches_subs(self, collection: str, body: dict[str, Any]) -> bool:
+    def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None) -> bool:
+        """Whether one of the set's queries matches ``body``; ``verdicts``: results the router
+        already found for this very state, by query key (:attr:`_Routed.verdicts`)."""
         for sub in self.by_coll.get(collection, ()):
+            if verdicts:
+                known = verdicts.get(sub.key)
+                if known is not None:
+                    if known:
+                        return True
+                    continue
             try:
                 if sub.predicate(body):
                     return True
@@ -1068,8 +1240,9 @@ class FlexibleSession:
             return True
         return bool(self.rules.collection(collection).can_read(body))
 
-    def matches(self, collection: str, body: dict[str, Any] | None) -> bool:
-        return body is not None and self.matches_subs(collection, body) and self.readable(collection, body)
+    def matches(self, collection: str, body: dict[str, Any] | None, verdicts: dict[str, bool] | None = None) -> bool:
+        return (body is not None and self.matches_subs(collection, body, verdicts)
+                and self.readable(collection, body))
 
     def _shown(self, doc: SnapshotDoc) -> SnapshotDoc | None:
         if self.rules is None or self.reader is None:
@@ -1129,8 +1302,13 @@ class FlexibleSession:
         """Write view rows ``(ref, present, view_seq)`` and this peer's counters, atomically
         (``blocking=False``: nothing, returning False, when another thread is writing)."""
         queries = json.dumps([s.wire().to_wire() for s in self.subs], separators=(",", ":")) if set_row else None
-        return self.router.views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
-                                       queries, blocking=blocking)
+        views = self.router.views
+        done = views.write(self.peer, changes, forget, self.view_seq, self.version if set_row else None,
+                           queries, blocking=blocking)
+        batch = views.batch
+        if done and not blocking and batch is not None and batch.thread == threading.get_ident():
+            self.held_back = True
+        return done
 
     # -- connecting -----------------------------------------------------------------------
 
@@ -1365,6 +1543,7 @@ class FlexibleSession:
                 return
         except Exception:  # noqa: BLE001 - the session's task reads again
             log.exception("streaming to %s failed", self.peer)
+            self.held_back = False   # (rows it wrote meanwhile are written with the batch)
         self.server._inbox.put_nowait(("commit", None))
 
     def wants_log(self) -> bool:
@@ -1555,8 +1734,14 @@ class FlexibleSession:
         # operations that take the document out of the view and keep it, or skip those that
         # bring it in.
         latest: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
+        verdicts: dict[Ref, dict[str, bool]] = {}   # the router's, for the states in ``latest``
         for r in routed:
             latest.update(r.states)
+            if r.verdicts:
+                verdicts.update(r.verdicts)    # (a routed entry has them for each of its states)
+            else:
+                for ref in r.states:
+                    verdicts.pop(ref, None)
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
@@ -1570,7 +1755,7 @@ class FlexibleSession:
             for op, ref in zip(r.txn.ops, r.refs, strict=True):
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)))
+                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref))
                 if d == STAY:
                     kept.append(op)
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1604,7 +1789,8 @@ class FlexibleSession:
             return None
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
-    def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None]) -> str:
+    def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None],
+                verdicts: dict[str, bool] | None = None) -> str:
         if ref in self.uncertain:
             return SKIP          # settled by the bootstrap work list (sent whole, or removed)
         live, body = state
@@ -1613,8 +1799,8 @@ class FlexibleSession:
             # delete itself, and a re-create if there is one.
             if not live:
                 return STAY
-            return STAY if self.matches(ref[0], body) else LEAVE
-        if live and self.matches(ref[0], body):
+            return STAY if self.matches(ref[0], body, verdicts) else LEAVE
+        if live and self.matches(ref[0], body, verdicts):
             return ENTER
         return SKIP
 

@@ -541,14 +541,37 @@ class ServerSession:
         if flexible is not None:
             flexible.pump()   # a view update the read queued (documents entering or leaving)
         payloads = self.link.data_to_send()
+        events = self.link.events_received()
+        if flexible is not None and flexible.held_back:
+            # Its view rows wait in the routing slice's batch: nothing of it goes out before
+            # they are written. Held with the batch when nothing else is left to do here (else
+            # the batch is written now).
+            flexible.held_back = False
+            if rest or events or self.link.finished or flexible.outbox or not flexible.router.hold_sends(self, payloads):
+                if not flexible.router.flush_views(reopen=True):
+                    self.lose()   # its view rows could not be written: nothing is sent
+                    return True
+            else:
+                payloads = []
         while payloads and self._sending is None:
             self._send_now(payloads.pop(0))
-        events = self.link.events_received()
         if payloads or rest or events or self.link.finished or (flexible is not None and flexible.outbox):
             self._inbox.put_nowait(("resume", (payloads, rest, events)))
         if flexible is not None:
             flexible.schedule()   # as run()'s _flush would: a bootstrap step, if one is due
         return True
+
+    def send_held(self, payloads: list[bytes]) -> None:
+        """Send payloads a routing round held until its view rows were written
+        (``Router.flush_views``); what cannot go at once goes through run(), in order."""
+        while payloads and self._sending is None:
+            self._send_now(payloads.pop(0))
+        if payloads:
+            self._inbox.put_nowait(("resume", (payloads, [], [])))
+
+    def lose(self) -> None:
+        """End the connection (from outside its task): run() reports it lost."""
+        self._inbox.put_nowait(("lost", None))
 
     def _send_now(self, payload: bytes) -> None:
         """Send a payload without awaiting when the transport takes it at once (the usual case:

@@ -1134,7 +1134,11 @@ class Database(ReplicaStore):
             if not ok:
                 return False
             columns.append(values)
-        pks = list(map(canonical_json, ids))
+        joined = "".join(ids)
+        if '"' not in joined and "\\" not in joined and joined.isprintable():
+            pks = [f'"{v}"' for v in ids]  # canonical_json of each: nothing in them needs escaping
+        else:
+            pks = list(map(canonical_json, ids))
         if len(set(pks)) != len(pks):
             return False
         collection = obj.name

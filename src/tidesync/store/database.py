@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import islice
+from itertools import islice, repeat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -44,7 +44,7 @@ from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_c
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
-from .writer import BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
+from .writer import ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
 
 if TYPE_CHECKING:
     from .results import Results
@@ -157,6 +157,8 @@ def _gc_paused(*, promote: bool = False) -> Iterator[None]:
 _dumps = compact_encoder()
 
 # Plain values the update fast path writes with ``json_set`` (anything else: the general path).
+#: The JSON of MISSING_FIELD (an absent field's old value, decoded as it).
+_MISSING_JSON = _dumps(MISSING_FIELD)
 _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
 # Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
 # container kind at create, the create's defaults], the field's old value as JSON.
@@ -521,6 +523,8 @@ class Database(ReplicaStore):
         ref = binding.ref
         if txn._journal is not None or ref in txn.docs or ref in txn.bulk_refs:
             return False
+        if txn.column_refs and ref in txn.column_refs:
+            txn.expand_columns()
         collection = binding.collection
         ok = self._fast_fields.get((collection, name))
         if ok is None:
@@ -683,11 +687,16 @@ class Database(ReplicaStore):
         first = Stamp(txn.first_stamp)
         heads = tuple(r[0] for r in self._engine.query("SELECT id FROM heads ORDER BY id"))
         # With bulk creates, ``t`` lacks their operations: the log entry gets them packed.
+        # With bulk updates kept as columns, ``t`` lacks its before-images: the log entry gets them.
+        columns = bool(txn.columns)
         t = Transaction(id=first, origin=self.replica_id, stamp=first, parents=heads, ops=tuple(txn.ops),
-                        before=tuple(txn.before_images()), user=self._user, meta=meta or {})
+                        before=() if columns else tuple(txn.before_images()), user=self._user, meta=meta or {})
         if txn.bulk:
+            wire = t.to_wire(txn.op_wire)
+            if columns:
+                wire["before"] = txn.before_wires()
             seq = self._append_log(t, touches=tuple(txn.touched.values()),
-                                   data=pack_transaction(t.to_wire(txn.op_wire), txn.bulk), op_count=txn.op_count)
+                                   data=pack_transaction(wire, txn.bulk), op_count=txn.op_count)
             if txn.bulk_seq and seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
                 self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
         else:
@@ -1035,6 +1044,8 @@ class Database(ReplicaStore):
             except Exception:  # noqa: BLE001 - the general path does it again, and raises
                 parsed.append(None)
         names.pop("_id", None)
+        if txn.column_refs and any(p is not None and (obj.name, p[1]) in txn.column_refs for p in parsed):
+            txn.expand_columns()
         rows = self._update_rows(obj.name, list(names), [p[1] for p in parsed if p is not None])
         modified = update == "modified"
         if modified:
@@ -1136,106 +1147,190 @@ class Database(ReplicaStore):
             if not ok:
                 return False
             columns.append(values)
-        pks = list(map(canonical_json, ids))
+        joined = "".join(ids)
+        if '"' not in joined and "\\" not in joined and joined.isprintable():
+            pks = [f'"{v}"' for v in ids]  # canonical_json of each: nothing in them needs escaping
+        else:
+            pks = list(map(canonical_json, ids))
         if len(set(pks)) != len(pks):
             return False
         collection = obj.name
         refs = [(collection, pk) for pk in pks]
         docs, pending, created = txn.docs, txn.pending, txn.bulk_refs
         if (docs and any(r in docs for r in refs)) or (pending and any(r in pending for r in refs)) or (
-                created and any(r in created for r in refs)):
+                created and any(r in created for r in refs)) or (
+                txn.column_refs and any(r in txn.column_refs for r in refs)):
             return False
-        rows = self._update_rows(collection, names, pks)
-        if len(rows) != len(pks):
-            return False
-        ordered = [rows[pk] for pk in pks]
-        if not all(r[2] for r in ordered):
-            return False
-        for r in ordered:
-            meta = r[3]
-            if len(meta) != 42 or not meta.startswith('{"*":"'):  # not the compact meta of a create
-                m = loads_json(meta)
-                kinds = m.get("*k")
-                if type(m.get("*")) is not str or (kinds and any(n in kinds for n in names)):
-                    return False
-        # Which (item, field) change: all of them, or with "modified" those that differ.
         width, n_items = len(names), len(items)
-        if modified:
-            texts = [t for r in ordered for t in r[5:] if t is not None]
-            decoded = iter(loads_json("[" + ",".join(texts) + "]"))
-            olds = [MISSING_FIELD if t is None else next(decoded) for r in ordered for t in r[5:]]
-            if width == 1:
-                changed = [[0] if o != v else [] for o, v in zip(olds, columns[0])]
+        cols = "".join([f""", d.body -> '$."{n}"'""" for n in names])
+        rows = self._engine.query(
+            "SELECT j.key, d.epoch, d.live, d.meta, d.rowid, CASE WHEN length(d.meta) = 42 AND "
+            f"""substr(d.meta, 1, 6) = '{{"*":"' THEN substr(d.meta, 7, 34) END{cols} FROM json_each(?) AS j """
+            "CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value", (_dumps(pks), collection))
+        # Every document found and live, the rows in the items' order (the join runs over them in order).
+        if len(rows) != n_items or [r[0] for r in rows] != list(range(n_items)) or not all([r[2] for r in rows]):
+            return False
+        # The top stamp of each row's meta: read in SQL from the compact meta of a create, else parsed here.
+        tops: list[str | None] = [r[5] for r in rows]
+        parsed: dict[int, dict[str, Any]] = {}
+        if None in tops:
+            for i, r in enumerate(rows):
+                if tops[i] is None:
+                    m = loads_json(r[3])
+                    kinds = m.get("*k")
+                    if type(m.get("*")) is not str or (kinds and any(n in kinds for n in names)):
+                        return False
+                    parsed[i] = m
+        # Which (item, field) change: all of them, or with "modified" those that differ.
+        decoded: list[Any] | None = None
+        at: Sequence[int]
+        if width == 1:
+            changed: list[list[int]] = []
+            if modified:
+                # Every old value decoded with one call of the JSON decoder (absent: MISSING_FIELD's
+                # JSON, which differs from every new value, as MISSING_FIELD does).
+                decoded = loads_json("[" + ",".join([r[6] or _MISSING_JSON for r in rows]) + "]")
+                at = [i for i, o, v in zip(range(n_items), decoded, columns[0]) if o != v]
             else:
-                changed = [[j for j in range(width) if olds[i * width + j] != columns[j][i]] for i in range(n_items)]
+                at = range(n_items)
         else:
-            changed = [list(range(width))] * n_items
-        top_max = ""
-        for i, r in enumerate(ordered):  # as _fast_assign: the latest write key the writes replace
-            if changed[i]:
-                meta = r[3]
-                if len(meta) == 42 and meta.startswith('{"*":"'):
-                    top = meta[6:40]
-                else:
-                    m = loads_json(meta)
+            if modified:
+                texts = [t for r in rows for t in r[6:] if t is not None]
+                it_old = iter(loads_json("[" + ",".join(texts) + "]"))
+                olds_all = [MISSING_FIELD if t is None else next(it_old) for r in rows for t in r[6:]]
+                changed = [[j for j in range(width) if olds_all[i * width + j] != columns[j][i]]
+                           for i in range(n_items)]
+            else:
+                changed = [list(range(width))] * n_items
+            at = [i for i in range(n_items) if changed[i]]
+        # As _fast_assign: the clock observes the latest write key the writes replace.
+        if not parsed:
+            top_max = max([tops[i] for i in at]) if at else ""  # type: ignore[type-var]
+        else:
+            top_max = ""
+            for i in at:
+                top = tops[i]
+                if top is None:
+                    m = parsed[i]
                     top, overlay = m["*"], m.get("r")
                     if overlay:
-                        for j in changed[i]:
-                            if type(k := overlay.get(names[j])) is str and k[1:] > top:
+                        for n in (names if width == 1 else [names[j] for j in changed[i]]):
+                            if type(k := overlay.get(n)) is str and k[1:] > top:
                                 top = k[1:]
                 if top > top_max:
                     top_max = top
-        count = sum(map(len, changed))
+        count = len(at) if width == 1 else sum(map(len, changed))
         if not count:
             return True
         txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
         if top_max:
             self._clock.observe(Stamp(top_max))
-        stamps = self._clock.now_many(count)
-        if width == 1:
-            name = names[0]
-            column = columns[0]
-            at = [i for i in range(n_items) if changed[i]]
-            made = [PendingDoc(collection, ids[i], refs[i], ordered[i][1], ordered[i][3], ordered[i][4],
-                               {name: ordered[i][5]}, {name: "1" + stamp}, {name: column[i]})
-                    for i, stamp in zip(at, stamps)]
-            wires = [["S", collection, ids[i], stamp, ordered[i][1], [name], [], column[i], False]  # op_to_wire's form
-                     for i, stamp in zip(at, stamps)]
-        else:
-            wires = []
-            made = []
-            s = 0
-            for i, r in enumerate(ordered):
-                if not changed[i]:
-                    continue
-                key, epoch = ids[i], r[1]
-                before: dict[str, str | None] = {}
-                keys: dict[str, str] = {}
-                fields: dict[str, Plain] = {}
-                for j in changed[i]:
-                    name, stamp, plain = names[j], stamps[s], columns[j][i]
-                    s += 1
-                    before[name], keys[name], fields[name] = r[5 + j], "1" + stamp, plain
-                    wires.append(["S", collection, key, stamp, epoch, [name], [], plain, False])
-                made.append(PendingDoc(collection, key, refs[i], epoch, r[3], r[4], before, keys, fields))
-        saved = txn._pending_saved
-        if saved is not None:
-            for p in made:
-                saved.setdefault(p.ref, None)
-        pending.update([(p.ref, p) for p in made])
+        stamps: list[str] = list(self._clock.now_many(count))
         # The rows written now, while their pages are in SQLite's cache from the read above, with
         # the seq the commit's log entry will get (as bulk creates are; checked at commit).
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
-        self._write_pending(made, txn.bulk_seq)
-        for p in made:
-            p.flushed = True
+        seq = txn.bulk_seq
+        keys: list[Any]
+        crefs: list[Ref]
+        rows_at: list[tuple[Any, ...]]
+        olds: list[str | None]
+        decoded_at: list[Any] | None = None
+        if width == 1:
+            name = names[0]
+            column = columns[0]
+            keys = [ids[i] for i in at]
+            crefs = [refs[i] for i in at]
+            rows_at = [rows[i] for i in at]
+            values = [column[i] for i in at]
+            olds = [r[6] for r in rows_at]
+            if decoded is not None:
+                decoded_at = [decoded[i] for i in at]
+            item_names: list[tuple[str, ...]] = [(name,)] * len(keys)
+        else:
+            keys, crefs, rows_at, item_names, olds, values = [], [], [], [], [], []
+            for i in at:
+                r = rows[i]
+                ch = changed[i]
+                keys.append(ids[i])
+                crefs.append(refs[i])
+                rows_at.append(r)
+                item_names.append(tuple([names[j] for j in ch]))
+                olds.extend([r[6 + j] for j in ch])
+                values.extend([columns[j][i] for j in ch])
+        epochs = [r[1] for r in rows_at]
+        metas = [r[3] for r in rows_at]
+        rowids = [r[4] for r in rows_at]
+        direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
+        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
+        if width == 1:
+            nl: list[str] = [name]
+            empty: list[Any] = []
+            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
+                     for k, st, e, v in zip(keys, stamps, epochs, values)]
+        else:
+            wires = []
+            s = 0
+            for k, e, ns in zip(keys, epochs, item_names):
+                for n in ns:
+                    wires.append(["S", collection, k, stamps[s], e, [n], [], values[s], False])
+                    s += 1
         txn.add_bulk(BulkCreates(0, count, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
                      [], collection)
-        txn.touched.update([(p.ref, (collection, p.key)) for p in made])
+        txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
+                                     stamps, values, seq, decoded_at))
+        txn.touched.update(zip(crefs, zip(repeat(collection), keys)))
         if self._cache:
             self._cache.clear()
         return True
+
+    def _write_columns(self, names: list[tuple[str, ...]], rowids: list[int], metas: list[str], stamps: list[str],
+                       values: list[Any], seq: int, direct: dict[str, bool], single: bool, other_metas: bool) -> None:
+        """Write a uniform bulk update into its rows: document ``k`` (row ``rowids[k]``, meta
+        ``metas[k]`` before) gets fields ``names[k]`` set to the next values of ``values``,
+        with write keys ``"1" + stamp`` from ``stamps`` in its meta's overlay ``"r"``, and
+        ``seq``: what :meth:`_write_pending` writes for the pending documents they stand for,
+        one ``executemany`` per set of field names. The compact meta of a create gets its
+        overlay appended in SQL (the rows' parameters are then zipped from the columns, no
+        Python per row); another meta is built as :func:`_overlay_meta` builds it. ``direct``:
+        the fields bound as they are (str, int), not as JSON text; ``single``: one field per
+        document; ``other_metas``: some meta is not the compact meta of a create."""
+        dumps = _dumps
+        overlays: Iterable[str | None]
+        if other_metas:
+            built: list[str | None] = [None] * len(metas)
+            s = 0
+            for k, meta in enumerate(metas):
+                ns = names[k]
+                if len(meta) != 42 or not meta.startswith('{"*":"'):  # not the compact meta of a create
+                    built[k] = _overlay_meta(meta, {n: "1" + st for n, st in zip(ns, stamps[s:s + len(ns)])})
+                s += len(ns)
+            overlays = built
+        else:
+            overlays = repeat(None)
+        groups: dict[tuple[str, ...], Iterable[tuple[Any, ...]]] = {}
+        if single:
+            if names:
+                ns = names[0]
+                vals = values if direct[ns[0]] else list(map(dumps, values))
+                groups[ns] = zip(vals, overlays, stamps, repeat(seq), rowids)
+        else:
+            s = 0
+            for ns, rid, m in zip(names, rowids, overlays):
+                e = s + len(ns)
+                row = tuple([v if direct[n] else dumps(v) for n, v in zip(ns, values[s:e])]) + (m, *stamps[s:e], seq, rid)
+                s = e
+                g = groups.get(ns)
+                if g is None:
+                    g = groups[ns] = []
+                g.append(row)  # type: ignore[attr-defined]
+        for ns, group in groups.items():
+            body = ", ".join([f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns])
+            overlay = """ || '","' || """.join([f"""'{n}":"1' || ?""" for n in ns])
+            self._engine.executemany(
+                f"UPDATE documents SET body = json_set(body, {body}), "
+                f"""meta = coalesce(?, substr(meta, 1, 41) || ',"r":{{"' || {overlay} || '"}}}}'), seq = ? """
+                "WHERE rowid = ?", group)
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
         """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as
@@ -1312,7 +1407,7 @@ class Database(ReplicaStore):
         name = obj.name
         key = plain["_id"]
         ref = (name, canonical_json(key))
-        if ref in txn.docs or ref in txn.pending:
+        if ref in txn.docs or ref in txn.pending or ref in txn.column_refs:
             return None
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()

@@ -29,7 +29,8 @@ from ..core.stamp import ZERO, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage
 from ..core.values import Plain, canonical_json
 
-__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "BulkCreates", "container_kinds", "pack_transaction"]
+__all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "ColumnUpdate", "BulkCreates", "container_kinds",
+           "pack_transaction"]
 
 Ref = tuple[str, str]
 
@@ -103,6 +104,79 @@ class PendingDoc:
         """Field ``name`` before the transaction (``MISSING_FIELD`` when absent)."""
         text = self.before_json[name]
         return MISSING_FIELD if text is None else json.loads(text)
+
+
+class ColumnUpdate:
+    """The fast-path writes of one uniform chunk of ``db.create_many(..., update=...)``, kept
+    as columns instead of one :class:`PendingDoc` per document: what those pending documents
+    would hold, for documents whose rows hold the writes already (written by one set-based
+    statement, with the seq the commit's log entry gets). Turned into pending documents
+    (:meth:`pending_docs`) only when something else in the write touches one of them; a
+    write that does not commits straight from the columns.
+
+    Per document ``k`` (those with at least one write): ``keys[k]``, ``refs[k]``,
+    ``epochs[k]``, ``metas[k]`` (the row's meta before, JSON text), ``rowids[k]`` and
+    ``names[k]`` (the fields written, model order). Per write, in operation order (a
+    document's writes one after the other): ``olds`` (the field before, JSON text, None when
+    absent), ``stamps``, ``values``.
+    """
+
+    __slots__ = ("collection", "keys", "refs", "epochs", "metas", "rowids", "names", "olds", "stamps", "values",
+                 "seq", "decoded", "expanded")
+
+    def __init__(self, collection: str, keys: list[Plain], refs: list[Ref], epochs: list[str], metas: list[str],
+                 rowids: list[int], names: list[tuple[str, ...]], olds: list[str | None], stamps: list[str],
+                 values: list[Plain], seq: int, decoded: list[Plain] | None = None) -> None:
+        self.collection = collection
+        self.keys = keys
+        self.refs = refs
+        self.epochs = epochs
+        self.metas = metas
+        self.rowids = rowids
+        self.names = names
+        self.olds = olds
+        self.stamps = stamps
+        self.values = values
+        self.seq = seq
+        #: ``olds`` decoded, if known (an absent field as MISSING_FIELD's value).
+        self.decoded = decoded
+        #: True once turned into pending documents (they then stand for it).
+        self.expanded = False
+
+    def pending_docs(self) -> list[PendingDoc]:
+        """The pending documents these writes stand for (flushed, with the rows' seq)."""
+        out: list[PendingDoc] = []
+        coll, olds, stamps, values, seq = self.collection, self.olds, self.stamps, self.values, self.seq
+        s = 0
+        for key, ref, epoch, meta, rowid, names in zip(self.keys, self.refs, self.epochs, self.metas, self.rowids,
+                                                       self.names):
+            e = s + len(names)
+            p = PendingDoc(coll, key, ref, epoch, meta, rowid, dict(zip(names, olds[s:e])),
+                           {n: "1" + st for n, st in zip(names, stamps[s:e])}, dict(zip(names, values[s:e])))
+            p.flushed = True
+            p.seq = seq
+            out.append(p)
+            s = e
+        return out
+
+    def before_wires(self) -> list[list[Any]]:
+        """The before-images of its documents in wire form (``BeforeImage.to_wire``), in order."""
+        olds = self.decoded
+        if olds is None:
+            texts = [t for t in self.olds if t is not None]
+            decoded = iter(json.loads("[" + ",".join(texts) + "]"))
+            olds = [MISSING_FIELD if t is None else next(decoded) for t in self.olds]
+        coll = self.collection
+        names = self.names
+        if all(len(n) == 1 for n in names):
+            return [[coll, key, {n[0]: old}, False] for key, n, old in zip(self.keys, names, olds)]
+        out: list[list[Any]] = []
+        s = 0
+        for key, ns in zip(self.keys, names):
+            e = s + len(ns)
+            out.append([coll, key, dict(zip(ns, olds[s:e])), False])
+            s = e
+        return out
 
 
 @dataclass(slots=True)
@@ -236,6 +310,11 @@ class WriteTransaction:
         self.bulk_refs: set[Ref] = set()
         #: The log seq the bulk rows were written with (the commit's entry must get it).
         self.bulk_seq = 0
+        #: Uniform bulk updates kept as columns (see :class:`ColumnUpdate`), in order, and the
+        #: refs of their documents not yet turned into pending documents.
+        self.columns: list[ColumnUpdate] = []
+        self.column_refs: set[Ref] = set()
+        self._reordered = False
 
     @property
     def has_ops(self) -> bool:
@@ -274,6 +353,25 @@ class WriteTransaction:
         self.bulk_refs.add(ref)
         self.touched[ref] = (collection, key)
 
+    def add_columns(self, c: ColumnUpdate) -> None:
+        """Record a uniform bulk update kept as columns (its rows are written already)."""
+        self.columns.append(c)
+        self.column_refs.update(c.refs)
+
+    def expand_columns(self) -> None:
+        """Turn every :class:`ColumnUpdate` into its pending documents (before anything else
+        reads or changes one of its documents: the rest of the writer knows only those)."""
+        if not self.column_refs:
+            return
+        pending = self.pending
+        if pending:
+            self._reordered = True  # pending order is no longer first-change order
+        for c in self.columns:
+            if not c.expanded:
+                c.expanded = True
+                pending.update([(p.ref, p) for p in c.pending_docs()])
+        self.column_refs = set()
+
     def _created_here(self, d: LoadedDoc) -> LoadedDoc:
         """A document created in bulk in this transaction, loaded from its row: it did not
         exist before the transaction (no before-image)."""
@@ -290,6 +388,8 @@ class WriteTransaction:
             self.stamp_pending()
         d = self.docs.get(ref)
         if d is None:
+            if self.column_refs and ref in self.column_refs:
+                self.expand_columns()
             d = self._loader(collection, key, ref)
             if self.bulk_refs and ref in self.bulk_refs:
                 self._created_here(d)
@@ -359,6 +459,10 @@ class WriteTransaction:
         """Load the documents of ``keys`` not loaded yet, with one query per chunk instead of
         one per document; return the refs of those the file does not hold (not loaded: pass
         them to :meth:`create_new`, or :meth:`doc` loads them as new)."""
+        if self.column_refs:
+            keys = list(keys)
+            if any(ref in self.column_refs for _, ref in keys):
+                self.expand_columns()
         if self.pending:
             keys = list(keys)
             for k, ref in keys:
@@ -396,7 +500,7 @@ class WriteTransaction:
             return
         self.stamp_pending()
         n_ops, n_conflicts, n_touched = len(self.ops), len(self.conflicts), len(self.touched)
-        n_bulk = len(self.bulk)
+        n_bulk, n_columns = len(self.bulk), len(self.columns)
         self._journal, self._new_refs, self._popped, self._pending_saved = {}, set(), {}, {}
         try:
             yield
@@ -411,6 +515,13 @@ class WriteTransaction:
                 else:
                     doc, fields, keys, before = saved
                     doc.fields, doc.keys, doc.before_json = fields, keys, before
+            if len(self.columns) > n_columns:  # their rows were rolled back with the savepoint
+                for c in self.columns[n_columns:]:
+                    if c.expanded:
+                        for ref in c.refs:
+                            self.pending.pop(ref, None)
+                del self.columns[n_columns:]
+                self.column_refs = {ref for c in self.columns if not c.expanded for ref in c.refs}
             self.unstamped = []
             del self.ops[n_ops:]
             for i in [i for i in self.op_wire if i >= n_ops]:
@@ -632,9 +743,23 @@ class WriteTransaction:
 
     # -- results ---------------------------------------------------------------------------
 
+    def before_wires(self) -> list[list[Any]]:
+        """:meth:`before_images` in wire form; straight from the columns when the write
+        changed nothing but uniform bulk updates (their documents' first-change order is theirs)."""
+        self.stamp_pending()
+        columns = self.columns
+        if columns and self.column_refs and not self.docs and not self.pending and not any(
+                c.expanded for c in columns):
+            out: list[list[Any]] = []
+            for c in columns:
+                out.extend(c.before_wires())
+            return out
+        return [b.to_wire() for b in self.before_images()]
+
     def before_images(self) -> list[BeforeImage]:
         """What the touched documents were before (only documents that existed)."""
         self.stamp_pending()
+        self.expand_columns()
         if self.pending:
             return self._before_images_in_touch_order()
         out: list[BeforeImage] = []
@@ -660,7 +785,7 @@ class WriteTransaction:
                 before = p.before_json
                 fast.append(BeforeImage(p.collection, p.key, {
                     n: MISSING_FIELD if before[n] is None else next(values) for n in p.fields}))
-        if not self.docs:
+        if not self.docs and not self._reordered:
             # Only fast-path documents: each entered ``pending`` at its first assignment, and
             # ``touched`` when that assignment was stamped, in the same order.
             return fast

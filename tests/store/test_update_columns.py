@@ -1,0 +1,114 @@
+"""A uniform chunk of ``db.create_many(..., update=...)`` kept as columns (``ColumnUpdate``):
+the same file (rows with their meta text), log, history, revert and peer as the per-document
+bulk path (``PendingDoc`` per document) and the general path, also when something later in the
+write touches its documents (they then become pending documents) or a savepoint rolls it back."""
+
+from __future__ import annotations
+
+import pytest
+
+import tidesync
+from tidesync.store.database import Database
+from tests.store.test_create_bulk import BulkNote, _items, _norm
+from tests.store.test_update_bulk import _before_sorted, _general, _state
+
+N = 5000  # more than one chunk of 4,096
+
+
+def _ids(n):
+    return [f"n{i:05d}" for i in range(n)]
+
+
+def _scenario(db, meta):
+    with db.write():
+        db.create_many(BulkNote, _items(N))
+        db.create(BulkNote, _id='odd "id" \\ é', title="escaped key")
+    with db.write():
+        db.get(BulkNote, "n00002").title = "an overlay meta before"  # not the compact meta of a create
+    with db.write():
+        db.create_many(BulkNote, [{"_id": i, "priority": 4} for i in _ids(N)], update="modified")
+        db.create_many(BulkNote, [{"_id": i, "score": 0.1 + 0.2 if n % 2 else 1e300, "flag": n % 3 == 0}
+                                  for n, i in enumerate(_ids(300)[::-1])], update="modified")
+        db.create_many(BulkNote, [{"_id": 'odd "id" \\ é', "priority": 3}], update="all")
+    big = db.history(1)[0]
+    with db.write():
+        db.create_many(BulkNote, [{"_id": i, "title": f"t{n}"} for n, i in enumerate(_ids(N))], update="all")
+        db.get(BulkNote, "n00010").priority = 1           # a fast-path write of one of its documents
+        loaded = db.get(BulkNote, "n00011")
+        loaded.status = "loaded"                         # loaded whole
+        _ = loaded.title
+        db.delete(db.get(BulkNote, "n04998"))  # a later chunk then re-creates it: title required
+        assert len(db.objects(BulkNote).filter("status == 'loaded'")) == 1
+    with db.write():
+        db.create_many(BulkNote, [{"_id": i, "extra": "kept"} for i in _ids(100)], update="all")
+        with pytest.raises(tidesync.ValidationError):
+            # a first chunk made as columns, then a failing one: the call leaves nothing
+            db.create_many(BulkNote, [{"_id": i, "extra": "gone"} for i in _ids(N)] + [{"_id": "x", "extra": 1}],
+                           update="all")
+        with pytest.raises(tidesync.ValidationError):
+            db.create_many(BulkNote, [{"_id": i, "priority": 0} for i in _ids(50)] + [{"_id": "n00001", "priority": "no"}],
+                           update="all")
+        db.get(BulkNote, "n00020").flag = True
+    assert db.get(BulkNote, "n00001").extra == "kept" and db.get(BulkNote, "n00200").extra != "gone"
+    entries = db.history(10)
+    before = _state(db, meta=meta)
+    revert = db.revert(big.id)
+    after = _state(db, meta=meta)
+    peer_path = str(db.path) + ".peer.db"
+    with tidesync.open(peer_path, schema=[BulkNote]) as peer:
+        peer.integrate(db.export_transactions())
+        docs = peer._engine.query("SELECT collection, pk, body, live FROM documents ORDER BY collection, pk")
+    return before, after, entries, revert, docs
+
+
+def _run(path, mode, monkeypatch, meta=False):
+    used = [] if mode != "general" else None
+    if mode == "general":
+        _general(monkeypatch)
+    else:
+        uniform = Database._update_uniform
+
+        def counted(self, *a):
+            if mode == "pending":
+                return False
+            done = uniform(self, *a)
+            used.append(done)
+            return done
+        monkeypatch.setattr(Database, "_update_uniform", counted)
+    with tidesync.open(path, schema=[BulkNote]) as db:
+        out = _scenario(db, meta)
+    monkeypatch.undo()
+    if mode == "columns":
+        assert used.count(True) >= 6
+    return out
+
+
+def test_columns_give_the_pending_paths_file_with_metas_log_history_revert_and_peer(tmp_path, monkeypatch):
+    pending = _run(tmp_path / "p.db", "pending", monkeypatch, meta=True)
+    columns = _run(tmp_path / "c.db", "columns", monkeypatch, meta=True)
+    assert _norm(columns) == _norm(pending)
+
+
+def test_columns_give_the_general_paths_documents_and_log(tmp_path, monkeypatch):
+    general = _run(tmp_path / "g.db", "general", monkeypatch)
+    columns = _run(tmp_path / "c.db", "columns", monkeypatch)
+    for g, c in ((general[0], columns[0]), (general[1], columns[1])):
+        assert _norm(_before_sorted(c)) == _norm(_before_sorted(g))
+    assert _norm(columns[2:]) == _norm(general[2:])
+
+
+def test_a_write_of_columns_only_never_makes_pending_documents(tmp_path, monkeypatch):
+    made = []
+    real = Database._commit_ops
+
+    def commit(self, txn, meta):
+        made.append((len(txn.columns), len(txn.pending), len(txn.column_refs)))
+        return real(self, txn, meta)
+    monkeypatch.setattr(Database, "_commit_ops", commit)
+    with tidesync.open(tmp_path / "a.db", schema=[BulkNote]) as db:
+        with db.write():
+            db.create_many(BulkNote, _items(N))
+        with db.write():
+            db.create_many(BulkNote, [{"_id": i, "priority": 4} for i in _ids(N)], update="modified")
+        assert made[-1] == (2, 0, N - N // 5)  # items already at 4 change nothing
+        assert db.get(BulkNote, "n00003").priority == 4

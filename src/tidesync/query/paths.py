@@ -21,8 +21,8 @@ from ..errors import QueryError
 from .ast import Aggregate, Between, Compare, CompareFields, Count, Exists, In, StringOp, bound_plain
 from .semantics import ORDERED_FAMILIES, family
 
-__all__ = ["Step", "resolve", "check_family", "check_leaf", "check_aggregate_of", "resolve_field_pair", "LIST_KINDS",
-           "TAGGED_KINDS", "KIND_FAMILIES"]
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "LIST_KINDS", "TAGGED_KINDS",
+           "KIND_FAMILIES"]
 
 LIST_KINDS: Final = frozenset({"list", "set"})
 
@@ -165,12 +165,15 @@ def check_family(path_text: str, kind: str | None, fam: str) -> None:
         raise QueryError(f"cannot compare {path_text} ({kind}) with a {fam} value")
 
 
-def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence[Step]) -> None:
-    """Check that a leaf test fits the field its path resolved to (no-op for unknown kinds).
+def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence[Step], collection: str | None,
+               schema: Schema | None) -> None:
+    """Check that a leaf test fits the field its path resolved to (``steps``, from
+    ``collection`` in ``schema``; no-op for unknown kinds).
 
     Raises:
         QueryError: e.g. ``due == 'x'`` on a datetime field, ``BEGINSWITH`` on an int field,
-            ``@count`` on a bool field, or an unbound ``$n``.
+            ``@count`` on a bool field, ``@sum.title`` on a list of embedded objects, or an
+            unbound ``$n``.
     """
     if isinstance(node, Exists):
         return
@@ -182,6 +185,7 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
             what = f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set', 'dict') else ''} field"
             raise QueryError(f"{path_text}: @{left.op} of a property needs a list of embedded objects; "
                              f"{left.path} is {what}")
+        _check_aggregate_of(collection, schema, left)
         return
     if isinstance(left, Aggregate):
         if last.kind not in ("list", "set") or last.item_kind not in ("int", "float"):
@@ -216,20 +220,22 @@ def resolve_field_pair(node: CompareFields, collection: str | None,
     """Resolve both key paths of a :class:`~tidesync.query.ast.CompareFields` and check that
     they can be compared: with a schema, each leads to one scalar field (not through a list,
     set or link; not a ``mixed`` field), both of one value family, and an order (``<`` ...)
-    only within an ordered family. Without a schema nothing is known, so nothing is refused.
+    only within an ordered family. Without a schema the types are not known, and every
+    compiler refuses it.
 
     Raises:
-        QueryError: naming the field that does not fit.
+        QueryError: naming the field that does not fit, or the missing schema.
     """
-    sides = (resolve(collection, schema, node.left.names), resolve(collection, schema, node.right.names))
     if schema is None or collection is None:
-        return sides
+        raise QueryError(f"comparing two fields ({node.left} {node.op} {node.right}) needs the "
+                         f"model's schema: typed fields")
+    sides = (resolve(collection, schema, node.left.names), resolve(collection, schema, node.right.names))
     families: list[str] = []
     for path, steps in zip((node.left, node.right), sides):
-        for step in steps[:-1]:
-            if step.kind in LIST_KINDS or step.is_link:
-                raise QueryError(f"{path} goes through the {step.kind} field {step.name!r}: comparing two "
-                                 f"fields works on fields of the document and its embedded objects")
+        step = _list_or_link_on_the_way(steps)
+        if step is not None:
+            raise QueryError(f"{path} goes through the {step.kind} field {step.name!r}: comparing two "
+                             f"fields works on fields of the document and its embedded objects")
         kind = steps[-1].kind
         if kind is None or kind == "mixed":
             raise QueryError(f"{path} is a field of no fixed type: comparing two fields needs typed fields "
@@ -249,21 +255,23 @@ def resolve_field_pair(node: CompareFields, collection: str | None,
     return sides
 
 
-def check_aggregate_of(collection: str | None, schema: Schema | None, aggregate: Aggregate) -> None:
-    """Check the element key path of ``items.@sum.price``: with a schema, it must lead through
-    embedded objects (no list, set or link) to an int or float field.
+def _list_or_link_on_the_way(steps: Sequence[Step]) -> Step | None:
+    """The first step before the last that is a list, set or link: where a path would fan out
+    over elements or leave the document."""
+    return next((step for step in steps[:-1] if step.kind in LIST_KINDS or step.is_link), None)
 
-    Raises:
-        QueryError: naming the path and what it leads to.
-    """
-    if not aggregate.of or schema is None or collection is None:
+
+def _check_aggregate_of(collection: str | None, schema: Schema | None, aggregate: Aggregate) -> None:
+    """Check the element key path of ``items.@sum.price``: with a schema, it must lead through
+    embedded objects (no list, set or link) to an int or float field."""
+    if schema is None or collection is None:
         return
     names = aggregate.path.names
     steps = resolve(collection, schema, names + aggregate.of)[len(names):]
     text = f"{aggregate}"
-    for step in steps[:-1]:
-        if step.kind in LIST_KINDS or step.is_link:
-            raise QueryError(f"{text}: the element path goes through the {step.kind} field {step.name!r}")
+    step = _list_or_link_on_the_way(steps)
+    if step is not None:
+        raise QueryError(f"{text}: the element path goes through the {step.kind} field {step.name!r}")
     last = steps[-1]
     if last.kind not in (None, "mixed", "int", "float", "counter"):
         raise QueryError(f"{text}: @{aggregate.op} needs numbers; {'.'.join(aggregate.of)} is a {last.kind} field "

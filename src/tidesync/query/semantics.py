@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
 
@@ -43,6 +43,7 @@ __all__ = [
     "ORDERED_FAMILIES",
     "compare",
     "compare_values",
+    "value_at",
     "compare_numbers",
     "string_test",
     "size_of",
@@ -249,10 +250,12 @@ def size_of(value: Any) -> int | None:
     return None
 
 
-def _element_value(element: Any, of: tuple[str, ...]) -> Any:
-    for name in of:
-        element = element.get(name, MISSING) if isinstance(element, dict) else MISSING
-    return element
+def value_at(value: Any, names: Sequence[str]) -> Any:
+    """The value a key path of plain names leads to from ``value``, without fanning out over
+    lists: each name looks a key up in a map; past anything else, or an absent key, MISSING."""
+    for name in names:
+        value = value.get(name, MISSING) if isinstance(value, Mapping) else MISSING
+    return value
 
 
 def aggregate(value: Any, op: str, of: tuple[str, ...] = ()) -> int | float | None:
@@ -263,7 +266,7 @@ def aggregate(value: Any, op: str, of: tuple[str, ...] = ()) -> int | float | No
     (as SQLite's ``total()``)."""
     items = value if isinstance(value, list) else []
     if of:
-        items = [_element_value(v, of) for v in items]
+        items = [value_at(v, of) for v in items]
     numbers = [v for v in items if type(v) is int or type(v) is float]
     if op == "min" or op == "max":
         return (min(numbers) if op == "min" else max(numbers)) if numbers else None

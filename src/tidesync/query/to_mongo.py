@@ -36,7 +36,7 @@ from ..core.values import Plain, from_plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
                   Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import Step, check_aggregate_of, check_leaf, resolve
+from .paths import Step, check_leaf, resolve
 
 __all__ = ["to_mongo"]
 
@@ -79,7 +79,7 @@ class _Translator:
 
     def path(self, node: Compare | In | Between | StringOp | Exists, names: tuple[str, ...]) -> tuple[str, tuple[Step, ...]]:
         steps = resolve(self.collection, self.schema, names)
-        check_leaf(node, steps)
+        check_leaf(node, steps, self.collection, self.schema)
         if any(s.is_link for s in steps[:-1]):
             raise QueryError(f"{'.'.join(names)} follows a link, which a MongoDB filter cannot do")
         return ".".join(names), steps
@@ -132,7 +132,6 @@ class _Translator:
         list counts as empty: ``$sum`` 0, the others null), null never ordered."""
         path, steps = self.path(node, agg.path.names)
         self.refuse_inner_fan_out(steps, f"@{agg.op}")
-        check_aggregate_of(self.collection, self.schema, agg)
         # "$items.price" is the array of each element's price (elements without one left out)
         value = {"$" + agg.op: "$" + ".".join((path, *agg.of))}
 

@@ -21,8 +21,8 @@ from ..core.values import Plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, Exists, FalsePredicate,
                   In, Node, Not, Or, Quantified, Query, StringOp, TruePredicate)
-from .paths import Step, check_aggregate_of, check_leaf, resolve, resolve_field_pair
-from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test
+from .paths import Step, check_leaf, resolve, resolve_field_pair
+from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test, value_at
 
 __all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
 
@@ -165,9 +165,7 @@ class _Evaluator:
         names = path.path.names if isinstance(path, Count) else path.names
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
-        check_leaf(node, steps)
-        if isinstance(path, Aggregate):
-            check_aggregate_of(self.collection, self.schema, path)
+        check_leaf(node, steps, self.collection, self.schema)
         test = leaf_test(node, steps[-1].kind)
         if len(steps) == 1:
             return _single_step(steps[0], fan_leaf, test)
@@ -198,28 +196,16 @@ class _Evaluator:
         return self.leaf(node)
 
     def fields(self, node: CompareFields) -> Predicate:
-        if self.schema is None or self.collection is None:
-            # As compile_sql: without types, SQL could not say it the same way.
-            raise QueryError(f"comparing two fields ({node.left} {node.op} {node.right}) needs the "
-                             f"model's schema: typed fields")
         resolve_field_pair(node, self.collection, self.schema)
         left, right, op, ci = node.left.names, node.right.names, node.op, node.case_insensitive
-
-        def value(body: Any, names: tuple[str, ...]) -> Any:
-            for name in names:
-                body = _child(body, name)
-            return body
-
-        return lambda body: compare_values(value(body, left), op, value(body, right), ci)
+        return lambda body: compare_values(value_at(body, left), op, value_at(body, right), ci)
 
     def quantified(self, node: Quantified) -> Predicate:
         pred = node.predicate
         names = pred.left.path.names if isinstance(pred.left, Count) else pred.left.names
         fan_leaf = not isinstance(pred.left, Count)
         steps = self.steps(names)
-        check_leaf(pred, steps)
-        if isinstance(pred.left, Aggregate):
-            check_aggregate_of(self.collection, self.schema, pred.left)
+        check_leaf(pred, steps, self.collection, self.schema)
         test = leaf_test(pred, steps[-1].kind)
         values = self.values
         if node.quantifier == "any":

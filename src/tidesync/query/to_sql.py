@@ -51,7 +51,7 @@ from ..core.schema import Schema
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
                   Path, Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_aggregate_of, check_leaf, resolve, resolve_field_pair
+from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve, resolve_field_pair
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
 from .to_predicate import leaf_test
 
@@ -95,6 +95,10 @@ class _JPath:
 
     def child(self, name: str) -> _JPath:
         return _JPath(self.prefix, self.suffix + _key(name))
+
+    def descend(self, names: Sequence[str]) -> _JPath:
+        """The path of ``names`` below this one, one key each."""
+        return _JPath(self.prefix, self.suffix + "".join(map(_key, names)))
 
     def tag(self, tag: str) -> _JPath:
         return _JPath(self.prefix, f'{self.suffix}."{tag}"')
@@ -195,9 +199,6 @@ class _Compiler:
         """Two typed scalar fields of one document (checked by ``resolve_field_pair``), as
         :func:`~tidesync.query.semantics.compare_values` compares them: null equals null,
         nan equals nan, a number of any kind compares by value, nothing else crosses kinds."""
-        if self.schema is None or self.collection is None:
-            raise QueryError(f"comparing two fields ({node.left} {node.op} {node.right}) needs the "
-                             f"model's schema: typed fields")
         sides = resolve_field_pair(node, self.collection, self.schema)
         self.peak = max(self.peak, self.depth + _COST_LEAF + _COST_GROUP)
         (left, left_null, left_nan), (right, right_null, right_nan) = (
@@ -215,9 +216,7 @@ class _Compiler:
         target = node.path if isinstance(node, Exists) else node.left
         names = target.path.names if isinstance(target, Count) else target.names
         steps = resolve(self.collection, self.schema, names)
-        check_leaf(node, steps)
-        if isinstance(target, Aggregate):
-            check_aggregate_of(self.collection, self.schema, target)
+        check_leaf(node, steps, self.collection, self.schema)
         fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
         leaf = self.leaf(node)
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
@@ -447,9 +446,7 @@ class _Compiler:
         numbers at that key path in its elements (semantics.aggregate)."""
         e = self.alias("e")
         if of:
-            inner = _JPath(f"{e}.fullkey")
-            for name in of:
-                inner = inner.child(name)
+            inner = _JPath(f"{e}.fullkey").descend(of)
             number = _extract(base, inner)
             rows = (f"FROM json_each({base}, {path.sql()}) AS {e} "
                     f"WHERE json_type({base}, {inner.sql()}) IN ('integer', 'real')")
@@ -526,9 +523,7 @@ def _field_key(steps: Sequence[Step], case_insensitive: bool) -> tuple[str, str,
     """For a typed scalar field: the SQL value it compares by (NULL when it is null or has
     no order), the test that it is null or missing, and (a float field) the test that it is
     nan."""
-    path = _JPath()
-    for step in steps:
-        path = path.child(step.name)
+    path = _JPath().descend([step.name for step in steps])
     kind = steps[-1].kind
     value = _extract(_BODY, path)
     is_null = f"{value} IS NULL"

@@ -69,8 +69,8 @@ State = Literal["pending", "bootstrapping", "complete", "error", "superseded"]
 WaitFor = Literal["first_time", "always", "never"]
 
 
-def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
-    """Every key path a query node reads, with whether it is counted (``@count``/``@size``)."""
+def _leaves(node: Node) -> Iterator[Any]:
+    """The leaf tests of a query node: what And, Or, Not and quantifiers hold, depth first."""
     stack: list[Any] = [node]
     while stack:
         n = stack.pop()
@@ -80,7 +80,14 @@ def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
             stack.append(n.item)
         elif isinstance(n, Quantified):
             stack.append(n.predicate)
-        elif isinstance(n, (Compare, In, Between, StringOp)):
+        else:
+            yield n
+
+
+def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
+    """Every key path a query node reads, with whether it is counted (``@count``/``@size``)."""
+    for n in _leaves(node):
+        if isinstance(n, (Compare, In, Between, StringOp)):
             left = n.left
             if isinstance(left, Count):
                 yield left.path, True
@@ -96,16 +103,7 @@ def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
 def field_comparison_in(node: Node) -> CompareFields | None:
     """The first comparison of two fields in a query node (``price > cost``), if any: the
     server matches subscriptions without a schema, so it cannot serve one."""
-    stack: list[Any] = [node]
-    while stack:
-        n = stack.pop()
-        if isinstance(n, CompareFields):
-            return n
-        if isinstance(n, (And, Or)):
-            stack.extend(n.items)
-        elif isinstance(n, Not):
-            stack.append(n.item)
-    return None
+    return next((n for n in _leaves(node) if isinstance(n, CompareFields)), None)
 
 
 def _now() -> datetime:

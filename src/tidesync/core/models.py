@@ -134,7 +134,7 @@ class Backlinks:
     object, the live results of the ``origin`` objects whose link field ``field`` points at
     it (Realm's ``LinkingObjects``)."""
 
-    __slots__ = ("origin", "field", "owner", "name")
+    __slots__ = ("origin", "field", "owner", "name", "_checked")
 
     def __init__(self, origin: type[Model] | str, field: str) -> None:
         if not isinstance(field, str) or not field:
@@ -144,11 +144,14 @@ class Backlinks:
         self.origin, self.field = origin, field
         self.owner: type[_ModelBase] | None = None
         self.name = ""
+        self._checked: type[_ModelBase] | None = None  # the origin, once found and checked
 
     def __set_name__(self, owner: type[_ModelBase], name: str) -> None:
         self.owner, self.name = owner, name
 
     def _origin_class(self) -> type[_ModelBase]:
+        if self._checked is not None:
+            return self._checked
         origin = _registry.get(self.origin) if isinstance(self.origin, str) else self.origin
         where = f"{getattr(self.owner, '__name__', '?')}.{self.name}"
         if origin is None:
@@ -160,6 +163,7 @@ class Backlinks:
         if link is None or link.kind != "link" or link.target != getattr(self.owner, "__name__", None):
             raise SchemaError(f"{where}: {origin.__name__}.{self.field} is not a link (or list of links) "
                               f"to {getattr(self.owner, '__name__', '?')}")
+        self._checked = origin
         return origin
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:

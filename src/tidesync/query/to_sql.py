@@ -532,15 +532,12 @@ def _field_key(steps: Sequence[Step], case_insensitive: bool) -> tuple[str, str,
         key = (f"(CASE {special} WHEN 'inf' THEN 9e999 WHEN '-inf' THEN -9e999 ELSE CASE WHEN "
                f"json_type({_BODY}, {path.sql()}) IN ('integer', 'real') THEN {value} END END)")
         return key, is_null, f"{special} IS 'nan'"
-    if kind == "decimal":
-        text = _extract(_BODY, path.tag("$decimal"))
-        return f"(CASE WHEN {text} GLOB '*[IN]*' THEN NULL ELSE CAST({text} AS REAL) END)", is_null, None
-    tag = TAGGED_KINDS.get(kind or "")
-    if tag is not None:
-        return _extract(_BODY, path.tag(tag)), is_null, None
-    if kind == "str" and case_insensitive:
-        return f"lower({value})", is_null, None
-    return value, is_null, None
+    key = _comparable(_BODY, path, kind)
+    if kind == "decimal":  # NaN and Infinity are no numbers here: no key
+        key = f"(CASE WHEN {_extract(_BODY, path.tag('$decimal'))} GLOB '*[IN]*' THEN NULL ELSE {key} END)"
+    elif kind == "str" and case_insensitive:
+        key = f"lower({key})"
+    return key, is_null, None
 
 
 def _names(field_path: str | Sequence[str] | Path) -> tuple[str, ...]:

@@ -47,7 +47,7 @@ from typing import Any, Final, TypeVar
 from uuid import UUID
 
 from ..core.objectid import ObjectId
-from ..core.values import from_plain
+from ..core.values import from_plain, micros_to_datetime
 from ..errors import QueryError
 from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
@@ -229,7 +229,7 @@ class _Lexer:
                 seconds, nanos = int(groups[0]), int(groups[1])
                 if (seconds < 0 < nanos) or (nanos < 0 < seconds):
                     raise ValueError("seconds and nanoseconds must have the same sign")
-                when = _EPOCH + timedelta(seconds=seconds)
+                when = micros_to_datetime(seconds * 1_000_000)
             else:
                 year, month, day, hour, minute, second = map(int, groups[:6])
                 nanos = int(groups[6] or 0)
@@ -256,8 +256,6 @@ class _Lexer:
             raise self.error(f"malformed {word}(...): expected {expected}", paren + 1) from None
         return _Token(word, self.text[pos:close + 1], pos, value)
 
-
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 _N = TypeVar("_N")
 
@@ -647,7 +645,7 @@ class _Formatter:
             micros = plain["$date"]
             seconds, rest = divmod(micros, 1_000_000)
             if 0 <= micros < 253402300800 * 1_000_000:  # years 1970..9999: the readable form
-                when = _EPOCH + timedelta(seconds=seconds)
+                when = micros_to_datetime(seconds * 1_000_000)
                 return f"{when:%Y-%m-%d@%H:%M:%S}" + (f":{rest * 1000}" if rest else "")
             if micros < 0 and rest:  # T<s>:<ns> needs one sign for both parts
                 seconds, rest = seconds + 1, rest - 1_000_000

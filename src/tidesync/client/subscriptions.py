@@ -51,14 +51,15 @@ from ..protocol.messages import (
     Message, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewPart, ViewUpdate,
 )
 from ..query import And, Node, Query, TruePredicate, node_from_json, node_to_json, to_rql
-from ..query.ast import Between, Compare, CompareFields, Count, Exists, In, Not, Or, Path, Quantified, StringOp
+from ..query.ast import (Between, Compare, CompareFields, Count, Exists, In, Not, Or, Path, Quantified, StringOp,
+                         SubqueryCount)
 
 if TYPE_CHECKING:
     from ..store.database import Database
     from ..store.results import Results
 
 __all__ = ["Subscription", "SubscriptionSet", "MutableSubscriptionSet", "Subscriptions", "SubscriptionError",
-           "SET_ID", "query_paths", "field_comparison_in", "VIEW_SEQ_SETTING"]
+           "SET_ID", "query_paths", "field_comparison_in", "subquery_in", "VIEW_SEQ_SETTING"]
 
 #: The id of a device's subscription set on the wire (one set per file).
 SET_ID = 1
@@ -104,6 +105,13 @@ def field_comparison_in(node: Node) -> CompareFields | None:
     """The first comparison of two fields in a query node (``price > cost``), if any: the
     server matches subscriptions without a schema, so it cannot serve one."""
     return next((n for n in _leaves(node) if isinstance(n, CompareFields)), None)
+
+
+def subquery_in(node: Node) -> SubqueryCount | None:
+    """The first ``SUBQUERY(...)`` in a query node, if any: as in Device Sync, flexible sync
+    cannot subscribe with one (the server matches documents one at a time, without links)."""
+    return next((n.left for n in _leaves(node)
+                 if isinstance(n, (Compare, In, Between)) and isinstance(n.left, SubqueryCount)), None)
 
 
 def _now() -> datetime:
@@ -328,6 +336,11 @@ def _query_of(results: Any, db: Any = None) -> tuple[str, Query]:
                          f"the server matches documents without the models' types",
                          advice="subscribe with conditions on values, and filter the synced results by "
                                 "comparing the fields")
+    subquery = subquery_in(node)
+    if subquery is not None:
+        raise UsageError(f"a subscription cannot use {subquery} (as in Device Sync's flexible sync)",
+                         advice="subscribe with conditions on the document's own fields, and filter the synced "
+                                "results with the SUBQUERY")
     collection = cls.__name__
     schema = getattr(getattr(results, "_db", None), "schema", None)
     if schema is not None:

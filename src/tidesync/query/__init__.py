@@ -16,7 +16,7 @@ from typing import Any
 from ..errors import QueryError
 from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, CompareFields, Count, Descriptor, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, Query, Size,
-                  SortDescriptor, StringOp, TruePredicate, Value, bind, node_from_json, node_to_json)
+                  SortDescriptor, StringOp, SubqueryCount, TruePredicate, Value, bind, node_from_json, node_to_json)
 from .mongo_filter import parse_mongo
 from .rql import parse_rql, parse_rql_query, to_rql
 from .to_mongo import to_mongo
@@ -47,6 +47,7 @@ __all__ = [
     "Count",
     "Size",
     "Aggregate",
+    "SubqueryCount",
     "Value",
     "Param",
     "Compare",

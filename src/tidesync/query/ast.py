@@ -31,6 +31,7 @@ Values are compared as :mod:`tidesync.query.semantics` describes.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Final, Literal, TypeAlias
@@ -52,6 +53,7 @@ __all__ = [
     "Size",
     "Aggregate",
     "AggregateName",
+    "SubqueryCount",
     "AGGREGATES",
     "Value",
     "Param",
@@ -183,6 +185,31 @@ class Aggregate(Count):
 
     def __str__(self) -> str:
         return f"{self.path}.@{self.op}" + "".join("." + n for n in self.of)
+
+
+@dataclass(frozen=True, slots=True)
+class SubqueryCount(Count):
+    """``SUBQUERY(lines, $line, $line.qty > 1 AND $line.price < 5).@count``: how many elements
+    of a list of embedded objects, or of a list of links, pass ``predicate`` (Realm's
+    SUBQUERY). The predicate's key paths start at the element (``Path(("qty",))`` for
+    ``$line.qty``); a link whose document is missing or deleted is not an element. A number,
+    compared like ``@count``. ``variable`` is the name the RQL text gave the element (for
+    writing it back; it takes no part in equality)."""
+
+    predicate: Node
+    variable: str = field(default="x", compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.predicate, _NODE_TYPES):
+            raise QueryError(f"SUBQUERY needs a predicate over the elements, got {self.predicate!r}")
+        if not isinstance(self.variable, str) or not _VARIABLE.fullmatch(self.variable):
+            raise QueryError(f"a SUBQUERY variable is a name such as 'line' (written $line), not {self.variable!r}")
+
+    def __str__(self) -> str:
+        return f"SUBQUERY({self.path}, ${self.variable}, ...).@count"
+
+
+_VARIABLE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -606,6 +633,9 @@ class Query:
 
 
 def _operands(node: Node) -> Iterator[Value | Param]:
+    left = getattr(node, "left", None)
+    if isinstance(left, SubqueryCount):
+        yield from _operands(left.predicate)
     if isinstance(node, (Compare, StringOp)):
         yield node.right
     elif isinstance(node, In):
@@ -666,6 +696,9 @@ def bind(node: Node, args: Sequence[Any]) -> Node:
         QueryError: an argument is missing, has no plain form, or does not fit where it is
             used (e.g. a string after ``>``, a non-list after IN).
     """
+    if isinstance(node, (Compare, In, Between)) and isinstance(node.left, SubqueryCount) \
+            and params_of(node.left.predicate):
+        node = replace(node, left=replace(node.left, predicate=bind(node.left.predicate, args)))
     if isinstance(node, (Compare, StringOp)):
         if isinstance(node.right, Param):
             return replace(node, right=bind_value(node.right, args, want_list=False))
@@ -705,6 +738,8 @@ _KIND_OF: Final = {cls: name for name, cls in _KINDS.items()}
 
 
 def _part_to_json(part: Any) -> Any:
+    if isinstance(part, SubqueryCount):
+        return {"subquery": [list(part.path.names), node_to_json(part.predicate), part.variable]}
     if isinstance(part, Aggregate):
         return {"aggregate": [part.op, list(part.path.names), *([list(part.of)] if part.of else [])]}
     if isinstance(part, Size):
@@ -751,6 +786,8 @@ def _part_from_json(data: Any, depth: int) -> Any:
                 if not isinstance(of, list) or (len(inner) == 3 and not of):
                     raise QueryError(f"not a serialized aggregate: {data!r}")
                 return Aggregate(Path(tuple(inner[1])), inner[0], tuple(of))
+            if key == "subquery" and isinstance(inner, list) and len(inner) == 3 and isinstance(inner[0], list):
+                return SubqueryCount(Path(tuple(inner[0])), _node_from_json(inner[1], depth + 1), inner[2])
             if key == "value":
                 return Value(inner)
             if key == "param":

@@ -18,10 +18,10 @@ from typing import Final
 
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..errors import QueryError
-from .ast import Aggregate, Between, Compare, CompareFields, Count, Exists, In, StringOp, bound_plain
+from .ast import Aggregate, Between, Compare, CompareFields, Count, Exists, In, StringOp, SubqueryCount, bound_plain
 from .semantics import ORDERED_FAMILIES, family
 
-__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "LIST_KINDS", "TAGGED_KINDS",
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements", "LIST_KINDS", "TAGGED_KINDS",
            "KIND_FAMILIES"]
 
 LIST_KINDS: Final = frozenset({"list", "set"})
@@ -59,12 +59,14 @@ class Step:
         item_kind: the kind of each value the step yields after fanning out: the element
             kind of a list or set, else ``kind``.
         target: the linked collection, for a link or a list/set of links.
+        embedded: the embedded object type, for an embedded object or a list of them.
     """
 
     name: str
     kind: str | None
     item_kind: str | None = None
     target: str | None = None
+    embedded: str | None = None
 
     @property
     def may_fan_out(self) -> bool:
@@ -82,10 +84,12 @@ def _step(name: str, t: FieldType) -> Step:
         assert t.element is not None
         e = t.element
         target = e.target if e.kind == "link" else None
-        return Step(name, t.kind, None if e.kind == "mixed" else e.kind, target)
+        return Step(name, t.kind, None if e.kind == "mixed" else e.kind, target,
+                    e.target if e.kind == "object" else None)
     if t.kind == "mixed":
         return Step(name, "mixed", None)
-    return Step(name, t.kind, t.kind, t.target if t.kind == "link" else None)
+    return Step(name, t.kind, t.kind, t.target if t.kind == "link" else None,
+                t.target if t.kind == "object" else None)
 
 
 def resolve(collection: str | None, schema: Schema | None, names: Sequence[str]) -> tuple[Step, ...]:
@@ -180,6 +184,13 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
     last = steps[-1]
     left = node.left
     path_text = str(left)
+    if isinstance(left, SubqueryCount):
+        if last.kind not in (None, "mixed") and (last.kind not in LIST_KINDS or last.item_kind not in ("object", "link")):
+            what = f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set', 'dict') else ''} field"
+            raise QueryError(f"{path_text}: SUBQUERY needs a list of embedded objects or of links; {left.path} is {what}",
+                             advice="for a list of values, test its elements with ANY, ALL or NONE "
+                                    "(e.g. ANY scores BETWEEN {1, 3})")
+        return
     if isinstance(left, Aggregate) and left.of:
         if last.kind not in (None, "mixed", "list") or last.item_kind not in (None, "object"):
             what = f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set', 'dict') else ''} field"
@@ -213,6 +224,18 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
         operands = [bound_plain(node.low), bound_plain(node.high)]
     for plain in operands:
         check_family(path_text, kind, family(plain))
+
+
+def subquery_elements(step: Step) -> tuple[str | None, str | None]:
+    """What the elements of the list ``step`` reaches are, for a SUBQUERY over it: the
+    collection their key paths resolve in (the embedded type, or the linked collection),
+    and the linked collection again when they are links. ``(None, None)`` when the schema
+    does not tell (the elements are then read as embedded objects of no known type)."""
+    if step.kind not in LIST_KINDS:
+        return None, None
+    if step.item_kind == "link":
+        return step.target, step.target
+    return step.embedded, None
 
 
 def resolve_field_pair(node: CompareFields, collection: str | None,

@@ -17,10 +17,14 @@ Grammar (keywords are case-insensitive)::
                 | keypath "BETWEEN" "{" value "," value "}"
     op         := "==" | "=" | "!=" | "<>" | "<" | "<=" | "=<" | ">" | ">=" | "=>"
                 | "BEGINSWITH" | "ENDSWITH" | "CONTAINS" | "LIKE"
-    operand    := keypath | value
-    keypath    := name ("." name)* ["." ("@count" | "@size" | "@min" | "@max" | "@sum" | "@avg")]
+    operand    := keypath | value | subquery
+    subquery   := "SUBQUERY" "(" keypath "," $var "," or ")" "." ("@count" | "@size")
+    keypath    := [$var "."] name ("." name)* ["." ("@count" | "@size" | "@min" | "@max" | "@sum" | "@avg")]
     value      := int | float | 'string' | "string" | true | false | nil | null
                 | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
+
+Inside ``SUBQUERY(list, $x, predicate)`` every key path starts with ``$x.`` (the element);
+``SUBQUERY`` is not a keyword either (it is read as one before ``(``).
 
 ``SORT``, ``DISTINCT`` and ``LIMIT`` are not keywords (a field may be named so): they are
 recognised after a complete predicate, followed by ``(``. :func:`parse_rql` returns the
@@ -51,7 +55,7 @@ from ..core.values import from_plain, micros_to_datetime
 from ..errors import QueryError
 from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
-                  Query, Size, SortDescriptor, StringOp, StringOpName, TruePredicate, Value, MAX_DEPTH,
+                  Query, Size, SortDescriptor, StringOp, StringOpName, SubqueryCount, TruePredicate, Value, MAX_DEPTH,
                   bind_value)
 
 __all__ = ["parse_rql", "parse_rql_query", "to_rql", "KEYWORDS"]
@@ -133,9 +137,13 @@ class _Lexer:
             return self.string(pos)
         if ch == "$":
             m = re.compile(r"\$(\d+)").match(text, pos)
+            if m and not (m.end() < len(text) and _is_name_char(text[m.end()])):
+                return _Token("arg", m.group(0), pos, int(m.group(1)))
+            m = re.compile(r"\$([A-Za-z_]\w*)").match(text, pos)
             if not m:
-                raise self.error("expected an argument number after '$' (e.g. $0)", pos)
-            return _Token("arg", m.group(0), pos, int(m.group(1)))
+                raise self.error("expected an argument number after '$' (e.g. $0), or a SUBQUERY variable "
+                                 "($item)", pos)
+            return _Token("var", m.group(0), pos, m.group(1))
         if ch == "@":
             m = re.compile(r"@\w+").match(text, pos)
             word = m.group(0) if m else "@"
@@ -267,6 +275,7 @@ class _Parser:
         self.tokens = _Lexer(text).tokens()
         self.i = 0
         self.depth = 0
+        self.variables: list[str] = []  # the SUBQUERY variables in scope, innermost last
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -503,9 +512,66 @@ class _Parser:
 
     def operand(self, what: str) -> Path | Count | Value | Param:
         token = self.peek
+        if token.kind == "name" and token.text.lower() == "subquery" and self.following_punct("("):
+            return self.subquery()
+        if token.kind == "var":
+            return self.element_keypath()
         if token.kind == "name" and token.keyword is None:
+            if self.variables:
+                raise self.error(f"inside SUBQUERY, key paths start with its variable: "
+                                 f"${self.variables[-1]}.{token.text}")
             return self.keypath()
         return self.value(what)
+
+    def following_punct(self, ch: str) -> bool:
+        after = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else self.peek
+        return after.kind == "punct" and after.text == ch
+
+    def element_keypath(self) -> Path | Count:
+        """``$x.field...`` inside ``SUBQUERY(..., $x, ...)``: a key path from the element."""
+        token = self.next()
+        if not self.variables:
+            raise self.error(f"{token.text} is not defined here: variables are declared by "
+                             f"SUBQUERY(list, {token.text}, ...)", token)
+        if token.value != self.variables[-1]:
+            raise self.error(f"{token.text} is not this SUBQUERY's variable (${self.variables[-1]}): a "
+                             f"SUBQUERY's predicate tests its own elements only", token)
+        if not self.at_punct("."):
+            raise self.expected(f"'.' and a field of the element ({token.text}.field)", token.text)
+        self.next()
+        if not (self.peek.kind == "name" and self.peek.keyword is None):
+            raise self.expected("a field name", f"{token.text}.")
+        return self.keypath()
+
+    def subquery(self) -> SubqueryCount:
+        token = self.next()
+        self.expect_punct("(", "SUBQUERY")
+        self.nest()
+        if not (self.peek.kind in ("name", "var") and self.peek.keyword is None):
+            raise self.expected("the key path of a list", "SUBQUERY(")
+        target = self.operand("the key path of a list")
+        if not isinstance(target, Path):
+            raise self.error("SUBQUERY's first argument is the key path of a list, not a count or aggregate", token)
+        self.expect_punct(",", "the list of SUBQUERY")
+        variable = self.peek
+        if variable.kind != "var":
+            raise self.expected("a variable for the elements, such as $item", "SUBQUERY's first ','")
+        self.next()
+        self.expect_punct(",", variable.text)
+        self.variables.append(variable.value)
+        try:
+            predicate = self.or_expr()
+        finally:
+            self.variables.pop()
+        self.expect_punct(")", "the predicate of SUBQUERY")
+        self.depth -= 1
+        self.expect_punct(".", "SUBQUERY(...): expected .@count")
+        counted = self.peek
+        if counted.kind != "at" or counted.text.lower() not in ("@count", "@size"):
+            raise self.expected("@count or @size", "SUBQUERY(...).")
+        self.next()
+        name = variable.value
+        return self.build(token, lambda: SubqueryCount(target, predicate, name))
 
     def keypath(self) -> Path | Count:
         first = self.next()
@@ -609,13 +675,22 @@ def _format_name(name: str) -> str:
 class _Formatter:
     def __init__(self) -> None:
         self.args: list[Any] = []
+        self.prefix = ""  # "$x." inside a SUBQUERY over $x
 
     def path(self, left: Path | Count) -> str:
+        if isinstance(left, SubqueryCount):
+            outer = self.path(left.path)
+            saved, self.prefix = self.prefix, f"${left.variable}."
+            try:
+                inner = self.node(left.predicate)
+            finally:
+                self.prefix = saved
+            return f"SUBQUERY({outer}, ${left.variable}, {inner}).@count"
         if isinstance(left, Aggregate):
             return f"{self.path(left.path)}.@{left.op}" + "".join("." + _format_name(n) for n in left.of)
         if isinstance(left, Count):
             return f"{self.path(left.path)}.{'@size' if isinstance(left, Size) else '@count'}"
-        return ".".join(_format_name(n) for n in left.names)
+        return self.prefix + ".".join(_format_name(n) for n in left.names)
 
     def operand(self, operand: Value | Param) -> str:
         if isinstance(operand, Param):

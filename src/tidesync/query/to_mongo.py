@@ -35,8 +35,8 @@ from ..core.schema import Schema
 from ..core.values import Plain, from_plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
-                  Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import Step, check_leaf, resolve
+                  Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
+from .paths import Step, check_leaf, resolve, subquery_elements
 
 __all__ = ["to_mongo"]
 
@@ -110,6 +110,9 @@ class _Translator:
         return {"$regex": body, "$options": options} if options else {"$regex": body}
 
     def leaf(self, node: Compare | In | Between | StringOp) -> dict[str, Any]:
+        if isinstance(node.left, SubqueryCount):
+            assert not isinstance(node, StringOp)
+            return self.subquery(node, node.left)
         if isinstance(node.left, Aggregate):
             assert not isinstance(node, StringOp)
             return self.aggregate(node, node.left)
@@ -169,6 +172,25 @@ class _Translator:
         if isinstance(node, In):
             return {"$or": [test("$eq", n) for n in bound_plain(node.values)]}
         return {"$and": [test("$gte", bound_plain(node.low)), test("$lte", bound_plain(node.high))]}
+
+    def subquery(self, node: Compare | In | Between, subquery: SubqueryCount) -> dict[str, Any]:
+        """``SUBQUERY(...).@count > 0`` (or ``>= 1``, ``!= 0``) over a list of embedded objects is
+        ``$elemMatch`` of the translated predicate, ``== 0`` (or ``< 1``, ``<= 0``) its negation;
+        other counts, and lists of links, are refused."""
+        path, steps = self.path(node, subquery.path.names)
+        self.refuse_inner_fan_out(steps, "SUBQUERY")
+        collection, link = subquery_elements(steps[-1])
+        some = {(">", 0), (">=", 1), ("!=", 0)}
+        none = {("==", 0), ("<", 1), ("<=", 0)}
+        arg = bound_plain(node.right) if isinstance(node, Compare) else None
+        test = (node.op, arg) if isinstance(node, Compare) and type(arg) in (int, float) else None
+        if link is not None or test is None or test not in some | none:
+            raise QueryError(f"{subquery} {'over links ' if link is not None else ''}cannot be translated to a "
+                             f"MongoDB filter: only a count compared with 0 (> 0, >= 1, != 0, == 0, < 1, <= 0) "
+                             f"over a list of embedded objects")
+        inner = _Translator(collection, self.schema if collection is not None else None, self.encode)
+        match = {path: {"$elemMatch": inner.node(subquery.predicate)}}
+        return match if test in some else {"$nor": [match]}
 
     def quantified(self, node: Quantified) -> dict[str, Any]:
         pred = node.predicate

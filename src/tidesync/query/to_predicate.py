@@ -20,8 +20,8 @@ from ..core.schema import Schema
 from ..core.values import Plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, Exists, FalsePredicate,
-                  In, Node, Not, Or, Quantified, Query, StringOp, TruePredicate)
-from .paths import Step, check_leaf, resolve, resolve_field_pair
+                  In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate)
+from .paths import Step, check_leaf, resolve, resolve_field_pair, subquery_elements
 from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test, value_at
 
 __all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
@@ -34,12 +34,14 @@ Predicate: TypeAlias = Callable[[Mapping[str, Any]], bool]
 _Test: TypeAlias = Callable[[Any], bool]
 
 
-def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None = None) -> Callable[[Any], bool]:
+def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None = None,
+              element: Callable[[Any], bool] | None = None) -> Callable[[Any], bool]:
     """The test a leaf node applies to one value its path leads to (``MISSING`` included).
 
     For :class:`Count` comparisons the test receives the un-fanned value and takes its size;
     ``kind`` is the schema kind of that value, and a null or missing list, set or
-    dictionary has size 0.
+    dictionary has size 0. For a :class:`~tidesync.query.ast.SubqueryCount` it counts the
+    elements of a list that pass ``element`` (none without it).
 
     Raises:
         QueryError: the node still holds an unbound :class:`Param`.
@@ -79,6 +81,14 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
 
         def test(v: Any) -> bool:
             return compare(v, ">=", low) and compare(v, "<=", high)
+    if isinstance(node.left, SubqueryCount):
+        counted, passes = test, element
+
+        def count_passing(v: Any) -> bool:
+            if passes is None or not isinstance(v, list):
+                return counted(0)
+            return counted(sum(1 for e in v if passes(e)))
+        return count_passing
     if isinstance(node.left, Aggregate):
         of_numbers, agg_op, of = test, node.left.op, node.left.of
         return lambda v: of_numbers(aggregate(v, agg_op, of))
@@ -166,11 +176,29 @@ class _Evaluator:
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
         check_leaf(node, steps, self.collection, self.schema)
-        test = leaf_test(node, steps[-1].kind)
+        element = self.subquery_element(path, steps[-1]) if isinstance(path, SubqueryCount) else None
+        test = leaf_test(node, steps[-1].kind, element)
         if len(steps) == 1:
             return _single_step(steps[0], fan_leaf, test)
         values = self.values
         return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
+
+    def subquery_element(self, subquery: SubqueryCount, last: Step) -> Callable[[Any], bool]:
+        """Whether one element of the list ``last`` reaches passes the SUBQUERY's predicate
+        (a link is followed first; a missing or deleted document is no element)."""
+        collection, link = subquery_elements(last)
+        inner = _Evaluator(collection, self.schema if collection is not None else None,
+                           self.resolve_link).compile(subquery.predicate)
+        if link is None:
+            return inner
+        if self.resolve_link is None:
+            raise QueryError(f"{subquery} goes through links: pass resolve_link= to to_predicate")
+        follow = self.follow
+
+        def linked(pk: Any) -> bool:
+            body = follow(last, pk)
+            return body is not MISSING and inner(body)
+        return linked
 
     def compile(self, node: Node) -> Predicate:
         if isinstance(node, TruePredicate):
@@ -206,7 +234,8 @@ class _Evaluator:
         fan_leaf = not isinstance(pred.left, Count)
         steps = self.steps(names)
         check_leaf(pred, steps, self.collection, self.schema)
-        test = leaf_test(pred, steps[-1].kind)
+        element = self.subquery_element(pred.left, steps[-1]) if isinstance(pred.left, SubqueryCount) else None
+        test = leaf_test(pred, steps[-1].kind, element)
         values = self.values
         if node.quantifier == "any":
             return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))

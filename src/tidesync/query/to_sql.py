@@ -50,8 +50,8 @@ from typing import Any, Final, TypeAlias
 from ..core.schema import Schema
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
-                  Path, Quantified, Query, StringOp, TruePredicate, bound_plain)
-from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve, resolve_field_pair
+                  Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
+from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve, resolve_field_pair, subquery_elements
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
 from .to_predicate import leaf_test
 
@@ -135,6 +135,9 @@ class _Compiler:
         self.depth = 0  # estimated SQLite parser depth where SQL is being emitted
         self.peak = 0
         self.leaf_cost = _COST_LEAF
+        # Where key paths start: the document's body, or (inside a SUBQUERY) an element of
+        # a list, as the JSON value at a path of some body.
+        self.root: tuple[str, _JPath] = (_BODY, _JPath())
 
     # -- plumbing ----------------------------------------------------------------------
 
@@ -202,7 +205,7 @@ class _Compiler:
         sides = resolve_field_pair(node, self.collection, self.schema)
         self.peak = max(self.peak, self.depth + _COST_LEAF + _COST_GROUP)
         (left, left_null, left_nan), (right, right_null, right_nan) = (
-            _field_key(steps, node.case_insensitive) for steps in sides)
+            _field_key(steps, node.case_insensitive, *self.root) for steps in sides)
         if node.op in ("==", "!="):
             same = f"({left_null} AND {right_null})"
             if left_nan is not None and right_nan is not None:
@@ -218,10 +221,10 @@ class _Compiler:
         steps = resolve(self.collection, self.schema, names)
         check_leaf(node, steps, self.collection, self.schema)
         fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
-        leaf = self.leaf(node)
+        leaf = self.leaf(node, steps[-1])
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
         unknown_size = isinstance(target, Count) and steps[-1].kind in (None, "mixed")
-        costly = unknown_size or isinstance(target, Aggregate)
+        costly = unknown_size or isinstance(target, (Aggregate, SubqueryCount))
         self.leaf_cost = (_COST_SIZE_LEAF if costly else _COST_LEAF) + (_COST_NOT if negate else 0)
         if negate:
             positive = leaf
@@ -230,7 +233,7 @@ class _Compiler:
                 return f"NOT coalesce({positive(base, path, kind)}, 0)"
 
             on_missing = not on_missing
-        return self.walk(_BODY, _JPath(), steps, 0, leaf, fan_leaf, on_missing)
+        return self.walk(*self.root, steps, 0, leaf, fan_leaf, on_missing)
 
     def walk(self, base: str, path: _JPath, steps: Sequence[Step], i: int, leaf: _Leaf, fan_leaf: bool,
              on_missing: bool) -> str:
@@ -291,12 +294,16 @@ class _Compiler:
 
     # -- leaf tests ----------------------------------------------------------------------
 
-    def leaf(self, node: Compare | In | Between | StringOp | Exists) -> _Leaf:
+    def leaf(self, node: Compare | In | Between | StringOp | Exists, last: Step) -> _Leaf:
         if isinstance(node, Exists):
             return lambda base, path, kind: f"json_type({base}, {path.sql()}) IS NOT NULL"
         if isinstance(node, StringOp):
             op, arg, ci = node.op, bound_plain(node.right), node.case_insensitive
             return lambda base, path, kind: self.string_test(base, path, kind, op, arg, ci)
+        if isinstance(node.left, SubqueryCount):
+            subquery = node.left
+            return self.number_leaf(node, lambda base, path, kind: self.subquery_count(base, path, subquery, last),
+                                    self.size_test)
         if isinstance(node.left, Aggregate):
             return self.aggregate_leaf(node, node.left.op)
         if isinstance(node.left, Count):
@@ -458,6 +465,33 @@ class _Compiler:
         otherwise = " ELSE 0.0" if op == "sum" else ""
         return f"(CASE WHEN json_type({base}, {path.sql()}) = 'array' THEN (SELECT {of_sql} {rows}){otherwise} END)"
 
+    def subquery_count(self, base: str, path: _JPath, subquery: SubqueryCount, last: Step) -> str:
+        """How many elements of the list at (base, path) pass the SUBQUERY's predicate: the
+        predicate compiled with its key paths starting at the element (or at the linked
+        document, joined as a hop is)."""
+        collection, link = subquery_elements(last)
+        e = self.alias("e")
+        rows = f"FROM json_each({base}, {path.sql()}) AS {e}"
+        if link is not None:
+            linked = self.alias("l")
+            rows += (f" JOIN documents AS {linked} ON {linked}.collection = {self.param(link)} AND {linked}.live = 1 "
+                     f"AND {linked}.pk = ({base} -> {e}.fullkey)")
+            root = (f"{linked}.body", _JPath())
+        else:
+            root = (base, _JPath(f"{e}.fullkey"))
+        saved = self.collection, self.schema, self.root, self.leaf_cost
+        self.collection, self.root = collection, root
+        if collection is None:
+            self.schema = None
+        try:
+            # The leaf's own cost (charged by walk() as a peak, not as depth) plus the subquery.
+            with self.nested(_COST_SIZE_LEAF + (_COST_HOP if link is not None else _COST_EXISTS)):
+                inner = self.node(subquery.predicate)
+        finally:
+            self.collection, self.schema, self.root, self.leaf_cost = saved
+        return (f"(CASE WHEN json_type({base}, {path.sql()}) = 'array' THEN "
+                f"(SELECT count(*) {rows} WHERE {inner}) ELSE 0 END)")
+
     def aggregate_test(self, value: str, op: str, arg: Any) -> str:
         if arg is None:
             return f"{value} IS NULL" if op == "==" else f"{value} IS NOT NULL"
@@ -519,22 +553,23 @@ class _Compiler:
         return self.scalar(base, child, steps, i + 1, purpose, inline)
 
 
-def _field_key(steps: Sequence[Step], case_insensitive: bool) -> tuple[str, str, str | None]:
-    """For a typed scalar field: the SQL value it compares by (NULL when it is null or has
-    no order), the test that it is null or missing, and (a float field) the test that it is
-    nan."""
-    path = _JPath().descend([step.name for step in steps])
+def _field_key(steps: Sequence[Step], case_insensitive: bool, base: str = _BODY,
+               root: _JPath = _JPath()) -> tuple[str, str, str | None]:
+    """For a typed scalar field (its path from ``root`` in ``base``): the SQL value it
+    compares by (NULL when it is null or has no order), the test that it is null or missing,
+    and (a float field) the test that it is nan."""
+    path = root.descend([step.name for step in steps])
     kind = steps[-1].kind
-    value = _extract(_BODY, path)
+    value = _extract(base, path)
     is_null = f"{value} IS NULL"
     if kind == "float":
-        special = _extract(_BODY, path.tag("$float"))
+        special = _extract(base, path.tag("$float"))
         key = (f"(CASE {special} WHEN 'inf' THEN 9e999 WHEN '-inf' THEN -9e999 ELSE CASE WHEN "
-               f"json_type({_BODY}, {path.sql()}) IN ('integer', 'real') THEN {value} END END)")
+               f"json_type({base}, {path.sql()}) IN ('integer', 'real') THEN {value} END END)")
         return key, is_null, f"{special} IS 'nan'"
-    key = _comparable(_BODY, path, kind)
+    key = _comparable(base, path, kind)
     if kind == "decimal":  # NaN and Infinity are no numbers here: no key
-        key = f"(CASE WHEN {_extract(_BODY, path.tag('$decimal'))} GLOB '*[IN]*' THEN NULL ELSE {key} END)"
+        key = f"(CASE WHEN {_extract(base, path.tag('$decimal'))} GLOB '*[IN]*' THEN NULL ELSE {key} END)"
     elif kind == "str" and case_insensitive:
         key = f"lower({key})"
     return key, is_null, None

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from ..client.subscriptions import field_comparison_in, query_paths
+from ..client.subscriptions import field_comparison_in, query_paths, subquery_in
 from ..core import merge
 from ..core.operations import DeleteDoc
 from ..core.rules import Verdict
@@ -353,6 +353,10 @@ def compile_set(queries: Sequence[SubscriptionQuery], config: FlexibleConfig) ->
             if pair is not None:
                 raise SubscriptionInvalid(f"{where}: comparing two fields ({pair.left} {pair.op} {pair.right}) is "
                                           "not supported in subscriptions: the server has no schema to type them")
+            subquery = subquery_in(query.node)
+            if subquery is not None:
+                raise SubscriptionInvalid(f"{where}: {subquery} is not supported in subscriptions (as in Device "
+                                          "Sync); subscribe on the document's own fields")
             for path, counted in query_paths(query.node):
                 if counted:
                     raise SubscriptionInvalid(

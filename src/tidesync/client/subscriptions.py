@@ -51,7 +51,7 @@ from ..protocol.messages import (
     Message, Subscribe, SubscriptionQuery, SubscriptionState, ViewAck, ViewPart, ViewUpdate,
 )
 from ..query import And, Node, Query, TruePredicate, node_from_json, node_to_json, to_rql
-from ..query.ast import (Between, Compare, CompareFields, Count, Exists, In, Not, Or, Path, Quantified, StringOp,
+from ..query.ast import (Between, Compare, CompareFields, Count, DictPart, Exists, In, Not, Or, Path, Quantified, StringOp,
                          SubqueryCount)
 
 if TYPE_CHECKING:
@@ -92,6 +92,8 @@ def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
             left = n.left
             if isinstance(left, Count):
                 yield left.path, True
+            elif isinstance(left, DictPart):
+                yield left.path, False
             else:
                 yield left, False
         elif isinstance(n, Exists):

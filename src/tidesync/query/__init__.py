@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import QueryError
-from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, CompareFields, Count, Descriptor, DistinctDescriptor, Exists,
+from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, CompareFields, Count, Descriptor, DictPart,
+                  DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, Query, Size,
                   SortDescriptor, StringOp, SubqueryCount, TruePredicate, Value, bind, node_from_json, node_to_json)
 from .mongo_filter import parse_mongo
@@ -48,6 +49,7 @@ __all__ = [
     "Size",
     "Aggregate",
     "SubqueryCount",
+    "DictPart",
     "Value",
     "Param",
     "Compare",

@@ -54,6 +54,8 @@ __all__ = [
     "Aggregate",
     "AggregateName",
     "SubqueryCount",
+    "DictPart",
+    "DictPartName",
     "AGGREGATES",
     "Value",
     "Param",
@@ -89,6 +91,7 @@ CompareOp: TypeAlias = Literal["==", "!=", "<", "<=", ">", ">="]
 StringOpName: TypeAlias = Literal["beginswith", "endswith", "contains", "like"]
 QuantifierName: TypeAlias = Literal["any", "all", "none"]
 AggregateName: TypeAlias = Literal["min", "max", "sum", "avg"]
+DictPartName: TypeAlias = Literal["keys", "values"]
 
 MAX_DEPTH: Final = 64
 """How deeply parsers let predicates nest (parentheses, NOT, $and/$or/$not): deeper input
@@ -212,6 +215,26 @@ class SubqueryCount(Count):
 _VARIABLE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+@dataclass(frozen=True, slots=True)
+class DictPart:
+    """``notes.@keys`` or ``notes.@values``: each key (a string), or each value, of a
+    dictionary, tested like the elements of a list: a test holds if it holds for some
+    member (``ANY``, the default), for every member (``ALL``, true for an empty or missing
+    dictionary) or for none (``NONE``)."""
+
+    path: Path
+    part: DictPartName = "values"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, Path):
+            raise QueryError(f"@{self.part} needs the key path of a dictionary, got {self.path!r}")
+        if self.part not in ("keys", "values"):
+            raise QueryError(f"unknown dictionary part @{self.part}; expected @keys or @values")
+
+    def __str__(self) -> str:
+        return f"{self.path}.@{self.part}"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Value:
     """A constant operand, in plain form (``{"$date": micros}``, ``{"$oid": hex}``, ...).
@@ -304,6 +327,8 @@ Operand: TypeAlias = Value | Param
 
 
 def _check_left(left: object, *, allow_count: bool = True) -> None:
+    if isinstance(left, DictPart):
+        return
     if isinstance(left, Count):
         if not allow_count:
             raise QueryError(f"{left} is a number: string operators need a string field")
@@ -317,10 +342,13 @@ def _check_operand(right: object) -> None:
         raise QueryError(f"expected a Value or Param operand, got {right!r}")
 
 
-def _check_scalar(left: Path | Count, op: str, value: Value, case_insensitive: bool) -> None:
+def _check_scalar(left: Path | Count | DictPart, op: str, value: Value, case_insensitive: bool) -> None:
     if isinstance(value.plain, list):
         raise QueryError(f"a list can only be used with IN, not with {op!r}")
     fam = value.family
+    if isinstance(left, DictPart) and left.part == "keys" and fam != "string":
+        raise QueryError(f"{left}: the keys of a dictionary are strings; they cannot be compared with "
+                         f"{value.plain!r}")
     if isinstance(left, Aggregate):
         if fam != "number" and not (fam == "null" and left.op != "sum"):
             raise QueryError(f"{left} is a number{'' if left.op == 'sum' else ' or null'}; "
@@ -344,7 +372,7 @@ class Compare:
     (``==`` and ``!=`` on strings only)."""
 
     op: CompareOp
-    left: Path | Count
+    left: Path | Count | DictPart
     right: Value | Param
     case_insensitive: bool = False
 
@@ -394,7 +422,7 @@ class In:
     """``left IN {v1, v2, ...}``: equal to any of the values (a :class:`Value` holding a
     list, or a :class:`Param` bound to a list)."""
 
-    left: Path | Count
+    left: Path | Count | DictPart
     values: Value | Param
 
     def __post_init__(self) -> None:
@@ -411,7 +439,7 @@ class In:
 class Between:
     """``left BETWEEN {low, high}``: ``low <= left <= high`` (inclusive, on one element)."""
 
-    left: Path | Count
+    left: Path | Count | DictPart
     low: Value | Param
     high: Value | Param
 
@@ -435,7 +463,7 @@ class StringOp:
     """
 
     op: StringOpName
-    left: Path
+    left: Path | DictPart
     right: Value | Param
     case_insensitive: bool = False
 
@@ -746,6 +774,8 @@ def _part_to_json(part: Any) -> Any:
         return {"size": list(part.path.names)}
     if isinstance(part, Count):
         return {"count": list(part.path.names)}
+    if isinstance(part, DictPart):
+        return {part.part: list(part.path.names)}
     if isinstance(part, Path):
         return {"path": list(part.names)}
     if isinstance(part, Value):
@@ -779,6 +809,8 @@ def _part_from_json(data: Any, depth: int) -> Any:
                 return Path(tuple(inner))
             if key == "count":
                 return Count(Path(tuple(inner)))
+            if key in ("keys", "values"):
+                return DictPart(Path(tuple(inner)), key)
             if key == "size":
                 return Size(Path(tuple(inner)))
             if key == "aggregate" and isinstance(inner, list) and len(inner) in (2, 3):

@@ -18,10 +18,11 @@ from typing import Final
 
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..errors import QueryError
-from .ast import Aggregate, Between, Compare, CompareFields, Count, Exists, In, StringOp, SubqueryCount, bound_plain
+from .ast import Aggregate, Between, Compare, CompareFields, Count, DictPart, Exists, In, StringOp, SubqueryCount, bound_plain
 from .semantics import ORDERED_FAMILIES, family
 
-__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements", "LIST_KINDS", "TAGGED_KINDS",
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements",
+           "dict_member_kind", "LIST_KINDS", "TAGGED_KINDS",
            "KIND_FAMILIES"]
 
 LIST_KINDS: Final = frozenset({"list", "set"})
@@ -211,6 +212,11 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
                              f"set, dictionary or string")
         return
     kind = last.item_kind
+    if isinstance(left, DictPart):
+        if last.kind not in (None, "mixed", "dict"):
+            what = f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set') else ''} field"
+            raise QueryError(f"{path_text}: @{left.part} needs a dictionary; {left.path} is {what}")
+        kind = dict_member_kind(left, steps, collection, schema)
     if isinstance(node, StringOp):
         bound_plain(node.right)
         if kind not in (None, "str"):
@@ -224,6 +230,17 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
         operands = [bound_plain(node.low), bound_plain(node.high)]
     for plain in operands:
         check_family(path_text, kind, family(plain))
+
+
+def dict_member_kind(part: DictPart, steps: Sequence[Step], collection: str | None,
+                     schema: Schema | None) -> str | None:
+    """The kind of each member ``notes.@keys`` or ``notes.@values`` yields: ``str`` for keys;
+    the dictionary's value kind for values (``None`` when the schema does not tell)."""
+    if part.part == "keys":
+        return "str"
+    if steps[-1].kind != "dict" or schema is None or collection is None:
+        return None
+    return resolve(collection, schema, part.path.names + ("_",))[-1].item_kind
 
 
 def subquery_elements(step: Step) -> tuple[str | None, str | None]:

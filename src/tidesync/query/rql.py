@@ -19,7 +19,8 @@ Grammar (keywords are case-insensitive)::
                 | "BEGINSWITH" | "ENDSWITH" | "CONTAINS" | "LIKE"
     operand    := keypath | value | subquery
     subquery   := "SUBQUERY" "(" keypath "," $var "," or ")" "." ("@count" | "@size")
-    keypath    := [$var "."] name ("." name)* ["." ("@count" | "@size" | "@min" | "@max" | "@sum" | "@avg")]
+    keypath    := [$var "."] name ("." name)*
+                  ["." ("@count" | "@size" | "@keys" | "@values" | ("@min" | "@max" | "@sum" | "@avg") ("." name)*)]
     value      := int | float | 'string' | "string" | true | false | nil | null
                 | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
 
@@ -53,7 +54,7 @@ from uuid import UUID
 from ..core.objectid import ObjectId
 from ..core.values import from_plain, micros_to_datetime
 from ..errors import QueryError
-from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DistinctDescriptor, Exists,
+from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DictPart, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
                   Query, Size, SortDescriptor, StringOp, StringOpName, SubqueryCount, TruePredicate, Value, MAX_DEPTH,
                   bind_value)
@@ -61,6 +62,7 @@ from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields
 __all__ = ["parse_rql", "parse_rql_query", "to_rql", "KEYWORDS"]
 
 _DESCRIPTORS: Final = ("sort", "distinct", "limit")
+_KEYPATHS: Final = (Path, Count, DictPart)
 _AGGREGATES: Final[dict[str, AggregateName]] = {"@min": "min", "@max": "max", "@sum": "sum", "@avg": "avg"}
 _DIRECTIONS: Final = {"asc": False, "ascending": False, "desc": True, "descending": True}
 
@@ -147,8 +149,9 @@ class _Lexer:
         if ch == "@":
             m = re.compile(r"@\w+").match(text, pos)
             word = m.group(0) if m else "@"
-            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg"):
-                raise self.error(f"unsupported {word}: expected @count, @size, @min, @max, @sum or @avg", pos)
+            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg", "@keys", "@values"):
+                raise self.error(f"unsupported {word}: expected @count, @size, @min, @max, @sum, @avg, @keys or "
+                                 f"@values", pos)
             return _Token("at", word, pos)
         if ch == "[":
             m = re.compile(r"\[\s*(\w*)\s*\]").match(text, pos)
@@ -433,14 +436,14 @@ class _Parser:
             return self.in_rest(start, left, op_token)
         if word == "between":
             self.next()
-            if not isinstance(left, (Path, Count)):
+            if not isinstance(left, _KEYPATHS):
                 raise self.error("BETWEEN needs a key path on its left", start)
             return self.between_rest(left, op_token)
         if word in _STRING_OPS:
             self.next()
             ci = self.modifier()
             right = self.operand("a string after " + op_token.text.upper())
-            if not isinstance(left, Path) or isinstance(right, (Path, Count)):
+            if not isinstance(left, (Path, DictPart)) or isinstance(right, _KEYPATHS):
                 raise self.error(f"{op_token.text.upper()} needs a key path on its left and a string "
                                  f"on its right", start)
             string_op, subject, needle = _STRING_OPS[word], left, right
@@ -450,18 +453,18 @@ class _Parser:
             op = _COMPARE[op_token.text]
             ci = self.modifier()
             right = self.operand(f"a value after {op_token.text!r}")
-            if isinstance(left, (Path, Count)) and isinstance(right, (Path, Count)):
-                if isinstance(left, Count) or isinstance(right, Count):
-                    counted = left if isinstance(left, Count) else right
+            if isinstance(left, _KEYPATHS) and isinstance(right, _KEYPATHS):
+                if not isinstance(left, Path) or not isinstance(right, Path):
+                    counted = right if isinstance(left, Path) else left
                     raise self.error(f"{counted} can only be compared with a value, not with another key path",
                                      start)
                 fields_left, fields_right, fields_op = left, right, op
                 return self.build(op_token, lambda: CompareFields(fields_op, fields_left, fields_right, ci))
-            if not isinstance(left, (Path, Count)):
-                if not isinstance(right, (Path, Count)):
+            if not isinstance(left, _KEYPATHS):
+                if not isinstance(right, _KEYPATHS):
                     raise self.error("a comparison needs a key path on one side", start)
                 left, right, op = right, left, _FLIP[op]
-            assert isinstance(left, (Path, Count)) and isinstance(right, (Value, Param))
+            assert isinstance(left, _KEYPATHS) and isinstance(right, (Value, Param))
             lhs, rhs, cop = left, right, op
             return self.build(op_token, lambda: Compare(cop, lhs, rhs, ci))
         raise self.expected("a comparison operator (==, !=, <, <=, >, >=, BEGINSWITH, ENDSWITH, "
@@ -473,8 +476,8 @@ class _Parser:
             return True
         return False
 
-    def in_rest(self, start: _Token, left: Path | Count | Value | Param, op_token: _Token) -> Compare | In:
-        if not isinstance(left, (Path, Count)):
+    def in_rest(self, start: _Token, left: Path | Count | DictPart | Value | Param, op_token: _Token) -> Compare | In:
+        if not isinstance(left, _KEYPATHS):
             # `'x' IN tags`: the list field holds the value
             right = self.operand("a list key path after IN")
             if not isinstance(right, Path):
@@ -502,7 +505,7 @@ class _Parser:
             values = self.build(brace, lambda: Value(items))
         return self.build(op_token, lambda: In(left, values))
 
-    def between_rest(self, left: Path | Count, op_token: _Token) -> Between:
+    def between_rest(self, left: Path | Count | DictPart, op_token: _Token) -> Between:
         self.expect_punct("{", "BETWEEN")
         low = self.value("the lower bound of BETWEEN")
         self.expect_punct(",", "the lower bound of BETWEEN")
@@ -510,7 +513,7 @@ class _Parser:
         self.expect_punct("}", "the upper bound of BETWEEN")
         return self.build(op_token, lambda: Between(left, low, high))
 
-    def operand(self, what: str) -> Path | Count | Value | Param:
+    def operand(self, what: str) -> Path | Count | DictPart | Value | Param:
         token = self.peek
         if token.kind == "name" and token.text.lower() == "subquery" and self.following_punct("("):
             return self.subquery()
@@ -527,7 +530,7 @@ class _Parser:
         after = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else self.peek
         return after.kind == "punct" and after.text == ch
 
-    def element_keypath(self) -> Path | Count:
+    def element_keypath(self) -> Path | Count | DictPart:
         """``$x.field...`` inside ``SUBQUERY(..., $x, ...)``: a key path from the element."""
         token = self.next()
         if not self.variables:
@@ -573,7 +576,7 @@ class _Parser:
         name = variable.value
         return self.build(token, lambda: SubqueryCount(target, predicate, name))
 
-    def keypath(self) -> Path | Count:
+    def keypath(self) -> Path | Count | DictPart:
         first = self.next()
         names = [first.text]
         while self.at_punct("."):
@@ -586,12 +589,14 @@ class _Parser:
                 of: list[str] = []
                 while self.at_punct("."):
                     dot = self.next()
-                    if word in ("@count", "@size"):
+                    if word in ("@count", "@size", "@keys", "@values"):
                         raise self.error(f"{word} ends a key path: nothing can follow it", dot)
                     field = self.peek
                     if field.kind != "name" or field.keyword is not None:
                         raise self.expected(f"a field name of the elements after {word}.", None)
                     of.append(self.next().text)
+                if word in ("@keys", "@values"):
+                    return DictPart(path, "keys" if word == "@keys" else "values")
                 if word == "@count":
                     return Count(path)
                 if word == "@size":
@@ -677,7 +682,9 @@ class _Formatter:
         self.args: list[Any] = []
         self.prefix = ""  # "$x." inside a SUBQUERY over $x
 
-    def path(self, left: Path | Count) -> str:
+    def path(self, left: Path | Count | DictPart) -> str:
+        if isinstance(left, DictPart):
+            return f"{self.path(left.path)}.@{left.part}"
         if isinstance(left, SubqueryCount):
             outer = self.path(left.path)
             saved, self.prefix = self.prefix, f"${left.variable}."

@@ -34,7 +34,7 @@ from typing import Any, Final
 from ..core.schema import Schema
 from ..core.values import Plain, from_plain
 from ..errors import QueryError
-from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
+from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, Path, FalsePredicate, In, Node, Not, Or,
                   Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
 from .paths import Step, check_leaf, resolve, subquery_elements
 
@@ -110,6 +110,10 @@ class _Translator:
         return {"$regex": body, "$options": options} if options else {"$regex": body}
 
     def leaf(self, node: Compare | In | Between | StringOp) -> dict[str, Any]:
+        if isinstance(node.left, DictPart):
+            # A filter cannot iterate an object's keys or values ($objectToArray needs $expr,
+            # which orders values across BSON types where tidesync never compares them).
+            raise QueryError(f"{node.left} cannot be translated to a MongoDB filter yet")
         if isinstance(node.left, SubqueryCount):
             assert not isinstance(node, StringOp)
             return self.subquery(node, node.left)
@@ -194,13 +198,14 @@ class _Translator:
 
     def quantified(self, node: Quantified) -> dict[str, Any]:
         pred = node.predicate
-        inner = self.leaf(pred)
+        inner = self.leaf(pred)   # refuses @keys / @values first
         if node.quantifier == "any":
             return inner
         if node.quantifier == "none":
             return {"$nor": [inner]}
         if isinstance(pred.left, Count):
             raise QueryError(f"ALL with {pred.left} cannot be translated to a MongoDB filter")
+        assert isinstance(pred.left, Path)
         path, steps = self.path(pred, pred.left.names)
         self.refuse_inner_fan_out(steps, "ALL")
         ops = self.element_ops(pred)

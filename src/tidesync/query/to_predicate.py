@@ -19,9 +19,10 @@ from typing import Any, TypeAlias
 from ..core.schema import Schema
 from ..core.values import Plain
 from ..errors import QueryError
-from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, Exists, FalsePredicate,
+from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, DictPart, Exists,
+                  FalsePredicate,
                   In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate)
-from .paths import Step, check_leaf, resolve, resolve_field_pair, subquery_elements
+from .paths import Step, check_leaf, dict_member_kind, resolve, resolve_field_pair, subquery_elements
 from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test, value_at
 
 __all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
@@ -170,8 +171,26 @@ class _Evaluator:
         body = self.resolve_link(step.target, pk)
         return MISSING if body is None else body
 
+    def members(self, part: DictPart, steps: tuple[Step, ...]) -> Callable[[Any], Iterator[Any]]:
+        """``notes.@keys`` / ``@values``: each key, or each value, of every dictionary the
+        path leads to (a tagged value of a field of unknown type is no dictionary)."""
+        values, keys, known = self.values, part.part == "keys", steps[-1].kind == "dict"
+
+        def members(body: Any) -> Iterator[Any]:
+            for d in values(body, steps, 0, False):
+                if type(d) is dict and (known or not any(k.startswith("$") for k in d)):
+                    yield from (d.keys() if keys else d.values())
+        return members
+
     def leaf(self, node: Compare | In | Between | StringOp | Exists) -> Predicate:
         path = node.path if isinstance(node, Exists) else node.left
+        if isinstance(path, DictPart):
+            assert not isinstance(node, Exists)
+            steps = self.steps(path.path.names)
+            check_leaf(node, steps, self.collection, self.schema)
+            member_test = leaf_test(node, dict_member_kind(path, steps, self.collection, self.schema))
+            members = self.members(path, steps)
+            return lambda body: any(member_test(m) for m in members(body))
         names = path.path.names if isinstance(path, Count) else path.names
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
@@ -230,6 +249,16 @@ class _Evaluator:
 
     def quantified(self, node: Quantified) -> Predicate:
         pred = node.predicate
+        if isinstance(pred.left, DictPart):
+            steps = self.steps(pred.left.path.names)
+            check_leaf(pred, steps, self.collection, self.schema)
+            member_test = leaf_test(pred, dict_member_kind(pred.left, steps, self.collection, self.schema))
+            members = self.members(pred.left, steps)
+            if node.quantifier == "any":
+                return lambda body: any(member_test(m) for m in members(body))
+            if node.quantifier == "all":
+                return lambda body: all(member_test(m) for m in members(body))
+            return lambda body: not any(member_test(m) for m in members(body))
         names = pred.left.path.names if isinstance(pred.left, Count) else pred.left.names
         fan_leaf = not isinstance(pred.left, Count)
         steps = self.steps(names)

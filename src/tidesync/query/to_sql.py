@@ -49,9 +49,10 @@ from typing import Any, Final, TypeAlias
 
 from ..core.schema import Schema
 from ..errors import QueryError
-from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Node, Not, Or,
+from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, FalsePredicate, In, Node, Not, Or,
                   Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
-from .paths import LIST_KINDS, TAGGED_KINDS, Step, check_leaf, resolve, resolve_field_pair, subquery_elements
+from .paths import (LIST_KINDS, TAGGED_KINDS, Step, check_leaf, dict_member_kind, resolve, resolve_field_pair,
+                    subquery_elements)
 from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
 from .to_predicate import leaf_test
 
@@ -217,14 +218,14 @@ class _Compiler:
     def path_test(self, node: Compare | In | Between | StringOp | Exists, negate: bool = False) -> str:
         """SQL for "the leaf test (or its negation) holds for some value the path leads to"."""
         target = node.path if isinstance(node, Exists) else node.left
-        names = target.path.names if isinstance(target, Count) else target.names
+        names = target.path.names if isinstance(target, (Count, DictPart)) else target.names
         steps = resolve(self.collection, self.schema, names)
         check_leaf(node, steps, self.collection, self.schema)
-        fan_leaf = not isinstance(node, Exists) and not isinstance(target, Count)
+        fan_leaf = not isinstance(node, Exists) and not isinstance(target, (Count, DictPart))
         leaf = self.leaf(node, steps[-1])
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
         unknown_size = isinstance(target, Count) and steps[-1].kind in (None, "mixed")
-        costly = unknown_size or isinstance(target, (Aggregate, SubqueryCount))
+        costly = unknown_size or isinstance(target, (Aggregate, SubqueryCount, DictPart))
         self.leaf_cost = (_COST_SIZE_LEAF if costly else _COST_LEAF) + (_COST_NOT if negate else 0)
         if negate:
             positive = leaf
@@ -233,7 +234,28 @@ class _Compiler:
                 return f"NOT coalesce({positive(base, path, kind)}, 0)"
 
             on_missing = not on_missing
+        if isinstance(target, DictPart):
+            leaf = self.members(target, dict_member_kind(target, steps, self.collection, self.schema), leaf)
+            on_missing = False  # a missing dictionary has no members
         return self.walk(*self.root, steps, 0, leaf, fan_leaf, on_missing)
+
+    def members(self, part: DictPart, member_kind: str | None, test: _Leaf) -> _Leaf:
+        """The leaf at a dictionary for ``notes.@keys`` / ``@values``: some member passes
+        ``test`` (a key as a JSON string, a value where it is stored). A tagged value
+        (``{"$date": ...}``) of a field of unknown type is a scalar, not a dictionary."""
+        def leaf(base: str, path: _JPath, kind: str | None) -> str:
+            m = self.alias("m")
+            if part.part == "keys":
+                inner = test(f"json_quote({m}.key)", _JPath(), "str")
+            else:
+                inner = test(base, _JPath(f"{m}.fullkey"), member_kind)
+            is_dict = f"json_type({base}, {path.sql()}) = 'object'"
+            if kind != "dict":
+                k = self.alias("k")
+                is_dict += (f" AND NOT EXISTS (SELECT 1 FROM json_each({base}, {path.sql()}) AS {k} "
+                            f"WHERE {k}.key GLOB '[$]*')")
+            return f"({is_dict} AND EXISTS (SELECT 1 FROM json_each({base}, {path.sql()}) AS {m} WHERE {inner}))"
+        return leaf
 
     def walk(self, base: str, path: _JPath, steps: Sequence[Step], i: int, leaf: _Leaf, fan_leaf: bool,
              on_missing: bool) -> str:

@@ -182,14 +182,15 @@ def test_cr14_two_erases_of_one_element_remove_it_once() -> None:
 
 
 def _move(w: Writer, t: int, path: tuple[str, ...], src: int, dst: int) -> list[Op]:
-    """tidesync has no move: a writer moves by erasing and inserting the value again."""
+    """A move written as a remove and an insert of the value again (what an app did before
+    ``ManagedList.move``; the element loses its identity)."""
     value = w.state.body[path[0]][src]
     ops = [w.erase(t, path, src)]
     ops.append(w.insert(t + 1, path, dst, value))
     return ops
 
 
-def test_cr15_no_moves_an_update_of_a_moved_element_is_lost() -> None:
+def test_cr15_remove_and_insert_an_update_of_the_removed_element_is_lost() -> None:
     base = start({"l": ["a", "b", "c"]}, {"l": "list"})
     a, b = Writer("A", base), Writer("B", base)
     got = converge(base, _move(a, 100, ("l",), 0, 2), [b.lset(150, ("l",), 0, "A")])
@@ -197,7 +198,7 @@ def test_cr15_no_moves_an_update_of_a_moved_element_is_lost() -> None:
     assert got.body["l"] == ["b", "c", "a"]
 
 
-def test_cr16_no_moves_two_moves_of_one_element_leave_two_copies() -> None:
+def test_cr16_remove_and_insert_twice_leaves_two_copies() -> None:
     base = start({"l": ["a", "b", "c"]}, {"l": "list"})
     a, b = Writer("A", base), Writer("B", base)
     got = converge(base, _move(a, 100, ("l",), 0, 1), _move(b, 200, ("l",), 0, 2))
@@ -205,7 +206,7 @@ def test_cr16_no_moves_two_moves_of_one_element_leave_two_copies() -> None:
     assert got.body["l"] == ["b", "a", "c", "a"]
 
 
-def test_cr17_no_moves_erase_vs_move_keeps_the_moved_copy() -> None:
+def test_cr17_remove_and_insert_vs_erase_keeps_the_inserted_copy() -> None:
     base = start({"l": ["a", "b", "c"]}, {"l": "list"})
     a, b = Writer("A", base), Writer("B", base)
     got = converge(base, _move(a, 100, ("l",), 0, 2), [b.erase(150, ("l",), 0)])
@@ -213,11 +214,74 @@ def test_cr17_no_moves_erase_vs_move_keeps_the_moved_copy() -> None:
     assert got.body["l"] == ["b", "c", "a"]
 
 
+def test_cr15_an_update_follows_a_concurrent_move() -> None:
+    base = start({"l": ["a", "b", "c"]}, {"l": "list"})
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.move(100, ("l",), 0, 2)], [b.lset(150, ("l",), 0, "A")])
+    assert got.body["l"] == ["b", "c", "A"]
+
+
+def test_cr16_of_two_moves_of_one_element_the_later_wins() -> None:
+    base = start({"l": ["a", "b", "c"]}, {"l": "list"})
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.move(100, ("l",), 0, 1)], [b.move(200, ("l",), 0, 2)])
+    assert got.body["l"] == ["b", "c", "a"]
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.move(300, ("l",), 0, 1)], [b.move(200, ("l",), 0, 2)])
+    assert got.body["l"] == ["b", "a", "c"]
+
+
+def test_cr16_the_losing_move_is_recorded_as_a_conflict() -> None:
+    base = start({"l": ["a", "b", "c"]}, {"l": "list"})
+    a, b = Writer("A", base), Writer("B", base)
+    late, early = b.move(200, ("l",), 0, 2), a.move(100, ("l",), 0, 1)
+    a.receive(late)
+    b.receive(early)
+    assert a.state.body["l"] == b.state.body["l"] == ["b", "c", "a"]
+    (conflict,) = b.conflicts
+    assert conflict.rule == "lww" and conflict.loser_stamp == stamp(100, "A")
+    assert conflict.winner == "a" and conflict.winner_stamp == stamp(200, "B")
+    assert not a.conflicts     # the later move arrived after: a later edit, not a conflict
+
+
+def test_cr17_an_erase_wins_over_a_concurrent_move() -> None:
+    base = start({"l": ["a", "b", "c"]}, {"l": "list"})
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.move(100, ("l",), 0, 2)], [b.erase(150, ("l",), 0)])
+    assert got.body["l"] == ["b", "c"]
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.move(200, ("l",), 0, 2)], [b.erase(150, ("l",), 0)])
+    assert got.body["l"] == ["b", "c"]
+
+
+def test_a_moved_element_is_anchored_where_it_went() -> None:
+    base = start({"l": ["a", "b", "c"]}, {"l": "list"})
+    a, b = Writer("A", base), Writer("B", base)
+    # A moves a behind c and inserts after it; B inserts after a where a was.
+    got = converge(base, [a.move(100, ("l",), 0, 2), a.insert(110, ("l",), 3, "x")],
+                   [b.insert(150, ("l",), 1, "y")])
+    assert got.body["l"] == ["y", "b", "c", "a", "x"]
+
+
+def test_moves_of_a_list_of_embedded_objects_keep_edits_of_their_fields() -> None:
+    lines = [{"sku": "p", "qty": 1}, {"sku": "q", "qty": 2}]
+    base = start({"lines": lines}, {"lines": "list"})
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.move(100, ("lines",), 1, 0)], [b.lset(150, ("lines",), 0, {"sku": "p", "qty": 5})])
+    assert got.body["lines"] == [{"sku": "q", "qty": 2}, {"sku": "p", "qty": 5}]
+
+
 def test_cr18_insert_and_move_to_one_position_later_stamp_first() -> None:
     base = start({"l": ["a", "b", "c"]}, {"l": "list"})
     a, b = Writer("A", base), Writer("B", base)
     got = converge(base, [a.append(100, ("l",), "x")], _move(b, 200, ("l",), 0, 2))
     assert got.body["l"] == ["b", "c", "a", "x"]
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.append(100, ("l",), "x")], [b.move(200, ("l",), 0, 2)])
+    assert got.body["l"] == ["b", "c", "a", "x"]
+    a, b = Writer("A", base), Writer("B", base)
+    got = converge(base, [a.append(300, ("l",), "x")], [b.move(200, ("l",), 0, 2)])
+    assert got.body["l"] == ["b", "c", "x", "a"]
 
 
 def test_cr19_clear_wins_over_concurrent_element_operations() -> None:

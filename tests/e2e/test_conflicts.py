@@ -154,3 +154,33 @@ def test_conflicts_are_listed_by_the_api_and_the_cli(tmp_path):
                          cwd=ROOT, capture_output=True, text=True, timeout=60, check=True)
     rows = json.loads(out.stdout)
     assert rows[0]["path"] == "title" and rows[0]["winner"] == "two"
+
+
+def test_concurrent_list_moves_merge_as_device_sync_did(tmp_path):
+    with running_server(tmp_path / "s") as server:
+        a, b, pk = _offline_pair(server, tmp_path)
+        try:
+            with a.write():
+                a.get(WorkOrder, pk).tags.extend(["b", "c", "d"])
+            a.sync_session.resume()
+            b.sync_session.resume()
+            _sync_all(a, b)
+            assert list(b.get(WorkOrder, pk).tags) == ["a", "b", "c", "d"]
+            a.sync_session.pause()
+            b.sync_session.pause()
+            wa, wb = a.get(WorkOrder, pk), b.get(WorkOrder, pk)
+            with a.write():
+                wa.tags.move(0, 1)                   # earlier move of "a": loses (CR-16)
+                wa.tags[3] = "D"                     # an edit of "d": follows B's move (CR-15)
+            with b.write():
+                wb.tags.move(0, 3)                   # later move of "a": wins
+                wb.tags.move(2, 0)                   # "d" to the head
+            _sync_all(b, a)                          # the server gets the winner first
+            for db in (a, b):
+                assert list(db.get(WorkOrder, pk).tags) == ["D", "b", "c", "a"]
+            conflicts = server.app.state.tidesync.backend.conflicts()
+            assert any(c["path"].startswith("tags.") and c["rule"] == "lww" and c["winner"] == "a"
+                       for c in conflicts), conflicts
+        finally:
+            a.close()
+            b.close()

@@ -1,7 +1,7 @@
 """A seeded simulation over a real server and real clients on 127.0.0.1.
 
 3 to 5 clients, each behind its own :class:`~tests.helpers.proxy.ChaosProxy`, do random
-writes to shared documents of one partition (creates, field sets, deletes, list inserts and
+writes to shared documents of one partition (creates, field sets, deletes, list inserts, moves and
 erases, set adds and removes, dictionary puts and deletes, counter increments) while the
 simulation pauses and resumes their sessions, takes their network away, cuts their
 connections mid-upload and mid-download (mid-frame: the proxy counts bytes), closes their
@@ -46,7 +46,7 @@ import tidesync
 from tests.helpers.proxy import ChaosProxy
 from tests.helpers.servers import free_port
 from tidesync.core.operations import (
-    CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, SetAdd, SetRemove, SetValue,
+    CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListMove, SetAdd, SetRemove, SetValue,
 )
 from tidesync.core.transaction import Transaction
 from tidesync.server import RunningServer, ServerConfig, start_server
@@ -166,6 +166,8 @@ def expected_state(txns: list[Transaction], partition: str) -> dict[tuple[str, s
                 inserted.setdefault((op.key, op.path[0]), {})[op.elem] = op.value
             elif isinstance(op, ListErase):
                 erased.setdefault((op.key, op.path[0]), set()).add(op.elem)
+            elif isinstance(op, ListMove):
+                continue          # the element stays itself: the inserted-and-not-erased multiset holds
             elif isinstance(op, (SetAdd, SetRemove)):
                 lww(set_members, (op.key, op.path[0], json.dumps(op.value)), (op.stamp, isinstance(op, SetAdd)))
             elif isinstance(op, (DictPut, DictDel)):
@@ -260,9 +262,9 @@ class Simulation:
         with db.write():
             for _ in range(rng.randint(1, 3)):
                 kind = rng.choices(
-                    ["doc_field", "list_insert", "list_erase", "set", "dict", "counter",
+                    ["doc_field", "list_insert", "list_erase", "list_move", "set", "dict", "counter",
                      "note_create", "note_set", "note_delete"],
-                    weights=[3, 3, 2, 2, 2, 3, 2, 2, 1])[0]
+                    weights=[3, 3, 2, 2, 2, 2, 3, 2, 2, 1])[0]
                 if kind.startswith("note"):
                     # Results run SQL on the committed file; db.get() sees this transaction's deletes.
                     committed = [json.loads(pk) for (pk,) in db._engine.query(
@@ -289,6 +291,10 @@ class Simulation:
                 elif kind == "list_erase":
                     if len(doc.tags):
                         del doc.tags[rng.randrange(len(doc.tags))]
+                elif kind == "list_move":
+                    # A move never adds or drops an element: the expected multiset stays.
+                    if len(doc.tags) > 1:
+                        doc.tags.move(rng.randrange(len(doc.tags)), rng.randrange(len(doc.tags)))
                 elif kind == "set":
                     value = rng.choice(LABELS)
                     if rng.random() < 0.6:
@@ -441,7 +447,8 @@ class Simulation:
             cids, crows = log_ids(c.db)
             assert crows == len(cids), f"client {c.index}'s log holds a transaction twice ({self.where()})"
 
-        # The state is what the merge rules make of all the writes.
+        # The state is what the merge rules make of all the writes (moves among them).
+        assert any(isinstance(op, ListMove) for t in written for op in t.ops), "the run made no list moves"
         expected = expected_state(written, "sim")
         got = {k: normalized(v) for k, v in server_state.items()}
         assert set(got) == set(expected), (

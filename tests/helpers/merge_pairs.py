@@ -22,6 +22,7 @@ from tidesync.core.merge import (
     integrate,
     integrate_all,
     list_element_ids,
+    list_positions,
     new_element_id,
     new_state,
 )
@@ -33,6 +34,7 @@ from tidesync.core.operations import (
     DictPut,
     ListErase,
     ListInsert,
+    ListMove,
     ListSet,
     Op,
     SetAdd,
@@ -103,7 +105,7 @@ class Writer:
                                      kind, s, value))  # type: ignore[arg-type]
 
     def insert(self, t: int, path: tuple[str, ...], index: int, value: Plain) -> Op:
-        ids = list_element_ids(self.state, path)
+        ids = list_positions(self.state, path)
         s = self._s(t)
         return self._do(ListInsert(COLL, self.key, s, self.base, path, epochs(self.state, path),
                                    new_element_id(s), ids[index - 1] if index else None, value))
@@ -114,6 +116,14 @@ class Writer:
     def lset(self, t: int, path: tuple[str, ...], index: int, value: Plain) -> Op:
         elem = list_element_ids(self.state, path)[index]
         return self._do(ListSet(COLL, self.key, self._s(t), self.base, path, epochs(self.state, path), elem, value))
+
+    def move(self, t: int, path: tuple[str, ...], index: int, to: int) -> Op:
+        """Realm's ``List.move(index, to)``: the element ends at index ``to``."""
+        elem = list_element_ids(self.state, path)[index]
+        rest = [p for j, p in enumerate(list_positions(self.state, path)) if j != index]
+        s = self._s(t)
+        return self._do(ListMove(COLL, self.key, s, self.base, path, epochs(self.state, path), elem,
+                                 new_element_id(s), rest[to - 1] if to else None))
 
     def erase(self, t: int, path: tuple[str, ...], index: int) -> Op:
         elem = list_element_ids(self.state, path)[index]

@@ -25,6 +25,7 @@ from tidesync.core.merge import (
     epochs,
     integrate,
     list_element_ids,
+    list_positions,
     new_element_id,
     new_state,
 )
@@ -36,6 +37,7 @@ from tidesync.core.operations import (
     DictPut,
     ListErase,
     ListInsert,
+    ListMove,
     ListSet,
     Op,
     SetAdd,
@@ -216,7 +218,7 @@ class SimReplica:
 
     def _list_insert(self, key: Plain, path: tuple[str, ...], out: list[Op]) -> None:
         s = self.state(key)
-        ids = list_element_ids(s, path)
+        ids = list_positions(s, path)
         i = self.rng.randint(0, len(ids))
         stamp = self._now()
         self._emit(ListInsert(COLLECTION, key, stamp, s.epoch, path, epochs(s, path), new_element_id(stamp),
@@ -237,9 +239,17 @@ class SimReplica:
         r = self.rng.random()
         if r < 0.5 or not ids:
             self._list_insert(key, path, out)
-        elif r < 0.75:
+        elif r < 0.7:
             self._emit(ListSet(COLLECTION, key, self._now(), s.epoch, path, epochs(s, path),
                                self.rng.choice(ids), self.rng.choice(WORDS).upper()), out)
+        elif r < 0.85:
+            # a move: the element to a place after another one (or the head)
+            i = self.rng.randrange(len(ids))
+            rest = [p for j, p in enumerate(list_positions(s, path)) if j != i]
+            k = self.rng.randint(0, len(rest))
+            stamp = self._now()
+            self._emit(ListMove(COLLECTION, key, stamp, s.epoch, path, epochs(s, path), ids[i],
+                                new_element_id(stamp), rest[k - 1] if k else None), out)
         else:
             self._emit(ListErase(COLLECTION, key, self._now(), s.epoch, path, epochs(s, path),
                                  self.rng.choice(ids)), out)

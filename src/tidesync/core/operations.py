@@ -41,6 +41,7 @@ __all__ = [
     "ListInsert",
     "ListSet",
     "ListErase",
+    "ListMove",
     "SetAdd",
     "SetRemove",
     "DictPut",
@@ -163,6 +164,25 @@ class ListErase(_Base):
 
 
 @dataclass(frozen=True, slots=True)
+class ListMove(_Base):
+    """Move element ``elem`` (the id its insert gave it) to a new position ``pos``, right
+    after position ``after`` (None: at the head).
+
+    ``pos`` is a fresh element id, made as an insert's is (larger than ``after``'s). Of
+    concurrent moves of one element the one with the larger ``pos`` (the later stamp) wins
+    (CR-16); an erase of the element wins over any move (CR-17); a set of the element follows
+    it wherever it moved (CR-15). ``ListSet``, ``ListErase`` and later moves address the
+    element by ``elem``, inserts are anchored at positions (``pos`` once moved).
+    """
+
+    path: Path
+    epochs: tuple[Stamp, ...]
+    elem: str
+    pos: str
+    after: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class SetAdd(_Base):
     """Add ``value`` to the set at ``path`` (per member, the later of add and remove wins)."""
 
@@ -213,7 +233,7 @@ class CounterAdd(_Base):
 
 
 Op: TypeAlias = (
-    CreateDoc | DeleteDoc | SetValue | Unset | SetContainer | ListInsert | ListSet | ListErase
+    CreateDoc | DeleteDoc | SetValue | Unset | SetContainer | ListInsert | ListSet | ListErase | ListMove
     | SetAdd | SetRemove | DictPut | DictDel | CounterAdd
 )
 
@@ -227,6 +247,7 @@ _WIRE: dict[str, tuple[type[Any], tuple[str, ...]]] = {
     "I": (ListInsert, ("path", "epochs", "elem", "after", "value")),
     "L": (ListSet, ("path", "epochs", "elem", "value")),
     "E": (ListErase, ("path", "epochs", "elem")),
+    "M": (ListMove, ("path", "epochs", "elem", "pos", "after")),
     "A": (SetAdd, ("path", "epochs", "value")),
     "R": (SetRemove, ("path", "epochs", "value")),
     "P": (DictPut, ("path", "epochs", "dkey", "value")),
@@ -324,7 +345,7 @@ def op_from_wire(data: Any) -> Op:
             if not isinstance(v, (list, tuple)) or not all(e == "" or is_stamp(e) for e in v):
                 raise ValueError("epochs must be a list of stamps")
             v = tuple(v)
-        elif name in ("elem",):
+        elif name in ("elem", "pos"):
             if not isinstance(v, str) or not v:
                 raise ValueError("element id must be a non-empty str")
         elif name == "after":
@@ -577,6 +598,6 @@ def updates_unstamped(ops: list[Any], stamps: list[Any]) -> tuple[Op, ...] | Non
 def _expected_epochs(op: Op) -> int | None:
     if isinstance(op, (SetValue, Unset, SetContainer, CounterAdd)):
         return len(op.path) - 1
-    if isinstance(op, (ListInsert, ListSet, ListErase, SetAdd, SetRemove, DictPut, DictDel)):
+    if isinstance(op, (ListInsert, ListSet, ListErase, ListMove, SetAdd, SetRemove, DictPut, DictDel)):
         return len(op.path)
     return None

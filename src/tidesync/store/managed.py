@@ -215,6 +215,39 @@ class ManagedList(_ManagedCollection, MutableSequence[Any]):
             raw = index
         txn.list_insert(d, self._path, self._type.element, raw, v)
 
+    def move(self, from_index: int, to_index: int) -> None:
+        """Move the element at ``from_index`` so that it ends at ``to_index`` (Realm's
+        ``List.move``). Unlike a remove and an insert, the element keeps its identity: an
+        edit of it made concurrently on another device follows it, two devices moving it at
+        once leave it where the later move put it, and a concurrent removal wins
+        (docs/merge-rules.md)."""
+        txn, d = self._binding.db._writable(self._binding)
+        items = self._items()
+        if self._is_links():
+            shown = [i for i, p in enumerate(items) if self._decode(p) is not None]
+        else:
+            shown = list(range(len(items)))
+        n = len(shown)
+        src, dst = (from_index + n if from_index < 0 else from_index), (to_index + n if to_index < 0 else to_index)
+        if not (0 <= src < n and 0 <= dst < n):
+            raise IndexError("list index out of range")
+        if src == dst:
+            return
+        rest = shown[:src] + shown[src + 1:]
+        txn.list_move(d, self._path, shown[src], rest[dst - 1] if dst > 0 else None)
+
+    def swap(self, index1: int, index2: int) -> None:
+        """Exchange the elements at two indexes (Realm's ``List.swap``): two moves."""
+        n = len(self._visible())
+        a, b = (index1 + n if index1 < 0 else index1), (index2 + n if index2 < 0 else index2)
+        if not (0 <= a < n and 0 <= b < n):
+            raise IndexError("list index out of range")
+        a, b = min(a, b), max(a, b)
+        if a == b:
+            return
+        self.move(b, a)
+        self.move(a + 1, b)
+
     def clear(self) -> None:
         txn, d = self._binding.db._writable(self._binding)
         txn.clear(d, self._path, "list")

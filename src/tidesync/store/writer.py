@@ -21,7 +21,7 @@ from ..core.merge.state import clone
 from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
-    CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListSet, Op,
+    CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListMove, ListSet, Op,
     SetAdd, SetContainer, SetRemove, SetValue, Unset, top_level_set,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
@@ -688,7 +688,7 @@ class WriteTransaction:
 
     def list_insert(self, d: LoadedDoc, path: tuple[str, ...], etype: FieldType, index: int, value: Any) -> None:
         """Insert at ``index`` of the visible list (Python ``list.insert`` semantics)."""
-        ids = merge.list_element_ids(d.state, path)
+        ids = merge.list_positions(d.state, path)
         n = len(ids)
         if index < 0:
             index = max(0, n + index)
@@ -701,6 +701,20 @@ class WriteTransaction:
         self._remember_before(d, path[0])
         self._apply(d, ListSet(d.collection, d.key, self.clock.now(), d.state.epoch, path,
                                merge.epochs(d.state, path), elem, value_to_plain(etype, value)))
+
+    def list_move(self, d: LoadedDoc, path: tuple[str, ...], index: int, after: int | None) -> None:
+        """Move the element at ``index`` of the stored list to right after the element now at
+        ``after`` (None: to the head). A move to where it already is writes nothing."""
+        ids = merge.list_element_ids(d.state, path)
+        positions = merge.list_positions(d.state, path)
+        elem = ids[index]  # IndexError as Python's list
+        anchor = positions[after] if after is not None else None
+        if anchor == (positions[index - 1] if index > 0 else None) or anchor == positions[index]:
+            return
+        self._remember_before(d, path[0])
+        stamp = self.clock.now()
+        self._apply(d, ListMove(d.collection, d.key, stamp, d.state.epoch, path, merge.epochs(d.state, path),
+                                elem, merge.new_element_id(stamp), anchor))
 
     def list_erase(self, d: LoadedDoc, path: tuple[str, ...], index: int) -> None:
         ids = merge.list_element_ids(d.state, path)

@@ -16,7 +16,7 @@ placeholders), :mod:`.sequence` (lists), :mod:`.collections` (sets, dictionaries
 from .canonical import canonical_meta, canonical_state, latest_stamp
 from .conflicts import Conflict
 from .create import compact_key, overlay_write
-from .document import container_kind, epochs, integrate, integrate_all, list_element_ids
+from .document import container_kind, epochs, integrate, integrate_all, list_element_ids, list_positions
 from .join import join
 from .policies import POLICY_NAMES, Policies, Policy, PolicyFunction, value_order_key
 from .state import DocState, new_element_id, new_state
@@ -29,6 +29,7 @@ __all__ = [
     "join",
     "epochs",
     "list_element_ids",
+    "list_positions",
     "container_kind",
     "new_element_id",
     "Conflict",

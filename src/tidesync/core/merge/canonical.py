@@ -77,6 +77,7 @@ def _node(node: Node, found: list[str]) -> None:
     elif kind == "list":
         found.extend(_elem(e) for e in node.get("o") or ())
         found.extend(_elem(e) for e in node.get("p") or ())
+        found.extend(_elem(e) for e in node.get("pm") or ())
         found.extend(_elem(e) for e in node.get("x") or ())
         found.extend(_elem(e) for e in node.get("q") or ())
         found.extend((node.get("s") or {}).values())

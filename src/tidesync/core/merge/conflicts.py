@@ -27,6 +27,7 @@ from ..operations import (
     DictPut,
     ListErase,
     ListInsert,
+    ListMove,
     ListSet,
     Op,
     SetAdd,
@@ -90,7 +91,7 @@ def op_value(op: Op) -> Plain:
         return op.amount
     if isinstance(op, CreateDoc):
         return op.fields
-    if isinstance(op, (Unset, ListErase, DictDel, DeleteDoc)):
+    if isinstance(op, (Unset, ListErase, ListMove, DictDel, DeleteDoc)):
         return None
     return None  # pragma: no cover - every operation is listed above
 

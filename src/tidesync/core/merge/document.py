@@ -32,6 +32,7 @@ from ..operations import (
     DictPut,
     ListErase,
     ListInsert,
+    ListMove,
     ListSet,
     Op,
     SetAdd,
@@ -47,13 +48,13 @@ from .counters import counter_add
 from .create import compact_kind, create_counter, create_general, expand, fast_create, validate_create
 from .policies import Policies
 from .registers import INSTALLED, SAME, UNSET, VALUE, child_node, slot_write
-from .sequence import list_erase, list_insert, list_set, visible_ids
+from .sequence import list_erase, list_insert, list_move, list_set, visible_ids, visible_positions
 from .state import CONTAINER_KINDS, DocState, Node, container_key, new_element_id, new_state, write_key
 
-__all__ = ["integrate", "integrate_all", "epochs", "list_element_ids", "container_kind", "resolve"]
+__all__ = ["integrate", "integrate_all", "epochs", "list_element_ids", "list_positions", "container_kind", "resolve"]
 
 _FIELD_OPS = (SetValue, Unset, SetContainer, CounterAdd)
-_LIST_OPS = (ListInsert, ListSet, ListErase)
+_LIST_OPS = (ListInsert, ListSet, ListErase, ListMove)
 _SET_OPS = (SetAdd, SetRemove)
 _DICT_OPS = (DictPut, DictDel)
 
@@ -152,6 +153,12 @@ def _validate(op: Op) -> None:
         if not isinstance(op.elem, str) or not op.elem or (op.after is not None and not op.elem > op.after):
             raise MergeError(f"list element id {op.elem!r} must be a non-empty string larger than its anchor {op.after!r}",
                              advice="mint element ids with new_element_id() from a fresh stamp")
+    elif isinstance(op, ListMove):
+        if not isinstance(op.pos, str) or not op.pos or not op.pos > op.elem or (
+                op.after is not None and not op.pos > op.after):
+            raise MergeError(f"list move position {op.pos!r} must be a non-empty string larger than the element "
+                             f"{op.elem!r} and its anchor {op.after!r}",
+                             advice="mint positions with new_element_id() from a fresh stamp")
     elif isinstance(op, SetContainer):
         if op.kind not in CONTAINER_KINDS:
             raise MergeError(f"unknown container kind {op.kind!r}")
@@ -206,6 +213,8 @@ def _apply(ctx: Context, state: DocState, op: Op) -> None:
             list_insert(ctx, node, lbody, op.path, op.elem, op.after, op.value)
         elif isinstance(op, ListSet):
             list_set(ctx, node, lbody, op.path, op.elem, op.stamp, op.value)
+        elif isinstance(op, ListMove):
+            list_move(ctx, node, lbody, op.path, op.elem, op.pos, op.after)
         else:
             list_erase(ctx, node, lbody, op.path, op.elem)
     elif isinstance(op, _SET_OPS):
@@ -314,11 +323,26 @@ def epochs(state: DocState, path: tuple[str, ...]) -> tuple[Stamp, ...]:
 
 
 def list_element_ids(state: DocState, path: tuple[str, ...]) -> list[str]:
-    """The ids of the visible elements of the list at ``path``, in order (index -> element id).
+    """The ids of the visible elements of the list at ``path``, in order (index -> element id):
+    what ``ListSet``, ``ListErase`` and ``ListMove`` address.
 
     Raises:
         ValueError: there is no list at ``path``.
     """
+    return _list_ids(state, path, visible_ids)
+
+
+def list_positions(state: DocState, path: tuple[str, ...]) -> list[str]:
+    """The positions of the visible elements of the list at ``path``, in order: what an
+    insert or a move after index ``i`` anchors at (the element id itself, unless it moved).
+
+    Raises:
+        ValueError: there is no list at ``path``.
+    """
+    return _list_ids(state, path, visible_positions)
+
+
+def _list_ids(state: DocState, path: tuple[str, ...], read: Any) -> list[str]:
     if container_kind(state, path) != "list":
         raise ValueError(f"{'.'.join(path)} is not a list")
     if "*" in state.meta:
@@ -328,4 +352,5 @@ def list_element_ids(state: DocState, path: tuple[str, ...]) -> list[str]:
         return [new_element_id(state.meta["*"], i) for i in range(len(value))]
     found = _node_at(state, path)
     assert found is not None
-    return visible_ids(found[0])
+    ids: list[str] = read(found[0])
+    return ids

@@ -26,7 +26,10 @@ want, so that a comparison of two keys is one string comparison:
 * List: ``{"k": "list", "e": epoch, "o": [element ids in order, erased ones included],
   "a": {id: anchor id or None}, "x": {erased id: 1}, "s": {id: stamp of the
   winning ListSet}, "p": {id: [anchor, value]} (inserts whose anchor has not arrived),
-  "q": {id: value} (ListSet values for elements that have not arrived)}``.
+  "q": {id: value} (ListSet values for elements that have not arrived)}``; a list that has
+  seen a move adds ``"r": {position: element id}`` (positions made by moves, in ``o`` and
+  ``a`` like element ids), ``"m": {element id: winning position}`` and ``"pm": {position:
+  [element id, anchor]}`` (moves whose anchor has not arrived); see :mod:`.sequence`.
 * Set: ``{"k": "set", "e": epoch, "a": {canonical json: add stamp}, "d": {canonical json:
   remove stamp}}`` (members present / removed).
 * Dictionary: ``{"k": "dict", "e": epoch, "r": {dkey: key}}`` (removed keys keep their key).

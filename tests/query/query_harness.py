@@ -15,6 +15,7 @@ from typing import Any
 from tidesync.core.schema import FieldSchema, FieldType, ObjectSchema, Schema
 from tidesync.core.values import canonical_json
 from tidesync.query import Query, compile_order, compile_sql, parse_query, to_predicate
+from tidesync.query.to_sql import SQL_FUNCTIONS
 
 
 def _field(name: str, kind: str, *, nullable: bool = False, element: FieldType | None = None,
@@ -73,6 +74,8 @@ class Store:
 
     def __init__(self) -> None:
         self.db = sqlite3.connect(":memory:")
+        for name, (nargs, function) in SQL_FUNCTIONS.items():   # as tidesync's engine does
+            self.db.create_function(name, nargs, function, deterministic=True)
         self.db.execute("CREATE TABLE documents (collection TEXT NOT NULL, pk TEXT NOT NULL, body TEXT NOT NULL, "
                         "live INTEGER NOT NULL DEFAULT 1, PRIMARY KEY (collection, pk))")
         self.bodies: dict[tuple[str, str], tuple[dict[str, Any], bool]] = {}

@@ -342,7 +342,8 @@ def _check_operand(right: object) -> None:
         raise QueryError(f"expected a Value or Param operand, got {right!r}")
 
 
-def _check_scalar(left: Path | Count | DictPart, op: str, value: Value, case_insensitive: bool) -> None:
+def _check_scalar(left: Path | Count | DictPart, op: str, value: Value, case_insensitive: bool,
+                  diacritic_insensitive: bool = False) -> None:
     if isinstance(value.plain, list):
         raise QueryError(f"a list can only be used with IN, not with {op!r}")
     fam = value.family
@@ -361,6 +362,8 @@ def _check_scalar(left: Path | Count | DictPart, op: str, value: Value, case_ins
         raise QueryError(f"{fam} values have no order: use == or != instead of {op!r}")
     if case_insensitive and fam != "string":
         raise QueryError("[c] (case-insensitive) needs a string to compare with")
+    if diacritic_insensitive and fam != "string":
+        raise QueryError("[d] (diacritic-insensitive) needs a string to compare with")
 
 
 # -- predicates --------------------------------------------------------------------------
@@ -368,13 +371,15 @@ def _check_scalar(left: Path | Count | DictPart, op: str, value: Value, case_ins
 
 @dataclass(frozen=True, slots=True)
 class Compare:
-    """``left op right``: ``==`` ``!=`` ``<`` ``<=`` ``>`` ``>=``; ``[c]`` folds ASCII case
-    (``==`` and ``!=`` on strings only)."""
+    """``left op right``: ``==`` ``!=`` ``<`` ``<=`` ``>`` ``>=``; ``[c]`` folds ASCII case,
+    ``[d]`` removes diacritics (:func:`~tidesync.query.semantics.fold_diacritics`); both
+    apply to ``==`` and ``!=`` on strings only."""
 
     op: CompareOp
     left: Path | Count | DictPart
     right: Value | Param
     case_insensitive: bool = False
+    diacritic_insensitive: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in COMPARE_OPS:
@@ -383,8 +388,10 @@ class Compare:
         _check_operand(self.right)
         if self.case_insensitive and (self.op not in ("==", "!=") or isinstance(self.left, Count)):
             raise QueryError(f"[c] (case-insensitive) only applies to == and != on strings, not {self.op!r}")
+        if self.diacritic_insensitive and (self.op not in ("==", "!=") or isinstance(self.left, Count)):
+            raise QueryError(f"[d] (diacritic-insensitive) only applies to == and != on strings, not {self.op!r}")
         if isinstance(self.right, Value):
-            _check_scalar(self.left, self.op, self.right, self.case_insensitive)
+            _check_scalar(self.left, self.op, self.right, self.case_insensitive, self.diacritic_insensitive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,12 +467,14 @@ class StringOp:
     """``left BEGINSWITH|ENDSWITH|CONTAINS|LIKE right``, optionally case-insensitive.
 
     LIKE: ``*`` matches any run of characters, ``?`` exactly one. Non-strings never match.
+    ``[c]`` folds ASCII case, ``[d]`` removes diacritics, of both sides.
     """
 
     op: StringOpName
     left: Path | DictPart
     right: Value | Param
     case_insensitive: bool = False
+    diacritic_insensitive: bool = False
 
     def __post_init__(self) -> None:
         if self.op not in STRING_OPS:
@@ -790,10 +799,16 @@ def _part_to_json(part: Any) -> Any:
 
 
 def node_to_json(node: Node) -> dict[str, Any]:
-    """A JSON-compatible dict describing ``node`` (see :func:`node_from_json`)."""
+    """A JSON-compatible dict describing ``node`` (see :func:`node_from_json`).
+
+    ``diacritic_insensitive`` is written only when set, so a query without ``[d]`` has the
+    form peers that predate it read."""
     out: dict[str, Any] = {"kind": _KIND_OF[type(node)]}
     for f in fields(node):
-        out[f.name] = _part_to_json(getattr(node, f.name))
+        value = getattr(node, f.name)
+        if f.name == "diacritic_insensitive" and not value:
+            continue
+        out[f.name] = _part_to_json(value)
     return out
 
 

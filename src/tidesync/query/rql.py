@@ -11,7 +11,7 @@ Grammar (keywords are case-insensitive)::
     not        := ("NOT" | "!") not | primary
     primary    := "(" or ")" | "TRUEPREDICATE" | "FALSEPREDICATE"
                 | [ "ANY" | "SOME" | "ALL" | "NONE" ] comparison
-    comparison := operand op ["[c]"] operand
+    comparison := operand op ["[c]" | "[d]" | "[cd]"] operand
                 | keypath "IN" ( "{" [value ("," value)*] "}" | $n )
                 | value "IN" keypath                   (the list field holds the value)
                 | keypath "BETWEEN" "{" value "," value "}"
@@ -155,10 +155,11 @@ class _Lexer:
             return _Token("at", word, pos)
         if ch == "[":
             m = re.compile(r"\[\s*(\w*)\s*\]").match(text, pos)
-            if not m or m.group(1).lower() != "c":
+            if not m or m.group(1).lower() not in ("c", "d", "cd", "dc"):
                 what = f"[{m.group(1)}]" if m else "'['"
-                raise self.error(f"unsupported modifier {what}: only [c] (case-insensitive) is supported", pos)
-            return _Token("modifier", m.group(0), pos)
+                raise self.error(f"unsupported modifier {what}: expected [c] (case-insensitive), [d] "
+                                 f"(diacritic-insensitive) or [cd]", pos)
+            return _Token("modifier", m.group(0), pos, m.group(1).lower())
         if ch.isdigit():
             m = _DATE_TIME.match(text, pos)
             if m:
@@ -441,23 +442,26 @@ class _Parser:
             return self.between_rest(left, op_token)
         if word in _STRING_OPS:
             self.next()
-            ci = self.modifier()
+            ci, di = self.modifier()
             right = self.operand("a string after " + op_token.text.upper())
             if not isinstance(left, (Path, DictPart)) or isinstance(right, _KEYPATHS):
                 raise self.error(f"{op_token.text.upper()} needs a key path on its left and a string "
                                  f"on its right", start)
             string_op, subject, needle = _STRING_OPS[word], left, right
-            return self.build(op_token, lambda: StringOp(string_op, subject, needle, ci))
+            return self.build(op_token, lambda: StringOp(string_op, subject, needle, ci, di))
         if op_token.kind == "op" and op_token.text in _COMPARE:
             self.next()
             op = _COMPARE[op_token.text]
-            ci = self.modifier()
+            ci, di = self.modifier()
             right = self.operand(f"a value after {op_token.text!r}")
             if isinstance(left, _KEYPATHS) and isinstance(right, _KEYPATHS):
                 if not isinstance(left, Path) or not isinstance(right, Path):
                     counted = right if isinstance(left, Path) else left
                     raise self.error(f"{counted} can only be compared with a value, not with another key path",
                                      start)
+                if di:
+                    raise self.error("[d] (diacritic-insensitive) compares a field with a string, not two fields",
+                                     op_token)
                 fields_left, fields_right, fields_op = left, right, op
                 return self.build(op_token, lambda: CompareFields(fields_op, fields_left, fields_right, ci))
             if not isinstance(left, _KEYPATHS):
@@ -466,15 +470,16 @@ class _Parser:
                 left, right, op = right, left, _FLIP[op]
             assert isinstance(left, _KEYPATHS) and isinstance(right, (Value, Param))
             lhs, rhs, cop = left, right, op
-            return self.build(op_token, lambda: Compare(cop, lhs, rhs, ci))
+            return self.build(op_token, lambda: Compare(cop, lhs, rhs, ci, di))
         raise self.expected("a comparison operator (==, !=, <, <=, >, >=, BEGINSWITH, ENDSWITH, "
                             "CONTAINS, LIKE, IN or BETWEEN)", f"{start.text!r}")
 
-    def modifier(self) -> bool:
+    def modifier(self) -> tuple[bool, bool]:
+        """``[c]``, ``[d]`` or ``[cd]`` after an operator: (case-, diacritic-insensitive)."""
         if self.peek.kind == "modifier":
-            self.next()
-            return True
-        return False
+            flags = self.next().value
+            return "c" in flags, "d" in flags
+        return False, False
 
     def in_rest(self, start: _Token, left: Path | Count | DictPart | Value | Param, op_token: _Token) -> Compare | In:
         if not isinstance(left, _KEYPATHS):
@@ -677,6 +682,11 @@ def _format_name(name: str) -> str:
     return name
 
 
+def _modifier(case_insensitive: bool, diacritic_insensitive: bool) -> str:
+    flags = ("c" if case_insensitive else "") + ("d" if diacritic_insensitive else "")
+    return f"[{flags}]" if flags else ""
+
+
 class _Formatter:
     def __init__(self) -> None:
         self.args: list[Any] = []
@@ -752,13 +762,13 @@ class _Formatter:
         if isinstance(node, Quantified):
             return f"{node.quantifier.upper()} {self.node(node.predicate)}"
         if isinstance(node, Compare):
-            ci = "[c]" if node.case_insensitive else ""
+            ci = _modifier(node.case_insensitive, node.diacritic_insensitive)
             return f"{self.path(node.left)} {node.op}{ci} {self.operand(node.right)}"
         if isinstance(node, CompareFields):
             ci = "[c]" if node.case_insensitive else ""
             return f"{self.path(node.left)} {node.op}{ci} {self.path(node.right)}"
         if isinstance(node, StringOp):
-            ci = "[c]" if node.case_insensitive else ""
+            ci = _modifier(node.case_insensitive, node.diacritic_insensitive)
             return f"{self.path(node.left)} {node.op.upper()}{ci} {self.operand(node.right)}"
         if isinstance(node, In):
             if isinstance(node.values, Param):

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final
@@ -48,6 +49,9 @@ __all__ = [
     "string_test",
     "size_of",
     "fold_ascii",
+    "fold_diacritics",
+    "fold_text",
+    "unaccent_sql",
     "like_regex",
 ]
 
@@ -170,10 +174,38 @@ def fold_ascii(text: str) -> str:
     return text.translate(_ASCII_FOLD)
 
 
-def compare(stored: Any, op: str, arg: Plain, case_insensitive: bool = False) -> bool:
+_NO_DECOMPOSITION: Final = str.maketrans("øØłŁđĐħĦı", "oOlLdDhHi")
+
+
+def fold_diacritics(text: str) -> str:
+    """Remove diacritics (RQL's ``[d]``): the text in Unicode compatibility decomposition
+    (NFKD) without its combining marks, and the letters with a stroke that do not decompose
+    (ø ł đ ħ ı) as their base letter: ``"Crème brûlée"`` → ``"Creme brulee"``. The device's
+    and the server's SQL call it too (as ``tidesync_unaccent``, registered on every
+    connection tidesync opens), so both sides fold alike."""
+    if text.isascii():
+        return text
+    decomposed = unicodedata.normalize("NFKD", text.translate(_NO_DECOMPOSITION))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def unaccent_sql(value: Any) -> Any:
+    """``tidesync_unaccent(x)`` in SQL: :func:`fold_diacritics` of a text, NULL otherwise."""
+    return fold_diacritics(value) if isinstance(value, str) else None
+
+
+def fold_text(text: str, case_insensitive: bool, diacritic_insensitive: bool) -> str:
+    """The text as ``[c]`` / ``[d]`` / ``[cd]`` compare it."""
+    if diacritic_insensitive:
+        text = fold_diacritics(text)
+    return fold_ascii(text) if case_insensitive else text
+
+
+def compare(stored: Any, op: str, arg: Plain, case_insensitive: bool = False,
+            diacritic_insensitive: bool = False) -> bool:
     """Does the stored value ``stored`` (plain, or ``MISSING``) satisfy ``stored op arg``?"""
     if op == "!=":
-        return not compare(stored, "==", arg, case_insensitive)
+        return not compare(stored, "==", arg, case_insensitive, diacritic_insensitive)
     arg_family = family(arg)
     stored_family = family(stored)
     if arg_family != stored_family:
@@ -185,8 +217,9 @@ def compare(stored: Any, op: str, arg: Plain, case_insensitive: bool = False) ->
     if op != "==" and arg_family not in ORDERED_FAMILIES:
         return False
     left, right = _ordered_key(stored, arg_family), _ordered_key(arg, arg_family)
-    if case_insensitive and arg_family == "string":
-        left, right = fold_ascii(left), fold_ascii(right)
+    if (case_insensitive or diacritic_insensitive) and arg_family == "string":
+        left = fold_text(left, case_insensitive, diacritic_insensitive)
+        right = fold_text(right, case_insensitive, diacritic_insensitive)
     return _apply(left, op, right)
 
 
@@ -227,12 +260,14 @@ _STRING_TESTS: Final[dict[str, Callable[[str, str], bool]]] = {
     "beginswith": _starts, "endswith": _ends, "contains": _contains, "like": _like}
 
 
-def string_test(stored: Any, op: str, arg: str, case_insensitive: bool = False) -> bool:
+def string_test(stored: Any, op: str, arg: str, case_insensitive: bool = False,
+                diacritic_insensitive: bool = False) -> bool:
     """BEGINSWITH / ENDSWITH / CONTAINS / LIKE on a stored value; false unless it is a str."""
     if not isinstance(stored, str):
         return False
-    if case_insensitive:
-        stored, arg = fold_ascii(stored), fold_ascii(arg)
+    if case_insensitive or diacritic_insensitive:
+        stored = fold_text(stored, case_insensitive, diacritic_insensitive)
+        arg = fold_text(arg, case_insensitive, diacritic_insensitive)
     return _STRING_TESTS[op](stored, arg)
 
 

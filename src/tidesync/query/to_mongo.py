@@ -90,6 +90,9 @@ class _Translator:
 
     def element_ops(self, node: Compare | In | Between | StringOp) -> dict[str, Any]:
         """The operator document testing one value, e.g. ``{"$gte": 1, "$lte": 5}``."""
+        if isinstance(node, (Compare, StringOp)) and node.diacritic_insensitive:
+            # Only a collation folds diacritics in MongoDB, and a filter cannot carry one.
+            raise QueryError("[d] (diacritic-insensitive) cannot be translated to a MongoDB filter")
         if isinstance(node, Compare):
             value = bound_plain(node.right)
             if node.case_insensitive:

@@ -51,13 +51,13 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
         return lambda v: v is not MISSING
     if isinstance(node, StringOp):
         arg = _value(node.right)
-        op, ci = node.op, node.case_insensitive
-        return lambda v: string_test(v, op, arg, ci)
+        op, ci, di = node.op, node.case_insensitive, node.diacritic_insensitive
+        return lambda v: string_test(v, op, arg, ci, di)
     test: _Test
     if isinstance(node, Compare):
         arg = _value(node.right)
-        cop, ci = node.op, node.case_insensitive
-        if isinstance(arg, str) and not ci and cop in ("==", "!="):
+        cop, ci, di = node.op, node.case_insensitive, node.diacritic_insensitive
+        if isinstance(arg, str) and not ci and not di and cop in ("==", "!="):
             # What compare() concludes for a string argument, without its dispatch: only a
             # string stored value is of the same family, and strings compare as they are.
             # The server runs this per routed change and subscription.
@@ -70,7 +70,7 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
                     return not (isinstance(v, str) and v == text)
         else:
             def test(v: Any) -> bool:
-                return compare(v, cop, arg, ci)
+                return compare(v, cop, arg, ci, di)
     elif isinstance(node, In):
         options = _value(node.values)
         assert isinstance(options, list)

@@ -53,10 +53,17 @@ from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPa
                   Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
 from .paths import (LIST_KINDS, TAGGED_KINDS, Step, check_leaf, dict_member_kind, resolve, resolve_field_pair,
                     subquery_elements)
-from .semantics import MISSING, compare_numbers, family, fold_ascii, number_key
+from .semantics import MISSING, compare_numbers, family, fold_text, number_key, unaccent_sql
 from .to_predicate import leaf_test
 
-__all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression"]
+__all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression", "SQL_FUNCTIONS", "UNACCENT"]
+
+#: The SQL function ``[d]`` compiles to: :func:`~tidesync.query.semantics.fold_diacritics` of a
+#: text (NULL otherwise). Register every entry of :data:`SQL_FUNCTIONS` on a connection that
+#: runs compiled SQL (``conn.create_function(name, nargs, fn, deterministic=True)``); tidesync's
+#: engine does so on every connection it opens.
+UNACCENT: Final = "tidesync_unaccent"
+SQL_FUNCTIONS: Final[dict[str, tuple[int, Callable[..., Any]]]] = {UNACCENT: (1, unaccent_sql)}
 
 _BODY: Final = "documents.body"
 _IDENTIFIER: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -320,8 +327,8 @@ class _Compiler:
         if isinstance(node, Exists):
             return lambda base, path, kind: f"json_type({base}, {path.sql()}) IS NOT NULL"
         if isinstance(node, StringOp):
-            op, arg, ci = node.op, bound_plain(node.right), node.case_insensitive
-            return lambda base, path, kind: self.string_test(base, path, kind, op, arg, ci)
+            op, arg, ci, di = node.op, bound_plain(node.right), node.case_insensitive, node.diacritic_insensitive
+            return lambda base, path, kind: self.string_test(base, path, kind, op, arg, ci, di)
         if isinstance(node.left, SubqueryCount):
             subquery = node.left
             return self.number_leaf(node, lambda base, path, kind: self.subquery_count(base, path, subquery, last),
@@ -331,8 +338,8 @@ class _Compiler:
         if isinstance(node.left, Count):
             return self.count_leaf(node)
         if isinstance(node, Compare):
-            cop, value, ci = node.op, bound_plain(node.right), node.case_insensitive
-            return lambda base, path, kind: self.value_test(base, path, kind, cop, value, ci)
+            cop, value, ci, di = node.op, bound_plain(node.right), node.case_insensitive, node.diacritic_insensitive
+            return lambda base, path, kind: self.value_test(base, path, kind, cop, value, ci, di)
         if isinstance(node, In):
             options = bound_plain(node.values)
             return lambda base, path, kind: self.in_test(base, path, kind, options)
@@ -340,9 +347,10 @@ class _Compiler:
         return lambda base, path, kind: (f"({self.value_test(base, path, kind, '>=', low, False)} AND "
                                          f"{self.value_test(base, path, kind, '<=', high, False)})")
 
-    def value_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: Any, ci: bool) -> str:
+    def value_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: Any, ci: bool,
+                   di: bool = False) -> str:
         if op == "!=":
-            return f"NOT coalesce({self.value_test(base, path, kind, '==', arg, ci)}, 0)"
+            return f"NOT coalesce({self.value_test(base, path, kind, '==', arg, ci, di)}, 0)"
         fam = family(arg)
         value = _extract(base, path)
         json_type = f"json_type({base}, {path.sql()})"
@@ -355,8 +363,8 @@ class _Compiler:
             test = f"{value} = {self.param(1 if arg else 0)}"
             return test if kind == "bool" else f"({test} AND {json_type} IN ('true', 'false'))"
         if fam == "string":
-            if ci:
-                test = f"lower({value}) {sql_op} {self.param(fold_ascii(arg))}"
+            if ci or di:
+                test = f"{_folded(value, ci, di)} {sql_op} {self.param(fold_text(arg, ci, di))}"
             else:
                 test = f"{value} {sql_op} {self.param(arg)}"
             return test if kind == "str" else f"({test} AND {json_type} = 'text')"
@@ -426,10 +434,11 @@ class _Compiler:
             return parts[0] if len(parts) == 1 else "(" + " OR ".join(parts) + ")"
         return "(" + " OR ".join(self.value_test(base, path, kind, "==", o, False) for o in options) + ")"
 
-    def string_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: str, ci: bool) -> str:
+    def string_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: str, ci: bool,
+                    di: bool = False) -> str:
         value = _extract(base, path)
-        subject = f"lower({value})" if ci else value
-        needle = fold_ascii(arg) if ci else arg
+        subject = _folded(value, ci, di)
+        needle = fold_text(arg, ci, di)
         test: str | None
         if op == "like":
             # GLOB is case-sensitive and knows only * ? [ ; "[" is escaped as "[[]" so that
@@ -573,6 +582,13 @@ class _Compiler:
             return (f"(SELECT {rest} FROM documents AS {link} WHERE {link}.collection = {_text(step.target)} "
                     f"AND {link}.live = 1 AND {link}.pk = ({base} -> {child.sql()}))")
         return self.scalar(base, child, steps, i + 1, purpose, inline)
+
+
+def _folded(value: str, ci: bool, di: bool) -> str:
+    """A text expression as ``[c]`` / ``[d]`` compare it (``fold_text`` in SQL)."""
+    if di:
+        value = f"{UNACCENT}({value})"
+    return f"lower({value})" if ci else value
 
 
 def _field_key(steps: Sequence[Step], case_insensitive: bool, base: str = _BODY,

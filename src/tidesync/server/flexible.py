@@ -277,6 +277,7 @@ def _equality_of(node: Node) -> tuple[str, list[Any]] | None:
     """(top-level field, the plain values it must equal one of), from ``field == v``,
     ``field IN {...}`` or either inside an AND; None when there is none."""
     if isinstance(node, Compare) and node.op == "==" and not node.case_insensitive \
+            and not node.diacritic_insensitive \
             and isinstance(node.left, Path) and len(node.left.names) == 1 and isinstance(node.right, Value):
         return (node.left.names[0], [node.right.plain]) if node.right.plain is not None else None
     if isinstance(node, In) and isinstance(node.left, Path) and len(node.left.names) == 1 \

@@ -55,6 +55,7 @@ from ..errors import (
     StorageError,
     UsageError,
 )
+from ..query.to_sql import SQL_FUNCTIONS
 
 #: The oldest SQLite tidesync runs on: the ``->`` and ``->>`` JSON operators arrived in 3.38.
 MIN_SQLITE = (3, 38, 0)
@@ -334,6 +335,8 @@ class Engine:
             raise
 
     def _configure(self) -> None:
+        for name, (nargs, function) in SQL_FUNCTIONS.items():  # what compiled queries call ([d])
+            self._conn.create_function(name, nargs, function, deterministic=True)  # type: ignore[union-attr]
         if not self.readonly:
             # WAL is a property of the file; setting it needs write access.
             self._run("PRAGMA journal_mode = WAL").fetchall()

@@ -99,6 +99,17 @@ class Store:
         hit = self.bodies.get((collection, canonical_json(pk)))
         return hit[0] if hit is not None and hit[1] else None
 
+    def resolve_backlinks(self, origin: str, field: str, pk: Any) -> list[dict[str, Any]]:
+        """The live documents of ``origin`` whose link field ``field`` holds ``pk``."""
+        key = canonical_json(pk)
+        out = []
+        for body in self.live(origin):
+            held = body.get(field)
+            links = held if isinstance(held, list) else [held]
+            if any(canonical_json(v) == key for v in links if v is not None):
+                out.append(body)
+        return out
+
     def sql(self, query: Query | Any, collection: str = "Task", schema: Schema | None = None,
             order: list[tuple[str, bool]] | None = None) -> list[Any]:
         """``_id`` of each match, via the compiled SQL (sorted by ``_id`` unless ``order``)."""
@@ -112,7 +123,8 @@ class Store:
 
     def predicate(self, query: Query | Any, collection: str = "Task", schema: Schema | None = None) -> list[Any]:
         """``_id`` of each match, via the Python predicate."""
-        match = to_predicate(query, collection, schema, resolve_link=self.resolve_link)
+        match = to_predicate(query, collection, schema, resolve_link=self.resolve_link,
+                             resolve_backlinks=self.resolve_backlinks)
         return sorted((b["_id"] for b in self.live(collection) if match(b)), key=canonical_json)
 
     def both(self, text: str | Mapping[str, Any], *args: Any, collection: str = "Task",

@@ -350,7 +350,7 @@ def _query_of(results: Any, db: Any = None) -> tuple[str, Query]:
 
         for path, _ in query_paths(node):
             steps = resolve(collection, schema, path.names)
-            if any(step.is_link for step in steps[:-1]):
+            if steps[0].kind == "backlinks" or any(step.is_link for step in steps[:-1]):
                 raise UsageError(f"subscriptions cannot follow links ({path}): the server matches "
                                  "documents one at a time", advice="query a field of the document itself")
     return collection, Query(node, _describe(node))

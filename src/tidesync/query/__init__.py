@@ -21,7 +21,7 @@ from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, CompareFields, Co
 from .mongo_filter import parse_mongo
 from .rql import parse_rql, parse_rql_query, to_rql
 from .to_mongo import to_mongo
-from .to_predicate import LinkResolver, Predicate, to_predicate
+from .to_predicate import BacklinkResolver, LinkResolver, Predicate, to_predicate
 from .to_sql import compile_distinct, compile_order, compile_sql, index_expression
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "to_predicate",
     "to_mongo",
     "LinkResolver",
+    "BacklinkResolver",
     "Predicate",
     "bind",
     "node_to_json",

@@ -21,11 +21,14 @@ from ..errors import QueryError
 from .ast import Aggregate, Between, Compare, CompareFields, Count, DictPart, Exists, In, StringOp, SubqueryCount, bound_plain
 from .semantics import ORDERED_FAMILIES, family
 
-__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements",
+__all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements", "BACKLINKS", "backlink_sources",
            "dict_member_kind", "LIST_KINDS", "TAGGED_KINDS",
            "KIND_FAMILIES"]
 
 LIST_KINDS: Final = frozenset({"list", "set"})
+
+BACKLINKS: Final = "@links"
+"""The first name of a key path that starts at the objects linking to the queried one."""
 
 TAGGED_KINDS: Final = {"datetime": "$date", "objectid": "$oid", "uuid": "$uuid",
                        "bytes": "$binary", "decimal": "$decimal"}
@@ -59,8 +62,10 @@ class Step:
             ``mixed`` field).
         item_kind: the kind of each value the step yields after fanning out: the element
             kind of a list or set, else ``kind``.
-        target: the linked collection, for a link or a list/set of links.
+        target: the linked collection, for a link or a list/set of links; for ``@links``
+            (kind ``backlinks``) the collection whose objects link here (None: any).
         embedded: the embedded object type, for an embedded object or a list of them.
+        via: for ``@links``, the link field of ``target`` that points here.
     """
 
     name: str
@@ -68,6 +73,7 @@ class Step:
     item_kind: str | None = None
     target: str | None = None
     embedded: str | None = None
+    via: str | None = None
 
     @property
     def may_fan_out(self) -> bool:
@@ -102,6 +108,8 @@ def resolve(collection: str | None, schema: Schema | None, names: Sequence[str])
         QueryError: the collection is not in the schema, a name is not a field, or the path
             continues past a scalar field.
     """
+    if names and names[0] == BACKLINKS:
+        return _resolve_backlinks(collection, schema, names)
     if schema is None or collection is None:
         return tuple(Step(n, None) for n in names)
     current: ObjectSchema | None = schema.get(collection)
@@ -145,6 +153,50 @@ def resolve(collection: str | None, schema: Schema | None, names: Sequence[str])
             elif t.element.kind == "mixed":
                 unknown = True
     return tuple(steps)
+
+
+def _resolve_backlinks(collection: str | None, schema: Schema | None, names: Sequence[str]) -> tuple[Step, ...]:
+    """``@links`` (any object linking here), or ``@links.Origin.field`` and the key path after
+    it in ``Origin``: one ``backlinks`` step for the first names, then Origin's steps."""
+    if schema is None or collection is None:
+        raise QueryError(f"{'.'.join(names)}: @links needs the models' schema (which fields link where)")
+    me = schema.get(collection)
+    if me is None or me.embedded:
+        raise QueryError(f"{'.'.join(names)}: @links finds the objects linking to an object of a model, "
+                         f"not to {collection!r}")
+    if len(names) == 1:
+        return (Step(BACKLINKS, "backlinks", "link", None),)
+    if len(names) < 3:
+        raise QueryError(f"{'.'.join(names)}: write @links.Model.field (the model whose link field points "
+                         f"here), or @links.@count")
+    origin, via = names[1], names[2]
+    source = schema.get(origin)
+    if source is None or source.embedded:
+        raise QueryError(f"@links.{origin}: {origin!r} is not a model of the schema",
+                         advice="name one of: " + ", ".join(sorted(o.name for o in schema if not o.embedded)))
+    f = source.field(via)
+    t = f.type if f is not None else None
+    if t is not None and t.kind in LIST_KINDS:
+        t = t.element
+    if t is None or t.kind != "link" or t.target != collection:
+        raise QueryError(f"@links.{origin}.{via}: {origin}.{via} is not a link (or list of links) to {collection}")
+    return (Step(BACKLINKS, "backlinks", "link", origin, via=via), *resolve(origin, schema, names[3:]))
+
+
+def backlink_sources(schema: Schema, collection: str) -> list[tuple[str, str, bool]]:
+    """Every (model, field, is a list or set) whose links point at ``collection``: what
+    ``@links.@count`` counts."""
+    out = []
+    for obj in schema:
+        if obj.embedded:
+            continue
+        for f in obj.fields.values():
+            t, many = f.type, f.type.kind in LIST_KINDS
+            if many and t.element is not None:
+                t = t.element
+            if t.kind == "link" and t.target == collection:
+                out.append((obj.name, f.name, many))
+    return out
 
 
 def _target(schema: Schema, name: str | None) -> ObjectSchema:
@@ -206,8 +258,11 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
             raise QueryError(f"{path_text}: @{left.op} needs a list or set of int or float; {left.path} is {what} "
                              f"(decimals, dates and mixed values are not supported)")
         return
+    if last.kind == "backlinks" and not (isinstance(left, Count) and not isinstance(left, (Aggregate, SubqueryCount))):
+        raise QueryError(f"{path_text}: @links stands for objects; compare a field of them "
+                         f"(@links.Model.field.name == ...) or count them (.@count)")
     if isinstance(left, Count):
-        if last.kind not in (None, "mixed", "list", "set", "dict", "str"):
+        if last.kind not in (None, "mixed", "list", "set", "dict", "str", "backlinks"):
             raise QueryError(f"{path_text}: {left.path} is a {last.kind} field; @count needs a list, "
                              f"set, dictionary or string")
         return
@@ -307,7 +362,7 @@ def _check_aggregate_of(collection: str | None, schema: Schema | None, aggregate
     if schema is None or collection is None:
         return
     names = aggregate.path.names
-    steps = resolve(collection, schema, names + aggregate.of)[len(names):]
+    steps = resolve(collection, schema, names + aggregate.of)[-len(aggregate.of):]
     text = f"{aggregate}"
     step = _list_or_link_on_the_way(steps)
     if step is not None:

@@ -19,7 +19,7 @@ Grammar (keywords are case-insensitive)::
                 | "BEGINSWITH" | "ENDSWITH" | "CONTAINS" | "LIKE"
     operand    := keypath | value | subquery
     subquery   := "SUBQUERY" "(" keypath "," $var "," or ")" "." ("@count" | "@size")
-    keypath    := [$var "."] name ("." name)*
+    keypath    := ([$var "."] name | "@links" ["." name "." name]) ("." name)*
                   ["." ("@count" | "@size" | "@keys" | "@values" | ("@min" | "@max" | "@sum" | "@avg") ("." name)*)]
     value      := int | float | 'string' | "string" | true | false | nil | null
                 | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
@@ -54,6 +54,7 @@ from uuid import UUID
 from ..core.objectid import ObjectId
 from ..core.values import from_plain, micros_to_datetime
 from ..errors import QueryError
+from .paths import BACKLINKS
 from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DictPart, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
                   Query, Size, SortDescriptor, StringOp, StringOpName, SubqueryCount, TruePredicate, Value, MAX_DEPTH,
@@ -149,9 +150,9 @@ class _Lexer:
         if ch == "@":
             m = re.compile(r"@\w+").match(text, pos)
             word = m.group(0) if m else "@"
-            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg", "@keys", "@values"):
-                raise self.error(f"unsupported {word}: expected @count, @size, @min, @max, @sum, @avg, @keys or "
-                                 f"@values", pos)
+            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg", "@keys", "@values", "@links"):
+                raise self.error(f"unsupported {word}: expected @count, @size, @min, @max, @sum, @avg, @keys, "
+                                 f"@values or @links", pos)
             return _Token("at", word, pos)
         if ch == "[":
             m = re.compile(r"\[\s*(\w*)\s*\]").match(text, pos)
@@ -524,6 +525,8 @@ class _Parser:
             return self.subquery()
         if token.kind == "var":
             return self.element_keypath()
+        if token.kind == "at" and token.text.lower() == "@links" and not self.variables:
+            return self.keypath()
         if token.kind == "name" and token.keyword is None:
             if self.variables:
                 raise self.error(f"inside SUBQUERY, key paths start with its variable: "
@@ -583,11 +586,13 @@ class _Parser:
 
     def keypath(self) -> Path | Count | DictPart:
         first = self.next()
-        names = [first.text]
+        names = [first.text.lower() if first.kind == "at" else first.text]   # @links
         while self.at_punct("."):
             self.next()
             token = self.peek
             if token.kind == "at":
+                if token.text.lower() == "@links":
+                    raise self.error("@links starts a key path (@links.Model.field...)", token)
                 self.next()
                 path = self.build(first, lambda: Path(tuple(names)))
                 word = token.text.lower()
@@ -707,7 +712,9 @@ class _Formatter:
             return f"{self.path(left.path)}.@{left.op}" + "".join("." + _format_name(n) for n in left.of)
         if isinstance(left, Count):
             return f"{self.path(left.path)}.{'@size' if isinstance(left, Size) else '@count'}"
-        return self.prefix + ".".join(_format_name(n) for n in left.names)
+        names = left.names
+        head = [BACKLINKS] if names[0] == BACKLINKS else []
+        return self.prefix + ".".join(head + [_format_name(n) for n in names[len(head):]])
 
     def operand(self, operand: Value | Param) -> str:
         if isinstance(operand, Param):

@@ -36,7 +36,7 @@ from ..core.values import Plain, from_plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, Path, FalsePredicate, In, Node, Not, Or,
                   Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
-from .paths import Step, check_leaf, resolve, subquery_elements
+from .paths import BACKLINKS, Step, check_leaf, resolve, subquery_elements
 
 __all__ = ["to_mongo"]
 
@@ -78,6 +78,9 @@ class _Translator:
         return self.leaf(node)
 
     def path(self, node: Compare | In | Between | StringOp | Exists, names: tuple[str, ...]) -> tuple[str, tuple[Step, ...]]:
+        if names[0] == BACKLINKS:
+            raise QueryError(f"{'.'.join(names)}: @links cannot be translated to a MongoDB filter (it would need a "
+                             f"$lookup)")
         steps = resolve(self.collection, self.schema, names)
         check_leaf(node, steps, self.collection, self.schema)
         if any(s.is_link for s in steps[:-1]):

@@ -13,7 +13,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from ..core.schema import Schema
@@ -22,14 +22,18 @@ from ..errors import QueryError
 from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, DictPart, Exists,
                   FalsePredicate,
                   In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate)
-from .paths import Step, check_leaf, dict_member_kind, resolve, resolve_field_pair, subquery_elements
+from .paths import Step, backlink_sources, check_leaf, dict_member_kind, resolve, resolve_field_pair, subquery_elements
 from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test, value_at
 
-__all__ = ["to_predicate", "LinkResolver", "Predicate", "leaf_test"]
+__all__ = ["to_predicate", "LinkResolver", "BacklinkResolver", "Predicate", "leaf_test"]
 
 LinkResolver: TypeAlias = Callable[[str, Plain], "Mapping[str, Any] | None"]
 """``resolve_link(collection, primary_key_plain)`` → the linked document's body, or
 ``None`` when it does not exist (or is deleted)."""
+
+BacklinkResolver: TypeAlias = Callable[[str, str, Plain], "Sequence[Mapping[str, Any]]"]
+"""``resolve_backlinks(origin, field, primary_key_plain)`` → the bodies of the live documents of
+``origin`` whose link field ``field`` (a link, or a list or set of links) holds that key."""
 
 Predicate: TypeAlias = Callable[[Mapping[str, Any]], bool]
 _Test: TypeAlias = Callable[[Any], bool]
@@ -128,20 +132,44 @@ def _child(current: Any, name: str) -> Any:
 
 class _Evaluator:
     def __init__(self, collection: str | None, schema: Schema | None,
-                 resolve_link: LinkResolver | None) -> None:
+                 resolve_link: LinkResolver | None, resolve_backlinks: BacklinkResolver | None = None) -> None:
         self.collection = collection
         self.schema = schema
         self.resolve_link = resolve_link
+        self.resolve_backlinks = resolve_backlinks
 
     def steps(self, names: tuple[str, ...]) -> tuple[Step, ...]:
         steps = resolve(self.collection, self.schema, names)
-        if self.resolve_link is None and any(s.is_link for s in steps[:-1]):
+        if steps[0].kind == "backlinks" and self.resolve_backlinks is None:
+            raise QueryError(f"{'.'.join(names)} finds the objects linking here: pass resolve_backlinks= "
+                             f"to to_predicate")
+        if self.resolve_link is None and any(s.is_link and s.kind != "backlinks" for s in steps[:-1]):
             raise QueryError(f"{'.'.join(names)} follows a link: pass resolve_link= to to_predicate")
         return steps
+
+    def linking(self, current: Any, step: Step) -> list[Any]:
+        """The documents whose links point at ``current`` (``@links``), as ``step`` names them."""
+        pk = current.get("_id", MISSING) if isinstance(current, Mapping) else MISSING
+        if pk is MISSING or self.resolve_backlinks is None:
+            return []
+        if step.target is not None and step.via is not None:
+            sources = [(step.target, step.via)]
+        else:
+            assert self.schema is not None and self.collection is not None
+            sources = [(origin, via) for origin, via, _ in backlink_sources(self.schema, self.collection)]
+        return [body for origin, via in sources for body in self.resolve_backlinks(origin, via, pk)]
 
     def values(self, current: Any, steps: tuple[Step, ...], i: int, fan_leaf: bool) -> Iterator[Any]:
         step = steps[i]
         last = i == len(steps) - 1
+        if step.kind == "backlinks":
+            linking = self.linking(current, step)
+            if last:
+                yield linking      # counted: the objects that link here
+            else:
+                for body in linking:
+                    yield from self.values(body, steps, i + 1, fan_leaf)
+            return
         value = _child(current, step.name)
         fan = step.may_fan_out and (fan_leaf or not last)
         if not fan:
@@ -195,9 +223,11 @@ class _Evaluator:
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
         check_leaf(node, steps, self.collection, self.schema)
+        if isinstance(node, Exists) and steps[0].kind == "backlinks":
+            raise QueryError("@links cannot be tested for existence: count it (@links...@count > 0)")
         element = self.subquery_element(path, steps[-1]) if isinstance(path, SubqueryCount) else None
         test = leaf_test(node, steps[-1].kind, element)
-        if len(steps) == 1:
+        if len(steps) == 1 and steps[0].kind != "backlinks":
             return _single_step(steps[0], fan_leaf, test)
         values = self.values
         return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
@@ -207,7 +237,7 @@ class _Evaluator:
         (a link is followed first; a missing or deleted document is no element)."""
         collection, link = subquery_elements(last)
         inner = _Evaluator(collection, self.schema if collection is not None else None,
-                           self.resolve_link).compile(subquery.predicate)
+                           self.resolve_link, self.resolve_backlinks).compile(subquery.predicate)
         if link is None:
             return inner
         if self.resolve_link is None:
@@ -274,7 +304,8 @@ class _Evaluator:
 
 
 def to_predicate(query: Query | Node, collection: str | None = None, schema: Schema | None = None,
-                 resolve_link: LinkResolver | None = None) -> Predicate:
+                 resolve_link: LinkResolver | None = None,
+                 resolve_backlinks: BacklinkResolver | None = None) -> Predicate:
     """Compile a query into ``match(body) -> bool`` over plain-form document bodies.
 
     Args:
@@ -285,10 +316,13 @@ def to_predicate(query: Query | Node, collection: str | None = None, schema: Sch
         resolve_link: ``(collection, pk_plain) -> body | None``; needed when a key path
             follows a link (``technician.name == 'Ann'``). Return ``None`` for a missing or
             deleted document.
+        resolve_backlinks: ``(origin, field, pk_plain) -> [body, ...]``; needed for key paths
+            that start with ``@links`` (the live documents of ``origin`` linking here by
+            ``field``).
 
     Raises:
         QueryError: an unknown field, a comparison that does not fit the field's type, an
             unbound ``$n``, or a link path without ``resolve_link``.
     """
     node = query.node if isinstance(query, Query) else query
-    return _Evaluator(collection, schema, resolve_link).compile(node)
+    return _Evaluator(collection, schema, resolve_link, resolve_backlinks).compile(node)

@@ -51,8 +51,8 @@ from ..core.schema import Schema
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, FalsePredicate, In, Node, Not, Or,
                   Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
-from .paths import (LIST_KINDS, TAGGED_KINDS, Step, check_leaf, dict_member_kind, resolve, resolve_field_pair,
-                    subquery_elements)
+from .paths import (LIST_KINDS, TAGGED_KINDS, Step, backlink_sources, check_leaf, dict_member_kind, resolve,
+                    resolve_field_pair, subquery_elements)
 from .semantics import MISSING, compare_numbers, family, fold_text, number_key, unaccent_sql
 from .to_predicate import leaf_test
 
@@ -244,7 +244,57 @@ class _Compiler:
         if isinstance(target, DictPart):
             leaf = self.members(target, dict_member_kind(target, steps, self.collection, self.schema), leaf)
             on_missing = False  # a missing dictionary has no members
+        if steps[0].kind == "backlinks":
+            return self.backlinks(node, steps, leaf, fan_leaf, on_missing)
         return self.walk(*self.root, steps, 0, leaf, fan_leaf, on_missing)
+
+    def backlinks(self, node: Compare | In | Between | StringOp | Exists, steps: Sequence[Step], leaf: _Leaf,
+                  fan_leaf: bool, on_missing: bool) -> str:
+        """``@links.Origin.field...``: the test holds for some object of Origin whose ``field``
+        links to this document; ``...@count``: how many such objects (``@links.@count``: of
+        every model and link field pointing here)."""
+        base, path = self.root
+        if not base.endswith(".body") or path != _JPath():
+            raise QueryError("@links finds the objects linking to the queried object, not to an embedded object")
+        me = base[: -len(".body")] + ".pk"
+        first = steps[0]
+        if isinstance(node, Exists):
+            raise QueryError("@links cannot be tested for existence: count it (@links...@count > 0)")
+        if len(steps) == 1:  # @links...@count: the leaf gets the number of linking objects
+            sources: list[tuple[str, str, bool | None]] = []
+            if first.target is not None and first.via is not None:
+                sources.append((first.target, first.via, None))
+            elif self.schema is not None and self.collection is not None:
+                sources.extend(backlink_sources(self.schema, self.collection))
+            terms = [self.linking(origin, via, many, me) for origin, via, many in sources]
+            counts = " + ".join(f"(SELECT count(*) FROM documents AS {b} WHERE {match})" for b, match in terms)
+            value = f"({counts})" if counts else "0"
+            assert not isinstance(node, StringOp)   # check_leaf let a count through only
+            count_leaf = self.number_leaf(node, lambda base, path, kind: value, self.size_test)
+            self.peak = max(self.peak, self.depth + _COST_HOP + self.leaf_cost)
+            return count_leaf(base, path, "backlinks")
+        assert first.target is not None and first.via is not None
+        b, match = self.linking(first.target, first.via, None, me)
+        with self.nested(_COST_HOP):
+            rest = self.walk(f"{b}.body", _JPath(), steps, 1, leaf, fan_leaf, on_missing)
+        return f"EXISTS (SELECT 1 FROM documents AS {b} WHERE {match} AND {rest})"
+
+    def linking(self, origin: str, via: str, many: bool | None, me: str) -> tuple[str, str]:
+        """An alias for ``documents`` and the condition that it is a live object of ``origin``
+        whose link field ``via`` (``many``: a list or set of links; None: look it up) holds
+        the primary key ``me``."""
+        if many is None:
+            field = self.schema[origin].field(via) if self.schema is not None else None
+            many = field is not None and field.type.kind in LIST_KINDS
+        b = self.alias("b")
+        at = _JPath().child(via)
+        if many:
+            e = self.alias("e")
+            holds = (f"EXISTS (SELECT 1 FROM json_each({b}.body, {at.sql()}) AS {e} "
+                     f"WHERE ({b}.body -> {e}.fullkey) = {me})")
+        else:
+            holds = f"({b}.body -> {at.sql()}) = {me}"
+        return b, f"{b}.collection = {self.param(origin)} AND {b}.live = 1 AND {holds}"
 
     def members(self, part: DictPart, member_kind: str | None, test: _Leaf) -> _Leaf:
         """The leaf at a dictionary for ``notes.@keys`` / ``@values``: some member passes

@@ -34,4 +34,5 @@ def test_the_tour_runs_as_written(tmp_path, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert "Fix pump" in out and "Fix pump Ann" in out
     assert "1 1" in out.splitlines()  # backlinks and the query with an object agree
+    assert "['pump', 'valve', 'urgent'] 998" in out.splitlines()   # a move; @links in a query
     assert os.path.exists(tmp_path / "synced.db") and os.path.exists(tmp_path / "secret.db")

@@ -146,8 +146,9 @@ def test_an_aggregate_of_a_property_round_trips_and_is_checked() -> None:
     s = Store()
     try:
         for text, says in [("visits.@sum.city > 1", "needs numbers; city is a str field"),
-                           ("scores.@sum.x > 1", "needs a list of embedded objects"),
-                           ("helpers.@sum.level > 1", "needs a list of embedded objects"),
+                           ("scores.@sum.x > 1", "needs a list of embedded objects or of links"),
+                           ("tags.@sum.level > 1", "needs a list of embedded objects or of links"),
+                           ("helpers.@sum.name > 1", "needs numbers; name is a str field"),
                            ("visits.@sum.nothing > 1", "no field 'nothing'")]:
             with pytest.raises(QueryError, match=says):
                 s.sql(parse_query(text), "Task", SCHEMA)
@@ -157,3 +158,34 @@ def test_an_aggregate_of_a_property_round_trips_and_is_checked() -> None:
         s.db.close()
     with pytest.raises(QueryError, match="ends a key path"):
         parse_query("visits.@count.hours > 1")
+
+
+LINKED = [
+    {"_id": 1, "helpers": ["ann", "bob"]},
+    {"_id": 2, "helpers": ["ann", "ann", "gone"]},   # a link twice counts twice; a dangling one has no number
+    {"_id": 3, "helpers": ["cy", "old"]},            # no number there; a deleted document
+    {"_id": 4},
+]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("helpers.@sum.level == 4", [1]),
+    ("helpers.@sum.level == 6", [2]),
+    ("helpers.@sum.level == 0", [3, 4]),
+    ("helpers.@avg.level == 3", [2]),
+    ("helpers.@max.level >= 3", [1, 2]),
+    ("helpers.@min.level == nil", [3, 4]),
+    ("helpers.@sum.level BETWEEN {4, 5}", [1]),
+])
+def test_an_aggregate_of_a_property_of_linked_documents(text: str, expected: list[int]) -> None:
+    s = Store()
+    try:
+        s.put_all("Technician", [{"_id": "ann", "name": "Ann", "level": 3}, {"_id": "bob", "name": "Bob", "level": 1},
+                                 {"_id": "cy", "name": "Cy", "level": "x"}])
+        s.put("Technician", {"_id": "old", "name": "Old", "level": 50}, live=False)
+        s.put_all("Task", LINKED)
+        assert s.both(text, schema=SCHEMA) == expected
+        with pytest.raises(QueryError, match="cannot be translated to a MongoDB filter"):
+            to_mongo(parse_query(text).node, "Task", SCHEMA)
+    finally:
+        s.db.close()

@@ -245,10 +245,11 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
                                     "(e.g. ANY scores BETWEEN {1, 3})")
         return
     if isinstance(left, Aggregate) and left.of:
-        if last.kind not in (None, "mixed", "list") or last.item_kind not in (None, "object"):
+        if last.kind not in (None, "mixed", "list", "set") or last.item_kind not in (None, "object", "link") \
+                or (last.kind == "set" and last.item_kind != "link"):
             what = f"a {last.kind}{' of ' + str(last.item_kind) if last.kind in ('list', 'set', 'dict') else ''} field"
-            raise QueryError(f"{path_text}: @{left.op} of a property needs a list of embedded objects; "
-                             f"{left.path} is {what}")
+            raise QueryError(f"{path_text}: @{left.op} of a property needs a list of embedded objects or of "
+                             f"links; {left.path} is {what}")
         _check_aggregate_of(collection, schema, left)
         return
     if isinstance(left, Aggregate):

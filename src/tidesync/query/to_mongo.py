@@ -145,6 +145,9 @@ class _Translator:
         list counts as empty: ``$sum`` 0, the others null), null never ordered."""
         path, steps = self.path(node, agg.path.names)
         self.refuse_inner_fan_out(steps, f"@{agg.op}")
+        if agg.of and steps[-1].item_kind == "link":
+            raise QueryError(f"{agg}: an aggregate of linked documents cannot be translated to a MongoDB filter "
+                             f"(it would need a $lookup)")
         # "$items.price" is the array of each element's price (elements without one left out)
         value = {"$" + agg.op: "$" + ".".join((path, *agg.of))}
 

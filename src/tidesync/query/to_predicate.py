@@ -226,11 +226,24 @@ class _Evaluator:
         if isinstance(node, Exists) and steps[0].kind == "backlinks":
             raise QueryError("@links cannot be tested for existence: count it (@links...@count > 0)")
         element = self.subquery_element(path, steps[-1]) if isinstance(path, SubqueryCount) else None
-        test = leaf_test(node, steps[-1].kind, element)
+        test = self.through_links(path, steps[-1], leaf_test(node, steps[-1].kind, element))
         if len(steps) == 1 and steps[0].kind != "backlinks":
             return _single_step(steps[0], fan_leaf, test)
         values = self.values
         return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
+
+    def through_links(self, left: Any, last: Step, test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+        """For ``helpers.@sum.level`` over a list of links: the test of the aggregate of the
+        linked documents (a missing or deleted one has no number), instead of the keys."""
+        if not (isinstance(left, Aggregate) and left.of and last.item_kind == "link"):
+            return test
+        if self.resolve_link is None:
+            raise QueryError(f"{left} reads linked documents: pass resolve_link= to to_predicate")
+        follow = self.follow
+
+        def linked(v: Any) -> bool:
+            return test([follow(last, pk) for pk in v] if isinstance(v, list) else v)
+        return linked
 
     def subquery_element(self, subquery: SubqueryCount, last: Step) -> Callable[[Any], bool]:
         """Whether one element of the list ``last`` reaches passes the SUBQUERY's predicate
@@ -294,7 +307,7 @@ class _Evaluator:
         steps = self.steps(names)
         check_leaf(pred, steps, self.collection, self.schema)
         element = self.subquery_element(pred.left, steps[-1]) if isinstance(pred.left, SubqueryCount) else None
-        test = leaf_test(pred, steps[-1].kind, element)
+        test = self.through_links(pred.left, steps[-1], leaf_test(pred, steps[-1].kind, element))
         values = self.values
         if node.quantifier == "any":
             return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))

@@ -384,7 +384,7 @@ class _Compiler:
             return self.number_leaf(node, lambda base, path, kind: self.subquery_count(base, path, subquery, last),
                                     self.size_test)
         if isinstance(node.left, Aggregate):
-            return self.aggregate_leaf(node, node.left.op)
+            return self.aggregate_leaf(node, node.left.op, last)
         if isinstance(node.left, Count):
             return self.count_leaf(node)
         if isinstance(node, Compare):
@@ -510,10 +510,12 @@ class _Compiler:
     def count_leaf(self, node: Compare | In | Between) -> _Leaf:
         return self.number_leaf(node, self.size, self.size_test)
 
-    def aggregate_leaf(self, node: Compare | In | Between, op: str) -> _Leaf:
+    def aggregate_leaf(self, node: Compare | In | Between, op: str, last: Step) -> _Leaf:
         assert isinstance(node.left, Aggregate)
         of = node.left.of
-        return self.number_leaf(node, lambda base, path, kind: self.aggregate(base, path, op, of), self.aggregate_test)
+        links = last.target if of and last.item_kind == "link" else None
+        return self.number_leaf(node, lambda base, path, kind: self.aggregate(base, path, op, of, links),
+                                self.aggregate_test)
 
     def number_leaf(self, node: Compare | In | Between, value_of: Callable[[str, _JPath, str | None], str],
                     test: Callable[[str, str, Any], str]) -> _Leaf:
@@ -529,11 +531,21 @@ class _Compiler:
             return f"({test(value, '>=', bound_plain(node.low))} AND {test(value, '<=', bound_plain(node.high))})"
         return leaf
 
-    def aggregate(self, base: str, path: _JPath, op: str, of: tuple[str, ...] = ()) -> str:
+    def aggregate(self, base: str, path: _JPath, op: str, of: tuple[str, ...] = (), links: str | None = None) -> str:
         """``@min`` ``@max`` ``@sum`` ``@avg`` of the numbers in a list, or (``of``) of the
-        numbers at that key path in its elements (semantics.aggregate)."""
+        numbers at that key path in its elements (semantics.aggregate); ``links``: the
+        elements are links to that collection, and ``of`` is read in the linked documents (a
+        missing or deleted one has no number)."""
         e = self.alias("e")
-        if of:
+        if links is not None:
+            linked = self.alias("l")
+            inner = _JPath().descend(of)
+            number = _extract(f"{linked}.body", inner)
+            rows = (f"FROM json_each({base}, {path.sql()}) AS {e} JOIN documents AS {linked} "
+                    f"ON {linked}.collection = {self.param(links)} AND {linked}.live = 1 "
+                    f"AND {linked}.pk = ({base} -> {e}.fullkey) "
+                    f"WHERE json_type({linked}.body, {inner.sql()}) IN ('integer', 'real')")
+        elif of:
             inner = _JPath(f"{e}.fullkey").descend(of)
             number = _extract(base, inner)
             rows = (f"FROM json_each({base}, {path.sql()}) AS {e} "

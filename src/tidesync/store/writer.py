@@ -168,7 +168,7 @@ class ColumnUpdate:
             olds = [MISSING_FIELD if t is None else next(decoded) for t in self.olds]
         coll = self.collection
         names = self.names
-        if all(len(n) == 1 for n in names):
+        if set(map(len, names)) == {1}:
             return [[coll, key, {n[0]: old}, False] for key, n, old in zip(self.keys, names, olds)]
         out: list[list[Any]] = []
         s = 0

@@ -17,8 +17,8 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import islice, repeat
-from operator import itemgetter
+from itertools import compress, islice, repeat
+from operator import attrgetter, is_not, itemgetter, methodcaller
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -164,6 +164,7 @@ _MISSING_JSON = _dumps(MISSING_FIELD)
 _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
 _DICT_ONLY = {dict}
 _STR_ONLY = {str}
+_DIRECT_TYPES = {str, int}  # bound as they are in json_set (not bool: its JSON is true/false)
 # Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
 # container kind at create, the create's defaults], the field's old value as JSON.
 _FAST_READ: dict[tuple[str, str, bool], str] = {}
@@ -705,26 +706,30 @@ class Database(ReplicaStore):
         values: list[Plain] = buf[2::3]
         collection = docs[0].collection
         # Runs of one document: where the document changes from the previous assignment.
-        starts = [0, *[i for i in range(1, n) if docs[i] is not docs[i - 1]]]
+        starts = [0, *compress(range(1, n), map(is_not, islice(docs, 1, None), docs))]
         pending = txn.pending
         if len(starts) != len(pending) or len(set(map(id, docs))) != len(starts):
             return  # a document's assignments not in one run, or a pending document without any
-        heads = [docs[i] for i in starts]
-        if not all([p.collection == collection and not p.flushed and not p.fields for p in heads]):
+        heads = docs if len(starts) == n else [docs[i] for i in starts]
+        if set(map(attrgetter("collection"), heads)) != {collection} or any(map(attrgetter("flushed"), heads)) or any(
+                map(attrgetter("fields"), heads)):
             return
         if len(starts) == n:  # one assignment per document: the common case
-            item_names: list[tuple[str, ...]] = [(name,) for name in names]
             single = len(set(names)) == 1
+            item_names: list[tuple[str, ...]] = [(names[0],)] * n if single else [(name,) for name in names]
         else:
             ends = [*starts[1:], n]
             item_names = [tuple(names[a:b]) for a, b in zip(starts, ends)]
             if not all([len(set(ns)) == len(ns) for ns in item_names]):
                 return  # a field assigned twice: two operations on one field
             single = False
-        direct = {name: True for name in names}
-        for name, v in zip(names, values):
-            if type(v) is not str and type(v) is not int:
-                direct[name] = False
+        if single:
+            direct = {names[0]: set(map(type, values)) <= _DIRECT_TYPES}
+        else:
+            direct = {name: True for name in names}
+            for name, v in zip(names, values):
+                if type(v) is not str and type(v) is not int:
+                    direct[name] = False
         olds = [p.before_json[name] for p, name in zip(docs, names)]
         txn.unstamped, txn.pending = [], {}
         if txn.unstamped_max:
@@ -734,16 +739,21 @@ class Database(ReplicaStore):
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
-        keys = [p.key for p in heads]
-        refs = [p.ref for p in heads]
-        epochs = [p.epoch for p in heads]
-        metas = [p.meta for p in heads]
-        rowids = [p.rowid for p in heads]
-        compact = all([len(m) == 42 and m.startswith('{"*":"') for m in metas])
+        keys = list(map(attrgetter("key"), heads))
+        refs = list(map(attrgetter("ref"), heads))
+        epochs = list(map(attrgetter("epoch"), heads))
+        metas = list(map(attrgetter("meta"), heads))
+        rowids = list(map(attrgetter("rowid"), heads))
+        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
         empty: list[Any] = []
-        wires = [["S", collection, p.key, st, p.epoch, [name], empty, v, False]  # op_to_wire's form
-                 for p, name, st, v in zip(docs, names, stamps, values)]
+        if single:
+            nl = [names[0]]
+            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
+                     for k, st, e, v in zip(keys, stamps, epochs, values)]
+        else:
+            wires = [["S", collection, p.key, st, p.epoch, [name], empty, v, False]
+                     for p, name, st, v in zip(docs, names, stamps, values)]
         txn.add_bulk(BulkCreates(0, n, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
                      [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import compress, islice, repeat
-from operator import attrgetter, is_not, itemgetter, methodcaller
+from operator import attrgetter, is_not, itemgetter, lt, methodcaller
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -1243,13 +1243,26 @@ class Database(ReplicaStore):
             return False
         width, n_items = len(names), len(items)
         cols = "".join([f""", d.body -> '$."{n}"'""" for n in names])
-        rows = self._engine.query(
-            "SELECT j.key, d.epoch, d.live, d.meta, d.rowid, CASE WHEN length(d.meta) = 42 AND "
-            f"""substr(d.meta, 1, 6) = '{{"*":"' THEN substr(d.meta, 7, 34) END{cols} FROM json_each(?) AS j """
-            "CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value", (_dumps(pks), collection))
-        # Every document found and live, the rows in the items' order (the join runs over them in order).
-        if len(rows) != n_items or [r[0] for r in rows] != list(range(n_items)) or not all([r[2] for r in rows]):
-            return False
+        facts = (f"d.epoch, d.live, d.meta, d.rowid, CASE WHEN length(d.meta) = 42 AND substr(d.meta, 1, 6) = "
+                 f"""'{{"*":"' THEN substr(d.meta, 7, 34) END{cols}""")
+        rows: list[tuple[Any, ...]] | None = None
+        if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
+            # Keys in order, and the n-th document of the collection from the first key is the
+            # last one: the chunk is a range of the key index, read as one (a seek per key costs more).
+            probe = self._engine.query("SELECT pk FROM documents WHERE collection = ? AND pk >= ? ORDER BY pk "
+                                       "LIMIT 1 OFFSET ?", (collection, pks[0], n_items - 1))
+            if probe and probe[0][0] == pks[-1]:
+                rows = self._engine.query(f"SELECT d.pk, {facts} FROM documents AS d WHERE d.collection = ? "
+                                          "AND d.pk >= ? AND d.pk <= ? ORDER BY d.pk", (collection, pks[0], pks[-1]))
+                # The range holds n documents: they are the items' own unless one of those is missing.
+                if list(map(itemgetter(0), rows)) != pks or not all(map(itemgetter(2), rows)):
+                    return False
+        if rows is None:
+            rows = self._engine.query(f"SELECT j.key, {facts} FROM json_each(?) AS j CROSS JOIN documents AS d "
+                                      "ON d.collection = ? AND d.pk = j.value", (_dumps(pks), collection))
+            # Every document found and live, the rows in the items' order (the join runs over them in order).
+            if len(rows) != n_items or [r[0] for r in rows] != list(range(n_items)) or not all([r[2] for r in rows]):
+                return False
         # The top stamp of each row's meta: read in SQL from the compact meta of a create, else parsed here.
         tops: list[str | None] = list(map(itemgetter(5), rows))
         parsed: dict[int, dict[str, Any]] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gc
 import json
-from math import isfinite
 import os
 import secrets
 import threading
@@ -18,6 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from itertools import compress, islice, repeat
+from math import isfinite
 from operator import attrgetter, is_not, itemgetter, lt, methodcaller
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
@@ -1298,7 +1298,8 @@ class Database(ReplicaStore):
             at = [i for i in range(n_items) if changed[i]]
         # As _fast_assign: the clock observes the latest write key the writes replace.
         if not parsed:
-            top_max = (max(tops) if len(at) == n_items else max([tops[i] for i in at])) if at else ""  # type: ignore[type-var]
+            tops_at = tops if len(at) == n_items else [tops[i] for i in at]
+            top_max = max(tops_at) if tops_at else ""  # type: ignore[type-var]
         else:
             top_max = ""
             for i in at:

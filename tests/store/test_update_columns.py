@@ -112,3 +112,46 @@ def test_a_write_of_columns_only_never_makes_pending_documents(tmp_path, monkeyp
             db.create_many(BulkNote, [{"_id": i, "priority": 4} for i in _ids(N)], update="modified")
         assert made[-1] == (2, 0, N - N // 5)  # items already at 4 change nothing
         assert db.get(BulkNote, "n00003").priority == 4
+
+
+def _range_scenario(db):
+    with db.write():
+        db.create_many(BulkNote, _items(300))
+    with db.write():
+        db.delete(db.get(BulkNote, "n00150"))
+    with db.write():
+        # a whole range of the key index (read as one range)
+        db.create_many(BulkNote, [{"_id": i, "priority": 4} for i in _ids(100)], update="modified")
+        # in order with other documents between them (a seek per key)
+        db.create_many(BulkNote, [{"_id": i, "priority": 3} for i in _ids(150)[100::2]], update="modified")
+        # a range holding as many documents as items, one item naming no document (created): n00258
+        # is in the range, n00257a is not in the file
+        db.create_many(BulkNote, [{"_id": i, "priority": 2, "title": "t"} for i in
+                                  [*_ids(258)[250:], "n00257a", "n00259"]], update="modified")
+        # a range with a deleted document among the items (it is created again)
+        db.create_many(BulkNote, [{"_id": i, "priority": 1, "title": "again"} for i in _ids(170)[150:170]],
+                       update="all")
+    return _state(db)
+
+
+def test_a_chunk_read_as_a_range_of_the_key_index_gives_the_general_paths_documents_and_log(tmp_path, monkeypatch):
+    from tidesync.store.engine import Engine
+    ranges = []
+    real = Engine.query
+
+    def query(self, sql, *a, **kw):
+        rows = real(self, sql, *a, **kw)
+        if "AND d.pk <= ?" in sql:
+            ranges.append(len(rows))
+        return rows
+    monkeypatch.setattr(Engine, "query", query)
+    with tidesync.open(tmp_path / "r.db", schema=[BulkNote]) as db:
+        fast = _range_scenario(db)
+    # the first chunk; the one with a missing key and the one with a deleted document (both then
+    # take the per-item path); not the one with other documents between its keys
+    assert ranges == [100, 10, 20]
+    monkeypatch.undo()
+    _general(monkeypatch)
+    with tidesync.open(tmp_path / "g.db", schema=[BulkNote]) as db:
+        general = _range_scenario(db)
+    assert _norm(_before_sorted(fast)) == _norm(_before_sorted(general))

@@ -16,7 +16,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from itertools import islice, repeat
+from itertools import compress, islice, repeat
+from math import isfinite
+from operator import attrgetter, is_not, itemgetter, lt, methodcaller
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -160,6 +162,9 @@ _dumps = compact_encoder()
 #: The JSON of MISSING_FIELD (an absent field's old value, decoded as it).
 _MISSING_JSON = _dumps(MISSING_FIELD)
 _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
+_DICT_ONLY = {dict}
+_STR_ONLY = {str}
+_DIRECT_TYPES = {str, int}  # bound as they are in json_set (not bool: its JSON is true/false)
 # Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
 # container kind at create, the create's defaults], the field's old value as JSON.
 _FAST_READ: dict[tuple[str, str, bool], str] = {}
@@ -680,8 +685,80 @@ class Database(ReplicaStore):
         if not txn.has_ops and not txn.unstamped:
             return None
         with _gc_paused():
+            self._pending_as_columns(txn)
             txn.stamp_pending()
             return self._commit_ops(txn, meta)
+
+    def _pending_as_columns(self, txn: WriteTransaction) -> None:
+        """At commit, a write that did nothing but fast-path assignments (a loop of ``obj.f =
+        v``) becomes one :class:`ColumnUpdate`, as a uniform ``create_many(..., update=...)``
+        chunk does: the same stamps, operations (packed at once, no ``SetValue`` objects),
+        before-images, rows and log entry as :meth:`WriteTransaction.stamp_pending` and
+        :meth:`_write_pending` give, without a pass per pending document for each. Only when
+        every document's assignments came one after the other, each field once, all of one
+        collection; anything else is left to the general commit."""
+        buf = txn.unstamped
+        if not buf or txn.ops or txn.docs or txn.bulk or txn.columns or txn._journal is not None:
+            return
+        n = len(buf) // 3
+        docs: list[PendingDoc] = buf[0::3]
+        names: list[str] = buf[1::3]
+        values: list[Plain] = buf[2::3]
+        collection = docs[0].collection
+        # Runs of one document: where the document changes from the previous assignment.
+        starts = [0, *compress(range(1, n), map(is_not, islice(docs, 1, None), docs))]
+        pending = txn.pending
+        if len(starts) != len(pending) or len(set(map(id, docs))) != len(starts):
+            return  # a document's assignments not in one run, or a pending document without any
+        heads = docs if len(starts) == n else [docs[i] for i in starts]
+        if set(map(attrgetter("collection"), heads)) != {collection} or any(map(attrgetter("flushed"), heads)) or any(
+                map(attrgetter("fields"), heads)):
+            return
+        if len(starts) == n:  # one assignment per document: the common case
+            single = len(set(names)) == 1
+            item_names: list[tuple[str, ...]] = [(names[0],)] * n if single else [(name,) for name in names]
+        else:
+            ends = [*starts[1:], n]
+            item_names = [tuple(names[a:b]) for a, b in zip(starts, ends)]
+            if not all([len(set(ns)) == len(ns) for ns in item_names]):
+                return  # a field assigned twice: two operations on one field
+            single = False
+        if single:
+            direct = {names[0]: set(map(type, values)) <= _DIRECT_TYPES}
+        else:
+            direct = {name: True for name in names}
+            for name, v in zip(names, values):
+                if type(v) is not str and type(v) is not int:
+                    direct[name] = False
+        olds = [p.before_json[name] for p, name in zip(docs, names)]
+        txn.unstamped, txn.pending = [], {}
+        if txn.unstamped_max:
+            self._clock.observe(Stamp(txn.unstamped_max))
+            txn.unstamped_max = ""
+        stamps: list[str] = list(self._clock.now_many(n))
+        if txn.bulk_seq == 0:
+            txn.bulk_seq = self._next_log_seq()
+        seq = txn.bulk_seq
+        keys = list(map(attrgetter("key"), heads))
+        refs = list(map(attrgetter("ref"), heads))
+        epochs = list(map(attrgetter("epoch"), heads))
+        metas = list(map(attrgetter("meta"), heads))
+        rowids = list(map(attrgetter("rowid"), heads))
+        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
+        empty: list[Any] = []
+        if single:
+            nl = [names[0]]
+            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
+                     for k, st, e, v in zip(keys, stamps, epochs, values)]
+        else:
+            wires = [["S", collection, p.key, st, p.epoch, [name], empty, v, False]
+                     for p, name, st, v in zip(docs, names, stamps, values)]
+        txn.add_bulk(BulkCreates(0, n, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
+                     [], collection)
+        txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,
+                                     seq))
+        txn.touched.update(zip(refs, zip(repeat(collection), keys)))
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
         first = Stamp(txn.first_stamp)
@@ -1124,24 +1201,27 @@ class Database(ReplicaStore):
         if type(first) is not dict or "_id" not in first:
             return False
         shape = first.keys()
-        if not shape <= lean.keys() or not all(type(it) is dict and it.keys() == shape for it in items):
+        # The checks below run over the whole chunk in C (map, set), no Python frame per item.
+        if not shape <= lean.keys() or set(map(type, items)) != _DICT_ONLY or not all(
+                map(shape.__eq__, map(dict.keys, items))):
             return False
         if lean["_id"][0].type.kind != "str":
             return False
-        ids = [it["_id"] for it in items]
-        if not all(type(v) is str for v in ids):
+        ids = list(map(itemgetter("_id"), items))
+        if set(map(type, ids)) != _STR_ONLY:
             return False
         names = sorted((n for n in shape if n != "_id"), key=lambda n: lean[n][1])
         columns: list[list[Any]] = []
         for n in names:
-            values = [it[n] for it in items]
+            values = list(map(itemgetter(n), items))
             kind = lean[n][0].type.kind
+            types = set(map(type, values))
             if kind in ("str", "bool"):
-                ok = all(type(v) is (str if kind == "str" else bool) for v in values)
+                ok = types == ({str} if kind == "str" else {bool})
             elif kind == "int":
-                ok = all(type(v) is int for v in values) and INT64_MIN <= min(values) and max(values) <= INT64_MAX
+                ok = types == {int} and INT64_MIN <= min(values) and max(values) <= INT64_MAX
             elif kind == "float":
-                ok = all(type(v) is float and v - v == 0.0 for v in values)
+                ok = types == {float} and all(map(isfinite, values))
             else:
                 ok = False
             if not ok:
@@ -1157,21 +1237,34 @@ class Database(ReplicaStore):
         collection = obj.name
         refs = [(collection, pk) for pk in pks]
         docs, pending, created = txn.docs, txn.pending, txn.bulk_refs
-        if (docs and any(r in docs for r in refs)) or (pending and any(r in pending for r in refs)) or (
-                created and any(r in created for r in refs)) or (
-                txn.column_refs and any(r in txn.column_refs for r in refs)):
+        if (docs and not docs.keys().isdisjoint(refs)) or (pending and not pending.keys().isdisjoint(refs)) or (
+                created and not created.isdisjoint(refs)) or (
+                txn.column_refs and not txn.column_refs.isdisjoint(refs)):
             return False
         width, n_items = len(names), len(items)
         cols = "".join([f""", d.body -> '$."{n}"'""" for n in names])
-        rows = self._engine.query(
-            "SELECT j.key, d.epoch, d.live, d.meta, d.rowid, CASE WHEN length(d.meta) = 42 AND "
-            f"""substr(d.meta, 1, 6) = '{{"*":"' THEN substr(d.meta, 7, 34) END{cols} FROM json_each(?) AS j """
-            "CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value", (_dumps(pks), collection))
-        # Every document found and live, the rows in the items' order (the join runs over them in order).
-        if len(rows) != n_items or [r[0] for r in rows] != list(range(n_items)) or not all([r[2] for r in rows]):
-            return False
+        facts = (f"d.epoch, d.live, d.meta, d.rowid, CASE WHEN length(d.meta) = 42 AND substr(d.meta, 1, 6) = "
+                 f"""'{{"*":"' THEN substr(d.meta, 7, 34) END{cols}""")
+        rows: list[tuple[Any, ...]] | None = None
+        if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
+            # Keys in order, and the n-th document of the collection from the first key is the
+            # last one: the chunk is a range of the key index, read as one (a seek per key costs more).
+            probe = self._engine.query("SELECT pk FROM documents WHERE collection = ? AND pk >= ? ORDER BY pk "
+                                       "LIMIT 1 OFFSET ?", (collection, pks[0], n_items - 1))
+            if probe and probe[0][0] == pks[-1]:
+                rows = self._engine.query(f"SELECT d.pk, {facts} FROM documents AS d WHERE d.collection = ? "
+                                          "AND d.pk >= ? AND d.pk <= ? ORDER BY d.pk", (collection, pks[0], pks[-1]))
+                # The range holds n documents: they are the items' own unless one of those is missing.
+                if list(map(itemgetter(0), rows)) != pks or not all(map(itemgetter(2), rows)):
+                    return False
+        if rows is None:
+            rows = self._engine.query(f"SELECT j.key, {facts} FROM json_each(?) AS j CROSS JOIN documents AS d "
+                                      "ON d.collection = ? AND d.pk = j.value", (_dumps(pks), collection))
+            # Every document found and live, the rows in the items' order (the join runs over them in order).
+            if len(rows) != n_items or [r[0] for r in rows] != list(range(n_items)) or not all([r[2] for r in rows]):
+                return False
         # The top stamp of each row's meta: read in SQL from the compact meta of a create, else parsed here.
-        tops: list[str | None] = [r[5] for r in rows]
+        tops: list[str | None] = list(map(itemgetter(5), rows))
         parsed: dict[int, dict[str, Any]] = {}
         if None in tops:
             for i, r in enumerate(rows):
@@ -1205,7 +1298,8 @@ class Database(ReplicaStore):
             at = [i for i in range(n_items) if changed[i]]
         # As _fast_assign: the clock observes the latest write key the writes replace.
         if not parsed:
-            top_max = max([tops[i] for i in at]) if at else ""  # type: ignore[type-var]
+            tops_at = tops if len(at) == n_items else [tops[i] for i in at]
+            top_max = max(tops_at) if tops_at else ""  # type: ignore[type-var]
         else:
             top_max = ""
             for i in at:
@@ -1239,13 +1333,16 @@ class Database(ReplicaStore):
         if width == 1:
             name = names[0]
             column = columns[0]
-            keys = [ids[i] for i in at]
-            crefs = [refs[i] for i in at]
-            rows_at = [rows[i] for i in at]
-            values = [column[i] for i in at]
-            olds = [r[6] for r in rows_at]
-            if decoded is not None:
-                decoded_at = [decoded[i] for i in at]
+            if len(at) == n_items:  # every item changes: the columns as they are
+                keys, crefs, rows_at, values, decoded_at = ids, refs, rows, column, decoded
+            else:
+                keys = [ids[i] for i in at]
+                crefs = [refs[i] for i in at]
+                rows_at = [rows[i] for i in at]
+                values = [column[i] for i in at]
+                if decoded is not None:
+                    decoded_at = [decoded[i] for i in at]
+            olds = list(map(itemgetter(6), rows_at))
             item_names: list[tuple[str, ...]] = [(name,)] * len(keys)
         else:
             keys, crefs, rows_at, item_names, olds, values = [], [], [], [], [], []
@@ -1258,9 +1355,9 @@ class Database(ReplicaStore):
                 item_names.append(tuple([names[j] for j in ch]))
                 olds.extend([r[6 + j] for j in ch])
                 values.extend([columns[j][i] for j in ch])
-        epochs = [r[1] for r in rows_at]
-        metas = [r[3] for r in rows_at]
-        rowids = [r[4] for r in rows_at]
+        epochs = list(map(itemgetter(1), rows_at))
+        metas = list(map(itemgetter(3), rows_at))
+        rowids = list(map(itemgetter(4), rows_at))
         direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
         if width == 1:

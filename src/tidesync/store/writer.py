@@ -116,7 +116,8 @@ class ColumnUpdate:
 
     Per document ``k`` (those with at least one write): ``keys[k]``, ``refs[k]``,
     ``epochs[k]``, ``metas[k]`` (the row's meta before, JSON text), ``rowids[k]`` and
-    ``names[k]`` (the fields written, model order). Per write, in operation order (a
+    ``names[k]`` (the fields written, in the order they were written: model order for
+    ``create_many``, assignment order for a loop committed as columns). Per write, in operation order (a
     document's writes one after the other): ``olds`` (the field before, JSON text, None when
     absent), ``stamps``, ``values``.
     """
@@ -168,7 +169,7 @@ class ColumnUpdate:
             olds = [MISSING_FIELD if t is None else next(decoded) for t in self.olds]
         coll = self.collection
         names = self.names
-        if all(len(n) == 1 for n in names):
+        if set(map(len, names)) == {1}:
             return [[coll, key, {n[0]: old}, False] for key, n, old in zip(self.keys, names, olds)]
         out: list[list[Any]] = []
         s = 0

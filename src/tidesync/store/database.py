@@ -39,7 +39,7 @@ from ..errors import (
     SchemaMismatchError, StorageError, UsageError, ValidationError,
 )
 from .checkpointer import Checkpointer
-from .engine import Engine
+from .engine import Engine, default_mmap_size
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
@@ -246,7 +246,8 @@ class Database(ReplicaStore):
         given = {cls.__name__: cls for cls in schema}
         for name in self.schema.objects:
             self._models[name] = given.get(name) or model_registry()[name]
-        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False, mmap_size=mmap_size)
+        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False,
+                              mmap_size=default_mmap_size() if mmap_size is None else mmap_size)
         self._lock = threading.RLock()
         self._txn: WriteTransaction | None = None
         self._txn_thread: int | None = None

@@ -33,6 +33,7 @@ import importlib
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from . import mapadvice
 from ..errors import (
     CorruptFileError,
     DatabaseClosedError,
@@ -92,10 +94,28 @@ CACHE_SIZE_KIB = 8192
 """Page cache per connection, in KiB (SQLite's default is 2 MiB)."""
 
 DEFAULT_MMAP_SIZE = 0
-"""Bytes of a plain (unencrypted) file read through a memory map (SQLite's ``mmap_size``) unless
-the caller asks otherwise: none. A map makes reads of pages already in the OS's file cache
-cheaper, and reads of pages that are not much dearer (each page fault reads ahead by the
-device's ``read_ahead_kb``); see docs/architecture.md, "Reading through a memory map"."""
+"""Bytes of a plain (unencrypted) file an :class:`Engine` reads through a memory map (SQLite's
+``mmap_size``) unless the caller asks otherwise: none. A database (``tidesync.open``) asks for
+:func:`default_mmap_size`; see docs/architecture.md, "Reading through a memory map"."""
+
+ADVISED_MMAP_SIZE = 1 << 30
+"""Bytes mapped by default where the map can be advised for random access (Linux)."""
+
+_ADVISE_RETRY = 0.02
+"""Seconds between two looks for a mapping SQLite has not made yet (see Engine._prime_map)."""
+
+_ADVISE_REFRESH = 1.0
+"""Seconds after which :meth:`Engine.data_version` advises the mapping again in any case."""
+
+
+def default_mmap_size() -> int:
+    """The ``mmap_size`` a database uses when the caller gives none: :data:`ADVISED_MMAP_SIZE`
+    where the engine can advise SQLite's mapping for random access (Linux, 64-bit), else 0.
+
+    Without that advice a page fault on a file the OS does not hold reads ahead by the device's
+    ``read_ahead_kb`` (megabytes for one 4 KiB page), which a map of a cold file cannot afford.
+    """
+    return ADVISED_MMAP_SIZE if sys.maxsize > 2 ** 32 and mapadvice.available() else 0
 
 _HKDF_INFO = b"tidesync/sqlcipher-raw-key/v1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -236,7 +256,8 @@ class Engine:
         check_same_thread: False lets other threads use the connection (serialize them yourself).
         mmap_size: read up to this many bytes of the file through a memory map instead of
             ``read()`` calls (None: :data:`DEFAULT_MMAP_SIZE`, no map). Encrypted files are
-            never mapped (SQLCipher must decrypt every page).
+            never mapped (SQLCipher must decrypt every page). Where it can (Linux), the engine
+            advises the map for random access (see :mod:`tidesync.store.mapadvice`).
 
     Raises:
         UsageError: the key is not 64 bytes, or ``mmap_size`` is not a whole number >= 0.
@@ -259,6 +280,22 @@ class Engine:
         self.mmap_size = 0 if self.encrypted else DEFAULT_MMAP_SIZE if mmap_size is None else mmap_size
         #: How many :meth:`unmapped` blocks are open.
         self._unmapped_depth = 0
+        #: Advises SQLite's mapping of the file for random access (None: no map, or no advice here).
+        self._advice: mapadvice.MapAdvice | None = None
+        #: SQLite may map the file at any statement now; look for the mapping before the next one
+        #: run at or after ``_advise_at`` (monotonic seconds).
+        self._advise_pending = False
+        self._advise_at = 0.0
+        self._advise_wait = _ADVISE_RETRY
+        #: When the mapping was last advised (monotonic seconds).
+        self._advised_at = 0.0
+        #: (statement, page offset, page size): a read of one small page that makes SQLite map
+        #: the file (see :meth:`_prime_map`); ("", 0, 0) when the file has no such page.
+        self._prime_target: tuple[str, int, int] | None = None
+        #: The value :meth:`data_version` returned last.
+        self._data_version = -1
+        #: The file's size at the last commit through this engine (bytes).
+        self._file_size = -1
         self._tracer = tracer
         self._owner = threading.get_ident()
         self._savepoints = 0
@@ -343,6 +380,70 @@ class Engine:
         self._run(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
         self._run("PRAGMA temp_store = MEMORY")
         self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
+        if self.mmap_size and mapadvice.available():
+            try:
+                self._advice = mapadvice.MapAdvice(self.path)
+            except OSError:
+                self._advice = None  # not a plain file on disk (nothing the kernel reads ahead)
+            self._prime_map()
+
+    def _prime_map(self) -> None:
+        """Make SQLite map the file now and advise the mapping for random access.
+
+        SQLite maps the file lazily, at the first read of a page from it (not page 1), and maps
+        it anew after another connection's commit or a change of ``mmap_size``; the kernel's
+        read-ahead on a fault applies from the first fault on. So the mapping is made here by
+        a read of one small page (the first table's root) that the OS was just made to hold
+        (one ``pread``), then advised before any other read faults through it. When that page
+        is in the WAL (no mapping made), the mapping is looked for again before a later
+        statement (``_advise_pending``).
+        """
+        advice = self._advice
+        conn = self._conn
+        if advice is None or conn is None:
+            return
+        try:
+            if self._prime_target is None:
+                rows = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table' AND "
+                                    "rootpage > 1 ORDER BY rootpage LIMIT 1").fetchall()
+                page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
+                self._prime_target = ((f"SELECT 1 FROM {self.quote_identifier(rows[0][0])} LIMIT 1",
+                                       (int(rows[0][1]) - 1) * page_size, page_size) if rows else ("", 0, 0))
+            sql, offset, size = self._prime_target
+            if sql:
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.pread(fd, size, offset)
+                finally:
+                    os.close(fd)
+                conn.execute(sql).fetchall()
+        except OSError:
+            pass  # only a missed chance: the mapping is looked for again before a later statement
+        except self._driver_errors:
+            pass  # only a missed chance: the mapping is looked for again before a later statement
+        self._advise_now()
+
+    def _advise_now(self) -> None:
+        """Advise the file's mappings; when there is none yet, look again a little later."""
+        assert self._advice is not None
+        now = time.monotonic()
+        self._advised_at = now
+        found = self._advice.apply()
+        # Looked for in vain: look again later, less often each time (up to once a second),
+        # so that a file SQLite never maps (its pages all in the WAL) costs next to nothing.
+        self._advise_wait = _ADVISE_RETRY if found or not self._advise_pending else min(2 * self._advise_wait, 1.0)
+        self._advise_pending = not found
+        try:
+            self._file_size = os.stat(self.path).st_size
+        except OSError:
+            pass
+        self._advise_at = now + self._advise_wait
+
+    def _advise_due(self) -> None:
+        """Before a statement while ``_advise_pending``: look for the mapping, at most every
+        :data:`_ADVISE_RETRY` seconds (a file SQLite never maps costs no more than that)."""
+        if time.monotonic() >= self._advise_at:
+            self._advise_now()
 
     # -- the door --------------------------------------------------------------------------
 
@@ -375,6 +476,8 @@ class Engine:
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
         with self._translated(sql):
             return Cursor(conn.executemany(sql, seq_of_params), self, sql)
 
@@ -392,6 +495,8 @@ class Engine:
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
         if self._tracer is not None:
             self._tracer(sql, params)
         try:
@@ -429,6 +534,8 @@ class Engine:
                 raise
             took, last = time.perf_counter() - begun, self.commit_seconds
             self.commit_seconds = took if last == math.inf else last + (took - last) * 0.2
+            if self._advice is not None:
+                self._after_commit()
             return
         self._savepoints += 1
         name = f"tidesync_sp{self._savepoints}"
@@ -519,6 +626,7 @@ class Engine:
             self._unmapped_depth -= 1
             if self._unmapped_depth == 0 and self._conn is not None:
                 self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
+                self._prime_map()
 
     def total_changes(self) -> int:
         """Rows changed through this connection since it opened (grows with every write)."""
@@ -534,7 +642,27 @@ class Engine:
         Commits made through this engine do not change it; compare two readings to learn whether
         someone else wrote in between.
         """
-        return int(self.query("PRAGMA data_version")[0][0])
+        version = int(self.query("PRAGMA data_version")[0][0])
+        if self._advice is not None and (version != self._data_version
+                                         or time.monotonic() - self._advised_at >= _ADVISE_REFRESH):
+            # Another connection's commit makes SQLite drop its mapping at the next read; the
+            # pragma's own read did that, so map and advise again now. (Also, every so often,
+            # in case SQLite replaced it for a reason not watched for.)
+            self._prime_map()
+        self._data_version = version
+        return version
+
+    def _after_commit(self) -> None:
+        """After a commit through this engine: a checkpoint that grew the file may have made
+        SQLite extend its mapping (a new mapping where ``mremap`` is not used): look again
+        before a later statement (at most every :data:`_ADVISE_RETRY` seconds)."""
+        try:
+            size = os.stat(self.path).st_size
+        except OSError:
+            return
+        if size != self._file_size:
+            self._file_size = size
+            self._advise_pending = True
 
     def close(self) -> None:
         """Close the connection (an open transaction is rolled back). Closing twice is fine."""
@@ -574,6 +702,8 @@ class Engine:
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
         if self._tracer is not None:
             self._tracer(trace_as or sql, params)
         try:

@@ -274,6 +274,9 @@ class Database(ReplicaStore):
         self._handed: tuple[int, dict[Ref, dict[str, Plain] | None]] | None = None
         self._seen_data_version = -1
         self._checked_at = 0.0
+        #: Collections whose first rows in the default order were read faster by a table scan
+        #: in rowid order than through the index on collection (see Results._first_rows).
+        self._collection_scans: set[str] = set()
         self._listeners: Any = None
         self._sync: Any = None
         self._on_remote_commit: Any = None

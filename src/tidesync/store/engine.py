@@ -104,6 +104,9 @@ ADVISED_MMAP_SIZE = 1 << 30
 _ADVISE_RETRY = 0.02
 """Seconds between two looks for a mapping SQLite has not made yet (see Engine._prime_map)."""
 
+_STEP_ROUND = 10_000
+"""SQLite virtual-machine steps between two looks at a :meth:`Engine.query_within` budget."""
+
 _ADVISE_REFRESH = 1.0
 """Seconds after which :meth:`Engine.data_version` advises the mapping again in any case."""
 
@@ -503,6 +506,36 @@ class Engine:
             return cast("list[Row]", conn.execute(sql, params).fetchall())
         except self._driver_errors as exc:
             raise _translate(exc, sql) from exc
+
+    def query_within(self, sql: str, params: Params, steps: int) -> list[Row] | None:
+        """:meth:`query`, given up once SQLite has run about ``steps`` steps of its virtual
+        machine (counted in rounds of :data:`_STEP_ROUND`): None then, and nothing changed (use it for reads
+        outside a transaction only). For trying a plan that is fast when it is fast at all
+        before a safe one."""
+        conn = self._open_connection()
+        if self._lowered:
+            self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
+        if self._tracer is not None:
+            self._tracer(sql, params)
+        rounds = max(1, steps // _STEP_ROUND)
+        spent = 0
+
+        def tick() -> bool:
+            nonlocal spent
+            spent += 1
+            return spent > rounds
+
+        conn.set_progress_handler(tick, _STEP_ROUND)
+        try:
+            return cast("list[Row]", conn.execute(sql, params).fetchall())
+        except self._driver_errors as exc:
+            if spent > rounds and _primary_code(exc) == _SQLITE_INTERRUPT:
+                return None
+            raise _translate(exc, sql) from exc
+        finally:
+            conn.set_progress_handler(None, 0)
 
     @contextmanager
     def atomic(self, *, immediate: bool = True) -> Iterator[None]:

@@ -122,3 +122,26 @@ def test_advice_finds_nothing_for_a_file_not_mapped(tmp_path):
         assert advice.apply() is True and advice.mapped_bytes == 8192
         assert m[0:1] == b"x"
         assert all("rr" in flags for flags in mappings(path))
+
+
+@advisable
+def test_a_large_result_read_a_page_at_a_time_looks_for_the_mapping_once_after_it(tmp_path, monkeypatch):
+    path = tmp_path / "m.db"
+    fill(path, 4_500)
+    with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
+        from tidesync.store import engine
+
+        monkeypatch.setattr(engine, "_ADVISE_REFRESH", 1e9)  # no look because a second went by
+        looks: list[int] = []
+        real = mapadvice.MapAdvice.apply
+        monkeypatch.setattr(mapadvice.MapAdvice, "apply", lambda self: looks.append(1) or real(self))
+        total = 0
+        for w in d.objects(WorkOrder):  # five pages, each read without the map
+            total += w.priority
+            if w.priority == 6:
+                time.sleep(0.0001)  # let the 2 ms data_version checks happen between pages
+        assert total == sum(i % 7 for i in range(4_500))
+        assert looks == []  # nothing read through the map since the blocks
+        assert [w.title for w in d.objects(WorkOrder).filter("title == 'w00010'")] == ["w00010"]
+        assert looks == [1]
+        assert all("rr" in flags for flags in mappings(path))

@@ -288,6 +288,9 @@ class Engine:
         #: SQLite may map the file at any statement now; look for the mapping before the next one
         #: run at or after ``_advise_at`` (monotonic seconds).
         self._advise_pending = False
+        #: An :meth:`unmapped` block ended (SQLite dropped its mapping) and no statement ran
+        #: since: map and advise again before the next one.
+        self._remap_due = False
         self._advise_at = 0.0
         self._advise_wait = _ADVISE_RETRY
         #: When the mapping was last advised (monotonic seconds).
@@ -405,6 +408,9 @@ class Engine:
         conn = self._conn
         if advice is None or conn is None:
             return
+        if self._unmapped_depth:
+            self._remap_due = self._advise_pending = True  # after the block
+            return
         try:
             if self._prime_target is None:
                 rows = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table' AND "
@@ -420,6 +426,8 @@ class Engine:
                 finally:
                     os.close(fd)
                 conn.execute(sql).fetchall()
+            # The mapping is SQLite's view as of now: another connection's later commit shows here.
+            self._data_version = int(conn.execute("PRAGMA data_version").fetchall()[0][0])
         except OSError:
             pass  # only a missed chance: the mapping is looked for again before a later statement
         except self._driver_errors:
@@ -443,9 +451,15 @@ class Engine:
         self._advise_at = now + self._advise_wait
 
     def _advise_due(self) -> None:
-        """Before a statement while ``_advise_pending``: look for the mapping, at most every
-        :data:`_ADVISE_RETRY` seconds (a file SQLite never maps costs no more than that)."""
-        if time.monotonic() >= self._advise_at:
+        """Before a statement while ``_advise_pending``: after an :meth:`unmapped` block, map
+        and advise the file again (:meth:`_prime_map`); else look for the mapping, at most
+        every :data:`_ADVISE_RETRY` seconds (a file SQLite never maps costs no more than that)."""
+        if self._unmapped_depth:
+            return  # no statement in the block reads through a map
+        if self._remap_due:
+            self._remap_due = False
+            self._prime_map()
+        elif time.monotonic() >= self._advise_at:
             self._advise_now()
 
     # -- the door --------------------------------------------------------------------------
@@ -651,6 +665,10 @@ class Engine:
             yield
             return
         if self._unmapped_depth == 0:
+            if self._remap_due:
+                # No statement ran since the last block: SQLite has no mapping now.
+                self._remap_due = False
+                self._advise_pending = False
             self._run("PRAGMA mmap_size = 0").fetchall()
         self._unmapped_depth += 1
         try:
@@ -659,7 +677,12 @@ class Engine:
             self._unmapped_depth -= 1
             if self._unmapped_depth == 0 and self._conn is not None:
                 self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
-                self._prime_map()
+                if self._advice is not None:
+                    # SQLite maps the file again at its next read: map and advise it before the
+                    # next statement (not now: that may be another such block, as when a large
+                    # result is read a page at a time).
+                    self._remap_due = True
+                    self._advise_pending = True
 
     def total_changes(self) -> int:
         """Rows changed through this connection since it opened (grows with every write)."""
@@ -675,7 +698,16 @@ class Engine:
         Commits made through this engine do not change it; compare two readings to learn whether
         someone else wrote in between.
         """
-        version = int(self.query("PRAGMA data_version")[0][0])
+        # Not through query(): this pragma reads no page through the map, so it does not wait
+        # for the mapping to be advised (see _advise_due), and it runs between the pages of a
+        # large result read without the map.
+        conn = self._open_connection()
+        if self._tracer is not None:
+            self._tracer("PRAGMA data_version", ())
+        try:
+            version = int(conn.execute("PRAGMA data_version").fetchall()[0][0])
+        except self._driver_errors as exc:
+            raise _translate(exc, "PRAGMA data_version") from exc
         if self._advice is not None and (version != self._data_version
                                          or time.monotonic() - self._advised_at >= _ADVISE_REFRESH):
             # Another connection's commit makes SQLite drop its mapping at the next read; the

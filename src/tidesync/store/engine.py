@@ -300,8 +300,6 @@ class Engine:
         self._prime_target: tuple[str, int, int] | None = None
         #: The value :meth:`data_version` returned last.
         self._data_version = -1
-        #: The file's size at the last commit through this engine (bytes).
-        self._file_size = -1
         self._tracer = tracer
         self._owner = threading.get_ident()
         self._savepoints = 0
@@ -444,10 +442,6 @@ class Engine:
         # so that a file SQLite never maps (its pages all in the WAL) costs next to nothing.
         self._advise_wait = _ADVISE_RETRY if found or not self._advise_pending else min(2 * self._advise_wait, 1.0)
         self._advise_pending = not found
-        try:
-            self._file_size = os.stat(self.path).st_size
-        except OSError:
-            pass
         self._advise_at = now + self._advise_wait
 
     def _advise_due(self) -> None:
@@ -581,8 +575,6 @@ class Engine:
                 raise
             took, last = time.perf_counter() - begun, self.commit_seconds
             self.commit_seconds = took if last == math.inf else last + (took - last) * 0.2
-            if self._advice is not None:
-                self._after_commit()
             return
         self._savepoints += 1
         name = f"tidesync_sp{self._savepoints}"
@@ -711,23 +703,13 @@ class Engine:
         if self._advice is not None and (version != self._data_version
                                          or time.monotonic() - self._advised_at >= _ADVISE_REFRESH):
             # Another connection's commit makes SQLite drop its mapping at the next read; the
-            # pragma's own read did that, so map and advise again now. (Also, every so often,
-            # in case SQLite replaced it for a reason not watched for.)
+            # pragma's own read did that, so map and advise again now. Also once a second, for
+            # a mapping made another way: when a checkpoint through this connection grows the
+            # file, SQLite extends its mapping with mremap, which keeps the advice, on Linux
+            # builds that have it; without it, the extension would be a new mapping.
             self._prime_map()
         self._data_version = version
         return version
-
-    def _after_commit(self) -> None:
-        """After a commit through this engine: a checkpoint that grew the file may have made
-        SQLite extend its mapping (a new mapping where ``mremap`` is not used): look again
-        before a later statement (at most every :data:`_ADVISE_RETRY` seconds)."""
-        try:
-            size = os.stat(self.path).st_size
-        except OSError:
-            return
-        if size != self._file_size:
-            self._file_size = size
-            self._advise_pending = True
 
     def close(self) -> None:
         """Close the connection (an open transaction is rolled back). Closing twice is fine."""

@@ -38,14 +38,18 @@ def fill(path, n=3_000):
 
 
 def test_the_default_map_size_is_the_advised_one_only_where_advice_works():
-    assert default_mmap_size() == (ADVISED_MMAP_SIZE if mapadvice.available() else 0)
+    assert default_mmap_size() == (ADVISED_MMAP_SIZE if mapadvice.possible() else 0)
 
 
-def test_a_database_maps_its_file_by_default_and_an_explicit_size_wins(tmp_path):
+def test_a_database_maps_its_file_at_its_first_query_by_default_and_an_explicit_size_wins(tmp_path):
     path = tmp_path / "m.db"
     fill(path, 10)
     with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
-        assert d._engine.query("PRAGMA mmap_size") == [(default_mmap_size(),)]
+        assert d._engine.query("PRAGMA mmap_size") == [(0,)]  # not for opening, nor for get()
+        assert d.objects(WorkOrder).first() is not None and d._engine.query("PRAGMA mmap_size") == [(0,)]
+        assert [w.title for w in d.objects(WorkOrder).filter("priority == 3")] == ["w00003"]
+        expected = ADVISED_MMAP_SIZE if mapadvice.available() else 0
+        assert d._engine.query("PRAGMA mmap_size") == [(expected,)]
     with tidesync.open(path, schema=[WorkOrder, Technician], mmap_size=0) as d:
         assert d._engine.query("PRAGMA mmap_size") == [(0,)]
         assert d._engine._advice is None
@@ -58,9 +62,12 @@ def test_the_mapping_is_advised_for_random_access_from_the_start(tmp_path):
     path = tmp_path / "m.db"
     fill(path)
     with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
-        maps = mappings(path)
-        assert maps and all("rr" in flags for flags in maps)  # made and advised while opening
+        assert mappings(path) == []  # the map waits for the first query
         assert len(d.objects(WorkOrder).filter("priority == 3")) > 0
+        assert mappings(path) == []  # len() is not such a query (it reads no bodies)
+        assert d.objects(WorkOrder).filter("priority == 3").first() is not None
+        maps = mappings(path)
+        assert maps and all("rr" in flags for flags in maps)  # made and advised before its read
         assert [w.title for w in d.objects(WorkOrder).filter("priority == 3")][:1] == ["w00003"]
         assert all("rr" in flags for flags in mappings(path))
 
@@ -70,6 +77,7 @@ def test_the_mapping_is_advised_again_after_sqlite_makes_a_new_one(tmp_path):
     path = tmp_path / "m.db"
     fill(path)
     with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
+        assert [w.title for w in d.objects(WorkOrder).filter("title == 'w00001'")] == ["w00001"]
         # A whole-collection read runs without the map (mmap_size 0, then back: a new mapping).
         assert len([w.priority for w in d.objects(WorkOrder)]) == 3_000
         assert [w.title for w in d.objects(WorkOrder).filter("title == 'w00010'")] == ["w00010"]
@@ -129,6 +137,7 @@ def test_a_large_result_read_a_page_at_a_time_looks_for_the_mapping_once_after_i
     path = tmp_path / "m.db"
     fill(path, 4_500)
     with tidesync.open(path, schema=[WorkOrder, Technician]) as d:
+        assert [w.title for w in d.objects(WorkOrder).filter("title == 'w00001'")] == ["w00001"]
         from tidesync.store import engine
 
         monkeypatch.setattr(engine, "_ADVISE_REFRESH", 1e9)  # no look because a second went by

@@ -247,7 +247,8 @@ class Database(ReplicaStore):
         for name in self.schema.objects:
             self._models[name] = given.get(name) or model_registry()[name]
         self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False,
-                              mmap_size=default_mmap_size() if mmap_size is None else mmap_size)
+                              mmap_size=default_mmap_size() if mmap_size is None else mmap_size,
+                              defer_map=mmap_size is None)
         self._lock = threading.RLock()
         self._txn: WriteTransaction | None = None
         self._txn_thread: int | None = None

@@ -118,7 +118,7 @@ def default_mmap_size() -> int:
     Without that advice a page fault on a file the OS does not hold reads ahead by the device's
     ``read_ahead_kb`` (megabytes for one 4 KiB page), which a map of a cold file cannot afford.
     """
-    return ADVISED_MMAP_SIZE if sys.maxsize > 2 ** 32 and mapadvice.available() else 0
+    return ADVISED_MMAP_SIZE if sys.maxsize > 2 ** 32 and mapadvice.possible() else 0
 
 _HKDF_INFO = b"tidesync/sqlcipher-raw-key/v1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -261,6 +261,8 @@ class Engine:
             ``read()`` calls (None: :data:`DEFAULT_MMAP_SIZE`, no map). Encrypted files are
             never mapped (SQLCipher must decrypt every page). Where it can (Linux), the engine
             advises the map for random access (see :mod:`tidesync.store.mapadvice`).
+        defer_map: read without the map until :meth:`map_file` is called, and map only where
+            the map can be advised (a database defers its default map to its first query).
 
     Raises:
         UsageError: the key is not 64 bytes, or ``mmap_size`` is not a whole number >= 0.
@@ -272,7 +274,8 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None,
                  readonly: bool = False, tracer: Tracer | None = None,
-                 check_same_thread: bool = True, mmap_size: int | None = None) -> None:
+                 check_same_thread: bool = True, mmap_size: int | None = None,
+                 defer_map: bool = False) -> None:
         if mmap_size is not None and (type(mmap_size) is not int or mmap_size < 0):
             raise UsageError(f"mmap_size must be a whole number of bytes >= 0 or None, not {mmap_size!r}")
         self.path = os.fspath(path)
@@ -283,6 +286,8 @@ class Engine:
         self.mmap_size = 0 if self.encrypted else DEFAULT_MMAP_SIZE if mmap_size is None else mmap_size
         #: How many :meth:`unmapped` blocks are open.
         self._unmapped_depth = 0
+        #: The map waits for :meth:`map_file` (``PRAGMA mmap_size`` is 0 until then).
+        self.map_deferred = bool(defer_map and self.mmap_size)
         #: Advises SQLite's mapping of the file for random access (None: no map, or no advice here).
         self._advice: mapadvice.MapAdvice | None = None
         #: SQLite may map the file at any statement now; look for the mapping before the next one
@@ -383,6 +388,9 @@ class Engine:
         self._run("PRAGMA foreign_keys = ON")
         self._run(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
         self._run("PRAGMA temp_store = MEMORY")
+        if self.map_deferred:
+            self._run("PRAGMA mmap_size = 0").fetchall()
+            return
         self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
         if self.mmap_size and mapadvice.available():
             try:
@@ -390,6 +398,28 @@ class Engine:
             except OSError:
                 self._advice = None  # not a plain file on disk (nothing the kernel reads ahead)
             self._prime_map()
+
+    def map_file(self) -> None:
+        """Turn on a deferred map (``defer_map``): map the file and advise the mapping, or, where
+        the mapping cannot be advised, stay without a map (``mmap_size`` becomes 0). Once."""
+        if not self.map_deferred:
+            return
+        self.map_deferred = False
+        advice = None
+        if mapadvice.available():
+            try:
+                advice = mapadvice.MapAdvice(self.path)
+            except OSError:
+                advice = None
+        if advice is None:
+            self.mmap_size = 0  # a map that cannot be advised is not turned on by default
+            return
+        self._advice = advice
+        if self._unmapped_depth:
+            self._remap_due = self._advise_pending = True  # turned on when the block ends
+            return
+        self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
+        self._prime_map()
 
     def _prime_map(self) -> None:
         """Make SQLite map the file now and advise the mapping for random access.
@@ -653,7 +683,7 @@ class Engine:
         SQLite applies the change only while no statement holds a mapped page (a read still in
         progress keeps the map), so call this between statements. Nested blocks are fine.
         """
-        if not self.mmap_size:
+        if not self.mmap_size or self.map_deferred:
             yield
             return
         if self._unmapped_depth == 0:

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable
 from typing import Any, cast
 
-__all__ = ["MapAdvice", "available"]
+__all__ = ["MapAdvice", "available", "possible"]
 
 _MADVISE: Callable[[int, int, int], int] | None = None
 _MADV_RANDOM = -1
@@ -30,7 +30,7 @@ def _load() -> Callable[[int, int, int], int] | None:
     if _PROBED:
         return _MADVISE
     _PROBED = True
-    if not sys.platform.startswith("linux") or not os.path.exists("/proc/self/maps"):
+    if not possible():
         return None
     try:
         import ctypes
@@ -47,8 +47,15 @@ def _load() -> Callable[[int, int, int], int] | None:
     return _MADVISE
 
 
+def possible() -> bool:
+    """True on a platform where mappings can be advised (Linux with ``/proc``), checked without
+    loading ``ctypes`` (whose import costs a few milliseconds): :func:`available` decides."""
+    return sys.platform.startswith("linux") and os.path.exists("/proc/self/maps")
+
+
 def available() -> bool:
-    """True when mappings can be advised here (Linux with ``/proc`` and libc's ``madvise``)."""
+    """True when mappings can be advised here (Linux with ``/proc`` and libc's ``madvise``).
+    The first call loads ``ctypes``."""
     return _load() is not None
 
 

@@ -251,7 +251,10 @@ class Results(Generic[M]):
             self._db._check_open()
             self._db._refresh()
             if self._queries:
-                return self._db._engine.query(sql, params)
+                engine = self._db._engine
+                if engine.map_deferred:
+                    engine.map_file()  # a filtered query is where reading through the map pays
+                return engine.query(sql, params)
             # A whole collection: SQLite may read all of it (to sort it), so not through the
             # file's memory map, whose pages would stay resident (see Engine.unmapped).
             with self._db._engine.unmapped():

@@ -459,7 +459,7 @@ class Engine:
         except OSError:
             pass  # only a missed chance: the mapping is looked for again before a later statement
         except self._driver_errors:
-            pass  # only a missed chance: the mapping is looked for again before a later statement
+            self._prime_target = None  # the table may be gone (a schema change): found again next time
         self._advise_now()
 
     def _advise_now(self) -> None:
@@ -547,9 +547,9 @@ class Engine:
 
     def query_within(self, sql: str, params: Params, steps: int) -> list[Row] | None:
         """:meth:`query`, given up once SQLite has run about ``steps`` steps of its virtual
-        machine (counted in rounds of :data:`_STEP_ROUND`): None then, and nothing changed (use it for reads
-        outside a transaction only). For trying a plan that is fast when it is fast at all
-        before a safe one."""
+        machine (counted in rounds of :data:`_STEP_ROUND`): None then, and nothing changed
+        (use it for reads outside a transaction only). For trying a plan that is fast when it
+        is fast at all before a safe one."""
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)

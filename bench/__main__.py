@@ -237,10 +237,11 @@ def report(r: dict[str, Any], command: str) -> str:
                f"{_ms(sorted(q['ts_again'])[int(len(q['ts_again']) * 0.9)])} | "
                f"{_ms(_med(q['ts_again_cpu'])) if q.get('ts_again_cpu') else ''} | {_ms(_med(q['raw_again']))} | "
                f"{_med(q['ts_again']) / _med(q['raw_again']):.2f}x | (info) | |"] if q.get("ts_again") else []),
-            *([f"| with `mmap_size=1 << 30` (off by default; {len(q['mapped'])} other categories, alternated with "
-               f"as many unmapped: CPU median {_ms(_med(q['plain_cpu']))} unmapped) | {_ms(_med(q['mapped']))} | "
-               f"{_ms(sorted(q['mapped'])[int(len(q['mapped']) * 0.9)])} | {_ms(_med(q['mapped_cpu']))} | | | "
-               f"(info) | |"] if q.get("mapped") else []),
+            *([f"| with `mmap_size=0` (no memory map; the default here maps {q.get('default_mmap_size', 0) >> 20} MiB; "
+               f"{len(q['plain'])} other categories, alternated with as many through the default database: "
+               f"CPU median {_ms(_med(q['default_cpu']))} default) | {_ms(_med(q['plain']))} | "
+               f"{_ms(sorted(q['plain'])[int(len(q['plain']) * 0.9)])} | {_ms(_med(q['plain_cpu']))} | | | "
+               f"(info) | |"] if q.get("plain") else []),
             "",
             f"Query plans: tidesync `{'; '.join(q['ts_plan'])}`; raw `{'; '.join(q['raw_plan'])}`.",
             "",

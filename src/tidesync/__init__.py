@@ -71,11 +71,13 @@ def open(path: str | os.PathLike[str], schema: Sequence[type[Model]] = (), *,  #
         compact_on_open: ``f(total_bytes, used_bytes) -> bool``, called once as the file
             opens (Realm's ``should_compact_on_launch``); True compacts it (``db.compact()``)
             before anything else reads or syncs.
-        mmap_size: read up to this many bytes of the file through a memory map (None or 0,
-            the default: no map). Reads of a file the OS holds in its cache cost about a third
-            less CPU; reads of a file it does not hold can read far more from the disk, and the
-            pages read count in the process's resident memory. Encrypted files are never
-            mapped. See docs/architecture.md, "Reading through a memory map".
+        mmap_size: read up to this many bytes of the file through a memory map; 0: no map.
+            None (the default): 1 GiB on Linux (64-bit), turned on at the first filtered
+            query and advised for random access so that reads of a file the OS does not hold
+            read no more from the disk than without it; no map elsewhere. Reads of a file the OS holds in its cache cost
+            less CPU through the map; the pages read count in the process's resident memory,
+            and a disk error under a mapped read ends the process (SIGBUS). Encrypted files
+            are never mapped. See docs/architecture.md, "Reading through a memory map".
 
     Returns:
         The database; use it as a context manager or call ``close()``.

@@ -31,7 +31,7 @@ def test_whole_collections_and_large_results_are_read_without_the_memory_map(tmp
                                        "priority": i % 7} for i in range(2_500)])
     seen: list[str] = []
     with tidesync.open(path, schema=[WorkOrder, Technician], mmap_size=size) as mapped, \
-            tidesync.open(path, schema=[WorkOrder, Technician]) as plain:
+            tidesync.open(path, schema=[WorkOrder, Technician], mmap_size=0) as plain:
         assert mapped._engine.query("PRAGMA mmap_size") == [(size,)]
         assert plain._engine.query("PRAGMA mmap_size") == [(0,)]
         mapped._engine._tracer = lambda sql, params: seen.append(sql)

@@ -41,7 +41,7 @@ from ..errors import (
     SchemaMismatchError, StorageError, UsageError, ValidationError,
 )
 from .checkpointer import Checkpointer
-from .engine import Engine
+from .engine import Engine, default_mmap_size
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
@@ -251,7 +251,9 @@ class Database(ReplicaStore):
         given = {cls.__name__: cls for cls in schema}
         for name in self.schema.objects:
             self._models[name] = given.get(name) or model_registry()[name]
-        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False, mmap_size=mmap_size)
+        self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False,
+                              mmap_size=default_mmap_size() if mmap_size is None else mmap_size,
+                              defer_map=mmap_size is None)
         self._lock = threading.RLock()
         self._txn: WriteTransaction | None = None
         self._txn_thread: int | None = None
@@ -278,6 +280,9 @@ class Database(ReplicaStore):
         self._handed: tuple[int, dict[Ref, dict[str, Plain] | None]] | None = None
         self._seen_data_version = -1
         self._checked_at = 0.0
+        #: Collections whose first rows in the default order were read faster by a table scan
+        #: in rowid order than through the index on collection (see Results._first_rows).
+        self._collection_scans: set[str] = set()
         self._listeners: Any = None
         self._sync: Any = None
         self._on_remote_commit: Any = None

@@ -33,6 +33,7 @@ import importlib
 import math
 import os
 import sqlite3
+import sys
 import threading
 import time
 from collections import Counter
@@ -47,6 +48,7 @@ try:
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
 
+from . import mapadvice
 from ..errors import (
     CorruptFileError,
     DatabaseClosedError,
@@ -93,10 +95,31 @@ CACHE_SIZE_KIB = 8192
 """Page cache per connection, in KiB (SQLite's default is 2 MiB)."""
 
 DEFAULT_MMAP_SIZE = 0
-"""Bytes of a plain (unencrypted) file read through a memory map (SQLite's ``mmap_size``) unless
-the caller asks otherwise: none. A map makes reads of pages already in the OS's file cache
-cheaper, and reads of pages that are not much dearer (each page fault reads ahead by the
-device's ``read_ahead_kb``); see docs/architecture.md, "Reading through a memory map"."""
+"""Bytes of a plain (unencrypted) file an :class:`Engine` reads through a memory map (SQLite's
+``mmap_size``) unless the caller asks otherwise: none. A database (``tidesync.open``) asks for
+:func:`default_mmap_size`; see docs/architecture.md, "Reading through a memory map"."""
+
+ADVISED_MMAP_SIZE = 1 << 30
+"""Bytes mapped by default where the map can be advised for random access (Linux)."""
+
+_ADVISE_RETRY = 0.02
+"""Seconds between two looks for a mapping SQLite has not made yet (see Engine._prime_map)."""
+
+_STEP_ROUND = 10_000
+"""SQLite virtual-machine steps between two looks at a :meth:`Engine.query_within` budget."""
+
+_ADVISE_REFRESH = 1.0
+"""Seconds after which :meth:`Engine.data_version` advises the mapping again in any case."""
+
+
+def default_mmap_size() -> int:
+    """The ``mmap_size`` a database uses when the caller gives none: :data:`ADVISED_MMAP_SIZE`
+    where the engine can advise SQLite's mapping for random access (Linux, 64-bit), else 0.
+
+    Without that advice a page fault on a file the OS does not hold reads ahead by the device's
+    ``read_ahead_kb`` (megabytes for one 4 KiB page), which a map of a cold file cannot afford.
+    """
+    return ADVISED_MMAP_SIZE if sys.maxsize > 2 ** 32 and mapadvice.possible() else 0
 
 _HKDF_INFO = b"tidesync/sqlcipher-raw-key/v1"
 _SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -237,7 +260,10 @@ class Engine:
         check_same_thread: False lets other threads use the connection (serialize them yourself).
         mmap_size: read up to this many bytes of the file through a memory map instead of
             ``read()`` calls (None: :data:`DEFAULT_MMAP_SIZE`, no map). Encrypted files are
-            never mapped (SQLCipher must decrypt every page).
+            never mapped (SQLCipher must decrypt every page). Where it can (Linux), the engine
+            advises the map for random access (see :mod:`tidesync.store.mapadvice`).
+        defer_map: read without the map until :meth:`map_file` is called, and map only where
+            the map can be advised (a database defers its default map to its first query).
 
     Raises:
         UsageError: the key is not 64 bytes, or ``mmap_size`` is not a whole number >= 0.
@@ -249,7 +275,8 @@ class Engine:
 
     def __init__(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None,
                  readonly: bool = False, tracer: Tracer | None = None,
-                 check_same_thread: bool = True, mmap_size: int | None = None) -> None:
+                 check_same_thread: bool = True, mmap_size: int | None = None,
+                 defer_map: bool = False) -> None:
         if mmap_size is not None and (type(mmap_size) is not int or mmap_size < 0):
             raise UsageError(f"mmap_size must be a whole number of bytes >= 0 or None, not {mmap_size!r}")
         self.path = os.fspath(path)
@@ -260,6 +287,25 @@ class Engine:
         self.mmap_size = 0 if self.encrypted else DEFAULT_MMAP_SIZE if mmap_size is None else mmap_size
         #: How many :meth:`unmapped` blocks are open.
         self._unmapped_depth = 0
+        #: The map waits for :meth:`map_file` (``PRAGMA mmap_size`` is 0 until then).
+        self.map_deferred = bool(defer_map and self.mmap_size)
+        #: Advises SQLite's mapping of the file for random access (None: no map, or no advice here).
+        self._advice: mapadvice.MapAdvice | None = None
+        #: SQLite may map the file at any statement now; look for the mapping before the next one
+        #: run at or after ``_advise_at`` (monotonic seconds).
+        self._advise_pending = False
+        #: An :meth:`unmapped` block ended (SQLite dropped its mapping) and no statement ran
+        #: since: map and advise again before the next one.
+        self._remap_due = False
+        self._advise_at = 0.0
+        self._advise_wait = _ADVISE_RETRY
+        #: When the mapping was last advised (monotonic seconds).
+        self._advised_at = 0.0
+        #: (statement, page offset, page size): a read of one small page that makes SQLite map
+        #: the file (see :meth:`_prime_map`); ("", 0, 0) when the file has no such page.
+        self._prime_target: tuple[str, int, int] | None = None
+        #: The value :meth:`data_version` returned last.
+        self._data_version = -1
         self._tracer = tracer
         self._owner = threading.get_ident()
         self._savepoints = 0
@@ -345,7 +391,103 @@ class Engine:
         self._run("PRAGMA foreign_keys = ON")
         self._run(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
         self._run("PRAGMA temp_store = MEMORY")
+        if self.map_deferred:
+            self._run("PRAGMA mmap_size = 0").fetchall()
+            return
         self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
+        if self.mmap_size and mapadvice.available():
+            try:
+                self._advice = mapadvice.MapAdvice(self.path)
+            except OSError:
+                self._advice = None  # not a plain file on disk (nothing the kernel reads ahead)
+            self._prime_map()
+
+    def map_file(self) -> None:
+        """Turn on a deferred map (``defer_map``): map the file and advise the mapping, or, where
+        the mapping cannot be advised, stay without a map (``mmap_size`` becomes 0). Once."""
+        if not self.map_deferred:
+            return
+        self.map_deferred = False
+        advice = None
+        if mapadvice.available():
+            try:
+                advice = mapadvice.MapAdvice(self.path)
+            except OSError:
+                advice = None
+        if advice is None:
+            self.mmap_size = 0  # a map that cannot be advised is not turned on by default
+            return
+        self._advice = advice
+        if self._unmapped_depth:
+            self._remap_due = self._advise_pending = True  # turned on when the block ends
+            return
+        self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
+        self._prime_map()
+
+    def _prime_map(self) -> None:
+        """Make SQLite map the file now and advise the mapping for random access.
+
+        SQLite maps the file lazily, at the first read of a page from it (not page 1), and maps
+        it anew after another connection's commit or a change of ``mmap_size``; the kernel's
+        read-ahead on a fault applies from the first fault on. So the mapping is made here by
+        a read of one small page (the first table's root) that the OS was just made to hold
+        (one ``pread``), then advised before any other read faults through it. When that page
+        is in the WAL (no mapping made), the mapping is looked for again before a later
+        statement (``_advise_pending``).
+        """
+        advice = self._advice
+        conn = self._conn
+        if advice is None or conn is None:
+            return
+        if self._unmapped_depth:
+            self._remap_due = self._advise_pending = True  # after the block
+            return
+        try:
+            if self._prime_target is None:
+                rows = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE type = 'table' AND "
+                                    "rootpage > 1 ORDER BY rootpage LIMIT 1").fetchall()
+                page_size = int(conn.execute("PRAGMA page_size").fetchall()[0][0])
+                self._prime_target = ((f"SELECT 1 FROM {self.quote_identifier(rows[0][0])} LIMIT 1",
+                                       (int(rows[0][1]) - 1) * page_size, page_size) if rows else ("", 0, 0))
+            sql, offset, size = self._prime_target
+            if sql:
+                fd = os.open(self.path, os.O_RDONLY)
+                try:
+                    os.pread(fd, size, offset)
+                finally:
+                    os.close(fd)
+                conn.execute(sql).fetchall()
+            # The mapping is SQLite's view as of now: another connection's later commit shows here.
+            self._data_version = int(conn.execute("PRAGMA data_version").fetchall()[0][0])
+        except OSError:
+            pass  # only a missed chance: the mapping is looked for again before a later statement
+        except self._driver_errors:
+            self._prime_target = None  # the table may be gone (a schema change): found again next time
+        self._advise_now()
+
+    def _advise_now(self) -> None:
+        """Advise the file's mappings; when there is none yet, look again a little later."""
+        assert self._advice is not None
+        now = time.monotonic()
+        self._advised_at = now
+        found = self._advice.apply()
+        # Looked for in vain: look again later, less often each time (up to once a second),
+        # so that a file SQLite never maps (its pages all in the WAL) costs next to nothing.
+        self._advise_wait = _ADVISE_RETRY if found or not self._advise_pending else min(2 * self._advise_wait, 1.0)
+        self._advise_pending = not found
+        self._advise_at = now + self._advise_wait
+
+    def _advise_due(self) -> None:
+        """Before a statement while ``_advise_pending``: after an :meth:`unmapped` block, map
+        and advise the file again (:meth:`_prime_map`); else look for the mapping, at most
+        every :data:`_ADVISE_RETRY` seconds (a file SQLite never maps costs no more than that)."""
+        if self._unmapped_depth:
+            return  # no statement in the block reads through a map
+        if self._remap_due:
+            self._remap_due = False
+            self._prime_map()
+        elif time.monotonic() >= self._advise_at:
+            self._advise_now()
 
     # -- the door --------------------------------------------------------------------------
 
@@ -378,6 +520,8 @@ class Engine:
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
         with self._translated(sql):
             return Cursor(conn.executemany(sql, seq_of_params), self, sql)
 
@@ -395,12 +539,44 @@ class Engine:
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
         if self._tracer is not None:
             self._tracer(sql, params)
         try:
             return cast("list[Row]", conn.execute(sql, params).fetchall())
         except self._driver_errors as exc:
             raise _translate(exc, sql) from exc
+
+    def query_within(self, sql: str, params: Params, steps: int) -> list[Row] | None:
+        """:meth:`query`, given up once SQLite has run about ``steps`` steps of its virtual
+        machine (counted in rounds of :data:`_STEP_ROUND`): None then, and nothing changed
+        (use it for reads outside a transaction only). For trying a plan that is fast when it
+        is fast at all before a safe one."""
+        conn = self._open_connection()
+        if self._lowered:
+            self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
+        if self._tracer is not None:
+            self._tracer(sql, params)
+        rounds = max(1, steps // _STEP_ROUND)
+        spent = 0
+
+        def tick() -> bool:
+            nonlocal spent
+            spent += 1
+            return spent > rounds
+
+        conn.set_progress_handler(tick, _STEP_ROUND)
+        try:
+            return cast("list[Row]", conn.execute(sql, params).fetchall())
+        except self._driver_errors as exc:
+            if spent > rounds and _primary_code(exc) == _SQLITE_INTERRUPT:
+                return None
+            raise _translate(exc, sql) from exc
+        finally:
+            conn.set_progress_handler(None, 0)
 
     @contextmanager
     def atomic(self, *, immediate: bool = True) -> Iterator[None]:
@@ -510,10 +686,14 @@ class Engine:
         SQLite applies the change only while no statement holds a mapped page (a read still in
         progress keeps the map), so call this between statements. Nested blocks are fine.
         """
-        if not self.mmap_size:
+        if not self.mmap_size or self.map_deferred:
             yield
             return
         if self._unmapped_depth == 0:
+            if self._remap_due:
+                # No statement ran since the last block: SQLite has no mapping now.
+                self._remap_due = False
+                self._advise_pending = False
             self._run("PRAGMA mmap_size = 0").fetchall()
         self._unmapped_depth += 1
         try:
@@ -522,6 +702,12 @@ class Engine:
             self._unmapped_depth -= 1
             if self._unmapped_depth == 0 and self._conn is not None:
                 self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
+                if self._advice is not None:
+                    # SQLite maps the file again at its next read: map and advise it before the
+                    # next statement (not now: that may be another such block, as when a large
+                    # result is read a page at a time).
+                    self._remap_due = True
+                    self._advise_pending = True
 
     def total_changes(self) -> int:
         """Rows changed through this connection since it opened (grows with every write)."""
@@ -537,7 +723,26 @@ class Engine:
         Commits made through this engine do not change it; compare two readings to learn whether
         someone else wrote in between.
         """
-        return int(self.query("PRAGMA data_version")[0][0])
+        # Not through query(): this pragma reads no page through the map, so it does not wait
+        # for the mapping to be advised (see _advise_due), and it runs between the pages of a
+        # large result read without the map.
+        conn = self._open_connection()
+        if self._tracer is not None:
+            self._tracer("PRAGMA data_version", ())
+        try:
+            version = int(conn.execute("PRAGMA data_version").fetchall()[0][0])
+        except self._driver_errors as exc:
+            raise _translate(exc, "PRAGMA data_version") from exc
+        if self._advice is not None and (version != self._data_version
+                                         or time.monotonic() - self._advised_at >= _ADVISE_REFRESH):
+            # Another connection's commit makes SQLite drop its mapping at the next read; the
+            # pragma's own read did that, so map and advise again now. Also once a second, for
+            # a mapping made another way: when a checkpoint through this connection grows the
+            # file, SQLite extends its mapping with mremap, which keeps the advice, on Linux
+            # builds that have it; without it, the extension would be a new mapping.
+            self._prime_map()
+        self._data_version = version
+        return version
 
     def close(self) -> None:
         """Close the connection (an open transaction is rolled back). Closing twice is fine."""
@@ -577,6 +782,8 @@ class Engine:
         conn = self._open_connection()
         if self._lowered:
             self._restore_synchronous(conn)
+        if self._advise_pending:
+            self._advise_due()
         if self._tracer is not None:
             self._tracer(trace_as or sql, params)
         try:

@@ -387,3 +387,97 @@ def test_view_rows_that_cannot_be_written_end_the_connections_and_send_nothing(t
         assert _rows(views) == [] and views.batch is None
     finally:
         db.close()
+
+
+def _indexes(db: Database) -> dict[str, str]:
+    return {name: sql for name, sql in db._engine.query(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
+
+
+def test_bootstrap_indexes_lists_through_a_partial_index_and_old_files_are_upgraded(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        w = Writer(db)
+        w.create("t1", {"owner": "u1"})
+        w.create("t2", {"owner": ["u2", "u1"]})      # a list: its elements count
+        w.create("t3", {"owner": "u2"})
+        w.create("t4", {"owner": ["u3"]})
+        # A file indexed by an earlier version: a full index on the field's type.
+        db._engine.execute("CREATE INDEX flexible_ix_owner ON documents (collection, json_extract(body, '$.owner'))")
+        db._engine.execute("CREATE INDEX flexible_it_owner ON documents (collection, json_type(body, '$.owner'))")
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        assert router.indexed == {"owner"}
+        got = _indexes(db)
+        assert set(got) == {"flexible_ix_owner", "flexible_ia_owner"}
+        assert "WHERE json_type(body, '$.owner') = 'array'" in got["flexible_ia_owner"]
+        s = session(router, ['owner == "u1"'])
+        s.backend, s.router = db, router
+        assert s.desired() == {(COLL, '"t1"'), (COLL, '"t2"')}
+        # The bootstrap's list query is served by the partial index.
+        plan = db._engine.query(
+            "EXPLAIN QUERY PLAN SELECT documents.pk FROM documents WHERE documents.collection = ? AND "
+            "(json_type(documents.body, '$.owner') = 'array' AND 1) AND documents.live = 1", [COLL])
+        assert any("flexible_ia_owner" in str(row) for row in plan)
+        # A field indexed now gets the same pair.
+        w.create("t5", {"team": ["g1"], "owner": "u9"})
+        t = session(router, ['team == "g1"'])
+        t.backend, t.router = db, router
+        assert t.desired() == {(COLL, '"t5"')}
+        assert set(_indexes(db)) == {"flexible_ix_owner", "flexible_ia_owner", "flexible_ix_team",
+                                     "flexible_ia_team"}
+        # Reopened: nothing left to upgrade, the fields known as indexed.
+        assert Router(db, ViewStore(tmp_path / "flexible2.db")).indexed == {"owner", "team"}
+    finally:
+        db.close()
+
+
+def test_an_advance_due_while_a_round_is_on_its_way_is_made_by_that_round(tmp_path: Path) -> None:
+    import asyncio
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        w.create("t0", {"owner": "u0"})
+        router.catch_up()
+        busy = session(router, ['owner == "u1"'])
+        idle = session(router, ['owner == "u9"'])
+        router.config = FlexibleConfig(all_fields=True, advance_interval=0.05, max_advance_interval=0.5)
+        woke: list[FlexibleSession] = []
+        for s in (busy, idle):
+            s.read_to = s.routed_from = router.processed_to
+            s.resync = s.advance_now = False
+            setattr(s, "wake", lambda s=s: woke.append(s))
+
+        async def main() -> None:
+            on_its_way: Any = asyncio.get_running_loop().create_future()
+            router._round_task = on_its_way   # a round on its way
+            router._last_advance = time.monotonic()
+            router._advance()
+            assert not woke and not router._advance_in_round      # not due: nothing, no flag
+            router._last_advance = time.monotonic() - 1.0
+            router._advance()
+            assert not woke and router._advance_in_round          # due: left to the round
+            w.create("t1", {"owner": "u1"})
+            router.mark_dirty()
+            await router._round()
+            assert sorted(woke, key=id) == sorted([busy, idle], key=id)
+            assert idle.advance_now and not busy.advance_now
+            assert not router._advance_in_round
+            # The next round, advance not due: only the concerned session.
+            woke.clear()
+            busy.read_to = idle.read_to = router.processed_to
+            idle.advance_now = False
+            router.pending = set()
+            w.create("t2", {"owner": "u1"})
+            router.mark_dirty()
+            router._next_round_at = 0.0
+            await router._round()
+            assert woke == [busy]
+            timer = router._advance_timer
+            if timer is not None:
+                timer.cancel()
+
+        asyncio.run(main())
+    finally:
+        db.close()

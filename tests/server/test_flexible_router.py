@@ -481,3 +481,48 @@ def test_an_advance_due_while_a_round_is_on_its_way_is_made_by_that_round(tmp_pa
         asyncio.run(main())
     finally:
         db.close()
+
+
+def test_the_router_routes_what_an_integration_hands_over_without_decoding_it(tmp_path: Path,
+                                                                              monkeypatch: Any) -> None:
+    import msgpack
+
+    from tidesync.server import flexible
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        assert db.on_logged == router._hand
+        w = Writer(db)
+        owner = session(router, ['owner == "u1"'])
+        # An upload as the server receives it: decoded from the wire.
+        s = w.clock.now()
+        sent = Transaction(s, w.rid, s, w.parents, (CreateDoc(COLL, "t1", s, ZERO, {"_id": "t1", "owner": "u1"}, {}),))
+        upload = Transaction.from_wire(msgpack.unpackb(msgpack.packb(sent.to_wire(), use_bin_type=True), raw=False))
+        db.integrate([upload])
+        (seq,) = list(router._handed)
+        data = db._engine.query("SELECT data FROM log WHERE seq = ?", (seq,))[0][0]
+        assert upload.packed() == data
+        calls: list[Any] = []
+        real = Transaction.from_stored
+        monkeypatch.setattr(flexible.Transaction, "from_stored",
+                            staticmethod(lambda *a: calls.append(a) or real(*a)))
+        router.catch_up()
+        assert not calls and not router._handed
+        routed = router.routed(seq)
+        assert routed is not None and routed.txn is upload
+        assert routed.txn == real(msgpack.unpackb(data, raw=False), data)   # what decoding gives
+        assert list(owner.relevant) == [seq]
+        # Entries not handed over (written by another path, or whose bytes differ) are decoded.
+        other = w.create("t2", {"owner": "u1"})
+        router._handed[other] = upload           # not the bytes of that entry
+        router.catch_up()
+        assert len(calls) == 1 and not router._handed
+        assert router.routed(other).txn.ops[0].key == "t2"  # type: ignore[union-attr]
+        assert list(owner.relevant) == [seq, other]
+        # No session: nothing is kept.
+        router.unregister(owner)
+        w.create("t3", {"owner": "u1"})
+        assert not router._handed
+    finally:
+        db.close()

@@ -584,7 +584,12 @@ class Router:
         self._last_advance = 0.0
         self._advance_in_round = False   # the advance is due: the next round wakes idle sessions
         self.config = FlexibleConfig()
+        # Entries the backend's integrations just logged, by seq, as they were integrated
+        # (decoded, with their stored bytes): routed without decoding them again. Written and
+        # read with the backend's lock held (Database.on_logged, catch_up).
+        self._handed: dict[int, Transaction] = {}
         with backend._lock:
+            backend.on_logged = self._hand
             names = {r[0] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
             self.indexed: set[str] = {n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")}
@@ -751,6 +756,21 @@ class Router:
                         del self.holders[ref]
 
     # -- catching up with the log ---------------------------------------------------------
+
+    #: The most entries kept handed over and not yet routed (more: the oldest are decoded
+    #: from the log instead).
+    HANDED_MAX = 20_000
+
+    def _hand(self, logged: list[tuple[int, Transaction]]) -> None:
+        """Database.on_logged: keep what an integration just logged for the next catch-up
+        (the backend's lock is held)."""
+        handed = self._handed
+        if not self.sessions or len(handed) + len(logged) > self.HANDED_MAX:
+            handed.clear()
+            if not self.sessions:
+                return
+        for seq, t in logged:
+            handed[seq] = t
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -953,6 +973,7 @@ class Router:
                     return self.processed_to
                 if not self.sessions:
                     self.processed_to = head
+                    self._handed.clear()
                     return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
@@ -970,8 +991,16 @@ class Router:
         """Decode and route the log entries ``rows`` (up to ``upto``), with their documents'
         states (:meth:`catch_up`, the backend's lock held)."""
         backend = self.backend
-        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
-                          len(data)) for seq, origin, via, data in rows]
+        handed = self._handed
+        routed = []
+        for seq, origin, via, data in rows:
+            t = handed.pop(seq, None) if handed else None
+            if t is None or t._packed != data:   # (not handed over, or not these bytes)
+                t = Transaction.from_stored(msgpack.unpackb(data, raw=False), data)
+            routed.append(_Routed(seq, origin, via, t, len(data)))
+        if handed and next(iter(handed)) <= upto:
+            for seq in [seq for seq in handed if seq <= upto]:
+                del handed[seq]       # (compacted away before it was routed)
         full: dict[Ref, tuple[str, str, str]] = {}
         touched = {ref for r in routed for ref in r.refs}
         states = read_states(backend, touched, full)

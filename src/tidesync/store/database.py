@@ -166,7 +166,7 @@ def _gc_paused(*, promote: bool = False) -> Iterator[None]:
                     gc.enable()
 
 
-_GC_GUARD = threading.Lock()
+_GC_GUARD = threading.RLock()   # (a finalizer run by a collection may pause too)
 #: How many _gc_paused steps (of any thread) are under way.
 _GC_PAUSES = [0]
 

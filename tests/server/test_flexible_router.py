@@ -526,3 +526,67 @@ def test_the_router_routes_what_an_integration_hands_over_without_decoding_it(tm
         assert not router._handed
     finally:
         db.close()
+
+
+def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path: Path) -> None:
+    """A state routed with the session's queries in the index: a query the index did not reach
+    is not tested again (its equality condition does not hold). Not across a change of the
+    session's queries until they are indexed, nor for entries routed before that."""
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = Writer(db)
+        s = reading_session(router, db, ['region == "r1"', 'owner == "u1"'])
+        calls: list[str] = []
+
+        def count(subs: list[Any]) -> None:
+            for sub in subs:
+                inner = sub.predicate
+
+                def counted(body: Any, inner: Any = inner, text: str = sub.text) -> bool:
+                    calls.append(text)
+                    return bool(inner(body))
+
+                sub.predicate = counted
+
+        count(s.subs)
+        router.reindex(s)
+        ref = (COLL, '"t1"')
+        w.create("t1", {"owner": "u1", "region": "r9", "n": 0})
+        router.catch_up()
+        assert s.read_inline(s.read_to, 100, 1 << 20, None) is not None and s.held == {ref}
+        calls.clear()
+
+        def change(n: int) -> list[str]:
+            calls.clear()
+            w.set("t1", "n", n)
+            router.catch_up()
+            batch = s.read_inline(s.read_to, 100, 1 << 20, None)
+            assert batch is not None and len(batch.entries) == 1 and s.held == {ref}
+            return list(calls)
+
+        # The router tests the owner query (reached through u1); the region query, not reached
+        # through r9, is tested by nobody.
+        assert change(1) == ['owner == "u1"']
+        # A new set (same queries, not indexed yet): judged by testing them.
+        subs = compile_set([SubscriptionQuery(f"q{i}", COLL, q) for i, q in enumerate(['region == "r1"', 'owner == "u1"'])],
+                           s.config)
+        count(subs)
+        s._set_subs(subs, 2)
+        assert change(2) == ['owner == "u1"', 'region == "r1"']   # the router's, then the judge's
+        # Indexed again: an entry routed before that is still tested, later ones are not.
+        calls.clear()
+        w.set("t1", "n", 3)
+        router.catch_up()
+        router.reindex(s)
+        assert s.read_inline(s.read_to, 100, 1 << 20, None) is not None
+        assert calls == ['owner == "u1"', 'region == "r1"']
+        assert change(4) == ['owner == "u1"']
+        # A state leaving every query still leaves (its verdicts say so).
+        calls.clear()
+        w.set("t1", "owner", "u2")
+        router.catch_up()
+        assert s.read_inline(s.read_to, 100, 1 << 20, None) is not None
+        assert s.held == set() and calls == []
+    finally:
+        db.close()

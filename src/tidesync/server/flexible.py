@@ -694,6 +694,10 @@ class Router:
             for k in keys:
                 _group_add(by_value.setdefault(k, {}), sub, s)
         s.indexed = list(s.subs)
+        # Every entry after this one is routed with these queries in the index (routing and
+        # this run under the lock): the session may trust the router's verdicts on its states,
+        # a query the index did not reach included (see FlexibleSession._judge).
+        s.indexed_at, s.indexed_of = self.processed_to, s.subs
 
     def _unindex(self, s: FlexibleSession) -> None:
         for sub in s.indexed:
@@ -713,6 +717,7 @@ class Router:
                     if not got:
                         del by_value[k]
         s.indexed = []
+        s.indexed_at, s.indexed_of = None, None
 
     def hold(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
         with self.lock:
@@ -1202,6 +1207,10 @@ class FlexibleSession:
     #: View rows of this session wait in the routing slice's batch (ViewBatch): what it sends
     #: meanwhile waits for them (ServerSession._stream_now).
     held_back: bool = False
+    #: The router's ``processed_to`` when it indexed :attr:`indexed_of` (this session's
+    #: queries then, the very list): entries after it were routed with them (Router._index).
+    indexed_at: int | None = None
+    indexed_of: list[CompiledSub] | None = None
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1280,15 +1289,21 @@ class FlexibleSession:
             by.setdefault(s.collection, []).append(s)
         self.by_coll = by
 
-    def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None) -> bool:
+    def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None,
+                     complete: bool = False) -> bool:
         """Whether one of the set's queries matches ``body``; ``verdicts``: results the router
-        already found for this very state, by query key (:attr:`_Routed.verdicts`)."""
+        already found for this very state, by query key (:attr:`_Routed.verdicts`).
+        ``complete``: the router routed that state with these queries in its index, so a
+        query without a verdict is one whose equality condition the state does not meet
+        (the index did not reach it): no match, without testing it."""
         for sub in self.by_coll.get(collection, ()):
-            if verdicts:
+            if verdicts is not None:
                 known = verdicts.get(sub.key)
                 if known is not None:
                     if known:
                         return True
+                    continue
+                if complete:
                     continue
             try:
                 if sub.predicate(body):
@@ -1302,8 +1317,9 @@ class FlexibleSession:
             return True
         return bool(self.rules.collection(collection).can_read(body))
 
-    def matches(self, collection: str, body: dict[str, Any] | None, verdicts: dict[str, bool] | None = None) -> bool:
-        return (body is not None and self.matches_subs(collection, body, verdicts)
+    def matches(self, collection: str, body: dict[str, Any] | None, verdicts: dict[str, bool] | None = None,
+                complete: bool = False) -> bool:
+        return (body is not None and self.matches_subs(collection, body, verdicts, complete)
                 and self.readable(collection, body))
 
     def _shown(self, doc: SnapshotDoc) -> SnapshotDoc | None:
@@ -1804,6 +1820,12 @@ class FlexibleSession:
             else:
                 for ref in r.states:
                     verdicts.pop(ref, None)
+        # Routed with this session's queries in the router's index (and every state has its
+        # verdicts): a query without a verdict cannot match (see matches_subs). Not for a batch
+        # reaching back before the session's queries were indexed (a new subscription set).
+        floor = self.indexed_at
+        complete = (floor is not None and self.indexed_of is self.subs
+                    and (not routed or routed[0].seq > floor))
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
@@ -1817,7 +1839,8 @@ class FlexibleSession:
             for op, ref in zip(r.txn.ops, r.refs, strict=True):
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref))
+                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref),
+                                                      complete)
                 if d == STAY:
                     kept.append(op)
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1852,7 +1875,7 @@ class FlexibleSession:
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
     def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None],
-                verdicts: dict[str, bool] | None = None) -> str:
+                verdicts: dict[str, bool] | None = None, complete: bool = False) -> str:
         if ref in self.uncertain:
             return SKIP          # settled by the bootstrap work list (sent whole, or removed)
         live, body = state
@@ -1861,8 +1884,8 @@ class FlexibleSession:
             # delete itself, and a re-create if there is one.
             if not live:
                 return STAY
-            return STAY if self.matches(ref[0], body, verdicts) else LEAVE
-        if live and self.matches(ref[0], body, verdicts):
+            return STAY if self.matches(ref[0], body, verdicts, complete) else LEAVE
+        if live and self.matches(ref[0], body, verdicts, complete):
             return ENTER
         return SKIP
 

@@ -175,3 +175,36 @@ def test_a_wal_grown_past_the_bound_is_checkpointed_inline_until_it_starts_over(
         assert db._engine.query("SELECT count(*) FROM documents")[0][0] == 2010
     finally:
         db.close()
+
+
+def test_upload_batches_of_a_hundred_operations_or_more_promote_what_lives_on(tmp_path, monkeypatch):
+    """server/enforcement.py: a batch as a flexible writer sends it (500 one-document
+    transactions) is below the deferred checkpoint's size, yet what lives on after its
+    integration is promoted; a small one (propagation) leaves it to the young collections."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from tidesync.server import enforcement
+    from tidesync.server.config import ServerConfig
+
+    asked: list[bool] = []
+    real = enforcement._gc_paused
+
+    @contextmanager
+    def recorded(*, promote=False):
+        asked.append(promote)
+        with real(promote=promote):
+            yield
+
+    monkeypatch.setattr(enforcement, "_gc_paused", recorded)
+    db = Database(tmp_path / "server.db", (), partition_key="_partition")
+    try:
+        state = SimpleNamespace(backend=db, config=ServerConfig(data_dir=tmp_path, development_mode=True),
+                                schema_learner=None)
+        enforcer = enforcement.Enforcer(state, None)
+        enforcer.integrate([_txn(0, enforcement.PROMOTE_OPS - 1)], "peer", 1)
+        enforcer.integrate([_txn(1000, enforcement.PROMOTE_OPS)], "peer", 2)
+        assert asked == [False, True]
+        assert enforcement.PROMOTE_OPS < enforcement.DEFER_CHECKPOINT_OPS
+    finally:
+        db.close()

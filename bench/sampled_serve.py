@@ -41,7 +41,24 @@ def _stack(frame: Any) -> tuple[str, ...]:
     return tuple(reversed(out))
 
 
+_busy = [False]
+
+
 def _sample(signum: int, frame: Any) -> None:
+    # Not re-entered: sys._current_frames() holds the interpreter's thread-list lock while it
+    # makes frame objects; one of those allocations may run a collection, whose callback
+    # (_on_gc, Python code) handles the next pending SIGPROF, and a nested _current_frames()
+    # then waited for that lock forever, with the GIL held (the whole server stopped).
+    if _busy[0]:
+        return
+    _busy[0] = True
+    try:
+        _sample_now()
+    finally:
+        _busy[0] = False
+
+
+def _sample_now() -> None:
     frames = sys._current_frames()
     for tid, f in frames.items():
         try:

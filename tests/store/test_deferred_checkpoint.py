@@ -104,6 +104,58 @@ def test_gc_pause_with_promote_leaves_the_young_generation_empty():
     assert gc.isenabled()
 
 
+def test_overlapping_gc_pauses_of_two_threads_promote_each_and_resume_after_the_last():
+    import threading
+
+    assert gc.isenabled()
+    inside, release, done = threading.Event(), threading.Event(), threading.Event()
+
+    def integration() -> None:   # a worker thread's step, overlapping the one below
+        with _gc_paused():
+            inside.set()
+            release.wait(10)
+        done.set()
+
+    worker = threading.Thread(target=integration)
+    worker.start()
+    try:
+        assert inside.wait(10)
+        with _gc_paused(promote=True):   # a decode, begun inside the worker's pause
+            assert not gc.isenabled()
+            kept = [[i] for i in range(5000)]
+        # Promoted although the collector was paused already, and still paused for the worker.
+        assert gc.get_count()[0] < 100
+        assert not gc.isenabled()
+        release.set()
+        assert done.wait(10)
+        assert gc.isenabled()
+        # The other order: the worker ends first, the collector waits for the last step.
+        inside.clear(), release.clear(), done.clear()
+        with _gc_paused():
+            worker = threading.Thread(target=integration)
+            worker.start()
+            assert inside.wait(10)
+            release.set()
+            assert done.wait(10)
+            assert not gc.isenabled()
+        assert gc.isenabled()
+        assert all(gc.is_tracked(x) for x in kept[:10])
+    finally:
+        release.set()
+        worker.join(10)
+        gc.enable()
+
+
+def test_a_collector_disabled_by_someone_else_stays_disabled():
+    gc.disable()
+    try:
+        with _gc_paused(promote=True):
+            kept = [[i] for i in range(1000)]
+        assert not gc.isenabled() and kept
+    finally:
+        gc.enable()
+
+
 def test_a_wal_grown_past_the_bound_is_checkpointed_inline_until_it_starts_over(tmp_path, monkeypatch):
     monkeypatch.setattr(Database, "MAX_DEFERRED_WAL_PAGES", 50)
     db = Database(tmp_path / "server.db", (), partition_key="_partition")
@@ -121,5 +173,38 @@ def test_a_wal_grown_past_the_bound_is_checkpointed_inline_until_it_starts_over(
         with db.deferred_checkpoint():
             assert _autocheckpoint(db) == 0  # deferred again
         assert db._engine.query("SELECT count(*) FROM documents")[0][0] == 2010
+    finally:
+        db.close()
+
+
+def test_upload_batches_of_a_hundred_operations_or_more_promote_what_lives_on(tmp_path, monkeypatch):
+    """server/enforcement.py: a batch as a flexible writer sends it (500 one-document
+    transactions) is below the deferred checkpoint's size, yet what lives on after its
+    integration is promoted; a small one (propagation) leaves it to the young collections."""
+    from contextlib import contextmanager
+    from types import SimpleNamespace
+
+    from tidesync.server import enforcement
+    from tidesync.server.config import ServerConfig
+
+    asked: list[bool] = []
+    real = enforcement._gc_paused
+
+    @contextmanager
+    def recorded(*, promote=False):
+        asked.append(promote)
+        with real(promote=promote):
+            yield
+
+    monkeypatch.setattr(enforcement, "_gc_paused", recorded)
+    db = Database(tmp_path / "server.db", (), partition_key="_partition")
+    try:
+        state = SimpleNamespace(backend=db, config=ServerConfig(data_dir=tmp_path, development_mode=True),
+                                schema_learner=None)
+        enforcer = enforcement.Enforcer(state, None)
+        enforcer.integrate([_txn(0, enforcement.PROMOTE_OPS - 1)], "peer", 1)
+        enforcer.integrate([_txn(1000, enforcement.PROMOTE_OPS)], "peer", 2)
+        assert asked == [False, True]
+        assert enforcement.PROMOTE_OPS < enforcement.DEFER_CHECKPOINT_OPS
     finally:
         db.close()

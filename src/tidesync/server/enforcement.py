@@ -91,14 +91,20 @@ def _lock_for(backend: Any) -> threading.Lock:
 #: to a background thread (``Database.deferred_checkpoint``): its ``Ack`` does not wait for the
 #: copy of the WAL into the file. Smaller ones (a few documents, propagation) commit as usual.
 DEFER_CHECKPOINT_OPS = 1000
+#: ... and of at least this many, what lives on when its integration ends is promoted past the
+#: young collections (``_gc_paused(promote=True)``): the next batch, decoded meanwhile, and
+#: what the event loop made during the pause (a flexible server's 500-transaction batches).
+PROMOTE_OPS = 100
 
 
-def _is_large(txns: Sequence[Transaction]) -> bool:
-    """Whether the batch holds at least :data:`DEFER_CHECKPOINT_OPS` operations."""
+def _is_large(txns: Sequence[Transaction], at_least: int | None = None) -> bool:
+    """Whether the batch holds at least ``at_least`` (default :data:`DEFER_CHECKPOINT_OPS`)
+    operations."""
+    limit = DEFER_CHECKPOINT_OPS if at_least is None else at_least
     ops = 0
     for txn in txns:
         ops += len(txn.ops)
-        if ops >= DEFER_CHECKPOINT_OPS:
+        if ops >= limit:
             return True
     return False
 
@@ -501,7 +507,7 @@ class Enforcer:
         # one, what lives on (the next batch, decoded meanwhile by the session's reader) is
         # promoted rather than scanned; small ones (propagation) leave the young generations
         # to the collector, whose full collections would otherwise come ever more rarely.
-        with _gc_paused(promote=_is_large(txns)):
+        with _gc_paused(promote=_is_large(txns, PROMOTE_OPS)):
             return self._integrate(txns, peer, peer_seq)
 
     def _integrate(self, txns: Sequence[Transaction], peer: str,

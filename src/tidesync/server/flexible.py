@@ -125,10 +125,11 @@ class FlexibleConfig:
         advance_interval: changes that concern a device are sent at once; an idle device is
             told that the log moved on once it has been quiet this many seconds (no commit,
             and no routing round on its way)...
-        max_advance_interval: ... or after this many seconds under a steady stream of changes.
+        max_advance_interval: ... or after this many seconds under a steady stream of changes
+            (then together with the next routing round when one is on its way).
         max_queries: the most queries one subscription set may hold.
         indexed_fields: top-level fields to index on the backend (an expression index on the
-            field's value and one on its type): a subscription with an equality condition on
+            field's value, and a partial one of the documents where it is a list): a subscription with an equality condition on
             one (``owner == $0``, ``status IN {...}``, also inside an AND) is bootstrapped
             through the index instead of a scan of its collection. In development mode
             (``all_fields``) every field such a condition uses is indexed on first use.
@@ -293,6 +294,16 @@ def _equality_of(node: Node) -> tuple[str, list[Any]] | None:
 
 
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def _array_index_sql(fieldname: str) -> str:
+    """The index of the documents whose ``fieldname`` is a list (their elements count in an
+    equality), beside the field's value index. Partial: a write to a document evaluates its
+    condition, but updates the index only when the field is a list, where a full index on the
+    field's type cost every write a delete and an insert in one more B-tree (about a third of
+    the integration of a one-document update, with three indexed fields)."""
+    return (f"CREATE INDEX IF NOT EXISTS flexible_ia_{fieldname} ON documents "
+            f"(collection, json_type(body, '$.{fieldname}')) WHERE json_type(body, '$.{fieldname}') = 'array'")
 
 
 def _prefilter(sub: CompiledSub) -> tuple[str, list[Any]] | None:
@@ -576,10 +587,26 @@ class Router:
         self._advance_due: float | None = None
         self._advance_timer: asyncio.TimerHandle | None = None
         self._last_advance = 0.0
+        self._advance_in_round = False   # the advance is due: the next round wakes idle sessions
         self.config = FlexibleConfig()
+        # Entries the backend's integrations just logged, by seq, as they were integrated
+        # (decoded, with their stored bytes): routed without decoding them again. Written and
+        # read with the backend's lock held (Database.on_logged, catch_up).
+        self._handed: dict[int, Transaction] = {}
         with backend._lock:
-            self.indexed: set[str] = {r[0][len("flexible_ix_"):] for r in backend._engine.query(
-                "SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'flexible_ix_%'")}
+            backend.on_logged = self._hand
+            names = {r[0] for r in backend._engine.query(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
+            self.indexed: set[str] = {n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")}
+            old = sorted(n[len("flexible_it_"):] for n in names if n.startswith("flexible_it_"))
+            if old:
+                # Files indexed before the type index became partial (see ensure_index):
+                # replaced once, in one transaction.
+                with backend._engine.atomic():
+                    for fieldname in old:
+                        if _FIELD.fullmatch(fieldname):
+                            backend._engine.execute(_array_index_sql(fieldname))
+                        backend._engine.execute(f'DROP INDEX IF EXISTS "flexible_it_{fieldname}"')
 
     AUTO_INDEX_LIMIT = 16
     #: The longest a routing round waits for the sessions it woke to read (see announce),
@@ -612,9 +639,7 @@ class Router:
             backend._engine.execute(
                 f"CREATE INDEX IF NOT EXISTS flexible_ix_{fieldname} ON documents "
                 f"(collection, json_extract(body, '$.{fieldname}'))")
-            backend._engine.execute(
-                f"CREATE INDEX IF NOT EXISTS flexible_it_{fieldname} ON documents "
-                f"(collection, json_type(body, '$.{fieldname}'))")
+            backend._engine.execute(_array_index_sql(fieldname))
         self.indexed.add(fieldname)
         log.info("indexed field %s for flexible sync in %.2f s", fieldname, time.perf_counter() - t0)
         return True
@@ -674,6 +699,10 @@ class Router:
             for k in keys:
                 _group_add(by_value.setdefault(k, {}), sub, s)
         s.indexed = list(s.subs)
+        # Every entry after this one is routed with these queries in the index (routing and
+        # this run under the lock): the session may trust the router's verdicts on its states,
+        # a query the index did not reach included (see FlexibleSession._judge).
+        s.indexed_at, s.indexed_of = self.processed_to, s.subs
 
     def _unindex(self, s: FlexibleSession) -> None:
         for sub in s.indexed:
@@ -693,6 +722,7 @@ class Router:
                     if not got:
                         del by_value[k]
         s.indexed = []
+        s.indexed_at, s.indexed_of = None, None
 
     def hold(self, s: FlexibleSession, refs: Iterable[Ref]) -> None:
         with self.lock:
@@ -736,6 +766,21 @@ class Router:
                         del self.holders[ref]
 
     # -- catching up with the log ---------------------------------------------------------
+
+    #: The most entries kept handed over and not yet routed (more: the oldest are decoded
+    #: from the log instead).
+    HANDED_MAX = 20_000
+
+    def _hand(self, logged: list[tuple[int, Transaction]]) -> None:
+        """Database.on_logged: keep what an integration just logged for the next catch-up
+        (the backend's lock is held)."""
+        handed = self._handed
+        if not self.sessions or len(handed) + len(logged) > self.HANDED_MAX:
+            handed.clear()
+            if not self.sessions:
+                return
+        for seq, t in logged:
+            handed[seq] = t
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -786,8 +831,16 @@ class Router:
                 if woken is None:
                     woken = await asyncio.to_thread(self._take_woken, True)
                 assert woken is not None
+                advance = self._advance_in_round
+                if advance:
+                    self._advance_in_round = False
+                    self._last_advance = time.monotonic()
+                processed = self.processed_to
                 for s in list(self.sessions):
                     if s.resync or s.read_to < s.routed_from:
+                        woken.add(s)
+                    elif advance and s.read_to < processed and s not in woken:
+                        s.advance_now = True      # the debounced advance, due (see _advance)
                         woken.add(s)
                 self.pending = set(woken)
                 # Streaming to a thousand sessions takes a while: other work of the event loop
@@ -879,12 +932,17 @@ class Router:
         self._advance_timer = None
         self._advance_due = None
         now = time.monotonic()
-        if self._round_task is not None and now < self._last_advance + self.config.max_advance_interval:
+        if self._round_task is not None:
             # Commits are still being routed (a round is on its way or waking its sessions):
             # the log is not quiet. The round arms the advance again when it has woken its
             # sessions; waking every idle one meanwhile would send each a Changes (and get an
-            # Ack) per upload batch that a round then follows anyway.
+            # Ack) per upload batch that a round then follows anyway. When it is due all the
+            # same (max_advance_interval), the next round wakes the idle sessions with its own
+            # (one read, one Changes each for both).
+            if now >= self._last_advance + self.config.max_advance_interval:
+                self._advance_in_round = True
             return
+        self._advance_in_round = False
         self._last_advance = now
         processed = self.processed_to
         for s in list(self.sessions):
@@ -925,6 +983,7 @@ class Router:
                     return self.processed_to
                 if not self.sessions:
                     self.processed_to = head
+                    self._handed.clear()
                     return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
@@ -942,8 +1001,16 @@ class Router:
         """Decode and route the log entries ``rows`` (up to ``upto``), with their documents'
         states (:meth:`catch_up`, the backend's lock held)."""
         backend = self.backend
-        routed = [_Routed(seq, origin, via, Transaction.from_stored(msgpack.unpackb(data, raw=False), data),
-                          len(data)) for seq, origin, via, data in rows]
+        handed = self._handed
+        routed = []
+        for seq, origin, via, data in rows:
+            t = handed.pop(seq, None) if handed else None
+            if t is None or t._packed != data:   # (not handed over, or not these bytes)
+                t = Transaction.from_stored(msgpack.unpackb(data, raw=False), data)
+            routed.append(_Routed(seq, origin, via, t, len(data)))
+        if handed and next(iter(handed)) <= upto:
+            for seq in [seq for seq in handed if seq <= upto]:
+                del handed[seq]       # (compacted away before it was routed)
         full: dict[Ref, tuple[str, str, str]] = {}
         touched = {ref for r in routed for ref in r.refs}
         states = read_states(backend, touched, full)
@@ -1145,6 +1212,10 @@ class FlexibleSession:
     #: View rows of this session wait in the routing slice's batch (ViewBatch): what it sends
     #: meanwhile waits for them (ServerSession._stream_now).
     held_back: bool = False
+    #: The router's ``processed_to`` when it indexed :attr:`indexed_of` (this session's
+    #: queries then, the very list): entries after it were routed with them (Router._index).
+    indexed_at: int | None = None
+    indexed_of: list[CompiledSub] | None = None
 
     def __init__(self, server: Any, config: FlexibleConfig, peer: ReplicaId, requested: dict[str, Any]) -> None:
         self.server = server                      # the ServerSession (sync_endpoint.py)
@@ -1223,15 +1294,21 @@ class FlexibleSession:
             by.setdefault(s.collection, []).append(s)
         self.by_coll = by
 
-    def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None) -> bool:
+    def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None,
+                     complete: bool = False) -> bool:
         """Whether one of the set's queries matches ``body``; ``verdicts``: results the router
-        already found for this very state, by query key (:attr:`_Routed.verdicts`)."""
+        already found for this very state, by query key (:attr:`_Routed.verdicts`).
+        ``complete``: the router routed that state with these queries in its index, so a
+        query without a verdict is one whose equality condition the state does not meet
+        (the index did not reach it): no match, without testing it."""
         for sub in self.by_coll.get(collection, ()):
-            if verdicts:
+            if verdicts is not None:
                 known = verdicts.get(sub.key)
                 if known is not None:
                     if known:
                         return True
+                    continue
+                if complete:
                     continue
             try:
                 if sub.predicate(body):
@@ -1245,8 +1322,9 @@ class FlexibleSession:
             return True
         return bool(self.rules.collection(collection).can_read(body))
 
-    def matches(self, collection: str, body: dict[str, Any] | None, verdicts: dict[str, bool] | None = None) -> bool:
-        return (body is not None and self.matches_subs(collection, body, verdicts)
+    def matches(self, collection: str, body: dict[str, Any] | None, verdicts: dict[str, bool] | None = None,
+                complete: bool = False) -> bool:
+        return (body is not None and self.matches_subs(collection, body, verdicts, complete)
                 and self.readable(collection, body))
 
     def _shown(self, doc: SnapshotDoc) -> SnapshotDoc | None:
@@ -1747,6 +1825,12 @@ class FlexibleSession:
             else:
                 for ref in r.states:
                     verdicts.pop(ref, None)
+        # Routed with this session's queries in the router's index (and every state has its
+        # verdicts): a query without a verdict cannot match (see matches_subs). Not for a batch
+        # reaching back before the session's queries were indexed (a new subscription set).
+        floor = self.indexed_at
+        complete = (floor is not None and self.indexed_of is self.subs
+                    and (not routed or routed[0].seq > floor))
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
@@ -1760,7 +1844,8 @@ class FlexibleSession:
             for op, ref in zip(r.txn.ops, r.refs, strict=True):
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref))
+                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref),
+                                                      complete)
                 if d == STAY:
                     kept.append(op)
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1795,7 +1880,7 @@ class FlexibleSession:
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
     def _decide(self, ref: Ref, state: tuple[bool, dict[str, Any] | None],
-                verdicts: dict[str, bool] | None = None) -> str:
+                verdicts: dict[str, bool] | None = None, complete: bool = False) -> str:
         if ref in self.uncertain:
             return SKIP          # settled by the bootstrap work list (sent whole, or removed)
         live, body = state
@@ -1804,8 +1889,8 @@ class FlexibleSession:
             # delete itself, and a re-create if there is one.
             if not live:
                 return STAY
-            return STAY if self.matches(ref[0], body, verdicts) else LEAVE
-        if live and self.matches(ref[0], body, verdicts):
+            return STAY if self.matches(ref[0], body, verdicts, complete) else LEAVE
+        if live and self.matches(ref[0], body, verdicts, complete):
             return ENTER
         return SKIP
 

@@ -222,6 +222,28 @@ class LineProcess:
 
 
 
+class DeviceProcess(LineProcess):
+    """``python -m bench.sync_device``: propagation's device B in its own process."""
+
+    def __init__(self, url: str, db_path: Path, users: Path, partition: str, timeout: float) -> None:
+        super().__init__("bench.sync_device", [url, str(db_path), str(users), partition], timeout)
+
+    def seen(self, value: int, timeout: float) -> float | None:
+        """The ``time.monotonic()`` at which B's listener saw ``priority == value``, or None
+        after ``timeout`` seconds (earlier values it reports are skipped)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                msg = self.read(left)
+            except RuntimeError:
+                return None
+            if msg.get("v") == value:
+                return float(msg["t"])
+
+
 class FleetProcess(LineProcess):
     """``python -m bench.sync_clients``: N lightweight clients in one asyncio process."""
 
@@ -388,22 +410,33 @@ def case_upload(args: dict[str, Any], work: Path) -> dict[str, Any]:
 def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
     samples, others, gap = int(args["samples"]), int(args["others"]), float(args["gap"])
     others_in = args.get("others_in", "own")
+    # B in a process of its own (bench/sync_device.py), as a second device is; else in this
+    # one beside A (one interpreter: A's Ack and B's integration share the GIL).
+    b_process = bool(args.get("b_process", False))
     server = start_server(work / "server", f"propagation-{others_in}-{Path(work).parent.name}")
     fleet = None
     a = b = None
-    out: dict[str, Any] = {"samples": samples, "others": others, "others_in": others_in, "storage": str(work)}
+    bproc: DeviceProcess | None = None
+    out: dict[str, Any] = {"samples": samples, "others": others, "others_in": others_in, "storage": str(work),
+                           "b_process": b_process}
     try:
         fleet = FleetProcess(server.url, others, "p" if others_in == "same" else "own", timeout=120)
         out["others_connected"] = fleet.ready["connected"]
         user = login(server.url, work)
         a = open_synced(work / "a.db", user, "p")
-        b = open_synced(work / "b.db", login(server.url, work), "p")
+        if not b_process:
+            b = open_synced(work / "b.db", login(server.url, work), "p")
         with a.write():
             a.create(SyncDoc, make_doc(0))
         a.sync_session.wait_for_upload_completion(timeout=30)
-        b.sync_session.wait_for_download_completion(timeout=30)
-        obj_a, obj_b = a.get(SyncDoc, "item-0000000"), b.get(SyncDoc, "item-0000000")
-        assert obj_a is not None and obj_b is not None
+        if b is not None:
+            b.sync_session.wait_for_download_completion(timeout=30)
+            obj_b = b.get(SyncDoc, "item-0000000")
+            assert obj_b is not None
+        else:
+            bproc = DeviceProcess(server.url, work / "b.db", work / f"users-b-{time.monotonic_ns()}", "p", timeout=120)
+        obj_a = a.get(SyncDoc, "item-0000000")
+        assert obj_a is not None
         fired = threading.Event()
         target = [-1]
         seen_at = [0.0]
@@ -413,7 +446,7 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
                 seen_at[0] = time.perf_counter()
                 fired.set()
 
-        token = obj_b.add_listener(on_change)
+        token = obj_b.add_listener(on_change) if b is not None else None
         lat: list[float] = []
         commit: list[float] = []
         lost = 0
@@ -422,10 +455,26 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
         if os.environ.get("TIDESYNC_BENCH_PROFILE"):
             os.kill(server.proc.pid, signal.SIGUSR1)  # bench/profile_server.py: profile from here
         s_cpu, c_cpu = cpu_s(server.proc.pid), time.process_time()
+        b_cpu = cpu_s(bproc.proc.pid) if bproc is not None else 0.0
         deadline = time.monotonic() + float(args.get("max_seconds", 100))
         for i in range(1, samples + 1):
             if time.monotonic() > deadline:
                 break
+            if bproc is not None:
+                # The same span, on the clock both processes share (time.monotonic).
+                m_begin = time.monotonic()
+                with a.write():
+                    obj_a.priority = i
+                m0 = time.monotonic()
+                seen = bproc.seen(i, 5.0)
+                if seen is not None:
+                    lat.append((seen - m0) * 1000)
+                    commit.append((m0 - m_begin) * 1000)
+                else:
+                    lost += 1
+                    lost_detail.append({"i": i, "a": a.sync_session.connection_state})
+                time.sleep(gap)
+                continue
             fired.clear()
             target[0] = i
             t_begin = time.perf_counter()
@@ -442,14 +491,17 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
                                     "a": a.sync_session.connection_state, "b": b.sync_session.connection_state})
             time.sleep(gap)
         spy.stop()
-        token.remove()
+        if token is not None:
+            token.remove()
+        b_cpu = cpu_s(bproc.proc.pid) - b_cpu if bproc is not None else 0.0
         out.update({
             "measured": len(lat), "lost": lost, "p50_ms": pct(lat, 50), "p90_ms": pct(lat, 90),
             "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else float("nan"),
             "mean_ms": statistics.fmean(lat) if lat else float("nan"),
             "commit_p50_ms": pct(commit, 50), "commit_p99_ms": pct(commit, 99), "lost_detail": lost_detail[:10],
             "server_cpu_s": cpu_s(server.proc.pid) - s_cpu,
-            "client_cpu_s": time.process_time() - c_cpu,  # A and B (all their threads)
+            "client_cpu_s": time.process_time() - c_cpu + b_cpu,  # A and B (all their threads)
+            "b_cpu_s": b_cpu if bproc is not None else None,  # B alone, when in its own process
             "others_busy_s": fleet.ask({"cmd": "status"}, 30)["busy_s"],
         })
         log(f"propagation ({work}): p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms over {len(lat)}")
@@ -457,6 +509,8 @@ def case_propagation(args: dict[str, Any], work: Path) -> dict[str, Any]:
         for db in (a, b):
             if db is not None:
                 db.close()
+        if bproc is not None:
+            bproc.close()
         if fleet is not None:
             fleet.close()
         server.stop()
@@ -595,12 +649,14 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
             lines.append(f"| upload: {r['n']:,} docs as {s['txns']:,} txn(s) x {s['docs_per_txn']:,}, until "
                          f"acknowledged | {s['docs_per_s']:,.0f} docs/s ({s['seconds']:.2f} s) | "
                          f">= {t['upload_docs_per_s']:,} docs/s | {_ok(s['docs_per_s'] >= t['upload_docs_per_s'])} |")
-    for key in ("propagation", "propagation_tmpfs", "propagation_same"):
+    for key in ("propagation", "propagation_tmpfs", "propagation_bproc", "propagation_same"):
         if key in results:
             r = results[key]
             where = "tmpfs" if "/dev/shm" in r["storage"] else "disk"
             whom = ("in their own partitions" if r.get("others_in", "own") == "own"
                     else "in the same partition (each write goes to them too)")
+            if r.get("b_process"):
+                where += ", B in its own process"
             lost = f", {r['lost']} lost" if r["lost"] else ""
             lines.append(f"| propagation ({where}): A commits -> B's listener fires; {r['others']} other clients "
                          f"connected {whom}; {r['measured']:,} samples{lost} | p50 {r['p50_ms']:.1f} ms | "
@@ -632,11 +688,13 @@ def report(results: dict[str, Any], command: str, seconds: float) -> str:
         lines.append("- upload: " + "; ".join(
             f"{s['txns']:,} x {s['docs_per_txn']:,}: server {s['server_cpu_s']:.2f} s ({s['server_cpu_s'] / r['n'] * 1e6:.0f} us/doc), "
             f"client {s['client_cpu_s']:.2f} s" for s in r["shapes"]))
-    for key in ("propagation", "propagation_tmpfs", "propagation_same"):
+    for key in ("propagation", "propagation_tmpfs", "propagation_bproc", "propagation_same"):
         if key in results:
             r = results[key]
+            b_alone = r.get("b_cpu_s")
+            b_note = f" (B {b_alone / max(1, r['measured']) * 1000:.1f})" if b_alone is not None else ""
             lines.append(f"- {key}: server {r['server_cpu_s'] / max(1, r['measured']) * 1000:.1f} ms per write, "
-                         f"devices A and B {r.get('client_cpu_s', float('nan')) / max(1, r['measured']) * 1000:.1f} ms per write, "
+                         f"devices A and B {r.get('client_cpu_s', float('nan')) / max(1, r['measured']) * 1000:.1f}{b_note} ms per write, "
                          f"the {r['others']} others {r['others_busy_s']:.1f} s in all; p90 {r['p90_ms']:.1f} ms; "
                          f"A's own commit p50 {r['commit_p50_ms']:.1f} ms")
     if "fanout" in results:
@@ -663,8 +721,9 @@ def write_results(text: str) -> None:
 
 def plan(only: tuple[str, ...], sizes: dict[str, Any], storage: str | None) -> list[tuple[str, str, dict[str, Any]]]:
     """(result key, case, args) of every run. Propagation runs on the disk and on tmpfs (an
-    fsync costs milliseconds here), with the 100 others in their own partitions, and once more
-    on the disk with the others in the same partition (each write goes to all of them)."""
+    fsync costs milliseconds here), with the 100 others in their own partitions, once more on
+    the disk with device B in a process of its own (``propagation_bproc``), and once more on
+    the disk with the others in the same partition (each write goes to all of them)."""
     runs: list[tuple[str, str, dict[str, Any]]] = []
     for name in only:
         where = storage or ("both" if name == "propagation" else "disk")
@@ -675,6 +734,11 @@ def plan(only: tuple[str, ...], sizes: dict[str, Any], storage: str | None) -> l
                 args["storage_root"] = "/dev/shm"
             runs.append((name + (f"_{root}" if root and where == "both" else ""), name, args))
         if name == "propagation":
+            # The same case with B in its own process (bench/sync_device.py), as real devices are.
+            args = dict(sizes[name], b_process=True)
+            if where == "tmpfs":
+                args["storage_root"] = "/dev/shm"
+            runs.append(("propagation_bproc", name, args))
             args = dict(sizes["propagation_same"])
             if where == "tmpfs":
                 args["storage_root"] = "/dev/shm"

@@ -12,7 +12,10 @@ Every case starts its own server process (``python -m tidesync serve`` on 127.0.
 (``python -m bench.sync_bench --case NAME JSON-ARGS``), whose figures come back as one JSON
 line. Many lightweight clients (propagation's 100 others, fan-out's 1,000) run in more
 processes, :mod:`bench.sync_clients` (propagation: one; fan-out: ``procs`` of them, 4 at full
-size, so that one client loop's own queueing is not counted as the server's latency). Every loop is bounded in count and in time.
+size, so that one client loop's own queueing is not counted as the server's latency). The
+propagation case runs a second time with device B in a process of its own,
+:mod:`bench.sync_device` (``propagation_bproc``), as real devices are. Every loop is bounded in
+count and in time.
 
 Files live on the real disk (``tempfile.gettempdir()``) unless ``--storage tmpfs`` puts them in
 ``/dev/shm``; propagation runs on both by default, because an fsync here costs milliseconds.

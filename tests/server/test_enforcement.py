@@ -186,6 +186,32 @@ def test_a_write_to_a_hidden_field_is_undone_without_revealing_it(h):
     assert "4242" not in str([t.to_wire() for t in ann.export_transactions()])
 
 
+def test_a_write_to_a_hidden_field_is_undone_even_when_a_later_hidden_value_overrode_it(h):
+    # The device never sees the newer hidden value, so its write can carry an older stamp: it
+    # changes nothing on the server, and is refused all the same (else the device would keep
+    # salary = 1 for good). Once a same-millisecond race in the test above.
+    from tidesync.core.operations import SetValue
+    from tidesync.core.transaction import Transaction
+
+    ann = h.device("ann", "ann")
+    with ann.write():
+        ann.create(EnfJob, _id="a", owner_id="ann", title="t")
+    h.sync("ann")
+    admin = "a1b2c3d4e5f60718"
+    now = h.server.next_stamps(1)[0]
+    later = f"{int(now[:12], 16) + 60_000:012x}" + now[12:18] + admin     # a minute ahead of the device
+    h.server.integrate([Transaction(later, admin, later, (), (SetValue("EnfJob", "a", later, "", ("salary",), (), 4242),))])
+    h.sync("ann")
+    with ann.write():
+        ann.get(EnfJob, "a").salary = 1
+        ann.get(EnfJob, "a").title = "u"
+    assert ann.history(limit=1)[0].stamp < later
+    messages = h.sync("ann")
+    assert [(m.key, m.code) for m in messages] == [("a", "field_write_denied")]
+    assert ann.get(EnfJob, "a").salary is None and ann.get(EnfJob, "a").title == "t"
+    assert h.server.get_raw("EnfJob", "a")["salary"] == 4242 and h.server.get_raw("EnfJob", "a")["title"] == "t"
+
+
 def test_a_write_to_an_unreadable_document_leaves_nothing_on_the_device(h):
     ann, bob = h.device("ann", "ann"), h.device("bob", "bob")
     with ann.write():

@@ -85,7 +85,7 @@ def _values(node: Node, lbody: list[Plain]) -> dict[str, Plain]:
 
 def _rebuild(node: Node, lbody: list[Plain], values: dict[str, Plain]) -> None:
     """Materialize the list again from the node (after an operation changed it)."""
-    r = node["r"]
+    r = node.get("r") or {}
     lbody[:] = [values[r.get(pos, pos)] for pos in visible_positions(node)]
 
 
@@ -148,23 +148,15 @@ def list_insert(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, .
         p[elem] = [after, value]
         return
     if "r" in node or "pm" in node:
-        values = _values(node, lbody) if "r" in node else dict(zip(visible_ids(node), lbody))
+        values = _values(node, lbody)
         _put(node, elem, after)
         values[elem] = value
         _cascade_moved(node, values, elem)
-        _settle(node, lbody, values)
+        _rebuild(node, lbody, values)
         return
     _place(node, lbody, elem, after, value)
     if p:
         _cascade(node, lbody, elem)
-
-
-def _settle(node: Node, lbody: list[Plain], values: dict[str, Plain]) -> None:
-    if "r" in node:
-        _rebuild(node, lbody, values)
-    else:  # a pending move is still waiting: nothing moved yet
-        x = node.get("x")
-        lbody[:] = [values[e] for e in node["o"] if not x or e not in x]
 
 
 def _cascade_moved(node: Node, values: dict[str, Plain], first: str) -> None:
@@ -323,7 +315,7 @@ def list_move(ctx: Context, node: Node, lbody: list[Plain], path: tuple[str, ...
             pm = node["pm"] = {}
         pm[pos] = [elem, after]
         return
-    values = _values(node, lbody) if "r" in node else dict(zip(visible_ids(node), lbody))
+    values = _values(node, lbody)
     _put(node, pos, after)
     other = _claim(node, elem, pos)
     if other is not None and node["m"][elem] == other:
@@ -342,7 +334,7 @@ def merge_list(ctx: Context, na: Node, la: list[Plain], nb: Node, lb: list[Plain
     ab: dict[str, str | None] = nb.get("a") or {}
     xb: dict[str, int] = nb.get("x") or {}
     rb: dict[str, str] = nb.get("r") or {}
-    values: dict[str, Plain] = dict(zip(visible_ids(nb), lb))
+    values = _values(nb, lb)
     # Pre-order lists every anchor before the elements after it.
     for elem in ob:
         if elem in rb:

@@ -13,7 +13,7 @@ Usage::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from ..core.schema import Schema
@@ -210,15 +210,18 @@ class _Evaluator:
                     yield from (d.keys() if keys else d.values())
         return members
 
-    def leaf(self, node: Compare | In | Between | StringOp | Exists) -> Predicate:
+    def tested(self, node: Compare | In | Between | StringOp | Exists
+               ) -> tuple[_Test, Callable[[Any], Iterable[Any]], Predicate | None]:
+        """What a leaf test applies to a document: the test of one value, the values of a
+        body it applies to (every fan-out of its key path, or a dictionary's members), and,
+        for a one-key path, the whole ANY test made without the generators."""
         path = node.path if isinstance(node, Exists) else node.left
         if isinstance(path, DictPart):
             assert not isinstance(node, Exists)
             steps = self.steps(path.path.names)
             check_leaf(node, steps, self.collection, self.schema)
-            member_test = leaf_test(node, dict_member_kind(path, steps, self.collection, self.schema))
-            members = self.members(path, steps)
-            return lambda body: any(member_test(m) for m in members(body))
+            return (leaf_test(node, dict_member_kind(path, steps, self.collection, self.schema)),
+                    self.members(path, steps), None)
         names = path.path.names if isinstance(path, Count) else path.names
         fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
         steps = self.steps(names)
@@ -227,10 +230,15 @@ class _Evaluator:
             raise QueryError("@links cannot be tested for existence: count it (@links...@count > 0)")
         element = self.subquery_element(path, steps[-1]) if isinstance(path, SubqueryCount) else None
         test = self.through_links(path, steps[-1], leaf_test(node, steps[-1].kind, element))
-        if len(steps) == 1 and steps[0].kind != "backlinks":
-            return _single_step(steps[0], fan_leaf, test)
+        single = _single_step(steps[0], fan_leaf, test) if len(steps) == 1 and steps[0].kind != "backlinks" else None
         values = self.values
-        return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
+        return test, lambda body: values(body, steps, 0, fan_leaf), single
+
+    def leaf(self, node: Compare | In | Between | StringOp | Exists) -> Predicate:
+        test, subjects, single = self.tested(node)
+        if single is not None:
+            return single
+        return lambda body: any(test(v) for v in subjects(body))
 
     def through_links(self, left: Any, last: Step, test: Callable[[Any], bool]) -> Callable[[Any], bool]:
         """For ``helpers.@sum.level`` over a list of links: the test of the aggregate of the
@@ -291,30 +299,12 @@ class _Evaluator:
         return lambda body: compare_values(value_at(body, left), op, value_at(body, right), ci)
 
     def quantified(self, node: Quantified) -> Predicate:
-        pred = node.predicate
-        if isinstance(pred.left, DictPart):
-            steps = self.steps(pred.left.path.names)
-            check_leaf(pred, steps, self.collection, self.schema)
-            member_test = leaf_test(pred, dict_member_kind(pred.left, steps, self.collection, self.schema))
-            members = self.members(pred.left, steps)
-            if node.quantifier == "any":
-                return lambda body: any(member_test(m) for m in members(body))
-            if node.quantifier == "all":
-                return lambda body: all(member_test(m) for m in members(body))
-            return lambda body: not any(member_test(m) for m in members(body))
-        names = pred.left.path.names if isinstance(pred.left, Count) else pred.left.names
-        fan_leaf = not isinstance(pred.left, Count)
-        steps = self.steps(names)
-        check_leaf(pred, steps, self.collection, self.schema)
-        element = self.subquery_element(pred.left, steps[-1]) if isinstance(pred.left, SubqueryCount) else None
-        test = self.through_links(pred.left, steps[-1], leaf_test(pred, steps[-1].kind, element))
-        values = self.values
+        test, subjects, _ = self.tested(node.predicate)
         if node.quantifier == "any":
-            return lambda body: any(test(v) for v in values(body, steps, 0, fan_leaf))
+            return lambda body: any(test(v) for v in subjects(body))
         if node.quantifier == "all":
-            return lambda body: all(test(v) for v in values(body, steps, 0, fan_leaf))
-        return lambda body: not any(test(v) for v in values(body, steps, 0, fan_leaf))
-
+            return lambda body: all(test(v) for v in subjects(body))
+        return lambda body: not any(test(v) for v in subjects(body))
 
 def to_predicate(query: Query | Node, collection: str | None = None, schema: Schema | None = None,
                  resolve_link: LinkResolver | None = None,

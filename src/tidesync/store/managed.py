@@ -186,8 +186,15 @@ class ManagedList(_ManagedCollection, MutableSequence[Any]):
             if not 0 <= index < n:
                 raise IndexError("list index out of range")
             return index
-        visible = [i for i, p in enumerate(items) if self._decode(p) is not None]
-        return visible[index]
+        return self._shown_indexes()[index]
+
+    def _shown_indexes(self) -> list[int]:
+        """The stored index of each element shown, in order (links to deleted objects are
+        stored but not shown)."""
+        items = self._items()
+        if not self._is_links():
+            return list(range(len(items)))
+        return [i for i, p in enumerate(items) if self._decode(p) is not None]
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if isinstance(index, slice):
@@ -222,11 +229,7 @@ class ManagedList(_ManagedCollection, MutableSequence[Any]):
         once leave it where the later move put it, and a concurrent removal wins
         (docs/merge-rules.md)."""
         txn, d = self._binding.db._writable(self._binding)
-        items = self._items()
-        if self._is_links():
-            shown = [i for i, p in enumerate(items) if self._decode(p) is not None]
-        else:
-            shown = list(range(len(items)))
+        shown = self._shown_indexes()
         n = len(shown)
         src, dst = (from_index + n if from_index < 0 else from_index), (to_index + n if to_index < 0 else to_index)
         if not (0 <= src < n and 0 <= dst < n):

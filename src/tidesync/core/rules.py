@@ -481,6 +481,19 @@ class CollectionAccess:
         """``body`` without the fields the user may not read."""
         return {k: v for k, v in body.items() if self.field_readable(k)}
 
+    def check_fields_written(self, names: Iterable[str]) -> Verdict | None:
+        """Decide an update by the fields it writes, whatever their effect: a field this role
+        may not write is refused even when the write changes nothing (it lost to a later
+        value), as Device Sync refused it. None when every one is writable (or no role
+        applies: :meth:`check_write` says that)."""
+        if self.role is None:
+            return None
+        for name in names:
+            if not self.field_writable(name):
+                return Verdict("update", "field_write_denied",
+                               f"role {self.role.name!r} of {self.collection} may not write field {name!r}")
+        return None
+
     def check_write(self, before: Mapping[str, Any] | None, after: Mapping[str, Any] | None) -> Verdict | None:
         """Decide a write by its effect: the document before and after it (None: not live).
 

@@ -397,8 +397,11 @@ class Enforcer:
                 except Exception:  # noqa: BLE001 - malformed: the backend's integrate reports it
                     continue
                 verdict = self.decide(coll, key, before, after)
-                if verdict is None and before.live:
-                    verdict = self._untouchable(coll, ops)
+                access = self._access(coll) if verdict is None and before.live else None
+                if access is not None:
+                    # Also a write that changed nothing: else the device keeps its own value.
+                    verdict = access.check_fields_written(
+                        op.path[0] for op in ops if not isinstance(op, (CreateDoc, DeleteDoc)))
                 if (verdict is None and self.has_partition and not before.live and before.epoch
                         and any(isinstance(op, CreateDoc) for op in ops)):
                     verdict = self._tombstone_elsewhere(ref)
@@ -413,21 +416,6 @@ class Enforcer:
             if kept is not None:
                 allowed.append(kept)
         return allowed, refused
-
-    def _untouchable(self, collection: str, ops: Sequence[Op]) -> Verdict | None:
-        """A write to a field the user may not write is refused even when it changes nothing
-        on the server (it lost to a later value the device had not seen, e.g. of a field hidden
-        from it): judged by effect alone it would pass, and the device would keep its own value
-        of that field for good. As Device Sync did, the write itself is refused."""
-        access = self._access(collection)
-        if access is None or access.role is None:
-            return None
-        for op in ops:
-            path = getattr(op, "path", None)
-            if path and not access.field_writable(path[0]):
-                return Verdict("update", "field_write_denied",
-                               f"role {access.role.name!r} of {collection} may not write field {path[0]!r}")
-        return None
 
     def _tombstone_elsewhere(self, ref: Ref) -> Verdict | None:
         """A create over another partition's tombstone loses to its delete on the server, while

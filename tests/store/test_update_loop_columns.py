@@ -14,6 +14,7 @@ import tidesync
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
 from tests.store.test_update_bulk import _before_sorted, _state
+from tests.store.test_update_columns import _ids
 
 N = 1500
 
@@ -22,10 +23,6 @@ class OtherNote(tidesync.Model):
     _id: str = tidesync.field(primary_key=True)
     title: str
     priority: int = 0
-
-
-def _ids(n):
-    return [f"n{i:05d}" for i in range(n)]
 
 
 def _scenario(db, meta):

@@ -396,11 +396,18 @@ class Engine:
             return
         self._run(f"PRAGMA mmap_size = {self.mmap_size}").fetchall()
         if self.mmap_size and mapadvice.available():
-            try:
-                self._advice = mapadvice.MapAdvice(self.path)
-            except OSError:
-                self._advice = None  # not a plain file on disk (nothing the kernel reads ahead)
+            self._advice = self._new_advice()
             self._prime_map()
+
+    def _new_advice(self) -> mapadvice.MapAdvice | None:
+        """The advice for this file's mappings (None where it cannot be advised, or the file is
+        not a plain file on disk: nothing the kernel reads ahead)."""
+        if not mapadvice.available():
+            return None
+        try:
+            return mapadvice.MapAdvice(self.path)
+        except OSError:
+            return None
 
     def map_file(self) -> None:
         """Turn on a deferred map (``defer_map``): map the file and advise the mapping, or, where
@@ -408,12 +415,7 @@ class Engine:
         if not self.map_deferred:
             return
         self.map_deferred = False
-        advice = None
-        if mapadvice.available():
-            try:
-                advice = mapadvice.MapAdvice(self.path)
-            except OSError:
-                advice = None
+        advice = self._new_advice()
         if advice is None:
             self.mmap_size = 0  # a map that cannot be advised is not turned on by default
             return

@@ -246,7 +246,8 @@ class Results(Generic[M]):
 
     def _select(self, columns: str, offset: int = 0, count: int | None = None) -> list[tuple[Any, ...]]:
         where, params = self._where()
-        sql = f"SELECT {columns} FROM documents WHERE {where}{self._order()}{self._limit_sql(offset, count)}"
+        limit = self._limit_sql(offset, count)
+        sql = f"SELECT {columns} FROM documents WHERE {where}{self._order()}{limit}"
         with self._db._lock:
             self._db._check_open()
             self._db._refresh()
@@ -259,10 +260,11 @@ class Results(Generic[M]):
             # file's memory map, whose pages would stay resident (see Engine.unmapped).
             with self._db._engine.unmapped():
                 if count is not None and not self._sort and not self._db._engine.in_transaction():
-                    return self._first_rows(columns, sql, params)
+                    return self._first_rows(columns, where, limit, sql, params)
                 return self._db._engine.query(sql, params)
 
-    def _first_rows(self, columns: str, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+    def _first_rows(self, columns: str, where: str, limit: str, sql: str,
+                    params: list[Any]) -> list[tuple[Any, ...]]:
         """The rows of ``sql``: the first few of a whole collection in the default (rowid) order.
 
         SQLite's plan reads the collection through an index on ``collection`` and sorts all of
@@ -273,9 +275,7 @@ class Results(Generic[M]):
         rows) and, when it runs out, the other one runs without: the plan that worked last time
         for this collection goes first. Same rows, same order either way."""
         db, name = self._db, self._cls.__name__
-        where, _ = self._where()
-        scan = (f"SELECT {columns} FROM documents NOT INDEXED WHERE {where} ORDER BY documents.rowid"
-                f"{sql[sql.rindex(' ORDER BY documents.rowid') + len(' ORDER BY documents.rowid'):]}")
+        scan = f"SELECT {columns} FROM documents NOT INDEXED WHERE {where} ORDER BY documents.rowid{limit}"
         scans = db._collection_scans
         first, second = (scan, sql) if name in scans else (sql, scan)
         rows = db._engine.query_within(first, params, _PLAN_BUDGET)

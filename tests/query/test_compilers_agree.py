@@ -19,7 +19,8 @@ from query_harness import SCHEMA, Store
 
 from tidesync.errors import QueryError
 from tidesync.query import (Aggregate, And, Between, Compare, CompareFields, Count, Exists, FalsePredicate, In, Not, Or, Path,
-                            Quantified, Size, StringOp, TruePredicate, Value)
+                            Quantified, Size, StringOp, TruePredicate, TypeOf, Value)
+from tidesync.query.semantics import TYPE_NAMES
 
 # -- values ----------------------------------------------------------------------------
 # Small pools, shared by documents and queries, so that equality tests hit; plus some
@@ -228,6 +229,18 @@ def extreme(draw: st.DrawFn) -> Any:
     return _build(lambda: Between(left, Value(draw(ints)), Value(draw(ints))))
 
 
+TYPE_WORDS = sorted(TYPE_NAMES) + ["String", "OBJECTID", "Numeric"]
+
+
+@st.composite
+def type_of(draw: st.DrawFn) -> Any:
+    """``x.@type == 'int'`` (or ``!=``, ``IN``) on any path, type names in any case."""
+    left = TypeOf(Path.parse(draw(paths)))
+    if draw(st.booleans()):
+        return _build(lambda: In(left, Value(draw(st.lists(st.sampled_from(TYPE_WORDS), max_size=3)))))
+    return _build(lambda: Compare(draw(st.sampled_from(["==", "!="])), left, Value(draw(st.sampled_from(TYPE_WORDS)))))
+
+
 @st.composite
 def membership(draw: st.DrawFn) -> Any:
     path = draw(paths)
@@ -253,7 +266,7 @@ def exists(draw: st.DrawFn) -> Any:
     return Exists(Path.parse(draw(paths)))
 
 
-leaf_tests = st.one_of(compare(), count(), extreme(), membership(), between(), string_op())
+leaf_tests = st.one_of(compare(), count(), extreme(), membership(), between(), string_op(), type_of())
 leaf_nodes = st.one_of(leaf_tests, field_pair())
 
 

@@ -65,7 +65,9 @@ def test_typed_python_values_and_plain_tagged_values_are_accepted() -> None:
 @pytest.mark.parametrize(("flt", "message"), [
     ({"a": {"$regex": "x"}}, "'$regex'"),
     ({"a": {"$elemMatch": {"b": 1}}}, "'$elemMatch'"),
-    ({"a": {"$type": "string"}}, "'$type'"),
+    ({"a": {"$type": "timestamp"}}, "'timestamp' is not a type tidesync stores"),
+    ({"a": {"$type": []}}, "needs a type alias"),
+    ({"a": {"$type": True}}, "True is not a type"),
     ({"$where": "this.a"}, "'$where'"),
     ({"$expr": {}}, "'$expr'"),
     ({"$text": {"$search": "x"}}, "'$text'"),

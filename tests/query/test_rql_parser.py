@@ -202,7 +202,7 @@ def test_parse_query_keeps_the_text() -> None:
     ("a === 1", (), 4, "expected a value after '=='"),
     ("a == 1 b == 2", (), 7, "expected AND, OR, SORT, DISTINCT, LIMIT or the end"),
     ("a LIKE[x] 'x'", (), 6, "expected [c] (case-insensitive), [d] (diacritic-insensitive) or [cd]"),
-    ("a.@median > 1", (), 2, "expected @count, @size, @min, @max, @sum, @avg, @keys, @values or @links"),
+    ("a.@median > 1", (), 2, "expected @count, @size, @min, @max, @sum, @avg, @keys, @values, @type or @links"),
     ("a == $", (), 5, "expected an argument number"),
     ("a == $1", ("x",), 5, "uses $1 but only 1 argument"),
     ("a == $0", (), 5, "no arguments were given"),

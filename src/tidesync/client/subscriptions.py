@@ -52,7 +52,7 @@ from ..protocol.messages import (
 )
 from ..query import And, Node, Query, TruePredicate, node_from_json, node_to_json, to_rql
 from ..query.ast import (Between, Compare, CompareFields, Count, DictPart, Exists, In, Not, Or, Path, Quantified, StringOp,
-                         SubqueryCount)
+                         SubqueryCount, TypeOf)
 
 if TYPE_CHECKING:
     from ..store.database import Database
@@ -92,7 +92,7 @@ def query_paths(node: Node) -> Iterator[tuple[Path, bool]]:
             left = n.left
             if isinstance(left, Count):
                 yield left.path, True
-            elif isinstance(left, DictPart):
+            elif isinstance(left, (DictPart, TypeOf)):
                 yield left.path, False
             else:
                 yield left, False

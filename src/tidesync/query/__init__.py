@@ -17,7 +17,7 @@ from ..errors import QueryError
 from .ast import (MAX_DEPTH, Aggregate, And, Between, Compare, CompareFields, Count, Descriptor, DictPart,
                   DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, Query, Size,
-                  SortDescriptor, StringOp, SubqueryCount, TruePredicate, Value, bind, node_from_json, node_to_json)
+                  SortDescriptor, StringOp, SubqueryCount, TruePredicate, TypeOf, Value, bind, node_from_json, node_to_json)
 from .mongo_filter import parse_mongo
 from .rql import parse_rql, parse_rql_query, to_rql
 from .to_mongo import to_mongo
@@ -51,6 +51,7 @@ __all__ = [
     "Aggregate",
     "SubqueryCount",
     "DictPart",
+    "TypeOf",
     "Value",
     "Param",
     "Compare",

@@ -21,8 +21,8 @@ Meaning of a key path (the rule every compiler keeps):
   null, missing or dangling link continues as *missing*.
 * :class:`Quantified` makes the quantifier explicit over every fan-out of its predicate's
   path: ``ANY`` (the default), ``ALL`` (vacuously true on an empty list), ``NONE``.
-* :class:`Count` (``@count``/``@size``) and :class:`Exists` look at the value the path ends
-  at without fanning it out; a null or missing list, set or dictionary known from the
+* :class:`Count` (``@count``/``@size``), :class:`TypeOf` (``@type``) and :class:`Exists`
+  look at the value the path ends at without fanning it out; a null or missing list, set or dictionary known from the
   schema counts 0.
 
 Values are compared as :mod:`tidesync.query.semantics` describes.
@@ -38,7 +38,7 @@ from typing import Any, Final, Literal, TypeAlias
 
 from ..core.values import Plain, canonical_json, from_plain, to_plain
 from ..errors import QueryError
-from .semantics import ORDERED_FAMILIES, family
+from .semantics import ORDERED_FAMILIES, family, type_names
 
 __all__ = [
     "CompareOp",
@@ -56,6 +56,7 @@ __all__ = [
     "SubqueryCount",
     "DictPart",
     "DictPartName",
+    "TypeOf",
     "AGGREGATES",
     "Value",
     "Param",
@@ -235,6 +236,23 @@ class DictPart:
         return f"{self.path}.@{self.part}"
 
 
+@dataclass(frozen=True, slots=True)
+class TypeOf:
+    """``extra.@type``: the type of the value the key path leads to, compared with ``==``,
+    ``!=`` or ``IN`` against type names (:data:`~tidesync.query.semantics.TYPE_NAMES`,
+    matched whatever their case: ``'string'``, ``'int'``, ``'numeric'``, ...). The value is
+    not fanned out: a list is a ``list``; a list crossed on the way fans out as usual."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, Path):
+            raise QueryError(f"@type needs a key path, got {self.path!r}")
+
+    def __str__(self) -> str:
+        return f"{self.path}.@type"
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class Value:
     """A constant operand, in plain form (``{"$date": micros}``, ``{"$oid": hex}``, ...).
@@ -329,6 +347,10 @@ Operand: TypeAlias = Value | Param
 def _check_left(left: object, *, allow_count: bool = True) -> None:
     if isinstance(left, DictPart):
         return
+    if isinstance(left, TypeOf):
+        if not allow_count:
+            raise QueryError(f"{left} is compared with type names by ==, != or IN, not by string operators")
+        return
     if isinstance(left, Count):
         if not allow_count:
             raise QueryError(f"{left} is a number: string operators need a string field")
@@ -342,10 +364,19 @@ def _check_operand(right: object) -> None:
         raise QueryError(f"expected a Value or Param operand, got {right!r}")
 
 
-def _check_scalar(left: Path | Count | DictPart, op: str, value: Value, case_insensitive: bool,
+def _check_scalar(left: Path | Count | DictPart | TypeOf, op: str, value: Value, case_insensitive: bool,
                   diacritic_insensitive: bool = False) -> None:
     if isinstance(value.plain, list):
         raise QueryError(f"a list can only be used with IN, not with {op!r}")
+    if isinstance(left, TypeOf):
+        if op not in ("==", "!="):
+            raise QueryError(f"{left} is compared with ==, != or IN, not with {op!r}")
+        if not type_names(value.plain):
+            raise QueryError(f"{left}: {value.plain!r} is not a type name; expected one such as 'string', 'int', "
+                             f"'double', 'numeric', 'bool', 'date', 'decimal', 'objectId', 'uuid', 'binary', "
+                             f"'list', 'dictionary' or 'null' (any case)",
+                             advice="docs/queries.md lists every name @type accepts")
+        return
     fam = value.family
     if isinstance(left, DictPart) and left.part == "keys" and fam != "string":
         raise QueryError(f"{left}: the keys of a dictionary are strings; they cannot be compared with "
@@ -376,7 +407,7 @@ class Compare:
     apply to ``==`` and ``!=`` on strings only."""
 
     op: CompareOp
-    left: Path | Count | DictPart
+    left: Path | Count | DictPart | TypeOf
     right: Value | Param
     case_insensitive: bool = False
     diacritic_insensitive: bool = False
@@ -386,6 +417,8 @@ class Compare:
             raise QueryError(f"unknown comparison {self.op!r}; expected one of {', '.join(COMPARE_OPS)}")
         _check_left(self.left)
         _check_operand(self.right)
+        if isinstance(self.left, TypeOf) and (self.case_insensitive or self.diacritic_insensitive):
+            raise QueryError(f"{self.left} matches type names whatever their case: leave out [c] and [d]")
         if self.case_insensitive and (self.op not in ("==", "!=") or isinstance(self.left, Count)):
             raise QueryError(f"[c] (case-insensitive) only applies to == and != on strings, not {self.op!r}")
         if self.diacritic_insensitive and (self.op not in ("==", "!=") or isinstance(self.left, Count)):
@@ -429,7 +462,7 @@ class In:
     """``left IN {v1, v2, ...}``: equal to any of the values (a :class:`Value` holding a
     list, or a :class:`Param` bound to a list)."""
 
-    left: Path | Count | DictPart
+    left: Path | Count | DictPart | TypeOf
     values: Value | Param
 
     def __post_init__(self) -> None:
@@ -446,7 +479,7 @@ class In:
 class Between:
     """``left BETWEEN {low, high}``: ``low <= left <= high`` (inclusive, on one element)."""
 
-    left: Path | Count | DictPart
+    left: Path | Count | DictPart | TypeOf
     low: Value | Param
     high: Value | Param
 
@@ -785,6 +818,8 @@ def _part_to_json(part: Any) -> Any:
         return {"count": list(part.path.names)}
     if isinstance(part, DictPart):
         return {part.part: list(part.path.names)}
+    if isinstance(part, TypeOf):
+        return {"type": list(part.path.names)}
     if isinstance(part, Path):
         return {"path": list(part.names)}
     if isinstance(part, Value):
@@ -826,6 +861,8 @@ def _part_from_json(data: Any, depth: int) -> Any:
                 return Count(Path(tuple(inner)))
             if key in ("keys", "values"):
                 return DictPart(Path(tuple(inner)), key)
+            if key == "type":
+                return TypeOf(Path(tuple(inner)))
             if key == "size":
                 return Size(Path(tuple(inner)))
             if key == "aggregate" and isinstance(inner, list) and len(inner) in (2, 3):

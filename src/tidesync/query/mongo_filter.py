@@ -8,6 +8,7 @@ Supported::
     {"status": {"$in": [...]}}, $nin
     {"due": {"$exists": true}}
     {"tags": {"$size": 2}}, {"tags": {"$all": ["a", "b"]}}
+    {"extra": {"$type": "string"}}, {"$type": ["int", "double"]}, {"$type": 2}
     {"priority": {"$not": {"$gt": 3}}}
     {"$and": [...]}, {"$or": [...]}, {"$nor": [...]}
 
@@ -16,8 +17,14 @@ Semantics are MongoDB's: equality with a list field matches if any element is eq
 positive test (so ``{"tags": {"$ne": "x"}}`` means "no element is 'x'"). Values may be
 Python objects (datetime, ObjectId, Decimal, UUID, bytes) or their plain form
 (``{"$date": micros}``, ``{"$oid": hex}``, ...). Anything else (``$regex``, ``$elemMatch``,
-``$expr``, ``$type``, array-index paths as ``tags.0``) raises
+``$expr``, array-index paths as ``tags.0``) raises
 :class:`~tidesync.errors.QueryError` naming the operator.
+
+``$type`` is RQL's ``@type`` (:class:`~tidesync.query.ast.TypeOf`): it tests the value
+itself, so an array is ``"array"`` and its elements are not looked at (MongoDB also matches
+an array by its elements' types), and a missing field is ``"null"``. ``"binData"`` stands
+for binary data and UUIDs; BSON types tidesync does not store (``"timestamp"``, ``"regex"``,
+...) are refused.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any, Final
 from ..core.values import TAGS
 from ..errors import QueryError
 from .ast import (MAX_DEPTH, And, Compare, CompareOp, Count, Exists, FalsePredicate, In, Node, Not, Or,
-                  Path, TruePredicate, Value)
+                  Path, TruePredicate, TypeOf, Value)
 
 __all__ = ["parse_mongo"]
 
@@ -46,7 +53,7 @@ def _unknown(op: str, where: str) -> QueryError:
     hint = _UNSUPPORTED_HINTS.get(op)
     return QueryError(f"unsupported MongoDB operator {op!r} {where}",
                       advice=hint if hint else "supported: $eq $ne $gt $gte $lt $lte $in $nin $exists "
-                                               "$not $size $all $and $or $nor")
+                                               "$not $size $all $type $and $or $nor")
 
 
 def _is_tagged(value: Any) -> bool:
@@ -169,6 +176,32 @@ def _all(path: Path, op: str, arg: Any) -> Node:
     return _conjunction([Compare("==", path, Value(v)) for v in values])
 
 
+#: MongoDB's ``$type`` aliases and numbers, as ``@type`` names.
+_BSON_TYPE_NAMES: Final[dict[str | int, tuple[str, ...]]] = {
+    "double": ("double",), 1: ("double",), "string": ("string",), 2: ("string",),
+    "object": ("dictionary",), 3: ("dictionary",), "array": ("list",), 4: ("list",),
+    "binData": ("binary", "uuid"), 5: ("binary", "uuid"), "objectId": ("objectId",), 7: ("objectId",),
+    "bool": ("bool",), 8: ("bool",), "date": ("date",), 9: ("date",), "null": ("null",), 10: ("null",),
+    "int": ("int",), 16: ("int",), "long": ("int",), 18: ("int",), "decimal": ("decimal",), 19: ("decimal",),
+    "number": ("numeric",),
+}
+
+
+def _type(path: Path, op: str, arg: Any) -> Node:
+    items = arg if isinstance(arg, list) else [arg]
+    names: list[str] = []
+    for item in items:
+        known = _BSON_TYPE_NAMES.get(item) if isinstance(item, (str, int)) and not isinstance(item, bool) else None
+        if known is None:
+            raise QueryError(f"$type at {str(path)!r}: {item!r} is not a type tidesync stores",
+                             advice="use double, string, object, array, binData, objectId, bool, date, null, "
+                                    "int, long, decimal or number (or their numbers)")
+        names.extend(n for n in known if n not in names)
+    if not names:
+        raise QueryError(f"$type at {str(path)!r} needs a type alias, a type number or a list of them")
+    return In(TypeOf(path), Value(names))
+
+
 def _not(path: Path, op: str, arg: Any) -> Node:
     if not isinstance(arg, Mapping) or not arg or _is_tagged(arg) \
             or not all(isinstance(k, str) and k.startswith("$") for k in arg):
@@ -181,7 +214,7 @@ def _not(path: Path, op: str, arg: Any) -> Node:
 _HANDLERS: Final[dict[str, Callable[[Path, str, Any], Node]]] = {
     "$eq": _compare, "$gt": _compare, "$gte": _compare, "$lt": _compare, "$lte": _compare,
     "$ne": _ne, "$in": _in, "$nin": _in, "$exists": _exists, "$size": _size, "$all": _all,
-    "$not": _not,
+    "$not": _not, "$type": _type,
 }
 
 

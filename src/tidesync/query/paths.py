@@ -18,7 +18,8 @@ from typing import Final
 
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..errors import QueryError
-from .ast import Aggregate, Between, Compare, CompareFields, Count, DictPart, Exists, In, StringOp, SubqueryCount, bound_plain
+from .ast import (Aggregate, Between, Compare, CompareFields, Count, DictPart, Exists, In, StringOp, SubqueryCount, TypeOf,
+                  bound_plain)
 from .semantics import ORDERED_FAMILIES, family
 
 __all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements", "BACKLINKS", "backlink_sources",
@@ -262,6 +263,16 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
     if last.kind == "backlinks" and not (isinstance(left, Count) and not isinstance(left, (Aggregate, SubqueryCount))):
         raise QueryError(f"{path_text}: @links stands for objects; compare a field of them "
                          f"(@links.Model.field.name == ...) or count them (.@count)")
+    if isinstance(left, TypeOf):
+        if last.kind == "link":
+            raise QueryError(f"{path_text}: {left.path} is a link, whose type the schema gives; @type tests "
+                             f"mixed values", advice=f"test the link with {left.path} == nil, or a field "
+                                                     f"of the linked object")
+        if isinstance(node, (Compare, StringOp)):
+            bound_plain(node.right)
+        elif isinstance(node, In):
+            bound_plain(node.values)
+        return
     if isinstance(left, Count):
         if last.kind not in (None, "mixed", "list", "set", "dict", "str", "backlinks"):
             raise QueryError(f"{path_text}: {left.path} is a {last.kind} field; @count needs a list, "

@@ -20,7 +20,8 @@ Grammar (keywords are case-insensitive)::
     operand    := keypath | value | subquery
     subquery   := "SUBQUERY" "(" keypath "," $var "," or ")" "." ("@count" | "@size")
     keypath    := ([$var "."] name | "@links" ["." name "." name]) ("." name)*
-                  ["." ("@count" | "@size" | "@keys" | "@values" | ("@min" | "@max" | "@sum" | "@avg") ("." name)*)]
+                  ["." ("@count" | "@size" | "@keys" | "@values" | "@type"
+                        | ("@min" | "@max" | "@sum" | "@avg") ("." name)*)]
     value      := int | float | 'string' | "string" | true | false | nil | null
                 | oid(<24 hex>) | uuid(<8-4-4-4-12>) | $n
 
@@ -57,13 +58,13 @@ from ..errors import QueryError
 from .paths import BACKLINKS
 from .ast import (Aggregate, AggregateName, And, Between, Compare, CompareFields, CompareOp, Count, Descriptor, DictPart, DistinctDescriptor, Exists,
                   FalsePredicate, In, LimitDescriptor, Node, Not, Or, Param, Path, Quantified, QuantifierName,
-                  Query, Size, SortDescriptor, StringOp, StringOpName, SubqueryCount, TruePredicate, Value, MAX_DEPTH,
+                  Query, Size, SortDescriptor, StringOp, StringOpName, SubqueryCount, TruePredicate, TypeOf, Value, MAX_DEPTH,
                   bind_value)
 
 __all__ = ["parse_rql", "parse_rql_query", "to_rql", "KEYWORDS"]
 
 _DESCRIPTORS: Final = ("sort", "distinct", "limit")
-_KEYPATHS: Final = (Path, Count, DictPart)
+_KEYPATHS: Final = (Path, Count, DictPart, TypeOf)
 _AGGREGATES: Final[dict[str, AggregateName]] = {"@min": "min", "@max": "max", "@sum": "sum", "@avg": "avg"}
 _DIRECTIONS: Final = {"asc": False, "ascending": False, "desc": True, "descending": True}
 
@@ -150,9 +151,10 @@ class _Lexer:
         if ch == "@":
             m = re.compile(r"@\w+").match(text, pos)
             word = m.group(0) if m else "@"
-            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg", "@keys", "@values", "@links"):
+            if word.lower() not in ("@count", "@size", "@min", "@max", "@sum", "@avg", "@keys", "@values", "@type",
+                                    "@links"):
                 raise self.error(f"unsupported {word}: expected @count, @size, @min, @max, @sum, @avg, @keys, "
-                                 f"@values or @links", pos)
+                                 f"@values, @type or @links", pos)
             return _Token("at", word, pos)
         if ch == "[":
             m = re.compile(r"\[\s*(\w*)\s*\]").match(text, pos)
@@ -482,7 +484,7 @@ class _Parser:
             return "c" in flags, "d" in flags
         return False, False
 
-    def in_rest(self, start: _Token, left: Path | Count | DictPart | Value | Param, op_token: _Token) -> Compare | In:
+    def in_rest(self, start: _Token, left: Path | Count | DictPart | TypeOf | Value | Param, op_token: _Token) -> Compare | In:
         if not isinstance(left, _KEYPATHS):
             # `'x' IN tags`: the list field holds the value
             right = self.operand("a list key path after IN")
@@ -511,7 +513,7 @@ class _Parser:
             values = self.build(brace, lambda: Value(items))
         return self.build(op_token, lambda: In(left, values))
 
-    def between_rest(self, left: Path | Count | DictPart, op_token: _Token) -> Between:
+    def between_rest(self, left: Path | Count | DictPart | TypeOf, op_token: _Token) -> Between:
         self.expect_punct("{", "BETWEEN")
         low = self.value("the lower bound of BETWEEN")
         self.expect_punct(",", "the lower bound of BETWEEN")
@@ -519,7 +521,7 @@ class _Parser:
         self.expect_punct("}", "the upper bound of BETWEEN")
         return self.build(op_token, lambda: Between(left, low, high))
 
-    def operand(self, what: str) -> Path | Count | DictPart | Value | Param:
+    def operand(self, what: str) -> Path | Count | DictPart | TypeOf | Value | Param:
         token = self.peek
         if token.kind == "name" and token.text.lower() == "subquery" and self.following_punct("("):
             return self.subquery()
@@ -538,7 +540,7 @@ class _Parser:
         after = self.tokens[self.i + 1] if self.i + 1 < len(self.tokens) else self.peek
         return after.kind == "punct" and after.text == ch
 
-    def element_keypath(self) -> Path | Count | DictPart:
+    def element_keypath(self) -> Path | Count | DictPart | TypeOf:
         """``$x.field...`` inside ``SUBQUERY(..., $x, ...)``: a key path from the element."""
         token = self.next()
         if not self.variables:
@@ -584,7 +586,7 @@ class _Parser:
         name = variable.value
         return self.build(token, lambda: SubqueryCount(target, predicate, name))
 
-    def keypath(self) -> Path | Count | DictPart:
+    def keypath(self) -> Path | Count | DictPart | TypeOf:
         first = self.next()
         names = [first.text.lower() if first.kind == "at" else first.text]   # @links
         while self.at_punct("."):
@@ -599,7 +601,7 @@ class _Parser:
                 of: list[str] = []
                 while self.at_punct("."):
                     dot = self.next()
-                    if word in ("@count", "@size", "@keys", "@values"):
+                    if word in ("@count", "@size", "@keys", "@values", "@type"):
                         raise self.error(f"{word} ends a key path: nothing can follow it", dot)
                     field = self.peek
                     if field.kind != "name" or field.keyword is not None:
@@ -607,6 +609,8 @@ class _Parser:
                     of.append(self.next().text)
                 if word in ("@keys", "@values"):
                     return DictPart(path, "keys" if word == "@keys" else "values")
+                if word == "@type":
+                    return TypeOf(path)
                 if word == "@count":
                     return Count(path)
                 if word == "@size":
@@ -697,9 +701,11 @@ class _Formatter:
         self.args: list[Any] = []
         self.prefix = ""  # "$x." inside a SUBQUERY over $x
 
-    def path(self, left: Path | Count | DictPart) -> str:
+    def path(self, left: Path | Count | DictPart | TypeOf) -> str:
         if isinstance(left, DictPart):
             return f"{self.path(left.path)}.@{left.part}"
+        if isinstance(left, TypeOf):
+            return f"{self.path(left.path)}.@type"
         if isinstance(left, SubqueryCount):
             outer = self.path(left.path)
             saved, self.prefix = self.prefix, f"${left.variable}."

@@ -48,6 +48,10 @@ __all__ = [
     "compare_numbers",
     "string_test",
     "size_of",
+    "TYPE_NAMES",
+    "TAGGED_TYPES",
+    "type_name",
+    "type_names",
     "fold_ascii",
     "fold_diacritics",
     "fold_text",
@@ -283,6 +287,61 @@ def size_of(value: Any) -> int | None:
             return None
         return len(value)
     return None
+
+
+#: What ``@type`` compares with: each accepted name (lower case; a query's name is matched
+#: whatever its case) and the value types it stands for. The types are those
+#: :func:`type_name` gives: ``null bool int double decimal string binary date objectId uuid
+#: list dictionary``.
+TYPE_NAMES: Final[dict[str, frozenset[str]]] = {
+    "null": frozenset({"null"}),
+    "bool": frozenset({"bool"}), "boolean": frozenset({"bool"}),
+    "int": frozenset({"int"}), "integer": frozenset({"int"}), "long": frozenset({"int"}),
+    "double": frozenset({"double"}), "float": frozenset({"double"}),
+    "decimal": frozenset({"decimal"}), "decimal128": frozenset({"decimal"}),
+    "numeric": frozenset({"int", "double", "decimal"}), "number": frozenset({"int", "double", "decimal"}),
+    "string": frozenset({"string"}),
+    "binary": frozenset({"binary"}), "data": frozenset({"binary"}), "bindata": frozenset({"binary"}),
+    "date": frozenset({"date"}), "timestamp": frozenset({"date"}),
+    "objectid": frozenset({"objectId"}),
+    "uuid": frozenset({"uuid"}),
+    "list": frozenset({"list"}), "array": frozenset({"list"}),
+    "dictionary": frozenset({"dictionary"}), "object": frozenset({"dictionary"}),
+}
+
+#: The tagged plain forms, in the order :func:`type_name` (and the SQL compiler) look for
+#: them in a JSON object.
+TAGGED_TYPES: Final = (("$date", "date"), ("$oid", "objectId"), ("$uuid", "uuid"), ("$binary", "binary"),
+                       ("$decimal", "decimal"), ("$float", "double"))
+
+
+def type_name(value: Any) -> str:
+    """``@type``: the type of a plain value, one of ``null bool int double decimal string
+    binary date objectId uuid list dictionary`` (``MISSING`` is ``null``; an embedded
+    object is a ``dictionary``)."""
+    if value is None or value is MISSING:
+        return "null"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int):
+        return "int"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "list"
+    if isinstance(value, Mapping):
+        for tag, name in TAGGED_TYPES:
+            if tag in value:
+                return name
+        return "dictionary"
+    return "null"
+
+
+def type_names(name: Any) -> frozenset[str]:
+    """The types ``@type == name`` accepts (empty when ``name`` is no type name)."""
+    return TYPE_NAMES.get(name.lower(), frozenset()) if isinstance(name, str) else frozenset()
 
 
 def value_at(value: Any, names: Sequence[str]) -> Any:

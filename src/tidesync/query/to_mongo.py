@@ -14,6 +14,8 @@ Known differences that remain:
 
 * ``[c]`` becomes a regex with the ``i`` option, which folds all of Unicode (tidesync's SQL
   folds ASCII only).
+* ``@type`` with ``'binary'`` or ``'uuid'`` is refused (both are ``binData``), as is one
+  on a key path through a list; a missing field has the type ``null``, as in tidesync.
 * ``@count == n`` becomes ``$size``, which counts array elements only (tidesync also
   counts string characters and dictionary keys).
 * MongoDB stores datetimes to the millisecond.
@@ -35,13 +37,18 @@ from ..core.schema import Schema
 from ..core.values import Plain, from_plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, Path, FalsePredicate, In, Node, Not, Or,
-                  Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
+                  Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, bound_plain)
 from .paths import BACKLINKS, Step, check_leaf, resolve, subquery_elements
+from .semantics import type_names
 
 __all__ = ["to_mongo"]
 
 _OPS: Final = {"==": "$eq", "!=": "$ne", "<": "$lt", "<=": "$lte", ">": "$gt", ">=": "$gte"}
 _NOT_ARRAY: Final = {"$not": {"$type": "array"}}
+#: What each ``@type`` type is stored as in MongoDB (``$type`` aliases; list is "array").
+_BSON_TYPES: Final = {"null": ("null",), "bool": ("bool",), "int": ("int", "long"), "double": ("double",),
+                      "decimal": ("decimal",), "string": ("string",), "date": ("date",),
+                      "objectId": ("objectId",), "dictionary": ("object",)}
 
 
 def _like(pattern: str) -> str:
@@ -128,6 +135,9 @@ class _Translator:
             return self.aggregate(node, node.left)
         if isinstance(node.left, Count):
             return self.count(node)
+        if isinstance(node.left, TypeOf):
+            assert not isinstance(node, StringOp)
+            return self.type_of(node, node.left)
         path, steps = self.path(node, node.left.names)
         ops = self.element_ops(node)
         per_element = isinstance(node, Between) or (isinstance(node, Compare) and node.op == "!=")
@@ -164,6 +174,32 @@ class _Translator:
         if isinstance(node, In):
             return {"$or": [test("==", n) for n in bound_plain(node.values)]}
         return {"$and": [test(">=", bound_plain(node.low)), test("<=", bound_plain(node.high))]}
+
+    def type_of(self, node: Compare | In | Between, left: TypeOf) -> dict[str, Any]:
+        """``x.@type == 'int'`` as ``$type``, kept from matching inside arrays (MongoDB's
+        ``$type`` also matches an array by its elements); a missing field is ``null``."""
+        if isinstance(node, Between):
+            raise QueryError(f"{left} is compared with ==, != or IN, not BETWEEN")
+        path, steps = self.path(node, left.path.names)
+        self.refuse_inner_fan_out(steps, "@type")
+        if isinstance(node, Compare):
+            names, negate = type_names(bound_plain(node.right)), node.op == "!="
+        else:
+            options = bound_plain(node.values)
+            assert isinstance(options, list)
+            names, negate = frozenset().union(*(type_names(o) for o in options)), False
+        if names & {"binary", "uuid"}:
+            raise QueryError(f"{left}: MongoDB's $type cannot tell binary data from a UUID (both are binData)")
+        scalar = sorted(t for n in sorted(names - {"list"}) for t in _BSON_TYPES[n])
+        tests: list[dict[str, Any]] = []
+        if scalar:
+            tests.append({path: {"$type": scalar, "$not": {"$type": "array"}}})
+        if "null" in names:
+            tests.append({path: {"$exists": False}})
+        if "list" in names:
+            tests.append({path: {"$type": "array"}})
+        match = tests[0] if len(tests) == 1 else {"$or": tests}
+        return {"$nor": [match]} if negate else match
 
     def count(self, node: Compare | In | Between) -> dict[str, Any]:
         assert isinstance(node.left, Count)

@@ -21,9 +21,10 @@ from ..core.values import Plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, DictPart, Exists,
                   FalsePredicate,
-                  In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate)
+                  In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf)
 from .paths import Step, backlink_sources, check_leaf, dict_member_kind, resolve, resolve_field_pair, subquery_elements
-from .semantics import MISSING, aggregate, compare, compare_values, family, size_of, string_test, value_at
+from .semantics import (MISSING, aggregate, compare, compare_values, family, size_of, string_test, type_name, type_names,
+                        value_at)
 
 __all__ = ["to_predicate", "LinkResolver", "BacklinkResolver", "Predicate", "leaf_test"]
 
@@ -57,6 +58,8 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
         arg = _value(node.right)
         op, ci, di = node.op, node.case_insensitive, node.diacritic_insensitive
         return lambda v: string_test(v, op, arg, ci, di)
+    if isinstance(node.left, TypeOf):
+        return _type_test(node)
     test: _Test
     if isinstance(node, Compare):
         arg = _value(node.right)
@@ -103,6 +106,21 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
             return lambda v: value_test(size_of(v) if isinstance(v, (list, dict)) else 0)
         return lambda v: value_test(size_of(v))
     return test
+
+
+def _type_test(node: Compare | In | Between) -> _Test:
+    """``x.@type == 'int'``, ``!=``, ``IN {...}``: whether the value's type is among the named."""
+    if isinstance(node, Between):
+        raise QueryError(f"{node.left} is compared with ==, != or IN, not BETWEEN")
+    if isinstance(node, Compare):
+        names, negate = type_names(_value(node.right)), node.op == "!="
+    else:
+        options = _value(node.values)
+        assert isinstance(options, list)
+        names, negate = frozenset().union(*(type_names(o) for o in options)), False
+    if negate:
+        return lambda v: type_name(v) not in names
+    return lambda v: type_name(v) in names
 
 
 def _single_step(step: Step, fan_leaf: bool, test: _Test) -> Predicate:
@@ -222,8 +240,8 @@ class _Evaluator:
             check_leaf(node, steps, self.collection, self.schema)
             return (leaf_test(node, dict_member_kind(path, steps, self.collection, self.schema)),
                     self.members(path, steps), None)
-        names = path.path.names if isinstance(path, Count) else path.names
-        fan_leaf = not isinstance(node, Exists) and not isinstance(path, Count)
+        names = path.path.names if isinstance(path, (Count, TypeOf)) else path.names
+        fan_leaf = not isinstance(node, Exists) and not isinstance(path, (Count, TypeOf))
         steps = self.steps(names)
         check_leaf(node, steps, self.collection, self.schema)
         if isinstance(node, Exists) and steps[0].kind == "backlinks":

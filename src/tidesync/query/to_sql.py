@@ -50,10 +50,11 @@ from typing import Any, Final, TypeAlias
 from ..core.schema import Schema
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, FalsePredicate, In, Node, Not, Or,
-                  Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, bound_plain)
+                  Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, bound_plain)
 from .paths import (LIST_KINDS, TAGGED_KINDS, Step, backlink_sources, check_leaf, dict_member_kind, resolve,
                     resolve_field_pair, subquery_elements)
-from .semantics import MISSING, compare_numbers, family, fold_text, number_key, unaccent_sql
+from .semantics import (MISSING, TAGGED_TYPES, compare_numbers, family, fold_text, number_key, type_names,
+                        unaccent_sql)
 from .to_predicate import leaf_test
 
 __all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression", "SQL_FUNCTIONS", "UNACCENT"]
@@ -225,14 +226,14 @@ class _Compiler:
     def path_test(self, node: Compare | In | Between | StringOp | Exists, negate: bool = False) -> str:
         """SQL for "the leaf test (or its negation) holds for some value the path leads to"."""
         target = node.path if isinstance(node, Exists) else node.left
-        names = target.path.names if isinstance(target, (Count, DictPart)) else target.names
+        names = target.path.names if isinstance(target, (Count, DictPart, TypeOf)) else target.names
         steps = resolve(self.collection, self.schema, names)
         check_leaf(node, steps, self.collection, self.schema)
-        fan_leaf = not isinstance(node, Exists) and not isinstance(target, (Count, DictPart))
+        fan_leaf = not isinstance(node, Exists) and not isinstance(target, (Count, DictPart, TypeOf))
         leaf = self.leaf(node, steps[-1])
         on_missing = leaf_test(node, steps[-1].kind)(MISSING)
         unknown_size = isinstance(target, Count) and steps[-1].kind in (None, "mixed")
-        costly = unknown_size or isinstance(target, (Aggregate, SubqueryCount, DictPart))
+        costly = unknown_size or isinstance(target, (Aggregate, SubqueryCount, DictPart, TypeOf))
         self.leaf_cost = (_COST_SIZE_LEAF if costly else _COST_LEAF) + (_COST_NOT if negate else 0)
         if negate:
             positive = leaf
@@ -387,6 +388,8 @@ class _Compiler:
             return self.aggregate_leaf(node, node.left.op, last)
         if isinstance(node.left, Count):
             return self.count_leaf(node)
+        if isinstance(node.left, TypeOf):
+            return self.type_leaf(node)
         if isinstance(node, Compare):
             cop, value, ci, di = node.op, bound_plain(node.right), node.case_insensitive, node.diacritic_insensitive
             return lambda base, path, kind: self.value_test(base, path, kind, cop, value, ci, di)
@@ -396,6 +399,31 @@ class _Compiler:
         low, high = bound_plain(node.low), bound_plain(node.high)
         return lambda base, path, kind: (f"({self.value_test(base, path, kind, '>=', low, False)} AND "
                                          f"{self.value_test(base, path, kind, '<=', high, False)})")
+
+    def type_leaf(self, node: Compare | In | Between) -> _Leaf:
+        """``x.@type == 'int'``, ``!=``, ``IN {...}``: the value's type name
+        (:func:`~tidesync.query.semantics.type_name`, from ``json_type`` and the tag of a
+        tagged value) among the named. The names are tidesync's own, so they are written as
+        literals."""
+        if isinstance(node, Between):
+            raise QueryError(f"{node.left} is compared with ==, != or IN, not BETWEEN")
+        if isinstance(node, Compare):
+            names, negate = type_names(bound_plain(node.right)), node.op == "!="
+        else:
+            options = bound_plain(node.values)
+            assert isinstance(options, list)
+            names, negate = frozenset().union(*(type_names(o) for o in options)), False
+        listed = ", ".join(_text(n) for n in sorted(names))
+
+        def leaf(base: str, path: _JPath, kind: str | None) -> str:
+            tags = " ".join(f"WHEN json_type({base}, {path.tag(tag).sql()}) IS NOT NULL THEN {_text(name)}"
+                            for tag, name in TAGGED_TYPES)
+            name = (f"CASE json_type({base}, {path.sql()}) WHEN 'object' THEN CASE {tags} ELSE 'dictionary' END "
+                    f"WHEN 'true' THEN 'bool' WHEN 'false' THEN 'bool' WHEN 'integer' THEN 'int' "
+                    f"WHEN 'real' THEN 'double' WHEN 'text' THEN 'string' WHEN 'array' THEN 'list' "
+                    f"ELSE 'null' END")
+            return f"({name}) {'NOT IN' if negate else 'IN'} ({listed})"
+        return leaf
 
     def value_test(self, base: str, path: _JPath, kind: str | None, op: str, arg: Any, ci: bool,
                    di: bool = False) -> str:

@@ -96,3 +96,33 @@ def test_wrong_uses_are_refused_clearly(db):
         db.delete(ann)
     with pytest.raises(tidesync.InvalidatedObjectError):
         ann.jobs
+
+
+def test_a_backlinks_attribute_starts_a_key_path_in_queries(db):
+    crew = db.objects(Crew)
+    assert ids(crew.filter("jobs.@count == 2")) == ["ann"]
+    assert ids(crew.filter("jobs.@count == 0")) == []
+    assert ids(crew.filter("ANY helping.status == 'open'")) == ["ann", "bo"]
+    assert ids(crew.filter("ALL jobs.status == 'open'")) == ["bo"]
+    assert ids(crew.filter("teams.@count > 0 AND name BEGINSWITH 'B'")) == ["bo"]
+    assert ids(crew.filter("jobs.helpers.name == 'Ann'")) == ["bo"]        # then through the origin's links
+    for text in ("jobs.@count == 2", "ANY helping.status == 'open'", "jobs.title == 'wall'"):
+        spelled = text.replace("jobs", "@links.Job.lead").replace("helping", "@links.Job.helpers")
+        assert ids(crew.filter(text)) == ids(crew.filter(spelled))            # the same as @links
+
+
+def test_a_backlinks_attribute_cannot_be_crossed_or_compared(db):
+    with pytest.raises(tidesync.QueryError, match="Crew.jobs is a backlinks attribute: in a query it can only "
+                                                  "start a key path"):
+        db.objects(Job).filter("lead.jobs.@count > 1")
+    with pytest.raises(tidesync.QueryError, match="@links stands for objects"):
+        db.objects(Crew).filter("jobs == 'j1'")
+    with pytest.raises(tidesync.QueryError, match="Job.title is not a link"):
+        db.objects(Crew).filter("not_a_link.@count == 0")
+
+
+def test_a_subscription_cannot_start_at_a_backlinks_attribute(db):
+    from tidesync.client.subscriptions import _query_of
+
+    with pytest.raises(tidesync.UsageError, match="cannot follow links"):
+        _query_of(db.objects(Crew).filter("jobs.@count == 0"))

@@ -487,7 +487,13 @@ def schema_of(cls: type[_ModelBase]) -> ObjectSchema:
         if decl.spec.primary_key and ftype.nullable:
             raise SchemaError(f"{cls.__name__}._id: a primary key cannot be None")
         fields[name] = FieldSchema(name, ftype, decl.spec.indexed or decl.spec.primary_key, decl.spec.primary_key)
-    schema = ObjectSchema(cls.__name__, fields, cls.__ts_embedded__)
+    found: dict[str, tuple[str, str]] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in vars(klass).items():
+            if isinstance(value, Backlinks):
+                origin = value.origin if isinstance(value.origin, str) else value.origin.__name__
+                found[name] = (origin, value.field)
+    schema = ObjectSchema(cls.__name__, fields, cls.__ts_embedded__, found)
     cls.__ts_schema__ = schema
     return schema
 

@@ -100,11 +100,16 @@ class FieldSchema:
 
 @dataclass(frozen=True, slots=True)
 class ObjectSchema:
-    """The fields of one collection (``embedded=False``) or embedded object type."""
+    """The fields of one collection (``embedded=False``) or embedded object type.
+
+    ``backlinks`` names the model's backlinks attributes (``orders =
+    tidesync.backlinks("WorkOrder", "technician")``) with their origin model and link field:
+    not fields (nothing is stored or synced for them), but names a query may start with."""
 
     name: str
     fields: Mapping[str, FieldSchema]
     embedded: bool = False
+    backlinks: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False)
 
     @property
     def primary_key(self) -> str | None:

@@ -117,6 +117,9 @@ def resolve(collection: str | None, schema: Schema | None, names: Sequence[str])
     if current is None:
         raise QueryError(f"unknown collection {collection!r}",
                          advice="query one of: " + ", ".join(sorted(o.name for o in schema)))
+    if names and current.field(names[0]) is None and names[0] in current.backlinks:
+        # A backlinks attribute (Realm's LinkingObjects property) is @links.Origin.field.
+        return _resolve_backlinks(collection, schema, (BACKLINKS, *current.backlinks[names[0]], *names[1:]))
     steps: list[Step] = []
     dict_element: FieldType | None = None
     unknown = False
@@ -132,6 +135,12 @@ def resolve(collection: str | None, schema: Schema | None, names: Sequence[str])
                 raise QueryError(f"cannot follow {name!r} past {where}: it is not an embedded object, "
                                  f"dictionary or link")
             f = current.field(name)
+            if f is None and name in current.backlinks:
+                origin, via = current.backlinks[name]
+                raise QueryError(f"{current.name}.{name} is a backlinks attribute: in a query it can only start a "
+                                 f"key path (of {current.name})",
+                                 advice=f"query {current.name} with {name}... or @links.{origin}.{via}..., or "
+                                        f"{origin} through its {via} link")
             if f is None:
                 known = ", ".join(sorted(current.fields))
                 raise QueryError(f"{current.name} has no field {name!r}", advice=f"its fields are: {known}")

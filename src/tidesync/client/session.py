@@ -285,6 +285,16 @@ class SyncSession:
             rows = self._db._engine.query("SELECT max(seq) FROM log WHERE via IS NULL")
         return int(rows[0][0] or 0)
 
+    def _copy_position(self) -> tuple[bool, tuple[str, int, int] | None]:
+        """For ``db.write_copy()``: whether the server acknowledged every local write, and
+        the sync position to give the copy (the server's id, what was received from it and
+        what it acknowledged, as known now; None before the first connection)."""
+        if self._local_head() > self._acked:
+            return False, None
+        if self._server_id is None:
+            return True, None
+        return True, (self._server_id, self._received, self._acked)
+
     def _checkpoint_acked(self) -> int:
         return self._db.checkpoint(self._server_id).acked if self._server_id else 0  # type: ignore[arg-type]
 

@@ -929,6 +929,53 @@ class Database(ReplicaStore):
             self._cache.clear()
             return max(0, before - self._file_bytes()[0])
 
+    def write_copy(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None) -> None:
+        """Write a compacted copy of the database's committed state to a new file (Realm's
+        ``writeCopy``): to back it up, to ship it pre-filled in an app bundle, or to encrypt,
+        re-key or decrypt it (``encryption_key``: the copy's 64-byte key; None writes a plain
+        file, whatever this file's key).
+
+        The copy is a new replica: it gets its own replica id when written, so two devices
+        opened from one bundled file are two peers. A synced database is copied with its
+        sync position, so a device opening the copy downloads only what is newer; its
+        unsynced writes must be uploaded first, so that no write belongs to two replicas.
+        Not inside ``db.write()`` (the copy holds committed state only).
+
+        Raises:
+            UsageError: inside a write transaction; ``path`` exists; a synced database has
+                writes the server has not acknowledged yet (call
+                ``db.sync_session.wait_for_upload_completion()`` first).
+            StorageError: the copy could not be written.
+        """
+        with self._lock:
+            self._check_open()
+            if self._txn is not None:
+                raise UsageError("write_copy() copies committed state: call it outside db.write()")
+            position: tuple[str, int, int] | None = None
+            session = self._sync
+            if session is not None:
+                uploaded, position = session._copy_position()
+                if not uploaded:
+                    raise UsageError("this synced database has writes the server has not acknowledged yet, and a "
+                                     "copy must not hold writes of two replicas",
+                                     advice="call db.sync_session.wait_for_upload_completion() first")
+            self._engine.write_copy(path, encryption_key=encryption_key)
+        try:
+            with Engine(path, encryption_key=encryption_key) as copy, copy.atomic():
+                copy.execute("UPDATE settings SET value = ? WHERE key = 'replica_id'", (secrets.token_hex(8),))
+                if position is not None:
+                    peer, received, acked = position
+                    copy.execute("INSERT INTO checkpoints (peer, received, acked) VALUES (?, ?, ?) ON CONFLICT(peer) "
+                                 "DO UPDATE SET received = max(received, excluded.received), "
+                                 "acked = max(acked, excluded.acked)", (peer, received, acked))
+        except BaseException:
+            for leftover in (path, f"{os.fspath(path)}-wal", f"{os.fspath(path)}-shm"):
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
+            raise
+
     def _file_bytes(self) -> tuple[int, int]:
         """(the file's size, the bytes of it in use), from SQLite's page counts."""
         size = int(self._engine.query("PRAGMA page_size")[0][0])

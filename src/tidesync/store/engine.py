@@ -319,6 +319,7 @@ class Engine:
         #: A moving average of how long an outermost ``COMMIT`` took (seconds; fsync included).
         self.commit_seconds = float("inf")
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
+        self._raw_key = raw_key  # for write_copy(); never traced or shown
         self._driver: ModuleType = sqlite3 if raw_key is None else _load_sqlcipher()
         self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning)
         linked = tuple(getattr(self._driver, "sqlite_version_info", MIN_SQLITE))
@@ -490,6 +491,56 @@ class Engine:
             self._prime_map()
         elif time.monotonic() >= self._advise_at:
             self._advise_now()
+
+    # -- copies ----------------------------------------------------------------------------
+
+    def write_copy(self, path: str | os.PathLike[str], *, encryption_key: bytes | None = None) -> None:
+        """Write the committed state of the file to a new file at ``path``, without free pages,
+        encrypted with ``encryption_key`` (64 bytes; None: a plain file), whatever the key of
+        this one: SQLite's ``VACUUM INTO`` when the key stays, else SQLCipher's
+        ``sqlcipher_export``. Runs on a connection of its own, so it sees one committed
+        snapshot and leaves this engine's connection as it was.
+
+        Raises:
+            UsageError: ``path`` exists, or the key is not 64 bytes.
+            MissingExtraError: a key is involved and sqlcipher3 is not installed.
+            StorageError: the copy could not be written (a partial file is removed).
+        """
+        target = os.fspath(path)
+        if os.path.lexists(target):
+            raise UsageError(f"{target} already exists: write_copy() makes a new file",
+                             advice="choose a new path, or delete the old copy first")
+        raw_target = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
+        same_key = raw_target is None if self._raw_key is None else \
+            raw_target is not None and hmac.compare_digest(raw_target, self._raw_key)
+        driver = sqlite3 if same_key and self._raw_key is None else _load_sqlcipher()
+        with self._translated("write_copy"):
+            conn = cast(sqlite3.Connection, driver.connect(self.path, isolation_level=None, timeout=BUSY_TIMEOUT))
+        try:
+            with self._translated("write_copy"):
+                if self._raw_key is not None:
+                    conn.execute(f"PRAGMA key = \"x'{self._raw_key.hex()}'\"")
+                    conn.execute("PRAGMA cipher_compatibility = 4").fetchall()
+                if same_key:
+                    conn.execute("VACUUM INTO ?", (target,))
+                else:
+                    key = "" if raw_target is None else f"x'{raw_target.hex()}'"
+                    conn.execute(f"ATTACH DATABASE ? AS tidesync_copy KEY \"{key}\"", (target,))
+                    if raw_target is not None:
+                        conn.execute("PRAGMA tidesync_copy.cipher_compatibility = 4").fetchall()
+                    conn.execute("BEGIN")
+                    conn.execute("SELECT sqlcipher_export('tidesync_copy')").fetchall()
+                    conn.execute("COMMIT")
+                    conn.execute("DETACH DATABASE tidesync_copy")
+        except BaseException:
+            conn.close()
+            for leftover in (target, target + "-wal", target + "-shm", target + "-journal"):
+                try:
+                    os.remove(leftover)
+                except OSError:
+                    pass
+            raise
+        conn.close()
 
     # -- the door --------------------------------------------------------------------------
 
@@ -838,7 +889,8 @@ def _diagnose_unreadable(path: str, *, keyed: bool) -> StorageError:
         if keyed:
             return EncryptionError(
                 f"{path} is not encrypted, but an encryption key was given",
-                advice="open it without encryption_key (an existing plain file cannot be keyed in place)")
+                advice="open it without encryption_key; to encrypt it, open it so and write an encrypted copy "
+                       "with db.write_copy(path, encryption_key=key)")
         return CorruptFileError(f"{path} has a SQLite header but cannot be read",
                                 advice="restore the file from a backup or sync it again from the server")
     if _looks_encrypted(head, size):

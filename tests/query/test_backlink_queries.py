@@ -29,13 +29,12 @@ TASKS = [
 
 
 @pytest.fixture
-def store():
-    s = Store()
-    s.put_all("Technician", TECHNICIANS)
-    s.put_all("Task", TASKS)
-    s.put("Task", {"_id": 4, "technician": "dee", "status": "open"}, live=False)   # deleted: no backlink
-    yield s
-    s.db.close()
+def store(store: Store) -> Store:
+    """The query harness's empty store (conftest.py), filled with this module's documents."""
+    store.put_all("Technician", TECHNICIANS)
+    store.put_all("Task", TASKS)
+    store.put("Task", {"_id": 4, "technician": "dee", "status": "open"}, live=False)   # deleted: no backlink
+    return store
 
 
 @pytest.mark.parametrize("text, expected", [

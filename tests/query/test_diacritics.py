@@ -18,11 +18,10 @@ TITLES = ["Crème Brûlée", "creme brulee", "Łódź", "CREME", "Ærøskøbing"
 
 
 @pytest.fixture
-def store():
-    s = Store()
-    s.put_all("Task", [{"_id": i, "title": t} for i, t in enumerate(TITLES)] + [{"_id": 99, "title": 7}])
-    yield s
-    s.db.close()
+def store(store: Store) -> Store:
+    """The query harness's empty store (conftest.py), filled with this module's documents."""
+    store.put_all("Task", [{"_id": i, "title": t} for i, t in enumerate(TITLES)] + [{"_id": 99, "title": 7}])
+    return store
 
 
 @pytest.mark.parametrize("text, expected", [

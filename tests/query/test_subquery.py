@@ -36,14 +36,13 @@ TASKS = [
 
 
 @pytest.fixture
-def store():
-    s = Store()
-    s.put_all("Technician", TECHNICIANS)
-    s.put_all("Task", TASKS)
-    s.put("Technician", {"_id": "old", "name": "Old", "level": 9}, live=False)
-    s.put("Task", {"_id": 7, "helpers": ["old"]})                                     # a deleted document
-    yield s
-    s.db.close()
+def store(store: Store) -> Store:
+    """The query harness's empty store (conftest.py), filled with this module's documents."""
+    store.put_all("Technician", TECHNICIANS)
+    store.put_all("Task", TASKS)
+    store.put("Technician", {"_id": "old", "name": "Old", "level": 9}, live=False)
+    store.put("Task", {"_id": 7, "helpers": ["old"]})                                     # a deleted document
+    return store
 
 
 @pytest.mark.parametrize("text, expected", [

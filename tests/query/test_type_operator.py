@@ -44,11 +44,10 @@ def both(store: Store, *args: object, **kwargs: object) -> list[int]:
 
 
 @pytest.fixture
-def store():
-    s = Store()
-    s.put_all("Task", TASKS)
-    yield s
-    s.db.close()
+def store(store: Store) -> Store:
+    """The query harness's empty store (conftest.py), filled with this module's documents."""
+    store.put_all("Task", TASKS)
+    return store
 
 
 @pytest.mark.parametrize("text, expected", [

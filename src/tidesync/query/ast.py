@@ -84,6 +84,7 @@ __all__ = [
     "params_of",
     "bound_plain",
     "bind_value",
+    "type_test",
     "node_to_json",
     "node_from_json",
 ]
@@ -732,6 +733,22 @@ def bound_plain(operand: Value | Param) -> Plain:
         raise QueryError(f"the query has an unbound argument ${operand.index}: bind it first "
                          f"(parse_query(text, args) or Query.bind(args))")
     return operand.plain
+
+
+def type_test(node: Compare | In | Between) -> tuple[frozenset[str], bool]:
+    """What a test of :class:`TypeOf` asks: the types it names (``'numeric'`` is three) and
+    whether the value's type must be outside them (``!=``) rather than among them.
+
+    Raises:
+        QueryError: ``BETWEEN``, or an unbound :class:`Param`.
+    """
+    if isinstance(node, Between):
+        raise QueryError(f"{node.left} is compared with ==, != or IN, not BETWEEN")
+    if isinstance(node, Compare):
+        return type_names(bound_plain(node.right)), node.op == "!="
+    options = bound_plain(node.values)
+    assert isinstance(options, list)
+    return frozenset().union(*(type_names(o) for o in options)), False
 
 
 def params_of(node: Node) -> frozenset[int]:

@@ -37,9 +37,8 @@ from ..core.schema import Schema
 from ..core.values import Plain, from_plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, Path, FalsePredicate, In, Node, Not, Or,
-                  Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, bound_plain)
+                  Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, bound_plain, type_test)
 from .paths import BACKLINKS, Step, check_leaf, resolve, subquery_elements
-from .semantics import type_names
 
 __all__ = ["to_mongo"]
 
@@ -178,16 +177,9 @@ class _Translator:
     def type_of(self, node: Compare | In | Between, left: TypeOf) -> dict[str, Any]:
         """``x.@type == 'int'`` as ``$type``, kept from matching inside arrays (MongoDB's
         ``$type`` also matches an array by its elements); a missing field is ``null``."""
-        if isinstance(node, Between):
-            raise QueryError(f"{left} is compared with ==, != or IN, not BETWEEN")
+        names, negate = type_test(node)
         path, steps = self.path(node, left.path.names)
         self.refuse_inner_fan_out(steps, "@type")
-        if isinstance(node, Compare):
-            names, negate = type_names(bound_plain(node.right)), node.op == "!="
-        else:
-            options = bound_plain(node.values)
-            assert isinstance(options, list)
-            names, negate = frozenset().union(*(type_names(o) for o in options)), False
         if names & {"binary", "uuid"}:
             raise QueryError(f"{left}: MongoDB's $type cannot tell binary data from a UUID (both are binData)")
         scalar = sorted(t for n in sorted(names - {"list"}) for t in _BSON_TYPES[n])

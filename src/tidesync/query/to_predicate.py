@@ -21,10 +21,9 @@ from ..core.values import Plain
 from ..errors import QueryError
 from .ast import (Aggregate, And, bound_plain as _value, Between, Compare, CompareFields, Count, DictPart, Exists,
                   FalsePredicate,
-                  In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf)
+                  In, Node, Not, Or, Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, type_test)
 from .paths import Step, backlink_sources, check_leaf, dict_member_kind, resolve, resolve_field_pair, subquery_elements
-from .semantics import (MISSING, aggregate, compare, compare_values, family, size_of, string_test, type_name, type_names,
-                        value_at)
+from .semantics import (MISSING, aggregate, compare, compare_values, family, size_of, string_test, type_name, value_at)
 
 __all__ = ["to_predicate", "LinkResolver", "BacklinkResolver", "Predicate", "leaf_test"]
 
@@ -110,14 +109,7 @@ def leaf_test(node: Compare | In | Between | StringOp | Exists, kind: str | None
 
 def _type_test(node: Compare | In | Between) -> _Test:
     """``x.@type == 'int'``, ``!=``, ``IN {...}``: whether the value's type is among the named."""
-    if isinstance(node, Between):
-        raise QueryError(f"{node.left} is compared with ==, != or IN, not BETWEEN")
-    if isinstance(node, Compare):
-        names, negate = type_names(_value(node.right)), node.op == "!="
-    else:
-        options = _value(node.values)
-        assert isinstance(options, list)
-        names, negate = frozenset().union(*(type_names(o) for o in options)), False
+    names, negate = type_test(node)
     if negate:
         return lambda v: type_name(v) not in names
     return lambda v: type_name(v) in names

@@ -50,11 +50,10 @@ from typing import Any, Final, TypeAlias
 from ..core.schema import Schema
 from ..errors import QueryError
 from .ast import (Aggregate, And, Between, Compare, CompareFields, Count, DictPart, Exists, FalsePredicate, In, Node, Not, Or,
-                  Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, bound_plain)
+                  Path, Quantified, Query, StringOp, SubqueryCount, TruePredicate, TypeOf, bound_plain, type_test)
 from .paths import (LIST_KINDS, TAGGED_KINDS, Step, backlink_sources, check_leaf, dict_member_kind, resolve,
                     resolve_field_pair, subquery_elements)
-from .semantics import (MISSING, TAGGED_TYPES, compare_numbers, family, fold_text, number_key, type_names,
-                        unaccent_sql)
+from .semantics import MISSING, TAGGED_TYPES, compare_numbers, family, fold_text, number_key, unaccent_sql
 from .to_predicate import leaf_test
 
 __all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression", "SQL_FUNCTIONS", "UNACCENT"]
@@ -405,14 +404,7 @@ class _Compiler:
         (:func:`~tidesync.query.semantics.type_name`, from ``json_type`` and the tag of a
         tagged value) among the named. The names are tidesync's own, so they are written as
         literals."""
-        if isinstance(node, Between):
-            raise QueryError(f"{node.left} is compared with ==, != or IN, not BETWEEN")
-        if isinstance(node, Compare):
-            names, negate = type_names(bound_plain(node.right)), node.op == "!="
-        else:
-            options = bound_plain(node.values)
-            assert isinstance(options, list)
-            names, negate = frozenset().union(*(type_names(o) for o in options)), False
+        names, negate = type_test(node)
         listed = ", ".join(_text(n) for n in sorted(names))
 
         def leaf(base: str, path: _JPath, kind: str | None) -> str:

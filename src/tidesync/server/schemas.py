@@ -44,6 +44,7 @@ from ..core.operations import (
 )
 from ..core.transaction import Transaction
 from ..core.values import canonical_json
+from ..query.semantics import type_name
 
 __all__ = ["validate", "check_schema", "SchemaLearner", "kind_of", "learned_to_json_schema", "SUPPORTED_KEYWORDS"]
 
@@ -55,8 +56,8 @@ SUPPORTED_KEYWORDS = frozenset({
     "title", "description", "$schema", "$comment", "default", "examples", "format",
 })
 
-_TAG_KINDS = {"$date": "date", "$oid": "objectId", "$decimal": "decimal", "$uuid": "uuid",
-              "$binary": "binary", "$float": "double"}
+#: Where :func:`kind_of` names a type as JSON Schema does rather than as ``@type``.
+_JSON_KIND = {"list": "array", "dictionary": "object"}
 _BSON_ALIASES = {"int": {"int"}, "long": {"int"}, "double": {"double", "int"}, "number": {"double", "int"},
                  "decimal": {"decimal"}, "bool": {"bool"}, "string": {"string"}, "date": {"date"},
                  "objectId": {"objectId"}, "uuid": {"uuid"}, "binData": {"binary", "uuid"},
@@ -67,26 +68,13 @@ _JSON_TYPES = {"string": {"string"}, "integer": {"int"}, "number": {"int", "doub
 
 def kind_of(value: Any) -> str:
     """The kind of a plain value: ``null``, ``bool``, ``int``, ``double``, ``string``, ``array``,
-    ``object``, or a tag kind (``date``, ``objectId``, ``decimal``, ``uuid``, ``binary``)."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, int):
-        return "int"
-    if isinstance(value, float):
-        return "double"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    if isinstance(value, dict):
-        if len(value) == 1:
-            tag = next(iter(value))
-            if tag in _TAG_KINDS:
-                return _TAG_KINDS[tag]
-        return "object"
-    return type(value).__name__
+    ``object``, or a tag kind (``date``, ``objectId``, ``decimal``, ``uuid``, ``binary``): the
+    query's :func:`~tidesync.query.semantics.type_name` with JSON Schema's names for lists and
+    maps. Something that is no plain value at all is named by its Python type."""
+    if value is not None and not isinstance(value, (bool, int, float, str, list, dict)):
+        return type(value).__name__
+    name = type_name(value)
+    return _JSON_KIND.get(name, name)
 
 
 # ----------------------------------------------------------------------------- validation

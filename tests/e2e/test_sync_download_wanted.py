@@ -95,3 +95,31 @@ def test_a_head_not_yet_announced_wakes_the_session_at_the_next_commit(tmp_path,
         finally:
             for db in (a, x):
                 db.close()
+
+
+@pytest.mark.slow
+def test_the_uploaders_wait_for_its_download_does_not_wait_for_its_echo(tmp_path, monkeypatch):
+    # The uploader's checkpoint-only echo comes ECHO_DELAY after its uploads (600 s here), or
+    # as soon as its device asks for the server's head.
+    monkeypatch.setattr("tidesync.server.sync_endpoint.ServerSession.ECHO_DELAY", 600.0)
+    monkeypatch.setattr("tidesync.server.sync_endpoint.ServerSession.LAZY_COMMIT", 600.0)
+    with running_server(tmp_path / "server") as server:
+        backend = server.app.state.tidesync.backend
+        a = synced_db(tmp_path / "a.db", server.url, [Technician], partition="p")
+        try:
+            a.sync_session.wait_for_download_completion(timeout=T)
+            for i in range(3):
+                with a.write():
+                    a.create(Technician, _id=f"a{i}", name="a")
+                a.sync_session.wait_for_upload_completion(timeout=T)
+            head = backend.head_seq()
+            assert a.sync_session._received < head  # its echo waits
+            a.sync_session.wait_for_download_completion(timeout=T)
+            assert a.sync_session._received >= head
+            with a.write():  # a later upload, once the head asked for is reached: lazy again
+                a.create(Technician, _id="a3", name="a")
+            a.sync_session.wait_for_upload_completion(timeout=T)
+            assert a.sync_session._received < backend.head_seq()
+            assert sorted(t._id for t in a.objects(Technician)) == ["a0", "a1", "a2", "a3"]
+        finally:
+            a.close()

@@ -445,8 +445,9 @@ class ServerSession:
     #: and before the log is compacted (_Shared._tick_all).
     LAZY_COMMIT = 10.0
     #: Seconds after which the uploading session is woken for the entries of its own upload
-    #: (own_commit): one checkpoint-only ``Changes`` for all its uploads meanwhile.
-    ECHO_DELAY = 0.05
+    #: (own_commit): one checkpoint-only ``Changes`` for all its uploads meanwhile. Sooner when
+    #: its device asks for the server's head (download_wanted).
+    ECHO_DELAY = 1.0
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
@@ -534,7 +535,8 @@ class ServerSession:
         (its own transactions are filtered out): a ``Changes`` with no transaction, answered by
         an ``Ack``. Sent at once for every upload, that round trip reached the device while its
         change propagated to the others (one more message to handle on each side), so it is sent
-        :data:`ECHO_DELAY` later instead, once for all the uploads meanwhile. The upload's own
+        :data:`ECHO_DELAY` later instead, once for all the uploads meanwhile, or as soon as the
+        device asks for the server's head (:meth:`download_wanted`). The upload's own
         ``Ack`` is not delayed; a later write that concerns the peer wakes the session at once
         (:meth:`local_commit`), checkpoint included. Immediate as before for a compensated
         upload (the restored documents must reach the device), a flexible session, and
@@ -544,11 +546,14 @@ class ServerSession:
                 or self._partition_json not in shared.touched):
             self.local_commit()
             return
+        if self._wanted:
+            self._wake_now()  # its device waits for a head not reached yet
+            return
         timer = self._lazy_timer
         if self._lazy_commit and timer is not None:
             if timer.when() <= asyncio.get_running_loop().time() + self.ECHO_DELAY:
                 return  # a wake-up at least as soon is already scheduled
-            timer.cancel()  # a lazy one, up to a second away: sooner
+            timer.cancel()  # a lazy one, seconds away: sooner
             self._lazy_commit = False
         self._wake_later(self.ECHO_DELAY)
 

@@ -498,6 +498,8 @@ class ServerSession:
             self.flexible.router.announce()   # wakes only the sessions the new entries concern
             return
         if self.concerned():
+            if self._wanted and _shared(self.state).head >= self._wanted:
+                self._wanted = 0  # this wake-up streams up to the head at least
             if not self._stream_now():
                 self._inbox.put_nowait(("commit", None))
         elif self._wanted:

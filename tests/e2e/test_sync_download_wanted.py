@@ -42,6 +42,10 @@ def test_waiting_for_the_download_does_not_wait_for_the_lazy_wake_up(tmp_path, m
             x.sync_session.wait_for_download_completion(timeout=T)
             assert x.sync_session._received >= head
             assert time.monotonic() - started < T
+            (session,) = server.app.state.tidesync._ts_sync_shared.partitions['"x"']
+            eventually(lambda: session._wanted == 0, what="the head asked for is forgotten once reached")
+            x.sync_session.wait_for_download_completion(timeout=T)  # asked again, caught up
+            assert session._wanted == 0  # nothing to wait for: later commits stay lazy
             # Nothing of p reached x; x's own document is still there, once.
             assert [t._id for t in x.objects(Technician)] == ["x0"]
         finally:

@@ -517,10 +517,12 @@ class ServerSession:
         Called on the event loop."""
         if self.flexible is not None or self.partition is None:
             return  # woken for every commit anyway (a flexible session: by its router)
-        if head > self._wanted:
-            self._wanted = head
         if self._lazy_commit:
-            self._wake_now()
+            self._wanted = max(self._wanted, head)
+            self._wake_now()  # forgets the head when it reads up to it
+        elif head > _shared(self.state).head:
+            # Not lazy: woken for every entry announced so far; these are still to come.
+            self._wanted = max(self._wanted, head)
 
     def _wake_now(self) -> None:
         """Make the scheduled lazy wake-up now (or one, when none is scheduled)."""

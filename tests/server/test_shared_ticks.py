@@ -109,3 +109,45 @@ def test_periodic_rechecks_are_made_together_and_wake_only_failing_sessions() ->
         assert (gone.woken, broken.woken) == (1, 1)
 
     asyncio.run(scenario())
+
+
+class _Lazy:
+    def __init__(self, fail: bool = False) -> None:
+        self.woken = 0
+        self.fail = fail
+
+    def _wake_now(self) -> None:
+        self.woken += 1
+        if self.fail:
+            raise RuntimeError("boom")
+
+
+class _State:
+    def __init__(self, log_keep: int | None) -> None:
+        self.config = type("Config", (), {"log_keep": log_keep})()
+        self.backend = type("Backend", (), {"written_elsewhere": staticmethod(lambda: None)})()
+        self.compactions = 0
+
+
+def test_the_lazy_wake_ups_are_made_a_tick_before_the_log_may_be_compacted() -> None:
+    async def scenario(log_keep: int | None) -> tuple[int, int, list[int]]:
+        shared = _Shared()
+        shared.state = _State(log_keep)  # type: ignore[assignment]
+        compactions: list[int] = []
+        shared._compact_soon = lambda: compactions.append(shared._ticks)  # type: ignore[method-assign]
+        a, bad = _Lazy(), _Lazy(fail=True)
+        shared.lazy = {a, bad}  # type: ignore[arg-type]
+        woken_at: list[int] = []
+        for _ in range(2 * _Shared.COMPACT_TICKS):
+            before = a.woken
+            shared._tick_all()
+            if a.woken != before:
+                woken_at.append(shared._ticks)
+        if shared._ticker is not None:
+            shared._ticker.cancel()
+        assert compactions == [_Shared.COMPACT_TICKS, 2 * _Shared.COMPACT_TICKS]
+        return a.woken, bad.woken, woken_at
+
+    n = _Shared.COMPACT_TICKS
+    assert asyncio.run(scenario(1000)) == (2, 2, [n - 1, 2 * n - 1])  # one failure stops no other
+    assert asyncio.run(scenario(None)) == (0, 0, [])  # no compaction: they keep their pace

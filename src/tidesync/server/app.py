@@ -105,7 +105,7 @@ class ServerState:
     def notify_commit(self, origin_session: Any = None, first: Iterable[Any] = (),
                       skip: Set[Any] = frozenset()) -> None:
         """Wake every sync session: the server's log grew. The session that uploaded is woken
-        too (``own_commit``: a partition session a few tens of milliseconds later, once for
+        too (``own_commit``: a partition session about a second later, once for
         several uploads), so its client's checkpoint moves past its own (filtered-out)
         transactions and its download can complete.
 

@@ -140,8 +140,14 @@ def routes_for(state: ServerState) -> list[Route]:
 
     async def sync_head(request: Request) -> Response:
         """The server's log position."""
-        state.tokens.verify(bearer(request))
-        return JSONResponse({"head": await asyncio.to_thread(state.backend.head_seq)})
+        from .sync_endpoint import download_wanted
+
+        user = state.tokens.verify(bearer(request))
+        head = await asyncio.to_thread(state.backend.head_seq)
+        # The caller waits for its download to reach that head (wait_for_download_completion):
+        # its idle sync sessions stream now, not at their lazy wake-up.
+        download_wanted(state, user.id, head)
+        return JSONResponse({"head": head})
 
     async def health(request: Request) -> Response:
         """Liveness and a few facts."""

@@ -53,7 +53,7 @@ from .enforcement import Enforcer, SessionReplica, _lock_for, query_compiler, us
 if TYPE_CHECKING:
     from .app import ServerState
 
-__all__ = ["sync_endpoint", "ServerSession"]
+__all__ = ["sync_endpoint", "ServerSession", "download_wanted"]
 
 log = logging.getLogger("tidesync.server.sync")
 
@@ -176,6 +176,32 @@ class _Shared:
         self._ticks += 1
         if self._ticks % self.COMPACT_TICKS == 0:
             self._compact_soon()
+        elif self._ticks % self.COMPACT_TICKS == self.COMPACT_TICKS - 1:
+            self._wake_lazy()
+
+    def _wake_lazy(self) -> None:
+        """A second before the log may be compacted (``log_keep``): make the lazy wake-ups of
+        idle sessions (ServerSession.local_commit) now, so that their devices' positions are
+        not left behind the new floor (which would cost them a bootstrap)."""
+        state = self.state
+        if state is None or state.config.log_keep is None:
+            return
+        for session in list(self.lazy):
+            try:
+                session._wake_now()
+            except Exception:  # noqa: BLE001 - one session's failure must not stop the others'
+                log.exception("session wake-up failed")
+
+    def download_wanted(self, uid: Any, head: int) -> None:
+        """User ``uid`` asked for the server's head (``GET sync/head``): its sessions'
+        downloads are to reach ``head`` soon (:meth:`ServerSession.download_wanted`)."""
+        state = self.state
+        if state is None:
+            return
+        for session in list(state.sessions):
+            user = getattr(session, "user", None)
+            if user is not None and getattr(user, "id", None) == uid and isinstance(session, ServerSession):
+                session.download_wanted(head)
 
     def _compact_soon(self) -> None:
         """Compact the log to the config's ``log_keep`` in a worker thread, once it holds a
@@ -358,6 +384,15 @@ class _SendEncoded:
     payload: bytes
 
 
+def download_wanted(state: ServerState, uid: Any, head: int) -> None:
+    """User ``uid``'s devices wait for their downloads to reach ``head``, the server's head
+    just answered to ``GET sync/head`` (``wait_for_download_completion``): their idle sessions
+    are woken now rather than at their lazy wake-up (called on the event loop)."""
+    shared: _Shared | None = getattr(state, "_ts_sync_shared", None)
+    if shared is not None:  # else no sync session ever connected
+        shared.download_wanted(uid, head)
+
+
 def _user_key(user: Any) -> tuple[Any, Any, Any]:
     """What identifies a login session for its checks."""
     return (getattr(user, "id", None), getattr(user, "sid", None), getattr(user, "expires", None))
@@ -406,11 +441,13 @@ class ServerSession:
     #: (a device stores a page while it decodes the next: client/session.py), one on its way.
     SNAPSHOT_WINDOW = 3
     #: About how many seconds after which a session is woken for entries of other partitions
-    #: (local_commit).
-    LAZY_COMMIT = 1.0
+    #: (local_commit). Sooner when its device asks for the server's head (download_wanted),
+    #: and before the log is compacted (_Shared._tick_all).
+    LAZY_COMMIT = 10.0
     #: Seconds after which the uploading session is woken for the entries of its own upload
-    #: (own_commit): one checkpoint-only ``Changes`` for all its uploads meanwhile.
-    ECHO_DELAY = 0.05
+    #: (own_commit): one checkpoint-only ``Changes`` for all its uploads meanwhile. Sooner when
+    #: its device asks for the server's head (download_wanted).
+    ECHO_DELAY = 1.0
 
     def __init__(self, state: ServerState, websocket: WebSocket) -> None:
         self.state = state
@@ -442,6 +479,9 @@ class ServerSession:
         self._lazy_commit = False
         #: The wake-up scheduled by local_commit or own_commit, while _lazy_commit.
         self._lazy_timer: asyncio.TimerHandle | None = None
+        #: A head its device asked for (GET sync/head) that no wake-up has reached yet, or 0:
+        #: while set, entries of other partitions wake the session at once (download_wanted).
+        self._wanted = 0
         self._auth_checked_at = time.monotonic()
         self.flexible: Any = None  # flexible sync (server/flexible.py), set by a flexible Hello
 
@@ -458,11 +498,38 @@ class ServerSession:
             self.flexible.router.announce()   # wakes only the sessions the new entries concern
             return
         if self.concerned():
+            if self._wanted and _shared(self.state).head >= self._wanted:
+                self._wanted = 0  # this wake-up streams up to the head at least
             if not self._stream_now():
                 self._inbox.put_nowait(("commit", None))
+        elif self._wanted:
+            self._wake_now()
         elif not self._lazy_commit:
             # Spread over the interval: no burst of every idle session at once.
             self._wake_later(self.LAZY_COMMIT * (0.5 + random.random()))
+
+    def download_wanted(self, head: int) -> None:
+        """Its device asked for the server's head, ``head`` (``GET sync/head``, made by
+        ``wait_for_download_completion``), and waits until its download reaches it: a lazy
+        wake-up (:meth:`local_commit`) is made now instead of up to :data:`LAZY_COMMIT`
+        seconds later, and until a wake-up has reached ``head`` (entries the head counts may
+        still be on their way to being announced) every commit wakes the session at once.
+        Called on the event loop."""
+        if self.flexible is not None or self.partition is None:
+            return  # woken for every commit anyway (a flexible session: by its router)
+        if self._lazy_commit:
+            self._wanted = max(self._wanted, head)
+            self._wake_now()  # forgets the head when it reads up to it
+        elif head > _shared(self.state).head:
+            # Not lazy: woken for every entry announced so far; these are still to come.
+            self._wanted = max(self._wanted, head)
+
+    def _wake_now(self) -> None:
+        """Make the scheduled lazy wake-up now (or one, when none is scheduled)."""
+        timer = self._lazy_timer
+        if timer is not None:
+            timer.cancel()
+        self._commit_later()
 
     def own_commit(self) -> None:
         """The log grew by this session's own upload, just integrated (called on the event
@@ -472,7 +539,8 @@ class ServerSession:
         (its own transactions are filtered out): a ``Changes`` with no transaction, answered by
         an ``Ack``. Sent at once for every upload, that round trip reached the device while its
         change propagated to the others (one more message to handle on each side), so it is sent
-        :data:`ECHO_DELAY` later instead, once for all the uploads meanwhile. The upload's own
+        :data:`ECHO_DELAY` later instead, once for all the uploads meanwhile, or as soon as the
+        device asks for the server's head (:meth:`download_wanted`). The upload's own
         ``Ack`` is not delayed; a later write that concerns the peer wakes the session at once
         (:meth:`local_commit`), checkpoint included. Immediate as before for a compensated
         upload (the restored documents must reach the device), a flexible session, and
@@ -482,11 +550,14 @@ class ServerSession:
                 or self._partition_json not in shared.touched):
             self.local_commit()
             return
+        if self._wanted:
+            self._wake_now()  # its device waits for a head not reached yet
+            return
         timer = self._lazy_timer
         if self._lazy_commit and timer is not None:
             if timer.when() <= asyncio.get_running_loop().time() + self.ECHO_DELAY:
                 return  # a wake-up at least as soon is already scheduled
-            timer.cancel()  # a lazy one, up to a second away: sooner
+            timer.cancel()  # a lazy one, seconds away: sooner
             self._lazy_commit = False
         self._wake_later(self.ECHO_DELAY)
 
@@ -507,7 +578,10 @@ class ServerSession:
     def _commit_later(self) -> None:
         self._lazy_commit = False
         self._lazy_timer = None
-        _shared(self.state).lazy.discard(self)
+        shared = _shared(self.state)
+        shared.lazy.discard(self)
+        if self._wanted and shared.head >= self._wanted:
+            self._wanted = 0  # this wake-up streams up to the head at least
         if not self._stream_now():
             self._inbox.put_nowait(("commit", None))
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, TypeAlias
 
-from .stamp import Stamp, are_stamps, is_stamp
+from .stamp import Stamp, are_stamps, is_stamp, stamp_run
 from .values import Plain, plain_scalars
 
 __all__ = [
@@ -51,6 +51,9 @@ __all__ = [
     "op_to_wire",
     "op_from_wire",
     "Path",
+    "SET_COLUMNS",
+    "set_columns_record",
+    "ops_from_stored",
 ]
 
 Path: TypeAlias = tuple[str, ...]
@@ -432,6 +435,68 @@ def op_from_stored(data: Any) -> Op:
             s[7](op, data[8])
             return op
     return op_from_wire(data)
+
+
+#: The code of a *set columns* record, a stored form (never a wire form) of many top-level
+#: ``SetValue`` operations of one transaction: ``[SET_COLUMNS, collection, names, keys, first,
+#: bases, values]`` stands for, per document ``keys[i]`` and per field ``names[j]`` in that
+#: order (document by document), ``SetValue(collection, keys[i], stamp, base, (names[j],), (),
+#: values[i * len(names) + j])``, whose stamps are the run :func:`~tidesync.core.stamp.stamp_run`
+#: of ``first`` in that order, and whose base is ``bases`` (a str, every document's) or
+#: ``bases[i]`` (a list). See docs/architecture.md, "The log".
+SET_COLUMNS = "S*"
+
+
+def set_columns_record(collection: str, names: list[str], keys: list[Plain], first: Stamp,
+                       bases: str | list[str], values: list[Plain]) -> list[Any]:
+    """The *set columns* record (see :data:`SET_COLUMNS`) of ``len(keys) * len(names)``
+    top-level field sets (``values`` in document-by-document order) stamped in a row from
+    ``first``; ``bases``: one base for all, or one per document."""
+    return [SET_COLUMNS, collection, names, keys, first, bases, values]
+
+
+def _set_columns_from_stored(data: list[Any]) -> list[Op]:
+    _, collection, names, keys, first, bases, values = data
+    width = len(names)
+    stamps = stamp_run(first, len(keys) * width)
+    paths = [(n,) for n in names]
+    s = _SV_SET
+    s0, s1, s2, s3, s4, s5, s6, s7 = s
+    new = object.__new__
+    no_epochs: tuple[Stamp, ...] = ()
+    out: list[Op] = []
+    append = out.append
+    base_of = [bases] * len(keys) if type(bases) is str else bases
+    i = 0
+    for key, base in zip(keys, base_of):
+        for path in paths:
+            op: SetValue = new(SetValue)
+            s0(op, collection)
+            s1(op, key)
+            s2(op, stamps[i])
+            s3(op, base)
+            s4(op, path)
+            s5(op, no_epochs)
+            s6(op, values[i])
+            s7(op, False)
+            append(op)
+            i += 1
+    return out
+
+
+def ops_from_stored(datas: list[Any]) -> tuple[tuple[Op, ...], bool]:
+    """The operations of a stored transaction's ``ops`` list (:func:`op_from_stored` of each;
+    a :data:`SET_COLUMNS` record stands for the operations it holds, in its place), and whether
+    any such record was found (the stored form is then not the wire form)."""
+    out: list[Op] = []
+    records = False
+    for data in datas:
+        if type(data) is list and len(data) == 7 and data[0] == SET_COLUMNS:
+            out.extend(_set_columns_from_stored(data))
+            records = True
+        else:
+            out.append(op_from_stored(data))
+    return tuple(out), records
 
 
 def _create_from_wire(data: list[Any]) -> CreateDoc | None:

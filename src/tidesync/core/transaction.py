@@ -18,18 +18,56 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .operations import (
-    CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_stored, op_from_wire, op_to_wire, updates_unstamped,
+    SET_COLUMNS, CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_wire, op_to_wire, ops_from_stored,
+    updates_unstamped,
 )
 from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
-from .values import Plain, canonical_json
+from .values import Plain, canonical_json, loads_json
 
-__all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref"]
+__all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref", "before_columns_record"]
 
 #: The fields :meth:`Transaction.stored_lazily` leaves unset until first read.
 _LAZY_FIELDS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))
 
 #: Marker in a before-image for a field that did not exist before the transaction.
 MISSING_FIELD: dict[str, int] = {"$missing": 1}
+
+#: :data:`MISSING_FIELD` as JSON text.
+MISSING_FIELD_JSON = '{"$missing":1}'
+
+#: The msgpack of :data:`~tidesync.core.operations.SET_COLUMNS`: a stored transaction whose
+#: bytes lack it holds no columns record (bytes holding it may hold one).
+_COLUMNS_MARK = b"\xa2" + SET_COLUMNS.encode()
+
+
+def before_columns_record(collection: str, names: list[str], keys: list[Plain], olds_json: str) -> list[Any]:
+    """The stored form (never a wire form) of the before-images of many documents that a
+    transaction changed the same top-level fields ``names`` of: ``[SET_COLUMNS, collection,
+    names, keys, olds_json]``, where ``olds_json`` is the JSON text of the list of the fields'
+    old values, document by document (:data:`MISSING_FIELD` for an absent one). It stands for
+    ``BeforeImage(collection, keys[i], {names[j]: olds[i * len(names) + j], ...})`` per document."""
+    return [SET_COLUMNS, collection, names, keys, olds_json]
+
+
+def _before_from_stored(datas: Any) -> tuple[tuple[BeforeImage, ...], bool]:
+    out: list[BeforeImage] = []
+    records = False
+    for b in datas:
+        if type(b) is list and len(b) == 5 and b[0] == SET_COLUMNS:
+            _, collection, names, keys, olds_json = b
+            olds = loads_json(olds_json)
+            width = len(names)
+            new = BeforeImage
+            if width == 1:
+                name = names[0]
+                out.extend([new(collection, key, {name: old}) for key, old in zip(keys, olds)])
+            else:
+                out.extend([new(collection, key, dict(zip(names, olds[i * width:(i + 1) * width])))
+                            for i, key in enumerate(keys)])
+            records = True
+        else:
+            out.append(BeforeImage.from_wire(b))
+    return tuple(out), records
 
 
 def doc_ref(collection: str, key: Plain) -> tuple[str, str]:
@@ -142,7 +180,11 @@ class Transaction:
         """:meth:`from_stored` of ``unpack(packed)`` (a log entry of this replica), unpacked
         only when one of its fields is first read: a log entry that is only sent on as it
         is (:meth:`packed`, spliced into a ``Changes`` by the codec) is never decoded. Equal
-        to the transaction :meth:`from_stored` would make."""
+        to the transaction :meth:`from_stored` would make. An entry that may hold columns records
+        (:data:`~tidesync.core.operations.SET_COLUMNS`, a stored form only) is unpacked at once,
+        and its :meth:`packed` is None: it is sent as :meth:`to_wire` makes it."""
+        if _COLUMNS_MARK in packed:
+            return cls.from_stored(unpack(packed))
         t = object.__new__(cls)
         for name in ("_refs", "_wire", "_shapes"):
             object.__setattr__(t, name, None)
@@ -228,14 +270,17 @@ class Transaction:
         stamps and operations again. Data from a peer goes through :meth:`from_wire`.
 
         ``packed``: the bytes ``data`` was unpacked from (msgpack of :meth:`to_wire`, as the
-        log stores it), kept for :meth:`packed`."""
+        log stores it), kept for :meth:`packed` unless ``data`` holds columns records (see
+        :data:`~tidesync.core.operations.SET_COLUMNS` and :func:`before_columns_record`): those
+        stand for the operations and before-images they hold, in their places."""
+        ops, op_records = ops_from_stored(data["ops"])
+        before, before_records = _before_from_stored(data.get("before", ()))
         t = cls(
             id=data["id"], origin=data["origin"], stamp=data["stamp"], parents=tuple(data["parents"]),
-            ops=tuple(op_from_stored(o) for o in data["ops"]),
-            before=tuple(BeforeImage.from_wire(b) for b in data.get("before", ())),
-            user=data.get("user"), meta=data.get("meta") or {},
+            ops=ops, before=before, user=data.get("user"), meta=data.get("meta") or {},
         )
-        if packed is not None:
+        if packed is not None and not op_records and not before_records:
+            # Columns records are a stored form only: such an entry is sent as to_wire() makes it.
             object.__setattr__(t, "_packed", packed)
         return t
 

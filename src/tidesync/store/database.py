@@ -46,7 +46,9 @@ from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_c
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
-from .writer import ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
+from .writer import (
+    ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction, packed_set_columns,
+)
 
 if TYPE_CHECKING:
     from .results import Results
@@ -774,16 +776,8 @@ class Database(ReplicaStore):
         rowids = list(map(attrgetter("rowid"), heads))
         compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
-        empty: list[Any] = []
-        if single:
-            nl = [names[0]]
-            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
-                     for k, st, e, v in zip(keys, stamps, epochs, values)]
-        else:
-            wires = [["S", collection, p.key, st, p.epoch, [name], empty, v, False]
-                     for p, name, st, v in zip(docs, names, stamps, values)]
-        txn.add_bulk(BulkCreates(0, n, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
-                     [], collection)
+        packed, items = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
+        txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,
                                      seq))
         txn.touched.update(zip(refs, zip(repeat(collection), keys)))
@@ -1388,20 +1382,8 @@ class Database(ReplicaStore):
         rowids = list(map(itemgetter(4), rows_at))
         direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
-        if width == 1:
-            nl: list[str] = [name]
-            empty: list[Any] = []
-            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
-                     for k, st, e, v in zip(keys, stamps, epochs, values)]
-        else:
-            wires = []
-            s = 0
-            for k, e, ns in zip(keys, epochs, item_names):
-                for n in ns:
-                    wires.append(["S", collection, k, stamps[s], e, [n], [], values[s], False])
-                    s += 1
-        txn.add_bulk(BulkCreates(0, count, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
-                     [], collection)
+        packed, n_packed = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
+        txn.add_bulk(BulkCreates(0, count, stamps[0], [packed], [], items=n_packed), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
                                      stamps, values, seq, decoded_at))
         txn.touched.update(zip(crefs, zip(repeat(collection), keys)))

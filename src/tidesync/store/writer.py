@@ -22,15 +22,15 @@ from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
     CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListMove, ListSet, Op,
-    SetAdd, SetContainer, SetRemove, SetValue, Unset, top_level_set,
+    SetAdd, SetContainer, SetRemove, SetValue, Unset, set_columns_record, top_level_set,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
-from ..core.stamp import ZERO, Stamp
-from ..core.transaction import MISSING_FIELD, BeforeImage
+from ..core.stamp import ZERO, Stamp, stamp_after
+from ..core.transaction import MISSING_FIELD, MISSING_FIELD_JSON, BeforeImage, before_columns_record
 from ..core.values import Plain, canonical_json
 
 __all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "ColumnUpdate", "BulkCreates", "container_kinds",
-           "pack_transaction"]
+           "pack_transaction", "packed_set_columns"]
 
 Ref = tuple[str, str]
 
@@ -160,8 +160,21 @@ class ColumnUpdate:
             s = e
         return out
 
+    def uniform_names(self) -> bool:
+        """True when every document has the same fields written, in the same order."""
+        names = self.names
+        return bool(names) and names.count(names[0]) == len(names)
+
     def before_wires(self) -> list[list[Any]]:
-        """The before-images of its documents in wire form (``BeforeImage.to_wire``), in order."""
+        """The before-images of its documents in their stored form, in order: one columns
+        record (:func:`~tidesync.core.transaction.before_columns_record`) when every document
+        has the same fields written, else each one's wire form (``BeforeImage.to_wire``)."""
+        if len(self.keys) >= COLUMNS_MIN_DOCS and self.uniform_names():
+            olds_text = self.olds
+            present: list[str] = (olds_text if None not in olds_text  # type: ignore[assignment]
+                                  else [MISSING_FIELD_JSON if t is None else t for t in olds_text])
+            return [before_columns_record(self.collection, list(self.names[0]), self.keys,
+                                          "[" + ",".join(present) + "]")]
         olds = self.decoded
         if olds is None:
             texts = [t for t in self.olds if t is not None]
@@ -200,6 +213,9 @@ class BulkCreates:
     #: Wire forms not packed yet, after ``packed`` (``db.create``'s run: packed in one call at
     #: commit rather than one call per document).
     wires: list[Any] = field(default_factory=list)
+    #: How many items ``packed`` holds in the log entry's ``ops`` list, when not ``count`` (a
+    #: columns record stands for many operations; see :func:`packed_set_columns`).
+    items: int | None = None
 
 
 def _array_header(n: int) -> bytes:
@@ -216,10 +232,44 @@ def array_items(packed: bytes) -> bytes:
     return packed[1:] if 0x90 <= b <= 0x9F else packed[3:] if b == 0xDC else packed[5:]
 
 
+#: The fewest documents a :class:`ColumnUpdate` is logged as a columns record for: a smaller
+#: write keeps the wire form in the log, which a device uploads as it is (a columns record is
+#: expanded for a peer first).
+COLUMNS_MIN_DOCS = 32
+
+
+def packed_set_columns(collection: str, names: list[tuple[str, ...]], keys: list[Plain], epochs: list[str],
+                       stamps: list[str], values: list[Plain]) -> tuple[bytes, int]:
+    """The ``SetValue`` operations of a :class:`ColumnUpdate`'s columns packed for the log
+    (msgpack items without an array header, see :class:`BulkCreates`) and how many items:
+    one columns record (:func:`~tidesync.core.operations.set_columns_record`) when every
+    document has the same fields written and the stamps are a run from the first (one
+    :meth:`~tidesync.core.clock.HybridClock.now_many`: strictly increasing, so the run when
+    the last is the run's last), else each operation's wire form (``op_to_wire``'s)."""
+    n = len(stamps)
+    if len(names) >= COLUMNS_MIN_DOCS and names.count(names[0]) == len(names) and stamps[-1] == stamp_after(
+            Stamp(stamps[0]), n - 1):
+        bases: str | list[str] = epochs[0] if epochs.count(epochs[0]) == len(epochs) else epochs
+        record = set_columns_record(collection, list(names[0]), keys, Stamp(stamps[0]), bases, values)
+        return msgpack.packb(record, use_bin_type=True), 1
+    empty: list[Any] = []
+    if set(map(len, names)) == {1}:
+        wires = [["S", collection, k, st, e, list(ns), empty, v, False]
+                 for k, st, e, ns, v in zip(keys, stamps, epochs, names, values)]
+    else:
+        wires = []
+        i = 0
+        for k, e, ns in zip(keys, epochs, names):
+            for name in ns:
+                wires.append(["S", collection, k, stamps[i], e, [name], [], values[i], False])
+                i += 1
+    return array_items(msgpack.packb(wires, use_bin_type=True)), n
+
+
 def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
     """``msgpack.packb(wire)`` where ``wire["ops"]`` lacks the operations of ``bulk``: the same
     bytes as packing the map with them in their places (an array is its header followed by
-    its items, each packed on its own)."""
+    its items, each packed on its own; a columns record is one item standing for many)."""
     packb = msgpack.packb
     ops = wire["ops"]
     parts: list[bytes] = []
@@ -233,7 +283,7 @@ def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
         prev = b.at
     if prev < len(ops):
         parts.append(array_items(packb(ops[prev:], use_bin_type=True)))
-    total = len(ops) + sum(b.count for b in bulk)
+    total = len(ops) + sum(b.count if b.items is None else b.items for b in bulk)
     assert len(wire) < 16
     out = [bytes((0x80 | len(wire),))]
     for k, v in wire.items():

@@ -132,9 +132,19 @@ def test_an_entry_holding_records_is_sent_in_the_wire_form(tmp_path):
         wire = full.to_wire()
         assert all(o[0] == "S" for o in wire["ops"]) and all(len(b) == 4 for b in wire["before"])
         assert Transaction.from_wire(wire) == full
-        # a small entry is still sent as stored
+        # a small entry is still sent as stored, spliced in beside one holding records
         (small,), = db._engine.query("SELECT data FROM log ORDER BY seq LIMIT 1")
         assert Transaction.stored_lazily(small, _unpack_stored).packed() == small
+        batch = db.read_log(0, limit=10, max_bytes=1 << 30, scope={}, exclude_origin=None)
+        (_, first), (_, second) = batch.entries
+        assert second.packed() is None and first.packed() == small
+        message = Changes(0, batch.scanned_to, batch.head, batch.entries)
+        payload = codec.encode(message, max_size=1 << 30)
+        with pytest.raises(AttributeError):
+            object.__getattribute__(first, "ops")  # not decoded: its stored bytes were spliced in
+        assert payload == codec.encode(Changes(0, batch.scanned_to, batch.head, (
+            (1, Transaction.from_stored(msgpack.unpackb(small, raw=False))), (2, full))), max_size=1 << 30)
+        assert codec.decode(payload, max_size=1 << 30).entries == ((1, first), (2, full))
 
 
 def test_a_peer_sending_a_columns_record_gets_a_clear_error(tmp_path):

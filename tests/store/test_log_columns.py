@@ -13,7 +13,7 @@ import pytest
 import tidesync
 from tidesync.core.clock import HybridClock
 from tidesync.core.merge import canonical_state
-from tidesync.core.operations import SET_COLUMNS, SetValue, op_from_wire
+from tidesync.core.operations import CREATE_COLUMNS, SET_COLUMNS, CreateDoc, SetValue, op_from_wire
 from tidesync.core.stamp import MAX_COUNTER, ReplicaId, make_stamp, parse_stamp, stamp_after, stamp_run
 from tidesync.core.transaction import Transaction
 from tidesync.errors import MergeError
@@ -44,10 +44,11 @@ def test_a_run_of_stamps_is_what_the_clock_issues_in_a_row() -> None:
 
 def _records(db):
     """Per log entry: how many columns records its ops and before-images hold."""
+    records = (SET_COLUMNS, CREATE_COLUMNS)
     out = []
     for (data,) in db._engine.query("SELECT data FROM log ORDER BY seq"):
         wire = msgpack.unpackb(data, raw=False)
-        out.append((sum(type(o) is list and o[0] == SET_COLUMNS for o in wire["ops"]),
+        out.append((sum(type(o) is list and o[0] in records for o in wire["ops"]),
                     sum(type(b) is list and b[0] == SET_COLUMNS for b in wire["before"])))
     return out
 
@@ -55,6 +56,8 @@ def _records(db):
 def _scenario(db):
     with db.write():
         db.create_many(BulkNote, _items(N))
+        db.create(BulkNote, _id="after", title="created after the record, in the same write")
+        db.create_many(BulkNote, _items(3, 1000))
     with db.write():  # re-created documents: their base is their delete's stamp
         for i in range(0, 40, 4):
             db.delete(db.get(BulkNote, f"n{i:05d}"))
@@ -103,8 +106,9 @@ def _scenario(db):
 def test_columns_records_give_the_per_operation_forms_documents_log_history_revert_peer_and_sync(
         tmp_path, monkeypatch):
     records, columns = _scenario(tidesync.open(tmp_path / "c.db", schema=[BulkNote]))
-    # creates, deletes, re-creates; the loop and the two-field update as records; the rest not
-    assert records == [(0, 0), (0, 0), (0, 0), (1, 1), (1, 1), (0, 0), (0, 0)]
+    # the creates as a record, deletes, re-creates (10: the wire form); the loop and the two-field
+    # update as records; the rest not
+    assert records == [(1, 0), (0, 0), (0, 0), (1, 1), (1, 1), (0, 0), (0, 0)]
     monkeypatch.setattr(writer, "COLUMNS_MIN_DOCS", 1 << 30)
     records, per_op = _scenario(tidesync.open(tmp_path / "p.db", schema=[BulkNote]))
     assert records == [(0, 0)] * 7
@@ -114,11 +118,20 @@ def test_columns_records_give_the_per_operation_forms_documents_log_history_reve
 def test_an_entry_holding_records_is_sent_in_the_wire_form(tmp_path):
     with tidesync.open(tmp_path / "s.db", schema=[BulkNote]) as db:
         with db.write():
+            db.create(BulkNote, _id="small", title="one")
+        with db.write():
             db.create_many(BulkNote, _items(40))
-        objs = list(db.objects(BulkNote))
+        objs = list(db.objects(BulkNote))[1:]
         with db.write():
             for o in objs:
                 o.priority = 4
+        (created,), = db._engine.query("SELECT data FROM log WHERE seq = 2")
+        assert [o[0] for o in msgpack.unpackb(created, raw=False)["ops"]] == [CREATE_COLUMNS]
+        made = Transaction.from_stored(msgpack.unpackb(created, raw=False), created)
+        assert made.packed() is None and [op.key for op in made.ops] == [f"n{i:05d}" for i in range(40)]
+        assert all(type(op) is CreateDoc and op.fields["_id"] == op.key for op in made.ops)
+        assert [op.stamp for op in made.ops] == stamp_run(made.id, 40)
+        assert Transaction.from_wire(made.to_wire()) == made
         (data,), = db._engine.query("SELECT data FROM log ORDER BY seq DESC LIMIT 1")
         stored = msgpack.unpackb(data, raw=False)
         assert [o[0] for o in stored["ops"]] == [SET_COLUMNS] and stored["before"][0][0] == SET_COLUMNS
@@ -136,15 +149,15 @@ def test_an_entry_holding_records_is_sent_in_the_wire_form(tmp_path):
         (small,), = db._engine.query("SELECT data FROM log ORDER BY seq LIMIT 1")
         assert Transaction.stored_lazily(small, _unpack_stored).packed() == small
         batch = db.read_log(0, limit=10, max_bytes=1 << 30, scope={}, exclude_origin=None)
-        (_, first), (_, second) = batch.entries
-        assert second.packed() is None and first.packed() == small
+        (_, first), (_, second), (_, third) = batch.entries
+        assert second.packed() is None and third.packed() is None and first.packed() == small
         message = Changes(0, batch.scanned_to, batch.head, batch.entries)
         payload = codec.encode(message, max_size=1 << 30)
         with pytest.raises(AttributeError):
             object.__getattribute__(first, "ops")  # not decoded: its stored bytes were spliced in
         assert payload == codec.encode(Changes(0, batch.scanned_to, batch.head, (
-            (1, Transaction.from_stored(msgpack.unpackb(small, raw=False))), (2, full))), max_size=1 << 30)
-        assert codec.decode(payload, max_size=1 << 30).entries == ((1, first), (2, full))
+            (1, Transaction.from_stored(msgpack.unpackb(small, raw=False))), (2, made), (3, full))), max_size=1 << 30)
+        assert codec.decode(payload, max_size=1 << 30).entries == ((1, first), (2, made), (3, full))
 
 
 def test_a_peer_sending_a_columns_record_gets_a_clear_error(tmp_path):

@@ -53,6 +53,8 @@ __all__ = [
     "Path",
     "SET_COLUMNS",
     "set_columns_record",
+    "CREATE_COLUMNS",
+    "create_columns_record",
     "ops_from_stored",
 ]
 
@@ -484,6 +486,37 @@ def _set_columns_from_stored(data: list[Any]) -> list[Op]:
     return out
 
 
+#: The code of a *create columns* record, a stored form (never a wire form) of many plain
+#: ``CreateDoc`` operations of one transaction: ``[CREATE_COLUMNS, collection, names, first,
+#: values, defaults]`` stands for, per document ``i``, ``CreateDoc(collection, fields["_id"],
+#: stamp, ZERO, fields, {}, defaults[i])`` where ``fields`` is ``dict(zip(names, values[i *
+#: len(names):(i + 1) * len(names)]))``, the stamps are the run of ``first`` and ``defaults``
+#: is None when no document has any. See docs/architecture.md, "The file format".
+CREATE_COLUMNS = "C*"
+
+
+def create_columns_record(collection: str, names: list[str], first: Stamp, values: list[Plain],
+                          defaults: list[list[str]] | None) -> list[Any]:
+    """The *create columns* record (see :data:`CREATE_COLUMNS`) of ``len(values) //
+    len(names)`` creates of documents with fields ``names`` (``_id`` among them), values
+    document by document, stamped in a row from ``first``; ``defaults``: per document the
+    fields filled in from defaults, or None when none was."""
+    return [CREATE_COLUMNS, collection, names, first, values, defaults]
+
+
+def _create_columns_from_stored(data: list[Any]) -> list[Op]:
+    _, collection, names, first, values, defaults = data
+    width = len(names)
+    n = len(values) // width
+    stamps = stamp_run(first, n)
+    make = _new_create
+    empty: tuple[str, ...] = ()
+    rows = [dict(zip(names, values[i:i + width])) for i in range(0, n * width, width)]
+    if defaults is None:
+        return [make(collection, f["_id"], st, "", f, {}, empty) for f, st in zip(rows, stamps)]
+    return [make(collection, f["_id"], st, "", f, {}, tuple(d)) for f, st, d in zip(rows, stamps, defaults)]
+
+
 def ops_from_stored(datas: list[Any]) -> tuple[tuple[Op, ...], bool]:
     """The operations of a stored transaction's ``ops`` list (:func:`op_from_stored` of each;
     a :data:`SET_COLUMNS` record stands for the operations it holds, in its place), and whether
@@ -493,6 +526,9 @@ def ops_from_stored(datas: list[Any]) -> tuple[tuple[Op, ...], bool]:
     for data in datas:
         if type(data) is list and len(data) == 7 and data[0] == SET_COLUMNS:
             out.extend(_set_columns_from_stored(data))
+            records = True
+        elif type(data) is list and len(data) == 6 and data[0] == CREATE_COLUMNS:
+            out.extend(_create_columns_from_stored(data))
             records = True
         else:
             out.append(op_from_stored(data))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .operations import (
-    SET_COLUMNS, CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_wire, op_to_wire, ops_from_stored,
+    CREATE_COLUMNS, SET_COLUMNS, CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_wire, op_to_wire, ops_from_stored,
     updates_unstamped,
 )
 from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
@@ -35,9 +35,10 @@ MISSING_FIELD: dict[str, int] = {"$missing": 1}
 #: :data:`MISSING_FIELD` as JSON text.
 MISSING_FIELD_JSON = '{"$missing":1}'
 
-#: The msgpack of :data:`~tidesync.core.operations.SET_COLUMNS`: a stored transaction whose
-#: bytes lack it holds no columns record (bytes holding it may hold one).
-_COLUMNS_MARK = b"\xa2" + SET_COLUMNS.encode()
+#: The msgpack of :data:`~tidesync.core.operations.SET_COLUMNS` and
+#: :data:`~tidesync.core.operations.CREATE_COLUMNS`: a stored transaction whose bytes lack both
+#: holds no columns record (bytes holding either may hold one).
+_COLUMNS_MARKS = (b"\xa2" + SET_COLUMNS.encode(), b"\xa2" + CREATE_COLUMNS.encode())
 
 
 def before_columns_record(collection: str, names: list[str], keys: list[Plain], olds_json: str) -> list[Any]:
@@ -181,9 +182,9 @@ class Transaction:
         only when one of its fields is first read: a log entry that is only sent on as it
         is (:meth:`packed`, spliced into a ``Changes`` by the codec) is never decoded. Equal
         to the transaction :meth:`from_stored` would make. An entry that may hold columns records
-        (:data:`~tidesync.core.operations.SET_COLUMNS`, a stored form only) is unpacked at once,
+        (:data:`~tidesync.core.operations.SET_COLUMNS`, ``CREATE_COLUMNS``: stored forms only) is unpacked at once,
         and its :meth:`packed` is None: it is sent as :meth:`to_wire` makes it."""
-        if _COLUMNS_MARK in packed:
+        if _COLUMNS_MARKS[0] in packed or _COLUMNS_MARKS[1] in packed:
             return cls.from_stored(unpack(packed))
         t = object.__new__(cls)
         for name in ("_refs", "_wire", "_shapes"):

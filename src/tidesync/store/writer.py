@@ -8,10 +8,11 @@ any replica that integrates the same transactions will hold.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -22,7 +23,8 @@ from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
     CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListMove, ListSet, Op,
-    SetAdd, SetContainer, SetRemove, SetValue, Unset, set_columns_record, top_level_set,
+    SetAdd, SetContainer, SetRemove, SetValue, Unset, create_columns_record, set_columns_record,
+    top_level_set,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..core.stamp import ZERO, Stamp, stamp_after
@@ -30,7 +32,7 @@ from ..core.transaction import MISSING_FIELD, MISSING_FIELD_JSON, BeforeImage, b
 from ..core.values import Plain, canonical_json
 
 __all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "ColumnUpdate", "BulkCreates", "container_kinds",
-           "pack_transaction", "packed_set_columns"]
+           "pack_transaction", "packed_set_columns", "packed_creates"]
 
 Ref = tuple[str, str]
 
@@ -266,6 +268,30 @@ def packed_set_columns(collection: str, names: list[tuple[str, ...]], keys: list
     return array_items(msgpack.packb(wires, use_bin_type=True)), n
 
 
+def packed_creates(collection: str, built: list[tuple[dict[str, Plain], list[str] | None]], keys: list[Plain],
+                   stamps: Sequence[str]) -> tuple[bytes, int]:
+    """The ``CreateDoc`` operations of documents created in bulk (``built``: each one's plain
+    fields, ``_id`` among them, and the fields filled in from defaults or None; ``keys``: their
+    keys; ``stamps``: theirs, one :meth:`~tidesync.core.clock.HybridClock.now_many`) packed
+    for the log (msgpack items without an array header, see :class:`BulkCreates`) and how
+    many items: one columns record (:func:`~tidesync.core.operations.create_columns_record`)
+    for :data:`COLUMNS_MIN_DOCS` documents or more whose fields are the same names in the
+    same order, else each operation's wire form (``op_to_wire``'s)."""
+    n = len(built)
+    if n >= COLUMNS_MIN_DOCS and stamps[-1] == stamp_after(Stamp(stamps[0]), n - 1):
+        plains = list(map(itemgetter(0), built))
+        shapes = list(map(tuple, map(dict.keys, plains)))
+        if shapes.count(shapes[0]) == n:
+            dflts = list(map(itemgetter(1), built))
+            defaults = None if dflts.count(None) == n else [d or [] for d in dflts]
+            record = create_columns_record(collection, list(shapes[0]), Stamp(stamps[0]),
+                                           list(chain.from_iterable(map(dict.values, plains))), defaults)
+            return msgpack.packb(record, use_bin_type=True), 1
+    wire = [["C", collection, key, stamp, "", plain, {}, dflt or []]
+            for key, (plain, dflt), stamp in zip(keys, built, stamps)]
+    return array_items(msgpack.packb(wire, use_bin_type=True)), n
+
+
 def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
     """``msgpack.packb(wire)`` where ``wire["ops"]`` lacks the operations of ``bulk``: the same
     bytes as packing the map with them in their places (an array is its header followed by
@@ -394,8 +420,8 @@ class WriteTransaction:
         """Record one document created as in bulk (``db.create``'s lean path); ``wire``: its
         ``CreateDoc`` wire form, packed at commit (it must not change until then)."""
         bulk = self.bulk
-        if bulk and bulk[-1].at == len(self.ops) and self._journal is None:
-            b = bulk[-1]  # nothing else happened since: the same run of creates
+        if bulk and bulk[-1].at == len(self.ops) and bulk[-1].items is None and self._journal is None:
+            b = bulk[-1]  # nothing else happened since: the same run of creates (not a columns record)
             b.count += 1
             b.wires.append(wire)
             b.refs.append(ref)

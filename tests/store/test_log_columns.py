@@ -21,6 +21,7 @@ from tidesync.protocol import codec
 from tidesync.protocol.messages import Changes
 from tidesync.store import writer
 from tidesync.store.replica import _unpack_stored
+from tests.models import Gadget
 from tests.store.test_create_bulk import BulkNote, _items, _norm
 from tests.store.test_update_bulk import _state
 
@@ -172,3 +173,39 @@ def test_a_peer_sending_a_columns_record_gets_a_clear_error(tmp_path):
         with pytest.raises(MergeError, match="unknown operation code"):
             db.integrate([wire])
         assert db.last_seq == 0
+
+
+def _gadgets(path):
+    from datetime import datetime, timezone
+    from decimal import Decimal
+    from uuid import UUID
+
+    with tidesync.open(path, schema=[Gadget]) as db:
+        with db.write():
+            db.create_many(Gadget, [
+                {"_id": i, "flag": i % 2 == 0, "ratio": i / 7, "blob": bytes([i, 0, 255]),
+                 "uid": UUID(int=i), "oid": tidesync.ObjectId(f"{i:024x}"), "amount": Decimal(f"{i}.25"),
+                 "when": datetime(2026, 1, 1 + i % 28, tzinfo=timezone.utc), "name": f"g{i}"} for i in range(40)]
+                + [{"_id": 100 + i} for i in range(40)])  # every field a default: defaults per document
+        records = _records(db)
+        history = db.history(5)
+        (data,), = db._engine.query("SELECT data FROM log")
+        ops = Transaction.from_stored(msgpack.unpackb(data, raw=False)).ops
+        # the key is the _id field's value, not the same object (as two unpacked items are not)
+        assert all(op.key == op.fields["_id"] for op in ops)
+        exported = db.export_transactions()
+        with tidesync.open(str(path) + ".peer.db", schema=[Gadget]) as peer:
+            peer.integrate(exported)
+            rows = peer._engine.query("SELECT collection, pk, body, meta, live FROM documents ORDER BY pk")
+            states = {(c, pk): canonical_state(peer._load_doc(c, None, (c, pk)).state) for c, pk, *_ in rows}
+        own = db._engine.query("SELECT collection, pk, body, meta, live FROM documents ORDER BY pk")
+    return records, (history, [t.to_wire() for t in exported], rows, states, own)
+
+
+def test_a_create_record_of_every_scalar_type_gives_the_per_operation_forms_result(tmp_path, monkeypatch):
+    records, columns = _gadgets(tmp_path / "c.db")
+    assert records == [(1, 0)]
+    monkeypatch.setattr(writer, "COLUMNS_MIN_DOCS", 1 << 30)
+    records, per_op = _gadgets(tmp_path / "p.db")
+    assert records == [(0, 0)]
+    assert _norm(columns) == _norm(per_op)

@@ -23,6 +23,7 @@ Each operation has a compact wire form, a list whose first item is a one-letter 
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, TypeAlias
@@ -512,9 +513,12 @@ def _create_columns_from_stored(data: list[Any]) -> list[Op]:
     make = _new_create
     empty: tuple[str, ...] = ()
     rows = [dict(zip(names, values[i:i + width])) for i in range(0, n * width, width)]
+    keys = [f["_id"] for f in rows]
+    if set(map(type, keys)) != {str}:
+        keys = [k if type(k) is str else deepcopy(k) for k in keys]  # not shared with the fields, as unpacked
     if defaults is None:
-        return [make(collection, f["_id"], st, "", f, {}, empty) for f, st in zip(rows, stamps)]
-    return [make(collection, f["_id"], st, "", f, {}, tuple(d)) for f, st, d in zip(rows, stamps, defaults)]
+        return [make(collection, k, st, "", f, {}, empty) for k, f, st in zip(keys, rows, stamps)]
+    return [make(collection, k, st, "", f, {}, tuple(d)) for k, f, st, d in zip(keys, rows, stamps, defaults)]
 
 
 def ops_from_stored(datas: list[Any]) -> tuple[tuple[Op, ...], bool]:

@@ -154,8 +154,10 @@ def test_an_entry_holding_records_is_sent_in_the_wire_form(tmp_path):
         assert second.packed() is None and third.packed() is None and first.packed() == small
         message = Changes(0, batch.scanned_to, batch.head, batch.entries)
         payload = codec.encode(message, max_size=1 << 30)
-        with pytest.raises(AttributeError):
-            object.__getattribute__(first, "ops")  # not decoded: its stored bytes were spliced in
+        for t in (first, second, third):
+            with pytest.raises(AttributeError):
+                object.__getattribute__(t, "ops")  # no operation objects made: stored bytes or wire map sent
+        assert second.wire() == made.to_wire() and third.wire() == full.to_wire()
         assert payload == codec.encode(Changes(0, batch.scanned_to, batch.head, (
             (1, Transaction.from_stored(msgpack.unpackb(small, raw=False))), (2, made), (3, full))), max_size=1 << 30)
         assert codec.decode(payload, max_size=1 << 30).entries == ((1, first), (2, made), (3, full))

@@ -57,6 +57,7 @@ __all__ = [
     "CREATE_COLUMNS",
     "create_columns_record",
     "ops_from_stored",
+    "ops_wire_from_stored",
 ]
 
 Path: TypeAlias = tuple[str, ...]
@@ -495,6 +496,8 @@ def _set_columns_from_stored(data: list[Any]) -> list[Op]:
 #: is None when no document has any. See docs/architecture.md, "The file format".
 CREATE_COLUMNS = "C*"
 
+_RECORD_CODES = (SET_COLUMNS, CREATE_COLUMNS)
+
 
 def create_columns_record(collection: str, names: list[str], first: Stamp, values: list[Plain],
                           defaults: list[list[str]] | None) -> list[Any]:
@@ -519,6 +522,44 @@ def _create_columns_from_stored(data: list[Any]) -> list[Op]:
     if defaults is None:
         return [make(collection, k, st, "", f, {}, empty) for k, f, st in zip(keys, rows, stamps)]
     return [make(collection, k, st, "", f, {}, tuple(d)) for k, f, st, d in zip(keys, rows, stamps, defaults)]
+
+
+def ops_wire_from_stored(datas: list[Any]) -> list[Any] | None:
+    """The wire form (:func:`op_to_wire` of each operation) of a stored transaction's ``ops``
+    list holding columns records, built straight from the records (no operation objects); None
+    when it holds none (the stored list is then the wire form)."""
+    if not any([type(d) is list and len(d) in (6, 7) and d[0] in _RECORD_CODES for d in datas]):
+        return None
+    out: list[Any] = []
+    for data in datas:
+        if type(data) is list and len(data) == 7 and data[0] == SET_COLUMNS:
+            _, collection, names, keys, first, bases, values = data
+            width = len(names)
+            stamps = stamp_run(first, len(keys) * width)
+            empty: list[Any] = []
+            base_of = [bases] * len(keys) if type(bases) is str else bases
+            if width == 1:
+                nl = list(names)
+                out.extend([["S", collection, k, st, b, nl, empty, v, False]
+                            for k, st, b, v in zip(keys, stamps, base_of, values)])
+            else:
+                i = 0
+                for k, b in zip(keys, base_of):
+                    for name in names:
+                        out.append(["S", collection, k, stamps[i], b, [name], [], values[i], False])
+                        i += 1
+        elif type(data) is list and len(data) == 6 and data[0] == CREATE_COLUMNS:
+            _, collection, names, first, values, defaults = data
+            width = len(names)
+            n = len(values) // width
+            stamps = stamp_run(first, n)
+            rows = [dict(zip(names, values[i:i + width])) for i in range(0, n * width, width)]
+            dflts = [[]] * n if defaults is None else defaults
+            out.extend([["C", collection, f["_id"] if type(f["_id"]) is str else deepcopy(f["_id"]), st, "", f, {},
+                         list(d)] for f, st, d in zip(rows, stamps, dflts)])
+        else:
+            out.append(data)
+    return out
 
 
 def ops_from_stored(datas: list[Any]) -> tuple[tuple[Op, ...], bool]:

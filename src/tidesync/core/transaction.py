@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .operations import (
     CREATE_COLUMNS, SET_COLUMNS, CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_wire, op_to_wire, ops_from_stored,
+    ops_wire_from_stored,
     updates_unstamped,
 )
 from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
@@ -48,6 +49,37 @@ def before_columns_record(collection: str, names: list[str], keys: list[Plain], 
     old values, document by document (:data:`MISSING_FIELD` for an absent one). It stands for
     ``BeforeImage(collection, keys[i], {names[j]: olds[i * len(names) + j], ...})`` per document."""
     return [SET_COLUMNS, collection, names, keys, olds_json]
+
+
+def _wire_from_stored(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The wire map (:meth:`Transaction.to_wire`'s) of a stored transaction's map holding
+    columns records, built straight from the records (no operation objects); None when it
+    holds none (the stored map is then the wire map)."""
+    ops = ops_wire_from_stored(data["ops"])
+    before: list[Any] = []
+    records = False
+    for b in data.get("before", ()):
+        if type(b) is list and len(b) == 5 and b[0] == SET_COLUMNS:
+            _, collection, names, keys, olds_json = b
+            olds = loads_json(olds_json)
+            width = len(names)
+            if width == 1:
+                name = names[0]
+                before.extend([[collection, key, {name: old}, False] for key, old in zip(keys, olds)])
+            else:
+                before.extend([[collection, key, dict(zip(names, olds[i * width:(i + 1) * width])), False]
+                               for i, key in enumerate(keys)])
+            records = True
+        else:
+            before.append(b)
+    if ops is None and not records:
+        return None
+    out = dict(data)
+    if ops is not None:
+        out["ops"] = ops
+    if records:
+        out["before"] = before
+    return out
 
 
 def _before_from_stored(datas: Any) -> tuple[tuple[BeforeImage, ...], bool]:
@@ -170,7 +202,10 @@ class Transaction:
             if name in _LAZY_FIELDS:
                 unpack = object.__getattribute__(self, "_unpack")
                 if unpack is not None:
-                    full = Transaction.from_stored(unpack(self._packed))
+                    packed = object.__getattribute__(self, "_packed")
+                    # An entry stored with columns records keeps its wire map instead (stored_lazily).
+                    full = Transaction.from_stored(unpack(packed) if packed is not None
+                                                   else object.__getattribute__(self, "_wire"))
                     for f in _LAZY_FIELDS:
                         object.__setattr__(self, f, object.__getattribute__(full, f))
                     return object.__getattribute__(self, name)
@@ -181,15 +216,19 @@ class Transaction:
         """:meth:`from_stored` of ``unpack(packed)`` (a log entry of this replica), unpacked
         only when one of its fields is first read: a log entry that is only sent on as it
         is (:meth:`packed`, spliced into a ``Changes`` by the codec) is never decoded. Equal
-        to the transaction :meth:`from_stored` would make. An entry that may hold columns records
-        (:data:`~tidesync.core.operations.SET_COLUMNS`, ``CREATE_COLUMNS``: stored forms only) is unpacked at once,
-        and its :meth:`packed` is None: it is sent as :meth:`to_wire` makes it."""
+        to the transaction :meth:`from_stored` would make. An entry holding columns records
+        (:data:`~tidesync.core.operations.SET_COLUMNS`, ``CREATE_COLUMNS``: stored forms only) is
+        unpacked at once into its wire map (:meth:`wire`, built from the records without
+        operation objects; the fields are made from it on first read), and its :meth:`packed`
+        is None: it is sent as :meth:`wire`."""
+        wire = None
         if _COLUMNS_MARKS[0] in packed or _COLUMNS_MARKS[1] in packed:
-            return cls.from_stored(unpack(packed))
+            wire = _wire_from_stored(unpack(packed))
         t = object.__new__(cls)
-        for name in ("_refs", "_wire", "_shapes"):
+        for name in ("_refs", "_shapes"):
             object.__setattr__(t, name, None)
-        object.__setattr__(t, "_packed", packed)
+        object.__setattr__(t, "_wire", wire)
+        object.__setattr__(t, "_packed", packed if wire is None else None)
         object.__setattr__(t, "_unpack", unpack)
         return t
 

@@ -132,7 +132,7 @@ def _changes_body(message: Changes) -> bytes:
     """``packb(message.to_body())``, where each entry whose transaction carries its packed form
     (log entries, ``Transaction.packed``) is spliced in as those bytes, not decoded and encoded
     again; any other entry (one stored with columns records, say) is packed from its
-    ``to_wire()``, as ``to_body`` does. The same bytes, key for key."""
+    ``wire()``, the map ``to_body``'s ``to_wire()`` builds. The same bytes, key for key."""
     k_from, k_to, k_head, k_entries, k_progress, k_view = _CHANGES_KEYS
     entries = message.entries
     n = len(entries)
@@ -145,7 +145,7 @@ def _changes_body(message: Changes) -> bytes:
         parts.append(b"\x92")
         parts.append(pack(seq))
         data = txn.packed()
-        parts.append(data if data is not None else pack(txn.to_wire(), use_bin_type=True))
+        parts.append(data if data is not None else pack(txn.wire(), use_bin_type=True))
     parts.append(k_progress)
     parts.append(pack(message.progress.to_wire(), use_bin_type=True))
     if message.view is not None:
@@ -174,7 +174,6 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
     """
     try:
         body: bytes = (_changes_body(message) if type(message) is Changes and message.entries
-                       and any(t.packed() is not None for _, t in message.entries)
                        else msgpack.packb(message.to_body(), use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"cannot encode {type(message).__name__}: {exc}") from exc

@@ -73,7 +73,7 @@ def _open(path: object) -> Iterator[Database]:
 
 def test_new_file_has_the_current_format_and_no_seq_index(tmp_path):
     with _open(tmp_path / "new.db") as db:
-        assert db._setting("format_version") == str(FORMAT_VERSION) == "2"
+        assert db._setting("format_version") == str(FORMAT_VERSION) == "3"
     idx = _indexes(tmp_path / "new.db")
     assert "documents_seq" not in idx
     assert "WHERE scope IS NOT NULL" in idx["documents_scope"]
@@ -87,7 +87,7 @@ def test_version_1_file_opens_migrates_and_syncs(tmp_path):
     assert "documents_seq" in old and "WHERE" not in old["documents_scope"]
 
     with _open(path) as db:
-        assert db._setting("format_version") == "2"
+        assert db._setting("format_version") == "3"
         assert db._setting("replica_id") == "feedfacefeedface"  # the file keeps its identity
         # partition lookups still use the (now partial) scope index
         plan = db._engine.query("EXPLAIN QUERY PLAN SELECT count(*) FROM documents WHERE scope = ?", ['"p1"'])
@@ -116,7 +116,7 @@ def test_version_1_file_opens_migrates_and_syncs(tmp_path):
 
     # reopening a migrated file changes nothing
     with _open(path) as db:
-        assert db._setting("format_version") == "2"
+        assert db._setting("format_version") == "3"
     assert _indexes(path) == new
 
 

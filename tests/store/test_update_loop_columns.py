@@ -11,6 +11,7 @@ import msgpack
 import pytest
 
 import tidesync
+from tidesync.core.transaction import Transaction
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
 from tests.store.test_update_bulk import _before_sorted, _state
@@ -137,5 +138,5 @@ def test_a_loop_committed_as_columns_makes_no_pending_document_at_commit(tmp_pat
         assert seen[-1] == (1, 0, 0)
         assert [o.priority for o in db.objects(BulkNote)] == [9] * 50
         (data,), = db._engine.query("SELECT data FROM log ORDER BY seq DESC LIMIT 1")
-        wire = msgpack.unpackb(data, raw=False)
+        wire = Transaction.from_stored(msgpack.unpackb(data, raw=False)).to_wire()
         assert [op[7] for op in wire["ops"]] == [9] * 50 and len(wire["before"]) == 50

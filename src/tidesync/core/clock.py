@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .stamp import MAX_COUNTER, MAX_WALL, ReplicaId, Stamp, make_stamp, parse_stamp
+from .stamp import MAX_COUNTER, MAX_WALL, ReplicaId, Stamp, make_stamp, parse_stamp, stamp_run
 
 __all__ = ["HybridClock"]
 
@@ -63,21 +63,9 @@ class HybridClock:
         first = self.now()
         if n == 1:
             return [first]
-        wall, counter, replica = self._last_wall, self._last_counter, self.replica
-        out = [first]
-        while len(out) < n:
-            # The counter runs up to MAX_COUNTER within a millisecond, then borrows the next.
-            take = min(n - len(out), MAX_COUNTER - counter)
-            if take <= 0:
-                wall, counter = wall + 1, 0
-                out.append(make_stamp(wall, 0, replica))
-                continue
-            if wall > MAX_WALL:
-                raise ValueError(f"stamp parts out of range: {wall}, {counter}")
-            head = f"{wall:012x}"
-            out.extend([Stamp(f"{head}{c:06x}{replica}") for c in range(counter + 1, counter + 1 + take)])
-            counter += take
-        self._last_wall, self._last_counter = wall, counter
+        out = stamp_run(first, n)
+        last = parse_stamp(out[-1])
+        self._last_wall, self._last_counter = last.wall_ms, last.counter
         return out
 
     def observe(self, stamp: Stamp) -> None:

@@ -23,11 +23,12 @@ Each operation has a compact wire form, a list whose first item is a one-letter 
 from __future__ import annotations
 
 from collections.abc import Callable
+from copy import deepcopy
 from dataclasses import dataclass
 from operator import attrgetter
 from typing import Any, Literal, TypeAlias
 
-from .stamp import Stamp, are_stamps, is_stamp
+from .stamp import Stamp, are_stamps, is_stamp, stamp_run
 from .values import Plain, plain_scalars
 
 __all__ = [
@@ -51,6 +52,12 @@ __all__ = [
     "op_to_wire",
     "op_from_wire",
     "Path",
+    "SET_COLUMNS",
+    "set_columns_record",
+    "CREATE_COLUMNS",
+    "create_columns_record",
+    "ops_from_stored",
+    "ops_wire_from_stored",
 ]
 
 Path: TypeAlias = tuple[str, ...]
@@ -432,6 +439,145 @@ def op_from_stored(data: Any) -> Op:
             s[7](op, data[8])
             return op
     return op_from_wire(data)
+
+
+#: The code of a *set columns* record, a stored form (never a wire form) of many top-level
+#: ``SetValue`` operations of one transaction: ``[SET_COLUMNS, collection, names, keys, first,
+#: bases, values]`` stands for, per document ``keys[i]`` and per field ``names[j]`` in that
+#: order (document by document), ``SetValue(collection, keys[i], stamp, base, (names[j],), (),
+#: values[i * len(names) + j])``, whose stamps are the run :func:`~tidesync.core.stamp.stamp_run`
+#: of ``first`` in that order, and whose base is ``bases`` (a str, every document's) or
+#: ``bases[i]`` (a list). See docs/architecture.md, "The log".
+SET_COLUMNS = "S*"
+
+
+def set_columns_record(collection: str, names: list[str], keys: list[Plain], first: Stamp,
+                       bases: str | list[str], values: list[Plain]) -> list[Any]:
+    """The *set columns* record (see :data:`SET_COLUMNS`) of ``len(keys) * len(names)``
+    top-level field sets (``values`` in document-by-document order) stamped in a row from
+    ``first``; ``bases``: one base for all, or one per document."""
+    return [SET_COLUMNS, collection, names, keys, first, bases, values]
+
+
+def _set_columns_from_stored(data: list[Any]) -> list[Op]:
+    _, collection, names, keys, first, bases, values = data
+    width = len(names)
+    stamps = stamp_run(first, len(keys) * width)
+    paths = [(n,) for n in names]
+    s = _SV_SET
+    s0, s1, s2, s3, s4, s5, s6, s7 = s
+    new = object.__new__
+    no_epochs: tuple[Stamp, ...] = ()
+    out: list[Op] = []
+    append = out.append
+    base_of = [bases] * len(keys) if type(bases) is str else bases
+    i = 0
+    for key, base in zip(keys, base_of):
+        for path in paths:
+            op: SetValue = new(SetValue)
+            s0(op, collection)
+            s1(op, key)
+            s2(op, stamps[i])
+            s3(op, base)
+            s4(op, path)
+            s5(op, no_epochs)
+            s6(op, values[i])
+            s7(op, False)
+            append(op)
+            i += 1
+    return out
+
+
+#: The code of a *create columns* record, a stored form (never a wire form) of many plain
+#: ``CreateDoc`` operations of one transaction: ``[CREATE_COLUMNS, collection, names, first,
+#: values, defaults]`` stands for, per document ``i``, ``CreateDoc(collection, fields["_id"],
+#: stamp, ZERO, fields, {}, defaults[i])`` where ``fields`` is ``dict(zip(names, values[i *
+#: len(names):(i + 1) * len(names)]))``, the stamps are the run of ``first`` and ``defaults``
+#: is None when no document has any. See docs/architecture.md, "The file format".
+CREATE_COLUMNS = "C*"
+
+_RECORD_CODES = (SET_COLUMNS, CREATE_COLUMNS)
+
+
+def create_columns_record(collection: str, names: list[str], first: Stamp, values: list[Plain],
+                          defaults: list[list[str]] | None) -> list[Any]:
+    """The *create columns* record (see :data:`CREATE_COLUMNS`) of ``len(values) //
+    len(names)`` creates of documents with fields ``names`` (``_id`` among them), values
+    document by document, stamped in a row from ``first``; ``defaults``: per document the
+    fields filled in from defaults, or None when none was."""
+    return [CREATE_COLUMNS, collection, names, first, values, defaults]
+
+
+def _create_columns_from_stored(data: list[Any]) -> list[Op]:
+    _, collection, names, first, values, defaults = data
+    width = len(names)
+    n = len(values) // width
+    stamps = stamp_run(first, n)
+    make = _new_create
+    empty: tuple[str, ...] = ()
+    rows = [dict(zip(names, values[i:i + width])) for i in range(0, n * width, width)]
+    keys = [f["_id"] for f in rows]
+    if set(map(type, keys)) != {str}:
+        keys = [k if type(k) is str else deepcopy(k) for k in keys]  # not shared with the fields, as unpacked
+    if defaults is None:
+        return [make(collection, k, st, "", f, {}, empty) for k, f, st in zip(keys, rows, stamps)]
+    return [make(collection, k, st, "", f, {}, tuple(d)) for k, f, st, d in zip(keys, rows, stamps, defaults)]
+
+
+def ops_wire_from_stored(datas: list[Any]) -> list[Any] | None:
+    """The wire form (:func:`op_to_wire` of each operation) of a stored transaction's ``ops``
+    list holding columns records, built straight from the records (no operation objects); None
+    when it holds none (the stored list is then the wire form)."""
+    if not any([type(d) is list and len(d) in (6, 7) and d[0] in _RECORD_CODES for d in datas]):
+        return None
+    out: list[Any] = []
+    for data in datas:
+        if type(data) is list and len(data) == 7 and data[0] == SET_COLUMNS:
+            _, collection, names, keys, first, bases, values = data
+            width = len(names)
+            stamps = stamp_run(first, len(keys) * width)
+            empty: list[Any] = []
+            base_of = [bases] * len(keys) if type(bases) is str else bases
+            if width == 1:
+                nl = list(names)
+                out.extend([["S", collection, k, st, b, nl, empty, v, False]
+                            for k, st, b, v in zip(keys, stamps, base_of, values)])
+            else:
+                i = 0
+                for k, b in zip(keys, base_of):
+                    for name in names:
+                        out.append(["S", collection, k, stamps[i], b, [name], [], values[i], False])
+                        i += 1
+        elif type(data) is list and len(data) == 6 and data[0] == CREATE_COLUMNS:
+            _, collection, names, first, values, defaults = data
+            width = len(names)
+            n = len(values) // width
+            stamps = stamp_run(first, n)
+            rows = [dict(zip(names, values[i:i + width])) for i in range(0, n * width, width)]
+            dflts = [[]] * n if defaults is None else defaults
+            out.extend([["C", collection, f["_id"] if type(f["_id"]) is str else deepcopy(f["_id"]), st, "", f, {},
+                         list(d)] for f, st, d in zip(rows, stamps, dflts)])
+        else:
+            out.append(data)
+    return out
+
+
+def ops_from_stored(datas: list[Any]) -> tuple[tuple[Op, ...], bool]:
+    """The operations of a stored transaction's ``ops`` list (:func:`op_from_stored` of each;
+    a :data:`SET_COLUMNS` record stands for the operations it holds, in its place), and whether
+    any such record was found (the stored form is then not the wire form)."""
+    out: list[Op] = []
+    records = False
+    for data in datas:
+        if type(data) is list and len(data) == 7 and data[0] == SET_COLUMNS:
+            out.extend(_set_columns_from_stored(data))
+            records = True
+        elif type(data) is list and len(data) == 6 and data[0] == CREATE_COLUMNS:
+            out.extend(_create_columns_from_stored(data))
+            records = True
+        else:
+            out.append(op_from_stored(data))
+    return tuple(out), records
 
 
 def _create_from_wire(data: list[Any]) -> CreateDoc | None:

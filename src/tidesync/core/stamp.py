@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import NamedTuple, NewType
 
 __all__ = ["Stamp", "ReplicaId", "ZERO", "make_stamp", "parse_stamp", "StampParts",
-           "is_stamp", "is_replica_id", "are_compact_metas", "STAMP_LENGTH"]
+           "is_stamp", "is_replica_id", "are_compact_metas", "STAMP_LENGTH", "stamp_run", "stamp_after"]
 
 Stamp = NewType("Stamp", str)
 ReplicaId = NewType("ReplicaId", str)
@@ -52,6 +52,37 @@ def make_stamp(wall_ms: int, counter: int, replica: ReplicaId) -> Stamp:
 def parse_stamp(stamp: Stamp) -> StampParts:
     """Split a stamp into (wall_ms, counter, replica)."""
     return StampParts(int(stamp[:12], 16), int(stamp[12:18], 16), ReplicaId(stamp[18:]))
+
+
+def stamp_after(first: Stamp, k: int) -> Stamp:
+    """The ``k``-th stamp after ``first`` in a run of stamps issued in a row by one clock
+    (:meth:`~tidesync.core.clock.HybridClock.now_many`): the counter goes up by one, and after
+    ``MAX_COUNTER`` the next millisecond starts at counter 0."""
+    point = int(first[:18], 16) + k  # wall and counter as one number: the run's stamps are consecutive
+    return make_stamp(point >> (4 * COUNTER_DIGITS), point & MAX_COUNTER, ReplicaId(first[18:]))
+
+
+def stamp_run(first: Stamp, n: int) -> list[Stamp]:
+    """``n`` stamps in a row from ``first`` (``first`` itself included), as
+    :meth:`~tidesync.core.clock.HybridClock.now_many` issues them: ``stamp_after(first, k)``
+    for ``k`` in ``range(n)``."""
+    if n <= 0:
+        return []
+    out = [first]
+    replica = first[18:]
+    wall, counter = int(first[:12], 16), int(first[12:18], 16)
+    while len(out) < n:
+        take = min(n - len(out), MAX_COUNTER - counter)
+        if take <= 0:  # the counter is exhausted: the next millisecond, from counter 0
+            wall, counter = wall + 1, 0
+            out.append(make_stamp(wall, 0, ReplicaId(replica)))
+            continue
+        if wall > MAX_WALL:
+            raise ValueError(f"stamp parts out of range: {wall}, {counter}")
+        head = f"{wall:012x}"
+        out.extend([Stamp(f"{head}{c:06x}{replica}") for c in range(counter + 1, counter + 1 + take)])
+        counter += take
+    return out
 
 
 def is_stamp(value: object) -> bool:

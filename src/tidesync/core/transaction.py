@@ -18,18 +18,89 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .operations import (
-    CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_stored, op_from_wire, op_to_wire, updates_unstamped,
+    CREATE_COLUMNS, SET_COLUMNS, CreateDoc, Op, creates_from_wire, creates_unstamped, op_from_wire, op_to_wire, ops_from_stored,
+    ops_wire_from_stored,
+    updates_unstamped,
 )
 from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
-from .values import Plain, canonical_json
+from .values import Plain, canonical_json, loads_json
 
-__all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref"]
+__all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref", "before_columns_record"]
 
 #: The fields :meth:`Transaction.stored_lazily` leaves unset until first read.
 _LAZY_FIELDS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))
 
 #: Marker in a before-image for a field that did not exist before the transaction.
 MISSING_FIELD: dict[str, int] = {"$missing": 1}
+
+#: :data:`MISSING_FIELD` as JSON text.
+MISSING_FIELD_JSON = '{"$missing":1}'
+
+#: The msgpack of :data:`~tidesync.core.operations.SET_COLUMNS` and
+#: :data:`~tidesync.core.operations.CREATE_COLUMNS`: a stored transaction whose bytes lack both
+#: holds no columns record (bytes holding either may hold one).
+_COLUMNS_MARKS = (b"\xa2" + SET_COLUMNS.encode(), b"\xa2" + CREATE_COLUMNS.encode())
+
+
+def before_columns_record(collection: str, names: list[str], keys: list[Plain], olds_json: str) -> list[Any]:
+    """The stored form (never a wire form) of the before-images of many documents that a
+    transaction changed the same top-level fields ``names`` of: ``[SET_COLUMNS, collection,
+    names, keys, olds_json]``, where ``olds_json`` is the JSON text of the list of the fields'
+    old values, document by document (:data:`MISSING_FIELD` for an absent one). It stands for
+    ``BeforeImage(collection, keys[i], {names[j]: olds[i * len(names) + j], ...})`` per document."""
+    return [SET_COLUMNS, collection, names, keys, olds_json]
+
+
+def _wire_from_stored(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The wire map (:meth:`Transaction.to_wire`'s) of a stored transaction's map holding
+    columns records, built straight from the records (no operation objects); None when it
+    holds none (the stored map is then the wire map)."""
+    ops = ops_wire_from_stored(data["ops"])
+    before: list[Any] = []
+    records = False
+    for b in data.get("before", ()):
+        if type(b) is list and len(b) == 5 and b[0] == SET_COLUMNS:
+            _, collection, names, keys, olds_json = b
+            olds = loads_json(olds_json)
+            width = len(names)
+            if width == 1:
+                name = names[0]
+                before.extend([[collection, key, {name: old}, False] for key, old in zip(keys, olds)])
+            else:
+                before.extend([[collection, key, dict(zip(names, olds[i * width:(i + 1) * width])), False]
+                               for i, key in enumerate(keys)])
+            records = True
+        else:
+            before.append(b)
+    if ops is None and not records:
+        return None
+    out = dict(data)
+    if ops is not None:
+        out["ops"] = ops
+    if records:
+        out["before"] = before
+    return out
+
+
+def _before_from_stored(datas: Any) -> tuple[tuple[BeforeImage, ...], bool]:
+    out: list[BeforeImage] = []
+    records = False
+    for b in datas:
+        if type(b) is list and len(b) == 5 and b[0] == SET_COLUMNS:
+            _, collection, names, keys, olds_json = b
+            olds = loads_json(olds_json)
+            width = len(names)
+            new = BeforeImage
+            if width == 1:
+                name = names[0]
+                out.extend([new(collection, key, {name: old}) for key, old in zip(keys, olds)])
+            else:
+                out.extend([new(collection, key, dict(zip(names, olds[i * width:(i + 1) * width])))
+                            for i, key in enumerate(keys)])
+            records = True
+        else:
+            out.append(BeforeImage.from_wire(b))
+    return tuple(out), records
 
 
 def doc_ref(collection: str, key: Plain) -> tuple[str, str]:
@@ -131,7 +202,10 @@ class Transaction:
             if name in _LAZY_FIELDS:
                 unpack = object.__getattribute__(self, "_unpack")
                 if unpack is not None:
-                    full = Transaction.from_stored(unpack(self._packed))
+                    packed = object.__getattribute__(self, "_packed")
+                    # An entry stored with columns records keeps its wire map instead (stored_lazily).
+                    full = Transaction.from_stored(unpack(packed) if packed is not None
+                                                   else object.__getattribute__(self, "_wire"))
                     for f in _LAZY_FIELDS:
                         object.__setattr__(self, f, object.__getattribute__(full, f))
                     return object.__getattribute__(self, name)
@@ -142,11 +216,19 @@ class Transaction:
         """:meth:`from_stored` of ``unpack(packed)`` (a log entry of this replica), unpacked
         only when one of its fields is first read: a log entry that is only sent on as it
         is (:meth:`packed`, spliced into a ``Changes`` by the codec) is never decoded. Equal
-        to the transaction :meth:`from_stored` would make."""
+        to the transaction :meth:`from_stored` would make. An entry holding columns records
+        (:data:`~tidesync.core.operations.SET_COLUMNS`, ``CREATE_COLUMNS``: stored forms only) is
+        unpacked at once into its wire map (:meth:`wire`, built from the records without
+        operation objects; the fields are made from it on first read), and its :meth:`packed`
+        is None: it is sent as :meth:`wire`."""
+        wire = None
+        if _COLUMNS_MARKS[0] in packed or _COLUMNS_MARKS[1] in packed:
+            wire = _wire_from_stored(unpack(packed))
         t = object.__new__(cls)
-        for name in ("_refs", "_wire", "_shapes"):
+        for name in ("_refs", "_shapes"):
             object.__setattr__(t, name, None)
-        object.__setattr__(t, "_packed", packed)
+        object.__setattr__(t, "_wire", wire)
+        object.__setattr__(t, "_packed", packed if wire is None else None)
         object.__setattr__(t, "_unpack", unpack)
         return t
 
@@ -228,14 +310,17 @@ class Transaction:
         stamps and operations again. Data from a peer goes through :meth:`from_wire`.
 
         ``packed``: the bytes ``data`` was unpacked from (msgpack of :meth:`to_wire`, as the
-        log stores it), kept for :meth:`packed`."""
+        log stores it), kept for :meth:`packed` unless ``data`` holds columns records (see
+        :data:`~tidesync.core.operations.SET_COLUMNS` and :func:`before_columns_record`): those
+        stand for the operations and before-images they hold, in their places."""
+        ops, op_records = ops_from_stored(data["ops"])
+        before, before_records = _before_from_stored(data.get("before", ()))
         t = cls(
             id=data["id"], origin=data["origin"], stamp=data["stamp"], parents=tuple(data["parents"]),
-            ops=tuple(op_from_stored(o) for o in data["ops"]),
-            before=tuple(BeforeImage.from_wire(b) for b in data.get("before", ())),
-            user=data.get("user"), meta=data.get("meta") or {},
+            ops=ops, before=before, user=data.get("user"), meta=data.get("meta") or {},
         )
-        if packed is not None:
+        if packed is not None and not op_records and not before_records:
+            # Columns records are a stored form only: such an entry is sent as to_wire() makes it.
             object.__setattr__(t, "_packed", packed)
         return t
 

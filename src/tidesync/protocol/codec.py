@@ -129,9 +129,10 @@ _CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entri
 
 
 def _changes_body(message: Changes) -> bytes:
-    """``packb(message.to_body())`` when every entry's transaction carries its packed form
-    (log entries, ``Transaction.packed``): those bytes are spliced in as they are, not decoded
-    objects encoded again. The same bytes, key for key."""
+    """``packb(message.to_body())``, where each entry whose transaction carries its packed form
+    (log entries, ``Transaction.packed``) is spliced in as those bytes, not decoded and encoded
+    again; any other entry (one stored with columns records, say) is packed from its
+    ``wire()``, the map ``to_body``'s ``to_wire()`` builds. The same bytes, key for key."""
     k_from, k_to, k_head, k_entries, k_progress, k_view = _CHANGES_KEYS
     entries = message.entries
     n = len(entries)
@@ -143,7 +144,8 @@ def _changes_body(message: Changes) -> bytes:
     for seq, txn in entries:
         parts.append(b"\x92")
         parts.append(pack(seq))
-        parts.append(txn.packed())  # not None: checked by the caller
+        data = txn.packed()
+        parts.append(data if data is not None else pack(txn.wire(), use_bin_type=True))
     parts.append(k_progress)
     parts.append(pack(message.progress.to_wire(), use_bin_type=True))
     if message.view is not None:
@@ -172,7 +174,6 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
     """
     try:
         body: bytes = (_changes_body(message) if type(message) is Changes and message.entries
-                       and all(t.packed() is not None for _, t in message.entries)
                        else msgpack.packb(message.to_body(), use_bin_type=True))
     except (TypeError, ValueError, OverflowError) as exc:
         raise UsageError(f"cannot encode {type(message).__name__}: {exc}") from exc

@@ -34,7 +34,7 @@ from ..core.models import (
 from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset, top_level_set
 from ..core.schema import SCALAR_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
-from ..core.transaction import MISSING_FIELD, BeforeImage, Descriptor, Transaction
+from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
 from ..core.values import INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
@@ -46,7 +46,10 @@ from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_c
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
 from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
-from .writer import ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, array_items, pack_transaction
+from .writer import (
+    ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
+    packed_set_columns,
+)
 
 if TYPE_CHECKING:
     from .results import Results
@@ -774,16 +777,8 @@ class Database(ReplicaStore):
         rowids = list(map(attrgetter("rowid"), heads))
         compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
-        empty: list[Any] = []
-        if single:
-            nl = [names[0]]
-            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
-                     for k, st, e, v in zip(keys, stamps, epochs, values)]
-        else:
-            wires = [["S", collection, p.key, st, p.epoch, [name], empty, v, False]
-                     for p, name, st, v in zip(docs, names, stamps, values)]
-        txn.add_bulk(BulkCreates(0, n, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
-                     [], collection)
+        packed, items = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
+        txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,
                                      seq))
         txn.touched.update(zip(refs, zip(repeat(collection), keys)))
@@ -825,13 +820,18 @@ class Database(ReplicaStore):
                                    (t.id, t.origin, t.stamp, data, via))
         seq = int(cur.lastrowid or 0)
         self._logged.append((seq, t.origin, via, data))
-        desc = t.descriptor(len(data)) if touches is None else Descriptor(
-            t.id, t.origin, t.user, t.stamp, t.parents, touches, len(t.ops) if op_count is None else op_count,
-            len(data))
+        if touches is None:
+            desc_wire = t.descriptor(len(data)).to_wire()
+        else:
+            # Descriptor.to_wire()'s map, its touches packed from the (collection, key) pairs as
+            # they are: msgpack writes a tuple as the array to_wire's list would be.
+            desc_wire = {"id": t.id, "origin": t.origin, "user": t.user, "stamp": t.stamp,
+                         "parents": list(t.parents), "touches": touches,
+                         "ops": len(t.ops) if op_count is None else op_count, "size": len(data)}
         self._engine.execute(
             "INSERT INTO descriptors (id, origin, user, stamp, data, seq) VALUES (?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET seq = excluded.seq",
-            (t.id, t.origin, t.user, t.stamp, msgpack.packb(desc.to_wire(), use_bin_type=True), seq))
+            (t.id, t.origin, t.user, t.stamp, msgpack.packb(desc_wire, use_bin_type=True), seq))
         if t.parents:
             self._engine.executemany("DELETE FROM heads WHERE id = ?", [(p,) for p in t.parents])
         self._engine.execute("INSERT OR IGNORE INTO heads (id) VALUES (?)", (t.id,))
@@ -1435,20 +1435,8 @@ class Database(ReplicaStore):
         rowids = list(map(itemgetter(4), rows_at))
         direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
-        if width == 1:
-            nl: list[str] = [name]
-            empty: list[Any] = []
-            wires = [["S", collection, k, st, e, nl, empty, v, False]  # op_to_wire's form
-                     for k, st, e, v in zip(keys, stamps, epochs, values)]
-        else:
-            wires = []
-            s = 0
-            for k, e, ns in zip(keys, epochs, item_names):
-                for n in ns:
-                    wires.append(["S", collection, k, stamps[s], e, [n], [], values[s], False])
-                    s += 1
-        txn.add_bulk(BulkCreates(0, count, stamps[0], [array_items(msgpack.packb(wires, use_bin_type=True))], []),
-                     [], collection)
+        packed, n_packed = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
+        txn.add_bulk(BulkCreates(0, count, stamps[0], [packed], [], items=n_packed), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
                                      stamps, values, seq, decoded_at))
         txn.touched.update(zip(crefs, zip(repeat(collection), keys)))
@@ -1645,7 +1633,6 @@ class Database(ReplicaStore):
         dumps = _dumps
         rows = [(name, pk, dumps(plain), dumps({"*": stamp, "*d": dflt}) if dflt else f'{{"*":"{stamp}"}}', "", 1,
                  seq, scope) for pk, (plain, dflt), stamp in zip(pks, built, stamps)]
-        wire = [["C", name, key, stamp, "", plain, {}, dflt or []] for key, (plain, dflt), stamp in zip(keys, built, stamps)]
         try:
             with self._engine.atomic():
                 self._engine.executemany(INSERT_DOCUMENT, rows)
@@ -1653,8 +1640,8 @@ class Database(ReplicaStore):
             if exc.code == "constraint":  # a document exists: the general path raises or merges
                 return False
             raise
-        packed = array_items(msgpack.packb(wire, use_bin_type=True))
-        txn.add_bulk(BulkCreates(0, len(rows), stamps[0], [packed], refs), keys, name)
+        packed, n_packed = packed_creates(name, built, keys, stamps)
+        txn.add_bulk(BulkCreates(0, len(rows), stamps[0], [packed], refs, items=n_packed), keys, name)
         self._cache.clear()
         return True
 

@@ -10,7 +10,8 @@ documents      one row per document ever seen: collection, canonical-JSON primar
                ``scope``: the canonical JSON of the document's partition value (kept in the
                tombstone, so a delete still reaches the partition's devices)
 log            one row per integrated transaction, in local change-sequence order (``seq``):
-               id, origin, stamp, the transaction itself (msgpack of its wire form), and
+               id, origin, stamp, the transaction itself (msgpack of its wire form, where a
+               local bulk update may be a columns record, see ``Transaction.from_stored``), and
                ``via``: the peer it was received from (NULL for local writes)
 descriptors    one row per known transaction, held or only announced (``seq`` NULL)
 heads          the transaction ids no later local transaction names as parent (the DAG heads)
@@ -38,7 +39,7 @@ UPSERT_DOCUMENT = (INSERT_DOCUMENT + " ON CONFLICT(collection, pk) DO UPDATE SET
 
 #: The format of files this version writes. A file of format ``v`` is brought up to date by
 #: running ``MIGRATIONS[v:]`` in order (one transaction); a new file runs them all.
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 MIGRATIONS: list[list[str]] = [
     # version 1
@@ -108,4 +109,9 @@ MIGRATIONS: list[list[str]] = [
         "DROP INDEX IF EXISTS documents_scope",
         "CREATE INDEX IF NOT EXISTS documents_scope ON documents (scope, collection) WHERE scope IS NOT NULL",
     ],
+    # version 3: a log entry may hold columns records (many top-level field sets and their
+    # before-images in one record, see tidesync.core.operations.SET_COLUMNS). No table
+    # changes: entries of older files read as they are; the version keeps older tidesync
+    # versions, which cannot read such entries, from opening the file.
+    [],
 ]

@@ -8,10 +8,11 @@ any replica that integrates the same transactions will hold.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from itertools import islice, repeat
+from itertools import chain, islice, repeat
+from operator import itemgetter
 from typing import Any
 
 import msgpack
@@ -22,15 +23,16 @@ from ..core.clock import HybridClock
 from ..core.models import value_to_plain
 from ..core.operations import (
     CounterAdd, CreateDoc, DeleteDoc, DictDel, DictPut, ListErase, ListInsert, ListMove, ListSet, Op,
-    SetAdd, SetContainer, SetRemove, SetValue, Unset, top_level_set,
+    SetAdd, SetContainer, SetRemove, SetValue, Unset, create_columns_record, set_columns_record,
+    top_level_set,
 )
 from ..core.schema import FieldType, ObjectSchema, Schema
-from ..core.stamp import ZERO, Stamp
-from ..core.transaction import MISSING_FIELD, BeforeImage
+from ..core.stamp import ZERO, Stamp, stamp_after
+from ..core.transaction import MISSING_FIELD, MISSING_FIELD_JSON, BeforeImage, before_columns_record
 from ..core.values import Plain, canonical_json
 
 __all__ = ["WriteTransaction", "LoadedDoc", "PendingDoc", "ColumnUpdate", "BulkCreates", "container_kinds",
-           "pack_transaction"]
+           "pack_transaction", "packed_set_columns", "packed_creates"]
 
 Ref = tuple[str, str]
 
@@ -160,8 +162,21 @@ class ColumnUpdate:
             s = e
         return out
 
+    def uniform_names(self) -> bool:
+        """True when every document has the same fields written, in the same order."""
+        names = self.names
+        return bool(names) and names.count(names[0]) == len(names)
+
     def before_wires(self) -> list[list[Any]]:
-        """The before-images of its documents in wire form (``BeforeImage.to_wire``), in order."""
+        """The before-images of its documents in their stored form, in order: one columns
+        record (:func:`~tidesync.core.transaction.before_columns_record`) when every document
+        has the same fields written, else each one's wire form (``BeforeImage.to_wire``)."""
+        if len(self.keys) >= COLUMNS_MIN_DOCS and self.uniform_names():
+            olds_text = self.olds
+            present: list[str] = (olds_text if None not in olds_text  # type: ignore[assignment]
+                                  else [MISSING_FIELD_JSON if t is None else t for t in olds_text])
+            return [before_columns_record(self.collection, list(self.names[0]), self.keys,
+                                          "[" + ",".join(present) + "]")]
         olds = self.decoded
         if olds is None:
             texts = [t for t in self.olds if t is not None]
@@ -200,6 +215,9 @@ class BulkCreates:
     #: Wire forms not packed yet, after ``packed`` (``db.create``'s run: packed in one call at
     #: commit rather than one call per document).
     wires: list[Any] = field(default_factory=list)
+    #: How many items ``packed`` holds in the log entry's ``ops`` list, when not ``count`` (a
+    #: columns record stands for many operations; see :func:`packed_set_columns`).
+    items: int | None = None
 
 
 def _array_header(n: int) -> bytes:
@@ -216,10 +234,68 @@ def array_items(packed: bytes) -> bytes:
     return packed[1:] if 0x90 <= b <= 0x9F else packed[3:] if b == 0xDC else packed[5:]
 
 
+#: The fewest documents a :class:`ColumnUpdate` is logged as a columns record for: a smaller
+#: write keeps the wire form in the log, which a device uploads as it is (a columns record is
+#: expanded for a peer first).
+COLUMNS_MIN_DOCS = 32
+
+
+def packed_set_columns(collection: str, names: list[tuple[str, ...]], keys: list[Plain], epochs: list[str],
+                       stamps: list[str], values: list[Plain]) -> tuple[bytes, int]:
+    """The ``SetValue`` operations of a :class:`ColumnUpdate`'s columns packed for the log
+    (msgpack items without an array header, see :class:`BulkCreates`) and how many items:
+    one columns record (:func:`~tidesync.core.operations.set_columns_record`) when every
+    document has the same fields written and the stamps are a run from the first (one
+    :meth:`~tidesync.core.clock.HybridClock.now_many`: strictly increasing, so the run when
+    the last is the run's last), else each operation's wire form (``op_to_wire``'s)."""
+    n = len(stamps)
+    if len(names) >= COLUMNS_MIN_DOCS and names.count(names[0]) == len(names) and stamps[-1] == stamp_after(
+            Stamp(stamps[0]), n - 1):
+        bases: str | list[str] = epochs[0] if epochs.count(epochs[0]) == len(epochs) else epochs
+        record = set_columns_record(collection, list(names[0]), keys, Stamp(stamps[0]), bases, values)
+        return msgpack.packb(record, use_bin_type=True), 1
+    empty: list[Any] = []
+    if set(map(len, names)) == {1}:
+        wires = [["S", collection, k, st, e, list(ns), empty, v, False]
+                 for k, st, e, ns, v in zip(keys, stamps, epochs, names, values)]
+    else:
+        wires = []
+        i = 0
+        for k, e, ns in zip(keys, epochs, names):
+            for name in ns:
+                wires.append(["S", collection, k, stamps[i], e, [name], [], values[i], False])
+                i += 1
+    return array_items(msgpack.packb(wires, use_bin_type=True)), n
+
+
+def packed_creates(collection: str, built: list[tuple[dict[str, Plain], list[str] | None]], keys: list[Plain],
+                   stamps: Sequence[str]) -> tuple[bytes, int]:
+    """The ``CreateDoc`` operations of documents created in bulk (``built``: each one's plain
+    fields, ``_id`` among them, and the fields filled in from defaults or None; ``keys``: their
+    keys; ``stamps``: theirs, one :meth:`~tidesync.core.clock.HybridClock.now_many`) packed
+    for the log (msgpack items without an array header, see :class:`BulkCreates`) and how
+    many items: one columns record (:func:`~tidesync.core.operations.create_columns_record`)
+    for :data:`COLUMNS_MIN_DOCS` documents or more whose fields are the same names in the
+    same order, else each operation's wire form (``op_to_wire``'s)."""
+    n = len(built)
+    if n >= COLUMNS_MIN_DOCS and stamps[-1] == stamp_after(Stamp(stamps[0]), n - 1):
+        plains = list(map(itemgetter(0), built))
+        shapes = list(map(tuple, map(dict.keys, plains)))
+        if shapes.count(shapes[0]) == n:
+            dflts = list(map(itemgetter(1), built))
+            defaults = None if dflts.count(None) == n else [d or [] for d in dflts]
+            record = create_columns_record(collection, list(shapes[0]), Stamp(stamps[0]),
+                                           list(chain.from_iterable(map(dict.values, plains))), defaults)
+            return msgpack.packb(record, use_bin_type=True), 1
+    wire = [["C", collection, key, stamp, "", plain, {}, dflt or []]
+            for key, (plain, dflt), stamp in zip(keys, built, stamps)]
+    return array_items(msgpack.packb(wire, use_bin_type=True)), n
+
+
 def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
     """``msgpack.packb(wire)`` where ``wire["ops"]`` lacks the operations of ``bulk``: the same
     bytes as packing the map with them in their places (an array is its header followed by
-    its items, each packed on its own)."""
+    its items, each packed on its own; a columns record is one item standing for many)."""
     packb = msgpack.packb
     ops = wire["ops"]
     parts: list[bytes] = []
@@ -233,7 +309,7 @@ def pack_transaction(wire: dict[str, Any], bulk: list[BulkCreates]) -> bytes:
         prev = b.at
     if prev < len(ops):
         parts.append(array_items(packb(ops[prev:], use_bin_type=True)))
-    total = len(ops) + sum(b.count for b in bulk)
+    total = len(ops) + sum(b.count if b.items is None else b.items for b in bulk)
     assert len(wire) < 16
     out = [bytes((0x80 | len(wire),))]
     for k, v in wire.items():
@@ -344,8 +420,8 @@ class WriteTransaction:
         """Record one document created as in bulk (``db.create``'s lean path); ``wire``: its
         ``CreateDoc`` wire form, packed at commit (it must not change until then)."""
         bulk = self.bulk
-        if bulk and bulk[-1].at == len(self.ops) and self._journal is None:
-            b = bulk[-1]  # nothing else happened since: the same run of creates
+        if bulk and bulk[-1].at == len(self.ops) and bulk[-1].items is None and self._journal is None:
+            b = bulk[-1]  # nothing else happened since: the same run of creates (not a columns record)
             b.count += 1
             b.wires.append(wire)
             b.refs.append(ref)

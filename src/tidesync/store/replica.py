@@ -83,6 +83,17 @@ def _insert_sql(rows: int) -> str:
     return f"{head} SELECT * FROM (VALUES {','.join([values] * rows)}) WHERE column1 IS NOT NULL"
 
 
+@lru_cache(maxsize=16)
+def _insert_uniform_sql(rows: int) -> str:
+    """``INSERT_DOCUMENT`` for ``rows`` rows of one collection, epoch, live flag and scope
+    (parameters 1 to 4, bound once), each row given as (pk, body, meta, seq); padding rows
+    (pk NULL) are left out. Half the parameters of :func:`_insert_sql`: SQLite binds and
+    steps through half as many values, and prepares the statement in half the time."""
+    head, _, _ = INSERT_DOCUMENT.partition(" VALUES ")
+    return (f"{head} SELECT ?1, column1, column2, column3, ?2, ?3, column4, ?4 "
+            f"FROM (VALUES {','.join(['(?, ?, ?, ?)'] * rows)}) WHERE column1 IS NOT NULL")
+
+
 @lru_cache(maxsize=64)
 def _values_sql(statement: str, rows: int) -> str:
     """``statement`` (``INSERT INTO t (...) VALUES (?, ...)``, maybe an ``ON CONFLICT``
@@ -816,12 +827,16 @@ class ReplicaStore:
             return None  # a tombstone never created: joined with the empty state
         pkey = getattr(self, "partition_key", None)
         scopes: Iterable[str | None]
+        scope: str | None = None  # the page's one scope, when uniform
         if pkey is None:
             scopes = repeat(None, n)
+            uniform = True
         else:
             values = list(map(dict.get, parsed, repeat(pkey, n)))
-            if False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1:
-                scopes = repeat(canonical_json(values[0]), n)
+            uniform = False not in lives and set(map(type, values)) == {str} and len(set(values)) == 1
+            if uniform:
+                scope = canonical_json(values[0])
+                scopes = repeat(scope, n)
             else:
                 scopes = [canonical_json(v) if live else None for v, live in zip(values, lives)]
         # The settings and the log head in one query (each statement is a GIL hand-off for
@@ -830,10 +845,20 @@ class ReplicaStore:
             "SELECT (SELECT value FROM settings WHERE key = 'snapshot_tick'), "
             "(SELECT seq FROM sqlite_sequence WHERE name = 'log')")
         tick = int(tick_text or 0)
-        rows = list(chain.from_iterable(zip(
-            collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives),
-            range(tick - 1, tick - 1 - n, -1), scopes)))
-        if not self._insert_rows(rows, n):
+        seqs = range(tick - 1, tick - 1 - n, -1)
+        kinds = set(collections)
+        epochs = set(docs.epochs)
+        if uniform and len(kinds) == 1 and len(epochs) == 1 and len(set(lives)) == 1:
+            # The common page (one collection, fresh documents of one partition): those four
+            # values bound once, four per row.
+            constant = [kinds.pop(), epochs.pop(), int(lives[0]), scope]
+            rows = list(chain.from_iterable(zip(pks, docs.bodies, docs.metas, seqs)))
+            stored = self._insert_rows(rows, n, constant)
+        else:
+            rows = list(chain.from_iterable(zip(
+                collections, pks, docs.bodies, docs.metas, docs.epochs, map(int, lives), seqs, scopes)))
+            stored = self._insert_rows(rows, n)
+        if not stored:
             return None
         # Also what integrate_snapshot writes for any page that changed something.
         settings = {"snapshot_tick": str(tick - n), "snapshot_from": peer, "snapshot_seq": str(int(head or 0) + 1)}
@@ -845,21 +870,29 @@ class ReplicaStore:
         self._set_settings(settings)
         return n
 
-    def _insert_rows(self, rows: list[Any], n: int) -> bool:
+    def _insert_rows(self, rows: list[Any], n: int, constant: list[Any] | None = None) -> bool:
         """INSERT ``n`` new document rows (``rows``: their 8 values each, flat, in
-        ``INSERT_DOCUMENT``'s order) in as few statements as the SQLite build allows. False,
+        ``INSERT_DOCUMENT``'s order) in as few statements as the SQLite build allows. With
+        ``constant`` (collection, epoch, live, scope: the same for every row), ``rows`` holds
+        4 values per row (pk, body, meta, seq) instead (:func:`_insert_uniform_sql`). False,
         with nothing written, if the unique key refused one (a document held here, or twice)."""
-        cap = _rows_per_insert(n, self._max_insert_rows())  # rows per statement, at most
+        if constant is None:
+            width, head, sql = 8, [], _insert_sql
+            limit = self._max_insert_rows()
+        else:
+            width, head, sql = 4, constant, _insert_uniform_sql
+            limit = max(1, (self._max_insert_rows() * 8 - len(constant)) // width)
+        cap = _rows_per_insert(n, limit)  # rows per statement, at most
         engine = self._engine
         try:
             if cap >= n:
-                engine.execute(_insert_sql(cap), rows + [None] * (8 * (cap - n)))
+                engine.execute(sql(cap), head + rows + [None] * (width * (cap - n)))
                 return True
             with engine.atomic():  # a savepoint: a refused statement undoes the earlier ones
                 for start in range(0, n, cap):
-                    chunk = rows[8 * start:8 * (start + cap)]
-                    size = _rows_per_insert(len(chunk) // 8, cap)
-                    engine.execute(_insert_sql(size), chunk + [None] * (8 * size - len(chunk)))
+                    chunk = rows[width * start:width * (start + cap)]
+                    size = _rows_per_insert(len(chunk) // width, cap)
+                    engine.execute(sql(size), head + chunk + [None] * (width * size - len(chunk)))
             return True
         except StorageError as exc:
             if exc.code == "constraint":

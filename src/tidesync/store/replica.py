@@ -41,7 +41,7 @@ from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json, loads_json
 from ..errors import StorageError, UsageError
-from ..protocol.messages import DocColumns, Scope, SnapshotDoc
+from ..protocol.messages import COLUMN_SEPARATOR, DocColumns, Scope, SnapshotDoc
 from ..protocol.replica import (
     Checkpoint, DescriptorBatch, LogBatch, SnapshotPage, SnapshotResult,
 )
@@ -615,7 +615,8 @@ class ReplicaStore:
             self._check_open()
             as_of = self.head_seq()
             # One row more than the page: whether more follow, without another query.
-            rows = self._snapshot_rows(want, cursor, limit + 1)
+            joined = self._snapshot_joined(want, cursor, limit, max_bytes) if want is not None else None
+            rows = self._snapshot_rows(want, cursor, limit + 1) if joined is None else []
             cache = self._log_cache()
             estimate = cache.counts.get(want) if cache is not None else None
             if estimate is None:  # a count per page costs as much as the page on a large scope
@@ -624,6 +625,8 @@ class ReplicaStore:
                     [want] if want is not None else [])[0][0])
                 if cache is not None:
                     cache.counts[want] = estimate
+        if joined is not None:
+            return SnapshotPage(joined[0], joined[1], as_of, joined[2], estimate)
         if not rows:
             return SnapshotPage((), None, as_of, 0, estimate)
         rowids, collections, pks, bodies, metas, epochs, lives = zip(*rows)
@@ -644,12 +647,76 @@ class ReplicaStore:
         last = rowids[-1] if want is None else (collections[-1], rowids[-1])
         return SnapshotPage(docs, last if more else None, as_of, sizes[take - 1], estimate)
 
-    def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int) -> list[Row]:
-        """Up to ``limit`` rows ``(rowid, collection, pk, body, meta, epoch, live)`` after
-        ``cursor``: by rowid (the table's own order) for everything; in a partition scope by
-        collection, then rowid, which the ``(scope, collection)`` index gives in order (by rowid
-        alone, every page would read and sort the whole scope)."""
-        columns = "rowid, collection, pk, body, meta, epoch, live"
+    def _snapshot_joined(self, want: str, cursor: object | None, limit: int,
+                         max_bytes: int) -> tuple[DocColumns | tuple[()], object | None, int] | None:
+        """:meth:`read_snapshot`'s page of a partition scope as (documents, cursor, bytes): the
+        rows of each collection read as one row of columns (SQLite joins each column's values
+        with :data:`COLUMN_SEPARATOR`, which no stored JSON text holds), split again here: no
+        row tuple nor per-value conversion, most of the sender's work per document. The
+        keys stay their stored JSON (``pks``), parsed only if something reads them. None (for
+        the row-by-row read) when a stored value would not split back (a collection or epoch
+        holding the separator)."""
+        query = self._engine.query
+        if isinstance(cursor, tuple):
+            collection, after = cursor
+        else:
+            first = query("SELECT collection FROM documents WHERE scope = ? ORDER BY collection LIMIT 1", [want])
+            if not first:
+                return (), None, 0
+            collection, after = first[0][0], 0
+        sep = COLUMN_SEPARATOR
+        rowids: list[str] = []
+        collections: list[str] = []
+        pks: list[str] = []
+        bodies: list[str] = []
+        metas: list[str] = []
+        epochs: list[str] = []
+        lives: list[bool] = []
+        # One row more than the page: whether more follow, without another query.
+        while len(bodies) <= limit:
+            [(n, ids, keys, texts, stamps, epoch_texts, flags)] = query(
+                "SELECT count(*), group_concat(rowid), group_concat(pk, char(30)), group_concat(body, char(30)), "
+                "group_concat(meta, char(30)), group_concat(epoch, char(30)), group_concat(live, '') "
+                "FROM (SELECT rowid, pk, body, meta, epoch, live FROM documents "
+                "WHERE scope = ? AND collection = ? AND rowid > ? ORDER BY rowid LIMIT ?)",
+                [want, collection, after, limit + 1 - len(bodies)])
+            if n:
+                parts = (ids.split(","), keys.split(sep), texts.split(sep), stamps.split(sep), epoch_texts.split(sep))
+                if set(map(len, parts)) != {n} or len(flags) != n or flags.strip("01"):
+                    return None
+                rowids += parts[0]
+                collections += [collection] * n
+                pks += parts[1]
+                bodies += parts[2]
+                metas += parts[3]
+                epochs += parts[4]
+                lives += map("1".__eq__, flags)
+                if len(bodies) > limit:
+                    break
+            later = query("SELECT collection FROM documents WHERE scope = ? AND collection > ? "
+                          "ORDER BY collection LIMIT 1", [want, collection])
+            if not later:
+                break
+            collection, after = later[0][0], 0
+        if not bodies:
+            return (), None, 0
+        # Up to ``limit`` documents, and up to the first one that reaches ``max_bytes``.
+        sizes = list(accumulate(map(len, bodies)))
+        sizes = [a + b + c for a, b, c in zip(sizes, accumulate(map(len, metas)), accumulate(map(len, pks)))]
+        take = min(limit, bisect_left(sizes, max_bytes) + 1, len(bodies))
+        more = len(bodies) > take
+        if more:
+            collections, pks, bodies, metas, epochs = (c[:take] for c in (collections, pks, bodies, metas, epochs))
+            lives = lives[:take]
+        docs = DocColumns(collections, None, epochs, lives, bodies, metas, pks=pks)
+        return docs, (collections[-1], int(rowids[take - 1])) if more else None, sizes[take - 1]
+
+    def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int,
+                       columns: str = "rowid, collection, pk, body, meta, epoch, live") -> list[Row]:
+        """Up to ``limit`` rows ``(rowid, collection, pk, body, meta, epoch, live)`` (or other
+        ``columns``) after ``cursor``: by rowid (the table's own order) for everything; in a
+        partition scope by collection, then rowid, which the ``(scope, collection)`` index
+        gives in order (by rowid alone, every page would read and sort the whole scope)."""
         query = self._engine.query
         if want is None:
             after = cursor if isinstance(cursor, int) else 0

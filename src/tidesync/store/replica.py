@@ -756,8 +756,14 @@ class ReplicaStore:
         the last page without the earlier ones, and before the last page is durable nothing
         records the bootstrap as done: the device connects again with its old checkpoint and
         is sent the snapshot again from its first page, joined into what it kept
-        (docs/sync.md, "Durability of downloads")."""
-        return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=True)
+        (docs/sync.md, "Durability of downloads").
+
+        The page's commit skips SQLite's automatic WAL checkpoint (``deferred_checkpoint``: a
+        background thread checkpoints instead): a bootstrap writes tens of MB, and checkpoints
+        inline would stop the page pipeline for a copy and two fsyncs every few pages."""
+        defer = getattr(self, "deferred_checkpoint", None)
+        with defer() if defer is not None else nullcontext():
+            return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=True)
 
     def _integrate_snapshot(self, docs: Sequence[SnapshotDoc], peer: ReplicaId, as_of_seq: int | None, *,
                             unsynced: bool) -> SnapshotResult:

@@ -991,15 +991,18 @@ def _parse_all(texts: Sequence[str]) -> list[Any] | None:
         unchecked = "\\" not in joined
         try:
             groups = loads_json_scalars_checked(wrapped, unique_keys=not unchecked)
-            if unchecked and type(groups) is list and set(map(type, groups)) == {list} and joined.count('":') != sum(
-                    len(g[0]) for g in groups if len(g) == 1 and type(g[0]) is dict):
-                groups = loads_json_scalars_checked(wrapped)
         except (ValueError, RecursionError):
             return None
-        if (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}
+        if not (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}
                 and set(map(len, groups)) == {1}):
-            return list(map(list.pop, groups))
-        return None
+            return None
+        values = list(map(list.pop, groups))
+        if unchecked and (set(map(type, values)) != {dict} or joined.count('":') != sum(map(len, values))):
+            try:  # the same values, unless a key is given twice
+                loads_json_scalars_checked(wrapped)
+            except (ValueError, RecursionError):
+                return None
+        return values
     try:
         return list(map(loads_json_strict, texts))
     except (ValueError, RecursionError):

@@ -758,12 +758,11 @@ class ReplicaStore:
         is sent the snapshot again from its first page, joined into what it kept
         (docs/sync.md, "Durability of downloads").
 
-        The page's commit skips SQLite's automatic WAL checkpoint (``deferred_checkpoint``: a
-        background thread checkpoints instead): a bootstrap writes tens of MB, and checkpoints
-        inline would stop the page pipeline for a copy and two fsyncs every few pages."""
-        defer = getattr(self, "deferred_checkpoint", None)
-        with defer() if defer is not None else nullcontext():
-            return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=True)
+        The page's commit also skips SQLite's automatic WAL checkpoint (a background thread
+        checkpoints instead, as ``Database.deferred_checkpoint`` has it): a bootstrap writes
+        tens of MB, and checkpoints inline would stop the page pipeline for a copy and two
+        fsyncs every few pages."""
+        return self._integrate_snapshot(docs, peer, as_of_seq, unsynced=True)
 
     def _integrate_snapshot(self, docs: Sequence[SnapshotDoc], peer: ReplicaId, as_of_seq: int | None, *,
                             unsynced: bool) -> SnapshotResult:
@@ -776,7 +775,9 @@ class ReplicaStore:
         engine = self._engine
         with self._lock:
             self._check_open()
-            with engine.unsynced() if unsynced else nullcontext(), engine.atomic():
+            background = getattr(self, "_checkpoint_in_background", None) if unsynced else None
+            checkpointer = background() if background is not None else None
+            with (engine.unsynced(checkpoint=checkpointer is None) if unsynced else nullcontext()), engine.atomic():
                 stored = self._store_columns(docs, peer) if type(docs) is DocColumns and verbatim else None
                 if stored is not None:
                     changed = stored
@@ -866,6 +867,8 @@ class ReplicaStore:
                         "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
                         "DO UPDATE SET received = excluded.received", (peer, as_of_seq))
             self._after_remote(changed > 0)
+        if checkpointer is not None:
+            checkpointer.request()
         if unsynced and as_of_seq is not None:
             engine.sync_wal()
         return SnapshotResult(changed, unchanged)

@@ -65,6 +65,7 @@ MIN_SQLITE = (3, 38, 0)
 __all__ = [
     "MIN_SQLITE",
     "BUSY_TIMEOUT",
+    "AUTOCHECKPOINT_PAGES",
     "CACHE_SIZE_KIB",
     "DEFAULT_MMAP_SIZE",
     "KEY_SIZE",

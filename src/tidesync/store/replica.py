@@ -654,8 +654,8 @@ class ReplicaStore:
         with :data:`COLUMN_SEPARATOR`, which no stored JSON text holds), split again here: no
         row tuple nor per-value conversion, most of the sender's work per document. The
         keys stay their stored JSON (``pks``), parsed only if something reads them. None (for
-        the row-by-row read) when a stored value would not split back (a collection or epoch
-        holding the separator)."""
+        the row-by-row read) when a stored value would not split back (an epoch holding the
+        separator: stored JSON text never does)."""
         query = self._engine.query
         if isinstance(cursor, tuple):
             collection, after = cursor

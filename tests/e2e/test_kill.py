@@ -373,7 +373,7 @@ def test_sigkill_a_client_mid_bootstrap_then_restart_it(tmp_path):
         device_file = tmp_path / "device.db"
         a = synced_db(tmp_path / "a.db", server.url, [Technician, WorkOrder], partition="kill")
         try:
-            for t in range(12):  # 12,000 documents: pages of 500 (four), then larger ones
+            for t in range(12):  # 12,000 documents: pages of 500 (two), then larger ones
                 with a.write():
                     for j in range(1_000):
                         a.create(Technician, _id=f"boot{t}-{j}", name=f"n{j}" * 20)

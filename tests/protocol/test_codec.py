@@ -523,6 +523,82 @@ def test_a_page_of_common_json_text_documents_is_checked_as_columns_with_the_sam
     assert code_of(raw("snapshot", {"page": 0, "docs": docs, "as_of_seq": 1, "done": True})) == "malformed_message"
 
 
+def _as_cols(docs: list[list[Any]]) -> dict[str, Any]:
+    """A page of JSON-text documents as the ``cols`` map (FEATURE_SNAPSHOT_COLUMNS)."""
+    import json
+
+    sep = "\x1e"
+    return {"n": len(docs), "c": sep.join(d[0] for d in docs),
+            "k": json.dumps([d[1] for d in docs], separators=(",", ":")), "e": sep.join(d[2] for d in docs),
+            "l": "".join("1" if d[3] else "0" for d in docs), "b": sep.join(d[4] for d in docs),
+            "m": sep.join(d[5] for d in docs)}
+
+
+def test_a_page_sent_as_columns_decodes_as_the_same_page_sent_as_docs() -> None:
+    # A page as ``cols`` (one str per column) gives exactly what the same page as ``docs``
+    # gives: the same documents (as DocColumns when all are common), or malformed_message; a
+    # cols map whose columns do not fit together is malformed_message too.
+    import json
+    import random
+
+    from tidesync.protocol import DocColumns, Snapshot
+
+    def meta(i: int) -> str:
+        return '{"*":"' + f"{i:018x}" + "a" * 16 + '"}'
+
+    def common(i: int) -> list[Any]:
+        body = {"_id": f"k{i}", "n": i, "f": i / 4, "b": i % 2 == 0, "z": None, "s": "é\"\\"}
+        key = [f"k{i}", i, {"$oid": f"{i:024x}"}, f"q\x1e{i}"][i % 4]  # any plain key
+        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False) if i % 7 else json.dumps(body)
+        return ["c" if i % 3 else "d", key, "" if i % 4 else "0" * 18 + "b" * 16, i % 5 != 0, text, meta(i)]
+
+    other = [  # valid but not common, or refused: either way as the docs form decides
+        lambda d: d[:4] + ['{"l":[1,2]}', d[5]], lambda d: d[:5] + ["{}"], lambda d: d[:4] + ['{"n":1e300}', d[5]],
+        lambda d: d[:4] + ['{"x":18446744073709551616}', d[5]], lambda d: d[:4] + ['{"x":1e999}', d[5]],
+        lambda d: d[:4] + ['{"x":NaN}', d[5]], lambda d: d[:4] + ["[1]", d[5]], lambda d: d[:4] + ["", d[5]],
+        lambda d: d[:2] + ["0" * 33 + "g", *d[3:]], lambda d: d[:5] + [meta(1)[:-2] + "x}"],
+        lambda d: [d[0], 2**64 - 1, *d[2:]], lambda d: d[:4] + ['{"a":1,"a":2}', d[5]],
+    ]
+    rng = random.Random(5)
+    for round_ in range(200):
+        docs = [common(rng.randint(0, 50)) for _ in range(rng.randint(1, 8))]
+        if round_ % 2:
+            at = rng.randrange(len(docs))
+            docs[at] = rng.choice(other)(docs[at])
+        rest = {"page": 0, "as_of_seq": 1, "done": True}
+        as_docs = raw("snapshot", {**rest, "docs": docs})
+        as_cols = raw("snapshot", {**rest, "cols": _as_cols(docs)})
+        try:
+            expected = decode(as_docs)
+        except ProtocolError as exc:
+            assert code_of(as_cols) == exc.code, docs
+            continue
+        decoded = decode(as_cols)
+        assert type(decoded.docs) is type(expected.docs) and decoded == expected, docs
+        assert [d.json_form for d in decoded.docs] == [d.json_form for d in expected.docs]
+        if type(decoded.docs) is DocColumns:  # sent on as columns: the same page again
+            again = Snapshot(0, decoded.docs, 1, True, json_docs=True, columns=True)
+            assert "cols" in again.to_body() and decode(encode(again)) == expected
+    good = _as_cols([common(1), common(2)])
+    assert type(decode(raw("snapshot", {"page": 0, "cols": good, "as_of_seq": 1, "done": True})).docs) is DocColumns
+    for bad in ({**good, "n": 3}, {**good, "n": 0}, {**good, "l": "12"}, {**good, "l": "1"}, {**good, "k": "[1"},
+                {**good, "k": '["k1"]'}, {**good, "k": '{"a":1}'}, {**good, "b": good["b"] + "\x1e{}"},
+                {**good, "c": ["c", "c"]}, {k: v for k, v in good.items() if k != "m"}, [good], "cols"):
+        assert code_of(raw("snapshot", {"page": 0, "cols": bad, "as_of_seq": 1, "done": True})) == "malformed_message", bad
+    both = {"page": 0, "cols": good, "docs": [common(1), common(2)], "as_of_seq": 1, "done": True}
+    assert code_of(raw("snapshot", both)) == "malformed_message"
+
+
+def test_a_page_whose_values_hold_the_column_separator_is_sent_as_docs() -> None:
+    from tidesync.protocol import DocColumns, Snapshot
+
+    meta = '{"*":"' + "0" * 18 + "a" * 16 + '"}'
+    docs = DocColumns(["c\x1ed"], ["k"], [""], [True], ['{"a":1}'], [meta])
+    body = Snapshot(0, docs, 1, True, json_docs=True, columns=True).to_body()
+    assert "cols" not in body and body["docs"] == [["c\x1ed", "k", "", True, '{"a":1}', meta]]
+    assert decode(encode(Snapshot(0, docs, 1, True, json_docs=True, columns=True))).docs == docs
+
+
 @pytest.mark.parametrize("bodies", [
     ['{"a":"', '"}', '{"c":1},{"d":1}'],       # a string swallowing a separator, made up for
     ['{"a":"', '"}', '{"c":1}', '{"d":1}'],    # a string swallowing a separator

@@ -381,6 +381,27 @@ def test_snapshot_documents_go_as_json_text_only_to_a_peer_that_announced_it() -
     assert i.peer_features == {"snapshot_json"}
 
 
+def test_a_page_read_as_columns_goes_as_columns_only_to_a_peer_that_announced_it() -> None:
+    from tidesync.protocol import DocColumns
+
+    meta = '{"*":"' + "0" * 18 + "a" * 16 + '"}'
+    page = DocColumns(["c", "c"], None, ["", ""], [True, False], ['{"a":1}', "{}"], [meta, meta], pks=['"k1"', "2"])
+    for features, form in ((("snapshot_json",), "docs"), (("snapshot_json", "snapshot_columns"), "cols")):
+        r = Replicator(ME, Role.ACCEPTOR, snapshot_limit=2)
+        r.start()
+        r.handle(Hello(PEER, "t", SCOPE, ME, 0, features=features))
+        r.checkpoint_read(Checkpoint())
+        r.log_read(LogBatch((), 0, 30, snapshot_required=True))
+        [sent] = sends(r.snapshot_read(SnapshotPage(page, None, 30, 10, 2)))
+        body = sent.to_body()
+        assert form in body and ("docs" if form == "cols" else "cols") not in body
+        if form == "cols":
+            assert body["cols"] == {"n": 2, "c": "c\x1ec", "k": '["k1",2]', "e": "\x1e", "l": "10",
+                                    "b": '{"a":1}\x1e{}', "m": meta + "\x1e" + meta}
+        else:
+            assert body["docs"] == [["c", "k1", "", True, '{"a":1}', meta], ["c", 2, "", False, "{}", meta]]
+
+
 def test_snapshot_pages_must_be_in_order() -> None:
     r, _ = active_acceptor()
     [fail] = r.handle(Snapshot(1, (), 4, True))

@@ -123,3 +123,31 @@ def test_a_write_after_a_refused_download_is_full_again(tmp_path):
         with b.write():
             assert b._engine.query("PRAGMA synchronous") == [(2,)]
             b.create(Technician, _id="local", name="from b")
+
+
+def test_an_unsynced_block_without_checkpoint_keeps_it_off_until_synchronous_comes_back(tmp_path):
+    # Bootstrap pages (Engine.unsynced(checkpoint=False)) skip SQLite's inline checkpoint; the
+    # setting stays off for the next page (no pragma round trip per page) and comes back with
+    # synchronous = FULL before the next statement outside such a block.
+    engine = Engine(tmp_path / "e.db")
+    try:
+        engine.run("CREATE TABLE t (x)")
+        seen: list[str] = []
+        engine._tracer = lambda sql, params: seen.append(sql)
+        for i in range(3):
+            with engine.unsynced(checkpoint=False), engine.atomic():
+                engine.run("INSERT INTO t VALUES (?)", [i])
+        assert [s for s in seen if s.startswith("PRAGMA")] == ["PRAGMA synchronous = NORMAL",
+                                                              "PRAGMA wal_autocheckpoint = 0"]
+        assert engine.query("PRAGMA wal_autocheckpoint") == [(1000,)]  # the query restored it
+        assert engine.query("PRAGMA synchronous") == [(2,)]
+        seen.clear()
+        with engine.unsynced(checkpoint=False), engine.atomic():
+            engine.run("INSERT INTO t VALUES (3)")
+        with engine.unsynced(), engine.atomic():  # a download that checkpoints as usual
+            assert engine.query("PRAGMA wal_autocheckpoint") == [(1000,)]
+            engine.run("INSERT INTO t VALUES (4)")
+        assert engine.query("SELECT count(*) FROM t") == [(5,)]
+    finally:
+        engine._tracer = None
+        engine.close()

@@ -60,3 +60,34 @@ def test_pages_give_every_document_of_the_scope_once(tmp_path, limit: int, max_b
             assert cursor is None and seen == expected, scope
     finally:
         db.close()
+
+
+def test_a_bootstrap_page_leaves_the_wal_checkpoint_to_the_background_thread(tmp_path) -> None:
+    # A device's bootstrap pages commit without SQLite's inline checkpoint (a copy of the WAL
+    # and two fsyncs every few pages); the background checkpointer copies the WAL instead, and
+    # the documents are all there.
+    import json
+    import sqlite3
+
+    from tidesync.protocol.messages import Snapshot
+
+    db = Database(tmp_path / "device.db", (), partition_key="_partition")
+    try:
+        note = "x" * 400
+        for p in range(3):  # about 6 MB of WAL: past SQLite's 1,000-page threshold
+            docs = [["Doc", f"k{p}-{i}", "", True, json.dumps({"_id": f"k{p}-{i}", "_partition": "p", "n": note}),
+                     '{"*":"' + _stamp(p + 1) + '"}'] for i in range(5000)]
+            page = Snapshot.from_body({"page": p, "docs": docs, "as_of_seq": 9, "done": p == 2}, plain=True)
+            db._integrate_snapshot_download(page.docs, ReplicaId("00000000000000ab"), 9 if p == 2 else None)
+        checkpointer = db._checkpointer
+        assert checkpointer is not None and checkpointer.wait_idle() and checkpointer.runs >= 1
+        assert db._engine.query("PRAGMA wal_autocheckpoint")[0][0] == db.AUTOCHECKPOINT_PAGES  # as before
+        assert db._engine.query("SELECT count(*) FROM documents")[0][0] == 15000
+        assert db.checkpoint(ReplicaId("00000000000000ab")).received == 9
+    finally:
+        db.close()
+    conn = sqlite3.connect(tmp_path / "device.db")
+    try:
+        assert conn.execute("SELECT count(*) FROM documents").fetchone()[0] == 15000
+    finally:
+        conn.close()

@@ -53,6 +53,8 @@ from .codes import ErrorAction, ErrorCode, action_of
 __all__ = [
     "MAX_SEQ",
     "FEATURE_SNAPSHOT_JSON",
+    "FEATURE_SNAPSHOT_COLUMNS",
+    "COLUMN_SEPARATOR",
     "FEATURE_PARTS",
     "FEATURE_CHANGES_VIEW",
     "FEATURES",
@@ -93,6 +95,12 @@ MAX_DEPTH = 64
 #: Feature (``Hello``/``Welcome`` ``features``): this side accepts ``snapshot`` documents in
 #: their JSON-text form, ``[collection, key, epoch, live, body_json, meta_json]``.
 FEATURE_SNAPSHOT_JSON = "snapshot_json"
+#: Feature: this side accepts a ``snapshot`` page as columns (``cols`` instead of ``docs``:
+#: one string per column, the documents' values joined by U+001E, which JSON text never
+#: holds; the keys as one JSON array text; see :meth:`DocColumns.columns_wire`). A sender
+#: reads and encodes such a page without a Python object (nor a msgpack value) per document
+#: and value.
+FEATURE_SNAPSHOT_COLUMNS = "snapshot_columns"
 #: Feature: this side accepts a payload larger than its maximum message size sent as
 #: consecutive ``part`` payloads (see :mod:`tidesync.protocol.codec`); the Link handles it.
 FEATURE_PARTS = "parts"
@@ -101,7 +109,7 @@ FEATURE_PARTS = "parts"
 #: acknowledged by its ``ack``, instead of a separate ``view_update`` and ``view_ack``.
 FEATURE_CHANGES_VIEW = "changes_view"
 #: The optional features this implementation announces.
-FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON, FEATURE_PARTS, FEATURE_CHANGES_VIEW)
+FEATURES: tuple[str, ...] = (FEATURE_SNAPSHOT_JSON, FEATURE_PARTS, FEATURE_CHANGES_VIEW, FEATURE_SNAPSHOT_COLUMNS)
 
 #: What a replica wants to receive: ``{}`` (everything), ``{"partition": {"key": field,
 #: "value": plain}}`` or ``{"subscriptions": [...]}`` (flexible sync).
@@ -819,6 +827,8 @@ class Snapshot:
         progress: documents sent so far and an estimate of the total.
         json_docs: send the documents in their JSON-text form (only to a peer that announced
             :data:`FEATURE_SNAPSHOT_JSON`); set on a received page that used it.
+        columns: send a page read as :class:`DocColumns` as columns (``cols``; only to a peer
+            that announced :data:`FEATURE_SNAPSHOT_COLUMNS`).
     """
 
     TAG: ClassVar[str] = "snapshot"
@@ -829,6 +839,7 @@ class Snapshot:
     done: bool
     progress: Progress = field(default_factory=Progress)
     json_docs: bool = field(default=False, compare=False)
+    columns: bool = field(default=False, compare=False)
 
     def __post_init__(self) -> None:
         _int("page", self.page)
@@ -841,6 +852,10 @@ class Snapshot:
             raise ValueError("progress must be a Progress")
 
     def to_body(self) -> dict[str, Any]:
+        cols = self.docs.columns_wire() if type(self.docs) is DocColumns and self.columns else None
+        if cols is not None:
+            return {"page": self.page, "cols": cols, "as_of_seq": self.as_of_seq, "done": self.done,
+                    "progress": self.progress.to_wire()}
         if type(self.docs) is DocColumns and self.json_docs:
             docs = self.docs.json_wire()
         elif self.json_docs:
@@ -856,6 +871,8 @@ class Snapshot:
         a page of common JSON-text documents is checked column by column (:class:`DocColumns`,
         which checks each of its values' types itself), anything else by :func:`check_plain`
         first. The same message, or a ValueError."""
+        if "cols" in body:
+            return cls._from_cols(body)
         items = body.get("docs")
         if type(items) is list and items and type(items[0]) is list and len(items[0]) == 6:
             check_plain({k: v for k, v in body.items() if k != "docs"}, f"{cls.TAG} body")
@@ -870,6 +887,8 @@ class Snapshot:
     def from_body(cls, body: Mapping[str, Any], *, plain: bool = False, columns: bool = True) -> Snapshot:
         """Parse a body; ``plain``: it already passed :func:`check_plain` (``codec.decode``).
         Each document may be in either wire form. ``columns``: try :class:`DocColumns` first."""
+        if "cols" in body:
+            return cls._from_cols(body)
         docs: list[SnapshotDoc] = []
         json_docs = False
         items = _list("docs", _get(body, "docs"))
@@ -889,7 +908,64 @@ class Snapshot:
         return cls(_get(body, "page"), tuple(docs), _get(body, "as_of_seq"), _get(body, "done"),
                    Progress.from_wire(body.get("progress", {})), json_docs)
 
+    @classmethod
+    def _from_cols(cls, body: Mapping[str, Any]) -> Snapshot:
+        """A page sent as columns (:data:`FEATURE_SNAPSHOT_COLUMNS`): split into the documents'
+        JSON-text values (a ValueError if the columns do not fit together), then checked as
+        :class:`DocColumns` checks a page of JSON-text documents; a page it declines goes
+        document by document as the same page sent as ``docs`` would, with the same result or
+        error."""
+        if "docs" in body:
+            raise ValueError("a snapshot body has docs or cols, not both")
+        rest = {k: v for k, v in body.items() if k != "cols"}
+        check_plain(rest, f"{cls.TAG} body")
+        collections, keys, epochs, lives, bodies, metas = _split_cols(body["cols"])
+        page = DocColumns.from_columns(collections, keys, epochs, lives, bodies, metas)
+        if page is None:
+            items = [list(d) for d in zip(collections, keys, epochs, lives, bodies, metas)]
+            return cls.from_received({**rest, "docs": items})
+        return cls(_get(body, "page"), page, _get(body, "as_of_seq"), _get(body, "done"),
+                   Progress.from_wire(body.get("progress", {})), True)
 
+
+#: What joins the values of a column in a ``cols`` map: a control character, which JSON text
+#: never holds (a raw one is invalid JSON, and insignificant whitespace is only space, tab, CR
+#: and LF).
+COLUMN_SEPARATOR = "\x1e"
+
+
+def _split_cols(cols: Any) -> tuple[list[str], list[Any], list[str], list[bool], list[str], list[str]]:
+    """The six columns of a ``cols`` map (collections, keys, epochs, lives, body texts, meta
+    texts), one value per document each (the values are checked later); a ValueError when
+    the map's shape is wrong: a field missing or of the wrong type, or columns that do not
+    hold ``n`` values each."""
+    if type(cols) is not dict:
+        raise ValueError("cols must be a map")
+    try:
+        n, collections, keys_json, epochs, lives = cols["n"], cols["c"], cols["k"], cols["e"], cols["l"]
+        bodies, metas = cols["b"], cols["m"]
+    except KeyError as exc:
+        raise ValueError(f"cols lacks {exc.args[0]!r}") from None
+    if type(n) is not int or n < 1:
+        raise ValueError("cols n must be a positive int")
+    if {type(collections), type(keys_json), type(epochs), type(lives), type(bodies), type(metas)} != {str}:
+        raise ValueError("cols c, k, e, l, b and m must be str")
+    if len(lives) != n or lives.strip("01"):
+        raise ValueError("cols l must hold one 0 or 1 per document")
+    sep = COLUMN_SEPARATOR
+    split = [collections.split(sep), epochs.split(sep), bodies.split(sep), metas.split(sep)]
+    if set(map(len, split)) != {n}:
+        raise ValueError("cols c, e, b and m must each hold n values")
+    try:
+        keys = loads_json_strict(keys_json)
+    except (ValueError, RecursionError):
+        raise ValueError("cols k must be a JSON array") from None
+    if type(keys) is not list or len(keys) != n:
+        raise ValueError("cols k must be a JSON array of n keys")
+    return split[0], keys, split[1], list(map("1".__eq__, lives)), split[2], split[3]
+
+
+_LIVE_FLAG = {True: "1", False: "0"}
 _NONE_TYPE = type(None)
 _FLAT_TYPES = frozenset((str, bool, _NONE_TYPE, int, float))
 
@@ -915,15 +991,18 @@ def _parse_all(texts: Sequence[str]) -> list[Any] | None:
         unchecked = "\\" not in joined
         try:
             groups = loads_json_scalars_checked(wrapped, unique_keys=not unchecked)
-            if unchecked and type(groups) is list and set(map(type, groups)) == {list} and joined.count('":') != sum(
-                    len(g[0]) for g in groups if len(g) == 1 and type(g[0]) is dict):
-                groups = loads_json_scalars_checked(wrapped)
         except (ValueError, RecursionError):
             return None
-        if (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}
+        if not (type(groups) is list and len(groups) == len(texts) and set(map(type, groups)) == {list}
                 and set(map(len, groups)) == {1}):
-            return list(map(list.pop, groups))
-        return None
+            return None
+        values = list(map(list.pop, groups))
+        if unchecked and (set(map(type, values)) != {dict} or joined.count('":') != sum(map(len, values))):
+            try:  # the same values, unless a key is given twice
+                loads_json_scalars_checked(wrapped)
+            except (ValueError, RecursionError):
+                return None
+        return values
     try:
         return list(map(loads_json_strict, texts))
     except (ValueError, RecursionError):
@@ -946,16 +1025,48 @@ class DocColumns(Sequence[SnapshotDoc]):
     Read as a sequence it gives the same :class:`SnapshotDoc` values, made on first use.
     """
 
-    __slots__ = ("collections", "keys", "epochs", "lives", "bodies", "metas", "parsed", "_docs")
+    __slots__ = ("collections", "_keys", "epochs", "lives", "bodies", "metas", "parsed", "_docs", "_pks")
 
-    def __init__(self, collections: Sequence[str], keys: Sequence[Plain], epochs: Sequence[str],
+    def __init__(self, collections: Sequence[str], keys: Sequence[Plain] | None, epochs: Sequence[str],
                  lives: Sequence[bool], bodies: Sequence[str], metas: Sequence[str],
-                 parsed: Sequence[dict[str, Any]] | None = None) -> None:
+                 parsed: Sequence[dict[str, Any]] | None = None, *, pks: Sequence[str] | None = None) -> None:
         #: Per document: collection, key, epoch, live, body JSON text, meta JSON text and the
-        #: parsed body (``metas[i][6:40]`` is the meta's one stamp).
-        self.collections, self.keys, self.epochs, self.lives = collections, keys, epochs, lives
+        #: parsed body (``metas[i][6:40]`` is the meta's one stamp). A page read from storage
+        #: may give its keys as ``pks`` (each key's canonical JSON) instead: parsed on first use.
+        self.collections, self._keys, self.epochs, self.lives = collections, keys, epochs, lives
         self.bodies, self.metas, self.parsed = bodies, metas, parsed
+        self._pks = pks
+        if keys is None and pks is None:
+            raise ValueError("DocColumns needs keys or pks")
         self._docs: tuple[SnapshotDoc, ...] | None = None
+
+    @property
+    def keys(self) -> Sequence[Plain]:
+        """Each document's key."""
+        if self._keys is None:
+            pks = self._pks or ()
+            keys = loads_json("[" + ",".join(pks) + "]")
+            if len(keys) != len(pks):  # only if a stored key were not one JSON value
+                keys = list(map(loads_json, pks))
+            self._keys = keys
+        return self._keys
+
+    def columns_wire(self) -> dict[str, Any] | None:
+        """The page as the ``cols`` map of :data:`FEATURE_SNAPSHOT_COLUMNS`: ``n`` (how many
+        documents), ``c``, ``e``, ``b`` and ``m`` (collections, epochs, body and meta JSON
+        texts: each column's values joined by :data:`COLUMN_SEPARATOR`), ``k`` (the keys as
+        one JSON array text) and ``l`` (a ``0`` or ``1`` per document: live). None if a value
+        holds the separator (a collection or epoch could): send the page as ``docs``."""
+        n = len(self.collections)
+        pks = self._pks if self._pks is not None else list(map(compact_json, self.keys))
+        sep = COLUMN_SEPARATOR
+        cols: dict[str, Any] = {
+            "n": n, "c": sep.join(self.collections), "k": "[" + ",".join(pks) + "]", "e": sep.join(self.epochs),
+            "l": "".join(map(_LIVE_FLAG.__getitem__, self.lives)), "b": sep.join(self.bodies),
+            "m": sep.join(self.metas)}
+        if not n or any(cols[k].count(sep) != n - 1 for k in "cebm") or len(cols["l"]) != n:
+            return None
+        return cols
 
     @classmethod
     def from_json_wire(cls, items: Sequence[Any], *, plain: bool = True) -> DocColumns | None:
@@ -966,6 +1077,14 @@ class DocColumns(Sequence[SnapshotDoc]):
         if not items or set(map(type, items)) != {list} or set(map(len, items)) != {6}:
             return None
         collections, keys, epochs, lives, bodies, metas = zip(*items)
+        return cls.from_columns(collections, keys, epochs, lives, bodies, metas, plain=plain)
+
+    @classmethod
+    def from_columns(cls, collections: Sequence[Any], keys: Sequence[Any], epochs: Sequence[Any],
+                     lives: Sequence[Any], bodies: Sequence[Any], metas: Sequence[Any], *,
+                     plain: bool = False) -> DocColumns | None:
+        """:meth:`from_json_wire` of a page given as its six columns (one value per document
+        each, of any type: checked here)."""
         if not plain and set(map(type, keys)) != {str} and not _plain_fast(list(keys)):
             return None
         try:
@@ -1025,7 +1144,7 @@ class DocColumns(Sequence[SnapshotDoc]):
         return docs
 
     def __len__(self) -> int:
-        return len(self.bodies)
+        return len(self.collections)
 
     def __getitem__(self, index: Any) -> Any:
         return self._all()[index]

@@ -75,6 +75,7 @@ from .messages import (
     Close,
     CompensatingWrite,
     FEATURE_CHANGES_VIEW,
+    FEATURE_SNAPSHOT_COLUMNS,
     FEATURE_SNAPSHOT_JSON,
     FEATURES,
     Descriptors,
@@ -511,7 +512,8 @@ class Replicator:
         message = Snapshot(self._snap_page, page.docs, as_of, done,
                            Progress(self._snap_sent_docs, total, self._snap_sent_bytes,
                                     self._snap_sent_bytes),
-                           json_docs=FEATURE_SNAPSHOT_JSON in self.peer_features)
+                           json_docs=FEATURE_SNAPSHOT_JSON in self.peer_features,
+                           columns=FEATURE_SNAPSHOT_COLUMNS in self.peer_features)
         self._snap_inflight.append((self._snap_page, done, as_of))
         self._snap_page += 1
         self._snap_cursor = page.cursor

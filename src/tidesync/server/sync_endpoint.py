@@ -1139,11 +1139,12 @@ class ServerSession:
             elif isinstance(action, _Started):
                 todo[0:0] = await self._integrate(action.action, action)
             elif isinstance(action, ReadSnapshot):
-                # The first pages small (the device shows progress and data soon), then larger
-                # ones, still bounded by batch_bytes: fewer durable commits on the device.
+                # The first two pages small (the device shows progress and data soon), then
+                # each twice the one before, up to MAX_SNAPSHOT_PAGE, still bounded by
+                # batch_bytes: fewer commits on the device, its pipeline full sooner.
                 self._snapshot_pages += 1
-                if self._snapshot_pages > 4:
-                    grown = action.limit << min(4, self._snapshot_pages - 4)
+                if self._snapshot_pages > 2:
+                    grown = action.limit << min(4, self._snapshot_pages - 2)
                     action = dataclasses.replace(action, limit=min(grown, self.MAX_SNAPSHOT_PAGE))
                 todo[0:0] = await asyncio.to_thread(self._read_snapshot, action)
             elif isinstance(action, _SendEncoded):

@@ -446,9 +446,7 @@ class Database(ReplicaStore):
         :data:`MAX_DEFERRED_WAL_PAGES`, large commits checkpoint inline again until it does."""
         with self._lock:
             self._check_open()
-            if self._checkpointer is None and not self._engine.encrypted:
-                self._checkpointer = Checkpointer(self.path)
-            checkpointer = self._checkpointer
+            checkpointer = self._background_checkpointer()
             defer = (checkpointer is not None and not checkpointer.stopped
                      and checkpointer.wal_pages <= self.MAX_DEFERRED_WAL_PAGES)
             if defer:
@@ -465,6 +463,22 @@ class Database(ReplicaStore):
                         self._engine.run(f"PRAGMA wal_autocheckpoint = {self.AUTOCHECKPOINT_PAGES}")
             if checkpointer is not None:
                 checkpointer.request()  # also when not deferred: it measures the WAL again
+
+    def _background_checkpointer(self) -> Checkpointer | None:
+        """This file's background checkpointer (made on first use), or None for an encrypted
+        file (the thread would need its key)."""
+        if self._checkpointer is None and not self._engine.encrypted:
+            self._checkpointer = Checkpointer(self.path)
+        return self._checkpointer
+
+    def _checkpoint_in_background(self) -> Checkpointer | None:
+        """The background checkpointer when a large commit may skip SQLite's inline checkpoint
+        now (as in :meth:`deferred_checkpoint`: not above :data:`MAX_DEFERRED_WAL_PAGES`), else
+        None. Call its ``request()`` after the commit."""
+        checkpointer = self._background_checkpointer()
+        if checkpointer is None or checkpointer.stopped or checkpointer.wal_pages > self.MAX_DEFERRED_WAL_PAGES:
+            return None
+        return checkpointer
 
     def __enter__(self) -> Database:
         return self

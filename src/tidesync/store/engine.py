@@ -65,6 +65,7 @@ MIN_SQLITE = (3, 38, 0)
 __all__ = [
     "MIN_SQLITE",
     "BUSY_TIMEOUT",
+    "AUTOCHECKPOINT_PAGES",
     "CACHE_SIZE_KIB",
     "DEFAULT_MMAP_SIZE",
     "KEY_SIZE",
@@ -90,6 +91,10 @@ KEY_SIZE = 64
 
 BUSY_TIMEOUT = 10.0
 """Seconds a statement waits for another connection's write lock before failing."""
+
+AUTOCHECKPOINT_PAGES = 1000
+"""SQLite's automatic WAL checkpoint threshold (its default), in WAL pages: what a connection
+has again after ``Engine.unsynced(checkpoint=False)``."""
 
 CACHE_SIZE_KIB = 8192
 """Page cache per connection, in KiB (SQLite's default is 2 MiB)."""
@@ -316,6 +321,9 @@ class Engine:
         self._normal = False
         #: How many :meth:`unsynced` blocks are open.
         self._unsynced_depth = 0
+        #: ``wal_autocheckpoint`` is 0, left so by ``unsynced(checkpoint=False)``: set back with
+        #: ``synchronous`` (see :meth:`unsynced`).
+        self._no_checkpoint = False
         #: A moving average of how long an outermost ``COMMIT`` took (seconds; fsync included).
         self.commit_seconds = float("inf")
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
@@ -677,7 +685,7 @@ class Engine:
             self._savepoints -= 1
 
     @contextmanager
-    def unsynced(self) -> Iterator[None]:
+    def unsynced(self, *, checkpoint: bool = True) -> Iterator[None]:
         """Transactions committed inside the block are written to the WAL but not fsync'd
         (``synchronous = NORMAL``): after a power loss they may be rolled back, whole and
         together, never torn. Call :meth:`sync_wal` before anything relies on them being
@@ -686,11 +694,19 @@ class Engine:
         ``synchronous`` stays NORMAL after the block and is set back to FULL before the next
         statement run outside a transaction and outside such a block (the ``BEGIN`` of the next
         :meth:`atomic`, or an autocommit statement): a stream of downloads pays no pragma
-        round trips, and every other commit is still durable on return."""
+        round trips, and every other commit is still durable on return.
+
+        ``checkpoint=False``: the commits also skip SQLite's automatic WAL checkpoint (a copy
+        of the WAL into the file, and its fsyncs, inside the commit that takes the WAL past
+        1,000 pages): the caller has them checkpointed in the background. The setting comes
+        back with ``synchronous``, or at the next block that checkpoints."""
         self._lowered = False
         if not self._normal:
             self._run("PRAGMA synchronous = NORMAL")
             self._normal = True
+        if checkpoint == self._no_checkpoint:
+            self._run(f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES if checkpoint else 0}")
+            self._no_checkpoint = not checkpoint
         self._unsynced_depth += 1
         try:
             yield
@@ -704,13 +720,15 @@ class Engine:
         ``BEGIN`` already restored it)."""
         if conn.in_transaction:
             return
-        if self._tracer is not None:
-            self._tracer("PRAGMA synchronous = FULL", None)
-        try:
-            conn.execute("PRAGMA synchronous = FULL")
-        except self._driver_errors as exc:
-            raise _translate(exc, "PRAGMA synchronous = FULL") from exc
-        self._lowered = self._normal = False
+        for sql in ("PRAGMA synchronous = FULL",
+                    *([f"PRAGMA wal_autocheckpoint = {AUTOCHECKPOINT_PAGES}"] if self._no_checkpoint else [])):
+            if self._tracer is not None:
+                self._tracer(sql, None)
+            try:
+                conn.execute(sql)
+            except self._driver_errors as exc:
+                raise _translate(exc, sql) from exc
+        self._lowered = self._normal = self._no_checkpoint = False
 
     def sync_wal(self) -> None:
         """Flush the WAL file to stable storage: every transaction committed so far, including

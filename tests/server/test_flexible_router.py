@@ -590,3 +590,57 @@ def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path:
         assert s.held == set() and calls == []
     finally:
         db.close()
+
+
+def test_the_router_takes_the_states_an_integration_wrote_while_nothing_else_wrote(tmp_path: Path,
+                                                                                    monkeypatch: Any) -> None:
+    from tidesync.server import flexible
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        assert db.on_written == router._hand_rows
+        w = Writer(db)
+        owner = session(router, ['owner == "u1"'])
+        reads: list[set[Any]] = []
+        real = flexible.read_states
+        monkeypatch.setattr(flexible, "read_states",
+                            lambda backend, refs, full=None: reads.append(set(refs)) or real(backend, refs, full))
+        t1, t2 = (COLL, '"t1"'), (COLL, '"t2"')
+
+        def as_read(refs: set[Any]) -> tuple[dict[Any, Any], dict[Any, Any]]:
+            full: dict[Any, Any] = {}
+            return real(db, refs, full), full
+
+        # Integrations only: their rows are the states, nothing is read back.
+        w.create("t1", {"owner": "u1", "n": 1})
+        seq = w.set("t1", "n", 2)
+        other = w.create("t2", {"owner": "u2"})
+        router.catch_up()
+        assert reads == []
+        states, full = as_read({t1, t2})
+        assert router.routed(seq).states[t1] == states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 2})  # type: ignore[union-attr]
+        assert router.routed(other).states[t2] == states[t2]  # type: ignore[union-attr]
+        assert router.full[t1] == full[t1] and router.full[t2] == full[t2]
+        assert list(owner.relevant) == [seq - 1, seq]
+        # Another write after the integration: its rows are not trusted, the states are read.
+        seq = w.set("t1", "n", 3)
+        with db._lock, db._engine.atomic():
+            db._engine.execute("UPDATE documents SET body = json_set(body, '$.n', 99) WHERE pk = ?", ('"t1"',))
+        router.catch_up()
+        assert reads == [{t1}]
+        assert router.routed(seq).states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 99})  # type: ignore[union-attr]
+        # ... and another write before an integration: the rows handed before it are dropped,
+        # its own are kept.
+        first = w.set("t1", "n", 4)
+        with db._lock, db._engine.atomic():
+            db._engine.execute("UPDATE documents SET body = json_set(body, '$.n', 98) WHERE pk = ?", ('"t1"',))
+        second = w.set("t2", "n", 5)
+        reads.clear()
+        router.catch_up()
+        assert reads == [{t1}]
+        assert router.routed(first).states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 98})  # type: ignore[union-attr]
+        assert router.routed(second).states[t2] == as_read({t2})[0][t2]  # type: ignore[union-attr]
+        assert not router._written
+    finally:
+        db.close()

@@ -593,8 +593,16 @@ class Router:
         # (decoded, with their stored bytes): routed without decoding them again. Written and
         # read with the backend's lock held (Database.on_logged, catch_up).
         self._handed: dict[int, Transaction] = {}
+        # The document rows those integrations wrote, by ref, as stored ((body JSON, meta JSON,
+        # epoch, live); the latest write of each), and the file's version after the last of
+        # them (Database.on_written): while the file is still at that version they are the
+        # documents' current states, and the catch-up takes them instead of reading them
+        # back. Written and read with the backend's lock held.
+        self._written: dict[Ref, tuple[str, str, str, int]] = {}
+        self._written_at: tuple[int, int] | None = None
         with backend._lock:
             backend.on_logged = self._hand
+            backend.on_written = self._hand_rows
             names = {r[0] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
             self.indexed: set[str] = {n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")}
@@ -781,6 +789,46 @@ class Router:
                 return
         for seq, t in logged:
             handed[seq] = t
+
+    def _hand_rows(self, rows: list[tuple[Any, ...]], before: tuple[int, int], after: tuple[int, int]) -> None:
+        """Database.on_written: keep the document rows an integration just wrote for the next
+        catch-up (the backend's lock is held). Any other write in between (``before`` is not
+        the version after the last hand-over) makes the rows kept so far unreliable: dropped."""
+        written = self._written
+        if before != self._written_at or not self.sessions or len(written) + len(rows) > self.HANDED_MAX:
+            written.clear()
+        if self.sessions:
+            for coll, pk, body, meta, epoch, live, *_ in rows:
+                written[(coll, pk)] = (body, meta, epoch, live)
+        self._written_at = after
+
+    def _states(self, refs: set[Ref], full: dict[Ref, tuple[str, str, str]]) -> dict[Ref, tuple[bool, Any]]:
+        """:func:`read_states` of ``refs`` (with ``full``), taking those the integrations
+        handed over (:meth:`_hand_rows`) while the file is still as the last one left it
+        (the backend's lock is held)."""
+        written = self._written
+        if not written:
+            return read_states(self.backend, refs, full)
+        engine = self.backend._engine
+        if (engine.total_changes(), engine.data_version()) != self._written_at:
+            written.clear()
+            return read_states(self.backend, refs, full)
+        out: dict[Ref, tuple[bool, Any]] = {}
+        missing: set[Ref] = set()
+        loads = json.loads
+        for ref in refs:
+            got = written.pop(ref, None)
+            if got is None:
+                missing.add(ref)
+            elif got[3]:
+                body = got[0]
+                out[ref] = (True, loads(body))
+                full[ref] = (got[2], body, got[1])
+            else:
+                out[ref] = (False, None)
+        if missing:
+            out.update(read_states(self.backend, missing, full))
+        return out
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -984,6 +1032,7 @@ class Router:
                 if not self.sessions:
                     self.processed_to = head
                     self._handed.clear()
+                    self._written.clear()
                     return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
@@ -1013,7 +1062,7 @@ class Router:
                 del handed[seq]       # (compacted away before it was routed)
         full: dict[Ref, tuple[str, str, str]] = {}
         touched = {ref for r in routed for ref in r.refs}
-        states = read_states(backend, touched, full)
+        states = self._states(touched, full)
         for r in routed:
             for ref in r.refs:
                 r.states[ref] = states.get(ref, (False, None))

@@ -313,6 +313,14 @@ class Database(ReplicaStore):
         #: flexible router routes them without reading and decoding them again. Set by it.
         self.on_logged: Callable[[list[tuple[int, Transaction]]], None] | None = None
         self._handed_txns: list[tuple[int, Transaction]] | None = None
+        #: Called after each commit of :meth:`integrate` with the document rows it wrote
+        #: (``UPSERT_DOCUMENT``'s parameters: collection, pk, body, meta, epoch, live, seq,
+        #: scope) and the file's version (:meth:`Engine.total_changes`,
+        #: :meth:`Engine.data_version`) before and after it: while the version stays the last
+        #: one handed, nothing else wrote and the rows are the documents' current states (a
+        #: server's flexible router takes them instead of reading them back). Set by it.
+        self.on_written: Callable[[list[tuple[Any, ...]], tuple[int, int], tuple[int, int]], None] | None = None
+        self._written_rows: list[tuple[Any, ...]] | None = None
         try:
             self._init_file()
         except BaseException:
@@ -887,6 +895,8 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
+            if self._written_rows is not None:
+                self._written_rows.extend(rows)
             self._run_values(UPSERT_DOCUMENT, rows, 8)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
@@ -1967,19 +1977,26 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             self._logged = []
             changes_before = self._engine.total_changes()
-            docs = preloaded.take((changes_before, self._engine.data_version())) if preloaded is not None else None
+            version = (changes_before, self._engine.data_version())
+            docs = preloaded.take(version) if preloaded is not None else None
             hand = self.on_logged
             handed: list[tuple[int, Transaction]] | None = [] if hand is not None else None
             self._handed_txns = handed
+            hand_rows = self.on_written
+            rows: list[tuple[Any, ...]] | None = [] if hand_rows is not None else None
+            self._written_rows = rows
             try:
                 with self._engine.atomic():
                     result = self._integrate_locked(txns, peer, peer_seq, docs)
             finally:
                 self._handed_txns = None
+                self._written_rows = None
             self._seed_log_cache(changes_before, self._logged)
             self._logged = []
             if hand is not None and handed:
                 hand(handed)
+            if hand_rows is not None and rows is not None:
+                hand_rows(rows, version, (self._engine.total_changes(), self._engine.data_version()))
             self._after_remote(result.applied > 0)
         return result
 

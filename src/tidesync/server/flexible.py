@@ -598,7 +598,7 @@ class Router:
         # them (Database.on_written): while the file is still at that version they are the
         # documents' current states, and the catch-up takes them instead of reading them
         # back. Written and read with the backend's lock held.
-        self._written: dict[Ref, tuple[str, str, str, int]] = {}
+        self._written: dict[Ref, tuple[str, str, str, int, dict[str, Any]]] = {}
         self._written_at: tuple[int, int] | None = None
         with backend._lock:
             backend.on_logged = self._hand
@@ -790,7 +790,8 @@ class Router:
         for seq, t in logged:
             handed[seq] = t
 
-    def _hand_rows(self, rows: list[tuple[Any, ...]], before: tuple[int, int], after: tuple[int, int]) -> None:
+    def _hand_rows(self, rows: list[tuple[tuple[Any, ...], dict[str, Any]]], before: tuple[int, int],
+                   after: tuple[int, int]) -> None:
         """Database.on_written: keep the document rows an integration just wrote for the next
         catch-up (the backend's lock is held). Any other write in between (``before`` is not
         the version after the last hand-over) makes the rows kept so far unreliable: dropped."""
@@ -798,8 +799,8 @@ class Router:
         if before != self._written_at or not self.sessions or len(written) + len(rows) > self.HANDED_MAX:
             written.clear()
         if self.sessions:
-            for coll, pk, body, meta, epoch, live, *_ in rows:
-                written[(coll, pk)] = (body, meta, epoch, live)
+            for (coll, pk, text, meta, epoch, live, *_), body in rows:
+                written[(coll, pk)] = (text, meta, epoch, live, body)
         self._written_at = after
 
     def _states(self, refs: set[Ref], full: dict[Ref, tuple[str, str, str]]) -> dict[Ref, tuple[bool, Any]]:
@@ -815,15 +816,13 @@ class Router:
             return read_states(self.backend, refs, full)
         out: dict[Ref, tuple[bool, Any]] = {}
         missing: set[Ref] = set()
-        loads = json.loads
         for ref in refs:
             got = written.pop(ref, None)
             if got is None:
                 missing.add(ref)
             elif got[3]:
-                body = got[0]
-                out[ref] = (True, loads(body))
-                full[ref] = (got[2], body, got[1])
+                out[ref] = (True, got[4])
+                full[ref] = (got[2], got[0], got[1])
             else:
                 out[ref] = (False, None)
         if missing:

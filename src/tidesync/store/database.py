@@ -315,12 +315,13 @@ class Database(ReplicaStore):
         self._handed_txns: list[tuple[int, Transaction]] | None = None
         #: Called after each commit of :meth:`integrate` with the document rows it wrote
         #: (``UPSERT_DOCUMENT``'s parameters: collection, pk, body, meta, epoch, live, seq,
-        #: scope) and the file's version (:meth:`Engine.total_changes`,
+        #: scope), each with its body as a dict (the caller's from then on), and the file's version (:meth:`Engine.total_changes`,
         #: :meth:`Engine.data_version`) before and after it: while the version stays the last
         #: one handed, nothing else wrote and the rows are the documents' current states (a
         #: server's flexible router takes them instead of reading them back). Set by it.
-        self.on_written: Callable[[list[tuple[Any, ...]], tuple[int, int], tuple[int, int]], None] | None = None
-        self._written_rows: list[tuple[Any, ...]] | None = None
+        self.on_written: Callable[[list[tuple[tuple[Any, ...], dict[str, Plain]]], tuple[int, int], tuple[int, int]],
+                                  None] | None = None
+        self._written_rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = None
         try:
             self._init_file()
         except BaseException:
@@ -866,9 +867,13 @@ class Database(ReplicaStore):
         """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
         rows = []
         pkey = self.partition_key
+        keep = self._written_rows
+        bodies: list[dict[str, Plain]] | None = [] if keep is not None else None
         for d in docs:
             if isinstance(d, _Fresh):
                 body = d.body
+                if bodies is not None:
+                    bodies.append(body)
                 if pkey is None:
                     scope = None
                 else:
@@ -883,6 +888,8 @@ class Database(ReplicaStore):
             if d is _ABSENT or not d.dirty:  # _ABSENT: preloaded, no op integrated touched it
                 continue
             s = d.state
+            if bodies is not None:
+                bodies.append(s.body)
             scope = _dumps(s.body.get(pkey)) if pkey is not None and s.live else None
             meta = s.meta
             # The compact meta of a fast-created document, {"*": stamp}: a stamp (hex digits,
@@ -895,8 +902,9 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
-            if self._written_rows is not None:
-                self._written_rows.extend(rows)
+            if keep is not None and bodies is not None:
+                # Each with the body it holds (the batch's own, not kept after it).
+                keep.extend(zip(rows, bodies))
             self._run_values(UPSERT_DOCUMENT, rows, 8)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
@@ -1983,7 +1991,7 @@ class Database(ReplicaStore):
             handed: list[tuple[int, Transaction]] | None = [] if hand is not None else None
             self._handed_txns = handed
             hand_rows = self.on_written
-            rows: list[tuple[Any, ...]] | None = [] if hand_rows is not None else None
+            rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
             self._written_rows = rows
             try:
                 with self._engine.atomic():

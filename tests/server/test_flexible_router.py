@@ -644,3 +644,37 @@ def test_the_router_takes_the_states_an_integration_wrote_while_nothing_else_wro
         assert not router._written
     finally:
         db.close()
+
+
+def test_a_flexible_upload_learns_which_documents_existed_from_the_batchs_one_read(tmp_path: Path) -> None:
+    from tidesync.core.operations import DeleteDoc
+    from tidesync.server.app import ServerState
+    from tidesync.server.config import ServerConfig
+    from tidesync.server.flexible import FlexibleEnforcer
+
+    state = ServerState(ServerConfig(data_dir=tmp_path / "server", port=0))
+    try:
+        w = Writer(state.backend)
+        w.create("t1", {"owner": "u1"})
+        w.create("t2", {"owner": "u1"})
+        w._commit((DeleteDoc(COLL, "t2", w.clock.now(), ZERO),))   # a tombstone: it existed
+        flex = FlexibleSession.__new__(FlexibleSession)
+        flex.config = FlexibleConfig(accept_writes_outside_subscriptions=True)
+        seen: list[Any] = []
+        reads: list[Any] = []
+        flex.after_upload = lambda refs, existed, refused: seen.append((refs, existed, refused))  # type: ignore[method-assign]
+        flex.existing = lambda refs: reads.append(refs) or set()  # type: ignore[method-assign]
+        enforcer = FlexibleEnforcer(state, None, flexible=flex)
+        s1, s2, s3 = w.clock.now(), w.clock.now(), w.clock.now()
+        upload = Transaction(s1, w.rid, s1, w.parents, (
+            SetValue(COLL, "t1", s1, ZERO, ("n",), (), 1),
+            CreateDoc(COLL, "t2", s2, s2, {"_id": "t2", "owner": "u1"}, {}),
+            CreateDoc(COLL, "t3", s3, ZERO, {"_id": "t3", "owner": "u1"}, {})))
+        result, refused, _ = enforcer.integrate([upload], "device", 1)
+        assert result.applied == 1 and not refused
+        t1, t2, t3 = (COLL, '"t1"'), (COLL, '"t2"'), (COLL, '"t3"')
+        assert seen == [({t1, t2, t3}, {t1, t2}, [])]
+        assert reads == []                      # no second read of the batch's documents
+        assert state.backend.document_state(COLL, "t3").live
+    finally:
+        state.backend.close()

@@ -2102,6 +2102,18 @@ class FlexibleEnforcer(Enforcer):
         super().__init__(state, rules, partition, has_partition)
         self.flexible = flexible
         self.full = True  # judge every document by its effect (the base class's full path)
+        # The documents of the batch being integrated, and those of them the backend held
+        # before it (live or tombstone): found by the batch's one read (_preloaded).
+        self._refs: set[Ref] = set()
+        self._existed: set[Ref] = set()
+
+    def _preloaded(self, txns: Sequence[Transaction], pre: Any) -> None:
+        refs = self._refs
+        if not refs:
+            return
+        # The preload holds the scope of every touched document the file holds; without it
+        # (a malformed operation, which the integration then reports) they are read here.
+        self._existed = refs & pre.scopes.keys() if pre is not None else self.flexible.existing(refs)
 
     def decide(self, collection: str, key: Plain, before: merge.DocState, after: merge.DocState) -> Verdict | None:
         verdict = super().decide(collection, key, before, after)
@@ -2120,8 +2132,12 @@ class FlexibleEnforcer(Enforcer):
     def integrate(self, txns: Sequence[Transaction], peer: str,
                   peer_seq: int) -> tuple[Any, list[CompensatedWrite], bool]:
         refs = {doc_ref(op.collection, op.key) for t in txns for op in t.ops}
-        existed = self.flexible.existing(refs) if refs else set()
-        result, refused, compensated = super().integrate(txns, peer, peer_seq)
+        self._refs, self._existed = refs, set()
+        try:
+            result, refused, compensated = super().integrate(txns, peer, peer_seq)
+            existed = self._existed
+        finally:
+            self._refs = self._existed = set()
         try:
             self.flexible.after_upload(refs, existed, refused)
         except Exception:  # noqa: BLE001 - never lose an integration over view bookkeeping

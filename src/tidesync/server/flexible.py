@@ -817,7 +817,7 @@ class Router:
         out: dict[Ref, tuple[bool, Any]] = {}
         missing: set[Ref] = set()
         for ref in refs:
-            got = written.pop(ref, None)
+            got = written.get(ref)
             if got is None:
                 missing.add(ref)
             elif got[3]:
@@ -1043,6 +1043,7 @@ class Router:
                 # which would otherwise scan them all again for nothing.
                 with _gc_paused(promote=True):
                     self._route_rows(rows, upto)
+            self._written.clear()   # (all routed now)
             return self.processed_to
 
     def _route_rows(self, rows: list[Any], upto: int) -> None:

@@ -649,6 +649,13 @@ def test_the_router_takes_the_states_an_integration_wrote_while_nothing_else_wro
         router.catch_up()
         assert reads == []
         assert router.routed(seq).states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 6})  # type: ignore[union-attr]
+        # A device's view after its own upload (states_now) takes them too, until another write.
+        w.set("t2", "n", 7)
+        reads.clear()
+        assert router.states_now({t2}) == {t2: (True, {"_id": "t2", "owner": "u2", "n": 7})} and reads == []
+        with db._lock, db._engine.atomic():
+            db._engine.execute("UPDATE documents SET body = json_set(body, '$.n', 97) WHERE pk = ?", ('"t2"',))
+        assert router.states_now({t2}) == {t2: (True, {"_id": "t2", "owner": "u2", "n": 97})} and reads == [{t2}]
     finally:
         db.close()
 

@@ -803,7 +803,13 @@ class Router:
                 written[(coll, pk)] = (text, meta, epoch, live, body)
         self._written_at = after
 
-    def _states(self, refs: set[Ref], full: dict[Ref, tuple[str, str, str]]) -> dict[Ref, tuple[bool, Any]]:
+    def states_now(self, refs: set[Ref]) -> dict[Ref, tuple[bool, Any]]:
+        """:func:`read_states` of ``refs``, taking those the integrations handed over while
+        the file is still as the last one left it (a device's view after its own upload)."""
+        with self.backend._lock:
+            return self._states(refs, None)
+
+    def _states(self, refs: set[Ref], full: dict[Ref, tuple[str, str, str]] | None) -> dict[Ref, tuple[bool, Any]]:
         """:func:`read_states` of ``refs`` (with ``full``), taking those the integrations
         handed over (:meth:`_hand_rows`) while the file is still as the last one left it
         (the backend's lock is held)."""
@@ -822,7 +828,8 @@ class Router:
                 missing.add(ref)
             elif got[3]:
                 out[ref] = (True, got[4])
-                full[ref] = (got[2], got[0], got[1])
+                if full is not None:
+                    full[ref] = (got[2], got[0], got[1])
             else:
                 out[ref] = (False, None)
         if missing:
@@ -1996,7 +2003,7 @@ class FlexibleSession:
             self.router.unwatch(self, watched)
 
     def _after_upload(self, refs: set[Ref], existed: set[Ref], refused_refs: set[Ref]) -> None:
-        states = read_states(self.backend, refs)
+        states = self.router.states_now(refs)
         silent: list[Ref] = []
         enter: list[Ref] = []
         leave: list[Ref] = []

@@ -590,3 +590,105 @@ def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path:
         assert s.held == set() and calls == []
     finally:
         db.close()
+
+
+def test_the_router_takes_the_states_an_integration_wrote_while_nothing_else_wrote(tmp_path: Path,
+                                                                                    monkeypatch: Any) -> None:
+    from tidesync.server import flexible
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        assert db.on_written == router._hand_rows
+        w = Writer(db)
+        owner = session(router, ['owner == "u1"'])
+        reads: list[set[Any]] = []
+        real = flexible.read_states
+        monkeypatch.setattr(flexible, "read_states",
+                            lambda backend, refs, full=None: reads.append(set(refs)) or real(backend, refs, full))
+        t1, t2 = (COLL, '"t1"'), (COLL, '"t2"')
+
+        def as_read(refs: set[Any]) -> tuple[dict[Any, Any], dict[Any, Any]]:
+            full: dict[Any, Any] = {}
+            return real(db, refs, full), full
+
+        # Integrations only: their rows are the states, nothing is read back.
+        w.create("t1", {"owner": "u1", "n": 1})
+        seq = w.set("t1", "n", 2)
+        other = w.create("t2", {"owner": "u2"})
+        router.catch_up()
+        assert reads == []
+        states, full = as_read({t1, t2})
+        assert router.routed(seq).states[t1] == states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 2})  # type: ignore[union-attr]
+        assert router.routed(other).states[t2] == states[t2]  # type: ignore[union-attr]
+        assert router.full[t1] == full[t1] and router.full[t2] == full[t2]
+        assert list(owner.relevant) == [seq - 1, seq]
+        # Another write after the integration: its rows are not trusted, the states are read.
+        seq = w.set("t1", "n", 3)
+        with db._lock, db._engine.atomic():
+            db._engine.execute("UPDATE documents SET body = json_set(body, '$.n', 99) WHERE pk = ?", ('"t1"',))
+        router.catch_up()
+        assert reads == [{t1}]
+        assert router.routed(seq).states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 99})  # type: ignore[union-attr]
+        # ... and another write before an integration: the rows handed before it are dropped,
+        # its own are kept.
+        first = w.set("t1", "n", 4)
+        with db._lock, db._engine.atomic():
+            db._engine.execute("UPDATE documents SET body = json_set(body, '$.n', 98) WHERE pk = ?", ('"t1"',))
+        second = w.set("t2", "n", 5)
+        reads.clear()
+        router.catch_up()
+        assert reads == [{t1}]
+        assert router.routed(first).states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 98})  # type: ignore[union-attr]
+        assert router.routed(second).states[t2] == as_read({t2})[0][t2]  # type: ignore[union-attr]
+        assert not router._written
+        # Acknowledgements write no document: what was handed over before them stays trusted.
+        seq = w.set("t1", "n", 6)
+        db.record_ack(ReplicaId("ab" * 8), 1)
+        reads.clear()
+        router.catch_up()
+        assert reads == []
+        assert router.routed(seq).states[t1] == (True, {"_id": "t1", "owner": "u1", "n": 6})  # type: ignore[union-attr]
+        # A device's view after its own upload (states_now) takes them too, until another write.
+        w.set("t2", "n", 7)
+        reads.clear()
+        assert router.states_now({t2}) == {t2: (True, {"_id": "t2", "owner": "u2", "n": 7})} and reads == []
+        with db._lock, db._engine.atomic():
+            db._engine.execute("UPDATE documents SET body = json_set(body, '$.n', 97) WHERE pk = ?", ('"t2"',))
+        assert router.states_now({t2}) == {t2: (True, {"_id": "t2", "owner": "u2", "n": 97})} and reads == [{t2}]
+    finally:
+        db.close()
+
+
+def test_a_flexible_upload_learns_which_documents_existed_from_the_batchs_one_read(tmp_path: Path) -> None:
+    from tidesync.core.operations import DeleteDoc
+    from tidesync.server.app import ServerState
+    from tidesync.server.config import ServerConfig
+    from tidesync.server.flexible import FlexibleEnforcer
+
+    state = ServerState(ServerConfig(data_dir=tmp_path / "server", port=0))
+    try:
+        w = Writer(state.backend)
+        w.create("t1", {"owner": "u1"})
+        w.create("t2", {"owner": "u1"})
+        w._commit((DeleteDoc(COLL, "t2", w.clock.now(), ZERO),))   # a tombstone: it existed
+        flex = FlexibleSession.__new__(FlexibleSession)
+        flex.config = FlexibleConfig(accept_writes_outside_subscriptions=True)
+        seen: list[Any] = []
+        reads: list[Any] = []
+        flex.after_upload = lambda refs, existed, refused: seen.append((refs, existed, refused))  # type: ignore[method-assign]
+        flex.existing = lambda refs: reads.append(refs) or set()  # type: ignore[method-assign]
+        enforcer = FlexibleEnforcer(state, None, flexible=flex)
+        s1, s2, s3 = w.clock.now(), w.clock.now(), w.clock.now()
+        upload = Transaction(s1, w.rid, s1, w.parents, (
+            SetValue(COLL, "t1", s1, ZERO, ("n",), (), 1),
+            CreateDoc(COLL, "t2", s2, s2, {"_id": "t2", "owner": "u1"}, {}),
+            CreateDoc(COLL, "t3", s3, ZERO, {"_id": "t3", "owner": "u1"}, {})))
+        result, refused, _ = enforcer.integrate([upload], "device", 1)
+        assert result.applied == 1 and not refused
+        t1, t2, t3 = (COLL, '"t1"'), (COLL, '"t2"'), (COLL, '"t3"')
+        assert seen == [({t1, t2, t3}, {t1, t2}, [])]
+        assert reads == []                      # no second read of the batch's documents
+        assert state.backend.document_state(COLL, "t3").live
+    finally:
+        state.backend.close()

@@ -527,6 +527,7 @@ class Enforcer:
         with _lock_for(self.backend), _checkpoint_later(self.backend, txns):
             # One read of the batch's documents serves the check and the integration.
             pre = self.backend.preload(txns)
+            self._preloaded(txns, pre)
             if self.full:
                 allowed, refused = self._check_full(txns, pre)
             else:
@@ -546,6 +547,10 @@ class Enforcer:
         messages = [CompensatedWrite(r.txn_id, r.collection, r.key, r.verdict.operation, r.verdict.code,
                                      r.verdict.message) for r in refused]
         return result, messages, compensation is not None
+
+    def _preloaded(self, txns: Sequence[Transaction], pre: Any) -> None:
+        """Called with the batch's one read (``Database.preload``: None if an operation is
+        malformed) before anything is checked or written; the backend's lock is held."""
 
     def _readable(self, collection: str, state: merge.DocState) -> bool:
         if not state.live:

@@ -593,8 +593,16 @@ class Router:
         # (decoded, with their stored bytes): routed without decoding them again. Written and
         # read with the backend's lock held (Database.on_logged, catch_up).
         self._handed: dict[int, Transaction] = {}
+        # The document rows those integrations wrote, by ref, as stored ((body JSON, meta JSON,
+        # epoch, live); the latest write of each), and the file's version after the last of
+        # them (Database.on_written): while the file is still at that version they are the
+        # documents' current states, and the catch-up takes them instead of reading them
+        # back. Written and read with the backend's lock held.
+        self._written: dict[Ref, tuple[str, str, str, int, dict[str, Any]]] = {}
+        self._written_at: tuple[int, int] | None = None
         with backend._lock:
             backend.on_logged = self._hand
+            backend.on_written = self._hand_rows
             names = {r[0] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
             self.indexed: set[str] = {n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")}
@@ -781,6 +789,52 @@ class Router:
                 return
         for seq, t in logged:
             handed[seq] = t
+
+    def _hand_rows(self, rows: list[tuple[tuple[Any, ...], dict[str, Any]]], before: tuple[int, int],
+                   after: tuple[int, int]) -> None:
+        """Database.on_written: keep the document rows an integration just wrote for the next
+        catch-up (the backend's lock is held). Any other write in between (``before`` is not
+        the version after the last hand-over) makes the rows kept so far unreliable: dropped."""
+        written = self._written
+        if before != self._written_at or not self.sessions or len(written) + len(rows) > self.HANDED_MAX:
+            written.clear()
+        if self.sessions:
+            for (coll, pk, text, meta, epoch, live, *_), body in rows:
+                written[(coll, pk)] = (text, meta, epoch, live, body)
+        self._written_at = after
+
+    def states_now(self, refs: set[Ref]) -> dict[Ref, tuple[bool, Any]]:
+        """:func:`read_states` of ``refs``, taking those the integrations handed over while
+        the file is still as the last one left it (a device's view after its own upload)."""
+        with self.backend._lock:
+            return self._states(refs, None)
+
+    def _states(self, refs: set[Ref], full: dict[Ref, tuple[str, str, str]] | None) -> dict[Ref, tuple[bool, Any]]:
+        """:func:`read_states` of ``refs`` (with ``full``), taking those the integrations
+        handed over (:meth:`_hand_rows`) while the file is still as the last one left it
+        (the backend's lock is held)."""
+        written = self._written
+        if not written:
+            return read_states(self.backend, refs, full)
+        engine = self.backend._engine
+        if (engine.total_changes(), engine.data_version()) != self._written_at:
+            written.clear()
+            return read_states(self.backend, refs, full)
+        out: dict[Ref, tuple[bool, Any]] = {}
+        missing: set[Ref] = set()
+        for ref in refs:
+            got = written.get(ref)
+            if got is None:
+                missing.add(ref)
+            elif got[3]:
+                out[ref] = (True, got[4])
+                if full is not None:
+                    full[ref] = (got[2], got[0], got[1])
+            else:
+                out[ref] = (False, None)
+        if missing:
+            out.update(read_states(self.backend, missing, full))
+        return out
 
     def mark_dirty(self) -> None:
         self._dirty = True
@@ -984,6 +1038,7 @@ class Router:
                 if not self.sessions:
                     self.processed_to = head
                     self._handed.clear()
+                    self._written.clear()
                     return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
@@ -995,6 +1050,7 @@ class Router:
                 # which would otherwise scan them all again for nothing.
                 with _gc_paused(promote=True):
                     self._route_rows(rows, upto)
+            self._written.clear()   # (all routed now)
             return self.processed_to
 
     def _route_rows(self, rows: list[Any], upto: int) -> None:
@@ -1013,7 +1069,7 @@ class Router:
                 del handed[seq]       # (compacted away before it was routed)
         full: dict[Ref, tuple[str, str, str]] = {}
         touched = {ref for r in routed for ref in r.refs}
-        states = read_states(backend, touched, full)
+        states = self._states(touched, full)
         for r in routed:
             for ref in r.refs:
                 r.states[ref] = states.get(ref, (False, None))
@@ -1947,7 +2003,7 @@ class FlexibleSession:
             self.router.unwatch(self, watched)
 
     def _after_upload(self, refs: set[Ref], existed: set[Ref], refused_refs: set[Ref]) -> None:
-        states = read_states(self.backend, refs)
+        states = self.router.states_now(refs)
         silent: list[Ref] = []
         enter: list[Ref] = []
         leave: list[Ref] = []
@@ -2054,6 +2110,18 @@ class FlexibleEnforcer(Enforcer):
         super().__init__(state, rules, partition, has_partition)
         self.flexible = flexible
         self.full = True  # judge every document by its effect (the base class's full path)
+        # The documents of the batch being integrated, and those of them the backend held
+        # before it (live or tombstone): found by the batch's one read (_preloaded).
+        self._refs: set[Ref] = set()
+        self._existed: set[Ref] = set()
+
+    def _preloaded(self, txns: Sequence[Transaction], pre: Any) -> None:
+        refs = self._refs
+        if not refs:
+            return
+        # The preload holds the scope of every touched document the file holds; without it
+        # (a malformed operation, which the integration then reports) they are read here.
+        self._existed = refs & pre.scopes.keys() if pre is not None else self.flexible.existing(refs)
 
     def decide(self, collection: str, key: Plain, before: merge.DocState, after: merge.DocState) -> Verdict | None:
         verdict = super().decide(collection, key, before, after)
@@ -2072,8 +2140,12 @@ class FlexibleEnforcer(Enforcer):
     def integrate(self, txns: Sequence[Transaction], peer: str,
                   peer_seq: int) -> tuple[Any, list[CompensatedWrite], bool]:
         refs = {doc_ref(op.collection, op.key) for t in txns for op in t.ops}
-        existed = self.flexible.existing(refs) if refs else set()
-        result, refused, compensated = super().integrate(txns, peer, peer_seq)
+        self._refs, self._existed = refs, set()
+        try:
+            result, refused, compensated = super().integrate(txns, peer, peer_seq)
+            existed = self._existed
+        finally:
+            self._refs = self._existed = set()
         try:
             self.flexible.after_upload(refs, existed, refused)
         except Exception:  # noqa: BLE001 - never lose an integration over view bookkeeping

@@ -316,6 +316,15 @@ class Database(ReplicaStore):
         #: flexible router routes them without reading and decoding them again. Set by it.
         self.on_logged: Callable[[list[tuple[int, Transaction]]], None] | None = None
         self._handed_txns: list[tuple[int, Transaction]] | None = None
+        #: Called after each commit of :meth:`integrate` with the document rows it wrote
+        #: (``UPSERT_DOCUMENT``'s parameters: collection, pk, body, meta, epoch, live, seq,
+        #: scope), each with its body as a dict (the caller's from then on), and the file's version (:meth:`Engine.total_changes`,
+        #: :meth:`Engine.data_version`) before and after it: while the version stays the last
+        #: one handed, nothing else wrote and the rows are the documents' current states (a
+        #: server's flexible router takes them instead of reading them back). Set by it.
+        self.on_written: Callable[[list[tuple[tuple[Any, ...], dict[str, Plain]]], tuple[int, int], tuple[int, int]],
+                                  None] | None = None
+        self._written_rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = None
         try:
             self._init_file()
         except BaseException:
@@ -872,9 +881,13 @@ class Database(ReplicaStore):
         """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
         rows = []
         pkey = self.partition_key
+        keep = self._written_rows
+        bodies: list[dict[str, Plain]] | None = [] if keep is not None else None
         for d in docs:
             if isinstance(d, _Fresh):
                 body = d.body
+                if bodies is not None:
+                    bodies.append(body)
                 if pkey is None:
                     scope = None
                 else:
@@ -889,6 +902,8 @@ class Database(ReplicaStore):
             if d is _ABSENT or not d.dirty:  # _ABSENT: preloaded, no op integrated touched it
                 continue
             s = d.state
+            if bodies is not None:
+                bodies.append(s.body)
             scope = _dumps(s.body.get(pkey)) if pkey is not None and s.live else None
             meta = s.meta
             # The compact meta of a fast-created document, {"*": stamp}: a stamp (hex digits,
@@ -901,6 +916,9 @@ class Database(ReplicaStore):
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
+            if keep is not None and bodies is not None:
+                # Each with the body it holds (the batch's own, not kept after it).
+                keep.extend(zip(rows, bodies))
             self._run_values(UPSERT_DOCUMENT, rows, 8)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
@@ -2015,19 +2033,26 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             self._logged = []
             changes_before = self._engine.total_changes()
-            docs = preloaded.take((changes_before, self._engine.data_version())) if preloaded is not None else None
+            version = (changes_before, self._engine.data_version())
+            docs = preloaded.take(version) if preloaded is not None else None
             hand = self.on_logged
             handed: list[tuple[int, Transaction]] | None = [] if hand is not None else None
             self._handed_txns = handed
+            hand_rows = self.on_written
+            rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
+            self._written_rows = rows
             try:
                 with self._engine.atomic():
                     result = self._integrate_locked(txns, peer, peer_seq, docs)
             finally:
                 self._handed_txns = None
+                self._written_rows = None
             self._seed_log_cache(changes_before, self._logged)
             self._logged = []
             if hand is not None and handed:
                 hand(handed)
+            if hand_rows is not None and rows is not None:
+                hand_rows(rows, version, (self._engine.total_changes(), self._engine.data_version()))
             self._after_remote(result.applied > 0)
         return result
 

@@ -589,21 +589,23 @@ class ReplicaStore:
         return Checkpoint(int(rows[0][0]), int(rows[0][1])) if rows else Checkpoint()
 
     def record_ack(self, peer: ReplicaId, seq: int) -> None:
-        with self._lock:
-            self._check_open()
-            with self._engine.atomic():
-                self._engine.execute(
-                    "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
-                    "DO UPDATE SET acked = excluded.acked", (peer, seq))
+        self.record_acks({peer: seq})
 
     def record_acks(self, acks: dict[ReplicaId, int] | Any) -> None:
         """:meth:`record_ack` for several peers at once, in one transaction."""
         with self._lock:
             self._check_open()
-            with self._engine.atomic():
-                self._engine.executemany(
+            engine = self._engine
+            hand = getattr(self, "on_written", None)
+            before = (engine.total_changes(), engine.data_version()) if hand is not None else None
+            with engine.atomic():
+                engine.executemany(
                     "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                     "DO UPDATE SET acked = excluded.acked", list(acks.items()))
+            if hand is not None and before is not None:
+                # No document written: what integrations handed over stays current
+                # (Database.on_written).
+                hand([], before, (engine.total_changes(), engine.data_version()))
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -45,7 +45,7 @@ from ..stamp import ZERO, Stamp
 from .collections import dict_write, set_add, set_remove
 from .conflicts import Conflict, Context
 from .counters import counter_add
-from .create import compact_kind, create_counter, create_general, expand, fast_create, validate_create
+from .create import compact_kind, create_counter, create_general, expand, fast_create, overlay_write, validate_create
 from .policies import Policies
 from .registers import INSTALLED, SAME, UNSET, VALUE, child_node, slot_write
 from .sequence import list_erase, list_insert, list_move, list_set, visible_ids, visible_positions
@@ -92,6 +92,13 @@ def integrate(state: DocState | None, op: Op, policies: Policies | None = None) 
     base = op.base
     if cls is not CreateDoc:
         _validate(op)
+        if (type(op) is SetValue and "*" in state.meta and base == state.epoch and len(op.path) == 1
+                and (policies is None or policies.lookup(op.collection, op.path) == "lww")
+                and overlay_write(state, op.path[0], write_key(op.stamp, op.default), op.value)):
+            # A top-level register write that wins, on a document only its create touched
+            # otherwise: its key goes to the compact meta's overlay, as a store's fast path
+            # writes it (the same state as expanding it first; no conflict to record).
+            return state, []
     elif not state.meta and not state.live and base >= state.epoch:
         # Nothing to merge with: the fast path (it validates before anything changes).
         state.body, state.meta = fast_create(op)  # type: ignore[arg-type]

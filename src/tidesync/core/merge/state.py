@@ -37,8 +37,10 @@ want, so that a comparison of two keys is one string comparison:
   value, for a counter made by ``CreateDoc``.
 * A document that only a single ``CreateDoc`` has touched keeps a compact root:
   ``{"*": create stamp, "*k": kinds, "*d": defaults}`` (see :mod:`.create`), plus
-  ``"r": {field: key}`` for top-level register fields a store wrote since without expanding
-  (:func:`~tidesync.core.merge.create.overlay_write`); the first other operation expands it.
+  ``"r": {field: key}`` for top-level register fields written since without expanding
+  (:func:`~tidesync.core.merge.create.overlay_write`: a store's fast path, and
+  :func:`~tidesync.core.merge.integrate` for a winning LWW ``SetValue`` of the current
+  incarnation); the first other operation expands it.
 """
 
 from __future__ import annotations

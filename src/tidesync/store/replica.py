@@ -592,18 +592,13 @@ class ReplicaStore:
         self.record_acks({peer: seq})
 
     def record_acks(self, acks: dict[ReplicaId, int] | Any) -> None:
-        """:meth:`record_ack` for several peers at once, in one transaction.
-
-        Committed without its own fsync (``Engine.unsynced``): an acknowledgement only lets
-        the log be trimmed and a peer's next read start later, so after a power loss the older
-        values it may fall back to are still correct (more is kept, more is sent again); the
-        next durable commit makes it durable too."""
+        """:meth:`record_ack` for several peers at once, in one transaction."""
         with self._lock:
             self._check_open()
             engine = self._engine
             hand = getattr(self, "on_written", None)
             before = (engine.total_changes(), engine.data_version()) if hand is not None else None
-            with engine.unsynced(), engine.atomic():
+            with engine.atomic():
                 engine.executemany(
                     "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                     "DO UPDATE SET acked = excluded.acked", list(acks.items()))

@@ -662,10 +662,10 @@ class ReplicaStore:
         if isinstance(cursor, tuple):
             collection, after = cursor
         else:
-            first = query("SELECT collection FROM documents WHERE scope = ? ORDER BY collection LIMIT 1", [want])
-            if not first:
+            start = self._scope_collection(want)
+            if start is None:
                 return (), None, 0
-            collection, after = first[0][0], 0
+            collection, after = start, 0
         sep = COLUMN_SEPARATOR
         rowids: list[str] = []
         collections: list[str] = []
@@ -695,11 +695,10 @@ class ReplicaStore:
                 lives += map("1".__eq__, flags)
                 if len(bodies) > limit:
                     break
-            later = query("SELECT collection FROM documents WHERE scope = ? AND collection > ? "
-                          "ORDER BY collection LIMIT 1", [want, collection])
-            if not later:
+            later = self._scope_collection(want, collection)
+            if later is None:
                 break
-            collection, after = later[0][0], 0
+            collection, after = later, 0
         if not bodies:
             return (), None, 0
         # Up to ``limit`` documents, and up to the first one that reaches ``max_bytes``.
@@ -712,6 +711,17 @@ class ReplicaStore:
             lives = lives[:take]
         docs = DocColumns(collections, None, epochs, lives, bodies, metas, pks=pks)
         return docs, (collections[-1], int(rowids[take - 1])) if more else None, sizes[take - 1]
+
+    def _scope_collection(self, want: str, after: str | None = None) -> str | None:
+        """The first collection with documents in scope ``want`` (after ``after``), in the
+        ``(scope, collection)`` index's order; None when there is none."""
+        if after is None:
+            rows = self._engine.query("SELECT collection FROM documents WHERE scope = ? ORDER BY collection LIMIT 1",
+                                      [want])
+        else:
+            rows = self._engine.query("SELECT collection FROM documents WHERE scope = ? AND collection > ? "
+                                      "ORDER BY collection LIMIT 1", [want, after])
+        return rows[0][0] if rows else None
 
     def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int,
                        columns: str = "rowid, collection, pk, body, meta, epoch, live") -> list[Row]:
@@ -726,21 +736,20 @@ class ReplicaStore:
         if isinstance(cursor, tuple):
             collection, after = cursor
         else:
-            first = query("SELECT collection FROM documents WHERE scope = ? ORDER BY collection LIMIT 1", [want])
-            if not first:
+            start = self._scope_collection(want)
+            if start is None:
                 return []
-            collection, after = first[0][0], 0
+            collection, after = start, 0
         rows: list[Row] = []
         while len(rows) < limit:
             rows += query(f"SELECT {columns} FROM documents WHERE scope = ? AND collection = ? AND rowid > ? "
                           f"ORDER BY rowid LIMIT ?", [want, collection, after, limit - len(rows)])
             if len(rows) >= limit:
                 break
-            later = query("SELECT collection FROM documents WHERE scope = ? AND collection > ? "
-                          "ORDER BY collection LIMIT 1", [want, collection])
-            if not later:
+            later = self._scope_collection(want, collection)
+            if later is None:
                 break
-            collection, after = later[0][0], 0
+            collection, after = later, 0
         return rows
 
     def integrate_snapshot(self, docs: Sequence[SnapshotDoc], *, peer: ReplicaId,

@@ -44,8 +44,12 @@ def test_a_bundled_copy_syncs_as_a_new_device_without_downloading_again(tmp_path
 
             with sqlite3.connect(tmp_path / "bundle.db") as raw:
                 received_before = raw.execute("SELECT count(*) FROM log WHERE via IS NOT NULL").fetchone()[0]
+                # a's writes are the server's to the bundle: nothing of them is uploaded again
+                assert raw.execute("SELECT count(*) FROM log WHERE via IS NULL").fetchone()[0] == 0
             raw.close()
             c = synced_db(tmp_path / "bundle.db", server.url, [Technician])   # another install, another user
+            uploads: list[tidesync.Progress] = []
+            c.sync_session.add_progress_notifier(uploads.append, "upload")
             assert c.replica_id not in (a.replica_id, b.replica_id)
             seen: list[tidesync.Progress] = []
             c.sync_session.add_progress_notifier(seen.append, "download")
@@ -61,6 +65,8 @@ def test_a_bundled_copy_syncs_as_a_new_device_without_downloading_again(tmp_path
             with c.write():
                 c.create(Technician, _id="from-c", name="c")
             assert fired.wait(T)
+            c.sync_session.wait_for_upload_completion(timeout=T)
+            assert uploads and max(p.transferable for p in uploads) == 1, uploads   # c's one create only
             b.sync_session.wait_for_download_completion(timeout=T)
             for db in (a, b, c):
                 db.sync_session.wait_for_download_completion(timeout=T)

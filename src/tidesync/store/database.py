@@ -969,8 +969,9 @@ class Database(ReplicaStore):
 
         The copy is a new replica: it gets its own replica id when written, so two devices
         opened from one bundled file are two peers. A synced database is copied with its
-        sync position, so a device opening the copy downloads only what is newer; its
-        unsynced writes must be uploaded first, so that no write belongs to two replicas.
+        sync position, so a device opening the copy downloads only what is newer, and the
+        source's writes count as the server's there (nothing is uploaded again); they must all
+        be acknowledged first, so that no write is the unsynced work of two replicas.
         Not inside ``db.write()`` (the copy holds committed state only).
 
         Raises:
@@ -1000,6 +1001,9 @@ class Database(ReplicaStore):
                     copy.execute("INSERT INTO checkpoints (peer, received, acked) VALUES (?, ?, ?) ON CONFLICT(peer) "
                                  "DO UPDATE SET received = max(received, excluded.received), "
                                  "acked = max(acked, excluded.acked)", (peer, received, acked))
+                    # The source's own writes, all acknowledged, are not the copy's to upload:
+                    # to the new replica they are the server's, as if downloaded from it.
+                    copy.execute("UPDATE log SET via = ? WHERE via IS NULL", (peer,))
         except BaseException:
             for leftover in (path, f"{os.fspath(path)}-wal", f"{os.fspath(path)}-shm"):
                 try:

@@ -41,7 +41,7 @@ from ..errors import (
     SchemaMismatchError, StorageError, UsageError, ValidationError,
 )
 from .checkpointer import Checkpointer
-from .engine import Engine, default_mmap_size
+from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
@@ -1005,11 +1005,7 @@ class Database(ReplicaStore):
                     # to the new replica they are the server's, as if downloaded from it.
                     copy.execute("UPDATE log SET via = ? WHERE via IS NULL", (peer,))
         except BaseException:
-            for leftover in (path, f"{os.fspath(path)}-wal", f"{os.fspath(path)}-shm"):
-                try:
-                    os.remove(leftover)
-                except OSError:
-                    pass
+            remove_file_set(path)
             raise
 
     def _file_bytes(self) -> tuple[int, int]:

@@ -71,6 +71,7 @@ __all__ = [
     "KEY_SIZE",
     "Cursor",
     "Engine",
+    "remove_file_set",
     "Params",
     "Row",
     "Tracer",
@@ -160,6 +161,16 @@ _ERROR_TABLE: dict[int, tuple[type[StorageError], str | None, str | None]] = {
     _SQLITE_CONSTRAINT: (StorageError, "constraint", None),
     _SQLITE_NOTADB: (CorruptFileError, None, "restore the file from a backup or sync it again from the server"),
 }
+
+
+def remove_file_set(path: str | os.PathLike[str]) -> None:
+    """Remove a database file and its ``-wal``, ``-shm`` and ``-journal`` sidecars, those that
+    exist (a partly written copy, see :meth:`Engine.write_copy`)."""
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.remove(os.fspath(path) + suffix)
+        except OSError:
+            pass
 
 
 def derive_sqlcipher_key(key: bytes) -> bytes:
@@ -542,11 +553,7 @@ class Engine:
                     conn.execute("DETACH DATABASE tidesync_copy")
         except BaseException:
             conn.close()
-            for leftover in (target, target + "-wal", target + "-shm", target + "-journal"):
-                try:
-                    os.remove(leftover)
-                except OSError:
-                    pass
+            remove_file_set(target)
             raise
         conn.close()
 

@@ -19,7 +19,7 @@ from typing import Final
 from ..core.schema import FieldType, ObjectSchema, Schema
 from ..errors import QueryError
 from .ast import (Aggregate, Between, Compare, CompareFields, Count, DictPart, Exists, In, StringOp, SubqueryCount, TypeOf,
-                  bound_plain)
+                  bound_plain, type_test)
 from .semantics import ORDERED_FAMILIES, family
 
 __all__ = ["Step", "resolve", "check_family", "check_leaf", "resolve_field_pair", "subquery_elements", "BACKLINKS", "backlink_sources",
@@ -277,10 +277,8 @@ def check_leaf(node: Compare | In | Between | StringOp | Exists, steps: Sequence
             raise QueryError(f"{path_text}: {left.path} is a link, whose type the schema gives; @type tests "
                              f"mixed values", advice=f"test the link with {left.path} == nil, or a field "
                                                      f"of the linked object")
-        if isinstance(node, (Compare, StringOp)):
-            bound_plain(node.right)
-        elif isinstance(node, In):
-            bound_plain(node.values)
+        assert not isinstance(node, StringOp)   # refused by StringOp itself
+        type_test(node)                          # an unbound $n raises here, as below
         return
     if isinstance(left, Count):
         if last.kind not in (None, "mixed", "list", "set", "dict", "str", "backlinks"):

@@ -316,6 +316,7 @@ class _Evaluator:
             return lambda body: all(test(v) for v in subjects(body))
         return lambda body: not any(test(v) for v in subjects(body))
 
+
 def to_predicate(query: Query | Node, collection: str | None = None, schema: Schema | None = None,
                  resolve_link: LinkResolver | None = None,
                  resolve_backlinks: BacklinkResolver | None = None) -> Predicate:

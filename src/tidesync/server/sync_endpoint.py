@@ -498,10 +498,7 @@ class ServerSession:
             self.flexible.router.announce()   # wakes only the sessions the new entries concern
             return
         if self.concerned():
-            if self._wanted and _shared(self.state).head >= self._wanted:
-                self._wanted = 0  # this wake-up streams up to the head at least
-            if not self._stream_now():
-                self._inbox.put_nowait(("commit", None))
+            self._stream_commits()
         elif self._wanted:
             self._wake_now()
         elif not self._lazy_commit:
@@ -578,9 +575,13 @@ class ServerSession:
     def _commit_later(self) -> None:
         self._lazy_commit = False
         self._lazy_timer = None
-        shared = _shared(self.state)
-        shared.lazy.discard(self)
-        if self._wanted and shared.head >= self._wanted:
+        _shared(self.state).lazy.discard(self)
+        self._stream_commits()
+
+    def _stream_commits(self) -> None:
+        """Stream the log up to its head (here, or from run()); a head the device asked for
+        that this reaches is forgotten."""
+        if self._wanted and _shared(self.state).head >= self._wanted:
             self._wanted = 0  # this wake-up streams up to the head at least
         if not self._stream_now():
             self._inbox.put_nowait(("commit", None))

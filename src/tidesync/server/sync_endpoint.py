@@ -80,7 +80,8 @@ class _Shared:
     Acknowledgements: a peer's ``Ack`` only moves ``checkpoint(peer).acked``, which the server
     never reads back (a reconnecting peer says in ``Hello`` how much of our log it holds), so
     instead of one durable write per ``Ack`` -- a thousand fsyncs, each holding the backend,
-    when a write fans out to a thousand clients -- they are gathered and written together.
+    when a write fans out to a thousand clients -- they are gathered and written together,
+    without an fsync of their own (the next integration's durable commit makes them durable).
     """
 
     ACK_DELAY = 0.25
@@ -353,7 +354,9 @@ class _Shared:
             while self._acks:
                 await asyncio.sleep(self.ACK_DELAY)
                 acks, self._acks = self._acks, {}
-                await asyncio.to_thread(backend.record_acks, acks)
+                # Unsynced: the server never reads them back, and the next integration's
+                # durable commit carries them (no fsync of their own beside the uploads').
+                await asyncio.to_thread(backend.record_acks, acks, durable=False)
         except Exception as exc:  # noqa: BLE001 - the server is closing; acks are advisory
             log.debug("acknowledgements not recorded: %r", exc)
         finally:

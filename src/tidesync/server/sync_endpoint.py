@@ -893,7 +893,8 @@ class ServerSession:
         one each ``ViewUpdate`` with a ``ViewAck``), whose handling needs no I/O (the
         acknowledgement is recorded later, with the others): doing it here saves a queue hand-off and a task switch per connection and write. Whatever needs an
         ``await`` (a send, a storage call, any other message) is handed to run() as a
-        ``resume`` item, in order. Returns False (nothing done) when not applicable (for a
+        ``resume`` item, in order; an upload integrated here on the loop is answered here too
+        (:meth:`_finish_inline`). Returns False (nothing done) when not applicable (for a
         flexible session, also while a view message waits to go before any changes).
         """
         if self.link.finished or not self.replicator.active or (

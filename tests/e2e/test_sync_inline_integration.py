@@ -88,3 +88,44 @@ def test_small_uploads_on_the_loop_large_ones_in_a_thread_same_results(tmp_path,
         assert all(small)
     else:
         assert not all(small)  # on the loop (unless the backend was busy at that moment)
+
+
+def test_the_uploaders_ack_leaves_from_the_receive_hook_after_the_others_are_woken(tmp_path, monkeypatch):
+    """An upload integrated on the loop is answered where it was received
+    (``ServerSession._finish_inline``): nothing is left for the session's task, the other
+    device gets the write, the uploader's upload completes, and the checkpoint-only echo
+    still reaches the uploader afterwards (its download completes)."""
+    finished: list[tuple[list[object], list[bytes], bool]] = []
+    order: list[str] = []
+    finish = ServerSession._finish_inline
+    announce = ServerSession._announce
+
+    def spy_finish(self, started, actions, payloads):
+        rest = finish(self, started, actions, payloads)
+        finished.append((list(rest), list(payloads), self._parked))
+        order.append("answered")
+        return rest
+
+    def spy_announce(self, result, compensated):
+        order.append("woken")
+        return announce(self, result, compensated)
+
+    monkeypatch.setattr(ServerSession, "_finish_inline", spy_finish)
+    monkeypatch.setattr(ServerSession, "_announce", spy_announce)
+    with running_server(tmp_path / "server") as server:
+        a = synced_db(tmp_path / "a.db", server.url, [Technician], partition="p1")
+        b = synced_db(tmp_path / "b.db", server.url, [Technician], partition="p1")
+        try:
+            for i in range(5):
+                with a.write():
+                    a.create(Technician, _id=f"t{i}", name=f"n{i}")
+                a.sync_session.wait_for_upload_completion(timeout=T)
+            b.sync_session.wait_for_download_completion(timeout=T)
+            a.sync_session.wait_for_download_completion(timeout=T)
+            assert sorted(t.name for t in b.objects(Technician)) == [f"n{i}" for i in range(5)]
+        finally:
+            a.close()
+            b.close()
+    assert finished, "no small upload was answered from the receive hook"
+    assert all(rest == [] and payloads == [] and parked for rest, payloads, parked in finished)
+    assert order[:2] == ["woken", "answered"]

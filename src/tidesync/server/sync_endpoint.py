@@ -80,7 +80,8 @@ class _Shared:
     Acknowledgements: a peer's ``Ack`` only moves ``checkpoint(peer).acked``, which the server
     never reads back (a reconnecting peer says in ``Hello`` how much of our log it holds), so
     instead of one durable write per ``Ack`` -- a thousand fsyncs, each holding the backend,
-    when a write fans out to a thousand clients -- they are gathered and written together.
+    when a write fans out to a thousand clients -- they are gathered and written together,
+    without an fsync of their own (the next integration's durable commit makes them durable).
     """
 
     ACK_DELAY = 0.25
@@ -353,7 +354,9 @@ class _Shared:
             while self._acks:
                 await asyncio.sleep(self.ACK_DELAY)
                 acks, self._acks = self._acks, {}
-                await asyncio.to_thread(backend.record_acks, acks)
+                # Unsynced: the server never reads them back, and the next integration's
+                # durable commit carries them (no fsync of their own beside the uploads').
+                await asyncio.to_thread(backend.record_acks, acks, durable=False)
         except Exception as exc:  # noqa: BLE001 - the server is closing; acks are advisory
             log.debug("acknowledgements not recorded: %r", exc)
         finally:
@@ -890,7 +893,8 @@ class ServerSession:
         one each ``ViewUpdate`` with a ``ViewAck``), whose handling needs no I/O (the
         acknowledgement is recorded later, with the others): doing it here saves a queue hand-off and a task switch per connection and write. Whatever needs an
         ``await`` (a send, a storage call, any other message) is handed to run() as a
-        ``resume`` item, in order. Returns False (nothing done) when not applicable (for a
+        ``resume`` item, in order; an upload integrated here on the loop is answered here too
+        (:meth:`_finish_inline`). Returns False (nothing done) when not applicable (for a
         flexible session, also while a view message waits to go before any changes).
         """
         if self.link.finished or not self.replicator.active or (
@@ -920,9 +924,11 @@ class ServerSession:
                 events.pop(0)
                 actions = self._start_integration(self.replicator.handle(event.message))
         payloads = self.link.data_to_send()
+        started = actions[0] if actions else None
+        if isinstance(started, _Started) and started.inline is not None and not started.inline[1]:
+            actions = self._finish_inline(started, actions, payloads)
         if payloads or actions or events or self.link.finished:
             self._inbox.put_nowait(("resume", (payloads, actions, events)))
-        started = actions[0] if actions else None
         if isinstance(started, _Started) and started.inline is not None:
             # Integrated here: the other sessions are woken now, after run() has the rest
             # queued (so this session's own wake-up comes after its Integrate and its Ack,
@@ -930,6 +936,29 @@ class ServerSession:
             out, started.inline = started.inline, None
             self._announce_early(started, out)
         return True
+
+    def _finish_inline(self, started: _Started, actions: list[Any], payloads: list[bytes]) -> list[Any]:
+        """An upload integrated on the event loop (:meth:`_integrates_inline`) with nothing
+        refused: wake the other sessions, then answer the uploader (its ``Ack``) from here, as
+        :meth:`_integrate` would once run() resumed, without that task switch and the loop
+        iteration it yields (two resumes of the session's task per small upload). Meanwhile
+        this session counts as busy, so that its own wake-up, if the integration makes one at
+        once, queues behind the ``Ack`` (run() streams it) as it would have. Sends in order:
+        ``payloads`` (what the Link had to send before) first, taken from the list. Returns
+        what is left for run(), in order."""
+        out, started.inline = started.inline, None
+        self._parked = False
+        try:
+            self._announce_early(started, out)
+            if started.error is not None:
+                return actions  # raised by run()'s _integrate, as before
+            rest = self._execute_now([*self.replicator.integrated(out[0]), *actions[1:]])
+            payloads.extend(self.link.data_to_send())
+            while payloads and self._sending is None:
+                self._send_now(payloads.pop(0))
+            return rest
+        finally:
+            self._parked = True
 
     def _start_integration(self, actions: list[Any]) -> list[Any]:
         """``actions`` with a leading :class:`Integrate` already running in a worker thread

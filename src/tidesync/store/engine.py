@@ -335,7 +335,8 @@ class Engine:
         #: ``wal_autocheckpoint`` is 0, left so by ``unsynced(checkpoint=False)``: set back with
         #: ``synchronous`` (see :meth:`unsynced`).
         self._no_checkpoint = False
-        #: A moving average of how long an outermost ``COMMIT`` took (seconds; fsync included).
+        #: A moving average of how long an outermost durable ``COMMIT`` took (seconds; fsync
+        #: included; commits inside :meth:`unsynced` are not counted).
         self.commit_seconds = float("inf")
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
         self._raw_key = raw_key  # for write_copy(); never traced or shown
@@ -674,8 +675,9 @@ class Engine:
             except BaseException:
                 self._rollback("ROLLBACK")
                 raise
-            took, last = time.perf_counter() - begun, self.commit_seconds
-            self.commit_seconds = took if last == math.inf else last + (took - last) * 0.2
+            if not self._unsynced_depth:  # an unsynced commit says nothing of a durable one's cost
+                took, last = time.perf_counter() - begun, self.commit_seconds
+                self.commit_seconds = took if last == math.inf else last + (took - last) * 0.2
             return
         self._savepoints += 1
         name = f"tidesync_sp{self._savepoints}"

@@ -591,14 +591,16 @@ class ReplicaStore:
     def record_ack(self, peer: ReplicaId, seq: int) -> None:
         self.record_acks({peer: seq})
 
-    def record_acks(self, acks: dict[ReplicaId, int] | Any) -> None:
-        """:meth:`record_ack` for several peers at once, in one transaction."""
+    def record_acks(self, acks: dict[ReplicaId, int] | Any, *, durable: bool = True) -> None:
+        """:meth:`record_ack` for several peers at once, in one transaction. ``durable=False``:
+        committed without an fsync of its own (``Engine.unsynced``), made durable by the next
+        durable commit; after a power loss the peers' earlier acknowledgements may be found."""
         with self._lock:
             self._check_open()
             engine = self._engine
             hand = getattr(self, "on_written", None)
             before = (engine.total_changes(), engine.data_version()) if hand is not None else None
-            with engine.atomic():
+            with engine.unsynced() if not durable else nullcontext(), engine.atomic():
                 engine.executemany(
                     "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                     "DO UPDATE SET acked = excluded.acked", list(acks.items()))

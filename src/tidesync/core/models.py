@@ -242,7 +242,10 @@ class _FieldDescriptor:
         else:
             spec = schema_of(cls).fields[self.name]  # read only: no copy of the fields
             self._spec_of = (cls, spec)
-        value = coerce(cls.__name__, spec, value)
+        tv = type(value)
+        kind = spec.type.kind
+        if tv is not _EXACT.get(kind) and not (tv is int and kind == "int" and INT64_MIN <= value <= INT64_MAX):
+            value = coerce(cls.__name__, spec, value)  # (what coerce returns at once for the others)
         binding = obj._ts_binding
         if binding is not None:
             binding.set_field(obj, self.name, value)

@@ -592,9 +592,15 @@ class Database(ReplicaStore):
                 policies is None or policies.lookup(collection, (name,)) == "lww")
         if not ok:
             return False
-        plain = value_to_plain(ftype, value)
-        if type(plain) not in _FAST_PLAIN:
-            return False
+        tv = type(value)
+        kind = ftype.kind
+        if (tv is str and kind == "str") or (tv is int and kind == "int" and INT64_MIN <= value <= INT64_MAX) or (
+                tv is bool and kind == "bool"):
+            plain = value  # what value_to_plain gives for these, without the call
+        else:
+            plain = value_to_plain(ftype, value)
+            if type(plain) not in _FAST_PLAIN:
+                return False
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             ahead = txn.read_ahead.get((collection, name))
@@ -616,8 +622,9 @@ class Database(ReplicaStore):
                 if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
                     top = k[1:]
             if p is None:
-                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid)
-            p.before_json[name] = old
+                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid, {name: old}, {}, {})
+            else:
+                p.before_json[name] = old
             if top > txn.unstamped_max:
                 txn.unstamped_max = top
         p.flushed = False

@@ -214,11 +214,14 @@ def model_registry() -> Mapping[str, type[_ModelBase]]:
 
 
 class _FieldDescriptor:
-    __slots__ = ("name", "owner")
+    __slots__ = ("name", "owner", "_spec_of")
 
     def __init__(self, name: str, owner: type[_ModelBase]) -> None:
         self.name = name
         self.owner = owner
+        #: (class, its FieldSchema of this field) for the class last assigned through here: a
+        #: class's schema is computed once (:func:`schema_of`), so the pair stays true.
+        self._spec_of: tuple[type, FieldSchema] | None = None
 
     def __get__(self, obj: _ModelBase | None, objtype: type | None = None) -> Any:
         if obj is None:
@@ -232,8 +235,17 @@ class _FieldDescriptor:
             raise AttributeError(self.name) from None
 
     def __set__(self, obj: _ModelBase, value: Any) -> None:
-        spec = schema_of(obj.__class__).fields[self.name]  # read only: no copy of the fields
-        value = coerce(obj.__class__.__name__, spec, value)
+        cls = obj.__class__
+        known = self._spec_of
+        if known is not None and known[0] is cls:
+            spec = known[1]
+        else:
+            spec = schema_of(cls).fields[self.name]  # read only: no copy of the fields
+            self._spec_of = (cls, spec)
+        tv = type(value)
+        kind = spec.type.kind
+        if tv is not _EXACT.get(kind) and not (tv is int and kind == "int" and INT64_MIN <= value <= INT64_MAX):
+            value = coerce(cls.__name__, spec, value)  # (what coerce returns at once for the others)
         binding = obj._ts_binding
         if binding is not None:
             binding.set_field(obj, self.name, value)

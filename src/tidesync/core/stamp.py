@@ -80,7 +80,7 @@ def stamp_run(first: Stamp, n: int) -> list[Stamp]:
         if wall > MAX_WALL:
             raise ValueError(f"stamp parts out of range: {wall}, {counter}")
         head = f"{wall:012x}"
-        out.extend([Stamp(f"{head}{c:06x}{replica}") for c in range(counter + 1, counter + 1 + take)])
+        out.extend([f"{head}{c:06x}{replica}" for c in range(counter + 1, counter + 1 + take)])  # type: ignore[misc]
         counter += take
     return out
 

@@ -188,7 +188,7 @@ _STR_ONLY = {str}
 _DIRECT_TYPES = {str, int}  # bound as they are in json_set (not bool: its JSON is true/false)
 # Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
 # container kind at create, the create's defaults], the field's old value as JSON.
-_FAST_READ: dict[tuple[str, str, bool], str] = {}
+_FAST_READ: dict[tuple[str, str, str], str] = {}
 _READ_AHEAD = 512
 
 
@@ -592,12 +592,23 @@ class Database(ReplicaStore):
                 policies is None or policies.lookup(collection, (name,)) == "lww")
         if not ok:
             return False
-        plain = value_to_plain(ftype, value)
-        if type(plain) not in _FAST_PLAIN:
-            return False
+        tv = type(value)
+        kind = ftype.kind
+        if (tv is str and kind == "str") or (tv is int and kind == "int" and INT64_MIN <= value <= INT64_MAX) or (
+                tv is bool and kind == "bool"):
+            plain = value  # what value_to_plain gives for these, without the call
+        else:
+            plain = value_to_plain(ftype, value)
+            if type(plain) not in _FAST_PLAIN:
+                return False
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
-            row = self._fast_row(txn, collection, ref[1], name)
+            ahead = txn.read_ahead.get((collection, name))
+            row = ahead[0].pop(ref[1], None) if ahead is not None else None
+            if row is not None:  # read ahead (what _fast_row answers first, without its call)
+                ahead[2] += 1  # type: ignore[index]
+            else:
+                row = self._fast_row(txn, collection, ref[1], name)
             if row is None or not row[2]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
             _, epoch, _, meta, old, rowid = row
@@ -611,8 +622,9 @@ class Database(ReplicaStore):
                 if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
                     top = k[1:]
             if p is None:
-                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid)
-            p.before_json[name] = old
+                p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid, {name: old}, {}, {})
+            else:
+                p.before_json[name] = old
             if top > txn.unstamped_max:
                 txn.unstamped_max = top
         p.flushed = False
@@ -640,15 +652,14 @@ class Database(ReplicaStore):
         # Grow while at least half of the last batch was used, else start over from one row.
         size = min(_READ_AHEAD, size * 4) if used * 2 >= size else 1
         ahead[1], ahead[2] = size, 1  # the row asked for is used
-        key = (collection, name, size > 1)
+        cached.clear()
+        key = (collection, name, "rows" if size > 1 else "one")
         sql = _FAST_READ.get(key)
         if sql is None:
             sql = _FAST_READ[key] = (
                 f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
-        rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
-        cached.clear()
-        for r in rows:
+        for r in self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk)):
             cached[r[0]] = r
         return cached.pop(pk, None)
 
@@ -1349,34 +1360,54 @@ class Database(ReplicaStore):
                 txn.column_refs and not txn.column_refs.isdisjoint(refs)):
             return False
         width, n_items = len(names), len(items)
-        cols = "".join([f""", d.body -> '$."{n}"'""" for n in names])
-        facts = (f"d.epoch, d.live, d.meta, d.rowid, CASE WHEN length(d.meta) = 42 AND substr(d.meta, 1, 6) = "
-                 f"""'{{"*":"' THEN substr(d.meta, 7, 34) END{cols}""")
-        rows: list[tuple[Any, ...]] | None = None
+        # The chunk's rows read as columns: one result row of group_concat()s (no statement step,
+        # column call and tuple per document). The separator char(30) never occurs in a pk, meta
+        # or value's JSON text (JSON escapes control characters); the joined pks, checked below,
+        # prove that every column lists the items' documents in the items' order.
+        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), char(30))""" for n in names])
+        agg = ("SELECT count(*), group_concat(d.pk, char(30)), min(d.live), group_concat(d.epoch, char(30)), "
+               "group_concat(d.meta, char(30)), group_concat(d.rowid), "
+               f"""sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{{"*":"'){olds_sql} FROM """)
+        got: tuple[Any, ...] | None = None
         if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
             # Keys in order, and the n-th document of the collection from the first key is the
             # last one: the chunk is a range of the key index, read as one (a seek per key costs more).
             probe = self._engine.query("SELECT pk FROM documents WHERE collection = ? AND pk >= ? ORDER BY pk "
                                        "LIMIT 1 OFFSET ?", (collection, pks[0], n_items - 1))
             if probe and probe[0][0] == pks[-1]:
-                rows = self._engine.query(f"SELECT d.pk, {facts} FROM documents AS d WHERE d.collection = ? "
-                                          "AND d.pk >= ? AND d.pk <= ? ORDER BY d.pk", (collection, pks[0], pks[-1]))
-                # The range holds n documents: they are the items' own unless one of those is missing.
-                if list(map(itemgetter(0), rows)) != pks or not all(map(itemgetter(2), rows)):
-                    return False
-        if rows is None:
-            rows = self._engine.query(f"SELECT j.key, {facts} FROM json_each(?) AS j CROSS JOIN documents AS d "
-                                      "ON d.collection = ? AND d.pk = j.value", (_dumps(pks), collection))
-            # Every document found and live, the rows in the items' order (the join runs over them in order).
-            if len(rows) != n_items or [r[0] for r in rows] != list(range(n_items)) or not all([r[2] for r in rows]):
-                return False
-        # The top stamp of each row's meta: read in SQL from the compact meta of a create, else parsed here.
-        tops: list[str | None] = list(map(itemgetter(5), rows))
+                got = self._engine.query(
+                    agg + "documents AS d WHERE d.collection = ? AND d.pk >= ? AND d.pk <= ?",
+                    (collection, pks[0], pks[-1]))[0]
+        if got is None:
+            got = self._engine.query(
+                agg + "json_each(?) AS j CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value",
+                (_dumps(pks), collection))[0]
+        # Every document found and live (the range holds n documents: the items' own unless one
+        # is missing), the rows in the items' order.
+        if got[0] != n_items or got[2] != 1 or got[1] != "\x1e".join(pks):
+            return False
+        all_epochs: list[str] = got[3].split("\x1e")
+        all_metas: list[str] = got[4].split("\x1e")
+        all_rowids: list[int] = list(map(int, got[5].split(",")))
+        # Per field: the old values' JSON texts (None: absent, read as '', which no JSON text is).
+        old_texts: list[list[str | None]] = []
+        for j in range(width):
+            texts: list[str | None] = got[7 + j].split("\x1e")
+            if "" in texts:
+                texts = [t or None for t in texts]
+            old_texts.append(texts)
+        if len(all_epochs) != n_items or len(all_metas) != n_items or any(len(t) != n_items for t in old_texts):
+            return False  # not one part per document: leave it to the per-document path
+        # The top stamp of each row's meta: cut from the compact meta of a create, else parsed here.
+        tops: list[str | None]
         parsed: dict[int, dict[str, Any]] = {}
-        if None in tops:
-            for i, r in enumerate(rows):
+        if got[6] == n_items:
+            tops = [m[6:40] for m in all_metas]
+        else:
+            tops = [m[6:40] if len(m) == 42 and m.startswith('{"*":"') else None for m in all_metas]
+            for i, m_text in enumerate(all_metas):
                 if tops[i] is None:
-                    m = loads_json(r[3])
+                    m = loads_json(m_text)
                     kinds = m.get("*k")
                     if type(m.get("*")) is not str or (kinds and any(n in kinds for n in names)):
                         return False
@@ -1389,17 +1420,17 @@ class Database(ReplicaStore):
             if modified:
                 # Every old value decoded with one call of the JSON decoder (absent: MISSING_FIELD's
                 # JSON, which differs from every new value, as MISSING_FIELD does).
-                decoded = loads_json("[" + ",".join([r[6] or _MISSING_JSON for r in rows]) + "]")
+                olds0 = old_texts[0]
+                decoded = loads_json("[" + ",".join(olds0 if None not in olds0 else  # type: ignore[arg-type]
+                                                    [t or _MISSING_JSON for t in olds0]) + "]")
                 at = [i for i, o, v in zip(range(n_items), decoded, columns[0]) if o != v]
             else:
                 at = range(n_items)
         else:
             if modified:
-                texts = [t for r in rows for t in r[6:] if t is not None]
-                it_old = iter(loads_json("[" + ",".join(texts) + "]"))
-                olds_all = [MISSING_FIELD if t is None else next(it_old) for r in rows for t in r[6:]]
-                changed = [[j for j in range(width) if olds_all[i * width + j] != columns[j][i]]
-                           for i in range(n_items)]
+                olds_of = [loads_json("[" + ",".join([t or _MISSING_JSON for t in texts]) + "]")
+                           for texts in old_texts]
+                changed = [[j for j in range(width) if olds_of[j][i] != columns[j][i]] for i in range(n_items)]
             else:
                 changed = [list(range(width))] * n_items
             at = [i for i in range(n_items) if changed[i]]
@@ -1434,37 +1465,40 @@ class Database(ReplicaStore):
         seq = txn.bulk_seq
         keys: list[Any]
         crefs: list[Ref]
-        rows_at: list[tuple[Any, ...]]
+        at_all: list[int] | None = None  # the documents written, when not all of them
         olds: list[str | None]
         decoded_at: list[Any] | None = None
         if width == 1:
             name = names[0]
             column = columns[0]
             if len(at) == n_items:  # every item changes: the columns as they are
-                keys, crefs, rows_at, values, decoded_at = ids, refs, rows, column, decoded
+                keys, crefs, values, decoded_at, olds = ids, refs, column, decoded, old_texts[0]
             else:
+                at_all = list(at)
                 keys = [ids[i] for i in at]
                 crefs = [refs[i] for i in at]
-                rows_at = [rows[i] for i in at]
                 values = [column[i] for i in at]
+                olds0 = old_texts[0]
+                olds = [olds0[i] for i in at]
                 if decoded is not None:
                     decoded_at = [decoded[i] for i in at]
-            olds = list(map(itemgetter(6), rows_at))
             item_names: list[tuple[str, ...]] = [(name,)] * len(keys)
         else:
-            keys, crefs, rows_at, item_names, olds, values = [], [], [], [], [], []
+            keys, crefs, item_names, olds, values = [], [], [], [], []
+            at_all = list(at)
             for i in at:
-                r = rows[i]
                 ch = changed[i]
                 keys.append(ids[i])
                 crefs.append(refs[i])
-                rows_at.append(r)
                 item_names.append(tuple([names[j] for j in ch]))
-                olds.extend([r[6 + j] for j in ch])
+                olds.extend([old_texts[j][i] for j in ch])
                 values.extend([columns[j][i] for j in ch])
-        epochs = list(map(itemgetter(1), rows_at))
-        metas = list(map(itemgetter(3), rows_at))
-        rowids = list(map(itemgetter(4), rows_at))
+        if at_all is None:
+            epochs, metas, rowids = all_epochs, all_metas, all_rowids
+        else:
+            epochs = [all_epochs[i] for i in at_all]
+            metas = [all_metas[i] for i in at_all]
+            rowids = [all_rowids[i] for i in at_all]
         direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
         packed, n_packed = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
@@ -1505,12 +1539,12 @@ class Database(ReplicaStore):
             if names:
                 ns = names[0]
                 vals = values if direct[ns[0]] else list(map(dumps, values))
-                groups[ns] = zip(vals, overlays, stamps, repeat(seq), rowids)
+                groups[ns] = zip(vals, overlays, stamps, rowids) if other_metas else zip(vals, stamps, rowids)
         else:
             s = 0
             for ns, rid, m in zip(names, rowids, overlays):
                 e = s + len(ns)
-                row = tuple([v if direct[n] else dumps(v) for n, v in zip(ns, values[s:e])]) + (m, *stamps[s:e], seq, rid)
+                row = tuple([v if direct[n] else dumps(v) for n, v in zip(ns, values[s:e])]) + (m, *stamps[s:e], rid)
                 s = e
                 g = groups.get(ns)
                 if g is None:
@@ -1519,9 +1553,13 @@ class Database(ReplicaStore):
         for ns, group in groups.items():
             body = ", ".join([f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns])
             overlay = """ || '","' || """.join([f"""'{n}":"1' || ?""" for n in ns])
+            appended = f"""substr(meta, 1, 41) || ',"r":{{"' || {overlay} || '"}}}}'"""
+            # seq (an int, the same for every row) is in the statement's text: a parameter bound
+            # per row costs more than a statement prepared once per commit; so does the meta built
+            # here when no row needs one (``other_metas`` false: the rows bind no meta at all).
+            meta = f"coalesce(?, {appended})" if other_metas or not single else appended
             self._engine.executemany(
-                f"UPDATE documents SET body = json_set(body, {body}), "
-                f"""meta = coalesce(?, substr(meta, 1, 41) || ',"r":{{"' || {overlay} || '"}}}}'), seq = ? """
+                f"UPDATE documents SET body = json_set(body, {body}), meta = {meta}, seq = {int(seq)} "
                 "WHERE rowid = ?", group)
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:

@@ -1252,6 +1252,8 @@ def read_full(backend: Database, refs: Sequence[Ref]) -> dict[Ref, SnapshotDoc]:
 
 
 STAY, ENTER, LEAVE, SKIP = "stay", "enter", "leave", "skip"
+#: The state of a document no routed entry showed (judged as deleted).
+_GONE: tuple[bool, None] = (False, None)
 
 
 class FlexibleSession:
@@ -1890,29 +1892,34 @@ class FlexibleSession:
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
+        decide = self._decide
+        filtered = self.reader is not None
         for r in routed:
             if entries and (nbytes >= max_bytes or len(entries) >= limit):
                 scanned = r.seq - 1
                 break
             if exclude_origin is not None and (r.origin == exclude_origin or r.via == exclude_origin):
                 continue
-            kept = []
-            for op, ref in zip(r.txn.ops, r.refs, strict=True):
+            # Most entries are one document written once: decided by ref, and the transaction
+            # sent as it is when every document in it stays.
+            refs = r.refs
+            stays = 0
+            for ref in refs:
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref),
-                                                      complete)
-                if d == STAY:
-                    kept.append(op)
+                    d = decisions[ref] = decide(ref, latest.get(ref, _GONE), verdicts.get(ref), complete)
+                if d is STAY:
+                    stays += 1
             mine = r.comp_for is not None and r.comp_for == self.peer
-            if not kept and not mine:
+            if not stays and not mine:
                 continue
             txn = r.txn
-            if len(kept) != len(txn.ops):
-                keep_refs = {ref for ref in r.refs if decisions.get(ref) == STAY}
+            if stays != len(refs):
+                kept = tuple(op for op, ref in zip(txn.ops, refs, strict=True) if decisions[ref] is STAY)
+                keep_refs = {ref for ref in refs if decisions[ref] is STAY}
                 before = tuple(b for b in txn.before if doc_ref(b.collection, b.key) in keep_refs)
-                txn = Transaction(txn.id, txn.origin, txn.stamp, txn.parents, tuple(kept), before, txn.user, txn.meta)
-            if self.reader is not None and (self.rules is not None or txn.meta):
+                txn = Transaction(txn.id, txn.origin, txn.stamp, txn.parents, kept, before, txn.user, txn.meta)
+            if filtered and (self.rules is not None or txn.meta):
                 shown = self.reader.filter_transaction(txn, exclude_origin)
                 if shown is None:
                     continue
@@ -1940,15 +1947,28 @@ class FlexibleSession:
         if ref in self.uncertain:
             return SKIP          # settled by the bootstrap work list (sent whole, or removed)
         live, body = state
-        if ref in self.held:
+        held = ref in self.held
+        if held and not live:
             # A deleted document stays in the view (as a tombstone): the device gets the
             # delete itself, and a re-create if there is one.
-            if not live:
-                return STAY
-            return STAY if self.matches(ref[0], body, verdicts, complete) else LEAVE
-        if live and self.matches(ref[0], body, verdicts, complete):
-            return ENTER
-        return SKIP
+            return STAY
+        if not live or body is None:
+            return LEAVE if held else SKIP
+        matched = False
+        if verdicts is not None and complete:
+            # The router tested every query of this session that could match this state
+            # (see matches_subs): its verdicts decide, no query is tested here.
+            for sub in self.by_coll.get(ref[0], ()):
+                if verdicts.get(sub.key):
+                    matched = True
+                    break
+        else:
+            matched = self.matches_subs(ref[0], body, verdicts, complete)
+        if matched and self.rules is not None:
+            matched = self.readable(ref[0], body)
+        if held:
+            return STAY if matched else LEAVE
+        return ENTER if matched else SKIP
 
     def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False) -> bool:
         """Let documents enter or leave the view (a ViewUpdate). ``inline``: on the event loop,

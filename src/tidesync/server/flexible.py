@@ -1308,6 +1308,7 @@ class FlexibleSession:
         self.indexed: list[CompiledSub] = []
         self.subs: list[CompiledSub] = []
         self.by_coll: dict[str, list[CompiledSub]] = {}
+        self.keys_by_coll: dict[str, tuple[str, ...]] = {}   # each list of by_coll, as query keys
         self.version = 0                          # the active (served) set version
         self.view_seq = 0                         # the last view_seq allocated for this peer
         # routing
@@ -1367,6 +1368,7 @@ class FlexibleSession:
         for s in subs:
             by.setdefault(s.collection, []).append(s)
         self.by_coll = by
+        self.keys_by_coll = {coll: tuple(sub.key for sub in group) for coll, group in by.items()}
 
     def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None,
                      complete: bool = False) -> bool:
@@ -1890,15 +1892,13 @@ class FlexibleSession:
         # (entries read later carry fresher states): judging on an older one could send
         # operations that take the document out of the view and keep it, or skip those that
         # bring it in.
-        latest: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
-        verdicts: dict[Ref, dict[str, bool]] = {}   # the router's, for the states in ``latest``
+        # The last entry of the batch touching each document: its state there, and the router's
+        # verdicts on that state (a routed entry has them for each of its states; one read and
+        # judged here has none).
+        last: dict[Ref, _Routed] = {}
         for r in routed:
-            latest.update(r.states)
-            if r.verdicts:
-                verdicts.update(r.verdicts)    # (a routed entry has them for each of its states)
-            else:
-                for ref in r.states:
-                    verdicts.pop(ref, None)
+            for ref in r.refs:
+                last[ref] = r
         # Routed with this session's queries in the router's index (and every state has its
         # verdicts): a query without a verdict cannot match (see matches_subs). Not for a batch
         # reaching back before the session's queries were indexed (a new subscription set).
@@ -1923,7 +1923,9 @@ class FlexibleSession:
             for ref in refs:
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = decide(ref, latest.get(ref, _GONE), verdicts.get(ref), complete)
+                    lr = last[ref]
+                    d = decisions[ref] = decide(ref, lr.states.get(ref, _GONE),
+                                                lr.verdicts.get(ref) if lr.verdicts else None, complete)
                 if d is STAY:
                     stays += 1
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1970,14 +1972,10 @@ class FlexibleSession:
             return STAY
         if not live or body is None:
             return LEAVE if held else SKIP
-        matched = False
         if verdicts is not None and complete:
             # The router tested every query of this session that could match this state
             # (see matches_subs): its verdicts decide, no query is tested here.
-            for sub in self.by_coll.get(ref[0], ()):
-                if verdicts.get(sub.key):
-                    matched = True
-                    break
+            matched = any(map(verdicts.get, self.keys_by_coll.get(ref[0], ())))
         else:
             matched = self.matches_subs(ref[0], body, verdicts, complete)
         if matched and self.rules is not None:

@@ -1652,7 +1652,7 @@ class FlexibleSession:
         if part is None or type(message) is not Changes:
             return message
         self.folded = None
-        return Changes(message.from_seq, message.to_seq, message.head, message.entries, message.progress, part)
+        return message.with_view(part)
 
     def _unfold(self) -> None:
         """A view part no ``Changes`` took goes out as a ``ViewUpdate`` (in view_seq order)."""

@@ -113,3 +113,13 @@ def test_a_spliced_changes_with_a_view_part_is_the_same_payload() -> None:
     for threshold in (None, 0):
         assert encode(spliced, compress_threshold=threshold) == encode(c, compress_threshold=threshold)
     assert decode(encode(spliced)) == c
+
+
+def test_with_view_is_the_batch_made_with_that_view_part() -> None:
+    c = changes_with_view()
+    assert c.view is not None
+    bare = Changes(c.from_seq, c.to_seq, c.head, c.entries, c.progress)
+    joined = bare.with_view(c.view)
+    assert joined == c and encode(joined) == encode(c) and bare.view is None
+    with pytest.raises(ValueError, match="ViewPart"):
+        bare.with_view(("not", "a part"))  # type: ignore[arg-type]

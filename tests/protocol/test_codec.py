@@ -28,6 +28,7 @@ from tidesync.protocol import (
     decode,
     encode,
 )
+from tidesync.protocol import codec
 
 from .strategies import messages, transactions
 
@@ -625,3 +626,35 @@ def test_page_bodies_parsed_together_give_what_each_alone_gives(bodies: list[str
         assert code_of(payload) == "malformed_message"
     else:
         assert [d.state["body"] for d in decode(payload).docs] == alone
+
+
+def _general_decode(payload: bytes) -> Any:
+    """``decode`` without its shortcut for a plain ``ack``: the message, or the error's code."""
+    saved = codec._ACK_MAX
+    codec._ACK_MAX = -1
+    try:
+        return decode(payload)
+    except ProtocolError as exc:
+        return ("error", exc.code)
+    finally:
+        codec._ACK_MAX = saved
+
+
+def _decoded(payload: bytes) -> Any:
+    try:
+        return decode(payload)
+    except ProtocolError as exc:
+        return ("error", exc.code)
+
+
+@given(st.integers(min_value=-(2 ** 63), max_value=2 ** 64 - 1), st.binary(max_size=3))
+def test_a_plain_ack_decodes_as_the_general_path_does(seq: int, tail: bytes) -> None:
+    # An Ack of any seq (some refused), its msgpack int forms, trailing or missing bytes.
+    body = msgpack.packb({"seq": seq})
+    head = b"\x94" + msgpack.packb(1) + msgpack.packb("ack") + msgpack.packb(0)
+    for payload in (head + body, head + body + tail, (head + body)[:-1], head + body[:-1] + tail,
+                    head + b"\x81\xa3seq\xcf" + seq.to_bytes(8, "big", signed=seq < 0),
+                    head + b"\x81\xa3seq\xce" + (seq % 2 ** 32).to_bytes(4, "big")):
+        assert _decoded(payload) == _general_decode(payload)
+    if 0 <= seq <= 2 ** 63 - 1:
+        assert decode(encode(Ack(seq))) == Ack(seq)

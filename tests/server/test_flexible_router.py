@@ -361,6 +361,31 @@ def test_a_routing_slice_writes_its_view_rows_in_one_commit_before_sending(tmp_p
         db.close()
 
 
+def test_a_slice_batch_writes_the_same_rows_as_one_write_per_session(tmp_path: Path) -> None:
+    """A slice's rows go in one statement per table (ViewStore._batch_rows): the same
+    view and peer rows as each session's write in turn, a peer written twice included."""
+    a1, a2, b1 = (COLL, '"a1"'), (COLL, '"a2"'), (COLL, '"b1"')
+    batches = [
+        [("pa", [(a1, 1, 1), (a2, 1, 1)], [], 1, None, None), ("pb", [(b1, 1, 4)], [], 4, None, None),
+         ("pa", [(a1, 0, 2)], [], 2, None, None), ("pc", [], [], 7, None, None)],
+        # with a row that forgets documents: written row by row, in order
+        [("pa", [(a1, 1, 1)], [], 1, None, None), ("pa", [(a2, 1, 2)], [a1], 2, None, None)],
+    ]
+    for n, rows in enumerate(batches):
+        one, each = ViewStore(tmp_path / f"one{n}.db"), ViewStore(tmp_path / f"each{n}.db")
+        for row in rows:
+            each.write(*row)
+        batch = one.begin()
+        assert batch is not None
+        for row in rows:
+            assert one.write(*row, blocking=False)
+        assert one.commit(batch)
+        peers = [views.engine.query("SELECT peer, version, queries, view_seq FROM flexible_peers ORDER BY peer")
+                 for views in (one, each)]
+        assert _rows(one) == _rows(each) and peers[0] == peers[1]
+        assert _rows(one) and peers[0]
+
+
 def test_view_rows_that_cannot_be_written_end_the_connections_and_send_nothing(tmp_path: Path) -> None:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
@@ -376,7 +401,7 @@ def test_view_rows_that_cannot_be_written_end_the_connections_and_send_nothing(t
         def broken(*args: Any) -> None:
             raise RuntimeError("disk gone")
 
-        views._rows = broken  # type: ignore[method-assign]
+        views._rows = views._batch_rows = broken  # type: ignore[method-assign]
         assert views.begin() is not None
         assert s._persist([((COLL, '"t1"'), 1, 1)], blocking=False)
         s.held_back = False

@@ -42,7 +42,7 @@ import msgpack
 
 from ..errors import ProtocolError, UsageError, VersionMismatchError
 from .codes import ErrorCode
-from .messages import MESSAGE_TYPES, Changes, Error, Message, Snapshot, ViewUpdate, check_plain
+from .messages import MESSAGE_TYPES, Ack, Changes, Error, Message, Snapshot, ViewUpdate, check_plain
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -235,6 +235,38 @@ def part_of(payload: bytes | bytearray | memoryview) -> tuple[bytes, bool] | Non
     return envelope[3], bool(envelope[2] & FLAG_MORE)
 
 
+#: How an ``ack`` of a ``changes`` batch begins: ``[1, "ack", 0, {"seq": `` (then the seq).
+_ACK_PREFIX: bytes = (_FIXARRAY_4 + msgpack.packb(PROTOCOL_VERSION) + msgpack.packb(Ack.TAG) + msgpack.packb(0)
+                      + b"\x81" + msgpack.packb("seq"))
+#: The msgpack forms of an unsigned int after that prefix: first byte -> the int's length.
+_UINT_LENGTHS = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}
+_ACK_MAX = len(_ACK_PREFIX) + 9
+
+
+def _ack_of(data: bytes) -> Ack | None:
+    """The ``Ack`` that ``data`` is when it is exactly ``[1, "ack", 0, {"seq": n}]`` with n an
+    unsigned int (what every device sends for each ``changes`` batch, one per batch and
+    connection): read without the general unpacking and checks. None otherwise (then
+    :func:`decode` takes the general path, which also names what is wrong)."""
+    start = len(_ACK_PREFIX)
+    if len(data) <= start or not data.startswith(_ACK_PREFIX):
+        return None
+    first = data[start]
+    if first < 0x80:
+        if len(data) != start + 1:
+            return None
+        seq = first
+    else:
+        size = _UINT_LENGTHS.get(first)
+        if size is None or len(data) != start + 1 + size:
+            return None
+        seq = int.from_bytes(data[start + 1:], "big")
+    try:
+        return Ack(seq)
+    except ValueError:
+        return None
+
+
 def decode(payload: bytes | bytearray | memoryview, *,
            max_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> Message:
     """Decode and validate one payload.
@@ -258,6 +290,8 @@ def decode(payload: bytes | bytearray | memoryview, *,
     if len(data) > max_size:
         raise ProtocolError(f"payload of {len(data)} bytes exceeds the {max_size}-byte limit",
                             code=ErrorCode.MESSAGE_TOO_LARGE)
+    if len(data) <= _ACK_MAX and (ack := _ack_of(data)) is not None:
+        return ack
     envelope = _unpack(data, "payload")
     if not isinstance(envelope, list) or not envelope or type(envelope[0]) is not int:
         raise ProtocolError("a payload is [version, type, flags, body]",

@@ -519,6 +519,17 @@ class Changes:
         if self.view is not None and not isinstance(self.view, ViewPart):
             raise ValueError("view must be a ViewPart or None")
 
+    def with_view(self, view: ViewPart) -> Changes:
+        """This batch with ``view`` as its view part. Its other fields were checked when it was
+        made, so only ``view`` is (a batch of many entries is not walked again)."""
+        if not isinstance(view, ViewPart):
+            raise ValueError("view must be a ViewPart")
+        out = object.__new__(Changes)
+        for name, value in (("from_seq", self.from_seq), ("to_seq", self.to_seq), ("head", self.head),
+                            ("entries", self.entries), ("progress", self.progress), ("view", view)):
+            object.__setattr__(out, name, value)
+        return out
+
     @property
     def transactions(self) -> list[Transaction]:
         """The batch's transactions, in order."""

@@ -63,7 +63,7 @@ from ..core.operations import DeleteDoc
 from ..core.rules import Verdict
 from ..core.stamp import ReplicaId
 from ..core.transaction import Transaction, doc_ref
-from ..core.values import Plain
+from ..core.values import Plain, loads_json
 from ..errors import PermissionDeniedError, QueryError, SyncError, UsageError
 from ..protocol.codes import ErrorCode
 from ..protocol.messages import (
@@ -480,8 +480,7 @@ class ViewStore:
         try:
             if batch.rows:
                 with self.engine.atomic():
-                    for row in batch.rows:
-                        self._rows(*row)
+                    self._batch_rows(batch.rows)
             return True
         except Exception:  # noqa: BLE001 - reported; the caller ends the sessions concerned
             log.exception("writing the view rows of a routing round failed")
@@ -495,22 +494,39 @@ class ViewStore:
         with self.engine.atomic():
             self._rows(peer, changes, forget, view_seq, version, queries)
 
+    def _batch_rows(self, rows: Sequence[tuple[str, Sequence[tuple[Ref, int, int]], Sequence[Ref], int, int | None,
+                                          str | None]]) -> None:
+        """:meth:`_rows` of each of ``rows``, in order: the view rows of all of them in one
+        statement, their peers' rows in another (the two tables are independent, and within
+        each the rows keep their order), instead of two statements per session. Rows that
+        forget documents are written one by one."""
+        if any(forget for _, _, forget, _, _, _ in rows):
+            for row in rows:
+                self._rows(*row)
+            return
+        views = [(peer, c, pk, present, vs) for peer, changes, _, _, _, _ in rows
+                 for (c, pk), present, vs in changes]
+        if views:
+            self.engine.executemany(_VIEW_UPSERT, views)
+        self.engine.executemany(_PEER_UPSERT, [(peer, version, queries, view_seq, version, queries)
+                                               for peer, _, _, view_seq, version, queries in rows])
+
     def _rows(self, peer: str, changes: Sequence[tuple[Ref, int, int]], forget: Sequence[Ref], view_seq: int,
               version: int | None, queries: str | None) -> None:
         if changes:
-            self.engine.executemany(
-                "INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
-                "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
-                "view_seq = excluded.view_seq",
-                [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
+            self.engine.executemany(_VIEW_UPSERT, [(peer, c, pk, present, vs) for (c, pk), present, vs in changes])
         if forget:
             self.engine.executemany("DELETE FROM flexible_views WHERE peer = ? AND collection = ? AND pk = ?",
                                     [(peer, c, pk) for c, pk in forget])
-        self.engine.execute(
-            "INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
-            "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
-            "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)",
-            (peer, version, queries, view_seq, version, queries))
+        self.engine.execute(_PEER_UPSERT, (peer, version, queries, view_seq, version, queries))
+
+
+_VIEW_UPSERT = ("INSERT INTO flexible_views (peer, collection, pk, present, view_seq) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(peer, collection, pk) DO UPDATE SET present = excluded.present, "
+                "view_seq = excluded.view_seq")
+_PEER_UPSERT = ("INSERT INTO flexible_peers (peer, version, queries, view_seq) VALUES (?, coalesce(?, 0), "
+                "coalesce(?, '[]'), ?) ON CONFLICT(peer) DO UPDATE SET view_seq = excluded.view_seq, "
+                "version = coalesce(?, flexible_peers.version), queries = coalesce(?, flexible_peers.queries)")
 
 
 # ----------------------------------------------------------------------------- the router
@@ -1252,6 +1268,8 @@ def read_full(backend: Database, refs: Sequence[Ref]) -> dict[Ref, SnapshotDoc]:
 
 
 STAY, ENTER, LEAVE, SKIP = "stay", "enter", "leave", "skip"
+#: The state of a document no routed entry showed (judged as deleted).
+_GONE: tuple[bool, None] = (False, None)
 
 
 class FlexibleSession:
@@ -1290,6 +1308,7 @@ class FlexibleSession:
         self.indexed: list[CompiledSub] = []
         self.subs: list[CompiledSub] = []
         self.by_coll: dict[str, list[CompiledSub]] = {}
+        self.keys_by_coll: dict[str, tuple[str, ...]] = {}   # each list of by_coll, as query keys
         self.version = 0                          # the active (served) set version
         self.view_seq = 0                         # the last view_seq allocated for this peer
         # routing
@@ -1349,6 +1368,7 @@ class FlexibleSession:
         for s in subs:
             by.setdefault(s.collection, []).append(s)
         self.by_coll = by
+        self.keys_by_coll = {coll: tuple(sub.key for sub in group) for coll, group in by.items()}
 
     def matches_subs(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool] | None = None,
                      complete: bool = False) -> bool:
@@ -1632,7 +1652,7 @@ class FlexibleSession:
         if part is None or type(message) is not Changes:
             return message
         self.folded = None
-        return Changes(message.from_seq, message.to_seq, message.head, message.entries, message.progress, part)
+        return message.with_view(part)
 
     def _unfold(self) -> None:
         """A view part no ``Changes`` took goes out as a ``ViewUpdate`` (in view_seq order)."""
@@ -1872,15 +1892,13 @@ class FlexibleSession:
         # (entries read later carry fresher states): judging on an older one could send
         # operations that take the document out of the view and keep it, or skip those that
         # bring it in.
-        latest: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
-        verdicts: dict[Ref, dict[str, bool]] = {}   # the router's, for the states in ``latest``
+        # The last entry of the batch touching each document: its state there, and the router's
+        # verdicts on that state (a routed entry has them for each of its states; one read and
+        # judged here has none).
+        last: dict[Ref, _Routed] = {}
         for r in routed:
-            latest.update(r.states)
-            if r.verdicts:
-                verdicts.update(r.verdicts)    # (a routed entry has them for each of its states)
-            else:
-                for ref in r.states:
-                    verdicts.pop(ref, None)
+            for ref in r.refs:
+                last[ref] = r
         # Routed with this session's queries in the router's index (and every state has its
         # verdicts): a query without a verdict cannot match (see matches_subs). Not for a batch
         # reaching back before the session's queries were indexed (a new subscription set).
@@ -1890,29 +1908,36 @@ class FlexibleSession:
         entries: list[tuple[int, Transaction]] = []
         nbytes = 0
         scanned = upto
+        decide = self._decide
+        filtered = self.reader is not None
         for r in routed:
             if entries and (nbytes >= max_bytes or len(entries) >= limit):
                 scanned = r.seq - 1
                 break
             if exclude_origin is not None and (r.origin == exclude_origin or r.via == exclude_origin):
                 continue
-            kept = []
-            for op, ref in zip(r.txn.ops, r.refs, strict=True):
+            # Most entries are one document written once: decided by ref, and the transaction
+            # sent as it is when every document in it stays.
+            refs = r.refs
+            stays = 0
+            for ref in refs:
                 d = decisions.get(ref)
                 if d is None:
-                    d = decisions[ref] = self._decide(ref, latest.get(ref, (False, None)), verdicts.get(ref),
-                                                      complete)
-                if d == STAY:
-                    kept.append(op)
+                    lr = last[ref]
+                    d = decisions[ref] = decide(ref, lr.states.get(ref, _GONE),
+                                                lr.verdicts.get(ref) if lr.verdicts else None, complete)
+                if d is STAY:
+                    stays += 1
             mine = r.comp_for is not None and r.comp_for == self.peer
-            if not kept and not mine:
+            if not stays and not mine:
                 continue
             txn = r.txn
-            if len(kept) != len(txn.ops):
-                keep_refs = {ref for ref in r.refs if decisions.get(ref) == STAY}
+            if stays != len(refs):
+                kept = tuple(op for op, ref in zip(txn.ops, refs, strict=True) if decisions[ref] is STAY)
+                keep_refs = {ref for ref in refs if decisions[ref] is STAY}
                 before = tuple(b for b in txn.before if doc_ref(b.collection, b.key) in keep_refs)
-                txn = Transaction(txn.id, txn.origin, txn.stamp, txn.parents, tuple(kept), before, txn.user, txn.meta)
-            if self.reader is not None and (self.rules is not None or txn.meta):
+                txn = Transaction(txn.id, txn.origin, txn.stamp, txn.parents, kept, before, txn.user, txn.meta)
+            if filtered and (self.rules is not None or txn.meta):
                 shown = self.reader.filter_transaction(txn, exclude_origin)
                 if shown is None:
                     continue
@@ -1940,15 +1965,24 @@ class FlexibleSession:
         if ref in self.uncertain:
             return SKIP          # settled by the bootstrap work list (sent whole, or removed)
         live, body = state
-        if ref in self.held:
+        held = ref in self.held
+        if held and not live:
             # A deleted document stays in the view (as a tombstone): the device gets the
             # delete itself, and a re-create if there is one.
-            if not live:
-                return STAY
-            return STAY if self.matches(ref[0], body, verdicts, complete) else LEAVE
-        if live and self.matches(ref[0], body, verdicts, complete):
-            return ENTER
-        return SKIP
+            return STAY
+        if not live or body is None:
+            return LEAVE if held else SKIP
+        if verdicts is not None and complete:
+            # The router tested every query of this session that could match this state
+            # (see matches_subs): its verdicts decide, no query is tested here.
+            matched = any(map(verdicts.get, self.keys_by_coll.get(ref[0], ())))
+        else:
+            matched = self.matches_subs(ref[0], body, verdicts, complete)
+        if matched and self.rules is not None:
+            matched = self.readable(ref[0], body)
+        if held:
+            return STAY if matched else LEAVE
+        return ENTER if matched else SKIP
 
     def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False) -> bool:
         """Let documents enter or leave the view (a ViewUpdate). ``inline``: on the event loop,
@@ -1969,7 +2003,11 @@ class FlexibleSession:
         enters: list[SnapshotDoc] = []
         for ref in enter:
             doc = docs.get(ref)
-            if doc is None or not self.matches(ref[0], doc.state["body"]):
+            if doc is None:
+                continue
+            # (Only the body is tested: its meta is sent as the JSON text it is, never parsed.)
+            form = doc.json_form
+            if not self.matches(ref[0], loads_json(form[2]) if form is not None else doc.state["body"]):
                 continue         # changed again since the router looked: a later entry decides
             shown = self._shown(doc)
             if shown is not None:

@@ -1056,7 +1056,10 @@ class ServerSession:
             if self.flexible is not None:
                 message = self.flexible.attach(message)  # a routed view part rides in the Changes
                 self.flexible.pump()  # views first: they precede the changes that rely on them
-            if self.link.can_send(message):
+                # (Each flexible read builds its own entries: no other session sends its bytes.)
+                if self.link.can_send(message):
+                    self.link.send(message)
+            elif self.link.can_send(message):
                 self.link.send(message, encoded=_shared(self.state).payload(message, self.link))
         elif isinstance(action, Fail):
             self.link.fail(action.error)

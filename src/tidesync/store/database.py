@@ -540,6 +540,14 @@ class Database(ReplicaStore):
             self._logged = []
             changes_before = self._engine.total_changes()
             with self._engine.atomic():
+                # The write lock is held from here: bodies cached before another connection's
+                # commit must not be read in the block (_refresh skips this check inside it).
+                dv = self._engine.data_version()
+                if dv != self._seen_data_version:
+                    if self._seen_data_version != -1:
+                        self._generation += 1
+                    self._seen_data_version = dv
+                    self._cache.clear()
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))

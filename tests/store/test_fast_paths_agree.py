@@ -176,7 +176,7 @@ def _run(tmp: Any, fast: bool, program: list[list[tuple[Any, ...]]], revert_at: 
 
 
 @pytest.mark.slow
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(program=_program, revert_at=st.integers(0, 8))
 def test_random_mixed_writes_match_the_general_path(tmp_path_factory, program, revert_at):
     general = _run(tmp_path_factory.mktemp("g"), False, program, revert_at)

@@ -28,6 +28,7 @@ class MixNote(tidesync.Model):
     tags: list[str] = tidesync.field(default_factory=list)
     notes: dict[str, str] = tidesync.field(default_factory=dict)
     hits: tidesync.Counter = tidesync.field(default_factory=tidesync.Counter)
+    rank: int = 0
 
 
 POOL = 48  # more than writer.COLUMNS_MIN_DOCS: a bulk write of the pool is stored as columns records
@@ -270,3 +271,31 @@ def test_two_connections_writing_one_file_through_the_fast_paths(tmp_path):
         with tidesync.open(tmp_path / "peer.db", schema=[BulkNote]) as peer:
             peer.integrate(db.export_transactions(), peer=db.replica_id)
             assert _documents(peer) == _documents(db)
+
+
+def test_overwriting_a_default_is_no_conflict_whatever_form_the_merge_metadata_has(tmp_path):
+    """A remote write replacing a value filled in from a default is never a concurrent
+    overwrite (the expanded metadata's key of a default is a ``"0"`` key): a document whose
+    metadata is still the compact form of its create must not record one either, even when
+    the create's log entry is gone (trimmed) and its ancestry cannot be read."""
+    with tidesync.open(tmp_path / "a.db", schema=[MixNote]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[MixNote]) as b, \
+            tidesync.open(tmp_path / "c.db", schema=[MixNote]) as c:
+        with a.write():
+            a.create(MixNote, _id="compact", title="x")      # rank (and the containers) from defaults
+            a.create(MixNote, _id="expanded", title="x")
+        with a.write():
+            a.get(MixNote, "expanded").tags.append("t")      # a list write: the metadata is expanded
+        create = a.history(2)[1].id
+        for peer in (b, c):
+            peer.integrate(a.export_transactions(), peer=a.replica_id)
+        assert "*" in b.document_state("MixNote", "compact").meta
+        assert "*" not in b.document_state("MixNote", "expanded").meta
+        # What log_keep does to an old entry: the log drops it, its descriptor stays.
+        b._engine.execute("DELETE FROM log WHERE id = ?", (create,))
+        with c.write():
+            for pk in ("compact", "expanded"):
+                c.get(MixNote, pk).rank = 3
+        b.integrate(c.export_transactions(), peer=c.replica_id)
+        assert b.get(MixNote, "compact").rank == b.get(MixNote, "expanded").rank == 3
+        assert b.conflicts() == []

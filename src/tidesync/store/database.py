@@ -2532,15 +2532,13 @@ def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:
     name = op.path[0]
     meta = state.meta
     if "*" in meta:
-        if name in (meta.get("*k") or {}) or name not in state.body:
+        if name not in state.body:
             return None
-        key = (meta.get("r") or {}).get(name)
-        if key is None:
-            old = meta["*"]
-        elif key[:1] != "1":
+        # The key the expanded meta would hold (a default's is a "0" key, as below).
+        key = merge.compact_key(meta, name)
+        if key is None or key[:1] != "1":
             return None
-        else:
-            old = key[1:]
+        old = key[1:]
     else:
         key = (meta.get("r") or {}).get(name)
         if not key or key[0] != "1" or name in (meta.get("c") or {}):

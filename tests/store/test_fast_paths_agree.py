@@ -318,3 +318,36 @@ def test_a_causally_later_write_is_no_conflict_after_the_overwritten_entry_was_t
         b.integrate(c.export_transactions(), peer=c.replica_id)
         assert b.get(BulkNote, "x").title == "later"
         assert b.conflicts() == []
+
+
+def _alternating_run(path: Any, two: bool, program: list[list[tuple[Any, ...]]]) -> tuple[Any, ...]:
+    out: list[Any] = []
+    with tidesync.open(path, schema=[BulkNote, MixNote]) as a, tidesync.open(path, schema=[BulkNote, MixNote]) as b:
+        with a.write():
+            a.create_many(BulkNote, [{"_id": _nid(i), "title": f"n{i}", "priority": i % 5} for i in range(POOL)])
+        for db in (a, b):  # both connections read (and may cache) every document first
+            out.append([(o._id, o.title, o.priority) for o in db.objects(BulkNote).sort("_id")])
+        for n, block in enumerate(program):
+            db = (a, b)[n % 2] if two else a
+            with db.write():
+                for op in block:
+                    try:
+                        _apply(db, op, out)
+                    except tidesync.TidesyncError as exc:
+                        out.append((op[0], type(exc).__name__, str(exc)))
+        for db in (a, b):
+            out.append([(o._id, o.title, o.priority, o.score) for o in db.objects(BulkNote).sort("_id")])
+        return out, _before_sorted(_state(a))
+
+
+@pytest.mark.slow
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(program=_program)
+def test_two_connections_taking_turns_write_what_one_connection_writes(tmp_path_factory, program):
+    """The blocks of a program committed by two connections to one file in turn (each having
+    read the documents before the other's commits) give what one connection gives: reads,
+    errors, rows, merge states and log."""
+    tmp = tmp_path_factory.mktemp("turns")
+    one = _alternating_run(tmp / "one.db", False, program)
+    two = _alternating_run(tmp / "two.db", True, program)
+    assert _norm(two) == _norm(one)

@@ -101,3 +101,27 @@ def test_sigkill_mid_write_leaves_whole_transactions_only(tmp_path):
             assert len(db.objects(WorkOrder).filter("priority == $0", b)) == 2000
         assert len(db.history(limit=10_000)) == batches
         assert db._engine.query("SELECT count(*) FROM documents")[0][0] == n
+
+
+def test_reads_inside_a_write_see_what_another_connection_committed_just_before(tmp_path):
+    """A write transaction holds the file's write lock: what it reads is the file's current
+    state, even right after another connection's commit (no body read before it served from
+    the cache), so a read-modify-write loses no update."""
+    path = tmp_path / "rmw.db"
+    with tidesync.open(path, schema=[WorkOrder]) as a, tidesync.open(path, schema=[WorkOrder]) as b:
+        with a.write():
+            pk = a.create(WorkOrder, title="old", priority=1)._id
+        mine = b.get(WorkOrder, pk)
+        assert (mine.title, mine.priority) == ("old", 1)  # read (and cached) before the other commit
+        assert len(b.objects(WorkOrder).filter("priority == 1")) == 1
+        for n in range(3):
+            with a.write():
+                theirs = a.get(WorkOrder, pk)
+                theirs.priority += 1
+                theirs.title = f"theirs {n}"
+            with b.write():
+                assert mine.title == f"theirs {n}"
+                assert len(b.objects(WorkOrder).filter("priority == $0", mine.priority)) == 1
+                mine.priority = mine.priority + 10
+            assert a.get(WorkOrder, pk).priority == b.get(WorkOrder, pk).priority
+        assert b.get(WorkOrder, pk).priority == 1 + 3 * 11

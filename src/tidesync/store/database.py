@@ -540,6 +540,14 @@ class Database(ReplicaStore):
             self._logged = []
             changes_before = self._engine.total_changes()
             with self._engine.atomic():
+                # The write lock is held from here: bodies cached before another connection's
+                # commit must not be read in the block (_refresh skips this check inside it).
+                dv = self._engine.data_version()
+                if dv != self._seen_data_version:
+                    if self._seen_data_version != -1:
+                        self._generation += 1
+                    self._seen_data_version = dv
+                    self._cache.clear()
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))
@@ -2562,15 +2570,13 @@ def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:
     name = op.path[0]
     meta = state.meta
     if "*" in meta:
-        if name in (meta.get("*k") or {}) or name not in state.body:
+        if name not in state.body:
             return None
-        key = (meta.get("r") or {}).get(name)
-        if key is None:
-            old = meta["*"]
-        elif key[:1] != "1":
+        # The key the expanded meta would hold (a default's is a "0" key, as below).
+        key = merge.compact_key(meta, name)
+        if key is None or key[:1] != "1":
             return None
-        else:
-            old = key[1:]
+        old = key[1:]
     else:
         key = (meta.get("r") or {}).get(name)
         if not key or key[0] != "1" or name in (meta.get("c") or {}):

@@ -301,8 +301,6 @@ def test_overwriting_a_default_is_no_conflict_whatever_form_the_merge_metadata_h
         assert b.conflicts() == []
 
 
-@pytest.mark.xfail(strict=True, reason="Database._is_ancestor answers 'concurrent' when the overwritten write's "
-                   "log entry is gone (log_keep, or a bootstrapped device); the descriptors it keeps could answer")
 def test_a_causally_later_write_is_no_conflict_after_the_overwritten_entry_was_trimmed(tmp_path):
     with tidesync.open(tmp_path / "a.db", schema=[BulkNote]) as a, \
             tidesync.open(tmp_path / "b.db", schema=[BulkNote]) as b, \
@@ -318,6 +316,27 @@ def test_a_causally_later_write_is_no_conflict_after_the_overwritten_entry_was_t
         b.integrate(c.export_transactions(), peer=c.replica_id)
         assert b.get(BulkNote, "x").title == "later"
         assert b.conflicts() == []
+
+
+def test_a_concurrent_write_is_still_a_conflict_after_the_overwritten_entry_was_trimmed(tmp_path):
+    """The descriptor a trimmed entry leaves answers the ancestry: c never saw a's edit."""
+    with tidesync.open(tmp_path / "a.db", schema=[BulkNote]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[BulkNote]) as b, \
+            tidesync.open(tmp_path / "c.db", schema=[BulkNote]) as c:
+        with a.write():
+            a.create(BulkNote, _id="x", title="first")
+        for peer in (b, c):
+            peer.integrate(a.export_transactions(), peer=a.replica_id)
+        with a.write():
+            a.get(BulkNote, "x").title = "by a"
+        edit = a.history(1)[0].id
+        b.integrate(a.export_transactions(), peer=a.replica_id)
+        b._engine.execute("DELETE FROM log WHERE id = ?", (edit,))  # as log_keep trims it
+        with c.write():
+            c.get(BulkNote, "x").title = "by c"  # later, without having seen a's edit
+        b.integrate(c.export_transactions(), peer=c.replica_id)
+        assert b.get(BulkNote, "x").title == "by c"
+        assert [(x["winner"], x["loser"]) for x in b.conflicts()] == [("by c", "by a")]
 
 
 def _alternating_run(path: Any, two: bool, program: list[list[tuple[Any, ...]]]) -> tuple[Any, ...]:

@@ -394,6 +394,11 @@ def _indexes(db: Database) -> dict[str, str]:
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
 
 
+def _value_indexes(db: Database) -> set[str]:
+    return {r[0] for r in db._engine.query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'documents_v_*'")}
+
+
 def test_bootstrap_indexes_lists_through_a_partial_index_and_old_files_are_upgraded(tmp_path: Path) -> None:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
@@ -408,23 +413,29 @@ def test_bootstrap_indexes_lists_through_a_partial_index_and_old_files_are_upgra
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
         assert router.indexed == {"owner"}
         got = _indexes(db)
-        assert set(got) == {"flexible_ix_owner", "flexible_ia_owner"}
+        # The expression index replaced by the field's value column and its index.
+        assert set(got) == {"flexible_ia_owner"}
+        assert db.value_fields == ("owner",) and "documents_v_owner" in _value_indexes(db)
         assert "WHERE json_type(body, '$.owner') = 'array'" in got["flexible_ia_owner"]
         s = session(router, ['owner == "u1"'])
         s.backend, s.router = db, router
         assert s.desired() == {(COLL, '"t1"'), (COLL, '"t2"')}
-        # The bootstrap's list query is served by the partial index.
+        # The bootstrap's list query is served by the partial index, its values by the column's.
         plan = db._engine.query(
             "EXPLAIN QUERY PLAN SELECT documents.pk FROM documents WHERE documents.collection = ? AND "
             "(json_type(documents.body, '$.owner') = 'array' AND 1) AND documents.live = 1", [COLL])
         assert any("flexible_ia_owner" in str(row) for row in plan)
+        plan = db._engine.query(
+            "EXPLAIN QUERY PLAN SELECT documents.pk FROM documents WHERE documents.collection = ? AND "
+            "(documents.v_owner IN (?) AND 1) AND documents.live = 1", [COLL, "u1"])
+        assert any("documents_v_owner" in str(row) for row in plan)
         # A field indexed now gets the same pair.
         w.create("t5", {"team": ["g1"], "owner": "u9"})
         t = session(router, ['team == "g1"'])
         t.backend, t.router = db, router
         assert t.desired() == {(COLL, '"t5"')}
-        assert set(_indexes(db)) == {"flexible_ix_owner", "flexible_ia_owner", "flexible_ix_team",
-                                     "flexible_ia_team"}
+        assert set(_indexes(db)) == {"flexible_ia_owner", "flexible_ia_team"}
+        assert {"documents_v_owner", "documents_v_team"} <= _value_indexes(db)
         # Reopened: nothing left to upgrade, the fields known as indexed.
         assert Router(db, ViewStore(tmp_path / "flexible2.db")).indexed == {"owner", "team"}
     finally:

@@ -605,7 +605,6 @@ class Router:
             backend.on_written = self._hand_rows
             names = {r[0] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
-            self.indexed: set[str] = {n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")}
             old = sorted(n[len("flexible_it_"):] for n in names if n.startswith("flexible_it_"))
             if old:
                 # Files indexed before the type index became partial (see ensure_index):
@@ -615,6 +614,13 @@ class Router:
                         if _FIELD.fullmatch(fieldname):
                             backend._engine.execute(_array_index_sql(fieldname))
                         backend._engine.execute(f'DROP INDEX IF EXISTS "flexible_it_{fieldname}"')
+            # Files indexed before the values had columns (see ensure_index): each expression
+            # index replaced once by the field's value column.
+            for fieldname in sorted(n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")):
+                if backend.add_value_column(fieldname):
+                    backend._engine.execute(f'DROP INDEX IF EXISTS "flexible_ix_{fieldname}"')
+            self.indexed: set[str] = {f for f in backend.value_fields if f"flexible_ia_{f}" in names
+                                      or f"flexible_it_{f}" in names}
 
     AUTO_INDEX_LIMIT = 16
     #: The longest a routing round waits for the sessions it woke to read (see announce),
@@ -632,8 +638,9 @@ class Router:
     WAKE_SLICE = 0.02
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
-        """Whether ``fieldname`` has the backend's expression indexes, creating them when the
-        config lists the field (or, in development mode, on first use, up to
+        """Whether ``fieldname`` has the backend's indexes (its value column, see
+        ``Database.add_value_column``, and the partial index of its lists), creating them when
+        the config lists the field (or, in development mode, on first use, up to
         ``AUTO_INDEX_LIMIT`` fields)."""
         if fieldname in self.indexed:
             return True
@@ -643,10 +650,9 @@ class Router:
             return False
         backend = self.backend
         t0 = time.perf_counter()
-        with backend._lock, backend._engine.atomic():
-            backend._engine.execute(
-                f"CREATE INDEX IF NOT EXISTS flexible_ix_{fieldname} ON documents "
-                f"(collection, json_extract(body, '$.{fieldname}'))")
+        with backend._lock:
+            if not backend.add_value_column(fieldname):
+                return False
             backend._engine.execute(_array_index_sql(fieldname))
         self.indexed.add(fieldname)
         log.info("indexed field %s for flexible sync in %.2f s", fieldname, time.perf_counter() - t0)
@@ -1413,7 +1419,7 @@ class FlexibleSession:
                 # plus documents where it is a list (their elements count), then the exact test.
                 f, values = pre
                 marks = ",".join("?" * len(values))
-                queries.append((f"json_extract(documents.body, '$.{f}') IN ({marks}) AND ({sub.sql})",
+                queries.append((f"documents.v_{f} IN ({marks}) AND ({sub.sql})",
                                 [*values, *sub.params]))
                 queries.append((f"json_type(documents.body, '$.{f}') = 'array' AND ({sub.sql})", list(sub.params)))
             if scan:

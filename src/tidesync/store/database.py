@@ -366,6 +366,7 @@ class Database(ReplicaStore):
             self._evolve_schema(Schema.of(ObjectSchema.from_json(o) for o in json.loads(stored)) if stored else Schema())
             self._set_setting("schema", _dumps([o.to_json() for o in self._merged_schema.objects.values()]))
             self._create_indexes()
+            self._find_value_columns()
 
     def _evolve_schema(self, stored: Schema) -> None:
         """Check that the file's schema can become this one; keep what this client does not know."""
@@ -919,7 +920,7 @@ class Database(ReplicaStore):
             if keep is not None and bodies is not None:
                 # Each with the body it holds (the batch's own, not kept after it).
                 keep.extend(zip(rows, bodies))
-            self._run_values(UPSERT_DOCUMENT, rows, 8)
+            self._run_values(UPSERT_DOCUMENT, rows, 8, self.value_fields)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:

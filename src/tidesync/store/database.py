@@ -45,7 +45,7 @@ from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
+from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPDATE_DOCUMENT, UPSERT_DOCUMENT
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -879,8 +879,10 @@ class Database(ReplicaStore):
                     p.flushed = True
 
     def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None) -> None:
-        """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
+        """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``):
+        those the file held as an update, the others as an upsert."""
         rows = []
+        held: list[bool] = []
         pkey = self.partition_key
         keep = self._written_rows
         bodies: list[dict[str, Plain]] | None = [] if keep is not None else None
@@ -899,6 +901,7 @@ class Database(ReplicaStore):
                 meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
                 rows.append((d.collection, d.ref[1], _dumps(body), meta_text, d.epoch, 1,
                              d.seq if seq is None else seq, scope))
+                held.append(False)
                 continue
             if d is _ABSENT or not d.dirty:  # _ABSENT: preloaded, no op integrated touched it
                 continue
@@ -913,6 +916,7 @@ class Database(ReplicaStore):
             meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
             rows.append((d.collection, d.ref[1], _dumps(s.body), meta_text, s.epoch, 1 if s.live else 0,
                          d.seq if seq is None else seq, scope))
+            held.append(d.existed_row)
         if rows:
             written = self._written
             if written is not None:
@@ -920,7 +924,14 @@ class Database(ReplicaStore):
             if keep is not None and bodies is not None:
                 # Each with the body it holds (the batch's own, not kept after it).
                 keep.extend(zip(rows, bodies))
-            self._run_values(UPSERT_DOCUMENT, rows, 8, self.value_fields)
+            if any(held):
+                # A row the file holds: an update by key, without the upsert's insert attempt
+                # (nor the new row's value columns it computes first).
+                old = list(compress(rows, held))
+                cur = self._engine.executemany(UPDATE_DOCUMENT, [(*r[2:], r[0], r[1]) for r in old])
+                rows = [r for r, h in zip(rows, held) if not h] if cur.rowcount == len(old) else rows
+            if rows:
+                self._run_values(UPSERT_DOCUMENT, rows, 8, self.value_fields)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPSERT_DOCUMENT", "VALUE_FIELD",
+__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPDATE_DOCUMENT", "UPSERT_DOCUMENT", "VALUE_FIELD",
            "upsert_values_sql", "value_column_sql", "value_triggers_sql"]
 
 #: A new document row; parameters (collection, pk, body, meta, epoch, live, seq, scope).
@@ -48,6 +48,11 @@ INSERT_DOCUMENT = ("INSERT INTO documents (collection, pk, body, meta, epoch, li
 UPSERT_DOCUMENT = (INSERT_DOCUMENT + " ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, "
                    "meta = excluded.meta, epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
                    "scope = coalesce(excluded.scope, documents.scope)")
+
+#: A document row the file holds, written whole: ``UPSERT_DOCUMENT``'s update, parameters
+#: (body, meta, epoch, live, seq, scope, collection, pk).
+UPDATE_DOCUMENT = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?, seq = ?, "
+                   "scope = coalesce(?, scope) WHERE collection = ? AND pk = ?")
 
 #: A field that may have a value column: a plain identifier (it is written into SQL as is).
 VALUE_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

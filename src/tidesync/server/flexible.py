@@ -1130,7 +1130,13 @@ class Router:
             if scan:
                 _add_matching(targets, scan, body, verdicts)
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
-                for k in _body_keys(body.get(fieldname)):
+                value = body.get(fieldname)
+                if type(value) is str:    # (the usual case: _body_keys's one key, without it)
+                    got = by_value.get(("s", value))
+                    if got:
+                        _add_matching(targets, got, body, verdicts)
+                    continue
+                for k in _body_keys(value):
                     got = by_value.get(k)
                     if got:
                         _add_matching(targets, got, body, verdicts)

@@ -2,7 +2,8 @@
 selects documents by a field's value through an indexed column of ``documents`` instead of an
 expression index on the body. Every way a document row is written must keep the column equal
 to ``json_extract(body, '$.<field>')``: the integration writes it with new rows, triggers set it
-again whenever another write left it stale."""
+again whenever another write left it stale. Also: the integration's update of rows the file
+held (their scope column kept or moved as the upsert did)."""
 
 from __future__ import annotations
 
@@ -180,3 +181,37 @@ def test_random_batches_keep_the_columns_right(tmp_path_factory: Any, batches: l
             assert not stale(db)
     finally:
         db.close()
+
+
+def _scopes(db: Database) -> dict[str, tuple[Any, int]]:
+    return {r[0]: (r[1], r[2]) for r in db._engine.query("SELECT pk, scope, live FROM documents")}
+
+
+def test_rows_the_file_held_are_updated_with_their_scope_kept_or_moved(tmp_path: Path) -> None:
+    """An integration updates the rows the file held without assigning a scope that stays
+    (UPDATE_DOCUMENT_SAME_SCOPE), else with it, as the upsert did: the scope column follows the
+    partition value, a tombstone keeps its partition, documents without one keep theirs."""
+    for preload in (False, True):
+        db = Database(tmp_path / f"scope-{preload}.db", (), partition_key="_partition")
+        try:
+            w = Writer(db)
+            w.batch([[w.create("a", {"_partition": "p1", "n": 0})], [w.create("b", {"_partition": "p1", "n": 0})],
+                     [w.create("c", {"n": 0})], [w.create("d", {"_partition": "p2"})]])
+            assert _scopes(db) == {'"a"': ('"p1"', 1), '"b"': ('"p1"', 1), '"c"': ("null", 1), '"d"': ('"p2"', 1)}
+            txns: list[Transaction] = []
+            for ops in ([w.set("a", "n", 1)], [w.set("b", "_partition", "p3")], [w.set("c", "n", 1)],
+                        [DeleteDoc(COLL, "d", w.clock.now(), ZERO)], [w.create("e", {"_partition": "p1"})],
+                        [w.set("c", "_partition", "p4")]):
+                s = ops[0].stamp
+                t = Transaction(s, w.rid, s, w.parents, tuple(ops))
+                w.parents = (t.id,)
+                txns.append(t)
+            pre = db.preload(txns) if preload else None
+            db.integrate(txns, preloaded=pre)
+            assert _scopes(db) == {'"a"': ('"p1"', 1), '"b"': ('"p3"', 1), '"c"': ('"p4"', 1), '"d"': ('"p2"', 0),
+                                   '"e"': ('"p1"', 1)}
+            assert db.get_raw(COLL, "b") == {"_id": "b", "_partition": "p3", "n": 0}
+            assert db.get_raw(COLL, "a") == {"_id": "a", "_partition": "p1", "n": 1}
+            assert db.get_raw(COLL, "d") is None
+        finally:
+            db.close()

@@ -45,7 +45,9 @@ from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPDATE_DOCUMENT, UPSERT_DOCUMENT
+from .tables import (
+    FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPSERT_DOCUMENT,
+)
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -878,9 +880,12 @@ class Database(ReplicaStore):
                 for p in fast:
                     p.flushed = True
 
-    def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None) -> None:
+    def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None,
+                    scopes: dict[Ref, str | None] | None = None) -> None:
         """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``):
-        those the file held as an update, the others as an upsert."""
+        those the file held as an update, the others as an upsert. ``scopes``: the scope
+        column of documents as read (:meth:`_states_of`): a row whose scope stays is updated
+        without assigning it, which leaves its index alone."""
         rows = []
         held: list[bool] = []
         pkey = self.partition_key
@@ -928,8 +933,17 @@ class Database(ReplicaStore):
                 # A row the file holds: an update by key, without the upsert's insert attempt
                 # (nor the new row's value columns it computes first).
                 old = list(compress(rows, held))
-                cur = self._engine.executemany(UPDATE_DOCUMENT, [(*r[2:], r[0], r[1]) for r in old])
-                rows = [r for r, h in zip(rows, held) if not h] if cur.rowcount == len(old) else rows
+                same: list[tuple[Any, ...]] = []
+                moved: list[tuple[Any, ...]] = []
+                for r in old:
+                    if r[7] is None or (scopes is not None and scopes.get((r[0], r[1]), _ABSENT) == r[7]):
+                        same.append((*r[2:7], r[0], r[1]))
+                    else:
+                        moved.append((*r[2:], r[0], r[1]))
+                n = self._engine.executemany(UPDATE_DOCUMENT_SAME_SCOPE, same).rowcount if same else 0
+                if moved:
+                    n += self._engine.executemany(UPDATE_DOCUMENT, moved).rowcount
+                rows = [r for r, h in zip(rows, held) if not h] if n == len(old) else rows
             if rows:
                 self._run_values(UPSERT_DOCUMENT, rows, 8, self.value_fields)
 
@@ -2054,8 +2068,9 @@ class Database(ReplicaStore):
             rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
             self._written_rows = rows
             try:
+                scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
-                    result = self._integrate_locked(txns, peer, peer_seq, docs)
+                    result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             finally:
                 self._handed_txns = None
                 self._written_rows = None
@@ -2174,7 +2189,8 @@ class Database(ReplicaStore):
             return Preloaded(docs, scopes, (self._engine.total_changes(), self._engine.data_version()))
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
-                          preloaded: dict[Ref, Any] | None = None) -> IntegrateResult:
+                          preloaded: dict[Ref, Any] | None = None,
+                          preloaded_scopes: dict[Ref, str | None] | None = None) -> IntegrateResult:
         known: set[str] = set()
         ids = [t.id for t in txns]
         if len(ids) <= self._PRELUDE_MAX:
@@ -2198,9 +2214,11 @@ class Database(ReplicaStore):
             # unwritten. With duplicates, read again: rows go in the first-touch order of the
             # transactions integrated.
             docs = preloaded
+            scopes = preloaded_scopes
         else:
+            scopes = {}
             try:
-                docs = self._load_docs_of_txns([t for t in txns if t.id not in known])
+                docs = self._load_docs_of_txns([t for t in txns if t.id not in known], scopes)
             except (ValueError, TypeError, KeyError):
                 docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
@@ -2266,7 +2284,7 @@ class Database(ReplicaStore):
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
         # One statement for the batch, in first-touch order (new documents' rowids as before),
         # each document with the seq of the last transaction that touched it.
-        self._write_docs(docs.values(), None)
+        self._write_docs(docs.values(), None, scopes)
         self._clock.observe(latest)
         if peer is not None and peer_seq is not None:
             self._engine.execute(

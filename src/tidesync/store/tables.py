@@ -36,7 +36,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPDATE_DOCUMENT", "UPSERT_DOCUMENT", "VALUE_FIELD",
+__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPDATE_DOCUMENT", "UPDATE_DOCUMENT_SAME_SCOPE",
+           "UPSERT_DOCUMENT", "VALUE_FIELD",
            "upsert_values_sql", "value_column_sql", "value_triggers_sql"]
 
 #: A new document row; parameters (collection, pk, body, meta, epoch, live, seq, scope).
@@ -53,6 +54,11 @@ UPSERT_DOCUMENT = (INSERT_DOCUMENT + " ON CONFLICT(collection, pk) DO UPDATE SET
 #: (body, meta, epoch, live, seq, scope, collection, pk).
 UPDATE_DOCUMENT = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?, seq = ?, "
                    "scope = coalesce(?, scope) WHERE collection = ? AND pk = ?")
+
+#: ``UPDATE_DOCUMENT`` of a row whose scope stays (it does not assign the column, so SQLite
+#: leaves the scope index alone); parameters (body, meta, epoch, live, seq, collection, pk).
+UPDATE_DOCUMENT_SAME_SCOPE = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?, seq = ? "
+                              "WHERE collection = ? AND pk = ?")
 
 #: A field that may have a value column: a plain identifier (it is written into SQL as is).
 VALUE_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

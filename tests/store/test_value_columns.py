@@ -136,6 +136,22 @@ def test_every_write_keeps_the_columns_right(tmp_path: Path) -> None:
             again.close()
 
 
+def test_a_file_without_the_triggers_gets_them_back_at_open(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        assert db.add_value_column("owner")
+        Writer(db).commit(Writer(db).create("a", {"owner": "u1"}))
+        db._engine.execute("DROP TRIGGER documents_values_update")   # (a copy made without it)
+    finally:
+        db.close()
+    again = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        again._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'u2')")
+        assert not stale(again) and by_value(again, "owner", "u2") == {'"a"'}
+    finally:
+        again.close()
+
+
 def test_fields_that_cannot_have_a_column(tmp_path: Path) -> None:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:

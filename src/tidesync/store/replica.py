@@ -1015,9 +1015,17 @@ class ReplicaStore:
             engine.run_rows(statement, rows[full:])
 
     def _find_value_columns(self) -> None:
-        """Learn which value columns the file's ``documents`` has (at open)."""
-        self.value_fields = tuple(sorted(str(r[0])[2:] for r in self._engine.query(
+        """Learn which value columns the file's ``documents`` has (at open), and put back
+        their triggers if the file lacks them (a copy made without them): written only then."""
+        fields = self.value_fields = tuple(sorted(str(r[0])[2:] for r in self._engine.query(
             "SELECT name FROM pragma_table_info('documents') WHERE name GLOB 'v_*'")))
+        if fields:
+            want = [stmt for stmt in value_triggers_sql(fields) if stmt.startswith("CREATE")]
+            have = [str(r[0]) for r in self._engine.query(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name GLOB 'documents_values_*' ORDER BY name")]
+            if have != want:
+                for stmt in value_triggers_sql(fields):
+                    self._engine.execute(stmt)
 
     def add_value_column(self, field: str) -> bool:
         """Keep the values of the top-level ``field`` in an indexed column of ``documents``

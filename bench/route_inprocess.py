@@ -1,4 +1,4 @@
-"""``python -m bench.route_inprocess [CHANGES] [ROUND]``: the flexible router's CPU, in-process.
+"""``python -m bench.route_inprocess [CHANGES] [ROUND] [--sql]``: the flexible router's CPU, in-process.
 
 The routing case of ``python -m bench flexible`` without sockets, event loop or client fleet:
 a schema-less server file with the case's 20,000 documents (and the bootstrap indexes of the
@@ -12,7 +12,9 @@ read by every session the round woke (``FlexibleSession.read_inline``: judging, 
 entering and leaving, view rows written one commit per 50 sessions). Prints the CPU
 (``time.process_time``) per change of the three steps, and checks that every session holds
 exactly its documents at the end. What the messages cost (encoding, sending, acks) is not
-included. Compare trees back to back (``PYTHONPATH=src`` from each): the machine's load moves
+included. ``--sql``: also the CPU of each SQL statement of the integrations (the commit
+included) per change, and the WAL frames each upload batch wrote (the WAL is checkpointed
+before each batch; the extra statements are not counted in the figures). Compare trees back to back (``PYTHONPATH=src`` from each): the machine's load moves
 the figures. A development aid; files under a temporary directory, removed at the end.
 """
 
@@ -79,7 +81,37 @@ def session(router: Router, db: Database, cfg: FlexibleConfig, i: int) -> Flexib
     return s
 
 
-def main(changes: int, round_size: int) -> None:
+class _SqlTimes:
+    """The CPU of each statement the backend's engine runs while ``on`` (``--sql``)."""
+
+    def __init__(self) -> None:
+        from tidesync.store.engine import Engine
+
+        self.on = False
+        self.cpu: dict[str, float] = {}
+        self.frames: list[int] = []
+        for name in ("_run", "executemany", "query"):
+            orig = getattr(Engine, name)
+
+            def timed(engine: Any, sql: str, *args: Any, _orig: Any = orig, **kwargs: Any) -> Any:
+                if not self.on:
+                    return _orig(engine, sql, *args, **kwargs)
+                c = time.process_time()
+                try:
+                    return _orig(engine, sql, *args, **kwargs)
+                finally:
+                    key = " ".join(sql.split())[:60]
+                    self.cpu[key] = self.cpu.get(key, 0.0) + time.process_time() - c
+            setattr(Engine, name, timed)
+
+    def report(self, changes: int) -> str:
+        lines = [f"  {v / changes * 1e6:6.1f} us/change  {k}" for k, v in sorted(self.cpu.items(), key=lambda x: -x[1])
+                 if v / changes >= 0.5e-6]
+        return "\n".join([f"SQL of the integrations: {sum(self.cpu.values()) / changes * 1e6:.0f} us/change", *lines,
+                          f"WAL frames per upload batch: {self.frames}"])
+
+
+def main(changes: int, round_size: int, sql: bool = False) -> None:
     work = Path(tempfile.mkdtemp(prefix="tidesync-route-"))
     try:
         db = Database(work / "sync.db", (), partition_key="_partition")
@@ -105,6 +137,7 @@ def main(changes: int, round_size: int) -> None:
         payloads = {b: codec.encode(Changes(b + 1, b + 1 + len(txns[b:b + 500]), len(txns) + 1,
                                             tuple((b + 2 + i, t) for i, t in enumerate(txns[b:b + 500]))))
                     for b in range(0, changes, 500)}
+        times = _SqlTimes() if sql else None
         gc.collect()
         cpu = {"decode": 0.0, "integrate": 0.0, "catch_up": 0.0, "reads": 0.0}
         entries = enters = 0
@@ -116,9 +149,16 @@ def main(changes: int, round_size: int) -> None:
                     message = codec.decode(payloads[b])
                 d = clock_cpu()
                 cpu["decode"] += d - c
+                if times is not None:
+                    db._engine.query("PRAGMA wal_checkpoint(TRUNCATE)")
+                    d = clock_cpu()
+                    times.on = True
                 with _gc_paused():
                     db.integrate([t for _, t in message.entries], peer="writer", peer_seq=b)
                 cpu["integrate"] += clock_cpu() - d
+                if times is not None:
+                    times.on = False
+                    times.frames.append(int(db._engine.query("PRAGMA wal_checkpoint(PASSIVE)")[0][1]))
             c = clock_cpu()
             router.catch_up()
             cpu["catch_up"] += clock_cpu() - c
@@ -145,6 +185,8 @@ def main(changes: int, round_size: int) -> None:
         print(f"{changes:,} changes, routed every {round_size:,}: "
               + ", ".join(f"{k} {v:.2f} s ({v / changes * 1e6:.0f} us/change)" for k, v in cpu.items())
               + f"; entries read {entries:,}, documents entered {enters:,}; sessions not exact {wrong}")
+        if times is not None:
+            print(times.report(changes))
         if wrong:
             raise SystemExit(1)
     finally:
@@ -152,4 +194,5 @@ def main(changes: int, round_size: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 6000, int(sys.argv[2]) if len(sys.argv) > 2 else 2000)
+    args = [a for a in sys.argv[1:] if a != "--sql"]
+    main(int(args[0]) if args else 6000, int(args[1]) if len(args) > 1 else 2000, "--sql" in sys.argv[1:])

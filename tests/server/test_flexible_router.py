@@ -5,11 +5,15 @@ reads their queries, the documents they hold and their ``relevant`` queues."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tidesync.core.clock import HybridClock
 from tidesync.core.operations import CreateDoc, SetValue
@@ -419,39 +423,86 @@ def _indexes(db: Database) -> dict[str, str]:
         "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
 
 
-def test_bootstrap_indexes_lists_through_a_partial_index_and_old_files_are_upgraded(tmp_path: Path) -> None:
-    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+def _value_indexes(db: Database) -> set[str]:
+    return {r[0] for r in db._engine.query(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'documents_v_*'")}
+
+
+def test_bootstrap_indexes_values_and_lists_through_a_value_column_and_old_files_are_upgraded(tmp_path: Path) -> None:
+    for old_kind in ("it", "ia"):
+        db = Database(tmp_path / f"sync-{old_kind}.db", (), partition_key="_partition")
+        try:
+            w = Writer(db)
+            w.create("t1", {"owner": "u1"})
+            w.create("t2", {"owner": ["u2", "u1"]})      # a list: its elements count
+            w.create("t3", {"owner": "u2"})
+            w.create("t4", {"owner": ["u3"]})
+            w.create("t6", {"owner": "[u1"})             # a string that looks like a list's text
+            w.create("t7", {"owner": 1})
+            # A file indexed by an earlier version: an expression index on the field's value and
+            # a full (session 5) or partial (sessions 6-7) index on its type.
+            db._engine.execute("CREATE INDEX flexible_ix_owner ON documents (collection, json_extract(body, '$.owner'))")
+            where = " WHERE json_type(body, '$.owner') = 'array'" if old_kind == "ia" else ""
+            db._engine.execute(f"CREATE INDEX flexible_{old_kind}_owner ON documents "
+                               f"(collection, json_type(body, '$.owner')){where}")
+            router = Router(db, ViewStore(tmp_path / f"flexible-{old_kind}.db"))
+            assert router.indexed == {"owner"}
+            # Both replaced by the field's value column and its index.
+            assert _indexes(db) == {}
+            assert db.value_fields == ("owner",) and _value_indexes(db) == {"documents_v_owner"}
+            s = session(router, ['owner == "u1"'])
+            s.backend, s.router = db, router
+            assert s.desired() == {(COLL, '"t1"'), (COLL, '"t2"')}
+            u = session(router, ['owner == "[u1"'])
+            u.backend, u.router = db, router
+            assert u.desired() == {(COLL, '"t6"')}
+            # The bootstrap's two queries (the values, the lists) are served by the value index.
+            for where, params in (("documents.v_owner IN (?)", ["u1"]),
+                                  ("documents.v_owner >= '[' AND documents.v_owner < '\\'", [])):
+                plan = db._engine.query(
+                    "EXPLAIN QUERY PLAN SELECT documents.pk FROM documents WHERE documents.collection = ? AND "
+                    f"({where} AND 1) AND documents.live = 1", [COLL, *params])
+                assert any("documents_v_owner" in str(row) for row in plan), plan
+            # A field indexed now gets the same.
+            w.create("t5", {"team": ["g1"], "owner": "u9"})
+            t = session(router, ['team == "g1"'])
+            t.backend, t.router = db, router
+            assert t.desired() == {(COLL, '"t5"')}
+            assert _indexes(db) == {} and _value_indexes(db) == {"documents_v_owner", "documents_v_team"}
+            # Reopened: nothing left to upgrade, the fields known as indexed.
+            assert Router(db, ViewStore(tmp_path / f"flexible2-{old_kind}.db")).indexed == {"owner", "team"}
+        finally:
+            db.close()
+
+
+_owner_values = st.one_of(st.none(), st.booleans(), st.integers(-2, 2), st.sampled_from(["u1", "u2", "[u1", "[", "\\", ""]),
+                          st.lists(st.sampled_from(["u1", "u2", "[u1"]), max_size=3), st.just({"k": "u1"}))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_owner_values, min_size=1, max_size=12), st.lists(_owner_values, max_size=6))
+def test_the_bootstrap_through_value_columns_finds_what_the_queries_match(
+        tmp_path_factory: Any, created: list[Any], updated: list[Any]) -> None:
+    """desired() through the value column (its values, and its lists as a text range) is
+    exactly the live documents a query's predicate matches, whatever the field holds."""
+    path = tmp_path_factory.mktemp("boot")
+    db = Database(path / "sync.db", (), partition_key="_partition")
     try:
         w = Writer(db)
-        w.create("t1", {"owner": "u1"})
-        w.create("t2", {"owner": ["u2", "u1"]})      # a list: its elements count
-        w.create("t3", {"owner": "u2"})
-        w.create("t4", {"owner": ["u3"]})
-        # A file indexed by an earlier version: a full index on the field's type.
-        db._engine.execute("CREATE INDEX flexible_ix_owner ON documents (collection, json_extract(body, '$.owner'))")
-        db._engine.execute("CREATE INDEX flexible_it_owner ON documents (collection, json_type(body, '$.owner'))")
-        router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        assert router.indexed == {"owner"}
-        got = _indexes(db)
-        assert set(got) == {"flexible_ix_owner", "flexible_ia_owner"}
-        assert "WHERE json_type(body, '$.owner') = 'array'" in got["flexible_ia_owner"]
-        s = session(router, ['owner == "u1"'])
-        s.backend, s.router = db, router
-        assert s.desired() == {(COLL, '"t1"'), (COLL, '"t2"')}
-        # The bootstrap's list query is served by the partial index.
-        plan = db._engine.query(
-            "EXPLAIN QUERY PLAN SELECT documents.pk FROM documents WHERE documents.collection = ? AND "
-            "(json_type(documents.body, '$.owner') = 'array' AND 1) AND documents.live = 1", [COLL])
-        assert any("flexible_ia_owner" in str(row) for row in plan)
-        # A field indexed now gets the same pair.
-        w.create("t5", {"team": ["g1"], "owner": "u9"})
-        t = session(router, ['team == "g1"'])
-        t.backend, t.router = db, router
-        assert t.desired() == {(COLL, '"t5"')}
-        assert set(_indexes(db)) == {"flexible_ix_owner", "flexible_ia_owner", "flexible_ix_team",
-                                     "flexible_ia_team"}
-        # Reopened: nothing left to upgrade, the fields known as indexed.
-        assert Router(db, ViewStore(tmp_path / "flexible2.db")).indexed == {"owner", "team"}
+        router = Router(db, ViewStore(path / "flexible.db"))
+        for i, v in enumerate(created):
+            w.create(f"t{i}", {"owner": v} if v is not None else {})
+        for i, v in enumerate(updated):
+            w.set(f"t{i % len(created)}", "owner", v)
+        for value in ("u1", "[u1", "[", "\\", True):
+            rql = f"owner == {json.dumps(value)}"
+            sess = session(router, [rql])
+            sess.backend, sess.router = db, router
+            got = sess.desired()
+            assert router.indexed == {"owner"}
+            rows = db._engine.query("SELECT pk, body FROM documents WHERE collection = ? AND live = 1", [COLL])
+            want = {(COLL, pk) for pk, body in rows if sess.subs[0].predicate(json.loads(body))}
+            assert got == want, (rql, rows)
     finally:
         db.close()
 

@@ -296,16 +296,6 @@ def _equality_of(node: Node) -> tuple[str, list[Any]] | None:
 _FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
-def _array_index_sql(fieldname: str) -> str:
-    """The index of the documents whose ``fieldname`` is a list (their elements count in an
-    equality), beside the field's value index. Partial: a write to a document evaluates its
-    condition, but updates the index only when the field is a list, where a full index on the
-    field's type cost every write a delete and an insert in one more B-tree (about a third of
-    the integration of a one-document update, with three indexed fields)."""
-    return (f"CREATE INDEX IF NOT EXISTS flexible_ia_{fieldname} ON documents "
-            f"(collection, json_type(body, '$.{fieldname}')) WHERE json_type(body, '$.{fieldname}') = 'array'")
-
-
 def _prefilter(sub: CompiledSub) -> tuple[str, list[Any]] | None:
     """For a query with an equality condition on a plain top-level field whose values are
     strings or booleans: (field, values), to narrow the backend query through an expression
@@ -621,16 +611,15 @@ class Router:
             backend.on_written = self._hand_rows
             names = {r[0] for r in backend._engine.query(
                 "SELECT name FROM sqlite_master WHERE type = 'index' AND name GLOB 'flexible_i*'")}
-            self.indexed: set[str] = {n[len("flexible_ix_"):] for n in names if n.startswith("flexible_ix_")}
-            old = sorted(n[len("flexible_it_"):] for n in names if n.startswith("flexible_it_"))
-            if old:
-                # Files indexed before the type index became partial (see ensure_index):
-                # replaced once, in one transaction.
-                with backend._engine.atomic():
-                    for fieldname in old:
-                        if _FIELD.fullmatch(fieldname):
-                            backend._engine.execute(_array_index_sql(fieldname))
-                        backend._engine.execute(f'DROP INDEX IF EXISTS "flexible_it_{fieldname}"')
+            # Files indexed before the values had columns (see ensure_index): a field's
+            # expression index on its value and its index of lists (flexible_ia_, earlier a full
+            # index on its type, flexible_it_) replaced once by its value column.
+            for fieldname in sorted({n[12:] for n in names if n[:12] in ("flexible_ix_", "flexible_ia_", "flexible_it_")}):
+                if backend.add_value_column(fieldname):
+                    for kind in ("ix", "ia", "it"):
+                        if f"flexible_{kind}_{fieldname}" in names:
+                            backend._engine.execute(f'DROP INDEX IF EXISTS "flexible_{kind}_{fieldname}"')
+            self.indexed: set[str] = set(backend.value_fields)
 
     AUTO_INDEX_LIMIT = 16
     #: The longest a routing round waits for the sessions it woke to read (see announce),
@@ -648,9 +637,9 @@ class Router:
     WAKE_SLICE = 0.02
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
-        """Whether ``fieldname`` has the backend's expression indexes, creating them when the
-        config lists the field (or, in development mode, on first use, up to
-        ``AUTO_INDEX_LIMIT`` fields)."""
+        """Whether ``fieldname`` has the backend's index (its value column, see
+        ``Database.add_value_column``), creating it when the config lists the field (or, in
+        development mode, on first use, up to ``AUTO_INDEX_LIMIT`` fields)."""
         if fieldname in self.indexed:
             return True
         wanted = fieldname in config.indexed_fields or (
@@ -659,11 +648,9 @@ class Router:
             return False
         backend = self.backend
         t0 = time.perf_counter()
-        with backend._lock, backend._engine.atomic():
-            backend._engine.execute(
-                f"CREATE INDEX IF NOT EXISTS flexible_ix_{fieldname} ON documents "
-                f"(collection, json_extract(body, '$.{fieldname}'))")
-            backend._engine.execute(_array_index_sql(fieldname))
+        with backend._lock:
+            if not backend.add_value_column(fieldname):
+                return False
         self.indexed.add(fieldname)
         log.info("indexed field %s for flexible sync in %.2f s", fieldname, time.perf_counter() - t0)
         return True
@@ -1140,7 +1127,13 @@ class Router:
             if scan:
                 _add_matching(targets, scan, body, verdicts)
             for fieldname, by_value in self.eq_index.get(coll, {}).items():
-                for k in _body_keys(body.get(fieldname)):
+                value = body.get(fieldname)
+                if type(value) is str:    # (the usual case: _body_keys's one key, without it)
+                    got = by_value.get(("s", value))
+                    if got:
+                        _add_matching(targets, got, body, verdicts)
+                    continue
+                for k in _body_keys(value):
                     got = by_value.get(k)
                     if got:
                         _add_matching(targets, got, body, verdicts)
@@ -1429,13 +1422,15 @@ class FlexibleSession:
                 if pre is None or not self.router.ensure_index(pre[0], self.config):
                     scan.append(sub)
                     continue
-                # Through the field's indexes: its scalar values equal to one of the values,
-                # plus documents where it is a list (their elements count), then the exact test.
+                # Through the field's value index: its scalar values equal to one of the values,
+                # plus documents where it may be a list (their elements count: a list's value is
+                # its JSON text, so it starts with "["; a string may too), then the exact test.
                 f, values = pre
                 marks = ",".join("?" * len(values))
-                queries.append((f"json_extract(documents.body, '$.{f}') IN ({marks}) AND ({sub.sql})",
+                queries.append((f"documents.v_{f} IN ({marks}) AND ({sub.sql})",
                                 [*values, *sub.params]))
-                queries.append((f"json_type(documents.body, '$.{f}') = 'array' AND ({sub.sql})", list(sub.params)))
+                queries.append((f"documents.v_{f} >= '[' AND documents.v_{f} < '\\' AND ({sub.sql})",
+                                list(sub.params)))
             if scan:
                 queries.append((" OR ".join(f"({s.sql})" for s in scan), [p for s in scan for p in s.params]))
             for where, params in queries:

@@ -45,7 +45,9 @@ from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
+from .tables import (
+    FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPSERT_DOCUMENT,
+)
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -366,6 +368,7 @@ class Database(ReplicaStore):
             self._evolve_schema(Schema.of(ObjectSchema.from_json(o) for o in json.loads(stored)) if stored else Schema())
             self._set_setting("schema", _dumps([o.to_json() for o in self._merged_schema.objects.values()]))
             self._create_indexes()
+            self._find_value_columns()
 
     def _evolve_schema(self, stored: Schema) -> None:
         """Check that the file's schema can become this one; keep what this client does not know."""
@@ -896,9 +899,14 @@ class Database(ReplicaStore):
                 for p in fast:
                     p.flushed = True
 
-    def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None) -> None:
-        """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``)."""
+    def _write_docs(self, docs: Iterable[LoadedDoc | _Fresh], seq: int | None,
+                    scopes: dict[Ref, str | None] | None = None) -> None:
+        """Write the dirty ``docs`` in one statement, with ``seq`` (None: each one's ``d.seq``):
+        those the file held as an update, the others as an upsert. ``scopes``: the scope
+        column of documents as read (:meth:`_states_of`): a row whose scope stays is updated
+        without assigning it, which leaves its index alone."""
         rows = []
+        held: list[bool] = []
         pkey = self.partition_key
         keep = self._written_rows
         bodies: list[dict[str, Plain]] | None = [] if keep is not None else None
@@ -917,6 +925,7 @@ class Database(ReplicaStore):
                 meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
                 rows.append((d.collection, d.ref[1], _dumps(body), meta_text, d.epoch, 1,
                              d.seq if seq is None else seq, scope))
+                held.append(False)
                 continue
             if d is _ABSENT or not d.dirty:  # _ABSENT: preloaded, no op integrated touched it
                 continue
@@ -931,6 +940,7 @@ class Database(ReplicaStore):
             meta_text = f'{{"*":"{star}"}}' if type(star) is str and star.isalnum() else _dumps(meta)
             rows.append((d.collection, d.ref[1], _dumps(s.body), meta_text, s.epoch, 1 if s.live else 0,
                          d.seq if seq is None else seq, scope))
+            held.append(d.existed_row)
         if rows:
             written = self._written
             if written is not None:
@@ -938,7 +948,23 @@ class Database(ReplicaStore):
             if keep is not None and bodies is not None:
                 # Each with the body it holds (the batch's own, not kept after it).
                 keep.extend(zip(rows, bodies))
-            self._run_values(UPSERT_DOCUMENT, rows, 8)
+            if any(held):
+                # A row the file holds: an update by key, without the upsert's insert attempt
+                # (nor the new row's value columns it computes first).
+                old = list(compress(rows, held))
+                same: list[tuple[Any, ...]] = []
+                moved: list[tuple[Any, ...]] = []
+                for r in old:
+                    if r[7] is None or (scopes is not None and scopes.get((r[0], r[1]), _ABSENT) == r[7]):
+                        same.append((*r[2:7], r[0], r[1]))
+                    else:
+                        moved.append((*r[2:], r[0], r[1]))
+                n = self._engine.executemany(UPDATE_DOCUMENT_SAME_SCOPE, same).rowcount if same else 0
+                if moved:
+                    n += self._engine.executemany(UPDATE_DOCUMENT, moved).rowcount
+                rows = [r for r, h in zip(rows, held) if not h] if n == len(old) else rows
+            if rows:
+                self._run_values(UPSERT_DOCUMENT, rows, 8, self.value_fields)
 
     def _record_conflicts(self, txn_id: str, conflicts: Sequence[merge.Conflict]) -> None:
         if not conflicts:
@@ -2088,8 +2114,9 @@ class Database(ReplicaStore):
             rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
             self._written_rows = rows
             try:
+                scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
-                    result = self._integrate_locked(txns, peer, peer_seq, docs)
+                    result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             finally:
                 self._handed_txns = None
                 self._written_rows = None
@@ -2208,7 +2235,8 @@ class Database(ReplicaStore):
             return Preloaded(docs, scopes, (self._engine.total_changes(), self._engine.data_version()))
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
-                          preloaded: dict[Ref, Any] | None = None) -> IntegrateResult:
+                          preloaded: dict[Ref, Any] | None = None,
+                          preloaded_scopes: dict[Ref, str | None] | None = None) -> IntegrateResult:
         known: set[str] = set()
         ids = [t.id for t in txns]
         if len(ids) <= self._PRELUDE_MAX:
@@ -2232,9 +2260,11 @@ class Database(ReplicaStore):
             # unwritten. With duplicates, read again: rows go in the first-touch order of the
             # transactions integrated.
             docs = preloaded
+            scopes = preloaded_scopes
         else:
+            scopes = {}
             try:
-                docs = self._load_docs_of_txns([t for t in txns if t.id not in known])
+                docs = self._load_docs_of_txns([t for t in txns if t.id not in known], scopes)
             except (ValueError, TypeError, KeyError):
                 docs = {}  # a malformed operation: the loop below reports it as a MergeError
         applied = dups = nconf = 0
@@ -2300,7 +2330,7 @@ class Database(ReplicaStore):
             self._append_logs(unlogged, peer, next_seq - len(unlogged))
         # One statement for the batch, in first-touch order (new documents' rowids as before),
         # each document with the seq of the last transaction that touched it.
-        self._write_docs(docs.values(), None)
+        self._write_docs(docs.values(), None, scopes)
         self._clock.observe(latest)
         if peer is not None and peer_seq is not None:
             self._engine.execute(

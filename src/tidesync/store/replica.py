@@ -46,7 +46,9 @@ from ..protocol.replica import (
     Checkpoint, DescriptorBatch, LogBatch, SnapshotPage, SnapshotResult,
 )
 
-from .tables import INSERT_DOCUMENT, UPSERT_DOCUMENT
+from .tables import (
+    INSERT_DOCUMENT, UPSERT_DOCUMENT, VALUE_FIELD, upsert_values_sql, value_column_sql, value_triggers_sql,
+)
 
 if TYPE_CHECKING:
     from .engine import Engine, Row
@@ -244,6 +246,9 @@ class ReplicaStore:
     bootstrap_with_snapshot: bool = False
     #: Rows one INSERT of a columns page may carry (from the connection's parameter limit).
     _insert_limit: int | None = None
+    #: The top-level fields whose values ``documents`` keeps in columns of their own, indexed
+    #: (see :meth:`add_value_column`).
+    value_fields: tuple[str, ...] = ()
 
     if TYPE_CHECKING:
         def _check_open(self) -> None: ...
@@ -988,24 +993,60 @@ class ReplicaStore:
                 return False
             raise
 
-    def _run_values(self, statement: str, rows: Sequence[Sequence[Any]], width: int) -> None:
+    def _run_values(self, statement: str, rows: Sequence[Sequence[Any]], width: int,
+                    fields: tuple[str, ...] | None = None) -> None:
         """``engine.run_rows(statement, rows)`` (rows of ``width`` values, the first never
         NULL), :data:`_VALUES_ROWS` rows per statement (:func:`_values_sql`, always that size,
         so it stays prepared; the rest once per row): SQLite then writes them without a return
         to the interpreter per row, and without the GIL, which the server's reader thread uses
-        meanwhile."""
+        meanwhile. ``fields`` (``UPSERT_DOCUMENT`` only): write new rows' value columns of
+        these fields too (:func:`upsert_values_sql`)."""
         n = len(rows)
         size = _VALUES_ROWS
+        if fields:
+            statement = upsert_values_sql(fields, 1)
         if n < size or size * width > self._max_insert_rows() * 8:
             self._engine.run_rows(statement, rows)
             return
         engine = self._engine
-        sql = _values_sql(statement, size)
+        sql = upsert_values_sql(fields, size) if fields else _values_sql(statement, size)
         full = n - n % size
         for start in range(0, full, size):
             engine.run(sql, [x for row in rows[start:start + size] for x in row])
         if full < n:
             engine.run_rows(statement, rows[full:])
+
+    def _find_value_columns(self) -> None:
+        """Learn which value columns the file's ``documents`` has (at open), and put back
+        their triggers if the file lacks them (a copy made without them): written only then."""
+        fields = self.value_fields = tuple(sorted(str(r[0])[2:] for r in self._engine.query(
+            "SELECT name FROM pragma_table_info('documents') WHERE name GLOB 'v_*'")))
+        if fields:
+            want = [stmt for stmt in value_triggers_sql(fields) if stmt.startswith("CREATE")]
+            have = [str(r[0]) for r in self._engine.query(
+                "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name GLOB 'documents_values_*' ORDER BY name")]
+            if have != want:
+                for stmt in value_triggers_sql(fields):
+                    self._engine.execute(stmt)
+
+    def add_value_column(self, field: str) -> bool:
+        """Keep the values of the top-level ``field`` in an indexed column of ``documents``
+        (``v_<field>``, see :mod:`tidesync.store.tables`), for queries that select documents
+        by it (a server's flexible router); True when it has one. A field that is not a plain
+        identifier, or that differs only in case from one that has a column (SQLite's column
+        names ignore case), gets none (False)."""
+        with self._lock:
+            self._check_open()
+            if field in self.value_fields:
+                return True
+            if not VALUE_FIELD.fullmatch(field) or field.lower() in {f.lower() for f in self.value_fields}:
+                return False
+            fields = tuple(sorted((*self.value_fields, field)))
+            with self._engine.atomic():
+                for stmt in [*value_column_sql(field), *value_triggers_sql(fields)]:
+                    self._engine.execute(stmt)
+            self.value_fields = fields
+            return True
 
     def _max_insert_rows(self) -> int:
         """Rows one INSERT of :func:`_insert_sql` may carry on this connection (8 parameters each)."""

@@ -21,11 +21,24 @@ conflicts      every resolved conflict: losing and winning values and stamps
 subscriptions  flexible sync: one row per subscription set version (its queries as JSON, its
                state and error message); see ``tidesync.client.subscriptions``
 =============  =================================================================================
+
+Value columns (a server's flexible router, see :func:`value_column_sql`): ``documents`` may
+have, per queried top-level field ``f``, a column ``v_f`` holding ``json_extract(body, '$.f')``
+and an index ``documents_v_f`` on ``(collection, v_f)``. The integration writes the column
+with the row; two triggers (``documents_values_insert`` / ``_update``) set it again whenever a
+row's body and its columns disagree, so every other write keeps it right. An update whose
+body keeps the field's value does not assign the column, so SQLite leaves its index alone
+(an expression index on the body was rewritten, a delete and an insert, by every write).
 """
 
 from __future__ import annotations
 
-__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPSERT_DOCUMENT"]
+import re
+from functools import lru_cache
+
+__all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPDATE_DOCUMENT", "UPDATE_DOCUMENT_SAME_SCOPE",
+           "UPSERT_DOCUMENT", "VALUE_FIELD",
+           "upsert_values_sql", "value_column_sql", "value_triggers_sql"]
 
 #: A new document row; parameters (collection, pk, body, meta, epoch, live, seq, scope).
 INSERT_DOCUMENT = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
@@ -36,6 +49,60 @@ INSERT_DOCUMENT = ("INSERT INTO documents (collection, pk, body, meta, epoch, li
 UPSERT_DOCUMENT = (INSERT_DOCUMENT + " ON CONFLICT(collection, pk) DO UPDATE SET body = excluded.body, "
                    "meta = excluded.meta, epoch = excluded.epoch, live = excluded.live, seq = excluded.seq, "
                    "scope = coalesce(excluded.scope, documents.scope)")
+
+#: A document row the file holds, written whole: ``UPSERT_DOCUMENT``'s update, parameters
+#: (body, meta, epoch, live, seq, scope, collection, pk).
+UPDATE_DOCUMENT = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?, seq = ?, "
+                   "scope = coalesce(?, scope) WHERE collection = ? AND pk = ?")
+
+#: ``UPDATE_DOCUMENT`` of a row whose scope stays (it does not assign the column, so SQLite
+#: leaves the scope index alone); parameters (body, meta, epoch, live, seq, collection, pk).
+UPDATE_DOCUMENT_SAME_SCOPE = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?, seq = ? "
+                              "WHERE collection = ? AND pk = ?")
+
+#: A field that may have a value column: a plain identifier (it is written into SQL as is).
+VALUE_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+_UPSERT_SET = UPSERT_DOCUMENT.partition(" ON CONFLICT")[2]
+
+
+def value_column_sql(field: str) -> list[str]:
+    """The statements that give ``documents`` a value column for ``field`` (a
+    :data:`VALUE_FIELD`), fill it and index it; then (re)create the triggers
+    (:func:`value_triggers_sql`) for every value column."""
+    return [f"ALTER TABLE documents ADD COLUMN v_{field}",
+            f"UPDATE documents SET v_{field} = json_extract(body, '$.{field}') "
+            f"WHERE json_extract(body, '$.{field}') IS NOT NULL",
+            f"CREATE INDEX IF NOT EXISTS documents_v_{field} ON documents (collection, v_{field})"]
+
+
+def value_triggers_sql(fields: tuple[str, ...]) -> list[str]:
+    """Drop and create the triggers that set the value columns of ``fields`` from the body
+    whenever a written row's columns disagree with it (none for no fields). Their condition
+    is all a write that kept them right pays: no second write of the row."""
+    out = ["DROP TRIGGER IF EXISTS documents_values_insert", "DROP TRIGGER IF EXISTS documents_values_update"]
+    if fields:
+        stale = " OR ".join(f"new.v_{f} IS NOT json_extract(new.body, '$.{f}')" for f in fields)
+        fix = ", ".join(f"v_{f} = json_extract(new.body, '$.{f}')" for f in fields)
+        body = f"WHEN {stale} BEGIN UPDATE documents SET {fix} WHERE rowid = new.rowid; END"
+        out += [f"CREATE TRIGGER documents_values_insert AFTER INSERT ON documents {body}",
+                f"CREATE TRIGGER documents_values_update AFTER UPDATE OF body ON documents {body}"]
+    return out
+
+
+@lru_cache(maxsize=64)
+def upsert_values_sql(fields: tuple[str, ...], rows: int) -> str:
+    """``UPSERT_DOCUMENT`` for ``rows`` rows (its 8 parameters each) that also writes a new
+    row's value columns of ``fields`` from its body. A row that exists keeps its columns: the
+    update trigger sets them again only if the body's values changed, so an update that
+    keeps them leaves their indexes alone."""
+    cols = "".join(f", v_{f}" for f in fields)
+    exprs = "".join(f", json_extract(column3, '$.{f}')" for f in fields)
+    values = ",".join(["(?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
+    # The WHERE clause is SQLite's rule for an upsert after INSERT ... SELECT (a parsing ambiguity).
+    return (f"INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope{cols}) "
+            f"SELECT *{exprs} FROM (VALUES {values}) WHERE column1 IS NOT NULL ON CONFLICT{_UPSERT_SET}")
+
 
 #: The format of files this version writes. A file of format ``v`` is brought up to date by
 #: running ``MIGRATIONS[v:]`` in order (one transaction); a new file runs them all.

@@ -1,0 +1,233 @@
+"""Value columns (``Database.add_value_column``, store/tables.py): a server's flexible router
+selects documents by a field's value through an indexed column of ``documents`` instead of an
+expression index on the body. Every way a document row is written must keep the column equal
+to ``json_extract(body, '$.<field>')``: the integration writes it with new rows, triggers set it
+again whenever another write left it stale. Also: the integration's update of rows the file
+held (their scope column kept or moved as the upsert did)."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tidesync.core.clock import HybridClock
+from tidesync.core.operations import CreateDoc, DeleteDoc, SetValue, Unset
+from tidesync.core.stamp import ZERO, ReplicaId
+from tidesync.core.transaction import Transaction
+from tidesync.store.database import Database
+
+COLL = "Task"
+
+
+class Writer:
+    """Integrates transactions of one replica, as a device's uploads reach the server."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.rid = ReplicaId(secrets.token_hex(8))
+        self.clock = HybridClock(self.rid, lambda: time.time_ns() // 1_000_000)
+        self.parents: tuple[Any, ...] = ()
+
+    def commit(self, *ops: Any) -> Transaction:
+        s = ops[0].stamp
+        txn = Transaction(s, self.rid, s, self.parents, ops)
+        self.parents = (txn.id,)
+        self.db.integrate([txn])
+        return txn
+
+    def batch(self, ops_per_txn: list[list[Any]]) -> None:
+        """Several transactions in one integration (one upload batch)."""
+        txns = []
+        for ops in ops_per_txn:
+            s = ops[0].stamp
+            t = Transaction(s, self.rid, s, self.parents, tuple(ops))
+            self.parents = (t.id,)
+            txns.append(t)
+        self.db.integrate(txns)
+
+    def create(self, key: str, body: dict[str, Any]) -> CreateDoc:
+        return CreateDoc(COLL, key, self.clock.now(), ZERO, {"_id": key, **body}, {})
+
+    def set(self, key: str, field: str, value: Any) -> SetValue:
+        return SetValue(COLL, key, self.clock.now(), ZERO, (field,), (), value)
+
+
+def stale(db: Database) -> list[tuple[Any, ...]]:
+    """Rows whose value columns disagree with their bodies."""
+    out: list[tuple[Any, ...]] = []
+    for f in db.value_fields:
+        out += db._engine.query(f"SELECT pk, '{f}', v_{f}, body FROM documents "
+                                f"WHERE v_{f} IS NOT json_extract(body, '$.{f}')")
+    return out
+
+
+def by_value(db: Database, field: str, value: Any) -> set[str]:
+    """The live documents whose ``field`` is ``value``, through the column (and its index)."""
+    return {r[0] for r in db._engine.query(
+        f"SELECT pk FROM documents WHERE collection = ? AND v_{field} = ? AND live = 1", [COLL, value])}
+
+
+def test_every_write_keeps_the_columns_right(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        w = Writer(db)
+        w.commit(w.create("a", {"owner": "u1", "team": "g1"}), w.create("b", {"owner": ["u1", "u2"]}))
+        # Added to a file with documents: filled from their bodies, indexed.
+        assert db.add_value_column("owner") and db.add_value_column("team")
+        assert db.value_fields == ("owner", "team")
+        assert not stale(db) and by_value(db, "owner", "u1") == {'"a"'}
+        plan = db._engine.query("EXPLAIN QUERY PLAN SELECT pk FROM documents WHERE collection = ? AND v_owner = ?",
+                                [COLL, "u1"])
+        assert any("documents_v_owner" in str(r) for r in plan)
+        # Integration: new documents (one row and a batch of many), a changed value, an
+        # unchanged one, odd kinds of values, an unset, a delete and a re-creation.
+        w.commit(w.create("c", {"owner": "u3", "n": 1}))
+        w.batch([[w.create(f"m{i}", {"owner": f"u{i % 3}", "team": i})] for i in range(70)])
+        w.batch([[w.set(f"m{i}", "n", i)] for i in range(70)]
+                + [[w.set(f"m{i}", "owner", "moved")] for i in range(0, 70, 7)])
+        assert not stale(db)
+        assert by_value(db, "owner", "moved") == {f'"m{i}"' for i in range(0, 70, 7)}
+        for value in (3, 2.5, True, None, {"k": "v"}, ["x"], "u9"):
+            w.commit(w.set("a", "owner", value))
+            assert not stale(db), value
+        w.commit(w.set("c", "n", 2))
+        assert by_value(db, "owner", "u3") == {'"c"'}
+        w.commit(Unset(COLL, "c", w.clock.now(), ZERO, ("owner",), ()))
+        assert not stale(db) and by_value(db, "owner", "u3") == set()
+        w.commit(DeleteDoc(COLL, "b", w.clock.now(), ZERO))
+        assert not stale(db)
+        w.commit(w.create("b2", {"owner": "u7"}))
+        assert not stale(db) and by_value(db, "owner", "u7") == {'"b2"'}
+        # The server's own (local) writes: a revert, an assignment.
+        t = w.commit(w.create("r", {"owner": "reverted-away"}))
+        assert db.revert(t.id).restored
+        assert not stale(db) and by_value(db, "owner", "reverted-away") == set()
+        with db.write():
+            txn = db._current_txn()
+            db._assign_plain(txn, txn.doc(COLL, "c", (COLL, '"c"')), COLL, "owner", "local")
+        assert not stale(db) and by_value(db, "owner", "local") == {'"c"'}
+        # Any other statement that writes a body.
+        db._engine.execute("UPDATE documents SET body = json_set(body, '$.team', 'g9') WHERE pk = '\"a\"'")
+        db._engine.execute("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq) "
+                           "VALUES (?, '\"raw\"', '{\"owner\":\"u5\"}', '{}', '', 1, 0)", [COLL])
+        assert not stale(db) and by_value(db, "team", "g9") == {'"a"'} and by_value(db, "owner", "u5") == {'"raw"'}
+        # Compaction, a copy, a reopened file: the columns, their indexes and triggers stay.
+        db.compact()
+        db.write_copy(tmp_path / "copy.db")
+        w.commit(w.set("a", "owner", "after-compact"))
+        assert not stale(db) and by_value(db, "owner", "after-compact") == {'"a"'}
+    finally:
+        db.close()
+    for path in (tmp_path / "sync.db", tmp_path / "copy.db"):
+        again = Database(path, (), partition_key="_partition")
+        try:
+            assert again.value_fields == ("owner", "team")
+            Writer(again).commit(Writer(again).create("new", {"owner": "u8"}))
+            db2 = again
+            db2._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'u6') WHERE pk = '\"c\"'")
+            assert not stale(again) and by_value(again, "owner", "u8") == {'"new"'}
+            assert by_value(again, "owner", "u6") == {'"c"'}
+        finally:
+            again.close()
+
+
+def test_a_file_without_the_triggers_gets_them_back_at_open(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        assert db.add_value_column("owner")
+        Writer(db).commit(Writer(db).create("a", {"owner": "u1"}))
+        db._engine.execute("DROP TRIGGER documents_values_update")   # (a copy made without it)
+    finally:
+        db.close()
+    again = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        again._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'u2')")
+        assert not stale(again) and by_value(again, "owner", "u2") == {'"a"'}
+    finally:
+        again.close()
+
+
+def test_fields_that_cannot_have_a_column(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        assert db.add_value_column("owner")
+        # SQLite's column names ignore case: "Owner" would share owner's column.
+        assert not db.add_value_column("Owner")
+        assert not db.add_value_column("no-identifier")
+        assert not db.add_value_column("x'); DROP TABLE documents; --")
+        assert db.value_fields == ("owner",)
+        assert db.add_value_column("owner")
+    finally:
+        db.close()
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["u1", "u2", ""]),
+                    st.lists(st.sampled_from(["u1", "u2"]), max_size=2), st.just({"k": 1}))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.sampled_from(["create", "set", "unset", "delete", "n"]),
+                                   _values), min_size=1, max_size=4), min_size=1, max_size=8))
+def test_random_batches_keep_the_columns_right(tmp_path_factory: Any, batches: list[list[tuple[int, str, Any]]]) -> None:
+    db = Database(tmp_path_factory.mktemp("v") / "sync.db", (), partition_key="_partition")
+    try:
+        assert db.add_value_column("owner")
+        w = Writer(db)
+        for batch in batches:
+            txns: list[list[Any]] = []
+            for k, kind, value in batch:
+                key = f"d{k}"
+                if kind == "create":
+                    op: Any = w.create(key, {"owner": value})
+                elif kind == "set":
+                    op = w.set(key, "owner", value)
+                elif kind == "n":
+                    op = w.set(key, "n", value)
+                elif kind == "unset":
+                    op = Unset(COLL, key, w.clock.now(), ZERO, ("owner",), ())
+                else:
+                    op = DeleteDoc(COLL, key, w.clock.now(), ZERO)
+                txns.append([op])
+            w.batch(txns)
+            assert not stale(db)
+    finally:
+        db.close()
+
+
+def _scopes(db: Database) -> dict[str, tuple[Any, int]]:
+    return {r[0]: (r[1], r[2]) for r in db._engine.query("SELECT pk, scope, live FROM documents")}
+
+
+def test_rows_the_file_held_are_updated_with_their_scope_kept_or_moved(tmp_path: Path) -> None:
+    """An integration updates the rows the file held without assigning a scope that stays
+    (UPDATE_DOCUMENT_SAME_SCOPE), else with it, as the upsert did: the scope column follows the
+    partition value, a tombstone keeps its partition, documents without one keep theirs."""
+    for preload in (False, True):
+        db = Database(tmp_path / f"scope-{preload}.db", (), partition_key="_partition")
+        try:
+            w = Writer(db)
+            w.batch([[w.create("a", {"_partition": "p1", "n": 0})], [w.create("b", {"_partition": "p1", "n": 0})],
+                     [w.create("c", {"n": 0})], [w.create("d", {"_partition": "p2"})]])
+            assert _scopes(db) == {'"a"': ('"p1"', 1), '"b"': ('"p1"', 1), '"c"': ("null", 1), '"d"': ('"p2"', 1)}
+            txns: list[Transaction] = []
+            for ops in ([w.set("a", "n", 1)], [w.set("b", "_partition", "p3")], [w.set("c", "n", 1)],
+                        [DeleteDoc(COLL, "d", w.clock.now(), ZERO)], [w.create("e", {"_partition": "p1"})],
+                        [w.set("c", "_partition", "p4")]):
+                s = ops[0].stamp
+                t = Transaction(s, w.rid, s, w.parents, tuple(ops))
+                w.parents = (t.id,)
+                txns.append(t)
+            pre = db.preload(txns) if preload else None
+            db.integrate(txns, preloaded=pre)
+            assert _scopes(db) == {'"a"': ('"p1"', 1), '"b"': ('"p3"', 1), '"c"': ('"p4"', 1), '"d"': ('"p2"', 0),
+                                   '"e"': ('"p1"', 1)}
+            assert db.get_raw(COLL, "b") == {"_id": "b", "_partition": "p3", "n": 0}
+            assert db.get_raw(COLL, "a") == {"_id": "a", "_partition": "p1", "n": 1}
+            assert db.get_raw(COLL, "d") is None
+        finally:
+            db.close()

@@ -815,7 +815,7 @@ class Database(ReplicaStore):
         txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,
                                      seq))
-        txn.touched.update(zip(refs, zip(repeat(collection), keys)))
+        txn.touch_columns(collection, refs, keys)
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
         first = Stamp(txn.first_stamp)
@@ -829,12 +829,12 @@ class Database(ReplicaStore):
             wire = t.to_wire(txn.op_wire)
             if columns:
                 wire["before"] = txn.before_wires()
-            seq = self._append_log(t, touches=tuple(txn.touched.values()),
+            seq = self._append_log(t, touches=txn.touches(),
                                    data=pack_transaction(wire, txn.bulk), op_count=txn.op_count)
             if txn.bulk_seq and seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
                 self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
         else:
-            seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
+            seq = self._append_log(t, touches=txn.touches(), known=txn.op_wire)
         self._write_docs(txn.docs.values(), seq)
         if txn.pending:
             self._write_pending(list(txn.pending.values()), seq)
@@ -1505,7 +1505,7 @@ class Database(ReplicaStore):
         txn.add_bulk(BulkCreates(0, count, stamps[0], [packed], [], items=n_packed), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
                                      stamps, values, seq, decoded_at))
-        txn.touched.update(zip(crefs, zip(repeat(collection), keys)))
+        txn.touch_columns(collection, crefs, keys)
         if self._cache:
             self._cache.clear()
         return True

@@ -6,6 +6,7 @@ after held chunks, other changes before and after held ones, and a loop committe
 
 from __future__ import annotations
 
+import msgpack
 import pytest
 
 import tidesync
@@ -50,6 +51,8 @@ def _scenario(db):
     with db.write():
         for i, obj in enumerate(objs):
             obj.priority = i % 5  # a loop committed as columns
+    for (data,) in db._engine.query("SELECT data FROM descriptors"):  # as packb packs the map it holds
+        assert msgpack.packb(msgpack.unpackb(data, raw=False), use_bin_type=True) == data
     entries = db.history(20)
     before = _state(db)
     revert = db.revert(entries[4].id)
@@ -100,3 +103,4 @@ def test_held_touches_give_the_general_paths_descriptors_and_documents(tmp_path,
         assert _norm(desc_a) == _norm(desc_b)
     assert _norm(columns[3]) == _norm(general[3])
     assert _norm(columns[4]) == _norm(general[4])
+

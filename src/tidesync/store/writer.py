@@ -471,7 +471,7 @@ class WriteTransaction:
         else:
             bulk.append(BulkCreates(len(self.ops), 1, stamp, [], [ref], [wire]))
         self.bulk_refs.add(ref)
-        self.touched[ref] = (collection, key)
+        (self.touched if self._touched_columns else self._touched)[ref] = (collection, key)  # no property call
 
     def add_columns(self, c: ColumnUpdate) -> None:
         """Record a uniform bulk update kept as columns (its rows are written already)."""

@@ -1361,12 +1361,13 @@ class Database(ReplicaStore):
             return False
         width, n_items = len(names), len(items)
         # The chunk's rows read as columns: one result row of group_concat()s (no statement step,
-        # column call and tuple per document). The separator char(30) never occurs in a pk, meta
+        # column call and tuple per document). The separator \x1e never occurs in a pk, meta
         # or value's JSON text (JSON escapes control characters); the joined pks, checked below,
-        # prove that every column lists the items' documents in the items' order.
-        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), char(30))""" for n in names])
-        agg = ("SELECT count(*), group_concat(d.pk, char(30)), min(d.live), group_concat(d.epoch, char(30)), "
-               "group_concat(d.meta, char(30)), group_concat(d.rowid), "
+        # prove that every column lists the items' documents in the items' order. It is a
+        # literal in the statement: char(30) there is called again for every row and column.
+        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), '\x1e')""" for n in names])
+        agg = ("SELECT count(*), group_concat(d.pk, '\x1e'), min(d.live), group_concat(d.epoch, '\x1e'), "
+               "group_concat(d.meta, '\x1e'), group_concat(d.rowid), "
                f"""sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{{"*":"'){olds_sql} FROM """)
         got: tuple[Any, ...] | None = None
         if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
@@ -1552,8 +1553,9 @@ class Database(ReplicaStore):
                 g.append(row)  # type: ignore[attr-defined]
         for ns, group in groups.items():
             body = ", ".join([f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns])
-            overlay = """ || '","' || """.join([f"""'{n}":"1' || ?""" for n in ns])
-            appended = f"""substr(meta, 1, 41) || ',"r":{{"' || {overlay} || '"}}}}'"""
+            # one literal between parameters: SQLite does not fold a concatenation of literals
+            overlay = " || ? || ".join([f"""'{',"r":{' if i == 0 else '",'}"{n}":"1'""" for i, n in enumerate(ns)])
+            appended = f"""substr(meta, 1, 41) || {overlay} || ? || '"}}}}'"""
             # seq (an int, the same for every row) is in the statement's text: a parameter bound
             # per row costs more than a statement prepared once per commit; so does the meta built
             # here when no row needs one (``other_metas`` false: the rows bind no meta at all).

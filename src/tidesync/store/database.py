@@ -45,7 +45,7 @@ from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPSERT_DOCUMENT
+from .tables import FORMAT_VERSION, MIGRATIONS, UPSERT_DOCUMENT
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -123,6 +123,11 @@ def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
     r = m.get("r")
     m["r"] = {**r, **keys} if isinstance(r, dict) else dict(keys)
     return _dumps(m)
+
+
+#: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
+_INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+               "VALUES (?, ?, ?, ?, '', 1, ?, ?)")
 
 
 def _sql_text(text: str) -> str:
@@ -1656,7 +1661,7 @@ class Database(ReplicaStore):
         else:
             meta_text = f'{{"*":"{stamp}"}}'
         try:
-            self._engine.run(INSERT_DOCUMENT, (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
+            self._engine.run(_INSERT_NEW, (name, ref[1], _dumps(plain), meta_text, txn.bulk_seq, scope))
         except StorageError as exc:
             if exc.code == "constraint":  # it exists: the general path raises or merges
                 return None

@@ -142,3 +142,23 @@ def test_listeners_see_the_created_objects(tmp_path):
             changes = q.get(timeout=WAIT)
         assert changes.insertions == (0, 1, 2)
         token.remove()
+
+
+@pytest.mark.parametrize("partition", ["p1", "it's \"p\"\x1e"])
+def test_a_partitioned_lean_chunk_writes_the_general_paths_rows(tmp_path, monkeypatch, partition):
+    # The lean chunk puts the collection, seq and scope in its statement's text: the same rows.
+    from tidesync.store import database as database_module
+
+    def rows(path):
+        with tidesync.open(path, schema=[Ticket]) as db:
+            db._set_partition("_partition", partition)
+            with db.write():
+                db.create_many(Ticket, [{"_id": f"t{i}", "text": f"x'{i}"} for i in range(50)])
+            used = db._bulk_builders.get("Ticket") is not None
+            return used, db._engine.query("SELECT collection, pk, body, epoch, live, seq, scope, "
+                                          "typeof(seq), typeof(scope) FROM documents ORDER BY pk")
+    lean = rows(tmp_path / "lean.db")
+    monkeypatch.setattr(database_module, "_make_bulk_builder", lambda cls, obj: None)
+    general = rows(tmp_path / "general.db")
+    assert lean[0] and not general[0]
+    assert lean[1] == general[1] and len(lean[1]) == 50 and lean[1][0][6] is not None

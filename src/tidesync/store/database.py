@@ -45,9 +45,7 @@ from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import (
-    FORMAT_VERSION, INSERT_DOCUMENT, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPSERT_DOCUMENT,
-)
+from .tables import FORMAT_VERSION, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPSERT_DOCUMENT
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -125,6 +123,16 @@ def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
     r = m.get("r")
     m["r"] = {**r, **keys} if isinstance(r, dict) else dict(keys)
     return _dumps(m)
+
+
+#: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
+_INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
+               "VALUES (?, ?, ?, ?, '', 1, ?, ?)")
+
+
+def _sql_text(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 def _wall_ms() -> int:
@@ -826,7 +834,7 @@ class Database(ReplicaStore):
         txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,
                                      seq))
-        txn.touched.update(zip(refs, zip(repeat(collection), keys)))
+        txn.touch_columns(collection, refs, keys)
 
     def _commit_ops(self, txn: WriteTransaction, meta: dict[str, Any] | None) -> int:
         first = Stamp(txn.first_stamp)
@@ -840,12 +848,12 @@ class Database(ReplicaStore):
             wire = t.to_wire(txn.op_wire)
             if columns:
                 wire["before"] = txn.before_wires()
-            seq = self._append_log(t, touches=tuple(txn.touched.values()),
+            seq = self._append_log(t, touches=txn.touches(),
                                    data=pack_transaction(wire, txn.bulk), op_count=txn.op_count)
             if txn.bulk_seq and seq != txn.bulk_seq:  # never expected: only this transaction appends to the log
                 self._engine.execute("UPDATE documents SET seq = ? WHERE seq = ?", (seq, txn.bulk_seq))
         else:
-            seq = self._append_log(t, touches=tuple(txn.touched.values()), known=txn.op_wire)
+            seq = self._append_log(t, touches=txn.touches(), known=txn.op_wire)
         self._write_docs(txn.docs.values(), seq)
         if txn.pending:
             self._write_pending(list(txn.pending.values()), seq)
@@ -1395,12 +1403,13 @@ class Database(ReplicaStore):
             return False
         width, n_items = len(names), len(items)
         # The chunk's rows read as columns: one result row of group_concat()s (no statement step,
-        # column call and tuple per document). The separator char(30) never occurs in a pk, meta
+        # column call and tuple per document). The separator \x1e never occurs in a pk, meta
         # or value's JSON text (JSON escapes control characters); the joined pks, checked below,
-        # prove that every column lists the items' documents in the items' order.
-        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), char(30))""" for n in names])
-        agg = ("SELECT count(*), group_concat(d.pk, char(30)), min(d.live), group_concat(d.epoch, char(30)), "
-               "group_concat(d.meta, char(30)), group_concat(d.rowid), "
+        # prove that every column lists the items' documents in the items' order. It is a
+        # literal in the statement: char(30) there is called again for every row and column.
+        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), '\x1e')""" for n in names])
+        agg = ("SELECT count(*), group_concat(d.pk, '\x1e'), min(d.live), group_concat(d.epoch, '\x1e'), "
+               "group_concat(d.meta, '\x1e'), group_concat(d.rowid), "
                f"""sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{{"*":"'){olds_sql} FROM """)
         got: tuple[Any, ...] | None = None
         if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
@@ -1539,7 +1548,7 @@ class Database(ReplicaStore):
         txn.add_bulk(BulkCreates(0, count, stamps[0], [packed], [], items=n_packed), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
                                      stamps, values, seq, decoded_at))
-        txn.touched.update(zip(crefs, zip(repeat(collection), keys)))
+        txn.touch_columns(collection, crefs, keys)
         if self._cache:
             self._cache.clear()
         return True
@@ -1586,8 +1595,9 @@ class Database(ReplicaStore):
                 g.append(row)  # type: ignore[attr-defined]
         for ns, group in groups.items():
             body = ", ".join([f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns])
-            overlay = """ || '","' || """.join([f"""'{n}":"1' || ?""" for n in ns])
-            appended = f"""substr(meta, 1, 41) || ',"r":{{"' || {overlay} || '"}}}}'"""
+            # one literal between parameters: SQLite does not fold a concatenation of literals
+            overlay = " || ? || ".join([f"""'{',"r":{' if i == 0 else '",'}"{n}":"1'""" for i, n in enumerate(ns)])
+            appended = f"""substr(meta, 1, 41) || {overlay} || ? || '"}}}}'"""
             # seq (an int, the same for every row) is in the statement's text: a parameter bound
             # per row costs more than a statement prepared once per commit; so does the meta built
             # here when no row needs one (``other_metas`` false: the rows bind no meta at all).
@@ -1683,7 +1693,7 @@ class Database(ReplicaStore):
         else:
             meta_text = f'{{"*":"{stamp}"}}'
         try:
-            self._engine.run(INSERT_DOCUMENT, (name, ref[1], _dumps(plain), meta_text, "", 1, txn.bulk_seq, scope))
+            self._engine.run(_INSERT_NEW, (name, ref[1], _dumps(plain), meta_text, txn.bulk_seq, scope))
         except StorageError as exc:
             if exc.code == "constraint":  # it exists: the general path raises or merges
                 return None
@@ -1735,11 +1745,15 @@ class Database(ReplicaStore):
         if docs and any(ref in docs for ref in refs):
             return False
         dumps = _dumps
-        rows = [(name, pk, dumps(plain), dumps({"*": stamp, "*d": dflt}) if dflt else f'{{"*":"{stamp}"}}', "", 1,
-                 seq, scope) for pk, (plain, dflt), stamp in zip(pks, built, stamps)]
+        rows = [(pk, dumps(plain), dumps({"*": stamp, "*d": dflt}) if dflt else f'{{"*":"{stamp}"}}')
+                for pk, (plain, dflt), stamp in zip(pks, built, stamps)]
+        # INSERT_DOCUMENT with what every row shares in the statement's text: a parameter bound
+        # per row costs more than a statement prepared once per chunk.
+        insert = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES "
+                  f"({_sql_text(name)}, ?, ?, ?, '', 1, {int(seq)}, {'NULL' if scope is None else _sql_text(scope)})")
         try:
             with self._engine.atomic():
-                self._engine.executemany(INSERT_DOCUMENT, rows)
+                self._engine.executemany(insert, rows)
         except StorageError as exc:
             if exc.code == "constraint":  # a document exists: the general path raises or merges
                 return False

@@ -371,8 +371,11 @@ class WriteTransaction:
         self.read_ahead: dict[tuple[str, str], list[Any]] = {}
         self.ops: list[Op] = []
         self.conflicts: list[merge.Conflict] = []
-        #: The documents the operations change, in first-change order (the descriptor's touches).
-        self.touched: dict[Ref, tuple[str, Plain]] = {}
+        self._touched: dict[Ref, tuple[str, Plain]] = {}
+        # Uniform bulk updates' documents not entered in ``_touched`` yet, in order: (collection,
+        # refs, keys) of each. Held only while ``_touched`` is empty (nothing else touched a
+        # document); reading ``touched`` enters them, see touches().
+        self._touched_columns: list[tuple[str, list[Ref], list[Plain]]] = []
         self._flat: dict[int, tuple[ObjectSchema, bool]] = {}  # id(schema) -> (schema, no containers)
         # Inside savepoint(): the documents loaded since it began, and a copy of every other
         # document's state taken before the savepoint first changed it.
@@ -394,6 +397,45 @@ class WriteTransaction:
         self._reordered = False
 
     @property
+    def touched(self) -> dict[Ref, tuple[str, Plain]]:
+        """The documents the operations change, in first-change order (the descriptor's
+        touches): ref -> (collection, key)."""
+        if self._touched_columns:
+            touched = self._touched
+            for collection, refs, keys in self._touched_columns:
+                touched.update(zip(refs, zip(repeat(collection), keys)))
+            self._touched_columns = []
+        return self._touched
+
+    @touched.setter
+    def touched(self, value: dict[Ref, tuple[str, Plain]]) -> None:
+        # Only a savepoint's rollback sets it: the savepoint entered every held bulk update
+        # when it began (it read ``touched``), so those held now came after and are undone.
+        self._touched, self._touched_columns = value, []
+
+    def touch_columns(self, collection: str, refs: list[Ref], keys: list[Plain]) -> None:
+        """Record that a uniform bulk update (just added with :meth:`add_columns`) touches the
+        documents ``refs`` (plain keys ``keys``), none of them touched before in this
+        transaction. Without other touches, they are held as columns until read."""
+        if self._touched:
+            self._touched.update(zip(refs, zip(repeat(collection), keys)))
+        else:
+            self._touched_columns.append((collection, refs, keys))
+
+    def touches(self) -> tuple[tuple[str, Plain], ...]:
+        """The descriptor's touches: ``touched``'s (collection, key) pairs in order. Only bulk
+        updates kept as columns, each document in one of them (none expanded, their refs all
+        distinct): the pairs made from the columns, without entering them in ``touched``."""
+        held = self._touched_columns
+        if held and not self._touched and len(held) == len(self.columns) and not any(
+                c.expanded for c in self.columns) and len(self.column_refs) == sum(len(h[1]) for h in held):
+            out: list[tuple[str, Plain]] = []
+            for collection, _, keys in held:
+                out.extend(zip(repeat(collection), keys))
+            return tuple(out)
+        return tuple(self.touched.values())
+
+    @property
     def has_ops(self) -> bool:
         """True when the transaction changed anything (it then commits a log entry)."""
         return bool(self.ops or self.bulk)
@@ -413,8 +455,9 @@ class WriteTransaction:
         """Record documents created in bulk (``keys``: their plain keys, as ``b.refs``)."""
         b.at = len(self.ops)
         self.bulk.append(b)
-        self.bulk_refs.update(b.refs)
-        self.touched.update(zip(b.refs, zip(repeat(collection), keys)))
+        if b.refs:  # none for a bulk update's set-columns record: touch_columns records those
+            self.bulk_refs.update(b.refs)
+            self.touched.update(zip(b.refs, zip(repeat(collection), keys)))
 
     def add_created(self, ref: Ref, key: Plain, collection: str, stamp: str, wire: list[Any]) -> None:
         """Record one document created as in bulk (``db.create``'s lean path); ``wire``: its
@@ -428,7 +471,7 @@ class WriteTransaction:
         else:
             bulk.append(BulkCreates(len(self.ops), 1, stamp, [], [ref], [wire]))
         self.bulk_refs.add(ref)
-        self.touched[ref] = (collection, key)
+        (self.touched if self._touched_columns else self._touched)[ref] = (collection, key)  # no property call
 
     def add_columns(self, c: ColumnUpdate) -> None:
         """Record a uniform bulk update kept as columns (its rows are written already)."""

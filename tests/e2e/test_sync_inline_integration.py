@@ -128,4 +128,7 @@ def test_the_uploaders_ack_leaves_from_the_receive_hook_after_the_others_are_wok
             b.close()
     assert finished, "no small upload was answered from the receive hook"
     assert all(rest == [] and payloads == [] and parked for rest, payloads, parked in finished)
-    assert order[:2] == ["woken", "answered"]
+    # Each answer follows its own wake-up. (Not only the first pair: the first upload may be
+    # integrated in a worker thread, woken without an answer from the hook, when the file's
+    # first commits were slow.)
+    assert all(i > 0 and order[i - 1] == "woken" for i, step in enumerate(order) if step == "answered"), order

@@ -43,6 +43,20 @@ def _state(db, meta=False):
     return rows, states, log, desc
 
 
+def _outcome(db, revert, schema, meta=False):
+    """What a scenario left, for comparing paths: the history, the state before and after
+    reverting ``revert`` (a transaction id, or an index into the history) with what the revert
+    did, and the documents a peer gets from the log (``export_transactions``/``integrate``)."""
+    entries = db.history(20)
+    before = _state(db, meta=meta)
+    revert = db.revert(entries[revert].id if isinstance(revert, int) else revert)
+    after = _state(db, meta=meta)
+    with tidesync.open(str(db.path) + ".peer.db", schema=schema) as peer:
+        peer.integrate(db.export_transactions())
+        docs = peer._engine.query("SELECT collection, pk, body, live FROM documents ORDER BY collection, pk")
+    return before, after, entries, revert, docs
+
+
 def _before_sorted(state):
     """``state`` with each log entry's before-images sorted: their order may differ from the
     general path's, which lists them in the order it loaded the documents (items that change

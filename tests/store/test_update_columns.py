@@ -10,7 +10,7 @@ import pytest
 import tidesync
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
-from tests.store.test_update_bulk import _before_sorted, _general, _state
+from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _state
 
 N = 5000  # more than one chunk of 4,096
 
@@ -50,15 +50,7 @@ def _scenario(db, meta):
                            update="all")
         db.get(BulkNote, "n00020").flag = True
     assert db.get(BulkNote, "n00001").extra == "kept" and db.get(BulkNote, "n00200").extra != "gone"
-    entries = db.history(10)
-    before = _state(db, meta=meta)
-    revert = db.revert(big.id)
-    after = _state(db, meta=meta)
-    peer_path = str(db.path) + ".peer.db"
-    with tidesync.open(peer_path, schema=[BulkNote]) as peer:
-        peer.integrate(db.export_transactions())
-        docs = peer._engine.query("SELECT collection, pk, body, live FROM documents ORDER BY collection, pk")
-    return before, after, entries, revert, docs
+    return _outcome(db, big.id, [BulkNote], meta=meta)
 
 
 def _run(path, mode, monkeypatch, meta=False):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import tidesync
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _norm
-from tests.store.test_update_bulk import _before_sorted, _general, _state
+from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _state
 
 N = 300
 
@@ -37,14 +37,7 @@ def _scenario(db):
                                   for n, k in enumerate(keys[::-1][:200])], update="modified")
     with db.write():
         db.create_many(BulkNote, [{"_id": k, "priority": n % 3} for n, k in enumerate(keys)], update="all")
-    entries = db.history(10)
-    before = _state(db)
-    revert = db.revert(entries[2].id)
-    after = _state(db)
-    peer_path = str(db.path) + ".peer.db"
-    with tidesync.open(peer_path, schema=[BulkNote]) as peer:
-        peer.integrate(db.export_transactions())
-        docs = peer._engine.query("SELECT collection, pk, body, live FROM documents ORDER BY collection, pk")
+    before, after, entries, revert, docs = _outcome(db, 2, [BulkNote])
     return _before_sorted(before), _before_sorted(after), entries, revert, docs
 
 

@@ -14,7 +14,7 @@ import tidesync
 from tidesync.core.transaction import Transaction
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
-from tests.store.test_update_bulk import _before_sorted, _state
+from tests.store.test_update_bulk import _before_sorted, _outcome, _state
 from tests.store.test_update_columns import _ids
 
 N = 1500
@@ -69,15 +69,7 @@ def _scenario(db, meta):
             by_id["n00030"].priority = 4
             raise RuntimeError
     assert by_id["n00030"].priority == (30 * 7) % 5
-    entries = db.history(20)
-    before = _state(db, meta=meta)
-    revert = db.revert(big.id)
-    after = _state(db, meta=meta)
-    peer_path = str(db.path) + ".peer.db"
-    with tidesync.open(peer_path, schema=[BulkNote, OtherNote]) as peer:
-        peer.integrate(db.export_transactions())
-        docs = peer._engine.query("SELECT collection, pk, body, live FROM documents ORDER BY collection, pk")
-    return before, after, entries, revert, docs
+    return _outcome(db, big.id, [BulkNote, OtherNote], meta=meta)
 
 
 def _run(path, mode, monkeypatch, meta=False):

@@ -15,7 +15,7 @@ from tidesync.store import database as database_module
 from tidesync.store import writer
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _norm
-from tests.store.test_update_bulk import _before_sorted, _general, _state
+from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _state
 
 N = 200
 
@@ -53,14 +53,7 @@ def _scenario(db):
             obj.priority = i % 5  # a loop committed as columns
     for (data,) in db._engine.query("SELECT data FROM descriptors"):  # as packb packs the map it holds
         assert msgpack.packb(msgpack.unpackb(data, raw=False), use_bin_type=True) == data
-    entries = db.history(20)
-    before = _state(db)
-    revert = db.revert(entries[4].id)
-    after = _state(db)
-    peer_path = str(db.path) + ".peer.db"
-    with tidesync.open(peer_path, schema=[BulkNote]) as peer:
-        peer.integrate(db.export_transactions())
-        docs = peer._engine.query("SELECT collection, pk, body, live FROM documents ORDER BY collection, pk")
+    before, after, entries, revert, docs = _outcome(db, 4, [BulkNote])
     return _before_sorted(before), _before_sorted(after), entries, revert, docs
 
 

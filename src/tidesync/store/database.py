@@ -553,12 +553,7 @@ class Database(ReplicaStore):
             with self._engine.atomic():
                 # The write lock is held from here: bodies cached before another connection's
                 # commit must not be read in the block (_refresh skips this check inside it).
-                dv = self._engine.data_version()
-                if dv != self._seen_data_version:
-                    if self._seen_data_version != -1:
-                        self._generation += 1
-                    self._seen_data_version = dv
-                    self._cache.clear()
+                self._catch_up_with_file()
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))
@@ -1958,6 +1953,12 @@ class Database(ReplicaStore):
         if now - self._checked_at < 0.002:
             return
         self._checked_at = now
+        self._catch_up_with_file()
+
+    def _catch_up_with_file(self) -> None:
+        """If another connection committed since this one last looked (``PRAGMA data_version``),
+        drop the cached bodies and count a new generation (what listeners compare their
+        snapshots against)."""
         dv = self._engine.data_version()
         if dv != self._seen_data_version:
             if self._seen_data_version != -1:

@@ -43,7 +43,10 @@ ALL = ("write", "write_indexed", "build", "query", "open", "iterate")
 
 def run_case(case: str, args: dict[str, Any], timeout: float = CASE_TIMEOUT) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "bench.local", case, json.dumps(args)]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.dirname(HERE),
+    # This checkout's src first: run from another checkout (a worktree of an older commit, to
+    # compare), the cases must measure its tidesync, not the one the virtual environment has.
+    root = os.path.dirname(HERE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [os.path.join(root, "src"), root,
                                                                      os.environ.get("PYTHONPATH")])))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=os.path.dirname(HERE))
     if proc.returncode != 0:

@@ -56,7 +56,8 @@ from .paths import (LIST_KINDS, TAGGED_KINDS, Step, backlink_sources, check_leaf
 from .semantics import MISSING, TAGGED_TYPES, compare_numbers, family, fold_text, number_key, unaccent_sql
 from .to_predicate import leaf_test
 
-__all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression", "SQL_FUNCTIONS", "UNACCENT"]
+__all__ = ["compile_sql", "compile_order", "compile_distinct", "index_expression", "sql_text", "SQL_FUNCTIONS",
+           "UNACCENT"]
 
 #: The SQL function ``[d]`` compiles to: :func:`~tidesync.query.semantics.fold_diacritics` of a
 #: text (NULL otherwise). Register every entry of :data:`SQL_FUNCTIONS` on a connection that
@@ -84,8 +85,8 @@ _BUDGET: Final = 96
 _FAMILY_TAG: Final = {"date": "$date", "oid": "$oid", "uuid": "$uuid", "binary": "$binary"}
 
 
-def _text(value: str) -> str:
-    """A SQL string literal."""
+def sql_text(value: str) -> str:
+    """``value`` as an SQL string literal (``a'b`` becomes ``'a''b'``)."""
     return "'" + value.replace("'", "''") + "'"
 
 
@@ -113,10 +114,10 @@ class _JPath:
 
     def sql(self) -> str:
         if self.prefix is None:
-            return _text("$" + self.suffix)
+            return sql_text("$" + self.suffix)
         if not self.suffix:
             return self.prefix
-        return f"{self.prefix} || {_text(self.suffix)}"
+        return f"{self.prefix} || {sql_text(self.suffix)}"
 
 
 def _extract(base: str, path: _JPath) -> str:
@@ -405,10 +406,10 @@ class _Compiler:
         tagged value) among the named. The names are tidesync's own, so they are written as
         literals."""
         names, negate = type_test(node)
-        listed = ", ".join(_text(n) for n in sorted(names))
+        listed = ", ".join(sql_text(n) for n in sorted(names))
 
         def leaf(base: str, path: _JPath, kind: str | None) -> str:
-            tags = " ".join(f"WHEN json_type({base}, {path.tag(tag).sql()}) IS NOT NULL THEN {_text(name)}"
+            tags = " ".join(f"WHEN json_type({base}, {path.tag(tag).sql()}) IS NOT NULL THEN {sql_text(name)}"
                             for tag, name in TAGGED_TYPES)
             name = (f"CASE json_type({base}, {path.sql()}) WHEN 'object' THEN CASE {tags} ELSE 'dictionary' END "
                     f"WHEN 'true' THEN 'bool' WHEN 'false' THEN 'bool' WHEN 'integer' THEN 'int' "
@@ -464,7 +465,7 @@ class _Compiler:
         if kind in (None, "float"):
             specials = [s for s in ("inf", "-inf", "nan") if compare_numbers(float(s), op, number)]
             if specials:
-                listed = ", ".join(_text(s) for s in specials)
+                listed = ", ".join(sql_text(s) for s in specials)
                 parts.append(f"{_extract(base, path.tag('$float'))} IN ({listed})")
         if kind in (None, "decimal"):
             text = _extract(base, path.tag("$decimal"))
@@ -661,7 +662,7 @@ class _Compiler:
             assert step.target is not None
             link = self.alias("l")
             rest = self.scalar(f"{link}.body", _JPath(), steps, i + 1, purpose, inline)
-            return (f"(SELECT {rest} FROM documents AS {link} WHERE {link}.collection = {_text(step.target)} "
+            return (f"(SELECT {rest} FROM documents AS {link} WHERE {link}.collection = {sql_text(step.target)} "
                     f"AND {link}.live = 1 AND {link}.pk = ({base} -> {child.sql()}))")
         return self.scalar(base, child, steps, i + 1, purpose, inline)
 

@@ -1370,14 +1370,15 @@ class FlexibleSession:
         ``complete``: the router routed that state with these queries in its index, so a
         query without a verdict is one whose equality condition the state does not meet
         (the index did not reach it): no match, without testing it."""
+        if verdicts is not None and complete:
+            # Every query that could match was tested by the router: its verdicts decide.
+            return any(map(verdicts.get, self.keys_by_coll.get(collection, ())))
         for sub in self.by_coll.get(collection, ()):
             if verdicts is not None:
                 known = verdicts.get(sub.key)
                 if known is not None:
                     if known:
                         return True
-                    continue
-                if complete:
                     continue
             try:
                 if sub.predicate(body):
@@ -1967,14 +1968,7 @@ class FlexibleSession:
             return STAY
         if not live or body is None:
             return LEAVE if held else SKIP
-        if verdicts is not None and complete:
-            # The router tested every query of this session that could match this state
-            # (see matches_subs): its verdicts decide, no query is tested here.
-            matched = any(map(verdicts.get, self.keys_by_coll.get(ref[0], ())))
-        else:
-            matched = self.matches_subs(ref[0], body, verdicts, complete)
-        if matched and self.rules is not None:
-            matched = self.readable(ref[0], body)
+        matched = self.matches(ref[0], body, verdicts, complete)
         if held:
             return STAY if matched else LEAVE
         return ENTER if matched else SKIP

@@ -40,6 +40,7 @@ from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, StorageError, UsageError, ValidationError,
 )
+from ..query.to_sql import sql_text
 from .checkpointer import Checkpointer
 from .engine import Engine, default_mmap_size, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
@@ -128,11 +129,6 @@ def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
 _INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                "VALUES (?, ?, ?, ?, '', 1, ?, ?)")
-
-
-def _sql_text(text: str) -> str:
-    """``text`` as an SQL string literal."""
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _wall_ms() -> int:
@@ -424,10 +420,9 @@ class Database(ReplicaStore):
                 if f.indexed and not f.primary_key:
                     expr = index_expression(obj.name, f.name, self.schema)
                     name = Engine.quote_identifier(f"ix_{obj.name}_{f.name}")
-                    coll = obj.name.replace("'", "''")
                     self._engine.execute(
                         f"CREATE INDEX IF NOT EXISTS {name} ON documents (collection, {expr}) "
-                        f"WHERE collection = '{coll}' AND live = 1")
+                        f"WHERE collection = {sql_text(obj.name)} AND live = 1")
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -619,10 +614,10 @@ class Database(ReplicaStore):
         if p is None or name not in p.before_json:
             ahead = txn.read_ahead.get((collection, name))
             row = ahead[0].pop(ref[1], None) if ahead is not None else None
-            if row is not None:  # read ahead (what _fast_row answers first, without its call)
+            if row is not None:  # read ahead by an earlier assignment
                 ahead[2] += 1  # type: ignore[index]
             else:
-                row = self._fast_row(txn, collection, ref[1], name)
+                row = self._read_ahead(txn, collection, ref[1], name)
             if row is None or not row[2]:
                 raise InvalidatedObjectError(f"this {collection} object was deleted")
             _, epoch, _, meta, old, rowid = row
@@ -645,9 +640,11 @@ class Database(ReplicaStore):
         txn.unstamped += (p, name, plain)  # flat: no tuple kept per assignment for the collector
         return True
 
-    def _fast_row(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
-        """The row facts the fast path needs for field ``name`` of a document: ``(pk, epoch,
-        live, meta, old value as JSON, rowid)``, or None when the file does not hold it.
+    def _read_ahead(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
+        """The row facts the fast path needs for field ``name`` of a document that was not read
+        ahead (``txn.read_ahead[(collection, name)]``, which the caller, ``_fast_assign``, looks
+        in first): ``(pk, epoch, live, meta, old value as JSON, rowid)``, or None when the file
+        does not hold it.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -658,10 +655,6 @@ class Database(ReplicaStore):
         if ahead is None:
             ahead = txn.read_ahead[(collection, name)] = [{}, 1, 0]
         cached: dict[str, tuple[Any, ...]] = ahead[0]
-        row = cached.pop(pk, None)
-        if row is not None:
-            ahead[2] += 1
-            return row
         size, used = ahead[1], ahead[2]
         # Grow while at least half of the last batch was used, else start over from one row.
         size = min(_READ_AHEAD, size * 4) if used * 2 >= size else 1
@@ -1745,7 +1738,7 @@ class Database(ReplicaStore):
         # INSERT_DOCUMENT with what every row shares in the statement's text: a parameter bound
         # per row costs more than a statement prepared once per chunk.
         insert = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) VALUES "
-                  f"({_sql_text(name)}, ?, ?, ?, '', 1, {int(seq)}, {'NULL' if scope is None else _sql_text(scope)})")
+                  f"({sql_text(name)}, ?, ?, ?, '', 1, {int(seq)}, {'NULL' if scope is None else sql_text(scope)})")
         try:
             with self._engine.atomic():
                 self._engine.executemany(insert, rows)

@@ -731,12 +731,12 @@ class ReplicaStore:
                                       "ORDER BY collection LIMIT 1", [want, after])
         return rows[0][0] if rows else None
 
-    def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int,
-                       columns: str = "rowid, collection, pk, body, meta, epoch, live") -> list[Row]:
-        """Up to ``limit`` rows ``(rowid, collection, pk, body, meta, epoch, live)`` (or other
-        ``columns``) after ``cursor``: by rowid (the table's own order) for everything; in a
-        partition scope by collection, then rowid, which the ``(scope, collection)`` index
-        gives in order (by rowid alone, every page would read and sort the whole scope)."""
+    def _snapshot_rows(self, want: str | None, cursor: object | None, limit: int) -> list[Row]:
+        """Up to ``limit`` rows ``(rowid, collection, pk, body, meta, epoch, live)`` after
+        ``cursor``: by rowid (the table's own order) for everything; in a partition scope by
+        collection, then rowid, which the ``(scope, collection)`` index gives in order (by rowid
+        alone, every page would read and sort the whole scope)."""
+        columns = "rowid, collection, pk, body, meta, epoch, live"
         query = self._engine.query
         if want is None:
             after = cursor if isinstance(cursor, int) else 0

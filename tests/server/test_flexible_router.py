@@ -15,38 +15,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidesync.core.clock import HybridClock
 from tidesync.core.operations import CreateDoc, SetValue
 from tidesync.core.stamp import ZERO, ReplicaId
 from tidesync.core.transaction import Transaction
 from tidesync.protocol.messages import SubscriptionQuery
 from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set, read_full
 from tidesync.store.database import Database
+from tests.helpers.remote_writer import COLL, RemoteWriter
 
-COLL = "Task"
-
-
-class Writer:
-    """Writes documents into a schema-less backend as a device's uploads would."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.rid = ReplicaId(secrets.token_hex(8))
-        self.clock = HybridClock(self.rid, lambda: time.time_ns() // 1_000_000)
-        self.parents: tuple[Any, ...] = ()
-
-    def _commit(self, ops: tuple[Any, ...]) -> int:
-        s = ops[0].stamp
-        txn = Transaction(s, self.rid, s, self.parents, ops)
-        self.parents = (txn.id,)
-        self.db.integrate([txn])
-        return self.db.head_seq()
-
-    def create(self, key: str, body: dict[str, Any]) -> int:
-        return self._commit((CreateDoc(COLL, key, self.clock.now(), ZERO, {"_id": key, **body}, {}),))
-
-    def set(self, key: str, field: str, value: Any) -> int:
-        return self._commit((SetValue(COLL, key, self.clock.now(), ZERO, (field,), (), value),))
 
 
 def session(router: Router, queries: list[str]) -> FlexibleSession:
@@ -65,7 +41,7 @@ def test_routes_to_matching_queries_and_holders_only(tmp_path: Path) -> None:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         owner = session(router, ['owner == "u1"'])
         urgent = session(router, ['team == "g1" AND status == "urgent"'])
         holder = session(router, ['team == "g1" AND status == "urgent"'])
@@ -90,7 +66,7 @@ def test_watched_documents_are_routed_until_released(tmp_path: Path) -> None:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         s = session(router, ['status == "urgent"'])
         w.create("t1", {"status": "urgent"})
         router.catch_up()
@@ -117,7 +93,7 @@ def test_each_query_is_tested_only_where_its_condition_can_hold(tmp_path: Path) 
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         s = session(router, ['owner == "u1"', 'team == "g1" AND status == "urgent"', "n > 5"])
         other = session(router, ['owner == "u2"'])
         by_team = w.create("t1", {"owner": "u2", "team": "g1", "status": "urgent", "n": 0})
@@ -146,7 +122,7 @@ def test_entering_states_come_from_the_router_as_of_the_last_routed_entry(tmp_pa
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         session(router, ['owner == "u1"'])
         w.create("t1", {"owner": "u1", "n": 1})
         router.catch_up()
@@ -174,7 +150,7 @@ def test_the_routers_states_stay_within_their_byte_limit(tmp_path: Path, monkeyp
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         session(router, ['owner == "u1"'])
         for i in range(4):
             w.create(f"t{i}", {"owner": "u1", "blob": "x" * 400})
@@ -211,7 +187,7 @@ def test_documents_enter_and_leave_a_view_inline_without_a_backend_read(tmp_path
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         s = reading_session(router, db, ['owner == "u1"'])
         entered = w.create("t1", {"owner": "u1", "n": 1})
         w.create("t2", {"owner": "u2", "n": 1})
@@ -257,7 +233,7 @@ def test_sessions_sharing_a_query_are_matched_with_one_test_of_it(tmp_path: Path
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         team = 'team == "g1" AND status == "urgent"'
         calls = {"n": 0}
         members = [session(router, [team]) for _ in range(3)]
@@ -432,7 +408,7 @@ def test_bootstrap_indexes_values_and_lists_through_a_value_column_and_old_files
     for old_kind in ("it", "ia"):
         db = Database(tmp_path / f"sync-{old_kind}.db", (), partition_key="_partition")
         try:
-            w = Writer(db)
+            w = RemoteWriter(db)
             w.create("t1", {"owner": "u1"})
             w.create("t2", {"owner": ["u2", "u1"]})      # a list: its elements count
             w.create("t3", {"owner": "u2"})
@@ -488,7 +464,7 @@ def test_the_bootstrap_through_value_columns_finds_what_the_queries_match(
     path = tmp_path_factory.mktemp("boot")
     db = Database(path / "sync.db", (), partition_key="_partition")
     try:
-        w = Writer(db)
+        w = RemoteWriter(db)
         router = Router(db, ViewStore(path / "flexible.db"))
         for i, v in enumerate(created):
             w.create(f"t{i}", {"owner": v} if v is not None else {})
@@ -513,7 +489,7 @@ def test_an_advance_due_while_a_round_is_on_its_way_is_made_by_that_round(tmp_pa
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         w.create("t0", {"owner": "u0"})
         router.catch_up()
         busy = session(router, ['owner == "u1"'])
@@ -569,7 +545,7 @@ def test_the_router_routes_what_an_integration_hands_over_without_decoding_it(tm
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
         assert db.on_logged == router._hand
-        w = Writer(db)
+        w = RemoteWriter(db)
         owner = session(router, ['owner == "u1"'])
         # An upload as the server receives it: decoded from the wire.
         s = w.clock.now()
@@ -611,7 +587,7 @@ def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
-        w = Writer(db)
+        w = RemoteWriter(db)
         s = reading_session(router, db, ['region == "r1"', 'owner == "u1"'])
         calls: list[str] = []
 
@@ -676,7 +652,7 @@ def test_the_router_takes_the_states_an_integration_wrote_while_nothing_else_wro
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
         assert db.on_written == router._hand_rows
-        w = Writer(db)
+        w = RemoteWriter(db)
         owner = session(router, ['owner == "u1"'])
         reads: list[set[Any]] = []
         real = flexible.read_states
@@ -744,10 +720,10 @@ def test_a_flexible_upload_learns_which_documents_existed_from_the_batchs_one_re
 
     state = ServerState(ServerConfig(data_dir=tmp_path / "server", port=0))
     try:
-        w = Writer(state.backend)
+        w = RemoteWriter(state.backend)
         w.create("t1", {"owner": "u1"})
         w.create("t2", {"owner": "u1"})
-        w._commit((DeleteDoc(COLL, "t2", w.clock.now(), ZERO),))   # a tombstone: it existed
+        w.commit(DeleteDoc(COLL, "t2", w.clock.now(), ZERO))   # a tombstone: it existed
         flex = FlexibleSession.__new__(FlexibleSession)
         flex.config = FlexibleConfig(accept_writes_outside_subscriptions=True)
         seen: list[Any] = []

@@ -8,6 +8,8 @@ state a second database reaches through ``export_transactions()`` / ``integrate(
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -269,8 +271,23 @@ def test_two_connections_writing_one_file_through_the_fast_paths(tmp_path):
         assert len(ids) == len(set(ids)) == 1 + sum(commits)
         assert len(db.objects(BulkNote)) == POOL + 2 * 4 * 40
         with tidesync.open(tmp_path / "peer.db", schema=[BulkNote]) as peer:
-            peer.integrate(db.export_transactions(), peer=db.replica_id)
+            _take(db, peer)
             assert _documents(peer) == _documents(db)
+
+
+@contextmanager
+def _replicas(tmp_path: Any, model: type) -> Iterator[tuple[Database, Database, Database]]:
+    """Three replicas a, b and c of ``model``'s documents, each in its own file."""
+    with tidesync.open(tmp_path / "a.db", schema=[model]) as a, \
+            tidesync.open(tmp_path / "b.db", schema=[model]) as b, \
+            tidesync.open(tmp_path / "c.db", schema=[model]) as c:
+        yield a, b, c
+
+
+def _take(source: Database, *targets: Database) -> None:
+    """Each of ``targets`` integrates ``source``'s log, as from a peer."""
+    for target in targets:
+        target.integrate(source.export_transactions(), peer=source.replica_id)
 
 
 def test_overwriting_a_default_is_no_conflict_whatever_form_the_merge_metadata_has(tmp_path):
@@ -278,17 +295,14 @@ def test_overwriting_a_default_is_no_conflict_whatever_form_the_merge_metadata_h
     overwrite (the expanded metadata's key of a default is a ``"0"`` key): a document whose
     metadata is still the compact form of its create must not record one either, even when
     the create's log entry is gone (trimmed) and its ancestry cannot be read."""
-    with tidesync.open(tmp_path / "a.db", schema=[MixNote]) as a, \
-            tidesync.open(tmp_path / "b.db", schema=[MixNote]) as b, \
-            tidesync.open(tmp_path / "c.db", schema=[MixNote]) as c:
+    with _replicas(tmp_path, MixNote) as (a, b, c):
         with a.write():
             a.create(MixNote, _id="compact", title="x")      # rank (and the containers) from defaults
             a.create(MixNote, _id="expanded", title="x")
         with a.write():
             a.get(MixNote, "expanded").tags.append("t")      # a list write: the metadata is expanded
         create = a.history(2)[1].id
-        for peer in (b, c):
-            peer.integrate(a.export_transactions(), peer=a.replica_id)
+        _take(a, b, c)
         assert "*" in b.document_state("MixNote", "compact").meta
         assert "*" not in b.document_state("MixNote", "expanded").meta
         # What log_keep does to an old entry: the log drops it, its descriptor stays.
@@ -296,45 +310,39 @@ def test_overwriting_a_default_is_no_conflict_whatever_form_the_merge_metadata_h
         with c.write():
             for pk in ("compact", "expanded"):
                 c.get(MixNote, pk).rank = 3
-        b.integrate(c.export_transactions(), peer=c.replica_id)
+        _take(c, b)
         assert b.get(MixNote, "compact").rank == b.get(MixNote, "expanded").rank == 3
         assert b.conflicts() == []
 
 
 def test_a_causally_later_write_is_no_conflict_after_the_overwritten_entry_was_trimmed(tmp_path):
-    with tidesync.open(tmp_path / "a.db", schema=[BulkNote]) as a, \
-            tidesync.open(tmp_path / "b.db", schema=[BulkNote]) as b, \
-            tidesync.open(tmp_path / "c.db", schema=[BulkNote]) as c:
+    with _replicas(tmp_path, BulkNote) as (a, b, c):
         with a.write():
             a.create(BulkNote, _id="x", title="first")
         create = a.history(1)[0].id
-        for peer in (b, c):
-            peer.integrate(a.export_transactions(), peer=a.replica_id)
+        _take(a, b, c)
         b._engine.execute("DELETE FROM log WHERE id = ?", (create,))  # as log_keep trims it
         with c.write():
             c.get(BulkNote, "x").title = "later"  # c has seen the create: a later edit
-        b.integrate(c.export_transactions(), peer=c.replica_id)
+        _take(c, b)
         assert b.get(BulkNote, "x").title == "later"
         assert b.conflicts() == []
 
 
 def test_a_concurrent_write_is_still_a_conflict_after_the_overwritten_entry_was_trimmed(tmp_path):
     """The descriptor a trimmed entry leaves answers the ancestry: c never saw a's edit."""
-    with tidesync.open(tmp_path / "a.db", schema=[BulkNote]) as a, \
-            tidesync.open(tmp_path / "b.db", schema=[BulkNote]) as b, \
-            tidesync.open(tmp_path / "c.db", schema=[BulkNote]) as c:
+    with _replicas(tmp_path, BulkNote) as (a, b, c):
         with a.write():
             a.create(BulkNote, _id="x", title="first")
-        for peer in (b, c):
-            peer.integrate(a.export_transactions(), peer=a.replica_id)
+        _take(a, b, c)
         with a.write():
             a.get(BulkNote, "x").title = "by a"
         edit = a.history(1)[0].id
-        b.integrate(a.export_transactions(), peer=a.replica_id)
+        _take(a, b)
         b._engine.execute("DELETE FROM log WHERE id = ?", (edit,))  # as log_keep trims it
         with c.write():
             c.get(BulkNote, "x").title = "by c"  # later, without having seen a's edit
-        b.integrate(c.export_transactions(), peer=c.replica_id)
+        _take(c, b)
         assert b.get(BulkNote, "x").title == "by c"
         assert [(x["winner"], x["loser"]) for x in b.conflicts()] == [("by c", "by a")]
 

@@ -23,6 +23,20 @@ def _general(monkeypatch):
     monkeypatch.setattr(Database, "_update_plan", lambda self, cls, obj: None)
 
 
+def _record_uniform(monkeypatch):
+    """A list that gets what each call of ``Database._update_uniform`` (the uniform chunk's
+    columns path) returns: True when it did the chunk."""
+    taken: list[bool] = []
+    uniform = Database._update_uniform
+
+    def recorded(self, *a):
+        done = uniform(self, *a)
+        taken.append(done)
+        return done
+    monkeypatch.setattr(Database, "_update_uniform", recorded)
+    return taken
+
+
 def _state(db, meta=False):
     """Rows, merge states, log entries (as transactions) and descriptors; the rows' meta text only with ``meta`` (the
     general path writes a document's meta whole, the fast path keeps the overlay form)."""
@@ -264,11 +278,10 @@ def test_random_batches_match_the_general_path(tmp_path_factory, batches):
 
 
 def _uniform_run(path, lean, monkeypatch):
-    taken = []
     if lean:
-        uniform = Database._update_uniform
-        monkeypatch.setattr(Database, "_update_uniform", lambda self, *a: taken.append(uniform(self, *a)) or taken[-1])
+        taken = _record_uniform(monkeypatch)
     else:
+        taken = []
         _general(monkeypatch)
     with tidesync.open(path, schema=[BulkNote]) as db:
         with db.write():

@@ -7,9 +7,8 @@ as the general path, and with the columns read as asked."""
 from __future__ import annotations
 
 import tidesync
-from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _norm
-from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _state
+from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _record_uniform, _state
 
 N = 300
 
@@ -42,14 +41,7 @@ def _scenario(db):
 
 
 def test_columns_read_gives_the_general_paths_documents_log_revert_and_peer(tmp_path, monkeypatch):
-    used = []
-    uniform = Database._update_uniform
-
-    def counted(self, *a):
-        done = uniform(self, *a)
-        used.append(done)
-        return done
-    monkeypatch.setattr(Database, "_update_uniform", counted)
+    used = _record_uniform(monkeypatch)
     with tidesync.open(tmp_path / "c.db", schema=[BulkNote]) as db:
         columns = _scenario(db)
     assert used == [True, True, True]

@@ -13,9 +13,8 @@ import tidesync
 from tidesync.errors import ValidationError
 from tidesync.store import database as database_module
 from tidesync.store import writer
-from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _norm
-from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _state
+from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _record_uniform, _state
 
 N = 200
 
@@ -73,14 +72,7 @@ def test_held_touches_give_the_general_paths_descriptors_and_documents(tmp_path,
     # chunks held; two calls: the second call's savepoint entered the first's (it reads
     # ``touched``), and its own went in after them; with other changes: entered; the loop: held.
     assert held[1:7] == [(4, 0), (2, 0), (0, N), (0, N // 2 + 2), (0, 1 + len(range(5, N, 3))), (1, 0)]
-    uniform = []
-    original = Database._update_uniform
-
-    def spied(self, *a):
-        done = original(self, *a)
-        uniform.append(done)
-        return done
-    monkeypatch.setattr(Database, "_update_uniform", spied)
+    uniform = _record_uniform(monkeypatch)
     monkeypatch.setattr(writer.WriteTransaction, "touches", touches)
     _general(monkeypatch)
     with tidesync.open(tmp_path / "g.db", schema=[BulkNote]) as db:

@@ -7,54 +7,18 @@ held (their scope column kept or moved as the upsert did)."""
 
 from __future__ import annotations
 
-import secrets
-import time
 from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tidesync.core.clock import HybridClock
-from tidesync.core.operations import CreateDoc, DeleteDoc, SetValue, Unset
-from tidesync.core.stamp import ZERO, ReplicaId
+from tidesync.core.operations import DeleteDoc, Unset
+from tidesync.core.stamp import ZERO
 from tidesync.core.transaction import Transaction
 from tidesync.store.database import Database
+from tests.helpers.remote_writer import COLL, RemoteWriter
 
-COLL = "Task"
-
-
-class Writer:
-    """Integrates transactions of one replica, as a device's uploads reach the server."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-        self.rid = ReplicaId(secrets.token_hex(8))
-        self.clock = HybridClock(self.rid, lambda: time.time_ns() // 1_000_000)
-        self.parents: tuple[Any, ...] = ()
-
-    def commit(self, *ops: Any) -> Transaction:
-        s = ops[0].stamp
-        txn = Transaction(s, self.rid, s, self.parents, ops)
-        self.parents = (txn.id,)
-        self.db.integrate([txn])
-        return txn
-
-    def batch(self, ops_per_txn: list[list[Any]]) -> None:
-        """Several transactions in one integration (one upload batch)."""
-        txns = []
-        for ops in ops_per_txn:
-            s = ops[0].stamp
-            t = Transaction(s, self.rid, s, self.parents, tuple(ops))
-            self.parents = (t.id,)
-            txns.append(t)
-        self.db.integrate(txns)
-
-    def create(self, key: str, body: dict[str, Any]) -> CreateDoc:
-        return CreateDoc(COLL, key, self.clock.now(), ZERO, {"_id": key, **body}, {})
-
-    def set(self, key: str, field: str, value: Any) -> SetValue:
-        return SetValue(COLL, key, self.clock.now(), ZERO, (field,), (), value)
 
 
 def stale(db: Database) -> list[tuple[Any, ...]]:
@@ -75,8 +39,8 @@ def by_value(db: Database, field: str, value: Any) -> set[str]:
 def test_every_write_keeps_the_columns_right(tmp_path: Path) -> None:
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
-        w = Writer(db)
-        w.commit(w.create("a", {"owner": "u1", "team": "g1"}), w.create("b", {"owner": ["u1", "u2"]}))
+        w = RemoteWriter(db)
+        w.commit(w.created("a", {"owner": "u1", "team": "g1"}), w.created("b", {"owner": ["u1", "u2"]}))
         # Added to a file with documents: filled from their bodies, indexed.
         assert db.add_value_column("owner") and db.add_value_column("team")
         assert db.value_fields == ("owner", "team")
@@ -86,25 +50,25 @@ def test_every_write_keeps_the_columns_right(tmp_path: Path) -> None:
         assert any("documents_v_owner" in str(r) for r in plan)
         # Integration: new documents (one row and a batch of many), a changed value, an
         # unchanged one, odd kinds of values, an unset, a delete and a re-creation.
-        w.commit(w.create("c", {"owner": "u3", "n": 1}))
-        w.batch([[w.create(f"m{i}", {"owner": f"u{i % 3}", "team": i})] for i in range(70)])
-        w.batch([[w.set(f"m{i}", "n", i)] for i in range(70)]
-                + [[w.set(f"m{i}", "owner", "moved")] for i in range(0, 70, 7)])
+        w.commit(w.created("c", {"owner": "u3", "n": 1}))
+        w.batch([[w.created(f"m{i}", {"owner": f"u{i % 3}", "team": i})] for i in range(70)])
+        w.batch([[w.updated(f"m{i}", "n", i)] for i in range(70)]
+                + [[w.updated(f"m{i}", "owner", "moved")] for i in range(0, 70, 7)])
         assert not stale(db)
         assert by_value(db, "owner", "moved") == {f'"m{i}"' for i in range(0, 70, 7)}
         for value in (3, 2.5, True, None, {"k": "v"}, ["x"], "u9"):
-            w.commit(w.set("a", "owner", value))
+            w.commit(w.updated("a", "owner", value))
             assert not stale(db), value
-        w.commit(w.set("c", "n", 2))
+        w.commit(w.updated("c", "n", 2))
         assert by_value(db, "owner", "u3") == {'"c"'}
         w.commit(Unset(COLL, "c", w.clock.now(), ZERO, ("owner",), ()))
         assert not stale(db) and by_value(db, "owner", "u3") == set()
         w.commit(DeleteDoc(COLL, "b", w.clock.now(), ZERO))
         assert not stale(db)
-        w.commit(w.create("b2", {"owner": "u7"}))
+        w.commit(w.created("b2", {"owner": "u7"}))
         assert not stale(db) and by_value(db, "owner", "u7") == {'"b2"'}
         # The server's own (local) writes: a revert, an assignment.
-        t = w.commit(w.create("r", {"owner": "reverted-away"}))
+        t = w.commit(w.created("r", {"owner": "reverted-away"}))
         assert db.revert(t.id).restored
         assert not stale(db) and by_value(db, "owner", "reverted-away") == set()
         with db.write():
@@ -119,7 +83,7 @@ def test_every_write_keeps_the_columns_right(tmp_path: Path) -> None:
         # Compaction, a copy, a reopened file: the columns, their indexes and triggers stay.
         db.compact()
         db.write_copy(tmp_path / "copy.db")
-        w.commit(w.set("a", "owner", "after-compact"))
+        w.commit(w.updated("a", "owner", "after-compact"))
         assert not stale(db) and by_value(db, "owner", "after-compact") == {'"a"'}
     finally:
         db.close()
@@ -127,7 +91,7 @@ def test_every_write_keeps_the_columns_right(tmp_path: Path) -> None:
         again = Database(path, (), partition_key="_partition")
         try:
             assert again.value_fields == ("owner", "team")
-            Writer(again).commit(Writer(again).create("new", {"owner": "u8"}))
+            RemoteWriter(again).commit(RemoteWriter(again).created("new", {"owner": "u8"}))
             db2 = again
             db2._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'u6') WHERE pk = '\"c\"'")
             assert not stale(again) and by_value(again, "owner", "u8") == {'"new"'}
@@ -140,7 +104,7 @@ def test_a_file_without_the_triggers_gets_them_back_at_open(tmp_path: Path) -> N
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
     try:
         assert db.add_value_column("owner")
-        Writer(db).commit(Writer(db).create("a", {"owner": "u1"}))
+        RemoteWriter(db).commit(RemoteWriter(db).created("a", {"owner": "u1"}))
         db._engine.execute("DROP TRIGGER documents_values_update")   # (a copy made without it)
     finally:
         db.close()
@@ -177,17 +141,17 @@ def test_random_batches_keep_the_columns_right(tmp_path_factory: Any, batches: l
     db = Database(tmp_path_factory.mktemp("v") / "sync.db", (), partition_key="_partition")
     try:
         assert db.add_value_column("owner")
-        w = Writer(db)
+        w = RemoteWriter(db)
         for batch in batches:
             txns: list[list[Any]] = []
             for k, kind, value in batch:
                 key = f"d{k}"
                 if kind == "create":
-                    op: Any = w.create(key, {"owner": value})
+                    op: Any = w.created(key, {"owner": value})
                 elif kind == "set":
-                    op = w.set(key, "owner", value)
+                    op = w.updated(key, "owner", value)
                 elif kind == "n":
-                    op = w.set(key, "n", value)
+                    op = w.updated(key, "n", value)
                 elif kind == "unset":
                     op = Unset(COLL, key, w.clock.now(), ZERO, ("owner",), ())
                 else:
@@ -210,18 +174,15 @@ def test_rows_the_file_held_are_updated_with_their_scope_kept_or_moved(tmp_path:
     for preload in (False, True):
         db = Database(tmp_path / f"scope-{preload}.db", (), partition_key="_partition")
         try:
-            w = Writer(db)
-            w.batch([[w.create("a", {"_partition": "p1", "n": 0})], [w.create("b", {"_partition": "p1", "n": 0})],
-                     [w.create("c", {"n": 0})], [w.create("d", {"_partition": "p2"})]])
+            w = RemoteWriter(db)
+            w.batch([[w.created("a", {"_partition": "p1", "n": 0})], [w.created("b", {"_partition": "p1", "n": 0})],
+                     [w.created("c", {"n": 0})], [w.created("d", {"_partition": "p2"})]])
             assert _scopes(db) == {'"a"': ('"p1"', 1), '"b"': ('"p1"', 1), '"c"': ("null", 1), '"d"': ('"p2"', 1)}
             txns: list[Transaction] = []
-            for ops in ([w.set("a", "n", 1)], [w.set("b", "_partition", "p3")], [w.set("c", "n", 1)],
-                        [DeleteDoc(COLL, "d", w.clock.now(), ZERO)], [w.create("e", {"_partition": "p1"})],
-                        [w.set("c", "_partition", "p4")]):
-                s = ops[0].stamp
-                t = Transaction(s, w.rid, s, w.parents, tuple(ops))
-                w.parents = (t.id,)
-                txns.append(t)
+            for ops in ([w.updated("a", "n", 1)], [w.updated("b", "_partition", "p3")], [w.updated("c", "n", 1)],
+                        [DeleteDoc(COLL, "d", w.clock.now(), ZERO)], [w.created("e", {"_partition": "p1"})],
+                        [w.updated("c", "_partition", "p4")]):
+                txns.append(w.transaction(ops))
             pre = db.preload(txns) if preload else None
             db.integrate(txns, preloaded=pre)
             assert _scopes(db) == {'"a"': ('"p1"', 1), '"b"': ('"p3"', 1), '"c"': ('"p4"', 1), '"d"': ('"p2"', 0),

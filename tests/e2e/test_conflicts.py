@@ -237,6 +237,24 @@ def test_the_server_records_no_conflict_for_an_edit_by_a_device_that_bootstrappe
                 db.close()
 
 
+def _overwrite_while_offline(server, a, c, pk):
+    """a writes the document while c is offline; c, offline, writes it later (its stamp wins);
+    both sync. Returns the server's conflict records as (winner, loser)."""
+    a.sync_session.wait_for_download_completion(timeout=T)
+    c.sync_session.pause()
+    with a.write():
+        a.get(WorkOrder, pk).title = "a again, c offline"
+    a.sync_session.wait_for_upload_completion(timeout=T)
+    with c.write():
+        c.get(WorkOrder, pk).title = "c, offline"
+    c.sync_session.resume()
+    c.sync_session.wait_for_upload_completion(timeout=T)
+    for db in (a, c):
+        db.sync_session.wait_for_download_completion(timeout=T)
+        assert db.get(WorkOrder, pk).title == "c, offline"
+    return [(x["winner"], x["loser"]) for x in server.app.state.tidesync.backend.conflicts()]
+
+
 def test_an_edit_concurrent_with_a_write_after_the_snapshot_is_still_a_conflict(tmp_path):
     """What the snapshot showed c is in its edit's past; a's later write, made while c was
     offline, is not: overwriting it is listed."""
@@ -244,19 +262,7 @@ def test_an_edit_concurrent_with_a_write_after_the_snapshot_is_still_a_conflict(
         a, b, c = _edit_after_a_snapshot(server, tmp_path)
         try:
             pk = c.objects(WorkOrder).first()._id
-            a.sync_session.wait_for_download_completion(timeout=T)
-            c.sync_session.pause()
-            with a.write():
-                a.get(WorkOrder, pk).title = "a again, c offline"
-            a.sync_session.wait_for_upload_completion(timeout=T)
-            with c.write():
-                c.get(WorkOrder, pk).title = "c, offline"          # the later stamp: wins
-            c.sync_session.resume()
-            c.sync_session.wait_for_upload_completion(timeout=T)
-            c.sync_session.wait_for_download_completion(timeout=T)
-            assert c.get(WorkOrder, pk).title == "c, offline"
-            conflicts = server.app.state.tidesync.backend.conflicts()
-            assert [(x["winner"], x["loser"]) for x in conflicts] == [("c, offline", "a again, c offline")]
+            assert _overwrite_while_offline(server, a, c, pk) == [("c, offline", "a again, c offline")]
         finally:
             for db in (a, b, c):
                 db.close()
@@ -300,18 +306,7 @@ def test_an_edit_of_an_entered_document_concurrent_with_a_later_write_is_still_a
     with running_server(tmp_path / "server") as server:
         a, c, pk = _flexible_edit_of_an_entered_document(server, tmp_path)
         try:
-            c.sync_session.pause()
-            with a.write():
-                a.get(WorkOrder, pk).title = "a again, c offline"
-            a.sync_session.wait_for_upload_completion(timeout=T)
-            with c.write():
-                c.get(WorkOrder, pk).title = "c, offline"          # the later stamp: wins
-            c.sync_session.resume()
-            c.sync_session.wait_for_upload_completion(timeout=T)
-            a.sync_session.wait_for_download_completion(timeout=T)
-            assert a.get(WorkOrder, pk).title == "c, offline"
-            conflicts = server.app.state.tidesync.backend.conflicts()
-            assert [(x["winner"], x["loser"]) for x in conflicts] == [("c, offline", "a again, c offline")]
+            assert _overwrite_while_offline(server, a, c, pk) == [("c, offline", "a again, c offline")]
         finally:
             a.close()
             c.close()

@@ -174,3 +174,23 @@ def test_latest_stamp_is_the_latest_stamp_integrated(seed: int, n: int) -> None:
                 and not isinstance(op, DeleteDoc)]
         if state.live and last:
             assert latest >= min(op.stamp for op in last)
+
+
+@LAWS
+@given(seed=seeds, n=replica_counts)
+def test_stamps_of_a_state_are_stamps_of_writes_it_integrated(seed: int, n: int) -> None:
+    # What a replica that joins the state claims to have seen (docs/sync.md): only real writes,
+    # and per origin at most the latest of that origin's writes to the document.
+    from tidesync.core.merge import latest_stamp, stamps_of
+    from tidesync.core.stamp import latest_by_origin
+
+    ops = simulate(seed, n, steps=30).ops
+    for ref, state in apply_ops(ops, None).items():
+        mine = {op.stamp for op in ops if canonical_json(op.key) == ref}
+        found = stamps_of(state)
+        assert set(found) <= mine
+        assert max(found, default="") == latest_stamp(state)
+        by_origin: dict[str, str] = {}
+        latest_by_origin(found, by_origin)
+        for origin, stamp in by_origin.items():
+            assert stamp == max(s for s in found if s[18:] == origin)

@@ -225,10 +225,9 @@ def test_a_device_bootstrapped_from_a_snapshot_records_no_conflict_for_a_later_e
                 db.close()
 
 
-@pytest.mark.xfail(strict=True, reason="a device that bootstrapped from a snapshot writes transactions "
-                   "whose parents do not name what the snapshot held (the snapshot carries no heads), so "
-                   "the server cannot tell its later edit from a concurrent one and lists a conflict")
 def test_the_server_records_no_conflict_for_an_edit_by_a_device_that_bootstrapped_from_a_snapshot(tmp_path):
+    """c takes, with the snapshot, the latest stamp of each origin its documents hold as a
+    "seen" parent, so its edit names a's as its causal past (it was listed as a conflict)."""
     with running_server(tmp_path / "server") as server:
         dbs = _edit_after_a_snapshot(server, tmp_path)
         try:
@@ -236,3 +235,78 @@ def test_the_server_records_no_conflict_for_an_edit_by_a_device_that_bootstrappe
         finally:
             for db in dbs:
                 db.close()
+
+
+def _overwrite_while_offline(server, a, c, pk):
+    """a writes the document while c is offline; c, offline, writes it later (its stamp wins);
+    both sync. Returns the server's conflict records as (winner, loser)."""
+    a.sync_session.wait_for_download_completion(timeout=T)
+    c.sync_session.pause()
+    with a.write():
+        a.get(WorkOrder, pk).title = "a again, c offline"
+    a.sync_session.wait_for_upload_completion(timeout=T)
+    with c.write():
+        c.get(WorkOrder, pk).title = "c, offline"
+    c.sync_session.resume()
+    c.sync_session.wait_for_upload_completion(timeout=T)
+    for db in (a, c):
+        db.sync_session.wait_for_download_completion(timeout=T)
+        assert db.get(WorkOrder, pk).title == "c, offline"
+    return [(x["winner"], x["loser"]) for x in server.app.state.tidesync.backend.conflicts()]
+
+
+def test_an_edit_concurrent_with_a_write_after_the_snapshot_is_still_a_conflict(tmp_path):
+    """What the snapshot showed c is in its edit's past; a's later write, made while c was
+    offline, is not: overwriting it is listed."""
+    with running_server(tmp_path / "server") as server:
+        a, b, c = _edit_after_a_snapshot(server, tmp_path)
+        try:
+            pk = c.objects(WorkOrder).first()._id
+            assert _overwrite_while_offline(server, a, c, pk) == [("c, offline", "a again, c offline")]
+        finally:
+            for db in (a, b, c):
+                db.close()
+
+
+def _flexible_edit_of_an_entered_document(server, tmp_path):
+    """a writes a document twice; flexible device c subscribes, gets it entering its view (a
+    state, not a's transactions), and edits it."""
+    from tests.helpers.flexible import Device
+
+    a = synced_db(tmp_path / "a.db", server.url, [WorkOrder], partition=None)
+    with a.write():
+        wo = a.create(WorkOrder, title="start", status="open")
+    with a.write():
+        a.get(WorkOrder, wo._id).title = "edited by a"
+    a.sync_session.wait_for_upload_completion(timeout=T)
+    c = Device(server.url, tmp_path, "c", [WorkOrder]).db
+    with c.subscriptions.update() as subs:
+        subs.add(c.objects(WorkOrder).filter("status == 'open'"))
+    c.subscriptions.wait_for_synchronization(timeout=T)
+    assert c.get(WorkOrder, wo._id).title == "edited by a"
+    return a, c, wo._id
+
+
+def test_the_server_records_no_conflict_for_an_edit_of_a_document_that_entered_a_flexible_view(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        a, c, pk = _flexible_edit_of_an_entered_document(server, tmp_path)
+        try:
+            with c.write():
+                c.get(WorkOrder, pk).title = "later by c"
+            c.sync_session.wait_for_upload_completion(timeout=T)
+            a.sync_session.wait_for_download_completion(timeout=T)
+            assert a.get(WorkOrder, pk).title == "later by c"
+            assert server.app.state.tidesync.backend.conflicts() == []
+        finally:
+            a.close()
+            c.close()
+
+
+def test_an_edit_of_an_entered_document_concurrent_with_a_later_write_is_still_a_conflict(tmp_path):
+    with running_server(tmp_path / "server") as server:
+        a, c, pk = _flexible_edit_of_an_entered_document(server, tmp_path)
+        try:
+            assert _overwrite_while_offline(server, a, c, pk) == [("c, offline", "a again, c offline")]
+        finally:
+            a.close()
+            c.close()

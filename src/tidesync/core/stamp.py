@@ -11,11 +11,12 @@ logical counter, 16 hex digits of replica id.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple, NewType
 
 __all__ = ["Stamp", "ReplicaId", "ZERO", "make_stamp", "parse_stamp", "StampParts",
-           "is_stamp", "is_replica_id", "are_compact_metas", "STAMP_LENGTH", "stamp_run", "stamp_after"]
+           "is_stamp", "is_replica_id", "are_compact_metas", "STAMP_LENGTH", "stamp_run", "stamp_after",
+           "latest_by_origin"]
 
 Stamp = NewType("Stamp", str)
 ReplicaId = NewType("ReplicaId", str)
@@ -83,6 +84,22 @@ def stamp_run(first: Stamp, n: int) -> list[Stamp]:
         out.extend([f"{head}{c:06x}{replica}" for c in range(counter + 1, counter + 1 + take)])  # type: ignore[misc]
         counter += take
     return out
+
+
+def latest_by_origin(stamps: Iterable[str], into: dict[str, str]) -> None:
+    """Keep in ``into`` (origin -> stamp) the latest of ``stamps`` of each origin (replica)."""
+    stamps = list(stamps)
+    origins = {s[18:] for s in stamps}
+    if len(origins) == 1:  # the common case (one writer's documents): no loop in Python
+        [origin] = origins
+        best = max(stamps)
+        if best > into.get(origin, ZERO):
+            into[origin] = best
+        return
+    for s in stamps:
+        origin = s[18:]
+        if s > into.get(origin, ZERO):
+            into[origin] = s
 
 
 def is_stamp(value: object) -> bool:

@@ -2477,7 +2477,7 @@ class Database(ReplicaStore):
             seen.add(tid)
             budget -= 1
             if tid[18:] == origin and tid >= target:
-                return True
+                return True  # also a "seen" stamp (a parent that is no transaction's id)
             found = self._engine.query("SELECT data FROM descriptors WHERE id = ?", (tid,))
             if found:
                 todo.extend(msgpack.unpackb(found[0][0], raw=False).get("parents", []))

@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ..core import merge
-from ..core.stamp import ZERO, ReplicaId, Stamp, is_stamp
+from ..core.stamp import ZERO, ReplicaId, Stamp, are_compact_metas, is_stamp, latest_by_origin
 from ..core.transaction import Descriptor, Transaction
 from ..core.values import canonical_json, loads_json
 from ..errors import StorageError, UsageError
@@ -214,6 +214,43 @@ class _LogCache:
             if r.seq not in self._rows:
                 self._rows[r.seq] = r
                 self._bytes += r.size
+
+
+#: The most "seen" stamps (one per origin) a replica keeps among its heads: the latest ones.
+MAX_SEEN_ORIGINS = 256
+
+
+def _seen_in(docs: Sequence[SnapshotDoc]) -> dict[str, str]:
+    """The latest stamp of each origin (replica) among the writes ``docs`` hold: what a
+    replica that joins them has seen of each origin's writes."""
+    seen: dict[str, str] = {}
+    epochs: Sequence[str]
+    metas: Sequence[str]
+    if type(docs) is DocColumns:
+        epochs, metas = docs.epochs, docs.metas
+    else:
+        epochs, metas = [], []
+        for doc in docs:
+            form = doc.json_form
+            if form is not None:
+                epochs.append(form[0])
+                metas.append(form[3])
+            else:
+                state = doc.state
+                latest_by_origin(merge.stamps_of(merge.DocState(
+                    epoch=state["epoch"], live=bool(state["live"]), body=state["body"], meta=state["meta"])), seen)
+    received = type(docs) is DocColumns and docs.parsed is not None  # its metas checked compact
+    if received or are_compact_metas(metas):  # fresh documents' metas, {"*":"<stamp>"}
+        if len({m[24:40] for m in metas}) == 1:  # one origin: its latest without a loop
+            latest_by_origin((max(metas)[6:40],), seen)
+        else:
+            latest_by_origin([m[6:40] for m in metas], seen)
+        latest_by_origin([e for e in epochs if e and is_stamp(e)], seen)
+    else:
+        for epoch, meta in zip(epochs, metas):
+            latest_by_origin(merge.stamps_of(merge.DocState(epoch=Stamp(epoch), live=True, body={},
+                                                            meta=json.loads(meta))), seen)
+    return seen
 
 
 def _latest_of(states: Sequence[tuple[str, Ref, merge.DocState]]) -> Stamp:
@@ -792,6 +829,7 @@ class ReplicaStore:
         # and JSON allowed in transit (duplicate keys, spacing) must not reach them.
         verbatim = not self.bootstrap_with_snapshot
         engine = self._engine
+        seen = _seen_in(docs)
         with self._lock:
             self._check_open()
             background = getattr(self, "_checkpoint_in_background", None) if unsynced else None
@@ -885,12 +923,42 @@ class ReplicaStore:
                     self._engine.execute(
                         "INSERT INTO checkpoints (peer, received) VALUES (?, ?) ON CONFLICT(peer) "
                         "DO UPDATE SET received = excluded.received", (peer, as_of_seq))
+                if seen:
+                    self._take_seen(seen)
             self._after_remote(changed > 0)
         if checkpointer is not None:
             checkpointer.request()
         if unsynced and as_of_seq is not None:
             engine.sync_wal()
         return SnapshotResult(changed, unchanged)
+
+    def _take_seen(self, seen: dict[str, str]) -> None:
+        """Add to the heads what joined documents showed of each origin's writes (``seen``,
+        origin -> its latest stamp among them), so that this replica's next transactions name
+        them as parents: a parent that is not a transaction id stands for its origin's writes
+        up to that stamp (what ``Database._is_ancestor`` reads). Not this replica's own, nor
+        one that a head of the same origin already reaches; an older such "seen" head of the
+        same origin is replaced; at most :data:`MAX_SEEN_ORIGINS` are kept, the latest."""
+        seen.pop(str(getattr(self, "replica_id", "")), None)
+        if not seen:
+            return
+        held: dict[str, str] = {}
+        pseudo: dict[str, list[str]] = {}
+        for head, known in self._engine.query(
+                "SELECT h.id, d.id IS NOT NULL FROM heads h LEFT JOIN descriptors d ON d.id = h.id"):
+            latest_by_origin((head,), held)
+            if not known:
+                pseudo.setdefault(head[18:], []).append(head)
+        new = [stamp for origin, stamp in seen.items() if stamp > held.get(origin, ZERO)]
+        if not new:
+            return
+        gone = [(old,) for stamp in new for old in pseudo.pop(stamp[18:], ())]
+        kept = sorted([old for olds in pseudo.values() for old in olds] + new, reverse=True)
+        gone += [(old,) for old in kept[MAX_SEEN_ORIGINS:]]
+        if gone:
+            self._engine.executemany("DELETE FROM heads WHERE id = ?", gone)
+        self._engine.executemany("INSERT OR IGNORE INTO heads (id) VALUES (?)",
+                                 [(stamp,) for stamp in kept[:MAX_SEEN_ORIGINS] if stamp in new])
 
     def _store_columns(self, docs: DocColumns, peer: ReplicaId) -> int | None:
         """Store a page of documents none of which is held here, in their received text, column

@@ -13,7 +13,7 @@ placeholders), :mod:`.sequence` (lists), :mod:`.collections` (sets, dictionaries
 :mod:`.counters`, :mod:`.policies`, :mod:`.conflicts`, :mod:`.join`, :mod:`.canonical`.
 """
 
-from .canonical import canonical_meta, canonical_state, latest_stamp
+from .canonical import canonical_meta, canonical_state, latest_stamp, stamps_of
 from .conflicts import Conflict
 from .create import compact_key, overlay_write
 from .document import container_kind, epochs, integrate, integrate_all, list_element_ids, list_positions
@@ -41,6 +41,7 @@ __all__ = [
     "canonical_meta",
     "canonical_state",
     "latest_stamp",
+    "stamps_of",
     "compact_key",
     "overlay_write",
 ]

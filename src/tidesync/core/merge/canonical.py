@@ -19,7 +19,7 @@ from ..values import canonical_json
 from .create import expand
 from .state import DocState, Node
 
-__all__ = ["canonical_meta", "canonical_state", "latest_stamp"]
+__all__ = ["canonical_meta", "canonical_state", "latest_stamp", "stamps_of"]
 
 
 def canonical_meta(state: DocState) -> str:
@@ -39,6 +39,12 @@ def canonical_state(state: DocState) -> dict[str, Any]:
 
 def latest_stamp(state: DocState) -> Stamp:
     """The latest stamp of any write the state holds (``ZERO`` for a new state)."""
+    return Stamp(max(stamps_of(state), default=ZERO))
+
+
+def stamps_of(state: DocState) -> list[str]:
+    """The stamps of the writes the state holds (its epoch and every stamp of its meta), in
+    no particular order, possibly repeated; ``ZERO`` and anything not a stamp left out."""
     found: list[str] = [state.epoch]
     meta = state.meta
     if "*" in meta:
@@ -46,8 +52,7 @@ def latest_stamp(state: DocState) -> Stamp:
         found.extend(_key(k) for k in (meta.get("r") or {}).values())
     else:
         _object(meta, found)
-    best = max(s for s in found if not s or is_stamp(s))
-    return Stamp(best)
+    return [s for s in found if s and is_stamp(s)]
 
 
 def _key(key: str) -> str:

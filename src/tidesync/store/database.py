@@ -322,6 +322,11 @@ class Database(ReplicaStore):
         #: flexible router routes them without reading and decoding them again. Set by it.
         self.on_logged: Callable[[list[tuple[int, Transaction]]], None] | None = None
         self._handed_txns: list[tuple[int, Transaction]] | None = None
+        # The lowest and highest transaction id held of each origin (descriptors), as of log
+        # seq ``_origin_ids_seq``; brought up to date from the log (see _origin_range).
+        self._origin_ids: dict[str, list[str]] | None = None
+        self._origin_ids_seq = 0
+        self._origin_ids_mark: str | None = None  # the id of the entry at that seq
         #: Called after each commit of :meth:`integrate` with the document rows it wrote
         #: (``UPSERT_DOCUMENT``'s parameters: collection, pk, body, meta, epoch, live, seq,
         #: scope), each with its body as a dict (the caller's from then on), and the file's version (:meth:`Engine.total_changes`,
@@ -2452,6 +2457,44 @@ class Database(ReplicaStore):
             return []
         return [merge.Conflict(op.collection, op.key, (name,), "lww", new_value, op.stamp, old_value, Stamp(old_stamp))]
 
+    def _origin_range(self, origin: str) -> list[str] | None:
+        """[lowest, highest] id of the transactions of ``origin`` this file holds a descriptor
+        of, or None (none). Descriptors have no index by origin, so a look-up by origin would
+        scan them back from the stamp, all of them when the origin wrote nothing here. So this
+        is kept in memory: read whole once, when first needed (one pass over the descriptors,
+        against one per look-up), then brought up to date from the log entries
+        appended since (each descriptor written comes with one). Read whole again when that
+        cannot be trusted: entries trimmed from the log before they were seen here, or the
+        last entry seen no longer there (its transaction rolled back). Called inside an
+        integration's transaction."""
+        engine = self._engine
+        ids, seq, mark = self._origin_ids, self._origin_ids_seq, self._origin_ids_mark
+        if ids is not None:
+            [(head, first, at)] = engine.query(
+                "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'log'), (SELECT min(seq) FROM log), "
+                "(SELECT seq FROM descriptors WHERE id = ?)", (mark,))
+            head = head or 0
+            if mark is not None and at != seq:
+                ids = None
+            elif head > seq:
+                if first is None or first > seq + 1:
+                    ids = None
+                else:
+                    for o, low, high in engine.query(
+                            "SELECT origin, min(id), max(id) FROM log WHERE seq > ? GROUP BY origin", (seq,)):
+                        have = ids.get(o)
+                        ids[o] = [low, high] if have is None else [min(have[0], low), max(have[1], high)]
+                    seq = head
+                    mark = engine.query("SELECT id FROM log WHERE seq = ?", (head,))[0][0]
+        if ids is None:
+            ids = {o: [low, high] for o, low, high in engine.query(
+                "SELECT origin, min(id), max(id) FROM descriptors GROUP BY origin")}
+            [(seq, mark)] = engine.query(
+                "SELECT coalesce(seq, 0), (SELECT id FROM log WHERE log.seq = sqlite_sequence.seq) "
+                "FROM (SELECT 0) LEFT JOIN sqlite_sequence ON name = 'log'")
+        self._origin_ids, self._origin_ids_seq, self._origin_ids_mark = ids, seq, mark
+        return ids.get(origin)
+
     def _is_ancestor(self, stamp: str, t: Transaction, budget: int = 2000) -> bool:
         """Is the write stamped ``stamp`` in the causal past of transaction ``t``?"""
         origin = stamp[18:]
@@ -2459,15 +2502,27 @@ class Database(ReplicaStore):
             return True  # a replica's own writes are causally ordered
         # The transaction that wrote it: the origin's last one up to the stamp. Asked of the
         # descriptors, which stay when entries are trimmed from the log (log_keep,
-        # compact_log): in the log, a trimmed entry's place would go to an older one.
-        rows = self._engine.query("SELECT id FROM descriptors WHERE origin = ? AND id <= ? "
-                                  "ORDER BY id DESC LIMIT 1", (origin, stamp))
-        if not rows:
-            # Never seen here as a transaction: the document came in a bootstrap's snapshot.
-            # Whether ``t``'s writer had seen it cannot be told, so, as when the walk below runs
-            # out of budget, no conflict is claimed (a replica holding the history records it).
-            return True
-        target = rows[0][0]
+        # compact_log): in the log, a trimmed entry's place would go to an older one. Their
+        # only index is the id, so first the few just before the stamp (where that transaction
+        # is, when it was integrated here), and only then the origin's kept range: a look-up
+        # by origin would scan back over every descriptor when the origin wrote nothing here.
+        near = self._engine.query("SELECT id FROM (SELECT id, origin FROM descriptors WHERE id <= ? ORDER BY id DESC "
+                                  "LIMIT 64) WHERE origin = ? LIMIT 1", (stamp, origin))
+        if near:
+            target = near[0][0]
+        else:
+            held = self._origin_range(origin)
+            if held is None or held[0] > stamp:
+                # Never seen here as a transaction: the document came in a bootstrap's snapshot.
+                # Whether ``t``'s writer had seen it cannot be told, so, as when the walk below
+                # runs out of budget, no conflict is claimed (a replica holding the history
+                # records it).
+                return True
+            if held[1] <= stamp:
+                target = held[1]
+            else:  # rare: the origin wrote both long before the stamp and after it
+                target = self._engine.query("SELECT id FROM descriptors WHERE origin = ? AND id <= ? "
+                                            "ORDER BY id DESC LIMIT 1", (origin, stamp))[0][0]
         todo = list(t.parents)
         seen: set[str] = set()
         while todo and budget > 0:

@@ -83,3 +83,34 @@ def test_an_integrated_entry_is_read_without_decoding_or_a_scope_query(tmp_path)
         assert _read(db, SCOPE_P2, 1) == []
     finally:
         db.close()
+
+
+def test_recording_acknowledgements_keeps_the_cache_current(tmp_path):
+    """The server records its peers' ``Ack``s between integrations: that write changes neither
+    the log nor a document, so the seeded entries stay usable; another connection's write
+    still makes the next read look at the file."""
+    db = Database(tmp_path / "server.db", (), partition_key="_partition")
+    other = Database(tmp_path / "server.db", (), partition_key="_partition")
+    try:
+        db.integrate([Transaction(_stamp(1), ORIGIN, _stamp(1), (), (_create(1, "a", "p1"),))])
+        _read(db, SCOPE_P1)
+        t = Transaction(_stamp(2), ORIGIN, _stamp(2), (_stamp(1),), (_set(2, "a", "n", 9),))
+        db.integrate([t])
+        for durable in (False, True):
+            db.record_acks({"00000000000000ee": 2}, durable=durable)
+        statements: list[str] = []
+        db._engine.connection.set_trace_callback(statements.append)
+        try:
+            batch = db.read_log(1, limit=100, max_bytes=1 << 20, scope=SCOPE_P1, exclude_origin=None)
+        finally:
+            db._engine.connection.set_trace_callback(None)
+        assert batch.entries == ((2, t),)
+        assert statements == ["PRAGMA data_version"], statements  # the check that nobody else wrote
+        assert db.checkpoint("00000000000000ee").acked == 2
+        other.integrate([Transaction(_stamp(3), ORIGIN, _stamp(3), (_stamp(2),), (_set(3, "a", "_partition", "p2"),))])
+        db.record_acks({"00000000000000ee": 3}, durable=False)
+        assert _read(db, SCOPE_P1, 1) == []  # "a" is in p2 now: seen although the cache was current
+        assert _read(db, SCOPE_P2, 1) == [(2, [("Job", "a")]), (3, [("Job", "a")])]
+    finally:
+        db.close()
+        other.close()

@@ -634,15 +634,22 @@ class ReplicaStore:
             self._check_open()
             engine = self._engine
             hand = getattr(self, "on_written", None)
-            before = (engine.total_changes(), engine.data_version()) if hand is not None else None
+            before = (engine.total_changes(), engine.data_version())
             with engine.unsynced() if not durable else nullcontext(), engine.atomic():
                 engine.executemany(
                     "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                     "DO UPDATE SET acked = excluded.acked", list(acks.items()))
-            if hand is not None and before is not None:
+            after = (engine.total_changes(), engine.data_version())
+            cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
+            if cache is not None and cache.version == before and after[1] == before[1]:
+                # Neither the log nor a document changed: the log cache stays current (the
+                # server records its peers' acknowledgements between the integrations whose
+                # entries its sessions read from the cache).
+                cache.version = after
+            if hand is not None:
                 # No document written: what integrations handed over stays current
                 # (Database.on_written).
-                hand([], before, (engine.total_changes(), engine.data_version()))
+                hand([], before, after)
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -79,7 +79,9 @@ def _spoil(datas: list[dict[str, Any]], how: str) -> None:
     elif how == "key order":
         t["ops"] = t.pop("ops")
     elif how == "before":
-        t["before"] = [["Note", "k1", None, False]]
+        t["before"] = [["Note", "k1", None, 0]]  # deleted not a bool: to_wire() would differ
+    elif how == "nested before":
+        t["before"] = [["Note", "k1", {"a": {"x": [1]}}, False]]
     elif how == "update":
         t["ops"].append(op_to_wire(SetValue("Note", "k2", _stamp(999), "", ("a",), (), 5)))
     elif how == "bad stamp":
@@ -95,7 +97,7 @@ def _spoil(datas: list[dict[str, Any]], how: str) -> None:
 
 
 def test_any_doubt_leaves_it_to_one_by_one() -> None:
-    for how in ("meta", "user none", "key order", "before", "update", "bad stamp", "bad id", "bad parent",
+    for how in ("meta", "user none", "key order", "before", "nested before", "update", "bad stamp", "bad id", "bad parent",
                 "bad origin", "int user"):
         datas = _txns(random.Random(7), 5)
         _spoil(datas, how)
@@ -206,5 +208,92 @@ def test_any_change_to_edits_decodes_as_the_whole_walk_says(seed: int) -> None:
         if isinstance(expected, Changes):
             assert got == expected
             assert [x.wire() for x in got.transactions] == [x.wire() for x in expected.transactions]
+        else:
+            assert isinstance(got, str) and got.endswith(expected), (got, expected)
+
+
+def _with_befores(rng: random.Random, datas: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Before-images as a device's edits carry them: the old values of the fields set, the
+    missing-field marker, a deleted document's whole body, a document that did not exist."""
+    for t in datas:
+        before = []
+        for op in t["ops"]:
+            kind = rng.random()
+            if kind < 0.5:
+                fields: Any = {op[5][0] if op[0] != "D" else "a": rng.choice([1, "s", None, 2.5, False])}
+            elif kind < 0.7:
+                fields = {"a": {"$missing": 1}, "b": [1, "x"]}
+            elif kind < 0.85:
+                fields = {"_id": op[2], "a": 3, "b": "x"}
+            else:
+                fields = None
+            before.append([op[1], op[2], fields, op[0] == "D"])
+        t["before"] = before
+    return datas
+
+
+def test_edits_with_before_images_make_what_from_wire_makes() -> None:
+    for seed in range(30):
+        rng = random.Random(seed)
+        datas = _with_befores(rng, _edits(rng, rng.randint(1, 10)))
+        expected = [Transaction.from_wire(copy.deepcopy(d)) for d in datas]
+        got = Transaction.many_from_unchecked(copy.deepcopy(datas))
+        assert got is not None
+        assert got == expected
+        for g, e in zip(got, expected):
+            assert g.before == e.before and g.before
+            assert g.wire() == e.wire() and g.to_wire() == e.to_wire()
+            assert msgpack.packb(g.wire()) == msgpack.packb(e.to_wire())  # the log entry's bytes
+        body = {"from_seq": 0, "to_seq": len(datas), "head": len(datas),
+                "entries": [[i + 1, d] for i, d in enumerate(datas)], "progress": {}}
+        payload = msgpack.packb([codec.PROTOCOL_VERSION, "changes", 0, body], use_bin_type=True)
+        assert codec.decode(payload) == Changes.from_body(copy.deepcopy(body))
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_any_change_to_before_images_decodes_as_the_whole_walk_says(seed: int) -> None:
+    """Random damage in a batch's before-images: the same message or the same error as
+    check_plain + from_body."""
+    import math
+
+    bad = [math.nan, 2**63, -(2**63) - 1, [1], {"x": 1}, {"x": [1]}, {"x": {"y": 1}}, {1: 2}, {"x": math.inf},
+           [math.nan], "", 0, 1, None, 1.5, True, False, "zz", [], ["a"], 7]
+    rng = random.Random(seed)
+    for _ in range(20):
+        datas = _with_befores(rng, _edits(rng, rng.randint(1, 4)))
+        t = rng.choice(datas)
+        b = rng.choice(t["before"])
+        where = rng.random()
+        if where < 0.5:
+            b[rng.randrange(len(b))] = copy.deepcopy(rng.choice(bad))
+        elif where < 0.8 and isinstance(b[2], dict) and b[2]:
+            b[2][rng.choice(list(b[2]))] = copy.deepcopy(rng.choice(bad))
+        elif where < 0.9:
+            b.append(rng.choice(bad))
+        else:
+            t["before"].append(copy.deepcopy(rng.choice(bad)))
+        body = {"from_seq": 0, "to_seq": len(datas), "head": len(datas),
+                "entries": [[i + 1, d] for i, d in enumerate(datas)], "progress": {}}
+        try:
+            payload = msgpack.packb([codec.PROTOCOL_VERSION, "changes", 0, body], use_bin_type=True)
+        except (TypeError, ValueError, OverflowError):
+            continue
+        received = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)[3]
+        try:
+            from tidesync.protocol.messages import check_plain
+
+            check_plain(received, "changes body")
+            expected: Any = Changes.from_body(received)
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+            expected = f"malformed changes message: {exc}"
+        try:
+            got: Any = codec.decode(payload)
+        except Exception as exc:  # noqa: BLE001 - compared below
+            got = str(exc)
+        if isinstance(expected, Changes):
+            assert got == expected
+            assert [x.wire() for x in got.transactions] == [x.wire() for x in expected.transactions]
+        elif "map keys must be str" in expected:
+            assert isinstance(got, str)  # an int map key: msgpack refuses it first (strict_map_key)
         else:
             assert isinstance(got, str) and got.endswith(expected), (got, expected)

@@ -23,7 +23,7 @@ from .operations import (
     updates_unstamped,
 )
 from .stamp import ReplicaId, Stamp, are_stamps, is_replica_id, is_stamp
-from .values import Plain, canonical_json, loads_json
+from .values import Plain, canonical_json, loads_json, plain_scalars
 
 __all__ = ["Transaction", "Descriptor", "BeforeImage", "MISSING_FIELD", "doc_ref", "before_columns_record"]
 
@@ -370,13 +370,14 @@ class Transaction:
 
     @classmethod
     def many_from_unchecked(cls, datas: list[Any]) -> list[Transaction] | None:
-        """:meth:`from_unchecked` of each of ``datas`` (an upload batch's transactions), in
-        one pass for the batch when each is exactly what a device sends for new documents or
-        edits: the keys of :meth:`to_wire` in its order (``user`` a str or absent, no
-        ``meta``), no before-images, creates of plain scalars only or edits only (see
-        :func:`~tidesync.core.operations.updates_unstamped`). Their ids, stamps, parents and operation stamps are
-        checked together, and the transactions are made without the dataclass ``__init__``:
-        the same transactions :meth:`from_unchecked` makes (equal, same :meth:`wire`,
+        """:meth:`from_wire` of each of ``datas`` (an upload batch's transactions, or a
+        download's), in one pass for the batch when each is exactly what a device sends for
+        new documents or edits: the keys of :meth:`to_wire` in its order (``user`` a str or
+        absent, no ``meta``), before-images of plain scalars (or one-level maps and lists of
+        them), creates of plain scalars only or edits only (see
+        :func:`~tidesync.core.operations.updates_unstamped`). Their ids, stamps, parents and
+        operation stamps are checked together, and the transactions are made without the dataclass ``__init__``:
+        the same transactions :meth:`from_wire` makes (equal, same :meth:`wire`,
         :meth:`create_shapes`). None on any doubt: then call :meth:`from_unchecked` on each
         (which also says what is wrong)."""
         out: list[Transaction] = []
@@ -399,7 +400,10 @@ class Transaction:
             tid, origin, stamp, parents, ops, before = (data["id"], data["origin"], data["stamp"],
                                                         data["parents"], data["ops"], data["before"])
             if (type(tid) is not str or type(origin) is not str or type(stamp) is not str
-                    or type(parents) is not list or type(ops) is not list or type(before) is not list or before):
+                    or type(parents) is not list or type(ops) is not list or type(before) is not list):
+                return None
+            befores = _befores_unchecked(before) if before else ()
+            if befores is None:
                 return None
             for p in parents:
                 if type(p) is not str:
@@ -422,7 +426,7 @@ class Transaction:
             stamps.append(stamp)
             stamps.extend(parents)
             origins.add(origin)
-            out.append(make(tid, origin, stamp, tuple(parents), parsed, user, wire, known))
+            out.append(make(tid, origin, stamp, tuple(parents), parsed, befores, user, wire, known))
         if not are_stamps(stamps):
             return None
         for origin in origins:
@@ -479,7 +483,7 @@ class Transaction:
 
 def _transaction_maker() -> Callable[..., Transaction]:
     """``Transaction(...)`` of an upload's transaction, as :meth:`Transaction._from_wire` makes
-    it (no before-images, no meta, ``_shapes`` as it sets them; ``_wire`` the received map,
+    it (no meta, ``_shapes`` as it sets them; ``_wire`` the received map,
     which :meth:`Transaction.to_wire` would build again), its slots filled
     directly: a frozen dataclass's ``__init__`` sets each of its 13 slots through
     ``object.__setattr__``."""
@@ -490,14 +494,15 @@ def _transaction_maker() -> Callable[..., Transaction]:
      s_refs, s_wire, s_packed, s_shapes, s_unpack) = [getattr(Transaction, name).__set__ for name in fields]
 
     def make(tid: Stamp, origin: ReplicaId, stamp: Stamp, parents: tuple[Stamp, ...], ops: tuple[Op, ...],
-             user: str | None, wire: dict[str, Any] | None, shapes: tuple[tuple[Any, ...], ...] | None) -> Transaction:
+             before: tuple[BeforeImage, ...], user: str | None, wire: dict[str, Any] | None,
+             shapes: tuple[tuple[Any, ...], ...] | None) -> Transaction:
         t: Transaction = new(Transaction)
         s_id(t, tid)
         s_origin(t, origin)
         s_stamp(t, stamp)
         s_parents(t, parents)
         s_ops(t, ops)
-        s_before(t, ())
+        s_before(t, before)
         s_user(t, user)
         s_meta(t, {})
         s_refs(t, None)
@@ -508,6 +513,43 @@ def _transaction_maker() -> Callable[..., Transaction]:
         return t
 
     return make
+
+
+def _befores_unchecked(datas: list[Any]) -> tuple[BeforeImage, ...] | None:
+    """:meth:`BeforeImage.from_wire` of each of ``datas`` (straight from a decoded message, not
+    yet checked to be plain) when each is exactly what :meth:`BeforeImage.to_wire` gives back:
+    a list ``[collection, key, fields, deleted]`` of a str, a plain scalar key, None or a map
+    of str keys to plain scalars or one-level maps and lists of them (:data:`MISSING_FIELD`),
+    and a bool. None on any doubt (then the message's plainness is checked and
+    :meth:`BeforeImage.from_wire` parses it)."""
+    out: list[BeforeImage] = []
+    new = BeforeImage
+    for b in datas:
+        if type(b) is not list or len(b) != 4:
+            return None
+        collection, key, fields, deleted = b
+        if type(collection) is not str or type(deleted) is not bool or not plain_scalars((key,)):
+            return None
+        if fields is not None:
+            if type(fields) is not dict:
+                return None
+            for name, value in fields.items():
+                if type(name) is not str:
+                    return None
+                t = type(value)
+                if t is dict:
+                    for k in value:
+                        if type(k) is not str:
+                            return None
+                    if not plain_scalars(value.values()):
+                        return None
+                elif t is list:
+                    if not plain_scalars(value):
+                        return None
+                elif not plain_scalars((value,)):
+                    return None
+        out.append(new(collection, key, fields, deleted))
+    return tuple(out)
 
 
 _UNCHECKED_KEYS = frozenset(("id", "origin", "stamp", "parents", "ops", "before", "user", "meta"))

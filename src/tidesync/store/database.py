@@ -336,6 +336,8 @@ class Database(ReplicaStore):
         self.on_written: Callable[[list[tuple[tuple[Any, ...], dict[str, Plain]]], tuple[int, int], tuple[int, int]],
                                   None] | None = None
         self._written_rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = None
+        #: While :meth:`integrate` runs: the scope column each document row it writes gets.
+        self._written_scopes: dict[Ref, str | None] | None = None
         try:
             self._init_file()
         except BaseException:
@@ -911,6 +913,7 @@ class Database(ReplicaStore):
         pkey = self.partition_key
         keep = self._written_rows
         bodies: list[dict[str, Plain]] | None = [] if keep is not None else None
+        written_scopes = self._written_scopes
         for d in docs:
             if isinstance(d, _Fresh):
                 body = d.body
@@ -943,6 +946,8 @@ class Database(ReplicaStore):
                          d.seq if seq is None else seq, scope))
             held.append(d.existed_row)
         if rows:
+            if written_scopes is not None:
+                written_scopes.update({(r[0], r[1]): r[7] for r in rows})
             written = self._written
             if written is not None:
                 written.extend([(r[0], r[1], r[2], r[5]) for r in rows])
@@ -2121,8 +2126,12 @@ class Database(ReplicaStore):
             version = (changes_before, self._engine.data_version())
             docs = preloaded.take(version) if preloaded is not None else None
             hand = self.on_logged
-            handed: list[tuple[int, Transaction]] | None = [] if hand is not None else None
+            # Always collected: the log cache is seeded with these transactions (not only
+            # their bytes), and with the scopes their documents were written in.
+            handed: list[tuple[int, Transaction]] = []
             self._handed_txns = handed
+            written_scopes: dict[Ref, str | None] = {}
+            self._written_scopes = written_scopes
             hand_rows = self.on_written
             rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
             self._written_rows = rows
@@ -2133,7 +2142,8 @@ class Database(ReplicaStore):
             finally:
                 self._handed_txns = None
                 self._written_rows = None
-            self._seed_log_cache(changes_before, self._logged)
+                self._written_scopes = None
+            self._seed_log_cache(changes_before, self._logged, handed, written_scopes)
             self._logged = []
             if hand is not None and handed:
                 hand(handed)

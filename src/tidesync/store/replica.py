@@ -126,6 +126,10 @@ def _scope_value(scope: Scope) -> str | None:
     return canonical_json(part["value"])
 
 
+#: A document :meth:`ReplicaStore._seed_log_cache` was not told the scope of.
+_ABSENT_SCOPE = object()
+
+
 class _LogRow:
     """One log entry as read from the file; decoded on first use."""
 
@@ -518,7 +522,9 @@ class ReplicaStore:
             cache.version = version
         return cache
 
-    def _seed_log_cache(self, changes_before: int, rows: Sequence[tuple[int, str, str | None, bytes]]) -> None:
+    def _seed_log_cache(self, changes_before: int, rows: Sequence[tuple[int, str, str | None, bytes]],
+                        txns: Sequence[tuple[int, Transaction]] = (),
+                        scopes: dict[Ref, str | None] | None = None) -> None:
         """After a commit through this connection that appended ``rows`` (seq, origin, via,
         data) to the log: put them in the log cache, so that the reads that follow at once
         (the uploading session's, or every woken session's on the server) find them decoded
@@ -526,11 +532,25 @@ class ReplicaStore:
         the write (``changes_before``: ``total_changes`` then) and nobody else wrote since, its
         head moves to the last of them and it stays current (the write changed no snapshot
         mark); otherwise the next read checks the file as usual. Call with the lock held,
-        after the commit."""
+        after the commit.
+
+        ``txns``: (seq, transaction) of entries whose transaction is at hand with those very
+        bytes as its :meth:`~Transaction.packed`: cached as it is, never decoded. ``scopes``:
+        the scope column the commit wrote for each document it wrote; an entry of ``txns``
+        whose documents all got one scope is known to be whole in that scope, without the
+        query :meth:`_filter_to_scope` makes (for as long as the cache stays current)."""
         cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
         if cache is None or not rows or self._engine.in_transaction():
             return
-        cache.add([_LogRow(seq, origin, via, data) for seq, origin, via, data in rows])
+        at_hand = {seq: t for seq, t in txns}
+        seeded: list[_LogRow] = []
+        for seq, origin, via, data in rows:
+            row = _LogRow(seq, origin, via, data)
+            t = at_hand.get(seq)
+            if t is not None and t._packed is data:
+                row._txn, row._data, row._refs = t, None, frozenset(t.refs())
+            seeded.append(row)
+        cache.add(seeded)
         state = cache.state
         if state is None or cache.version is None or cache.version[0] != changes_before:
             return
@@ -542,6 +562,16 @@ class ReplicaStore:
         cache.reads.clear()
         cache.state = (max(state[0], max(r[0] for r in rows)), state[1])
         cache.version = (self._engine.total_changes(), data_version)
+        if scopes:
+            for row in seeded:
+                refs = row._refs
+                if row._txn is None or refs is None:
+                    continue
+                found = {scopes.get(ref, _ABSENT_SCOPE) for ref in refs}
+                if len(found) == 1:
+                    scope = found.pop()
+                    if type(scope) is str:
+                        cache.scoped[(row.seq, scope)] = (row._txn, row.size)
 
     def _prefilter(self, rows: list[_LogRow], want: str, cache: _LogCache,
                    exclude_origin: ReplicaId | None) -> None:
@@ -641,15 +671,22 @@ class ReplicaStore:
             self._check_open()
             engine = self._engine
             hand = getattr(self, "on_written", None)
-            before = (engine.total_changes(), engine.data_version()) if hand is not None else None
+            before = (engine.total_changes(), engine.data_version())
             with engine.unsynced() if not durable else nullcontext(), engine.atomic():
                 engine.executemany(
                     "INSERT INTO checkpoints (peer, acked) VALUES (?, ?) ON CONFLICT(peer) "
                     "DO UPDATE SET acked = excluded.acked", list(acks.items()))
-            if hand is not None and before is not None:
+            after = (engine.total_changes(), engine.data_version())
+            cache: _LogCache | None = self.__dict__.get("_ts_log_cache")
+            if cache is not None and cache.version == before and after[1] == before[1]:
+                # Neither the log nor a document changed: the log cache stays current (the
+                # server records its peers' acknowledgements between the integrations whose
+                # entries its sessions read from the cache).
+                cache.version = after
+            if hand is not None:
                 # No document written: what integrations handed over stays current
                 # (Database.on_written).
-                hand([], before, (engine.total_changes(), engine.data_version()))
+                hand([], before, after)
 
     # -- snapshots ---------------------------------------------------------------------------
 

@@ -126,3 +126,36 @@ def test_a_subscription_cannot_start_at_a_backlinks_attribute(db):
 
     with pytest.raises(tidesync.UsageError, match="cannot follow links"):
         _query_of(db.objects(Crew).filter("jobs.@count == 0"))
+
+
+def _module(name: str, source: str):
+    import sys
+    import types
+
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(source, module.__dict__)  # noqa: S102 - the test's own model declarations
+    return module
+
+
+def test_an_origin_named_by_a_string_is_the_model_the_owners_module_declares(tmp_path):
+    # Another module declaring a model of the same name later (as two test modules, or two
+    # parts of an app, may) does not take over this module's backlinks.
+    mine = _module("backlinks_mine", (
+        "import tidesync\n"
+        "class BlOwner(tidesync.Model):\n"
+        "    _id: str = tidesync.field(primary_key=True)\n"
+        "    items = tidesync.backlinks('BlItem', 'owner')\n"
+        "class BlItem(tidesync.Model):\n"
+        "    _id: str = tidesync.field(primary_key=True)\n"
+        "    owner: BlOwner | None = None\n"))
+    _module("backlinks_other", (
+        "import tidesync\n"
+        "class BlItem(tidesync.Model):\n"
+        "    _id: str = tidesync.field(primary_key=True)\n"
+        "    title: str = ''\n"))
+    with tidesync.open(tmp_path / "bl.db", schema=[mine.BlOwner, mine.BlItem]) as d:
+        with d.write():
+            ann = d.create(mine.BlOwner, _id="ann")
+            d.create(mine.BlItem, _id="i1", owner=ann)
+        assert [i._id for i in d.get(mine.BlOwner, "ann").items] == ["i1"]

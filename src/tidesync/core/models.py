@@ -152,7 +152,7 @@ class Backlinks:
     def _origin_class(self) -> type[_ModelBase]:
         if self._checked is not None:
             return self._checked
-        origin = _registry.get(self.origin) if isinstance(self.origin, str) else self.origin
+        origin = self._named(self.origin) if isinstance(self.origin, str) else self.origin
         where = f"{getattr(self.owner, '__name__', '?')}.{self.name}"
         if origin is None:
             raise SchemaError(f"{where}: no model named {self.origin!r} (the backlinks' origin)")
@@ -165,6 +165,15 @@ class Backlinks:
                               f"to {getattr(self.owner, '__name__', '?')}")
         self._checked = origin
         return origin
+
+    def _named(self, name: str) -> type[_ModelBase] | None:
+        """The model called ``name``: the one the owner's module defines or imports under that
+        name, as Python resolves a name written there, else the last model declared with it."""
+        module = sys.modules.get(getattr(self.owner, "__module__", ""))
+        here = getattr(module, name, None) if module is not None else None
+        if isinstance(here, type) and issubclass(here, _ModelBase) and here.__name__ == name:
+            return here
+        return _registry.get(name)
 
     def __get__(self, obj: Any, owner: Any = None) -> Any:
         if obj is None:
@@ -193,7 +202,8 @@ def backlinks(origin: type[Model] | str, field: str) -> Any:
         ann.orders.filter("status == 'open'")
 
     Nothing is stored or synced for it: each read queries ``origin``. ``origin`` may be the
-    class or its name (for a model declared later).
+    class or its name (for a model declared later): a name is looked up in the module that
+    declares this model first, then among every model declared.
     """
     return Backlinks(origin, field)
 

@@ -1906,6 +1906,14 @@ class FlexibleSession:
         scanned = upto
         decide = self._decide
         filtered = self.reader is not None
+        # Without read rules, a document with the router's complete verdicts is decided here
+        # (as _decide would: the usual case, one per entry read), and what enters or leaves
+        # is listed on the way.
+        fast = complete and self.rules is None
+        uncertain, held_set = self.uncertain, self.held
+        keys_of = self.keys_by_coll
+        enter: list[Ref] = []
+        leave: list[Ref] = []
         for r in routed:
             if entries and (nbytes >= max_bytes or len(entries) >= limit):
                 scanned = r.seq - 1
@@ -1920,8 +1928,30 @@ class FlexibleSession:
                 d = decisions.get(ref)
                 if d is None:
                     lr = last[ref]
-                    d = decisions[ref] = decide(ref, lr.states.get(ref, _GONE),
-                                                lr.verdicts.get(ref) if lr.verdicts else None, complete)
+                    verdicts = lr.verdicts.get(ref) if lr.verdicts else None
+                    if not fast or verdicts is None or ref in uncertain:
+                        d = decide(ref, lr.states.get(ref, _GONE), verdicts, complete)
+                    else:
+                        live, body = lr.states.get(ref, _GONE)
+                        if not live:
+                            d = STAY if ref in held_set else SKIP
+                        elif body is None:
+                            d = LEAVE if ref in held_set else SKIP
+                        else:
+                            matched = False
+                            for key in keys_of.get(ref[0], ()):
+                                if verdicts.get(key):
+                                    matched = True
+                                    break
+                            if ref in held_set:
+                                d = STAY if matched else LEAVE
+                            else:
+                                d = ENTER if matched else SKIP
+                    decisions[ref] = d
+                    if d is ENTER:
+                        enter.append(ref)
+                    elif d is LEAVE:
+                        leave.append(ref)
                 if d is STAY:
                     stays += 1
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1952,7 +1982,7 @@ class FlexibleSession:
                 continue
             entries.append((r.seq, txn))
             nbytes += r.size
-        if not self._apply_decisions(decisions, inline):
+        if (enter or leave) and not self._apply_decisions(decisions, inline, enter, leave):
             return None
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
@@ -1973,13 +2003,16 @@ class FlexibleSession:
             return STAY if matched else LEAVE
         return ENTER if matched else SKIP
 
-    def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False) -> bool:
+    def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False,
+                         enter: list[Ref] | None = None, leave: list[Ref] | None = None) -> bool:
         """Let documents enter or leave the view (a ViewUpdate). ``inline``: on the event loop,
         the router's lock held (no entry is routed meanwhile); False, having changed nothing,
         when that needs storage other than the view rows (a state the router no longer holds)
-        or the view store is busy."""
-        enter = [ref for ref, d in decisions.items() if d == ENTER]
-        leave = [ref for ref, d in decisions.items() if d == LEAVE]
+        or the view store is busy. ``enter``, ``leave``: the refs ``decisions`` says enter and
+        leave, in its order, when the caller listed them."""
+        if enter is None or leave is None:
+            enter = [ref for ref, d in decisions.items() if d == ENTER]
+            leave = [ref for ref, d in decisions.items() if d == LEAVE]
         if not enter and not leave:
             return True
         if inline:

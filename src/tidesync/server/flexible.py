@@ -2045,7 +2045,10 @@ class FlexibleSession:
     def _matches_noting(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool]) -> bool:
         """:meth:`matches` on ``body``, taking the verdicts of queries already tested on it by
         key and noting there those it tests (for the next session with the same query)."""
-        for sub in self.by_coll.get(collection, ()):
+        subs = self.by_coll.get(collection, ())
+        if verdicts and any(map(verdicts.get, self.keys_by_coll.get(collection, ()))):
+            return self.readable(collection, body)   # (a shared query another session tested)
+        for sub in subs:
             ok = verdicts.get(sub.key)
             if ok is None:
                 try:

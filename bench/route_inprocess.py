@@ -1,4 +1,4 @@
-"""``python -m bench.route_inprocess [CHANGES] [ROUND] [--sql]``: the flexible router's CPU, in-process.
+"""``python -m bench.route_inprocess [CHANGES] [ROUND] [--sql] [--encode]``: the flexible router's CPU, in-process.
 
 The routing case of ``python -m bench flexible`` without sockets, event loop or client fleet:
 a schema-less server file with the case's 20,000 documents (and the bootstrap indexes of the
@@ -14,7 +14,9 @@ entering and leaving, view rows written one commit per 50 sessions). Prints the 
 exactly its documents at the end. What the messages cost (encoding, sending, acks) is not
 included. ``--sql``: also the CPU of each SQL statement of the integrations (the commit
 included) per change, and the WAL frames each upload batch wrote (the WAL is checkpointed
-before each batch; the extra statements are not counted in the figures). Compare trees back to back (``PYTHONPATH=src`` from each): the machine's load moves
+before each batch; the extra statements are not counted in the figures). ``--encode``: also the
+CPU of encoding each read's ``changes`` message (``codec.encode``, with its view part, as the
+session sends it; not counted in ``reads``), per message. Compare trees back to back (``PYTHONPATH=src`` from each): the machine's load moves
 the figures. A development aid; files under a temporary directory, removed at the end.
 """
 
@@ -39,7 +41,7 @@ from tidesync.core.operations import CreateDoc  # noqa: E402
 from tidesync.core.stamp import ZERO, ReplicaId  # noqa: E402
 from tidesync.core.transaction import Transaction  # noqa: E402
 from tidesync.protocol import codec  # noqa: E402
-from tidesync.protocol.messages import Changes  # noqa: E402
+from tidesync.protocol.messages import Changes, Progress  # noqa: E402
 from tidesync.protocol.messages import SubscriptionQuery  # noqa: E402
 from tidesync.server.flexible import FlexibleConfig, FlexibleSession, Router, ViewStore, compile_set  # noqa: E402
 from tidesync.store.database import Database, _gc_paused  # noqa: E402
@@ -111,7 +113,7 @@ class _SqlTimes:
                           f"WAL frames per upload batch: {self.frames}"])
 
 
-def main(changes: int, round_size: int, sql: bool = False) -> None:
+def main(changes: int, round_size: int, sql: bool = False, encoding: bool = False) -> None:
     work = Path(tempfile.mkdtemp(prefix="tidesync-route-"))
     try:
         db = Database(work / "sync.db", (), partition_key="_partition")
@@ -138,6 +140,7 @@ def main(changes: int, round_size: int, sql: bool = False) -> None:
                                             tuple((b + 2 + i, t) for i, t in enumerate(txns[b:b + 500]))))
                     for b in range(0, changes, 500)}
         times = _SqlTimes() if sql else None
+        encode = [0.0, 0] if encoding else None
         gc.collect()
         cpu = {"decode": 0.0, "integrate": 0.0, "catch_up": 0.0, "reads": 0.0}
         entries = enters = 0
@@ -164,12 +167,23 @@ def main(changes: int, round_size: int, sql: bool = False) -> None:
             cpu["catch_up"] += clock_cpu() - c
             woken, router._woken = router._woken, set()
             c = clock_cpu()
+            encoded_before = encode[0] if encode is not None else 0.0
             router.views.begin()
             for n, s in enumerate(sorted(woken, key=lambda s: str(s.peer))):
-                batch = s.read_inline(s.read_to, 100_000, 1 << 24, None)
+                after = s.read_to
+                batch = s.read_inline(after, 100_000, 1 << 24, None)
                 if batch is None:
                     raise SystemExit("an inline read was refused")
                 entries += len(batch.entries)
+                if encode is not None:
+                    message = Changes(after, batch.scanned_to, batch.head, batch.entries,
+                                      Progress(len(batch.entries), 20_000, 300_000, 9_000_000))
+                    if s.folded is not None:
+                        message = message.with_view(s.folded)
+                    e = clock_cpu()
+                    codec.encode(message)
+                    encode[0] += clock_cpu() - e
+                    encode[1] += 1
                 if s.folded is not None:       # (the Changes it would ride in takes it)
                     enters += len(s.folded.enter)
                     s.folded = None
@@ -177,7 +191,7 @@ def main(changes: int, round_size: int, sql: bool = False) -> None:
                 if n % 50 == 49:
                     router.flush_views(reopen=True)
             router.flush_views()
-            cpu["reads"] += clock_cpu() - c
+            cpu["reads"] += clock_cpu() - c - (encode[0] - encoded_before if encode is not None else 0.0)
         final = final_states(w)
         now = [{**x, "n": final[x["_id"]][0], "status": final[x["_id"]][1]} for x in docs]
         wrong = sum(want != s.held for s, want in zip(sessions, views_of(now)))
@@ -187,6 +201,9 @@ def main(changes: int, round_size: int, sql: bool = False) -> None:
               + f"; entries read {entries:,}, documents entered {enters:,}; sessions not exact {wrong}")
         if times is not None:
             print(times.report(changes))
+        if encode is not None:
+            print(f"encoding the reads' changes messages: {encode[0] / max(1, encode[1]) * 1e6:.1f} us per message "
+                  f"({encode[1]:,} messages)")
         if wrong:
             raise SystemExit(1)
     finally:
@@ -194,5 +211,6 @@ def main(changes: int, round_size: int, sql: bool = False) -> None:
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if a != "--sql"]
-    main(int(args[0]) if args else 6000, int(args[1]) if len(args) > 1 else 2000, "--sql" in sys.argv[1:])
+    args = [a for a in sys.argv[1:] if a not in ("--sql", "--encode")]
+    main(int(args[0]) if args else 6000, int(args[1]) if len(args) > 1 else 2000, "--sql" in sys.argv[1:],
+         "--encode" in sys.argv[1:])

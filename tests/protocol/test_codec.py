@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tidesync.core.transaction import Transaction
 from tidesync.errors import ProtocolError, UsageError, VersionMismatchError
 from tidesync.protocol import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -119,6 +120,33 @@ def test_a_spliced_changes_body_counts_its_entries_in_every_msgpack_array_size()
         rebuilt = Changes(0, n, n, tuple((i + 1, t) for i in range(n)))
         assert encode(spliced, compress_threshold=None, max_size=1 << 30) == \
             encode(rebuilt, compress_threshold=None, max_size=1 << 30)
+
+
+@fast(300)
+@given(st.one_of(st.integers(min_value=-(1 << 70), max_value=1 << 70),
+                 st.sampled_from([0, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF, 0x100000000,
+                                  (1 << 63) - 1, (1 << 64) - 1, 1 << 64, -1, -32, -33])))
+def test_a_changes_bodys_ints_are_packed_as_msgpack_packs_them(n: int) -> None:
+    if -(1 << 63) <= n < 1 << 64:
+        assert codec._uint(n) == msgpack.packb(n)
+    assert codec._uint(True) == msgpack.packb(True)
+
+
+@fast()
+@given(st.lists(transactions(), min_size=1, max_size=4),
+       st.integers(min_value=0, max_value=(1 << 63) - 10), st.integers(min_value=0, max_value=8),
+       st.tuples(*[st.integers(min_value=0, max_value=(1 << 63) - 1)] * 4))
+def test_a_changes_body_is_the_msgpack_of_its_wire_form(txns: list[Any], start: int, gap: int,
+                                                        progress: tuple[int, int, int, int]) -> None:
+    """Spliced or not, seqs and progress of any size: the very bytes ``packb(to_body())`` gives."""
+    entries = tuple((start + i + 1, t) for i, t in enumerate(txns))
+    stored = tuple((seq, Transaction.from_stored(t.to_wire(), msgpack.packb(t.to_wire(), use_bin_type=True)))
+                   for seq, t in entries)
+    for batch in (entries, stored):
+        m = Changes(start, start + len(txns) + gap, start + len(txns) + gap + 1, batch, Progress(*progress))
+        assert codec._changes_body(m) == msgpack.packb(m.to_body(), use_bin_type=True)
+        assert encode(m, compress_threshold=None) == msgpack.packb(
+            [PROTOCOL_VERSION, "changes", 0, m.to_body()], use_bin_type=True)
 
 
 def test_large_bodies_are_compressed_and_small_ones_not() -> None:

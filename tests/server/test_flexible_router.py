@@ -282,6 +282,59 @@ def test_sessions_sharing_a_query_are_matched_with_one_test_of_it(tmp_path: Path
         db.close()
 
 
+def test_a_document_entering_several_views_is_made_and_tested_once_for_all(tmp_path: Path) -> None:
+    """The devices of a team let a document that turned urgent into their views in one round:
+    its state is made into a document and tested against their shared query once for all of
+    them. A session judging an older state than the router now holds tests that newer state
+    (it changed again: a later entry decides), and one whose own query differs tests it too."""
+    from tidesync.protocol.messages import ViewUpdate
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = RemoteWriter(db)
+        team = 'team == "g1" AND status == "urgent"'
+        members = [reading_session(router, db, [team]) for _ in range(3)]
+        other = reading_session(router, db, ['status == "urgent"'])
+        late = reading_session(router, db, [team])
+        calls = {"n": 0}
+        for s in [*members, other, late]:
+            for sub in s.subs:
+                inner = sub.predicate
+
+                def counted(body: Any, inner: Any = inner) -> bool:
+                    calls["n"] += 1
+                    return bool(inner(body))
+
+                sub.predicate = counted
+        created = w.create("t1", {"team": "g1", "status": "urgent", "n": 1})
+        router.catch_up()
+        routed_tests = calls["n"]
+        docs = []
+        for s in members:
+            batch = s.read_inline(0, 100, 1 << 20, None)
+            assert batch is not None
+            (update,) = s.outbox
+            assert isinstance(update, ViewUpdate) and [d.key for d in update.enter] == ["t1"]
+            docs.append(update.enter[0])
+            assert s.held == {(COLL, '"t1"')}
+        assert docs[0] is docs[1] is docs[2]
+        assert docs[0].state["body"] == {"_id": "t1", "team": "g1", "status": "urgent", "n": 1}
+        assert calls["n"] == routed_tests + 1      # the recheck of the entering state, once
+        assert other.read_inline(0, 100, 1 << 20, None) is not None
+        assert other.held == {(COLL, '"t1"')} and calls["n"] == routed_tests + 2   # its own query
+        # Changed again (no longer urgent) and routed before ``late`` reads: it judges the entry
+        # it got (urgent) but the state it would send is not, so the document does not enter.
+        w.set("t1", "status", "normal")
+        router.catch_up()
+        assert list(late.relevant) == [created]
+        assert late.read_inline(0, 100, 1 << 20, None) is not None
+        assert late.held == set() and not late.outbox and late.view_seq == 0
+        assert router.holders[(COLL, '"t1"')] == {*members, other}
+    finally:
+        db.close()
+
+
 class _Connection:
     """What the router's slice batch needs of a ServerSession."""
 

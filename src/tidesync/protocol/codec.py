@@ -126,6 +126,25 @@ def encoded_size(wire: Any) -> int:
 
 
 _CHANGES_KEYS = [msgpack.packb(k) for k in ("from_seq", "to_seq", "head", "entries", "progress", "view")]
+_FIXINTS = [bytes((n,)) for n in range(0x80)]
+#: How a ``progress`` map begins, then each of its keys after the first (Progress.to_wire's order).
+_PROGRESS_KEYS = [b"\x84" + msgpack.packb("sent"), *(msgpack.packb(k) for k in ("total", "sent_bytes", "total_bytes"))]
+
+
+def _uint(n: int) -> bytes:
+    """``msgpack.packb(n)`` for an int (the smallest form, as msgpack packs it), without making
+    a packer per call: the seqs of a ``changes`` batch, one per entry."""
+    if type(n) is not int or n < 0 or n >= 1 << 64:
+        return msgpack.packb(n)  # type: ignore[no-any-return]
+    if n < 0x80:
+        return _FIXINTS[n]
+    if n < 0x100:
+        return b"\xcc" + n.to_bytes(1, "big")
+    if n < 0x10000:
+        return b"\xcd" + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return b"\xce" + n.to_bytes(4, "big")
+    return b"\xcf" + n.to_bytes(8, "big")
 
 
 def _changes_body(message: Changes) -> bytes:
@@ -139,19 +158,26 @@ def _changes_body(message: Changes) -> bytes:
     header = (bytes((0x90 | n,)) if n < 16 else b"\xdc" + n.to_bytes(2, "big") if n < 0x10000
               else b"\xdd" + n.to_bytes(4, "big"))
     pack = msgpack.packb
-    parts = [b"\x85" if message.view is None else b"\x86", k_from, pack(message.from_seq), k_to, pack(message.to_seq), k_head, pack(message.head),
-             k_entries, header]
+    parts = [b"\x85" if message.view is None else b"\x86", k_from, _uint(message.from_seq), k_to,
+             _uint(message.to_seq), k_head, _uint(message.head), k_entries, header]
+    append = parts.append
     for seq, txn in entries:
-        parts.append(b"\x92")
-        parts.append(pack(seq))
+        append(b"\x92")
+        append(_uint(seq))
         data = txn.packed()
-        parts.append(data if data is not None else pack(txn.wire(), use_bin_type=True))
-    parts.append(k_progress)
-    parts.append(pack(message.progress.to_wire(), use_bin_type=True))
+        append(data if data is not None else pack(txn.wire(), use_bin_type=True))
+    append(k_progress)
+    progress = message.progress
+    append(b"".join((_PROGRESS_KEYS[0], _uint(progress.sent), _PROGRESS_KEYS[1], _uint(progress.total),
+                     _PROGRESS_KEYS[2], _uint(progress.sent_bytes), _PROGRESS_KEYS[3], _uint(progress.total_bytes))))
     if message.view is not None:
         parts.append(k_view)
         parts.append(pack(message.view.to_wire(), use_bin_type=True))
     return b"".join(parts)
+
+
+#: ``[version, type, flags`` as msgpack (the envelope before the body), by (type, flags).
+_HEADERS: dict[tuple[str, int], bytes] = {}
 
 
 def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRESS_THRESHOLD,
@@ -182,9 +208,11 @@ def encode(message: Message, *, compress_threshold: int | None = DEFAULT_COMPRES
         packed = zlib.compress(body, COMPRESS_LEVEL)
         if len(packed) < len(body):
             body, flags = msgpack.packb(packed, use_bin_type=True), FLAG_ZLIB
-    header: bytes = (msgpack.packb(PROTOCOL_VERSION) + msgpack.packb(message.TAG)
-                     + msgpack.packb(flags))
-    payload = _FIXARRAY_4 + header + body
+    header = _HEADERS.get((message.TAG, flags))
+    if header is None:
+        header = _HEADERS[(message.TAG, flags)] = (_FIXARRAY_4 + msgpack.packb(PROTOCOL_VERSION)
+                                                   + msgpack.packb(message.TAG) + msgpack.packb(flags))
+    payload = header + body
     if len(payload) > max_size:
         raise UsageError(f"a {message.TAG} message of {len(payload)} bytes exceeds the "
                          f"{max_size}-byte limit", code=ErrorCode.MESSAGE_TOO_LARGE)

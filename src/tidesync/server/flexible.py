@@ -579,6 +579,11 @@ class Router:
         # from here, without reading the backend (see FlexibleSession._apply_decisions).
         self.full: OrderedDict[Ref, tuple[str, str, str]] = OrderedDict()
         self.full_bytes = 0  # the lengths of the bodies and metas in ``full``
+        # Documents entering views, as made from ``full`` (see FlexibleSession._entering):
+        # ref -> (the ``full`` tuple they were made from, the document, its body parsed, the
+        # queries tested on that body by key). A round lets a document into the views of every
+        # session whose query it now matches (a team's ten devices): made and tested once.
+        self.entering: dict[Ref, tuple[tuple[str, str, str], SnapshotDoc, dict[str, Any], dict[str, bool]]] = {}
         self._task: asyncio.Future[int] | None = None
         self._dirty = True
         # Waking: sessions that got entries since the last round; one debounced advance for
@@ -1906,6 +1911,14 @@ class FlexibleSession:
         scanned = upto
         decide = self._decide
         filtered = self.reader is not None
+        # Without read rules, a document with the router's complete verdicts is decided here
+        # (as _decide would: the usual case, one per entry read), and what enters or leaves
+        # is listed on the way.
+        fast = complete and self.rules is None
+        uncertain, held_set = self.uncertain, self.held
+        keys_of = self.keys_by_coll
+        enter: list[Ref] = []
+        leave: list[Ref] = []
         for r in routed:
             if entries and (nbytes >= max_bytes or len(entries) >= limit):
                 scanned = r.seq - 1
@@ -1920,8 +1933,30 @@ class FlexibleSession:
                 d = decisions.get(ref)
                 if d is None:
                     lr = last[ref]
-                    d = decisions[ref] = decide(ref, lr.states.get(ref, _GONE),
-                                                lr.verdicts.get(ref) if lr.verdicts else None, complete)
+                    verdicts = lr.verdicts.get(ref) if lr.verdicts else None
+                    if not fast or verdicts is None or ref in uncertain:
+                        d = decide(ref, lr.states.get(ref, _GONE), verdicts, complete)
+                    else:
+                        live, body = lr.states.get(ref, _GONE)
+                        if not live:
+                            d = STAY if ref in held_set else SKIP
+                        elif body is None:
+                            d = LEAVE if ref in held_set else SKIP
+                        else:
+                            matched = False
+                            for key in keys_of.get(ref[0], ()):
+                                if verdicts.get(key):
+                                    matched = True
+                                    break
+                            if ref in held_set:
+                                d = STAY if matched else LEAVE
+                            else:
+                                d = ENTER if matched else SKIP
+                    decisions[ref] = d
+                    if d is ENTER:
+                        enter.append(ref)
+                    elif d is LEAVE:
+                        leave.append(ref)
                 if d is STAY:
                     stays += 1
             mine = r.comp_for is not None and r.comp_for == self.peer
@@ -1952,7 +1987,7 @@ class FlexibleSession:
                 continue
             entries.append((r.seq, txn))
             nbytes += r.size
-        if not self._apply_decisions(decisions, inline):
+        if (enter or leave) and not self._apply_decisions(decisions, inline, enter, leave):
             return None
         return LogBatch(tuple(entries), max(after, scanned), max(after, upto, scanned), nbytes)
 
@@ -1973,13 +2008,69 @@ class FlexibleSession:
             return STAY if matched else LEAVE
         return ENTER if matched else SKIP
 
-    def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False) -> bool:
+    #: At most this many documents in :attr:`Router.entering` (then it starts again).
+    ENTERING_MAX = 4096
+
+    def _entering(self, refs: Sequence[Ref]) -> list[tuple[Ref, SnapshotDoc, dict[str, Any], dict[str, bool]]]:
+        """For documents entering the view (after :meth:`Router.watch`), live ones only, in
+        order: each one's full merge state as of the last routed entry
+        (:meth:`Router.states_of`), its body parsed, and the verdicts of queries already
+        tested on that body (to be noted there, :meth:`_matches_noting`). Made once per state
+        for all sessions (:attr:`Router.entering`), as long as :attr:`Router.full` holds that
+        very state; the backend read for those it no longer holds."""
+        router = self.router
+        out: list[tuple[Ref, SnapshotDoc, dict[str, Any], dict[str, bool]]] = []
+        missing: list[Ref] = []
+        with router.lock:
+            known, cache = router.full, router.entering
+            for ref in refs:
+                got = known.get(ref)
+                if got is None:
+                    missing.append(ref)
+                    continue
+                hit = cache.get(ref)
+                if hit is None or hit[0] is not got:
+                    if len(cache) >= self.ENTERING_MAX:
+                        cache.clear()
+                    doc = SnapshotDoc.from_json_form(ref[0], json.loads(ref[1]), got[0], True, got[1], got[2])
+                    hit = cache[ref] = (got, doc, loads_json(got[1]), {})
+                out.append((ref, hit[1], hit[2], hit[3]))
+        if missing:
+            docs = read_full(self.backend, missing)
+            order = {ref: i for i, ref in enumerate(refs)}
+            out.extend((ref, doc, doc.state["body"], {}) for ref, doc in docs.items())
+            out.sort(key=lambda x: order[x[0]])
+        return out
+
+    def _matches_noting(self, collection: str, body: dict[str, Any], verdicts: dict[str, bool]) -> bool:
+        """:meth:`matches` on ``body``, taking the verdicts of queries already tested on it by
+        key and noting there those it tests (for the next session with the same query)."""
+        subs = self.by_coll.get(collection, ())
+        if verdicts and any(map(verdicts.get, self.keys_by_coll.get(collection, ()))):
+            return self.readable(collection, body)   # (a shared query another session tested)
+        for sub in subs:
+            ok = verdicts.get(sub.key)
+            if ok is None:
+                try:
+                    ok = bool(sub.predicate(body))
+                except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+                    log.exception("subscription predicate failed")
+                    continue
+                verdicts[sub.key] = ok
+            if ok:
+                return self.readable(collection, body)
+        return False
+
+    def _apply_decisions(self, decisions: dict[Ref, str], inline: bool = False,
+                         enter: list[Ref] | None = None, leave: list[Ref] | None = None) -> bool:
         """Let documents enter or leave the view (a ViewUpdate). ``inline``: on the event loop,
         the router's lock held (no entry is routed meanwhile); False, having changed nothing,
         when that needs storage other than the view rows (a state the router no longer holds)
-        or the view store is busy."""
-        enter = [ref for ref, d in decisions.items() if d == ENTER]
-        leave = [ref for ref, d in decisions.items() if d == LEAVE]
+        or the view store is busy. ``enter``, ``leave``: the refs ``decisions`` says enter and
+        leave, in its order, when the caller listed them."""
+        if enter is None or leave is None:
+            enter = [ref for ref, d in decisions.items() if d == ENTER]
+            leave = [ref for ref, d in decisions.items() if d == LEAVE]
         if not enter and not leave:
             return True
         if inline:
@@ -1987,16 +2078,12 @@ class FlexibleSession:
             if any(ref not in known for ref in enter):
                 return False
         watched = self.router.watch(self, enter)
-        docs = self.router.states_of(enter) if enter else {}
         entered: list[Ref] = []
         enters: list[SnapshotDoc] = []
-        for ref in enter:
-            doc = docs.get(ref)
-            if doc is None:
-                continue
-            # (Only the body is tested: its meta is sent as the JSON text it is, never parsed.)
-            form = doc.json_form
-            if not self.matches(ref[0], loads_json(form[2]) if form is not None else doc.state["body"]):
+        for ref, doc, body, verdicts in self._entering(enter) if enter else ():
+            # Tested again on the state that is sent (only the body: its meta is sent as the
+            # JSON text it is, never parsed).
+            if not self._matches_noting(ref[0], body, verdicts):
                 continue         # changed again since the router looked: a later entry decides
             shown = self._shown(doc)
             if shown is not None:

@@ -699,8 +699,8 @@ class Database(ReplicaStore):
             sql = _FAST_READ[key] = (
                 f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
-        for r in self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk)):
-            cached[r[0]] = r
+        rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
+        cached.update(zip(map(itemgetter(0), rows), rows))
         return cached.pop(pk, None)
 
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:

@@ -47,6 +47,7 @@ def _general(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(Database, "_fast_assign", lambda self, *a: False)
     mp.setattr(Database, "_update_plan", lambda self, cls, obj: None)
     mp.setattr(Database, "_pending_as_columns", lambda self, txn: None)
+    mp.setattr(Database, "_loop_as_columns", lambda self, txn: None)
     mp.setattr(database_module, "_make_bulk_builder", lambda cls, obj: None)
     mp.setattr(writer, "COLUMNS_MIN_DOCS", 1 << 30)
 

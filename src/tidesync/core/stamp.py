@@ -80,8 +80,9 @@ def stamp_run(first: Stamp, n: int) -> list[Stamp]:
             continue
         if wall > MAX_WALL:
             raise ValueError(f"stamp parts out of range: {wall}, {counter}")
-        head = f"{wall:012x}"
-        out.extend([f"{head}{c:06x}{replica}" for c in range(counter + 1, counter + 1 + take)])  # type: ignore[misc]
+        # str % int per stamp, mapped in C (the replica's text escaped for the % format)
+        fmt = f"{wall:012x}%06x" + replica.replace("%", "%%")
+        out.extend(map(fmt.__mod__, range(counter + 1, counter + 1 + take)))  # type: ignore[arg-type]
         counter += take
     return out
 

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from itertools import compress, islice, repeat
 from math import isfinite
 from operator import attrgetter, is_not, itemgetter, lt, methodcaller
+from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
@@ -593,7 +594,7 @@ class Database(ReplicaStore):
         value that does not fit). The write is stamped later, with the transaction's other
         fast-path writes (:meth:`WriteTransaction.stamp_pending`)."""
         txn = self._txn
-        if txn is None or self._txn_thread != threading.get_ident() or self._closed:
+        if txn is None or self._txn_thread != get_ident() or self._closed:
             txn = self._current_txn()  # raises
         ref = binding.ref
         if txn._journal is not None or ref in txn.docs or ref in txn.bulk_refs:
@@ -601,13 +602,17 @@ class Database(ReplicaStore):
         if txn.column_refs and ref in txn.column_refs:
             txn.expand_columns()
         collection = binding.collection
-        ok = self._fast_fields.get((collection, name))
-        if ok is None:
-            policies = self._policies
-            ok = self._fast_fields[(collection, name)] = name.isidentifier() and name.isascii() and (
-                policies is None or policies.lookup(collection, (name,)) == "lww")
-        if not ok:
-            return False
+        loop = txn.loop_keys
+        # The same field as the assignment loop's (its checks passed when it began)?
+        same = bool(loop) and txn.loop_name == name and txn.loop_collection == collection
+        if not same:
+            ok = self._fast_fields.get((collection, name))
+            if ok is None:
+                policies = self._policies
+                ok = self._fast_fields[(collection, name)] = name.isidentifier() and name.isascii() and (
+                    policies is None or policies.lookup(collection, (name,)) == "lww")
+            if not ok:
+                return False
         tv = type(value)
         kind = ftype.kind
         if (tv is str and kind == "str") or (tv is int and kind == "int" and INT64_MIN <= value <= INT64_MAX) or (
@@ -617,6 +622,34 @@ class Database(ReplicaStore):
             plain = value_to_plain(ftype, value)
             if type(plain) not in _FAST_PLAIN:
                 return False
+        if (same or not loop) and ref not in loop and ref not in txn._pending:
+            # The assignment loop, recorded as columns: the row read ahead and the value, no
+            # pending document (what it would hold: WriteTransaction._unloop).
+            ahead = txn.loop_ahead if same else txn.read_ahead.get((collection, name))
+            row = ahead[0].pop(ref[1], None) if ahead is not None else None
+            if row is not None:  # read ahead by an earlier assignment
+                ahead[2] += 1  # type: ignore[index]
+            else:
+                row = self._read_ahead(txn, collection, ref[1], name)
+            if row is None or not row[2]:
+                raise InvalidatedObjectError(f"this {collection} object was deleted")
+            meta = row[3]
+            if len(meta) != 42 or meta[:6] != '{"*":"':
+                m = loads_json(meta)
+                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
+                if type(top) is not str or (kinds and name in kinds):
+                    return False
+                if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
+                    top = k[1:]
+                if top > txn.loop_max:
+                    txn.loop_max = top
+            # (a create's compact meta {"*": stamp}: its stamp is taken when the loop is read)
+            if not same:
+                txn.loop_collection, txn.loop_name = collection, name
+                txn.loop_ahead = txn.read_ahead[(collection, name)]
+            loop[ref] = binding.key
+            txn.loop_buf += (row, plain)
+            return True
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             ahead = txn.read_ahead.get((collection, name))
@@ -673,8 +706,8 @@ class Database(ReplicaStore):
             sql = _FAST_READ[key] = (
                 f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
-        for r in self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk)):
-            cached[r[0]] = r
+        rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
+        cached.update(zip(map(itemgetter(0), rows), rows))
         return cached.pop(pk, None)
 
     def _write_pending(self, pending: Sequence[PendingDoc], seq: int) -> None:
@@ -761,9 +794,10 @@ class Database(ReplicaStore):
         return out
 
     def _commit_local(self, txn: WriteTransaction, meta: dict[str, Any] | None = None) -> int | None:
-        if not txn.has_ops and not txn.unstamped:
+        if not txn.has_ops and not txn.loop_keys and not txn.unstamped:
             return None
         with _gc_paused():
+            self._loop_as_columns(txn)
             self._pending_as_columns(txn)
             txn.stamp_pending()
             return self._commit_ops(txn, meta)
@@ -811,6 +845,49 @@ class Database(ReplicaStore):
                     direct[name] = False
         olds = [p.before_json[name] for p, name in zip(docs, names)]
         txn.unstamped, txn.pending = [], {}
+        keys = list(map(attrgetter("key"), heads))
+        refs = list(map(attrgetter("ref"), heads))
+        epochs = list(map(attrgetter("epoch"), heads))
+        metas = list(map(attrgetter("meta"), heads))
+        rowids = list(map(attrgetter("rowid"), heads))
+        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        self._commit_columns(txn, collection, item_names, keys, refs, epochs, metas, rowids, olds, values, direct,
+                             single, compact)
+
+    def _loop_as_columns(self, txn: WriteTransaction) -> None:
+        """At commit, a write that did nothing but an assignment loop recorded as columns
+        (``WriteTransaction.loop_keys``: one field of one collection, each document once)
+        commits straight from them: what :meth:`_pending_as_columns` gives for the pending
+        documents they stand for, without making those. Anything else in the write leaves the
+        loop to the general commit (reading ``pending`` turns it into pending documents)."""
+        if (not txn.loop_keys or txn._pending or txn._unstamped or txn.ops or txn.docs or txn.bulk or txn.columns
+                or txn._journal is not None):
+            return
+        taken = txn.loop_columns()
+        assert taken is not None
+        collection, name, refs, keys, rows, values = taken
+        _, epoch_t, _, meta_t, old_t, rowid_t = zip(*rows)
+        metas: list[str] = list(meta_t)
+        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        # The latest write key replaced (as _fast_assign's for the others: see loop_max).
+        if compact:
+            top = max(map(itemgetter(slice(6, 40)), metas))
+        else:
+            top = max([m[6:40] for m in metas if len(m) == 42 and m[:6] == '{"*":"'], default="")
+        if top > txn.unstamped_max:
+            txn.unstamped_max = top
+        n = len(refs)
+        self._commit_columns(txn, collection, [(name,)] * n, keys, refs, list(epoch_t), metas, list(rowid_t),
+                             list(old_t), values, {name: set(map(type, values)) <= _DIRECT_TYPES}, True, compact)
+
+    def _commit_columns(self, txn: WriteTransaction, collection: str, item_names: list[tuple[str, ...]],
+                        keys: list[Plain], refs: list[Ref], epochs: list[str], metas: list[str], rowids: list[int],
+                        olds: list[str | None], values: list[Plain], direct: dict[str, bool], single: bool,
+                        compact: bool) -> None:
+        """Stamp, write and record fast-path assignments given as columns (per document:
+        ``keys`` ... ``item_names``; per assignment, in order: ``olds``, ``values``) as one
+        :class:`ColumnUpdate` (see :meth:`_pending_as_columns`)."""
+        n = len(values)
         if txn.unstamped_max:
             self._clock.observe(Stamp(txn.unstamped_max))
             txn.unstamped_max = ""
@@ -818,12 +895,6 @@ class Database(ReplicaStore):
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
-        keys = list(map(attrgetter("key"), heads))
-        refs = list(map(attrgetter("ref"), heads))
-        epochs = list(map(attrgetter("epoch"), heads))
-        metas = list(map(attrgetter("meta"), heads))
-        rowids = list(map(attrgetter("rowid"), heads))
-        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
         self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
         packed, items = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
         txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
@@ -1979,7 +2050,9 @@ class Database(ReplicaStore):
                 d = txn.docs.get(ref)
                 if d is not None:
                     return d.state.body if d.state.live else None
-                p = txn.pending.get(ref)
+                if ref in txn.loop_keys:
+                    txn._unloop()  # an assignment of the loop's: read from the row, flushed below
+                p = txn._pending.get(ref)
                 if p is not None:
                     if not p.flushed:
                         self._flush_pending(txn)

@@ -356,12 +356,21 @@ class WriteTransaction:
         self._bulk_loader = bulk_loader
         self.policies = policies
         self.docs: dict[Ref, LoadedDoc] = {}
-        #: Documents changed by the update fast path only (never also in ``docs``).
-        self.pending: dict[Ref, PendingDoc] = {}
-        #: The fast path's assignments not stamped yet, in order: (document, field, plain value).
-        #: :meth:`stamp_pending` turns them into operations before anything else reads or
-        #: extends ``ops`` (every other change, a flush, a savepoint, the commit).
-        self.unstamped: list[Any] = []  # flat: document, field, value, document, ...
+        # Documents changed by the update fast path only (never also in ``docs``): see ``pending``.
+        self._pending: dict[Ref, PendingDoc] = {}
+        # The fast path's assignments not stamped yet: see ``unstamped``.
+        self._unstamped: list[Any] = []  # flat: document, field, value, document, ...
+        #: The assignment loop recorded as columns (one field of one collection, each document
+        #: once, nothing else in between): document ref -> plain key, in assignment order, and
+        #: flat (read-ahead row, plain value) per assignment. What ``pending`` and ``unstamped``
+        #: would hold for them; reading either turns the loop into them first (:meth:`_unloop`).
+        self.loop_keys: dict[Ref, Plain] = {}
+        self.loop_buf: list[Any] = []
+        self.loop_collection = ""
+        self.loop_name = ""
+        self.loop_ahead: list[Any] | None = None  # read_ahead[(loop_collection, loop_name)]
+        #: The latest write key among the loop's documents whose meta is not a create's compact one.
+        self.loop_max = ""
         #: The latest stamp among the current write keys of the fields in ``unstamped``.
         self.unstamped_max = ""
         #: The wire form of the fast path's operations, made with them: index in ops -> list.
@@ -395,6 +404,65 @@ class WriteTransaction:
         self.columns: list[ColumnUpdate] = []
         self.column_refs: set[Ref] = set()
         self._reordered = False
+
+    @property
+    def pending(self) -> dict[Ref, PendingDoc]:
+        """Documents changed by the update fast path only (never also in ``docs``)."""
+        if self.loop_keys:
+            self._unloop()
+        return self._pending
+
+    @pending.setter
+    def pending(self, value: dict[Ref, PendingDoc]) -> None:
+        if self.loop_keys:
+            self._unloop()
+        self._pending = value
+
+    @property
+    def unstamped(self) -> list[Any]:
+        """The fast path's assignments not stamped yet, in order: (document, field, plain
+        value), flat. :meth:`stamp_pending` turns them into operations before anything else
+        reads or extends ``ops`` (every other change, a flush, a savepoint, the commit)."""
+        if self.loop_keys:
+            self._unloop()
+        return self._unstamped
+
+    @unstamped.setter
+    def unstamped(self, value: list[Any]) -> None:
+        if self.loop_keys:
+            self._unloop()
+        self._unstamped = value
+
+    def loop_columns(self) -> tuple[str, str, list[Ref], list[Plain], list[tuple[Any, ...]], list[Plain]] | None:
+        """The assignment loop as columns (collection, field, refs, keys, read-ahead rows,
+        values), taken out of the transaction, when it is all the fast path holds; else None."""
+        if not self.loop_keys or self._pending or self._unstamped:
+            return None
+        keys, buf = self.loop_keys, self.loop_buf
+        self.loop_keys, self.loop_buf = {}, []
+        if self.loop_max > self.unstamped_max:
+            self.unstamped_max = self.loop_max
+        self.loop_max = ""
+        return self.loop_collection, self.loop_name, list(keys), list(keys.values()), buf[0::2], buf[1::2]
+
+    def _unloop(self) -> None:
+        """Turn the assignment loop into the pending documents and unstamped assignments the
+        fast path made before it was recorded as columns (the same objects, in the same order)."""
+        keys, buf = self.loop_keys, self.loop_buf
+        self.loop_keys, self.loop_buf = {}, []
+        collection, name = self.loop_collection, self.loop_name
+        pending, out = self._pending, self._unstamped
+        top = self.loop_max
+        self.loop_max = ""
+        it = iter(buf)
+        for (ref, key), row, plain in zip(keys.items(), it, it):
+            _, epoch, _, meta, old, rowid = row
+            p = pending[ref] = PendingDoc(collection, key, ref, epoch, meta, rowid, {name: old}, {}, {})
+            out += (p, name, plain)
+            if len(meta) == 42 and meta[:6] == '{"*":"' and meta[6:40] > top:
+                top = meta[6:40]
+        if top > self.unstamped_max:
+            self.unstamped_max = top
 
     @property
     def touched(self) -> dict[Ref, tuple[str, Plain]]:

@@ -744,3 +744,67 @@ def test_a_flexible_upload_learns_which_documents_existed_from_the_batchs_one_re
         assert state.backend.document_state(COLL, "t3").live
     finally:
         state.backend.close()
+
+
+# -- a string equality matches without a test ----------------------------------------------------
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=12), other=st.one_of(st.none(), st.integers(), st.text(max_size=4)))
+def test_a_bare_string_equality_matches_every_state_its_index_key_finds(text: str, other: Any) -> None:
+    """The router's exact groups (``_QueryGroup.exact``) answer True without a test where the
+    state's field holds the query's very string: the predicate agrees, whatever the string."""
+    from tidesync.server.flexible import _is_str_equality
+
+    cfg = FlexibleConfig(all_fields=True)
+    [sub] = compile_set([SubscriptionQuery("q", COLL, f"owner == {json.dumps(text)}")], cfg)
+    assert _is_str_equality(sub.node)
+    value = sub.node.right.plain  # type: ignore[attr-defined]
+    assert sub.index == ("owner", frozenset({("s", value)}))
+    assert sub.predicate({"_id": "x", "owner": value, "team": other}) is True
+
+
+def test_only_a_bare_case_sensitive_string_equality_is_exact() -> None:
+    from tidesync.server.flexible import _is_str_equality
+
+    cfg = FlexibleConfig(all_fields=True)
+    texts = ['owner ==[c] "u1"', 'owner == "u1" AND team == "g1"', 'owner IN {"u1", "u2"}', "n == 1",
+             'owner != "u1"', 'site.owner == "u1"', "flag == true"]
+    subs = compile_set([SubscriptionQuery(f"q{i}", COLL, t) for i, t in enumerate(texts)], cfg)
+    assert [_is_str_equality(s.node) for s in subs] == [False] * len(texts)
+
+
+def test_exact_groups_route_as_tested_ones(tmp_path: Path, monkeypatch: Any) -> None:
+    """The same sessions and verdicts with exact groups as with every group tested."""
+    import tidesync.server.flexible as flexible
+
+    def run(exact: bool) -> tuple[list[list[int]], list[dict[Any, dict[str, bool]]]]:
+        with monkeypatch.context() as m:
+            if not exact:
+                m.setattr(flexible, "_is_str_equality", lambda node: False)
+            db = Database(tmp_path / f"{exact}.db", ())
+            try:
+                router = Router(db, ViewStore(tmp_path / f"{exact}-flex.db"))
+                cfg = FlexibleConfig(all_fields=True)
+                queries = [[("a", 'owner == "u1"')], [("b", 'owner == "u1" AND status == "open"')],
+                           [("c", 'owner ==[c] "U1"')], [("d", 'status == "open"')], [("e", 'owner == "u2"')]]
+                sessions = []
+                for i, qs in enumerate(queries):
+                    s = FlexibleSession.__new__(FlexibleSession)
+                    s.config, s.peer = cfg, ReplicaId(f"p{i:04d}")
+                    s.held, s.relevant, s.indexed = set(), deque(), []
+                    s.rules, s._closed = None, False
+                    s._set_subs(compile_set([SubscriptionQuery(n, COLL, q) for n, q in qs], cfg), 1)
+                    router.register(s)
+                    sessions.append(s)
+                writer = RemoteWriter(db)
+                writer.create("d1", {"owner": "u1", "status": "open"})
+                writer.create("d2", {"owner": ["u1"], "status": "closed"})
+                writer.create("d3", {"owner": "u2", "status": "open"})
+                writer.set("d1", "status", "closed")
+                router.catch_up()
+                return ([sorted(s.relevant) for s in sessions],
+                        [router.cache[seq].verdicts for seq in sorted(router.cache)])
+            finally:
+                db.close()
+
+    assert run(True) == run(False)

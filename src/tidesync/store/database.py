@@ -2446,6 +2446,8 @@ class Database(ReplicaStore):
             overlay = meta.get("r")
             if overlay is None:
                 overlay = meta["r"] = {}
+            if type(meta.get("*")) is not str or type(overlay) is not dict:
+                return None  # not a compact meta after all: the general path reads it
             # [body, meta, overlay, epoch, seq, the create's key, containers made by the create
             # (kinds), fields it filled in from defaults]: what compact_key reads
             parsed[ref] = [loads_json(body_text), meta, overlay, epoch, 0, meta["*"], meta.get("*k") or (),

@@ -2438,26 +2438,32 @@ class Database(ReplicaStore):
         general path then integrates the batch from ``rows``)."""
         if _NOT_LEAN in rows:
             return None
-        parsed: dict[Ref, list[Any]] = {}
-        for ref, (_, body_text, meta_text, epoch, live) in rows.items():
+        for _, _, meta_text, _, live in rows.values():
             if not live or not meta_text.startswith('{"*":'):
                 return None
-            meta = loads_json(meta_text)
-            overlay = meta.get("r")
-            if overlay is None:
-                overlay = meta["r"] = {}
-            if type(meta.get("*")) is not str or type(overlay) is not dict:
-                return None  # not a compact meta after all: the general path reads it
-            # [body, meta, overlay, epoch, seq, the create's key, containers made by the create
-            # (kinds), fields it filled in from defaults]: what compact_key reads
-            parsed[ref] = [loads_json(body_text), meta, overlay, epoch, 0, meta["*"], meta.get("*k") or (),
-                           meta.get("*d") or ()]
+        # Each document parsed when the loop first reaches it, after its operation's base was
+        # found to be its epoch: a batch that does not fit stops before parsing what it need not.
+        parsed: dict[Ref, list[Any]] = {}
         latest = ""
         seq = first_seq
         for t in txns:
             for op, ref in zip(cast("tuple[SetValue, ...]", t.ops), t.refs()):   # (as _lean_fits found)
-                d = parsed[ref]
-                if op.base != d[3]:
+                d = parsed.get(ref)
+                if d is None:
+                    _, body_text, meta_text, epoch, _ = rows[ref]
+                    if op.base != epoch:
+                        return None
+                    meta = loads_json(meta_text)
+                    overlay = meta.get("r")
+                    if overlay is None:
+                        overlay = meta["r"] = {}
+                    if type(meta.get("*")) is not str or type(overlay) is not dict:
+                        return None  # not a compact meta after all: the general path reads it
+                    # [body, meta, overlay, epoch, seq, the create's key, containers made by the
+                    # create (kinds), fields it filled in from defaults]: what compact_key reads
+                    d = parsed[ref] = [loads_json(body_text), meta, overlay, epoch, 0, meta["*"], meta.get("*k") or (),
+                                       meta.get("*d") or ()]
+                elif op.base != d[3]:
                     return None
                 name = op.path[0]
                 if name in d[6]:
@@ -2482,7 +2488,8 @@ class Database(ReplicaStore):
         pkey = self.partition_key
         out: list[tuple[Any, ...]] = []
         bodies: list[dict[str, Plain]] = []
-        for ref, (body, meta, _, epoch, dseq, *_) in parsed.items():
+        for ref in rows:   # (every one reached: the rows are the operations' documents)
+            body, meta, _, epoch, dseq, *_ = parsed[ref]
             bodies.append(body)
             out.append((ref[0], ref[1], _dumps(body), _dumps(meta), epoch, 1, dseq,
                         _dumps(body.get(pkey)) if pkey is not None else None))

@@ -4,8 +4,9 @@ of an upload, this tree against another checkout (e.g. a ``git worktree`` of mai
 The same payloads for both (made once, by this tree): the sync bench's upload shapes 1 x 10,000,
 1,000 x 10 and 5,000 x 1 documents (new documents, as ``bench.upload_inprocess`` makes them), and
 ``edits``: 3,000 one-operation transactions on 5,000 held documents (a counter increment, every
-20th a status set; the writer of ``python -m bench flexible --only routing``), in ``Changes`` of
-500. One worker process per tree (``PYTHONPATH=TREE/src``) runs each round on a fresh server
+20th a status set; the writer of ``python -m bench flexible --only routing`` until session 8), and
+``sets``: the same with the counter a plain field set to its next value (that writer's
+transactions now), in ``Changes`` of 500. One worker process per tree (``PYTHONPATH=TREE/src``) runs each round on a fresh server
 data dir on /dev/shm (``codec.decode`` with the cyclic GC paused, then ``Enforcer.integrate``:
 a partition session for new documents, development mode for the edits); the two take turns,
 round after round, so that both see the same load. Prints the minimum and median CPU
@@ -23,7 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-SHAPES = ("1x10000", "1000x10", "5000x1", "edits")
+SHAPES = ("1x10000", "1000x10", "5000x1", "edits", "sets")
+_CREATES = SHAPES[:3]
 _ORIGIN = "00000000000000aa"
 
 _WORKER = r'''
@@ -65,7 +67,7 @@ def _stamp(n: int) -> str:
     return f"{n:016x}00{_ORIGIN}"
 
 
-def _edits() -> tuple[list[bytes], list[bytes]]:
+def _edits(counter: bool = True) -> tuple[list[bytes], list[bytes]]:
     import random
 
     from tidesync.core.operations import CounterAdd, CreateDoc, SetValue
@@ -82,16 +84,20 @@ def _edits() -> tuple[list[bytes], list[bytes]]:
     for i in range(5000):
         s = _stamp(1001 + i)
         fields = {"_id": f"d{i}", "team": f"t{i % 20}", "status": "open", "n": 0}
-        seed.append(Transaction(s, _ORIGIN, s, (), (CreateDoc("Doc", f"d{i}", s, "", fields, {"n": "counter"}, ()),)))
+        kinds = {"n": "counter"} if counter else {}
+        seed.append(Transaction(s, _ORIGIN, s, (), (CreateDoc("Doc", f"d{i}", s, "", fields, kinds, ()),)))
     rng = random.Random(1)
     edits = []
+    n = [0] * 5000
     prev = _stamp(6000)
     for i in range(3000):
         s = _stamp(6001 + i)
         d = rng.randrange(5000)
-        base = _stamp(1001 + d)
+        base = _stamp(1001 + d) if counter else ""   # (the routing bench's writer: ZERO, the create's base)
+        n[d] += 1
         op = (SetValue("Doc", f"d{d}", s, base, ("status",), (), rng.choice(["open", "done"]), False) if i % 20 == 0
-              else CounterAdd("Doc", f"d{d}", s, base, ("n",), (), 1))
+              else CounterAdd("Doc", f"d{d}", s, base, ("n",), (), 1) if counter
+              else SetValue("Doc", f"d{d}", s, base, ("n",), (), n[d], False))
         edits.append(Transaction(s, _ORIGIN, s, (prev,), (op,)))
         prev = s
     return batches(seed, 0, 8000), batches(edits, 5000, 8000)
@@ -101,7 +107,7 @@ def _cases(work: Path) -> dict[str, tuple[list[bytes], list[bytes], str, int, st
     from .upload_inprocess import _payloads
 
     cases: dict[str, tuple[list[bytes], list[bytes], str, int, str | None]] = {}
-    for name in SHAPES[:-1]:
+    for name in _CREATES:
         txns, per = map(int, name.split("x"))
         d = work / name
         d.mkdir()
@@ -109,6 +115,8 @@ def _cases(work: Path) -> dict[str, tuple[list[bytes], list[bytes], str, int, st
         cases[name] = ([], payloads, rid, n, "u0")
     seed, edits = _edits()
     cases["edits"] = (seed, edits, _ORIGIN, 3000, None)
+    seed, sets = _edits(counter=False)
+    cases["sets"] = (seed, sets, _ORIGIN, 3000, None)
     return cases
 
 
@@ -142,7 +150,7 @@ def main(argv: list[str]) -> None:
             proc.stdin.close()
             proc.wait(60)
         for case in SHAPES:
-            unit = "us/txn" if case == "edits" else "us/doc"
+            unit = "us/doc" if case in _CREATES else "us/txn"
             for name in ("other", "this"):
                 v = got[(name, case)]
                 cols = []

@@ -12,6 +12,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -633,15 +634,20 @@ def test_the_router_routes_what_an_integration_hands_over_without_decoding_it(tm
         db.close()
 
 
-def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path: Path) -> None:
+@pytest.mark.parametrize("owner_query", ['owner == "u1" AND n >= 0', 'owner == "u1"'])
+def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path: Path, owner_query: str) -> None:
     """A state routed with the session's queries in the index: a query the index did not reach
     is not tested again (its equality condition does not hold). Not across a change of the
-    session's queries until they are indexed, nor for entries routed before that."""
+    session's queries until they are indexed, nor for entries routed before that. (A bare
+    string equality, the second case, is not even tested by the router where its index key
+    finds it: ``_QueryGroup.exact``.)"""
     db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    # The router's test of the owner query, where it makes one.
+    router_test = [] if owner_query == 'owner == "u1"' else [owner_query]
     try:
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
         w = RemoteWriter(db)
-        s = reading_session(router, db, ['region == "r1"', 'owner == "u1"'])
+        s = reading_session(router, db, ['region == "r1"', owner_query])
         calls: list[str] = []
 
         def count(subs: list[Any]) -> None:
@@ -672,21 +678,21 @@ def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path:
 
         # The router tests the owner query (reached through u1); the region query, not reached
         # through r9, is tested by nobody.
-        assert change(1) == ['owner == "u1"']
+        assert change(1) == router_test
         # A new set (same queries, not indexed yet): judged by testing them.
-        subs = compile_set([SubscriptionQuery(f"q{i}", COLL, q) for i, q in enumerate(['region == "r1"', 'owner == "u1"'])],
+        subs = compile_set([SubscriptionQuery(f"q{i}", COLL, q) for i, q in enumerate(['region == "r1"', owner_query])],
                            s.config)
         count(subs)
         s._set_subs(subs, 2)
-        assert change(2) == ['owner == "u1"', 'region == "r1"']   # the router's, then the judge's
+        assert change(2) == [*router_test, 'region == "r1"']   # the router's, then the judge's
         # Indexed again: an entry routed before that is still tested, later ones are not.
         calls.clear()
         w.set("t1", "n", 3)
         router.catch_up()
         router.reindex(s)
         assert s.read_inline(s.read_to, 100, 1 << 20, None) is not None
-        assert calls == ['owner == "u1"', 'region == "r1"']
-        assert change(4) == ['owner == "u1"']
+        assert calls == [*router_test, 'region == "r1"']
+        assert change(4) == router_test
         # A state leaving every query still leaves (its verdicts say so).
         calls.clear()
         w.set("t1", "owner", "u2")
@@ -797,3 +803,67 @@ def test_a_flexible_upload_learns_which_documents_existed_from_the_batchs_one_re
         assert state.backend.document_state(COLL, "t3").live
     finally:
         state.backend.close()
+
+
+# -- a string equality matches without a test ----------------------------------------------------
+
+@settings(max_examples=150, deadline=None)
+@given(text=st.text(max_size=12), other=st.one_of(st.none(), st.integers(), st.text(max_size=4)))
+def test_a_bare_string_equality_matches_every_state_its_index_key_finds(text: str, other: Any) -> None:
+    """The router's exact groups (``_QueryGroup.exact``) answer True without a test where the
+    state's field holds the query's very string: the predicate agrees, whatever the string."""
+    from tidesync.server.flexible import _is_str_equality
+
+    cfg = FlexibleConfig(all_fields=True)
+    [sub] = compile_set([SubscriptionQuery("q", COLL, f"owner == {json.dumps(text)}")], cfg)
+    assert _is_str_equality(sub.node)
+    value = sub.node.right.plain  # type: ignore[attr-defined]
+    assert sub.index == ("owner", frozenset({("s", value)}))
+    assert sub.predicate({"_id": "x", "owner": value, "team": other}) is True
+
+
+def test_only_a_bare_case_sensitive_string_equality_is_exact() -> None:
+    from tidesync.server.flexible import _is_str_equality
+
+    cfg = FlexibleConfig(all_fields=True)
+    texts = ['owner ==[c] "u1"', 'owner == "u1" AND team == "g1"', 'owner IN {"u1", "u2"}', "n == 1",
+             'owner != "u1"', 'site.owner == "u1"', "flag == true"]
+    subs = compile_set([SubscriptionQuery(f"q{i}", COLL, t) for i, t in enumerate(texts)], cfg)
+    assert [_is_str_equality(s.node) for s in subs] == [False] * len(texts)
+
+
+def test_exact_groups_route_as_tested_ones(tmp_path: Path, monkeypatch: Any) -> None:
+    """The same sessions and verdicts with exact groups as with every group tested."""
+    import tidesync.server.flexible as flexible
+
+    def run(exact: bool) -> tuple[list[list[int]], list[dict[Any, dict[str, bool]]]]:
+        with monkeypatch.context() as m:
+            if not exact:
+                m.setattr(flexible, "_is_str_equality", lambda node: False)
+            db = Database(tmp_path / f"{exact}.db", ())
+            try:
+                router = Router(db, ViewStore(tmp_path / f"{exact}-flex.db"))
+                cfg = FlexibleConfig(all_fields=True)
+                queries = [[("a", 'owner == "u1"')], [("b", 'owner == "u1" AND status == "open"')],
+                           [("c", 'owner ==[c] "U1"')], [("d", 'status == "open"')], [("e", 'owner == "u2"')]]
+                sessions = []
+                for i, qs in enumerate(queries):
+                    s = FlexibleSession.__new__(FlexibleSession)
+                    s.config, s.peer = cfg, ReplicaId(f"p{i:04d}")
+                    s.held, s.relevant, s.indexed = set(), deque(), []
+                    s.rules, s._closed = None, False
+                    s._set_subs(compile_set([SubscriptionQuery(n, COLL, q) for n, q in qs], cfg), 1)
+                    router.register(s)
+                    sessions.append(s)
+                writer = RemoteWriter(db)
+                writer.create("d1", {"owner": "u1", "status": "open"})
+                writer.create("d2", {"owner": ["u1"], "status": "closed"})
+                writer.create("d3", {"owner": "u2", "status": "open"})
+                writer.set("d1", "status", "closed")
+                router.catch_up()
+                return ([sorted(s.relevant) for s in sessions],
+                        [router.cache[seq].verdicts for seq in sorted(router.cache)])
+            finally:
+                db.close()
+
+    assert run(True) == run(False)

@@ -530,7 +530,8 @@ class _Routed:
 
     def __init__(self, seq: int, origin: str, via: str | None, txn: Transaction, size: int) -> None:
         self.seq, self.origin, self.via, self.txn, self.size = seq, origin, via, txn, size
-        self.refs: list[Ref] = [doc_ref(op.collection, op.key) for op in txn.ops]
+        # (Transaction.refs(): doc_ref of each operation, usually made by the integration already.)
+        self.refs: list[Ref] = list(txn.refs())
         self.states: dict[Ref, tuple[bool, dict[str, Any] | None]] = {}
         # By document (every one in ``states``, once routed): the queries (CompiledSub.key)
         # the router tested on that state, and whether each matched. A session judging the
@@ -1136,7 +1137,7 @@ class Router:
                 if type(value) is str:    # (the usual case: _body_keys's one key, without it)
                     got = by_value.get(("s", value))
                     if got:
-                        _add_matching(targets, got, body, verdicts)
+                        _add_matching_str(targets, got, body, verdicts)
                     continue
                 for k in _body_keys(value):
                     got = by_value.get(k)
@@ -1175,17 +1176,20 @@ class _QueryGroup:
     """The sessions that have one query (same collection and AST: :attr:`CompiledSub.key`)
     under one entry of the router's index, with how many of their subscriptions it is."""
 
-    __slots__ = ("predicate", "sessions")
+    __slots__ = ("predicate", "sessions", "exact")
 
-    def __init__(self, predicate: Predicate) -> None:
+    def __init__(self, predicate: Predicate, exact: bool = False) -> None:
         self.predicate = predicate
         self.sessions: dict[FlexibleSession, int] = {}
+        #: The query is nothing but ``field == 'a string'`` (:func:`_is_str_equality`): under its
+        #: string key of the equality index, it matches every state the index finds it for.
+        self.exact = exact
 
 
 def _group_add(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleSession) -> None:
     group = groups.get(sub.key)
     if group is None:
-        group = groups[sub.key] = _QueryGroup(sub.predicate)
+        group = groups[sub.key] = _QueryGroup(sub.predicate, _is_str_equality(sub.node))
     group.sessions[s] = group.sessions.get(s, 0) + 1
 
 
@@ -1198,6 +1202,35 @@ def _group_remove(groups: dict[str, _QueryGroup], sub: CompiledSub, s: FlexibleS
         group.sessions[s] = n
     elif not group.sessions:
         del groups[sub.key]
+
+
+def _is_str_equality(node: Node) -> bool:
+    """``field == 'text'`` on a top-level field, case and diacritics sensitive, and nothing else:
+    a state whose field holds that very string (all the equality index's string key finds)
+    matches it."""
+    return (isinstance(node, Compare) and node.op == "==" and not node.case_insensitive
+            and not node.diacritic_insensitive and isinstance(node.left, Path) and len(node.left.names) == 1
+            and isinstance(node.right, Value) and type(node.right.plain) is str)
+
+
+def _add_matching_str(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
+                      verdicts: dict[str, bool]) -> None:
+    """:func:`_add_matching` for the groups the equality index holds under the string the
+    state's field holds: a group whose query is only that equality (``exact``) matches without
+    a test."""
+    for key, group in groups.items():
+        ok = verdicts.get(key)
+        if ok is None:
+            if group.exact:
+                ok = verdicts[key] = True
+            else:
+                try:
+                    ok = verdicts[key] = bool(group.predicate(body))
+                except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
+                    log.exception("subscription predicate failed")
+                    continue
+        if ok:
+            targets.update(group.sessions)
 
 
 def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],

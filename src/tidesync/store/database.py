@@ -21,7 +21,7 @@ from math import isfinite
 from operator import attrgetter, is_not, itemgetter, lt, methodcaller
 from threading import get_ident
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
 
 import msgpack
 
@@ -984,7 +984,6 @@ class Database(ReplicaStore):
         pkey = self.partition_key
         keep = self._written_rows
         bodies: list[dict[str, Plain]] | None = [] if keep is not None else None
-        written_scopes = self._written_scopes
         for d in docs:
             if isinstance(d, _Fresh):
                 body = d.body
@@ -1017,6 +1016,15 @@ class Database(ReplicaStore):
                          d.seq if seq is None else seq, scope))
             held.append(d.existed_row)
         if rows:
+            self._write_doc_rows(rows, held, bodies, scopes)
+
+    def _write_doc_rows(self, rows: list[tuple[Any, ...]], held: list[bool], bodies: list[dict[str, Plain]] | None,
+                        scopes: dict[Ref, str | None] | None) -> None:
+        """:meth:`_write_docs`'s statements for its ``rows`` (``held``: which of them the file
+        holds; ``bodies``: their bodies, for the hand-over)."""
+        keep = self._written_rows
+        if rows:
+            written_scopes = self._written_scopes
             if written_scopes is not None:
                 written_scopes.update({(r[0], r[1]): r[7] for r in rows})
             written = self._written
@@ -2351,6 +2359,7 @@ class Database(ReplicaStore):
             # is still a duplicate.
             known.update(r[0] for r in self._engine.query(
                 f"SELECT id FROM descriptors WHERE seq IS NOT NULL AND id IN ({','.join('?' * len(chunk))})", chunk))
+        lean: dict[Ref, Any] | None = None
         if preloaded is not None and not known:
             # The documents of these transactions and maybe more (refused ones), which stay
             # unwritten. With duplicates, read again: rows go in the first-touch order of the
@@ -2358,18 +2367,33 @@ class Database(ReplicaStore):
             docs = preloaded
             scopes = preloaded_scopes
         else:
-            scopes = {}
-            try:
-                docs = self._load_docs_of_txns([t for t in txns if t.id not in known], scopes)
-            except (ValueError, TypeError, KeyError):
-                docs = {}  # a malformed operation: the loop below reports it as a MergeError
+            read_scopes: dict[Ref, str | None] = {}
+            scopes = read_scopes
+            if not known and txns and _lean_fits(txns, self._policies):
+                try:
+                    lean = self._lean_rows(txns, read_scopes)
+                except (ValueError, TypeError, KeyError):
+                    lean = None  # a malformed key: the general path reports it
+            if lean is not None:
+                docs = lean
+            else:
+                try:
+                    docs = self._load_docs_of_txns([t for t in txns if t.id not in known], scopes)
+                except (ValueError, TypeError, KeyError):
+                    docs = {}  # a malformed operation: the loop below reports it as a MergeError
+        if not next_seq:
+            next_seq = self._next_log_seq() if len(known) < len(txns) else 0
+        if lean is not None:
+            done = self._integrate_lean(txns, lean, read_scopes, peer, next_seq)
+            if done is not None:
+                last_seq, latest = done
+                return self._integrate_end(peer, peer_seq, latest, len(txns), 0, 0, last_seq)
+            docs = self._loaded_of_rows(lean)
         applied = dups = nconf = 0
         last_seq = 0
         # Log entries are written together (seqs assigned here, in order) unless something
         # must read the log in between (a concurrent-overwrite check).
         unlogged: list[Transaction] = []
-        if not next_seq:
-            next_seq = self._next_log_seq() if len(known) < len(txns) else 0
         # Stamps are fixed-width lowercase hex (checked on the way in): the largest string is
         # the latest, so one observation for the batch does (nothing here reads the clock).
         latest = Stamp("")
@@ -2427,6 +2451,11 @@ class Database(ReplicaStore):
         # One statement for the batch, in first-touch order (new documents' rowids as before),
         # each document with the seq of the last transaction that touched it.
         self._write_docs(docs.values(), None, scopes)
+        return self._integrate_end(peer, peer_seq, latest, applied, dups, nconf, last_seq)
+
+    def _integrate_end(self, peer: str | None, peer_seq: int | None, latest: Stamp, applied: int, dups: int,
+                       nconf: int, last_seq: int) -> IntegrateResult:
+        """The end of :meth:`_integrate_locked`: the clock and the peer's checkpoint."""
         self._clock.observe(latest)
         if peer is not None and peer_seq is not None:
             self._engine.execute(
@@ -2434,6 +2463,126 @@ class Database(ReplicaStore):
                 "DO UPDATE SET received = excluded.received", (peer, peer_seq))
         self._set_setting("clock", self._clock.last)
         return IntegrateResult(applied, dups, (), nconf, last_seq)
+
+    def _lean_rows(self, txns: Sequence[Transaction], scopes: dict[Ref, str | None]) -> dict[Ref, Any] | None:
+        """For :meth:`_integrate_lean`: the stored rows of the documents ``txns`` touch, by
+        ref in :meth:`_load_docs_of_txns`'s order, as ``[key, body text, meta text, epoch,
+        live]`` (``scopes`` gets their scope column); None if the file lacks one of them
+        (then nothing was read: the general path loads them)."""
+        by_collection: dict[str, dict[Ref, Plain]] = {}
+        for t in txns:
+            for op, ref in zip(t.ops, t.refs()):
+                keys = by_collection.get(ref[0])
+                if keys is None:
+                    keys = by_collection[ref[0]] = {}
+                if ref not in keys:
+                    keys[ref] = op.key
+        found = self._states_of([ref for keys in by_collection.values() for ref in keys], scopes)
+        out: dict[Ref, Any] = {}
+        for keys in by_collection.values():
+            for ref, key in keys.items():
+                row = found.get(ref)
+                if row is None:
+                    return self._lean_missing(by_collection, found)
+                out[ref] = [key, *row]
+        return out
+
+    def _lean_missing(self, by_collection: dict[str, dict[Ref, Plain]],
+                      found: dict[Ref, tuple[str, str, str, int]]) -> dict[Ref, Any]:
+        """:meth:`_lean_rows` when a document is not in the file: the rows as the general
+        path loads them (:data:`_ABSENT` for the missing), marked as not lean."""
+        out: dict[Ref, Any] = {_NOT_LEAN: None}
+        for keys in by_collection.values():
+            for ref, key in keys.items():
+                row = found.get(ref)
+                out[ref] = _ABSENT if row is None else [key, *row]
+        return out
+
+    def _loaded_of_rows(self, rows: dict[Ref, Any]) -> dict[Ref, Any]:
+        """The documents of :meth:`_lean_rows` as :meth:`_load_docs_of_txns` gives them."""
+        docs: dict[Ref, Any] = {}
+        for ref, row in rows.items():
+            if ref is _NOT_LEAN:
+                continue
+            if row is _ABSENT:
+                docs[ref] = _ABSENT
+                continue
+            key, body_text, meta_text, epoch, live = row
+            state = merge.DocState(epoch=Stamp(epoch), live=bool(live), body=loads_json(body_text),
+                                   meta=loads_json(meta_text))
+            docs[ref] = LoadedDoc(ref[0], key, ref, state, True, bool(live), body_text if live else None)
+        return docs
+
+    def _integrate_lean(self, txns: Sequence[Transaction], rows: dict[Ref, Any], scopes: dict[Ref, str | None],
+                        peer: str | None, first_seq: int) -> tuple[int, Stamp] | None:
+        """:meth:`_integrate_locked`'s loop for a batch that :func:`_lean_fits` (top-level
+        register writes, each transaction new here) whose documents the file holds, live, in
+        their compact form (:func:`~tidesync.core.merge.overlay_write`): every write of the
+        batch wins and replaces a value of its own replica (or a default), so no conflict and
+        no concurrent overwrite can come of it, and each write is what ``merge.integrate``
+        would do (its overlay path) on the parsed body and meta, without the document
+        objects. Writes the log, its descriptors and the rows; returns (last seq, latest
+        stamp). None, having written nothing, when a document or a write does not fit (the
+        general path then integrates the batch from ``rows``)."""
+        if _NOT_LEAN in rows:
+            return None
+        for _, _, meta_text, _, live in rows.values():
+            if not live or not meta_text.startswith('{"*":'):
+                return None
+        # Each document parsed when the loop first reaches it, after its operation's base was
+        # found to be its epoch: a batch that does not fit stops before parsing what it need not.
+        parsed: dict[Ref, list[Any]] = {}
+        latest = ""
+        seq = first_seq
+        for t in txns:
+            for op, ref in zip(cast("tuple[SetValue, ...]", t.ops), t.refs()):   # (as _lean_fits found)
+                d = parsed.get(ref)
+                if d is None:
+                    _, body_text, meta_text, epoch, _ = rows[ref]
+                    if op.base != epoch:
+                        return None
+                    meta = loads_json(meta_text)
+                    overlay = meta.get("r")
+                    if overlay is None:
+                        overlay = meta["r"] = {}
+                    if type(meta.get("*")) is not str or type(overlay) is not dict:
+                        return None  # not a compact meta after all: the general path reads it
+                    # [body, meta, overlay, epoch, seq, the create's key, containers made by the
+                    # create (kinds), fields it filled in from defaults]: what compact_key reads
+                    d = parsed[ref] = [loads_json(body_text), meta, overlay, epoch, 0, meta["*"], meta.get("*k") or (),
+                                       meta.get("*d") or ()]
+                elif op.base != d[3]:
+                    return None
+                name = op.path[0]
+                if name in d[6]:
+                    return None  # a container: not a register of the compact form
+                stamp = op.stamp
+                body, overlay = d[0], d[2]
+                cur = overlay.get(name) or ("0" if name in d[7] else "1") + d[5]
+                if name in body and cur[0] == "1":
+                    old = cur[1:]
+                    if old[18:] != stamp[18:] and old < stamp:
+                        return None  # it may overwrite a concurrent write: the general path checks
+                key = ("0" if op.default else "1") + stamp
+                if key <= cur:
+                    return None  # it loses: a conflict to record
+                body[name] = op.value
+                overlay[name] = key
+                d[4] = seq
+                if stamp > latest:
+                    latest = stamp
+            seq += 1
+        self._append_logs(txns, peer, first_seq)
+        pkey = self.partition_key
+        out: list[tuple[Any, ...]] = []
+        bodies: list[dict[str, Plain]] = []
+        for ref in rows:   # (every one reached: the rows are the operations' documents)
+            body, meta, _, epoch, dseq, *_ = parsed[ref]
+            bodies.append(body)
+            out.append((ref[0], ref[1], _dumps(body), _dumps(meta), epoch, 1, dseq,
+                        _dumps(body.get(pkey)) if pkey is not None else None))
+        self._write_doc_rows(out, [True] * len(out), bodies, scopes)
+        return seq - 1, Stamp(latest)
 
     #: Batches of at most this many transactions use :meth:`_integrate_prelude`.
     _PRELUDE_MAX = 500
@@ -2743,6 +2892,38 @@ class Database(ReplicaStore):
     def stored_schema(self) -> Schema:
         """The file's schema: this client's models plus anything earlier clients declared."""
         return self._merged_schema
+
+
+#: In :meth:`Database._lean_rows`'s answer: a document was missing (the general path loads).
+_NOT_LEAN: Any = object()
+
+
+def _lean_fits(txns: Sequence[Transaction], policies: merge.Policies | None) -> bool:
+    """Whether every operation of ``txns`` is a write of a scalar to a top-level field other
+    than ``_id``, under the ``lww`` policy, and no transaction comes twice: the shape
+    :meth:`Database._integrate_lean` takes (whether the documents fit is decided there)."""
+    lww: dict[tuple[str, str], bool] = {}
+    ids = set()
+    for t in txns:
+        ids.add(t.id)
+        for op in t.ops:
+            if type(op) is not SetValue:
+                return False
+            path = op.path
+            if type(path) is not tuple or len(path) != 1 or op.epochs != ():
+                return False
+            name = path[0]
+            value = op.value
+            if type(name) is not str or not name or name == "_id" or type(value) is dict or type(value) is list:
+                return False
+            if policies is not None:
+                k = (op.collection, name)
+                ok = lww.get(k)
+                if ok is None:
+                    ok = lww[k] = policies.lookup(op.collection, path) == "lww"
+                if not ok:
+                    return False
+    return len(ids) == len(txns)
 
 
 def _register_write(state: merge.DocState, op: Any) -> tuple[str, Plain] | None:

@@ -48,6 +48,8 @@ def test_a_value_on_the_left_is_flipped_to_the_right(text: str, expected: Node) 
     ("x == 'it\\'s'", "it's"), ('x == "say \\"hi\\""', 'say "hi"'), ("x == 'a\\\\b'", "a\\b"),
     ("x == 'tab\\there'", "tab\there"), ("x == 'line\\nbreak'", "line\nbreak"), ("x == '\\u00e9'", "é"),
     ("x == 'ünïcödé'", "ünïcödé"), ("x == ''", ""),
+    ("x == '\\ud83d\\ude00!'", "\U0001f600!"),   # a surrogate pair, as JSON writes it: one character
+    ("x == 'a\\uD800\\uDC00'", "a\U00010000"),
 ])
 def test_literals_parse_to_plain_values(text: str, value: Any) -> None:
     node = parse_rql(text)
@@ -211,6 +213,8 @@ def test_parse_query_keeps_the_text() -> None:
     ("a == $0", (datetime(2024, 1, 1),), 5, "naive datetime"),
     ("a == 'x\\q'", (), 7, "unknown escape"),
     ("a == '\\u12'", (), 6, "4 hex digits"),
+    ("a == '\\ud800'", (), 5, "half of a UTF-16 surrogate pair"),
+    ("a == 'x\\ude00\\ud83d'", (), 5, "half of a UTF-16 surrogate pair"),  # the halves reversed
     ("a == oid(123)", (), 9, "malformed oid"),
     ("a == uuid(nope)", (), 10, "malformed uuid"),
     ("a == 99999999999999999999", (), 5, "does not fit in 64 bits"),

@@ -34,7 +34,9 @@ predicate only and refuses them; :func:`parse_rql_query` returns a
 :class:`~tidesync.query.ast.Query` with them as descriptors. A ``SORT`` or ``DISTINCT`` after a
 ``LIMIT``, or a second ``DISTINCT``, is refused (tidesync limits last and keeps one DISTINCT).
 
-Strings take the escapes ``\\\\ \\' \\" \\/ \\b \\f \\n \\r \\t \\uXXXX``. ``$n`` refers to
+Strings take the escapes ``\\\\ \\' \\" \\/ \\b \\f \\n \\r \\t \\uXXXX`` (two ``\\u`` escapes of
+a UTF-16 surrogate pair, as JSON writes a character beyond the BMP, are that one character; a
+lone half is an error). ``$n`` refers to
 the n-th argument (any Python value tidesync stores: datetime, Decimal, ObjectId, UUID,
 bytes, ..., or a list after IN). Errors are :class:`~tidesync.errors.QueryError` with the
 position of the offending token, shown with a caret.
@@ -88,6 +90,7 @@ _DATE_TIME: Final = re.compile(r"(\d+)-(\d+)-(\d+)[@T](\d+):(\d+):(\d+)(?::(\d+)
 _EPOCH_TIME: Final = re.compile(r"T([+-]?\d+):([+-]?\d+)")
 _BASE64: Final = re.compile(r'B64"([A-Za-z0-9/+=]*)"')
 _SPECIAL_FLOAT: Final = re.compile(r"[+-]?(?:infinity|inf|nan)\b", re.IGNORECASE)
+_SURROGATE: Final = re.compile("[\ud800-\udfff]")
 _ESCAPES: Final = {"\\": "\\", "'": "'", '"': '"', "/": "/", "b": "\b", "f": "\f", "n": "\n",
                    "r": "\r", "t": "\t"}
 
@@ -215,7 +218,10 @@ class _Lexer:
                 raise self.error("unterminated string: expected a closing " + quote, pos)
             ch = text[i]
             if ch == quote:
-                return _Token("string", text[pos:i + 1], pos, "".join(chars))
+                value = "".join(chars)
+                if not value.isascii() and _SURROGATE.search(value):
+                    value = self._paired(value, pos)
+                return _Token("string", text[pos:i + 1], pos, value)
             if ch == "\\":
                 if i + 1 >= len(text):
                     raise self.error("unterminated string: expected a closing " + quote, pos)
@@ -234,6 +240,15 @@ class _Lexer:
                 raise self.error(f"unknown escape \\{esc} in string", i)
             chars.append(ch)
             i += 1
+
+    def _paired(self, value: str, pos: int) -> str:
+        """``value`` with each UTF-16 surrogate pair (``\\ud83d\\ude00``, as JSON writes a
+        character beyond the BMP) as its one character; a lone half is an error."""
+        try:
+            return value.encode("utf-16-le", "surrogatepass").decode("utf-16-le")
+        except UnicodeDecodeError:
+            raise self.error("the string holds half of a UTF-16 surrogate pair (\\ud800-\\udfff "
+                             "without its other half), which is not text", pos) from None
 
     def timestamp(self, m: re.Match[str], pos: int) -> _Token:
         """A Realm timestamp literal (UTC) as an aware datetime; tidesync keeps microseconds,

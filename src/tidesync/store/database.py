@@ -43,7 +43,7 @@ from ..errors import (
 )
 from ..query.to_sql import sql_text
 from .checkpointer import Checkpointer
-from .engine import Engine, default_mmap_size, remove_file_set
+from .engine import Engine, default_mmap_size, not_text_error, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
@@ -564,7 +564,10 @@ class Database(ReplicaStore):
                 self._txn, self._txn_thread = txn, threading.get_ident()
                 try:
                     yield
-                    seq = self._commit_local(txn, meta)
+                    try:
+                        seq = self._commit_local(txn, meta)
+                    except UnicodeEncodeError as exc:  # packing the log entry: a lone surrogate
+                        raise not_text_error(exc) from None
                 finally:
                     self._txn = self._txn_thread = None
                     self._cache.clear()

@@ -55,7 +55,9 @@ from ..errors import (
     EncryptionError,
     MissingExtraError,
     StorageError,
+    TidesyncError,
     UsageError,
+    ValidationError,
 )
 from ..query.to_sql import SQL_FUNCTIONS
 
@@ -341,7 +343,9 @@ class Engine:
         raw_key = None if encryption_key is None else derive_sqlcipher_key(encryption_key)
         self._raw_key = raw_key  # for write_copy(); never traced or shown
         self._driver: ModuleType = sqlite3 if raw_key is None else _load_sqlcipher()
-        self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning)
+        # UnicodeEncodeError: a str parameter SQLite cannot take (a lone surrogate).
+        self._driver_errors: tuple[type[Exception], ...] = (self._driver.Error, self._driver.Warning,
+                                                             UnicodeEncodeError)
         linked = tuple(getattr(self._driver, "sqlite_version_info", MIN_SQLITE))
         if linked < MIN_SQLITE:
             raise StorageError(
@@ -897,8 +901,21 @@ def _primary_code(exc: BaseException) -> int:
     return code & 0xFF if isinstance(code, int) else -1
 
 
-def _translate(exc: Exception, sql: str) -> StorageError:
+def not_text_error(exc: UnicodeEncodeError) -> ValidationError:
+    """The error for a str that UTF-8 cannot encode (half of a UTF-16 surrogate pair), met
+    while storing or searching for it."""
+    bad = exc.object[exc.start:exc.end]
+    return ValidationError(
+        f"a str holds {bad!r} (at index {exc.start}), half of a UTF-16 surrogate pair: that is not "
+        "Unicode text, so it cannot be stored or searched for",
+        advice="combine each pair into its character (s.encode('utf-16', 'surrogatepass').decode('utf-16')) "
+               "or remove the lone half")
+
+
+def _translate(exc: Exception, sql: str) -> TidesyncError:
     """The tidesync error for a driver exception raised while running ``sql``."""
+    if isinstance(exc, UnicodeEncodeError):
+        return not_text_error(exc)
     cls, tidesync_code, advice = _ERROR_TABLE.get(_primary_code(exc), (StorageError, None, None))
     shown = sql if len(sql) <= 200 else sql[:197] + "..."
     return cls(f"{exc} (in: {shown})", advice=advice, code=tidesync_code)

@@ -867,3 +867,53 @@ def test_exact_groups_route_as_tested_ones(tmp_path: Path, monkeypatch: Any) -> 
                 db.close()
 
     assert run(True) == run(False)
+
+
+@pytest.mark.parametrize("delay, expected", [(2.0, 100 * Router.ROUND_COST), (0.1, 0.1)])
+def test_rounds_under_a_stream_are_spaced_by_at_most_max_round_delay(tmp_path: Path, delay: float,
+                                                                     expected: float) -> None:
+    # A round that woke n sessions puts the next one min(max_round_delay, n * ROUND_COST)
+    # seconds after its start ([sync.flexible] max_round_delay; default 2 s).
+    import asyncio
+
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        w = RemoteWriter(db)
+        w.create("t0", {"owner": "u0"})
+        router.catch_up()
+        sessions = [session(router, ['owner == "u1"']) for _ in range(100)]
+        router.config = FlexibleConfig(all_fields=True, max_round_delay=delay)
+        woke: list[FlexibleSession] = []
+        for s in sessions:
+            s.read_to = s.routed_from = router.processed_to
+            s.resync = s.advance_now = False
+            setattr(s, "wake", lambda s=s: woke.append(s))
+
+        async def main() -> None:
+            w.create("t1", {"owner": "u1"})
+            router.mark_dirty()
+            await router._round()
+            assert len(woke) == 100
+            assert router._next_round_at - router._last_began == pytest.approx(expected)
+            timer = router._advance_timer
+            if timer is not None:
+                timer.cancel()
+
+        asyncio.run(main())
+    finally:
+        db.close()
+
+
+@pytest.mark.parametrize("value, ok", [(4, True), (0.5, True), (0.01, False), (61, False), ("2", False),
+                                       (True, False)])
+def test_max_round_delay_is_read_from_the_config_and_checked(value: Any, ok: bool) -> None:
+    from tidesync.errors import UsageError
+    from tidesync.server.flexible import flexible_config_from_toml
+
+    if ok:
+        assert flexible_config_from_toml({"max_round_delay": value}).max_round_delay == float(value)
+    else:
+        with pytest.raises(UsageError, match="max_round_delay"):
+            flexible_config_from_toml({"max_round_delay": value})
+    assert flexible_config_from_toml({}).max_round_delay == 2.0

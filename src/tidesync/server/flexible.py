@@ -128,6 +128,11 @@ class FlexibleConfig:
         max_advance_interval: ... or after this many seconds under a steady stream of changes
             (then together with the next routing round when one is on its way).
         max_queries: the most queries one subscription set may hold.
+        max_round_delay: under a sustained stream of changes for many devices, routing rounds
+            are spaced by up to this many seconds (a change may reach a device that much
+            later; a lone change after a quiet moment is not delayed): each round costs about
+            a millisecond per device it wakes, so a longer delay routes more changes a second
+            with the same CPU (docs/flexible-sync.md, "Routing").
         indexed_fields: top-level fields to index on the backend (an expression index on the
             field's value, and a partial one of the documents where it is a list): a subscription with an equality condition on
             one (``owner == $0``, ``status IN {...}``, also inside an AND) is bootstrapped
@@ -146,6 +151,7 @@ class FlexibleConfig:
     max_advance_interval: float = 10.0
     max_queries: int = 1000
     indexed_fields: tuple[str, ...] = ()
+    max_round_delay: float = 2.0
 
     def queryable(self, collection: str, names: Sequence[str]) -> bool:
         if self.all_fields or names[0] == "_id":
@@ -197,6 +203,11 @@ def flexible_config_from_toml(table: Any) -> FlexibleConfig:
     bad = [f for f in cfg.indexed_fields if not _FIELD.fullmatch(f)]
     if bad:
         raise UsageError(f"sync.flexible.indexed_fields must be plain top-level field names, not {bad}")
+    if "max_round_delay" in table:
+        delay = table["max_round_delay"]
+        if isinstance(delay, bool) or not isinstance(delay, (int, float)) or not 0.05 <= delay <= 60:
+            raise UsageError("sync.flexible.max_round_delay must be a number of seconds from 0.05 to 60")
+        cfg.max_round_delay = float(delay)
     for key in ("page_size", "window", "max_queries"):
         if key in table:
             value = table[key]
@@ -633,11 +644,10 @@ class Router:
     ROUND_WAIT = 1.0
     ROUND_POLL = 0.005
     #: Under a stream of commits, rounds that woke n sessions are at least
-    #: min(ROUND_SPACING, n * ROUND_COST) seconds apart (see announce).
-    ROUND_SPACING = 2.0
+    #: min(config.max_round_delay, n * ROUND_COST) seconds apart (see announce).
     ROUND_COST = 0.004
     #: ... and at least ROUND_LOAD times as long as the last round took (at most
-    #: ROUND_SPACING): routing then takes at most about a third of the time under load.
+    #: config.max_round_delay): routing then takes at most about a third of the time under load.
     ROUND_LOAD = 3.0
     #: A round wakes its sessions in slices of about this many seconds (see _round).
     WAKE_SLICE = 0.02
@@ -861,7 +871,7 @@ class Router:
         Commits announced while a round runs are routed by the next one, which starts once
         the sessions woken by this one have read (or after ``ROUND_WAIT`` seconds), and no
         sooner than ``n * ROUND_COST`` seconds, nor ``ROUND_LOAD`` times as long as this one
-        took (both at most ``ROUND_SPACING``), after it when it woke n sessions: under a stream of uploads each device then gets one larger
+        took (both at most ``config.max_round_delay``), after it when it woke n sessions: under a stream of uploads each device then gets one larger
         ``Changes`` per round instead of one per upload batch, and the cost of routing grows
         with the number of devices concerned, not with the number of commits. A lone commit
         is routed at once."""
@@ -884,7 +894,7 @@ class Router:
                     took = time.monotonic() - self._round_began
                     self._round_began = None
                     self._next_round_at = max(self._next_round_at, self._last_began + min(
-                        self.ROUND_SPACING, took * self.ROUND_LOAD))
+                        self.config.max_round_delay, took * self.ROUND_LOAD))
                 wait = self._next_round_at - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -927,7 +937,7 @@ class Router:
                 self._pending_until = started + self.ROUND_WAIT
                 # A round costs about ROUND_COST per session it wakes (a read, a Changes, its
                 # Ack): rounds of many sessions are spaced so that each covers more commits.
-                self._next_round_at = started + min(self.ROUND_SPACING, len(woken) * self.ROUND_COST)
+                self._next_round_at = started + min(self.config.max_round_delay, len(woken) * self.ROUND_COST)
                 if not self._dirty:
                     self._round_began = None   # measured only while rounds follow each other
                     return

@@ -1228,10 +1228,19 @@ def _add_matching_str(targets: set[FlexibleSession], groups: dict[str, _QueryGro
     """:func:`_add_matching` for the groups the equality index holds under the string the
     state's field holds: a group whose query is only that equality (``exact``) matches without
     a test."""
+    _add_matching(targets, groups, body, verdicts, exact=True)
+
+
+def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
+                  verdicts: dict[str, bool], *, exact: bool = False) -> None:
+    """Add to ``targets`` the sessions of every group whose query matches ``body``, each query
+    tested once; ``verdicts`` gets each tested query's result (by its key), for the sessions'
+    judging of the same state (:meth:`FlexibleSession.matches_subs`). ``exact``: the groups
+    were found under the string ``body``'s field holds, so an ``exact`` group matches untested."""
     for key, group in groups.items():
         ok = verdicts.get(key)
         if ok is None:
-            if group.exact:
+            if exact and group.exact:
                 ok = verdicts[key] = True
             else:
                 try:
@@ -1239,23 +1248,6 @@ def _add_matching_str(targets: set[FlexibleSession], groups: dict[str, _QueryGro
                 except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
                     log.exception("subscription predicate failed")
                     continue
-        if ok:
-            targets.update(group.sessions)
-
-
-def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
-                  verdicts: dict[str, bool]) -> None:
-    """Add to ``targets`` the sessions of every group whose query matches ``body``, each query
-    tested once; ``verdicts`` gets each tested query's result (by its key), for the sessions'
-    judging of the same state (:meth:`FlexibleSession.matches_subs`)."""
-    for key, group in groups.items():
-        ok = verdicts.get(key)
-        if ok is None:
-            try:
-                ok = verdicts[key] = bool(group.predicate(body))
-            except Exception:  # noqa: BLE001 - a predicate never raises on plain data; be safe
-                log.exception("subscription predicate failed")
-                continue
         if ok:
             targets.update(group.sessions)
 

@@ -2472,14 +2472,7 @@ class Database(ReplicaStore):
         ref in :meth:`_load_docs_of_txns`'s order, as ``[key, body text, meta text, epoch,
         live]`` (``scopes`` gets their scope column); None if the file lacks one of them
         (then nothing was read: the general path loads them)."""
-        by_collection: dict[str, dict[Ref, Plain]] = {}
-        for t in txns:
-            for op, ref in zip(t.ops, t.refs()):
-                keys = by_collection.get(ref[0])
-                if keys is None:
-                    keys = by_collection[ref[0]] = {}
-                if ref not in keys:
-                    keys[ref] = op.key
+        by_collection = _keys_by_collection(txns)
         found = self._states_of([ref for keys in by_collection.values() for ref in keys], scopes)
         out: dict[Ref, Any] = {}
         for keys in by_collection.values():
@@ -2661,14 +2654,7 @@ class Database(ReplicaStore):
         """:meth:`_load_doc` for every document ``txns`` touch, a few hundred per query; a
         document the file does not hold is :data:`_ABSENT` (its place kept: rows are written
         in this order). ``scopes``, if given, gets the scope column of those it holds."""
-        by_collection: dict[str, dict[Ref, Plain]] = {}
-        for t in txns:
-            for op, ref in zip(t.ops, t.refs()):
-                keys = by_collection.get(ref[0])
-                if keys is None:
-                    keys = by_collection[ref[0]] = {}
-                if ref not in keys:
-                    keys[ref] = op.key
+        by_collection = _keys_by_collection(txns)
         docs: dict[Ref, Any] = {}
         for coll, keys in by_collection.items():
             found = self._load_docs(coll, [(key, ref) for ref, key in keys.items()], scopes)
@@ -3005,6 +2991,19 @@ def _make_bulk_builder(cls: type[_ModelBase], obj: ObjectSchema) -> Any:
                              "slow": slow}
     exec("\n".join(lines), scope)  # noqa: S102 - code made from the schema's field names, shown above
     return scope["build"]
+
+
+def _keys_by_collection(txns: Sequence[Transaction]) -> dict[str, dict[Ref, Plain]]:
+    """The documents ``txns`` touch, by collection: ref -> key, in first-touch order."""
+    by_collection: dict[str, dict[Ref, Plain]] = {}
+    for t in txns:
+        for op, ref in zip(t.ops, t.refs()):
+            keys = by_collection.get(ref[0])
+            if keys is None:
+                keys = by_collection[ref[0]] = {}
+            if ref not in keys:
+                keys[ref] = op.key
+    return by_collection
 
 
 def _changes_of(t: Transaction) -> tuple[Change, ...]:

@@ -187,29 +187,7 @@ def test_any_change_to_edits_decodes_as_the_whole_walk_says(seed: int) -> None:
             op[rng.randrange(len(op))] = copy.deepcopy(rng.choice(bad))
         else:
             op.append(rng.choice(bad))
-        body = {"from_seq": 0, "to_seq": len(datas), "head": len(datas),
-                "entries": [[i + 1, d] for i, d in enumerate(datas)], "progress": {}}
-        try:
-            payload = msgpack.packb([codec.PROTOCOL_VERSION, "changes", 0, body], use_bin_type=True)
-        except (TypeError, ValueError, OverflowError):
-            continue
-        received = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)[3]
-        try:
-            from tidesync.protocol.messages import check_plain
-
-            check_plain(received, "changes body")
-            expected: Any = Changes.from_body(received)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            expected = f"malformed changes message: {exc}"
-        try:
-            got: Any = codec.decode(payload)
-        except Exception as exc:  # noqa: BLE001 - compared below
-            got = str(exc)
-        if isinstance(expected, Changes):
-            assert got == expected
-            assert [x.wire() for x in got.transactions] == [x.wire() for x in expected.transactions]
-        else:
-            assert isinstance(got, str) and got.endswith(expected), (got, expected)
+        _decode_agrees(datas)
 
 
 def _with_befores(rng: random.Random, datas: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -272,28 +250,35 @@ def test_any_change_to_before_images_decodes_as_the_whole_walk_says(seed: int) -
             b.append(rng.choice(bad))
         else:
             t["before"].append(copy.deepcopy(rng.choice(bad)))
-        body = {"from_seq": 0, "to_seq": len(datas), "head": len(datas),
-                "entries": [[i + 1, d] for i, d in enumerate(datas)], "progress": {}}
-        try:
-            payload = msgpack.packb([codec.PROTOCOL_VERSION, "changes", 0, body], use_bin_type=True)
-        except (TypeError, ValueError, OverflowError):
-            continue
-        received = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=True)[3]
-        try:
-            from tidesync.protocol.messages import check_plain
+        _decode_agrees(datas, int_keys=True)
 
-            check_plain(received, "changes body")
-            expected: Any = Changes.from_body(received)
-        except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
-            expected = f"malformed changes message: {exc}"
-        try:
-            got: Any = codec.decode(payload)
-        except Exception as exc:  # noqa: BLE001 - compared below
-            got = str(exc)
-        if isinstance(expected, Changes):
-            assert got == expected
-            assert [x.wire() for x in got.transactions] == [x.wire() for x in expected.transactions]
-        elif "map keys must be str" in expected:
-            assert isinstance(got, str)  # an int map key: msgpack refuses it first (strict_map_key)
-        else:
-            assert isinstance(got, str) and got.endswith(expected), (got, expected)
+
+def _decode_agrees(datas: list[dict[str, Any]], *, int_keys: bool = False) -> None:
+    """``codec.decode`` of a ``changes`` of ``datas`` gives what the full check and parse give:
+    the same message, or the same error (``int_keys``: ``datas`` may hold int map keys, which
+    msgpack refuses before either). Data msgpack cannot pack is skipped."""
+    body = {"from_seq": 0, "to_seq": len(datas), "head": len(datas),
+            "entries": [[i + 1, d] for i, d in enumerate(datas)], "progress": {}}
+    try:
+        payload = msgpack.packb([codec.PROTOCOL_VERSION, "changes", 0, body], use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        return
+    received = msgpack.unpackb(payload, raw=False, strict_map_key=not int_keys, use_list=True)[3]
+    try:
+        from tidesync.protocol.messages import check_plain
+
+        check_plain(received, "changes body")
+        expected: Any = Changes.from_body(received)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as exc:
+        expected = f"malformed changes message: {exc}"
+    try:
+        got: Any = codec.decode(payload)
+    except Exception as exc:  # noqa: BLE001 - compared below
+        got = str(exc)
+    if isinstance(expected, Changes):
+        assert got == expected
+        assert [x.wire() for x in got.transactions] == [x.wire() for x in expected.transactions]
+    elif int_keys and "map keys must be str" in expected:
+        assert isinstance(got, str)  # an int map key: msgpack refuses it first (strict_map_key)
+    else:
+        assert isinstance(got, str) and got.endswith(expected), (got, expected)

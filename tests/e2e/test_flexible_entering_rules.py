@@ -81,3 +81,33 @@ def _rounds(boss, ann, bob, carl):
     eventually(lambda: ann.ids(Job) == set(), what="j03 leaving ann's view")
     assert _seen(bob)["j03"] == ("urgent", None, "handed")
     eventually(lambda: _seen(carl).get("j03") == ("urgent", 1003, "handed"), what="carl's j03")
+
+
+def test_a_loop_mixing_allowed_and_refused_writes_is_compensated_per_document(world):  # noqa: F811
+    """The worker's loop of one field over documents it may write and one it may only read (a
+    shared job of bob's): the allowed writes are integrated (the lean path's shape), the refused
+    one is compensated and undone on the device, and nothing of it reaches the server or bob."""
+    server, boss, ann, bob = world
+    boss.subscribe(all=(Job, "TRUEPREDICATE"))
+    with boss.db.write():
+        for i in range(6):
+            boss.db.create(Job, _id=f"a{i}", assignee=ann.user.id, status="open", title="t", salary=5)
+        boss.db.create(Job, _id="bobs", assignee=bob.user.id, status="open", shared=True, title="t")
+    boss.sync()
+    ann.subscribe(open=(Job, "status == 'open'"))
+    bob.subscribe(open=(Job, "status == 'open'"))
+    assert ann.ids(Job) == {f"a{i}" for i in range(6)} | {"bobs"}
+    with ann.db.write():
+        for o in ann.db.objects(Job).sort("_id"):
+            o.title = "by ann"
+    writes = ann.compensated()
+    assert [(w["id"], w["operation"]) for w in writes] == [("bobs", "update")]
+    eventually(lambda: ann.db.get(Job, "bobs").title == "t", what="the refused write undone")
+    backend = server.app.state.tidesync.backend
+    eventually(lambda: all(backend.get_raw("Job", f"a{i}")["title"] == "by ann" for i in range(6)), what="upload")
+    assert backend.get_raw("Job", "bobs")["title"] == "t"
+    boss.sync()
+    bob.sync()
+    assert bob.db.get(Job, "bobs").title == "t"
+    assert {o.title for o in boss.db.objects(Job) if o._id != "bobs"} == {"by ann"}
+    assert all(o.salary is None for o in ann.db.objects(Job))

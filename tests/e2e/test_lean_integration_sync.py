@@ -104,6 +104,8 @@ def test_concurrent_register_writes_through_the_lean_path_record_the_general_pat
     assert docs == expected[2]
     assert held == expected[3]
     assert docs[0] == docs[1] == docs[2]
-    assert any(c[0] == "a" and c[4] == "b" for c in conflicts)   # a's losing writes
-    assert any(c[0] == "c" and c[5] == "b" for c in conflicts)   # c's overwrite of b's
+    # a's ten losing titles, c's four statuses over a's and five titles over b's; none for
+    # c's priorities (c joined a's creates from the server's snapshot: seen, not concurrent).
+    assert [(c[0], c[2]) for c in conflicts] == [("a", "title")] * 10 + [("c", "status")] * 4 + [("c", "title")] * 5
+    assert [len(x) for x in device_conflicts] == [19, 19, 19]
     assert docs[0]["n00027"][0] == "c" and docs[0]["n00012"][0] == "b" and docs[0]["n00003"][:3] == ("a", "c", 7)

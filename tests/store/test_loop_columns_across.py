@@ -135,3 +135,37 @@ def test_a_loop_in_an_encrypted_file_is_read_back_after_reopening(tmp_path):
         assert len(db.objects(BulkNote).filter("priority == 2")) == len([n for n in range(N) if n % 3 == 2])
         peer = _peer_rows(db, tmp_path / "enc.peer.db")
         assert peer == _rows(db)
+
+
+def _read_modify_write(tmp: Path, name: str) -> list[Any]:
+    path = tmp / f"{name}.db"
+    with tidesync.open(path, schema=[BulkNote]) as a, tidesync.open(path, schema=[BulkNote]) as b:
+        with a.write():
+            a.create_many(BulkNote, _items(N))
+        objs = list(a.objects(BulkNote).sort("_id"))
+        assert sum(o.priority for o in objs) >= 0                 # every body read (cached) before b writes
+        with b.write():
+            for o in b.objects(BulkNote):
+                o.priority += 100
+                o.score = 7.0
+        with a.write():                                           # read-modify-write in a loop
+            for o in objs:
+                o.priority = o.priority + 1
+                o.title = f"{o.score}"
+        with a.write():                                           # a loop, then reads of looped objects
+            for o in objs:
+                o.flag = not o.flag
+            flags = [o.flag for o in objs]
+        return [_rows(a), flags]
+
+
+def test_a_loop_reading_objects_cached_before_another_connections_write_reads_that_write(tmp_path):
+    got = _read_modify_write(tmp_path, "fast")
+    with pytest.MonkeyPatch.context() as mp:
+        _general(mp)
+        expected = _read_modify_write(tmp_path, "general")
+    assert got == expected
+    rows, flags = got
+    assert [b["priority"] for _, b, _ in rows] == [i % 5 + 101 for i in range(N)]
+    assert {b["title"] for _, b, _ in rows} == {"7.0"}
+    assert flags == [b["flag"] for _, b, _ in rows]

@@ -169,3 +169,34 @@ def test_a_loop_reading_objects_cached_before_another_connections_write_reads_th
     assert [b["priority"] for _, b, _ in rows] == [i % 5 + 101 for i in range(N)]
     assert {b["title"] for _, b, _ in rows} == {"7.0"}
     assert flags == [b["flag"] for _, b, _ in rows]
+
+
+def _deleted_meanwhile(tmp: Path, name: str) -> tuple[Any, ...]:
+    path = tmp / f"{name}.db"
+    with tidesync.open(path, schema=[BulkNote]) as a, tidesync.open(path, schema=[BulkNote]) as b:
+        with a.write():
+            a.create_many(BulkNote, _items(N))
+        objs = list(a.objects(BulkNote).sort("_id"))
+        with b.write():                                     # the other connection deletes some
+            for o in list(b.objects(BulkNote).sort("_id"))[5::7]:
+                b.delete(o)
+        skipped = []
+        with a.write():                                     # a's loop steps over the deleted ones
+            for n, o in enumerate(objs):
+                try:
+                    o.priority = 9
+                except tidesync.InvalidatedObjectError as exc:
+                    skipped.append((n, str(exc)))
+        return _rows(a), skipped, [(c.id, c.kind, c.fields) for e in a.history(1) for c in e.changes]
+
+
+def test_a_loop_over_objects_another_connection_deleted_raises_for_those_and_writes_the_others(tmp_path):
+    got = _deleted_meanwhile(tmp_path, "fast")
+    with pytest.MonkeyPatch.context() as mp:
+        _general(mp)
+        expected = _deleted_meanwhile(tmp_path, "general")
+    assert got == expected
+    rows, skipped, changes = got
+    assert [n for n, _ in skipped] == list(range(5, N, 7))
+    assert len(changes) == N - len(skipped)
+    assert all(b["priority"] == 9 for _, b, live in rows if live)

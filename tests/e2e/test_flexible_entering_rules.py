@@ -111,3 +111,40 @@ def test_a_loop_mixing_allowed_and_refused_writes_is_compensated_per_document(wo
     assert bob.db.get(Job, "bobs").title == "t"
     assert {o.title for o in boss.db.objects(Job) if o._id != "bobs"} == {"by ann"}
     assert all(o.salary is None for o in ann.db.objects(Job))
+
+
+def test_sessions_changing_subscriptions_between_rounds_get_the_documents_of_their_new_query(world):  # noqa: F811
+    """Two workers share a query; one changes to another query between the dispatcher's rounds
+    (which move every job from one status to the other): each ends with the jobs of its own
+    current query that its rules let it read, never one kept from the shared query."""
+    server, boss, ann, bob = world
+    boss.subscribe(all=(Job, "TRUEPREDICATE"))
+    with boss.db.write():
+        for i in range(10):
+            boss.db.create(Job, _id=f"s{i}", assignee=(ann.user.id, bob.user.id)[i % 2], status="open",
+                           shared=i % 5 == 0, salary=i)
+    boss.sync()
+    ann.subscribe(q=(Job, "status == 'urgent'"))
+    bob.subscribe(q=(Job, "status == 'urgent'"))
+    jobs = list(boss.db.objects(Job).sort("_id"))
+
+    def visible(uid: str) -> set[str]:
+        return {f"s{i}" for i in range(10) if (ann.user.id, bob.user.id)[i % 2] == uid or i % 5 == 0}
+
+    current = "status == 'urgent'"
+    for status, ann_query in (("urgent", "status == 'done'"), ("done", "status == 'urgent'"), ("urgent", None)):
+        with boss.db.write():
+            for o in jobs:
+                o.status = status
+        boss.sync()
+        ann_wants = visible(ann.user.id) if current.endswith(f"'{status}'") else set()
+        bob_wants = visible(bob.user.id) if status == "urgent" else set()
+        eventually(lambda w=ann_wants: ann.ids(Job) == w, what=f"ann's view at {status}")
+        eventually(lambda w=bob_wants: bob.ids(Job) == w, what=f"bob's view at {status}")
+        if ann_query is not None:
+            ann.subscribe(q=(Job, ann_query))
+            current = ann_query
+            want = visible(ann.user.id) if ann_query.endswith(f"'{status}'") else set()
+            eventually(lambda w=want: ann.ids(Job) == w, what=f"ann's view after {ann_query}")
+    assert all(o.salary is None for o in ann.db.objects(Job))
+    assert all(o.salary is None for o in bob.db.objects(Job))

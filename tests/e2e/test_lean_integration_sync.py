@@ -84,7 +84,9 @@ def _run(tmp: Path) -> tuple[Any, ...]:
                                 for db in (a, b, c)]
             docs = [_docs(db) for db in (a, b, c)]
             held = {f"n{i:05d}": backend.get_raw("BulkNote", f"n{i:05d}") for i in range(N)}
-            return conflicts, device_conflicts, docs, held, taken
+            history = [[(names.get(e.origin), sorted((c.id, c.kind, c.fields) for c in e.changes))
+                        for e in db.history(20)] for db in (a, b, c)]
+            return conflicts, device_conflicts, docs, held, taken, history
         finally:
             for db in (a, b, c):
                 if db is not None:
@@ -96,13 +98,14 @@ def test_concurrent_register_writes_through_the_lean_path_record_the_general_pat
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(dbmod, "_lean_fits", lambda txns, policies: False)
         expected = _run(tmp_path / "general")
-    conflicts, device_conflicts, docs, held, taken = got
+    conflicts, device_conflicts, docs, held, taken, history = got
     assert taken, "the lean path never ran"
     assert not expected[4]
     assert conflicts == expected[0]
     assert device_conflicts == expected[1]
     assert docs == expected[2]
     assert held == expected[3]
+    assert history == expected[5]
     assert docs[0] == docs[1] == docs[2]
     # a's ten losing titles, c's four statuses over a's and five titles over b's; none for
     # c's priorities (c joined a's creates from the server's snapshot: seen, not concurrent).

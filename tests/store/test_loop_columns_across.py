@@ -200,3 +200,40 @@ def test_a_loop_over_objects_another_connection_deleted_raises_for_those_and_wri
     assert [n for n, _ in skipped] == list(range(5, N, 7))
     assert len(changes) == N - len(skipped)
     assert all(b["priority"] == 9 for _, b, live in rows if live)
+
+
+def _listened_across(tmp: Path, name: str) -> list[Any]:
+    import queue
+
+    path = tmp / f"{name}.db"
+    with tidesync.open(path, schema=[BulkNote]) as a, tidesync.open(path, schema=[BulkNote]) as b:
+        with a.write():
+            a.create_many(BulkNote, _items(40))
+        got: queue.Queue = queue.Queue()
+        tokens = [
+            b.objects(BulkNote).add_listener(
+                lambda res, change: got.put(("title", tuple(change.modifications))), key_paths=["title"]),
+            b.objects(BulkNote).filter("priority == 4").add_listener(
+                lambda res, change: got.put(("p4", len(res), tuple(change.insertions), tuple(change.deletions)))),
+        ]
+        objs = list(a.objects(BulkNote).sort("_id"))
+        seen = []
+        for field, value, count in (("priority", 4, 1), ("title", "x", 2), ("priority", 3, 1)):
+            with a.write():  # a loop on the other connection
+                for o in objs[:30]:
+                    setattr(o, field, value)
+            seen.append(sorted((got.get(timeout=5) for _ in range(count)), key=repr))
+        with pytest.raises(queue.Empty):
+            got.get(timeout=0.3)
+        for t in tokens:
+            t.remove()
+        return seen
+
+
+def test_listeners_with_key_paths_on_another_connection_see_a_loop_as_the_general_paths_writes(tmp_path):
+    got = _listened_across(tmp_path, "fast")
+    with pytest.MonkeyPatch.context() as mp:
+        _general(mp)
+        expected = _listened_across(tmp_path, "general")
+    assert got == expected
+    assert got[1][1] == ("title", tuple(range(30)))

@@ -52,10 +52,7 @@ def _rounds(boss, ann, bob, carl):
         boss.sync()
         for device, uid in ((ann, ann.user.id), (bob, bob.user.id)):
             want = {f"j{i:02d}" for i in range(12) if (ann.user.id, bob.user.id, "nobody")[i % 3] == uid or i % 4 == 0}
-            try:
-                eventually(lambda d=device, w=want: d.ids(Job) == w, what=f"{device.name} view, round {round_}", timeout=8)
-            except AssertionError:
-                raise AssertionError((device.name, sorted(device.ids(Job)), sorted(want)))
+            eventually(lambda d=device, w=want: d.ids(Job) == w, what=f"{device.name}'s view, round {round_}")
             seen = _seen(device)
             assert all(salary is None for _, salary, _ in seen.values()), f"{device.name} got a hidden field"
         eventually(lambda: len(carl.ids(Job)) == 12, what="the other dispatcher's view")

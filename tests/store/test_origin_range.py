@@ -147,7 +147,8 @@ def test_an_integration_that_rolls_back_leaves_no_range_of_its_entries(tmp_path)
         return Transaction(st(i, o), origins[o], st(i, o), (), (CreateDoc("Job", key, st(i, o), "", {"_id": key}, {}),))
 
     def overwrite(i: int, o: str, key: str, field: str, parents: tuple[str, ...] = ()) -> Transaction:
-        return Transaction(st(i, o), origins[o], st(i, o), parents, (SetValue("Job", key, st(i, o), epoch, (field,), (), o),))
+        op = SetValue("Job", key, st(i, o), epoch, (field,), (), o)
+        return Transaction(st(i, o), origins[o], st(i, o), parents, (op,))
 
     def run(name: str, fail: bool) -> list[tuple[str, str]]:
         db = Database(tmp_path / f"{name}.db", ())

@@ -121,3 +121,52 @@ def test_a_writer_integrated_here_is_found_near_the_stamp_without_the_ranges(tmp
         assert db._origin_ids is None and not any("GROUP BY origin" in s for s in statements)
     finally:
         db.close()
+
+
+def test_an_integration_that_rolls_back_leaves_no_range_of_its_entries(tmp_path) -> None:
+    """A batch fails after the overwrite check read the ranges inside it (they name its first
+    entries, logged by then); a later batch logs the last of them again at the same seq, other
+    entries before it. An overwrite of a value of an origin that only the rolled-back batch
+    held a transaction of (here: joined from a snapshot) claims no conflict, as in a file that
+    never saw the failed batch (the ranges kept in memory named the rolled-back transaction)."""
+    from tidesync.errors import MergeError
+    from tidesync.protocol.messages import SnapshotDoc
+
+    origins = {n: c * 16 for n, c in dict(S="5", X="7", Y="9", Z="b", V="c", W="d").items()}
+
+    def st(i: int, o: str) -> str:
+        return f"{0x18f000000000 + i:012x}000000{origins[o]}"
+
+    epoch = st(1, "W")
+
+    def joined(key: str, field: str, stamp: str) -> SnapshotDoc:
+        return SnapshotDoc("Job", key, {"epoch": epoch, "live": True, "body": {"_id": key, field: "old"},
+                                        "meta": {"*": epoch, "r": {field: "1" + stamp}}})
+
+    def create(i: int, o: str, key: str) -> Transaction:
+        return Transaction(st(i, o), origins[o], st(i, o), (), (CreateDoc("Job", key, st(i, o), "", {"_id": key}, {}),))
+
+    def overwrite(i: int, o: str, key: str, field: str, parents: tuple[str, ...] = ()) -> Transaction:
+        op = SetValue("Job", key, st(i, o), epoch, (field,), (), o)
+        return Transaction(st(i, o), origins[o], st(i, o), parents, (op,))
+
+    def run(name: str, fail: bool) -> list[tuple[str, str]]:
+        db = Database(tmp_path / f"{name}.db", ())
+        try:
+            db.integrate_snapshot([joined("d2", "g", st(10, "S")), joined("d3", "h", st(10, "X"))],
+                                  peer="eeeeeeeeeeeeeeee", as_of_seq=0)
+            tw = create(7, "W", "e3")
+            if fail:
+                ty = overwrite(20, "Y", "d2", "g")   # its check reads the ranges: S wrote nothing here
+                bad = Transaction(st(21, "Y"), origins["Y"], st(21, "Y"), (ty.id,),
+                                  (SetValue("Job", "d2", st(21, "Y"), epoch, ("g", "x"), (), "y"),))
+                with pytest.raises(MergeError):
+                    db.integrate([create(5, "X", "e1"), tw, ty, bad])
+            db.integrate([create(6, "V", "e2"), tw])    # tw at the seq it had in the failed batch
+            db.integrate([overwrite(30, "Z", "d3", "h")])  # X's value, X's writes never held here
+            return [(c["key"], c["path"]) for c in db.conflicts()]
+        finally:
+            db.close()
+
+    assert run("fresh", fail=False) == []
+    assert run("after-failure", fail=True) == []

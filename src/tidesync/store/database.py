@@ -2223,6 +2223,9 @@ class Database(ReplicaStore):
                 scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
+            except BaseException:
+                self._origin_ids = None  # may hold the rolled-back entries (see _origin_range)
+                raise
             finally:
                 self._handed_txns = None
                 self._written_rows = None
@@ -2262,6 +2265,9 @@ class Database(ReplicaStore):
                     result = self._integrate_locked(txns, peer, peer_seq)
                     if acked is not None:
                         self._engine.execute("UPDATE checkpoints SET acked = ? WHERE peer = ?", (acked, peer))
+            except BaseException:
+                self._origin_ids = None  # may hold the rolled-back entries (see _origin_range)
+                raise
             finally:
                 self._written = None
             self._logged = []  # not put in the log cache: a device sends no downloaded entry on
@@ -2686,8 +2692,10 @@ class Database(ReplicaStore):
         against one per look-up), then brought up to date from the log entries
         appended since (each descriptor written comes with one). Read whole again when that
         cannot be trusted: entries trimmed from the log before they were seen here, or the
-        last entry seen no longer there (its transaction rolled back). Called inside an
-        integration's transaction."""
+        last entry seen no longer there (its transaction rolled back). An integration that
+        rolls back drops them too: what was read inside it may name its entries, and a later
+        batch can log the last of them again at the same seq, which the mark would trust.
+        Called inside an integration's transaction."""
         engine = self._engine
         ids, seq, mark = self._origin_ids, self._origin_ids_seq, self._origin_ids_mark
         if ids is not None:

@@ -146,7 +146,15 @@ def case_routing(args: dict[str, Any], work: Path) -> dict[str, Any]:
     log(f"routing: seeded {w['docs']:,} documents in {seed_s:.1f} s")
     txns = writer_transactions(w, rid, parents)
     profile = args.get("profile")
-    server = start_profiled_server(work / "server", profile) if profile else start_server(work / "server")
+    if profile:
+        server = start_profiled_server(work / "server", profile)
+    elif args.get("round_delay") is not None:
+        from tests.helpers.servers import ServerProcess
+
+        server = ServerProcess(work / "server", launcher=["-m", "bench.round_delay_serve",
+                                                          str(float(args["round_delay"]))]).start()
+    else:
+        server = start_server(work / "server")
     fleet = None
     out: dict[str, Any] = {**w, "seed_s": seed_s}
     try:
@@ -359,6 +367,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--changes", type=int, help="routing: changes (never writes RESULTS.md)")
     parser.add_argument("--profile", metavar="FILE", help="routing: run the server under cProfile, stats to FILE "
                         "(never writes RESULTS.md)")
+    parser.add_argument("--round-delay", type=float, metavar="SECONDS",
+                        help="routing: the server's [sync.flexible] max_round_delay (default 2; through "
+                             "bench/round_delay_serve.py; never writes RESULTS.md)")
     ns = parser.parse_args(argv)
     only = tuple(x.strip() for x in ns.only.split(",") if x.strip())
     unknown = set(only) - set(CASES)
@@ -371,7 +382,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in only:
         args = dict(sizes[name])
         if name == "routing":
-            for key in ("clients", "docs", "changes", "profile"):
+            for key in ("clients", "docs", "changes", "profile", "round_delay"):
                 if getattr(ns, key) is not None:
                     args[key] = getattr(ns, key)
         if ns.storage == "tmpfs":
@@ -384,7 +395,7 @@ def main(argv: list[str] | None = None) -> None:
     WORK.mkdir(exist_ok=True)
     (WORK / f"flexible-{time.strftime('%Y%m%d-%H%M%S')}.json").write_text(json.dumps(results, indent=1))
     print(text)
-    custom = any(getattr(ns, k) is not None for k in ("clients", "docs", "changes", "profile"))
+    custom = any(getattr(ns, k) is not None for k in ("clients", "docs", "changes", "profile", "round_delay"))
     if not ns.quick and not ns.no_write and not custom and set(only) == set(CASES):
         write_results(text)
         log(f"updated {RESULTS}")

@@ -63,3 +63,20 @@ def test_a_pair_written_as_two_escapes_in_a_query_finds_its_character(db) -> Non
     assert [m._id for m in db.objects(Memo).filter("text == '\\ud83d\\ude00'")] == ["e"]
     with pytest.raises(tidesync.QueryError, match="surrogate"):
         db.objects(Memo).filter("text == '\\ud83d'")
+
+
+def test_an_integrated_transaction_holding_a_lone_surrogate_is_refused_and_changes_nothing(tmp_path) -> None:
+    from tidesync.core.operations import CreateDoc
+    from tidesync.core.transaction import Transaction
+    from tidesync.store.database import Database
+
+    origin = "00000000000000ab"
+    stamp = f"{5:012x}000000{origin}"
+    bad = Transaction(stamp, origin, stamp, (), (CreateDoc("Memo", "x", stamp, "", {"_id": "x", "text": LONE}, {}),))
+    db = Database(tmp_path / "server.db", ())
+    try:
+        with pytest.raises(tidesync.ValidationError, match="surrogate"):
+            db.integrate([bad], peer=origin, peer_seq=1)
+        assert db.head_seq() == 0 and db._engine.query("SELECT count(*) FROM documents") == [(0,)]
+    finally:
+        db.close()

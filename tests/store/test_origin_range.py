@@ -170,3 +170,30 @@ def test_an_integration_that_rolls_back_leaves_no_range_of_its_entries(tmp_path)
 
     assert run("fresh", fail=False) == []
     assert run("after-failure", fail=True) == []
+
+
+def test_a_seen_stamp_reaches_the_writes_up_to_it_not_the_rest_of_their_transaction(tmp_path) -> None:
+    # One transaction of a writes w, x, y in turn (stamps s0 = its id, s1, s2). A replica shown
+    # x as a state names s1 as a "seen" parent: it saw w and x, not y. (A seen stamp that is
+    # the transaction's id itself counts as the whole transaction, as a parent naming it does.)
+    from tidesync.core.operations import SetValue
+
+    db = Database(tmp_path / "server.db", (), bootstrap_with_snapshot=True)
+    try:
+        a, b = ORIGINS[0], ORIGINS[1]
+        db.integrate([_txn(a, 5, "w"), _txn(a, 6, "x"), _txn(a, 7, "y")], peer=a, peer_seq=1)
+        s0, s1, s2 = (f"{10:012x}{i:06x}{a}" for i in range(3))
+        three = Transaction(s0, a, s0, (), tuple(SetValue("Doc", key, st, "", ("n",), (), 1)
+                                                 for key, st in (("w", s0), ("x", s1), ("y", s2))))
+        db.integrate([three], peer=a, peer_seq=2)
+
+        def by_b(n: int, parents: tuple[str, ...]) -> Transaction:
+            return Transaction(f"{n:012x}000000{b}", b, f"{n:012x}000000{b}", parents, ())
+
+        with db._lock, db._engine.atomic():
+            assert db._is_ancestor(s0, by_b(20, (s1,))) and db._is_ancestor(s1, by_b(21, (s1,)))
+            assert not db._is_ancestor(s2, by_b(22, (s1,)))     # y: not shown
+            assert db._is_ancestor(s2, by_b(23, (s2,)))
+            assert db._is_ancestor(s2, by_b(24, (s0,)))         # the transaction's id: all of it
+    finally:
+        db.close()

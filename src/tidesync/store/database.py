@@ -2223,8 +2223,10 @@ class Database(ReplicaStore):
                 scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
-            except BaseException:
+            except BaseException as exc:
                 self._origin_ids = None  # may hold the rolled-back entries (see _origin_range)
+                if isinstance(exc, UnicodeEncodeError):  # packing a log entry: a lone surrogate
+                    raise not_text_error(exc) from None
                 raise
             finally:
                 self._handed_txns = None
@@ -2760,11 +2762,16 @@ class Database(ReplicaStore):
                 continue
             seen.add(tid)
             budget -= 1
-            if tid[18:] == origin and tid >= target:
-                return True  # also a "seen" stamp (a parent that is no transaction's id)
+            if tid[18:] == origin and tid >= stamp:
+                return True  # the writer's later transaction, or a "seen" stamp reaching the write
             found = self._engine.query("SELECT data FROM descriptors WHERE id = ?", (tid,))
             if found:
+                if tid[18:] == origin:
+                    return True  # the writer's transaction that made the write (tid >= target)
                 todo.extend(msgpack.unpackb(found[0][0], raw=False).get("parents", []))
+            # Else a "seen" stamp (no transaction's id): the writer's writes up to it only, which
+            # may stop inside the transaction that made this write (its writes are stamped one
+            # after the other), or a transaction not held here.
         return budget <= 0  # out of budget: assume it was seen rather than report a false conflict
 
     # -- history and revert ----------------------------------------------------------------

@@ -628,14 +628,8 @@ class Database(ReplicaStore):
         if (same or not loop) and ref not in loop and ref not in txn._pending:
             # The assignment loop, recorded as columns: the row read ahead and the value, no
             # pending document (what it would hold: WriteTransaction._unloop).
-            ahead = txn.loop_ahead if same else txn.read_ahead.get((collection, name))
-            row = ahead[0].pop(ref[1], None) if ahead is not None else None
-            if row is not None:  # read ahead by an earlier assignment
-                ahead[2] += 1  # type: ignore[index]
-            else:
-                row = self._read_ahead(txn, collection, ref[1], name)
-            if row is None or not row[2]:
-                raise InvalidatedObjectError(f"this {collection} object was deleted")
+            row = self._live_row(txn, txn.loop_ahead if same else txn.read_ahead.get((collection, name)),
+                                 collection, ref[1], name)
             meta = row[3]
             if len(meta) != 42 or meta[:6] != '{"*":"':
                 m = loads_json(meta)
@@ -655,14 +649,7 @@ class Database(ReplicaStore):
             return True
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
-            ahead = txn.read_ahead.get((collection, name))
-            row = ahead[0].pop(ref[1], None) if ahead is not None else None
-            if row is not None:  # read ahead by an earlier assignment
-                ahead[2] += 1  # type: ignore[index]
-            else:
-                row = self._read_ahead(txn, collection, ref[1], name)
-            if row is None or not row[2]:
-                raise InvalidatedObjectError(f"this {collection} object was deleted")
+            row = self._live_row(txn, txn.read_ahead.get((collection, name)), collection, ref[1], name)
             _, epoch, _, meta, old, rowid = row
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
@@ -682,6 +669,20 @@ class Database(ReplicaStore):
         p.flushed = False
         txn.unstamped += (p, name, plain)  # flat: no tuple kept per assignment for the collector
         return True
+
+    def _live_row(self, txn: WriteTransaction, ahead: list[Any] | None, collection: str, pk: str,
+                  name: str) -> tuple[Any, ...]:
+        """The fast path's row facts of document ``pk`` for field ``name``: taken from ``ahead``
+        (``txn.read_ahead[(collection, name)]``) when an earlier assignment read them ahead, else
+        read (:meth:`_read_ahead`). Raises InvalidatedObjectError when the document is gone."""
+        row = ahead[0].pop(pk, None) if ahead is not None else None
+        if row is not None:
+            ahead[2] += 1  # type: ignore[index]
+        else:
+            row = self._read_ahead(txn, collection, pk, name)
+        if row is None or not row[2]:
+            raise InvalidatedObjectError(f"this {collection} object was deleted")
+        return row
 
     def _read_ahead(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
         """The row facts the fast path needs for field ``name`` of a document that was not read

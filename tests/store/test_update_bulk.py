@@ -80,6 +80,16 @@ def _before_sorted(state):
     return state
 
 
+def _assert_agrees_with_general(fast, general):
+    """``fast`` (a fast path's ``_run``) holds what ``general`` does. The general path writes a
+    document's meta whole (expanded), the fast paths as an overlay: its first two parts compare
+    without their meta text, with before-images sorted; the rest (merge states, log and
+    descriptors) as they are."""
+    for g, c in ((general[0], fast[0]), (general[1], fast[1])):
+        assert _norm(_before_sorted(c)) == _norm(_before_sorted(g))
+    assert _norm(fast[2:]) == _norm(general[2:])
+
+
 def _scenario(db):
     with db.write():
         db.create_many(BulkNote, _items(1200))

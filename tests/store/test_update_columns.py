@@ -10,7 +10,7 @@ import pytest
 import tidesync
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
-from tests.store.test_update_bulk import _before_sorted, _general, _outcome, _state
+from tests.store.test_update_bulk import _assert_agrees_with_general, _before_sorted, _general, _outcome, _state
 
 N = 5000  # more than one chunk of 4,096
 
@@ -84,9 +84,7 @@ def test_columns_give_the_pending_paths_file_with_metas_log_history_revert_and_p
 def test_columns_give_the_general_paths_documents_and_log(tmp_path, monkeypatch):
     general = _run(tmp_path / "g.db", "general", monkeypatch)
     columns = _run(tmp_path / "c.db", "columns", monkeypatch)
-    for g, c in ((general[0], columns[0]), (general[1], columns[1])):
-        assert _norm(_before_sorted(c)) == _norm(_before_sorted(g))
-    assert _norm(columns[2:]) == _norm(general[2:])
+    _assert_agrees_with_general(columns, general)
 
 
 def test_a_write_of_columns_only_never_makes_pending_documents(tmp_path, monkeypatch):

@@ -14,7 +14,7 @@ import tidesync
 from tidesync.core.transaction import Transaction
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
-from tests.store.test_update_bulk import _before_sorted, _outcome, _state
+from tests.store.test_update_bulk import _assert_agrees_with_general, _outcome, _state
 from tests.store.test_update_columns import _ids
 
 N = 1500
@@ -107,11 +107,7 @@ def test_a_loop_of_assignments_as_columns_gives_the_per_document_commits_file_lo
 def test_a_loop_of_assignments_as_columns_gives_the_general_paths_documents_and_log(tmp_path, monkeypatch):
     general = _run(tmp_path / "g.db", "general", monkeypatch)
     columns = _run(tmp_path / "c.db", "columns", monkeypatch)
-    # The general path writes a document's meta whole (expanded), the fast path as an overlay:
-    # rows without their meta text, merge states, log and descriptors.
-    for g, c in ((general[0], columns[0]), (general[1], columns[1])):
-        assert _norm(_before_sorted(c)) == _norm(_before_sorted(g))
-    assert _norm(columns[2:]) == _norm(general[2:])
+    _assert_agrees_with_general(columns, general)
 
 
 def test_a_loop_committed_as_columns_makes_no_pending_document_at_commit(tmp_path, monkeypatch):

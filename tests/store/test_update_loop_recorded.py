@@ -15,7 +15,7 @@ import pytest
 import tidesync
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
-from tests.store.test_update_bulk import _before_sorted, _outcome
+from tests.store.test_update_bulk import _assert_agrees_with_general, _outcome
 
 N = 700
 WAIT = 5
@@ -125,11 +125,7 @@ def test_a_recorded_loop_gives_the_pending_documents_file_log_history_revert_and
 def test_a_recorded_loop_gives_the_general_paths_documents_and_log(tmp_path, monkeypatch):
     general = _run(tmp_path / "g.db", "general", monkeypatch)
     loop = _run(tmp_path / "l.db", "loop", monkeypatch)
-    # The general path writes a document's meta whole (expanded), the fast path as an overlay:
-    # rows without their meta text, merge states, log and descriptors.
-    for g, c in ((general[0], loop[0]), (general[1], loop[1])):
-        assert _norm(_before_sorted(c)) == _norm(_before_sorted(g))
-    assert _norm(loop[2:]) == _norm(general[2:])
+    _assert_agrees_with_general(loop, general)
 
 
 def test_a_recorded_loop_makes_no_pending_document(tmp_path):

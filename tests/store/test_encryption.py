@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -10,9 +9,8 @@ import pytest
 
 from tidesync.errors import CorruptFileError, EncryptionError, MissingExtraError, StorageError, UsageError
 from tidesync.store.engine import KEY_SIZE, Engine, _hkdf_sha256, derive_sqlcipher_key
+from tests.helpers.extras import needs_sqlcipher
 
-needs_sqlcipher = pytest.mark.skipif(importlib.util.find_spec("sqlcipher3") is None,
-                                     reason="the tidesync[encryption] extra is not installed")
 
 KEY = bytes(range(KEY_SIZE))
 OTHER_KEY = bytes(reversed(KEY))

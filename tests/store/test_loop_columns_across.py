@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import tidesync
+from tests.helpers.extras import needs_sqlcipher
 from tests.store.test_create_bulk import BulkNote, _items, _norm
 from tests.store.test_fast_paths_agree import _general
 
@@ -118,8 +119,8 @@ def test_a_loop_reaching_the_same_objects_through_two_results_gives_the_general_
     assert all(b.get("score") != -1.0 for _, b, _ in before)
 
 
+@needs_sqlcipher
 def test_a_loop_in_an_encrypted_file_is_read_back_after_reopening(tmp_path):
-    pytest.importorskip("sqlcipher3")
     key = bytes(range(64))
     path = tmp_path / "enc.db"
     with tidesync.open(path, schema=[BulkNote], encryption_key=key) as db:

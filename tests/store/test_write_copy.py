@@ -3,7 +3,6 @@ plain or encrypted with a key of its own, that is a new replica; on real files."
 
 from __future__ import annotations
 
-import importlib.util
 import sqlite3
 from pathlib import Path
 
@@ -12,10 +11,9 @@ import pytest
 import tidesync
 from tidesync.errors import EncryptionError, UsageError
 from tidesync.store.engine import KEY_SIZE
+from tests.helpers.extras import needs_sqlcipher
 from tests.models import Technician, WorkOrder
 
-needs_sqlcipher = pytest.mark.skipif(importlib.util.find_spec("sqlcipher3") is None,
-                                     reason="the tidesync[encryption] extra is not installed")
 KEY = bytes(range(KEY_SIZE))
 OTHER_KEY = bytes(reversed(KEY))
 MARKER = "TIDESYNC-PLAINTEXT-MARKER"

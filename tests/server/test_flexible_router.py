@@ -171,6 +171,18 @@ def test_the_routers_states_stay_within_their_byte_limit(tmp_path: Path, monkeyp
         db.close()
 
 
+def _count_tests(subs: list[Any], calls: list[str]) -> None:
+    """Make each of ``subs``' predicates append its query's text to ``calls`` when it runs."""
+    for sub in subs:
+        inner = sub.predicate
+
+        def counted(body: Any, inner: Any = inner, text: str = sub.text) -> bool:
+            calls.append(text)
+            return bool(inner(body))
+
+        sub.predicate = counted
+
+
 def reading_session(router: Router, db: Database, queries: list[str]) -> FlexibleSession:
     """A session that can read the log (no connection: its messages stay in its outbox)."""
     s = session(router, queries)
@@ -236,25 +248,18 @@ def test_sessions_sharing_a_query_are_matched_with_one_test_of_it(tmp_path: Path
         router = Router(db, ViewStore(tmp_path / "flexible.db"))
         w = RemoteWriter(db)
         team = 'team == "g1" AND status == "urgent"'
-        calls = {"n": 0}
+        calls: list[str] = []
         members = [session(router, [team]) for _ in range(3)]
         twice = session(router, [team, team])    # the same query twice in one set
         owner = session(router, ['owner == "u1"'])
         for s in [*members, twice, owner]:
-            for sub in s.subs:
-                inner = sub.predicate
-
-                def counted(body: Any, inner: Any = inner) -> bool:
-                    calls["n"] += 1
-                    return bool(inner(body))
-
-                sub.predicate = counted
+            _count_tests(s.subs, calls)
             router.unregister(s)
         for s in [*members, twice, owner]:
             router.register(s)
         seq = w.create("t1", {"owner": "u2", "team": "g1", "status": "urgent"})
         router.catch_up()
-        assert calls["n"] == 1
+        assert len(calls) == 1
         assert all(list(s.relevant) == [seq] for s in [*members, twice])
         assert list(owner.relevant) == []
         routed = router.routed(seq)
@@ -263,12 +268,12 @@ def test_sessions_sharing_a_query_are_matched_with_one_test_of_it(tmp_path: Path
         _, body = routed.states[ref]
         assert body is not None
         assert members[0].matches(COLL, body, routed.verdicts[ref])
-        assert calls["n"] == 1                   # the router's result, not a second test
+        assert len(calls) == 1                   # the router's result, not a second test
         assert not owner.matches(COLL, body, routed.verdicts[ref])   # not tested by the router
-        assert calls["n"] == 2
+        assert len(calls) == 2
         w.set("t1", "status", "normal")
         router.catch_up()
-        assert calls["n"] == 3
+        assert len(calls) == 3
         assert all(list(s.relevant) == [seq] for s in members)   # not matching any more
         router.unregister(members[0])
         router.unregister(twice)
@@ -298,19 +303,12 @@ def test_a_document_entering_several_views_is_made_and_tested_once_for_all(tmp_p
         members = [reading_session(router, db, [team]) for _ in range(3)]
         other = reading_session(router, db, ['status == "urgent"'])
         late = reading_session(router, db, [team])
-        calls = {"n": 0}
+        calls: list[str] = []
         for s in [*members, other, late]:
-            for sub in s.subs:
-                inner = sub.predicate
-
-                def counted(body: Any, inner: Any = inner) -> bool:
-                    calls["n"] += 1
-                    return bool(inner(body))
-
-                sub.predicate = counted
+            _count_tests(s.subs, calls)
         created = w.create("t1", {"team": "g1", "status": "urgent", "n": 1})
         router.catch_up()
-        routed_tests = calls["n"]
+        routed_tests = len(calls)
         docs = []
         for s in members:
             batch = s.read_inline(0, 100, 1 << 20, None)
@@ -321,9 +319,9 @@ def test_a_document_entering_several_views_is_made_and_tested_once_for_all(tmp_p
             assert s.held == {(COLL, '"t1"')}
         assert docs[0] is docs[1] is docs[2]
         assert docs[0].state["body"] == {"_id": "t1", "team": "g1", "status": "urgent", "n": 1}
-        assert calls["n"] == routed_tests + 1      # the recheck of the entering state, once
+        assert len(calls) == routed_tests + 1      # the recheck of the entering state, once
         assert other.read_inline(0, 100, 1 << 20, None) is not None
-        assert other.held == {(COLL, '"t1"')} and calls["n"] == routed_tests + 2   # its own query
+        assert other.held == {(COLL, '"t1"')} and len(calls) == routed_tests + 2   # its own query
         # Changed again (no longer urgent) and routed before ``late`` reads: it judges the entry
         # it got (urgent) but the state it would send is not, so the document does not enter.
         w.set("t1", "status", "normal")
@@ -649,18 +647,7 @@ def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path:
         w = RemoteWriter(db)
         s = reading_session(router, db, ['region == "r1"', owner_query])
         calls: list[str] = []
-
-        def count(subs: list[Any]) -> None:
-            for sub in subs:
-                inner = sub.predicate
-
-                def counted(body: Any, inner: Any = inner, text: str = sub.text) -> bool:
-                    calls.append(text)
-                    return bool(inner(body))
-
-                sub.predicate = counted
-
-        count(s.subs)
+        _count_tests(s.subs, calls)
         router.reindex(s)
         ref = (COLL, '"t1"')
         w.create("t1", {"owner": "u1", "region": "r9", "n": 0})
@@ -682,7 +669,7 @@ def test_judging_trusts_the_routers_index_for_queries_it_did_not_reach(tmp_path:
         # A new set (same queries, not indexed yet): judged by testing them.
         subs = compile_set([SubscriptionQuery(f"q{i}", COLL, q) for i, q in enumerate(['region == "r1"', owner_query])],
                            s.config)
-        count(subs)
+        _count_tests(subs, calls)
         s._set_subs(subs, 2)
         assert change(2) == [*router_test, 'region == "r1"']   # the router's, then the judge's
         # Indexed again: an entry routed before that is still tested, later ones are not.

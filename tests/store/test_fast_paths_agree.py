@@ -80,6 +80,17 @@ def _value_for(name: str, i: int, seed: int) -> Any:
         name]
 
 
+
+def _apply_block(db: Any, block: list[Any], out: list[Any]) -> None:
+    """One write transaction of ``block``'s operations; a refused one is recorded in ``out``
+    with its error, and the write goes on."""
+    with db.write():
+        for op in block:
+            try:
+                _apply(db, op, out)
+            except tidesync.TidesyncError as exc:
+                out.append((op[0], type(exc).__name__, str(exc)))
+
 def _apply(db: Database, op: tuple[Any, ...], out: list[Any]) -> None:
     kind = op[0]
     if kind == "assign":
@@ -152,12 +163,7 @@ def _run(tmp: Any, fast: bool, program: list[list[tuple[Any, ...]]], revert_at: 
                 db.get(BulkNote, _nid(3)).title = "an overlay meta"
                 db.delete(db.get(BulkNote, _nid(POOL - 1)))
             for block in program:
-                with db.write():
-                    for op in block:
-                        try:
-                            _apply(db, op, out)
-                        except tidesync.TidesyncError as exc:
-                            out.append((op[0], type(exc).__name__, str(exc)))
+                _apply_block(db, block, out)
             state = _before_sorted(_state(db))
             history = [(h.seq, [(c.collection, c.id, c.kind, c.fields) for c in h.changes]) for h in db.history(100)]
             txns = db.export_transactions()
@@ -357,12 +363,7 @@ def _alternating_run(path: Any, two: bool, program: list[list[tuple[Any, ...]]])
             out.append([(o._id, o.title, o.priority) for o in db.objects(BulkNote).sort("_id")])
         for n, block in enumerate(program):
             db = (a, b)[n % 2] if two else a
-            with db.write():
-                for op in block:
-                    try:
-                        _apply(db, op, out)
-                    except tidesync.TidesyncError as exc:
-                        out.append((op[0], type(exc).__name__, str(exc)))
+            _apply_block(db, block, out)
         for db in (a, b):
             out.append([(o._id, o.title, o.priority, o.score) for o in db.objects(BulkNote).sort("_id")])
         return out, _before_sorted(_state(a))

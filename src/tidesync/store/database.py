@@ -1759,6 +1759,8 @@ class Database(ReplicaStore):
             if not self._fill_partition(plain, dflt):
                 return None
             scope = _dumps(self._partition[1])
+        elif self.partition_key is not None:  # partitioned documents, no partition of its own: a server's
+            scope = _dumps(plain.get(self.partition_key))
         name = obj.name
         key = plain["_id"]
         ref = (name, canonical_json(key))
@@ -1813,6 +1815,8 @@ class Database(ReplicaStore):
             if not all(fill(plain, dflt) for plain, dflt in built):
                 return False
             scope = _dumps(self._partition[1])
+        elif self.partition_key is not None:  # a scope per document (a server's file): the general path
+            return False
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq

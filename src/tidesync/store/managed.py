@@ -90,7 +90,8 @@ class ObjectBinding:
         if f.primary_key:
             raise ValidationError(f"{self.schema.name}._id cannot change once the object is created")
         part = self.db._partition
-        if (not self.path and f.type.kind in SCALAR_KINDS and (part is None or name != part[0])
+        # The partition key (synced or not) takes the general path, which writes the scope column.
+        if (not self.path and f.type.kind in SCALAR_KINDS and name != self.db.partition_key
                 and self.db._fast_assign(self, name, f.type, value)):
             return
         txn, d = self.db._writable(self)

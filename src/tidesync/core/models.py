@@ -37,7 +37,7 @@ from .schema import COLLECTION_KINDS, FieldSchema, FieldType, ObjectSchema, Sche
 from .values import INT64_MAX, INT64_MIN, Plain, check_key, to_plain
 
 __all__ = ["Model", "EmbeddedModel", "field", "Counter", "Mixed", "Binding", "schema_of",
-           "FieldSpec", "model_registry", "MISSING", "Backlinks", "backlinks"]
+           "FieldSpec", "model_registry", "models_reached", "MISSING", "Backlinks", "backlinks"]
 
 Mixed: TypeAlias = Any
 """A field that holds any storable value (null, bool, int, float, Decimal, str, bytes,
@@ -276,6 +276,8 @@ class _ModelBase:
     __ts_declared__: ClassVar[dict[str, _Declared]]
     __ts_schema__: ClassVar[ObjectSchema | None]
     __ts_types__: ClassVar[dict[str, FieldType] | None]
+    #: The models this one's link and embedded fields name, as its annotations resolved them.
+    __ts_targets__: ClassVar[dict[str, type[_ModelBase]]]
 
     __slots__ = ("_ts_values", "_ts_binding", "_ts_ref", "__weakref__")
 
@@ -303,6 +305,7 @@ class _ModelBase:
         cls.__ts_declared__ = declared
         cls.__ts_schema__ = None
         cls.__ts_types__ = None
+        cls.__ts_targets__ = {}
         for name in declared:
             setattr(cls, name, _FieldDescriptor(name, cls))
         if not cls.__ts_embedded__:
@@ -433,8 +436,10 @@ def _resolve_hints(cls: type[_ModelBase]) -> dict[str, Any]:
         hint = decl.hint
         if isinstance(hint, str):
             module = sys.modules.get(cls.__module__)
-            globalns = dict(vars(module)) if module else {}
-            localns: dict[str, Any] = {**_registry, "Mixed": Mixed, "Counter": Counter, "ObjectId": ObjectId}
+            # A name resolves as Python would resolve it in the model's module; a model that
+            # module does not hold (declared later, or inside a function) by its name.
+            globalns = {**_registry, **vars(module)} if module else dict(_registry)
+            localns: dict[str, Any] = {"Mixed": Mixed, "Counter": Counter, "ObjectId": ObjectId}
             try:
                 hint = eval(hint, globalns, localns)  # noqa: S307 - a type annotation of the app's own class
             except Exception as exc:
@@ -448,7 +453,8 @@ _SCALARS: dict[Any, str] = {bool: "bool", int: "int", float: "float", Decimal: "
                             bytes: "bytes", datetime: "datetime", ObjectId: "objectid", UUID: "uuid"}
 
 
-def _field_type(owner: str, name: str, hint: Any, *, element: bool = False) -> FieldType:
+def _field_type(owner: str, name: str, hint: Any, *, element: bool = False,
+                targets: dict[str, type[_ModelBase]] | None = None) -> FieldType:
     nullable = False
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
@@ -479,11 +485,13 @@ def _field_type(owner: str, name: str, hint: Any, *, element: bool = False) -> F
                 raise SchemaError(f"{owner}.{name}: give the element type, e.g. list[str]")
             inner = args[0]
         kind = {list: "list", set: "set", dict: "dict"}[origin]
-        elem = _field_type(owner, name, inner, element=True)
+        elem = _field_type(owner, name, inner, element=True, targets=targets)
         if kind == "set" and elem.kind in ("object", "mixed"):
             raise SchemaError(f"{owner}.{name}: sets hold scalars or links")
         return FieldType(kind, nullable, element=elem)
     if isinstance(hint, type) and issubclass(hint, _ModelBase):
+        if targets is not None:
+            targets[hint.__name__] = hint
         if hint.__ts_embedded__:
             return FieldType("object", nullable or element, target=hint.__name__)
         if not nullable and not element:
@@ -502,8 +510,9 @@ def schema_of(cls: type[_ModelBase]) -> ObjectSchema:
         return cached
     hints = _resolve_hints(cls)
     fields: dict[str, FieldSchema] = {}
+    targets: dict[str, type[_ModelBase]] = {}
     for name, decl in cls.__ts_declared__.items():
-        ftype = _field_type(cls.__name__, name, hints[name])
+        ftype = _field_type(cls.__name__, name, hints[name], targets=targets)
         if decl.spec.primary_key and ftype.kind not in ("objectid", "uuid", "str", "int"):
             raise SchemaError(f"{cls.__name__}._id: a primary key is ObjectId, UUID, str or int")
         if decl.spec.primary_key and ftype.nullable:
@@ -516,28 +525,48 @@ def schema_of(cls: type[_ModelBase]) -> ObjectSchema:
                 origin = value.origin if isinstance(value.origin, str) else value.origin.__name__
                 found[name] = (origin, value.field)
     schema = ObjectSchema(cls.__name__, fields, cls.__ts_embedded__, found)
+    cls.__ts_targets__ = targets
     cls.__ts_schema__ = schema
     return schema
 
 
 def schema_for_models(models: list[type[_ModelBase]]) -> Schema:
     """The schema of ``models`` and every embedded or linked model they reach."""
-    found: dict[str, ObjectSchema] = {}
-    todo = list(models)
+    return Schema({name: schema_of(cls) for name, cls in models_reached(models).items()})
+
+
+def models_reached(models: list[type[_ModelBase]]) -> dict[str, type[_ModelBase]]:
+    """``models`` and every embedded or linked model they reach, by name: each link or embedded
+    field reaches the class its annotation resolved to.
+
+    Raises:
+        SchemaError: two different classes of one name are reached (a name is a collection).
+    """
+    found: dict[str, type[_ModelBase]] = {}
+    todo = [(cls, "the schema") for cls in models]
     while todo:
-        cls = todo.pop()
-        if cls.__name__ in found:
+        cls, via = todo.pop()
+        seen = found.get(cls.__name__)
+        if seen is cls:
             continue
+        if seen is not None:
+            raise SchemaError(f"two models are named {cls.__name__} ({_qualified(seen)} and {_qualified(cls)}, "
+                              f"reached from {via}); a model's name is its collection",
+                              advice="give one of them another name, or open them in separate databases")
         s = schema_of(cls)
-        found[cls.__name__] = s
+        found[cls.__name__] = cls
         for f in s.fields.values():
             t = f.type.element if f.type.kind in COLLECTION_KINDS else f.type
             if t is not None and t.target is not None:
-                target = _registry.get(t.target)
+                target = cls.__ts_targets__.get(t.target) or _registry.get(t.target)
                 if target is None:
                     raise SchemaError(f"{cls.__name__}.{f.name} refers to unknown model {t.target}")
-                todo.append(target)
-    return Schema(found)
+                todo.append((target, f"{cls.__name__}.{f.name}"))
+    return found
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def default_of(cls: type[_ModelBase], name: str) -> Any:
@@ -640,9 +669,9 @@ def _coerce(t: FieldType, value: Any) -> Any:
             return Counter(value)
         raise _Mismatch()
     if k == "object":
-        cls = _registry.get(t.target or "")
-        if cls is not None and isinstance(value, cls):
+        if isinstance(value, _ModelBase) and type(value).__name__ == t.target and value.__ts_embedded__:
             return value
+        cls = _registry.get(t.target or "")
         if isinstance(value, Mapping) and cls is not None:
             try:
                 return cls(**value)
@@ -650,8 +679,8 @@ def _coerce(t: FieldType, value: Any) -> Any:
                 raise _Mismatch(f": {exc}") from None
         raise _Mismatch()
     if k == "link":
-        cls = _registry.get(t.target or "")
-        if cls is not None and isinstance(value, cls):
+        # Any class of the target's name: the link names a collection (see models_reached).
+        if isinstance(value, _ModelBase) and type(value).__name__ == t.target and not value.__ts_embedded__:
             return value
         raise _Mismatch(f": assign a {t.target} object")
     if k == "list":

@@ -29,7 +29,7 @@ from ..core import merge
 from ..core.clock import HybridClock
 from ..core.merge.create import fast_create
 from ..core.models import (
-    MISSING, Counter, _ModelBase, coerce, default_of, model_registry, schema_for_models, schema_of,
+    MISSING, Counter, _ModelBase, coerce, default_of, model_registry, models_reached, schema_of,
     self_plain_type, value_to_plain,
 )
 from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset, top_level_set
@@ -271,14 +271,11 @@ class Database(ReplicaStore):
         #: Keep about this many log entries (None: all); see _trim_log.
         self._log_keep = log_keep
         self._commits_unchecked = 0
-        self._models: dict[str, type[_ModelBase]] = {}
         for cls in schema:
             if not isinstance(cls, type) or not issubclass(cls, _ModelBase) or cls.__ts_embedded__:
                 raise UsageError(f"schema must list Model classes, got {cls!r}")
-        self.schema: Schema = schema_for_models(list(schema))
-        given = {cls.__name__: cls for cls in schema}
-        for name in self.schema.objects:
-            self._models[name] = given.get(name) or model_registry()[name]
+        self._models: dict[str, type[_ModelBase]] = models_reached(list(schema))
+        self.schema: Schema = Schema({name: schema_of(cls) for name, cls in self._models.items()})
         self._engine = Engine(self.path, encryption_key=encryption_key, check_same_thread=False,
                               mmap_size=default_mmap_size() if mmap_size is None else mmap_size,
                               defer_map=mmap_size is None)

@@ -47,7 +47,9 @@ from .engine import Engine, default_mmap_size, not_text_error, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPSERT_DOCUMENT
+from .tables import (
+    FORMAT_VERSION, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPDATE_DOCUMENT_VALUES_KEPT, UPSERT_DOCUMENT,
+)
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -1023,9 +1025,11 @@ class Database(ReplicaStore):
             self._write_doc_rows(rows, held, bodies, scopes)
 
     def _write_doc_rows(self, rows: list[tuple[Any, ...]], held: list[bool], bodies: list[dict[str, Plain]] | None,
-                        scopes: dict[Ref, str | None] | None) -> None:
+                        scopes: dict[Ref, str | None] | None, kept: list[bool] | None = None) -> None:
         """:meth:`_write_docs`'s statements for its ``rows`` (``held``: which of them the file
-        holds; ``bodies``: their bodies, for the hand-over)."""
+        holds; ``bodies``: their bodies, for the hand-over). ``kept``: which of them (held, in a
+        file with value columns) the writer knows to keep every value field the file held
+        (:data:`~tidesync.store.tables.UPDATE_DOCUMENT_VALUES_KEPT`)."""
         keep = self._written_rows
         if rows:
             written_scopes = self._written_scopes
@@ -1043,12 +1047,15 @@ class Database(ReplicaStore):
                 old = list(compress(rows, held))
                 same: list[tuple[Any, ...]] = []
                 moved: list[tuple[Any, ...]] = []
-                for r in old:
+                vouched: list[tuple[Any, ...]] = []
+                for r, k in zip(old, compress(kept, held) if kept is not None else repeat(False)):
                     if r[7] is None or (scopes is not None and scopes.get((r[0], r[1]), _ABSENT) == r[7]):
-                        same.append((*r[2:7], r[0], r[1]))
+                        (vouched if k else same).append((*r[2:7], r[0], r[1]))
                     else:
                         moved.append((*r[2:], r[0], r[1]))
                 n = self._engine.executemany(UPDATE_DOCUMENT_SAME_SCOPE, same).rowcount if same else 0
+                if vouched:
+                    n += self._engine.executemany(UPDATE_DOCUMENT_VALUES_KEPT, vouched).rowcount
                 if moved:
                     n += self._engine.executemany(UPDATE_DOCUMENT, moved).rowcount
                 rows = [r for r, h in zip(rows, held) if not h] if n == len(old) else rows
@@ -2539,6 +2546,10 @@ class Database(ReplicaStore):
         parsed: dict[Ref, list[Any]] = {}
         latest = ""
         seq = first_seq
+        # Documents whose value columns (store/tables.py) this batch may change: their update
+        # is checked by the trigger; the others' vouches for them (UPDATE_DOCUMENT_VALUES_KEPT).
+        value_fields = self.value_fields
+        touched_values: set[Ref] = set()
         for t in txns:
             for op, ref in zip(cast("tuple[SetValue, ...]", t.ops), t.refs()):   # (as _lean_fits found)
                 d = parsed.get(ref)
@@ -2574,6 +2585,8 @@ class Database(ReplicaStore):
                 body[name] = op.value
                 overlay[name] = key
                 d[4] = seq
+                if name in value_fields:
+                    touched_values.add(ref)
                 if stamp > latest:
                     latest = stamp
             seq += 1
@@ -2586,7 +2599,8 @@ class Database(ReplicaStore):
             bodies.append(body)
             out.append((ref[0], ref[1], _dumps(body), _dumps(meta), epoch, 1, dseq,
                         _dumps(body.get(pkey)) if pkey is not None else None))
-        self._write_doc_rows(out, [True] * len(out), bodies, scopes)
+        self._write_doc_rows(out, [True] * len(out), bodies, scopes,
+                             [ref not in touched_values for ref in rows] if value_fields else None)
         return seq - 1, Stamp(latest)
 
     #: Batches of at most this many transactions use :meth:`_integrate_prelude`.

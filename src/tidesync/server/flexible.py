@@ -1120,17 +1120,17 @@ class Router:
 
     def _route(self, r: _Routed) -> None:
         targets: set[FlexibleSession] = set()
-        seen: set[Ref] = set()
-        for ref in r.refs:
-            if ref in seen:
-                continue
-            seen.add(ref)
-            hs = self.holders.get(ref)
+        refs: Iterable[Ref] = r.refs
+        if len(r.refs) > 1:
+            refs = dict.fromkeys(refs)      # (each document once, in first-touch order)
+        holders, states, all_verdicts = self.holders, r.states, r.verdicts
+        for ref in refs:
+            hs = holders.get(ref)
             if hs:
                 targets |= hs
             verdicts: dict[str, bool] = {}
-            r.verdicts[ref] = verdicts
-            live, body = r.states[ref]
+            all_verdicts[ref] = verdicts
+            live, body = states[ref]
             if not live or body is None:
                 continue         # a deleted document matters only to those holding it
             # Sessions with a query that may match (through the equality index, or checked
@@ -1141,12 +1141,30 @@ class Router:
             scan = self.scan.get(coll)
             if scan:
                 _add_matching(targets, scan, body, verdicts)
-            for fieldname, by_value in self.eq_index.get(coll, {}).items():
+            index = self.eq_index.get(coll)
+            if not index:
+                continue
+            for fieldname, by_value in index.items():
                 value = body.get(fieldname)
                 if type(value) is str:    # (the usual case: _body_keys's one key, without it)
                     got = by_value.get(("s", value))
-                    if got:
-                        _add_matching_str(targets, got, body, verdicts)
+                    if not got:
+                        continue
+                    # _add_matching(exact=True), inline (a call per field and change): the groups
+                    # found under the string the state's field holds; an exact one matches untested.
+                    for key, group in got.items():
+                        ok = verdicts.get(key)
+                        if ok is None:
+                            if group.exact:
+                                ok = verdicts[key] = True
+                            else:
+                                try:
+                                    ok = verdicts[key] = bool(group.predicate(body))
+                                except Exception:  # noqa: BLE001 - a predicate never raises on plain data
+                                    log.exception("subscription predicate failed")
+                                    continue
+                        if ok:
+                            targets.update(group.sessions)
                     continue
                 for k in _body_keys(value):
                     got = by_value.get(k)
@@ -1220,14 +1238,6 @@ def _is_str_equality(node: Node) -> bool:
     return (isinstance(node, Compare) and node.op == "==" and not node.case_insensitive
             and not node.diacritic_insensitive and isinstance(node.left, Path) and len(node.left.names) == 1
             and isinstance(node.right, Value) and type(node.right.plain) is str)
-
-
-def _add_matching_str(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
-                      verdicts: dict[str, bool]) -> None:
-    """:func:`_add_matching` for the groups the equality index holds under the string the
-    state's field holds: a group whose query is only that equality (``exact``) matches without
-    a test."""
-    _add_matching(targets, groups, body, verdicts, exact=True)
 
 
 def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],

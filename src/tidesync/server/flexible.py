@@ -53,7 +53,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
@@ -1060,9 +1060,7 @@ class Router:
                     return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
-                rows = backend._engine.query(
-                    "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
-                    (self.processed_to, upto))
+                rows = self._log_rows(upto)
                 # The decoded entries stay in the cache: decoded with the cyclic GC paused and
                 # promoted past the young collections (as an upload batch is, _gc_paused),
                 # which would otherwise scan them all again for nothing.
@@ -1071,17 +1069,51 @@ class Router:
             self._written.clear()   # (all routed now)
             return self.processed_to
 
-    def _route_rows(self, rows: list[Any], upto: int) -> None:
-        """Decode and route the log entries ``rows`` (up to ``upto``), with their documents'
-        states (:meth:`catch_up`, the backend's lock held)."""
-        backend = self.backend
+    def _log_rows(self, upto: int) -> list[tuple[int, str, str | None, Transaction | bytes, int]]:
+        """The log entries after ``processed_to`` up to ``upto``: (seq, origin, via, the
+        transaction handed over for it, or its stored bytes when none was, size). A handed-over
+        transaction is that entry when its id is the entry's: the integration hands over only
+        transactions whose :meth:`~Transaction.packed` is what it logged (Database._append_logs),
+        and log rows are never rewritten, so their bytes are not read back (the backend's lock
+        held)."""
+        engine = self.backend._engine
+        after = self.processed_to
+        handed = self._handed
+        if not handed:
+            return [(seq, origin, via, data, len(data)) for seq, origin, via, data in engine.query(
+                "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upto))]
+        out: list[tuple[int, str, str | None, Transaction | bytes, int]] = []
+        missing: list[int] = []
+        for seq, origin, via, tid, size in engine.query(
+                "SELECT seq, origin, via, id, length(data) FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (after, upto)):
+            t = handed.pop(seq, None)
+            if t is None or t.id != tid:    # (not handed over, or not that entry)
+                missing.append(len(out))
+                out.append((seq, origin, via, b"", size))
+            else:
+                out.append((seq, origin, via, t, size))
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            data = dict(engine.query(f"SELECT seq, data FROM log WHERE seq IN ({','.join('?' * len(chunk))})",
+                                     [out[j][0] for j in chunk]))
+            for j in chunk:
+                seq, origin, via, _, size = out[j]
+                got = data.get(seq)
+                if got is not None:
+                    out[j] = (seq, origin, via, got, size)
+        # (An entry compacted away between the two reads: dropped, as if the first had not found it.)
+        return [row for row in out if type(row[3]) is not bytes or row[3]] if missing else out
+
+    def _route_rows(self, rows: list[tuple[int, str, str | None, Transaction | bytes, int]], upto: int) -> None:
+        """Decode (unless handed over) and route the log entries ``rows`` (:meth:`_log_rows`, up
+        to ``upto``), with their documents' states (:meth:`catch_up`, the backend's lock held)."""
         handed = self._handed
         routed = []
-        for seq, origin, via, data in rows:
-            t = handed.pop(seq, None) if handed else None
-            if t is None or t._packed != data:   # (not handed over, or not these bytes)
-                t = Transaction.from_stored(msgpack.unpackb(data, raw=False), data)
-            routed.append(_Routed(seq, origin, via, t, len(data)))
+        for seq, origin, via, t, size in rows:
+            if type(t) is bytes:
+                t = Transaction.from_stored(msgpack.unpackb(t, raw=False), t)
+            routed.append(_Routed(seq, origin, via, cast(Transaction, t), size))
         if handed and next(iter(handed)) <= upto:
             for seq in [seq for seq in handed if seq <= upto]:
                 del handed[seq]       # (compacted away before it was routed)

@@ -2647,9 +2647,13 @@ class Database(ReplicaStore):
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
             logged.append((seq, t.origin, via, data))
             if handed is not None:
-                if t._packed is None:
+                packed = t._packed
+                if packed is None:
                     object.__setattr__(t, "_packed", data)   # what packed() returns: these bytes
-                handed.append((seq, t))
+                    handed.append((seq, t))
+                elif packed == data:
+                    handed.append((seq, t))
+                # (else other bytes of the same map: the entry is read back from the log when needed)
             desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor_wire(len(data))), seq))
         self._run_values("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
                          log_rows, 6)

@@ -341,6 +341,16 @@ class Database(ReplicaStore):
         self._written_rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = None
         #: While :meth:`integrate` runs: the scope column each document row it writes gets.
         self._written_scopes: dict[Ref, str | None] | None = None
+        #: The document rows the last integrations wrote (``UPSERT_DOCUMENT``'s parameters),
+        #: by ref, and the file's version after the last of them (``_rows_at``: total_changes,
+        #: data_version): while the file is still at that version they are the documents'
+        #: stored rows, and :meth:`_lean_rows` takes them instead of reading them back. A
+        #: device's acknowledgements (``record_acks``) move the version on. At most
+        #: :attr:`ROWS_CACHE` rows (then emptied). ``_rows_pending``: while an integration
+        #: runs, the rows it writes; ``_rows_checked``: the data_version it found the file at.
+        self._rows_cache: dict[Ref, tuple[Any, ...]] = {}
+        self._rows_pending: list[tuple[Any, ...]] | None = None
+        self._rows_checked: int | None = None
         try:
             self._init_file()
         except BaseException:
@@ -1032,6 +1042,9 @@ class Database(ReplicaStore):
         (:data:`~tidesync.store.tables.UPDATE_DOCUMENT_VALUES_KEPT`)."""
         keep = self._written_rows
         if rows:
+            pending = self._rows_pending
+            if pending is not None:
+                pending.extend(rows)
             written_scopes = self._written_scopes
             if written_scopes is not None:
                 written_scopes.update({(r[0], r[1]): r[7] for r in rows})
@@ -2227,11 +2240,17 @@ class Database(ReplicaStore):
             hand_rows = self.on_written
             rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
             self._written_rows = rows
+            pending: list[tuple[Any, ...]] = []
+            self._rows_pending = pending
+            self._rows_checked = None
             try:
                 scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             except BaseException as exc:
+                self._rows_pending = None
+                self._rows_cache.clear()
+                self._rows_at = None
                 self._origin_ids = None  # may hold the rolled-back entries (see _origin_range)
                 if isinstance(exc, UnicodeEncodeError):  # packing a log entry: a lone surrogate
                     raise not_text_error(exc) from None
@@ -2240,6 +2259,8 @@ class Database(ReplicaStore):
                 self._handed_txns = None
                 self._written_rows = None
                 self._written_scopes = None
+            self._rows_pending = None
+            self._keep_rows(pending)
             self._seed_log_cache(changes_before, self._logged, handed, written_scopes)
             self._logged = []
             if hand is not None and handed:
@@ -2248,6 +2269,33 @@ class Database(ReplicaStore):
                 hand_rows(rows, version, (self._engine.total_changes(), self._engine.data_version()))
             self._after_remote(result.applied > 0)
         return result
+
+    #: The most document rows :attr:`_rows_cache` keeps.
+    ROWS_CACHE = 50_000
+
+    def _keep_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """After :meth:`integrate`'s commit: keep the document rows it wrote in
+        :attr:`_rows_cache` when the file was at ``_rows_at`` as it began (checked inside its
+        transaction by :meth:`_lean_rows`, or now when it did not look) and no other
+        connection committed since; else empty the cache."""
+        cache = self._rows_cache
+        engine = self._engine
+        after = (engine.total_changes(), engine.data_version())
+        checked = self._rows_checked
+        self._rows_checked = None
+        if checked is None or after[1] != checked:
+            # Not checked inside the transaction, or another connection committed since.
+            cache.clear()
+            self._rows_at = None
+            return
+        # What the cache held was current as the integration began (else it was emptied
+        # then), and these rows are what it wrote over it.
+        if len(cache) + len(rows) > self.ROWS_CACHE:
+            cache.clear()
+        if len(rows) <= self.ROWS_CACHE:
+            for r in rows:
+                cache[(r[0], r[1])] = r
+        self._rows_at = after
 
     def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
                             acked: int | None = None, before: Callable[[], None] | None = None) -> IntegrateResult:
@@ -2360,6 +2408,14 @@ class Database(ReplicaStore):
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
                           preloaded: dict[Ref, Any] | None = None,
                           preloaded_scopes: dict[Ref, str | None] | None = None) -> IntegrateResult:
+        if self._rows_pending is not None:
+            # (integrate: inside its write transaction, where no other connection commits.)
+            engine = self._engine
+            version = (engine.total_changes(), engine.data_version())
+            if version != self._rows_at:
+                self._rows_cache.clear()   # another write since the rows were kept
+                self._rows_at = None
+            self._rows_checked = version[1]
         known: set[str] = set()
         ids = [t.id for t in txns]
         if len(ids) <= self._PRELUDE_MAX:
@@ -2489,7 +2545,20 @@ class Database(ReplicaStore):
         live]`` (``scopes`` gets their scope column); None if the file lacks one of them
         (then nothing was read: the general path loads them)."""
         by_collection = _keys_by_collection(txns)
-        found = self._states_of([ref for keys in by_collection.values() for ref in keys], scopes)
+        refs = [ref for keys in by_collection.values() for ref in keys]
+        cache = self._rows_cache
+        if cache and self._rows_pending is not None:   # (current: _integrate_locked checked it)
+            # The rows the last integrations wrote, as the file holds them (nothing else wrote
+            # since): read only the others.
+            found = self._states_of([ref for ref in refs if ref not in cache], scopes)
+            for ref in refs:
+                r = cache.get(ref)
+                if r is not None:
+                    found[ref] = (r[2], r[3], r[4], r[5])
+                    if r[7] is not None:   # (None: the scope column kept what it held)
+                        scopes[ref] = r[7]
+        else:
+            found = self._states_of(refs, scopes)
         out: dict[Ref, Any] = {}
         for keys in by_collection.values():
             for ref, key in keys.items():

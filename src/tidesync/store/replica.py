@@ -290,6 +290,9 @@ class ReplicaStore:
     #: The top-level fields whose values ``documents`` keeps in columns of their own, indexed
     #: (see :meth:`add_value_column`).
     value_fields: tuple[str, ...] = ()
+    #: The file's version (total_changes, data_version) at which ``Database._rows_cache``
+    #: holds the stored rows of its documents; None: it holds none.
+    _rows_at: tuple[int, int] | None = None
 
     if TYPE_CHECKING:
         def _check_open(self) -> None: ...
@@ -683,6 +686,8 @@ class ReplicaStore:
                 # server records its peers' acknowledgements between the integrations whose
                 # entries its sessions read from the cache).
                 cache.version = after
+            if self._rows_at == before and after[1] == before[1]:
+                self._rows_at = after   # no document written: Database._rows_cache stays current
             if hand is not None:
                 # No document written: what integrations handed over stays current
                 # (Database.on_written).

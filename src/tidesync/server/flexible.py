@@ -1095,8 +1095,8 @@ class Router:
                 out.append((seq, origin, via, t, size))
         for i in range(0, len(missing), 500):
             chunk = missing[i:i + 500]
-            data = dict(engine.query(f"SELECT seq, data FROM log WHERE seq IN ({','.join('?' * len(chunk))})",
-                                     [out[j][0] for j in chunk]))
+            data: dict[int, bytes] = dict(engine.query(
+                f"SELECT seq, data FROM log WHERE seq IN ({','.join('?' * len(chunk))})", [out[j][0] for j in chunk]))
             for j in chunk:
                 seq, origin, via, _, size = out[j]
                 got = data.get(seq)

@@ -2664,10 +2664,16 @@ class Database(ReplicaStore):
         out: list[tuple[Any, ...]] = []
         bodies: list[dict[str, Plain]] = []
         for ref in rows:   # (every one reached: the rows are the operations' documents)
-            body, meta, _, epoch, dseq, *_ = parsed[ref]
+            d = parsed[ref]
+            body = d[0]
             bodies.append(body)
-            out.append((ref[0], ref[1], _dumps(body), _dumps(meta), epoch, 1, dseq,
-                        _dumps(body.get(pkey)) if pkey is not None else None))
+            if pkey is None:
+                scope = None
+            else:
+                # (A plain alphanumeric string needs no escaping: what the encoder writes.)
+                value = body.get(pkey)
+                scope = f'"{value}"' if type(value) is str and value.isalnum() and value.isascii() else _dumps(value)
+            out.append((ref[0], ref[1], _dumps(body), _dumps(d[1]), d[3], 1, d[4], scope))
         self._write_doc_rows(out, [True] * len(out), bodies, scopes,
                              [ref not in touched_values for ref in rows] if value_fields else None)
         return seq - 1, Stamp(latest)

@@ -2260,27 +2260,26 @@ class Database(ReplicaStore):
                 self._written_rows = None
                 self._written_scopes = None
             self._rows_pending = None
-            self._keep_rows(pending)
+            after = (self._engine.total_changes(), self._engine.data_version())
+            self._keep_rows(pending, after)
             self._seed_log_cache(changes_before, self._logged, handed, written_scopes)
             self._logged = []
             if hand is not None and handed:
                 hand(handed)
             if hand_rows is not None and rows is not None:
-                hand_rows(rows, version, (self._engine.total_changes(), self._engine.data_version()))
+                hand_rows(rows, version, after)
             self._after_remote(result.applied > 0)
         return result
 
     #: The most document rows :attr:`_rows_cache` keeps.
     ROWS_CACHE = 50_000
 
-    def _keep_rows(self, rows: list[tuple[Any, ...]]) -> None:
-        """After :meth:`integrate`'s commit: keep the document rows it wrote in
-        :attr:`_rows_cache` when the file was at ``_rows_at`` as it began (checked inside its
-        transaction by :meth:`_lean_rows`, or now when it did not look) and no other
-        connection committed since; else empty the cache."""
+    def _keep_rows(self, rows: list[tuple[Any, ...]], after: tuple[int, int]) -> None:
+        """After :meth:`integrate`'s commit (``after``: the file's version then): keep the
+        document rows it wrote in :attr:`_rows_cache` (what the cache held was current when
+        it began: :meth:`_integrate_locked` checked that inside its transaction, or emptied
+        it) unless another connection committed since that check; then empty the cache."""
         cache = self._rows_cache
-        engine = self._engine
-        after = (engine.total_changes(), engine.data_version())
         checked = self._rows_checked
         self._rows_checked = None
         if checked is None or after[1] != checked:

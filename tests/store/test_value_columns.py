@@ -17,6 +17,7 @@ from tidesync.core.operations import DeleteDoc, Unset
 from tidesync.core.stamp import ZERO
 from tidesync.core.transaction import Transaction
 from tidesync.store.database import Database
+from tidesync.store.tables import value_triggers_sql
 from tests.helpers.remote_writer import COLL, RemoteWriter
 
 
@@ -192,3 +193,83 @@ def test_rows_the_file_held_are_updated_with_their_scope_kept_or_moved(tmp_path:
             assert db.get_raw(COLL, "d") is None
         finally:
             db.close()
+
+
+def _kept(db: Database) -> dict[str, Any]:
+    return {r[0]: r[1] for r in db._engine.query("SELECT pk, values_kept FROM documents")}
+
+
+def test_lean_updates_vouch_only_for_rows_whose_value_fields_they_left(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        assert db.add_value_column("owner") and db.add_value_column("team")
+        w = RemoteWriter(db)
+        w.batch([[w.created(f"m{i}", {"owner": f"u{i % 3}", "team": "g", "n": 0})] for i in range(12)])
+        assert set(_kept(db).values()) == {None}
+        lean: list[bool] = []
+        orig = Database._integrate_lean
+
+        def spy(self: Database, *args: Any) -> Any:
+            out = orig(self, *args)
+            lean.append(out is not None)
+            return out
+        Database._integrate_lean = spy  # type: ignore[method-assign]
+        try:
+            # One batch (the lean path): "n" only (vouched), "owner" or "team" (checked).
+            w.batch([[w.updated(f"m{i}", "n", i)] for i in range(8)]
+                    + [[w.updated("m8", "owner", "moved")], [w.updated("m9", "team", "h")],
+                       [w.updated("m10", "n", 1)], [w.updated("m10", "owner", "again")]])
+        finally:
+            Database._integrate_lean = orig  # type: ignore[method-assign]
+        assert lean == [True]
+        seqs = {r[0]: r[1] for r in db._engine.query("SELECT pk, seq FROM documents")}
+        kept = _kept(db)
+        assert {pk for pk, v in kept.items() if v is not None} == {f'"m{i}"' for i in range(8)}
+        assert all(kept[f'"m{i}"'] == seqs[f'"m{i}"'] for i in range(8))
+        assert not stale(db)
+        assert by_value(db, "owner", "moved") == {'"m8"'} and by_value(db, "owner", "again") == {'"m10"'}
+        assert by_value(db, "team", "h") == {'"m9"'}
+        # After a vouched update, any other write is checked again (it leaves values_kept as is).
+        db._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'raw') WHERE pk = '\"m0\"'")
+        assert not stale(db) and by_value(db, "owner", "raw") == {'"m0"'}
+        w.batch([[w.updated("m1", "owner", "later")], [w.updated("m2", "n", 5)]])
+        assert not stale(db) and by_value(db, "owner", "later") == {'"m1"'}
+        # What vouching means: an update that changes values_kept is not checked (only the
+        # lean integration's statement does, for fields it did not write).
+        db._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'x'), values_kept = -1 "
+                           "WHERE pk = '\"m3\"'")
+        assert [r[0] for r in stale(db)] == ['"m3"']
+    finally:
+        db.close()
+
+
+def test_a_file_from_before_values_kept_gets_it_at_open(tmp_path: Path) -> None:
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        assert db.add_value_column("owner")
+        w = RemoteWriter(db)
+        w.batch([[w.created(f"m{i}", {"owner": "u1"})] for i in range(3)])
+        # As an older version left it: no values_kept column, triggers without its condition.
+        for stmt in value_triggers_sql(()):
+            db._engine.execute(stmt)
+        db._engine.execute("ALTER TABLE documents DROP COLUMN values_kept")
+        stale_when = "new.v_owner IS NOT json_extract(new.body, '$.owner')"
+        fix = "UPDATE documents SET v_owner = json_extract(new.body, '$.owner') WHERE rowid = new.rowid; END"
+        for event in ("INSERT", "UPDATE OF body"):
+            name = "insert" if event == "INSERT" else "update"
+            db._engine.execute(f"CREATE TRIGGER documents_values_{name} AFTER {event} ON documents "
+                               f"WHEN {stale_when} BEGIN {fix}")
+    finally:
+        db.close()
+    again = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        assert again.value_fields == ("owner",)
+        assert set(_kept(again).values()) == {None}
+        w.db = again
+        w.batch([[w.updated("m0", "n", 1)], [w.updated("m1", "owner", "u2")]])
+        assert not stale(again) and by_value(again, "owner", "u2") == {'"m1"'}
+        assert _kept(again)['"m0"'] is not None and _kept(again)['"m1"'] is None
+        again._engine.execute("UPDATE documents SET body = json_set(body, '$.owner', 'u3') WHERE pk = '\"m0\"'")
+        assert not stale(again)
+    finally:
+        again.close()

@@ -271,12 +271,17 @@ class Transaction:
         """``self.descriptor(size).to_wire()``, the same map, made without the descriptor
         (the log's writer stores one per transaction)."""
         ops = self.ops
-        seen: dict[tuple[str, str], list[Any]] = {}
-        for op, ref in zip(ops, self.refs()):
-            if ref not in seen:
-                seen[ref] = [op.collection, op.key]
+        if len(ops) == 1:
+            op = ops[0]
+            touches = [[op.collection, op.key]]
+        else:
+            seen: dict[tuple[str, str], list[Any]] = {}
+            for op, ref in zip(ops, self.refs()):
+                if ref not in seen:
+                    seen[ref] = [op.collection, op.key]
+            touches = list(seen.values())
         return {"id": self.id, "origin": self.origin, "user": self.user, "stamp": self.stamp,
-                "parents": list(self.parents), "touches": list(seen.values()), "ops": len(ops), "size": size}
+                "parents": list(self.parents), "touches": touches, "ops": len(ops), "size": size}
 
     def to_wire(self, known: dict[int, list[Any]] | None = None) -> dict[str, Any]:
         """The transaction as a msgpack/JSON-ready map (``known``: the wire form of some

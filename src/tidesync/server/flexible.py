@@ -53,7 +53,7 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import msgpack
 
@@ -1093,9 +1093,7 @@ class Router:
                     return head
             while self.processed_to < head:
                 upto = min(head, self.processed_to + 1000)
-                rows = backend._engine.query(
-                    "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
-                    (self.processed_to, upto))
+                rows = self._log_rows(upto)
                 # The decoded entries stay in the cache: decoded with the cyclic GC paused and
                 # promoted past the young collections (as an upload batch is, _gc_paused),
                 # which would otherwise scan them all again for nothing.
@@ -1104,17 +1102,51 @@ class Router:
             self._written.clear()   # (all routed now)
             return self.processed_to
 
-    def _route_rows(self, rows: list[Any], upto: int) -> None:
-        """Decode and route the log entries ``rows`` (up to ``upto``), with their documents'
-        states (:meth:`catch_up`, the backend's lock held)."""
-        backend = self.backend
+    def _log_rows(self, upto: int) -> list[tuple[int, str, str | None, Transaction | bytes, int]]:
+        """The log entries after ``processed_to`` up to ``upto``: (seq, origin, via, the
+        transaction handed over for it, or its stored bytes when none was, size). A handed-over
+        transaction is that entry when its id is the entry's: the integration hands over only
+        transactions whose :meth:`~Transaction.packed` is what it logged (Database._append_logs),
+        and log rows are never rewritten, so their bytes are not read back (the backend's lock
+        held)."""
+        engine = self.backend._engine
+        after = self.processed_to
+        handed = self._handed
+        if not handed:
+            return [(seq, origin, via, data, len(data)) for seq, origin, via, data in engine.query(
+                "SELECT seq, origin, via, data FROM log WHERE seq > ? AND seq <= ? ORDER BY seq", (after, upto))]
+        out: list[tuple[int, str, str | None, Transaction | bytes, int]] = []
+        missing: list[int] = []
+        for seq, origin, via, tid, size in engine.query(
+                "SELECT seq, origin, via, id, length(data) FROM log WHERE seq > ? AND seq <= ? ORDER BY seq",
+                (after, upto)):
+            t = handed.pop(seq, None)
+            if t is None or t.id != tid:    # (not handed over, or not that entry)
+                missing.append(len(out))
+                out.append((seq, origin, via, b"", size))
+            else:
+                out.append((seq, origin, via, t, size))
+        for i in range(0, len(missing), 500):
+            chunk = missing[i:i + 500]
+            data: dict[int, bytes] = dict(engine.query(
+                f"SELECT seq, data FROM log WHERE seq IN ({','.join('?' * len(chunk))})", [out[j][0] for j in chunk]))
+            for j in chunk:
+                seq, origin, via, _, size = out[j]
+                got = data.get(seq)
+                if got is not None:
+                    out[j] = (seq, origin, via, got, size)
+        # (An entry compacted away between the two reads: dropped, as if the first had not found it.)
+        return [row for row in out if type(row[3]) is not bytes or row[3]] if missing else out
+
+    def _route_rows(self, rows: list[tuple[int, str, str | None, Transaction | bytes, int]], upto: int) -> None:
+        """Decode (unless handed over) and route the log entries ``rows`` (:meth:`_log_rows`, up
+        to ``upto``), with their documents' states (:meth:`catch_up`, the backend's lock held)."""
         handed = self._handed
         routed = []
-        for seq, origin, via, data in rows:
-            t = handed.pop(seq, None) if handed else None
-            if t is None or t._packed != data:   # (not handed over, or not these bytes)
-                t = Transaction.from_stored(msgpack.unpackb(data, raw=False), data)
-            routed.append(_Routed(seq, origin, via, t, len(data)))
+        for seq, origin, via, t, size in rows:
+            if type(t) is bytes:
+                t = Transaction.from_stored(msgpack.unpackb(t, raw=False), t)
+            routed.append(_Routed(seq, origin, via, cast(Transaction, t), size))
         if handed and next(iter(handed)) <= upto:
             for seq in [seq for seq in handed if seq <= upto]:
                 del handed[seq]       # (compacted away before it was routed)
@@ -1153,17 +1185,17 @@ class Router:
 
     def _route(self, r: _Routed) -> None:
         targets: set[FlexibleSession] = set()
-        seen: set[Ref] = set()
-        for ref in r.refs:
-            if ref in seen:
-                continue
-            seen.add(ref)
-            hs = self.holders.get(ref)
+        refs: Iterable[Ref] = r.refs
+        if len(r.refs) > 1:
+            refs = dict.fromkeys(refs)      # (each document once, in first-touch order)
+        holders, states, all_verdicts = self.holders, r.states, r.verdicts
+        for ref in refs:
+            hs = holders.get(ref)
             if hs:
                 targets |= hs
             verdicts: dict[str, bool] = {}
-            r.verdicts[ref] = verdicts
-            live, body = r.states[ref]
+            all_verdicts[ref] = verdicts
+            live, body = states[ref]
             if not live or body is None:
                 continue         # a deleted document matters only to those holding it
             # Sessions with a query that may match (through the equality index, or checked
@@ -1174,12 +1206,30 @@ class Router:
             scan = self.scan.get(coll)
             if scan:
                 _add_matching(targets, scan, body, verdicts)
-            for fieldname, by_value in self.eq_index.get(coll, {}).items():
+            index = self.eq_index.get(coll)
+            if not index:
+                continue
+            for fieldname, by_value in index.items():
                 value = body.get(fieldname)
                 if type(value) is str:    # (the usual case: _body_keys's one key, without it)
                     got = by_value.get(("s", value))
-                    if got:
-                        _add_matching_str(targets, got, body, verdicts)
+                    if not got:
+                        continue
+                    # _add_matching(exact=True), inline (a call per field and change): the groups
+                    # found under the string the state's field holds; an exact one matches untested.
+                    for key, group in got.items():
+                        ok = verdicts.get(key)
+                        if ok is None:
+                            if group.exact:
+                                ok = verdicts[key] = True
+                            else:
+                                try:
+                                    ok = verdicts[key] = bool(group.predicate(body))
+                                except Exception:  # noqa: BLE001 - a predicate never raises on plain data
+                                    log.exception("subscription predicate failed")
+                                    continue
+                        if ok:
+                            targets.update(group.sessions)
                     continue
                 for k in _body_keys(value):
                     got = by_value.get(k)
@@ -1253,14 +1303,6 @@ def _is_str_equality(node: Node) -> bool:
     return (isinstance(node, Compare) and node.op == "==" and not node.case_insensitive
             and not node.diacritic_insensitive and isinstance(node.left, Path) and len(node.left.names) == 1
             and isinstance(node.right, Value) and type(node.right.plain) is str)
-
-
-def _add_matching_str(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],
-                      verdicts: dict[str, bool]) -> None:
-    """:func:`_add_matching` for the groups the equality index holds under the string the
-    state's field holds: a group whose query is only that equality (``exact``) matches without
-    a test."""
-    _add_matching(targets, groups, body, verdicts, exact=True)
 
 
 def _add_matching(targets: set[FlexibleSession], groups: dict[str, _QueryGroup], body: dict[str, Any],

@@ -47,7 +47,9 @@ from .engine import Engine, default_mmap_size, not_text_error, remove_file_set
 from .managed import ManagedDict, ManagedList, ManagedSet, ObjectBinding, bind_counter, make_managed
 from ..protocol.replica import IntegrateResult as ProtocolIntegrateResult
 from .replica import ReplicaStore
-from .tables import FORMAT_VERSION, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPSERT_DOCUMENT
+from .tables import (
+    FORMAT_VERSION, MIGRATIONS, UPDATE_DOCUMENT, UPDATE_DOCUMENT_SAME_SCOPE, UPDATE_DOCUMENT_VALUES_KEPT, UPSERT_DOCUMENT,
+)
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
     packed_set_columns,
@@ -336,6 +338,16 @@ class Database(ReplicaStore):
         self._written_rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = None
         #: While :meth:`integrate` runs: the scope column each document row it writes gets.
         self._written_scopes: dict[Ref, str | None] | None = None
+        #: The document rows the last integrations wrote (``UPSERT_DOCUMENT``'s parameters),
+        #: by ref, and the file's version after the last of them (``_rows_at``: total_changes,
+        #: data_version): while the file is still at that version they are the documents'
+        #: stored rows, and :meth:`_lean_rows` takes them instead of reading them back. A
+        #: device's acknowledgements (``record_acks``) move the version on. At most
+        #: :attr:`ROWS_CACHE` rows (then emptied). ``_rows_pending``: while an integration
+        #: runs, the rows it writes; ``_rows_checked``: the data_version it found the file at.
+        self._rows_cache: dict[Ref, tuple[Any, ...]] = {}
+        self._rows_pending: list[tuple[Any, ...]] | None = None
+        self._rows_checked: int | None = None
         try:
             self._init_file()
         except BaseException:
@@ -1020,11 +1032,16 @@ class Database(ReplicaStore):
             self._write_doc_rows(rows, held, bodies, scopes)
 
     def _write_doc_rows(self, rows: list[tuple[Any, ...]], held: list[bool], bodies: list[dict[str, Plain]] | None,
-                        scopes: dict[Ref, str | None] | None) -> None:
+                        scopes: dict[Ref, str | None] | None, kept: list[bool] | None = None) -> None:
         """:meth:`_write_docs`'s statements for its ``rows`` (``held``: which of them the file
-        holds; ``bodies``: their bodies, for the hand-over)."""
+        holds; ``bodies``: their bodies, for the hand-over). ``kept``: which of them (held, in a
+        file with value columns) the writer knows to keep every value field the file held
+        (:data:`~tidesync.store.tables.UPDATE_DOCUMENT_VALUES_KEPT`)."""
         keep = self._written_rows
         if rows:
+            pending = self._rows_pending
+            if pending is not None:
+                pending.extend(rows)
             written_scopes = self._written_scopes
             if written_scopes is not None:
                 written_scopes.update({(r[0], r[1]): r[7] for r in rows})
@@ -1040,12 +1057,15 @@ class Database(ReplicaStore):
                 old = list(compress(rows, held))
                 same: list[tuple[Any, ...]] = []
                 moved: list[tuple[Any, ...]] = []
-                for r in old:
+                vouched: list[tuple[Any, ...]] = []
+                for r, k in zip(old, compress(kept, held) if kept is not None else repeat(False)):
                     if r[7] is None or (scopes is not None and scopes.get((r[0], r[1]), _ABSENT) == r[7]):
-                        same.append((*r[2:7], r[0], r[1]))
+                        (vouched if k else same).append((*r[2:7], r[0], r[1]))
                     else:
                         moved.append((*r[2:], r[0], r[1]))
                 n = self._engine.executemany(UPDATE_DOCUMENT_SAME_SCOPE, same).rowcount if same else 0
+                if vouched:
+                    n += self._engine.executemany(UPDATE_DOCUMENT_VALUES_KEPT, vouched).rowcount
                 if moved:
                     n += self._engine.executemany(UPDATE_DOCUMENT, moved).rowcount
                 rows = [r for r, h in zip(rows, held) if not h] if n == len(old) else rows
@@ -2221,11 +2241,17 @@ class Database(ReplicaStore):
             hand_rows = self.on_written
             rows: list[tuple[tuple[Any, ...], dict[str, Plain]]] | None = [] if hand_rows is not None else None
             self._written_rows = rows
+            pending: list[tuple[Any, ...]] = []
+            self._rows_pending = pending
+            self._rows_checked = None
             try:
                 scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             except BaseException as exc:
+                self._rows_pending = None
+                self._rows_cache.clear()
+                self._rows_at = None
                 self._origin_ids = None  # may hold the rolled-back entries (see _origin_range)
                 if isinstance(exc, UnicodeEncodeError):  # packing a log entry: a lone surrogate
                     raise not_text_error(exc) from None
@@ -2234,14 +2260,42 @@ class Database(ReplicaStore):
                 self._handed_txns = None
                 self._written_rows = None
                 self._written_scopes = None
+            self._rows_pending = None
+            after = (self._engine.total_changes(), self._engine.data_version())
+            self._keep_rows(pending, after)
             self._seed_log_cache(changes_before, self._logged, handed, written_scopes)
             self._logged = []
             if hand is not None and handed:
                 hand(handed)
             if hand_rows is not None and rows is not None:
-                hand_rows(rows, version, (self._engine.total_changes(), self._engine.data_version()))
+                hand_rows(rows, version, after)
             self._after_remote(result.applied > 0)
         return result
+
+    #: The most document rows :attr:`_rows_cache` keeps.
+    ROWS_CACHE = 50_000
+
+    def _keep_rows(self, rows: list[tuple[Any, ...]], after: tuple[int, int]) -> None:
+        """After :meth:`integrate`'s commit (``after``: the file's version then): keep the
+        document rows it wrote in :attr:`_rows_cache` (what the cache held was current when
+        it began: :meth:`_integrate_locked` checked that inside its transaction, or emptied
+        it) unless another connection committed since that check; then empty the cache."""
+        cache = self._rows_cache
+        checked = self._rows_checked
+        self._rows_checked = None
+        if checked is None or after[1] != checked:
+            # Not checked inside the transaction, or another connection committed since.
+            cache.clear()
+            self._rows_at = None
+            return
+        # What the cache held was current as the integration began (else it was emptied
+        # then), and these rows are what it wrote over it.
+        if len(cache) + len(rows) > self.ROWS_CACHE:
+            cache.clear()
+        if len(rows) <= self.ROWS_CACHE:
+            for r in rows:
+                cache[(r[0], r[1])] = r
+        self._rows_at = after
 
     def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
                             acked: int | None = None, before: Callable[[], None] | None = None) -> IntegrateResult:
@@ -2354,6 +2408,14 @@ class Database(ReplicaStore):
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
                           preloaded: dict[Ref, Any] | None = None,
                           preloaded_scopes: dict[Ref, str | None] | None = None) -> IntegrateResult:
+        if self._rows_pending is not None:
+            # (integrate: inside its write transaction, where no other connection commits.)
+            engine = self._engine
+            version = (engine.total_changes(), engine.data_version())
+            if version != self._rows_at:
+                self._rows_cache.clear()   # another write since the rows were kept
+                self._rows_at = None
+            self._rows_checked = version[1]
         known: set[str] = set()
         ids = [t.id for t in txns]
         if len(ids) <= self._PRELUDE_MAX:
@@ -2483,7 +2545,20 @@ class Database(ReplicaStore):
         live]`` (``scopes`` gets their scope column); None if the file lacks one of them
         (then nothing was read: the general path loads them)."""
         by_collection = _keys_by_collection(txns)
-        found = self._states_of([ref for keys in by_collection.values() for ref in keys], scopes)
+        refs = [ref for keys in by_collection.values() for ref in keys]
+        cache = self._rows_cache
+        if cache and self._rows_pending is not None:   # (current: _integrate_locked checked it)
+            # The rows the last integrations wrote, as the file holds them (nothing else wrote
+            # since): read only the others.
+            found = self._states_of([ref for ref in refs if ref not in cache], scopes)
+            for ref in refs:
+                r = cache.get(ref)
+                if r is not None:
+                    found[ref] = (r[2], r[3], r[4], r[5])
+                    if r[7] is not None:   # (None: the scope column kept what it held)
+                        scopes[ref] = r[7]
+        else:
+            found = self._states_of(refs, scopes)
         out: dict[Ref, Any] = {}
         for keys in by_collection.values():
             for ref, key in keys.items():
@@ -2540,6 +2615,10 @@ class Database(ReplicaStore):
         parsed: dict[Ref, list[Any]] = {}
         latest = ""
         seq = first_seq
+        # Documents whose value columns (store/tables.py) this batch may change: their update
+        # is checked by the trigger; the others' vouches for them (UPDATE_DOCUMENT_VALUES_KEPT).
+        value_fields = self.value_fields
+        touched_values: set[Ref] = set()
         for t in txns:
             for op, ref in zip(cast("tuple[SetValue, ...]", t.ops), t.refs()):   # (as _lean_fits found)
                 d = parsed.get(ref)
@@ -2575,6 +2654,8 @@ class Database(ReplicaStore):
                 body[name] = op.value
                 overlay[name] = key
                 d[4] = seq
+                if name in value_fields:
+                    touched_values.add(ref)
                 if stamp > latest:
                     latest = stamp
             seq += 1
@@ -2583,11 +2664,18 @@ class Database(ReplicaStore):
         out: list[tuple[Any, ...]] = []
         bodies: list[dict[str, Plain]] = []
         for ref in rows:   # (every one reached: the rows are the operations' documents)
-            body, meta, _, epoch, dseq, *_ = parsed[ref]
+            d = parsed[ref]
+            body = d[0]
             bodies.append(body)
-            out.append((ref[0], ref[1], _dumps(body), _dumps(meta), epoch, 1, dseq,
-                        _dumps(body.get(pkey)) if pkey is not None else None))
-        self._write_doc_rows(out, [True] * len(out), bodies, scopes)
+            if pkey is None:
+                scope = None
+            else:
+                # (A plain alphanumeric string needs no escaping: what the encoder writes.)
+                value = body.get(pkey)
+                scope = f'"{value}"' if type(value) is str and value.isalnum() and value.isascii() else _dumps(value)
+            out.append((ref[0], ref[1], _dumps(body), _dumps(d[1]), d[3], 1, d[4], scope))
+        self._write_doc_rows(out, [True] * len(out), bodies, scopes,
+                             [ref not in touched_values for ref in rows] if value_fields else None)
         return seq - 1, Stamp(latest)
 
     #: Batches of at most this many transactions use :meth:`_integrate_prelude`.
@@ -2634,9 +2722,13 @@ class Database(ReplicaStore):
             log_rows.append((seq, t.id, t.origin, t.stamp, data, via))
             logged.append((seq, t.origin, via, data))
             if handed is not None:
-                if t._packed is None:
+                packed = t._packed
+                if packed is None:
                     object.__setattr__(t, "_packed", data)   # what packed() returns: these bytes
-                handed.append((seq, t))
+                    handed.append((seq, t))
+                elif packed == data:
+                    handed.append((seq, t))
+                # (else other bytes of the same map: the entry is read back from the log when needed)
             desc_rows.append((t.id, t.origin, t.user, t.stamp, pack(t.descriptor_wire(len(data))), seq))
         self._run_values("INSERT INTO log (seq, id, origin, stamp, data, via) VALUES (?, ?, ?, ?, ?, ?)",
                          log_rows, 6)

@@ -47,7 +47,7 @@ from ..protocol.replica import (
 )
 
 from .tables import (
-    INSERT_DOCUMENT, UPSERT_DOCUMENT, VALUE_FIELD, upsert_values_sql, value_column_sql, value_triggers_sql,
+    INSERT_DOCUMENT, UPSERT_DOCUMENT, VALUE_FIELD, VALUES_KEPT, upsert_values_sql, value_column_sql, value_triggers_sql,
 )
 
 if TYPE_CHECKING:
@@ -290,6 +290,9 @@ class ReplicaStore:
     #: The top-level fields whose values ``documents`` keeps in columns of their own, indexed
     #: (see :meth:`add_value_column`).
     value_fields: tuple[str, ...] = ()
+    #: The file's version (total_changes, data_version) at which ``Database._rows_cache``
+    #: holds the stored rows of its documents; None: it holds none.
+    _rows_at: tuple[int, int] | None = None
 
     if TYPE_CHECKING:
         def _check_open(self) -> None: ...
@@ -683,6 +686,8 @@ class ReplicaStore:
                 # server records its peers' acknowledgements between the integrations whose
                 # entries its sessions read from the cache).
                 cache.version = after
+            if self._rows_at == before and after[1] == before[1]:
+                self._rows_at = after   # no document written: Database._rows_cache stays current
             if hand is not None:
                 # No document written: what integrations handed over stays current
                 # (Database.on_written).
@@ -1125,15 +1130,20 @@ class ReplicaStore:
     def _find_value_columns(self) -> None:
         """Learn which value columns the file's ``documents`` has (at open), and put back
         their triggers if the file lacks them (a copy made without them): written only then."""
-        fields = self.value_fields = tuple(sorted(str(r[0])[2:] for r in self._engine.query(
-            "SELECT name FROM pragma_table_info('documents') WHERE name GLOB 'v_*'")))
+        names = [str(r[0]) for r in self._engine.query(
+            f"SELECT name FROM pragma_table_info('documents') WHERE name GLOB 'v_*' OR name = '{VALUES_KEPT}'")]
+        fields = self.value_fields = tuple(sorted(name[2:] for name in names if name != VALUES_KEPT))
         if fields:
             want = [stmt for stmt in value_triggers_sql(fields) if stmt.startswith("CREATE")]
             have = [str(r[0]) for r in self._engine.query(
                 "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name GLOB 'documents_values_*' ORDER BY name")]
-            if have != want:
-                for stmt in value_triggers_sql(fields):
-                    self._engine.execute(stmt)
+            if have != want or VALUES_KEPT not in names:
+                # (A file from before VALUES_KEPT: the column first, the triggers name it.)
+                with self._engine.atomic():
+                    if VALUES_KEPT not in names:
+                        self._engine.execute(f"ALTER TABLE documents ADD COLUMN {VALUES_KEPT}")
+                    for stmt in value_triggers_sql(fields):
+                        self._engine.execute(stmt)
 
     def add_value_column(self, field: str) -> bool:
         """Keep the values of the top-level ``field`` in an indexed column of ``documents``
@@ -1149,6 +1159,9 @@ class ReplicaStore:
                 return False
             fields = tuple(sorted((*self.value_fields, field)))
             with self._engine.atomic():
+                if not self.value_fields and not self._engine.query(
+                        f"SELECT 1 FROM pragma_table_info('documents') WHERE name = '{VALUES_KEPT}'"):
+                    self._engine.execute(f"ALTER TABLE documents ADD COLUMN {VALUES_KEPT}")
                 for stmt in [*value_column_sql(field), *value_triggers_sql(fields)]:
                     self._engine.execute(stmt)
             self.value_fields = fields

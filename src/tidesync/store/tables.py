@@ -37,7 +37,7 @@ import re
 from functools import lru_cache
 
 __all__ = ["FORMAT_VERSION", "INSERT_DOCUMENT", "MIGRATIONS", "UPDATE_DOCUMENT", "UPDATE_DOCUMENT_SAME_SCOPE",
-           "UPSERT_DOCUMENT", "VALUE_FIELD",
+           "UPDATE_DOCUMENT_VALUES_KEPT", "UPSERT_DOCUMENT", "VALUES_KEPT", "VALUE_FIELD",
            "upsert_values_sql", "value_column_sql", "value_triggers_sql"]
 
 #: A new document row; parameters (collection, pk, body, meta, epoch, live, seq, scope).
@@ -60,6 +60,20 @@ UPDATE_DOCUMENT = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?
 UPDATE_DOCUMENT_SAME_SCOPE = ("UPDATE documents SET body = ?, meta = ?, epoch = ?, live = ?, seq = ? "
                               "WHERE collection = ? AND pk = ?")
 
+#: The column of ``documents`` through which an update vouches that it left every value column
+#: right (it wrote none of their fields): an update that changes it is not checked by the
+#: update trigger (:func:`value_triggers_sql`). Only :data:`UPDATE_DOCUMENT_VALUES_KEPT` changes
+#: it; every other write leaves it as it was, and so is checked. Added with the first value column.
+VALUES_KEPT = "values_kept"
+
+#: ``UPDATE_DOCUMENT_SAME_SCOPE`` of a row whose value fields the writer knows it did not
+#: write (the server's lean integration of register writes: it holds the fields it wrote), in a
+#: file with value columns: it sets :data:`VALUES_KEPT` to the new seq, so the update trigger
+#: skips its condition (three ``json_extract`` parses of the body for three columns). Same
+#: parameters (body, meta, epoch, live, seq, collection, pk).
+UPDATE_DOCUMENT_VALUES_KEPT = ("UPDATE documents SET body = ?1, meta = ?2, epoch = ?3, live = ?4, seq = ?5, "
+                               f"{VALUES_KEPT} = ?5 WHERE collection = ?6 AND pk = ?7")
+
 #: A field that may have a value column: a plain identifier (it is written into SQL as is).
 VALUE_FIELD = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
@@ -79,14 +93,18 @@ def value_column_sql(field: str) -> list[str]:
 def value_triggers_sql(fields: tuple[str, ...]) -> list[str]:
     """Drop and create the triggers that set the value columns of ``fields`` from the body
     whenever a written row's columns disagree with it (none for no fields). Their condition
-    is all a write that kept them right pays: no second write of the row."""
+    is all a write that kept them right pays: no second write of the row. An update that
+    changes :data:`VALUES_KEPT` (the file has it with its first value column) vouches for the
+    columns and is not checked."""
     out = ["DROP TRIGGER IF EXISTS documents_values_insert", "DROP TRIGGER IF EXISTS documents_values_update"]
     if fields:
         stale = " OR ".join(f"new.v_{f} IS NOT json_extract(new.body, '$.{f}')" for f in fields)
         fix = ", ".join(f"v_{f} = json_extract(new.body, '$.{f}')" for f in fields)
         body = f"WHEN {stale} BEGIN UPDATE documents SET {fix} WHERE rowid = new.rowid; END"
+        kept = (f"WHEN new.{VALUES_KEPT} IS old.{VALUES_KEPT} AND ({stale}) "
+                f"BEGIN UPDATE documents SET {fix} WHERE rowid = new.rowid; END")
         out += [f"CREATE TRIGGER documents_values_insert AFTER INSERT ON documents {body}",
-                f"CREATE TRIGGER documents_values_update AFTER UPDATE OF body ON documents {body}"]
+                f"CREATE TRIGGER documents_values_update AFTER UPDATE OF body ON documents {kept}"]
     return out
 
 

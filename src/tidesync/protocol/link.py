@@ -34,9 +34,11 @@ from __future__ import annotations
 
 from ..errors import ConnectionClosedError, ProtocolError, SyncError, UsageError
 from .codec import (
+    _ACK_MAX,
     DEFAULT_COMPRESS_THRESHOLD,
     DEFAULT_MAX_ASSEMBLED_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    _ack_of,
     decode,
     encode,
     is_part,
@@ -45,7 +47,7 @@ from .codec import (
 )
 from .codes import ErrorAction, ErrorCode, action_of, code_of, exception_for
 from .events import Closed, Connected, Event, Failed, MessageReceived
-from .messages import FEATURE_PARTS, Close, Error, Hello, Message, Ping, Pong, Welcome
+from .messages import FEATURE_PARTS, Ack, Close, Error, Hello, Message, Ping, Pong, Welcome
 from .states import ACTIVE, CLOSED, ConnectionState, Role, State
 
 __all__ = ["Link", "DEFAULT_HEARTBEAT_INTERVAL_MS", "DEFAULT_HEARTBEAT_TIMEOUT_MS",
@@ -312,6 +314,26 @@ class Link:
             return
         self._events.append(MessageReceived(message))
         self._after_message(message, remote=True)
+
+    def receive_ack(self, payload: bytes) -> Ack | None:
+        """:meth:`receive` for a payload that is a plain ``Ack`` of a ``changes`` batch
+        (``[1, "ack", 0, {"seq": n}]``, what every device sends for each batch), taken where
+        nothing else could happen: the connection is open, the peer's machine is ACTIVE (where an
+        ``Ack`` leaves both machines as they are), no part of a larger message is pending and no
+        event waits. Then the Link notes the peer heard, exactly as :meth:`receive` would, and
+        returns the ``Ack`` instead of reporting it as :class:`~.events.MessageReceived` (the
+        caller hands it on as it would that event's message). None, with nothing done,
+        otherwise: feed the payload to :meth:`receive`, which decodes, checks and reports it,
+        or names what is wrong with it."""
+        conn = self._conn
+        if (self._events or self._parts is not None or conn.states[self.role.peer] is not ACTIVE
+                or conn.finished or len(payload) > _ACK_MAX or len(payload) > self.max_message_size
+                or type(payload) is not bytes):
+            return None
+        ack = _ack_of(payload)
+        if ack is not None:
+            self._heard = True
+        return ack
 
     def connection_lost(self) -> None:
         """The transport closed. Unless both sides had sent ``Close``, the connection failed

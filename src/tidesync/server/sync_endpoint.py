@@ -900,9 +900,16 @@ class ServerSession:
         if self.link.finished or not self.replicator.active or (
                 self.flexible is not None and (not self.flexible.registered or self.flexible.outbox)):
             return False
-        _receive(self.link, data)
-        events = self.link.events_received()
         actions: list[Any] = []
+        ack = self.link.receive_ack(data)
+        if ack is not None:
+            # A plain Ack (one per device and batch sent): what receive() and the loop below
+            # would do with it, without the general decode and the event on the way.
+            events: list[Any] = []
+            actions = self._execute_now(self.replicator.handle(ack))
+        else:
+            _receive(self.link, data)
+            events = self.link.events_received()
         while events and not actions:
             event = events[0]
             if not isinstance(event, MessageReceived):

@@ -64,7 +64,7 @@ def _ws_protocol() -> Any:
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
         from websockets.exceptions import InvalidState
-        from websockets.frames import apply_mask
+        from websockets.frames import apply_mask  # type: ignore[attr-defined]
         from websockets.protocol import State
         from websockets.streams import StreamReader
     except ImportError:
@@ -134,7 +134,7 @@ def _ws_protocol() -> Any:
                         and conn.parser_exc is None and not reader.buffer and not reader.eof
                         and (conn.max_message_size is None or len(data) - 6 <= conn.max_message_size)
                         and (conn.max_fragment_size is None or len(data) - 6 <= conn.max_fragment_size)):
-                    parser = conn.parser
+                    parser: Any = conn.parser
                     while parser.gi_yieldfrom is not None:
                         parser = parser.gi_yieldfrom
                     if parser.gi_code is at_eof:

@@ -212,3 +212,43 @@ def test_frames_that_break_the_protocol_fail_the_connection_as_before(fast):
     whole = Frame(Opcode.BINARY, codec.encode(Ack(1))).serialize(mask=True, extensions=[])
     proto.data_received(whole)
     assert got == [] and proto.conn.parser_exc is not None and proto.conn.state is State.CLOSING
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1000, 65535, 65536, 70000])
+def test_a_message_framed_by_send_now_is_the_frame_websockets_makes(size):
+    """``_send_now`` frames a binary message itself when nothing else is queued: the bytes are
+    those of websockets' ``send_binary`` (the client reads the same message back)."""
+    data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+    written = []
+    for fast in (True, False):
+        proto, client, _ = _pair(True)
+        proto.writable = asyncio.Event()
+        proto.writable.set()
+        proto.disconnected = False
+        proto.handshake_complete = True
+        proto.initial_response = None
+        proto.plain_send = False
+        proto.frames_send = fast
+        assert proto._send_now(data)
+        out = b"".join(proto.transport.written)
+        client.receive_data(out)
+        [frame] = client.events_received()
+        assert frame.data == data and frame.fin
+        written.append(out)
+        assert proto._send_now(b"x")   # and the next one still frames right
+        client.receive_data(b"".join(proto.transport.written)[len(out):])
+        assert [f.data for f in client.events_received()] == [b"x"]
+    assert written[0] == written[1]
+
+
+def test_send_now_leaves_a_queued_write_first():
+    proto, client, _ = _pair(True)
+    proto.writable = asyncio.Event()
+    proto.writable.set()
+    proto.disconnected = False
+    proto.handshake_complete = True
+    proto.initial_response = None
+    proto.conn.send_ping(b"p")      # queued in websockets, not yet written
+    assert proto._send_now(b"data")
+    client.receive_data(b"".join(proto.transport.written))
+    assert [(f.opcode.name, f.data) for f in client.events_received()] == [("PING", b"p"), ("BINARY", b"data")]

@@ -48,10 +48,18 @@ from .codec import (
 from .codes import ErrorAction, ErrorCode, action_of, code_of, exception_for
 from .events import Closed, Connected, Event, Failed, MessageReceived
 from .messages import FEATURE_PARTS, Ack, Close, Error, Hello, Message, Ping, Pong, Welcome
-from .states import ACTIVE, CLOSED, ConnectionState, Role, State
+from .states import ACTIVE, CLOSED, SESSION_MESSAGES, TRANSITIONS, ConnectionState, Role, State
 
 __all__ = ["Link", "DEFAULT_HEARTBEAT_INTERVAL_MS", "DEFAULT_HEARTBEAT_TIMEOUT_MS",
            "DEFAULT_HANDSHAKE_TIMEOUT_MS"]
+
+#: Message types that either party may send from ACTIVE, staying there, whatever the other's
+#: state (no cross trigger): sending one from ACTIVE needs no state machine step.
+_SESSION_TYPES: frozenset[type[Message]] = frozenset(
+    m for m in SESSION_MESSAGES
+    if all(TRANSITIONS[r][ACTIVE].get(m) is ACTIVE for r in TRANSITIONS)
+    and not any(isinstance(t, tuple) and t[0] is m for r in TRANSITIONS for table in TRANSITIONS[r].values()
+                for t in table))
 
 #: Send a Ping after this long without hearing from the peer.
 DEFAULT_HEARTBEAT_INTERVAL_MS = 20_000
@@ -203,21 +211,30 @@ class Link:
             UsageError: the message is not allowed in the current state (a bug in the
                 caller), or is larger than :attr:`max_send_size` (code ``message_too_large``).
         """
-        if self._conn.finished or self.our_state is CLOSED:
+        conn = self._conn
+        # A session message sent from ACTIVE (the usual case) is allowed and leaves both
+        # machines as they are: the state machine is consulted only for anything else.
+        session = conn.states[self.role] is ACTIVE and type(message) in _SESSION_TYPES
+        if not session:
+            if conn.finished or self.our_state is CLOSED:
+                raise ConnectionClosedError(
+                    f"cannot send {message.TAG}: the connection has "
+                    f"{'failed' if conn.failed else 'closed'}")
+            if not conn.can_send(self.role, type(message)):
+                raise UsageError(
+                    f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
+                    code="invalid_state")
+        elif conn.finished:
             raise ConnectionClosedError(
-                f"cannot send {message.TAG}: the connection has "
-                f"{'failed' if self._conn.failed else 'closed'}")
-        if not self._conn.can_send(self.role, type(message)):
-            raise UsageError(
-                f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
-                code="invalid_state")
+                f"cannot send {message.TAG}: the connection has {'failed' if conn.failed else 'closed'}")
         limit = self.max_send_size
         payload = encoded if encoded is not None else encode(
             message, compress_threshold=self.compress_threshold, max_size=limit)
         if len(payload) > limit:
             raise UsageError(f"a {message.TAG} message of {len(payload)} bytes exceeds the "
                              f"{limit}-byte limit", code=ErrorCode.MESSAGE_TOO_LARGE)
-        self._conn.process_message(self.role, type(message))
+        if not session:
+            conn.process_message(self.role, type(message))
         if len(payload) > self.max_message_size:
             self._out.extend(split(payload, self.max_message_size))
         else:

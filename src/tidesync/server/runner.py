@@ -33,6 +33,10 @@ _UVICORN_RECEIVING = ("frames", "curr_msg_data_type", "queue", "read_paused", "t
 #: of _ws_protocol() reads.
 _WEBSOCKETS_RECEIVING = ("state", "current_size", "extensions", "parser_exc", "reader", "parser",
                          "max_message_size", "max_fragment_size")
+#: ... and that its sending side (_send_now) reads.
+_WEBSOCKETS_SENDING = ("writes", "state", "extensions", "expect_continuation_frame", "side")
+#: A frame's second byte for a payload of fewer than 126 bytes (unmasked).
+_LENGTH7 = [bytes((n,)) for n in range(126)]
 _UVICORN_SENDING = ("conn", "writable", "disconnected", "handshake_complete", "close_sent",
                     "initial_response", "transport")
 
@@ -65,11 +69,12 @@ def _ws_protocol() -> Any:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
         from websockets.exceptions import InvalidState
         from websockets.frames import apply_mask  # type: ignore[attr-defined]
-        from websockets.protocol import State
+        from websockets.protocol import Side, State
         from websockets.streams import StreamReader
     except ImportError:
         return "websockets"
     open_state = State.OPEN
+    server_side = Side.SERVER
     at_eof = StreamReader.at_eof.__code__
 
     class SyncWebSocketProtocol(WebSocketsSansIOProtocol):
@@ -84,6 +89,9 @@ def _ws_protocol() -> Any:
         plain_send: bool | None = None
         #: True when websockets' internals differ from what data_received() expects.
         plain_frames: bool | None = None
+        #: False when websockets' internals differ from what _send_now() expects to frame a
+        #: message itself.
+        frames_send: bool | None = None
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
@@ -104,11 +112,23 @@ def _ws_protocol() -> Any:
             if (self.plain_send or not self.writable.is_set() or self.disconnected
                     or not self.handshake_complete or self.close_sent or self.initial_response is not None):
                 return False
+            conn = self.conn
+            if self.frames_send is None:
+                type(self).frames_send = all(hasattr(conn, a) for a in _WEBSOCKETS_SENDING)
+            if (self.frames_send and not conn.writes and conn.state is open_state and not conn.extensions
+                    and not conn.expect_continuation_frame and conn.side is server_side):
+                # The frame websockets' send_binary() would make (a server's is not masked),
+                # made here: nothing else is queued before it.
+                n = len(data)
+                head = (b"\x82" + _LENGTH7[n] if n < 126 else b"\x82\x7e" + n.to_bytes(2, "big") if n < 0x10000
+                        else b"\x82\x7f" + n.to_bytes(8, "big"))
+                self.transport.write(head + data)
+                return True
             try:
-                self.conn.send_binary(data)
+                conn.send_binary(data)
             except InvalidState:
                 return False  # websocket.send reports it
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.write(b"".join(conn.data_to_send()))
             return True
 
         def data_received(self, data: bytes) -> None:

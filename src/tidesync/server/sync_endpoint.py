@@ -1058,6 +1058,15 @@ class ServerSession:
     def _execute_step(self, action: Any) -> list[Any] | None:
         """Execute ``action`` if it needs no ``await``: the actions it leads to (to execute
         next), or None, with nothing done, when :meth:`_execute` must await it."""
+        kind = type(action)
+        if kind is RecordAck:   # (the actions' classes are final: the usual ones by identity first)
+            _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
+            return []
+        if kind is ReportProgress:
+            return []
+        if kind is ReadLog:
+            batch = self._read_now(action)
+            return None if batch is None else self.replicator.log_read(batch)
         if isinstance(action, Send):
             message = action.message
             if self.flexible is not None:

@@ -239,7 +239,8 @@ class Link:
             self._out.extend(split(payload, self.max_message_size))
         else:
             self._out.append(payload)
-        self._after_message(message, remote=False)
+        if not session:   # (what follows a session message is nothing)
+            self._after_message(message, remote=False)
 
     def fail(self, error: BaseException) -> None:
         """Fail the connection because of ``error`` found on this side.

@@ -170,9 +170,11 @@ def _changes_body(message: Changes) -> bytes:
     if len(heads) > 1 << 16:
         heads.clear()
     for seq, txn in entries:
-        head = heads.get(seq)
+        head = heads.get(seq) if type(seq) is int else None   # (True == 1: not the same bytes)
         if head is None:
-            head = heads[seq] = b"\x92" + _uint(seq)
+            head = b"\x92" + _uint(seq)
+            if type(seq) is int:
+                heads[seq] = head
         append(head)
         data = txn.packed()
         append(data if data is not None else pack(txn.wire(), use_bin_type=True))

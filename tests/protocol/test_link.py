@@ -430,3 +430,62 @@ def test_receive_ack_takes_a_plain_ack_only_where_nothing_else_can_happen() -> N
     a.events_received()
     a.receive(payload)
     assert a.events_received() == [] and a.error is None
+
+
+# -- tick_idle: tick() for a Link with nothing due, without the state checks ---------------------
+
+def _tick_state(link: Link) -> tuple[Any, ...]:
+    return (link._now, link._started_at, link._last_heard, link._heard, link._ping_sent_at,
+            link._pong_received, link.rtt_ms, link.state, link.their_state, link.error is None, link._out[:],
+            [repr(e) for e in link._events])
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["tick", "hear", "ping", "pong", "close", "lose"]),
+                                st.integers(0, 70_000)), max_size=12),
+       handshake=st.booleans(), interval=st.sampled_from([None, 20_000]))
+def test_tick_idle_is_tick_where_it_takes_over(steps: list[tuple[str, int]], handshake: bool,
+                                               interval: int | None) -> None:
+    """Two Links fed the same inputs, one ticked with tick_idle() first (tick() when it says
+    False), the other with tick() alone, stay the same in every respect after every step."""
+    def make() -> tuple[Link, Link]:
+        if handshake:
+            return connected(heartbeat_interval_ms=interval)
+        return Link(Role.INITIATOR, heartbeat_interval_ms=interval), Link(Role.ACCEPTOR, heartbeat_interval_ms=interval)
+
+    (pi, a), (qi, b) = make(), make()
+    now = 0
+    for what, dt in steps:
+        now += dt
+        for peer, link, idle in ((pi, a, True), (qi, b, False)):
+            if what == "tick":
+                if not (idle and link.tick_idle(now)):
+                    link.tick(now)
+            elif what == "hear" and peer.state is State.ACTIVE and not peer.finished:
+                peer.send(Ack(1))
+                transfer(peer, link)
+            elif what == "ping" and peer.state is State.ACTIVE and not peer.finished:
+                peer.send(Ping(7))
+                transfer(peer, link)
+                transfer(link, peer)
+            elif (what == "pong" and link._ping_sent_at is not None and peer.state is State.ACTIVE
+                  and not peer.finished):
+                peer.send(Pong(link._ping_nonce))
+                transfer(peer, link)
+            elif what == "close" and link.state is State.ACTIVE:
+                link.send(Close("bye"))
+            elif what == "lose":
+                link.connection_lost()
+        assert _tick_state(a) == _tick_state(b)
+
+
+def test_tick_idle_notes_the_time_only_when_nothing_is_due() -> None:
+    i, a = connected()
+    a.tick(1_000)
+    assert a.tick_idle(5_000) and a._now == 5_000
+    assert not a.tick_idle(1_000 + 20_000)      # a Ping is due: tick()'s to send
+    i.send(Ack(1))
+    transfer(i, a)
+    assert a.tick_idle(1_000 + 20_000)          # heard since: not quiet
+    assert a._last_heard == 21_000 and not a._heard
+    assert not Link(Role.ACCEPTOR).tick_idle(0)  # no handshake yet

@@ -407,6 +407,28 @@ class Link:
             self._ping_sent_at = now_ms
             self.send(Ping(self._ping_nonce))
 
+    def tick_idle(self, now_ms: int) -> bool:
+        """:meth:`tick` when all it would do is note the time: the handshake is done (this side
+        ACTIVE), no ``Pong`` waits to be timed, and the peer, heard at ``now_ms`` at the latest,
+        is not yet quiet long enough for a ``Ping`` or a timeout. True then (done, as
+        :meth:`tick` does it); False, with nothing done, otherwise (call :meth:`tick`). A
+        driver ticking many idle connections saves :meth:`next_deadline` and the state checks
+        for each."""
+        interval = self.heartbeat_interval_ms
+        last = self._last_heard
+        if (interval is None or last is None or self._started_at is None or self._pong_received
+                or self._conn.states[self.role] is not ACTIVE):
+            return False
+        heard = self._heard
+        if heard:
+            last = now_ms
+        if now_ms - last >= (interval if self._ping_sent_at is None else self.heartbeat_timeout_ms):
+            return False
+        self._now = now_ms
+        if heard:
+            self._last_heard, self._heard = now_ms, False
+        return True
+
     def next_deadline(self) -> int | None:
         """When :meth:`tick` should be called next (ms, on the driver's clock), or None."""
         if self._conn.finished or self._now is None or self._last_heard is None:

@@ -696,6 +696,10 @@ class ServerSession:
         # Heartbeats and deadlines (_Shared.start_ticks): a timer instead of a timeout on
         # every get().
         now = int(time.monotonic() * 1000)
+        flexible = self.flexible
+        if ((flexible is None or (flexible.idle() and flexible.folded is None))
+                and (self.user is None or not self._auth_due()) and self.link.tick_idle(now)):
+            return   # the usual idle connection: the Link noted the time, nothing else is due
         deadline = self.link.next_deadline()
         if ((self.flexible is None or self.flexible.idle())
                 and deadline is not None and now < deadline):

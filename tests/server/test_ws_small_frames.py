@@ -252,3 +252,12 @@ def test_send_now_leaves_a_queued_write_first():
     assert proto._send_now(b"data")
     client.receive_data(b"".join(proto.transport.written))
     assert [(f.opcode.name, f.data) for f in client.events_received()] == [("PING", b"p"), ("BINARY", b"data")]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_stream_fed_byte_by_byte_gives_the_same_messages(fast):
+    proto, client, got = _pair(fast)
+    messages = [codec.encode(Ack(n)) for n in (1, 2, 70_000)] + [b"", b"\x82", b"z" * 300]
+    data = _stream(client, messages)
+    _feed(proto, data, list(range(1, len(data))))
+    assert got == messages and proto.conn.parser_exc is None

@@ -146,7 +146,7 @@ def _ws_protocol() -> Any:
                     conn is not None and all(hasattr(conn, a) for a in _WEBSOCKETS_RECEIVING)
                     and all(hasattr(conn.reader, a) for a in ("buffer", "eof"))
                     and hasattr(conn.parser, "gi_yieldfrom"))
-            if (direct is not None and self.plain_frames is False and len(data) <= 131 and data[:1] == b"\x82"
+            if (direct is not None and self.plain_frames is False and 6 <= len(data) <= 131 and data[0] == 0x82
                     and len(data) == 6 + (data[1] ^ 0x80) and not self.close_sent and self.queue.empty()):
                 conn = self.conn
                 reader = conn.reader

@@ -686,3 +686,30 @@ def test_a_plain_ack_decodes_as_the_general_path_does(seq: int, tail: bytes) -> 
         assert _decoded(payload) == _general_decode(payload)
     if 0 <= seq <= 2 ** 63 - 1:
         assert decode(encode(Ack(seq))) == Ack(seq)
+
+
+def test_an_entrys_head_is_the_same_bytes_from_the_memo_and_the_memo_starts_over() -> None:
+    """A routed entry goes to many devices: the ``[seq`` of its entry is made once per seq
+    (``codec._ENTRY_HEADS``); the bytes are those made without it, and the memo is bounded."""
+    made = _some_txn()
+    txn = Transaction.from_stored(made.to_wire(), msgpack.packb(made.to_wire(), use_bin_type=True))
+    for seq in (1, 0x7F, 0x80, 0xFFFF, 0x10000, 1 << 40):
+        m = Changes(seq - 1, seq, seq, ((seq, txn),))
+        codec._ENTRY_HEADS.clear()
+        cold = encode(m)
+        assert encode(m) == cold == msgpack.packb([PROTOCOL_VERSION, "changes", 0, m.to_body()],
+                                                  use_bin_type=True)
+    codec._ENTRY_HEADS.update((i, b"") for i in range((1 << 16) + 1))
+    m = Changes(0, 1, 1, ((1, txn),))
+    assert encode(m) == msgpack.packb([PROTOCOL_VERSION, "changes", 0, m.to_body()], use_bin_type=True)
+    assert len(codec._ENTRY_HEADS) == 1
+
+
+def _some_txn() -> Transaction:
+    from tidesync.core.clock import HybridClock
+    from tidesync.core.operations import SetValue
+    from tidesync.core.stamp import ZERO
+
+    clock = HybridClock(RID, lambda: 1_700_000_000_000)
+    s = clock.now()
+    return Transaction(s, RID, s, (), (SetValue("Task", "t1", s, ZERO, ("n",), (), 1),))

@@ -343,3 +343,149 @@ def test_lost_connection_is_a_failure_and_drops_unsent_data() -> None:
     assert i.state is State.ERROR
     i.connection_lost()  # idempotent
     assert i.events_received() == []
+
+
+# -- receive_ack: a plain Ack taken without the general decode (the server's fast path) ---------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_ACK_HEAD = encode(Ack(0))[:-1]   # [1, "ack", 0, {"seq": ... up to the seq
+
+
+def _link_state(link: Link) -> tuple[Any, ...]:
+    return (link.state, link.their_state, link.finished, link._heard, link.error is None,
+            [type(e).__name__ for e in link._events], link._out[:])
+
+
+@st.composite
+def _small_payloads(draw: Any) -> bytes:
+    kind = draw(st.integers(0, 5))
+    if kind == 0:
+        return encode(Ack(draw(st.integers(0, 2**63 - 1))))
+    if kind == 1:   # the seq in every msgpack int form, signed ones included
+        fmt = draw(st.sampled_from([b"", b"\xcc", b"\xcd", b"\xce", b"\xcf", b"\xd0", b"\xd1", b"\xd2",
+                                    b"\xd3", b"\xc0", b"\xc3", b"\xca"]))
+        return _ACK_HEAD + fmt + draw(st.binary(max_size=9))
+    if kind == 2:   # an ack with a trailing or missing byte
+        payload = encode(Ack(draw(st.integers(0, 2**40))))
+        return payload + draw(st.binary(min_size=1, max_size=3)) if draw(st.booleans()) else payload[:-1]
+    if kind == 3:
+        return encode(Ack(draw(st.integers(0, 100)), snapshot_page=draw(st.integers(0, 5))))
+    if kind == 4:
+        return encode(draw(st.sampled_from([Ping(3), Pong(4), Close("bye")])))
+    return draw(st.binary(max_size=24))
+
+
+@settings(max_examples=300, deadline=None)
+@given(payload=_small_payloads(), handshake=st.booleans())
+def test_receive_ack_agrees_with_receive(payload: bytes, handshake: bool) -> None:
+    """receive_ack() returns what receive() reports for a plain Ack and leaves the Link as
+    receive() leaves it; anything else (or a Link before its handshake) gets None and no
+    change, and receive() then reports it, or fails with the error it names."""
+    if handshake:
+        _, fast = connected()
+        _, general = connected()
+    else:
+        fast, general = Link(Role.ACCEPTOR), Link(Role.ACCEPTOR)
+    before = _link_state(fast)
+    ack = fast.receive_ack(payload)
+    general.receive(payload)
+    events = general.events_received()
+    if ack is None:
+        assert _link_state(fast) == before
+        fast.receive(payload)
+        assert [repr(e) for e in fast.events_received()] == [repr(e) for e in events]
+        assert repr(fast.error) == repr(general.error)
+        assert _link_state(fast) == _link_state(general)
+    else:
+        assert handshake
+        assert events == [MessageReceived(ack)]
+        assert _link_state(fast) == _link_state(general)
+
+
+def test_receive_ack_takes_a_plain_ack_only_where_nothing_else_can_happen() -> None:
+    payload = encode(Ack(7))
+    i, a = connected()
+    assert a.receive_ack(payload) == Ack(7)
+    # A waiting event, a pending part, an ended connection: the general path.
+    a._events.append(MessageReceived(Ping(1)))
+    assert a.receive_ack(payload) is None
+    a.events_received()
+    a._parts = [b"x"]
+    assert a.receive_ack(payload) is None
+    a._parts = None
+    a.fail(ProtocolError("x", code="malformed_message"))
+    assert a.receive_ack(payload) is None
+    assert a.receive_ack(bytearray(payload)) is None  # type: ignore[arg-type]
+    # Our Close sent: the peer may still ack (its machine is ACTIVE), as receive() allows.
+    i, a = connected()
+    a.send(Close("bye"))
+    assert a.receive_ack(payload) == Ack(7)
+    # The peer's Close received (and answered): the connection has ended, receive() ignores it.
+    i, a = connected()
+    i.send(Close("bye"))
+    transfer(i, a)
+    assert a.receive_ack(payload) is None
+    a.events_received()
+    a.receive(payload)
+    assert a.events_received() == [] and a.error is None
+
+
+# -- tick_idle: tick() for a Link with nothing due, without the state checks ---------------------
+
+def _tick_state(link: Link) -> tuple[Any, ...]:
+    return (link._now, link._started_at, link._last_heard, link._heard, link._ping_sent_at,
+            link._pong_received, link.rtt_ms, link.state, link.their_state, link.error is None, link._out[:],
+            [repr(e) for e in link._events])
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["tick", "hear", "ping", "pong", "close", "lose"]),
+                                st.integers(0, 70_000)), max_size=12),
+       handshake=st.booleans(), interval=st.sampled_from([None, 20_000]))
+def test_tick_idle_is_tick_where_it_takes_over(steps: list[tuple[str, int]], handshake: bool,
+                                               interval: int | None) -> None:
+    """Two Links fed the same inputs, one ticked with tick_idle() first (tick() when it says
+    False), the other with tick() alone, stay the same in every respect after every step."""
+    def make() -> tuple[Link, Link]:
+        if handshake:
+            return connected(heartbeat_interval_ms=interval)
+        return Link(Role.INITIATOR, heartbeat_interval_ms=interval), Link(Role.ACCEPTOR, heartbeat_interval_ms=interval)
+
+    (pi, a), (qi, b) = make(), make()
+    now = 0
+    for what, dt in steps:
+        now += dt
+        for peer, link, idle in ((pi, a, True), (qi, b, False)):
+            if what == "tick":
+                if not (idle and link.tick_idle(now)):
+                    link.tick(now)
+            elif what == "hear" and peer.state is State.ACTIVE and not peer.finished:
+                peer.send(Ack(1))
+                transfer(peer, link)
+            elif what == "ping" and peer.state is State.ACTIVE and not peer.finished:
+                peer.send(Ping(7))
+                transfer(peer, link)
+                transfer(link, peer)
+            elif (what == "pong" and link._ping_sent_at is not None and peer.state is State.ACTIVE
+                  and not peer.finished):
+                peer.send(Pong(link._ping_nonce))
+                transfer(peer, link)
+            elif what == "close" and link.state is State.ACTIVE:
+                link.send(Close("bye"))
+            elif what == "lose":
+                link.connection_lost()
+        assert _tick_state(a) == _tick_state(b)
+
+
+def test_tick_idle_notes_the_time_only_when_nothing_is_due() -> None:
+    i, a = connected()
+    a.tick(1_000)
+    assert a.tick_idle(5_000) and a._now == 5_000
+    assert not a.tick_idle(1_000 + 20_000)      # a Ping is due: tick()'s to send
+    i.send(Ack(1))
+    transfer(i, a)
+    assert a.tick_idle(1_000 + 20_000)          # heard since: not quiet
+    assert a._last_heard == 21_000 and not a._heard
+    assert not Link(Role.ACCEPTOR).tick_idle(0)  # no handshake yet

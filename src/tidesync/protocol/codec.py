@@ -147,6 +147,11 @@ def _uint(n: int) -> bytes:
     return b"\xcf" + n.to_bytes(8, "big")
 
 
+#: ``[seq, `` as msgpack (how an entry of a ``changes`` body begins), by seq: a routed entry goes
+#: to many devices, in one round. Started over once it holds 65,536.
+_ENTRY_HEADS: dict[int, bytes] = {}
+
+
 def _changes_body(message: Changes) -> bytes:
     """``packb(message.to_body())``, where each entry whose transaction carries its packed form
     (log entries, ``Transaction.packed``) is spliced in as those bytes, not decoded and encoded
@@ -161,9 +166,16 @@ def _changes_body(message: Changes) -> bytes:
     parts = [b"\x85" if message.view is None else b"\x86", k_from, _uint(message.from_seq), k_to,
              _uint(message.to_seq), k_head, _uint(message.head), k_entries, header]
     append = parts.append
+    heads = _ENTRY_HEADS
+    if len(heads) > 1 << 16:
+        heads.clear()
     for seq, txn in entries:
-        append(b"\x92")
-        append(_uint(seq))
+        head = heads.get(seq) if type(seq) is int else None   # (True == 1: not the same bytes)
+        if head is None:
+            head = b"\x92" + _uint(seq)
+            if type(seq) is int:
+                heads[seq] = head
+        append(head)
         data = txn.packed()
         append(data if data is not None else pack(txn.wire(), use_bin_type=True))
     append(k_progress)

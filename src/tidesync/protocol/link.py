@@ -34,9 +34,11 @@ from __future__ import annotations
 
 from ..errors import ConnectionClosedError, ProtocolError, SyncError, UsageError
 from .codec import (
+    _ACK_MAX,
     DEFAULT_COMPRESS_THRESHOLD,
     DEFAULT_MAX_ASSEMBLED_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    _ack_of,
     decode,
     encode,
     is_part,
@@ -45,11 +47,19 @@ from .codec import (
 )
 from .codes import ErrorAction, ErrorCode, action_of, code_of, exception_for
 from .events import Closed, Connected, Event, Failed, MessageReceived
-from .messages import FEATURE_PARTS, Close, Error, Hello, Message, Ping, Pong, Welcome
-from .states import ACTIVE, CLOSED, ConnectionState, Role, State
+from .messages import FEATURE_PARTS, Ack, Close, Error, Hello, Message, Ping, Pong, Welcome
+from .states import ACTIVE, CLOSED, SESSION_MESSAGES, TRANSITIONS, ConnectionState, Role, State
 
 __all__ = ["Link", "DEFAULT_HEARTBEAT_INTERVAL_MS", "DEFAULT_HEARTBEAT_TIMEOUT_MS",
            "DEFAULT_HANDSHAKE_TIMEOUT_MS"]
+
+#: Message types that either party may send from ACTIVE, staying there, whatever the other's
+#: state (no cross trigger): sending one from ACTIVE needs no state machine step.
+_SESSION_TYPES: frozenset[type[Message]] = frozenset(
+    m for m in SESSION_MESSAGES
+    if all(TRANSITIONS[r][ACTIVE].get(m) is ACTIVE for r in TRANSITIONS)
+    and not any(isinstance(t, tuple) and t[0] is m for r in TRANSITIONS for table in TRANSITIONS[r].values()
+                for t in table))
 
 #: Send a Ping after this long without hearing from the peer.
 DEFAULT_HEARTBEAT_INTERVAL_MS = 20_000
@@ -201,26 +211,36 @@ class Link:
             UsageError: the message is not allowed in the current state (a bug in the
                 caller), or is larger than :attr:`max_send_size` (code ``message_too_large``).
         """
-        if self._conn.finished or self.our_state is CLOSED:
+        conn = self._conn
+        # A session message sent from ACTIVE (the usual case) is allowed and leaves both
+        # machines as they are: the state machine is consulted only for anything else.
+        session = conn.states[self.role] is ACTIVE and type(message) in _SESSION_TYPES
+        if not session:
+            if conn.finished or self.our_state is CLOSED:
+                raise ConnectionClosedError(
+                    f"cannot send {message.TAG}: the connection has "
+                    f"{'failed' if conn.failed else 'closed'}")
+            if not conn.can_send(self.role, type(message)):
+                raise UsageError(
+                    f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
+                    code="invalid_state")
+        elif conn.finished:
             raise ConnectionClosedError(
-                f"cannot send {message.TAG}: the connection has "
-                f"{'failed' if self._conn.failed else 'closed'}")
-        if not self._conn.can_send(self.role, type(message)):
-            raise UsageError(
-                f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
-                code="invalid_state")
+                f"cannot send {message.TAG}: the connection has {'failed' if conn.failed else 'closed'}")
         limit = self.max_send_size
         payload = encoded if encoded is not None else encode(
             message, compress_threshold=self.compress_threshold, max_size=limit)
         if len(payload) > limit:
             raise UsageError(f"a {message.TAG} message of {len(payload)} bytes exceeds the "
                              f"{limit}-byte limit", code=ErrorCode.MESSAGE_TOO_LARGE)
-        self._conn.process_message(self.role, type(message))
+        if not session:
+            conn.process_message(self.role, type(message))
         if len(payload) > self.max_message_size:
             self._out.extend(split(payload, self.max_message_size))
         else:
             self._out.append(payload)
-        self._after_message(message, remote=False)
+        if not session:   # (what follows a session message is nothing)
+            self._after_message(message, remote=False)
 
     def fail(self, error: BaseException) -> None:
         """Fail the connection because of ``error`` found on this side.
@@ -313,6 +333,26 @@ class Link:
         self._events.append(MessageReceived(message))
         self._after_message(message, remote=True)
 
+    def receive_ack(self, payload: bytes) -> Ack | None:
+        """:meth:`receive` for a payload that is a plain ``Ack`` of a ``changes`` batch
+        (``[1, "ack", 0, {"seq": n}]``, what every device sends for each batch), taken where
+        nothing else could happen: the connection is open, the peer's machine is ACTIVE (where an
+        ``Ack`` leaves both machines as they are), no part of a larger message is pending and no
+        event waits. Then the Link notes the peer heard, exactly as :meth:`receive` would, and
+        returns the ``Ack`` instead of reporting it as :class:`~.events.MessageReceived` (the
+        caller hands it on as it would that event's message). None, with nothing done,
+        otherwise: feed the payload to :meth:`receive`, which decodes, checks and reports it,
+        or names what is wrong with it."""
+        conn = self._conn
+        if (self._events or self._parts is not None or conn.states[self.role.peer] is not ACTIVE
+                or conn.finished or len(payload) > _ACK_MAX or len(payload) > self.max_message_size
+                or type(payload) is not bytes):
+            return None
+        ack = _ack_of(payload)
+        if ack is not None:
+            self._heard = True
+        return ack
+
     def connection_lost(self) -> None:
         """The transport closed. Unless both sides had sent ``Close``, the connection failed
         (``connection_lost``, action retry). Unsent payloads are dropped."""
@@ -366,6 +406,28 @@ class Link:
             self._ping_nonce += 1
             self._ping_sent_at = now_ms
             self.send(Ping(self._ping_nonce))
+
+    def tick_idle(self, now_ms: int) -> bool:
+        """:meth:`tick` when all it would do is note the time: the handshake is done (this side
+        ACTIVE), no ``Pong`` waits to be timed, and the peer, heard at ``now_ms`` at the latest,
+        is not yet quiet long enough for a ``Ping`` or a timeout. True then (done, as
+        :meth:`tick` does it); False, with nothing done, otherwise (call :meth:`tick`). A
+        driver ticking many idle connections saves :meth:`next_deadline` and the state checks
+        for each."""
+        interval = self.heartbeat_interval_ms
+        last = self._last_heard
+        if (interval is None or last is None or self._started_at is None or self._pong_received
+                or self._conn.states[self.role] is not ACTIVE):
+            return False
+        heard = self._heard
+        if heard:
+            last = now_ms
+        if now_ms - last >= (interval if self._ping_sent_at is None else self.heartbeat_timeout_ms):
+            return False
+        self._now = now_ms
+        if heard:
+            self._last_heard, self._heard = now_ms, False
+        return True
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` should be called next (ms, on the driver's clock), or None."""

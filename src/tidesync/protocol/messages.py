@@ -354,9 +354,11 @@ def _check_entries(name: str, entries: object, after: int, upto: int, kind: type
     for entry in entries:
         if not isinstance(entry, tuple) or len(entry) != 2 or not isinstance(entry[1], kind):
             raise ValueError(f"{name} must hold (seq, {kind.__name__}) pairs")
-        seq = _int(f"{name} seq", entry[0])
-        if not last < seq <= upto:
-            raise ValueError(f"{name} seq {seq} out of order or outside ({after}, {upto}]")
+        seq = entry[0]
+        if type(seq) is not int or not last < seq <= upto:  # (0 <= after, upto <= MAX_SEQ)
+            seq = _int(f"{name} seq", seq)
+            if not last < seq <= upto:
+                raise ValueError(f"{name} seq {seq} out of order or outside ({after}, {upto}]")
         last = seq
 
 

@@ -304,6 +304,8 @@ class Replicator:
         """A message received from the peer (``MessageReceived.message``)."""
         if self.closed:
             return []
+        if type(message) is Ack and self.active:
+            return self._on_ack(message)   # (the usual message: what the checks below reach)
         if isinstance(message, (Close, Error)):
             self.closed = True
             self.active = False

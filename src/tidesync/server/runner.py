@@ -29,6 +29,14 @@ __all__ = ["start_server", "RunningServer", "serve_forever"]
 #: The attributes of uvicorn's sans-I/O WebSocket protocol that _ws_protocol() relies on, to
 #: receive and to send.
 _UVICORN_RECEIVING = ("frames", "curr_msg_data_type", "queue", "read_paused", "transport", "close_sent")
+#: The attributes of websockets' sans-I/O protocol (uvicorn's ``conn``) that the small-frame path
+#: of _ws_protocol() reads.
+_WEBSOCKETS_RECEIVING = ("state", "current_size", "extensions", "parser_exc", "reader", "parser",
+                         "max_message_size", "max_fragment_size")
+#: ... and that its sending side (_send_now) reads.
+_WEBSOCKETS_SENDING = ("writes", "state", "extensions", "expect_continuation_frame", "side")
+#: A frame's second byte for a payload of fewer than 126 bytes (unmasked).
+_LENGTH7 = [bytes((n,)) for n in range(126)]
 _UVICORN_SENDING = ("conn", "writable", "disconnected", "handshake_complete", "close_sent",
                     "initial_response", "transport")
 
@@ -60,8 +68,14 @@ def _ws_protocol() -> Any:
     try:
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
         from websockets.exceptions import InvalidState
+        from websockets.frames import apply_mask  # type: ignore[attr-defined]
+        from websockets.protocol import Side, State
+        from websockets.streams import StreamReader
     except ImportError:
         return "websockets"
+    open_state = State.OPEN
+    server_side = Side.SERVER
+    at_eof = StreamReader.at_eof.__code__
 
     class SyncWebSocketProtocol(WebSocketsSansIOProtocol):
         SMALL = 64 * 1024
@@ -73,6 +87,11 @@ def _ws_protocol() -> Any:
         #: yet), to receive and to send.
         plain: bool | None = None
         plain_send: bool | None = None
+        #: True when websockets' internals differ from what data_received() expects.
+        plain_frames: bool | None = None
+        #: False when websockets' internals differ from what _send_now() expects to frame a
+        #: message itself.
+        frames_send: bool | None = None
 
         def handle_connect(self, event: Any) -> None:
             super().handle_connect(event)
@@ -93,12 +112,58 @@ def _ws_protocol() -> Any:
             if (self.plain_send or not self.writable.is_set() or self.disconnected
                     or not self.handshake_complete or self.close_sent or self.initial_response is not None):
                 return False
+            conn = self.conn
+            if self.frames_send is None:
+                type(self).frames_send = all(hasattr(conn, a) for a in _WEBSOCKETS_SENDING)
+            if (self.frames_send and not conn.writes and conn.state is open_state and not conn.extensions
+                    and not conn.expect_continuation_frame and conn.side is server_side):
+                # The frame websockets' send_binary() would make (a server's is not masked),
+                # made here: nothing else is queued before it.
+                n = len(data)
+                head = (b"\x82" + _LENGTH7[n] if n < 126 else b"\x82\x7e" + n.to_bytes(2, "big") if n < 0x10000
+                        else b"\x82\x7f" + n.to_bytes(8, "big"))
+                self.transport.write(head + data)
+                return True
             try:
-                self.conn.send_binary(data)
+                conn.send_binary(data)
             except InvalidState:
                 return False  # websocket.send reports it
-            self.transport.write(b"".join(self.conn.data_to_send()))
+            self.transport.write(b"".join(conn.data_to_send()))
             return True
+
+        def data_received(self, data: bytes) -> None:
+            """What uvicorn does with ``data``, but a chunk that is exactly one small masked
+            binary frame (what a device's ``Ack`` is) arriving where websockets' parser waits
+            for the next frame (the connection open, no fragmented message under way, no
+            extension, nothing buffered) is unmasked here and handed to the app's receive
+            hook, without the parser's generators, the frame event and uvicorn's dispatch on
+            the way. Anything else, or a message the hook does not take, goes to uvicorn as
+            before (the parser then sees exactly what it would have)."""
+            direct = self.direct
+            if self.plain_frames is None and self.plain is False:
+                conn = getattr(self, "conn", None)
+                type(self).plain_frames = not (
+                    conn is not None and all(hasattr(conn, a) for a in _WEBSOCKETS_RECEIVING)
+                    and all(hasattr(conn.reader, a) for a in ("buffer", "eof"))
+                    and hasattr(conn.parser, "gi_yieldfrom"))
+            if (direct is not None and self.plain_frames is False and 6 <= len(data) <= 131 and data[0] == 0x82
+                    and len(data) == 6 + (data[1] ^ 0x80) and not self.close_sent and self.queue.empty()):
+                conn = self.conn
+                reader = conn.reader
+                if (conn.state is open_state and conn.current_size is None and not conn.extensions
+                        and conn.parser_exc is None and not reader.buffer and not reader.eof
+                        and (conn.max_message_size is None or len(data) - 6 <= conn.max_message_size)
+                        and (conn.max_fragment_size is None or len(data) - 6 <= conn.max_fragment_size)):
+                    parser: Any = conn.parser
+                    while parser.gi_yieldfrom is not None:
+                        parser = parser.gi_yieldfrom
+                    if parser.gi_code is at_eof:
+                        # At a frame boundary (at_eof() suspends only there, with nothing
+                        # buffered): this chunk is the whole next frame.
+                        self.curr_msg_data_type = "bytes"
+                        if direct(apply_mask(data[6:], data[2:6])):
+                            return
+            super().data_received(data)
 
         def send_receive_event_to_app(self) -> None:
             if self.plain is None:

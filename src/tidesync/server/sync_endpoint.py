@@ -696,6 +696,10 @@ class ServerSession:
         # Heartbeats and deadlines (_Shared.start_ticks): a timer instead of a timeout on
         # every get().
         now = int(time.monotonic() * 1000)
+        flexible = self.flexible
+        if ((flexible is None or (flexible.idle() and flexible.folded is None))
+                and (self.user is None or not self._auth_due()) and self.link.tick_idle(now)):
+            return   # the usual idle connection: the Link noted the time, nothing else is due
         deadline = self.link.next_deadline()
         if ((self.flexible is None or self.flexible.idle())
                 and deadline is not None and now < deadline):
@@ -900,9 +904,16 @@ class ServerSession:
         if self.link.finished or not self.replicator.active or (
                 self.flexible is not None and (not self.flexible.registered or self.flexible.outbox)):
             return False
-        _receive(self.link, data)
-        events = self.link.events_received()
         actions: list[Any] = []
+        ack = self.link.receive_ack(data)
+        if ack is not None:
+            # A plain Ack (one per device and batch sent): what receive() and the loop below
+            # would do with it, without the general decode and the event on the way.
+            events: list[Any] = []
+            actions = self._execute_now(self.replicator.handle(ack))
+        else:
+            _receive(self.link, data)
+            events = self.link.events_received()
         while events and not actions:
             event = events[0]
             if not isinstance(event, MessageReceived):
@@ -1051,6 +1062,15 @@ class ServerSession:
     def _execute_step(self, action: Any) -> list[Any] | None:
         """Execute ``action`` if it needs no ``await``: the actions it leads to (to execute
         next), or None, with nothing done, when :meth:`_execute` must await it."""
+        kind = type(action)
+        if kind is RecordAck:   # (the actions' classes are final: the usual ones by identity first)
+            _shared(self.state).record_ack(self.state.backend, action.peer, action.seq)
+            return []
+        if kind is ReportProgress:
+            return []
+        if kind is ReadLog:
+            batch = self._read_now(action)
+            return None if batch is None else self.replicator.log_read(batch)
         if isinstance(action, Send):
             message = action.message
             if self.flexible is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,6 +70,19 @@ def _apply_with_overlay(ops: list[Op], policies: Policies | None, rng: random.Ra
 @LAWS
 @given(seed=seeds, n=replica_counts, with_policies=st.booleans())
 def test_overlay_gives_the_state_of_forced_expansion(seed: int, n: int, with_policies: bool) -> None:
+    _check_overlay_against_forced_expansion(seed, n, with_policies)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "known defect (session 10): expand() of a compact document whose body holds only _id (a "
+    "re-create after a delete, here) writes out no key carrying the create's stamp, so the "
+    "expanded state's latest_stamp falls back to its epoch; the overlay form keeps it. Found by "
+    "this property's random search; the fix needs a place for the create's stamp in expanded meta"))
+def test_overlay_gives_the_state_of_forced_expansion_for_an_id_only_re_create() -> None:
+    _check_overlay_against_forced_expansion(264, 4, False)
+
+
+def _check_overlay_against_forced_expansion(seed: int, n: int, with_policies: bool) -> None:
     policies = make_policies() if with_policies else None
     ops = simulate(seed, n, steps=30, policies=policies).ops
     rng = random.Random(seed)

@@ -11,14 +11,16 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from itertools import compress, islice, repeat
 from math import isfinite
-from operator import attrgetter, is_not, itemgetter, lt, methodcaller
+from operator import attrgetter, contains, is_not, itemgetter, lt, methodcaller
 from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -125,6 +127,48 @@ def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
     r = m.get("r")
     m["r"] = {**r, **keys} if isinstance(r, dict) else dict(keys)
     return _dumps(m)
+
+
+@lru_cache(maxsize=256)
+def _value_pattern(name: str) -> re.Pattern[str]:
+    """The top-level member ``,"name":value`` of a minified JSON object whose value is a
+    string or another scalar (``name`` an ASCII identifier), the value's text captured."""
+    return re.compile(',"' + re.escape(name) + r'":("(?:[^"\\\x1e]|\\[^\x1e])*"|[^\s"\[\]{},\x1e]+)')
+
+
+def _split_bodies(joined: str, n: int, name: str) -> list[str] | None:
+    """``n`` document bodies joined by ``\x1e`` (as ``group_concat`` gives them) split around
+    the value of their top-level field ``name``: ``[head0, old0, mid1, old1, ..., old(n-1),
+    tail]``, where each ``old`` is the JSON text of a body's value (what ``body -> '$."name"'``
+    reads) and each ``mid`` a body's tail, ``\x1e`` and the next body's head. None unless
+    every body holds the field once and no object (only then is the member found the
+    top-level one). Then ``"".join`` of the list with each ``old`` replaced by the member
+    ``,"name":new`` gives the bodies ``json_set`` would: a body is minified JSON, as every
+    write of this package makes it, so ``json_set`` gives back its text with the value
+    replaced. (No body holds ``\x1e``: JSON escapes control characters.)"""
+    if joined.count("{") != n:  # one opening brace per body: no object inside any of them
+        return None
+    parts = _value_pattern(name).split(joined)
+    # n members found, and one in each body: every body's tail and the next one's head
+    # between two of them (so no body without the field and another with it twice).
+    if len(parts) != 2 * n + 1 or not all(map(contains, islice(parts, 2, 2 * n - 1, 2), repeat("\x1e"))):
+        return None
+    return parts
+
+
+def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
+    """The members ``,"name":value`` that ``json_set(body, '$."name"', ...)`` writes for
+    ``values`` (of a top-level field of kind ``kind``, each already checked to be of its plain
+    type), or None when a string among them needs escaping (left to ``json_set``)."""
+    if kind == "int":
+        return list(map(f',"{name}":%d'.__mod__, values))
+    if kind == "str":
+        joined = "".join(values)
+        if '"' in joined or "\\" in joined or not joined.isprintable():
+            return None
+        return list(map(f',"{name}":"%s"'.__mod__, values))
+    # float (finite) and bool: json(?) of this text gives the same text back
+    return list(map(f',"{name}":'.__add__, map(_dumps, values)))
 
 
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
@@ -1488,24 +1532,35 @@ class Database(ReplicaStore):
         # or value's JSON text (JSON escapes control characters); the joined pks, checked below,
         # prove that every column lists the items' documents in the items' order. It is a
         # literal in the statement: char(30) there is called again for every row and column.
-        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), '\x1e')""" for n in names])
         agg = ("SELECT count(*), group_concat(d.pk, '\x1e'), min(d.live), group_concat(d.epoch, '\x1e'), "
                "group_concat(d.meta, '\x1e'), group_concat(d.rowid), "
-               f"""sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{{"*":"'){olds_sql} FROM """)
-        got: tuple[Any, ...] | None = None
+               """sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{"*":"')""")
+        source = "json_each(?) AS j CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value"
+        params: tuple[Any, ...] | None = None
         if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
             # Keys in order, and the n-th document of the collection from the first key is the
             # last one: the chunk is a range of the key index, read as one (a seek per key costs more).
             probe = self._engine.query("SELECT pk FROM documents WHERE collection = ? AND pk >= ? ORDER BY pk "
                                        "LIMIT 1 OFFSET ?", (collection, pks[0], n_items - 1))
             if probe and probe[0][0] == pks[-1]:
-                got = self._engine.query(
-                    agg + "documents AS d WHERE d.collection = ? AND d.pk >= ? AND d.pk <= ?",
-                    (collection, pks[0], pks[-1]))[0]
-        if got is None:
-            got = self._engine.query(
-                agg + "json_each(?) AS j CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value",
-                (_dumps(pks), collection))[0]
+                source = "documents AS d WHERE d.collection = ? AND d.pk >= ? AND d.pk <= ?"
+                params = (collection, pks[0], pks[-1])
+        if params is None:
+            params = (_dumps(pks), collection)
+        # One field of plain values: the bodies are read whole (no JSON parse in SQLite), the old
+        # values cut from them and the new bodies spliced (:func:`_split_bodies`), not json_set.
+        # Else, or when a body does not split so, each field's old value read by SQLite.
+        members = _member_texts(lean[names[0]][0].type.kind, names[0], columns[0]) if width == 1 else None
+        parts: list[str] | None = None
+        got: tuple[Any, ...] = ()
+        if members is not None:
+            got = self._engine.query(f"{agg}, group_concat(d.body, '\x1e') FROM {source}", params)[0]
+            if got[0] != n_items or got[2] != 1 or got[1] != "\x1e".join(pks):
+                return False
+            parts = _split_bodies(got[7], n_items, names[0])
+        if parts is None:
+            olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), '\x1e')""" for n in names])
+            got = self._engine.query(f"{agg}{olds_sql} FROM {source}", params)[0]
         # Every document found and live (the range holds n documents: the items' own unless one
         # is missing), the rows in the items' order.
         if got[0] != n_items or got[2] != 1 or got[1] != "\x1e".join(pks):
@@ -1515,11 +1570,14 @@ class Database(ReplicaStore):
         all_rowids: list[int] = list(map(int, got[5].split(",")))
         # Per field: the old values' JSON texts (None: absent, read as '', which no JSON text is).
         old_texts: list[list[str | None]] = []
-        for j in range(width):
-            texts: list[str | None] = got[7 + j].split("\x1e")
-            if "" in texts:
-                texts = [t or None for t in texts]
-            old_texts.append(texts)
+        if parts is not None:
+            old_texts.append(cast("list[str | None]", parts[1::2]))  # (each found in its body)
+        else:
+            for j in range(width):
+                texts: list[str | None] = got[7 + j].split("\x1e")
+                if "" in texts:
+                    texts = [t or None for t in texts]
+                old_texts.append(texts)
         if len(all_epochs) != n_items or len(all_metas) != n_items or any(len(t) != n_items for t in old_texts):
             return False  # not one part per document: leave it to the per-document path
         # The top stamp of each row's meta: cut from the compact meta of a create, else parsed here.
@@ -1578,6 +1636,13 @@ class Database(ReplicaStore):
         count = len(at) if width == 1 else sum(map(len, changed))
         if not count:
             return True
+        bodies: list[str] | None = None
+        if parts is not None:
+            assert members is not None
+            parts[1::2] = members
+            bodies = "".join(parts).split("\x1e")
+            if len(at) != n_items:
+                bodies = [bodies[i] for i in at]
         txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
         if top_max:
             self._clock.observe(Stamp(top_max))
@@ -1624,7 +1689,7 @@ class Database(ReplicaStore):
             metas = [all_metas[i] for i in at_all]
             rowids = [all_rowids[i] for i in at_all]
         direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
-        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
+        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed), bodies)
         packed, n_packed = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
         txn.add_bulk(BulkCreates(0, count, stamps[0], [packed], [], items=n_packed), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
@@ -1635,7 +1700,8 @@ class Database(ReplicaStore):
         return True
 
     def _write_columns(self, names: list[tuple[str, ...]], rowids: list[int], metas: list[str], stamps: list[str],
-                       values: list[Any], seq: int, direct: dict[str, bool], single: bool, other_metas: bool) -> None:
+                       values: list[Any], seq: int, direct: dict[str, bool], single: bool, other_metas: bool,
+                       bodies: list[str] | None = None) -> None:
         """Write a uniform bulk update into its rows: document ``k`` (row ``rowids[k]``, meta
         ``metas[k]`` before) gets fields ``names[k]`` set to the next values of ``values``,
         with write keys ``"1" + stamp`` from ``stamps`` in its meta's overlay ``"r"``, and
@@ -1644,7 +1710,8 @@ class Database(ReplicaStore):
         overlay appended in SQL (the rows' parameters are then zipped from the columns, no
         Python per row); another meta is built as :func:`_overlay_meta` builds it. ``direct``:
         the fields bound as they are (str, int), not as JSON text; ``single``: one field per
-        document; ``other_metas``: some meta is not the compact meta of a create."""
+        document; ``other_metas``: some meta is not the compact meta of a create; ``bodies``
+        (with ``single``): each row's new body, spliced by the caller, written as it is."""
         dumps = _dumps
         overlays: Iterable[str | None]
         if other_metas:
@@ -1662,7 +1729,7 @@ class Database(ReplicaStore):
         if single:
             if names:
                 ns = names[0]
-                vals = values if direct[ns[0]] else list(map(dumps, values))
+                vals = bodies if bodies is not None else values if direct[ns[0]] else list(map(dumps, values))
                 groups[ns] = zip(vals, overlays, stamps, rowids) if other_metas else zip(vals, stamps, rowids)
         else:
             s = 0
@@ -1675,7 +1742,8 @@ class Database(ReplicaStore):
                     g = groups[ns] = []
                 g.append(row)  # type: ignore[attr-defined]
         for ns, group in groups.items():
-            body = ", ".join([f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns])
+            body = "?" if bodies is not None else "json_set(body, " + ", ".join(
+                [f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns]) + ")"
             # one literal between parameters: SQLite does not fold a concatenation of literals
             overlay = " || ? || ".join([f"""'{',"r":{' if i == 0 else '",'}"{n}":"1'""" for i, n in enumerate(ns)])
             appended = f"""substr(meta, 1, 41) || {overlay} || ? || '"}}}}'"""
@@ -1684,7 +1752,7 @@ class Database(ReplicaStore):
             # here when no row needs one (``other_metas`` false: the rows bind no meta at all).
             meta = f"coalesce(?, {appended})" if other_metas or not single else appended
             self._engine.executemany(
-                f"UPDATE documents SET body = json_set(body, {body}), meta = {meta}, seq = {int(seq)} "
+                f"UPDATE documents SET body = {body}, meta = {meta}, seq = {int(seq)} "
                 "WHERE rowid = ?", group)
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:

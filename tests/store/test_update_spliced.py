@@ -1,9 +1,10 @@
-"""A uniform one-field ``create_many(..., update=...)`` chunk reads its bodies whole and splices
-the new value into them (``_split_bodies``, ``_member_texts``) instead of having SQLite parse
-each body twice (``body -> '$."f"'`` for the old value, ``json_set`` for the new body): the
-spliced bodies are ``json_set``'s text, and a chunk whose bodies do not split exactly (the field
-absent, an object inside, a value that needs escaping) goes the ``json_set`` way. Both ways give
-the same rows (meta text included), merge states, log, descriptors, revert and peer documents."""
+"""A uniform one-field ``create_many(..., update=...)`` chunk, and an assignment loop committed
+as columns, read their bodies whole and splice the new value into them (``_split_bodies``,
+``_member_texts``) instead of having SQLite parse each body twice (``body -> '$."f"'`` for the
+old value, ``json_set`` for the new body): the spliced bodies are ``json_set``'s text and the
+old values cut from them what ``->`` reads; bodies that do not split exactly (the field absent,
+an object inside) or values that need escaping go the ``json_set`` way. Both ways give the same
+rows (meta text included), merge states, log, descriptors, revert and peer documents."""
 
 from __future__ import annotations
 
@@ -65,6 +66,14 @@ def _scenario(db):
     with db.write():  # rows whose meta has an overlay already (a second write of the field)
         for o in list(db.objects(BulkNote))[:10]:
             o.priority = 11
+    with db.write():  # a loop over a body holding an object: json_set
+        for o in list(db.objects(BulkNote))[85:100]:
+            o.priority = 13
+    with db.write():  # a loop, then a read of one of its objects: pending documents
+        objs = list(db.objects(BulkNote))[60:70]
+        for o in objs:
+            o.priority = 14
+        assert objs[2].priority == 14
     with db.write():
         db.create_many(BulkNote, [{"_id": k, "priority": 12} for k in keys[:20]], update="all")
     before, after, entries, revert, docs = _outcome(db, 3, [BulkNote], meta=True)
@@ -83,8 +92,12 @@ def test_spliced_bodies_give_what_json_set_gives(tmp_path, monkeypatch):
     with tidesync.open(tmp_path / "s.db", schema=[BulkNote]) as db:
         fast = _scenario(db)
     # the chunks asked to split: int 4 (three of them with a body that does not split), str 1
-    # (the one needing escapes never reads bodies), status 1 (of 2), float 1, bool 1, the last 1
-    assert spliced == [True, False, False, False, True, True, True, True, True]
+    # (the one needing escapes never reads bodies), status 1 (of 2), float 1, bool 1, the loops'
+    # commits (the second's bodies do not split: then each is asked alone, one holding an
+    # object), the third loop's old values one by one (a read turned it into pending
+    # documents; one body holds an object), the last chunk
+    assert spliced == [True, False, False, False, True, True, True, True, True, False] + [True] * 8 + [False] + [
+        True] * 6 + [True] * 2 + [False] + [True] * 7 + [True]
     monkeypatch.undo()
     monkeypatch.setattr(database, "_member_texts", lambda kind, name, values: None)  # json_set always
     with tidesync.open(tmp_path / "j.db", schema=[BulkNote]) as db:

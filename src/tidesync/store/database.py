@@ -604,7 +604,8 @@ class Database(ReplicaStore):
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))
-                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies, self._load_docs)
+                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies, self._load_docs,
+                                       self._old_json)
                 self._txn, self._txn_thread = txn, threading.get_ident()
                 try:
                     yield
@@ -694,7 +695,8 @@ class Database(ReplicaStore):
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             row = self._live_row(txn, txn.read_ahead.get((collection, name)), collection, ref[1], name)
-            _, epoch, _, meta, old, rowid = row
+            _, epoch, _, meta, body, rowid = row
+            old = self._old_json(body, name)
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
             else:
@@ -728,11 +730,22 @@ class Database(ReplicaStore):
             raise InvalidatedObjectError(f"this {collection} object was deleted")
         return row
 
+    def _old_json(self, body: str, name: str) -> str | None:
+        """What ``body -> '$."name"'`` gives for a row's body (None: the field is absent): cut
+        from the body when it splits (:func:`_split_bodies`), else asked of SQLite."""
+        parts = _split_bodies(body, 1, name)
+        if parts is not None:
+            return parts[1]
+        rows = self._engine.query("SELECT ? -> ?", (body, f'$."{name}"'))
+        return rows[0][0]  # type: ignore[no-any-return]
+
     def _read_ahead(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
         """The row facts the fast path needs for field ``name`` of a document that was not read
         ahead (``txn.read_ahead[(collection, name)]``, which the caller, ``_fast_assign``, looks
-        in first): ``(pk, epoch, live, meta, old value as JSON, rowid)``, or None when the file
-        does not hold it.
+        in first): ``(pk, epoch, live, meta, body, rowid)``, or None when the file does not
+        hold it. The body is read whole, not the field's old value: SQLite would parse it for
+        that, while a loop's commit cuts the old values from the bodies it splices (see
+        :meth:`_loop_as_columns`), and a pending document takes it with :meth:`_old_json`.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -752,7 +765,7 @@ class Database(ReplicaStore):
         sql = _FAST_READ.get(key)
         if sql is None:
             sql = _FAST_READ[key] = (
-                f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
+                "SELECT pk, epoch, live, meta, body, rowid FROM documents WHERE collection = ? AND pk "
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.update(zip(map(itemgetter(0), rows), rows))
@@ -914,8 +927,29 @@ class Database(ReplicaStore):
         taken = txn.loop_columns()
         assert taken is not None
         collection, name, refs, keys, rows, values = taken
-        _, epoch_t, _, meta_t, old_t, rowid_t = zip(*rows)
+        _, epoch_t, _, meta_t, body_t, rowid_t = zip(*rows)
         metas: list[str] = list(meta_t)
+        n = len(refs)
+        types = set(map(type, values))
+        # The new bodies spliced from the ones read ahead, the old values cut from them, as a
+        # uniform create_many(update=) chunk's (see _update_uniform); else json_set writes them.
+        members = None
+        if len(types) == 1:
+            tv = next(iter(types))
+            if tv is int:
+                if INT64_MIN <= min(values) and max(values) <= INT64_MAX:
+                    members = _member_texts("int", name, values)
+            elif tv is str or tv is bool or (tv is float and all(map(isfinite, values))):
+                members = _member_texts(tv.__name__, name, values)
+        parts = _split_bodies("\x1e".join(body_t), n, name) if members is not None else None
+        bodies: list[str] | None = None
+        olds: list[str | None]
+        if parts is not None:
+            olds = cast("list[str | None]", parts[1::2])
+            parts[1::2] = members  # type: ignore[assignment]
+            bodies = "".join(parts).split("\x1e")
+        else:
+            olds = [self._old_json(b, name) for b in body_t]
         compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
         # The latest write key replaced (as _fast_assign's for the others: see loop_max).
         if compact:
@@ -924,17 +958,17 @@ class Database(ReplicaStore):
             top = max([m[6:40] for m in metas if len(m) == 42 and m[:6] == '{"*":"'], default="")
         if top > txn.unstamped_max:
             txn.unstamped_max = top
-        n = len(refs)
         self._commit_columns(txn, collection, [(name,)] * n, keys, refs, list(epoch_t), metas, list(rowid_t),
-                             list(old_t), values, {name: set(map(type, values)) <= _DIRECT_TYPES}, True, compact)
+                             olds, values, {name: types <= _DIRECT_TYPES}, True, compact, bodies)
 
     def _commit_columns(self, txn: WriteTransaction, collection: str, item_names: list[tuple[str, ...]],
                         keys: list[Plain], refs: list[Ref], epochs: list[str], metas: list[str], rowids: list[int],
                         olds: list[str | None], values: list[Plain], direct: dict[str, bool], single: bool,
-                        compact: bool) -> None:
+                        compact: bool, bodies: list[str] | None = None) -> None:
         """Stamp, write and record fast-path assignments given as columns (per document:
         ``keys`` ... ``item_names``; per assignment, in order: ``olds``, ``values``) as one
-        :class:`ColumnUpdate` (see :meth:`_pending_as_columns`)."""
+        :class:`ColumnUpdate` (see :meth:`_pending_as_columns`); ``bodies``: the rows' new
+        bodies, spliced (see :meth:`_write_columns`)."""
         n = len(values)
         if txn.unstamped_max:
             self._clock.observe(Stamp(txn.unstamped_max))
@@ -943,7 +977,7 @@ class Database(ReplicaStore):
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
-        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
+        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact, bodies)
         packed, items = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
         txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,

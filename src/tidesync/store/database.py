@@ -673,8 +673,15 @@ class Database(ReplicaStore):
         if (same or not loop) and ref not in loop and ref not in txn._pending:
             # The assignment loop, recorded as columns: the row read ahead and the value, no
             # pending document (what it would hold: WriteTransaction._unloop).
-            row = self._live_row(txn, txn.loop_ahead if same else txn.read_ahead.get((collection, name)),
-                                 collection, ref[1], name)
+            ahead = txn.loop_ahead if same else txn.read_ahead.get((collection, name))
+            pk = ref[1]
+            row = ahead[0].pop(pk, None) if ahead is not None else None
+            if row is None:
+                row = self._live_row(txn, None, collection, pk, name)  # (_live_row without the call)
+            else:
+                ahead[2] += 1  # type: ignore[index]
+                if not row[2]:
+                    raise InvalidatedObjectError(f"this {collection} object was deleted")
             meta = row[3]
             if len(meta) != 42 or meta[:6] != '{"*":"':
                 m = loads_json(meta)

@@ -3,7 +3,7 @@ as columns, read their bodies whole and splice the new value into them (``_split
 ``_member_texts``) instead of having SQLite parse each body twice (``body -> '$."f"'`` for the
 old value, ``json_set`` for the new body): the spliced bodies are ``json_set``'s text and the
 old values cut from them what ``->`` reads; bodies that do not split exactly (the field absent,
-an object inside) or values that need escaping go the ``json_set`` way. Both ways give the same
+an object in it) or values that need escaping go the ``json_set`` way. Both ways give the same
 rows (meta text included), merge states, log, descriptors, revert and peer documents."""
 
 from __future__ import annotations
@@ -91,11 +91,11 @@ def test_spliced_bodies_give_what_json_set_gives(tmp_path, monkeypatch):
     monkeypatch.setattr(database, "_split_bodies", recorded)
     with tidesync.open(tmp_path / "s.db", schema=[BulkNote]) as db:
         fast = _scenario(db)
-    # the chunks asked to split: int 4 (three of them with a body that does not split), str 1
-    # (the one needing escapes never reads bodies), status 1 (of 2), float 1, bool 1, the loops'
-    # commits (the second's bodies do not split: then each is asked alone, one holding an
-    # object), the third loop's old values one by one (a read turned it into pending
-    # documents; one body holds an object), the last chunk
+    # the chunks asked to split: int 4 (three of them with a body that does not split: the field
+    # absent, an object in it), str 1 (the one needing escapes never reads bodies), status 1 (of
+    # 2), float 1, bool 1, the loops' commits (the second's bodies do not split: then each is
+    # asked alone, one holding an object), the third loop's old values one by one (a read turned
+    # it into pending documents; one body holds an object), the last chunk
     assert spliced == [True, False, False, False, True, True, True, True, True, False] + [True] * 8 + [False] + [
         True] * 6 + [True] * 2 + [False] + [True] * 7 + [True]
     monkeypatch.undo()
@@ -112,8 +112,11 @@ def test_split_bodies_finds_only_a_top_level_member_once_in_each_body():
     bodies = ['{"_id":"a","xpriority":1,"priority":2}', '{"_id":"b","priority":"x\\",\\"priority\\":3","z":4}']
     parts = split("\x1e".join(bodies), 2, "priority")
     assert parts is not None and parts[1::2] == ["2", '"x\\",\\"priority\\":3"']
+
     for bad in (['{"_id":"a","priority":1,"priority":2}', '{"_id":"b"}'],  # twice in one, absent in the other
                 ['{"_id":"a","o":{"priority":1}}', '{"_id":"b","priority":2}'],  # only inside an object
+                ['{"_id":"a","o":{"priority":1},"priority":3}', '{"_id":"b","priority":2}'],  # an object
+                ['{"_id":"a","priority":3,"o":{"p":1}}', '{"_id":"b","priority":2}'],
                 ['{"_id":"a","priority":[1,2]}', '{"_id":"b","priority":2}'],  # not a scalar
                 ['{"_id":"a","priority":{"v":1}}', '{"_id":"b","priority":2}'],
                 ['{"_id":"a", "priority": 1}', '{"_id":"b","priority":2}'],  # not minified
@@ -153,3 +156,27 @@ def test_a_spliced_body_is_json_sets_text(body, kind, data):
         assert (parts is None) == any(type(v) is str and "{" in v for v in doc.values())
     else:
         assert parts is None
+    if members is not None:  # each value's member made once when values repeat
+        assert database._member_texts(kind, "f", [new, new, new]) == members * 3
+
+
+_values = st.one_of(_scalars, st.dictionaries(st.sampled_from(["f", "a"]), _scalars, max_size=2),
+                    st.lists(_scalars, max_size=2))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from(["a", "f", "ff", "o"]), _values, max_size=4), min_size=1,
+                max_size=5))
+def test_bodies_split_together_as_each_alone(bodies):
+    texts = [_dumps({"_id": "k", **b}) for b in bodies]
+    alone = [database._split_bodies(t, 1, "f") for t in texts]
+    together = database._split_bodies("\x1e".join(texts), len(texts), "f")
+    assert (together is not None) == all(p is not None for p in alone)
+    if together is not None:
+        assert together[1::2] == [p[1] for p in alone if p is not None]
+    con = sqlite3.connect(":memory:")
+    for t, p in zip(texts, alone):
+        if p is not None:  # the old value is what -> reads, the splice what json_set writes
+            assert p[1] == con.execute("""SELECT ? -> '$."f"'""", (t,)).fetchone()[0]
+            p[1] = ',"f":0'
+            assert "".join(p) == con.execute("""SELECT json_set(?, '$."f"', 0)""", (t,)).fetchone()[0]

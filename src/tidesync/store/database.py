@@ -160,15 +160,25 @@ def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
     """The members ``,"name":value`` that ``json_set(body, '$."name"', ...)`` writes for
     ``values`` (of a top-level field of kind ``kind``, each already checked to be of its plain
     type), or None when a string among them needs escaping (left to ``json_set``)."""
+    fmt: Callable[[Any], str]
     if kind == "int":
-        return list(map(f',"{name}":%d'.__mod__, values))
-    if kind == "str":
+        fmt = f',"{name}":%d'.__mod__
+    elif kind == "str":
         joined = "".join(values)
         if '"' in joined or "\\" in joined or not joined.isprintable():
             return None
-        return list(map(f',"{name}":"%s"'.__mod__, values))
-    # float (finite) and bool: json(?) of this text gives the same text back
-    return list(map(f',"{name}":'.__add__, map(_dumps, values)))
+        fmt = f',"{name}":"%s"'.__mod__
+    elif kind == "bool":
+        fmt = {True: f',"{name}":true', False: f',"{name}":false'}.__getitem__
+        return list(map(fmt, values))
+    else:  # float (finite): json(?) of this text gives the same text back
+        return list(map(f',"{name}":'.__add__, map(_dumps, values)))
+    distinct = set(values)
+    if len(distinct) * 2 > len(values):
+        return list(map(fmt, values))
+    # Few distinct values (a field set to the same few values): each formatted once.
+    texts = dict(zip(distinct, map(fmt, distinct)))
+    return list(map(texts.__getitem__, values))
 
 
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.

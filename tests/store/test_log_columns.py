@@ -43,6 +43,17 @@ def test_a_run_of_stamps_is_what_the_clock_issues_in_a_row() -> None:
     assert stamp_run(first, 0) == [] and stamp_run(first, 1) == [first]
 
 
+def test_long_runs_of_stamps_are_stamp_after_each() -> None:
+    """Runs of 64 stamps or more are made from a table of the counter's last digits: across
+    4,096-counter blocks, the end of a millisecond's counter and a second replica."""
+    for replica in (REPLICA, ReplicaId("2fb9bf24a21fd44e")):
+        for wall, counter in ((1000, 0), (1000, 4000), (9, 4095), (9, MAX_COUNTER - 5000), (9, MAX_COUNTER - 70),
+                              (9, MAX_COUNTER)):
+            first = make_stamp(wall, counter, replica)
+            for n in (63, 64, 65, 4097, 9000):
+                assert stamp_run(first, n) == [stamp_after(first, k) for k in range(n)]
+
+
 def _records(db):
     """Per log entry: how many columns records its ops and before-images hold."""
     records = (SET_COLUMNS, CREATE_COLUMNS)

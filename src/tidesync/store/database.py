@@ -11,14 +11,16 @@ from __future__ import annotations
 import gc
 import json
 import os
+import re
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from functools import lru_cache
 from itertools import compress, islice, repeat
 from math import isfinite
-from operator import attrgetter, is_not, itemgetter, lt, methodcaller
+from operator import attrgetter, contains, is_not, itemgetter, lt, methodcaller
 from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -127,6 +129,58 @@ def _overlay_meta(meta: str, keys: dict[str, str]) -> str:
     r = m.get("r")
     m["r"] = {**r, **keys} if isinstance(r, dict) else dict(keys)
     return _dumps(m)
+
+
+@lru_cache(maxsize=256)
+def _value_pattern(name: str) -> re.Pattern[str]:
+    """The top-level member ``,"name":value`` of a minified JSON object whose value is a
+    string or another scalar (``name`` an ASCII identifier), the value's text captured."""
+    return re.compile(',"' + re.escape(name) + r'":("(?:[^"\\\x1e]|\\[^\x1e])*"|[^\s"\[\]{},\x1e]+)')
+
+
+def _split_bodies(joined: str, n: int, name: str) -> list[str] | None:
+    """``n`` document bodies joined by ``\x1e`` (as ``group_concat`` gives them) split around
+    the value of their top-level field ``name``: ``[head0, old0, mid1, old1, ..., old(n-1),
+    tail]``, where each ``old`` is the JSON text of a body's value (what ``body -> '$."name"'``
+    reads) and each ``mid`` a body's tail, ``\x1e`` and the next body's head. None unless
+    every body holds the field once and no object (only then is the member found the
+    top-level one). Then ``"".join`` of the list with each ``old`` replaced by the member
+    ``,"name":new`` gives the bodies ``json_set`` would: a body is minified JSON, as every
+    write of this package makes it, so ``json_set`` gives back its text with the value
+    replaced. (No body holds ``\x1e``: JSON escapes control characters.)"""
+    if joined.count("{") != n:  # one opening brace per body: no object inside any of them
+        return None
+    parts = _value_pattern(name).split(joined)
+    # n members found, and one in each body: every body's tail and the next one's head
+    # between two of them (so no body without the field and another with it twice).
+    if len(parts) != 2 * n + 1 or not all(map(contains, islice(parts, 2, 2 * n - 1, 2), repeat("\x1e"))):
+        return None
+    return parts
+
+
+def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
+    """The members ``,"name":value`` that ``json_set(body, '$."name"', ...)`` writes for
+    ``values`` (of a top-level field of kind ``kind``, each already checked to be of its plain
+    type), or None when a string among them needs escaping (left to ``json_set``)."""
+    fmt: Callable[[Any], str]
+    if kind == "int":
+        fmt = f',"{name}":%d'.__mod__
+    elif kind == "str":
+        joined = "".join(values)
+        if '"' in joined or "\\" in joined or not joined.isprintable():
+            return None
+        fmt = f',"{name}":"%s"'.__mod__
+    elif kind == "bool":
+        fmt = {True: f',"{name}":true', False: f',"{name}":false'}.__getitem__
+        return list(map(fmt, values))
+    else:  # float (finite): json(?) of this text gives the same text back
+        return list(map(f',"{name}":'.__add__, map(_dumps, values)))
+    distinct = set(values)
+    if len(distinct) * 2 > len(values):
+        return list(map(fmt, values))
+    # Few distinct values (a field set to the same few values): each formatted once.
+    texts = dict(zip(distinct, map(fmt, distinct)))
+    return list(map(texts.__getitem__, values))
 
 
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
@@ -569,7 +623,8 @@ class Database(ReplicaStore):
                 last = self._setting("clock")
                 if last:
                     self._clock.observe(Stamp(last))
-                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies, self._load_docs)
+                txn = WriteTransaction(self._clock, self._merged_schema, self._load_doc, self._policies, self._load_docs,
+                                       self._old_json)
                 self._txn, self._txn_thread = txn, threading.get_ident()
                 try:
                     yield
@@ -637,8 +692,15 @@ class Database(ReplicaStore):
         if (same or not loop) and ref not in loop and ref not in txn._pending:
             # The assignment loop, recorded as columns: the row read ahead and the value, no
             # pending document (what it would hold: WriteTransaction._unloop).
-            row = self._live_row(txn, txn.loop_ahead if same else txn.read_ahead.get((collection, name)),
-                                 collection, ref[1], name)
+            ahead = txn.loop_ahead if same else txn.read_ahead.get((collection, name))
+            pk = ref[1]
+            row = ahead[0].pop(pk, None) if ahead is not None else None
+            if row is None:
+                row = self._live_row(txn, None, collection, pk, name)  # (_live_row without the call)
+            else:
+                ahead[2] += 1  # type: ignore[index]
+                if not row[2]:
+                    raise InvalidatedObjectError(f"this {collection} object was deleted")
             meta = row[3]
             if len(meta) != 42 or meta[:6] != '{"*":"':
                 m = loads_json(meta)
@@ -659,7 +721,8 @@ class Database(ReplicaStore):
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             row = self._live_row(txn, txn.read_ahead.get((collection, name)), collection, ref[1], name)
-            _, epoch, _, meta, old, rowid = row
+            _, epoch, _, meta, body, rowid = row
+            old = self._old_json(body, name)
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
             else:
@@ -693,11 +756,22 @@ class Database(ReplicaStore):
             raise InvalidatedObjectError(f"this {collection} object was deleted")
         return row
 
+    def _old_json(self, body: str, name: str) -> str | None:
+        """What ``body -> '$."name"'`` gives for a row's body (None: the field is absent): cut
+        from the body when it splits (:func:`_split_bodies`), else asked of SQLite."""
+        parts = _split_bodies(body, 1, name)
+        if parts is not None:
+            return parts[1]
+        rows = self._engine.query("SELECT ? -> ?", (body, f'$."{name}"'))
+        return rows[0][0]  # type: ignore[no-any-return]
+
     def _read_ahead(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
         """The row facts the fast path needs for field ``name`` of a document that was not read
         ahead (``txn.read_ahead[(collection, name)]``, which the caller, ``_fast_assign``, looks
-        in first): ``(pk, epoch, live, meta, old value as JSON, rowid)``, or None when the file
-        does not hold it.
+        in first): ``(pk, epoch, live, meta, body, rowid)``, or None when the file does not
+        hold it. The body is read whole, not the field's old value: SQLite would parse it for
+        that, while a loop's commit cuts the old values from the bodies it splices (see
+        :meth:`_loop_as_columns`), and a pending document takes it with :meth:`_old_json`.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -717,7 +791,7 @@ class Database(ReplicaStore):
         sql = _FAST_READ.get(key)
         if sql is None:
             sql = _FAST_READ[key] = (
-                f"""SELECT pk, epoch, live, meta, body -> '$."{name}"', rowid FROM documents WHERE collection = ? AND pk """
+                "SELECT pk, epoch, live, meta, body, rowid FROM documents WHERE collection = ? AND pk "
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.update(zip(map(itemgetter(0), rows), rows))
@@ -879,8 +953,29 @@ class Database(ReplicaStore):
         taken = txn.loop_columns()
         assert taken is not None
         collection, name, refs, keys, rows, values = taken
-        _, epoch_t, _, meta_t, old_t, rowid_t = zip(*rows)
+        _, epoch_t, _, meta_t, body_t, rowid_t = zip(*rows)
         metas: list[str] = list(meta_t)
+        n = len(refs)
+        types = set(map(type, values))
+        # The new bodies spliced from the ones read ahead, the old values cut from them, as a
+        # uniform create_many(update=) chunk's (see _update_uniform); else json_set writes them.
+        members = None
+        if len(types) == 1:
+            tv = next(iter(types))
+            if tv is int:
+                if INT64_MIN <= min(values) and max(values) <= INT64_MAX:
+                    members = _member_texts("int", name, values)
+            elif tv is str or tv is bool or (tv is float and all(map(isfinite, values))):
+                members = _member_texts(tv.__name__, name, values)
+        parts = _split_bodies("\x1e".join(body_t), n, name) if members is not None else None
+        bodies: list[str] | None = None
+        olds: list[str | None]
+        if parts is not None:
+            olds = cast("list[str | None]", parts[1::2])
+            parts[1::2] = members  # type: ignore[assignment]
+            bodies = "".join(parts).split("\x1e")
+        else:
+            olds = [self._old_json(b, name) for b in body_t]
         compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
         # The latest write key replaced (as _fast_assign's for the others: see loop_max).
         if compact:
@@ -889,17 +984,17 @@ class Database(ReplicaStore):
             top = max([m[6:40] for m in metas if len(m) == 42 and m[:6] == '{"*":"'], default="")
         if top > txn.unstamped_max:
             txn.unstamped_max = top
-        n = len(refs)
         self._commit_columns(txn, collection, [(name,)] * n, keys, refs, list(epoch_t), metas, list(rowid_t),
-                             list(old_t), values, {name: set(map(type, values)) <= _DIRECT_TYPES}, True, compact)
+                             olds, values, {name: types <= _DIRECT_TYPES}, True, compact, bodies)
 
     def _commit_columns(self, txn: WriteTransaction, collection: str, item_names: list[tuple[str, ...]],
                         keys: list[Plain], refs: list[Ref], epochs: list[str], metas: list[str], rowids: list[int],
                         olds: list[str | None], values: list[Plain], direct: dict[str, bool], single: bool,
-                        compact: bool) -> None:
+                        compact: bool, bodies: list[str] | None = None) -> None:
         """Stamp, write and record fast-path assignments given as columns (per document:
         ``keys`` ... ``item_names``; per assignment, in order: ``olds``, ``values``) as one
-        :class:`ColumnUpdate` (see :meth:`_pending_as_columns`)."""
+        :class:`ColumnUpdate` (see :meth:`_pending_as_columns`); ``bodies``: the rows' new
+        bodies, spliced (see :meth:`_write_columns`)."""
         n = len(values)
         if txn.unstamped_max:
             self._clock.observe(Stamp(txn.unstamped_max))
@@ -908,7 +1003,7 @@ class Database(ReplicaStore):
         if txn.bulk_seq == 0:
             txn.bulk_seq = self._next_log_seq()
         seq = txn.bulk_seq
-        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact)
+        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, single, not compact, bodies)
         packed, items = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
         txn.add_bulk(BulkCreates(0, n, stamps[0], [packed], [], items=items), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, refs, epochs, metas, rowids, item_names, olds, stamps, values,
@@ -1505,24 +1600,35 @@ class Database(ReplicaStore):
         # or value's JSON text (JSON escapes control characters); the joined pks, checked below,
         # prove that every column lists the items' documents in the items' order. It is a
         # literal in the statement: char(30) there is called again for every row and column.
-        olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), '\x1e')""" for n in names])
         agg = ("SELECT count(*), group_concat(d.pk, '\x1e'), min(d.live), group_concat(d.epoch, '\x1e'), "
                "group_concat(d.meta, '\x1e'), group_concat(d.rowid), "
-               f"""sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{{"*":"'){olds_sql} FROM """)
-        got: tuple[Any, ...] | None = None
+               """sum(length(d.meta) = 42 AND substr(d.meta, 1, 6) = '{"*":"')""")
+        source = "json_each(?) AS j CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value"
+        params: tuple[Any, ...] | None = None
         if n_items > 1 and all(map(lt, pks, islice(pks, 1, None))):
             # Keys in order, and the n-th document of the collection from the first key is the
             # last one: the chunk is a range of the key index, read as one (a seek per key costs more).
             probe = self._engine.query("SELECT pk FROM documents WHERE collection = ? AND pk >= ? ORDER BY pk "
                                        "LIMIT 1 OFFSET ?", (collection, pks[0], n_items - 1))
             if probe and probe[0][0] == pks[-1]:
-                got = self._engine.query(
-                    agg + "documents AS d WHERE d.collection = ? AND d.pk >= ? AND d.pk <= ?",
-                    (collection, pks[0], pks[-1]))[0]
-        if got is None:
-            got = self._engine.query(
-                agg + "json_each(?) AS j CROSS JOIN documents AS d ON d.collection = ? AND d.pk = j.value",
-                (_dumps(pks), collection))[0]
+                source = "documents AS d WHERE d.collection = ? AND d.pk >= ? AND d.pk <= ?"
+                params = (collection, pks[0], pks[-1])
+        if params is None:
+            params = (_dumps(pks), collection)
+        # One field of plain values: the bodies are read whole (no JSON parse in SQLite), the old
+        # values cut from them and the new bodies spliced (:func:`_split_bodies`), not json_set.
+        # Else, or when a body does not split so, each field's old value read by SQLite.
+        members = _member_texts(lean[names[0]][0].type.kind, names[0], columns[0]) if width == 1 else None
+        parts: list[str] | None = None
+        got: tuple[Any, ...] = ()
+        if members is not None:
+            got = self._engine.query(f"{agg}, group_concat(d.body, '\x1e') FROM {source}", params)[0]
+            if got[0] != n_items or got[2] != 1 or got[1] != "\x1e".join(pks):
+                return False
+            parts = _split_bodies(got[7], n_items, names[0])
+        if parts is None:
+            olds_sql = "".join([f""", group_concat(coalesce(d.body -> '$."{n}"', ''), '\x1e')""" for n in names])
+            got = self._engine.query(f"{agg}{olds_sql} FROM {source}", params)[0]
         # Every document found and live (the range holds n documents: the items' own unless one
         # is missing), the rows in the items' order.
         if got[0] != n_items or got[2] != 1 or got[1] != "\x1e".join(pks):
@@ -1532,11 +1638,14 @@ class Database(ReplicaStore):
         all_rowids: list[int] = list(map(int, got[5].split(",")))
         # Per field: the old values' JSON texts (None: absent, read as '', which no JSON text is).
         old_texts: list[list[str | None]] = []
-        for j in range(width):
-            texts: list[str | None] = got[7 + j].split("\x1e")
-            if "" in texts:
-                texts = [t or None for t in texts]
-            old_texts.append(texts)
+        if parts is not None:
+            old_texts.append(cast("list[str | None]", parts[1::2]))  # (each found in its body)
+        else:
+            for j in range(width):
+                texts: list[str | None] = got[7 + j].split("\x1e")
+                if "" in texts:
+                    texts = [t or None for t in texts]
+                old_texts.append(texts)
         if len(all_epochs) != n_items or len(all_metas) != n_items or any(len(t) != n_items for t in old_texts):
             return False  # not one part per document: leave it to the per-document path
         # The top stamp of each row's meta: cut from the compact meta of a create, else parsed here.
@@ -1595,6 +1704,13 @@ class Database(ReplicaStore):
         count = len(at) if width == 1 else sum(map(len, changed))
         if not count:
             return True
+        bodies: list[str] | None = None
+        if parts is not None:
+            assert members is not None
+            parts[1::2] = members
+            bodies = "".join(parts).split("\x1e")
+            if len(at) != n_items:
+                bodies = [bodies[i] for i in at]
         txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log
         if top_max:
             self._clock.observe(Stamp(top_max))
@@ -1641,7 +1757,7 @@ class Database(ReplicaStore):
             metas = [all_metas[i] for i in at_all]
             rowids = [all_rowids[i] for i in at_all]
         direct = {n: lean[n][0].type.kind in ("str", "int") for n in names}
-        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed))
+        self._write_columns(item_names, rowids, metas, stamps, values, seq, direct, width == 1, bool(parsed), bodies)
         packed, n_packed = packed_set_columns(collection, item_names, keys, epochs, stamps, values)
         txn.add_bulk(BulkCreates(0, count, stamps[0], [packed], [], items=n_packed), [], collection)
         txn.add_columns(ColumnUpdate(collection, keys, crefs, epochs, metas, rowids, item_names, olds,
@@ -1652,7 +1768,8 @@ class Database(ReplicaStore):
         return True
 
     def _write_columns(self, names: list[tuple[str, ...]], rowids: list[int], metas: list[str], stamps: list[str],
-                       values: list[Any], seq: int, direct: dict[str, bool], single: bool, other_metas: bool) -> None:
+                       values: list[Any], seq: int, direct: dict[str, bool], single: bool, other_metas: bool,
+                       bodies: list[str] | None = None) -> None:
         """Write a uniform bulk update into its rows: document ``k`` (row ``rowids[k]``, meta
         ``metas[k]`` before) gets fields ``names[k]`` set to the next values of ``values``,
         with write keys ``"1" + stamp`` from ``stamps`` in its meta's overlay ``"r"``, and
@@ -1661,7 +1778,8 @@ class Database(ReplicaStore):
         overlay appended in SQL (the rows' parameters are then zipped from the columns, no
         Python per row); another meta is built as :func:`_overlay_meta` builds it. ``direct``:
         the fields bound as they are (str, int), not as JSON text; ``single``: one field per
-        document; ``other_metas``: some meta is not the compact meta of a create."""
+        document; ``other_metas``: some meta is not the compact meta of a create; ``bodies``
+        (with ``single``): each row's new body, spliced by the caller, written as it is."""
         dumps = _dumps
         overlays: Iterable[str | None]
         if other_metas:
@@ -1679,7 +1797,7 @@ class Database(ReplicaStore):
         if single:
             if names:
                 ns = names[0]
-                vals = values if direct[ns[0]] else list(map(dumps, values))
+                vals = bodies if bodies is not None else values if direct[ns[0]] else list(map(dumps, values))
                 groups[ns] = zip(vals, overlays, stamps, rowids) if other_metas else zip(vals, stamps, rowids)
         else:
             s = 0
@@ -1692,7 +1810,8 @@ class Database(ReplicaStore):
                     g = groups[ns] = []
                 g.append(row)  # type: ignore[attr-defined]
         for ns, group in groups.items():
-            body = ", ".join([f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns])
+            body = "?" if bodies is not None else "json_set(body, " + ", ".join(
+                [f"""'$."{n}"', {'?' if direct[n] else 'json(?)'}""" for n in ns]) + ")"
             # one literal between parameters: SQLite does not fold a concatenation of literals
             overlay = " || ? || ".join([f"""'{',"r":{' if i == 0 else '",'}"{n}":"1'""" for i, n in enumerate(ns)])
             appended = f"""substr(meta, 1, 41) || {overlay} || ? || '"}}}}'"""
@@ -1701,7 +1820,7 @@ class Database(ReplicaStore):
             # here when no row needs one (``other_metas`` false: the rows bind no meta at all).
             meta = f"coalesce(?, {appended})" if other_metas or not single else appended
             self._engine.executemany(
-                f"UPDATE documents SET body = json_set(body, {body}), meta = {meta}, seq = {int(seq)} "
+                f"UPDATE documents SET body = {body}, meta = {meta}, seq = {int(seq)} "
                 "WHERE rowid = ?", group)
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:

@@ -348,12 +348,14 @@ class WriteTransaction:
     """The changes of one ``with db.write():`` block, before they commit."""
 
     def __init__(self, clock: HybridClock, schema: Schema, loader: Any, policies: merge.Policies | None,
-                 bulk_loader: Any = None) -> None:
+                 bulk_loader: Any = None, old_json: Any = None) -> None:
         self.clock = clock
         self.schema = schema
         self._loader = loader  # callable(collection, key_plain, ref) -> LoadedDoc
         # callable(collection, [(key_plain, ref)]) -> {ref: LoadedDoc} of the documents the file holds
         self._bulk_loader = bulk_loader
+        # callable(body, field) -> the field's value in the body as JSON text (None: absent)
+        self._old_json = old_json
         self.policies = policies
         self.docs: dict[Ref, LoadedDoc] = {}
         # Documents changed by the update fast path only (never also in ``docs``): see ``pending``.
@@ -362,7 +364,7 @@ class WriteTransaction:
         self._unstamped: list[Any] = []  # flat: document, field, value, document, ...
         #: The assignment loop recorded as columns (one field of one collection, each document
         #: once, nothing else in between): document ref -> plain key, in assignment order, and
-        #: flat (read-ahead row, plain value) per assignment. What ``pending`` and ``unstamped``
+        #: flat (read-ahead row ``(pk, epoch, live, meta, body, rowid)``, plain value) per assignment. What ``pending`` and ``unstamped``
         #: would hold for them; reading either turns the loop into them first (:meth:`_unloop`).
         self.loop_keys: dict[Ref, Plain] = {}
         self.loop_buf: list[Any] = []
@@ -455,9 +457,10 @@ class WriteTransaction:
         top = self.loop_max
         self.loop_max = ""
         it = iter(buf)
+        old_json = self._old_json
         for (ref, key), row, plain in zip(keys.items(), it, it):
-            _, epoch, _, meta, old, rowid = row
-            p = pending[ref] = PendingDoc(collection, key, ref, epoch, meta, rowid, {name: old}, {}, {})
+            _, epoch, _, meta, body, rowid = row
+            p = pending[ref] = PendingDoc(collection, key, ref, epoch, meta, rowid, {name: old_json(body, name)}, {}, {})
             out += (p, name, plain)
             if len(meta) == 42 and meta[:6] == '{"*":"' and meta[6:40] > top:
                 top = meta[6:40]

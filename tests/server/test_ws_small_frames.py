@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from typing import Any
 
 import pytest
 
@@ -214,6 +215,15 @@ def test_frames_that_break_the_protocol_fail_the_connection_as_before(fast):
     assert got == [] and proto.conn.parser_exc is not None and proto.conn.state is State.CLOSING
 
 
+def _ready_to_send(proto: Any) -> None:
+    """The state uvicorn's protocol is in once its handshake is done and its transport writable."""
+    proto.writable = asyncio.Event()
+    proto.writable.set()
+    proto.disconnected = False
+    proto.handshake_complete = True
+    proto.initial_response = None
+
+
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 1000, 65535, 65536, 70000])
 def test_a_message_framed_by_send_now_is_the_frame_websockets_makes(size):
     """``_send_now`` frames a binary message itself when nothing else is queued: the bytes are
@@ -222,11 +232,7 @@ def test_a_message_framed_by_send_now_is_the_frame_websockets_makes(size):
     written = []
     for fast in (True, False):
         proto, client, _ = _pair(True)
-        proto.writable = asyncio.Event()
-        proto.writable.set()
-        proto.disconnected = False
-        proto.handshake_complete = True
-        proto.initial_response = None
+        _ready_to_send(proto)
         proto.plain_send = False
         proto.frames_send = fast
         assert proto._send_now(data)
@@ -243,11 +249,7 @@ def test_a_message_framed_by_send_now_is_the_frame_websockets_makes(size):
 
 def test_send_now_leaves_a_queued_write_first():
     proto, client, _ = _pair(True)
-    proto.writable = asyncio.Event()
-    proto.writable.set()
-    proto.disconnected = False
-    proto.handshake_complete = True
-    proto.initial_response = None
+    _ready_to_send(proto)
     proto.conn.send_ping(b"p")      # queued in websockets, not yet written
     assert proto._send_now(b"data")
     client.receive_data(b"".join(proto.transport.written))

@@ -229,9 +229,10 @@ class _FieldDescriptor:
     def __init__(self, name: str, owner: type[_ModelBase]) -> None:
         self.name = name
         self.owner = owner
-        #: (class, its FieldSchema of this field) for the class last assigned through here: a
-        #: class's schema is computed once (:func:`schema_of`), so the pair stays true.
-        self._spec_of: tuple[type, FieldSchema] | None = None
+        #: (class, its FieldSchema of this field, the type whose values the field takes as they
+        #: are: an int in range for an int field) for the class last assigned through here: a
+        #: class's schema is computed once (:func:`schema_of`), so the triple stays true.
+        self._spec_of: tuple[type, FieldSchema, type | None] | None = None
 
     def __get__(self, obj: _ModelBase | None, objtype: type | None = None) -> Any:
         if obj is None:
@@ -248,13 +249,14 @@ class _FieldDescriptor:
         cls = obj.__class__
         known = self._spec_of
         if known is not None and known[0] is cls:
-            spec = known[1]
+            spec, exact = known[1], known[2]
         else:
             spec = schema_of(cls).fields[self.name]  # read only: no copy of the fields
-            self._spec_of = (cls, spec)
+            kind = spec.type.kind
+            exact = int if kind == "int" else _EXACT.get(kind)
+            self._spec_of = (cls, spec, exact)
         tv = type(value)
-        kind = spec.type.kind
-        if tv is not _EXACT.get(kind) and not (tv is int and kind == "int" and INT64_MIN <= value <= INT64_MAX):
+        if tv is not exact or (tv is int and not INT64_MIN <= value <= INT64_MAX):
             value = coerce(cls.__name__, spec, value)  # (what coerce returns at once for the others)
         binding = obj._ts_binding
         if binding is not None:

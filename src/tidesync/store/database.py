@@ -248,6 +248,8 @@ _MISSING_JSON = _dumps(MISSING_FIELD)
 _FAST_PLAIN = frozenset({str, int, float, bool, type(None)})
 _DICT_ONLY = {dict}
 _STR_ONLY = {str}
+#: The field kinds whose values ObjectBinding.set_field's loop path takes as they are: the type.
+_LOOP_TYPES: dict[str, type] = {"str": str, "int": int, "bool": bool}
 _DIRECT_TYPES = {str, int}  # bound as they are in json_set (not bool: its JSON is true/false)
 # Its row read per field name: epoch, live, [create stamp, the field's key in the overlay, its
 # container kind at create, the create's defaults], the field's old value as JSON.
@@ -715,6 +717,9 @@ class Database(ReplicaStore):
             if not same:
                 txn.loop_collection, txn.loop_name = collection, name
                 txn.loop_ahead = txn.read_ahead[(collection, name)]
+                # What ObjectBinding.set_field's loop path takes without these checks.
+                txn.loop_schema = binding.schema
+                txn.loop_type = _LOOP_TYPES.get(kind)
             loop[ref] = binding.key
             txn.loop_buf += (row, plain)
             return True

@@ -8,12 +8,13 @@ write transaction's, inside ``db.write()``); every assignment becomes an operati
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, MutableMapping, MutableSequence, MutableSet
+from threading import get_ident
 from time import monotonic
 from typing import TYPE_CHECKING, Any, overload
 
 from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, coerce, model_registry
 from ..core.schema import SCALAR_KINDS, FieldType, ObjectSchema
-from ..core.values import Plain, from_plain
+from ..core.values import INT64_MAX, INT64_MIN, Plain, from_plain, loads_json
 from ..errors import InvalidatedObjectError, ValidationError
 
 if TYPE_CHECKING:
@@ -86,6 +87,45 @@ class ObjectBinding:
         return self.db._to_python(self, self.path + (name,), t, plain)
 
     def set_field(self, obj: Any, name: str, value: Any) -> None:
+        db = self.db
+        txn = db._txn
+        if txn is not None and txn.loop_name == name and txn.loop_schema is self.schema and not self.path:
+            # The next assignment of the write's assignment loop (Database._fast_assign's loop
+            # branch, done here: the checks that passed when the loop began hold for the same
+            # field of the same schema). Anything else, or anything it would change, goes on.
+            ref = self.ref
+            loop = txn.loop_keys
+            tv = type(value)
+            if (loop and tv is txn.loop_type and (tv is not int or INT64_MIN <= value <= INT64_MAX)
+                    and db._txn_thread == get_ident() and not db._closed and txn._journal is None
+                    and not txn.column_refs and name != db.partition_key and self.collection == txn.loop_collection
+                    and ref not in loop and not (txn._pending and ref in txn._pending)
+                    and not (txn.docs and ref in txn.docs) and not (txn.bulk_refs and ref in txn.bulk_refs)):
+                ahead = txn.loop_ahead
+                pk = ref[1]
+                row: tuple[Any, ...] | None
+                if ahead is not None and (row := ahead[0].pop(pk, None)) is not None:
+                    ahead[2] += 1
+                    if not row[2]:
+                        raise InvalidatedObjectError(f"this {self.collection} object was deleted")
+                else:
+                    row = db._live_row(txn, None, self.collection, pk, name)  # raises if deleted
+                meta = row[3]
+                if len(meta) != 42 or meta[:6] != '{"*":"':
+                    # (a create's compact meta {"*": stamp}: its stamp is taken when the loop is read)
+                    m = loads_json(meta)
+                    top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
+                    if type(top) is not str or (kinds and name in kinds):
+                        row = None  # the general path's (Database._fast_assign reads the row again)
+                    else:
+                        if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
+                            top = k[1:]
+                        if top > txn.loop_max:
+                            txn.loop_max = top
+                if row is not None:
+                    loop[ref] = self.key
+                    txn.loop_buf += (row, value)
+                    return
         f = self.schema.fields[name]
         if f.primary_key:
             raise ValidationError(f"{self.schema.name}._id cannot change once the object is created")

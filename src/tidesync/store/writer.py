@@ -371,6 +371,10 @@ class WriteTransaction:
         self.loop_collection = ""
         self.loop_name = ""
         self.loop_ahead: list[Any] | None = None  # read_ahead[(loop_collection, loop_name)]
+        #: The schema of the loop's objects, and the type its values have as they are (None:
+        #: none), for ObjectBinding.set_field's loop path.
+        self.loop_schema: Any = None
+        self.loop_type: type | None = None
         #: The latest write key among the loop's documents whose meta is not a create's compact one.
         self.loop_max = ""
         #: The latest stamp among the current write keys of the fields in ``unstamped``.

@@ -170,6 +170,7 @@ def _changes_body(message: Changes) -> bytes:
     if len(heads) > 1 << 16:
         heads.clear()
     for seq, txn in entries:
+        head: bytes | None
         if type(seq) is not int:    # (True == 1: not the same bytes)
             head = b"\x92" + _uint(seq)
         else:

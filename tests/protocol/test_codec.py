@@ -693,7 +693,7 @@ def test_an_entrys_head_is_the_same_bytes_from_the_memo_and_the_memo_starts_over
     (``codec._ENTRY_HEADS``); the bytes are those made without it, and the memo is bounded."""
     made = _some_txn()
     txn = Transaction.from_stored(made.to_wire(), msgpack.packb(made.to_wire(), use_bin_type=True))
-    for seq in (1, 0x7F, 0x80, 0xFFFF, 0x10000, 1 << 40):
+    for seq in (1, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 0x10000, 0xFFFFFFFF, 1 << 32, 1 << 40):
         m = Changes(seq - 1, seq, seq, ((seq, txn),))
         codec._ENTRY_HEADS.clear()
         cold = encode(m)

@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tidesync.core.operations import CreateDoc
 from tidesync.core.stamp import ReplicaId, make_stamp
@@ -429,3 +431,67 @@ def test_a_replica_read_that_makes_no_progress_is_a_local_bug() -> None:
     r, _ = active_acceptor()
     with pytest.raises(UsageError):
         r.log_read(LogBatch((), 0, 10))
+
+
+class _ZeroButTrue(int):
+    """A ``descriptor_lookahead`` of 0 that is truthy: the general ``_pump`` path, with no
+    descriptor reads (``len(announced) < 0`` never holds)."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
+class _GeneralPump(Replicator):
+    """A Replicator whose ``_pump`` takes its general path (only there)."""
+
+    def _pump(self) -> list[Any]:
+        self.descriptor_lookahead = _ZeroButTrue(0)
+        try:
+            return super()._pump()
+        finally:
+            self.descriptor_lookahead = 0
+
+
+@given(st.lists(st.tuples(st.sampled_from(["commit", "read", "ack"]), st.integers(0, 6), st.integers(0, 3)),
+                max_size=30),
+       st.integers(1, 3), st.one_of(st.none(), st.integers(0, 3)))
+def test_the_data_streams_pump_issues_the_reads_the_general_path_issues(steps: list[tuple[str, int, int]],
+                                                                       window: int, head: int | None) -> None:
+    """``_pump`` without descriptors or a snapshot (the server's streaming) takes its own path:
+    over random commits, reads (of any size, some empty) and acks, a twin taking the general
+    path issues the same actions and ends in the same state."""
+    twins = []
+    started = []
+    for general in (False, True):
+        r = Replicator(ME, Role.ACCEPTOR, window=window)
+        if general:
+            r.__class__ = _GeneralPump
+        if head is not None:
+            r.local_commit(head)     # (the head known before the handshake: caught up at once)
+        r.start()
+        r.handle(Hello(PEER, "t", SCOPE, ME, head or 0))
+        started.append(r.checkpoint_read(Checkpoint(received=0, acked=0)))
+        twins.append(r)
+    assert started[0] == started[1]
+    for kind, n, m in steps:
+        outs = []
+        for r in twins:
+            if kind == "commit":
+                out: Any = r.local_commit(r._read_to + n)
+            elif kind == "read":
+                if not r._reading:
+                    out = "not reading"
+                else:
+                    upto = r._read_to + n
+                    head = max(upto, r._head or 0)
+                    try:
+                        out = r.log_read(LogBatch(entries(*range(r._read_to + 1, upto + 1))[:m], upto, head,
+                                                  10 * min(m, n)))
+                    except UsageError as exc:
+                        out = ("error", str(exc))
+            elif r._inflight:
+                out = r.handle(Ack(r._inflight[0][0]))
+            else:
+                out = "nothing in flight"
+            outs.append((out, r._reading, r._read_to, r._sent_to, list(r._inflight), r._head, r._first_sent))
+        assert outs[0] == outs[1]

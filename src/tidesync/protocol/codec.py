@@ -170,11 +170,16 @@ def _changes_body(message: Changes) -> bytes:
     if len(heads) > 1 << 16:
         heads.clear()
     for seq, txn in entries:
-        head = heads.get(seq) if type(seq) is int else None   # (True == 1: not the same bytes)
-        if head is None:
+        head: bytes | None
+        if type(seq) is not int:    # (True == 1: not the same bytes)
             head = b"\x92" + _uint(seq)
-            if type(seq) is int:
-                heads[seq] = head
+        else:
+            head = heads.get(seq)
+            if head is None:
+                # (_uint(seq), inline for the usual seqs: 0x100 <= seq < 2**32)
+                head = heads[seq] = (b"\x92\xcd" + seq.to_bytes(2, "big") if 0x100 <= seq < 0x10000
+                                     else b"\x92\xce" + seq.to_bytes(4, "big") if 0x10000 <= seq < 0x100000000
+                                     else b"\x92" + _uint(seq))
         append(head)
         data = txn.packed()
         append(data if data is not None else pack(txn.wire(), use_bin_type=True))

@@ -328,6 +328,10 @@ class Progress:
     total_bytes: int = 0
 
     def __post_init__(self) -> None:
+        a, b, c, d = self.sent, self.total, self.sent_bytes, self.total_bytes
+        if (type(a) is int and type(b) is int and type(c) is int and type(d) is int
+                and 0 <= a <= MAX_SEQ and 0 <= b <= MAX_SEQ and 0 <= c <= MAX_SEQ and 0 <= d <= MAX_SEQ):
+            return   # (one made per message sent: the checks below without a call and a name each)
         for name in ("sent", "total", "sent_bytes", "total_bytes"):
             _int(f"progress {name}", getattr(self, name))
 
@@ -510,9 +514,11 @@ class Changes:
     view: ViewPart | None = None
 
     def __post_init__(self) -> None:
-        _int("from_seq", self.from_seq)
-        _int("to_seq", self.to_seq)
-        _int("head", self.head)
+        a, b, c = self.from_seq, self.to_seq, self.head
+        if not (type(a) is int and type(b) is int and type(c) is int and 0 <= a <= b <= c <= MAX_SEQ):
+            _int("from_seq", a)   # (the fast check failed: these name what is wrong)
+            _int("to_seq", b)
+            _int("head", c)
         if not self.from_seq <= self.to_seq <= self.head:
             raise ValueError(f"need from_seq <= to_seq <= head, got {self.from_seq}, {self.to_seq}, {self.head}")
         _check_entries("entries", self.entries, self.from_seq, self.to_seq, Transaction)
@@ -681,8 +687,11 @@ class Ack:
     snapshot_page: int | None = None
 
     def __post_init__(self) -> None:
-        _int("seq", self.seq)
-        _opt_int("snapshot_page", self.snapshot_page)
+        seq = self.seq
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+            _int("seq", seq)
+        if self.snapshot_page is not None:
+            _int("snapshot_page", self.snapshot_page)
 
     def to_body(self) -> dict[str, Any]:
         body: dict[str, Any] = {"seq": self.seq}

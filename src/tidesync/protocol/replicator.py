@@ -359,6 +359,13 @@ class Replicator:
         if self.closed or not self.active:
             return []
         assert self.peer is not None
+        if not self.descriptor_lookahead and not self._snapshotting:
+            # Only the data stream (the server's case): what the general path below does then.
+            if self._reading or len(self._inflight) >= self.window or (
+                    self._first_sent and self._head is not None and self._read_to >= self._head):
+                return []
+            self._reading = True
+            return [ReadLog(self._read_to, self.batch_limit, self.batch_bytes, self._peer_scope, self.peer)]
         actions: list[Action] = []
         if self._snapshotting:
             if (not self._snap_reading and self._snap_as_of_done() is None

@@ -29,7 +29,7 @@ import msgpack
 
 from ..core import merge
 from ..core.clock import HybridClock
-from ..core.merge.create import fast_create
+from ..core.merge.create import fast_create, register_top
 from ..core.models import (
     MISSING, Counter, _ModelBase, coerce, default_of, model_registry, models_reached, schema_of,
     self_plain_type, value_to_plain,
@@ -705,12 +705,9 @@ class Database(ReplicaStore):
                     raise InvalidatedObjectError(f"this {collection} object was deleted")
             meta = row[3]
             if len(meta) != 42 or meta[:6] != '{"*":"':
-                m = loads_json(meta)
-                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
-                if type(top) is not str or (kinds and name in kinds):
+                top = register_top(loads_json(meta), name)
+                if top is None:
                     return False
-                if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
-                    top = k[1:]
                 if top > txn.loop_max:
                     txn.loop_max = top
             # (a create's compact meta {"*": stamp}: its stamp is taken when the loop is read)
@@ -731,12 +728,10 @@ class Database(ReplicaStore):
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
             else:
-                m = loads_json(meta)
-                top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
-                if type(top) is not str or (kinds and name in kinds):
+                found = register_top(loads_json(meta), name)
+                if found is None:
                     return False
-                if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
-                    top = k[1:]
+                top = found
             if p is None:
                 p = txn.pending[ref] = PendingDoc(collection, binding.key, ref, epoch, meta, rowid, {name: old}, {}, {})
             else:

@@ -12,6 +12,7 @@ from threading import get_ident
 from time import monotonic
 from typing import TYPE_CHECKING, Any, overload
 
+from ..core.merge.create import register_top
 from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, coerce, model_registry
 from ..core.schema import SCALAR_KINDS, FieldType, ObjectSchema
 from ..core.values import INT64_MAX, INT64_MIN, Plain, from_plain, loads_json
@@ -113,15 +114,11 @@ class ObjectBinding:
                 meta = row[3]
                 if len(meta) != 42 or meta[:6] != '{"*":"':
                     # (a create's compact meta {"*": stamp}: its stamp is taken when the loop is read)
-                    m = loads_json(meta)
-                    top, kinds, overlay = m.get("*"), m.get("*k"), m.get("r")
-                    if type(top) is not str or (kinds and name in kinds):
+                    top = register_top(loads_json(meta), name)
+                    if top is None:
                         row = None  # the general path's (Database._fast_assign reads the row again)
-                    else:
-                        if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
-                            top = k[1:]
-                        if top > txn.loop_max:
-                            txn.loop_max = top
+                    elif top > txn.loop_max:
+                        txn.loop_max = top
                 if row is not None:
                     loop[ref] = self.key
                     txn.loop_buf += (row, value)

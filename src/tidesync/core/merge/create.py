@@ -33,7 +33,7 @@ from .sequence import list_insert
 from .state import CONTAINER_KINDS, CREATE_KEY, DocState, Node, member_key, new_element_id, write_key
 
 __all__ = ["validate_create", "fast_create", "expand", "is_compact", "create_general", "compact_kind",
-           "create_counter", "compact_key", "overlay_write"]
+           "create_counter", "compact_key", "register_top", "overlay_write"]
 
 _MISSING: Any = object()
 
@@ -239,6 +239,19 @@ def compact_key(meta: dict[str, Any], name: str) -> str | None:
         if key is not None:
             return key  # type: ignore[no-any-return]
     return write_key(star, _is_default(meta.get("*d") or (), name))
+
+
+def register_top(meta: dict[str, Any], name: str) -> str | None:
+    """The latest stamp of a write that a new write of top-level register ``name`` replaces,
+    read from a compact ``meta`` (its ``"*"`` stamp, or the field's overlay key's when later):
+    what a store's fast path must stamp after. None when ``name`` is not a plain register
+    there (a container at create) or ``meta`` is not compact: the general path's case."""
+    top, kinds, overlay = meta.get("*"), meta.get("*k"), meta.get("r")
+    if type(top) is not str or (kinds and name in kinds):
+        return None
+    if overlay and type(k := overlay.get(name)) is str and k[1:] > top:
+        return k[1:]
+    return top
 
 
 def overlay_write(state: DocState, name: str, key: str, value: Plain) -> bool:

@@ -158,6 +158,13 @@ def _split_bodies(joined: str, n: int, name: str) -> list[str] | None:
     return parts
 
 
+def _spliced(parts: list[str], members: list[str]) -> list[str]:
+    """The bodies that ``parts`` (of :func:`_split_bodies`) make with each old value replaced
+    by its new member (of :func:`_member_texts`)."""
+    parts[1::2] = members
+    return "".join(parts).split("\x1e")
+
+
 def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
     """The members ``,"name":value`` that ``json_set(body, '$."name"', ...)`` writes for
     ``values`` (of a top-level field of kind ``kind``, each already checked to be of its plain
@@ -972,8 +979,8 @@ class Database(ReplicaStore):
         olds: list[str | None]
         if parts is not None:
             olds = cast("list[str | None]", parts[1::2])
-            parts[1::2] = members  # type: ignore[assignment]
-            bodies = "".join(parts).split("\x1e")
+            assert members is not None
+            bodies = _spliced(parts, members)
         else:
             olds = [self._old_json(b, name) for b in body_t]
         compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
@@ -1707,8 +1714,7 @@ class Database(ReplicaStore):
         bodies: list[str] | None = None
         if parts is not None:
             assert members is not None
-            parts[1::2] = members
-            bodies = "".join(parts).split("\x1e")
+            bodies = _spliced(parts, members)
             if len(at) != n_items:
                 bodies = [bodies[i] for i in at]
         txn.stamp_pending()  # earlier assignments take earlier stamps, and come first in the log

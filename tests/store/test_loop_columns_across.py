@@ -18,6 +18,16 @@ from tests.helpers.extras import needs_sqlcipher
 from tests.store.test_create_bulk import BulkNote, _items, _norm
 from tests.store.test_fast_paths_agree import _general
 
+
+def _fast_and_general(run: Any, tmp: Path, *args: Any) -> tuple[Any, Any]:
+    """``run(tmp, "fast", *args)`` with the fast paths, then ``run(tmp, "general", *args)`` with
+    every fast path off: both results."""
+    got = run(tmp, "fast", *args)
+    with pytest.MonkeyPatch.context() as mp:
+        _general(mp)
+        return got, run(tmp, "general", *args)
+
+
 N = 120
 
 
@@ -58,10 +68,7 @@ def _two_connections(tmp: Path, name: str) -> tuple[list[Any], list[Any], list[A
 
 
 def test_a_loop_over_objects_read_before_another_connection_wrote_keeps_that_connections_writes(tmp_path):
-    rows, peer, history = _two_connections(tmp_path, "fast")
-    with pytest.MonkeyPatch.context() as mp:
-        _general(mp)
-        expected = _two_connections(tmp_path, "general")
+    (rows, peer, history), expected = _fast_and_general(_two_connections, tmp_path)
     assert rows == expected[0]
     assert peer == expected[1] == rows
     assert history == expected[2]
@@ -107,10 +114,7 @@ def _two_results(tmp: Path, name: str, fail: bool) -> tuple[Any, ...]:
 
 @pytest.mark.parametrize("fail", [False, True], ids=["clean", "after-a-failed-loop"])
 def test_a_loop_reaching_the_same_objects_through_two_results_gives_the_general_paths_documents(tmp_path, fail):
-    got = _two_results(tmp_path, "fast", fail)
-    with pytest.MonkeyPatch.context() as mp:
-        _general(mp)
-        expected = _two_results(tmp_path, "general", fail)
+    got, expected = _fast_and_general(_two_results, tmp_path, fail)
     assert _norm(got) == _norm(expected)
     before, after, copied, peer, _ = got
     assert copied == after == peer
@@ -161,10 +165,7 @@ def _read_modify_write(tmp: Path, name: str) -> list[Any]:
 
 
 def test_a_loop_reading_objects_cached_before_another_connections_write_reads_that_write(tmp_path):
-    got = _read_modify_write(tmp_path, "fast")
-    with pytest.MonkeyPatch.context() as mp:
-        _general(mp)
-        expected = _read_modify_write(tmp_path, "general")
+    got, expected = _fast_and_general(_read_modify_write, tmp_path)
     assert got == expected
     rows, flags = got
     assert [b["priority"] for _, b, _ in rows] == [i % 5 + 101 for i in range(N)]
@@ -192,10 +193,7 @@ def _deleted_meanwhile(tmp: Path, name: str) -> tuple[Any, ...]:
 
 
 def test_a_loop_over_objects_another_connection_deleted_raises_for_those_and_writes_the_others(tmp_path):
-    got = _deleted_meanwhile(tmp_path, "fast")
-    with pytest.MonkeyPatch.context() as mp:
-        _general(mp)
-        expected = _deleted_meanwhile(tmp_path, "general")
+    got, expected = _fast_and_general(_deleted_meanwhile, tmp_path)
     assert got == expected
     rows, skipped, changes = got
     assert [n for n, _ in skipped] == list(range(5, N, 7))
@@ -232,9 +230,6 @@ def _listened_across(tmp: Path, name: str) -> list[Any]:
 
 
 def test_listeners_with_key_paths_on_another_connection_see_a_loop_as_the_general_paths_writes(tmp_path):
-    got = _listened_across(tmp_path, "fast")
-    with pytest.MonkeyPatch.context() as mp:
-        _general(mp)
-        expected = _listened_across(tmp_path, "general")
+    got, expected = _fast_and_general(_listened_across, tmp_path)
     assert got == expected
     assert got[1][1] == ("title", tuple(range(30)))

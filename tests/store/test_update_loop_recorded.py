@@ -16,15 +16,10 @@ import tidesync
 from tidesync.store.database import Database
 from tests.store.test_create_bulk import BulkNote, _items, _norm
 from tests.store.test_update_bulk import _assert_agrees_with_general, _outcome
+from tests.store.test_update_loop_columns import OtherNote
 
 N = 700
 WAIT = 5
-
-
-class OtherNote(tidesync.Model):
-    _id: str = tidesync.field(primary_key=True)
-    title: str
-    priority: int = 0
 
 
 def _scenario(db, meta):

@@ -12,16 +12,14 @@ import random
 from typing import Any
 
 import pytest
+from websockets.client import ClientProtocol
+from websockets.frames import Frame, Opcode
+from websockets.server import ServerProtocol
+from websockets.uri import parse_uri
 
 from tidesync.protocol import codec
 from tidesync.protocol.messages import Ack
 from tidesync.server.runner import _ws_protocol
-
-websockets = pytest.importorskip("websockets")
-from websockets.client import ClientProtocol  # noqa: E402
-from websockets.frames import Frame, Opcode  # noqa: E402
-from websockets.server import ServerProtocol  # noqa: E402
-from websockets.uri import parse_uri  # noqa: E402
 
 
 class _Transport:

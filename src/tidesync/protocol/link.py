@@ -215,18 +215,13 @@ class Link:
         # A session message sent from ACTIVE (the usual case) is allowed and leaves both
         # machines as they are: the state machine is consulted only for anything else.
         session = conn.states[self.role] is ACTIVE and type(message) in _SESSION_TYPES
-        if not session:
-            if conn.finished or self.our_state is CLOSED:
-                raise ConnectionClosedError(
-                    f"cannot send {message.TAG}: the connection has "
-                    f"{'failed' if conn.failed else 'closed'}")
-            if not conn.can_send(self.role, type(message)):
-                raise UsageError(
-                    f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
-                    code="invalid_state")
-        elif conn.finished:
+        if conn.finished or (not session and self.our_state is CLOSED):
             raise ConnectionClosedError(
                 f"cannot send {message.TAG}: the connection has {'failed' if conn.failed else 'closed'}")
+        if not session and not conn.can_send(self.role, type(message)):
+            raise UsageError(
+                f"{self.role.value} may not send {message.TAG} in state {self.our_state.value}",
+                code="invalid_state")
         limit = self.max_send_size
         payload = encoded if encoded is not None else encode(
             message, compress_threshold=self.compress_threshold, max_size=limit)

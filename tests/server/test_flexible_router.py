@@ -904,3 +904,85 @@ def test_max_round_delay_is_read_from_the_config_and_checked(value: Any, ok: boo
         with pytest.raises(UsageError, match="max_round_delay"):
             flexible_config_from_toml({"max_round_delay": value})
     assert flexible_config_from_toml({}).max_round_delay == 2.0
+
+
+@pytest.mark.parametrize("stream_until, starts_at", [(1.0, 1.3), (2.5, 2.8), (5.0, 3.0)],
+                         ids=["stream ended before", "stream ended while waiting", "stream goes on"])
+def test_a_round_waiting_out_its_spacing_starts_once_the_stream_of_commits_ends(
+        tmp_path: Path, monkeypatch: Any, stream_until: float, starts_at: float) -> None:
+    # Commits every 0.1 s from t=0: the next round is due at t=3.0 (spaced after a large
+    # round), but once no commit has come for QUIET_GAPS (3) times the stream's pace it
+    # starts at once: the end of a burst reaches the devices without waiting out the spacing.
+    import asyncio
+    import types
+
+    from tidesync.server import flexible
+
+    clock = [0.0]
+    monkeypatch.setattr(flexible, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+    db = Database(tmp_path / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp_path / "flexible.db"))
+        commits = [round(0.1 * i, 1) for i in range(int(stream_until * 10) + 1)]
+
+        def advance_to(t: float) -> None:
+            while commits and commits[0] <= t:
+                clock[0] = commits.pop(0)
+                router._note_commit()
+            clock[0] = t
+
+        advance_to(1.0)
+        assert router._announce_gap == pytest.approx(0.1)
+        router._next_round_at = 3.0
+        real_sleep = asyncio.sleep
+
+        async def fake_sleep(seconds: float) -> None:
+            advance_to(clock[0] + seconds)
+            await real_sleep(0)
+
+        monkeypatch.setattr(flexible.asyncio, "sleep", fake_sleep)
+        asyncio.run(router._spacing())
+        assert clock[0] == pytest.approx(starts_at, abs=0.002)   # (sleeps are at least 1 ms)
+    finally:
+        db.close()
+
+
+def test_a_silence_while_a_peer_is_in_the_middle_of_an_upload_does_not_start_the_round(
+        tmp_path: Path, monkeypatch: Any) -> None:
+    # The same stream, ended at t=1.0, but a session's peer sent a batch that ended before its
+    # head (ServerState.uploading): the silence is the event loop or the uploader waiting, not
+    # the stream's end, so the round waits out its spacing (t=3.0), unless the upload ends
+    # first (at t=2.0 here: the round then starts at the next look, the log being quiet).
+    import asyncio
+    import types
+
+    from tidesync.server import flexible
+
+    real_sleep = asyncio.sleep
+    for upload_ends, starts_at in ((None, 3.0), (2.0, 2.0)):
+        clock = [0.0]
+        monkeypatch.setattr(flexible, "time", types.SimpleNamespace(monotonic=lambda: clock[0]))
+        db = Database(tmp_path / f"sync-{upload_ends}.db", (), partition_key="_partition")
+        try:
+            router = Router(db, ViewStore(tmp_path / f"flexible-{upload_ends}.db"))
+            uploader = object()
+            router.uploading.add(uploader)
+            for i in range(11):
+                clock[0] = round(0.1 * i, 1)
+                router._note_commit()
+            router._next_round_at = 3.0
+
+            async def fake_sleep(seconds: float, ends: float | None = upload_ends) -> None:
+                clock[0] += seconds
+                if ends is not None and clock[0] >= ends:
+                    router.uploading.discard(uploader)
+                await real_sleep(0)
+
+            monkeypatch.setattr(flexible.asyncio, "sleep", fake_sleep)
+            asyncio.run(router._spacing())
+            assert clock[0] == pytest.approx(starts_at, abs=0.35), upload_ends
+            if upload_ends is None:
+                assert uploader in router.uploading
+        finally:
+            db.close()
+

@@ -56,6 +56,11 @@ class ServerState:
         self.custom_data = CustomData(self.backend, config.auth.custom_data)
         self.schema_learner = SchemaLearner(config.data_dir / "schema.json")
         self.sessions: set[Any] = set()
+        #: Sync sessions whose peer is in the middle of an upload: the last batch it sent
+        #: ended before its head (``Changes.to_seq < head``), so more is on its way. A
+        #: flexible-sync routing round spacing itself out under a stream of commits starts
+        #: at once when the stream has ended and this is empty (``Router._spacing``).
+        self.uploading: set[Any] = set()
         self.storage_lock = asyncio.Lock()
 
     # -- users (blocking methods: call them from a worker thread on the event loop) ---------

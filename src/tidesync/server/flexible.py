@@ -605,6 +605,13 @@ class Router:
         self._next_round_at = 0.0
         self._round_began: float | None = None
         self._last_began = 0.0
+        # When the log last grew, and the usual time between such announcements under the
+        # current stream (smoothed): a silence several times as long means the stream ended.
+        self._announced_at = 0.0
+        self._announce_gap = 0.0
+        #: The sessions whose peers are in the middle of an upload (``ServerState.uploading``,
+        #: shared by for_state): while any is, a silence is not the end of the stream.
+        self.uploading: set[Any] = set()
         self._round_task: asyncio.Task[None] | None = None
         self._advance_due: float | None = None
         self._advance_timer: asyncio.TimerHandle | None = None
@@ -650,6 +657,12 @@ class Router:
     ROUND_LOAD = 3.0
     #: A round wakes its sessions in slices of about this many seconds (see _round).
     WAKE_SLICE = 0.02
+    #: A round waiting out its spacing starts at once when no commit has been announced for
+    #: QUIET_GAPS times the usual time between announcements of the stream (and at least
+    #: QUIET_MIN seconds) and no peer is in the middle of an upload (its last batch ended
+    #: before its head): the stream ended, and nothing is left for routing to make way for.
+    QUIET_GAPS = 3.0
+    QUIET_MIN = 0.05
 
     def ensure_index(self, fieldname: str, config: FlexibleConfig) -> bool:
         """Whether ``fieldname`` has the backend's index (its value column, see
@@ -681,6 +694,7 @@ class Router:
 
                 views = ViewStore(Path(state.config.data_dir) / "flexible.db")
                 router = _ROUTERS[id(backend)] = cls(backend, views)
+                router.uploading = state.uploading
             return router
 
     # -- sessions -------------------------------------------------------------------------
@@ -873,11 +887,43 @@ class Router:
         took (both at most ``config.max_round_delay``), after it when it woke n sessions: under a stream of uploads each device then gets one larger
         ``Changes`` per round instead of one per upload batch, and the cost of routing grows
         with the number of devices concerned, not with the number of commits. A lone commit
-        is routed at once."""
+        is routed at once, and so is the end of a stream: once the log has been quiet for
+        ``QUIET_GAPS`` times the usual time between its commits and no peer is in the middle
+        of an upload, the waiting round starts."""
+        self._note_commit()
         self._dirty = True
         self._arm_advance(slack=0.01)   # the log is not quiet (once per commit, not per session)
         if self._round_task is None:
             self._round_task = asyncio.get_running_loop().create_task(self._round())
+
+    def _note_commit(self) -> None:
+        """Keep the pace of the stream of commits (see ``QUIET_GAPS``)."""
+        now = time.monotonic()
+        gap = now - self._announced_at
+        self._announced_at = now
+        if gap < self.config.max_round_delay:   # a stream's pace, not the first commit of one
+            self._announce_gap = gap if not self._announce_gap else 0.75 * self._announce_gap + 0.25 * gap
+        else:
+            self._announce_gap = 0.0
+
+    async def _spacing(self) -> None:
+        """Wait until the next round is due (``_next_round_at``), or until the stream of
+        commits that spaces the rounds has ended (see ``QUIET_GAPS``): a silence while a peer
+        is in the middle of an upload (``uploading``) is not its end."""
+        while True:
+            now = time.monotonic()
+            wait = self._next_round_at - now
+            if wait <= 0:
+                return
+            quiet = max(self.QUIET_MIN, self.QUIET_GAPS * self._announce_gap)
+            silent = now - self._announced_at
+            if silent >= quiet:
+                if not self.uploading:
+                    return
+                # A silence in the middle of an upload (the event loop busy, the uploader
+                # waiting for its Ack): the stream has not ended, look again later.
+                silent = 0.0
+            await asyncio.sleep(max(0.001, min(wait, quiet - silent)))   # (no spin on rounding)
 
     async def _round(self) -> None:
         try:
@@ -894,9 +940,7 @@ class Router:
                     self._round_began = None
                     self._next_round_at = max(self._next_round_at, self._last_began + min(
                         self.config.max_round_delay, took * self.ROUND_LOAD))
-                wait = self._next_round_at - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+                await self._spacing()
                 started = self._round_began = self._last_began = time.monotonic()
                 await self.catch_up_async()
                 woken = self._take_woken()

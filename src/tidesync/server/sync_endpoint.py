@@ -69,6 +69,7 @@ async def sync_endpoint(state: ServerState, websocket: WebSocket) -> None:
         await session.run()
     finally:
         state.sessions.discard(session)
+        state.uploading.discard(session)
 
 
 class _Shared:
@@ -963,7 +964,7 @@ class ServerSession:
             self._announce_early(started, out)
             if started.error is not None:
                 return actions  # raised by run()'s _integrate, as before
-            rest = self._execute_now([*self.replicator.integrated(out[0]), *actions[1:]])
+            rest = self._execute_now([*self._integrated(out[0]), *actions[1:]])
             payloads.extend(self.link.data_to_send())
             while payloads and self._sending is None:
                 self._send_now(payloads.pop(0))
@@ -1269,7 +1270,7 @@ class ServerSession:
             return []
         if refused:
             self.link.send(CompensatingWrite(tuple(refused)))
-        follow = self.replicator.integrated(result)
+        follow = self._integrated(result)
         if result.applied or compensated:
             if started is not None and started.announced:
                 if started.error is not None:
@@ -1280,6 +1281,16 @@ class ServerSession:
             # own peer (the Ack, then its own wake-up): the propagation to the others does not
             # wait for those sends.
             await asyncio.sleep(0)
+        return follow
+
+    def _integrated(self, result: Any) -> list[Any]:
+        """The replicator's actions after an integration, noting whether the peer is in the
+        middle of an upload (``ServerState.uploading``)."""
+        follow = self.replicator.integrated(result)
+        if self.replicator.download_complete:
+            self.state.uploading.discard(self)
+        else:
+            self.state.uploading.add(self)
         return follow
 
     def _announce(self, result: Any, compensated: bool) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import random
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -73,11 +72,6 @@ def test_overlay_gives_the_state_of_forced_expansion(seed: int, n: int, with_pol
     _check_overlay_against_forced_expansion(seed, n, with_policies)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known defect (session 10): expand() of a compact document whose body holds only _id (a "
-    "re-create after a delete, here) writes out no key carrying the create's stamp, so the "
-    "expanded state's latest_stamp falls back to its epoch; the overlay form keeps it. Found by "
-    "this property's random search; the fix needs a place for the create's stamp in expanded meta"))
 def test_overlay_gives_the_state_of_forced_expansion_for_an_id_only_re_create() -> None:
     _check_overlay_against_forced_expansion(264, 4, False)
 

@@ -194,3 +194,30 @@ def test_stamps_of_a_state_are_stamps_of_writes_it_integrated(seed: int, n: int)
         latest_by_origin(found, by_origin)
         for origin, stamp in by_origin.items():
             assert stamp == max(s for s in found if s[18:] == origin)
+
+
+@LAWS
+@given(seed=seeds, n=replica_counts, with_policies=st.booleans())
+def test_latest_stamp_holds_every_create_of_the_incarnation(seed: int, n: int, with_policies: bool) -> None:
+    # A create's stamp stays in the state even when no key carries it (a create of _id alone,
+    # empty containers, defaults that lost), compact or expanded, after a join too: what a
+    # replica that takes the state observes with its clock and claims as seen (docs/sync.md).
+    from tidesync.core.merge import latest_stamp
+    from tidesync.core.merge.create import expand
+
+    policies = _policies(with_policies)
+    ops = simulate(seed, n, steps=30, policies=policies).ops
+    rng = random.Random(seed)
+    order = rng.sample(ops, len(ops))
+    docs = apply_ops(order, policies)
+    part = apply_ops([op for op in order if rng.random() < 0.5], policies)
+    for ref, state in docs.items():
+        creates = [op.stamp for op in ops if isinstance(op, CreateDoc) and canonical_json(op.key) == ref
+                   and op.base == state.epoch]
+        if not creates:
+            continue
+        expanded = state.copy()
+        expand(expanded)
+        joined = join(part.get(ref, new_state()), state, policies, collection=COLLECTION)
+        for s in (state, expanded, joined):
+            assert latest_stamp(s) >= max(creates)

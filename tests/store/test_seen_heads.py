@@ -5,7 +5,10 @@ edit from a concurrent one (docs/sync.md, "Which overwrites count as conflicts")
 
 from __future__ import annotations
 
+import time
+
 import tidesync
+from tidesync.core.merge import latest_stamp
 from tidesync.core.stamp import ReplicaId
 from tidesync.protocol.messages import SnapshotDoc
 from tidesync.store.replica import MAX_SEEN_ORIGINS
@@ -99,3 +102,32 @@ def test_at_most_max_seen_origins_are_kept_the_latest(tmp_path) -> None:
                                                 '{"*":"' + _stamp(100 + i, f"{i:016x}") + '"}') for i in range(n))
         b.integrate_snapshot(docs, peer=OTHER, as_of_seq=None)
         assert _heads(b) == {_stamp(100 + i, f"{i:016x}") for i in range(5, n)}
+
+
+class Bare(tidesync.Model):
+    _id: str = tidesync.field(primary_key=True)
+
+
+def test_a_create_that_no_key_carries_still_moves_the_clock_and_the_seen_heads(tmp_path) -> None:
+    # Two concurrent creates of a document of _id alone: joining them expands the meta, where
+    # no field's key carries a create's stamp; the later create's stamp is kept ("t") so the
+    # joining replica's clock moves past it, and a replica bootstrapping from it sees it.
+    ahead = _stamp(int(time.time() * 1000) + 10 * 86_400_000, "cc" * 8)   # a peer's clock ahead
+    with tidesync.open(tmp_path / "b.db", schema=[Bare]) as b, tidesync.open(tmp_path / "c.db", schema=[Bare]) as c:
+        with b.write():
+            b.create(Bare, _id="x")
+        b.integrate_snapshot((SnapshotDoc.from_json_form("Bare", "x", "", True, '{"_id":"x"}', '{"*":"' + ahead + '"}'),),
+                             peer=OTHER, as_of_seq=None)
+        state = b.document_state("Bare", "x")
+        assert "*" not in state.meta and latest_stamp(state) == ahead
+        with b.write():
+            b.create(Bare, _id="y")
+        [entry] = b.history(1)
+        assert entry.id > ahead                  # stamped after the create it joined
+        before = _heads(c)
+        for page in _all_pages(b):
+            c.integrate_snapshot(page.docs, peer=b.replica_id, as_of_seq=page.as_of_seq)
+        assert ahead in _heads(c) - before       # c has seen the other origin's create
+        with c.write():
+            c.create(Bare, _id="z")
+        assert c.history(1)[0].id > ahead

@@ -51,6 +51,9 @@ def stamps_of(state: DocState) -> list[str]:
         found.append(meta["*"])
         found.extend(_key(k) for k in (meta.get("r") or {}).values())
     else:
+        t = meta.get("t")
+        if t is not None:
+            found.append(t)
         _object(meta, found)
     return [s for s in found if s and is_stamp(s)]
 

@@ -33,7 +33,7 @@ from .sequence import list_insert
 from .state import CONTAINER_KINDS, CREATE_KEY, DocState, Node, member_key, new_element_id, write_key
 
 __all__ = ["validate_create", "fast_create", "expand", "is_compact", "create_general", "compact_kind",
-           "create_counter", "compact_key", "register_top", "overlay_write"]
+           "create_counter", "compact_key", "register_top", "overlay_write", "keep_create_stamp"]
 
 _MISSING: Any = object()
 
@@ -208,7 +208,10 @@ def expand(state: DocState) -> None:
     """Write out the meta implied by the compact form (a no-op on expanded meta).
 
     The compact form's overlay ``"r"`` (the keys of top-level register fields written since
-    the create, see :func:`overlay_write`) replaces the implied keys of those fields.
+    the create, see :func:`overlay_write`) replaces the implied keys of those fields. The
+    create's stamp goes to ``"t"``: no key may carry it (a body of ``_id`` only, empty
+    containers, defaults overwritten), and the expanded state must hold it as the compact one
+    does (:func:`~tidesync.core.merge.latest_stamp`).
     """
     meta = state.meta
     if "*" not in meta:
@@ -221,6 +224,7 @@ def expand(state: DocState) -> None:
     overlay = meta.get("r")
     if overlay:
         root.setdefault("r", {}).update(overlay)
+    root["t"] = stamp
     state.meta = root
 
 
@@ -326,6 +330,15 @@ def create_general(ctx: Context, state: DocState, op: CreateDoc) -> None:
     """Merge a ``CreateDoc`` into a document that already has content (or any document)."""
     _create_object(ctx, state.meta, state.body, (), op.fields, op.stamp, op.kinds or {},
                    frozenset(op.defaults))
+    keep_create_stamp(state.meta, op.stamp)
+
+
+def keep_create_stamp(meta: dict[str, Any], stamp: str) -> None:
+    """Record ``stamp``, a create's, in the expanded ``meta``'s ``"t"`` (the latest create
+    stamp of the incarnation) when it is later than the one there."""
+    t = meta.get("t")
+    if type(t) is not str or stamp > t:
+        meta["t"] = stamp
 
 
 def _create_object(ctx: Context, node: Node, nbody: dict[str, Any], path: tuple[str, ...], fields: dict[str, Plain],

@@ -10,7 +10,8 @@ functions that integrate operations, so the two paths cannot disagree about a ru
 * object slots: the larger write wins (the field's policy decides, as for operations);
   equal writes of a container merge its contents;
 * lists, sets and dictionaries: their elements are offered one by one to the other side;
-* counters: increments are united, then the winning assignment prunes them.
+* counters: increments are united, then the winning assignment prunes them;
+* the latest create stamp (the root's ``"t"``): the later one.
 
 A join records no conflicts.
 """
@@ -23,7 +24,7 @@ from ..values import Plain
 from .collections import merge_dict, merge_set
 from .conflicts import Context
 from .counters import settle
-from .create import expand
+from .create import expand, keep_create_stamp
 from .policies import Policies, decide
 from .registers import current_value, displace, stash, unstash
 from .sequence import merge_list
@@ -62,6 +63,9 @@ def join(a: DocState, b: DocState, policies: Policies | None = None, *, collecti
     if "_id" in other.body and "_id" not in out.body:
         out.body["_id"] = clone(other.body["_id"])
     merge_object(Context(None, policies, collection), out.meta, out.body, other.meta, other.body, ())
+    t = other.meta.get("t")
+    if type(t) is str:
+        keep_create_stamp(out.meta, t)
     return out
 
 

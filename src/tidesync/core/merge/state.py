@@ -22,7 +22,9 @@ want, so that a comparison of two keys is one string comparison:
   where ``r`` holds the winning write's key of every field ever written (also of unset
   fields), ``c`` the container node of fields whose winner is a container, ``n`` counter
   increments not yet superseded, and ``u`` the hidden containers of a ``union`` field. An
-  embedded object node adds ``"k": "object"`` and ``"e": epoch``.
+  embedded object node adds ``"k": "object"`` and ``"e": epoch``. The root adds ``"t"``,
+  the latest stamp of a ``CreateDoc`` of the incarnation (no key may carry it: a create of
+  ``_id`` alone, say); metas written before session 11 may lack it.
 * List: ``{"k": "list", "e": epoch, "o": [element ids in order, erased ones included],
   "a": {id: anchor id or None}, "x": {erased id: 1}, "s": {id: stamp of the
   winning ListSet}, "p": {id: [anchor, value]} (inserts whose anchor has not arrived),

@@ -16,7 +16,6 @@ from tidesync.protocol.link import Link
 from tidesync.protocol.messages import Changes, Hello
 from tidesync.protocol.replicator import Replicator
 from tidesync.protocol.states import Role
-from tidesync.server import sync_endpoint
 from tidesync.server.sync_endpoint import LARGE_PAYLOAD, _large_payload, _receive
 
 DEVICE, SERVER = ReplicaId("000000000000000a"), ReplicaId("000000000000000b")
@@ -82,14 +81,13 @@ def test_a_compressed_upload_batch_under_64_kib_is_decoded_with_the_gc_paused() 
     assert len(events) == 1 and isinstance(events[0], MessageReceived) and events[0].message == message
 
 
-def test_small_plain_payloads_are_decoded_with_the_gc_running_and_large_ones_not() -> None:
+def test_large_plain_payloads_are_decoded_with_the_gc_paused_and_small_ones_not() -> None:
     small = codec.encode(_upload(2))
     assert not codec.is_compressed(small) and not _large_payload(small)
     plain = codec.encode(_upload(500), compress_threshold=None)
     assert len(plain) >= LARGE_PAYLOAD and _large_payload(plain)
     link = _active_link()
     assert _collections_while(lambda: _receive(link, plain)) == 0
-    # The rule is the size or the flag, nothing else: a payload just under the size, plain, runs
-    # with the collector (a decode that makes few objects).
+    # The rule is the size or the flag, nothing else: a plain payload just under the size runs
+    # with the collector.
     assert not _large_payload(b"\x94\x01\xa7changes\x00" + b"\x00" * (LARGE_PAYLOAD - 12))
-    assert sync_endpoint.LARGE_PAYLOAD == 64 * 1024

@@ -713,3 +713,39 @@ def _some_txn() -> Transaction:
     clock = HybridClock(RID, lambda: 1_700_000_000_000)
     s = clock.now()
     return Transaction(s, RID, s, (), (SetValue("Task", "t1", s, ZERO, ("n",), (), 1),))
+
+
+def _says_compressed(payload: bytes) -> bool:
+    """The envelope's flags as msgpack reads them (what decode acts on)."""
+    try:
+        envelope_ = msgpack.unpackb(payload)
+    except Exception:  # noqa: BLE001 - not a payload at all
+        return False
+    return (isinstance(envelope_, list) and len(envelope_) == 4 and type(envelope_[2]) is int
+            and 0 <= envelope_[2] < 0x80 and bool(envelope_[2] & FLAG_ZLIB))
+
+
+@fast(100)
+@given(messages, st.sampled_from([None, 0, 64, codec.DEFAULT_COMPRESS_THRESHOLD]))
+def test_is_compressed_reads_the_envelopes_zlib_flag(message: Message, threshold: int | None) -> None:
+    payload = encode(message, compress_threshold=threshold)
+    compressed = codec.is_compressed(payload)
+    assert compressed is _says_compressed(payload)
+    assert compressed or threshold != 0 or payload == encode(message, compress_threshold=None)
+    flags_at = 3 + payload[2] - 0xA0
+    for n in range(min(len(payload), 24)):       # the head alone says it; never an error
+        assert codec.is_compressed(payload[:n]) is (compressed and n > flags_at)
+
+
+def test_is_compressed_is_false_for_parts_and_other_bytes() -> None:
+    big = encode(Hello(RID, "x" * 50_000))
+    assert codec.is_compressed(big)
+    assert not codec.is_compressed(encode(Hello(RID, "x" * 50_000), compress_threshold=None))
+    for part in codec.split(big, 100):
+        assert not codec.is_compressed(part)
+    assert not codec.is_compressed(raw("ack", {"seq": 1}, flags=FLAG_ZLIB | 2)[:3])
+    assert codec.is_compressed(raw("ack", b"", flags=FLAG_ZLIB | 2))
+    assert not codec.is_compressed(raw("ack", b"", flags=2))
+    for junk in (b"", b"\x94", b"\x94\x01", b"\x94\x01\xa3ack", b"\x93\x01\xa3ack\x01", b"\x94\x01\xd9\x03ack\x01",
+                 b"\x94\x01\xa3ack\xcc\x01", bytes(range(256))):
+        assert codec.is_compressed(junk) is _says_compressed(junk)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tidesync.core.operations import CreateDoc, SetValue
@@ -986,3 +986,101 @@ def test_a_silence_while_a_peer_is_in_the_middle_of_an_upload_does_not_start_the
         finally:
             db.close()
 
+
+
+class _MarkingReader:
+    """A read filter that shows a transaction with meta as a new one (so a test sees that it ran)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def filter_transaction(self, txn: Transaction, peer: Any) -> Transaction | None:
+        self.calls += 1
+        if txn.meta.get("hide"):
+            return None
+        return Transaction(txn.id, txn.origin, txn.stamp, txn.parents, txn.ops, txn.before, txn.user,
+                           {**txn.meta, "shown": True})
+
+
+_judge_steps = st.lists(st.lists(st.tuples(st.sampled_from(["set", "set", "delete"]), st.integers(0, 5),
+                                           st.sampled_from(["owner", "status", "team", "n"]), st.integers(0, 3)),
+                                 min_size=1, max_size=3),
+                        min_size=1, max_size=8)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@example(rounds=[([[("set", 0, "owner", 0)], [("set", 0, "owner", 1)], [("set", 0, "owner", 0)], [("set", 0, "owner", 1)]],
+                  100, False, False),
+                 ([[("set", 0, "owner", 1)], [("set", 0, "owner", 0)]], 100, False, True)])
+@given(rounds=st.lists(st.tuples(_judge_steps, st.sampled_from([1, 2, 100]), st.booleans(), st.booleans()),
+                       min_size=1, max_size=4))
+def test_judging_an_entry_of_one_document_from_its_own_fields_is_judging_it_from_the_dicts(
+        tmp_path_factory: Any, rounds: list[Any]) -> None:
+    """Twin sessions, one judging entries of one document from ``_Routed.one_*`` (as routed), the
+    other with those cleared (the per-ref dicts, as for an entry not routed): the same batches,
+    views and view messages, over creates, edits, deletes, multi-document transactions, meta
+    shown or hidden by a read filter, excluded origins and small limits."""
+    from tidesync.core.operations import DeleteDoc
+
+    tmp = tmp_path_factory.mktemp("twins")
+    db = Database(tmp / "sync.db", (), partition_key="_partition")
+    try:
+        router = Router(db, ViewStore(tmp / "flexible.db"))
+        w = RemoteWriter(db)
+        queries = ['owner == "u1"', 'status == "urgent" AND team == "g1"']
+        twins = [reading_session(router, db, queries), reading_session(router, db, queries)]
+        for s in twins:
+            s.reader = _MarkingReader()
+        epochs: dict[str, Any] = {}
+        values = {"owner": ["u1", "u2", "u1", "u3"], "status": ["urgent", "open", "urgent", "done"],
+                  "team": ["g1", "g2", "g1", "g1"], "n": [0, 1, 2, 3]}
+        for steps, limit, exclude, meta in rounds:
+            for n, txn_steps in enumerate(steps):
+                ops: list[Any] = []
+                for kind, k, fieldname, v in txn_steps:
+                    key = f"t{k}"
+                    if key not in epochs:
+                        op: Any = w.created(key, {"owner": "u1", "status": "urgent", "team": "g1", "n": 0})
+                        epochs[key] = op.stamp
+                    elif kind == "delete":
+                        op = DeleteDoc(COLL, key, w.clock.now(), epochs.pop(key))
+                    else:
+                        op = SetValue(COLL, key, w.clock.now(), epochs[key], (fieldname,), (), values[fieldname][v])
+                    if all(o.key != key for o in ops):
+                        ops.append(op)
+                t = w.transaction(ops)
+                if meta:
+                    t = Transaction(t.id, t.origin, t.stamp, t.parents, t.ops, t.before, t.user,
+                                    {"hide": n % 3 == 2, "note": n})
+                    w.parents = (t.id,)
+                db.integrate([t])
+                if n % 2 == 0:
+                    router.catch_up()   # (a read then spans entries routed with different states)
+            router.catch_up()
+            cached = list(router.cache.values())
+            assert all((r.one_ref is not None) is (r.one_verdicts is not None) is (len(r.refs) == 1) for r in cached)
+            out = []
+            for i, s in enumerate(twins):
+                saved = [(r, r.one_state, r.one_verdicts) for r in cached]
+                if i == 1:
+                    for r in cached:
+                        r.one_verdicts = None
+                try:
+                    got = []
+                    while s.read_to < router.processed_to:
+                        batch = s.read_log(s.read_to, limit, 1 << 20, w.rid if exclude else None)
+                        got.append((batch.scanned_to, batch.head, batch.nbytes, batch.entries))
+                        for seq, txn in batch.entries:
+                            logged = router.cache[seq].txn
+                            assert txn.ops and not logged.meta.get("hide")
+                            assert txn.meta == ({**logged.meta, "shown": True} if logged.meta else {})
+                finally:
+                    for r, state, verdicts in saved:
+                        r.one_state, r.one_verdicts = state, verdicts
+                views = [(type(m).__name__, [d.key for d in getattr(m, "enter", ())], list(getattr(m, "leave", ())))
+                         for m in s.outbox]
+                s.outbox.clear()
+                out.append((got, sorted(s.held), views, s.reader.calls))
+            assert out[0] == out[1]
+    finally:
+        db.close()

@@ -6,6 +6,7 @@ exchange of transactions between two files."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -144,6 +145,9 @@ def test_concurrent_moves_merge_by_the_rules_between_two_files(tmp_path):
         with a.write():
             wa.tags.move(0, 1)                # earlier: b a c d
             wa.tags[3] = "D"                  # an edit of d
+        # b's moves must be stamped later than a's: in the same millisecond with the same
+        # counter the replica ids would decide (and did, in about 6% of runs).
+        time.sleep(0.003)
         with b.write():
             wb.tags.move(0, 3)                # later: b c d a (the later move of a wins)
             wb.tags.move(2, 0)                # d to the head: d b c a (a set of d follows it)

@@ -2354,8 +2354,6 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             self._logged = []
             changes_before = self._engine.total_changes()
-            version = (changes_before, self._engine.data_version())
-            docs = preloaded.take(version) if preloaded is not None else None
             hand = self.on_logged
             # Always collected: the log cache is seeded with these transactions (not only
             # their bytes), and with the scopes their documents were written in.
@@ -2370,8 +2368,18 @@ class Database(ReplicaStore):
             self._rows_pending = pending
             self._rows_checked = None
             try:
-                scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
+                    # The file's version, read inside the write transaction (where no other
+                    # connection commits), not before it: BEGIN may have waited for another
+                    # connection's commit, which voids what was read before it (the preloaded
+                    # documents, the kept rows, the rows handed over so far).
+                    version = (self._engine.total_changes(), self._engine.data_version())
+                    if version != self._rows_at:
+                        self._rows_cache.clear()   # another write since the rows were kept
+                        self._rows_at = None
+                    self._rows_checked = version[1]
+                    docs = preloaded.take(version) if preloaded is not None else None
+                    scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             except BaseException as exc:
                 self._rows_pending = None
@@ -2403,7 +2411,7 @@ class Database(ReplicaStore):
     def _keep_rows(self, rows: list[tuple[Any, ...]], after: tuple[int, int]) -> None:
         """After :meth:`integrate`'s commit (``after``: the file's version then): keep the
         document rows it wrote in :attr:`_rows_cache` (what the cache held was current when
-        it began: :meth:`_integrate_locked` checked that inside its transaction, or emptied
+        it began: it checked that inside its write transaction, or emptied
         it) unless another connection committed since that check; then empty the cache."""
         cache = self._rows_cache
         checked = self._rows_checked
@@ -2524,23 +2532,18 @@ class Database(ReplicaStore):
             if self._txn is not None:
                 raise UsageError("cannot preload inside a write transaction")
             scopes: dict[Ref, str | None] = {}
+            # The version before the reads: a commit of another connection while they run
+            # (each query reads the file as it is then) makes it differ from the file's.
+            version = (self._engine.total_changes(), self._engine.data_version())
             try:
                 docs = self._load_docs_of_txns(txns, scopes)
             except (ValueError, TypeError, KeyError):
                 return None
-            return Preloaded(docs, scopes, (self._engine.total_changes(), self._engine.data_version()))
+            return Preloaded(docs, scopes, version)
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
                           preloaded: dict[Ref, Any] | None = None,
                           preloaded_scopes: dict[Ref, str | None] | None = None) -> IntegrateResult:
-        if self._rows_pending is not None:
-            # (integrate: inside its write transaction, where no other connection commits.)
-            engine = self._engine
-            version = (engine.total_changes(), engine.data_version())
-            if version != self._rows_at:
-                self._rows_cache.clear()   # another write since the rows were kept
-                self._rows_at = None
-            self._rows_checked = version[1]
         known: set[str] = set()
         ids = [t.id for t in txns]
         if len(ids) <= self._PRELUDE_MAX:
@@ -2672,7 +2675,7 @@ class Database(ReplicaStore):
         by_collection = _keys_by_collection(txns)
         refs = [ref for keys in by_collection.values() for ref in keys]
         cache = self._rows_cache
-        if cache and self._rows_pending is not None:   # (current: _integrate_locked checked it)
+        if cache and self._rows_pending is not None:   # (current: integrate checked it)
             # The rows the last integrations wrote, as the file holds them (nothing else wrote
             # since): read only the others.
             found = self._states_of([ref for ref in refs if ref not in cache], scopes)

@@ -533,11 +533,11 @@ class Enforcer:
             else:
                 allowed, refused = self._check_partition_only(txns, pre)
             compensation = self._compensation(refused, peer) if refused else None
-            # The compensation first: if the server stops in between, the device uploads the
-            # batch again (its checkpoint did not move) and is refused again.
-            if compensation is not None:
-                self.backend.integrate([compensation])
-            result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre)
+            # The compensation in the batch's storage transaction, before it: a batch that
+            # fails (a transaction the merge core refuses) writes no compensation either, and
+            # the device, whose checkpoint did not move, uploads it again and is refused again.
+            result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre,
+                                            first=(compensation,) if compensation is not None else ())
         if learner is not None:
             learner.observe_transactions(allowed)
         uid = self.rules.user.id if self.rules is not None else None

@@ -2326,7 +2326,8 @@ class Database(ReplicaStore):
         return self.head_seq()
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
-                  peer_seq: int | None = None, preloaded: Preloaded | None = None) -> IntegrateResult:
+                  peer_seq: int | None = None, preloaded: Preloaded | None = None,
+                  first: Sequence[Transaction] = ()) -> IntegrateResult:
         """Merge transactions from another replica (idempotent: known ones are skipped).
 
         All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
@@ -2335,6 +2336,10 @@ class Database(ReplicaStore):
 
         ``preloaded``: :meth:`preload` of transactions that include these (their documents,
         used if nothing was written since).
+
+        ``first``: transactions integrated before them in the same local transaction, not
+        from ``peer`` (a server's compensating transaction for the writes it refused of the
+        batch): all or nothing with the batch. The result is the batch's.
 
         Raises:
             MergeError: a transaction is malformed (nothing is applied).
@@ -2379,6 +2384,10 @@ class Database(ReplicaStore):
                         self._rows_at = None
                     self._rows_checked = version[1]
                     docs = preloaded.take(version) if preloaded is not None else None
+                    if first:
+                        # (Its writes are read by the batch's: the preloaded documents predate them.)
+                        self._integrate_locked(first, None, None)
+                        docs = None
                     scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             except BaseException as exc:
@@ -2402,7 +2411,7 @@ class Database(ReplicaStore):
                 hand(handed)
             if hand_rows is not None and rows is not None:
                 hand_rows(rows, version, after)
-            self._after_remote(result.applied > 0)
+            self._after_remote(result.applied > 0 or bool(first))
         return result
 
     #: The most document rows :attr:`_rows_cache` keeps.

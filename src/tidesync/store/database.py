@@ -2385,9 +2385,11 @@ class Database(ReplicaStore):
                     self._rows_checked = version[1]
                     docs = preloaded.take(version) if preloaded is not None else None
                     if first:
-                        # (Its writes are read by the batch's: the preloaded documents predate them.)
+                        # Its writes are read by the batch's: the preloaded documents and the
+                        # kept rows predate them (its rows are kept with the batch's, after).
                         self._integrate_locked(first, None, None)
                         docs = None
+                        self._rows_cache.clear()
                     scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             except BaseException as exc:

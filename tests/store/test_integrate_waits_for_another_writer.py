@@ -36,7 +36,8 @@ def _seeded(path: Path, clock: HybridClock) -> tuple[Database, Transaction]:
     db = Database(path, (), partition_key="_partition")
     s = clock.now()
     seed = Transaction(s, A, s, (), tuple(
-        CreateDoc("c", key, s if i == 0 else clock.now(), ZERO, {"_id": key, "n": 0, "status": "open", "_partition": "p1"}, {})
+        CreateDoc("c", key, s if i == 0 else clock.now(), ZERO,
+                  {"_id": key, "n": 0, "status": "open", "_partition": "p1"}, {})
         for i, key in enumerate(("x", "y"))))
     db.integrate([seed], peer="w", peer_seq=1)
     return db, seed

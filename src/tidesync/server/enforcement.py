@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from .app import ServerState
 
 __all__ = ["Enforcer", "SessionReplica", "user_context", "query_compiler", "strip_meta_fields",
-           "compensation_ops"]
+           "compensation_ops", "readable_conflicts"]
 
 log = logging.getLogger("tidesync.server.rules")
 
@@ -136,6 +136,38 @@ def user_context(user: Any, custom_data: Any = None) -> UserContext:
 
 def _ref(collection: str, key: Plain) -> Ref:
     return (collection, canonical_json(key))
+
+
+def readable_conflicts(state: ServerState, user: Any, conflicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conflict records (``Database.conflicts``) that ``user`` may read under the config's
+    rules, as sync would show it their documents: a live document it may read (its
+    collection's read rule, and its partition's when partitions have rules) and a field it
+    may read; a deleted one where its role reads every document and partitions have no rules.
+    Judged on each document's current state. Blocking: call it from a worker thread."""
+    config_rules = state.config.rules
+    if config_rules is None or (config_rules.unrestricted and config_rules.partitions is None):
+        return conflicts
+    finder = getattr(state, "custom_data", None)   # [auth.custom_data]
+    custom = finder.for_user(user.id) if finder is not None else None
+    rules = config_rules.for_user(user_context(user, custom), query_compiler)
+    pkey = state.config.partition_key
+    shown: dict[Ref, bool] = {}
+    out: list[dict[str, Any]] = []
+    for c in conflicts:
+        collection, key, path = c["collection"], c["key"], c["path"]
+        access = rules.collection(collection)
+        ref = _ref(collection, key)
+        ok = shown.get(ref)
+        if ok is None:
+            doc = state.backend.document_state(collection, key)
+            if doc.live:
+                ok = access.can_read(doc.body) and rules.can_read_partition(doc.body.get(pkey))
+            else:
+                ok = access.read_all and config_rules.partitions is None
+            shown[ref] = ok
+        if ok and (not path or access.field_readable(path.split(".", 1)[0])):
+            out.append(c)
+    return out
 
 
 @dataclass(slots=True)

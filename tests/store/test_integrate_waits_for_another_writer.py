@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tidesync.core.clock import HybridClock
 from tidesync.core.operations import CreateDoc, SetValue
 from tidesync.core.stamp import ZERO, ReplicaId
@@ -146,5 +148,34 @@ def test_an_upload_batch_read_while_another_connection_commits_is_read_again(tmp
         db.integrate(batch, peer="w", peer_seq=2, preloaded=pre)
         assert _body(path, "x") == {"_id": "x", "n": 1, "status": "closed", "_partition": "p1"}, \
             "the integration wrote the document as read before the other connection's commit"
+    finally:
+        db.close()
+
+
+def test_a_recheck_is_asked_for_another_connections_commit_only(tmp_path: Path) -> None:
+    # integrate(recheck=True) (the server's rules decided on the preloaded documents): another
+    # connection's commit in between raises StaleReadError with nothing written; this
+    # connection's own writes in between (the server's acknowledgements) do not.
+    from tidesync.store.database import StaleReadError
+
+    path = tmp_path / "sync.db"
+    clock = _clock()
+    db, seed = _seeded(path, clock)
+    try:
+        batch = [_set(clock, seed, "x", "n", 1)]
+        pre = db.preload(batch)
+        db.record_acks({ReplicaId("b" * 16): 1})
+        db.integrate(batch, peer="w", peer_seq=2, preloaded=pre, recheck=True)
+        batch = [_set(clock, seed, "x", "n", 2)]
+        pre = db.preload(batch)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("UPDATE documents SET body = json_set(body, '$.status', 'closed') WHERE pk = '\"y\"'")
+        finally:
+            other.close()
+        head = db.head_seq()
+        with pytest.raises(StaleReadError):
+            db.integrate(batch, peer="w", peer_seq=3, preloaded=pre, recheck=True)
+        assert db.head_seq() == head and _body(path, "x")["n"] == 1
     finally:
         db.close()

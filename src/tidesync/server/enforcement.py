@@ -60,7 +60,7 @@ from ..core.transaction import BeforeImage, Transaction
 from ..core.values import Plain, canonical_json
 from ..protocol.messages import CompensatedWrite, Scope, SnapshotDoc
 from ..protocol.replica import DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult
-from ..store.database import Preloaded, _gc_paused
+from ..store.database import Preloaded, StaleReadError, _gc_paused
 from .schemas import validate
 
 if TYPE_CHECKING:
@@ -530,6 +530,11 @@ class Enforcer:
 
     # -- integrating ----------------------------------------------------------------------
 
+    #: How many times an upload is read, judged and integrated again when another process
+    #: wrote the file in between (then StaleReadError reaches the session, which ends: the
+    #: device uploads the batch again).
+    STALE_TRIES = 5
+
     def integrate(self, txns: Sequence[Transaction], peer: str,
                   peer_seq: int) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
         """Check ``txns`` from ``peer``, integrate what is allowed and write the compensating
@@ -557,19 +562,29 @@ class Enforcer:
                 learner.observe_transactions(txns)
             return result, [], False
         with _lock_for(self.backend), _checkpoint_later(self.backend, txns):
-            # One read of the batch's documents serves the check and the integration.
-            pre = self.backend.preload(txns)
-            self._preloaded(txns, pre)
-            if self.full:
-                allowed, refused = self._check_full(txns, pre)
-            else:
-                allowed, refused = self._check_partition_only(txns, pre)
-            compensation = self._compensation(refused, peer) if refused else None
-            # The compensation in the batch's storage transaction, before it: a batch that
-            # fails (a transaction the merge core refuses) writes no compensation either, and
-            # the device, whose checkpoint did not move, uploads it again and is refused again.
-            result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre,
-                                            first=(compensation,) if compensation is not None else ())
+            for attempt in range(self.STALE_TRIES):
+                # One read of the batch's documents serves the check and the integration.
+                pre = self.backend.preload(txns)
+                self._preloaded(txns, pre)
+                if self.full:
+                    allowed, refused = self._check_full(txns, pre)
+                else:
+                    allowed, refused = self._check_partition_only(txns, pre)
+                compensation = self._compensation(refused, peer) if refused else None
+                # The compensation in the batch's storage transaction, before it: a batch that
+                # fails (a transaction the merge core refuses) writes no compensation either, and
+                # the device, whose checkpoint did not move, uploads it again and is refused again.
+                try:
+                    result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre,
+                                                    first=(compensation,) if compensation is not None else (),
+                                                    recheck=pre is not None)
+                except StaleReadError:
+                    # Another process wrote the file between the read and the integration
+                    # (which waited for its lock): the checks judged what is no longer there.
+                    if attempt + 1 == self.STALE_TRIES:
+                        raise
+                    continue
+                break
         if learner is not None:
             learner.observe_transactions(allowed)
         uid = self.rules.user.id if self.rules is not None else None

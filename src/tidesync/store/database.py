@@ -268,6 +268,14 @@ _READ_AHEAD = 512
 _ABSENT: Any = object()
 
 
+class StaleReadError(StorageError):
+    """:meth:`Database.integrate` with ``recheck``: another connection committed since the
+    ``preloaded`` documents were read, so what was decided on them may no longer hold. Nothing
+    was written: read them again and decide again."""
+
+    code = "stale_read"
+
+
 class Preloaded:
     """The documents an upload batch touches, read once (:meth:`Database.preload`) for the
     server's checks (``scopes``) and for the integration that follows, which uses them instead
@@ -298,6 +306,11 @@ class Preloaded:
         """The loaded documents if the file is still at ``version`` and they were not taken."""
         docs, self._docs = self._docs, None
         return docs if version == self._version else None
+
+    def written_elsewhere(self, version: tuple[int, int]) -> bool:
+        """Whether another connection committed between the read and ``version`` (this
+        connection's own writes aside)."""
+        return version[1] != self._version[1]
 
 
 class _Fresh:
@@ -2327,7 +2340,7 @@ class Database(ReplicaStore):
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
                   peer_seq: int | None = None, preloaded: Preloaded | None = None,
-                  first: Sequence[Transaction] = ()) -> IntegrateResult:
+                  first: Sequence[Transaction] = (), recheck: bool = False) -> IntegrateResult:
         """Merge transactions from another replica (idempotent: known ones are skipped).
 
         All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
@@ -2341,8 +2354,15 @@ class Database(ReplicaStore):
         from ``peer`` (a server's compensating transaction for the writes it refused of the
         batch): all or nothing with the batch. The result is the batch's.
 
+        ``recheck``: the caller decided something on the ``preloaded`` documents (a server's
+        rules): if another connection wrote the file since they were read, raise instead of
+        reading them again. (Writes through this connection are the caller's to order: the
+        server's document writes take its rules lock; its acknowledgements write no document.)
+
         Raises:
             MergeError: a transaction is malformed (nothing is applied).
+            StaleReadError: ``recheck``, and another connection committed since ``preloaded``
+                was read (nothing is applied).
         """
         txns: list[Transaction] = []
         for t in transactions:
@@ -2384,6 +2404,9 @@ class Database(ReplicaStore):
                         self._rows_at = None
                     self._rows_checked = version[1]
                     docs = preloaded.take(version) if preloaded is not None else None
+                    if docs is None and recheck and preloaded is not None and preloaded.written_elsewhere(version):
+                        raise StaleReadError("another connection wrote the file since the batch's documents "
+                                             "were read", advice="read them again and check the batch again")
                     if first:
                         # Its writes are read by the batch's: the preloaded documents and the
                         # kept rows predate them (its rows are kept with the batch's, after).

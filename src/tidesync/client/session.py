@@ -713,6 +713,8 @@ class SyncSession:
                               else lambda: flexible._apply_view_part(part, self._server_id))
                     follow = replicator.integrated(self._db._integrate_download(
                         action.txns, action.peer, action.peer_seq, acked=acked, before=before))
+                    if before is not None:
+                        flexible._count_view_part(part)   # (committed)
                     if action.peer == self._server_id:
                         self._unstored_received = None  # superseded by the one just written
                         if acked is not None and self._unstored_acked == acked:

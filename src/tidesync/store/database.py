@@ -2465,7 +2465,8 @@ class Database(ReplicaStore):
         self._rows_at = after
 
     def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
-                            acked: int | None = None, before: Callable[[], None] | None = None) -> IntegrateResult:
+                            acked: int | None = None, before: Callable[[], None] | None = None,
+                            after: Callable[[], None] | None = None) -> IntegrateResult:
         """:meth:`integrate` for a sync session's download: listeners are woken as soon as the
         transaction is committed, and the fsync that makes it durable follows, outside the
         lock (so the notifier can read meanwhile). It returns once the batch is durable, so the
@@ -2474,7 +2475,8 @@ class Database(ReplicaStore):
         downloaded again (docs/sync.md, "Durability of downloads"). ``acked``: the peer's
         latest ``Ack`` of our log, not yet stored (:meth:`_record_sync_checkpoint`), written
         in the same transaction. ``before``: more work of the same transaction, done first
-        (flexible sync: the batch's view part)."""
+        (flexible sync: the batch's view part); ``after``: called once it committed, before
+        anything reads through this database (its lock still held) or the listeners wake."""
         self._check_open()
         with self._lock:
             if self._txn is not None:
@@ -2495,6 +2497,8 @@ class Database(ReplicaStore):
                 raise
             finally:
                 self._written = None
+            if after is not None:
+                after()
             self._logged = []  # not put in the log cache: a device sends no downloaded entry on
             self._cache.clear()
             self._generation += 1

@@ -67,6 +67,7 @@ def test_small_uploads_on_the_loop_large_ones_in_a_thread_same_results(tmp_path,
                 for i in range(40):
                     a.create(Technician, _id=f"big{i}", name="large")
             a.sync_session.wait_for_upload_completion(timeout=T)
+            b.sync_session.wait_for_download_completion(timeout=T)   # (a's upload reaches b after it)
             with b.write():
                 b.get(Technician, "t0").name = "from b"
             b.sync_session.wait_for_upload_completion(timeout=T)

@@ -342,6 +342,18 @@ def test_regression_a_batch_the_merge_core_refuses_gets_an_error_not_a_crash(env
     assert isinstance(received[0], Welcome)
 
 
+def test_a_batch_the_merge_core_refuses_writes_no_compensation_for_its_refused_writes(env):
+    """The same malformed batch, but it also holds a write the server refuses (a create in
+    another partition): the batch fails as a whole, so the compensating transaction for the
+    refused write is not written either (it went to the log and to other devices before the
+    batch failed)."""
+    h = env.hello()
+    rid = h.replica_id
+    foreign = txn(rid, create_op("never-6", partition="p2"))
+    bad = txn(rid, lambda s: ListInsert("Technician", "seed", s, ZERO, ("tags",), (ZERO,), "a", "zzzz", "x"))
+    assert_refused(env, [encode(h), encode(Changes(0, 2, 2, ((1, foreign), (2, bad))))], "malformed_message")
+
+
 def test_a_write_to_another_partition_is_compensated_not_integrated(env):
     """Not an error: the server refuses the write (CompensatingWrite) and the session goes on."""
     h = env.hello()

@@ -178,3 +178,29 @@ def test_a_server_killed_in_the_middle_of_a_bootstrap_resumes_it(tmp_path):
         dev.close()
     finally:
         server.stop()
+
+
+def test_view_stats_count_what_was_committed_only(tmp_path):
+    # db.subscriptions.stats counts the documents views brought into the file: a view part
+    # whose batch rolls back (a transaction the device's merge refuses) brought nothing. (Counted
+    # inside the transaction, the figure ran ahead of the file: the app-killed test above read
+    # 550 received and found 500 held after the kill.)
+    from tidesync.client.subscriptions import Subscriptions
+    from tidesync.core.operations import ListInsert
+    from tidesync.core.stamp import ZERO
+    from tidesync.core.transaction import Transaction
+    from tidesync.errors import MergeError
+    from tidesync.protocol.messages import SnapshotDoc, ViewPart
+
+    with tidesync.open(tmp_path / "d.db", schema=[Item]) as db:
+        subs = Subscriptions(db)
+        stamp = f"{int(time.time() * 1000):012x}000000{'5e' * 8}"
+        doc = SnapshotDoc("Item", "i1", {"epoch": "", "live": True, "body": {"_id": "i1", "group": "a", "n": 1,
+                                                                            "note": ""}, "meta": {"*": stamp}})
+        part = ViewPart(1, (doc,))
+        bad = Transaction(stamp, "5e" * 8, stamp, (), (ListInsert("Item", "i1", stamp, ZERO, ("tags",), (ZERO,),
+                                                                  "a", "zzzz", "x"),))
+        with pytest.raises(MergeError):
+            db._integrate_download([bad], "5e" * 8, 1, before=lambda: subs._apply_view_part(part, "5e" * 8))
+        assert db.get(Item, "i1") is None
+        assert subs.stats == {"docs_received": 0, "docs_removed": 0, "updates": 0}

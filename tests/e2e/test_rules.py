@@ -235,6 +235,69 @@ def test_hidden_documents_and_fields_never_reach_the_device(tmp_path):
         server.stop()
 
 
+def _conflict(backend, key, field, first, second):
+    """Two devices' concurrent writes of ``field`` (the second wins): a conflict the server records."""
+    from tidesync.core.operations import SetValue
+
+    now = int(time.time() * 1000)
+    for i, (origin, value) in enumerate((("a1a1a1a1a1a1a1a1", first), ("b2b2b2b2b2b2b2b2", second))):
+        stamp = f"{now + 1 + i:012x}000000{origin}"
+        op = SetValue("RuleJob", key, stamp, "", (field,), (), value)
+        backend.integrate([Transaction(stamp, origin, stamp, (), (op,))])
+
+
+def _listed_conflicts(server, user):
+    import json
+    import urllib.request
+
+    req = urllib.request.Request(f"{server.url}/api/default/conflicts",
+                                 headers={"Authorization": f"Bearer {user.access_token}"})
+    with urllib.request.urlopen(req, timeout=T) as resp:
+        return sorted({(c["key"], c["path"]) for c in json.loads(resp.read())["conflicts"]})
+
+
+def test_the_conflicts_api_lists_only_what_the_caller_may_read(tmp_path):
+    # The conflict records hold the values of both writes: the API shows a user those of the
+    # documents and fields the rules let it read, as sync would.
+    server = serve(tmp_path, RULES_TOML)
+    backend = server.app.state.tidesync.backend
+    try:
+        apps = {name: tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
+                for name in ("ann", "bob")}
+        ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
+        _seed(backend, {"_id": "private", "_partition": "shared", "owner_id": ann.id, "title": "t"})
+        _seed(backend, {"_id": "open", "_partition": "shared", "owner_id": ann.id, "shared": True, "title": "t",
+                        "salary": 1})
+        _conflict(backend, "private", "title", "PRIVATE-1", "PRIVATE-2")
+        _conflict(backend, "open", "title", "open-1", "open-2")
+        _conflict(backend, "open", "salary", 111111, 222222)
+        # (Each document's and field's conflicts: the first write against the seeded value, then
+        # the second against the first.)
+        assert sorted({(c["key"], c["path"]) for c in backend.conflicts()}) == [
+            ("open", "salary"), ("open", "title"), ("private", "title")]
+        assert _listed_conflicts(server, ann) == [("open", "title"), ("private", "title")]
+        assert _listed_conflicts(server, bob) == [("open", "title")]
+    finally:
+        server.stop()
+
+
+def test_the_conflicts_api_lists_only_the_partitions_the_caller_may_read(tmp_path):
+    server = serve(tmp_path, PARTITIONS_TOML)
+    backend = server.app.state.tidesync.backend
+    try:
+        apps = {name: tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
+                for name in ("ann", "bob")}
+        ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
+        _seed(backend, {"_id": "ann-own", "_partition": ann.id, "title": "t"})
+        _seed(backend, {"_id": "pub", "_partition": "public", "title": "t"})
+        _conflict(backend, "ann-own", "title", "PRIVATE-1", "PRIVATE-2")
+        _conflict(backend, "pub", "title", "p-1", "p-2")
+        assert _listed_conflicts(server, ann) == [("ann-own", "title"), ("pub", "title")]
+        assert _listed_conflicts(server, bob) == [("pub", "title")]
+    finally:
+        server.stop()
+
+
 def test_the_partition_a_user_asks_for_is_checked(tmp_path):
     server = serve(tmp_path, PARTITIONS_TOML)
     try:

@@ -371,3 +371,38 @@ def test_the_full_check_reads_the_batch_once_and_judges_as_document_by_document(
     assert plain[1] and len(plain[0]) > 30
     messages = h.sync("alice")
     assert {m.key for m in messages} == {r.key for r in plain[1]}
+
+
+def test_a_write_judged_before_another_connection_changed_its_document_is_judged_again(h):
+    # Another connection (a second process on the server's file: `tidesync revert`, another
+    # server) gives bob's document to ann while the integration of bob's edit, already judged
+    # against the document as bob's, waits for its write lock: the edit is judged again on
+    # what it would be merged into, and refused.
+    import sqlite3
+    import threading
+    import time
+
+    bob = h.device("bob", "bob")
+    with bob.write():
+        bob.create(EnfJob, _id="job", owner_id="bob", title="bob's")
+    h.sync("bob")
+    with bob.write():
+        bob.get(EnfJob, "job").title = "edited"
+    other = sqlite3.connect(h.server.path, isolation_level=None, timeout=30)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        got: list[object] = []
+        thread = threading.Thread(target=lambda: got.append(h.sync("bob")))
+        thread.start()
+        time.sleep(0.5)
+        assert thread.is_alive(), "the integration did not wait for the other connection's lock"
+        other.execute("UPDATE documents SET body = json_set(body, '$.owner_id', 'ann') "
+                      "WHERE collection = 'EnfJob' AND pk = '\"job\"'")
+        other.execute("COMMIT")
+        thread.join(30)
+    finally:
+        other.close()
+    assert got, "the upload failed"
+    assert [(m.key, m.operation, m.code) for m in got[0]] == [("job", "update", "write_denied")]
+    stored = h.server.get_raw("EnfJob", "job")
+    assert (stored["owner_id"], stored["title"]) == ("ann", "bob's")

@@ -19,6 +19,7 @@ transaction, and the database's change listeners fire for them.
 from __future__ import annotations
 
 import collections
+import functools
 import http.client
 import json
 import logging
@@ -709,10 +710,14 @@ class SyncSession:
                     # Listeners see the download before its fsync; the Ack still waits for it.
                     acked = self._unstored_acked if action.peer == self._server_id else None
                     part, flexible = action.view, self._flexible
-                    before = (None if part is None or flexible is None
-                              else lambda: flexible._apply_view_part(part, self._server_id))
+                    before: Callable[[], None] | None = None
+                    after: Callable[[], None] | None = None
+                    if part is not None and flexible is not None:
+                        # The view part written with the batch, counted once it committed.
+                        before = functools.partial(flexible._apply_view_part, part, self._server_id)
+                        after = functools.partial(flexible._count_view_part, part)
                     follow = replicator.integrated(self._db._integrate_download(
-                        action.txns, action.peer, action.peer_seq, acked=acked, before=before))
+                        action.txns, action.peer, action.peer_seq, acked=acked, before=before, after=after))
                     if action.peer == self._server_id:
                         self._unstored_received = None  # superseded by the one just written
                         if acked is not None and self._unstored_acked == acked:

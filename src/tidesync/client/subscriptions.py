@@ -596,6 +596,7 @@ class Subscriptions:
                 return []
             with db._engine.atomic():
                 self._apply_view_part(update, server)
+            self._count_view_part(update)
         actions: list[Action] = [Send(ViewAck(update.view_seq))]
         p = update.progress
         if p.total:
@@ -608,13 +609,19 @@ class Subscriptions:
         transaction: a ``view_update``'s own, or (a ``Changes``' view part, ``changes_view``)
         the one that integrates the batch (``Database._integrate_download``'s ``before``), so
         that they commit with the batch and its checkpoint and the batch's ``Ack``
-        acknowledges them (no ``ViewAck``)."""
+        acknowledges them (no ``ViewAck``). Counted in :attr:`stats` once the caller's
+        transaction committed (:meth:`_count_view_part`)."""
         db = self._db
         if part.enter:
             db.integrate_snapshot(part.enter, peer=ReplicaId(server or ""), as_of_seq=None)
         if part.leave:
             db.evict_documents(part.leave)
         db._set_setting(VIEW_SEQ_SETTING, str(part.view_seq))
+
+    def _count_view_part(self, part: ViewPart | ViewUpdate) -> None:
+        """Count a view part that :meth:`_apply_view_part` wrote, once its transaction has
+        committed (a rolled-back one brought nothing; a reader of :attr:`stats` counts on the
+        documents being in the file)."""
         stats = self.stats
         stats["updates"] += 1
         stats["docs_received"] += len(part.enter)

@@ -60,7 +60,7 @@ from ..core.transaction import BeforeImage, Transaction
 from ..core.values import Plain, canonical_json
 from ..protocol.messages import CompensatedWrite, Scope, SnapshotDoc
 from ..protocol.replica import DescriptorBatch, IntegrateResult, LogBatch, SnapshotPage, SnapshotResult
-from ..store.database import Preloaded, _gc_paused
+from ..store.database import Preloaded, StaleReadError, _gc_paused
 from .schemas import validate
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from .app import ServerState
 
 __all__ = ["Enforcer", "SessionReplica", "user_context", "query_compiler", "strip_meta_fields",
-           "compensation_ops"]
+           "compensation_ops", "readable_conflicts"]
 
 log = logging.getLogger("tidesync.server.rules")
 
@@ -136,6 +136,38 @@ def user_context(user: Any, custom_data: Any = None) -> UserContext:
 
 def _ref(collection: str, key: Plain) -> Ref:
     return (collection, canonical_json(key))
+
+
+def readable_conflicts(state: ServerState, user: Any, conflicts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The conflict records (``Database.conflicts``) that ``user`` may read under the config's
+    rules, as sync would show it their documents: a live document it may read (its
+    collection's read rule, and its partition's when partitions have rules) and a field it
+    may read; a deleted one where its role reads every document and partitions have no rules.
+    Judged on each document's current state. Blocking: call it from a worker thread."""
+    config_rules = state.config.rules
+    if config_rules is None or (config_rules.unrestricted and config_rules.partitions is None):
+        return conflicts
+    finder = getattr(state, "custom_data", None)   # [auth.custom_data]
+    custom = finder.for_user(user.id) if finder is not None else None
+    rules = config_rules.for_user(user_context(user, custom), query_compiler)
+    pkey = state.config.partition_key
+    shown: dict[Ref, bool] = {}
+    out: list[dict[str, Any]] = []
+    for c in conflicts:
+        collection, key, path = c["collection"], c["key"], c["path"]
+        access = rules.collection(collection)
+        ref = _ref(collection, key)
+        ok = shown.get(ref)
+        if ok is None:
+            doc = state.backend.document_state(collection, key)
+            if doc.live:
+                ok = access.can_read(doc.body) and rules.can_read_partition(doc.body.get(pkey))
+            else:
+                ok = access.read_all and config_rules.partitions is None
+            shown[ref] = ok
+        if ok and (not path or access.field_readable(path.split(".", 1)[0])):
+            out.append(c)
+    return out
 
 
 @dataclass(slots=True)
@@ -498,6 +530,11 @@ class Enforcer:
 
     # -- integrating ----------------------------------------------------------------------
 
+    #: How many times an upload is read, judged and integrated again when another process
+    #: wrote the file in between (then StaleReadError reaches the session, which ends: the
+    #: device uploads the batch again).
+    STALE_TRIES = 5
+
     def integrate(self, txns: Sequence[Transaction], peer: str,
                   peer_seq: int) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
         """Check ``txns`` from ``peer``, integrate what is allowed and write the compensating
@@ -525,19 +562,29 @@ class Enforcer:
                 learner.observe_transactions(txns)
             return result, [], False
         with _lock_for(self.backend), _checkpoint_later(self.backend, txns):
-            # One read of the batch's documents serves the check and the integration.
-            pre = self.backend.preload(txns)
-            self._preloaded(txns, pre)
-            if self.full:
-                allowed, refused = self._check_full(txns, pre)
-            else:
-                allowed, refused = self._check_partition_only(txns, pre)
-            compensation = self._compensation(refused, peer) if refused else None
-            # The compensation first: if the server stops in between, the device uploads the
-            # batch again (its checkpoint did not move) and is refused again.
-            if compensation is not None:
-                self.backend.integrate([compensation])
-            result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre)
+            for attempt in range(self.STALE_TRIES):
+                # One read of the batch's documents serves the check and the integration.
+                pre = self.backend.preload(txns)
+                self._preloaded(txns, pre)
+                if self.full:
+                    allowed, refused = self._check_full(txns, pre)
+                else:
+                    allowed, refused = self._check_partition_only(txns, pre)
+                compensation = self._compensation(refused, peer) if refused else None
+                # The compensation in the batch's storage transaction, before it: a batch that
+                # fails (a transaction the merge core refuses) writes no compensation either, and
+                # the device, whose checkpoint did not move, uploads it again and is refused again.
+                try:
+                    result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre,
+                                                    first=(compensation,) if compensation is not None else (),
+                                                    recheck=pre is not None)
+                except StaleReadError:
+                    # Another process wrote the file between the read and the integration
+                    # (which waited for its lock): the checks judged what is no longer there.
+                    if attempt + 1 == self.STALE_TRIES:
+                        raise
+                    continue
+                break
         if learner is not None:
             learner.observe_transactions(allowed)
         uid = self.rules.user.id if self.rules is not None else None

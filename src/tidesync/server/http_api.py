@@ -130,13 +130,19 @@ def routes_for(state: ServerState) -> list[Route]:
     from .openapi import openapi_document
 
     async def conflicts(request: Request) -> Response:
-        """Resolved conflicts, newest first."""
-        state.tokens.verify(bearer(request))
+        """Resolved conflicts, newest first: of the newest ``limit``, those of documents and
+        fields the caller may read (the rules, as for sync)."""
+        from .enforcement import readable_conflicts
+
+        user = state.tokens.verify(bearer(request))
         try:
             limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
         except ValueError:
             raise HttpError(400, "bad_request", "limit must be an integer") from None
-        return JSONResponse({"conflicts": await state.list_conflicts(limit)})
+        listed = await state.list_conflicts(limit)
+        if state.config.rules is not None:
+            listed = await asyncio.to_thread(readable_conflicts, state, user, listed)
+        return JSONResponse({"conflicts": listed})
 
     async def sync_head(request: Request) -> Response:
         """The server's log position."""

@@ -114,7 +114,7 @@ OPERATIONS: list[Operation] = [
               bearer=True, errors={**_TOKEN_ERRORS, 404: ["api_key_not_found"]}),
     Operation("post", f"{_A}/api_keys/{{key_id}}/disable", "Disable an API key (its sessions end)", "api_keys",
               (200, _KEY), bearer=True, errors={**_TOKEN_ERRORS, 404: ["api_key_not_found"]}),
-    Operation("get", "/api/{app_id}/conflicts", "Resolved conflicts, newest first", "sync",
+    Operation("get", "/api/{app_id}/conflicts", "Resolved conflicts, newest first (those the caller may read)", "sync",
               (200, _obj(["conflicts"], conflicts={"type": "array", "items": _OBJ})), bearer=True,
               errors={**_TOKEN_ERRORS, 400: ["bad_request"]}),
     Operation("get", "/api/{app_id}/sync/head", "The server's log position", "sync", (200, _obj(["head"], head=_I)),

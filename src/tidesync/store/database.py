@@ -268,6 +268,14 @@ _READ_AHEAD = 512
 _ABSENT: Any = object()
 
 
+class StaleReadError(StorageError):
+    """:meth:`Database.integrate` with ``recheck``: another connection committed since the
+    ``preloaded`` documents were read, so what was decided on them may no longer hold. Nothing
+    was written: read them again and decide again."""
+
+    code = "stale_read"
+
+
 class Preloaded:
     """The documents an upload batch touches, read once (:meth:`Database.preload`) for the
     server's checks (``scopes``) and for the integration that follows, which uses them instead
@@ -298,6 +306,11 @@ class Preloaded:
         """The loaded documents if the file is still at ``version`` and they were not taken."""
         docs, self._docs = self._docs, None
         return docs if version == self._version else None
+
+    def written_elsewhere(self, version: tuple[int, int]) -> bool:
+        """Whether another connection committed between the read and ``version`` (this
+        connection's own writes aside)."""
+        return version[1] != self._version[1]
 
 
 class _Fresh:
@@ -2326,7 +2339,8 @@ class Database(ReplicaStore):
         return self.head_seq()
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
-                  peer_seq: int | None = None, preloaded: Preloaded | None = None) -> IntegrateResult:
+                  peer_seq: int | None = None, preloaded: Preloaded | None = None,
+                  first: Sequence[Transaction] = (), recheck: bool = False) -> IntegrateResult:
         """Merge transactions from another replica (idempotent: known ones are skipped).
 
         All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
@@ -2336,8 +2350,19 @@ class Database(ReplicaStore):
         ``preloaded``: :meth:`preload` of transactions that include these (their documents,
         used if nothing was written since).
 
+        ``first``: transactions integrated before them in the same local transaction, not
+        from ``peer`` (a server's compensating transaction for the writes it refused of the
+        batch): all or nothing with the batch. The result is the batch's.
+
+        ``recheck``: the caller decided something on the ``preloaded`` documents (a server's
+        rules): if another connection wrote the file since they were read, raise instead of
+        reading them again. (Writes through this connection are the caller's to order: the
+        server's document writes take its rules lock; its acknowledgements write no document.)
+
         Raises:
             MergeError: a transaction is malformed (nothing is applied).
+            StaleReadError: ``recheck``, and another connection committed since ``preloaded``
+                was read (nothing is applied).
         """
         txns: list[Transaction] = []
         for t in transactions:
@@ -2354,8 +2379,6 @@ class Database(ReplicaStore):
                 raise UsageError("cannot integrate inside a write transaction")
             self._logged = []
             changes_before = self._engine.total_changes()
-            version = (changes_before, self._engine.data_version())
-            docs = preloaded.take(version) if preloaded is not None else None
             hand = self.on_logged
             # Always collected: the log cache is seeded with these transactions (not only
             # their bytes), and with the scopes their documents were written in.
@@ -2370,8 +2393,27 @@ class Database(ReplicaStore):
             self._rows_pending = pending
             self._rows_checked = None
             try:
-                scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                 with self._engine.atomic():
+                    # The file's version, read inside the write transaction (where no other
+                    # connection commits), not before it: BEGIN may have waited for another
+                    # connection's commit, which voids what was read before it (the preloaded
+                    # documents, the kept rows, the rows handed over so far).
+                    version = (self._engine.total_changes(), self._engine.data_version())
+                    if version != self._rows_at:
+                        self._rows_cache.clear()   # another write since the rows were kept
+                        self._rows_at = None
+                    self._rows_checked = version[1]
+                    docs = preloaded.take(version) if preloaded is not None else None
+                    if docs is None and recheck and preloaded is not None and preloaded.written_elsewhere(version):
+                        raise StaleReadError("another connection wrote the file since the batch's documents "
+                                             "were read", advice="read them again and check the batch again")
+                    if first:
+                        # Its writes are read by the batch's: the preloaded documents and the
+                        # kept rows predate them (its rows are kept with the batch's, after).
+                        self._integrate_locked(first, None, None)
+                        docs = None
+                        self._rows_cache.clear()
+                    scopes = preloaded.scopes if preloaded is not None and docs is not None else None
                     result = self._integrate_locked(txns, peer, peer_seq, docs, scopes)
             except BaseException as exc:
                 self._rows_pending = None
@@ -2394,7 +2436,7 @@ class Database(ReplicaStore):
                 hand(handed)
             if hand_rows is not None and rows is not None:
                 hand_rows(rows, version, after)
-            self._after_remote(result.applied > 0)
+            self._after_remote(result.applied > 0 or bool(first))
         return result
 
     #: The most document rows :attr:`_rows_cache` keeps.
@@ -2403,7 +2445,7 @@ class Database(ReplicaStore):
     def _keep_rows(self, rows: list[tuple[Any, ...]], after: tuple[int, int]) -> None:
         """After :meth:`integrate`'s commit (``after``: the file's version then): keep the
         document rows it wrote in :attr:`_rows_cache` (what the cache held was current when
-        it began: :meth:`_integrate_locked` checked that inside its transaction, or emptied
+        it began: it checked that inside its write transaction, or emptied
         it) unless another connection committed since that check; then empty the cache."""
         cache = self._rows_cache
         checked = self._rows_checked
@@ -2423,7 +2465,8 @@ class Database(ReplicaStore):
         self._rows_at = after
 
     def _integrate_download(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
-                            acked: int | None = None, before: Callable[[], None] | None = None) -> IntegrateResult:
+                            acked: int | None = None, before: Callable[[], None] | None = None,
+                            after: Callable[[], None] | None = None) -> IntegrateResult:
         """:meth:`integrate` for a sync session's download: listeners are woken as soon as the
         transaction is committed, and the fsync that makes it durable follows, outside the
         lock (so the notifier can read meanwhile). It returns once the batch is durable, so the
@@ -2432,7 +2475,8 @@ class Database(ReplicaStore):
         downloaded again (docs/sync.md, "Durability of downloads"). ``acked``: the peer's
         latest ``Ack`` of our log, not yet stored (:meth:`_record_sync_checkpoint`), written
         in the same transaction. ``before``: more work of the same transaction, done first
-        (flexible sync: the batch's view part)."""
+        (flexible sync: the batch's view part); ``after``: called once it committed, before
+        anything reads through this database (its lock still held) or the listeners wake."""
         self._check_open()
         with self._lock:
             if self._txn is not None:
@@ -2453,6 +2497,8 @@ class Database(ReplicaStore):
                 raise
             finally:
                 self._written = None
+            if after is not None:
+                after()
             self._logged = []  # not put in the log cache: a device sends no downloaded entry on
             self._cache.clear()
             self._generation += 1
@@ -2524,23 +2570,18 @@ class Database(ReplicaStore):
             if self._txn is not None:
                 raise UsageError("cannot preload inside a write transaction")
             scopes: dict[Ref, str | None] = {}
+            # The version before the reads: a commit of another connection while they run
+            # (each query reads the file as it is then) makes it differ from the file's.
+            version = (self._engine.total_changes(), self._engine.data_version())
             try:
                 docs = self._load_docs_of_txns(txns, scopes)
             except (ValueError, TypeError, KeyError):
                 return None
-            return Preloaded(docs, scopes, (self._engine.total_changes(), self._engine.data_version()))
+            return Preloaded(docs, scopes, version)
 
     def _integrate_locked(self, txns: Sequence[Transaction], peer: str | None, peer_seq: int | None,
                           preloaded: dict[Ref, Any] | None = None,
                           preloaded_scopes: dict[Ref, str | None] | None = None) -> IntegrateResult:
-        if self._rows_pending is not None:
-            # (integrate: inside its write transaction, where no other connection commits.)
-            engine = self._engine
-            version = (engine.total_changes(), engine.data_version())
-            if version != self._rows_at:
-                self._rows_cache.clear()   # another write since the rows were kept
-                self._rows_at = None
-            self._rows_checked = version[1]
         known: set[str] = set()
         ids = [t.id for t in txns]
         if len(ids) <= self._PRELUDE_MAX:
@@ -2672,7 +2713,7 @@ class Database(ReplicaStore):
         by_collection = _keys_by_collection(txns)
         refs = [ref for keys in by_collection.values() for ref in keys]
         cache = self._rows_cache
-        if cache and self._rows_pending is not None:   # (current: _integrate_locked checked it)
+        if cache and self._rows_pending is not None:   # (current: integrate checked it)
             # The rows the last integrations wrote, as the file holds them (nothing else wrote
             # since): read only the others.
             found = self._states_of([ref for ref in refs if ref not in cache], scopes)

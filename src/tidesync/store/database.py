@@ -18,9 +18,9 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from itertools import compress, islice, repeat
+from itertools import chain, compress, islice, repeat
 from math import isfinite
-from operator import attrgetter, contains, is_not, itemgetter, lt, methodcaller
+from operator import add, attrgetter, contains, is_not, itemgetter, lt, methodcaller
 from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -193,6 +193,28 @@ def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
 _INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                "VALUES (?, ?, ?, ?, '', 1, ?, ?)")
+
+
+#: Rows per statement of :meth:`Database._write_single_chunks` (fewer instructions per row at
+#: 64 and 128 than at 32 or 256, by cachegrind: bench/RESULTS.md, session 11).
+_CHUNK_ROWS = 64
+
+
+@lru_cache(maxsize=64)
+def _chunk_update(body: str, rows: int) -> str:
+    """The ``UPDATE`` of ``rows`` rows of ``documents``: parameters ``?1, ?2, ?3``
+    the first row's rowid, body value (``body`` with ``?`` for it) and meta, then the next
+    rows' likewise, in increasing rowid order, and the seq last. A row's values are found by
+    binary search on its rowid (nested ``CASE``: a handful of comparisons, not one per row)."""
+    def pick(lo: int, hi: int, col: int) -> str:
+        if hi - lo == 1:
+            return f"?{3 * lo + col}"
+        mid = (lo + hi) // 2
+        return f"CASE WHEN rowid < ?{3 * mid + 1} THEN {pick(lo, mid, col)} ELSE {pick(mid, hi, col)} END"
+
+    value = body.replace("?", pick(0, rows, 2))
+    return (f"UPDATE documents SET body = {value}, meta = {pick(0, rows, 3)}, seq = ?{3 * rows + 1} "
+            f"WHERE rowid IN ({', '.join([f'?{3 * j + 1}' for j in range(rows)])})")
 
 
 def _wall_ms() -> int:
@@ -1804,6 +1826,10 @@ class Database(ReplicaStore):
             if names:
                 ns = names[0]
                 vals = bodies if bodies is not None else values if direct[ns[0]] else list(map(dumps, values))
+                if len(rowids) >= _CHUNK_ROWS:
+                    self._write_single_chunks(ns[0], rowids, metas, stamps, vals, seq, direct[ns[0]],
+                                              built if other_metas else None, bodies is not None)
+                    return
                 groups[ns] = zip(vals, overlays, stamps, rowids) if other_metas else zip(vals, stamps, rowids)
         else:
             s = 0
@@ -1828,6 +1854,39 @@ class Database(ReplicaStore):
             self._engine.executemany(
                 f"UPDATE documents SET body = {body}, meta = {meta}, seq = {int(seq)} "
                 "WHERE rowid = ?", group)
+
+    def _write_single_chunks(self, name: str, rowids: list[int], metas: list[str], stamps: list[str], vals: list[Any],
+                             seq: int, direct: bool, built: list[str | None] | None, spliced: bool) -> None:
+        """:meth:`_write_columns` of one field per document, :data:`_CHUNK_ROWS` rows or more:
+        the new metas made here (what the statement's ``substr(meta, 1, 41) || ...`` appends
+        to a create's compact meta, or ``built[k]``), and the rows written
+        :data:`_CHUNK_ROWS` per ``UPDATE`` (:func:`_chunk_update`: each row's values found by
+        its rowid), the rest with one ``executemany``. Per row, that saves what ``executemany``
+        pays for each of its steps (pysqlite releases the GIL four times, SQLite ends a
+        statement) and SQLite's string functions on the meta."""
+        head, tail = f',"r":{{"{name}":"1', '"}}'
+        compact = list(map(add, map(itemgetter(slice(0, 41)), metas), map(head.__add__, map(add, stamps, repeat(tail)))))
+        new_metas = compact if built is None else [b if b is not None else m for b, m in zip(built, compact)]
+        body = "?" if spliced else f"""json_set(body, '$."{name}"', {'?' if direct else 'json(?)'})"""
+        # Rows in rowid order, as the chunk's statement finds them (rowids are distinct: each
+        # document is written once).
+        rows = sorted(zip(rowids, vals, new_metas))
+        n, size = len(rows), _CHUNK_ROWS
+        whole = n - n % size
+        sql = _chunk_update(body, size)
+        flat = list(chain.from_iterable(islice(rows, whole)))
+        width = 3 * size
+        execute = self._engine.execute
+        for i in range(0, 3 * whole, width):
+            params = flat[i:i + width]
+            params.append(seq)
+            changed = execute(sql, params).rowcount
+            if changed != size:  # never expected: every row is the transaction's own, once
+                raise StorageError(f"a bulk update wrote {changed} rows of {size}",
+                                   advice="report this as a bug; the write was rolled back")
+        if whole < n:
+            self._engine.executemany(f"UPDATE documents SET body = {body}, meta = ?, seq = {int(seq)} WHERE rowid = ?",
+                                     [(v, m, r) for r, v, m in rows[whole:]])
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
         """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as

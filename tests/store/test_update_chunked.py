@@ -86,3 +86,17 @@ def test_chunk_statement_finds_each_row_by_its_rowid():
     sql = database._chunk_update("?", 5)
     assert sql.count("CASE WHEN rowid <") == 2 * 4  # a binary tree of 5 leaves per column
     assert "?16" in sql and "?17" not in sql  # 3 parameters per row, then the seq
+
+
+def test_compact_metas_are_told_by_the_least_and_the_greatest():
+    stamps = [f"{w:012x}{c:06x}{'ab' * 8}" for w, c in ((5, 1), (9, 0), (5, 2), (7, 3))]
+    compact = [f'{{"*":"{s}"}}' for s in stamps]
+    assert database._compact_metas(compact) == (True, compact[1])  # the latest stamp's
+    overlay = '{"*":"' + stamps[0] + '","r":{"priority":"1' + stamps[1] + '"}}'
+    assert not database._compact_metas([*compact, overlay])[0]  # not all of 42 characters
+    # 42 characters but not a create's compact meta: sorting before, and after, the others
+    for other in ('{"*":0,"x":"' + "0" * 28 + '"}', '{"a":"' + stamps[0] + '"}'):
+        assert len(other) == 42
+        assert not database._compact_metas([*compact, other])[0]
+        assert not database._compact_metas([other, *compact])[0]
+    assert database._compact_metas([]) == (False, "")

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from itertools import chain, compress, islice, repeat
 from math import isfinite
-from operator import add, attrgetter, contains, is_not, itemgetter, lt, methodcaller
+from operator import add, attrgetter, contains, is_not, itemgetter, lt
 from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -193,6 +193,17 @@ def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
 _INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                "VALUES (?, ?, ?, ?, '', 1, ?, ?)")
+
+
+def _compact_metas(metas: list[str]) -> tuple[bool, str]:
+    """Whether every one of ``metas`` (one or more) is the compact meta of a create,
+    ``{"*": stamp}`` (42 characters, ``{"*":"`` first), and if so the greatest, which holds
+    the latest stamp (they differ only there). Two string comparisons a meta, no call: when
+    the least and the greatest of them begin with ``{"*":"``, so does every one between."""
+    if set(map(len, metas)) != {42}:
+        return False, ""
+    least, greatest = min(metas), max(metas)
+    return least.startswith('{"*":"') and greatest.startswith('{"*":"'), greatest
 
 
 #: Rows per statement of :meth:`Database._write_single_chunks` (fewer instructions per row at
@@ -966,7 +977,7 @@ class Database(ReplicaStore):
         epochs = list(map(attrgetter("epoch"), heads))
         metas = list(map(attrgetter("meta"), heads))
         rowids = list(map(attrgetter("rowid"), heads))
-        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        compact = _compact_metas(metas)[0]
         self._commit_columns(txn, collection, item_names, keys, refs, epochs, metas, rowids, olds, values, direct,
                              single, compact)
 
@@ -1005,10 +1016,10 @@ class Database(ReplicaStore):
             bodies = _spliced(parts, members)
         else:
             olds = [self._old_json(b, name) for b in body_t]
-        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        compact, latest = _compact_metas(metas)
         # The latest write key replaced (as _fast_assign's for the others: see loop_max).
         if compact:
-            top = max(map(itemgetter(slice(6, 40)), metas))
+            top = latest[6:40]
         else:
             top = max([m[6:40] for m in metas if len(m) == 42 and m[:6] == '{"*":"'], default="")
         if top > txn.unstamped_max:

@@ -54,7 +54,7 @@ from .tables import (
 )
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
-    packed_set_columns,
+    READ_AHEAD_COLUMNS, packed_set_columns, row_facts,
 )
 
 if TYPE_CHECKING:
@@ -741,9 +741,9 @@ class Database(ReplicaStore):
                 row = self._live_row(txn, None, collection, pk, name)  # (_live_row without the call)
             else:
                 ahead[2] += 1  # type: ignore[index]
-                if not row[2]:
+                if type(row[3]) is not int and not row_facts(row[3])[1]:
                     raise InvalidatedObjectError(f"this {collection} object was deleted")
-            meta = row[3]
+            meta = row[1]
             if len(meta) != 42 or meta[:6] != '{"*":"':
                 top = register_top(loads_json(meta), name)
                 if top is None:
@@ -763,7 +763,8 @@ class Database(ReplicaStore):
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             row = self._live_row(txn, txn.read_ahead.get((collection, name)), collection, ref[1], name)
-            _, epoch, _, meta, body, rowid = row
+            _, meta, body, at = row
+            epoch, _, rowid = row_facts(at)
             old = self._old_json(body, name)
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
@@ -792,7 +793,7 @@ class Database(ReplicaStore):
             ahead[2] += 1  # type: ignore[index]
         else:
             row = self._read_ahead(txn, collection, pk, name)
-        if row is None or not row[2]:
+        if row is None or (type(row[3]) is not int and not row_facts(row[3])[1]):
             raise InvalidatedObjectError(f"this {collection} object was deleted")
         return row
 
@@ -808,8 +809,8 @@ class Database(ReplicaStore):
     def _read_ahead(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
         """The row facts the fast path needs for field ``name`` of a document that was not read
         ahead (``txn.read_ahead[(collection, name)]``, which the caller, ``_fast_assign``, looks
-        in first): ``(pk, epoch, live, meta, body, rowid)``, or None when the file does not
-        hold it. The body is read whole, not the field's old value: SQLite would parse it for
+        in first): ``(pk, meta, body, at)`` (``at``: see :func:`~tidesync.store.writer.row_facts`),
+        or None when the file does not hold it. The body is read whole, not the field's old value: SQLite would parse it for
         that, while a loop's commit cuts the old values from the bodies it splices (see
         :meth:`_loop_as_columns`), and a pending document takes it with :meth:`_old_json`.
 
@@ -831,7 +832,7 @@ class Database(ReplicaStore):
         sql = _FAST_READ.get(key)
         if sql is None:
             sql = _FAST_READ[key] = (
-                "SELECT pk, epoch, live, meta, body, rowid FROM documents WHERE collection = ? AND pk "
+                f"SELECT {READ_AHEAD_COLUMNS} FROM documents WHERE collection = ? AND pk "
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.update(zip(map(itemgetter(0), rows), rows))
@@ -993,9 +994,15 @@ class Database(ReplicaStore):
         taken = txn.loop_columns()
         assert taken is not None
         collection, name, refs, keys, rows, values = taken
-        _, epoch_t, _, meta_t, body_t, rowid_t = zip(*rows)
+        _, meta_t, body_t, at_t = zip(*rows)
         metas: list[str] = list(meta_t)
         n = len(refs)
+        rowids: list[int]
+        if set(map(type, at_t)) == {int}:  # nearly always: live documents of epoch '' (see row_facts)
+            epochs, rowids = [""] * n, list(at_t)
+        else:
+            facts = list(map(row_facts, at_t))
+            epochs, rowids = list(map(itemgetter(0), facts)), list(map(itemgetter(2), facts))
         types = set(map(type, values))
         # The new bodies spliced from the ones read ahead, the old values cut from them, as a
         # uniform create_many(update=) chunk's (see _update_uniform); else json_set writes them.
@@ -1024,7 +1031,7 @@ class Database(ReplicaStore):
             top = max([m[6:40] for m in metas if len(m) == 42 and m[:6] == '{"*":"'], default="")
         if top > txn.unstamped_max:
             txn.unstamped_max = top
-        self._commit_columns(txn, collection, [(name,)] * n, keys, refs, list(epoch_t), metas, list(rowid_t),
+        self._commit_columns(txn, collection, [(name,)] * n, keys, refs, epochs, metas, rowids,
                              olds, values, {name: types <= _DIRECT_TYPES}, True, compact, bodies)
 
     def _commit_columns(self, txn: WriteTransaction, collection: str, item_names: list[tuple[str, ...]],

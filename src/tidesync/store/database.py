@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
-from itertools import chain, compress, islice, repeat
+from itertools import compress, islice, repeat
 from math import isfinite
 from operator import add, attrgetter, contains, is_not, itemgetter, lt
 from threading import get_ident
@@ -1886,13 +1886,16 @@ class Database(ReplicaStore):
         compact = list(map(add, map(itemgetter(slice(0, 41)), metas), map(head.__add__, map(add, stamps, repeat(tail)))))
         new_metas = compact if built is None else [b if b is not None else m for b, m in zip(built, compact)]
         body = "?" if spliced else f"""json_set(body, '$."{name}"', {'?' if direct else 'json(?)'})"""
-        # Rows in rowid order, as the chunk's statement finds them (rowids are distinct: each
-        # document is written once).
-        rows = sorted(zip(rowids, vals, new_metas))
-        n, size = len(rows), _CHUNK_ROWS
+        n, size = len(rowids), _CHUNK_ROWS
+        # Rows in rowid order, as the chunk's statement finds them (a loop over results in key
+        # order usually has them so; rowids are distinct: each document is written once).
+        if not all(map(lt, rowids, islice(rowids, 1, None))):
+            order = sorted(range(n), key=rowids.__getitem__)
+            rowids, vals, new_metas = [rowids[i] for i in order], [vals[i] for i in order], [new_metas[i] for i in order]
         whole = n - n % size
         sql = _chunk_update(body, size)
-        flat = list(chain.from_iterable(islice(rows, whole)))
+        flat: list[Any] = [None] * (3 * n)
+        flat[0::3], flat[1::3], flat[2::3] = rowids, vals, new_metas
         width = 3 * size
         execute = self._engine.execute
         for i in range(0, 3 * whole, width):
@@ -1904,7 +1907,7 @@ class Database(ReplicaStore):
                                    advice="report this as a bug; the write was rolled back")
         if whole < n:
             self._engine.executemany(f"UPDATE documents SET body = {body}, meta = ?, seq = {int(seq)} WHERE rowid = ?",
-                                     [(v, m, r) for r, v, m in rows[whole:]])
+                                     list(zip(vals[whole:], new_metas[whole:], rowids[whole:])))
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
         """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as

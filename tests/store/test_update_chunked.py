@@ -4,7 +4,7 @@ statement (each row's body and meta found by its rowid, ``_chunk_update``) and t
 one ``executemany``: the same rows (meta text included), merge states, log, descriptors, revert
 and peer documents as with one ``executemany`` for all of them, whatever the rows' order, their
 metas (a create's compact meta or one with an overlay already), the values' kind and whether
-the bodies were spliced or written with ``json_set``."""
+the bodies were spliced or written with ``json_set``, and in an encrypted file."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from tests.store.test_create_bulk import BulkNote, _norm
 from tests.store.test_update_bulk import _before_sorted, _outcome
 
 N = 200
+KEY = bytes(range(64))
 
 
 def _key(i: int) -> str:
@@ -51,6 +52,9 @@ def _scenario(db):
     with db.write():
         for n, o in enumerate(list(db.objects(BulkNote))[60:160]):
             o.priority = n
+    with db.write():  # floats over the same bodies: json_set with json(?)
+        for n, o in enumerate(list(db.objects(BulkNote))[90:160]):
+            o.score = n / 4
     with db.write():  # uniform create_many(update=) chunks: float, bool (some unchanged)
         db.create_many(BulkNote, [{"_id": _key(i), "score": i / 7} for i in range(150)], update="all")
     with db.write():
@@ -59,8 +63,8 @@ def _scenario(db):
     return _before_sorted(before), _before_sorted(after), entries, revert, docs
 
 
-@pytest.mark.parametrize("size", [64, 5])
-def test_rows_written_in_chunks_are_what_executemany_writes(tmp_path, monkeypatch, size):
+@pytest.mark.parametrize("size, key", [(64, None), (5, None), (64, KEY)])
+def test_rows_written_in_chunks_are_what_executemany_writes(tmp_path, monkeypatch, size, key):
     chunked: list[int] = []
     write = Database._write_single_chunks
 
@@ -69,14 +73,14 @@ def test_rows_written_in_chunks_are_what_executemany_writes(tmp_path, monkeypatc
         return write(self, name, rowids, *a)
     monkeypatch.setattr(Database, "_write_single_chunks", recorded)
     monkeypatch.setattr(database, "_CHUNK_ROWS", size)
-    with tidesync.open(tmp_path / "c.db", schema=[BulkNote]) as db:
+    with tidesync.open(tmp_path / "c.db", schema=[BulkNote], encryption_key=key) as db:  # key: SQLCipher
         chunks = _scenario(db)
     # Every write of one field of `size` documents or more went the chunks' way (the revert
     # and the peer's integration take other paths).
     if size == 64:
-        assert chunked == [135, 100, 64, 70, 100, 150, 90]
+        assert chunked == [135, 100, 64, 70, 100, 70, 150, 90]
     else:
-        assert len(chunked) == 8 and chunked[0] == 23
+        assert len(chunked) == 9 and chunked[0] == 23
     monkeypatch.undo()
     monkeypatch.setattr(database, "_CHUNK_ROWS", 10 ** 9)  # one executemany for every row
     with tidesync.open(tmp_path / "e.db", schema=[BulkNote]) as db:

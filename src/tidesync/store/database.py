@@ -196,7 +196,7 @@ _INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, 
 
 
 def _compact_metas(metas: list[str]) -> tuple[bool, str]:
-    """Whether every one of ``metas`` (one or more) is the compact meta of a create,
+    """Whether every one of ``metas`` (none: False) is the compact meta of a create,
     ``{"*": stamp}`` (42 characters, ``{"*":"`` first), and if so the greatest, which holds
     the latest stamp (they differ only there). Two string comparisons a meta, no call: when
     the least and the greatest of them begin with ``{"*":"``, so does every one between."""
@@ -810,9 +810,10 @@ class Database(ReplicaStore):
         """The row facts the fast path needs for field ``name`` of a document that was not read
         ahead (``txn.read_ahead[(collection, name)]``, which the caller, ``_fast_assign``, looks
         in first): ``(pk, meta, body, at)`` (``at``: see :func:`~tidesync.store.writer.row_facts`),
-        or None when the file does not hold it. The body is read whole, not the field's old value: SQLite would parse it for
-        that, while a loop's commit cuts the old values from the bodies it splices (see
-        :meth:`_loop_as_columns`), and a pending document takes it with :meth:`_old_json`.
+        or None when the file does not hold it. The body is read whole, not the field's old
+        value: SQLite would parse it for that, while a loop's commit cuts the old values from
+        the bodies it splices (see :meth:`_loop_as_columns`), and a pending document takes it
+        with :meth:`_old_json`.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row

@@ -381,8 +381,9 @@ class WriteTransaction:
         self._unstamped: list[Any] = []  # flat: document, field, value, document, ...
         #: The assignment loop recorded as columns (one field of one collection, each document
         #: once, nothing else in between): document ref -> plain key, in assignment order, and
-        #: flat (read-ahead row ``(pk, meta, body, at)``: see :func:`row_facts`, plain value) per assignment. What ``pending`` and ``unstamped``
-        #: would hold for them; reading either turns the loop into them first (:meth:`_unloop`).
+        #: flat (read-ahead row ``(pk, meta, body, at)``: see :func:`row_facts`, plain value) per
+        #: assignment. What ``pending`` and ``unstamped`` would hold for them; reading either turns
+        #: the loop into them first (:meth:`_unloop`).
         self.loop_keys: dict[Ref, Plain] = {}
         self.loop_buf: list[Any] = []
         self.loop_collection = ""

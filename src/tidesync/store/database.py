@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from itertools import compress, islice, repeat
 from math import isfinite
-from operator import add, attrgetter, contains, is_not, itemgetter, lt
+from operator import attrgetter, contains, is_not, itemgetter, lt
 from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -1884,7 +1884,8 @@ class Database(ReplicaStore):
         pays for each of its steps (pysqlite releases the GIL four times, SQLite ends a
         statement) and SQLite's string functions on the meta."""
         head, tail = f',"r":{{"{name}":"1', '"}}'
-        compact = list(map(add, map(itemgetter(slice(0, 41)), metas), map(head.__add__, map(add, stamps, repeat(tail)))))
+        # one join a row (zip hands join the same tuple again when join lets go of it)
+        compact = list(map("".join, zip(map(itemgetter(slice(0, 41)), metas), repeat(head), stamps, repeat(tail))))
         new_metas = compact if built is None else [b if b is not None else m for b, m in zip(built, compact)]
         body = "?" if spliced else f"""json_set(body, '$."{name}"', {'?' if direct else 'json(?)'})"""
         n, size = len(rowids), _CHUNK_ROWS

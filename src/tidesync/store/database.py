@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from itertools import compress, islice, repeat
 from math import isfinite
-from operator import attrgetter, contains, is_not, itemgetter, lt, methodcaller
+from operator import attrgetter, contains, is_not, itemgetter, lt
 from threading import get_ident
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast, overload
@@ -54,7 +54,7 @@ from .tables import (
 )
 from .writer import (
     ColumnUpdate, BulkCreates, LoadedDoc, PendingDoc, WriteTransaction, pack_transaction, packed_creates,
-    packed_set_columns,
+    READ_AHEAD_COLUMNS, packed_set_columns, row_facts,
 )
 
 if TYPE_CHECKING:
@@ -193,6 +193,39 @@ def _member_texts(kind: str, name: str, values: list[Any]) -> list[str] | None:
 #: INSERT_DOCUMENT of a new local document: its epoch ('') and live (1) in the text, not bound.
 _INSERT_NEW = ("INSERT INTO documents (collection, pk, body, meta, epoch, live, seq, scope) "
                "VALUES (?, ?, ?, ?, '', 1, ?, ?)")
+
+
+def _compact_metas(metas: list[str]) -> tuple[bool, str]:
+    """Whether every one of ``metas`` (none: False) is the compact meta of a create,
+    ``{"*": stamp}`` (42 characters, ``{"*":"`` first), and if so the greatest, which holds
+    the latest stamp (they differ only there). Two string comparisons a meta, no call: when
+    the least and the greatest of them begin with ``{"*":"``, so does every one between."""
+    if set(map(len, metas)) != {42}:
+        return False, ""
+    least, greatest = min(metas), max(metas)
+    return least.startswith('{"*":"') and greatest.startswith('{"*":"'), greatest
+
+
+#: Rows per statement of :meth:`Database._write_single_chunks` (fewer instructions per row at
+#: 64 and 128 than at 32 or 256, by cachegrind: bench/RESULTS.md, session 11).
+_CHUNK_ROWS = 64
+
+
+@lru_cache(maxsize=64)
+def _chunk_update(body: str, rows: int) -> str:
+    """The ``UPDATE`` of ``rows`` rows of ``documents``: parameters ``?1, ?2, ?3``
+    the first row's rowid, body value (``body`` with ``?`` for it) and meta, then the next
+    rows' likewise, in increasing rowid order, and the seq last. A row's values are found by
+    binary search on its rowid (nested ``CASE``: a handful of comparisons, not one per row)."""
+    def pick(lo: int, hi: int, col: int) -> str:
+        if hi - lo == 1:
+            return f"?{3 * lo + col}"
+        mid = (lo + hi) // 2
+        return f"CASE WHEN rowid < ?{3 * mid + 1} THEN {pick(lo, mid, col)} ELSE {pick(mid, hi, col)} END"
+
+    value = body.replace("?", pick(0, rows, 2))
+    return (f"UPDATE documents SET body = {value}, meta = {pick(0, rows, 3)}, seq = ?{3 * rows + 1} "
+            f"WHERE rowid IN ({', '.join([f'?{3 * j + 1}' for j in range(rows)])})")
 
 
 def _wall_ms() -> int:
@@ -721,9 +754,9 @@ class Database(ReplicaStore):
                 row = self._live_row(txn, None, collection, pk, name)  # (_live_row without the call)
             else:
                 ahead[2] += 1  # type: ignore[index]
-                if not row[2]:
+                if type(row[3]) is not int and not row_facts(row[3])[1]:
                     raise InvalidatedObjectError(f"this {collection} object was deleted")
-            meta = row[3]
+            meta = row[1]
             if len(meta) != 42 or meta[:6] != '{"*":"':
                 top = register_top(loads_json(meta), name)
                 if top is None:
@@ -743,7 +776,8 @@ class Database(ReplicaStore):
         p = txn.pending.get(ref)
         if p is None or name not in p.before_json:
             row = self._live_row(txn, txn.read_ahead.get((collection, name)), collection, ref[1], name)
-            _, epoch, _, meta, body, rowid = row
+            _, meta, body, at = row
+            epoch, _, rowid = row_facts(at)
             old = self._old_json(body, name)
             if len(meta) == 42 and meta.startswith('{"*":"'):
                 top = meta[6:40]  # the compact meta of a create, nothing else: {"*": stamp}
@@ -772,7 +806,7 @@ class Database(ReplicaStore):
             ahead[2] += 1  # type: ignore[index]
         else:
             row = self._read_ahead(txn, collection, pk, name)
-        if row is None or not row[2]:
+        if row is None or (type(row[3]) is not int and not row_facts(row[3])[1]):
             raise InvalidatedObjectError(f"this {collection} object was deleted")
         return row
 
@@ -788,10 +822,11 @@ class Database(ReplicaStore):
     def _read_ahead(self, txn: WriteTransaction, collection: str, pk: str, name: str) -> tuple[Any, ...] | None:
         """The row facts the fast path needs for field ``name`` of a document that was not read
         ahead (``txn.read_ahead[(collection, name)]``, which the caller, ``_fast_assign``, looks
-        in first): ``(pk, epoch, live, meta, body, rowid)``, or None when the file does not
-        hold it. The body is read whole, not the field's old value: SQLite would parse it for
-        that, while a loop's commit cuts the old values from the bodies it splices (see
-        :meth:`_loop_as_columns`), and a pending document takes it with :meth:`_old_json`.
+        in first): ``(pk, meta, body, at)`` (``at``: see :func:`~tidesync.store.writer.row_facts`),
+        or None when the file does not hold it. The body is read whole, not the field's old
+        value: SQLite would parse it for that, while a loop's commit cuts the old values from
+        the bodies it splices (see :meth:`_loop_as_columns`), and a pending document takes it
+        with :meth:`_old_json`.
 
         Rows are read ahead in key order (assignments in a loop over results usually come in
         that order): the batch grows while its rows get used, and shrinks back to one row
@@ -811,7 +846,7 @@ class Database(ReplicaStore):
         sql = _FAST_READ.get(key)
         if sql is None:
             sql = _FAST_READ[key] = (
-                "SELECT pk, epoch, live, meta, body, rowid FROM documents WHERE collection = ? AND pk "
+                f"SELECT {READ_AHEAD_COLUMNS} FROM documents WHERE collection = ? AND pk "
                 + (">= ? ORDER BY pk LIMIT ?" if size > 1 else "= ?"))
         rows = self._engine.query(sql, (collection, pk, size) if size > 1 else (collection, pk))
         cached.update(zip(map(itemgetter(0), rows), rows))
@@ -957,7 +992,7 @@ class Database(ReplicaStore):
         epochs = list(map(attrgetter("epoch"), heads))
         metas = list(map(attrgetter("meta"), heads))
         rowids = list(map(attrgetter("rowid"), heads))
-        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        compact = _compact_metas(metas)[0]
         self._commit_columns(txn, collection, item_names, keys, refs, epochs, metas, rowids, olds, values, direct,
                              single, compact)
 
@@ -973,9 +1008,15 @@ class Database(ReplicaStore):
         taken = txn.loop_columns()
         assert taken is not None
         collection, name, refs, keys, rows, values = taken
-        _, epoch_t, _, meta_t, body_t, rowid_t = zip(*rows)
+        _, meta_t, body_t, at_t = zip(*rows)
         metas: list[str] = list(meta_t)
         n = len(refs)
+        rowids: list[int]
+        if set(map(type, at_t)) == {int}:  # nearly always: live documents of epoch '' (see row_facts)
+            epochs, rowids = [""] * n, list(at_t)
+        else:
+            facts = list(map(row_facts, at_t))
+            epochs, rowids = list(map(itemgetter(0), facts)), list(map(itemgetter(2), facts))
         types = set(map(type, values))
         # The new bodies spliced from the ones read ahead, the old values cut from them, as a
         # uniform create_many(update=) chunk's (see _update_uniform); else json_set writes them.
@@ -996,15 +1037,15 @@ class Database(ReplicaStore):
             bodies = _spliced(parts, members)
         else:
             olds = [self._old_json(b, name) for b in body_t]
-        compact = set(map(len, metas)) == {42} and all(map(methodcaller("startswith", '{"*":"'), metas))
+        compact, latest = _compact_metas(metas)
         # The latest write key replaced (as _fast_assign's for the others: see loop_max).
         if compact:
-            top = max(map(itemgetter(slice(6, 40)), metas))
+            top = latest[6:40]
         else:
             top = max([m[6:40] for m in metas if len(m) == 42 and m[:6] == '{"*":"'], default="")
         if top > txn.unstamped_max:
             txn.unstamped_max = top
-        self._commit_columns(txn, collection, [(name,)] * n, keys, refs, list(epoch_t), metas, list(rowid_t),
+        self._commit_columns(txn, collection, [(name,)] * n, keys, refs, epochs, metas, rowids,
                              olds, values, {name: types <= _DIRECT_TYPES}, True, compact, bodies)
 
     def _commit_columns(self, txn: WriteTransaction, collection: str, item_names: list[tuple[str, ...]],
@@ -1817,6 +1858,10 @@ class Database(ReplicaStore):
             if names:
                 ns = names[0]
                 vals = bodies if bodies is not None else values if direct[ns[0]] else list(map(dumps, values))
+                if len(rowids) >= _CHUNK_ROWS:
+                    self._write_single_chunks(ns[0], rowids, metas, stamps, vals, seq, direct[ns[0]],
+                                              built if other_metas else None, bodies is not None)
+                    return
                 groups[ns] = zip(vals, overlays, stamps, rowids) if other_metas else zip(vals, stamps, rowids)
         else:
             s = 0
@@ -1841,6 +1886,43 @@ class Database(ReplicaStore):
             self._engine.executemany(
                 f"UPDATE documents SET body = {body}, meta = {meta}, seq = {int(seq)} "
                 "WHERE rowid = ?", group)
+
+    def _write_single_chunks(self, name: str, rowids: list[int], metas: list[str], stamps: list[str], vals: list[Any],
+                             seq: int, direct: bool, built: list[str | None] | None, spliced: bool) -> None:
+        """:meth:`_write_columns` of one field per document, :data:`_CHUNK_ROWS` rows or more:
+        the new metas made here (what the statement's ``substr(meta, 1, 41) || ...`` appends
+        to a create's compact meta, or ``built[k]``), and the rows written
+        :data:`_CHUNK_ROWS` per ``UPDATE`` (:func:`_chunk_update`: each row's values found by
+        its rowid), the rest with one ``executemany``. Per row, that saves what ``executemany``
+        pays for each of its steps (pysqlite releases the GIL four times, SQLite ends a
+        statement) and SQLite's string functions on the meta."""
+        head, tail = f',"r":{{"{name}":"1', '"}}'
+        # one join a row (zip hands join the same tuple again when join lets go of it)
+        compact = list(map("".join, zip(map(itemgetter(slice(0, 41)), metas), repeat(head), stamps, repeat(tail))))
+        new_metas = compact if built is None else [b if b is not None else m for b, m in zip(built, compact)]
+        body = "?" if spliced else f"""json_set(body, '$."{name}"', {'?' if direct else 'json(?)'})"""
+        n, size = len(rowids), _CHUNK_ROWS
+        # Rows in rowid order, as the chunk's statement finds them (a loop over results in key
+        # order usually has them so; rowids are distinct: each document is written once).
+        if not all(map(lt, rowids, islice(rowids, 1, None))):
+            order = sorted(range(n), key=rowids.__getitem__)
+            rowids, vals, new_metas = [rowids[i] for i in order], [vals[i] for i in order], [new_metas[i] for i in order]
+        whole = n - n % size
+        sql = _chunk_update(body, size)
+        flat: list[Any] = [None] * (3 * n)
+        flat[0::3], flat[1::3], flat[2::3] = rowids, vals, new_metas
+        width = 3 * size
+        execute = self._engine.execute
+        for i in range(0, 3 * whole, width):
+            params = flat[i:i + width]
+            params.append(seq)
+            changed = execute(sql, params).rowcount
+            if changed != size:  # never expected: every row is the transaction's own, once
+                raise StorageError(f"a bulk update wrote {changed} rows of {size}",
+                                   advice="report this as a bug; the write was rolled back")
+        if whole < n:
+            self._engine.executemany(f"UPDATE documents SET body = {body}, meta = ?, seq = {int(seq)} WHERE rowid = ?",
+                                     list(zip(vals[whole:], new_metas[whole:], rowids[whole:])))
 
     def _update_rows(self, collection: str, names: list[str], pks: list[str]) -> dict[str, tuple[Any, ...]]:
         """The rows of ``pks`` the file holds, by pk: ``(pk, epoch, live, meta, rowid, field as

@@ -17,6 +17,7 @@ from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, coerce, 
 from ..core.schema import SCALAR_KINDS, FieldType, ObjectSchema
 from ..core.values import INT64_MAX, INT64_MIN, Plain, from_plain, loads_json
 from ..errors import InvalidatedObjectError, ValidationError
+from .writer import row_facts
 
 if TYPE_CHECKING:
     from .database import Database
@@ -107,11 +108,11 @@ class ObjectBinding:
                 row: tuple[Any, ...] | None
                 if ahead is not None and (row := ahead[0].pop(pk, None)) is not None:
                     ahead[2] += 1
-                    if not row[2]:
+                    if type(row[3]) is not int and not row_facts(row[3])[1]:
                         raise InvalidatedObjectError(f"this {self.collection} object was deleted")
                 else:
                     row = db._live_row(txn, None, self.collection, pk, name)  # raises if deleted
-                meta = row[3]
+                meta = row[1]
                 if len(meta) != 42 or meta[:6] != '{"*":"':
                     # (a create's compact meta {"*": stamp}: its stamp is taken when the loop is read)
                     top = register_top(loads_json(meta), name)

@@ -240,6 +240,23 @@ def array_items(packed: bytes) -> bytes:
 COLUMNS_MIN_DOCS = 32
 
 
+#: The columns the update fast path reads ahead for a document (``Database._read_ahead``):
+#: ``pk, meta, body, at``, where ``at`` is the rowid of a live document of epoch ``''`` (nearly
+#: every one) and else the JSON text ``[rowid, live, epoch]``: one column for three, since
+#: pysqlite pays for each column of each row it fetches (it releases the GIL around each).
+READ_AHEAD_COLUMNS = ("pk, meta, body, CASE WHEN live AND epoch = '' THEN rowid "
+                      "ELSE json_array(rowid, live, epoch) END")
+
+
+def row_facts(at: int | str) -> tuple[str, bool, int]:
+    """The epoch, live flag and rowid of a document read ahead, from its last column ``at``
+    (see :data:`READ_AHEAD_COLUMNS`)."""
+    if isinstance(at, int):
+        return "", True, at
+    rowid, live, epoch = json.loads(at)
+    return epoch, bool(live), rowid
+
+
 def packed_set_columns(collection: str, names: list[tuple[str, ...]], keys: list[Plain], epochs: list[str],
                        stamps: list[str], values: list[Plain]) -> tuple[bytes, int]:
     """The ``SetValue`` operations of a :class:`ColumnUpdate`'s columns packed for the log
@@ -364,8 +381,9 @@ class WriteTransaction:
         self._unstamped: list[Any] = []  # flat: document, field, value, document, ...
         #: The assignment loop recorded as columns (one field of one collection, each document
         #: once, nothing else in between): document ref -> plain key, in assignment order, and
-        #: flat (read-ahead row ``(pk, epoch, live, meta, body, rowid)``, plain value) per assignment. What ``pending`` and ``unstamped``
-        #: would hold for them; reading either turns the loop into them first (:meth:`_unloop`).
+        #: flat (read-ahead row ``(pk, meta, body, at)``: see :func:`row_facts`, plain value) per
+        #: assignment. What ``pending`` and ``unstamped`` would hold for them; reading either turns
+        #: the loop into them first (:meth:`_unloop`).
         self.loop_keys: dict[Ref, Plain] = {}
         self.loop_buf: list[Any] = []
         self.loop_collection = ""
@@ -463,7 +481,8 @@ class WriteTransaction:
         it = iter(buf)
         old_json = self._old_json
         for (ref, key), row, plain in zip(keys.items(), it, it):
-            _, epoch, _, meta, body, rowid = row
+            _, meta, body, at = row
+            epoch, _, rowid = row_facts(at)
             p = pending[ref] = PendingDoc(collection, key, ref, epoch, meta, rowid, {name: old_json(body, name)}, {}, {})
             out += (p, name, plain)
             if len(meta) == 42 and meta[:6] == '{"*":"' and meta[6:40] > top:

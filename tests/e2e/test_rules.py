@@ -9,6 +9,7 @@ fields never reach the device's file), and the choice of a partition.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from pathlib import Path
@@ -194,9 +195,13 @@ def test_a_json_schema_violation_is_compensated_with_its_message(world):
     eventually(lambda: ann.db.get(RuleJob, "long") is None)
 
 
+_SEEDS = itertools.count(1)
+
+
 def _seed(backend, doc):
     origin = "5eed5eed5eed5eed"
-    stamp = f"{int(time.time() * 1000):012x}000000{origin}"
+    # (the counter: two seeds in one millisecond would otherwise be one transaction)
+    stamp = f"{int(time.time() * 1000):012x}{next(_SEEDS):06x}{origin}"
     backend.integrate([Transaction(stamp, origin, stamp, (), (CreateDoc("RuleJob", doc["_id"], stamp, "", doc, {}),))])
 
 
@@ -235,22 +240,25 @@ def test_hidden_documents_and_fields_never_reach_the_device(tmp_path):
         server.stop()
 
 
-def _conflict(backend, key, field, first, second):
-    """Two devices' concurrent writes of ``field`` (the second wins): a conflict the server records."""
+def _conflict(backend, key, field, first, second, at=None):
+    """Two devices' concurrent writes of ``field`` (the second wins): a conflict the server
+    records. ``at``: the writes' time in ms (two calls in one millisecond would otherwise make
+    the same transactions)."""
     from tidesync.core.operations import SetValue
 
-    now = int(time.time() * 1000)
+    now = int(time.time() * 1000) if at is None else at
     for i, (origin, value) in enumerate((("a1a1a1a1a1a1a1a1", first), ("b2b2b2b2b2b2b2b2", second))):
         stamp = f"{now + 1 + i:012x}000000{origin}"
         op = SetValue("RuleJob", key, stamp, "", (field,), (), value)
         backend.integrate([Transaction(stamp, origin, stamp, (), (op,))])
 
 
-def _listed_conflicts(server, user):
+def _listed_conflicts(server, user, limit=None):
     import json
     import urllib.request
 
-    req = urllib.request.Request(f"{server.url}/api/default/conflicts",
+    query = "" if limit is None else f"?limit={limit}"
+    req = urllib.request.Request(f"{server.url}/api/default/conflicts{query}",
                                  headers={"Authorization": f"Bearer {user.access_token}"})
     with urllib.request.urlopen(req, timeout=T) as resp:
         return sorted({(c["key"], c["path"]) for c in json.loads(resp.read())["conflicts"]})
@@ -268,15 +276,38 @@ def test_the_conflicts_api_lists_only_what_the_caller_may_read(tmp_path):
         _seed(backend, {"_id": "private", "_partition": "shared", "owner_id": ann.id, "title": "t"})
         _seed(backend, {"_id": "open", "_partition": "shared", "owner_id": ann.id, "shared": True, "title": "t",
                         "salary": 1})
-        _conflict(backend, "private", "title", "PRIVATE-1", "PRIVATE-2")
-        _conflict(backend, "open", "title", "open-1", "open-2")
-        _conflict(backend, "open", "salary", 111111, 222222)
+        at = int(time.time() * 1000) + 1000   # (after the seeds, and apart from each other)
+        _conflict(backend, "private", "title", "PRIVATE-1", "PRIVATE-2", at=at)
+        _conflict(backend, "open", "title", "open-1", "open-2", at=at + 10)
+        _conflict(backend, "open", "salary", 111111, 222222, at=at + 20)
         # (Each document's and field's conflicts: the first write against the seeded value, then
         # the second against the first.)
         assert sorted({(c["key"], c["path"]) for c in backend.conflicts()}) == [
             ("open", "salary"), ("open", "title"), ("private", "title")]
         assert _listed_conflicts(server, ann) == [("open", "title"), ("private", "title")]
         assert _listed_conflicts(server, bob) == [("open", "title")]
+    finally:
+        server.stop()
+
+
+def test_the_conflicts_api_limit_counts_what_the_caller_may_read(tmp_path):
+    # The newest records are of a document bob may not read: limit=1 still gives him the newest
+    # record he may read, found further down (the limit counts what is listed, not what is looked at).
+    server = serve(tmp_path, RULES_TOML)
+    backend = server.app.state.tidesync.backend
+    try:
+        apps = {name: tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
+                for name in ("ann", "bob")}
+        ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
+        _seed(backend, {"_id": "private", "_partition": "shared", "owner_id": ann.id, "title": "t"})
+        _seed(backend, {"_id": "open", "_partition": "shared", "owner_id": ann.id, "shared": True, "title": "t"})
+        at = int(time.time() * 1000) + 1000
+        _conflict(backend, "open", "title", "open-1", "open-2", at=at)
+        for i in range(1, 251):   # more than a page of the server's scan (200)
+            _conflict(backend, "private", "title", f"P-{i}-a", f"P-{i}-b", at=at + 10 * i)
+        assert len(backend.conflicts(1000)) == 2 + 2 * 250
+        assert _listed_conflicts(server, bob, limit=1) == [("open", "title")]
+        assert _listed_conflicts(server, ann, limit=1) == [("private", "title")]
     finally:
         server.stop()
 
@@ -290,8 +321,9 @@ def test_the_conflicts_api_lists_only_the_partitions_the_caller_may_read(tmp_pat
         ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
         _seed(backend, {"_id": "ann-own", "_partition": ann.id, "title": "t"})
         _seed(backend, {"_id": "pub", "_partition": "public", "title": "t"})
-        _conflict(backend, "ann-own", "title", "PRIVATE-1", "PRIVATE-2")
-        _conflict(backend, "pub", "title", "p-1", "p-2")
+        at = int(time.time() * 1000) + 1000
+        _conflict(backend, "ann-own", "title", "PRIVATE-1", "PRIVATE-2", at=at)
+        _conflict(backend, "pub", "title", "p-1", "p-2", at=at + 10)
         assert _listed_conflicts(server, ann) == [("ann-own", "title"), ("pub", "title")]
         assert _listed_conflicts(server, bob) == [("pub", "title")]
     finally:

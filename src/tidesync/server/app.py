@@ -104,8 +104,8 @@ class ServerState:
         self.recheck_sessions(uid)
         return found
 
-    async def list_conflicts(self, limit: int) -> list[dict[str, Any]]:
-        return await asyncio.to_thread(self.backend.conflicts, limit)
+    async def list_conflicts(self, limit: int, before: int | None = None) -> list[dict[str, Any]]:
+        return await asyncio.to_thread(lambda: self.backend.conflicts(limit, before=before))
 
     def notify_commit(self, origin_session: Any = None, first: Iterable[Any] = (),
                       skip: Set[Any] = frozenset()) -> None:

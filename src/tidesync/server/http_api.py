@@ -124,14 +124,20 @@ def endpoint(state: ServerState, handler: Handler) -> Handler:
     return run
 
 
+#: With rules, ``GET .../conflicts`` looks for the caller's readable records among at most
+#: this many of the newest (so one request's work stays bounded).
+CONFLICTS_SCANNED = 10_000
+
+
 def routes_for(state: ServerState) -> list[Route]:
     """Every HTTP route of the server (the sync WebSocket is added by the app)."""
     from .auth_routes import auth_routes
     from .openapi import openapi_document
 
     async def conflicts(request: Request) -> Response:
-        """Resolved conflicts, newest first: of the newest ``limit``, those of documents and
-        fields the caller may read (the rules, as for sync)."""
+        """Resolved conflicts, newest first: the newest ``limit`` of documents and fields the
+        caller may read (the rules, as for sync), looked for among the newest
+        ``CONFLICTS_SCANNED`` records."""
         from .enforcement import readable_conflicts
 
         user = state.tokens.verify(bearer(request))
@@ -139,10 +145,19 @@ def routes_for(state: ServerState) -> list[Route]:
             limit = min(1000, max(1, int(request.query_params.get("limit", "100"))))
         except ValueError:
             raise HttpError(400, "bad_request", "limit must be an integer") from None
-        listed = await state.list_conflicts(limit)
-        if state.config.rules is not None:
-            listed = await asyncio.to_thread(readable_conflicts, state, user, listed)
-        return JSONResponse({"conflicts": listed})
+        if state.config.rules is None:
+            return JSONResponse({"conflicts": await state.list_conflicts(limit)})
+        listed: list[dict[str, Any]] = []
+        before: int | None = None
+        scanned = 0
+        while len(listed) < limit and scanned < CONFLICTS_SCANNED:
+            page = await state.list_conflicts(min(max(limit, 200), CONFLICTS_SCANNED - scanned), before)
+            if not page:
+                break
+            scanned += len(page)
+            before = page[-1]["id"]
+            listed += await asyncio.to_thread(readable_conflicts, state, user, page)
+        return JSONResponse({"conflicts": listed[:limit]})
 
     async def sync_head(request: Request) -> Response:
         """The server's log position."""

@@ -3221,13 +3221,15 @@ class Database(ReplicaStore):
         schema_obj = obj or ObjectSchema(collection, {})
         txn.create(schema_obj, key, dict(fields), ())
 
-    def conflicts(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The newest resolved conflicts: what lost, what won, their stamps and the rule."""
+    def conflicts(self, limit: int = 100, *, before: int | None = None) -> list[dict[str, Any]]:
+        """The newest resolved conflicts: what lost, what won, their stamps and the rule.
+        ``before``: only records whose ``id`` is lower (the next page after a list's last)."""
         self._check_open()
         with self._lock:
             rows = self._engine.query(
                 "SELECT id, txn, collection, pk, path, rule, winner, winner_stamp, loser, loser_stamp "
-                "FROM conflicts ORDER BY id DESC LIMIT ?", (limit,))
+                "FROM conflicts WHERE id < ? ORDER BY id DESC LIMIT ?",
+                (2**63 - 1 if before is None else before, limit))
         return [{"id": r[0], "transaction": r[1], "collection": r[2], "key": json.loads(r[3]), "path": r[4],
                  "rule": r[5], "winner": json.loads(r[6]) if r[6] else None, "winner_stamp": r[7],
                  "loser": json.loads(r[8]) if r[8] else None, "loser_stamp": r[9]} for r in rows]

@@ -91,3 +91,25 @@ def test_an_iteration_across_the_start_and_the_end_of_a_write_reads_the_same_val
     assert [o._id for o in objs] == [f"p{i:03d}" for i in range(N)]
     assert [o.level for o in objs] == [i if not 6 <= i < 14 else -1 for i in range(N)]
     db.close()
+
+
+def test_pages_of_consecutive_rowids_are_read_by_a_range_and_others_by_a_list(tmp_path, monkeypatch):
+    monkeypatch.setattr(results, "_PAGE", 4)
+    db = _open(tmp_path)
+    with db.write():  # p005 and p011 deleted: the pages around them hold gaps in their rowids
+        db.delete(db.get(Pump, "p005"))
+        db.delete(db.get(Pump, "p011"))
+    seen = _spy(db, monkeypatch)
+    it = iter(db.objects(Pump))
+    got = [next(it)._id for _ in range(13)]
+    with db.write():  # deleted after the rowids were read, before its page: not given
+        db.delete(db.get(Pump, "p018"))
+    got += [o._id for o in it]
+    assert got == [f"p{i:03d}" for i in range(N) if i not in (5, 11, 18)]
+    pages = [sql for sql in seen if "WHERE rowid" in sql]
+    assert any("BETWEEN" in sql for sql in pages) and any(" IN (" in sql for sql in pages)
+    # sorted: not in rowid order, read by a list
+    seen.clear()
+    assert [o._id for o in db.objects(Pump).sort("_id", reverse=True)] == got[::-1]
+    assert [sql for sql in seen if "WHERE rowid" in sql] and not any("BETWEEN" in sql for sql in seen)
+    db.close()

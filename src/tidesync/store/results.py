@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from itertools import repeat
+from itertools import islice, repeat
+from operator import lt
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..core.models import _ModelBase
@@ -348,11 +349,17 @@ class Results(Generic[M]):
         for i in range(0, len(rowids), _PAGE):
             chunk = rowids[i:i + _PAGE].tolist()
             body = "" if db._txn is not None else ", body"
+            # Consecutive rowids (a whole collection in creation order): one range, not an IN
+            # list (SQLite would make an index of the list and seek each row from it).
+            if chunk[-1] - chunk[0] == len(chunk) - 1 and all(map(lt, chunk, islice(chunk, 1, None))):
+                sql, params = f"SELECT rowid, pk{body} FROM documents WHERE rowid BETWEEN ? AND ? AND live = 1", [
+                    chunk[0], chunk[-1]]
+            else:
+                sql, params = (f"SELECT rowid, pk{body} FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) "
+                               "AND live = 1", chunk)
             with db._lock, db._engine.unmapped():
                 db._check_open()
-                rows = db._engine.query(
-                    f"SELECT rowid, pk{body} FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
-                    chunk)
+                rows = db._engine.query(sql, params)
             by_id = {r[0]: r for r in rows}
             yield from self._managed_page([hit for rid in chunk if (hit := by_id.get(rid)) is not None])
 

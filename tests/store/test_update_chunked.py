@@ -73,7 +73,15 @@ def test_rows_written_in_chunks_are_what_executemany_writes(tmp_path, monkeypatc
         return write(self, name, rowids, *a)
     monkeypatch.setattr(Database, "_write_single_chunks", recorded)
     monkeypatch.setattr(database, "_CHUNK_ROWS", size)
+    forms: list[str] = []
     with tidesync.open(tmp_path / "c.db", schema=[BulkNote], encryption_key=key) as db:  # key: SQLCipher
+        execute = db._engine.execute
+
+        def seen(sql, *a, **k):
+            if sql.startswith("UPDATE documents SET body =") and "CASE WHEN rowid <" in sql:
+                forms.append("range" if "BETWEEN" in sql else "in")
+            return execute(sql, *a, **k)
+        monkeypatch.setattr(db._engine, "execute", seen)
         chunks = _scenario(db)
     # Every write of one field of `size` documents or more went the chunks' way (the revert
     # and the peer's integration take other paths).
@@ -81,6 +89,9 @@ def test_rows_written_in_chunks_are_what_executemany_writes(tmp_path, monkeypatc
         assert chunked == [135, 100, 64, 70, 100, 70, 150, 90]
     else:
         assert len(chunked) == 9 and chunked[0] == 23
+    # Chunks of consecutive rowids (the loop in the order of creation) took the range, the
+    # others the IN list: both forms wrote rows below.
+    assert "range" in forms and "in" in forms
     monkeypatch.undo()
     monkeypatch.setattr(database, "_CHUNK_ROWS", 10 ** 9)  # one executemany for every row
     with tidesync.open(tmp_path / "e.db", schema=[BulkNote]) as db:
@@ -94,6 +105,13 @@ def test_chunk_statement_finds_each_row_by_its_rowid():
     sql = database._chunk_update("?", 5)
     assert sql.count("CASE WHEN rowid <") == 2 * 4  # a binary tree of 5 leaves per column
     assert "?16" in sql and "?17" not in sql  # 3 parameters per row, then the seq
+    assert "rowid IN (?1, ?4, ?7, ?10, ?13)" in sql
+
+
+def test_chunk_statement_of_consecutive_rowids_takes_the_range_from_the_first_to_the_last():
+    sql = database._chunk_update("?", 5, True)
+    assert sql.endswith("WHERE rowid BETWEEN ?1 AND ?13") and " IN (" not in sql
+    assert sql.count("CASE WHEN rowid <") == 2 * 4 and "?16" in sql  # the same values and seq
 
 
 def test_compact_metas_are_told_by_the_least_and_the_greatest():

@@ -212,11 +212,14 @@ _CHUNK_ROWS = 64
 
 
 @lru_cache(maxsize=64)
-def _chunk_update(body: str, rows: int) -> str:
+def _chunk_update(body: str, rows: int, contiguous: bool = False) -> str:
     """The ``UPDATE`` of ``rows`` rows of ``documents``: parameters ``?1, ?2, ?3``
     the first row's rowid, body value (``body`` with ``?`` for it) and meta, then the next
     rows' likewise, in increasing rowid order, and the seq last. A row's values are found by
-    binary search on its rowid (nested ``CASE``: a handful of comparisons, not one per row)."""
+    binary search on its rowid (nested ``CASE``: a handful of comparisons, not one per row).
+    ``contiguous``: the rowids are consecutive integers, so the rows are those between the
+    first and the last (a range scan: SQLite then builds no ephemeral index of the ``IN``
+    list and seeks no row, 1.1k fewer instructions a row)."""
     def pick(lo: int, hi: int, col: int) -> str:
         if hi - lo == 1:
             return f"?{3 * lo + col}"
@@ -224,8 +227,9 @@ def _chunk_update(body: str, rows: int) -> str:
         return f"CASE WHEN rowid < ?{3 * mid + 1} THEN {pick(lo, mid, col)} ELSE {pick(mid, hi, col)} END"
 
     value = body.replace("?", pick(0, rows, 2))
-    return (f"UPDATE documents SET body = {value}, meta = {pick(0, rows, 3)}, seq = ?{3 * rows + 1} "
-            f"WHERE rowid IN ({', '.join([f'?{3 * j + 1}' for j in range(rows)])})")
+    where = (f"rowid BETWEEN ?1 AND ?{3 * rows - 2}" if contiguous
+             else f"rowid IN ({', '.join([f'?{3 * j + 1}' for j in range(rows)])})")
+    return f"UPDATE documents SET body = {value}, meta = {pick(0, rows, 3)}, seq = ?{3 * rows + 1} WHERE {where}"
 
 
 def _wall_ms() -> int:
@@ -1908,7 +1912,7 @@ class Database(ReplicaStore):
             order = sorted(range(n), key=rowids.__getitem__)
             rowids, vals, new_metas = [rowids[i] for i in order], [vals[i] for i in order], [new_metas[i] for i in order]
         whole = n - n % size
-        sql = _chunk_update(body, size)
+        sql, sql_range = _chunk_update(body, size), _chunk_update(body, size, True)
         flat: list[Any] = [None] * (3 * n)
         flat[0::3], flat[1::3], flat[2::3] = rowids, vals, new_metas
         width = 3 * size
@@ -1916,7 +1920,8 @@ class Database(ReplicaStore):
         for i in range(0, 3 * whole, width):
             params = flat[i:i + width]
             params.append(seq)
-            changed = execute(sql, params).rowcount
+            # (rowids distinct and increasing: a span of size - 1 holds exactly these rows)
+            changed = execute(sql_range if params[-4] - params[0] == size - 1 else sql, params).rowcount
             if changed != size:  # never expected: every row is the transaction's own, once
                 raise StorageError(f"a bulk update wrote {changed} rows of {size}",
                                    advice="report this as a bug; the write was rolled back")

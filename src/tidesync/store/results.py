@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from array import array
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from itertools import islice, repeat
+from operator import lt
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from ..core.models import _ModelBase
@@ -336,7 +338,9 @@ class Results(Generic[M]):
         # A result of at most one page is read with one statement; a larger one from a
         # snapshot of its rowids, a page of bodies at a time (memory stays flat: these reads
         # bypass the file's memory map, whose pages would stay resident).
-        rows = self._select("documents.rowid, documents.pk, documents.body", 0, _PAGE + 1)
+        # Inside a write transaction the bodies are not cached (see _managed_page): not read.
+        body = "" if db._txn is not None else ", documents.body"
+        rows = self._select(f"documents.rowid, documents.pk{body}", 0, _PAGE + 1)
         if len(rows) <= _PAGE:
             yield from self._managed_page(rows)
             return
@@ -344,30 +348,41 @@ class Results(Generic[M]):
         rowids = self._rowids()
         for i in range(0, len(rowids), _PAGE):
             chunk = rowids[i:i + _PAGE].tolist()
+            body = "" if db._txn is not None else ", body"
+            # Consecutive rowids (a whole collection in creation order): one range, not an IN
+            # list (SQLite would make an index of the list and seek each row from it).
+            if chunk[-1] - chunk[0] == len(chunk) - 1 and all(map(lt, chunk, islice(chunk, 1, None))):
+                sql, params = f"SELECT rowid, pk{body} FROM documents WHERE rowid BETWEEN ? AND ? AND live = 1", [
+                    chunk[0], chunk[-1]]
+            else:
+                sql, params = (f"SELECT rowid, pk{body} FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) "
+                               "AND live = 1", chunk)
             with db._lock, db._engine.unmapped():
                 db._check_open()
-                rows = db._engine.query(
-                    f"SELECT rowid, pk, body FROM documents WHERE rowid IN ({','.join('?' * len(chunk))}) AND live = 1",
-                    chunk)
+                rows = db._engine.query(sql, params)
             by_id = {r[0]: r for r in rows}
             yield from self._managed_page([hit for rid in chunk if (hit := by_id.get(rid)) is not None])
 
     def _managed_page(self, rows: Sequence[tuple[Any, ...]]) -> list[M]:
         """Managed objects of (rowid, pk, body) rows, their bodies cached (decoded under the
-        lock, so a commit cannot clear the cache between the read and the caching)."""
+        lock, so a commit cannot clear the cache between the read and the caching), or of
+        (rowid, pk) rows (read inside a write transaction), nothing cached."""
         db, cls = self._db, self._cls
         name = cls.__name__
         schema = db.schema[name]
         out: list[M] = []
         append = out.append
         with db._lock:
-            cache = db._cache if db._txn is None else None
+            # Not inside a write transaction (its changes are not the file's yet), nor without
+            # the bodies (a write transaction had begun when the rows were read).
+            cache = db._cache if db._txn is None and rows and len(rows[0]) == 3 else None
             if cache is not None and len(cache) + len(rows) > _CACHE_LIMIT:
                 cache.clear()
             # The page's bodies decoded with one call of the JSON decoder (the same dicts).
-            bodies = loads_json("[" + ",".join([r[2] for r in rows]) + "]")
+            bodies = loads_json("[" + ",".join([r[2] for r in rows]) + "]") if cache is not None else repeat(None)
             new_binding = ObjectBinding.__new__
-            for (_, pk_text, _), body in zip(rows, bodies):
+            for row, body in zip(rows, bodies):
+                pk_text = row[1]
                 ref = (name, pk_text)
                 if cache is not None:
                     cache[ref] = body

@@ -159,6 +159,7 @@ def report(r: dict[str, Any], command: str) -> str:
         many = w.get("ts_insert_many") or []
         upd_ts, upd_raw = _med(w["ts_update"]), _med(w["raw_update"])
         upd_many = w.get("ts_update_many") or []
+        upd_iter = w.get("ts_update_iter") or []
         ratios_i = [a / b for a, b in zip(w["ts_insert"], w["raw_insert"])]
         ratios_u = [a / b for a, b in zip(w["ts_update"], w["raw_update"])]
         cpu_i = _med(w["ts_insert_cpu"]) / _med(w["raw_insert_cpu"])
@@ -192,6 +193,10 @@ def report(r: dict[str, Any], command: str) -> str:
                f"{_s(upd_raw)} | **{_med(upd_many) / upd_raw:.2f}x** | "
                f"{_med(w['ts_update_many_cpu']) / _med(w['raw_update_cpu']):.2f}x | <= 2.5x | "
                f"{_yes(_med(upd_many) / upd_raw <= 2.5)} |"] if upd_many else []),
+            *([f"| the same loop as an app writes it, iterating `db.objects()` inside the write (the iteration "
+               f"timed too) vs the same `executemany` UPDATE | {_s(_med(upd_iter))} ({_med(upd_iter) / n * 1e6:.1f} "
+               f"µs/obj) | {_s(upd_raw)} | {_med(upd_iter) / upd_raw:.2f}x | "
+               f"{_med(w['ts_update_iter_cpu']) / _med(w['raw_update_cpu']):.2f}x | (info) | |"] if upd_iter else []),
             f"| the same, raw done in Python (SELECT, `json.loads`, set, `json` encode, `executemany` UPDATE) | "
             f"{_s(upd_ts)} | {_s(upd_py)} | {upd_ts / upd_py:.2f}x | {cpu_u_py:.2f}x | (info) | |",
             "",

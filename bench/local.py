@@ -146,6 +146,19 @@ def _ts_update(path: str, model: type[tidesync.Model], ids: list[str], values: l
     return t
 
 
+def _ts_update_iterating(path: str, model: type[tidesync.Model], values: list[int]) -> Timer:
+    """The same update as :func:`_ts_update`, written as an app writes it: the results iterated
+    inside the write (``for obj in db.objects(model): obj.priority = v``), the iteration timed."""
+    db = tidesync.open(path, schema=[model])
+    gc.collect()
+    with Timer() as t:
+        with db.write():
+            for obj, v in zip(db.objects(model), values):
+                obj.priority = v
+    db.close()
+    return t
+
+
 def _ts_update_many(path: str, model: type[tidesync.Model], ids: list[str], values: list[int]) -> Timer:
     """The same update as :func:`_ts_update` with one ``db.create_many(..., update="modified")``
     call (the bulk way to update many objects), from plain dicts of ``_id`` and the new value."""
@@ -172,7 +185,7 @@ def case_write(args: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, list[float]] = {k: [] for k in (
         "raw_insert", "raw_insert_sql_only", "ts_insert", "ts_insert_many", "raw_update", "ts_update",
         "ts_update_many", "raw_update_python", "raw_insert_cpu", "raw_insert_sql_only_cpu", "ts_insert_cpu",
-        "ts_insert_many_cpu", "raw_update_cpu", "ts_update_cpu", "ts_update_many_cpu", "raw_update_python_cpu")}
+        "ts_insert_many_cpu", "raw_update_cpu", "ts_update_cpu", "ts_update_many_cpu", "raw_update_python_cpu", "ts_update_iter", "ts_update_iter_cpu")}
 
     def add(name: str, t: Timer) -> None:
         out[name].append(t.wall)
@@ -191,6 +204,7 @@ def case_write(args: dict[str, Any]) -> dict[str, Any]:
             add("ts_update_many", _ts_update_many(ts_path, model, ids, values))  # on the fresh file, as ts_update
             add("ts_insert", _ts_insert(ts_path, model, docs))
             add("ts_update", _ts_update(ts_path, model, ids, values))
+            add("ts_update_iter", _ts_update_iterating(ts_path, model, [(v + 1) % 5 for v in values]))
 
         for step in ([raw, ts] if r % 2 == 0 else [ts, raw]):
             step()

@@ -2422,7 +2422,8 @@ class Database(ReplicaStore):
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
                   peer_seq: int | None = None, preloaded: Preloaded | None = None,
-                  first: Sequence[Transaction] = (), recheck: bool = False) -> IntegrateResult:
+                  first: Sequence[Transaction] = (), recheck: bool = False,
+                  wait: bool = True) -> IntegrateResult:
         """Merge transactions from another replica (idempotent: known ones are skipped).
 
         All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
@@ -2441,10 +2442,16 @@ class Database(ReplicaStore):
         reading them again. (Writes through this connection are the caller's to order: the
         server's document writes take its rules lock; its acknowledgements write no document.)
 
+        ``wait``: False to raise :class:`~tidesync.store.engine.WriteLockBusy` at once, with
+        nothing applied, when another connection (another process) holds the file's write lock,
+        instead of waiting for it (up to ``BUSY_TIMEOUT``): for a server's event loop.
+
         Raises:
             MergeError: a transaction is malformed (nothing is applied).
             StaleReadError: ``recheck``, and another connection committed since ``preloaded``
                 was read (nothing is applied).
+            WriteLockBusy: ``wait=False`` and the write lock is held elsewhere (nothing is
+                applied).
         """
         txns: list[Transaction] = []
         for t in transactions:
@@ -2475,7 +2482,7 @@ class Database(ReplicaStore):
             self._rows_pending = pending
             self._rows_checked = None
             try:
-                with self._engine.atomic():
+                with self._engine.atomic(wait=wait):
                     # The file's version, read inside the write transaction (where no other
                     # connection commits), not before it: BEGIN may have waited for another
                     # connection's commit, which voids what was read before it (the preloaded

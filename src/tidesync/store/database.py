@@ -38,7 +38,9 @@ from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset, top_level_s
 from ..core.schema import SCALAR_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
-from ..core.values import INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
+from ..core.values import (
+    INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, surrogate_at, to_plain,
+)
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, StorageError, UsageError, ValidationError,
@@ -1519,7 +1521,8 @@ class Database(ReplicaStore):
                 if v is _UNCACHED or not given.keys() <= allowed:
                     parsed.append(None)
                     continue
-                key = v if id_str and type(v) is str else value_to_plain(id_field.type, coerce(owner, id_field, v))
+                key = v if id_str and type(v) is str and v.isascii() else value_to_plain(
+                    id_field.type, coerce(owner, id_field, v))
                 pairs: list[tuple[str, Plain]] = []
                 for name, v in given.items():
                     if name != "_id":
@@ -1624,14 +1627,20 @@ class Database(ReplicaStore):
         ids = list(map(itemgetter("_id"), items))
         if set(map(type, ids)) != _STR_ONLY:
             return False
+        joined = "".join(ids)
+        if not joined.isascii() and surrogate_at(joined) >= 0:
+            return False  # the general path refuses it
         names = sorted((n for n in shape if n != "_id"), key=lambda n: lean[n][1])
         columns: list[list[Any]] = []
         for n in names:
             values = list(map(itemgetter(n), items))
             kind = lean[n][0].type.kind
             types = set(map(type, values))
-            if kind in ("str", "bool"):
-                ok = types == ({str} if kind == "str" else {bool})
+            if kind == "str":
+                # (One that is not Unicode text: the general path refuses it.)
+                ok = types == _STR_ONLY and ((text := "".join(values)).isascii() or surrogate_at(text) < 0)
+            elif kind == "bool":
+                ok = types == {bool}
             elif kind == "int":
                 ok = types == {int} and INT64_MIN <= min(values) and max(values) <= INT64_MAX
             elif kind == "float":
@@ -1641,7 +1650,6 @@ class Database(ReplicaStore):
             if not ok:
                 return False
             columns.append(values)
-        joined = "".join(ids)
         if '"' not in joined and "\\" not in joined and joined.isprintable():
             pks = [f'"{v}"' for v in ids]  # canonical_json of each: nothing in them needs escaping
         else:
@@ -2118,7 +2126,9 @@ class Database(ReplicaStore):
         for name, (f, same) in plan.items():
             if name in given:
                 v = given[name]
-                coerced[name] = v if type(v) is same else coerce(owner, f, v)
+                # (A str that is not ASCII goes to coerce, which refuses half of a surrogate pair.)
+                tv = type(v)
+                coerced[name] = v if tv is same and (tv is not str or v.isascii()) else coerce(owner, f, v)
             elif update is None or "_id" == name:
                 v = default_of(cls, name)
                 if v is MISSING:
@@ -3341,7 +3351,9 @@ def _make_bulk_builder(cls: type[_ModelBase], obj: ObjectSchema) -> Any:
              "    d = None"]
     for i, name in enumerate(names):
         kind = fields[name].type.kind
-        if kind in ("str", "bool"):
+        if kind == "str":  # (not ASCII: coerce, which refuses half of a surrogate pair)
+            cond = f"type(v{i}) is not str or not v{i}.isascii()"
+        elif kind == "bool":
             cond = f"type(v{i}) is not {kind}"
         elif kind == "int":
             cond = f"type(v{i}) is not int or not {-(1 << 63)} <= v{i} <= {(1 << 63) - 1}"

@@ -59,6 +59,7 @@ from ..errors import (
     UsageError,
     ValidationError,
 )
+from ..core.values import NOT_TEXT_ADVICE
 from ..query.to_sql import SQL_FUNCTIONS
 
 #: The oldest SQLite tidesync runs on: the ``->`` and ``->>`` JSON operators arrived in 3.38.
@@ -938,8 +939,7 @@ def not_text_error(exc: UnicodeEncodeError) -> ValidationError:
     return ValidationError(
         f"a str holds {bad!r} (at index {exc.start}), half of a UTF-16 surrogate pair: that is not "
         "Unicode text, so it cannot be stored or searched for",
-        advice="combine each pair into its character (s.encode('utf-16', 'surrogatepass').decode('utf-16')) "
-               "or remove the lone half")
+        advice=NOT_TEXT_ADVICE)
 
 
 def _translate(exc: Exception, sql: str) -> TidesyncError:

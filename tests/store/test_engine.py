@@ -438,11 +438,12 @@ def test_atomic_without_wait_refuses_at_once_while_another_connection_holds_the_
     other = sqlite3.connect(db_path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        begun = time.monotonic()
-        with pytest.raises(WriteLockBusy) as caught:
-            with engine.atomic(wait=False):
-                engine.execute("INSERT INTO items (name) VALUES ('never')")
-        assert time.monotonic() - begun < 1.0
+        for _ in range(3):  # (again: SQLite applies a PRAGMA when it prepares it, the cached one too)
+            begun = time.monotonic()
+            with pytest.raises(WriteLockBusy) as caught:
+                with engine.atomic(wait=False):
+                    engine.execute("INSERT INTO items (name) VALUES ('never')")
+            assert time.monotonic() - begun < 1.0
         assert caught.value.code == "busy" and isinstance(caught.value, StorageError)
         assert not engine.in_transaction()
         # The busy timeout is back for everything else.

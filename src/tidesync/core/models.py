@@ -596,7 +596,7 @@ def coerce(owner: str, spec: FieldSchema, value: Any) -> Any:
     k = spec.type.kind
     tv = type(value)
     if tv is _EXACT.get(k):
-        if k != "str" or value.isascii():
+        if k != "str" or value.isascii() or surrogate_at(value) < 0:
             return value  # as _coerce would, without the call and the try
     elif tv is int and k == "int" and INT64_MIN <= value <= INT64_MAX:
         return value  # likewise

@@ -42,9 +42,9 @@ def _integrations(monkeypatch) -> list[tuple[int, bool]]:
     seen: list[tuple[int, bool]] = []
     integrate = Enforcer.integrate
 
-    def spy(self, txns, peer, peer_seq):
+    def spy(self, txns, peer, peer_seq, **kw):
         seen.append((sum(len(t.ops) for t in txns), threading.current_thread().name.startswith("asyncio_")))
-        return integrate(self, txns, peer, peer_seq)
+        return integrate(self, txns, peer, peer_seq, **kw)
 
     monkeypatch.setattr(Enforcer, "integrate", spy)
     return seen

@@ -427,3 +427,31 @@ def test_commit_seconds_is_a_moving_average_of_the_commits(tmp_path):
             with engine.atomic():  # a savepoint: not a commit
                 engine.execute("INSERT INTO t VALUES (2)")
         assert engine.commit_seconds != first and 0 < engine.commit_seconds < 60
+
+
+def test_atomic_without_wait_refuses_at_once_while_another_connection_holds_the_write_lock(
+        engine: Engine, db_path: Path) -> None:
+    import time
+
+    from tidesync.store.engine import WriteLockBusy
+
+    other = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        for _ in range(3):  # (again: SQLite applies a PRAGMA when it prepares it, the cached one too)
+            begun = time.monotonic()
+            with pytest.raises(WriteLockBusy) as caught:
+                with engine.atomic(wait=False):
+                    engine.execute("INSERT INTO items (name) VALUES ('never')")
+            assert time.monotonic() - begun < 1.0
+        assert caught.value.code == "busy" and isinstance(caught.value, StorageError)
+        assert not engine.in_transaction()
+        # The busy timeout is back for everything else.
+        assert engine.query("PRAGMA busy_timeout") == [(int(BUSY_TIMEOUT * 1000),)]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    with engine.atomic(wait=False):
+        engine.execute("INSERT INTO items (name) VALUES ('now')")
+    assert names(engine) == ["now"]
+    assert engine.query("PRAGMA busy_timeout") == [(int(BUSY_TIMEOUT * 1000),)]

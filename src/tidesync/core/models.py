@@ -34,7 +34,9 @@ from uuid import UUID
 from ..errors import InvalidatedObjectError, SchemaError, ValidationError
 from .objectid import ObjectId
 from .schema import COLLECTION_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
-from .values import INT64_MAX, INT64_MIN, Plain, check_key, to_plain
+from .values import (
+    INT64_MAX, INT64_MIN, NOT_TEXT_ADVICE, Plain, check_key, not_text_message, surrogate_at, to_plain,
+)
 
 __all__ = ["Model", "EmbeddedModel", "field", "Counter", "Mixed", "Binding", "schema_of",
            "FieldSpec", "model_registry", "models_reached", "MISSING", "Backlinks", "backlinks"]
@@ -256,7 +258,9 @@ class _FieldDescriptor:
             exact = int if kind == "int" else _EXACT.get(kind)
             self._spec_of = (cls, spec, exact)
         tv = type(value)
-        if tv is not exact or (tv is int and not INT64_MIN <= value <= INT64_MAX):
+        # (A str that is not ASCII goes to coerce too, which refuses half of a surrogate pair.)
+        if tv is not exact or (not INT64_MIN <= value <= INT64_MAX if tv is int else
+                               tv is str and not value.isascii()):
             value = coerce(cls.__name__, spec, value)  # (what coerce returns at once for the others)
         binding = obj._ts_binding
         if binding is not None:
@@ -590,12 +594,16 @@ def coerce(owner: str, spec: FieldSchema, value: Any) -> Any:
         ValidationError: naming the model, the field and the expected type.
     """
     k = spec.type.kind
-    if type(value) is _EXACT.get(k):
-        return value  # as _coerce would, without the call and the try
-    if type(value) is int and k == "int" and INT64_MIN <= value <= INT64_MAX:
+    tv = type(value)
+    if tv is _EXACT.get(k):
+        if k != "str" or value.isascii() or surrogate_at(value) < 0:
+            return value  # as _coerce would, without the call and the try
+    elif tv is int and k == "int" and INT64_MIN <= value <= INT64_MAX:
         return value  # likewise
     try:
         return _coerce(spec.type, value)
+    except _NotText as exc:
+        raise ValidationError(f"{owner}.{spec.name}: {exc.message}", advice=NOT_TEXT_ADVICE) from None
     except _Mismatch as exc:
         raise ValidationError(f"{owner}.{spec.name} expects {spec.type.describe()}, "
                               f"got {type(value).__name__} {_short(value)}{exc.detail}") from None
@@ -604,6 +612,36 @@ def coerce(owner: str, spec: FieldSchema, value: Any) -> Any:
 class _Mismatch(Exception):
     def __init__(self, detail: str = "") -> None:
         self.detail = detail
+
+
+class _NotText(Exception):
+    """A str (the value, an element, a Mixed value's) holds half of a UTF-16 surrogate pair:
+    refused at the write, as SQLite would refuse it at the commit (``coerce`` names the field)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+
+def _text(value: str) -> str:
+    """``value`` if it is Unicode text (no surrogate code point), else raise :class:`_NotText`."""
+    at = surrogate_at(value)
+    if at >= 0:
+        raise _NotText(not_text_message(value, at))
+    return value
+
+
+def _plain_text(plain: Plain) -> None:
+    """Raise :class:`_NotText` if a str in the plain form ``plain`` is not Unicode text (its
+    dictionary keys were checked by ``to_plain``)."""
+    if isinstance(plain, str):
+        if not plain.isascii():
+            _text(plain)
+    elif isinstance(plain, list):
+        for v in plain:
+            _plain_text(v)
+    elif isinstance(plain, dict):
+        for v in plain.values():
+            _plain_text(v)
 
 
 def _short(value: Any) -> str:
@@ -622,13 +660,15 @@ def _coerce(t: FieldType, value: Any) -> Any:
             return None
         raise _Mismatch()
     k = t.kind
-    if type(value) is _EXACT.get(k):
-        return value
+    tv = type(value)
+    if tv is _EXACT.get(k):
+        return value if k != "str" or value.isascii() else _text(value)
     if k == "mixed":
         try:
-            to_plain(value)
+            plain = to_plain(value)
         except ValueError as exc:
             raise _Mismatch(f": {exc}") from None
+        _plain_text(plain)
         return value
     if k == "bool":
         if isinstance(value, bool):
@@ -659,6 +699,8 @@ def _coerce(t: FieldType, value: Any) -> Any:
         raise _Mismatch()
     if k in ("decimal", "str", "objectid", "uuid"):
         py = {"decimal": Decimal, "str": str, "objectid": ObjectId, "uuid": UUID}[k]
+        if k == "str" and isinstance(value, str):
+            return _text(value)
         if isinstance(value, py):
             return value
         if k == "decimal" and isinstance(value, int) and not isinstance(value, bool):

@@ -50,6 +50,9 @@ __all__ = [
     "micros_to_datetime",
     "TAGS",
     "check_key",
+    "surrogate_at",
+    "not_text_message",
+    "NOT_TEXT_ADVICE",
 ]
 
 Plain: TypeAlias = Any  # None | bool | int | float | str | list[Plain] | dict[str, Plain]
@@ -93,16 +96,44 @@ def micros_to_datetime(micros: int) -> datetime:
     return _EPOCH + timedelta(microseconds=micros)
 
 
+NOT_TEXT_ADVICE = ("combine each pair into its character (s.encode('utf-16', 'surrogatepass').decode('utf-16')) "
+                   "or remove the lone half")
+"""What to do about a str that :func:`surrogate_at` finds a surrogate in."""
+
+
+def surrogate_at(text: str) -> int:
+    """The index of the first UTF-16 surrogate code point (U+D800-U+DFFF: half of a surrogate
+    pair) in ``text``, or -1 when there is none. Such a str is not Unicode text: UTF-8, and so
+    SQLite and msgpack, cannot encode it. An ASCII str is answered at once."""
+    if text.isascii():
+        return -1
+    try:
+        text.encode()  # (in C, quicker than a regular expression's search; only a surrogate fails)
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return -1
+
+
+def not_text_message(text: str, index: int) -> str:
+    """What is wrong with ``text``, whose ``index``-th code point is a surrogate."""
+    shown = repr(text) if len(text) <= 40 else repr(text[:37]) + "..."
+    return (f"the str {shown} holds {text[index]!r} (at index {index}), half of a UTF-16 surrogate pair: "
+            "that is not Unicode text, so it cannot be stored")
+
+
 def check_key(key: object) -> str:
     """Check a dictionary or embedded-document key; return it.
 
     Raises:
-        ValueError: the key is not a str, starts with ``$`` or contains ``.``.
+        ValueError: the key is not a str, starts with ``$``, contains ``.`` or holds half of a
+            UTF-16 surrogate pair (:func:`surrogate_at`).
     """
     if not isinstance(key, str):
         raise ValueError(f"keys must be str, not {type(key).__name__}")
     if key.startswith("$") or "." in key:
         raise ValueError(f"key {key!r} may not start with '$' or contain '.'")
+    if not key.isascii() and (at := surrogate_at(key)) >= 0:
+        raise ValueError(f"key: {not_text_message(key, at)} ({NOT_TEXT_ADVICE})")
     return key
 
 

@@ -535,10 +535,14 @@ class Enforcer:
     #: device uploads the batch again).
     STALE_TRIES = 5
 
-    def integrate(self, txns: Sequence[Transaction], peer: str,
-                  peer_seq: int) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
+    def integrate(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
+                  wait: bool = True) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
         """Check ``txns`` from ``peer``, integrate what is allowed and write the compensating
         transaction for what is not.
+
+        ``wait``: False to raise :class:`~tidesync.store.engine.WriteLockBusy` at once, with
+        nothing written, when another process holds the file's write lock (the event loop's
+        integrations; see ``Database.integrate``).
 
         Returns:
             The integration result, the ``CompensatedWrite`` messages to send, and whether a
@@ -550,14 +554,14 @@ class Enforcer:
         # promoted rather than scanned; small ones (propagation) leave the young generations
         # to the collector, whose full collections would otherwise come ever more rarely.
         with _gc_paused(promote=_is_large(txns, PROMOTE_OPS)):
-            return self._integrate(txns, peer, peer_seq)
+            return self._integrate(txns, peer, peer_seq, wait)
 
-    def _integrate(self, txns: Sequence[Transaction], peer: str,
-                   peer_seq: int) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
+    def _integrate(self, txns: Sequence[Transaction], peer: str, peer_seq: int,
+                   wait: bool = True) -> tuple[IntegrateResult, list[CompensatedWrite], bool]:
         learner = getattr(self.state, "schema_learner", None)
         if not self.full and not self.has_partition:
             with _checkpoint_later(self.backend, txns):
-                result = self.backend.integrate(txns, peer=peer, peer_seq=peer_seq)
+                result = self.backend.integrate(txns, peer=peer, peer_seq=peer_seq, wait=wait)
             if learner is not None:
                 learner.observe_transactions(txns)
             return result, [], False
@@ -577,7 +581,7 @@ class Enforcer:
                 try:
                     result = self.backend.integrate(allowed, peer=peer, peer_seq=peer_seq, preloaded=pre,
                                                     first=(compensation,) if compensation is not None else (),
-                                                    recheck=pre is not None)
+                                                    recheck=pre is not None, wait=wait)
                 except StaleReadError:
                     # Another process wrote the file between the read and the integration
                     # (which waited for its lock): the checks judged what is no longer there.

@@ -2394,12 +2394,12 @@ class FlexibleEnforcer(Enforcer):
                        f"{collection} {key!r} is outside every subscription of this device ({flex.describe()}); "
                        "as in Device Sync, a device may only write documents its subscriptions match")
 
-    def integrate(self, txns: Sequence[Transaction], peer: str,
-                  peer_seq: int) -> tuple[Any, list[CompensatedWrite], bool]:
+    def integrate(self, txns: Sequence[Transaction], peer: str, peer_seq: int, *,
+                  wait: bool = True) -> tuple[Any, list[CompensatedWrite], bool]:
         refs = {doc_ref(op.collection, op.key) for t in txns for op in t.ops}
         self._refs, self._existed = refs, set()
         try:
-            result, refused, compensated = super().integrate(txns, peer, peer_seq)
+            result, refused, compensated = super().integrate(txns, peer, peer_seq, wait=wait)
             existed = self._existed
         finally:
             self._refs = self._existed = set()

@@ -20,7 +20,8 @@ Storage calls run in a worker thread (``asyncio.to_thread``) so a slow disk neve
 event loop; the backend serializes them. Two exceptions, made only while the backend is free:
 small reads of the log's tail (``_read_now``), and the integration of a small upload when the
 backend's commits are quick (``_integrates_inline``: a few milliseconds at most, fsync
-included), where the two thread hand-offs cost about as much as the call.
+included), where the two thread hand-offs cost about as much as the call. That integration
+never waits for another process's write lock on the file: it goes to a worker thread instead.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from ..protocol.messages import Ack, Changes, CompensatingWrite, Hello, Snapshot
 from ..protocol.replicator import Replicator, perform
 from ..protocol.states import Role
 from ..store.database import _gc_paused
+from ..store.engine import WriteLockBusy
 from .enforcement import Enforcer, SessionReplica, _lock_for, query_compiler, user_context
 
 if TYPE_CHECKING:
@@ -990,16 +992,22 @@ class ServerSession:
         loop = asyncio.get_running_loop()
         started = _Started(action)
         if self._small(action) and self._integrates_inline():
-            started.future = done = loop.create_future()
             try:
-                out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
+                out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq, wait=False)
+            except WriteLockBusy:
+                # Another process holds the file's write lock (a `tidesync revert`, a second
+                # server on the file): nothing was written; a worker thread waits for it.
+                pass
             except Exception as exc:  # noqa: BLE001 - raised in _integrate, as from a worker thread
+                started.future = done = loop.create_future()
                 done.set_exception(exc)
                 done.add_done_callback(lambda f: f.cancelled() or f.exception())
+                return [started, *actions[1:]]
             else:
+                started.future = done = loop.create_future()
                 done.set_result(out)
                 started.inline = out
-            return [started, *actions[1:]]
+                return [started, *actions[1:]]
 
         def integrate() -> Any:
             out = self.enforcer.integrate(action.txns, action.peer, action.peer_seq)
@@ -1035,7 +1043,9 @@ class ServerSession:
         one commit meanwhile. When commits get slower (a busy or slow disk), integrations go
         back to worker threads, so a slow disk does not stall the loop; a busy backend
         (another integration, a snapshot page) too, so the loop never waits behind another
-        call."""
+        call. Nor behind another process's write lock on the file: the integration then
+        takes the lock without waiting (``wait=False``) and, when it is held, goes to a worker
+        thread too (:meth:`_start_integration`)."""
         if not self.state.backend._engine.commit_seconds < self.INLINE_BELOW:
             return False
         check = _lock_for(self.state.backend)

@@ -38,7 +38,9 @@ from ..core.operations import CreateDoc, DeleteDoc, SetValue, Unset, top_level_s
 from ..core.schema import SCALAR_KINDS, FieldSchema, FieldType, ObjectSchema, Schema
 from ..core.stamp import ReplicaId, Stamp
 from ..core.transaction import MISSING_FIELD, BeforeImage, Transaction
-from ..core.values import INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, to_plain
+from ..core.values import (
+    INT64_MAX, INT64_MIN, Plain, canonical_json, compact_encoder, from_plain, loads_json, surrogate_at, to_plain,
+)
 from ..errors import (
     DatabaseClosedError, InvalidatedObjectError, MergeError, NotInWriteTransaction, PartitionError, RevertError,
     SchemaMismatchError, StorageError, UsageError, ValidationError,
@@ -1523,7 +1525,8 @@ class Database(ReplicaStore):
                 if v is _UNCACHED or not given.keys() <= allowed:
                     parsed.append(None)
                     continue
-                key = v if id_str and type(v) is str else value_to_plain(id_field.type, coerce(owner, id_field, v))
+                key = v if id_str and type(v) is str and v.isascii() else value_to_plain(
+                    id_field.type, coerce(owner, id_field, v))
                 pairs: list[tuple[str, Plain]] = []
                 for name, v in given.items():
                     if name != "_id":
@@ -1628,14 +1631,20 @@ class Database(ReplicaStore):
         ids = list(map(itemgetter("_id"), items))
         if set(map(type, ids)) != _STR_ONLY:
             return False
+        joined = "".join(ids)
+        if not joined.isascii() and surrogate_at(joined) >= 0:
+            return False  # the general path refuses it
         names = sorted((n for n in shape if n != "_id"), key=lambda n: lean[n][1])
         columns: list[list[Any]] = []
         for n in names:
             values = list(map(itemgetter(n), items))
             kind = lean[n][0].type.kind
             types = set(map(type, values))
-            if kind in ("str", "bool"):
-                ok = types == ({str} if kind == "str" else {bool})
+            if kind == "str":
+                # (One that is not Unicode text: the general path refuses it.)
+                ok = types == _STR_ONLY and ((text := "".join(values)).isascii() or surrogate_at(text) < 0)
+            elif kind == "bool":
+                ok = types == {bool}
             elif kind == "int":
                 ok = types == {int} and INT64_MIN <= min(values) and max(values) <= INT64_MAX
             elif kind == "float":
@@ -1645,7 +1654,6 @@ class Database(ReplicaStore):
             if not ok:
                 return False
             columns.append(values)
-        joined = "".join(ids)
         if '"' not in joined and "\\" not in joined and joined.isprintable():
             pks = [f'"{v}"' for v in ids]  # canonical_json of each: nothing in them needs escaping
         else:
@@ -2123,7 +2131,9 @@ class Database(ReplicaStore):
         for name, (f, same) in plan.items():
             if name in given:
                 v = given[name]
-                coerced[name] = v if type(v) is same else coerce(owner, f, v)
+                # (A str that is not ASCII goes to coerce, which refuses half of a surrogate pair.)
+                tv = type(v)
+                coerced[name] = v if tv is same and (tv is not str or v.isascii()) else coerce(owner, f, v)
             elif update is None or "_id" == name:
                 v = default_of(cls, name)
                 if v is MISSING:
@@ -2427,7 +2437,8 @@ class Database(ReplicaStore):
 
     def integrate(self, transactions: Iterable[Transaction | Mapping[str, Any]], *, peer: str | None = None,
                   peer_seq: int | None = None, preloaded: Preloaded | None = None,
-                  first: Sequence[Transaction] = (), recheck: bool = False) -> IntegrateResult:
+                  first: Sequence[Transaction] = (), recheck: bool = False,
+                  wait: bool = True) -> IntegrateResult:
         """Merge transactions from another replica (idempotent: known ones are skipped).
 
         All of them are applied in one local transaction; when ``peer`` is given, the checkpoint
@@ -2446,10 +2457,16 @@ class Database(ReplicaStore):
         reading them again. (Writes through this connection are the caller's to order: the
         server's document writes take its rules lock; its acknowledgements write no document.)
 
+        ``wait``: False to raise :class:`~tidesync.store.engine.WriteLockBusy` at once, with
+        nothing applied, when another connection (another process) holds the file's write lock,
+        instead of waiting for it (up to ``BUSY_TIMEOUT``): for a server's event loop.
+
         Raises:
             MergeError: a transaction is malformed (nothing is applied).
             StaleReadError: ``recheck``, and another connection committed since ``preloaded``
                 was read (nothing is applied).
+            WriteLockBusy: ``wait=False`` and the write lock is held elsewhere (nothing is
+                applied).
         """
         txns: list[Transaction] = []
         for t in transactions:
@@ -2480,7 +2497,7 @@ class Database(ReplicaStore):
             self._rows_pending = pending
             self._rows_checked = None
             try:
-                with self._engine.atomic():
+                with self._engine.atomic(wait=wait):
                     # The file's version, read inside the write transaction (where no other
                     # connection commits), not before it: BEGIN may have waited for another
                     # connection's commit, which voids what was read before it (the preloaded
@@ -3341,7 +3358,9 @@ def _make_bulk_builder(cls: type[_ModelBase], obj: ObjectSchema) -> Any:
              "    d = None"]
     for i, name in enumerate(names):
         kind = fields[name].type.kind
-        if kind in ("str", "bool"):
+        if kind == "str":  # (not ASCII: coerce, which refuses half of a surrogate pair)
+            cond = f"type(v{i}) is not str or not v{i}.isascii()"
+        elif kind == "bool":
             cond = f"type(v{i}) is not {kind}"
         elif kind == "int":
             cond = f"type(v{i}) is not int or not {-(1 << 63)} <= v{i} <= {(1 << 63) - 1}"

@@ -59,6 +59,7 @@ from ..errors import (
     UsageError,
     ValidationError,
 )
+from ..core.values import NOT_TEXT_ADVICE
 from ..query.to_sql import SQL_FUNCTIONS
 
 #: The oldest SQLite tidesync runs on: the ``->`` and ``->>`` JSON operators arrived in 3.38.
@@ -73,6 +74,7 @@ __all__ = [
     "KEY_SIZE",
     "Cursor",
     "Engine",
+    "WriteLockBusy",
     "remove_file_set",
     "Params",
     "Row",
@@ -163,6 +165,14 @@ _ERROR_TABLE: dict[int, tuple[type[StorageError], str | None, str | None]] = {
     _SQLITE_CONSTRAINT: (StorageError, "constraint", None),
     _SQLITE_NOTADB: (CorruptFileError, None, "restore the file from a backup or sync it again from the server"),
 }
+
+
+class WriteLockBusy(StorageError):
+    """``Engine.atomic(wait=False)``: another connection (another process) holds the file's write
+    lock right now. Nothing was begun or written: try again, or call without ``wait=False`` to
+    wait for the lock (up to :data:`BUSY_TIMEOUT`)."""
+
+    code = "busy"
 
 
 def remove_file_set(path: str | os.PathLike[str]) -> None:
@@ -652,7 +662,7 @@ class Engine:
             conn.set_progress_handler(None, 0)
 
     @contextmanager
-    def atomic(self, *, immediate: bool = True) -> Iterator[None]:
+    def atomic(self, *, immediate: bool = True, wait: bool = True) -> Iterator[None]:
         """Run the block in a transaction: committed on exit, rolled back if it raises.
 
         The outermost ``atomic()`` begins a transaction; an ``atomic()`` inside another one makes
@@ -664,10 +674,17 @@ class Engine:
                 is taken at the first write, which can fail with a ``busy`` StorageError if
                 another connection committed in between: use False only for read transactions.
                 Ignored when nested.
+            wait: False (with ``immediate``): do not wait for another connection's write
+                lock; raise :class:`WriteLockBusy` at once, with nothing begun, if it is held
+                (for a caller that must never block, such as a server's event loop). Ignored
+                when nested.
         """
         conn = self._open_connection()
         if not conn.in_transaction:
-            self._run("BEGIN IMMEDIATE" if immediate else "BEGIN DEFERRED")
+            if wait or not immediate:
+                self._run("BEGIN IMMEDIATE" if immediate else "BEGIN DEFERRED")
+            else:
+                self._begin_now()
             try:
                 yield
             except BaseException:
@@ -696,6 +713,20 @@ class Engine:
             self._run(f"RELEASE {name}")
         finally:
             self._savepoints -= 1
+
+    def _begin_now(self) -> None:
+        """``BEGIN IMMEDIATE`` with no busy wait (SQLite's busy timeout 0 for that statement
+        only): :class:`WriteLockBusy` if another connection holds the write lock."""
+        self._run("PRAGMA busy_timeout = 0")
+        try:
+            self._run("BEGIN IMMEDIATE")
+        except StorageError as exc:
+            if exc.code == "busy":
+                raise WriteLockBusy("another connection holds the file's write lock",
+                                    advice="try again later, or wait for the lock") from exc
+            raise
+        finally:
+            self._run(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
 
     @contextmanager
     def unsynced(self, *, checkpoint: bool = True) -> Iterator[None]:
@@ -908,8 +939,7 @@ def not_text_error(exc: UnicodeEncodeError) -> ValidationError:
     return ValidationError(
         f"a str holds {bad!r} (at index {exc.start}), half of a UTF-16 surrogate pair: that is not "
         "Unicode text, so it cannot be stored or searched for",
-        advice="combine each pair into its character (s.encode('utf-16', 'surrogatepass').decode('utf-16')) "
-               "or remove the lone half")
+        advice=NOT_TEXT_ADVICE)
 
 
 def _translate(exc: Exception, sql: str) -> TidesyncError:

@@ -13,7 +13,8 @@ from time import monotonic
 from typing import TYPE_CHECKING, Any, overload
 
 from ..core.merge.create import register_top
-from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, coerce, model_registry
+from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, _NotText, coerce, model_registry
+from ..core.values import NOT_TEXT_ADVICE
 from ..core.schema import SCALAR_KINDS, FieldType, ObjectSchema
 from ..core.values import INT64_MAX, INT64_MIN, Plain, from_plain, loads_json
 from ..errors import InvalidatedObjectError, ValidationError
@@ -175,6 +176,9 @@ class _ManagedCollection:
         except _Mismatch as exc:
             raise ValidationError(f"{self._owner}.{'.'.join(self._path)} holds {self._type.element.describe()}"
                                   f"{exc.detail}") from None
+        except _NotText as exc:
+            raise ValidationError(f"{self._owner}.{'.'.join(self._path)}: {exc.message}",
+                                  advice=NOT_TEXT_ADVICE) from None
         if self._type.element.kind == "link":
             v = self._binding.db._adopt(v)
         return v

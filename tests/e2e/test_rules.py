@@ -264,15 +264,19 @@ def _listed_conflicts(server, user, limit=None):
         return sorted({(c["key"], c["path"]) for c in json.loads(resp.read())["conflicts"]})
 
 
+def _two_users(server, tmp_path):
+    """Ann and Bob, each logged in anonymously through an App of its own."""
+    return tuple(tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
+                 .log_in(tidesync.Credentials.anonymous()) for name in ("ann", "bob"))
+
+
 def test_the_conflicts_api_lists_only_what_the_caller_may_read(tmp_path):
     # The conflict records hold the values of both writes: the API shows a user those of the
     # documents and fields the rules let it read, as sync would.
     server = serve(tmp_path, RULES_TOML)
     backend = server.app.state.tidesync.backend
     try:
-        apps = {name: tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
-                for name in ("ann", "bob")}
-        ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
+        ann, bob = _two_users(server, tmp_path)
         _seed(backend, {"_id": "private", "_partition": "shared", "owner_id": ann.id, "title": "t"})
         _seed(backend, {"_id": "open", "_partition": "shared", "owner_id": ann.id, "shared": True, "title": "t",
                         "salary": 1})
@@ -296,9 +300,7 @@ def test_the_conflicts_api_limit_counts_what_the_caller_may_read(tmp_path):
     server = serve(tmp_path, RULES_TOML)
     backend = server.app.state.tidesync.backend
     try:
-        apps = {name: tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
-                for name in ("ann", "bob")}
-        ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
+        ann, bob = _two_users(server, tmp_path)
         _seed(backend, {"_id": "private", "_partition": "shared", "owner_id": ann.id, "title": "t"})
         _seed(backend, {"_id": "open", "_partition": "shared", "owner_id": ann.id, "shared": True, "title": "t"})
         at = int(time.time() * 1000) + 1000
@@ -316,9 +318,7 @@ def test_the_conflicts_api_lists_only_the_partitions_the_caller_may_read(tmp_pat
     server = serve(tmp_path, PARTITIONS_TOML)
     backend = server.app.state.tidesync.backend
     try:
-        apps = {name: tidesync.App("default", base_url=server.url, storage_dir=tmp_path / f"{name}-users")
-                for name in ("ann", "bob")}
-        ann, bob = (app.log_in(tidesync.Credentials.anonymous()) for app in apps.values())
+        ann, bob = _two_users(server, tmp_path)
         _seed(backend, {"_id": "ann-own", "_partition": ann.id, "title": "t"})
         _seed(backend, {"_id": "pub", "_partition": "public", "title": "t"})
         at = int(time.time() * 1000) + 1000

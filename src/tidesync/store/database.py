@@ -3251,7 +3251,7 @@ class Database(ReplicaStore):
             rows = self._engine.query(
                 "SELECT id, txn, collection, pk, path, rule, winner, winner_stamp, loser, loser_stamp "
                 "FROM conflicts WHERE id < ? ORDER BY id DESC LIMIT ?",
-                (2**63 - 1 if before is None else before, limit))
+                (INT64_MAX if before is None else before, limit))
         return [{"id": r[0], "transaction": r[1], "collection": r[2], "key": json.loads(r[3]), "path": r[4],
                  "rule": r[5], "winner": json.loads(r[6]) if r[6] else None, "winner_stamp": r[7],
                  "loser": json.loads(r[8]) if r[8] else None, "loser_stamp": r[9]} for r in rows]

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any, overload
 
 from ..core.merge.create import register_top
 from ..core.models import Counter, _coerce_elem, _Mismatch, _ModelBase, _NotText, coerce, model_registry
-from ..core.values import NOT_TEXT_ADVICE
 from ..core.schema import SCALAR_KINDS, FieldType, ObjectSchema
-from ..core.values import INT64_MAX, INT64_MIN, Plain, from_plain, loads_json
+from ..core.values import INT64_MAX, INT64_MIN, NOT_TEXT_ADVICE, Plain, from_plain, loads_json
 from ..errors import InvalidatedObjectError, ValidationError
 from .writer import row_facts
 
